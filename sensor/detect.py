@@ -1,0 +1,191 @@
+"""Detection: Sigma detection rules per record, ``event_count`` windows.
+
+Sans-IO and driven by packet time. A record enters a correlation with its
+event time (the connection's first packet); windows slide on that time. An
+alert fires once when a group key's count inside one ``timespan`` crosses the
+condition; the key then re-arms when its count drops back below the
+condition, or when a full ``timespan`` has passed since the alert, so a
+steadily busy key alerts at most once per timespan (like a daily hunt).
+
+State is bounded: at most ``max_window_keys`` keys (least recently seen
+evicted, counted) and ``max_window_events`` events per key.
+"""
+from __future__ import annotations
+
+import bisect
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .config import Limits
+from .records import PORT_PROTOCOL, iso_us
+from .rules import CorrelationRule, RuleSet
+
+MAX_ALERT_UIDS = 200
+
+
+@dataclass(slots=True)
+class _Ev:
+    ts: int
+    sent: int
+    recv: int
+    uid: str
+
+    def __lt__(self, other: "_Ev") -> bool:
+        return (self.ts, self.uid) < (other.ts, other.uid)
+
+
+@dataclass(slots=True)
+class _KeyState:
+    events: list = field(default_factory=list)
+    armed: bool = True
+    last_alert_ts: int = -1
+    episode: dict | None = None   # the open alert's running totals (hunt view)
+
+
+class DetectStats:
+    __slots__ = ("records", "matched", "alerts", "suppressed", "keys_evicted", "events_dropped")
+
+    def __init__(self) -> None:
+        for s in self.__slots__:
+            setattr(self, s, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {s: getattr(self, s) for s in self.__slots__}
+
+
+class _Window:
+    def __init__(self, rule: CorrelationRule, limits: Limits, stats: DetectStats) -> None:
+        self.rule = rule
+        self.span_us = rule.timespan_s * 1_000_000
+        self.keys: OrderedDict[tuple, _KeyState] = OrderedDict()
+        self.max_keys = limits.max_window_keys
+        self.max_events = limits.max_window_events
+        self.stats = stats
+        self.episodes: list[dict] = []
+
+    def _hit(self, n: int) -> bool:
+        return n > self.rule.threshold if self.rule.op == "gt" else n >= self.rule.threshold
+
+    def observe(self, rec: Mapping[str, Any], ts: int) -> dict | None:
+        key = tuple(rec.get(f, "") for f in self.rule.group_by)
+        st = self.keys.get(key)
+        if st is None:
+            if len(self.keys) >= self.max_keys:
+                self.keys.popitem(last=False)
+                self.stats.keys_evicted += 1
+            st = self.keys[key] = _KeyState()
+        else:
+            self.keys.move_to_end(key)
+        evs = st.events
+        bisect.insort(evs, _Ev(ts, int(rec.get("SentBytes") or 0), int(rec.get("ReceivedBytes") or 0),
+                               str(rec.get("Uid", ""))))
+        latest = evs[-1].ts
+        # forget what no window ending at or after `latest` can hold
+        cut = bisect.bisect_left(evs, _Ev(latest - self.span_us, 0, 0, ""))
+        if cut:
+            del evs[:cut]
+        if len(evs) > self.max_events:
+            drop = len(evs) - self.max_events
+            del evs[:drop]
+            self.stats.events_dropped += drop
+        # the window ending at the new event, and the one ending at the latest
+        best = None
+        for end in {ts, latest}:
+            lo = bisect.bisect_left(evs, _Ev(end - self.span_us, 0, 0, ""))
+            hi = bisect.bisect_right(evs, _Ev(end, 0, 0, "\U0010ffff"))
+            if best is None or hi - lo > best[1] - best[0]:
+                best = (lo, hi)
+        lo, hi = best
+        n = hi - lo
+        if not self._hit(n):
+            st.armed = True
+            return None
+        if not st.armed and st.last_alert_ts >= 0 and latest - st.last_alert_ts >= self.span_us:
+            st.armed = True
+        if not st.armed:
+            self.stats.suppressed += 1
+            ep = st.episode
+            if ep is not None:  # a further connection of an alert already raised
+                ev = _Ev(ts, int(rec.get("SentBytes") or 0), int(rec.get("ReceivedBytes") or 0), str(rec.get("Uid", "")))
+                ep["ConnectionCount"] += 1
+                ep["BytesSent"] += ev.sent
+                ep["BytesReceived"] += ev.recv
+                ep["FirstSeen"] = min(ep["FirstSeen"], iso_us(ts))
+                ep["LastSeen"] = max(ep["LastSeen"], iso_us(ts))
+                if len(ep["Uids"]) < MAX_ALERT_UIDS:
+                    ep["Uids"].append(ev.uid)
+            return None
+        st.armed = False
+        st.last_alert_ts = latest
+        win = evs[lo:hi]
+        self.stats.alerts += 1
+        alert = self._alert(rec, key, win)
+        st.episode = dict(alert, Uids=list(alert["Uids"]))
+        self.episodes.append(st.episode)
+        return alert
+
+    def _alert(self, rec: Mapping[str, Any], key: tuple, win: list[_Ev]) -> dict:
+        r = self.rule
+        alert: dict[str, Any] = {
+            "Timestamp": iso_us(win[-1].ts),
+            "RuleId": r.id,
+            "RuleTitle": r.title,
+            "Level": r.level,
+            "Tags": list(r.tags),
+        }
+        for f, v in zip(r.group_by, key):
+            alert[f] = v
+        port = rec.get("RemotePort")
+        alert["Protocol"] = PORT_PROTOCOL.get(port, "Other") if isinstance(port, int) else "Other"
+        alert["ConnectionCount"] = len(win)
+        alert["BytesSent"] = sum(e.sent for e in win)
+        alert["BytesReceived"] = sum(e.recv for e in win)
+        alert["FirstSeen"] = iso_us(win[0].ts)
+        alert["LastSeen"] = iso_us(win[-1].ts)
+        alert["Threshold"] = f"{r.op} {r.threshold} in {r.timespan_s}s"
+        alert["Uids"] = [e.uid for e in win[:MAX_ALERT_UIDS]]
+        return alert
+
+
+class Detector:
+    """``observe(record, ts)`` -> list of alert dicts."""
+
+    def __init__(self, rules: RuleSet, limits: Limits) -> None:
+        self.rules = rules
+        self.stats = DetectStats()
+        self.quiet = rules.quiet_detections
+        self.windows: dict[str, list[_Window]] = {}
+        for c in rules.correlations:
+            w = _Window(c, limits, self.stats)
+            for rid in c.rules:
+                self.windows.setdefault(rid, []).append(w)
+
+    def hunt_results(self) -> list[dict]:
+        """Each alert with every matching connection of its key until the key
+        re-armed: what the hunt's summarize would show for that key."""
+        return [ep for ws in self._all_windows() for ep in ws.episodes]
+
+    def _all_windows(self) -> list["_Window"]:
+        seen: dict[int, _Window] = {}
+        for ws in self.windows.values():
+            for w in ws:
+                seen.setdefault(id(w), w)
+        return list(seen.values())
+
+    def observe(self, rec: Mapping[str, Any], ts: int) -> list[dict]:
+        self.stats.records += 1
+        out: list[dict] = []
+        for d in self.rules.detections:
+            if not d.match(rec):
+                continue
+            self.stats.matched += 1
+            if d.id not in self.quiet:
+                self.stats.alerts += 1
+                out.append({"Timestamp": rec.get("Timestamp"), "RuleId": d.id, "RuleTitle": d.title,
+                            "Level": d.level, "Tags": list(d.tags), "Uids": [rec.get("Uid")]})
+            for w in self.windows.get(d.id, ()):
+                a = w.observe(rec, ts)
+                if a is not None:
+                    out.append(a)
+        return out

@@ -1,0 +1,407 @@
+"""Flow tracking (sans-IO; packet time is the only clock).
+
+- Direction-independent key ``(proto, lo_addr, lo_port, hi_addr, hi_port)``.
+- Originator: the SYN sender; else the SYN-ACK receiver; else the first
+  sender, flipped (history ``^``) when only the first sender's port is a
+  service port (mid-stream pickup of a server->client packet).
+- TCP endpoint states and Zeek's ``conn_state``/``history``.
+- Bytes per direction in sequence space: retransmissions count once, the
+  2^32 wrap is unwrapped to 64 bits, SYN/FIN are not counted (Zeek's
+  orig_bytes/resp_bytes). Packets count every packet.
+- Timeouts by class (attempt, established, closed, udp), each its own LRU
+  queue ordered by last activity, so an expiry scan stops at the first live
+  flow and costs O(expired); the scan runs at most every
+  ``flow_scan_interval`` seconds of packet time and examines at most
+  ``flow_scan_budget`` flows.
+- A hard bound ``max_flows``: beyond it the least recently active flow is
+  evicted (half-open attempts first), and counted.
+"""
+from __future__ import annotations
+
+import hashlib
+import socket
+from collections import OrderedDict
+from typing import Callable, Collection
+
+from .config import Config
+from .decode import ACK, FIN, RST, SYN, Packet
+
+# endpoint states (Zeek's TCP_*)
+INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
+UDP_INACTIVE, UDP_ACTIVE = 0, 1
+
+# timeout classes
+T_ATTEMPT, T_ESTABLISHED, T_CLOSED, T_UDP = range(4)
+
+_M32 = 0xFFFFFFFF
+_HALF = 1 << 31
+_WRAP = 1 << 32
+
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+
+
+def _ntop(b: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(b) == 4 else socket.AF_INET6, b)
+
+
+class Side:
+    """One direction's accounting (an endpoint, as sender)."""
+
+    __slots__ = ("pkts", "state", "base", "lo", "hi", "seen_seq", "udp_bytes", "missed",
+                 "syn_seq", "fin")
+
+    def __init__(self) -> None:
+        self.pkts = 0
+        self.state = INACTIVE
+        self.base = 0        # 32-bit sequence number of relative offset 0
+        self.lo = 0          # lowest relative offset with payload (unwrapped)
+        self.hi = 0          # highest relative end (unwrapped, 64-bit)
+        self.seen_seq = False
+        self.udp_bytes = 0
+        self.missed = 0      # bytes skipped over (gaps) inside [lo, hi)
+        self.syn_seq = -1
+        self.fin = False
+
+    @property
+    def bytes(self) -> int:
+        return (self.hi - self.lo) if self.seen_seq else self.udp_bytes
+
+
+class Flow:
+    """A tracked connection. ``o``/``r``: originator/responder sides."""
+
+    __slots__ = ("uid", "key", "proto", "orig_b", "resp_b", "orig_p", "resp_p", "first_ts",
+                 "last_ts", "o", "r", "history", "tclass", "vlan", "flipped", "end_reason",
+                 "app", "analyzer", "ctx", "weirds", "_orig_h", "_resp_h")
+
+    def __init__(self, uid: str, key: tuple, proto: int, orig_b: bytes, orig_p: int,
+                 resp_b: bytes, resp_p: int, ts: int, vlan: int) -> None:
+        self.uid = uid
+        self.key = key
+        self.proto = proto
+        self.orig_b = orig_b
+        self.resp_b = resp_b
+        self.orig_p = orig_p
+        self.resp_p = resp_p
+        self.first_ts = ts
+        self.last_ts = ts
+        self.o = Side()
+        self.r = Side()
+        self.history = ""
+        self.tclass = T_ATTEMPT if proto == 6 else T_UDP
+        self.vlan = vlan
+        self.flipped = False
+        self.end_reason = ""
+        self.app = ""          # application protocol, when known
+        self.analyzer = None   # attached analyzer (later issues)
+        self.ctx = None        # pipeline data (expectation parent etc.)
+        self.weirds = 0
+        self._orig_h = None
+        self._resp_h = None
+
+    @property
+    def orig_h(self) -> str:
+        if self._orig_h is None:
+            self._orig_h = _ntop(self.orig_b)
+        return self._orig_h
+
+    @property
+    def resp_h(self) -> str:
+        if self._resp_h is None:
+            self._resp_h = _ntop(self.resp_b)
+        return self._resp_h
+
+    def add_history(self, ch: str) -> None:
+        if ch not in self.history:
+            self.history += ch
+
+    # -- Zeek conn_state -------------------------------------------------------
+    @property
+    def conn_state(self) -> str:
+        os_, rs = self.o.state, self.r.state
+        if self.proto != 6:
+            if os_ == UDP_ACTIVE:
+                return "SF" if rs == UDP_ACTIVE else "S0"
+            return "SHR" if rs == UDP_ACTIVE else "OTH"
+        o_inactive = os_ in (INACTIVE, PARTIAL)
+        r_inactive = rs in (INACTIVE, PARTIAL)
+        if rs == RESET:
+            if os_ in (SYN_SENT, SYN_ACK_SENT) or (os_ == RESET and self.o.bytes == 0 and self.r.bytes == 0):
+                return "REJ"
+            return "RSTRH" if o_inactive else "RSTR"
+        if os_ == RESET:
+            if r_inactive:
+                h = self.history.lstrip("^")
+                if h.startswith("S") and "R" in h and not any(c in h.split("R", 1)[0] for c in "HAFGIQ"):
+                    return "RSTOS0"
+                return "OTH"
+            return "RSTO"
+        if rs == CLOSED and os_ == CLOSED:
+            return "SF"
+        if os_ == CLOSED:
+            return "SH" if r_inactive else "S2"
+        if rs == CLOSED:
+            return "SHR" if o_inactive else "S3"
+        if os_ == SYN_SENT and rs == INACTIVE:
+            return "S0"
+        if os_ == ESTABLISHED and rs == ESTABLISHED:
+            return "S1"
+        return "OTH"
+
+    @property
+    def handshake_seen(self) -> bool:
+        """TCP: SYN from the originator and SYN-ACK from the responder."""
+        return "S" in self.history and "h" in self.history
+
+    @property
+    def successful(self) -> bool:
+        if self.proto == 6:
+            return self.handshake_seen and self.conn_state != "REJ"
+        return self.o.state == UDP_ACTIVE and self.r.state == UDP_ACTIVE
+
+
+EndCallback = Callable[[Flow], None]
+WeirdCallback = Callable[[int, Flow | None, str, str], None]
+
+
+class FlowStats:
+    __slots__ = ("created", "ended", "evicted", "active_max", "expired", "seq_jumps")
+
+    def __init__(self) -> None:
+        for s in self.__slots__:
+            setattr(self, s, 0)
+
+    def as_dict(self) -> dict[str, int]:
+        return {s: getattr(self, s) for s in self.__slots__}
+
+
+class FlowTable:
+    """Tracks flows for target packets; calls ``on_end(flow)`` when one ends."""
+
+    def __init__(self, config: Config, on_end: EndCallback, on_weird: WeirdCallback | None = None,
+                 service_ports: Collection[int] | None = None) -> None:
+        self.cfg = config
+        self.on_end = on_end
+        self.on_weird = on_weird or (lambda ts, flow, name, detail: None)
+        self.service_ports = frozenset(service_ports if service_ports is not None else config.tracked_ports)
+        self.flows: dict[tuple, Flow] = {}
+        self.queues: tuple[OrderedDict, ...] = tuple(OrderedDict() for _ in range(4))
+        t = config.timeouts
+        self.timeouts_us = (int(t.tcp_attempt * 1e6), int(t.tcp_established * 1e6),
+                            int(t.tcp_closed * 1e6), int(t.udp * 1e6))
+        lim = config.limits
+        self.max_flows = lim.max_flows
+        self.scan_budget = lim.flow_scan_budget
+        self.scan_interval_us = int(lim.flow_scan_interval * 1e6)
+        self.max_seq_jump = lim.max_seq_jump
+        self.next_scan = 0
+        self.now = 0
+        self.stats = FlowStats()
+        self._n = 0
+        # hook for expected connections (FTP data, TFTP transfers): called for
+        # a new flow, may set flow.app/ctx/analyzer
+        self.on_new: Callable[[Flow], None] | None = None
+
+    # -- time -----------------------------------------------------------------
+    def advance(self, ts: int) -> int:
+        """Move packet time forward (never backward) and run a bounded scan."""
+        if ts > self.now:
+            self.now = ts
+        if self.now >= self.next_scan:
+            self.next_scan = self.now + self.scan_interval_us
+            self.expire(self.now, self.scan_budget)
+        return self.now
+
+    def expire(self, now: int, budget: int) -> int:
+        n = 0
+        for cls, q in enumerate(self.queues):
+            limit = now - self.timeouts_us[cls]
+            while q and n < budget:
+                key, flow = next(iter(q.items()))
+                if flow.last_ts > limit:
+                    break
+                n += 1
+                self._end(flow, "timeout")
+                self.stats.expired += 1
+        return n
+
+    def flush(self) -> None:
+        """End every flow (end of capture, shutdown), oldest first."""
+        for flow in sorted(self.flows.values(), key=lambda f: (f.first_ts, f.uid)):
+            self._end(flow, "flush")
+
+    # -- packets --------------------------------------------------------------
+    def _uid(self, key: tuple, ts: int) -> str:
+        self._n += 1
+        h = hashlib.blake2b(repr((key, ts, self._n)).encode(), digest_size=12).digest()
+        v = int.from_bytes(h, "big")
+        out = []
+        for _ in range(17):
+            v, r = divmod(v, 62)
+            out.append(_B62[r])
+        return "C" + "".join(out)
+
+    def _end(self, flow: Flow, reason: str) -> None:
+        if self.flows.pop(flow.key, None) is None:
+            return
+        self.queues[flow.tclass].pop(flow.key, None)
+        flow.end_reason = reason
+        self.stats.ended += 1
+        self.on_end(flow)
+
+    def _evict(self) -> None:
+        for cls in (T_ATTEMPT, T_UDP, T_CLOSED, T_ESTABLISHED):
+            q = self.queues[cls]
+            if q:
+                flow = next(iter(q.values()))
+                self.stats.evicted += 1
+                self._end(flow, "evicted")
+                return
+
+    def _create(self, p: Packet, key: tuple) -> Flow:
+        if len(self.flows) >= self.max_flows:
+            self._evict()
+        src, sport, dst, dport = p.src, p.sport, p.dst, p.dport
+        flags = p.flags
+        flip = False
+        if p.proto == 6:
+            if flags & SYN:
+                flip = bool(flags & ACK)  # a SYN-ACK's receiver is the originator
+            else:
+                flip = sport in self.service_ports and dport not in self.service_ports and sport != 20
+        else:
+            flip = sport in self.service_ports and dport not in self.service_ports and sport != 20
+        if flip:
+            flow = Flow(self._uid(key, p.ts), key, p.proto, dst, dport, src, sport, p.ts, p.vlan)
+            if not (flags & SYN):
+                flow.history = "^"
+                flow.flipped = True
+        else:
+            flow = Flow(self._uid(key, p.ts), key, p.proto, src, sport, dst, dport, p.ts, p.vlan)
+        self.flows[key] = flow
+        self.queues[flow.tclass][key] = flow
+        self.stats.created += 1
+        if len(self.flows) > self.stats.active_max:
+            self.stats.active_max = len(self.flows)
+        if self.on_new is not None:
+            self.on_new(flow)
+        return flow
+
+    def process(self, p: Packet) -> Flow:
+        """Account one target packet; returns its flow."""
+        ts = self.advance(p.ts)
+        a, b = (p.src, p.sport), (p.dst, p.dport)
+        key = (p.proto,) + (a + b if a <= b else b + a)
+        flow = self.flows.get(key)
+        if flow is None:
+            flow = self._create(p, key)
+        from_orig = p.src == flow.orig_b and p.sport == flow.orig_p
+        if ts > flow.last_ts:
+            flow.last_ts = ts
+        if p.proto == 6:
+            self._tcp(flow, p, from_orig)
+        else:
+            side = flow.o if from_orig else flow.r
+            side.pkts += 1
+            side.udp_bytes += p.plen
+            side.state = UDP_ACTIVE
+            flow.add_history("D" if from_orig else "d")
+        q = self.queues[flow.tclass]
+        q.move_to_end(key)
+        return flow
+
+    def _set_class(self, flow: Flow, cls: int) -> None:
+        if flow.tclass != cls:
+            self.queues[flow.tclass].pop(flow.key, None)
+            flow.tclass = cls
+            self.queues[cls][flow.key] = flow
+
+    def _tcp(self, flow: Flow, p: Packet, from_orig: bool) -> None:
+        s, peer = (flow.o, flow.r) if from_orig else (flow.r, flow.o)
+        s.pkts += 1
+        flags = p.flags
+        syn, ack, fin, rst = flags & SYN, flags & ACK, flags & FIN, flags & RST
+        up = str.upper if from_orig else str.lower
+        if syn and rst:
+            flow.add_history(up("i"))
+        if syn:
+            flow.add_history(up("h" if ack else "s"))
+            if s.state in (INACTIVE, SYN_SENT, SYN_ACK_SENT) and s.hi == s.lo:
+                # (re)base on the SYN unless data was already counted
+                if s.syn_seq != p.seq:
+                    s.syn_seq = p.seq
+                    s.base = (p.seq + 1) & _M32
+                    s.lo = s.hi = 0
+                    s.seen_seq = True
+                if s.state == INACTIVE:
+                    s.state = SYN_ACK_SENT if ack else SYN_SENT
+            if ack and peer.state == SYN_SENT and s.state == SYN_ACK_SENT:
+                pass
+        if rst:
+            flow.add_history(up("r"))
+            s.state = RESET
+            self._set_class(flow, T_CLOSED)
+            if p.plen:
+                self._seq(flow, s, p)
+            return
+        if p.plen:
+            flow.add_history(up("d"))
+            self._seq(flow, s, p)
+        elif ack and not syn and not fin:
+            flow.add_history(up("a"))
+        if not syn:
+            if s.state == INACTIVE:
+                s.state = PARTIAL
+                if not s.seen_seq:
+                    s.base = p.seq
+                    s.seen_seq = True
+            elif s.state == SYN_SENT and ack and peer.state in (SYN_ACK_SENT, ESTABLISHED):
+                s.state = ESTABLISHED
+                if peer.state == SYN_ACK_SENT:
+                    peer.state = ESTABLISHED
+            elif s.state == SYN_ACK_SENT and (ack or p.plen) and peer.state == ESTABLISHED:
+                s.state = ESTABLISHED
+        if fin:
+            flow.add_history(up("f"))
+            if not s.fin:
+                s.fin = True
+            if s.state != RESET:
+                s.state = CLOSED
+        if s.state in (CLOSED, RESET) and peer.state in (CLOSED, RESET):
+            self._set_class(flow, T_CLOSED)
+        elif flow.tclass == T_ATTEMPT and (s.state == ESTABLISHED or peer.state == ESTABLISHED
+                                          or s.state == PARTIAL or peer.state == PARTIAL):
+            self._set_class(flow, T_ESTABLISHED)
+
+    def _seq(self, flow: Flow, s: Side, p: Packet) -> None:
+        if not s.seen_seq:
+            s.base = p.seq
+            s.seen_seq = True
+        rel = (p.seq - s.base) & _M32
+        hi = s.hi
+        cand = rel + (hi & ~_M32)
+        if cand - hi > _HALF:
+            cand -= _WRAP
+        elif hi - cand > _HALF:
+            cand += _WRAP
+        end = cand + p.plen
+        if cand > hi:
+            jump = cand - hi
+            if jump > self.max_seq_jump:
+                flow.weirds += 1
+                self.on_weird(p.ts, flow, "tcp_seq_jump", f"{jump} bytes ahead")
+                return
+            s.missed += jump
+            flow.add_history("G" if s is flow.o else "g")
+            s.hi = end
+        elif end > hi:
+            s.hi = end
+        elif end <= hi:
+            if cand >= s.lo:
+                flow.add_history("T" if s is flow.o else "t")
+        if cand < s.lo:
+            if s.lo - cand > self.max_seq_jump:
+                flow.weirds += 1
+                self.on_weird(p.ts, flow, "tcp_seq_jump", f"{s.lo - cand} bytes behind")
+                return
+            s.lo = cand

@@ -1,0 +1,114 @@
+"""Address typing (Defender's LocalIPType/RemoteIPType) with the standard
+library ``ipaddress``, plus configured CIDR overrides.
+
+Types: Public, Private, Reserved, Loopback, LinkLocal, Multicast, Broadcast,
+Teredo, FourToSixMapping. "Private" is RFC 1918 and IPv6 unique-local
+(fc00::/7) only; every other non-global range (CGNAT 100.64/10, the
+documentation and benchmarking ranges, 0/8, 240/4, ...) is "Reserved", so a
+lab or VPN range must be named explicitly with ``ip_type_overrides``.
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable, Mapping
+
+IP_TYPES = (
+    "Public",
+    "Private",
+    "Reserved",
+    "Loopback",
+    "LinkLocal",
+    "Multicast",
+    "Broadcast",
+    "Teredo",
+    "FourToSixMapping",
+)
+
+_PRIVATE = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
+)
+_TEREDO = ipaddress.ip_network("2001::/32")
+_BROADCAST = ipaddress.ip_address("255.255.255.255")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def builtin_type(addr: Address) -> str:
+    """The type of ``addr`` without overrides."""
+    if addr.version == 6:
+        if addr.ipv4_mapped is not None:
+            return "FourToSixMapping"
+        if addr in _TEREDO:
+            return "Teredo"
+    if addr.is_loopback:
+        return "Loopback"
+    if addr == _BROADCAST:
+        return "Broadcast"
+    if addr.is_multicast:
+        return "Multicast"
+    if addr.is_link_local:
+        return "LinkLocal"
+    for net in _PRIVATE:
+        if addr.version == net.version and addr in net:
+            return "Private"
+    if addr.is_global:
+        return "Public"
+    return "Reserved"
+
+
+class IpTyper:
+    """Classifies addresses; overrides win, the most specific prefix first.
+
+    Results are cached per address (bounded), so the per-record cost is a
+    dict lookup."""
+
+    __slots__ = ("_overrides", "_cache", "_cache_max")
+
+    def __init__(self, overrides: Mapping[Network, str] | None = None, cache_max: int = 65536) -> None:
+        items = sorted((overrides or {}).items(), key=lambda kv: kv[0].prefixlen, reverse=True)
+        self._overrides: tuple[tuple[Network, str], ...] = tuple(items)
+        self._cache: dict[str, str] = {}
+        self._cache_max = cache_max
+
+    def type_of(self, ip: str) -> str:
+        t = self._cache.get(ip)
+        if t is not None:
+            return t
+        addr = ipaddress.ip_address(ip)
+        t = None
+        for net, typ in self._overrides:
+            if addr.version == net.version and addr in net:
+                t = typ
+                break
+        if t is None:
+            t = builtin_type(addr)
+        if len(self._cache) >= self._cache_max:
+            self._cache.clear()
+        self._cache[ip] = t
+        return t
+
+
+class NetSet:
+    """A set of networks with a cached membership test (home_net)."""
+
+    __slots__ = ("_nets", "_cache")
+
+    def __init__(self, nets: Iterable[Network]) -> None:
+        self._nets = tuple(nets)
+        self._cache: dict[str, bool] = {}
+
+    def __contains__(self, ip: str) -> bool:
+        r = self._cache.get(ip)
+        if r is None:
+            addr = ipaddress.ip_address(ip)
+            r = any(addr.version == n.version and addr in n for n in self._nets)
+            if len(self._cache) >= 65536:
+                self._cache.clear()
+            self._cache[ip] = r
+        return r
+
+    @property
+    def networks(self) -> tuple[Network, ...]:
+        return self._nets

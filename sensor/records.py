@@ -1,0 +1,96 @@
+"""Connection records shaped like Defender's DeviceNetworkEvents.
+
+Built once per flow when it ends. Field order is fixed (the order below), so
+the same capture always gives byte-identical output.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from .communityid import community_id_v1
+from .config import Config
+from .flows import Flow
+from .iptype import IpTyper, NetSet
+
+RECORD_FIELDS = (
+    "Timestamp", "DeviceName", "ActionType", "LocalIP", "LocalPort", "RemoteIP", "RemotePort",
+    "Protocol", "LocalIPType", "RemoteIPType", "InitiatingProcessFileName", "InitiatingProcessId",
+    "InitiatingProcessAccountName", "AccountName", "SentBytes", "ReceivedBytes", "SentPackets",
+    "ReceivedPackets", "FirstSeen", "LastSeen", "ConnState", "History", "Uid", "CommunityId",
+    "Direction", "Vlan",
+)
+
+# the hunt's protocol label by well-known remote port
+PORT_PROTOCOL = {20: "FTP/FTPS", 21: "FTP/FTPS", 990: "FTP/FTPS", 989: "FTP/FTPS",
+                 445: "SMB", 139: "SMB", 69: "TFTP"}
+
+
+def iso_us(ts_us: int) -> str:
+    """ISO 8601 UTC with microseconds, e.g. 2026-11-28T03:00:00.000123Z."""
+    sec, us = divmod(ts_us, 1_000_000)
+    return datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{us:06d}Z"
+
+
+class RecordBuilder:
+    __slots__ = ("cfg", "typer", "home")
+
+    def __init__(self, config: Config) -> None:
+        self.cfg = config
+        self.typer = IpTyper(config.ip_type_overrides)
+        self.home = NetSet(config.home_net)
+
+    def device_is_orig(self, flow: Flow) -> bool:
+        o_home = flow.orig_h in self.home
+        r_home = flow.resp_h in self.home
+        if o_home != r_home:
+            return o_home
+        return True
+
+    def action_type(self, flow: Flow, outbound: bool) -> str:
+        if flow.proto == 6:
+            if "S" not in flow.history and "h" not in flow.history:
+                return "ConnectionFound"
+            if not flow.successful:
+                return "ConnectionFailed"
+        else:
+            if not flow.successful:
+                return "ConnectionFailed" if "D" in flow.history else "ConnectionFound"
+        return "ConnectionSuccess" if outbound else "InboundConnectionAccepted"
+
+    def build(self, flow: Flow) -> dict:
+        outbound = self.device_is_orig(flow)
+        if outbound:
+            lip, lport, rip, rport, sent, recv = flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p, flow.o, flow.r
+        else:
+            lip, lport, rip, rport, sent, recv = flow.resp_h, flow.resp_p, flow.orig_h, flow.orig_p, flow.r, flow.o
+        cfg = self.cfg
+        device = cfg.device_name or cfg.inventory.get(lip, lip)
+        first = iso_us(flow.first_ts)
+        return {
+            "Timestamp": first,
+            "DeviceName": device,
+            "ActionType": self.action_type(flow, outbound),
+            "LocalIP": lip,
+            "LocalPort": lport,
+            "RemoteIP": rip,
+            "RemotePort": rport,
+            "Protocol": "Tcp" if flow.proto == 6 else "Udp",
+            "LocalIPType": self.typer.type_of(lip),
+            "RemoteIPType": self.typer.type_of(rip),
+            "InitiatingProcessFileName": "",
+            "InitiatingProcessId": 0,
+            "InitiatingProcessAccountName": "",
+            "AccountName": "",
+            "SentBytes": sent.bytes,
+            "ReceivedBytes": recv.bytes,
+            "SentPackets": sent.pkts,
+            "ReceivedPackets": recv.pkts,
+            "FirstSeen": first,
+            "LastSeen": iso_us(flow.last_ts),
+            "ConnState": flow.conn_state,
+            "History": flow.history,
+            "Uid": flow.uid,
+            "CommunityId": community_id_v1(flow.orig_b, flow.resp_b, flow.proto, flow.orig_p, flow.resp_p),
+            "Direction": "outbound" if outbound else "inbound",
+            "Vlan": flow.vlan,
+        }
