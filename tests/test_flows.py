@@ -1,0 +1,143 @@
+"""Flow tracking: byte accounting in sequence space, state, originator, link types."""
+import pytest
+
+from craft import Link, Tcp, relink, tcp_session, udp_exchange
+from sensor.config import config_from_dict
+from sensor.decode import Decoder, Packet
+from sensor.flows import FlowTable
+
+DEV, SRV = "10.1.1.5", "93.184.216.34"
+T0 = 1_700_000_000.0
+
+
+def one(r):
+    assert len(r.connections) == 1, r.connections
+    return r.connections[0]
+
+
+def test_retransmissions_counted_once(replay):
+    c = Tcp(DEV, SRV, 40000, 21, T0).handshake()
+    data = b"STOR secret.zip\r\n"
+    c.c2s(data).retransmit_last(True, data).retransmit_last(True, data)
+    c.s2c(b"150 ok\r\n").retransmit_last(False, b"150 ok\r\n")
+    r = replay(c.fin().pkts)
+    rec = one(r)
+    assert rec["SentBytes"] == len(data) and rec["ReceivedBytes"] == 8
+    assert rec["SentPackets"] == 1 + 1 + 3 + 1 + 1 + 1  # SYN, ACK, data x3, ACK of the reply, FIN, last ACK
+    assert "T" in rec["History"] and "t" in rec["History"]
+
+
+def test_sequence_wrap_does_not_inflate(replay):
+    # ISN just below 2^32: the payload crosses the wrap
+    c = Tcp(DEV, SRV, 40000, 445, T0, isn_c=0xFFFFFF00, isn_s=0xFFFFFFF0).handshake()
+    up = bytes(range(256)) * 20           # 5120 bytes, wraps after 255
+    c.c2s(up).s2c(b"z" * 3000)
+    c.retransmit_last(True, up[4200:])  # the last segment again, after the wrap
+    rec = one(replay(c.fin().pkts))
+    assert rec["SentBytes"] == 5120
+    assert rec["ReceivedBytes"] == 3000
+    assert rec["ConnState"] == "SF"
+
+
+def test_out_of_order_and_gap_accounting(replay):
+    c = Tcp(DEV, SRV, 40000, 21, T0).handshake()
+    seq0 = c.cseq
+    c._emit(True, "PA", b"B" * 100, seq=seq0 + 100)   # second segment first
+    c._emit(True, "PA", b"A" * 100, seq=seq0)         # then the first
+    c.cseq = seq0 + 200
+    c._emit(True, "PA", b"D" * 100, seq=seq0 + 300)   # a gap of 100 bytes (capture loss)
+    c.cseq = seq0 + 400
+    rec = one(replay(c.fin().pkts))
+    assert rec["SentBytes"] == 400   # Zeek counts the missed bytes in orig_bytes too
+    assert "G" in rec["History"]
+
+
+def test_snaplen_cut_packets_count_bytes_from_sequence_numbers(replay, tmp_path):
+    from craft import write_raw_pcap
+    pkts = tcp_session(DEV, SRV, 40000, 445, T0, c2s=b"W" * 1000, s2c=b"R" * 500)
+    path = write_raw_pcap(tmp_path / "snap.pcap", [(float(p.time), bytes(p)[:64], len(bytes(p))) for p in pkts],
+                          snaplen=64)
+    r = replay(path)
+    rec = one(r)
+    assert rec["SentBytes"] == 1000 and rec["ReceivedBytes"] == 500
+    assert r.pipe.decode_stats.truncated >= 2
+
+
+def test_originator_is_syn_sender_even_if_synack_first_in_capture(replay):
+    pkts = tcp_session(DEV, SRV, 40000, 21, T0, c2s=b"a" * 10, s2c=b"b" * 20)
+    pkts[0].time, pkts[1].time = pkts[1].time, pkts[0].time  # SYN-ACK appears first
+    rec = one(replay(pkts))
+    assert rec["LocalIP"] == DEV and rec["RemotePort"] == 21
+    assert rec["SentBytes"] == 10 and rec["ReceivedBytes"] == 20
+    assert rec["ActionType"] == "ConnectionSuccess"
+
+
+def test_midstream_server_first_is_flipped():
+    cfg = config_from_dict({})
+    ended = []
+    ft = FlowTable(cfg, ended.append)
+    # first packet seen: server:21 -> client:40000 data (no SYN)
+    p = Packet(1, bytes([93, 184, 216, 34]), bytes([10, 1, 1, 5]), 6, 21, 40000, 0x18, 100, 5, 10, b"x" * 10, 0, False)
+    f = ft.process(p)
+    assert f.orig_h == "10.1.1.5" and f.resp_p == 21 and f.history == "^d"
+    ft.flush()
+    assert ended[0].conn_state == "OTH"
+
+
+@pytest.mark.parametrize("kind", ["sll", "sll2", "raw", "null"])
+def test_link_types_give_the_same_records(replay, kind):
+    pkts = tcp_session(DEV, SRV, 40000, 21, T0, c2s=b"USER x\r\n", s2c=b"331 x\r\n")
+    base = one(replay(pkts))
+    q, lt = relink(pkts, kind)
+    rec = one(replay(q, linktype=lt))
+    for k in ("ActionType", "SentBytes", "ReceivedBytes", "SentPackets", "ReceivedPackets", "History", "CommunityId"):
+        assert rec[k] == base[k], (kind, k)
+
+
+def test_timeouts_end_flows_on_packet_time(replay):
+    # an S0 attempt, then an hour of unrelated target traffic: the attempt ends
+    # by timeout (not at flush) and its record comes first
+    from craft import tcp_unanswered
+    pkts = tcp_unanswered(DEV, SRV, 40000, 21, T0, tries=1)
+    pkts += tcp_session(DEV, "93.184.216.99", 40001, 445, T0 + 3600)
+    r = replay(pkts)
+    assert [c["ConnState"] for c in r.connections] == ["S0", "SF"]
+    assert r.pipe.flows.stats.expired == 1
+
+
+def test_max_flows_bound_evicts_and_counts(replay):
+    pkts = []
+    for i in range(50):
+        c = Tcp(DEV, SRV, 30000 + i, 445, T0 + i * 0.01)
+        c._emit(True, "S")
+        pkts += c.pkts
+    r = replay(pkts, config={"limits": {"max_flows": 10}})
+    st = r.pipe.flows.stats
+    assert st.active_max == 10
+    assert st.evicted == 40
+    assert len(r.connections) == 50     # evicted flows are still reported
+
+
+def test_non_target_traffic_is_not_tracked(replay):
+    pkts = tcp_session(DEV, SRV, 40000, 443, T0, c2s=b"x" * 100)
+    pkts += udp_exchange(DEV, "8.8.8.8", 5353, 53, T0, [(True, b"q"), (False, b"r")])
+    r = replay(pkts)
+    assert r.connections == []
+    assert r.pipe.decode_stats.target == 0 and r.pipe.decode_stats.packets == len(pkts)
+
+
+def test_decoder_never_raises_on_garbage():
+    import random
+    rnd = random.Random(7)
+    weird = []
+    for lt in (0, 1, 12, 101, 108, 113, 228, 229, 276, 9999):
+        d = Decoder(lt, {21, 445}, on_weird=lambda ts, n, det: weird.append(n))
+        base = bytes(tcp_session(DEV, SRV, 40000, 21, T0)[0])
+        for i in range(3000):
+            b = bytearray(base[: rnd.randrange(0, len(base) + 1)])
+            for _ in range(rnd.randrange(0, 4)):
+                if b:
+                    b[rnd.randrange(len(b))] = rnd.randrange(256)
+            d.decode(i, bytes(b))
+        assert d.stats.packets == 3000
+    assert weird  # malformed frames were reported, by name
