@@ -10,8 +10,9 @@ API:
 ``parse_tls_client_hello_sni(data: bytes) -> str | None``
     ``data`` is the first bytes the client sent on the (TLS part of the)
     connection. Returns the first ``host_name`` entry of the server_name
-    extension (RFC 6066), decoded as UTF-8 with ``errors="surrogateescape"``
-    (the convention of the FTP analyzer: lossless, always a ``str``). Returns
+    extension (RFC 6066), decoded as UTF-8 with ``errors="backslashreplace"``
+    (the project's convention, as in the FTP and TFTP analyzers: always a
+    valid ``str``; an invalid byte 0xff reads ``\\xff``). Returns
     None when the bytes are not a TLS handshake, not a ClientHello, carry no
     SNI, or are cut before the SNI ends. It reassembles a ClientHello that is
     split over several TLS records (large post-quantum key shares), reading at
@@ -123,7 +124,7 @@ def _sni_from_client_hello(hs: bytes) -> str | None:
             name_type = names.uint(1)
             name = names.vector(2)
             if name_type == _NAME_TYPE_HOST and name:
-                return name.decode("utf-8", "surrogateescape")
+                return name.decode("utf-8", "backslashreplace")
         return None
     return None
 
