@@ -108,7 +108,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         else:
             print("no alerts", file=out)
         if args.out:
-            print(f"\nrecords written to {args.out}/ (connections.jsonl, alerts.jsonl, weird.jsonl)", file=out)
+            print(f"\nrecords written to {str(args.out).rstrip('/')}/ (connections.jsonl, alerts.jsonl, weird.jsonl)", file=out)
     return EXIT_DAMAGED if damaged else EXIT_OK
 
 
