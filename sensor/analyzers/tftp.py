@@ -54,9 +54,9 @@ gets the server's datagrams (DATA/OACK of a read, ACK/OACK of a write) and
 ``receive_tc`` gets the client's. The analyzer does not depend on that
 assignment: it learns which side sends DATA from the first DATA, ACK or OACK
 it sees (ACK comes from the receiver; OACK from the server, which is the data
-sender of a read and the receiver of a write). Only when there is no
-context, no OACK and only DATA does it fall back on "originator = server" to
-tell a read from a write.
+sender of a read and the receiver of a write). Only when there is neither
+a context nor an OACK does it fall back on "originator = server" to tell a
+read from a write.
 
 It counts file bytes over UNIQUE DATA blocks (retransmissions once), follows
 16-bit block-number rollover (65535 -> 0, or -> 1; learned from the wire or
@@ -76,6 +76,10 @@ retransmitted_blocks, missing_blocks, request_uid)``:
 may differ). ``blocks`` counts unique DATA blocks, including an empty last
 block. ``missing_blocks`` counts blocks that were skipped (capture loss; up to
 ``limits.max_block_skip`` past the window are accepted) and never seen.
+
+Inspection while running: ``TftpTransferAnalyzer.done`` (the emitted
+``TftpTransferDone`` or None), ``.bytes_seen``, ``.blksize``;
+``TftpRequestAnalyzer.requests`` and ``.retransmitted_requests``.
 
 Malformed input never raises: it becomes :class:`sensor.events.Weird` with a
 stable name from :data:`WEIRD_NAMES`, at most ``limits.max_weirds`` per
