@@ -1,0 +1,11 @@
+"""Real-traffic lab: network namespaces, real servers and clients, tcpdump, tshark.
+
+Plain Python (no pytest inside), used by tests/test_real_tshark_oracle.py and
+pcaps/record_real.py.  Needs root.  Traffic stays inside the namespaces it
+creates (no default route there).
+
+* netns.py     -- Lab (two namespaces and a veth pair), Capture (tcpdump)
+* servers.py   -- vsftpd (21, 990 implicit TLS), tftpd-hpa, smbd; lab users and files
+* scenarios.py -- client scenarios with ground truth; record_all / record_fast
+* oracle.py    -- tshark's (pyshark) per-conversation view of a capture
+"""
