@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import pcapy
 
@@ -24,8 +24,8 @@ class CaptureError(Exception):
 class ReadResult:
     path: str
     linktype: int
-    packets: int
-    bytes: int
+    packets: int      # packets delivered (those the capture filter admitted)
+    capture_filter: str | None = None
     error: str = ""   # set when the file is damaged: packets before it were delivered
 
 
@@ -46,25 +46,40 @@ def open_offline(path: str | Path):
         raise CaptureError(f"{p}: not a pcap or pcapng capture ({msg})") from None
 
 
-def read_file(path: str | Path, handler_for: Callable[[int], Handler]) -> ReadResult:
+def set_filter(reader, filters: Sequence[str | None]) -> str | None:
+    """Install the first filter that compiles for this link type (``vlan``
+    does not compile on every link type); None = no filter."""
+    for f in filters:
+        if f is None:
+            return None
+        try:
+            reader.setfilter(f)
+            return f
+        except pcapy.PcapError:
+            continue
+    return None
+
+
+def read_file(path: str | Path, handler_for: Callable[[int], Handler],
+              filters: Callable[[], Sequence[str | None]] | None = None) -> ReadResult:
     """Read every packet of ``path``; ``handler_for(linktype)`` gives the
-    function that receives ``(ts_us, data)``. A damaged file (cut in the
-    middle of a record) yields every whole packet before the damage and
-    reports it in ``ReadResult.error``."""
+    function that receives ``(ts_us, data)``; ``filters()`` the capture
+    filters to try, best first. A damaged file (cut in the middle of a
+    record) yields every whole packet before the damage and reports it in
+    ``ReadResult.error``."""
     reader = open_offline(path)
     linktype = reader.datalink()
     handle = handler_for(linktype)
-    count = [0, 0]
+    installed = set_filter(reader, filters()) if filters is not None else None
+    count = [0]
 
     def cb(hdr, data: bytes) -> None:
         s, us = hdr.getts()
-        count[0] += 1
-        count[1] += len(data)
         handle(s * 1_000_000 + us, data)
 
     err = ""
     try:
-        reader.loop(0, cb)
+        _count(reader, cb, count)
     except pcapy.PcapError as e:
         err = str(e) or "read error"
     finally:
@@ -72,4 +87,12 @@ def read_file(path: str | Path, handler_for: Callable[[int], Handler]) -> ReadRe
             reader.close()
         except Exception:  # pragma: no cover - close never matters for correctness
             pass
-    return ReadResult(str(path), linktype, count[0], count[1], err)
+    return ReadResult(str(path), linktype, count[0], installed, err)
+
+
+def _count(reader, cb, count: list) -> int:
+    def counted(hdr, data: bytes) -> None:
+        count[0] += 1
+        cb(hdr, data)
+    reader.loop(0, counted)
+    return count[0]

@@ -80,7 +80,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     packets = 0
     try:
         for path in args.pcap:
-            res = read_file(path, pipe.handler_for)
+            res = read_file(path, pipe.handler_for, pipe.capture_filters)
             packets += res.packets
             if res.error:
                 damaged.append(f"{path}: damaged after {res.packets} packets: {res.error}")
@@ -97,7 +97,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print()
     else:
         out = sys.stdout
-        print(f"{packets} packets, {conns} connections on tracked ports, "
+        print(f"{packets} packets on tracked ports, {conns} connections on tracked ports, "
               f"{len(alerts)} alert(s) in {elapsed:.2f}s", file=out)
         by = pipe.stats()["connections"]
         if by:

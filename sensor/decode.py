@@ -68,9 +68,11 @@ class Packet:
 
 
 class DecodeStats:
-    """Counters (Suricata's decoder.*)."""
+    """Counters (Suricata's decoder.*). ``fast_rejected`` counts packets
+    dropped by the inline check (IPv4 TCP/UDP on no tracked port) before full
+    decoding; ``packets`` counts the rest, so all seen = packets + fast_rejected."""
 
-    __slots__ = ("packets", "bytes", "ipv4", "ipv6", "tcp", "udp", "vlan", "target",
+    __slots__ = ("packets", "fast_rejected", "ipv4", "ipv6", "tcp", "udp", "vlan", "target",
                  "non_ip", "other_ip_proto", "fragments", "truncated", "malformed",
                  "unknown_linktype")
 
@@ -104,6 +106,40 @@ class Decoder:
             self.decode = self._unknown_link
         else:
             self.decode = fn.__get__(self)
+
+    def handler(self, process: Callable[[Packet], object]) -> Callable[[int, bytes], None]:
+        """A function ``(ts, frame)`` that decodes and hands target packets to
+        ``process``. For Ethernet the common case (IPv4, untagged, not a
+        fragment, neither port tracked) is rejected inline, before any other
+        call; everything else takes the general path."""
+        decode = self.decode
+        if self.linktype != LINKTYPE_ETHERNET:
+            def slow(ts: int, data: bytes) -> None:
+                p = decode(ts, data)
+                if p is not None:
+                    process(p)
+            return slow
+        ports = self.ports
+        stats = self.stats
+
+        def fast(ts: int, data: bytes) -> None:
+            if data[12:14] == b"\x08\x00" and len(data) >= 42:
+                b0 = data[14]
+                proto = data[23]
+                if (proto == 6 or proto == 17) and (b0 >> 4) == 4 and not (data[20] & 0x3F or data[21]):
+                    l4 = 14 + ((b0 & 0x0F) << 2)
+                    if ((data[l4] << 8) | data[l4 + 1]) not in ports and \
+                            ((data[l4 + 2] << 8) | data[l4 + 3]) not in ports and (b0 & 0x0F) >= 5:
+                        stats.fast_rejected += 1
+                        return
+            p = decode(ts, data)
+            if p is not None:
+                process(p)
+        return fast
+
+    @property
+    def packets(self) -> int:
+        return self.stats.packets + self.stats.fast_rejected
 
     # -- helpers --------------------------------------------------------------
     def _weird(self, ts: int, name: str, detail: str = "") -> None:

@@ -23,7 +23,7 @@ class Event:
     event_type: ClassVar[str] = "event"
 
     def __init_subclass__(cls, **kw: object) -> None:
-        super().__init_subclass__(**kw)
+        super(Event, cls).__init_subclass__(**kw)  # zero-arg super breaks under slots=True
         cls.event_type = _CAMEL.sub("_", cls.__name__).lower()
 
 

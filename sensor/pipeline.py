@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from .bpf import build_filter
 from .config import Config
 from .decode import DecodeStats, Decoder
 from .detect import Detector
@@ -37,15 +38,13 @@ class Pipeline:
     def handler_for(self, linktype: int) -> Callable[[int, bytes], None]:
         h = self._decoders.get(linktype)
         if h is None:
-            dec = Decoder(linktype, self.ports, self.decode_stats, self._decode_weird).decode
-            process = self.flows.process
-
-            def h(ts: int, data: bytes) -> None:
-                p = dec(ts, data)
-                if p is not None:
-                    process(p)
-            self._decoders[linktype] = h
+            dec = Decoder(linktype, self.ports, self.decode_stats, self._decode_weird)
+            h = self._decoders[linktype] = dec.handler(self.flows.process)
         return h
+
+    def capture_filters(self) -> list[str | None]:
+        """BPF filters to try, best first (see sensor/bpf.py)."""
+        return [build_filter(self.ports), build_filter(self.ports, vlan=False), None]
 
     def finish(self) -> None:
         self.flows.flush()

@@ -33,7 +33,8 @@ def replay(tmp_path):
     """replay(pkts or path, config=dict, linktype=None) -> Replay"""
     from craft import write_pcap
 
-    def run(pkts, config: dict | None = None, linktype: int | None = None, rules=None) -> Replay:
+    def run(pkts, config: dict | None = None, linktype: int | None = None, rules=None,
+            capture_filter: bool = True) -> Replay:
         if isinstance(pkts, (str, Path)):
             path = Path(pkts)
         else:
@@ -42,7 +43,7 @@ def replay(tmp_path):
         rs = rules or load_rules(REPO / "rules", RECORD_FIELDS)
         sink = MemorySink()
         pipe = Pipeline(cfg, rs, sink)
-        res = read_file(path, pipe.handler_for)
+        res = read_file(path, pipe.handler_for, pipe.capture_filters if capture_filter else None)
         assert not res.error, res.error
         pipe.finish()
         return Replay(pipe, sink)
