@@ -15,7 +15,9 @@ Three layers, each usable on its own:
    (server -> client). ``receive_data(bytes)`` buffers; ``next_event()``
    returns a :class:`CommandLine`, a :class:`ReplyMessage` (a whole
    multi-line reply ``123-`` ... ``123 ``), a :class:`ParseIssue` (a named
-   anomaly, turned into a Weird by the session) or ``NEED_DATA``;
+   anomaly, turned into a Weird by the session), :class:`TlsStart` (only
+   while the session sets ``expect_tls``: AUTH awaits its reply and a line
+   starts with a TLS record) or ``NEED_DATA``;
    ``receive_eof()`` treats the unterminated tail as a last line;
    ``resync()`` drops buffered bytes and skips lines until one looks like
    FTP again (used after a gap). They know nothing of time.
@@ -44,8 +46,9 @@ chunk that completed the message; ``seq`` = the per-session command number,
 - :class:`FtpReply` ``(seq, code, text, text_truncated, for_command)``: every
   complete reply; ``seq``/``for_command`` name the command it answers (0/""
   for the greeting and for replies with no pending command). A multi-line
-  reply is one event; its lines are joined with ``"\\n"`` (first and last
-  line without their ``123-``/``123 `` prefix, continuation lines as sent).
+  reply is one event; its lines are joined with ``"\\n"`` (without the
+  ``123-``/``123 `` prefix where a line has it; other continuation lines,
+  such as FEAT's `` EPSV``, as sent).
 - :class:`FtpLogin` ``(seq, user, user_truncated, password_sent, success,
   code)``: the final reply to USER (``password_sent=False``) or PASS
   (``password_sent=True``) — success for 2xx, failure for 4xx/5xx. The
@@ -156,7 +159,7 @@ line longer than ``max_line_length`` bytes is cut there (the rest up to the
 next LF is discarded without buffering) and reported as Weird
 ``ftp_line_too_long``; the message is still used, flagged truncated. Each
 parser's buffer therefore holds at most ``max_line_length + 1`` bytes plus
-the chunk being read. Arguments are capped at ``max_arg_length`` and reply
+the chunk being read, even when the caller does not drain. Arguments are capped at ``max_arg_length`` and reply
 text at ``max_text_length`` characters (``*_truncated`` flags say so);
 command verbs longer than ``max_command_length`` or not alphanumeric give
 ``ftp_malformed_command`` (the line is still a command: the server will
@@ -223,7 +226,7 @@ __all__ = [
     "DATA_DIRECTIONS",
     "FtpRequest", "FtpReply", "FtpLogin", "FtpSize", "FtpTlsUpgrade",
     "FtpDataCommand", "FtpDataResult", "FtpDataChannel",
-    "CommandLine", "ReplyMessage", "ParseIssue",
+    "CommandLine", "ReplyMessage", "ParseIssue", "TlsStart",
     "FtpCommandParser", "FtpReplyParser",
     "HostPort", "FtpAddressError",
     "parse_port_arg", "parse_eprt_arg", "parse_pasv_reply", "parse_epsv_reply",
@@ -653,6 +656,11 @@ class ParseIssue:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class TlsStart:
+    """A line would start with a TLS handshake record while ``expect_tls``."""
+
+
 class _LineReader:
     """Bounded LF-terminated line splitter; drops one CR before the LF."""
 
@@ -664,9 +672,9 @@ class _LineReader:
         self._discard = False  # inside an over-long line: drop up to next LF
         self._max = max_line
 
-    @property
-    def at_line_start(self) -> bool:
-        return not self._buf and not self._discard
+    def next_byte(self) -> int | None:
+        """First byte of the next line, if it is buffered."""
+        return None if self._discard or not self._buf else self._buf[0]
 
     def feed(self, data: bytes) -> None:
         if self._discard:
@@ -675,7 +683,17 @@ class _LineReader:
                 return
             data = data[i + 1 :]
             self._discard = False
-        self._buf += data
+        buf = self._buf
+        if len(buf) > self._max + 1 and buf.find(b"\n", self._scan) < 0:
+            # The unfinished line is already too long and will be cut at
+            # _max: keep none of its further bytes (bounded even if the
+            # caller feeds without draining).
+            self._scan = len(buf)
+            i = data.find(b"\n")
+            if i < 0:
+                return
+            data = data[i:]
+        buf += data
 
     def next_line(self) -> tuple[bytes, bool] | None:
         """(line without terminator, was_cut) or None if no complete line."""
@@ -712,24 +730,25 @@ class _LineReader:
 
 
 class _ParserBase:
-    __slots__ = ("_limits", "_lines", "_out", "_resync")
+    __slots__ = ("_limits", "_lines", "_out", "_resync", "expect_tls")
 
     def __init__(self, limits: FtpLimits = DEFAULT_LIMITS) -> None:
         self._limits = limits
         self._lines = _LineReader(limits.max_line_length)
         self._out: deque[CommandLine | ReplyMessage | ParseIssue] = deque()
         self._resync = False
-
-    @property
-    def at_line_start(self) -> bool:
-        """No partial line is buffered."""
-        return self._lines.at_line_start
+        self.expect_tls = False
+        """When set, a line starting with 0x16 (a TLS handshake record) is not
+        parsed: ``next_event`` drops all buffered input and returns TlsStart."""
 
     def receive_data(self, data: bytes) -> None:
         self._lines.feed(data)
 
-    def next_event(self) -> CommandLine | ReplyMessage | ParseIssue | _NeedData:
+    def next_event(self) -> CommandLine | ReplyMessage | ParseIssue | TlsStart | _NeedData:
         while not self._out:
+            if self.expect_tls and self._lines.next_byte() == 0x16:
+                self._lines.reset()
+                return TlsStart()
             got = self._lines.next_line()
             if got is None:
                 return NEED_DATA
@@ -815,6 +834,8 @@ class FtpReplyParser(_ParserBase):
             if raw[:3] == code and (len(raw) == 3 or raw[3] == 0x20):
                 self._add(raw[4:], cut)
                 self._finish()
+            elif raw[:3] == code and raw[3] == 0x2D:  # "230-" repeated on every line
+                self._add(raw[4:], cut)
             else:
                 self._add(raw, cut)
             return
@@ -920,11 +941,6 @@ class FtpAnalyzer(Analyzer):
     def receive_ts(self, data: bytes, ts: int) -> list[Event]:
         if self._done or self._client_tls or not data:
             return []
-        if data[0] == 0x16 and self._requests.at_line_start and any(p.command == "AUTH" for p in self._pending):
-            # A TLS record (ClientHello) right after AUTH: the client did not
-            # wait for the 234 (or capture order crossed). Never parse it.
-            self._client_tls = True
-            return []
         out: list[Event] = []
         self._requests.receive_data(data)
         self._drain_requests(ts, out)
@@ -969,6 +985,7 @@ class FtpAnalyzer(Analyzer):
     def _drain_requests(self, ts: int, out: list[Event]) -> None:
         parser = self._requests
         while not self._done:
+            parser.expect_tls = any(p.command == "AUTH" for p in self._pending)
             ev = parser.next_event()
             if ev is NEED_DATA:
                 return
@@ -976,6 +993,13 @@ class FtpAnalyzer(Analyzer):
                 self._on_command(ev, ts, out)
             elif isinstance(ev, ParseIssue):
                 self._weird(out, ts, ev.name, ev.detail)
+            elif isinstance(ev, TlsStart):
+                # A TLS record (ClientHello) where a line should start, with
+                # AUTH awaiting its reply: the client did not wait for the 234
+                # (or the capture order crossed). Never parse the rest of this
+                # direction; a 234 still reports the upgrade.
+                self._client_tls = True
+                return
 
     def _drain_replies(self, ts: int, out: list[Event]) -> None:
         parser = self._replies
