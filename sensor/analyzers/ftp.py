@@ -60,7 +60,10 @@ chunk that completed the message; ``seq`` = the per-session command number,
   is TLS and the analyzer ignores every byte (constant time, no buffering;
   ``gap``/``close`` return []). Pending data commands get no result. The
   pipeline can now read the client's next bytes with
-  :func:`sensor.analyzers.tls.parse_tls_client_hello_sni`.
+  :func:`sensor.analyzers.tls.parse_tls_client_hello_sni`. If a client line
+  starts with a TLS record (0x16) while AUTH awaits its reply (a client that
+  does not wait, or crossed capture order), the client direction is not
+  parsed from there on, even if the server then refuses.
 - :class:`FtpDataCommand` ``(seq, command, arg, arg_truncated, direction,
   mode, channel_seq)``: RETR/LIST/NLST/MLSD (``direction='download'``: file
   bytes server -> client) and STOR/STOU/APPE (``'upload'``: client ->
@@ -157,9 +160,11 @@ Lines, text and bounds (:class:`FtpLimits`, all named)
 Lines end at LF; a CR before it is removed (CRLF and bare LF both work). A
 line longer than ``max_line_length`` bytes is cut there (the rest up to the
 next LF is discarded without buffering) and reported as Weird
-``ftp_line_too_long``; the message is still used, flagged truncated. Each
-parser's buffer therefore holds at most ``max_line_length + 1`` bytes plus
-the chunk being read, even when the caller does not drain. Arguments are capped at ``max_arg_length`` and reply
+``ftp_line_too_long``; the message is still used, flagged truncated. An
+unfinished line is therefore never buffered beyond ``max_line_length + 1``
+bytes (plus the rest of the chunk that started it), even if the caller does
+not drain; complete lines wait in the buffer until ``next_event()`` takes
+them (FtpAnalyzer drains after every chunk). Arguments are capped at ``max_arg_length`` and reply
 text at ``max_text_length`` characters (``*_truncated`` flags say so);
 command verbs longer than ``max_command_length`` or not alphanumeric give
 ``ftp_malformed_command`` (the line is still a command: the server will
@@ -177,10 +182,10 @@ is the output layer's job.
 Gaps
 ----
 ``gap()`` emits Weird ``ftp_content_gap``, drops the partial line of that
-direction, and resynchronises: lines are skipped until one looks like FTP
-(:func:`probe_ts`/:func:`probe_tc` with ``midstream=True``: a known command
-verb, or a ``[1-5]xx`` reply line), so a gap that ends on a line boundary
-loses nothing more. Pending commands are forgotten (their data results come
+direction, and resynchronises: lines (the first one possibly the tail of a
+cut line) are skipped until one looks like FTP, by the test the probes apply
+with ``midstream=True`` (a known command verb; a ``[1-5]xx`` reply line), so
+a gap that ends on a line boundary loses nothing more. Pending commands are forgotten (their data results come
 out as ``'gap'``), replies with no command are not reported until one pairs
 again, and the state goes to ``UNKNOWN``.
 
