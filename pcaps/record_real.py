@@ -5,10 +5,11 @@
     python pcaps/record_real.py tftp smb445       # some of them
     python pcaps/record_real.py --out /tmp/x      # somewhere else
 
-Builds the two-namespace lab of tests/lab (client 10.77.0.1, server
-10.77.0.2), starts vsftpd (21 and 990), tftpd-hpa and smbd in the server
-namespace, runs curl / lftp / tftp / smbclient in the client namespace and
-records the client's veth with tcpdump: one <scenario>.pcap per scenario and
+Builds the lab of tests/lab (client namespace 10.77.0.1, server namespace
+10.77.0.2, a bridge namespace between them that can lose packets for the
+*_lossy scenarios), starts vsftpd (21 and 990), tftpd-hpa and smbd in the
+server namespace, runs curl / lftp / tftp / smbclient in the client namespace
+and records the client's veth with tcpdump: one <scenario>.pcap per scenario and
 a <scenario>.json sidecar with the ground truth (sessions, command lines,
 files, sizes, sha256, directions, users, expected tracked connections).
 Every file transfer is checked byte for byte, and the capture is checked with

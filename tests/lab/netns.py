@@ -69,7 +69,7 @@ class Lab:
     """
 
     def __init__(self, prefix: str = "xs", subnet: str = "10.77.0",
-                 workdir: str | os.PathLike | None = None):
+                 workdir: str | os.PathLike | None = None, middle: bool = False):
         if len(prefix) > 8 or not prefix.replace("-", "").isalnum():
             raise ValueError("prefix must be short and alphanumeric")
         octets = subnet.split(".")
@@ -83,6 +83,14 @@ class Lab:
         self.srv_ns = f"{prefix}-srv"
         self.cli_if = f"{prefix}-c0"
         self.srv_if = f"{prefix}-s0"
+        # middle=True: a third namespace bridges the two veth pairs, so that
+        # impair() can drop forwarded packets *after* the client's capture
+        # point (a local qdisc cannot: TCP small queues throttle the sender
+        # instead of losing packets), which gives real retransmissions
+        self.middle = middle
+        self.mid_ns = f"{prefix}-mid"
+        self.mid_cli_if = f"{prefix}-mc"
+        self.mid_srv_if = f"{prefix}-ms"
         self.cli_ip = f"{subnet}.1"
         self.srv_ip = f"{subnet}.2"
         self.refuse_ip = f"{subnet}.3"
@@ -109,7 +117,7 @@ class Lab:
         # servers drop privileges (ftp, tftp, nobody, lab users): let them traverse
         os.chmod(self.workdir, 0o755)
         # a namespace of ours left behind by a crashed run: remove it first
-        for ns in (self.cli_ns, self.srv_ns):
+        for ns in self._all_ns():
             if ns in self.namespaces():
                 self._kill_ns_pids(ns)
                 _run(["ip", "netns", "del", ns], check=False)
@@ -117,8 +125,27 @@ class Lab:
             self._up = True
             _run(["ip", "netns", "add", self.cli_ns])
             _run(["ip", "netns", "add", self.srv_ns])
-            _run(["ip", "link", "add", self.cli_if, "netns", self.cli_ns,
-                  "type", "veth", "peer", "name", self.srv_if, "netns", self.srv_ns])
+            if self.middle:
+                m = self.mid_ns
+                _run(["ip", "netns", "add", m])
+                _run(["ip", "link", "add", self.cli_if, "netns", self.cli_ns,
+                      "type", "veth", "peer", "name", self.mid_cli_if, "netns", m])
+                _run(["ip", "link", "add", self.srv_if, "netns", self.srv_ns,
+                      "type", "veth", "peer", "name", self.mid_srv_if, "netns", m])
+                _run(["ip", "-n", m, "link", "add", "br0", "type", "bridge", "stp_state", "0",
+                      "forward_delay", "0"])
+                _run(["ip", "netns", "exec", m, "sh", "-c",
+                      "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; "
+                      "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6"], check=False)
+                for ifc in (self.mid_cli_if, self.mid_srv_if):
+                    _run(["ip", "-n", m, "link", "set", ifc, "master", "br0"])
+                    _run(["ip", "-n", m, "link", "set", ifc, "gso_max_size", "1500",
+                          "gso_max_segs", "1"], check=False)
+                    _run(["ip", "-n", m, "link", "set", ifc, "up"])
+                _run(["ip", "-n", m, "link", "set", "br0", "up"])
+            else:
+                _run(["ip", "link", "add", self.cli_if, "netns", self.cli_ns,
+                      "type", "veth", "peer", "name", self.srv_if, "netns", self.srv_ns])
             for ns, ifc, ips in ((self.cli_ns, self.cli_if, [self.cli_ip]),
                                  (self.srv_ns, self.srv_if,
                                   [self.srv_ip, self.refuse_ip, self.blackhole_ip])):
@@ -155,13 +182,31 @@ class Lab:
             self.stop(p, group=group)
         self._procs.clear()
         if self._up:
-            for ns in (self.cli_ns, self.srv_ns):
+            for ns in self._all_ns():
                 if ns in self.namespaces():
                     self._kill_ns_pids(ns)
                     _run(["ip", "netns", "del", ns], check=False)
             self._up = False
         if self._own_workdir and self.workdir is not None and self.workdir.exists():
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _all_ns(self) -> list[str]:
+        return [self.cli_ns, self.srv_ns] + ([self.mid_ns] if self.middle else [])
+
+    def impair(self, rate: str = "40mbit", burst: str = "6k", limit: str = "6k") -> None:
+        """Lose packets in the middle (needs middle=True): a token bucket with a
+        small queue on both bridge ports drops bursts of forwarded packets,
+        past the client's capture point, so TCP really retransmits."""
+        if not self.middle:
+            raise LabError("impair() needs Lab(middle=True)")
+        for ifc in (self.mid_cli_if, self.mid_srv_if):
+            _run(["tc", "-n", self.mid_ns, "qdisc", "replace", "dev", ifc, "root", "tbf",
+                  "rate", rate, "burst", burst, "limit", limit])
+
+    def unimpair(self) -> None:
+        if self.middle:
+            for ifc in (self.mid_cli_if, self.mid_srv_if):
+                _run(["tc", "-n", self.mid_ns, "qdisc", "del", "dev", ifc, "root"], check=False)
 
     @staticmethod
     def namespaces() -> set[str]:

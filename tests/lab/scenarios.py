@@ -27,7 +27,7 @@ from .servers import FILES, USERS, Smbd, Tftpd, Vsftpd, make_files, sha256
 
 __all__ = ["SCENARIOS", "record_all", "record_fast", "Recorder", "CLIENT_TOOLS"]
 
-CLIENT_TOOLS = ["ip", "tcpdump", "tshark", "vsftpd", "in.tftpd", "smbd", "smbpasswd",
+CLIENT_TOOLS = ["ip", "tc", "tcpdump", "tshark", "vsftpd", "in.tftpd", "smbd", "smbpasswd",
                 "curl", "lftp", "tftp", "smbclient", "openssl", "ss", "useradd", "chpasswd"]
 
 LABDIR = "$LABDIR"
@@ -137,6 +137,7 @@ class Recorder:
         self.servers = servers
         self.description = description
         self.sessions: list[Session] = []
+        self.impairment: dict | None = None
         self.dir = Path(lab.workdir) / "client" / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.files = make_files(self.dir / "src")
@@ -256,6 +257,23 @@ class Recorder:
         return self.run(Session(tool, argv, protocol, ip, port, expect=expect,
                                 mode=f"connect {expect}"), timeout=30)
 
+    def impaired(self, rate: str = "40mbit", burst: str = "6k", limit: str = "6k"):
+        """Context: packets lost in the lab's middle (real TCP retransmissions)."""
+        rec = self
+
+        class _Ctx:
+            def __enter__(self_):
+                rec.lab.impair(rate, burst, limit)
+                rec.impairment = {
+                    "where": "bridge namespace between client and server, both directions, "
+                             "after the capture point",
+                    "tc": f"tbf rate {rate} burst {burst} limit {limit}",
+                }
+
+            def __exit__(self_, *exc):
+                rec.lab.unimpair()
+        return _Ctx()
+
     # -- ground truth --------------------------------------------------------
     def expected_tracked(self, tracked=(20, 21, 69, 139, 445, 990)) -> dict[str, int]:
         c: Counter = Counter()
@@ -276,6 +294,7 @@ class Recorder:
             "capture": {"tool": "tcpdump -U -s 0", "namespace": "client",
                         "interface": self.lab.cli_if, "packets": capture.captured},
             "tools": _versions(),
+            "impairment": self.impairment,
             "sessions": [s.as_json(self.lab) for s in self.sessions],
             "expected_tracked_connections": self.expected_tracked(),
         }
@@ -402,6 +421,23 @@ def sc_ftp_repeated(r: Recorder) -> None:
                    mode="passive-epsv")
 
 
+def sc_ftp_lossy(r: Recorder) -> None:
+    v = r.servers["ftp21"]
+    with r.impaired():
+        r.lftp([r.dl("a512k.bin", "a512k.bin", v.local_root, 20, "lftp_"),
+                r.ul("a512k.bin", "ftp_lossy_lftp.bin", v.local_root, 20)],
+               user="xsuser1", url=f"ftp://{r.lab.srv_ip}", port=21, protocol="ftp",
+               mode="active-port, lossy path", settings="set ftp:passive-mode off; set ftp:ssl-allow no; ")
+
+
+def sc_smb_lossy(r: Recorder) -> None:
+    sh = r.servers["smb"].shares["private"]
+    with r.impaired():
+        r.smbclient("private", [r.dl("a512k.bin", "a512k.bin", sh),
+                                r.ul("a512k.bin", "smb_lossy_put.bin", sh)],
+                    port=445, user="xsuser2", mode="SMB3, NTLMSSP user, lossy path")
+
+
 SCENARIOS: dict[str, tuple[Callable[[Recorder], None], str]] = {
     "ftp_passive_anon": (sc_ftp_passive_anon, "anonymous FTP with curl: EPSV and PASV (--disable-epsv), get and put"),
     "ftp_active_local": (sc_ftp_active_local, "local-user FTP in active mode: lftp PORT and curl -P - EPRT, get and put; data connections from server port 20"),
@@ -412,6 +448,8 @@ SCENARIOS: dict[str, tuple[Callable[[Recorder], None], str]] = {
     "smb139": (sc_smb139, "smbclient -p 139 (NetBIOS session service) as guest: get and put"),
     "smb_encrypted": (sc_smb_encrypted, "smbclient with SMB3 encryption to the encrypted share: get and put"),
     "ftp_repeated": (sc_ftp_repeated, "5 separate anonymous curl FTP sessions to the same server (threshold alert)"),
+    "ftp_lossy": (sc_ftp_lossy, "lftp active get and put of 512 KiB over a lossy path: real TCP retransmissions on port 20"),
+    "smb_lossy": (sc_smb_lossy, "smbclient get and put of 512 KiB on 445 over a lossy path: real TCP retransmissions"),
 }
 
 
@@ -426,7 +464,7 @@ def record_all(out_dir: Path, names: list[str] | None = None, prefix: str = "xs"
     if unknown:
         raise ValueError(f"unknown scenarios: {sorted(unknown)}")
     results = []
-    with Lab(prefix=prefix, subnet=subnet) as lab:
+    with Lab(prefix=prefix, subnet=subnet, middle=True) as lab:
         servers = {"ftp21": Vsftpd(lab).start(), "ftp990": Vsftpd(lab, implicit=True).start(),
                    "tftp": Tftpd(lab).start(), "smb": Smbd(lab).start()}
         for name in names:
@@ -484,6 +522,12 @@ def sc_fast(r: Recorder) -> None:
     r.failed_connect(lab.srv_ip, 445, "refused", tool="smbclient")   # smbd not started
     r.failed_connect(lab.refuse_ip, 21, "refused")                   # nothing listens there
     r.failed_connect(lab.blackhole_ip, 21, "unanswered")             # replies blackholed
+    with r.impaired():                                               # real retransmissions
+        r.lftp([r.dl("a512k.bin", "a512k.bin", v.local_root, 20, "lossy_"),
+                r.ul("a512k.bin", "fast_lossy.bin", v.local_root, 20)],
+               user="xsuser2", url=f"ftp://{lab.srv_ip}", port=21, protocol="ftp",
+               mode="active-port, lossy path",
+               settings="set ftp:passive-mode off; set ftp:ssl-allow no; ")
 
 
 def record_fast(out_dir: Path, name: str = "fast", prefix: str = "xt",
@@ -493,12 +537,13 @@ def record_fast(out_dir: Path, name: str = "fast", prefix: str = "xt",
     require_tools(CLIENT_TOOLS)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with Lab(prefix=prefix, subnet=subnet) as lab:
+    with Lab(prefix=prefix, subnet=subnet, middle=True) as lab:
         servers = {"ftp21": Vsftpd(lab).start()}
         side = _record_one(lab, servers, name, sc_fast,
                            "fresh test-time capture: curl passive (EPSV, PASV), lftp PORT, "
                            "curl EPRT, refused 445 (no smbd), refused 21 on an address with "
-                           "no listener, unanswered SYNs (replies blackholed)", out_dir, False)
+                           "no listener, unanswered SYNs (replies blackholed), lftp PORT "
+                           "over a lossy path (retransmissions)", out_dir, False)
         servers["ftp21"].stop()
     return side
 
