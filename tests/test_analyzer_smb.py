@@ -560,8 +560,16 @@ def test_netbios_request_without_answer_flushed_at_close():
     assert nb.accepted is None
 
 
+def test_netbios_retarget_response():
+    msgs = [(True, nb_session_request("FILESRV", "XS-CLIENT")),
+            (False, b"\x84\x00\x00\x06" + bytes([10, 77, 0, 9]) + struct.pack(">H", 139))]
+    ev = check_modes(msgs, conn=CONN139)
+    (nb,) = of(ev, SmbNetbiosSession)
+    assert nb.accepted is False and nb.error == "retarget to 10.77.0.9:139"
+
+
 def test_netbios_keepalive_ignored():
-    msgs = [(True, b"\x85\x00\x00\x00")] + upload_session()[:2] + [(False, b"\x85\x00\x00\x00")]
+    msgs = upload_session()[:2] + [(True, b"\x85\x00\x00\x00"), (False, b"\x85\x00\x00\x00")]
     ev = check_modes(msgs)
     assert weird_names(ev) == [] and len(of(ev, SmbNegotiate)) == 1
 
@@ -605,6 +613,50 @@ def test_logon_failure_status_recorded():
     ev = check_modes(login(user="mallory", final_status=STATUS_LOGON_FAILURE))
     (setup,) = of(ev, SmbSessionSetup)
     assert setup.user == "mallory" and setup.status == "STATUS_LOGON_FAILURE"
+
+
+def test_kerberos_session_setup():
+    krb_oid = bytes.fromhex("06092a864882f712010202")
+    blob = der(0x60, OID_SPNEGO + der(0xA0, der(0x30, der(0xA0, der(0x30, krb_oid))
+                                                 + der(0xA2, der(0x04, b"\x60\x82" + b"AP-REQ" * 20)))))
+    msgs = upload_session()[:2] + [(True, setup_req(1, blob)), (False, setup_resp(1, b"", 0))]
+    (setup,) = of(check_modes(msgs), SmbSessionSetup)
+    assert (setup.auth, setup.user, setup.status) == ("kerberos", "", "STATUS_SUCCESS")
+
+
+def test_unanswered_session_setup_flushed_at_close():
+    ev = check_modes(login()[:-1])
+    (setup,) = of(ev, SmbSessionSetup)
+    assert setup.user == "xsuser1" and setup.status == ""
+
+
+def test_unanswered_negotiate_and_create_flushed_at_close():
+    msgs = login() + [(True, tree_req(3, r"\\srv\s")), (False, tree_resp(3)),
+                      (True, create_req(4, "never-answered.bin", disposition=2))]
+    ev = check_modes([(True, negotiate_req(9))] + msgs[2:])
+    assert of(ev, SmbNegotiate)[0].dialect == ""
+    (op,) = of(ev, SmbFileOpen)
+    assert op.name == "never-answered.bin" and op.status == "" and op.disposition == "FILE_CREATE"
+
+
+def test_read_and_write_errors_recorded():
+    msgs = login() + [(True, tree_req(3, r"\\srv\s")), (False, tree_resp(3)),
+                      (True, create_req(4, "f", disposition=3, access=0x3)), (False, create_resp(4, FID)),
+                      (True, write_req(5, FID, 0, b"w" * 10)), (False, write_resp(5, 0, status=0xC000007F)),
+                      (True, read_req(6, FID, 0, 10)), (False, read_resp(6, b"", status=STATUS_ACCESS_DENIED)),
+                      (True, close_req(7, FID)), (False, close_resp(7))]
+    (s,) = of(check_modes(msgs), SmbFileSummary)
+    assert s.error == "STATUS_DISK_FULL" and s.bytes_written == 10 and s.bytes_read == 0
+
+
+def test_max_trees_bounded():
+    limits = SmbLimits(max_trees=2)
+    msgs = login()
+    for i in range(3):
+        msgs += [(True, tree_req(10 + i, f"\\\\srv\\s{i}")), (False, tree_resp(10 + i, tree=100 + i))]
+    ev = feed(msgs, limits=limits)
+    assert weird_names(ev) == ["smb_too_many_trees"]
+    assert [t.path for t in of(ev, SmbTreeSummary)] == ["\\\\srv\\s0", "\\\\srv\\s1", "\\\\srv\\s2"]
 
 
 def test_access_denied_create_and_bad_share():
@@ -651,9 +703,9 @@ SMB1_FLAGS2 = 0xC807  # UNICODE | NT_STATUS | EXT_SEC | LONG_NAMES ...
 
 
 def smb1_hdr(cmd: int, mid: int, *, reply: bool = False, status: int = 0, tid: int = 0,
-             uid: int = 0, pid: int = 4242) -> bytes:
+             uid: int = 0, pid: int = 4242, flags2: int = SMB1_FLAGS2) -> bytes:
     return struct.pack("<4sBIBHH8sHHHHH", b"\xffSMB", cmd, status, 0x98 if reply else 0x18,
-                       SMB1_FLAGS2, pid >> 16, b"\x00" * 8, 0, tid, pid & 0xFFFF, uid, mid)
+                       flags2, pid >> 16, b"\x00" * 8, 0, tid, pid & 0xFFFF, uid, mid)
 
 
 def smb1_words(*words_bytes: bytes) -> bytes:
@@ -668,86 +720,99 @@ def smb1_bytes(b: bytes) -> bytes:
 ANDX_NONE = b"\xff\x00\x00\x00"
 
 
+def s1_neg_req():
+    d = b"".join(b"\x02" + x + b"\x00" for x in (b"PC NETWORK PROGRAM 1.0", b"LANMAN1.0", b"NT LM 0.12"))
+    return nbss(smb1_hdr(0x72, 1) + b"\x00" + smb1_bytes(d))
+
+
+def s1_neg_resp():
+    words = struct.pack("<HBHHIIIIQhB", 2, 3, 50, 1, 0x10000, 0x10000, 0, 0x8000F3FD, 0, 0, 0)
+    return nbss(smb1_hdr(0x72, 1, reply=True) + smb1_words(words) + smb1_bytes(b"\x24" * 16))
+
+
+def s1_ss_req(mid, blob, uid=0):
+    w = ANDX_NONE + struct.pack("<HHHIHII", 0xFFFF, 2, 0, 0, len(blob), 0, 0x800000D4)
+    hdr = smb1_hdr(0x73, mid, uid=uid)
+    tail = blob + (b"\x00" if (len(hdr) + 1 + len(w) + 2 + len(blob)) % 2 else b"") + "Unix\0Samba\0".encode("utf-16-le")
+    return nbss(hdr + smb1_words(w) + smb1_bytes(tail))
+
+
+def s1_ss_resp(mid, blob, status, uid=0x64):
+    w = ANDX_NONE + struct.pack("<HH", 0, len(blob))
+    return nbss(smb1_hdr(0x73, mid, reply=True, status=status, uid=uid) + smb1_words(w) + smb1_bytes(blob))
+
+
+def s1_tc_req(mid):
+    hdr = smb1_hdr(0x75, mid, uid=0x64)
+    w = ANDX_NONE + struct.pack("<HH", 0x8, 1)
+    pw = b"\x00"
+    start = len(hdr) + 1 + len(w) + 2 + len(pw)
+    pad = b"\x00" if start % 2 else b""
+    return nbss(hdr + smb1_words(w) + smb1_bytes(pw + pad + "\\\\10.77.0.2\\PUBLIC\0".encode("utf-16-le") + b"?????\x00"))
+
+
+def s1_tc_resp(mid):
+    w = ANDX_NONE + struct.pack("<H", 1)
+    return nbss(smb1_hdr(0x75, mid, reply=True, tid=0x7, uid=0x64) + smb1_words(w) + smb1_bytes(b"A:\x00N\x00T\x00\x00\x00"))
+
+
+def s1_create_req(mid, name):
+    n = name.encode("utf-16-le")
+    w = ANDX_NONE + struct.pack("<BHIIIQIIIIIB", 0, len(n), 0x16, 0, 0x2019F, 0, 0x80, 7, 5, 0x44, 2, 3)
+    hdr = smb1_hdr(0xA2, mid, tid=7, uid=0x64)
+    pad = b"\x00" if (len(hdr) + 1 + len(w) + 2) % 2 else b""
+    return nbss(hdr + smb1_words(w) + smb1_bytes(pad + n))
+
+
+def s1_create_resp(mid, fid):
+    w = ANDX_NONE + struct.pack("<BHIQQQQIQQHHB", 0, fid, 2, 1, 2, 3, 4, 0x20, 0, 0, 0, 0, 0)
+    return nbss(smb1_hdr(0xA2, mid, reply=True, tid=7, uid=0x64) + smb1_words(w) + smb1_bytes(b""))
+
+
+def s1_write_req(mid, fid, off, data):
+    hdr = smb1_hdr(0x2F, mid, tid=7, uid=0x64)
+    data_off = len(hdr) + 1 + 28 + 2
+    w = ANDX_NONE + struct.pack("<HIIHHHHHI", fid, off, 0, 0, 0, len(data) >> 16, len(data) & 0xFFFF, data_off, 0)
+    return nbss(hdr + smb1_words(w) + smb1_bytes(data) if len(data) < 0x10000 else
+                hdr + smb1_words(w) + struct.pack("<H", 0) + data)
+
+
+def s1_write_resp(mid, n):
+    w = ANDX_NONE + struct.pack("<HHHH", n & 0xFFFF, 0, n >> 16, 0)
+    return nbss(smb1_hdr(0x2F, mid, reply=True, tid=7, uid=0x64) + smb1_words(w) + smb1_bytes(b""))
+
+
+def s1_read_req(mid, fid, off, n):
+    w = ANDX_NONE + struct.pack("<HIHHIHI", fid, off, n, n, 0, 0, 0)
+    return nbss(smb1_hdr(0x2E, mid, tid=7, uid=0x64) + smb1_words(w) + smb1_bytes(b""))
+
+
+def s1_read_resp(mid, data):
+    hdr = smb1_hdr(0x2E, mid, reply=True, tid=7, uid=0x64)
+    w = ANDX_NONE + struct.pack("<HHHHHH8s", 0xFFFF, 0, 0, len(data) & 0xFFFF, len(hdr) + 1 + 24 + 2,
+                                len(data) >> 16, b"\x00" * 8)
+    return nbss(hdr + smb1_words(w) + smb1_bytes(data))
+
+
+def s1_close(mid, fid, reply=False):
+    if reply:
+        return nbss(smb1_hdr(0x04, mid, reply=True, tid=7, uid=0x64) + b"\x00" + smb1_bytes(b""))
+    return nbss(smb1_hdr(0x04, mid, tid=7, uid=0x64) + smb1_words(struct.pack("<HI", fid, 0)) + smb1_bytes(b""))
+
+
 def smb1_session() -> list[Msg]:
-    def neg_req():
-        d = b"".join(b"\x02" + x + b"\x00" for x in (b"PC NETWORK PROGRAM 1.0", b"LANMAN1.0", b"NT LM 0.12"))
-        return nbss(smb1_hdr(0x72, 1) + b"\x00" + smb1_bytes(d))
-
-    def neg_resp():
-        words = struct.pack("<HBHHIIIIQhB", 2, 3, 50, 1, 0x10000, 0x10000, 0, 0x8000F3FD, 0, 0, 0)
-        return nbss(smb1_hdr(0x72, 1, reply=True) + smb1_words(words) + smb1_bytes(b"\x24" * 16))
-
-    def ss_req(mid, blob, uid=0):
-        w = ANDX_NONE + struct.pack("<HHHIHII", 0xFFFF, 2, 0, 0, len(blob), 0, 0x800000D4)
-        hdr = smb1_hdr(0x73, mid, uid=uid)
-        tail = blob + (b"\x00" if (len(hdr) + 1 + len(w) + 2 + len(blob)) % 2 else b"") + "Unix\0Samba\0".encode("utf-16-le")
-        return nbss(hdr + smb1_words(w) + smb1_bytes(tail))
-
-    def ss_resp(mid, blob, status, uid=0x64):
-        w = ANDX_NONE + struct.pack("<HH", 0, len(blob))
-        return nbss(smb1_hdr(0x73, mid, reply=True, status=status, uid=uid) + smb1_words(w) + smb1_bytes(blob))
-
-    def tc_req(mid):
-        hdr = smb1_hdr(0x75, mid, uid=0x64)
-        w = ANDX_NONE + struct.pack("<HH", 0x8, 1)
-        pw = b"\x00"
-        start = len(hdr) + 1 + len(w) + 2 + len(pw)
-        pad = b"\x00" if start % 2 else b""
-        return nbss(hdr + smb1_words(w) + smb1_bytes(pw + pad + "\\\\10.77.0.2\\PUBLIC\0".encode("utf-16-le") + b"?????\x00"))
-
-    def tc_resp(mid):
-        w = ANDX_NONE + struct.pack("<H", 1)
-        return nbss(smb1_hdr(0x75, mid, reply=True, tid=0x7, uid=0x64) + smb1_words(w) + smb1_bytes(b"A:\x00N\x00T\x00\x00\x00"))
-
-    def create_req1(mid, name):
-        n = name.encode("utf-16-le")
-        w = ANDX_NONE + struct.pack("<BHIIIQIIIIIB", 0, len(n), 0x16, 0, 0x2019F, 0, 0x80, 7, 5, 0x44, 2, 3)
-        hdr = smb1_hdr(0xA2, mid, tid=7, uid=0x64)
-        pad = b"\x00" if (len(hdr) + 1 + len(w) + 2) % 2 else b""
-        return nbss(hdr + smb1_words(w) + smb1_bytes(pad + n))
-
-    def create_resp1(mid, fid):
-        w = ANDX_NONE + struct.pack("<BHIQQQQIQQHHB", 0, fid, 2, 1, 2, 3, 4, 0x20, 0, 0, 0, 0, 0)
-        return nbss(smb1_hdr(0xA2, mid, reply=True, tid=7, uid=0x64) + smb1_words(w) + smb1_bytes(b""))
-
-    def write_req1(mid, fid, off, data):
-        hdr = smb1_hdr(0x2F, mid, tid=7, uid=0x64)
-        data_off = len(hdr) + 1 + 28 + 2
-        w = ANDX_NONE + struct.pack("<HIIHHHHHI", fid, off, 0, 0, 0, len(data) >> 16, len(data) & 0xFFFF, data_off, 0)
-        return nbss(hdr + smb1_words(w) + smb1_bytes(data) if len(data) < 0x10000 else
-                    hdr + smb1_words(w) + struct.pack("<H", 0) + data)
-
-    def write_resp1(mid, n):
-        w = ANDX_NONE + struct.pack("<HHHH", n & 0xFFFF, 0, n >> 16, 0)
-        return nbss(smb1_hdr(0x2F, mid, reply=True, tid=7, uid=0x64) + smb1_words(w) + smb1_bytes(b""))
-
-    def read_req1(mid, fid, off, n):
-        w = ANDX_NONE + struct.pack("<HIHHIHI", fid, off, n, n, 0, 0, 0)
-        return nbss(smb1_hdr(0x2E, mid, tid=7, uid=0x64) + smb1_words(w) + smb1_bytes(b""))
-
-    def read_resp1(mid, data):
-        hdr = smb1_hdr(0x2E, mid, reply=True, tid=7, uid=0x64)
-        w = ANDX_NONE + struct.pack("<HHHHHH8s", 0xFFFF, 0, 0, len(data) & 0xFFFF, len(hdr) + 1 + 24 + 2,
-                                    len(data) >> 16, b"\x00" * 8)
-        return nbss(hdr + smb1_words(w) + smb1_bytes(data))
-
-    def close1(mid, fid, reply=False):
-        if reply:
-            return nbss(smb1_hdr(0x04, mid, reply=True, tid=7, uid=0x64) + b"\x00" + smb1_bytes(b""))
-        return nbss(smb1_hdr(0x04, mid, tid=7, uid=0x64) + smb1_words(struct.pack("<HI", fid, 0)) + smb1_bytes(b""))
-
     data = file_bytes(40000, 3)
     return [
-        (True, neg_req()), (False, neg_resp()),
-        (True, ss_req(2, spnego_init(ntlm_negotiate()))),
-        (False, ss_resp(2, spnego_resp(ntlm_challenge(), 1), STATUS_MORE_PROCESSING_REQUIRED)),
-        (True, ss_req(3, spnego_resp(ntlm_authenticate("olduser", "LEGACY", "WINXP")), uid=0x64)),
-        (False, ss_resp(3, spnego_resp(b"", 0), 0)),
-        (True, tc_req(4)), (False, tc_resp(4)),
-        (True, create_req1(5, "\\loot.7z")), (False, create_resp1(5, 0x4001)),
-        (True, write_req1(6, 0x4001, 0, data)), (False, write_resp1(6, len(data))),
-        (True, read_req1(7, 0x4001, 0, 1000)), (False, read_resp1(7, data[:1000])),
-        (True, close1(8, 0x4001)), (False, close1(8, 0x4001, reply=True)),
+        (True, s1_neg_req()), (False, s1_neg_resp()),
+        (True, s1_ss_req(2, spnego_init(ntlm_negotiate()))),
+        (False, s1_ss_resp(2, spnego_resp(ntlm_challenge(), 1), STATUS_MORE_PROCESSING_REQUIRED)),
+        (True, s1_ss_req(3, spnego_resp(ntlm_authenticate("olduser", "LEGACY", "WINXP")), uid=0x64)),
+        (False, s1_ss_resp(3, spnego_resp(b"", 0), 0)),
+        (True, s1_tc_req(4)), (False, s1_tc_resp(4)),
+        (True, s1_create_req(5, "\\loot.7z")), (False, s1_create_resp(5, 0x4001)),
+        (True, s1_write_req(6, 0x4001, 0, data)), (False, s1_write_resp(6, len(data))),
+        (True, s1_read_req(7, 0x4001, 0, 1000)), (False, s1_read_resp(7, data[:1000])),
+        (True, s1_close(8, 0x4001)), (False, s1_close(8, 0x4001, reply=True)),
     ]
 
 
@@ -768,6 +833,55 @@ def test_smb1_session():
     (s,) = of(ev, SmbFileSummary)
     assert (s.bytes_written, s.bytes_read, s.direction) == (40000, 1000, "both")
     assert s.tree == "\\\\10.77.0.2\\PUBLIC" and s.user == "olduser"
+
+
+def test_smb1_andx_chain_plaintext_setup_and_tree_connect():
+    """Old clients chain SESSION_SETUP_ANDX (no extended security) + TREE_CONNECT_ANDX."""
+    u = lambda x: x.encode("utf-16-le")  # noqa: E731
+    hdr = smb1_hdr(0x73, 2)
+    ss_bytes = b"\x00" * 24 + b"\x00" + u("bob\0") + u("CORP\0") + u("Unix\0") + u("Samba\0")
+    tc_off = 32 + 1 + 26 + 2 + len(ss_bytes)
+    ss_words = struct.pack("<BBHHHHIHHII", 0x75, 0, tc_off, 0xFFFF, 2, 0, 0, 0, 24, 0, 0xD4)
+    tc_block = smb1_words(ANDX_NONE + struct.pack("<HH", 0x8, 1))
+    pad = b"\x00" if (tc_off + len(tc_block) + 2 + 1) % 2 else b""
+    tc_block += smb1_bytes(b"\x00" + pad + u("\\\\srv\\loot\0") + b"?????\x00")
+    req = nbss(hdr + smb1_words(ss_words) + smb1_bytes(ss_bytes) + tc_block)
+
+    rhdr = smb1_hdr(0x73, 2, reply=True, uid=0x99, tid=0x11)
+    r_ss_bytes = u("Unix\0")
+    r_tc_off = 32 + 1 + 6 + 2 + len(r_ss_bytes)
+    r_ss = smb1_words(struct.pack("<BBHH", 0x75, 0, r_tc_off, 0)) + smb1_bytes(r_ss_bytes)
+    r_tc = smb1_words(ANDX_NONE + struct.pack("<H", 1)) + smb1_bytes(b"A:\x00")
+    resp = nbss(rhdr + r_ss + r_tc)
+    ev = check_modes([(True, s1_neg_req()), (False, s1_neg_resp()), (True, req), (False, resp)])
+    assert weird_names(ev) == []
+    (setup,) = of(ev, SmbSessionSetup)
+    assert (setup.user, setup.domain, setup.auth, setup.session_id) == ("bob", "CORP", "plaintext", "0099")
+    (tree,) = of(ev, SmbTreeConnect)
+    assert (tree.path, tree.tree_id, tree.share_type, tree.user) == ("\\\\srv\\loot", 0x11, "disk", "bob")
+
+
+def test_smb1_bad_andx_offset():
+    msg = bytearray(s1_tc_req(4))
+    struct.pack_into("<BBH", msg, 4 + 33, 0xA2, 0, 10)  # AndX pointing backwards
+    ev = feed([(True, s1_neg_req()), (True, bytes(msg))])
+    assert weird_names(ev) == ["smb_malformed_header"]
+
+
+def test_smb1_dos_error_and_tree_disconnect():
+    dos = 0x00020001  # class 1 (ERRDOS), code 2 (ERRbadfile)
+    flags2 = SMB1_FLAGS2 & ~0x4000  # DOS error codes, not NT status
+    fail = nbss(smb1_hdr(0xA2, 5, reply=True, status=dos, tid=7, uid=0x64, flags2=flags2) + b"\x00" + smb1_bytes(b""))
+    msgs = smb1_session()[:8] + [
+        (True, s1_create_req(5, "\\missing")), (False, fail),
+        (True, nbss(smb1_hdr(0x71, 6, tid=7, uid=0x64) + b"\x00" + smb1_bytes(b""))),
+        (False, nbss(smb1_hdr(0x71, 6, reply=True, tid=7, uid=0x64) + b"\x00" + smb1_bytes(b""))),
+    ]
+    ev = check_modes(msgs)
+    (op,) = of(ev, SmbFileOpen)
+    assert op.status == "DOS_ERROR(1,2)" and op.file_id == ""
+    (t,) = of(ev, SmbTreeSummary)
+    assert t.disconnected and t.path == "\\\\10.77.0.2\\PUBLIC"
 
 
 # --------------------------------------------------------------------------
@@ -815,6 +929,44 @@ def test_midstream_pickup_resyncs(cut):
     if cut == 140_000:  # mid third write: the rest of the upload lands on secret.zip's FileId
         s = [x for x in of(ev, SmbFileSummary) if x.bytes_written][0]
         assert s.file_id == FID.hex() and s.name == "" and s.closed
+
+
+@pytest.mark.parametrize("cut", [5, 500, 1500, 2100])
+def test_midstream_pickup_into_encrypted_session(cut):
+    """Client stream picked up ``cut`` bytes in, server stream 5 bytes in."""
+    msgs = encrypted_session()
+    ts_all, tc_all = split_dirs(msgs)
+    pos, visible = 0, 0
+    for d, b in msgs:
+        if d:
+            visible += pos >= cut and b[4:8] == b"\xfdSMB"
+            pos += len(b)
+    a = SmbAnalyzer(CONN445)
+    ev = a.receive_ts(ts_all[cut:], T0) + a.receive_tc(tc_all[5:], T0) + a.close(T0)
+    assert weird_names(ev) == ["smb_midstream_pickup"] * 2
+    (enc,) = of(ev, SmbEncrypted)
+    assert enc.session_id == f"{SID:016x}"
+    (tot,) = of(ev, SmbEncryptedSummary)
+    assert (tot.frames_ts, tot.frames_tc) == (visible, 3)
+
+
+def drop_prefix(msgs: list[Msg], ts_cut: int, tc_cut: int) -> list[Msg]:
+    """The same conversation, interleaving kept, minus the first bytes of each direction."""
+    left = {True: ts_cut, False: tc_cut}
+    out = []
+    for d, b in msgs:
+        n = min(left[d], len(b))
+        left[d] -= n
+        if b[n:]:
+            out.append((d, b[n:]))
+    return out
+
+
+def test_midstream_pickup_smb1():
+    ev = feed(drop_prefix(smb1_session(), 200, 150))
+    assert weird_names(ev) == ["smb_midstream_pickup", "smb_midstream_pickup"]
+    (s,) = of(ev, SmbFileSummary)
+    assert s.bytes_written == 40000 and s.bytes_read == 1000 and s.name == "\\loot.7z"
 
 
 def test_probe():
@@ -1196,8 +1348,17 @@ def _run_chunks(a: SmbAnalyzer, to_server: bool, data: bytes, cuts: list[int]) -
 @given(ts=st.binary(max_size=600), tc=st.binary(max_size=600),
        cuts=st.lists(st.integers(0, 600), max_size=12), gap_at=st.none() | st.integers(1, 5000))
 def test_arbitrary_bytes_never_raise(ts, tc, cuts, gap_at):
-    a = SmbAnalyzer(CONN445, SmbLimits(max_pdu_size=512, max_pending_requests=8, max_open_files=4))
-    ev = _run_chunks(a, True, ts, cuts) + _run_chunks(a, False, tc, cuts)
+    limit = 512
+    a = SmbAnalyzer(CONN445, SmbLimits(max_pdu_size=limit, max_pending_requests=8, max_open_files=4))
+    ev: list[Event] = []
+    for to_server, data in ((True, ts), (False, tc)):
+        pos = 0
+        for c in sorted(set(cuts)) + [len(data)]:
+            if c > pos:
+                ev += (a.receive_ts if to_server else a.receive_tc)(data[pos:c], T0)
+                # the buffer holds at most one bounded message plus the last chunk
+                assert len(a._framers[to_server]._buf) <= limit + 4 + (c - pos)
+                pos = c
     if gap_at:
         ev += a.gap(True, gap_at, T0)
         ev += a.receive_ts(ts, T0)
@@ -1205,7 +1366,29 @@ def test_arbitrary_bytes_never_raise(ts, tc, cuts, gap_at):
     assert "smb_analyzer_error" not in weird_names(ev)
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_CHUNK_SCENARIO = netbios_session()[:16] + [(d, b) for d, b in download_session()[6:] if len(b) < 5000]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sizes=st.lists(st.integers(1, 300), min_size=1, max_size=30))
+def test_any_chunking_gives_the_same_events(sizes):
+    """Cutting each message at arbitrary points never changes the events."""
+    expected = feed(_CHUNK_SCENARIO, conn=CONN139)
+    a = SmbAnalyzer(CONN139)
+    ev: list[Event] = []
+    k = 0
+    for to_server, data in _CHUNK_SCENARIO:
+        i = 0
+        while i < len(data):
+            n = sizes[k % len(sizes)]
+            k += 1
+            ev += (a.receive_ts if to_server else a.receive_tc)(data[i:i + n], T0)
+            i += n
+    ev += a.close(T0 + 1)
+    assert ev == expected
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_mutated_protocol_bytes_never_raise(data):
     """Valid sessions with random byte flips reach the deep parsers."""
@@ -1229,45 +1412,70 @@ REAL = Path(__file__).resolve().parent.parent / "pcaps" / "real"
 REAL_SMB = sorted(p for p in REAL.glob("smb*.pcap") if p.with_suffix(".json").exists()) if REAL.is_dir() else []
 
 
+def _tcp_segments(pcap: Path):
+    """(ts_us, src, sport, dst, dport, seq, flags, payload) for IPv4/TCP frames.
+
+    Uses scapy's raw pcap reader and struct (dissecting every frame with scapy
+    would cost seconds on the 3 MB capture)."""
+    from scapy.utils import RawPcapReader
+
+    with RawPcapReader(str(pcap)) as rd:
+        link = rd.linktype
+        for frame, meta in rd:
+            if link == 1:  # Ethernet, VLAN tags skipped
+                off, etype = 14, struct.unpack_from(">H", frame, 12)[0]
+                while etype in (0x8100, 0x88A8):
+                    etype, off = struct.unpack_from(">H", frame, off + 2)[0], off + 4
+            elif link == 113:  # Linux cooked
+                off, etype = 16, struct.unpack_from(">H", frame, 14)[0]
+            elif link == 276:  # Linux cooked v2
+                off, etype = 20, struct.unpack_from(">H", frame, 0)[0]
+            else:  # raw IP
+                off, etype = 0, 0x0800
+            if etype != 0x0800 or frame[off + 9] != 6:
+                continue
+            ihl = (frame[off] & 0xF) * 4
+            total = struct.unpack_from(">H", frame, off + 2)[0]
+            src, dst = frame[off + 12:off + 16], frame[off + 16:off + 20]
+            t = off + ihl
+            sport, dport, seq = struct.unpack_from(">HHI", frame, t)
+            doff, flags = frame[t + 12] >> 4, frame[t + 13]
+            payload = frame[t + doff * 4:off + total]
+            ts_us = meta.sec * 1_000_000 + meta.usec if hasattr(meta, "sec") else int(meta.tshigh << 32 | meta.tslow)
+            yield ts_us, ".".join(map(str, src)), sport, ".".join(map(str, dst)), dport, seq, flags, payload
+
+
 def tcp_streams(pcap: Path, ports=(139, 445)) -> dict[tuple, list[tuple[int, bool, bytes]]]:
     """Per TCP connection, payload in time order per direction, each direction
     reassembled in sequence order (retransmissions and overlaps trimmed)."""
-    from scapy.layers.inet import IP, TCP
-    from scapy.utils import rdpcap
-
     conns: dict[tuple, dict] = {}
-    for p in rdpcap(str(pcap)):
-        if IP not in p or TCP not in p:
-            continue
-        ip, tcp = p[IP], p[TCP]
-        if tcp.dport in ports:
-            key, to_server = (ip.src, tcp.sport, ip.dst, tcp.dport), True
-        elif tcp.sport in ports:
-            key, to_server = (ip.dst, tcp.dport, ip.src, tcp.sport), False
+    for ts_us, src, sport, dst, dport, seq, flags, payload in _tcp_segments(pcap):
+        if dport in ports:
+            key, to_server = (src, sport, dst, dport), True
+        elif sport in ports:
+            key, to_server = (dst, dport, src, sport), False
         else:
             continue
         c = conns.setdefault(key, {"out": [], True: None, False: None, "held": {True: {}, False: {}}})
-        if tcp.flags & 0x02:  # SYN
-            c[to_server] = (tcp.seq + 1) & 0xFFFFFFFF
+        if flags & 0x02:  # SYN
+            c[to_server] = (seq + 1) & 0xFFFFFFFF
             continue
-        payload = bytes(tcp.payload)
         if not payload or c[to_server] is None:
             continue
-        c["held"][to_server][tcp.seq] = payload
-        ts_us = int(float(p.time) * 1_000_000)
+        c["held"][to_server][seq] = payload
         while True:  # deliver whatever is now in order
             nxt, progressed = c[to_server], False
-            for seq in list(c["held"][to_server]):
-                data = c["held"][to_server][seq]
-                rel = (nxt - seq) & 0xFFFFFFFF
+            for hseq in list(c["held"][to_server]):
+                data = c["held"][to_server][hseq]
+                rel = (nxt - hseq) & 0xFFFFFFFF
                 if rel < len(data):  # starts at or before nxt and reaches past it
-                    del c["held"][to_server][seq]
+                    del c["held"][to_server][hseq]
                     c["out"].append((ts_us, to_server, data[rel:]))
                     c[to_server] = (nxt + len(data) - rel) & 0xFFFFFFFF
                     progressed = True
                     break
-                if rel < 0x80000000:  # entirely old
-                    del c["held"][to_server][seq]
+                if rel < 0x80000000:  # entirely old: a retransmission
+                    del c["held"][to_server][hseq]
             if not progressed:
                 break
     return {k: v["out"] for k, v in conns.items()}

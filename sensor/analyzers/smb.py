@@ -887,6 +887,19 @@ class NbssFramer:
                     return NEED_DATA
                 self._state = _HEADER
 
+    def _strict_start(self) -> bool | object:
+        buf = self._buf
+        t = buf[0]
+        if t == 0x00:
+            r = _plausible(buf, 0)
+            return NEED_DATA if r == -1 else r == 1
+        if t == 0x81 and self.to_server:  # two encoded names: 68 bytes, more with scopes
+            length = (buf[2] << 8) | buf[3]
+            if len(buf) < 5:
+                return NEED_DATA
+            return buf[1] == 0 and 68 <= length <= 1024 and buf[4] == 0x20
+        return not self.to_server and t in (0x82, 0x83, 0x84)
+
     def _take(self, n: int) -> NbssMessage:
         msg = NbssMessage(self._type, bytes(self._buf[:n]), n, True)
         del self._buf[:n]
@@ -900,7 +913,16 @@ class NbssFramer:
             return NEED_DATA
         t = buf[0]
         why = ""
-        if t == 0x00:
+        if self._at_start:  # the first bytes must pass the strict probe
+            r = self._strict_start()
+            if r is NEED_DATA:
+                return NEED_DATA
+            if not r:
+                why = "first bytes are not a NetBIOS/SMB frame start"
+                t = -1
+        if t == -1:
+            pass
+        elif t == 0x00:
             length = (buf[1] << 16) | (buf[2] << 8) | buf[3]
             if length == 0:  # empty session message: legal, nothing in it
                 del buf[:4]
