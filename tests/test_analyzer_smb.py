@@ -14,6 +14,7 @@ Weird).
 """
 from __future__ import annotations
 
+import importlib
 import json
 import random
 import struct
@@ -40,6 +41,7 @@ from sensor.analyzers.smb import (
     SmbTreeConnect,
     SmbTreeSummary,
     decode_netbios_name,
+    find_frame_start,
     parse_ntlmssp,
 )
 from sensor.events import NEED_DATA, Event, Weird
@@ -969,19 +971,36 @@ def test_midstream_pickup_smb1():
     assert s.bytes_written == 40000 and s.bytes_read == 1000 and s.name == "\\loot.7z"
 
 
-def test_probe():
+def test_probe_and_find_frame_start():
     msgs = upload_session()
     ts_all, tc_all = split_dirs(msgs)
-    assert SmbAnalyzer.probe_ts(ts_all) == 0
-    assert SmbAnalyzer.probe_tc(tc_all) == 0
-    assert SmbAnalyzer.probe_ts(b"xx" + ts_all) == 2
-    assert SmbAnalyzer.probe_ts(ts_all[10:]) == len(msgs[0][1]) - 10
-    assert SmbAnalyzer.probe_ts(nb_session_request("10.77.0.2", "X")) == 0
-    assert SmbAnalyzer.probe_tc(b"\x82\x00\x00\x00") == 0
-    assert SmbAnalyzer.probe_ts(b"\x82\x00\x00\x00") == -1
-    assert SmbAnalyzer.probe_ts(b"GET / HTTP/1.1\r\n\r\n") == -1
-    assert SmbAnalyzer.probe_ts(b"\x00\x00\x00\x10\xfeSMB" + b"\x00" * 12) == -1  # too short for SMB2
-    assert SmbAnalyzer.probe_ts(b"") == -1
+    probe_ts, probe_tc = SmbAnalyzer.probe_ts, SmbAnalyzer.probe_tc
+    assert probe_ts(ts_all) is True and probe_tc(tc_all) is True
+    assert probe_ts(ts_all[:10]) is None  # an SMB2 header needs more bytes to judge
+    assert probe_ts(b"") is None
+    assert probe_ts(nb_session_request("10.77.0.2", "X")) is True
+    assert probe_ts(nb_session_request("10.77.0.2", "X")[:30]) is None
+    assert probe_tc(b"\x82\x00\x00\x00") is True
+    assert probe_ts(b"\x82\x00\x00\x00") is False
+    assert probe_ts(b"GET / HTTP/1.1\r\n\r\n") is False
+    assert probe_ts(b"\x00\x00\x00\x10\xfeSMB" + b"\x00" * 20) is False  # too short for SMB2
+    assert probe_ts(b"\x16\x03\x01\x02\x00") is False  # TLS
+    # mid-stream: a frame start anywhere, else undecided
+    assert probe_ts(b"xx" + ts_all, midstream=True) is True
+    assert probe_ts(b"\x00" * 5000, midstream=True) is None
+    assert find_frame_start(b"xx" + ts_all, True) == 2
+    assert find_frame_start(ts_all[10:], True) == len(msgs[0][1]) - 10
+    assert find_frame_start(b"\x82\x00\x00\x00", False) == 0
+    assert find_frame_start(b"no smb here", True) == -1
+
+
+def test_midstream_flag_scans_quietly():
+    msgs = drop_prefix(upload_session(), 70_000, 0)
+    ev = feed(msgs, analyzer=SmbAnalyzer(CONN445, midstream=True))
+    assert weird_names(ev) == []
+    (s,) = [x for x in of(ev, SmbFileSummary) if x.bytes_written]
+    # the writes whose headers follow the cut, on secret.zip's FileId (its name was in the lost request)
+    assert (s.file_id, s.name, s.bytes_written, s.closed) == (FID.hex(), "", 65536 + 1234, True)
 
 
 def test_gap_inside_write_payload_keeps_framing():
@@ -1235,7 +1254,7 @@ def test_framer_need_data_and_message():
 
 def test_builders_agree_with_scapy():
     pytest.importorskip("scapy.layers.smb")  # binds NBTSession -> SMB/SMB2 headers
-    import scapy.layers.spnego  # noqa: F401  binds the GSS-API OID -> SPNEGO
+    importlib.import_module("scapy.layers.spnego")  # binds the GSS-API OID -> SPNEGO
     import scapy.layers.smb2 as scapy_smb2
     from scapy.layers.netbios import NBTSession
     from scapy.layers.ntlm import NTLM_AUTHENTICATE

@@ -5,22 +5,30 @@ Bytes and packet time in, events out; no sockets, files or clocks.
 Public API
 ==========
 
-``SmbAnalyzer(conn: ConnInfo, limits: SmbLimits | None = None)`` (``name = "smb"``)
-    The :class:`sensor.analyzers.base.Analyzer` for one TCP connection to port
-    445 (direct TCP) or 139 (NetBIOS session service). ``receive_ts`` /
-    ``receive_tc`` take in-order payload of one direction, ``gap`` reports
-    missing bytes, ``close`` flushes per-file and per-tree summaries. None of
-    them raises: malformed input becomes a named :class:`Weird`
-    (``analyzer="smb"``). ``stats`` (:class:`SmbStats`) holds counters.
+``SmbAnalyzer(conn: ConnInfo, limits: SmbLimits | None = None, *, midstream=False)``
+    (``name = "smb"``) The :class:`sensor.analyzers.base.Analyzer` for one TCP
+    connection to port 445 (direct TCP) or 139 (NetBIOS session service).
+    ``receive_ts`` / ``receive_tc`` take in-order payload of one direction,
+    ``gap`` reports missing bytes, ``close`` flushes per-file and per-tree
+    summaries (later calls return []). None of them raises: malformed input
+    becomes a named :class:`Weird` (``analyzer="smb"``). ``stats``
+    (:class:`SmbStats`) holds counters. ``midstream=True`` (the pipeline saw
+    no SYN) scans for the first frame quietly; otherwise a direction whose
+    first bytes fail the strict frame-start check gets ``smb_midstream_pickup``
+    and is rescanned the same way.
 
-``SmbAnalyzer.probe_ts(data) -> int`` / ``SmbAnalyzer.probe_tc(data) -> int``
-    Static. Offset of the first plausible frame start in client→server /
-    server→client bytes, or -1. A frame start is a NetBIOS session message
-    header followed by ``\\xfeSMB`` / ``\\xffSMB`` / ``\\xfdSMB`` / ``\\xfcSMB``
-    with a consistent SMB header; at offset 0 NetBIOS session control
-    messages (0x81 request to the server; 0x82/0x83 responses) count too.
-    For protocol detection use ``probe_ts(first_payload) == 0``; the analyzer
-    uses the same scan to resynchronise after mid-stream pickup or a gap.
+``SmbAnalyzer.probe_ts(data, *, midstream=False) -> bool | None`` / ``probe_tc``
+    Static, same shape as the FTP analyzer's: do these first bytes of a
+    direction look like SMB? True / False / None (need more bytes). A frame
+    start is a NetBIOS session message header followed by ``\\xfeSMB`` /
+    ``\\xffSMB`` / ``\\xfdSMB`` / ``\\xfcSMB`` with a consistent SMB header,
+    or a NetBIOS session request (to the server) / response (to the client).
+    With ``midstream=True``: True once a frame start appears anywhere, else
+    None (SMB data PDUs can be megabytes long, so never a firm False).
+
+``find_frame_start(data, to_server) -> int``
+    Offset of the first plausible frame start, or -1: the scan the framer uses
+    to resynchronise after mid-stream pickup or a gap.
 
 ``NbssFramer(to_server: bool, max_pdu_size: int)``
     The per-direction h11-style parser underneath (usable on its own):
@@ -80,7 +88,8 @@ Events (frozen dataclasses, ``ts`` is packet time in µs)
     (``\\xfdSMB``) of the connection. Contents are not parsed.
     ``SmbCompressed(algorithm, chained)``: the first compression transform.
     ``SmbEncryptedSummary(frames_ts, frames_tc, bytes_ts, bytes_tc)``: at close
-    when encryption was seen (bytes include the transform headers).
+    when encryption was seen (bytes of the whole frames: NetBIOS and
+    transform headers included).
 
 Weird names: ``smb_midstream_pickup`` (a direction does not start on a frame),
 ``smb_malformed_header`` (bad NetBIOS or SMB header, bad NextCommand or AndX
@@ -132,6 +141,7 @@ __all__ = [
     "SmbTreeSummary",
     "decode_netbios_name",
     "dialect_name",
+    "find_frame_start",
     "parse_ntlmssp",
     "status_name",
 ]
@@ -735,6 +745,42 @@ def _plausible_control(data: bytes, to_server: bool) -> bool:
     return False
 
 
+def find_frame_start(data: bytes, to_server: bool) -> int:
+    """Offset of the first plausible frame start in one direction's bytes, or -1.
+
+    Session messages anywhere (NetBIOS header + SMB magic + consistent SMB
+    header); NetBIOS control messages only at offset 0."""
+    try:
+        if _plausible_control(bytes(data[:1028]), to_server):
+            return 0
+        off, found = _scan(data)
+        return off if found else -1
+    except Exception:  # pragma: no cover - probing must never raise
+        return -1
+
+
+def _probe(data: bytes, to_server: bool, midstream: bool) -> bool | None:
+    try:
+        if midstream:
+            return True if find_frame_start(data, to_server) >= 0 else None
+        if len(data) < 4:
+            return None if not data or data[0] in (0x00, 0x81, 0x82, 0x83, 0x84) else False
+        t = data[0]
+        if t == 0x00:
+            r = _plausible(data, 0)
+            return None if r == -1 else r == 1
+        length = ((data[1] & 1) << 16) | (data[2] << 8) | data[3]
+        if to_server and t == 0x81 and data[1] == 0 and 68 <= length <= 1024:
+            if len(data) < 4 + length:
+                return None
+            return _plausible_control(bytes(data[: 4 + length]), True)
+        if not to_server and t in (0x82, 0x83, 0x84):
+            return _plausible_control(bytes(data[:4]), False) or (t == 0x84 and length == 6)
+        return False
+    except Exception:  # pragma: no cover - probing must never raise
+        return False
+
+
 def _streamable(head: bytes) -> bool:
     """PDUs whose data is counted from header fields, never buffered."""
     magic = head[:4]
@@ -1081,12 +1127,16 @@ class SmbAnalyzer(Analyzer):
 
     name = "smb"
 
-    def __init__(self, conn: ConnInfo, limits: SmbLimits | None = None) -> None:
+    def __init__(self, conn: ConnInfo, limits: SmbLimits | None = None, *,
+                 midstream: bool = False) -> None:
         super().__init__(conn)
         self.limits = limits or SmbLimits()
         self.stats = SmbStats()
         self._framers = {True: NbssFramer(True, self.limits.max_pdu_size),
                          False: NbssFramer(False, self.limits.max_pdu_size)}
+        if midstream:  # the pipeline knows it joined late: scan quietly
+            for framer in self._framers.values():
+                framer.resync()
         self._pending: dict[tuple, tuple] = {}
         self._files: dict[bytes, _File] = {}
         self._trees: dict[tuple[int, int], _Tree] = {}
@@ -1101,24 +1151,14 @@ class SmbAnalyzer(Analyzer):
 
     # -- protocol detection -------------------------------------------------
     @staticmethod
-    def probe_ts(data: bytes) -> int:
-        """Offset of the first plausible client→server frame start, or -1."""
-        return SmbAnalyzer._probe(data, True)
+    def probe_ts(data: bytes, *, midstream: bool = False) -> bool | None:
+        """Do client→server bytes look like SMB? True / False / None (need data)."""
+        return _probe(data, True, midstream)
 
     @staticmethod
-    def probe_tc(data: bytes) -> int:
-        """Offset of the first plausible server→client frame start, or -1."""
-        return SmbAnalyzer._probe(data, False)
-
-    @staticmethod
-    def _probe(data: bytes, to_server: bool) -> int:
-        try:
-            if _plausible_control(data, to_server):
-                return 0
-            off, found = _scan(data)
-            return off if found else -1
-        except Exception:  # pragma: no cover - probing must never raise
-            return -1
+    def probe_tc(data: bytes, *, midstream: bool = False) -> bool | None:
+        """Do server→client bytes look like SMB? True / False / None (need data)."""
+        return _probe(data, False, midstream)
 
     # -- Analyzer interface ---------------------------------------------------
     def receive_ts(self, data: bytes, ts: int) -> list[Event]:
