@@ -37,6 +37,7 @@ from sensor.analyzers.smb import (
     SmbLimits,
     SmbNegotiate,
     SmbNetbiosSession,
+    SmbParseError,
     SmbSessionSetup,
     SmbTreeConnect,
     SmbTreeSummary,
@@ -1421,6 +1422,22 @@ def test_mutated_protocol_bytes_never_raise(data):
     ev = _run_chunks(a, True, bytes(ts), cuts) + _run_chunks(a, False, bytes(tc), cuts)
     ev += a.close(T0)
     assert "smb_analyzer_error" not in weird_names(ev)
+
+
+@settings(max_examples=200, deadline=None)
+@given(blob=st.binary(max_size=200), cut=st.integers(0, 300))
+def test_pure_parsers_raise_only_their_error(blob, cut):
+    """Public helpers either answer or raise SmbParseError, on any input."""
+    for data in (blob, b"NTLMSSP\x00" + blob, ntlm_authenticate("u", "d", "w")[:cut]):
+        try:
+            parse_ntlmssp(data)
+        except SmbParseError:
+            pass
+    for data in (blob, b"\x20" + blob, nb_name("SRV", 0x20)[:cut]):
+        try:
+            decode_netbios_name(data)
+        except SmbParseError:
+            pass
 
 
 # --------------------------------------------------------------------------

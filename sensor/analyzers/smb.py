@@ -104,8 +104,11 @@ Table-overflow weirds are reported once per connection.
 Framing: NetBIOS session service (RFC 1002) 4-byte headers. Control messages
 (0x81 request, 0x82 positive, 0x83 negative, 0x84 retarget, 0x85 keepalive)
 use 1 flag bit + 16 length bits. Session messages (type 0x00) are read with a
-24-bit length on both ports (MS-SMB2 2.1 direct TCP; the RFC's 17 bits are the
-low bits of it, and Samba/Windows send >128 KiB SMB2 messages on 139 too).
+24-bit length on both ports (MS-SMB2 2.1 direct TCP). The RFC's 17 bits are
+the low bits of it, so conformant headers read the same, and an SMB2 message
+over 128 KiB on 139 (possible once the negotiated read/write sizes exceed it)
+is not taken for a bad header. (In the lab captures smbclient used 64 KiB
+reads on 139; on 445 Samba answered a 3 MB READ in one message.)
 
 Not done: decryption and decompression, SMB1 transactions (TRANS/TRANS2/NT_TRANS),
 SMB2 IOCTL/QUERY_DIRECTORY/SET_INFO (renames, deletes), RDMA channels,
@@ -126,6 +129,7 @@ __all__ = [
     "FramerNotice",
     "NbssFramer",
     "NbssMessage",
+    "NtlmInfo",
     "SmbAnalyzer",
     "SmbCompressed",
     "SmbEncrypted",
@@ -135,6 +139,7 @@ __all__ = [
     "SmbLimits",
     "SmbNegotiate",
     "SmbNetbiosSession",
+    "SmbParseError",
     "SmbSessionSetup",
     "SmbStats",
     "SmbTreeConnect",
@@ -484,8 +489,11 @@ def _access_hints(mask: int) -> tuple[str, ...]:
 # --------------------------------------------------------------------------
 
 
-class _Malformed(Exception):
+class SmbParseError(ValueError):
     """Raised by the pure parsers; the analyzer turns it into a named Weird."""
+
+
+_Malformed = SmbParseError
 
 
 def _u8(b: bytes, off: int) -> int:
@@ -555,8 +563,8 @@ def decode_netbios_name(data: bytes, off: int = 0, limit: int = 1024) -> tuple[s
     """First-level decode (RFC 1001 14.1) of one encoded name at ``off``.
 
     Returns (``"NAME<xx>"`` plus ``.scope`` when present, offset after it).
-    Raises :class:`_Malformed` on a bad length byte or a character outside
-    'A'..'P'."""
+    Raises :class:`SmbParseError` on a bad length byte or a character outside
+    'A'..'P' (``struct.error``/IndexError cannot escape: lengths are checked)."""
     if _u8(data, off) != 32:
         raise _Malformed(f"name length byte {data[off]} != 32")
     enc = _slice(data, off + 1, 32, "netbios name")
@@ -599,12 +607,18 @@ class NtlmInfo:
 def parse_ntlmssp(blob: bytes, limit: int = 1024) -> NtlmInfo | None:
     """Find ``NTLMSSP\\0`` in a (SPNEGO/GSS) blob and parse the message.
 
-    Returns None when there is no NTLMSSP message; raises :class:`_Malformed`
-    when an AUTHENTICATE message's fields point outside it."""
+    Returns None when there is no NTLMSSP message; raises :class:`SmbParseError`
+    when the message is cut short or an AUTHENTICATE field points outside it."""
     i = blob.find(_NTLMSSP_SIG)
     if i < 0:
         return None
-    m = blob[i:]
+    try:
+        return _parse_ntlm_message(blob[i:], limit)
+    except struct.error as exc:
+        raise SmbParseError(f"NTLMSSP message cut short: {exc}") from None
+
+
+def _parse_ntlm_message(m: bytes, limit: int) -> NtlmInfo:
     mtype = _u32(m, 8)
     if mtype != 3:
         return NtlmInfo(msg_type=mtype)
