@@ -1183,7 +1183,7 @@ class SmbAnalyzer(Analyzer):
 
     def gap(self, to_server: bool, nbytes: int, ts: int) -> list[Event]:
         out: list[Event] = []
-        if self._closed:
+        if self._closed or nbytes <= 0:
             return out
         try:
             self.stats.gaps += 1
