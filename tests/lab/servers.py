@@ -288,10 +288,3 @@ class Smbd(_Server):
             self._fail(e)
         return self
 
-
-def server_files_ok(path: Path, name: str) -> bool:
-    """True if *path* holds exactly the lab file *name*."""
-    size, seed = FILES[name]
-    return (Path(path).exists() and Path(path).stat().st_size == size
-            and Path(path).read_bytes() == random.Random(seed).randbytes(size))
-
