@@ -141,7 +141,8 @@ def ip_frame(d: Dir, proto: int, l4: bytes) -> bytes:
 class Gen:
     """All generator state; one instance per output file."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, xfer_share: float = TARGET_XFER):
+        self.xfer_target = xfer_share
         self.rng = rng = random.Random(seed)
         self.pool = rng.randbytes(1 << 23)  # 8 MiB of payload bytes
         self.gw_mac = bytes.fromhex("001b21a0c0de")
@@ -1047,7 +1048,13 @@ XF_W = (26, 5, 5, 3, 24, 5, 10, 3, 19)
 def make_session(g: Gen, t0: int):
     rng = g.rng
     share = g.xfer / g.total if g.total else 0.0
-    xfer = rng.random() < (0.09 if share < TARGET_XFER else 0.01)
+    target = g.xfer_target
+    if target == TARGET_XFER:
+        p_hi, p_lo = 0.09, 0.01
+    else:  # scaled for other shares (bang-bang controller on the packet share)
+        k = target / TARGET_XFER
+        p_hi, p_lo = (1.0 if target > 0.5 else min(1.0, 0.09 * k)), min(0.5, 0.01 * k)
+    xfer = rng.random() < (p_hi if share < target else p_lo)
     key = None
     if xfer:
         if rng.random() < 0.4:
@@ -1089,9 +1096,9 @@ def make_session(g: Gen, t0: int):
 
 
 def generate(out_path: Path, n_packets: int, seed: int, quiet: bool = False,
-             truth_path: Path | None = None) -> dict:
+             truth_path: Path | None = None, xfer_share: float = TARGET_XFER) -> dict:
     t_start = time.perf_counter()
-    g = Gen(seed)
+    g = Gen(seed, xfer_share)
     if truth_path is not None:
         g.truth = []
     rng = g.rng
@@ -1367,6 +1374,9 @@ def main(argv=None) -> int:
     ap.add_argument("--packets", type=int, default=DEFAULT_PACKETS, help="number of packets (default 1,000,000)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output pcap (default {DEFAULT_OUT})")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="RNG seed (default %(default)s)")
+    ap.add_argument("--xfer-share", type=float, default=TARGET_XFER,
+                    help="target share of packets in file-transfer sessions (default 0.15; e.g. 0.9 for a "
+                         "capture dominated by tracked ports)")
     ap.add_argument("--stats-json", type=Path, help="also write the generation stats to this file")
     ap.add_argument("--truth", type=Path,
                     help="also write one JSON line per file-transfer session (ground truth: endpoints, "
@@ -1377,8 +1387,10 @@ def main(argv=None) -> int:
         return self_test()
     if a.packets < 1:
         ap.error("--packets must be >= 1")
+    if not 0.0 < a.xfer_share < 1.0:
+        ap.error("--xfer-share must be between 0 and 1")
     tmp = a.out.with_name(a.out.name + ".part")
-    st = generate(tmp, a.packets, a.seed, truth_path=a.truth)
+    st = generate(tmp, a.packets, a.seed, truth_path=a.truth, xfer_share=a.xfer_share)
     os.replace(tmp, a.out)
     st["out"] = str(a.out)
     if a.stats_json:
