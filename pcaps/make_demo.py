@@ -62,11 +62,27 @@ def ftp_upload(t: float, server: str, cport: int, dport: int, user: str, fname: 
     return c.pkts + data.pkts
 
 
-def smb_session(t: float, server: str, cport: int, up: int, down: int, port: int = 445):
-    # opaque SMB2-looking payloads: this issue counts bytes, a later one parses SMB
-    req = b"\x00\x00\x00\x40" + b"\xfeSMB" + bytes(60)
-    return tcp_session(DEV, server, cport, port, t, c2s=req + blob(f"smb{cport}", up),
-                       s2c=req + blob(f"smbr{cport}", down), isn_c=cport * 13, isn_s=cport * 17)
+def smb_session(t: float, server: str, cport: int, share: str, fname: str, size: int, user: str,
+                port: int = 445):
+    """An SMB 3.1.1 session like smbclient's: negotiate, NTLM login, tree
+    connect, create, 64 KiB writes, close, logoff."""
+    from test_analyzer_smb import (FID, close_req, close_resp, create_req, create_resp, login, simple_req,
+                                   simple_resp, tree_req, tree_resp, write_req, write_resp)
+    msgs = login(user=user, domain="CORP", ws="WS-FIN-07")
+    msgs += [(True, tree_req(3, f"\\\\{server}\\{share}")), (False, tree_resp(3))]
+    msgs += [(True, create_req(4, fname, disposition=5, access=0x0012019F)), (False, create_resp(4, FID, action=2))]
+    data = blob(fname, size)
+    mid = 5
+    for off in range(0, size, 65536):
+        chunk = data[off:off + 65536]
+        msgs += [(True, write_req(mid, FID, off, chunk)), (False, write_resp(mid, len(chunk)))]
+        mid += 1
+    msgs += [(True, close_req(mid, FID)), (False, close_resp(mid)),
+             (True, simple_req(2, mid + 1, tree=0)), (False, simple_resp(2, mid + 1, tree=0))]
+    c = Tcp(DEV, server, cport, port, t, isn_c=cport * 13, isn_s=cport * 17).handshake()
+    for to_server, msg in msgs:
+        c.send(to_server, msg)
+    return c.fin().pkts
 
 
 def tftp_read(t: float, server: str, cport: int, tport: int, fname: str, size: int):
@@ -97,7 +113,8 @@ def build() -> list:
         pkts += ftp_upload(T0 + 1 * h + i * 900, "203.0.113.10", 41000 + i * 2, 30000 + i, "backup",
                            f"q{i + 1}-finance.7z", 40_000 + i * 7_000)
     for i in range(4):
-        pkts += smb_session(T0 + 2 * h + i * 1200, "198.51.100.20", 42000 + i, 20_000 + i * 5_000, 4_000)
+        pkts += smb_session(T0 + 2 * h + i * 1200, "198.51.100.20", 42000 + i, "drop",
+                            f"payroll-2026-{i + 1}.xlsx", 90_000 + i * 25_000, "svc_backup")
     for i in range(3):
         pkts += ftp_upload(T0 + 3 * h + i * 600, "203.0.113.30", 43000 + i * 2, 31000 + i, "anonymous",
                            f"notes-{i}.txt", 2_000)
@@ -109,7 +126,8 @@ def build() -> list:
     for i in range(6):
         pkts += tcp_refused(DEV, "198.51.100.60", 47000 + i, 445, T0 + 6 * h + i * 2)
     for i in range(10):
-        pkts += smb_session(T0 + 7 * h + i * 300, "192.168.56.2", 48000 + i, 50_000, 80_000)
+        pkts += smb_session(T0 + 7 * h + i * 300, "192.168.56.2", 48000 + i, "home", f"notes-{i}.docx",
+                            30_000, "jdoe")
     for i in range(120):
         pkts += https(T0 + i * 700, f"203.0.113.{100 + i % 50}", 50000 + i)
         pkts += dns(T0 + i * 700 - 0.01, 52000 + i)

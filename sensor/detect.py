@@ -43,6 +43,13 @@ class _KeyState:
     episode: dict | None = None   # the open alert's running totals (hunt view)
 
 
+def _bytes(rec: Mapping[str, Any]) -> tuple[int, int]:
+    """A connection's bytes for the alert: its own plus those of its data
+    channels / TFTP transfer -- the volume that actually moved."""
+    return (int(rec.get("SentBytes") or 0) + int(rec.get("DataSentBytes") or 0),
+            int(rec.get("ReceivedBytes") or 0) + int(rec.get("DataReceivedBytes") or 0))
+
+
 class DetectStats:
     __slots__ = ("records", "matched", "alerts", "suppressed", "keys_evicted", "events_dropped")
 
@@ -78,8 +85,8 @@ class _Window:
         else:
             self.keys.move_to_end(key)
         evs = st.events
-        bisect.insort(evs, _Ev(ts, int(rec.get("SentBytes") or 0), int(rec.get("ReceivedBytes") or 0),
-                               str(rec.get("Uid", ""))))
+        sent, recv = _bytes(rec)
+        bisect.insort(evs, _Ev(ts, sent, recv, str(rec.get("Uid", ""))))
         latest = evs[-1].ts
         # forget what no window ending at or after `latest` can hold
         cut = bisect.bisect_left(evs, _Ev(latest - self.span_us, 0, 0, ""))
@@ -107,7 +114,7 @@ class _Window:
             self.stats.suppressed += 1
             ep = st.episode
             if ep is not None:  # a further connection of an alert already raised
-                ev = _Ev(ts, int(rec.get("SentBytes") or 0), int(rec.get("ReceivedBytes") or 0), str(rec.get("Uid", "")))
+                ev = _Ev(ts, *_bytes(rec), str(rec.get("Uid", "")))
                 ep["ConnectionCount"] += 1
                 ep["BytesSent"] += ev.sent
                 ep["BytesReceived"] += ev.recv

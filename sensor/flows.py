@@ -165,7 +165,7 @@ WeirdCallback = Callable[[int, Flow | None, str, str], None]
 
 
 class FlowStats:
-    __slots__ = ("created", "ended", "evicted", "active_max", "expired", "seq_jumps")
+    __slots__ = ("created", "ended", "evicted", "active_max", "expired", "seq_jumps", "untracked")
 
     def __init__(self) -> None:
         for s in self.__slots__:
@@ -198,9 +198,14 @@ class FlowTable:
         self.now = 0
         self.stats = FlowStats()
         self._n = 0
-        # hook for expected connections (FTP data, TFTP transfers): called for
-        # a new flow, may set flow.app/ctx/analyzer
-        self.on_new: Callable[[Flow], None] | None = None
+        # application-layer hooks (sensor.app): ``admit(packet)`` decides
+        # whether a packet on no tracked port starts an expected flow
+        # (returns (from_orig, match) or None); ``on_new(flow, match)`` sees
+        # every new flow; ``on_tick(now)`` runs with the expiry scan
+        self.tracked = frozenset(config.tracked_ports)
+        self.admit: Callable[[Packet], tuple[bool, object] | None] | None = None
+        self.on_new: Callable[[Flow, object], None] | None = None
+        self.on_tick: Callable[[int], None] | None = None
 
     # -- time -----------------------------------------------------------------
     def advance(self, ts: int) -> int:
@@ -210,6 +215,8 @@ class FlowTable:
         if self.now >= self.next_scan:
             self.next_scan = self.now + self.scan_interval_us
             self.expire(self.now, self.scan_budget)
+            if self.on_tick is not None:
+                self.on_tick(self.now)
         return self.now
 
     def expire(self, now: int, budget: int) -> int:
@@ -258,13 +265,15 @@ class FlowTable:
                 self._end(flow, "evicted")
                 return
 
-    def _create(self, p: Packet, key: tuple) -> Flow:
+    def _create(self, p: Packet, key: tuple, admitted: tuple[bool, object] | None = None) -> Flow:
         if len(self.flows) >= self.max_flows:
             self._evict()
         src, sport, dst, dport = p.src, p.sport, p.dst, p.dport
         flags = p.flags
         flip = False
-        if p.proto == 6:
+        if admitted is not None:
+            flip = not admitted[0]
+        elif p.proto == 6:
             if flags & SYN:
                 flip = bool(flags & ACK)  # a SYN-ACK's receiver is the originator
             else:
@@ -273,7 +282,7 @@ class FlowTable:
             flip = sport in self.service_ports and dport not in self.service_ports and sport != 20
         if flip:
             flow = Flow(self._uid(key, p.ts), key, p.proto, dst, dport, src, sport, p.ts, p.vlan)
-            if not (flags & SYN):
+            if not (flags & SYN) and admitted is None:
                 flow.history = "^"
                 flow.flipped = True
         else:
@@ -284,17 +293,23 @@ class FlowTable:
         if len(self.flows) > self.stats.active_max:
             self.stats.active_max = len(self.flows)
         if self.on_new is not None:
-            self.on_new(flow)
+            self.on_new(flow, admitted[1] if admitted is not None else None)
         return flow
 
-    def process(self, p: Packet) -> Flow:
-        """Account one target packet; returns its flow."""
+    def process(self, p: Packet) -> Flow | None:
+        """Account one target packet; returns its flow (None: not tracked)."""
         ts = self.advance(p.ts)
         a, b = (p.src, p.sport), (p.dst, p.dport)
         key = (p.proto,) + (a + b if a <= b else b + a)
         flow = self.flows.get(key)
         if flow is None:
-            flow = self._create(p, key)
+            admitted = None
+            if p.sport not in self.tracked and p.dport not in self.tracked:
+                admitted = self.admit(p) if self.admit is not None else None
+                if admitted is None:
+                    self.stats.untracked += 1
+                    return None
+            flow = self._create(p, key, admitted)
         from_orig = p.src == flow.orig_b and p.sport == flow.orig_p
         if ts > flow.last_ts:
             flow.last_ts = ts
@@ -391,8 +406,7 @@ class FlowTable:
                 flow.weirds += 1
                 self.on_weird(p.ts, flow, "tcp_seq_jump", f"{jump} bytes ahead")
                 return
-            s.missed += jump
-            flow.add_history("G" if s is flow.o else "g")
+            s.missed += jump   # not yet seen; may still arrive out of order
             s.hi = end
         elif end > hi:
             s.hi = end

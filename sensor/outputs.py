@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-KINDS = ("connections", "alerts", "weird")
+KINDS = ("connections", "alerts", "transfers", "weird")
 
 _dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), check_circular=False).encode
 

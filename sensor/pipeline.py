@@ -13,7 +13,9 @@ from .bpf import build_filter
 from .config import Config
 from .decode import DecodeStats, Decoder
 from .detect import Detector
+from .app import AppLayer
 from .flows import Flow, FlowTable
+from .ports import PortSet
 from .records import RecordBuilder, iso_us
 from .rules import RuleSet
 
@@ -25,9 +27,14 @@ class Pipeline:
     def __init__(self, config: Config, rules: RuleSet, sink: Any) -> None:
         self.cfg = config
         self.sink = sink
-        self.ports: set[int] = set(config.tracked_ports)
+        self.portset = PortSet(config.tracked_ports)
+        self.ports: set[int] = self.portset.ports
         self.decode_stats = DecodeStats()
         self.flows = FlowTable(config, self._flow_ended, self._flow_weird)
+        self.app = AppLayer(frozenset(config.tracked_ports), self.portset, sink.emit, self._weird)
+        self.flows.admit = self.app.admit
+        self.flows.on_new = self._flow_started
+        self.flows.on_tick = self.app.expire
         self.records = RecordBuilder(config)
         self.detector = Detector(rules, config.limits)
         self.weird_counts: dict[str, int] = {}
@@ -39,8 +46,20 @@ class Pipeline:
         h = self._decoders.get(linktype)
         if h is None:
             dec = Decoder(linktype, self.ports, self.decode_stats, self._decode_weird)
-            h = self._decoders[linktype] = dec.handler(self.flows.process)
+            h = self._decoders[linktype] = dec.handler(self._packet)
         return h
+
+    def _packet(self, p) -> None:
+        f = self.flows.process(p)
+        if f is not None:
+            st = f.ctx
+            if st is not None and (st.analyzer is not None or st.sni_buf is not None) and not st.stopped:
+                self.app.packet(f, p)
+
+    @property
+    def filter_version(self) -> int:
+        """Changes whenever the capture filter should be rebuilt."""
+        return self.portset.version
 
     def capture_filters(self) -> list[str | None]:
         """BPF filters to try, best first (see sensor/bpf.py)."""
@@ -50,13 +69,41 @@ class Pipeline:
         self.flows.flush()
 
     # -- events ---------------------------------------------------------------
+    def _flow_started(self, flow: Flow, match: object) -> None:
+        self.app.flow_started(flow, match)
+        self.app.child_started(flow)
+
     def _flow_ended(self, flow: Flow) -> None:
+        st = flow.ctx
+        if st is not None:
+            self.app.flow_ending(flow)
+            if st.children > 0:
+                st.held = True         # its record waits for its data channels / transfer
+            else:
+                self._emit_connection(flow)
+            parent = self.app.child_ended(flow)
+            if parent is not None:
+                parent.ctx.held = None
+                self._emit_connection(parent)
+        else:
+            self._emit_connection(flow)
+
+    def _emit_connection(self, flow: Flow) -> None:
         rec = self.records.build(flow)
         at = rec["ActionType"]
         self.action_counts[at] = self.action_counts.get(at, 0) + 1
         self.sink.emit("connections", rec)
         for alert in self.detector.observe(rec, flow.first_ts):
             self.sink.emit("alerts", alert)
+
+    def release_held(self) -> None:
+        """End of input: parents still waiting for children are written."""
+        for flow in list(self._held()):
+            flow.ctx.held = None
+            self._emit_connection(flow)
+
+    def _held(self):
+        return ()
 
     def _weird(self, ts: int, name: str, detail: str, uid: str, source: str) -> None:
         n = self.weird_counts.get(name, 0) + 1
@@ -76,6 +123,8 @@ class Pipeline:
         return {
             "decoder": self.decode_stats.as_dict(),
             "flows": self.flows.stats.as_dict(),
+            "app": dict(self.app.stats),
+            "expectations": self.app.expect.stats.as_dict(),
             "detect": self.detector.stats.as_dict(),
             "connections": dict(sorted(self.action_counts.items())),
             "weird": dict(sorted(self.weird_counts.items())),

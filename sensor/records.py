@@ -17,7 +17,8 @@ RECORD_FIELDS = (
     "Protocol", "LocalIPType", "RemoteIPType", "InitiatingProcessFileName", "InitiatingProcessId",
     "InitiatingProcessAccountName", "AccountName", "SentBytes", "ReceivedBytes", "SentPackets",
     "ReceivedPackets", "FirstSeen", "LastSeen", "ConnState", "History", "Uid", "CommunityId",
-    "Direction", "Vlan",
+    "Direction", "Vlan", "AppProtocol", "AppUser", "DataSentBytes", "DataReceivedBytes", "ParentUid",
+    "AdditionalFields",
 )
 
 # the hunt's protocol label by well-known remote port
@@ -59,6 +60,7 @@ class RecordBuilder:
 
     def build(self, flow: Flow) -> dict:
         outbound = self.device_is_orig(flow)
+        st = flow.ctx
         if outbound:
             lip, lport, rip, rport, sent, recv = flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p, flow.o, flow.r
         else:
@@ -66,10 +68,29 @@ class RecordBuilder:
         cfg = self.cfg
         device = cfg.device_name or cfg.inventory.get(lip, lip)
         first = iso_us(flow.first_ts)
-        return {
+        action = self.action_type(flow, outbound)
+        user = ""
+        data_sent = data_recv = 0
+        parent_uid = ""
+        fields: dict = {}
+        if st is not None:
+            user = st.user
+            # children's bytes are kept from the parent's originator's view
+            data_sent, data_recv = (st.child_sent, st.child_recv) if outbound else (st.child_recv, st.child_sent)
+            if st.parent is not None:
+                parent_uid = st.parent.uid
+            if st.fields:
+                fields = dict(st.fields)
+                parent_uid = parent_uid or fields.pop("ParentUid", "")
+            if st.files:
+                fields["Files"] = list(st.files)
+            if flow.proto == 17 and st.child_answered and action == "ConnectionFailed":
+                # TFTP: the server answers from a new port; that answer is the success
+                action = "ConnectionSuccess" if outbound else "InboundConnectionAccepted"
+        rec = {
             "Timestamp": first,
             "DeviceName": device,
-            "ActionType": self.action_type(flow, outbound),
+            "ActionType": action,
             "LocalIP": lip,
             "LocalPort": lport,
             "RemoteIP": rip,
@@ -80,7 +101,7 @@ class RecordBuilder:
             "InitiatingProcessFileName": "",
             "InitiatingProcessId": 0,
             "InitiatingProcessAccountName": "",
-            "AccountName": "",
+            "AccountName": user,
             "SentBytes": sent.bytes,
             "ReceivedBytes": recv.bytes,
             "SentPackets": sent.pkts,
@@ -93,4 +114,11 @@ class RecordBuilder:
             "CommunityId": community_id_v1(flow.orig_b, flow.resp_b, flow.proto, flow.orig_p, flow.resp_p),
             "Direction": "outbound" if outbound else "inbound",
             "Vlan": flow.vlan,
+            "AppProtocol": flow.app,
+            "AppUser": user,
+            "DataSentBytes": data_sent,
+            "DataReceivedBytes": data_recv,
+            "ParentUid": parent_uid,
+            "AdditionalFields": fields,
         }
+        return rec

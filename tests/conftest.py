@@ -25,6 +25,7 @@ class Replay:
         self.connections = sink.records["connections"]
         self.alerts = [a for a in sink.records["alerts"] if "ConnectionCount" in a]
         self.weird = sink.records["weird"]
+        self.transfers = sink.records["transfers"]
         self.hunt = pipe.detector.hunt_results()
 
 
@@ -43,7 +44,7 @@ def replay(tmp_path):
         rs = rules or load_rules(REPO / "rules", RECORD_FIELDS)
         sink = MemorySink()
         pipe = Pipeline(cfg, rs, sink)
-        res = read_file(path, pipe.handler_for, pipe.capture_filters if capture_filter else None)
+        res = read_file(path, pipe.handler_for, pipe if capture_filter else None)
         assert not res.error, res.error
         pipe.finish()
         return Replay(pipe, sink)

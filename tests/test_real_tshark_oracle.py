@@ -108,7 +108,15 @@ def iso_us(epoch: str) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:06d}Z"
 
 
-def expected_action(c: Conversation, local: tuple[str, int]) -> str:
+def tftp_answered(c: Conversation, udp_convs: list[Conversation]) -> bool:
+    """A TFTP server answers a request from a new port: another UDP
+    conversation from the server's address to the client's address and port,
+    starting after the request (how tshark's TFTP dissector links them)."""
+    return any(u is not c and u.originator[0] == c.responder[0] and u.responder == c.originator
+               and Decimal(u.first_ts) >= Decimal(c.first_ts) for u in udp_convs)
+
+
+def expected_action(c: Conversation, local: tuple[str, int], udp_convs: list[Conversation] = ()) -> str:
     outbound = c.originator == local
     if c.proto == "tcp":
         if c.syn_from is None and c.synack_from is None:
@@ -116,7 +124,8 @@ def expected_action(c: Conversation, local: tuple[str, int]) -> str:
         if not c.handshake:                      # refused (RST) or never answered
             return "ConnectionFailed"
     else:
-        if c.packets(c.responder) == 0:          # nothing came back on this 5-tuple
+        # nothing came back on this 5-tuple, and (TFTP) no answer from a new port
+        if c.packets(c.responder) == 0 and not (c.responder[1] == 69 and tftp_answered(c, udp_convs)):
             return "ConnectionFailed"
     return "ConnectionSuccess" if outbound else "InboundConnectionAccepted"
 
@@ -188,6 +197,11 @@ def compare(pcap: Path, side: dict, records: list[dict]) -> list[tuple[Conversat
     convs = [c for c in conversations(pcap) if c.ports() & set(TRACKED_PORTS)]
     assert convs, f"{pcap.name}: tshark sees no conversation on a tracked port"
     client = side["client_ip"]
+    udp_convs = ([u for u in conversations(pcap, ports=None) if u.proto == "udp"]
+                 if any(c.proto == "udp" for c in convs) else [])
+    # data channels and TFTP transfers on ephemeral ports are records too; the
+    # comparison here is about connections on the tracked ports
+    records = [r for r in records if {r["LocalPort"], r["RemotePort"]} & set(TRACKED_PORTS)]
 
     by_conv: dict[tuple, list[Conversation]] = defaultdict(list)
     for c in convs:
@@ -222,7 +236,7 @@ def compare(pcap: Path, side: dict, records: list[dict]) -> list[tuple[Conversat
                 assert d.union_bytes() == d.seq_bytes(), f"{pcap.name}: gap in {c.summary()}"
                 assert d.nxtseq_mismatch == 0, c.summary()
             exp = {
-                "ActionType": expected_action(c, local),
+                "ActionType": expected_action(c, local, udp_convs),
                 "LocalIP": local[0], "LocalPort": local[1],
                 "RemoteIP": remote[0], "RemotePort": remote[1],
                 "Protocol": c.proto.capitalize(),

@@ -1,0 +1,106 @@
+"""Expected connections (Zeek's ``ftp_data_expected``, sans-IO).
+
+Analyzers announce connections that will belong to theirs (FTP PORT/EPRT/
+PASV/EPSV, TFTP requests) with :class:`sensor.events.ExpectConnection`. The
+table keys them by (proto, responder address, responder port); a new flow
+that does not sit on a tracked port looks itself up here, and the oldest
+live expectation that fits (originator address and port, when given) is
+consumed -- time order, because servers reuse passive ports. Expectations
+expire on packet time and the table is bounded (``max_expectations``,
+oldest dropped first, counted).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from typing import Any, Callable
+
+from .events import ExpectConnection
+
+MAX_EXPECTATIONS = 10_000
+
+
+class ExpectStats:
+    __slots__ = ("added", "matched", "expired", "dropped")
+
+    def __init__(self) -> None:
+        self.added = self.matched = self.expired = self.dropped = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {s: getattr(self, s) for s in self.__slots__}
+
+
+class Expectations:
+    def __init__(self, max_expectations: int = MAX_EXPECTATIONS,
+                 on_port: Callable[[int, int], None] | None = None) -> None:
+        self.max = max_expectations
+        # key -> deque of (expectation, parent flow); insertion order = time order
+        self.by_key: OrderedDict[tuple, deque] = OrderedDict()
+        self.count = 0
+        self.stats = ExpectStats()
+        # told (port, +1/-1) as expectations for a responder port come and go,
+        # so the capture filter can admit them
+        self.on_port = on_port or (lambda port, delta: None)
+
+    def _key(self, proto: str, resp_h: str, resp_p: int | None) -> tuple:
+        return (proto, resp_h, resp_p)
+
+    def _ref(self, port: int | None, d: int) -> None:
+        if port is not None:
+            self.on_port(port, d)
+
+    def add(self, e: ExpectConnection, parent: Any) -> None:
+        k = self._key(e.proto, e.resp_h, e.resp_p)
+        q = self.by_key.get(k)
+        if q is None:
+            q = self.by_key[k] = deque()
+        q.append((e, parent))
+        self.count += 1
+        self.stats.added += 1
+        self._ref(e.resp_p, +1)
+        while self.count > self.max:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        k, q = next(iter(self.by_key.items()))
+        e, _ = q.popleft()
+        self.count -= 1
+        self.stats.dropped += 1
+        self._ref(e.resp_p, -1)
+        if not q:
+            del self.by_key[k]
+
+    def expire(self, now: int) -> None:
+        dead = []
+        for k, q in self.by_key.items():
+            while q and q[0][0].expires_us < now:
+                e, _ = q.popleft()
+                self.count -= 1
+                self.stats.expired += 1
+                self._ref(e.resp_p, -1)
+            if not q:
+                dead.append(k)
+        for k in dead:
+            del self.by_key[k]
+
+    def match(self, proto: str, orig_h: str, orig_p: int, resp_h: str, resp_p: int, now: int
+              ) -> tuple[ExpectConnection, Any] | None:
+        """Consume the oldest live expectation the new flow fits, if any."""
+        for k in ((proto, resp_h, resp_p), (proto, resp_h, None)):
+            q = self.by_key.get(k)
+            if not q:
+                continue
+            for i, (e, parent) in enumerate(q):
+                if e.expires_us < now:
+                    continue
+                if e.orig_h is not None and e.orig_h != orig_h:
+                    continue
+                if e.orig_p is not None and e.orig_p != orig_p:
+                    continue
+                del q[i]
+                if not q:
+                    del self.by_key[k]
+                self.count -= 1
+                self.stats.matched += 1
+                self._ref(e.resp_p, -1)
+                return e, parent
+        return None
