@@ -7,15 +7,24 @@ tracks: tracked ports over IPv4 and IPv6, untagged, 802.1Q and QinQ
 expression, so the tagged alternatives come last, the second ``vlan`` being
 the inner tag), and IPv6 packets whose transport header sits behind
 extension headers (BPF's ``port`` only looks right after the fixed header,
-so those pass and the decoder walks the chain). Expected connections (FTP
-data channels, TFTP transfers) add their ports while running; the pipeline
-then installs a new filter (``Pipeline.filter_version``).
+so those pass and the decoder walks the chain).
+
+Expected connections (FTP passive and non-port-20 active data channels, TFTP
+transfers) run between two ephemeral ports, which are only known while
+running. Rather than recompiling the filter for each (libpcap's compiler
+costs ~10 ms for this expression, and on a live interface packets would be
+lost between the announcement and the new filter), the filter admits every
+TCP/UDP packet whose two ports are both >= 1024; the decoder then keeps
+only the ports it currently expects (a set lookup). Client-server background
+traffic (HTTPS, DNS, QUIC: one side on a well-known port) stays in the kernel
+or in libpcap.
 """
 from __future__ import annotations
 
 from typing import Iterable
 
 MAX_FILTER_PORTS = 2000  # beyond this the filter is not worth compiling: decode in Python
+EPHEMERAL_MIN = 1024
 
 
 def port_expr(ports: Iterable[int]) -> str:
@@ -28,7 +37,10 @@ def build_filter(ports: Iterable[int], vlan: bool = True) -> str | None:
         return None
     p = port_expr(ps)
     ext6 = "(ip6 and not ip6 proto 6 and not ip6 proto 17)"
-    inner = f"({p}) or {ext6}"
+    lo = EPHEMERAL_MIN - 1
+    eph4 = (f"(tcp[0:2] > {lo} and tcp[2:2] > {lo}) or (udp[0:2] > {lo} and udp[2:2] > {lo})")
+    eph6 = f"((ip6 proto 6 or ip6 proto 17) and ip6[40:2] > {lo} and ip6[42:2] > {lo})"
+    inner = f"({p}) or {ext6} or {eph4} or {eph6}"
     if not vlan:
         return inner
     return f"{inner} or (vlan and ({inner})) or (vlan and ({inner}))"

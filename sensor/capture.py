@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import pcapy
 
@@ -60,48 +60,23 @@ def set_filter(reader, filters: Sequence[str | None]) -> str | None:
     return None
 
 
-class FilterSource(Protocol):
-    """What decides the capture filter (the pipeline): ``capture_filters()``
-    lists filters to try, best first; ``filter_version`` changes whenever
-    they do (a data channel's port is expected, or no longer)."""
-
-    @property
-    def filter_version(self) -> int: ...
-
-    def capture_filters(self) -> Sequence[str | None]: ...
-
-
 def read_file(path: str | Path, handler_for: Callable[[int], Handler],
-              filters: FilterSource | None = None) -> ReadResult:
+              filters: Sequence[str | None] | None = None) -> ReadResult:
     """Read every packet of ``path``; ``handler_for(linktype)`` gives the
-    function that receives ``(ts_us, data)``. With ``filters``, the capture
-    filter is installed and re-installed between packets whenever its version
-    changes (libpcap applies a savefile's filter per packet as it reads, so
-    the change is exact). A damaged file (cut in the middle of a record)
-    yields every whole packet before the damage and reports it in
-    ``ReadResult.error``."""
+    function that receives ``(ts_us, data)``; ``filters`` are capture filters
+    to try, best first (the first that compiles for the file's link type is
+    installed). A damaged file (cut in the middle of a record) yields every
+    whole packet before the damage and reports it in ``ReadResult.error``."""
     reader = open_offline(path)
     linktype = reader.datalink()
     handle = handler_for(linktype)
+    installed = set_filter(reader, filters) if filters else None
     count = [0]
-    if filters is None:
-        installed = None
 
-        def cb(hdr, data: bytes) -> None:
-            count[0] += 1
-            s, us = hdr.getts()
-            handle(s * 1_000_000 + us, data)
-    else:
-        state = [filters.filter_version, set_filter(reader, filters.capture_filters())]
-        installed = state[1]
-
-        def cb(hdr, data: bytes) -> None:
-            count[0] += 1
-            s, us = hdr.getts()
-            handle(s * 1_000_000 + us, data)
-            if filters.filter_version != state[0]:
-                state[0] = filters.filter_version
-                state[1] = set_filter(reader, filters.capture_filters())
+    def cb(hdr, data: bytes) -> None:
+        count[0] += 1
+        s, us = hdr.getts()
+        handle(s * 1_000_000 + us, data)
 
     err = ""
     try:

@@ -131,7 +131,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     packets = 0
     try:
         for path in args.pcap:
-            res = read_file(path, pipe.handler_for, pipe)
+            res = read_file(path, pipe.handler_for, pipe.capture_filters())
             packets += res.packets
             if res.error:
                 damaged.append(f"{path}: damaged after {res.packets} packets: {res.error}")
@@ -153,7 +153,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print()
     else:
         out = sys.stdout
-        print(f"{packets} packets on tracked ports, {conns} connections, "
+        print(f"{packets} packets passed the capture filter, {conns} connections, "
               f"{mem.counts['transfers']} transfers, {len(alerts)} alert(s) in {elapsed:.2f}s", file=out)
         by = pipe.stats()["connections"]
         if by:

@@ -56,14 +56,10 @@ class Pipeline:
             if st is not None and (st.analyzer is not None or st.sni_buf is not None) and not st.stopped:
                 self.app.packet(f, p)
 
-    @property
-    def filter_version(self) -> int:
-        """Changes whenever the capture filter should be rebuilt."""
-        return self.portset.version
-
     def capture_filters(self) -> list[str | None]:
         """BPF filters to try, best first (see sensor/bpf.py)."""
-        return [build_filter(self.ports), build_filter(self.ports, vlan=False), None]
+        fixed = self.portset.fixed
+        return [build_filter(fixed), build_filter(fixed, vlan=False), None]
 
     def finish(self) -> None:
         self.flows.flush()

@@ -2,8 +2,9 @@
 
 Tracked ports are permanent; expected connections and the flows they became
 (FTP data channels, TFTP transfers on ephemeral ports) add their ports while
-they live. ``ports`` is the live set object the decoder consults;
-``version`` changes whenever it does, so the capture can install a new filter.
+they live. ``ports`` is the live set object the decoder consults (the
+capture filter admits every ephemeral-to-ephemeral packet, see sensor/bpf.py,
+so it never needs to change with this set).
 """
 from __future__ import annotations
 
@@ -11,23 +12,19 @@ from typing import Iterable
 
 
 class PortSet:
-    __slots__ = ("ports", "fixed", "refs", "version")
+    __slots__ = ("ports", "fixed", "refs")
 
     def __init__(self, fixed: Iterable[int]) -> None:
         self.fixed = frozenset(fixed)
         self.ports: set[int] = set(self.fixed)
         self.refs: dict[int, int] = {}
-        self.version = 0
 
     def ref(self, port: int, delta: int) -> None:
         n = self.refs.get(port, 0) + delta
         if n > 0:
             self.refs[port] = n
-            if port not in self.ports:
-                self.ports.add(port)
-                self.version += 1
+            self.ports.add(port)
         else:
             self.refs.pop(port, None)
-            if port not in self.fixed and port in self.ports:
+            if port not in self.fixed:
                 self.ports.discard(port)
-                self.version += 1
