@@ -213,7 +213,7 @@ class Gen:
         return cw
 
     def _repeat_keys(self) -> list[tuple]:
-        """(client, server, port, kind) keys reused across many sessions."""
+        """(client, server, kind, account) keys reused across many sessions."""
         rng = self.rng
         kinds = (["ftp"] * 8 + ["ftp_active"] * 2 + ["ftps"] * 2 + ["ftp_authtls"] + ["smb445"] * 7
                  + ["smb139"] * 2 + ["tftp"] * 5 + ["tftp_wrq"])
@@ -222,7 +222,14 @@ class Gen:
             v6 = i % 7 == 3
             cli = rng.choice(self.clients6 if v6 else self.clients4)
             srv = rng.choice(self.xfer6 if v6 else self.xfer4)
-            keys.append((cli, srv, kind))
+            # a job or implant that reconnects uses the same credentials every time
+            if kind.startswith("smb"):
+                acct = rng.choice(SMB_USERS)
+            elif kind.startswith("ftp"):
+                acct = "anonymous" if rng.random() < 0.4 else rng.choice(FTP_USERS)
+            else:
+                acct = ""
+            keys.append((cli, srv, kind, acct))
         return keys
 
     # -- helpers -------------------------------------------------------------
@@ -620,6 +627,9 @@ def quic_long(g: Gen, first: int, dcid: bytes, scid: bytes, size: int, initial: 
 
 # ---- FTP ----------------------------------------------------------------------
 
+FTP_USERS = ("backup", "admin", "ftpuser", "svc_sync", "deploy", "jsmith")
+SMB_USERS = ("Administrator", "backup_svc", "jsmith", "mdupont", "svc_sql", "operator")
+
 FTP_BANNERS = ("220 (vsFTPd 3.0.3)\r\n", "220 ProFTPD Server (ProFTPD) [{ip}]\r\n",
                "220 Microsoft FTP Service\r\n",
                "220-Welcome to the file archive.\r\n220-All transfers are logged.\r\n220 \r\n",
@@ -641,7 +651,7 @@ def sess_ftp(g: Gen, t0: int, v6: bool, tags: bytes, key=None, mode="ftp") -> li
     rng = g.rng
     out: list = []
     if key is not None:
-        cli, srv, _ = key
+        cli, srv = key[0], key[1]
     else:
         cli = rng.choice(g.clients6 if v6 else g.clients4)
         srv = rng.choice(g.xfer6 if v6 else g.xfer4)
@@ -671,9 +681,14 @@ def sess_ftp(g: Gen, t0: int, v6: bool, tags: bytes, key=None, mode="ftp") -> li
         ctl.resp(server_flight(g), 1_000)
         ctl.req(client_finish(g), 300)
         tls = True
-    anon = rng.random() < 0.4
-    user = "anonymous" if anon else rng.choice(("backup", "admin", "ftpuser", "svc_sync", "deploy", "jsmith"))
+    if key is not None:
+        user = key[3]
+    else:
+        user = "anonymous" if rng.random() < 0.4 else rng.choice(FTP_USERS)
+    anon = user == "anonymous"
     info["account"] = user
+    # what a passive observer can read: USER travels inside TLS on 990 and after AUTH TLS
+    info["account_visible"] = "" if mode in ("ftps", "ftp_authtls") else user
     _ftp_cmd(ctl, f"USER {user}", "331 Please specify the password.\r\n", 20_000, tls)
     if rng.random() < 0.06:  # failed login
         info["outcome"] = "success_login_failed"
@@ -867,7 +882,7 @@ def sess_smb(g: Gen, t0: int, v6: bool, tags: bytes, key=None, port=445) -> list
     rng = g.rng
     out: list = []
     if key is not None:
-        cli, srv, _ = key
+        cli, srv = key[0], key[1]
     else:
         cli = rng.choice(g.clients6 if v6 else g.clients4)
         srv = rng.choice(g.xfer6 if v6 else g.xfer4)
@@ -895,9 +910,11 @@ def sess_smb(g: Gen, t0: int, v6: bool, tags: bytes, key=None, port=445) -> list
     s.exchange(SMB2_SESSION_SETUP, struct.pack("<HBBIIHHQ", 25, 0, 1, 1, 0, 88, len(t1), 0) + t1,
                struct.pack("<HHHH", 9, 0, 72, len(t2)) + t2, status=0xC0000016, think=800)
     s.sid = rng.getrandbits(63) | 1
-    user = rng.choice(("Administrator", "backup_svc", "jsmith", "mdupont", "svc_sql", "operator"))
+    user = key[3] if key is not None else rng.choice(SMB_USERS)
     t3 = ntlm_auth(g, "CORP", user, f"WS{rng.randrange(1000):03d}")
-    info["account"] = f"CORP\\{user}"
+    info["account"] = user
+    info["domain"] = "CORP"
+    info["account_visible"] = user
     s.exchange(SMB2_SESSION_SETUP, struct.pack("<HBBIIHHQ", 25, 0, 1, 1, 0, 88, len(t3), 0) + t3,
                struct.pack("<HHHH", 9, 0, 0, 0), think=800)
     s.signed = rng.random() < 0.7
@@ -953,7 +970,7 @@ def sess_tftp(g: Gen, t0: int, v6: bool, tags: bytes, key=None, wrq=False, fail=
     rng = g.rng
     out: list = []
     if key is not None:
-        cli, srv, _ = key
+        cli, srv = key[0], key[1]
     else:
         cli = rng.choice(g.clients6 if v6 else g.clients4)
         srv = rng.choice(g.xfer6 if v6 else g.xfer4)
@@ -969,7 +986,7 @@ def sess_tftp(g: Gen, t0: int, v6: bool, tags: bytes, key=None, wrq=False, fail=
     t = t0
     info = g.info
     info.update(client=str(cli.ip), server=str(srv.ip), port=69, client_port=cport, server_tid=stid,
-                outcome="success", transfers=[])
+                outcome="success", transfers=[], account_visible="")
     if fail == "noanswer":
         info["outcome"] = "no_answer"
         for i in range(rng.randrange(3, 6)):
@@ -1016,7 +1033,7 @@ def sess_fail(g: Gen, t0: int, v6: bool, tags: bytes) -> list:
     srv = rng.choice(g.xfer6 if v6 else g.xfer4)
     g.remotes.add(srv.i)
     c = Tcp(g, out, t0, cli, srv, g.eport(), port, tags, g.rtt(), 100)
-    g.info.update(client=str(cli.ip), server=str(srv.ip), port=port)
+    g.info.update(client=str(cli.ip), server=str(srv.ip), port=port, account_visible="")
     if rng.random() < 0.55:
         tries = rng.choice((1, 1, 2, 3))
         g.info.update(outcome="refused", attempts=tries)

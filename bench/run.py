@@ -421,18 +421,28 @@ def truth_check(truth_path: Path, outdir: Path) -> dict:
     got = Counter((c.get("ActionType"), c.get("RemotePort")) for c in conns)
     per_port = {}
     for port in TRACKED:
-        per_port[str(port)] = {
+        per_port[str(port)] = v = {
             "expected_success": exp_ok.get(port, 0) if port != 20 else exp_active,
             "sensor_success": got.get(("ConnectionSuccess", port), 0)
             + (got.get(("InboundConnectionAccepted", port), 0) if port == 20 else 0),
             "expected_failed_sessions": exp_fail.get(port, 0),
             "sensor_failed": got.get(("ConnectionFailed", port), 0),
         }
-    keys = Counter((t["client"], t["server"], t["port"]) for t in truth if t["outcome"].startswith("success"))
+        if port == 69:
+            v["expected_answered_with_error"] = tftp_err
+    ok = [t for t in truth if t["outcome"].startswith("success")]
+    # the hunt's grouping (DeviceName, process, RemoteIP, RemotePort, AccountName); on replay the
+    # process is empty and DeviceName is the client's IP; the account is what the wire shows
+    keys = Counter((t["client"], t["server"], t["port"], t.get("account_visible", "")) for t in ok)
     want = {k for k, v in keys.items() if v > 3}
-    have = {(a.get("DeviceName"), a.get("RemoteIP"), a.get("RemotePort")) for a in alerts}
+    have = {(a.get("DeviceName"), a.get("RemoteIP"), a.get("RemotePort"), a.get("AccountName") or "")
+            for a in alerts}
     missing = sorted(want - have)
     extra = sorted(have - want, key=str)
+    # device-level view, ignoring the account
+    keys3 = Counter((t["client"], t["server"], t["port"]) for t in ok)
+    want3 = {k for k, v in keys3.items() if v > 3}
+    have3 = {k[:3] for k in have}
     return {
         "truth_file": str(truth_path),
         "tftp_error_sessions_not_counted": tftp_err,
@@ -443,6 +453,8 @@ def truth_check(truth_path: Path, outdir: Path) -> dict:
         "alert_keys_missing": [list(k) for k in missing],
         "alert_keys_missing_by_port": dict(Counter(k[2] for k in missing)),
         "alert_keys_extra": [list(k) for k in extra],
+        "device_keys_expected": len(want3),
+        "device_keys_alerted": len(want3 & have3),
     }
 
 
@@ -486,6 +498,21 @@ def ratios(rows: list[dict]) -> dict:
             out[key]["pkts_per_cpu_s_ratio"] = (xs["packets"] / xs["cpu_s"]) / (r["packets"] / r["cpu_s"])
         out[key]["rss_ratio"] = xs["rss_tree_mb"] / r["rss_tree_mb"] if r["rss_tree_mb"] else None
     return out
+
+
+def sensor_fingerprint() -> dict:
+    """git HEAD and a hash of the sensor's source as it is on disk (editable installs change
+    under a running benchmark)."""
+    import hashlib
+    h = hashlib.sha256()
+    for p in sorted((REPO / "sensor").rglob("*.py")):
+        h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        head = None
+    return {"git_head": head, "sensor_src_sha256": h.hexdigest()[:16]}
 
 
 def env_info() -> dict:
@@ -593,7 +620,9 @@ def main(argv=None) -> int:
                 outdir = Path(tempfile.mkdtemp(prefix="xfer-bench-out-"))
                 cmd = [str(a.sensor), "replay", str(pcap), "--out", str(outdir), *a.sensor_arg]
                 print(f"[{tool} {i + 1}/{a.repeat}] {' '.join(cmd)}", file=sys.stderr)
+                fp = sensor_fingerprint()
                 row = run_tool("xfer-sensor", cmd, packets, a.timeout)
+                row["sensor_code"] = fp
                 files = sorted(p for p in outdir.rglob("*") if p.is_file())
                 row["outputs"] = {str(p.relative_to(outdir)): p.stat().st_size for p in files[:200]}
                 row["outputs_count"] = len(files)
@@ -630,6 +659,10 @@ def main(argv=None) -> int:
         if runs:
             all_runs[runs[0]["tool"]] = runs
             results.append(_pick(runs))
+            fps = {json.dumps(r["sensor_code"], sort_keys=True) for r in runs if "sensor_code" in r}
+            if len(fps) > 1:
+                results[-1]["warning"] = "sensor source changed between runs: " + ", ".join(sorted(fps))
+                print(f"WARNING: {results[-1]['warning']}", file=sys.stderr)
 
     for row, truth_path, outdir in pending_truth:
         try:
@@ -645,6 +678,11 @@ def main(argv=None) -> int:
           f"{os.cpu_count()} CPUs; Python {platform.python_version()}")
     print()
     print(table(results))
+    print()
+    for r in results:
+        if r.get("sensor_code"):
+            print(f"xfer-sensor code: git {r['sensor_code']['git_head']}, sensor/ source sha256 "
+                  f"{r['sensor_code']['sensor_src_sha256']}" + (f"  WARNING: {r['warning']}" if r.get("warning") else ""))
     print()
     for k, v in rat.items():
         extra = (f" (vs the peer's loop alone, without start-up: {v['pps_ratio_vs_peer_loop_only']:.2f}x)"
@@ -671,14 +709,18 @@ def main(argv=None) -> int:
             print("| port | expected success | sensor success | expected failed sessions | sensor failed |")
             print("|---|---|---|---|---|")
             for port, v in tc["per_port"].items():
-                print(f"| {port} | {v['expected_success']} | {v['sensor_success']} | "
+                err = (f" (+{v['expected_answered_with_error']} answered with ERROR)"
+                       if v.get("expected_answered_with_error") else "")
+                print(f"| {port} | {v['expected_success']}{err} | {v['sensor_success']} | "
                       f"{v['expected_failed_sessions']} | {v['sensor_failed']} |")
-            print(f"alert keys (client, server, port with > 3 successful connections): expected "
+            print(f"alert keys (client, server, port, account with > 3 successful connections): expected "
                   f"{tc['alert_keys_expected']}, sensor {tc['alert_keys_sensor']}, matched {tc['alert_keys_matched']}, "
-                  f"missing by port {tc['alert_keys_missing_by_port'] or '{}'}, extra {len(tc['alert_keys_extra'])}")
+                  f"missing by port {tc['alert_keys_missing_by_port'] or '{}'}, extra {len(tc['alert_keys_extra'])}; "
+                  f"(client, server, port) keys over 3 alerted: {tc['device_keys_alerted']} of "
+                  f"{tc['device_keys_expected']}")
             print("(port 20: active-mode FTP data connections, reported as InboundConnectionAccepted; "
                   "failed sessions may hold several SYN/RST attempts on one 4-tuple; "
-                  f"{tc['tftp_error_sessions_not_counted']} TFTP sessions answered by an ERROR are in neither column)")
+                  "TFTP sessions answered by an ERROR are shown apart)")
 
     doc = {
         "timestamp_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
