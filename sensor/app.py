@@ -163,8 +163,9 @@ class AppLayer:
         if a is None:
             return
         if flow.proto != 6:
-            if p.payload or p.plen == 0:
-                self._events(flow, a.receive_ts(p.payload, p.ts) if from_orig else a.receive_tc(p.payload, p.ts))
+            evs = a.receive_ts(p.payload, p.ts) if from_orig else a.receive_tc(p.payload, p.ts)
+            if evs:
+                self._events(flow, evs)
             return
         streams = st.streams
         if streams is None:
@@ -175,6 +176,13 @@ class AppLayer:
             return
         if not p.plen:
             return
+        if len(p.payload) == p.plen:
+            data = s.in_order(p.seq, p.payload)
+            if data is not None:
+                evs = a.receive_ts(data, p.ts) if from_orig else a.receive_tc(data, p.ts)
+                if evs:
+                    self._events(flow, evs)
+                return
         chunks = s.segment(p.seq, p.payload)
         if len(p.payload) < p.plen:   # cut by the snaplen: the rest is missing
             chunks += s.skip_to(p.seq + p.plen)

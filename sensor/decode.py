@@ -16,6 +16,7 @@ import struct
 from typing import Callable, Collection
 
 _U16 = struct.Struct("!H").unpack_from
+_IP4 = struct.Struct("!BBHHHBBH4s4s").unpack_from  # ver/ihl tos len id frag ttl proto csum src dst
 _TCP = struct.Struct("!HHIIBB").unpack_from   # sport dport seq ack off flags
 _UDP = struct.Struct("!HHH").unpack_from       # sport dport length
 
@@ -121,17 +122,61 @@ class Decoder:
             return slow
         ports = self.ports
         stats = self.stats
+        ip4 = _IP4
+        tcp = _TCP
+        udp = _UDP
 
         def fast(ts: int, data: bytes) -> None:
-            if data[12:14] == b"\x08\x00" and len(data) >= 42:
-                b0 = data[14]
-                proto = data[23]
-                if (proto == 6 or proto == 17) and (b0 >> 4) == 4 and not (data[20] & 0x3F or data[21]):
-                    l4 = 14 + ((b0 & 0x0F) << 2)
-                    if ((data[l4] << 8) | data[l4 + 1]) not in ports and \
-                            ((data[l4 + 2] << 8) | data[l4 + 3]) not in ports and (b0 & 0x0F) >= 5:
-                        stats.fast_rejected += 1
-                        return
+            # The common cases inline: Ethernet, at most one 802.1Q tag, IPv4
+            # without fragmentation, a whole TCP or UDP header. Anything else
+            # (and anything odd about these) takes the general path, which
+            # counts and reports it.
+            et = data[12:14]
+            if et == b"\x08\x00":
+                off, vlan = 14, 0
+            elif et == b"\x81\x00" and data[16:18] == b"\x08\x00":
+                off, vlan = 18, ((data[14] & 0x0F) << 8) | data[15]
+            else:
+                off = 0
+            if off:
+                n = len(data)
+                if n >= off + 28:
+                    b0, _, tot, _, frag, _, proto, _, src, dst = ip4(data, off)
+                    ihl = (b0 & 0x0F) << 2
+                    l4 = off + ihl
+                    if (proto == 6 or proto == 17) and b0 >> 4 == 4 and ihl >= 20 and not frag & 0x3FFF \
+                            and tot >= ihl and n >= l4 + 20:
+                        if proto == 6:
+                            sport, dport, seq, ack, doff, flags = tcp(data, l4)
+                        else:
+                            sport, dport, ulen = udp(data, l4)
+                        if sport not in ports and dport not in ports:
+                            stats.fast_rejected += 1
+                            return
+                        end = off + tot
+                        if proto == 6:
+                            hl = (doff >> 4) << 2
+                            plen = end - l4 - hl
+                            if hl >= 20 and plen >= 0 and end <= n:
+                                stats.packets += 1
+                                stats.ipv4 += 1
+                                stats.target += 1
+                                stats.tcp += 1
+                                if vlan:
+                                    stats.vlan += 1
+                                process(Packet(ts, src, dst, 6, sport, dport, flags, seq, ack, plen,
+                                               data[l4 + hl:end], vlan, False))
+                                return
+                        elif 8 <= ulen and l4 + ulen <= end <= n:
+                            stats.packets += 1
+                            stats.ipv4 += 1
+                            stats.target += 1
+                            stats.udp += 1
+                            if vlan:
+                                stats.vlan += 1
+                            process(Packet(ts, src, dst, 17, sport, dport, 0, 0, 0, ulen - 8,
+                                           data[l4 + 8:l4 + ulen], vlan, False))
+                            return
             p = decode(ts, data)
             if p is not None:
                 process(p)

@@ -8,11 +8,14 @@
 - Bytes per direction in sequence space: retransmissions count once, the
   2^32 wrap is unwrapped to 64 bits, SYN/FIN are not counted (Zeek's
   orig_bytes/resp_bytes). Packets count every packet.
-- Timeouts by class (attempt, established, closed, udp), each its own LRU
-  queue ordered by last activity, so an expiry scan stops at the first live
-  flow and costs O(expired); the scan runs at most every
-  ``flow_scan_interval`` seconds of packet time and examines at most
-  ``flow_scan_budget`` flows.
+- Timeouts by class (attempt, established, closed, udp), each its own queue.
+  A flow is not moved on every packet: the queue is ordered by the time the
+  flow was (re)queued (``qts``), and the expiry scan either expires the flow
+  at the front (idle past its timeout) or requeues it with its real last
+  activity -- so the scan stops at the first flow queued too recently to be
+  idle, each flow is requeued at most once per timeout, and the per-packet
+  cost is nil. The scan runs at most every ``flow_scan_interval`` seconds of
+  packet time and examines at most ``flow_scan_budget`` flows.
 - A hard bound ``max_flows``: beyond it the least recently active flow is
   evicted (half-open attempts first), and counted.
 """
@@ -71,7 +74,7 @@ class Flow:
     """A tracked connection. ``o``/``r``: originator/responder sides."""
 
     __slots__ = ("uid", "key", "proto", "orig_b", "resp_b", "orig_p", "resp_p", "first_ts",
-                 "last_ts", "o", "r", "history", "tclass", "vlan", "flipped", "end_reason",
+                 "last_ts", "qts", "o", "r", "history", "tclass", "vlan", "flipped", "end_reason",
                  "app", "analyzer", "ctx", "weirds", "_orig_h", "_resp_h")
 
     def __init__(self, uid: str, key: tuple, proto: int, orig_b: bytes, orig_p: int,
@@ -85,6 +88,7 @@ class Flow:
         self.resp_p = resp_p
         self.first_ts = ts
         self.last_ts = ts
+        self.qts = ts          # when it was last put at the back of its timeout queue
         self.o = Side()
         self.r = Side()
         self.history = ""
@@ -225,9 +229,13 @@ class FlowTable:
             limit = now - self.timeouts_us[cls]
             while q and n < budget:
                 key, flow = next(iter(q.items()))
-                if flow.last_ts > limit:
-                    break
+                if flow.qts > limit:
+                    break          # queued after the limit: nothing behind it is idle long enough
                 n += 1
+                if flow.last_ts > limit:
+                    q.move_to_end(key)     # active since it was queued: requeue
+                    flow.qts = flow.last_ts
+                    continue
                 self._end(flow, "timeout")
                 self.stats.expired += 1
         return n
@@ -257,13 +265,23 @@ class FlowTable:
         self.on_end(flow)
 
     def _evict(self) -> None:
+        """Make room: the least recently active flow of the first non-empty
+        class (half-open attempts first); looks past at most a few requeued
+        ones so an active flow is not taken for an idle one."""
         for cls in (T_ATTEMPT, T_UDP, T_CLOSED, T_ESTABLISHED):
             q = self.queues[cls]
-            if q:
-                flow = next(iter(q.values()))
-                self.stats.evicted += 1
-                self._end(flow, "evicted")
-                return
+            if not q:
+                continue
+            for _ in range(8):
+                key, flow = next(iter(q.items()))
+                if flow.last_ts <= flow.qts or len(q) == 1:
+                    break
+                q.move_to_end(key)
+                flow.qts = flow.last_ts
+            flow = next(iter(q.values()))
+            self.stats.evicted += 1
+            self._end(flow, "evicted")
+            return
 
     def _create(self, p: Packet, key: tuple, admitted: tuple[bool, object] | None = None) -> Flow:
         if len(self.flows) >= self.max_flows:
@@ -321,14 +339,13 @@ class FlowTable:
             side.udp_bytes += p.plen
             side.state = UDP_ACTIVE
             flow.add_history("D" if from_orig else "d")
-        q = self.queues[flow.tclass]
-        q.move_to_end(key)
         return flow
 
     def _set_class(self, flow: Flow, cls: int) -> None:
         if flow.tclass != cls:
             self.queues[flow.tclass].pop(flow.key, None)
             flow.tclass = cls
+            flow.qts = flow.last_ts
             self.queues[cls][flow.key] = flow
 
     def _tcp(self, flow: Flow, p: Packet, from_orig: bool) -> None:

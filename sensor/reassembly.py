@@ -66,6 +66,16 @@ class Stream:
             cand += 1 << 32
         return cand
 
+    def in_order(self, seq: int, payload: bytes) -> bytes | None:
+        """Fast path: ``payload`` if it is exactly the next data and nothing
+        waits out of order (the common case), else None -- call ``segment``."""
+        if self.started and not self.ooo and ((seq - self.base) & _M32) == (self.next & _M32) \
+                and self.delivered + len(payload) <= self.limits.depth:
+            self.next += len(payload)
+            self.delivered += len(payload)
+            return payload
+        return None
+
     def segment(self, seq: int, payload: bytes) -> list[Chunk]:
         if not payload or self.depth_reached:
             return []

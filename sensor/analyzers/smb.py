@@ -1226,9 +1226,12 @@ class SmbAnalyzer(Analyzer):
         if self._closed or not data:
             return out
         framer = self._framers[to_server]
+        if framer._state == _SKIP and not framer._buf and len(data) < framer._skip:
+            framer._skip -= len(data)  # inside a READ/WRITE body: nothing to parse
+            return out
         try:
             before = framer.bytes_skipped
-            framer.receive_data(bytes(data))
+            framer.receive_data(data)
             self._drain(to_server, ts, out)
             skipped = framer.bytes_skipped - before
             if to_server:
