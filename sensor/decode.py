@@ -15,6 +15,8 @@ from __future__ import annotations
 import struct
 from typing import Callable, Collection
 
+from .counters import Counters
+
 _U16 = struct.Struct("!H").unpack_from
 _IP4 = struct.Struct("!BBHHHBBH4s4s").unpack_from  # ver/ihl tos len id frag ttl proto csum src dst
 _TCP = struct.Struct("!HHIIBB").unpack_from   # sport dport seq ack off flags
@@ -68,7 +70,7 @@ class Packet:
                 f"proto={self.proto} flags={self.flags:#x} seq={self.seq} plen={self.plen})")
 
 
-class DecodeStats:
+class DecodeStats(Counters):
     """Counters (Suricata's decoder.*). ``fast_rejected`` counts packets
     dropped by the inline check (IPv4 TCP/UDP on no tracked port) before full
     decoding; ``packets`` counts the rest, so all seen = packets + fast_rejected."""
@@ -76,13 +78,6 @@ class DecodeStats:
     __slots__ = ("packets", "fast_rejected", "ipv4", "ipv6", "tcp", "udp", "vlan", "target",
                  "non_ip", "other_ip_proto", "fragments", "truncated", "malformed",
                  "unknown_linktype")
-
-    def __init__(self) -> None:
-        for s in self.__slots__:
-            setattr(self, s, 0)
-
-    def as_dict(self) -> dict[str, int]:
-        return {s: getattr(self, s) for s in self.__slots__}
 
 
 WeirdCallback = Callable[[int, str, str], None]
@@ -204,30 +199,7 @@ class Decoder:
         if n < 14:
             self._weird(ts, "ethernet_truncated", f"{n} bytes")
             return None
-        et = (data[12] << 8) | data[13]
-        off = 14
-        vlan = 0
-        if et in _VLAN_TPIDS:
-            st.vlan += 1
-            tags = 0
-            while et in _VLAN_TPIDS:
-                if off + 4 > n:
-                    self._weird(ts, "vlan_truncated", f"{n} bytes")
-                    return None
-                tags += 1
-                if tags > MAX_VLAN_TAGS:
-                    self._weird(ts, "vlan_too_many_tags", str(tags))
-                    return None
-                if not vlan:
-                    vlan = ((data[off] & 0x0F) << 8) | data[off + 1]
-                et = (data[off + 2] << 8) | data[off + 3]
-                off += 4
-        if et == 0x0800:
-            return self._ipv4(ts, data, off, vlan)
-        if et == 0x86DD:
-            return self._ipv6(ts, data, off, vlan)
-        st.non_ip += 1
-        return None
+        return self._ethertype(ts, data, 14, (data[12] << 8) | data[13])
 
     def _sll(self, ts: int, data: bytes) -> Packet | None:
         self.stats.packets += 1
@@ -247,7 +219,10 @@ class Decoder:
         vlan = 0
         tags = 0
         while et in _VLAN_TPIDS:
-            if off + 4 > len(data) or tags >= MAX_VLAN_TAGS:
+            if tags >= MAX_VLAN_TAGS:
+                self._weird(ts, "vlan_too_many_tags", str(tags + 1))
+                return None
+            if off + 4 > len(data):
                 self._weird(ts, "vlan_truncated", f"{len(data)} bytes")
                 return None
             if not tags:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from .config import Limits
+from .counters import Counters
 from .records import PORT_PROTOCOL, iso_us
 from .rules import CorrelationRule, RuleSet
 
@@ -50,15 +51,8 @@ def _bytes(rec: Mapping[str, Any]) -> tuple[int, int]:
             int(rec.get("ReceivedBytes") or 0) + int(rec.get("DataReceivedBytes") or 0))
 
 
-class DetectStats:
+class DetectStats(Counters):
     __slots__ = ("records", "matched", "alerts", "suppressed", "keys_evicted", "events_dropped")
-
-    def __init__(self) -> None:
-        for s in self.__slots__:
-            setattr(self, s, 0)
-
-    def as_dict(self) -> dict[str, int]:
-        return {s: getattr(self, s) for s in self.__slots__}
 
 
 class _Window:

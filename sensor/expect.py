@@ -14,19 +14,14 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from typing import Any, Callable
 
+from .counters import Counters
 from .events import ExpectConnection
 
 MAX_EXPECTATIONS = 10_000
 
 
-class ExpectStats:
+class ExpectStats(Counters):
     __slots__ = ("added", "matched", "expired", "dropped")
-
-    def __init__(self) -> None:
-        self.added = self.matched = self.expired = self.dropped = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {s: getattr(self, s) for s in self.__slots__}
 
 
 class Expectations:

@@ -27,6 +27,7 @@ from collections import OrderedDict
 from typing import Callable, Collection
 
 from .config import Config
+from .counters import Counters
 from .decode import ACK, FIN, RST, SYN, Packet
 
 # endpoint states (Zeek's TCP_*)
@@ -168,15 +169,8 @@ EndCallback = Callable[[Flow], None]
 WeirdCallback = Callable[[int, Flow | None, str, str], None]
 
 
-class FlowStats:
+class FlowStats(Counters):
     __slots__ = ("created", "ended", "evicted", "active_max", "expired", "seq_jumps", "untracked")
-
-    def __init__(self) -> None:
-        for s in self.__slots__:
-            setattr(self, s, 0)
-
-    def as_dict(self) -> dict[str, int]:
-        return {s: getattr(self, s) for s in self.__slots__}
 
 
 class FlowTable:
