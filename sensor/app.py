@@ -154,13 +154,13 @@ class AppLayer:
     # -- packets --------------------------------------------------------------------
     def packet(self, flow: Flow, p: Packet) -> None:
         st: AppState = flow.ctx
-        if st is None or st.stopped:
+        if st is None:
             return
         from_orig = p.src == flow.orig_b and p.sport == flow.orig_p
         if st.sni_buf is not None and from_orig and p.payload:
             self._sni(flow, st, p.payload)
         a = st.analyzer
-        if a is None:
+        if a is None or st.stopped:
             return
         if flow.proto != 6:
             evs = a.receive_ts(p.payload, p.ts) if from_orig else a.receive_tc(p.payload, p.ts)
@@ -271,6 +271,8 @@ class AppLayer:
                     st.user = ev.user
                     st.fields["SmbDomain"] = ev.domain
                     st.fields["SmbWorkstation"] = ev.workstation
+                if ev.guest:
+                    st.fields["SmbGuest"] = True   # the server took the session as guest
             elif t is SmbTreeConnect:
                 trees = st.fields.setdefault("SmbTrees", [])
                 if ev.path and ev.path not in trees and len(trees) < MAX_SUMMARY_FILES:

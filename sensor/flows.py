@@ -304,8 +304,6 @@ class FlowTable:
         self.stats.created += 1
         if len(self.flows) > self.stats.active_max:
             self.stats.active_max = len(self.flows)
-        if self.on_new is not None:
-            self.on_new(flow, admitted[1] if admitted is not None else None)
         return flow
 
     def process(self, p: Packet) -> Flow | None:
@@ -314,13 +312,14 @@ class FlowTable:
         a, b = (p.src, p.sport), (p.dst, p.dport)
         key = (p.proto,) + (a + b if a <= b else b + a)
         flow = self.flows.get(key)
-        if flow is None:
-            admitted = None
-            if p.sport not in self.tracked and p.dport not in self.tracked:
-                admitted = self.admit(p) if self.admit is not None else None
-                if admitted is None:
-                    self.stats.untracked += 1
-                    return None
+        new = flow is None
+        if new:
+            # an expected connection (FTP data, TFTP transfer) may also sit on a
+            # tracked port: active-mode FTP data comes from port 20
+            admitted = self.admit(p) if self.admit is not None else None
+            if admitted is None and p.sport not in self.tracked and p.dport not in self.tracked:
+                self.stats.untracked += 1
+                return None
             flow = self._create(p, key, admitted)
         from_orig = p.src == flow.orig_b and p.sport == flow.orig_p
         if ts > flow.last_ts:
@@ -333,6 +332,9 @@ class FlowTable:
             side.udp_bytes += p.plen
             side.state = UDP_ACTIVE
             flow.add_history("D" if from_orig else "d")
+        if new and self.on_new is not None:
+            # after the first packet is accounted, so its flags are in the history
+            self.on_new(flow, admitted[1] if admitted is not None else None)
         return flow
 
     def _set_class(self, flow: Flow, cls: int) -> None:

@@ -21,10 +21,7 @@ judged three ways:
 3. ``test_replay_is_deterministic`` -- a second replay writes byte-identical
    transfers.jsonl and connections.jsonl.
 
-Sensor bugs known at the time of writing are not hidden: each assertion
-they break is still evaluated, and only when every failure of a test is
-one of them does the test end as ``xfail`` naming the bug (see ``BUGS``);
-any other failure fails the test, and once a bug is fixed the test passes.
+Every failed check of a test is collected and reported together.
 
 Needs tshark (and pyshark) for the tshark tests; without it they FAIL.
 """
@@ -50,54 +47,24 @@ REAL = REPO / "pcaps" / "real"
 CAPTURES = sorted(p.stem for p in REAL.glob("*.pcap"))
 LOSSY = {"ftp_lossy", "smb_lossy"}
 
-# ---------------------------------------------------------------------------
-# sensor bugs found by these tests (the test xfails only when every failure
-# it found is one of these; reported to the sensor's owner)
-
-BUG_ACTIVE_FTP_DATA = (
-    "SENSOR BUG (active FTP data unlinked): a data connection from server port 20 is never matched to "
-    "its PORT/EPRT expectation -- sensor/flows.py FlowTable.process() asks AppLayer.admit() (the "
-    "expectation table) only for packets on NO tracked port, and 20 is tracked, so the flow gets "
-    "AppProtocol ftp-data by port with no parent: the transfer has DataUids [], Bytes 0, Complete false, "
-    "the data record has no ParentUid and the control record's DataSent/ReceivedBytes stay 0")
-BUG_MIDSTREAM = (
-    "SENSOR BUG (every TCP analyzer starts mid-stream): sensor/app.py flow_started() computes "
-    "midstream from flow.history, but FlowTable._create() calls on_new before _tcp() has recorded the SYN, "
-    "so history is '' and FtpAnalyzer/SmbAnalyzer are always built with midstream=True; on port 139 the "
-    "SMB analyzer then scans past the NetBIOS session request/response and NetbiosCalledName is never set")
-BUG_STARTTLS_SNI = (
-    "SENSOR BUG (no SNI after AUTH TLS): sensor/app.py sets st.sni_buf on FtpTlsUpgrade but also "
-    "st.stopped=True, and AppLayer.packet() / Pipeline._packet() return early for stopped flows, so the "
-    "ClientHello that follows an explicit FTPS upgrade is never scanned and TlsSni is never set")
-
-
 class Verdict:
-    """Collects every failed check of one test; known sensor bugs apart."""
+    """Collects every failed check of one test, then fails with all of them."""
 
     def __init__(self, capture: str) -> None:
         self.capture = capture
         self.failures: list[str] = []
-        self.bugs: dict[str, list[str]] = {}
 
-    def check(self, ok: bool, msg: str, bug: str | None = None) -> bool:
+    def check(self, ok: bool, msg: str) -> bool:
         if not ok:
-            if bug:
-                self.bugs.setdefault(bug, []).append(msg)
-            else:
-                self.failures.append(msg)
+            self.failures.append(msg)
         return bool(ok)
 
-    def eq(self, got, want, what: str, bug: str | None = None) -> bool:
-        return self.check(got == want, f"{what}: sensor {got!r}, expected {want!r}", bug)
+    def eq(self, got, want, what: str) -> bool:
+        return self.check(got == want, f"{what}: sensor {got!r}, expected {want!r}")
 
     def finish(self) -> None:
-        known = [f"  [{b.split(':')[0]}] {m}" for b, ms in self.bugs.items() for m in ms]
         if self.failures:
-            pytest.fail(f"{self.capture}:\n  " + "\n  ".join(self.failures)
-                        + ("\n(also known sensor bugs:)\n" + "\n".join(known) if known else ""),
-                        pytrace=False)
-        if self.bugs:
-            pytest.xfail(f"{self.capture}: " + " | ".join(self.bugs) + "\n" + "\n".join(known))
+            pytest.fail(f"{self.capture}:\n  " + "\n  ".join(self.failures), pytrace=False)
 
 
 # ---------------------------------------------------------------------------
@@ -286,10 +253,7 @@ def _sidecar_ftp(run: Run, v: Verdict, owned: Counter) -> None:
         v.eq(ctrl["AdditionalFields"].get("FtpLoginSuccess"), True, f"{cu} FtpLoginSuccess")
         mode = "passive" if s["mode"].startswith("passive") else "active"
         sent = recv = 0
-        session_bug = None
         for f in s["transfers"]:
-            bug = BUG_ACTIVE_FTP_DATA if f["data_connection"] == 20 else None
-            session_bug = session_bug or bug
             if f["direction"] == "download":
                 recv += f["size"]
             else:
@@ -309,11 +273,11 @@ def _sidecar_ftp(run: Run, v: Verdict, owned: Counter) -> None:
             v.eq(t["Mode"], mode, f"{what} Mode")
             v.eq(t["ReplyCode"], 226, f"{what} ReplyCode")
             v.eq(t["FilenameTruncated"], False, f"{what} FilenameTruncated")
-            v.eq(t["Bytes"], f["size"], f"{what} Bytes", bug)
-            v.eq(t["Complete"], True, f"{what} Complete", bug)
+            v.eq(t["Bytes"], f["size"], f"{what} Bytes")
+            v.eq(t["Complete"], True, f"{what} Complete")
             if f["direction"] == "download":
                 v.eq(t.get("AnnouncedSize"), f["size"], f"{what} AnnouncedSize (vsftpd's 150 reply)")
-            if not v.eq(len(t["DataUids"]), 1, f"{what} number of DataUids", bug):
+            if not v.eq(len(t["DataUids"]), 1, f"{what} number of DataUids"):
                 continue
             du = t["DataUids"][0]
             v.eq(t["Uid"], du, f"{what} Uid")
@@ -322,7 +286,7 @@ def _sidecar_ftp(run: Run, v: Verdict, owned: Counter) -> None:
                 continue
             claimed.add(du)
             v.eq(d["AppProtocol"], "ftp-data", f"{what} data {du} AppProtocol")
-            v.eq(d["ParentUid"], cu, f"{what} data {du} ParentUid", bug)
+            v.eq(d["ParentUid"], cu, f"{what} data {du} ParentUid")
             # the device is the client: download bytes arrive, upload bytes leave
             got = (d["ReceivedBytes"], d["SentBytes"]) if f["direction"] == "download" \
                 else (d["SentBytes"], d["ReceivedBytes"])
@@ -330,13 +294,12 @@ def _sidecar_ftp(run: Run, v: Verdict, owned: Counter) -> None:
             if f["data_connection"] == 20:
                 v.eq(d["RemotePort"], 20, f"{what} data {du} RemotePort")
         v.eq((ctrl["DataSentBytes"], ctrl["DataReceivedBytes"]), (sent, recv),
-             f"{cu} DataSentBytes/DataReceivedBytes", session_bug)
+             f"{cu} DataSentBytes/DataReceivedBytes")
     # every data connection belongs to a transfer of its control session
     for r in run.connections:
         if r["AppProtocol"] == "ftp-data" and r["Uid"] not in claimed:
             v.check(False, f"ftp-data record {r['Uid']} ({r['RemoteIP']}:{r['RemotePort']}, parent "
-                           f"{r['ParentUid']!r}) belongs to no transfer",
-                    BUG_ACTIVE_FTP_DATA if r["RemotePort"] == 20 else None)
+                           f"{r['ParentUid']!r}) belongs to no transfer")
     want_data = sum(len(s["transfers"]) for s in run.side["sessions"])
     v.eq(sum(r["AppProtocol"] == "ftp-data" for r in run.connections), want_data, "ftp-data records")
 
@@ -445,7 +408,7 @@ def _sidecar_smb(name: str, run: Run, v: Verdict, owned: Counter) -> None:
     v.eq(r["AppUser"], user, f"{u} AppUser")
     v.eq(f.get("SmbDialect"), "SMB 3.1.1", f"{u} SmbDialect (smbclient 4.17 and smbd 4.17: SMB3)")
     if s["server_port"] == 139:
-        v.eq(f.get("NetbiosCalledName"), f"{s['server_ip']}<20>", f"{u} NetbiosCalledName", BUG_MIDSTREAM)
+        v.eq(f.get("NetbiosCalledName"), f"{s['server_ip']}<20>", f"{u} NetbiosCalledName")
     if name == "smb_encrypted":
         # the session setup is in the clear, everything after it encrypted:
         # user and dialect visible, no tree, no file name
@@ -535,8 +498,6 @@ def test_tshark_ftp(name, sensor, tshark):
                        f"{what}: no PORT/EPRT/PASV/EPSV announcement and data command found"):
             continue
         server_ip = d.control.server[0]
-        port20 = 20 in (d.a[1], d.b[1])
-        bug = BUG_ACTIVE_FTP_DATA if port20 else None
         kind = d.announcement[1]
         cmdline = f"{d.command.command} {d.command.arg}"
         # tshark's own link, with its two known differences (module docstring
@@ -558,14 +519,14 @@ def test_tshark_ftp(name, sensor, tshark):
             d.bytes_from(server_ip)
         v.eq(other, 0, f"{what}: tshark bytes against the command's direction")
         v.eq(rec["AppProtocol"], "ftp-data", f"{what} AppProtocol")
-        v.eq(rec["ParentUid"], ctrl_rec["Uid"], f"{what} ParentUid", bug)
+        v.eq(rec["ParentUid"], ctrl_rec["Uid"], f"{what} ParentUid")
         ts = [t for t in run.transfers if t["ControlUid"] == ctrl_rec["Uid"]
               and (t["Command"], t["Filename"]) == (d.command.command, d.command.arg)]
         if not v.check(len(ts) == 1, f"{what}: {len(ts)} transfers for {cmdline}"):
             continue
         t = ts[0]
-        v.eq(t["DataUids"], [rec["Uid"]], f"{cmdline} DataUids", bug)
-        v.eq(t["Bytes"], nbytes, f"{cmdline} Bytes (tshark: data stream {d.stream})", bug)
+        v.eq(t["DataUids"], [rec["Uid"]], f"{cmdline} DataUids")
+        v.eq(t["Bytes"], nbytes, f"{cmdline} Bytes (tshark: data stream {d.stream})")
         v.eq(t["Mode"], "active" if kind in ("PORT", "EPRT") else "passive", f"{cmdline} Mode")
         v.check(uids.get(rec["Uid"]) is not None, f"{what}: record lost")
     # nothing on the sensor's side that tshark does not see
@@ -598,8 +559,7 @@ def test_tshark_tls_sni(name, sensor, tshark):
         want = next(iter(names)) if names else None
         v.eq(want, {"curl": None, "lftp": r["RemoteIP"]}[tools[r["Uid"]]],
              f"tshark's SNI from {tools[r['Uid']]} (what the client sends to an IP address)")
-        bug = BUG_STARTTLS_SNI if r["RemotePort"] == 21 and want is not None else None
-        v.eq(r["AdditionalFields"].get("TlsSni"), want, f"{r['Uid']} TlsSni ({tools[r['Uid']]})", bug)
+        v.eq(r["AdditionalFields"].get("TlsSni"), want, f"{r['Uid']} TlsSni ({tools[r['Uid']]})")
     v.finish()
 
 
@@ -669,7 +629,7 @@ def test_tshark_smb(name, sensor, tshark):
         if s.server[1] == 139:
             v.eq(s.netbios_called, [f"{s.server[0]}<20>"], f"{what}: tshark NetBIOS called name")
             v.eq(f.get("NetbiosCalledName"), s.netbios_called[-1] if s.netbios_called else None,
-                 f"{u} NetbiosCalledName", BUG_MIDSTREAM)
+                 f"{u} NetbiosCalledName")
         # Known difference with the sidecar, not with tshark: smb139's guest
         # session names "root" in NTLMSSP and smbd flags the session Guest;
         # the sensor reports the name sent, like tshark's Account.
