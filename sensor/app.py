@@ -39,8 +39,13 @@ SNI_SCAN_BYTES = 16 * 1024                          # client bytes searched for 
 MAX_FTP_CHANNELS = 256                              # open data commands tracked per control session
 MAX_SUMMARY_FILES = 64                              # files named per flow in AdditionalFields
 
+NONSTANDARD_FTP = object()  # admit() marker: an FTP banner on another port
+FTPS_DATA = object()        # admit() marker: a connection between the hosts of an FTPS session
+MAX_FTPS_SESSIONS = 10_000  # FTPS host pairs followed at once
+
 TCP_PORT_ANALYZERS = {21: "ftp", 990: "ftps", 989: "ftps-data", 20: "ftp-data", 445: "smb", 139: "smb"}
 UDP_PORT_ANALYZERS = {69: "tftp"}
+SERVICE_PORTS = frozenset((21, 990, 445, 139, 69))  # sessions of their own, never a data channel
 
 
 class AppState:
@@ -77,12 +82,15 @@ class AppLayer:
         self.emit = emit            # (kind, record) for transfers
         self.weird = weird          # (ts, name, detail, uid, source)
         self.expect = Expectations(on_port=ports.ref)
+        self.ftps: dict[tuple[bytes, bytes], Flow] = {}   # (client, server) -> the live FTPS control flow
         self.stats = {"analyzed_flows": 0, "expected_flows": 0, "transfers": 0, "gaps": 0}
 
     # -- admission of flows on untracked ports ------------------------------------
     def admit(self, p: Packet) -> tuple[bool, Any] | None:
-        """For a packet of no known flow on no tracked port: (from_orig, match)
-        when it fulfils an expectation, else None."""
+        """For the first packet of a new flow: (from_orig, match) when the flow
+        is an expected one (an announced data channel or TFTP transfer, a
+        connection between the hosts of a live FTPS session, an FTP banner on
+        an unusual port), else None."""
         proto = "tcp" if p.proto == 6 else "udp"
         from .flows import _ntop
         src, dst = _ntop(p.src), _ntop(p.dst)
@@ -97,6 +105,18 @@ class AppLayer:
             m = self.expect.match(proto, oh, op, rh, rp, ts)
             if m is not None:
                 return fwd, m
+        if p.proto == 6 and self.ftps:
+            ctrl = self.ftps.get((p.src, p.dst)) or self.ftps.get((p.dst, p.src))
+            if ctrl is not None and not ctrl.end_reason and p.sport not in SERVICE_PORTS \
+                    and p.dport not in SERVICE_PORTS:
+                # FTPS hides PORT/PASV: a new connection between the same two hosts
+                # while the session lives is taken as its data channel
+                fwd = not (p.flags & SYN and p.flags & 0x10)
+                return fwd, (FTPS_DATA, ctrl)
+        if p.proto == 6 and p.payload[:3] == b"220" and p.sport not in self.tracked \
+                and FtpAnalyzer.probe_tc(p.payload):
+            # a server's FTP banner on a port that is not FTP's: the sender is the responder
+            return False, (NONSTANDARD_FTP, p)
         return None
 
     # -- flows --------------------------------------------------------------------
@@ -104,6 +124,29 @@ class AppLayer:
         st = AppState()
         flow.ctx = st
         kind = None
+        if match is not None and match[0] is FTPS_DATA:
+            ctrl = match[1]
+            flow.app = "ftps-data"
+            st.sni_buf = bytearray()
+            if ctrl.ctx is not None and not ctrl.end_reason:
+                st.parent = ctrl
+                ctrl.ctx.children += 1
+            self.stats["expected_flows"] += 1
+            return
+        if match is not None and match[0] is NONSTANDARD_FTP:
+            banner = match[1]
+            flow.app = "ftp"
+            st.nonstandard = True
+            st.fields["NonStandardPort"] = True
+            st.analyzer = FtpAnalyzer(self._conn(flow))
+            st.streams = (Stream(FTP_REASSEMBLY), Stream(FTP_REASSEMBLY))
+            # the handshake was not seen; the banner is the server's first byte
+            # and it acknowledges the client's next one
+            st.streams[1].start(banner.seq)
+            st.streams[0].start(banner.ack)
+            self.ports.ref(flow.resp_p, +1)
+            self.stats["analyzed_flows"] += 1
+            return
         if match is not None:
             exp, parent = match
             kind = exp.analyzer
@@ -144,6 +187,8 @@ class AppLayer:
             st.analyzer = TftpRequestAnalyzer(self._conn(flow))
         elif kind in ("ftps", "ftps-data"):
             st.sni_buf = bytearray()
+            if kind == "ftps":
+                self._follow_ftps(flow)
         if st.analyzer is not None:
             self.stats["analyzed_flows"] += 1
 
@@ -207,11 +252,24 @@ class AppLayer:
         elif len(buf) >= SNI_SCAN_BYTES or buf[:1] not in (b"\x16", b""):
             st.sni_buf = None
 
+    def _follow_ftps(self, flow: Flow) -> None:
+        if len(self.ftps) >= MAX_FTPS_SESSIONS:
+            self.stats["ftps_sessions_not_followed"] = self.stats.get("ftps_sessions_not_followed", 0) + 1
+            return
+        for pair in ((flow.orig_b, flow.resp_b), (flow.resp_b, flow.orig_b)):
+            self.ports.hosts.add(pair)
+        self.ftps[(flow.orig_b, flow.resp_b)] = flow
+
     def flow_ending(self, flow: Flow) -> None:
         """Flush reassembly and analyzer state before the record is built."""
         st: AppState = flow.ctx
         if st is None:
             return
+        if self.ftps.get((flow.orig_b, flow.resp_b)) is flow:
+            del self.ftps[(flow.orig_b, flow.resp_b)]
+            if not any(k in self.ftps for k in ((flow.orig_b, flow.resp_b), (flow.resp_b, flow.orig_b))):
+                self.ports.hosts.discard((flow.orig_b, flow.resp_b))
+                self.ports.hosts.discard((flow.resp_b, flow.orig_b))
         a = st.analyzer
         if a is not None and not st.stopped:
             ts = flow.last_ts
@@ -249,6 +307,7 @@ class AppLayer:
                 st.fields["TlsUpgrade"] = ev.method
                 st.stopped = True
                 st.sni_buf = bytearray()
+                self._follow_ftps(flow)
             elif t is FtpDataCommand:
                 self._ftp_channel(st, ev.channel_seq, ev.seq)["command"] = ev
             elif t is FtpDataResult:
@@ -380,6 +439,8 @@ class AppLayer:
         """A child flow ended: add its bytes to its parent, release the ports.
         Returns the parent when its held record can now be emitted."""
         st: AppState = child.ctx
+        if st is not None and st.nonstandard:
+            self.ports.ref(child.resp_p, -1)
         if st is None or st.parent is None:
             return None
         self.ports.ref(child.orig_p, -1)

@@ -45,6 +45,8 @@ import bisect
 import os
 import pwd
 import queue
+import socket
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -59,7 +61,7 @@ from .sockdiag import PROTO_TCP, PROTO_UDP, STATE_LISTEN, STATE_TIME_WAIT, SockD
 __all__ = [
     "Attribution", "Attributor", "AsyncAttributor", "AttributorConfig", "ProcInfo",
     "LatencyHistogram", "SOURCE_SOCKET", "SOURCE_UID_ONLY", "SOURCE_NONE", "SOURCE_LINKED",
-    "NO_ATTRIBUTION",
+    "NO_ATTRIBUTION", "FirstPacketTap", "tap_filter",
 ]
 
 SOURCE_SOCKET = "socket"
@@ -77,7 +79,8 @@ RECENT_CONN_CACHE_SIZE = 8192    # connection 5-tuple (UDP: also local port) -> 
 RECENT_CONN_TTL_S = 120.0        # how long a connection's owner is remembered
 SCAN_TIME_BUDGET_S = 0.010       # one /proc fd scan stops after this long ...
 SCAN_MAX_FDS = 50_000            # ... or after examining this many fd links
-RECENT_PIDS_FIRST = 8            # pids that owned recent sockets are scanned first
+SCAN_NEWEST_PIDS = 64            # pids just below the last one handed out: probed first
+RECENT_PIDS_FIRST = 8            # then the pids that owned recent sockets
 QUEUE_SIZE = 4096                # AsyncAttributor: pending lookups
 MAX_RESULTS = 16384              # AsyncAttributor: finished, not yet collected results
 LATENCY_SAMPLES = 2048           # latency summary: exact quantiles over the last N
@@ -150,6 +153,7 @@ class AttributorConfig:
     recent_conn_ttl_s: float = RECENT_CONN_TTL_S
     scan_time_budget_s: float = SCAN_TIME_BUDGET_S
     scan_max_fds: int = SCAN_MAX_FDS
+    scan_newest_pids: int = SCAN_NEWEST_PIDS
     recent_pids_first: int = RECENT_PIDS_FIRST
 
 
@@ -216,6 +220,14 @@ class _LRU(OrderedDict):
         return v
 
 
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# an inbound TCP connection not accept()ed yet has no inode: NEW_SYN_RECV /
+# SYN_RECV during the handshake, then ESTABLISHED (or CLOSE_WAIT) in the
+# accept queue; an orphan of a closed socket is never in these states
+_UNACCEPTED_STATES = (1, 3, 8, 12)
+_Stat = tuple  # (comm, ppid, starttime)
+
+
 def _iso(ts: float) -> str:
     if not ts:
         return ""
@@ -247,7 +259,8 @@ class Attributor:
         self._recent: OrderedDict[tuple, tuple[int, int, float]] = OrderedDict()
         self._recent_pids: list[int] = []
         self._users: dict[int, str] = {}
-        self._self_pid = os.getpid()
+        self._last_pid_fd: int | None = None
+        self._boot_time: float | None = None
         self.latency = LatencyHistogram()
         self.scan_latency = LatencyHistogram()
         self.counters: dict[str, int] = {
@@ -293,6 +306,9 @@ class Attributor:
 
     def close(self) -> None:
         self.sd.close()
+        if self._last_pid_fd is not None:
+            os.close(self._last_pid_fd)
+            self._last_pid_fd = None
 
     # -- steps ---------------------------------------------------------------
     def _lookup(self, proto: int, lip: str, lport: int, rip: str, rport: int) -> Attribution:
@@ -300,6 +316,13 @@ class Attributor:
         self._expire(now)
         key = (proto, lip, lport, rip, rport)
         si = self.sd.lookup(proto, lip, lport, rip, rport)
+        if si is not None and si.inode == 0 and si.state in _UNACCEPTED_STATES and proto == PROTO_TCP:
+            # an inbound connection not accepted yet has no owner of its own:
+            # the process is the listener's
+            wild = "::" if ":" in lip else "0.0.0.0"
+            lst = self.sd.lookup(proto, lip, lport, wild, 0)
+            if lst is not None and lst.state == STATE_LISTEN:
+                si = lst
         if si is None or si.inode == 0:
             # no live socket: closed, TIME-WAIT or orphaned (inode 0, uid 0)
             got = self._from_recent(proto, key)
@@ -310,14 +333,13 @@ class Attributor:
             return replace(NO_ATTRIBUTION, AttributionDetail=(
                 "time-wait" if si.state == STATE_TIME_WAIT else "orphaned-socket"))
         listen = si.state == STATE_LISTEN
-        pid, why = self._owner(si.inode)
+        pid, st, why = self._owner(si.inode)
         if pid:
-            info = self._proc_info(pid)
+            info = self._proc_info(pid, st=st, sock_uid=si.uid)
             if info is not None:
                 if not listen:
                     self._remember(proto, key, info, now)
-                detail = "listening-socket" if listen else why
-                return info.attribution(SOURCE_SOCKET, detail)
+                return info.attribution(SOURCE_SOCKET, "listening-socket" if listen else why)
             self.counters["details_failed"] += 1
             why = "exited-before-details"
         # the socket's uid is all we have
@@ -327,55 +349,79 @@ class Attributor:
             InitiatingProcessAccountUid=si.uid, AttributionSource=SOURCE_UID_ONLY,
             AttributionDetail=why)
 
-    def _owner(self, inode: int) -> tuple[int, str]:
-        """(pid, how) of the process holding socket ``inode``; pid 0 when not found."""
+    def _owner(self, inode: int) -> tuple[int, _Stat | None, str]:
+        """(pid, its stat, how) of the process holding socket ``inode``; pid 0 when not found."""
         cached = self._inode_pid.use(inode)
         if cached is not None:
-            pid, start = cached
-            if self._starttime(pid) == start and self._holds(pid, inode):
+            pid, start, fd = cached
+            st = self._stat(pid)
+            if st is not None and st[2] == start and self._readlink(f"{self.proc}/{pid}/fd/{fd}") \
+                    == f"socket:[{inode}]":
                 self.counters["inode_cache_hits"] += 1
-                return pid, "inode-cache"
+                return pid, st, "inode-cache"
             del self._inode_pid[inode]
         return self._scan(inode)
 
-    def _holds(self, pid: int, inode: int) -> bool:
-        target = f"socket:[{inode}]"
-        base = f"{self.proc}/{pid}/fd"
+    def _fd_of(self, pid: int, target: str) -> str | None:
+        base = f"{self.proc}/{pid}/fd/"
         try:
             for fd in os.listdir(base):
-                try:
-                    if os.readlink(f"{base}/{fd}") == target:
-                        return True
-                except OSError:
-                    pass
+                if self._readlink(base + fd) == target:
+                    return fd
         except OSError:
             pass
-        return False
+        return None
 
-    def _pid_order(self) -> list[int]:
-        """Pids newest first: below the last pid handed out, descending, then
-        the pids above it (allocated before the pid counter wrapped)."""
+    @staticmethod
+    def _readlink(path: str) -> str:
+        try:
+            return os.readlink(path)
+        except OSError:
+            return ""
+
+    def _last_pid(self) -> int:
+        """The last pid the kernel handed out (0 if unknown)."""
+        try:
+            if self._last_pid_fd is None:
+                self._last_pid_fd = os.open(f"{self.proc}/sys/kernel/ns_last_pid",
+                                            os.O_RDONLY | os.O_CLOEXEC)
+            return int(os.pread(self._last_pid_fd, 32, 0))
+        except (OSError, ValueError):
+            return 0
+
+    def _candidates(self, last: int) -> Iterable[tuple[int, bool]]:
+        """Pids to scan, newest first.
+
+        1. the ``scan_newest_pids`` pids just below the last pid handed out,
+           probed without listing /proc (a thread id there is resolved to
+           its process on a hit);
+        2. the owners of recently found sockets (a long-lived client
+           opening connection after connection);
+        3. every other process, newest first: below the last pid, descending,
+           then the ones above it (started before the pid counter wrapped)."""
+        seen: set[int] = set()
+        if last > 0:
+            for pid in range(last, max(0, last - self.cfg.scan_newest_pids), -1):
+                seen.add(pid)
+                yield pid, True
+        for pid in list(self._recent_pids):
+            if pid not in seen:
+                seen.add(pid)
+                yield pid, False
         try:
             pids = [int(n) for n in os.listdir(self.proc) if n.isdigit()]
         except OSError:
-            return []
+            return
         pids.sort(reverse=True)
-        try:
-            with open(f"{self.proc}/sys/kernel/ns_last_pid", "rb") as f:
-                last = int(f.read())
-        except (OSError, ValueError):
-            return pids
-        cut = next((i for i, p in enumerate(pids) if p <= last), len(pids))
-        order = pids[cut:] + pids[:cut]
-        if self._recent_pids:
-            have = set(pids)
-            first = [p for p in self._recent_pids if p in have]
-            if first:
-                fs = set(first)
-                order = first + [p for p in order if p not in fs]
-        return order
+        if last > 0:
+            cut = next((i for i, p in enumerate(pids) if p <= last), len(pids))
+            pids = pids[cut:] + pids[:cut]
+        for pid in pids:
+            if pid not in seen:
+                yield pid, False
 
-    def _scan(self, inode: int) -> tuple[int, str]:
+    def _scan(self, inode: int) -> tuple[int, _Stat | None, str]:
+        """Scan /proc/<pid>/fd for ``socket:[inode]`` within the budget."""
         c = self.counters
         c["scans"] += 1
         t0 = time.perf_counter()
@@ -383,78 +429,115 @@ class Attributor:
         max_fds = self.cfg.scan_max_fds
         target = f"socket:[{inode}]"
         proc = self.proc
-        fds_seen = 0
-        pids_seen = 0
+        fds_seen = pids_seen = 0
         denied = False
         readlink = os.readlink
-        result = (0, "not-found")
-        for pid in self._pid_order():
-            if fds_seen >= max_fds or time.perf_counter() > deadline:
+        listdir = os.listdir
+        clock = time.perf_counter
+        result: tuple[int, _Stat | None, str] = (0, None, "not-found")
+        for pid, probed in self._candidates(self._last_pid()):
+            if fds_seen >= max_fds or clock() > deadline:
                 c["scan_budget_exhausted"] += 1
-                result = (0, "scan-budget")
+                result = (0, None, "scan-budget")
                 break
-            pids_seen += 1
             base = f"{proc}/{pid}/fd/"
             try:
-                fds = os.listdir(base)
+                fds = listdir(base)
+            except FileNotFoundError:
+                continue
             except PermissionError:
-                denied = True
+                denied = denied or os.path.exists(f"{proc}/{pid}")
+                pids_seen += 1
                 continue
             except OSError:
                 continue
+            pids_seen += 1
             fds_seen += len(fds)
-            hit = False
-            for fd in fds:
+            hit = None
+            for i, fd in enumerate(fds):
                 try:
                     if readlink(base + fd) == target:
-                        hit = True
+                        hit = fd
                         break
+                except PermissionError:
+                    # listable (CAP_DAC_READ_SEARCH) but not ptrace-readable -- or
+                    # the process exited meanwhile (the kernel answers EACCES then too)
+                    denied = denied or os.path.exists(f"{proc}/{pid}")
+                    break
                 except OSError:
                     continue
-            if hit:
-                start = self._starttime(pid)
-                if start is None:   # gone since
-                    continue
-                self._inode_pid.put(inode, (pid, start))
-                if pid in self._recent_pids:
-                    self._recent_pids.remove(pid)
-                self._recent_pids.insert(0, pid)
-                del self._recent_pids[self.cfg.recent_pids_first:]
-                c["scan_found"] += 1
-                result = (pid, "procfs-scan")
-                break
+                if i & 63 == 63 and clock() > deadline:
+                    break
+            if hit is None:
+                continue
+            if probed:
+                tgid = self._tgid(pid)
+                if tgid != pid:     # a thread id: the process is its thread group
+                    pid = tgid
+                    hit = self._fd_of(pid, target) or hit
+            st = self._stat(pid)
+            if st is None:          # gone (or a zombie) since
+                continue
+            self._inode_pid.put(inode, (pid, st[2], hit))
+            if pid in self._recent_pids:
+                self._recent_pids.remove(pid)
+            self._recent_pids.insert(0, pid)
+            del self._recent_pids[self.cfg.recent_pids_first:]
+            c["scan_found"] += 1
+            result = (pid, st, "procfs-scan")
+            break
         if denied and not result[0]:
             # some fd folders could not be read: the owner may be among them
             c["scan_permission_denied"] += 1
-            if result[1] == "not-found":
-                result = (0, "scan-permission-denied")
+            if result[2] == "not-found":
+                result = (0, None, "scan-permission-denied")
         c["scan_pids"] += pids_seen
         c["scan_fds"] += fds_seen
         self.scan_latency.observe((time.perf_counter() - t0) * 1e6)
         return result
 
-    def _stat(self, pid: int) -> tuple[str, int, int] | None:
-        """(comm, ppid, starttime) from /proc/<pid>/stat; None if gone (or a zombie)."""
+    def _read(self, path: str) -> bytes | None:
         try:
-            with open(f"{self.proc}/{pid}/stat", "rb") as f:
-                raw = f.read()
+            with open(path, "rb", buffering=0) as f:
+                return f.read()
         except OSError:
             return None
+
+    def _stat(self, pid: int) -> _Stat | None:
+        """(comm, ppid, starttime) from /proc/<pid>/stat; None if gone or a zombie."""
+        raw = self._read(f"{self.proc}/{pid}/stat")
+        if raw is None:
+            return None
         lp, rp = raw.find(b"("), raw.rfind(b")")
+        # after comm: state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt
+        # cmajflt utime stime cutime cstime priority nice num_threads itrealvalue starttime
         rest = raw[rp + 2:].split()
-        if len(rest) < 20 or rest[0] == b"Z":
+        if len(rest) < 20 or rest[0] in (b"Z", b"X"):
             return None
         return raw[lp + 1:rp].decode("utf-8", "replace"), int(rest[1]), int(rest[19])
 
-    def _starttime(self, pid: int) -> int | None:
-        st = self._stat(pid)
-        return st[2] if st else None
+    def _tgid(self, pid: int) -> int:
+        """The process (thread group) of a thread id; ``pid`` itself for a process.
 
-    def _proc_info(self, pid: int, starttime: int | None = None) -> ProcInfo | None:
+        /proc/<tid> of any thread is valid (though not listed), so a scan that
+        probes ids directly can land on a thread."""
+        raw = self._read(f"{self.proc}/{pid}/status")
+        if raw:
+            i = raw.find(b"\nTgid:")
+            if i >= 0:
+                try:
+                    return int(raw[i + 6:raw.find(b"\n", i + 1)])
+                except ValueError:
+                    pass
+        return pid
+
+    def _proc_info(self, pid: int, starttime: int | None = None, st: _Stat | None = None,
+                   sock_uid: int = -1) -> ProcInfo | None:
         """Details of ``pid`` (the process that started at ``starttime`` when
-        given): from the cache when the process is unchanged, else psutil;
+        given): from the cache when the process is unchanged, else read now;
         a process that is gone is looked up among the recently exited."""
-        st = self._stat(pid)
+        if st is None:
+            st = self._stat(pid)
         if st is not None and starttime is not None and st[2] != starttime:
             st = None   # the pid was reused: the one we want is gone
         cached = self._procs.get(pid)
@@ -477,30 +560,42 @@ class Attributor:
                 return cached
             if cached.starttime != start:
                 self._note_exit(cached)
-        info = self._gather(pid, comm, ppid, start)
-        if info is not None:
-            self._procs.put(pid, info)
+        info = self._gather(pid, comm, ppid, start, sock_uid)
+        self._procs.put(pid, info)
         return info
 
-    def _gather(self, pid: int, comm: str, ppid: int, start: int) -> ProcInfo | None:
-        try:
-            p = psutil.Process(pid)
-            with p.oneshot():
-                name = p.name()
-                try:
-                    exe = p.exe()
-                except (psutil.AccessDenied, psutil.ZombieProcess):
-                    exe = ""
-                try:
-                    cmdline = " ".join(p.cmdline())
-                except (psutil.AccessDenied, psutil.ZombieProcess):
-                    cmdline = ""
-                uid = p.uids().real
-                ctime = p.create_time()
-        except psutil.NoSuchProcess:
-            return None
-        except psutil.Error:
-            return None
+    def _gather(self, pid: int, comm: str, ppid: int, start: int, sock_uid: int) -> ProcInfo:
+        """Read a live process's details, the short-lived parts first.
+
+        The same values psutil gives (``name()`` -- comm, extended from the
+        command line when the kernel cut it at 15 characters --, ``exe()``,
+        ``cmdline()``, ``uids().real``, ``create_time()``), read straight
+        from /proc: psutil.Process + oneshot costs ~0.3-0.5 ms here, three
+        reads ~50 µs, and a short-lived client may be gone in between.  Once
+        we have the stat line, whatever is missing (the process exited
+        meanwhile) stays empty; the uid then comes from the socket."""
+        base = f"{self.proc}/{pid}/"
+        raw = self._read(base + "cmdline") or b""
+        argv = [a.decode("utf-8", "surrogateescape") for a in raw.split(b"\0")]
+        if argv and argv[-1] == "":
+            argv.pop()
+        exe = self._readlink(base + "exe")
+        if exe.endswith(" (deleted)"):
+            exe = exe[:-10]
+        uid = sock_uid
+        status = self._read(base + "status")
+        if status:
+            i = status.find(b"\nUid:")
+            if i >= 0:
+                uid = int(status[i + 5:status.find(b"\n", i + 1)].split()[0])
+        name = comm
+        if len(comm) >= 15 and argv:
+            ext = os.path.basename(argv[0])
+            if ext.startswith(comm):
+                name = ext
+        if self._boot_time is None:
+            self._boot_time = psutil.boot_time()
+        ctime = start / _CLOCK_TICKS + self._boot_time
         parent = ""
         if ppid > 0:
             pinfo = self._procs.get(ppid)
@@ -512,9 +607,9 @@ class Attributor:
                     parent = psutil.Process(ppid).name()
                 except psutil.Error:
                     parent = pst[0] if pst else ""
-        return ProcInfo(pid=pid, starttime=start, comm=comm, name=name, exe=exe, cmdline=cmdline,
-                        uid=uid, username=self._user(uid), ppid=ppid, parent_name=parent,
-                        create_time=_iso(ctime))
+        return ProcInfo(pid=pid, starttime=start, comm=comm, name=name, exe=exe,
+                        cmdline=" ".join(argv), uid=uid, username=self._user(uid) if uid >= 0 else "",
+                        ppid=ppid, parent_name=parent, create_time=_iso(ctime))
 
     def _user(self, uid: int) -> str:
         u = self._users.get(uid)
@@ -709,6 +804,10 @@ class AsyncAttributor:
         with self._cond:
             return key in self._pending
 
+    def pending_count(self) -> int:
+        """Lookups submitted and not finished yet."""
+        return len(self._pending)
+
     def metrics(self) -> dict:
         m = dict(self.counters)
         m["queue_depth"] = self._q.qsize()
@@ -743,3 +842,256 @@ class AsyncAttributor:
                 self.delay.observe((time.perf_counter() - t_sub) * 1e6)
                 self._cond.notify_all()
 
+
+
+# -- first-packet tap ------------------------------------------------------------
+
+ETH_P_ALL = 0x0003
+ETH_P_8021Q = 0x8100
+ETH_P_8021AD = 0x88A8
+PACKET_HOST = 0
+PACKET_OUTGOING = 4
+SOL_PACKET = 263
+PACKET_STATISTICS = 6
+SO_ATTACH_FILTER = 26
+TAP_RCVBUF = 4 << 20             # kernel receive buffer of the tap socket
+TAP_SEEN_SIZE = 65536            # connection starts remembered (to see each start once)
+TAP_SEEN_TCP_S = 1.0             # a SYN for the same 5-tuple after this long is a new attempt
+TAP_SEEN_UDP_S = 30.0            # a datagram after this much silence starts a new UDP flow
+TAP_SNAPLEN = 128
+
+_SYN_FILTER = ("(ip and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn)"
+               " or (ip6 and ip6[6] == 6 and ip6[53] & 0x12 == 0x02)"
+               " or (ip and udp) or (ip6 and ip6[6] == 17)")
+
+
+def tap_filter(ports: Iterable[int] | None) -> str:
+    """The tap's BPF text (network-layer offsets: compiled for DLT_RAW):
+    TCP SYNs without ACK and UDP datagrams, on ``ports`` when given."""
+    if not ports:
+        return _SYN_FILTER
+    return f"({_SYN_FILTER}) and ({' or '.join(f'port {int(p)}' for p in sorted(set(ports)))})"
+
+
+class FirstPacketTap:
+    """Sees connection starts the moment they hit the interface and submits
+    them to an ``AsyncAttributor`` -- beside the capture path, not in it.
+
+    Why a separate socket: libpcap without immediate mode (pcapy-ng 2.1 has
+    no ``set_immediate_mode``) uses TPACKET_V3, which hands packets over
+    only when a ring block is retired -- at the earliest one jiffy (4 ms at
+    HZ=250) after the first packet.  Measured in tests/test_attribution.py:
+    2-7 ms from a SYN to the sensor, by which time a short-lived client may
+    be gone.  This tap is a plain ``AF_PACKET``/``SOCK_DGRAM`` socket with a
+    small kernel BPF filter (SYNs and UDP on the tracked ports), read by its
+    own thread: each packet wakes it at once.
+
+    The key it submits is the 5-tuple as the records see it,
+    ``(proto, local_ip, local_port, remote_ip, remote_port)``, local being
+    this host's side (an outgoing packet's source, an incoming packet's
+    destination; packets of other hosts, broadcast and multicast are
+    ignored).  The pipeline then asks ``attributor.get(that tuple,
+    wait_s)``.  Needs CAP_NET_RAW; sees the network namespace it is created
+    in; ``iface`` None = every interface (loopback connections are then seen
+    from both ends, each end attributed to its own process).
+    """
+
+    def __init__(self, sink: AsyncAttributor | None, iface: str | None = None,
+                 ports: Iterable[int] | None = None, rcvbuf: int = TAP_RCVBUF,
+                 seen_size: int = TAP_SEEN_SIZE, bpf: str | None = "",
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.sink = sink
+        self.iface = iface
+        self.filter = tap_filter(ports) if bpf == "" else bpf
+        self.rcvbuf = rcvbuf
+        self.clock = clock
+        self._seen: OrderedDict[tuple, float] = OrderedDict()
+        self._seen_size = max(1, seen_size)
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.counters = {"packets": 0, "starts": 0, "submitted": 0, "submit_drops": 0,
+                         "ignored": 0, "kernel_packets": 0, "kernel_drops": 0}
+
+    # -- sans-IO part ------------------------------------------------------------
+    def handle(self, pkt: bytes, pkttype: int, ethertype: int = 0) -> tuple | None:
+        """One packet (network header first, as AF_PACKET/SOCK_DGRAM gives it):
+        the 5-tuple of a connection start not seen before, else None."""
+        self.counters["packets"] += 1
+        if ethertype in (ETH_P_8021Q, ETH_P_8021AD):      # a tag the NIC did not strip
+            while len(pkt) >= 4 and ethertype in (ETH_P_8021Q, ETH_P_8021AD):
+                ethertype = (pkt[2] << 8) | pkt[3]
+                pkt = pkt[4:]
+        if pkttype == PACKET_OUTGOING:
+            local_is_src = True
+        elif pkttype == PACKET_HOST:
+            local_is_src = False
+        else:
+            self.counters["ignored"] += 1
+            return None
+        n = len(pkt)
+        if n < 20:
+            self.counters["ignored"] += 1
+            return None
+        ver = pkt[0] >> 4
+        if ver == 4:
+            ihl = (pkt[0] & 15) * 4
+            proto = pkt[9]
+            if ihl < 20 or (pkt[6] & 0x1F) or pkt[7]:     # not a first fragment
+                self.counters["ignored"] += 1
+                return None
+            src, dst, l4 = pkt[12:16], pkt[16:20], ihl
+            fam = socket.AF_INET
+        elif ver == 6 and n >= 40:
+            proto = pkt[6]
+            src, dst, l4 = pkt[8:24], pkt[24:40], 40
+            fam = socket.AF_INET6
+        else:
+            self.counters["ignored"] += 1
+            return None
+        if n < l4 + 14 if proto == PROTO_TCP else n < l4 + 8:
+            self.counters["ignored"] += 1
+            return None
+        if proto == PROTO_TCP:
+            if pkt[l4 + 13] & 0x12 != 0x02:               # SYN without ACK only
+                self.counters["ignored"] += 1
+                return None
+            hold = TAP_SEEN_TCP_S
+        elif proto == PROTO_UDP:
+            hold = TAP_SEEN_UDP_S
+        else:
+            self.counters["ignored"] += 1
+            return None
+        sport = (pkt[l4] << 8) | pkt[l4 + 1]
+        dport = (pkt[l4 + 2] << 8) | pkt[l4 + 3]
+        s_ip, d_ip = socket.inet_ntop(fam, src), socket.inet_ntop(fam, dst)
+        key = (proto, s_ip, sport, d_ip, dport) if local_is_src else (proto, d_ip, dport, s_ip, sport)
+        now = self.clock()
+        seen = self._seen
+        last = seen.get(key)
+        seen[key] = now
+        seen.move_to_end(key)
+        if len(seen) > self._seen_size:
+            seen.popitem(last=False)
+        if last is not None and now - last < hold:
+            return None
+        self.counters["starts"] += 1
+        return key
+
+    # -- the socket ----------------------------------------------------------------
+    def open(self) -> "FirstPacketTap":
+        """Open the socket now (raises OSError without CAP_NET_RAW, or when
+        the BPF does not compile)."""
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                          socket.htons(ETH_P_ALL))
+        try:
+            if self.filter:
+                self._attach(s, self.filter)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+            if self.iface:
+                s.bind((self.iface, ETH_P_ALL))
+            s.settimeout(0.2)
+        except Exception:
+            s.close()
+            raise
+        self._sock = s
+        return self
+
+    @staticmethod
+    def _attach(s: socket.socket, text: str) -> None:
+        import ctypes
+
+        import pcapy  # libpcap's compiler
+        try:
+            prog = pcapy.compile(pcapy.DLT_RAW, TAP_SNAPLEN, text, 1, 0).get_bpf()
+        except pcapy.PcapError as e:
+            raise OSError(f"tap filter does not compile: {e}") from None
+        ins = b"".join(struct.pack("=HBBI", c, jt, jf, k & 0xFFFFFFFF) for c, jt, jf, k in prog)
+        buf = ctypes.create_string_buffer(ins)
+        fprog = struct.pack("HL", len(prog), ctypes.addressof(buf))
+        s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)   # the kernel copies it
+
+    def fileno(self) -> int:
+        return self._sock.fileno() if self._sock else -1
+
+    def read_available(self, limit: int = 1024) -> int:
+        """Read what is queued without waiting (for a select loop); returns
+        the number of connection starts submitted."""
+        if self._sock is None:
+            return 0
+        n = 0
+        for _ in range(limit):
+            try:
+                data, addr = self._sock.recvfrom(TAP_SNAPLEN, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            n += self._one(data, addr)
+        return n
+
+    def _one(self, data: bytes, addr) -> int:
+        key = self.handle(data, addr[2], addr[1])
+        if key is None or self.sink is None:
+            return 0
+        if self.sink.submit(key, key):
+            self.counters["submitted"] += 1
+            return 1
+        self.counters["submit_drops"] += 1
+        return 0
+
+    def start(self) -> "FirstPacketTap":
+        """Open (if needed) and read on a thread of its own."""
+        if self._sock is None:
+            self.open()
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="xfer-attribution-tap",
+                                            daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        s = self._sock
+        assert s is not None
+        while not self._stop.is_set():
+            try:
+                data, addr = s.recvfrom(TAP_SNAPLEN)
+            except (socket.timeout, TimeoutError, InterruptedError):
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    break
+                time.sleep(0.01)
+                continue
+            self._one(data, addr)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+            self._thread = None
+        if self._sock is not None:
+            self._kernel_stats()
+            self._sock.close()
+            self._sock = None
+
+    def _kernel_stats(self) -> None:
+        try:
+            raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)   # type: ignore[union-attr]
+            pk, dr = struct.unpack("=II", raw)      # reading resets them: accumulate
+            self.counters["kernel_packets"] += pk
+            self.counters["kernel_drops"] += dr
+        except OSError:
+            pass
+
+    def metrics(self) -> dict:
+        if self._sock is not None:
+            self._kernel_stats()
+        return dict(self.counters)
+
+    def __enter__(self) -> "FirstPacketTap":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -17,7 +17,8 @@ lost between the announcement and the new filter), the filter admits every
 TCP/UDP packet whose two ports are both >= 1024; the decoder then keeps
 only the ports it currently expects (a set lookup). Client-server background
 traffic (HTTPS, DNS, QUIC: one side on a well-known port) stays in the kernel
-or in libpcap.
+or in libpcap. A TCP payload that starts an FTP banner ("220 " or "220-",
+IPv4) passes on any port, so FTP on a non-standard port can be recognised.
 """
 from __future__ import annotations
 
@@ -40,7 +41,10 @@ def build_filter(ports: Iterable[int], vlan: bool = True) -> str | None:
     lo = EPHEMERAL_MIN - 1
     eph4 = (f"(tcp[0:2] > {lo} and tcp[2:2] > {lo}) or (udp[0:2] > {lo} and udp[2:2] > {lo})")
     eph6 = f"((ip6 proto 6 or ip6 proto 17) and ip6[40:2] > {lo} and ip6[42:2] > {lo})"
-    inner = f"({p}) or {ext6} or {eph4} or {eph6}"
+    # an FTP banner ("220 " / "220-") on any port: FTP on a non-standard port
+    pay = "tcp[((tcp[12:1] & 0xf0) >> 2):4]"
+    banner = f"({pay} = 0x32323020 or {pay} = 0x3232302d)"
+    inner = f"({p}) or {ext6} or {eph4} or {eph6} or {banner}"
     if not vlan:
         return inner
     return f"{inner} or (vlan and ({inner})) or (vlan and ({inner}))"

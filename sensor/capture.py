@@ -61,7 +61,8 @@ def set_filter(reader, filters: Sequence[str | None]) -> str | None:
 
 
 def read_file(path: str | Path, handler_for: Callable[[int], Handler],
-              filters: Sequence[str | None] | None = None) -> ReadResult:
+              filters: Sequence[str | None] | None = None,
+              refilter: Callable[[], Sequence[str | None] | None] | None = None) -> ReadResult:
     """Read every packet of ``path``; ``handler_for(linktype)`` gives the
     function that receives ``(ts_us, data)``; ``filters`` are capture filters
     to try, best first (the first that compiles for the file's link type is
@@ -72,11 +73,16 @@ def read_file(path: str | Path, handler_for: Callable[[int], Handler],
     handle = handler_for(linktype)
     installed = set_filter(reader, filters) if filters else None
     count = [0]
+    state = [installed]
 
     def cb(hdr, data: bytes) -> None:
         count[0] += 1
         s, us = hdr.getts()
         handle(s * 1_000_000 + us, data)
+        if refilter is not None:
+            new = refilter()
+            if new is not None:   # libpcap applies a savefile's filter per packet: exact
+                state[0] = set_filter(reader, new)
 
     err = ""
     try:
@@ -88,4 +94,4 @@ def read_file(path: str | Path, handler_for: Callable[[int], Handler],
             reader.close()
         except Exception:  # pragma: no cover - close never matters for correctness
             pass
-    return ReadResult(str(path), linktype, count[0], installed, err)
+    return ReadResult(str(path), linktype, count[0], state[0], err)

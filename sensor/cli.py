@@ -131,7 +131,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     packets = 0
     try:
         for path in args.pcap:
-            res = read_file(path, pipe.handler_for, pipe.capture_filters())
+            res = read_file(path, pipe.handler_for, pipe.capture_filters(), pipe.refilter)
             packets += res.packets
             if res.error:
                 damaged.append(f"{path}: damaged after {res.packets} packets: {res.error}")

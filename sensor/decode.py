@@ -2,7 +2,8 @@
 
 Sans-IO and allocation-light: a packet that is not target traffic is
 rejected after the cheapest checks (link type, ethertype, IP protocol, the two
-ports) without building any object. Only target packets become a
+ports; for TCP on other ports, whether the payload starts an FTP banner
+"220") without building any object. Only target packets become a
 :class:`Packet`. Malformed headers never raise: they are counted in
 :class:`DecodeStats` and reported through ``on_weird(ts, name, detail)``.
 
@@ -87,12 +88,15 @@ class Decoder:
     """Decodes frames of one link type; ``ports`` is consulted live (it may be
     a set the pipeline grows with expected data-channel ports)."""
 
-    __slots__ = ("linktype", "ports", "stats", "on_weird", "decode")
+    __slots__ = ("linktype", "ports", "hosts", "stats", "on_weird", "decode")
 
     def __init__(self, linktype: int, ports: Collection[int], stats: DecodeStats | None = None,
-                 on_weird: WeirdCallback | None = None) -> None:
+                 on_weird: WeirdCallback | None = None, hosts: Collection[tuple[bytes, bytes]] = frozenset()) -> None:
         self.linktype = linktype
         self.ports = ports
+        # (src, dst) packed address pairs whose traffic on any port is wanted:
+        # FTPS sessions, whose data channels cannot be announced in clear text
+        self.hosts = hosts
         self.stats = stats if stats is not None else DecodeStats()
         self.on_weird = on_weird or (lambda ts, name, detail: None)
         fn = _LINK_DECODERS.get(linktype)
@@ -116,6 +120,7 @@ class Decoder:
                     process(p)
             return slow
         ports = self.ports
+        hosts = self.hosts
         stats = self.stats
         ip4 = _IP4
         tcp = _TCP
@@ -145,7 +150,9 @@ class Decoder:
                             sport, dport, seq, ack, doff, flags = tcp(data, l4)
                         else:
                             sport, dport, ulen = udp(data, l4)
-                        if sport not in ports and dport not in ports:
+                        if sport not in ports and dport not in ports and not (
+                                proto == 6 and data[l4 + ((doff >> 4) << 2):l4 + ((doff >> 4) << 2) + 3] == b"220") \
+                                and not (hosts and (src, dst) in hosts):
                             stats.fast_rejected += 1
                             return
                         end = off + tot
@@ -368,8 +375,10 @@ class Decoder:
         sport = (data[l4] << 8) | data[l4 + 1]
         dport = (data[l4 + 2] << 8) | data[l4 + 3]
         ports = self.ports
-        if sport not in ports and dport not in ports:
-            return None
+        if sport not in ports and dport not in ports and not (self.hosts and (src, dst) in self.hosts):
+            # an FTP banner ("220") on any other port may start FTP on a non-standard port
+            if proto != 6 or l4 + 20 > n or data[l4 + ((data[l4 + 12] >> 4) << 2):][:3] != b"220":
+                return None
         st.target += 1
         truncated = end > n
         if proto == 6:
@@ -395,9 +404,9 @@ class Decoder:
         ulen = (data[l4 + 4] << 8) | data[l4 + 5]
         if ulen < 8 or l4 + ulen > end:
             self._weird(ts, "udp_bad_length", f"udp length {ulen}, ip payload {end - l4}")
+            ulen = end - l4   # trust the IP length, the smaller of the two
             if ulen < 8:
                 return None
-            ulen = end - l4
         if truncated:
             st.truncated += 1
         return Packet(ts, src, dst, 17, sport, dport, 0, 0, 0, ulen - 8,

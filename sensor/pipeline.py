@@ -40,12 +40,13 @@ class Pipeline:
         self.weird_counts: dict[str, int] = {}
         self.action_counts: dict[str, int] = {}
         self._decoders: dict[int, Callable[[int, bytes], None]] = {}
+        self._filter_version = 0
 
     # -- input ----------------------------------------------------------------
     def handler_for(self, linktype: int) -> Callable[[int, bytes], None]:
         h = self._decoders.get(linktype)
         if h is None:
-            dec = Decoder(linktype, self.ports, self.decode_stats, self._decode_weird)
+            dec = Decoder(linktype, self.ports, self.decode_stats, self._decode_weird, self.portset.hosts)
             h = self._decoders[linktype] = dec.handler(self._packet)
         return h
 
@@ -58,8 +59,15 @@ class Pipeline:
 
     def capture_filters(self) -> list[str | None]:
         """BPF filters to try, best first (see sensor/bpf.py)."""
-        fixed = self.portset.fixed
-        return [build_filter(fixed), build_filter(fixed, vlan=False), None]
+        ports = self.portset.filter_ports
+        return [build_filter(ports), build_filter(ports, vlan=False), None]
+
+    def refilter(self) -> list[str | None] | None:
+        """New capture filters when the ports they must admit changed, else None."""
+        if self.portset.version != self._filter_version:
+            self._filter_version = self.portset.version
+            return self.capture_filters()
+        return None
 
     def finish(self) -> None:
         self.flows.flush()

@@ -26,8 +26,14 @@ PORT_PROTOCOL = {20: "FTP/FTPS", 21: "FTP/FTPS", 990: "FTP/FTPS", 989: "FTP/FTPS
                  445: "SMB", 139: "SMB", 69: "TFTP"}
 
 
+MAX_TS_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z, the last ISO 8601 can say
+
+
 def iso_us(ts_us: int) -> str:
-    """ISO 8601 UTC with microseconds, e.g. 2026-11-28T03:00:00.000123Z."""
+    """ISO 8601 UTC with microseconds, e.g. 2026-11-28T03:00:00.000123Z.
+    Times a capture can hold but ISO 8601 cannot (before 1970 is fine, past
+    year 9999 is not; pcapng has 64-bit timestamps) are clamped."""
+    ts_us = min(max(ts_us, 0), MAX_TS_US)
     sec, us = divmod(ts_us, 1_000_000)
     return datetime.fromtimestamp(sec, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + f".{us:06d}Z"
 

@@ -33,9 +33,9 @@ Kernel behaviour this module relies on (checked on Linux 6.x, see the tests):
   created inside that namespace (setns(2) on the creating thread, then back;
   needs CAP_SYS_ADMIN) and every lookup answers for it.
 
-Nothing here raises on kernel errors: a failed or unanswered query returns
-``None`` and is counted in ``stats`` (``errors`` with the errno in
-``errnos``; "no such socket" is a plain ``miss``).  Instances are not
+Nothing here raises: a failed or unanswered query returns ``None`` and is
+counted in ``stats`` (``errors`` with the errno in ``errnos``; "no such
+socket" is a plain ``miss``; a malformed tuple is ``invalid``).  Instances are not
 thread-safe: give each thread its own.
 """
 from __future__ import annotations
@@ -124,10 +124,12 @@ class SockDiagStats:
     misses: int = 0             # lookup() calls that found none
     fallback_hits: int = 0      # of the hits: found by the UDP local-port fallback
     errors: int = 0             # kernel errors other than "no such socket", timeouts, bad answers
+    invalid: int = 0            # lookups refused before asking (bad address, port, mixed families)
     errnos: dict[int, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in ("queries", "hits", "misses", "fallback_hits", "errors")}
+        d = {k: getattr(self, k) for k in ("queries", "hits", "misses", "fallback_hits", "errors",
+                                           "invalid")}
         d["errnos"] = {_errno.errorcode.get(k, str(k)): v for k, v in self.errnos.items()}
         return d
 
@@ -302,14 +304,15 @@ class SockDiag:
     # -- queries -----------------------------------------------------------
     def _query(self, req_args: tuple, dump: bool, bytecode: bytes = b"") -> list[SockInfo] | None:
         """Send one request; the sockets answered, [] for "none", None on error."""
+        seq = (self._seq + 1) & 0x7FFFFFFF
+        req = pack_request(seq, *req_args, dump=dump, bytecode=bytecode)  # bad input raises here
         s = self._open()
         if s is None:
             return None
-        self._seq = (self._seq + 1) & 0x7FFFFFFF
-        seq = self._seq
+        self._seq = seq
         self.stats.queries += 1
         try:
-            s.send(pack_request(seq, *req_args, dump=dump, bytecode=bytecode))
+            s.send(req)
             found: list[SockInfo] = []
             for _ in range(MAX_DUMP_READS):
                 buf = s.recv(RECV_BUFSIZE)
@@ -343,7 +346,7 @@ class SockDiag:
         try:
             hit = self._lookup(proto, _v4(local_ip), local_port, _v4(remote_ip), remote_port)
         except (ValueError, OSError, struct.error):  # bad address text, port out of range
-            self._error(_errno.EINVAL)
+            self.stats.invalid += 1
             hit = None
         if hit is None:
             self.stats.misses += 1

@@ -44,7 +44,7 @@ def replay(tmp_path):
         rs = rules or load_rules(REPO / "rules", RECORD_FIELDS)
         sink = MemorySink()
         pipe = Pipeline(cfg, rs, sink)
-        res = read_file(path, pipe.handler_for, pipe.capture_filters() if capture_filter else None)
+        res = read_file(path, pipe.handler_for, *((pipe.capture_filters(), pipe.refilter) if capture_filter else ()))
         assert not res.error, res.error
         pipe.finish()
         return Replay(pipe, sink)

@@ -143,3 +143,33 @@ def test_decoder_never_raises_on_garbage():
             d.decode(i, bytes(b))
         assert d.stats.packets == 3000
     assert weird  # malformed frames were reported, by name
+
+
+def test_ftp_on_a_non_standard_port_is_recognised_by_its_banner(replay):
+    from craft import Tcp
+    c = Tcp(DEV, SRV, 40000, 2121, T0).handshake()
+    c.s2c(b"220 (vsFTPd 3.0.3)\r\n").c2s(b"USER exfil\r\n").s2c(b"331 Please specify the password.\r\n")
+    c.c2s(b"PASS x\r\n").s2c(b"230 Login successful.\r\n").c2s(b"QUIT\r\n").s2c(b"221 Goodbye.\r\n")
+    other = Tcp(DEV, SRV, 40001, 2122, T0).handshake().s2c(b"HTTP/1.1 200 OK\r\n").fin().pkts
+    r = replay(c.fin().pkts + other)
+    assert len(r.connections) == 1
+    rec = r.connections[0]
+    assert (rec["AppProtocol"], rec["AppUser"], rec["RemotePort"]) == ("ftp", "exfil", 2121)
+    assert rec["AdditionalFields"]["NonStandardPort"] is True
+    assert rec["ActionType"] == "ConnectionFound"     # picked up at the banner, the handshake was filtered
+    assert rec["ReceivedBytes"] == sum(len(x) for x in (b"220 (vsFTPd 3.0.3)\r\n", b"331 Please specify the password.\r\n",
+                                                         b"230 Login successful.\r\n", b"221 Goodbye.\r\n"))
+    assert not r.weird
+
+
+def test_ftp_banner_on_a_low_port_is_followed_past_the_capture_filter(replay):
+    # FTP on 443: the filter admits the banner; the port then joins the filter
+    from craft import Tcp
+    c = Tcp(DEV, SRV, 40000, 443, T0).handshake()
+    c.s2c(b"220 ready\r\n").c2s(b"USER exfil\r\n").s2c(b"331 Password required\r\n")
+    c.c2s(b"PASS x\r\n").s2c(b"230 Logged in\r\n").c2s(b"STOR loot.7z\r\n").s2c(b"150 Ok\r\n")
+    r = replay(c.fin().pkts)
+    (rec,) = r.connections
+    assert (rec["AppProtocol"], rec["AppUser"], rec["RemotePort"]) == ("ftp", "exfil", 443)
+    assert rec["SentBytes"] == len(b"USER exfil\r\nPASS x\r\nSTOR loot.7z\r\n")
+    assert "F" in rec["History"] and "f" in rec["History"]   # the FINs after the banner were seen

@@ -327,11 +327,28 @@ def _sidecar_ftps(run: Run, v: Verdict) -> None:
             want = {"curl": None, "lftp": s["server_ip"]}[s["tool"]]
             v.eq(fields.get("TlsSni"), want, f"{cu} TlsSni ({s['tool']})")
             v.eq(sorted(set(fields) - {"TlsSni"}), [], f"{cu} AdditionalFields keys")
-    # the PASV/EPSV replies and the file names are encrypted: no data
-    # channel can be expected, no transfer named
+    # the PASV/EPSV replies and the file names are encrypted: no transfer can
+    # be named. The data connections are still followed (any new connection
+    # between the two hosts while the session lives): each is an ftps-data
+    # record under its control session, which carries their bytes -- at
+    # least the files' sizes (TLS adds its overhead).
     v.eq(run.transfers, [], "transfer records on FTPS")
-    v.eq([r["Uid"] for r in run.connections if r["AppProtocol"] in ("ftp-data", "ftps-data")], [],
-         "data channel records on FTPS")
+    data = [r for r in run.connections if r["AppProtocol"] in ("ftp-data", "ftps-data")]
+    v.eq(len(data), sum(len(s["transfers"]) for s in run.side["sessions"]), "ftps-data records (one per file)")
+    ctrl_uids = {r["Uid"] for r in run.connections if r["AppProtocol"] == "ftps"}
+    for r in data:
+        v.eq(r["AppProtocol"], "ftps-data", f"{r['Uid']} AppProtocol")
+        v.check(r["ParentUid"] in ctrl_uids, f"{r['Uid']}: ParentUid {r['ParentUid']!r} is no FTPS session")
+    ctrls = sorted((r for r in run.connections if r["AppProtocol"] == "ftps"), key=lambda r: r["FirstSeen"])
+    v.eq(len(ctrls), len(run.side["sessions"]), "FTPS control sessions")
+    for s, c in zip(run.side["sessions"], ctrls):   # both in the order the sessions ran
+        moved = sum(f["size"] for f in s["transfers"])
+        children = [r for r in data if r["ParentUid"] == c["Uid"]]
+        v.eq((c["DataSentBytes"], c["DataReceivedBytes"]),
+             (sum(r["SentBytes"] for r in children), sum(r["ReceivedBytes"] for r in children)),
+             f"{c['Uid']} data bytes = its channels'")
+        v.check(c["DataSentBytes"] + c["DataReceivedBytes"] >= moved,
+                f"{c['Uid']}: data bytes {c['DataSentBytes']}+{c['DataReceivedBytes']} < files {moved}")
 
 
 def _sidecar_tftp(run: Run, v: Verdict, owned: Counter) -> None:
