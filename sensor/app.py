@@ -19,7 +19,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from .analyzers.base import Analyzer, ConnInfo
-from .analyzers.ftp import FtpAnalyzer, FtpDataChannel, FtpDataCommand, FtpDataResult, FtpLogin, FtpTlsUpgrade
+from .analyzers.ftp import (FtpAnalyzer, FtpDataChannel, FtpDataCommand, FtpDataResult, FtpLogin, FtpRequest,
+                            FtpTlsUpgrade)
 from .analyzers.smb import (SmbAnalyzer, SmbEncrypted, SmbFileSummary, SmbNegotiate, SmbNetbiosSession,
                             SmbSessionSetup, SmbTreeConnect)
 from .analyzers.tftp import (TftpRequest, TftpRequestAnalyzer, TftpTransferAnalyzer, TftpTransferContext,
@@ -53,7 +54,7 @@ class AppState:
 
     __slots__ = ("analyzer", "streams", "parent", "children", "held", "user", "fields", "channel",
                  "ftp_channels", "sni_buf", "child_sent", "child_recv", "child_answered", "stopped",
-                 "nonstandard", "files")
+                 "nonstandard", "files", "probe_ftp")
 
     def __init__(self) -> None:
         self.analyzer: Analyzer | None = None
@@ -72,6 +73,7 @@ class AppState:
         self.stopped = False            # parse nothing more (TLS upgrade, depth)
         self.nonstandard = False
         self.files: list[str] = []
+        self.probe_ftp = False          # tracked port with no analyzer: look for an FTP banner
 
 
 class AppLayer:
@@ -134,18 +136,9 @@ class AppLayer:
             self.stats["expected_flows"] += 1
             return
         if match is not None and match[0] is NONSTANDARD_FTP:
-            banner = match[1]
-            flow.app = "ftp"
             st.nonstandard = True
-            st.fields["NonStandardPort"] = True
-            st.analyzer = FtpAnalyzer(self._conn(flow))
-            st.streams = (Stream(FTP_REASSEMBLY), Stream(FTP_REASSEMBLY))
-            # the handshake was not seen; the banner is the server's first byte
-            # and it acknowledges the client's next one
-            st.streams[1].start(banner.seq)
-            st.streams[0].start(banner.ack)
+            self._ftp_from_banner(flow, st, match[1])
             self.ports.ref(flow.resp_p, +1)
-            self.stats["analyzed_flows"] += 1
             return
         if match is not None:
             exp, parent = match
@@ -174,6 +167,7 @@ class AppLayer:
         else:
             kind = UDP_PORT_ANALYZERS.get(port)
         if kind is None:
+            st.probe_ftp = flow.proto == 6
             return
         flow.app = kind
         midstream = flow.proto == 6 and "S" not in flow.history and "h" not in flow.history
@@ -192,6 +186,17 @@ class AppLayer:
         if st.analyzer is not None:
             self.stats["analyzed_flows"] += 1
 
+    def _ftp_from_banner(self, flow: Flow, st: AppState, banner: Packet) -> None:
+        """FTP recognised by its banner on a port that is not FTP's."""
+        flow.app = "ftp"
+        st.fields["NonStandardPort"] = True
+        st.analyzer = FtpAnalyzer(self._conn(flow))
+        st.streams = (Stream(FTP_REASSEMBLY), Stream(FTP_REASSEMBLY))
+        # the banner is the server's first byte, and it acknowledges the client's next one
+        st.streams[1].start(banner.seq)
+        st.streams[0].start(banner.ack)
+        self.stats["analyzed_flows"] += 1
+
     def _conn(self, flow: Flow) -> ConnInfo:
         return ConnInfo(flow.uid, "tcp" if flow.proto == 6 else "udp", flow.orig_h, flow.orig_p,
                         flow.resp_h, flow.resp_p)
@@ -202,6 +207,10 @@ class AppLayer:
         if st is None:
             return
         from_orig = p.src == flow.orig_b and p.sport == flow.orig_p
+        if st.probe_ftp and not from_orig and p.payload:
+            st.probe_ftp = False       # the server's first data decides
+            if p.payload[:3] == b"220" and FtpAnalyzer.probe_tc(p.payload):
+                self._ftp_from_banner(flow, st, p)
         if st.sni_buf is not None and from_orig and p.payload:
             self._sni(flow, st, p.payload)
         a = st.analyzer
@@ -299,6 +308,9 @@ class AppLayer:
                 self.weird(ev.ts, ev.name, ev.detail, flow.uid, ev.analyzer or flow.app)
             elif t is ExpectConnection:
                 self.expect.add(ev, flow)
+            elif t is FtpRequest:
+                if ev.command == "USER" and ev.arg:
+                    st.user = ev.arg       # the account tried, even if no login follows
             elif t is FtpLogin:
                 st.user = ev.user
                 st.fields["FtpLoginSuccess"] = ev.success

@@ -54,7 +54,8 @@ class Pipeline:
         f = self.flows.process(p)
         if f is not None:
             st = f.ctx
-            if st is not None and ((st.analyzer is not None and not st.stopped) or st.sni_buf is not None):
+            if st is not None and ((st.analyzer is not None and not st.stopped) or st.sni_buf is not None
+                                   or st.probe_ftp):
                 self.app.packet(f, p)
 
     def capture_filters(self) -> list[str | None]:

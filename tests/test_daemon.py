@@ -1,0 +1,146 @@
+"""The daemon without systemd: live capture on loopback, SIGHUP with a broken
+rule (old rules stay), SIGHUP after a rename (a new file is written),
+SIGTERM (everything flushed, exit in < 5 s). Traffic only on 127.0.0.0/8."""
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PORT = 2121
+SERVER = "127.0.0.2"
+
+
+@pytest.fixture
+def ftp_server():
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((SERVER, PORT))
+    srv.listen(64)
+    srv.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                continue
+            with c:
+                c.sendall(b"220 (vsFTPd 3.0.3)\r\n")
+                if c.recv(100):
+                    c.sendall(b"331 Please specify the password.\r\n")
+                c.recv(100)
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield
+    stop.set()
+    t.join(2)
+    srv.close()
+
+
+def sessions(n: int, user: str) -> None:
+    for _ in range(n):
+        with socket.create_connection((SERVER, PORT), source_address=("127.0.0.1", 0), timeout=2) as s:
+            s.recv(100)
+            s.sendall(f"USER {user}\r\n".encode())
+            s.recv(100)
+        time.sleep(0.02)
+
+
+def read(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for(cond, timeout=10.0, what=""):
+    end = time.time() + timeout
+    while time.time() < end:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Daemon:
+    def __init__(self, tmp: Path):
+        self.out = tmp / "out"
+        self.rules = tmp / "rules"
+        self.rules.mkdir()
+        for f in (REPO / "rules").glob("*.yml"):
+            (self.rules / f.name).write_text(f.read_text())
+        self.cfg = tmp / "config.yaml"
+        self.cfg.write_text(
+            f"tracked_ports: [{PORT}]\nhome_net: [127.0.0.1/32]\nip_type_overrides: {{'{SERVER}/32': Public}}\n"
+            "timeouts: {tcp_closed: 0.3, tcp_attempt: 2}\nlimits: {flow_scan_interval: 0.1}\n")
+        # the shipped rule selects the real FTP ports; test it on ours
+        r = self.rules / "t1071_002_file_transfer_protocols.yml"
+        r.write_text(r.read_text().replace("      - 20\n", f"      - {PORT}\n      - 20\n"))
+        self.stderr = b""
+        self.p = subprocess.Popen([sys.executable, "-m", "sensor.daemon", "-i", "lo", "--out", str(self.out),
+                                   "--config", str(self.cfg), "--rules", str(self.rules)],
+                                  cwd=REPO, stderr=subprocess.PIPE)
+        os.set_blocking(self.p.stderr.fileno(), False)
+        wait_for(lambda: b"capturing on lo" in self.err(), what="the daemon to capture")
+
+    def err(self) -> bytes:
+        while select.select([self.p.stderr], [], [], 0)[0]:
+            chunk = self.p.stderr.read(65536)
+            if not chunk:
+                break
+            self.stderr += chunk
+        return self.stderr
+
+
+def test_daemon_signals(tmp_path, ftp_server):
+    d = Daemon(tmp_path)
+    try:
+        conns = d.out / "connections.jsonl"
+        sessions(4, "alice")
+        wait_for(lambda: len(read(conns)) == 4, what="4 connection records")
+        wait_for(lambda: len(read(d.out / "alerts.jsonl")) == 1, what="the alert")
+        a = read(d.out / "alerts.jsonl")[0]
+        assert (a["RemoteIP"], a["RemotePort"], a["ConnectionCount"], a["AccountName"]) == (SERVER, PORT, 4, "alice")
+
+        # a broken rule: refused, logged, the old rules stay (and so do their windows)
+        (d.rules / "zz_broken.yml").write_text("title: x\nid: broken-1\nlogsource: {category: x}\n"
+                                               "detection:\n  sel: {RemotPort: 21}\n  condition: sel\n")
+        d.p.send_signal(signal.SIGHUP)
+        wait_for(lambda: b"reload refused" in d.err(), what="the refusal")
+        assert b"broken-1" in d.err() and b"RemotPort" in d.err()
+        sessions(1, "alice")            # the 5th of the key: joins the alert, no new one
+        sessions(4, "bob")              # a new key crosses: one new alert
+        wait_for(lambda: len(read(conns)) == 9, what="9 connection records")
+        wait_for(lambda: len(read(d.out / "alerts.jsonl")) == 2, what="bob's alert")
+        assert read(d.out / "alerts.jsonl")[1]["AccountName"] == "bob"
+
+        # logrotate: rename, then SIGHUP: a new file is written
+        (d.rules / "zz_broken.yml").unlink()
+        conns.rename(d.out / "connections.jsonl.1")
+        d.p.send_signal(signal.SIGHUP)
+        wait_for(lambda: b"reloaded" in d.err(), what="the reload")
+        sessions(2, "carol")
+        wait_for(lambda: len(read(conns)) == 2, what="records in the new file")
+        assert len(read(d.out / "connections.jsonl.1")) == 9
+
+        # SIGTERM: flows still open are written, exit well within 5 s
+        sessions(1, "dave")
+        t0 = time.time()
+        d.p.send_signal(signal.SIGTERM)
+        rc = d.p.wait(10)
+        elapsed = time.time() - t0
+        assert rc == 0 and elapsed < 5.0, (rc, elapsed)
+        assert [r["AppUser"] for r in read(conns)][-1] == "dave"
+        for line in (d.out / "connections.jsonl").read_text().splitlines():
+            json.loads(line)
+    finally:
+        if d.p.poll() is None:
+            d.p.kill()
+            d.p.wait()
