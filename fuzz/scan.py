@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Bounded state under a SYN scan, as one command:
+
+    python fuzz/scan.py [--syns 1000000] [--sources 50000] [--max-flows 100000] [--keep]
+
+Writes (with struct, in seconds) a capture of ``--syns`` TCP SYNs from
+``--sources`` addresses to tracked ports (445, 21, 139, 990) of 20 public
+servers, 10 us apart, with 5 real FTP sessions (logins to one public server,
+crafted with tests/craft.py) spread through it; replays it with
+``xfer-sensor replay --format json`` as a child process and reports what the
+issue asks for: tracked flows never above ``max_flows`` (``active_max``),
+evictions and expiries, the FTP sessions still counted and alerted on (one
+alert, 5 connections in the hunt), the child's peak RSS (``wait4``) against a
+bound (``--rss-bound-mb``, 200), and the time taken. Exit status 1 when a
+check fails.
+
+``syn_scan_frames`` is also used by tests/test_bounded_state.py (small scans).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+REPO = Path(__file__).resolve().parent.parent
+SCAN_PORTS = (445, 21, 139, 990)
+FTP_SERVER = "203.0.113.10"
+CONFIG = """\
+home_net: [192.168.56.0/24, 10.0.0.0/8]
+ip_type_overrides: {{203.0.113.0/24: Public, 198.51.100.0/24: Public}}
+limits: {{max_flows: {max_flows}}}
+"""
+
+
+def syn_scan_frames(n: int, sources: int = 5_000, t0_us: int = 1_790_000_000_000_000, gap_us: int = 10,
+                    targets: int = 20) -> Iterator[tuple[int, bytes]]:
+    """``n`` Ethernet/IPv4/TCP SYN frames, each a new flow: source 10.x.y.z
+    (``sources`` of them), source port 1024 + i // sources, destination
+    198.51.100.(1 + i % targets) on one of SCAN_PORTS."""
+    eth = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
+    ip_head = struct.Struct("!BBHHHBBH4s4s")
+    tcp = struct.Struct("!HHIIBBHHH")
+    for i in range(n):
+        s = i % sources
+        src = bytes((10, 1 + (s >> 16 & 0x7F), s >> 8 & 0xFF, s & 0xFF))
+        dst = bytes((198, 51, 100, 1 + i % targets))
+        sport = 1024 + (i // sources) % 64000
+        dport = SCAN_PORTS[(i // targets) % len(SCAN_PORTS)]
+        frame = (eth + ip_head.pack(0x45, 0, 40, i & 0xFFFF, 0, 64, 6, 0, src, dst)
+                 + tcp.pack(sport, dport, (i * 2654435761) & 0xFFFFFFFF, 0, 0x50, 0x02, 1024, 0, 0))
+        yield t0_us + i * gap_us, frame
+
+
+def write_pcap(path: Path, frames: Iterator[tuple[int, bytes]], linktype: int = 1) -> int:
+    n = 0
+    rec = struct.Struct("<IIII")
+    with open(path, "wb", buffering=1 << 20) as f:
+        f.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, linktype))
+        for ts, data in frames:
+            s, us = divmod(ts, 1_000_000)
+            f.write(rec.pack(s, us, len(data), len(data)))
+            f.write(data)
+            n += 1
+    return n
+
+
+def ftp_frames(t0_us: int, span_us: int) -> list[tuple[int, bytes]]:
+    sys.path.insert(0, str(REPO / "tests"))
+    import logging
+    logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
+    from craft import Tcp
+    out = []
+    for i in range(5):
+        t = (t0_us + (i + 1) * span_us // 6) / 1e6
+        c = Tcp("192.168.56.10", FTP_SERVER, 40000 + i, 21, t).handshake()
+        c.s2c(b"220 ready\r\n").c2s(b"USER anonymous\r\n").s2c(b"331 password\r\n").c2s(b"PASS guest@\r\n")
+        c.s2c(b"230 ok\r\n").c2s(b"QUIT\r\n").s2c(b"221 bye\r\n")
+        out += [(int(round(float(p.time) * 1e6)), bytes(p)) for p in c.fin().pkts]
+    return out
+
+
+def merged(scan: Iterator[tuple[int, bytes]], extra: list[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
+    extra = sorted(extra)
+    j = 0
+    for ts, f in scan:
+        while j < len(extra) and extra[j][0] <= ts:
+            yield extra[j]
+            j += 1
+        yield ts, f
+    yield from extra[j:]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--syns", type=int, default=1_000_000)
+    ap.add_argument("--sources", type=int, default=50_000)
+    ap.add_argument("--gap-us", type=int, default=10, help="packet time between SYNs")
+    ap.add_argument("--max-flows", type=int, default=100_000)
+    ap.add_argument("--rss-bound-mb", type=float, default=200.0)
+    ap.add_argument("--dir", help="where to write the capture (default: a temporary folder)")
+    ap.add_argument("--keep", action="store_true", help="keep the capture")
+    args = ap.parse_args(argv)
+
+    work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="xfer-scan-"))
+    work.mkdir(parents=True, exist_ok=True)
+    pcap, cfg = work / "scan.pcap", work / "scan.yaml"
+    cfg.write_text(CONFIG.format(max_flows=args.max_flows))
+    t0_us = 1_790_000_000_000_000
+    span = args.syns * args.gap_us
+    t = time.perf_counter()
+    n = write_pcap(pcap, merged(syn_scan_frames(args.syns, args.sources, t0_us, args.gap_us), ftp_frames(t0_us, span)))
+    print(f"wrote {n:,} packets ({pcap.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.1f} s: {pcap}")
+
+    exe = Path(sys.executable).parent / "xfer-sensor"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sensor"]
+    cmd += ["replay", str(pcap), "--config", str(cfg), "--format", "json"]
+    t = time.perf_counter()
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO)
+        _, status, ru = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        elapsed = time.perf_counter() - t
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if proc.returncode != 0:
+        print(f"xfer-sensor exited {proc.returncode}\n{stderr.decode(errors='replace')[-3000:]}")
+        return 1
+    res = json.loads(stdout)
+    fl = res["stats"]["flows"]
+    rss_mb = ru.ru_maxrss / 1024
+    alerts = [a for a in res["alerts"] if a.get("RemoteIP") == FTP_SERVER]
+    checks = {
+        f"active_max {fl['active_max']:,} <= max_flows {args.max_flows:,}": fl["active_max"] <= args.max_flows,
+        f"flows created {fl['created']:,} == ended {fl['ended']:,}": fl["created"] == fl["ended"],
+        f"evicted {fl['evicted']:,} > 0": fl["evicted"] > 0 or args.syns <= args.max_flows,
+        f"FTP alert: {[(a['ConnectionCount'], a['AccountName']) for a in alerts]} == [(5, 'anonymous')]":
+            [(a["ConnectionCount"], a["AccountName"]) for a in alerts] == [(5, "anonymous")],
+        f"peak RSS {rss_mb:.1f} MB <= {args.rss_bound_mb:.0f} MB": rss_mb <= args.rss_bound_mb,
+    }
+    print(f"replayed {res['packets']:,} packets in {elapsed:.1f} s ({res['packets'] / elapsed:,.0f} packets/s), "
+          f"{res['connections']:,} connection records")
+    print("flows: " + ", ".join(f"{k} {v:,}" for k, v in fl.items()))
+    print("detect: " + ", ".join(f"{k} {v:,}" for k, v in res["stats"]["detect"].items()))
+    for text, ok in checks.items():
+        print(f"  {'ok  ' if ok else 'FAIL'} {text}")
+    if not args.keep and not args.dir:
+        pcap.unlink()
+        cfg.unlink()
+        work.rmdir()
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
