@@ -1,0 +1,425 @@
+"""Bounded state under floods, and what the wire can write.
+
+- a SYN scan from many sources (written with struct) mixed with real FTP
+  sessions (crafted with tests/craft.py), replayed with a small
+  ``limits.max_flows``: tracked flows never exceed it, evictions are counted,
+  every evicted flow still gets its record, and the FTP sessions are counted
+  and alerted on as without the scan;
+- rule windows: a flood of distinct group keys with a small
+  ``limits.max_window_keys``: keys evicted and counted, never more than the cap;
+  a key's events capped by ``max_window_events``;
+- what the wire writes: FTP USER/STOR arguments, SMB user/share/file names and
+  TFTP filenames with CR/LF, NUL, ESC, invalid UTF-8/UTF-16 and 10 KB lengths
+  give exactly one valid JSON line per record, capped, flagged where the
+  record has a flag, and nothing from the wire becomes a file path.
+
+The 1,000,000-SYN version with peak RSS is ``python fuzz/scan.py`` (not part
+of the normal test run).
+"""
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from craft import Tcp, udp_exchange, write_raw_pcap
+from sensor.config import config_from_dict
+from sensor.detect import Detector
+from sensor.records import RECORD_FIELDS, iso_us
+from sensor.rules import load_rules
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO / "fuzz") not in sys.path:
+    sys.path.insert(0, str(REPO / "fuzz"))
+from scan import syn_scan_frames  # noqa: E402  (fuzz/scan.py)
+
+RULES = load_rules(REPO / "rules", RECORD_FIELDS)
+DEV = "192.168.56.10"
+SRV = "203.0.113.10"
+T0 = 1_790_000_000.0
+CFG = {"home_net": ["192.168.56.0/24", "10.0.0.0/8"],
+       "ip_type_overrides": {"203.0.113.0/24": "Public", "198.51.100.0/24": "Public"}}
+
+
+def ftp_sessions(starts: list[float]) -> list:
+    pkts = []
+    for i, t in enumerate(starts):
+        c = Tcp(DEV, SRV, 40000 + i, 21, t).handshake()
+        c.s2c(b"220 ready\r\n").c2s(b"USER anonymous\r\n").s2c(b"331 password\r\n").c2s(b"PASS guest@\r\n")
+        c.s2c(b"230 ok\r\n").c2s(b"QUIT\r\n").s2c(b"221 bye\r\n")
+        pkts += c.fin().pkts
+    return pkts
+
+
+def frames_of(pkts) -> list[tuple[float, bytes, int]]:
+    return [(float(p.time), bytes(p), len(bytes(p))) for p in pkts]
+
+
+# --------------------------------------------------------------------------
+# a SYN scan against max_flows
+# --------------------------------------------------------------------------
+
+SCAN_SYNS = 20_000
+MAX_FLOWS = 2_000
+
+
+@pytest.fixture(scope="module")
+def scan_replay(tmp_path_factory):
+    from sensor.capture import read_file
+    from sensor.outputs import MemorySink
+    from sensor.pipeline import Pipeline
+
+    tmp = tmp_path_factory.mktemp("scan")
+    # 20,000 SYNs from 5,000 sources to 4 tracked ports of public servers, 50 us
+    # apart (1 s of packet time: no timeout helps), and 5 FTP sessions during it
+    scan = [(ts / 1e6, f, len(f)) for ts, f in syn_scan_frames(SCAN_SYNS, sources=5_000, t0_us=int(T0 * 1e6),
+                                                               gap_us=50)]
+    ftp = frames_of(ftp_sessions([T0 + 0.05 + 0.18 * i for i in range(5)]))
+    frames = sorted(scan + ftp, key=lambda x: x[0])
+    path = write_raw_pcap(tmp / "scan.pcap", frames)
+    out = {}
+    for name, cfg in (("scan", dict(CFG, limits={"max_flows": MAX_FLOWS})), ("alone", CFG)):
+        sink = MemorySink()
+        pipe = Pipeline(config_from_dict(cfg), RULES, sink)
+        src = path if name == "scan" else write_raw_pcap(tmp / "alone.pcap", sorted(ftp))
+        res = read_file(src, pipe.handler_for, pipe.capture_filters())
+        assert not res.error
+        pipe.finish()
+        out[name] = (pipe, sink, res)
+    return out
+
+
+def test_scan_never_exceeds_max_flows_and_counts_evictions(scan_replay):
+    pipe, sink, res = scan_replay["scan"]
+    st = pipe.flows.stats
+    assert res.packets == SCAN_SYNS + len(ftp_sessions([T0] * 5))
+    assert st.active_max == MAX_FLOWS            # reached, never passed
+    assert st.created == SCAN_SYNS + 5
+    assert st.ended == st.created and pipe.flows.flows == {}
+    # at most MAX_FLOWS flows were still there to flush at the end; the rest went by eviction
+    assert st.evicted >= st.created - MAX_FLOWS - st.expired
+    assert st.evicted > 0
+    # an evicted flow is not lost: every flow has its record
+    conns = sink.records["connections"]
+    assert len(conns) == st.created
+    scan = [c for c in conns if c["RemotePort"] != 21 or c["RemoteIP"] != SRV]
+    assert len(scan) == SCAN_SYNS
+    assert {c["ConnState"] for c in scan} == {"S0"} and {c["ActionType"] for c in scan} == {"ConnectionFailed"}
+
+
+def test_scan_does_not_hide_the_ftp_sessions(scan_replay):
+    pipe, sink, _ = scan_replay["scan"]
+    _, alone, _ = scan_replay["alone"]
+    ftp = sorted((c for c in sink.records["connections"] if c["RemoteIP"] == SRV and c["RemotePort"] == 21),
+                 key=lambda c: c["LocalPort"])
+    want = sorted(alone.records["connections"], key=lambda c: c["LocalPort"])
+    assert len(ftp) == len(want) == 5
+    for got, ref in zip(ftp, want):
+        for f in ("ActionType", "SentBytes", "ReceivedBytes", "SentPackets", "ReceivedPackets", "ConnState",
+                  "History", "AccountName", "FirstSeen", "LastSeen", "CommunityId"):
+            assert got[f] == ref[f], (f, got[f], ref[f])
+    assert ftp[0]["ActionType"] == "ConnectionSuccess" and ftp[0]["AccountName"] == "anonymous"
+    assert ftp[0]["SentBytes"] == len(b"USER anonymous\r\nPASS guest@\r\nQUIT\r\n")
+    alerts = [a for a in sink.records["alerts"] if "ConnectionCount" in a]
+    assert len(alerts) == 1
+    assert alerts[0]["RemoteIP"] == SRV and alerts[0]["ConnectionCount"] == 4
+    hunt = pipe.detector.hunt_results()
+    assert [h["ConnectionCount"] for h in hunt if h["RemoteIP"] == SRV] == [5]
+
+
+def test_flow_table_structures_bounded_during_the_scan(tmp_path):
+    """Checked after every packet, not only at the end."""
+    from sensor.outputs import MemorySink
+    from sensor.pipeline import Pipeline
+    pipe = Pipeline(config_from_dict(dict(CFG, limits={"max_flows": 300})), RULES, MemorySink())
+    h = pipe.handler_for(1)
+    worst = 0
+    for i, (ts, f) in enumerate(syn_scan_frames(5_000, sources=700, t0_us=int(T0 * 1e6), gap_us=10)):
+        h(ts, f)
+        n = len(pipe.flows.flows)
+        assert n <= 300
+        assert sum(len(q) for q in pipe.flows.queues) == n       # every flow in exactly one timeout queue
+        worst = max(worst, n)
+    assert worst == 300 and pipe.flows.stats.evicted == 5_000 - 300 - pipe.flows.stats.expired
+    pipe.finish()
+
+
+RSS_BOUND = 200 * 1000 * 1000        # issue 6: peak RSS under the scan, aim <= 200 MB
+DEFAULT_MAX_FLOWS = config_from_dict({}).limits.max_flows
+
+
+@pytest.mark.xfail(strict=True, reason="sensor bug: a half-open SYN flow on 445/21/139/990 costs ~4-5 KB (app.py "
+                                       "attaches the SMB/FTP analyzer, its framers' deques and two reassembly "
+                                       "Streams at the SYN), so default max_flows=100,000 full of scan flows is "
+                                       "~480 MB; python fuzz/scan.py (1M SYNs, defaults): peak RSS 476 MB > 200 MB")
+def test_half_open_flow_memory_fits_the_rss_bound():
+    """The flow table full of scan flows (max_flows of them) must fit the
+    issue's RSS bound: RSS_BOUND / max_flows bytes per half-open flow
+    (2,000 B with the defaults), measured with tracemalloc."""
+    import gc
+    import tracemalloc
+    from sensor.pipeline import Pipeline
+
+    class Null:
+        def emit(self, kind, rec):
+            pass
+
+        def close(self):
+            pass
+
+    pipe = Pipeline(config_from_dict({}), RULES, Null())
+    h = pipe.handler_for(1)
+    frames = list(syn_scan_frames(3_000, sources=3_000, t0_us=int(T0 * 1e6), gap_us=10))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for ts, f in frames:
+            h(ts, f)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    n = len(pipe.flows.flows)
+    assert n == 3_000
+    per_flow = sum(s.size_diff for s in after.compare_to(before, "filename")) / n
+    assert per_flow <= RSS_BOUND / DEFAULT_MAX_FLOWS, f"{per_flow:.0f} bytes per half-open flow"
+
+
+# --------------------------------------------------------------------------
+# rule windows
+# --------------------------------------------------------------------------
+
+def _conn(ts: int, ip: str, port: int = 445, uid: str = "", user: str = "") -> dict:
+    return {"Timestamp": iso_us(ts), "DeviceName": "WS-1", "ActionType": "ConnectionSuccess", "RemoteIP": ip,
+            "RemotePort": port, "RemoteIPType": "Public", "InitiatingProcessFileName": "", "AccountName": user,
+            "Uid": uid, "SentBytes": 10, "ReceivedBytes": 20}
+
+
+def test_window_key_flood_evicts_and_counts():
+    cap = 100
+    d = Detector(RULES, config_from_dict({"limits": {"max_window_keys": cap}}).limits)
+    windows = d._all_windows()
+    assert windows
+    t = int(T0 * 1e6)
+    alerts = []
+    n_keys = 20_000
+    for k in range(n_keys):
+        alerts += d.observe(_conn(t + k * 1000, f"198.51.{k >> 8 & 255}.{k & 255}", uid=f"K{k}", user=f"u{k >> 16}"),
+                            t + k * 1000)
+        if k % 97 == 0:
+            assert all(len(w.keys) <= cap for w in windows)
+        if k == n_keys // 2:
+            # one key bunched inside the flood still crosses the threshold
+            for j in range(4):
+                alerts += d.observe(_conn(t + k * 1000 + j, SRV, 21, uid=f"F{j}"), t + k * 1000 + j)
+    assert all(len(w.keys) <= cap for w in windows)
+    distinct = n_keys + 1
+    assert d.stats.keys_evicted == distinct - sum(len(w.keys) for w in windows) == distinct - cap
+    counted = [a for a in alerts if "ConnectionCount" in a]
+    assert [(a["RemoteIP"], a["ConnectionCount"]) for a in counted] == [(SRV, 4)]
+
+
+def test_window_events_per_key_capped():
+    d = Detector(RULES, config_from_dict({"limits": {"max_window_events": 50}}).limits)
+    t = int(T0 * 1e6)
+    for k in range(5_000):
+        d.observe(_conn(t + k, SRV, 21, uid=f"E{k}"), t + k)
+    (w,) = d._all_windows()
+    (state,) = w.keys.values()
+    assert len(state.events) == 50
+    assert d.stats.events_dropped == 5_000 - 50
+
+
+@pytest.mark.xfail(strict=True, reason="sensor bug: detect._Window.episodes (the hunt view) keeps every alert "
+                                       "ever raised, also for keys evicted by max_window_keys: 2,000 alerting keys "
+                                       "with max_window_keys=50 leave 2,000 episodes (with their Uids lists)")
+def test_window_key_flood_alert_state_bounded():
+    cap = 50
+    d = Detector(RULES, config_from_dict({"limits": {"max_window_keys": cap}}).limits)
+    t = int(T0 * 1e6)
+    raised = 0
+    for k in range(2_000):
+        for j in range(4):      # each key crosses the threshold (> 3)
+            ts = t + (k * 4 + j) * 1000
+            raised += sum("ConnectionCount" in a for a in d.observe(_conn(ts, f"198.51.{k >> 8}.{k & 255}",
+                                                                             uid=f"K{k}-{j}"), ts))
+    assert raised == 2_000
+    assert d.stats.keys_evicted == 2_000 - cap
+    retained = sum(len(w.episodes) for w in d._all_windows())
+    assert retained <= cap, f"{retained} alert episodes kept with max_window_keys={cap}"
+
+
+# --------------------------------------------------------------------------
+# what the wire writes
+# --------------------------------------------------------------------------
+
+BIG = 10_000
+FTP_USER = b"ev\x1b[31mil\x00us\xff\xfeer\rX" + b"U" * BIG
+FTP_STOR = b"../../../../PWNED-stor\x1b]0;title\x07\x00\xc3\x28\xed\xa0\x80" + b"F" * BIG
+FTP_STOR2 = b"/tmp/PWNED-abs\r\n"          # an absolute path, sent whole
+SMB_USER = "adm\r\nin\x1b[0m\x00" + "u" * 5000
+SMB_SHARE = "\\\\srv\\sh\r\nare\x1b[1m\x00" + "S" * BIG
+SMB_NAME = "..\\..\\PWNED-smb\x1b[2J\x1b[31m\r\nFAKE\x00\u202e.exe" + "N" * BIG
+TFTP_NAME = b"../PWNED-tftp\r\n\x1b[31m\xff\xfe\xc3\x28" + b"T" * BIG
+WIRE_MARKERS = ("PWNED",)
+
+
+def _smb_create_raw(mid: int, name16: bytes) -> bytes:
+    """CREATE request whose name is raw UTF-16LE bytes (a lone surrogate included)."""
+    import test_analyzer_smb as S
+    body = struct.pack("<HBBIQQIIIIIHHII", 57, 0, 0, 2, 0, 0, 0x0012019F, 0x80, 7, 5, 0x40, 120, len(name16), 0, 0)
+    return S.nbss(S.h2(5, mid, tree=S.TREE_ID, sid=S.SID) + body + name16)
+
+
+def wire_capture(path: Path) -> Path:
+    import test_analyzer_smb as S
+    pk = []
+    # FTP: hostile USER, then a STOR with a 10 KB hostile name over a passive data channel
+    c = Tcp(DEV, SRV, 40000, 21, T0).handshake()
+    c.s2c(b"220 ready\r\n").c2s(b"USER " + FTP_USER + b"\r\n").s2c(b"331 pw\r\n").c2s(b"PASS x\r\n").s2c(b"230 ok\r\n")
+    c.c2s(b"PASV\r\n").s2c(b"227 Entering Passive Mode (203,0,113,10,156,64)\r\n")
+    c.c2s(b"STOR " + FTP_STOR + b"\r\n")
+    d = Tcp(DEV, SRV, 40001, 40000, c.t + 0.01).handshake().c2s(b"D" * 3000).fin()
+    c.t = d.t + 0.01
+    c.s2c(b"150 go\r\n").s2c(b"226 done\r\n")
+    c.c2s(b"STOR " + FTP_STOR2).s2c(b"550 no\r\n").c2s(b"QUIT\r\n").s2c(b"221 bye\r\n")
+    pk += c.fin().pkts + d.pkts
+    # SMB: hostile user, share, file names (one with a lone UTF-16 surrogate)
+    msgs = S.login(user=SMB_USER, domain="DOM\nAIN", ws="W\x1bS")
+    msgs += [(True, S.tree_req(3, SMB_SHARE)), (False, S.tree_resp(3))]
+    msgs += [(True, S.create_req(4, SMB_NAME, disposition=5, access=0x0012019F)), (False, S.create_resp(4, S.FID, action=2))]
+    msgs += [(True, S.write_req(5, S.FID, 0, b"W" * 2000)), (False, S.write_resp(5, 2000))]
+    msgs += [(True, S.close_req(6, S.FID)), (False, S.close_resp(6))]
+    msgs += [(True, _smb_create_raw(7, "PWNED-lone".encode("utf-16-le") + b"\x00\xd8" + "x\r\n".encode("utf-16-le"))),
+             (False, S.create_resp(7, S.FID2, action=2))]
+    msgs += [(True, S.write_req(8, S.FID2, 0, b"V" * 100)), (False, S.write_resp(8, 100))]
+    msgs += [(True, S.close_req(9, S.FID2)), (False, S.close_resp(9))]
+    s = Tcp(DEV, SRV, 40100, 445, T0 + 5).handshake()
+    for to_server, data in msgs:
+        s.send(to_server, data)
+    pk += s.fin().pkts
+    # TFTP: a WRQ with a 10 KB hostile filename, the server answering from a new port
+    pk += udp_exchange(DEV, SRV, 40200, 69, T0 + 9, [(True, b"\x00\x02" + TFTP_NAME + b"\x00octet\x00")])
+    pk += udp_exchange(DEV, SRV, 40200, 50000, T0 + 9.01, [(False, b"\x00\x04\x00\x00"),
+                                                           (True, b"\x00\x03\x00\x01" + b"q" * 100),
+                                                           (False, b"\x00\x04\x00\x01")])
+    return write_raw_pcap(path, sorted(frames_of(pk)))
+
+
+def _strings(v, path=""):
+    if isinstance(v, dict):
+        for k, x in v.items():
+            yield from _strings(x, f"{path}.{k}")
+    elif isinstance(v, list):
+        for i, x in enumerate(v):
+            yield from _strings(x, f"{path}[{i}]")
+    elif isinstance(v, str):
+        yield path, v
+
+
+def _sensor(*args: str) -> subprocess.CompletedProcess:
+    exe = Path(sys.executable).parent / "xfer-sensor"
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sensor"]
+    return subprocess.run([*cmd, *args], capture_output=True, timeout=120, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def wire_out(tmp_path_factory):
+    from sensor.capture import read_file
+    from sensor.outputs import MemorySink
+    from sensor.pipeline import Pipeline
+    tmp = tmp_path_factory.mktemp("wire")
+    pcap = wire_capture(tmp / "wire.pcap")
+    out = tmp / "out"
+    cp = _sensor("replay", str(pcap), "--out", str(out))
+    sink = MemorySink()
+    pipe = Pipeline(config_from_dict({}), RULES, sink)
+    read_file(pcap, pipe.handler_for, pipe.capture_filters())
+    pipe.finish()
+    return tmp, out, cp, sink
+
+
+def test_wire_text_one_json_line_per_record(wire_out):
+    tmp, out, cp, sink = wire_out
+    assert cp.returncode == 0, cp.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{k}.jsonl" for k in ("connections", "alerts",
+                                                                                   "transfers", "weird"))
+    for kind in ("connections", "transfers", "weird", "alerts"):
+        raw = (out / f"{kind}.jsonl").read_bytes()
+        raw.decode("ascii")                                  # escaped: no raw byte >= 0x80
+        assert not any(b < 0x20 for b in raw.replace(b"\n", b"")), f"raw control byte in {kind}.jsonl"
+        lines = raw.split(b"\n")
+        assert lines[-1] == b""
+        recs = [json.loads(line) for line in lines[:-1]]
+        assert len(recs) == len(sink.records[kind]), kind      # one line per record, none split, none merged
+        assert all(isinstance(r, dict) for r in recs)
+    assert len(sink.records["connections"]) == 5 and len(sink.records["transfers"]) >= 4
+
+
+def test_wire_text_is_kept_escaped_and_capped(wire_out):
+    _, out, _, _ = wire_out
+    recs = {k: [json.loads(x) for x in (out / f"{k}.jsonl").read_text().splitlines()]
+            for k in ("connections", "transfers", "weird")}
+    for kind, rs in recs.items():
+        for r in rs:
+            for path, s in _strings(r):
+                assert len(s) <= 4 * 1024 + 16, (kind, path, len(s))     # capped (4 escapes per byte at most)
+    ftp_user = [c["AccountName"] for c in recs["connections"] if c["RemotePort"] == 21]
+    assert ftp_user and ftp_user[0].startswith("ev\x1b[31mil\x00us") and len(ftp_user[0]) <= 1024
+    stor = next(t for t in recs["transfers"] if t["Protocol"] == "ftp" and t["Filename"].startswith("../../"))
+    assert stor["FilenameTruncated"] is True and len(stor["Filename"]) <= 1024
+    assert stor["Filename"].startswith("../../../../PWNED-stor\x1b]0;title\x07\x00")
+    smb = next(t for t in recs["transfers"] if t["Protocol"] == "smb" and "FAKE" in t["Filename"])
+    assert smb["FilenameTruncated"] is True and len(smb["Filename"]) <= 1024
+    assert "\r\nFAKE\x00" in smb["Filename"]
+    assert any(t["Protocol"] == "smb" and t["Filename"].startswith("PWNED-lone") for t in recs["transfers"])
+    assert all(len(w["Detail"]) <= 512 for w in recs["weird"])
+
+
+@pytest.mark.xfail(strict=True, reason="sensor bug: app._tftp_transfer writes FilenameTruncated: False "
+                                       "unconditionally; a 10 KB TFTP filename is cut to 1024 bytes but not flagged")
+def test_wire_tftp_long_filename_flagged(wire_out):
+    _, out, _, _ = wire_out
+    tftp = [json.loads(x) for x in (out / "transfers.jsonl").read_text().splitlines()]
+    tftp = [t for t in tftp if t["Protocol"] == "tftp"]
+    assert len(tftp) == 1
+    assert tftp[0]["Filename"].startswith("../PWNED-tftp\r\n\x1b[31m")
+    assert len(tftp[0]["Filename"]) < len(TFTP_NAME)
+    assert tftp[0]["FilenameTruncated"] is True
+
+
+def test_wire_never_names_a_file(wire_out):
+    tmp, out, _, _ = wire_out
+    assert sorted(p.name for p in tmp.iterdir()) == ["out", "wire.pcap"]
+    assert sorted(p.name for p in out.iterdir()) == ["alerts.jsonl", "connections.jsonl", "transfers.jsonl",
+                                                      "weird.jsonl"]
+    for base in (tmp, out, Path("/tmp"), REPO):
+        assert not any("PWNED" in p.name for p in base.iterdir()), base
+
+
+@pytest.mark.xfail(strict=True, reason="sensor bug: cli._table prints AccountName (FTP USER / SMB user from the "
+                                       "wire) to the terminal unescaped -- ESC, NUL and CR reach stdout, and a "
+                                       "1024-character column; cli._files escapes filenames, the table does not")
+def test_replay_summary_escapes_wire_text(tmp_path):
+    """Four FTP logins with a hostile USER to one public server: the alert's
+    row in the printed hunt table carries that account."""
+    pkts = []
+    for i in range(4):
+        c = Tcp(DEV, SRV, 41000 + i, 21, T0 + i).handshake()
+        c.s2c(b"220 ready\r\n").c2s(b"USER " + FTP_USER + b"\r\n").s2c(b"331 pw\r\n").c2s(b"PASS x\r\n")
+        c.s2c(b"230 ok\r\n")
+        pkts += c.fin().pkts
+    pcap = write_raw_pcap(tmp_path / "users.pcap", sorted(frames_of(pkts)))
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("ip_type_overrides: {203.0.113.0/24: Public}\n")
+    cp = _sensor("replay", str(pcap), "--config", str(cfg))
+    assert cp.returncode == 0, cp.stderr
+    assert b"1 alert(s)" in cp.stdout
+    bad = sorted({chr(b) for b in cp.stdout if b < 0x20 and b not in (0x0A,)})
+    assert not bad, f"raw control characters from the wire on the terminal: {bad!r}"
+    assert max(len(line) for line in cp.stdout.split(b"\n")) < 400
