@@ -6,13 +6,17 @@ one-shot curl FTP control connection lives 6-13 ms, a ``tftp get`` 4-11 ms)
 are gone long before a periodic ``psutil.net_connections()`` scan would see
 them, so the lookup is made of cheap, targeted steps:
 
-1. ``sockdiag``: the kernel's socket for exactly this 5-tuple (about 10 µs)
+1. ``sockdiag``: the kernel's socket for exactly this 5-tuple (~10-100 µs)
    gives its inode and the uid that created it;
 2. the owning pid: ``/proc/<pid>/fd`` links are scanned for
-   ``socket:[inode]``, newest process first (a short-lived client is among
-   the newest), stopping at the first match and bounded by
-   ``scan_time_budget_s`` / ``scan_max_fds``;
-3. psutil for the details (name, exe, command line, user, parent, start time).
+   ``socket:[inode]``, newest process first (the pids just below the
+   kernel's last handed-out pid are probed before /proc is even listed: a
+   short-lived client is among them), stopping at the first match and
+   bounded by ``scan_time_budget_s`` / ``scan_max_fds``;
+3. the details psutil would give (``name()``, ``exe()``, ``cmdline()``,
+   ``username()``, ``ppid()`` -> parent name, ``create_time()``), read straight
+   from /proc, the short-lived parts first: psutil.Process + oneshot costs
+   0.3-0.5 ms here, which is part of a short-lived client's lifetime.
 
 Caches (all bounded, sizes named below): inode -> pid, pid -> process details
 (validated against the process start time and name, so a reused pid or an
@@ -28,16 +32,29 @@ first packet and the scan, the sensor may not read other users' ``fd``
 folders, the scan budget ran out), the account of the socket's uid is still
 reported, with ``AttributionSource == "uid-only"``.  A socket without an
 owner (TIME-WAIT, orphaned after close: the kernel reports inode 0 and uid 0
-for those) tells nothing: ``"none"``.
+for those) tells nothing: ``"none"``.  An inbound connection not accepted
+yet is attributed to its listener (``AttributionDetail`` "listening-socket").
 
-``Attributor`` is synchronous and not thread-safe; ``AsyncAttributor`` runs
-one on a worker thread behind a bounded queue so that the packet path never
-waits for it (see its docstring for how the pipeline uses it).
+Who runs the lookups:
 
-Privileges: sockdiag needs none; reading other users' ``/proc/<pid>/fd``
-needs CAP_SYS_PTRACE (ptrace read access; CAP_DAC_READ_SEARCH is not enough
-for ``fd`` links) -- without it only the sensor's own user's processes are
-found and everything else is ``uid-only``.
+* ``Attributor`` -- synchronous, not thread-safe;
+* ``AsyncAttributor`` -- one Attributor on a worker thread behind a bounded
+  queue: ``submit()`` from the packet path never blocks, ``get(key,
+  wait_s)`` / ``poll()`` collect;
+* ``FirstPacketTap`` -- an AF_PACKET socket that sees SYNs and UDP datagrams
+  the moment they pass (libpcap without immediate mode delivers them 1-7 ms
+  late) and looks them up on its own thread;
+* ``AttributionHelper`` -- tap + lookups in a separate single-threaded
+  process with real-time scheduling, results back over a pipe: the one that
+  keeps up on a loaded host (see its docstring for the figures).
+
+Privileges (measured in tests/test_attribution.py, unprivileged user with
+ambient capabilities): sockdiag needs none; naming another user's process
+needs CAP_SYS_PTRACE *and* CAP_DAC_READ_SEARCH (the first to read the fd
+links, the second to list the fd folder) -- with either alone, or none,
+other users' connections are ``uid-only`` (account still right).  The tap
+needs CAP_NET_RAW; SCHED_FIFO for the helper CAP_SYS_NICE (else it falls
+back to a short EEVDF slice, unprivileged).
 """
 from __future__ import annotations
 
@@ -47,21 +64,23 @@ import pwd
 import queue
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from typing import Callable, Hashable, Iterable
 
 import psutil
 
-from .sockdiag import PROTO_TCP, PROTO_UDP, STATE_LISTEN, STATE_TIME_WAIT, SockDiag, SockInfo
+from .sockdiag import PROTO_TCP, PROTO_UDP, STATE_LISTEN, STATE_TIME_WAIT, SockDiag
 
 __all__ = [
     "Attribution", "Attributor", "AsyncAttributor", "AttributorConfig", "ProcInfo",
     "LatencyHistogram", "SOURCE_SOCKET", "SOURCE_UID_ONLY", "SOURCE_NONE", "SOURCE_LINKED",
-    "NO_ATTRIBUTION", "FirstPacketTap", "tap_filter",
+    "NO_ATTRIBUTION", "FirstPacketTap", "tap_filter", "AttributionHelper",
 ]
 
 SOURCE_SOCKET = "socket"
@@ -253,7 +272,7 @@ class Attributor:
         self.proc = proc_root.rstrip("/")
         self.clock = clock
         c = self.cfg
-        self._inode_pid: _LRU = _LRU(c.inode_cache_size)            # inode -> (pid, starttime)
+        self._inode_pid: _LRU = _LRU(c.inode_cache_size)            # inode -> (pid, starttime, fd)
         self._procs: _LRU = _LRU(c.proc_cache_size)                 # pid -> ProcInfo
         self._exited: OrderedDict[int, tuple[ProcInfo, float]] = OrderedDict()
         self._recent: OrderedDict[tuple, tuple[int, int, float]] = OrderedDict()
@@ -446,7 +465,7 @@ class Attributor:
             except FileNotFoundError:
                 continue
             except PermissionError:
-                denied = denied or os.path.exists(f"{proc}/{pid}")
+                denied = denied or self._stat(pid) is not None
                 pids_seen += 1
                 continue
             except OSError:
@@ -462,7 +481,7 @@ class Attributor:
                 except PermissionError:
                     # listable (CAP_DAC_READ_SEARCH) but not ptrace-readable -- or
                     # the process exited meanwhile (the kernel answers EACCES then too)
-                    denied = denied or os.path.exists(f"{proc}/{pid}")
+                    denied = denied or self._stat(pid) is not None
                     break
                 except OSError:
                     continue
@@ -687,10 +706,9 @@ class AsyncAttributor:
 
     The packet path calls ``submit(key, tuple)`` at a target connection's
     first packet: it never blocks (a full queue drops the request and counts
-    it in ``queue_drops``).  Results are collected either with ``get(key,
-    wait_s)`` -- waits at most ``wait_s`` for a submitted key, returns None
-    at once for a key that was never submitted or was dropped -- or in bulk
-    with ``poll()``.  A collected result is removed; uncollected ones are
+    it in ``queue_drops``; submit() returns False).  Results are collected
+    either with ``get(key, wait_s)`` -- waits at most ``wait_s`` for the
+    key's result -- or in bulk with ``poll()``.  A collected result is removed; uncollected ones are
     bounded by ``max_results`` (oldest dropped, counted in
     ``result_drops``).  The same key submitted again while pending is not
     queued twice.
@@ -728,9 +746,11 @@ class AsyncAttributor:
         self._max_results = max(1, max_results)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._lookup_lock = threading.Lock()     # one Attributor, used by one thread at a time
         self.delay = LatencyHistogram()     # submit -> result ready
         self.counters = {"submitted": 0, "duplicates": 0, "queue_drops": 0, "completed": 0,
-                         "result_drops": 0, "collected": 0, "wait_timeouts": 0, "worker_errors": 0}
+                         "inline": 0, "result_drops": 0, "collected": 0, "wait_timeouts": 0,
+                         "worker_errors": 0}
 
     @property
     def attributor(self) -> Attributor | None:
@@ -775,16 +795,52 @@ class AsyncAttributor:
             self.counters["submitted"] += 1
         return True
 
+    def lookup_now(self, key: Hashable, conn: ConnTuple) -> Attribution:
+        """Look up in the *calling* thread and keep the result for get()/poll().
+
+        For a thread that is beside the packet path and already awake when a
+        connection starts (``FirstPacketTap``): handing over to the worker
+        costs a second thread wake-up, which on a busy machine waits for a
+        scheduler slice (measured: ~3 ms on 2 busy cores) -- as long as a
+        short-lived client lives.  Never call this from the packet path."""
+        res = self._lookup(conn)
+        with self._cond:
+            self._pending.discard(key)
+            self._store(key, res)
+            self.counters["inline"] += 1
+            self._cond.notify_all()
+        return res
+
+    def _lookup(self, conn: ConnTuple) -> Attribution:
+        if self._att is None:
+            with self._lookup_lock:
+                if self._att is None:
+                    self._att = self._factory()
+        try:
+            with self._lookup_lock:
+                return self._att.lookup(*conn)
+        except Exception as e:   # Attributor.lookup() already catches; belt and braces
+            self.counters["worker_errors"] += 1
+            return replace(NO_ATTRIBUTION, AttributionDetail=f"error:{type(e).__name__}")
+
+    def _store(self, key: Hashable, res: Attribution) -> None:
+        self._results[key] = res
+        self._results.move_to_end(key)
+        if len(self._results) > self._max_results:
+            self._results.popitem(last=False)
+            self.counters["result_drops"] += 1
+
     def get(self, key: Hashable, wait_s: float = 0.0) -> Attribution | None:
-        """The result for ``key``, waiting at most ``wait_s`` while it is pending."""
+        """The result for ``key``, waiting at most ``wait_s`` for it (also
+        for a key not submitted yet: a ``FirstPacketTap`` thread may be
+        about to).  None when there is none by then."""
         deadline = time.monotonic() + max(0.0, wait_s)
         with self._cond:
             while key not in self._results:
-                if key not in self._pending:
-                    return None
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    self.counters["wait_timeouts"] += 1
+                    if wait_s > 0:
+                        self.counters["wait_timeouts"] += 1
                     return None
                 self._cond.wait(left)
             self.counters["collected"] += 1
@@ -817,27 +873,20 @@ class AsyncAttributor:
         return m
 
     def _run(self, ready: threading.Event) -> None:
-        if self._att is None:
-            self._att = self._factory()
+        with self._lookup_lock:
+            if self._att is None:
+                self._att = self._factory()
         ready.set()
-        att = self._att
         q = self._q
         while not self._stop.is_set():
             try:
                 key, conn, t_sub = q.get(timeout=self._STOP_POLL_S)
             except queue.Empty:
                 continue
-            try:
-                res = att.lookup(*conn)
-            except Exception as e:   # lookup() already catches; belt and braces
-                self.counters["worker_errors"] += 1
-                res = replace(NO_ATTRIBUTION, AttributionDetail=f"error:{type(e).__name__}")
+            res = self._lookup(conn)
             with self._cond:
                 self._pending.discard(key)
-                self._results[key] = res
-                if len(self._results) > self._max_results:
-                    self._results.popitem(last=False)
-                    self.counters["result_drops"] += 1
+                self._store(key, res)
                 self.counters["completed"] += 1
                 self.delay.observe((time.perf_counter() - t_sub) * 1e6)
                 self._cond.notify_all()
@@ -859,6 +908,10 @@ TAP_SEEN_SIZE = 65536            # connection starts remembered (to see each sta
 TAP_SEEN_TCP_S = 1.0             # a SYN for the same 5-tuple after this long is a new attempt
 TAP_SEEN_UDP_S = 30.0            # a datagram after this much silence starts a new UDP flow
 TAP_SNAPLEN = 128
+TAP_SLICE_NS = 100_000           # the tap thread's scheduler slice (EEVDF, Linux >= 6.12)
+TAP_FIFO_PRIORITY = 1            # SCHED_FIFO priority when asked for (needs CAP_SYS_NICE)
+_SYS_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274, "riscv64": 274, "armv7l": 380,
+                      "i686": 351, "ppc64le": 355, "s390x": 345}
 
 _SYN_FILTER = ("(ip and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn)"
                " or (ip6 and ip6[6] == 6 and ip6[53] & 0x12 == 0x02)"
@@ -884,7 +937,11 @@ class FirstPacketTap:
     2-7 ms from a SYN to the sensor, by which time a short-lived client may
     be gone.  This tap is a plain ``AF_PACKET``/``SOCK_DGRAM`` socket with a
     small kernel BPF filter (SYNs and UDP on the tracked ports), read by its
-    own thread: each packet wakes it at once.
+    own thread: each packet wakes it at once.  With ``inline`` (default) that
+    thread also does the lookup (``AsyncAttributor.lookup_now``) instead of
+    waking the worker: a second wake-up waits for a scheduler slice on a
+    busy machine (measured ~3 ms on 2 busy cores).  The packets queue in the
+    socket's buffer meanwhile (``rcvbuf``; kernel drops are counted).
 
     The key it submits is the 5-tuple as the records see it,
     ``(proto, local_ip, local_port, remote_ip, remote_port)``, local being
@@ -898,9 +955,13 @@ class FirstPacketTap:
 
     def __init__(self, sink: AsyncAttributor | None, iface: str | None = None,
                  ports: Iterable[int] | None = None, rcvbuf: int = TAP_RCVBUF,
-                 seen_size: int = TAP_SEEN_SIZE, bpf: str | None = "",
+                 seen_size: int = TAP_SEEN_SIZE, bpf: str | None = "", inline: bool = True,
+                 sched: str | None = "slice",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.sink = sink
+        self.inline = inline
+        self.sched = sched
+        self.sched_applied = ""
         self.iface = iface
         self.filter = tap_filter(ports) if bpf == "" else bpf
         self.rcvbuf = rcvbuf
@@ -1034,6 +1095,10 @@ class FirstPacketTap:
         key = self.handle(data, addr[2], addr[1])
         if key is None or self.sink is None:
             return 0
+        if self.inline:
+            self.sink.lookup_now(key, key)
+            self.counters["submitted"] += 1
+            return 1
         if self.sink.submit(key, key):
             self.counters["submitted"] += 1
             return 1
@@ -1051,9 +1116,45 @@ class FirstPacketTap:
             self._thread.start()
         return self
 
+    def _set_sched(self) -> str:
+        """Make the tap thread win the CPU when a packet wakes it.
+
+        On a busy host a woken thread may wait for the running task's
+        scheduler slice (ms) -- the lifetime of a short-lived client.
+        "slice": SCHED_OTHER with a 100 µs slice (sched_setattr; EEVDF lets a
+        task with a shorter slice preempt on wake-up; unprivileged, Linux >=
+        6.12, ignored before); "fifo": SCHED_FIFO priority 1 (CAP_SYS_NICE;
+        use it in a process of its own -- ``AttributionHelper`` -- where no
+        other Python thread can hold the GIL it needs); "auto": fifo, else
+        slice; None: leave.  Applies to the calling thread."""
+        if not self.sched:
+            return "default"
+        import ctypes
+        import platform
+
+        if self.sched in ("fifo", "auto"):
+            try:
+                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(TAP_FIFO_PRIORITY))
+                return "fifo"
+            except OSError as e:
+                if self.sched == "fifo":
+                    return f"fifo-failed:{e.errno}"
+        nr = _SYS_SCHED_SETATTR.get(platform.machine())
+        if nr is None:
+            return "slice-unsupported"
+        # struct sched_attr (VER1, 56 bytes): size, policy, flags, nice, priority,
+        # runtime, deadline, period, util_min, util_max
+        attr = struct.pack("=IIQiIQQQII", 56, 0, 0, 0, 0, TAP_SLICE_NS, 0, 0, 0, 0)
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(attr)
+        if libc.syscall(nr, 0, buf, 0) != 0:
+            return f"slice-failed:{ctypes.get_errno()}"
+        return "slice"
+
     def _run(self) -> None:
         s = self._sock
         assert s is not None
+        self.sched_applied = self._set_sched()
         while not self._stop.is_set():
             try:
                 data, addr = s.recvfrom(TAP_SNAPLEN)
@@ -1088,10 +1189,263 @@ class FirstPacketTap:
     def metrics(self) -> dict:
         if self._sock is not None:
             self._kernel_stats()
-        return dict(self.counters)
+        m: dict = dict(self.counters)
+        m["sched"] = self.sched_applied
+        return m
 
     def __enter__(self) -> "FirstPacketTap":
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+# -- the attribution helper process ----------------------------------------------
+
+HELPER_MAX_LOOKUPS_PER_S = 1000  # connection starts looked up per second, at most
+HELPER_METRICS_EVERY_S = 5.0     # the helper reports its counters this often
+
+
+class AttributionHelper:
+    """Attribution in a process of its own: a ``FirstPacketTap`` and an
+    ``Attributor`` in one single-threaded loop, scheduled to win the CPU
+    (``sched="auto"``: SCHED_FIFO with CAP_SYS_NICE, else a short EEVDF
+    slice).  Results stream back over a pipe; the interface is that of
+    ``AsyncAttributor`` (``get(key, wait_s)``, ``poll()``, ``metrics()``),
+    keys being ``(proto, local_ip, local_port, remote_ip, remote_port)``.
+
+    Why a process: measured on a loaded 2-core host (load ~3 from other
+    work), from a client's first packet to the start of its lookup --
+    tap thread inside a multi-threaded Python process: p90 2-5 ms, max
+    ~9 ms (the GIL and a second wake-up); this helper with SCHED_FIFO:
+    p90 0.3 ms, max < 0.5 ms.  A SCHED_FIFO thread sharing a GIL with
+    normal threads suffers priority inversion instead (max 70-150 ms).
+    The loop does no work but the lookups, bounded by ``max_lookups_per_s``
+    (extra starts are dropped and counted), so a flood cannot make it hog a
+    CPU.
+
+    It runs ``sys.executable -m sensor.attribution helper`` in the current
+    network namespace; it inherits the capabilities it needs (CAP_NET_RAW
+    for the tap, CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH to name other users'
+    processes, CAP_SYS_NICE for SCHED_FIFO); it exits when its stdin closes
+    (the sensor died) or on stop().
+    """
+
+    def __init__(self, iface: str | None = None, ports: Iterable[int] | None = None,
+                 sched: str | None = "auto", max_results: int = MAX_RESULTS,
+                 max_lookups_per_s: int = HELPER_MAX_LOOKUPS_PER_S,
+                 python: str | None = None) -> None:
+        self.argv = [python or sys.executable, "-m", "sensor.attribution", "helper",
+                     "--sched", sched or "none", "--max-lookups-per-s", str(max_lookups_per_s)]
+        if iface:
+            self.argv += ["--iface", iface]
+        if ports:
+            self.argv += ["--ports", ",".join(str(int(p)) for p in ports)]
+        self._proc: subprocess.Popen | None = None
+        self._reader: threading.Thread | None = None
+        self._cond = threading.Condition()
+        self._results: OrderedDict[tuple, Attribution] = OrderedDict()
+        self._times: dict[tuple, list[float]] = {}
+        self._max_results = max(1, max_results)
+        self._ready = threading.Event()
+        self.child_metrics: dict = {}
+        self.counters = {"results": 0, "result_drops": 0, "collected": 0, "bad_lines": 0}
+
+    def start(self, timeout: float = 10.0) -> "AttributionHelper":
+        if self._proc is not None:
+            return self
+        pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, env=env, text=True, bufsize=1)
+        self._reader = threading.Thread(target=self._read, name="xfer-attribution-helper-reader",
+                                        daemon=True)
+        self._reader.start()
+        if not self._ready.wait(timeout) or self._proc.poll() is not None:
+            rc = self._proc.poll()
+            err = self._proc.stderr.read() if rc is not None else "no answer"
+            self.stop()
+            raise OSError(f"attribution helper did not start ({rc}): {err.strip()[-500:]}")
+        return self
+
+    def _read(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        import json
+        for line in self._proc.stdout:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                self.counters["bad_lines"] += 1
+                continue
+            if "k" in msg:
+                key = tuple(msg["k"])
+                res = Attribution(**msg["a"])
+                with self._cond:
+                    self._results[key] = res
+                    self._results.move_to_end(key)
+                    self._times[key] = msg.get("t", [])
+                    if len(self._results) > self._max_results:
+                        old, _ = self._results.popitem(last=False)
+                        self._times.pop(old, None)
+                        self.counters["result_drops"] += 1
+                    self.counters["results"] += 1
+                    self._cond.notify_all()
+            elif msg.get("ready"):
+                self.child_metrics = msg.get("metrics", {})
+                self._ready.set()
+            elif "metrics" in msg:
+                self.child_metrics = msg["metrics"]
+        self._ready.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def get(self, key: tuple, wait_s: float = 0.0) -> Attribution | None:
+        """The result for ``key``, waiting at most ``wait_s`` for it."""
+        deadline = time.monotonic() + max(0.0, wait_s)
+        with self._cond:
+            while key not in self._results:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._proc is None:
+                    return None
+                self._cond.wait(left)
+            self.counters["collected"] += 1
+            self._times.pop(key, None)
+            return self._results.pop(key)
+
+    def poll(self) -> list[tuple[tuple, Attribution]]:
+        with self._cond:
+            out = list(self._results.items())
+            self._results.clear()
+            self._times.clear()
+            self.counters["collected"] += len(out)
+        return out
+
+    def poll_timed(self) -> list[tuple[tuple, Attribution, list[float]]]:
+        """poll() with the helper's wall-clock times [seen, lookup start, done]."""
+        with self._cond:
+            out = [(k, a, self._times.get(k, [])) for k, a in self._results.items()]
+            self._results.clear()
+            self._times.clear()
+            self.counters["collected"] += len(out)
+        return out
+
+    def metrics(self) -> dict:
+        m: dict = dict(self.counters)
+        m["helper"] = self.child_metrics
+        m["alive"] = self._proc is not None and self._proc.poll() is None
+        return m
+
+    def stop(self, timeout: float = 5.0) -> None:
+        p = self._proc
+        if p is None:
+            return
+        try:
+            if p.stdin:
+                p.stdin.close()        # the helper's signal to report and exit
+        except OSError:
+            pass
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(5)
+        if self._reader is not None:
+            self._reader.join(2)
+        if p.stderr:
+            p.stderr.close()
+        self._proc = None
+
+    def __enter__(self) -> "AttributionHelper":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _helper_main(argv: list[str]) -> int:
+    """The helper process: tap + lookups in one thread, JSON lines out."""
+    import argparse
+    import json
+    import select as _select
+
+    ap = argparse.ArgumentParser(prog="python -m sensor.attribution helper")
+    ap.add_argument("--iface")
+    ap.add_argument("--ports", default="")
+    ap.add_argument("--sched", default="auto")
+    ap.add_argument("--max-lookups-per-s", type=int, default=HELPER_MAX_LOOKUPS_PER_S)
+    a = ap.parse_args(argv)
+    try:   # die with the sensor
+        import ctypes
+        ctypes.CDLL(None).prctl(1, 15)     # PR_SET_PDEATHSIG, SIGTERM
+    except (OSError, AttributeError):
+        pass
+    ports = [int(p) for p in a.ports.split(",") if p.strip()]
+    att = Attributor()
+    tap = FirstPacketTap(None, iface=a.iface, ports=ports or None,
+                         sched=None if a.sched == "none" else a.sched)
+    try:
+        tap.open()
+    except OSError as e:
+        print(f"attribution helper: {e}", file=sys.stderr)
+        return 2
+    tap.sched_applied = tap._set_sched()
+    out = sys.stdout
+    limited = 0
+    window = int(time.monotonic())
+    in_window = 0
+    next_metrics = time.monotonic() + HELPER_METRICS_EVERY_S
+
+    def metrics() -> dict:
+        m = {k: v for k, v in att.metrics().items() if k not in ("latency", "scan_latency")}
+        m["latency"] = {k: v for k, v in att.latency.summary().items() if k != "buckets_le_us"}
+        m["scan_latency"] = {k: v for k, v in att.scan_latency.summary().items() if k != "buckets_le_us"}
+        m["tap"] = tap.metrics()
+        m["rate_limited"] = limited
+        return m
+
+    print(json.dumps({"ready": True, "metrics": {"tap": tap.metrics()}}), file=out, flush=True)
+    sock = tap._sock
+    assert sock is not None
+    fd = sock.fileno()
+    stdin = sys.stdin.fileno()
+    while True:
+        r, _, _ = _select.select([fd, stdin], [], [], HELPER_METRICS_EVERY_S)
+        if fd in r:
+            for _ in range(256):
+                try:
+                    data, addr = sock.recvfrom(TAP_SNAPLEN, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                key = tap.handle(data, addr[2], addr[1])
+                if key is None:
+                    continue
+                now_s = int(time.monotonic())
+                if now_s != window:
+                    window, in_window = now_s, 0
+                in_window += 1
+                if in_window > a.max_lookups_per_s:
+                    limited += 1
+                    continue
+                t_seen = time.time()
+                res = att.lookup(*key)
+                out.write(json.dumps({"k": key, "a": res.fields(),
+                                      "t": [t_seen, time.time()]}) + "\n")
+            out.flush()
+        if stdin in r and not os.read(stdin, 4096):
+            break
+        if time.monotonic() >= next_metrics:
+            next_metrics = time.monotonic() + HELPER_METRICS_EVERY_S
+            print(json.dumps({"metrics": metrics()}), file=out, flush=True)
+    print(json.dumps({"metrics": metrics()}), file=out, flush=True)
+    tap.stop()
+    att.close()
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["helper"]:
+        sys.exit(_helper_main(sys.argv[2:]))
+    sys.exit("usage: python -m sensor.attribution helper [--iface IF] [--ports P,..] [--sched auto|fifo|slice|none]")
