@@ -54,7 +54,7 @@ class AppState:
 
     __slots__ = ("analyzer", "streams", "parent", "children", "held", "user", "fields", "channel",
                  "ftp_channels", "sni_buf", "child_sent", "child_recv", "child_answered", "stopped",
-                 "nonstandard", "files", "probe_ftp")
+                 "nonstandard", "files", "probe_ftp", "tftp_ctx")
 
     def __init__(self) -> None:
         self.analyzer: Analyzer | None = None
@@ -74,6 +74,7 @@ class AppState:
         self.nonstandard = False
         self.files: list[str] = []
         self.probe_ftp = False          # tracked port with no analyzer: look for an FTP banner
+        self.tftp_ctx: TftpTransferContext | None = None
 
 
 class AppLayer:
@@ -158,8 +159,8 @@ class AppLayer:
                     flow.app = "ftps-data"
                     st.sni_buf = bytearray()
             elif kind == "tftp-transfer":
-                st.analyzer = TftpTransferAnalyzer(self._conn(flow),
-                                                   context=exp.context if isinstance(exp.context, TftpTransferContext) else None)
+                st.tftp_ctx = exp.context if isinstance(exp.context, TftpTransferContext) else None
+                st.analyzer = TftpTransferAnalyzer(self._conn(flow), context=st.tftp_ctx)
             return
         port = flow.resp_p
         if flow.proto == 6:
@@ -415,7 +416,7 @@ class AppLayer:
             "ServerIP": parent.resp_h if parent is not None else flow.orig_h,
             "ServerPort": parent.resp_p if parent is not None else flow.orig_p,
             "User": "", "Command": "RRQ" if ev.op == "read" else "WRQ", "Filename": ev.filename,
-            "FilenameTruncated": False, "Direction": ev.direction, "Bytes": ev.bytes, "Complete": ev.complete,
+            "FilenameTruncated": bool(st.tftp_ctx is not None and st.tftp_ctx.filename_truncated), "Direction": ev.direction, "Bytes": ev.bytes, "Complete": ev.complete,
             "Blocks": ev.blocks, "BlockSize": ev.blksize,
         }
         if ev.error_code is not None:

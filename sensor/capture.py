@@ -7,6 +7,8 @@ pipeline; nothing here interprets bytes. libpcap reads both pcap and pcapng.
 from __future__ import annotations
 
 import os
+import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -41,7 +43,8 @@ def open_offline(path: str | Path):
         return pcapy.open_offline(p)
     except pcapy.PcapError as e:
         msg = str(e)
-        if os.path.getsize(p) == 0:
+        st = os.stat(p)
+        if stat.S_ISREG(st.st_mode) and st.st_size == 0:
             msg = "empty file"
         raise CaptureError(f"{p}: not a pcap or pcapng capture ({msg})") from None
 
@@ -89,9 +92,62 @@ def read_file(path: str | Path, handler_for: Callable[[int], Handler],
         reader.loop(0, cb)
     except pcapy.PcapError as e:
         err = str(e) or "read error"
+        at = damage_offset(path)
+        if at is not None:
+            err += f" (the damage starts at byte {at} of {os.path.getsize(path)})"
     finally:
         try:
             reader.close()
         except Exception:  # pragma: no cover - close never matters for correctness
             pass
     return ReadResult(str(path), linktype, count[0], state[0], err)
+
+
+_PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">",
+                b"\x4d\x3c\xb2\xa1": "<", b"\xa1\xb2\x3c\x4d": ">"}
+_MAX_RECORD = 256 << 20
+
+
+def damage_offset(path: str | Path) -> int | None:
+    """Where a damaged pcap or pcapng file stops making sense: the offset of
+    the first record (block) that is cut short or has an impossible length.
+    Only headers are read (a seek per record). None for what cannot be
+    walked (a pipe) or when no damage is found."""
+    p = str(path)
+    try:
+        if not stat.S_ISREG(os.stat(p).st_mode):
+            return None
+        size = os.path.getsize(p)
+        with open(p, "rb") as f:
+            magic = f.read(4)
+            if magic in _PCAP_MAGICS:
+                e = _PCAP_MAGICS[magic]
+                off = 24
+                while off < size:
+                    f.seek(off)
+                    hdr = f.read(16)
+                    if len(hdr) < 16:
+                        return off
+                    caplen = struct.unpack(e + "I", hdr[8:12])[0]
+                    if caplen > _MAX_RECORD or off + 16 + caplen > size:
+                        return off
+                    off += 16 + caplen
+                return None
+            if magic == b"\x0a\x0d\x0d\x0a":
+                f.seek(8)
+                bom = f.read(4)
+                e = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">"
+                off = 0
+                while off < size:
+                    f.seek(off)
+                    hdr = f.read(8)
+                    if len(hdr) < 8:
+                        return off
+                    blen = struct.unpack(e + "I", hdr[4:8])[0]
+                    if blen < 12 or blen % 4 or blen > _MAX_RECORD or off + blen > size:
+                        return off
+                    off += blen
+                return None
+    except OSError:
+        return None
+    return None

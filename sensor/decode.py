@@ -383,7 +383,7 @@ class Decoder:
         truncated = end > n
         if proto == 6:
             st.tcp += 1
-            if l4 + 20 > n:
+            if l4 + 14 > n:   # ports, seq, ack, offset, flags: all the sensor reads
                 st.truncated += 1
                 self._weird(ts, "tcp_truncated", f"{n - l4} bytes of header")
                 return None

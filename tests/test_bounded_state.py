@@ -381,8 +381,6 @@ def test_wire_text_is_kept_escaped_and_capped(wire_out):
     assert all(len(w["Detail"]) <= 512 for w in recs["weird"])
 
 
-@pytest.mark.xfail(strict=True, reason="sensor bug: app._tftp_transfer writes FilenameTruncated: False "
-                                       "unconditionally; a 10 KB TFTP filename is cut to 1024 bytes but not flagged")
 def test_wire_tftp_long_filename_flagged(wire_out):
     _, out, _, _ = wire_out
     tftp = [json.loads(x) for x in (out / "transfers.jsonl").read_text().splitlines()]

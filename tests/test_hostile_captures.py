@@ -209,8 +209,6 @@ def test_cut_capture_read_file_delivers_the_whole_packets(tmp_path, where):
     assert pipe.flows.flows == {}
 
 
-@pytest.mark.xfail(strict=True, reason="sensor bug: the damage warning does not name the byte offset of the "
-                                       "damage (issue 6 asks for it); it names the packet count and libpcap's text")
 def test_cut_capture_warning_names_the_byte_offset(tmp_path, cfg_file):
     path, whole = _cut_capture(tmp_path, "record-data")
     damaged_at = record_offsets(path)[whole]        # where the first incomplete record starts
@@ -379,8 +377,6 @@ def test_fifo_with_text_exits_2(tmp_path):
     assert_one_error_line(cp, fifo)
 
 
-@pytest.mark.xfail(strict=True, reason="sensor bug: capture.open_offline calls any unreadable stream 'empty file' "
-                                       "when os.path.getsize() is 0 -- true of every FIFO/pipe, whatever it held")
 def test_fifo_with_text_is_not_called_empty(tmp_path):
     fifo = tmp_path / "stream.pcap"
     os.mkfifo(fifo)
@@ -471,9 +467,6 @@ def test_snaplen_below_the_transport_header_is_counted_not_recorded(tmp_path):
     assert {w["Name"] for w in sink.records["weird"]} == {"ipv4_truncated"}
 
 
-@pytest.mark.xfail(strict=True, reason="sensor bug: decode._transport requires 20 bytes of TCP header; IPv6 at "
-                                       "snaplen 68 (tcpdump's old default) leaves 14 -- ports, seq, ack, offset "
-                                       "and flags all there -- and drops every packet (tcp_truncated, no record)")
 def test_snaplen_68_ipv6_keeps_byte_counts(tmp_path):
     frames = _snap_sessions(v6=True)
     full = write_raw_pcap(tmp_path / "full.pcap", frames)
