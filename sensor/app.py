@@ -41,6 +41,7 @@ MAX_FTP_CHANNELS = 256                              # open data commands tracked
 MAX_SUMMARY_FILES = 64                              # files named per flow in AdditionalFields
 
 NONSTANDARD_FTP = object()  # admit() marker: an FTP banner on another port
+PENDING = "pending"         # flow.analyzer until the flow's first payload attaches one
 FTPS_DATA = object()        # admit() marker: a connection between the hosts of an FTPS session
 MAX_FTPS_SESSIONS = 10_000  # FTPS host pairs followed at once
 
@@ -124,10 +125,22 @@ class AppLayer:
 
     # -- flows --------------------------------------------------------------------
     def flow_started(self, flow: Flow, match: Any = None) -> None:
+        """A new flow. Expected flows get their state now; a flow on a
+        service port only gets its name here, and its analyzer with its first
+        payload (``attach``) -- so a half-open scan costs no analyzer state."""
+        if match is None:
+            if flow.proto == 6:
+                kind = TCP_PORT_ANALYZERS.get(flow.resp_p) or ("ftp-data" if flow.orig_p == 20 else None)
+            else:
+                kind = UDP_PORT_ANALYZERS.get(flow.resp_p)
+            flow.app = kind or ""
+            if kind != "ftp-data" and (kind is not None or flow.proto == 6):
+                flow.analyzer = PENDING
+            return
         st = AppState()
         flow.ctx = st
         kind = None
-        if match is not None and match[0] is FTPS_DATA:
+        if match[0] is FTPS_DATA:
             ctrl = match[1]
             flow.app = "ftps-data"
             st.sni_buf = bytearray()
@@ -136,41 +149,41 @@ class AppLayer:
                 ctrl.ctx.children += 1
             self.stats["expected_flows"] += 1
             return
-        if match is not None and match[0] is NONSTANDARD_FTP:
+        if match[0] is NONSTANDARD_FTP:
             st.nonstandard = True
             self._ftp_from_banner(flow, st, match[1])
             self.ports.ref(flow.resp_p, +1)
             return
-        if match is not None:
-            exp, parent = match
-            kind = exp.analyzer
-            self.stats["expected_flows"] += 1
-            if parent is not None and parent.ctx is not None and not parent.end_reason:
-                st.parent = parent
-                parent.ctx.children += 1
-            elif parent is not None:
-                st.fields["ParentUid"] = parent.uid
-            flow.app = "ftp-data" if kind == "ftp-data" else "tftp" if kind == "tftp-transfer" else kind
-            self.ports.ref(flow.orig_p, +1)
-            self.ports.ref(flow.resp_p, +1)
-            if kind == "ftp-data":
-                st.channel = exp.context if isinstance(exp.context, FtpDataChannel) else None
-                if parent is not None and parent.app == "ftps":
-                    flow.app = "ftps-data"
-                    st.sni_buf = bytearray()
-            elif kind == "tftp-transfer":
-                st.tftp_ctx = exp.context if isinstance(exp.context, TftpTransferContext) else None
-                st.analyzer = TftpTransferAnalyzer(self._conn(flow), context=st.tftp_ctx)
-            return
-        port = flow.resp_p
-        if flow.proto == 6:
-            kind = TCP_PORT_ANALYZERS.get(port) or TCP_PORT_ANALYZERS.get(flow.orig_p if flow.orig_p == 20 else -1)
-        else:
-            kind = UDP_PORT_ANALYZERS.get(port)
-        if kind is None:
+        exp, parent = match
+        kind = exp.analyzer
+        self.stats["expected_flows"] += 1
+        if parent is not None and parent.ctx is not None and not parent.end_reason:
+            st.parent = parent
+            parent.ctx.children += 1
+        elif parent is not None:
+            st.fields["ParentUid"] = parent.uid
+        flow.app = "ftp-data" if kind == "ftp-data" else "tftp" if kind == "tftp-transfer" else kind
+        self.ports.ref(flow.orig_p, +1)
+        self.ports.ref(flow.resp_p, +1)
+        if kind == "ftp-data":
+            st.channel = exp.context if isinstance(exp.context, FtpDataChannel) else None
+            if parent is not None and parent.app == "ftps":
+                flow.app = "ftps-data"
+                st.sni_buf = bytearray()
+        elif kind == "tftp-transfer":
+            st.tftp_ctx = exp.context if isinstance(exp.context, TftpTransferContext) else None
+            st.analyzer = TftpTransferAnalyzer(self._conn(flow), context=st.tftp_ctx)
+
+    def attach(self, flow: Flow) -> AppState:
+        """The first payload of a flow on a service port: build its analyzer,
+        anchoring reassembly on the SYNs the flow table saw."""
+        flow.analyzer = None
+        st = AppState()
+        flow.ctx = st
+        kind = flow.app
+        if not kind:
             st.probe_ftp = flow.proto == 6
-            return
-        flow.app = kind
+            return st
         midstream = flow.proto == 6 and "S" not in flow.history and "h" not in flow.history
         if kind == "ftp":
             st.analyzer = FtpAnalyzer(self._conn(flow), midstream=midstream)
@@ -186,6 +199,12 @@ class AppLayer:
                 self._follow_ftps(flow)
         if st.analyzer is not None:
             self.stats["analyzed_flows"] += 1
+        if st.streams is not None:
+            if "S" in flow.history and flow.o.seen_seq:
+                st.streams[0].start(flow.o.base)
+            if "h" in flow.history and flow.r.seen_seq:
+                st.streams[1].start(flow.r.base)
+        return st
 
     def _ftp_from_banner(self, flow: Flow, st: AppState, banner: Packet) -> None:
         """FTP recognised by its banner on a port that is not FTP's."""

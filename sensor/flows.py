@@ -17,7 +17,8 @@
   cost is nil. The scan runs at most every ``flow_scan_interval`` seconds of
   packet time and examines at most ``flow_scan_budget`` flows.
 - A hard bound ``max_flows``: beyond it the least recently active flow is
-  evicted (half-open attempts first), and counted.
+  evicted (half-open attempts first), and counted. Near it (90 %) an
+  emergency mode shortens the timeouts until the table is back under 70 %.
 """
 from __future__ import annotations
 
@@ -170,7 +171,15 @@ WeirdCallback = Callable[[int, Flow | None, str, str], None]
 
 
 class FlowStats(Counters):
-    __slots__ = ("created", "ended", "evicted", "active_max", "expired", "seq_jumps", "untracked")
+    __slots__ = ("created", "ended", "evicted", "active_max", "expired", "seq_jumps", "untracked",
+                 "emergency_entered", "emergency_exited")
+
+
+# Emergency mode (Suricata's flow emergency): when the table is nearly full,
+# shorter timeouts free it before eviction has to pick victims.
+EMERGENCY_ENTER = 0.90      # share of max_flows that starts it
+EMERGENCY_EXIT = 0.70       # share below which it ends
+EMERGENCY_TIMEOUTS_S = (5.0, 100.0, 1.0, 10.0)   # attempt, established, closed, udp
 
 
 class FlowTable:
@@ -192,6 +201,10 @@ class FlowTable:
         self.scan_budget = lim.flow_scan_budget
         self.scan_interval_us = int(lim.flow_scan_interval * 1e6)
         self.max_seq_jump = lim.max_seq_jump
+        self.normal_timeouts_us = self.timeouts_us
+        self.emergency_timeouts_us = tuple(min(int(e * 1e6), n) for e, n in
+                                           zip(EMERGENCY_TIMEOUTS_S, self.timeouts_us))
+        self.emergency = False
         self.next_scan = 0
         self.now = 0
         self.stats = FlowStats()
@@ -212,6 +225,10 @@ class FlowTable:
             self.now = ts
         if self.now >= self.next_scan:
             self.next_scan = self.now + self.scan_interval_us
+            if self.emergency and len(self.flows) < EMERGENCY_EXIT * self.max_flows:
+                self.emergency = False
+                self.timeouts_us = self.normal_timeouts_us
+                self.stats.emergency_exited += 1
             self.expire(self.now, self.scan_budget)
             if self.on_tick is not None:
                 self.on_tick(self.now)
@@ -278,6 +295,11 @@ class FlowTable:
             return
 
     def _create(self, p: Packet, key: tuple, admitted: tuple[bool, object] | None = None) -> Flow:
+        if not self.emergency and len(self.flows) >= EMERGENCY_ENTER * self.max_flows:
+            self.emergency = True
+            self.timeouts_us = self.emergency_timeouts_us
+            self.stats.emergency_entered += 1
+            self.expire(self.now, self.scan_budget)
         if len(self.flows) >= self.max_flows:
             self._evict()
         src, sport, dst, dport = p.src, p.sport, p.dst, p.dport

@@ -54,6 +54,10 @@ class Pipeline:
         f = self.flows.process(p)
         if f is not None:
             st = f.ctx
+            if st is None:
+                if f.analyzer is None or not (p.plen or p.proto == 17):
+                    return
+                st = self.app.attach(f)
             if st is not None and ((st.analyzer is not None and not st.stopped) or st.sni_buf is not None
                                    or st.probe_ftp):
                 self.app.packet(f, p)

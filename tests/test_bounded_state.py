@@ -152,10 +152,6 @@ RSS_BOUND = 200 * 1000 * 1000        # issue 6: peak RSS under the scan, aim <= 
 DEFAULT_MAX_FLOWS = config_from_dict({}).limits.max_flows
 
 
-@pytest.mark.xfail(strict=True, reason="sensor bug: a half-open SYN flow on 445/21/139/990 costs ~4-5 KB (app.py "
-                                       "attaches the SMB/FTP analyzer, its framers' deques and two reassembly "
-                                       "Streams at the SYN), so default max_flows=100,000 full of scan flows is "
-                                       "~480 MB; python fuzz/scan.py (1M SYNs, defaults): peak RSS 476 MB > 200 MB")
 def test_half_open_flow_memory_fits_the_rss_bound():
     """The flow table full of scan flows (max_flows of them) must fit the
     issue's RSS bound: RSS_BOUND / max_flows bytes per half-open flow

@@ -173,3 +173,20 @@ def test_ftp_banner_on_a_low_port_is_followed_past_the_capture_filter(replay):
     assert (rec["AppProtocol"], rec["AppUser"], rec["RemotePort"]) == ("ftp", "exfil", 443)
     assert rec["SentBytes"] == len(b"USER exfil\r\nPASS x\r\nSTOR loot.7z\r\n")
     assert "F" in rec["History"] and "f" in rec["History"]   # the FINs after the banner were seen
+
+
+def test_emergency_mode_shortens_timeouts_when_the_table_is_nearly_full(replay):
+    # 95 half-open attempts in a 100-flow table, spread over 20 s: the table
+    # reaches 90 %, emergency timeouts (5 s for attempts) expire the old ones
+    pkts = []
+    for i in range(95):
+        c = Tcp(DEV, SRV, 30000 + i, 445, T0 + i * 0.2)
+        c._emit(True, "S")
+        pkts += c.pkts
+    r = replay(pkts, config={"limits": {"max_flows": 100}})
+    st = r.pipe.flows.stats
+    assert st.emergency_entered == 1
+    assert st.expired > 0 and st.evicted == 0
+    assert len(r.connections) == 95
+    r = replay(pkts, config={"limits": {"max_flows": 1000}})      # far from full: no emergency
+    assert r.pipe.flows.stats.emergency_entered == 0 and r.pipe.flows.stats.expired == 0
