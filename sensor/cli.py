@@ -1,4 +1,4 @@
-"""Command line: ``xfer-sensor replay`` and ``xfer-sensor check``.
+"""Command line: ``xfer-sensor replay``, ``check`` and ``rules list|test``.
 
 Exit codes: 0 done; 2 bad input (missing/unreadable/not-a-capture file, bad
 config or rules) -- one clear line on stderr, never a traceback; 3 a capture
@@ -8,19 +8,26 @@ everything was flushed and written).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from . import __version__
 from .capture import CaptureError, read_file
-from .config import ConfigError, load_config
-from .outputs import KINDS, JsonlSink, TeeSink
+from .config import PROFILES, ConfigError, SyslogOutput, load_config
+from .enrich import enrich_sinks
+from .outputs import KINDS, MemorySink, TeeSink
 from .pipeline import Pipeline
+from .progress import Progress, ProgressAwareHandler
 from .records import RECORD_FIELDS
-from .rules import RuleError, RuleSet, load_rules
+from .rules import DetectionRule, RuleError, RuleSet, load_rules
+from .sinks import build_outputs
+
+log = logging.getLogger("xfer-sensor")
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_DAMAGED = 0, 1, 2, 3
 
@@ -121,25 +128,64 @@ class _SummarySink:
         pass
 
 
+def _syslog_arg(text: str | None, proto: str | None, base: SyslogOutput | None) -> SyslogOutput | None:
+    """``--syslog HOST:PORT`` (``[v6addr]:PORT``) and ``--syslog-protocol`` over the config's."""
+    if text is None:
+        if proto and base is not None:
+            return dataclasses.replace(base, protocol=proto)
+        return base
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise ConfigError("--syslog", "syslog", f"expected HOST:PORT, got {text!r}")
+    host = host.strip("[]")
+    b = base or SyslogOutput()
+    return dataclasses.replace(b, host=host, port=int(port), protocol=proto or b.protocol)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     cfg, rules = load_all(args.config, args.rules)
+    output = cfg.output
+    if args.profile:
+        output = dataclasses.replace(output, profile=args.profile)
+    syslog = _syslog_arg(args.syslog, args.syslog_protocol, output.syslog)
+    to_stdout = bool(args.stdout or output.stdout)
+    summary_out = sys.stderr if to_stdout else sys.stdout
     mem = _SummarySink()
-    sink = TeeSink(JsonlSink(args.out), mem) if args.out else mem
+    outputs = build_outputs(output, config=cfg, rules=rules, outdir=args.out, stdout=to_stdout,
+                            syslog=syslog, block=True)
+    progress = Progress(args.pcap, enabled=None if args.progress == "auto" else args.progress == "always")
+    _log_to(progress)
+    sink = TeeSink(*enrich_sinks(cfg, mem, outputs))
     pipe = Pipeline(cfg, rules, sink)
+    try:
+        outputs.install_sighup()
+    except ValueError:   # not the main thread (embedded use): no signal handler
+        pass
     t0 = time.perf_counter()
     damaged = []
     packets = 0
+    handler_for = progress.wrap(pipe.handler_for)
     try:
         for path in args.pcap:
-            res = read_file(path, pipe.handler_for, pipe.capture_filters(), pipe.refilter)
+            progress.begin(path)
+            res = read_file(path, handler_for, pipe.capture_filters(), pipe.refilter)
+            progress.end(path)
             packets += res.packets
             if res.error:
                 damaged.append(f"{path}: damaged after {res.packets} packets: {res.error}")
+                progress.clear()
                 print(f"xfer-sensor: warning: {damaged[-1]}", file=sys.stderr)
     finally:
         pipe.finish()
         sink.close()
+        progress.finish()
     elapsed = time.perf_counter() - t0
+    ostats = outputs.stats()
+    for name, st in ostats["sinks"].items():
+        lost = st["dropped_overflow"] + st["dropped_error"]
+        if lost:
+            print(f"xfer-sensor: warning: {name}: {lost} record(s) not written "
+                  f"({st['dropped_overflow']} queue overflow, {st['dropped_error']} errors)", file=sys.stderr)
     alerts = pipe.detector.hunt_results()
     conns = mem.counts["connections"]
     alerts = sort_alerts(alerts)
@@ -149,15 +195,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
         a["FileBytes"] = sum(int(f.get("Bytes") or 0) for f in files)
     if args.format == "json":
         json.dump({"alerts": alerts, "stats": pipe.stats(), "packets": packets,
-                   "connections": conns, "transfers": mem.counts["transfers"]}, sys.stdout, indent=1)
-        print()
+                   "connections": conns, "transfers": mem.counts["transfers"], "outputs": ostats},
+                  summary_out, indent=1)
+        print(file=summary_out)
     else:
-        out = sys.stdout
+        out = summary_out
         print(f"{packets} packets passed the capture filter, {conns} connections, "
               f"{mem.counts['transfers']} transfers, {len(alerts)} alert(s) in {elapsed:.2f}s", file=out)
         by = pipe.stats()["connections"]
         if by:
             print("connections by ActionType: " + ", ".join(f"{k} {v}" for k, v in by.items()), file=out)
+        allowed = [e for e in rules.allow_entries if e.hits or e.expired_hits]
+        if allowed:
+            print("allow entries: " + "; ".join(
+                f"{e.rule_id}/{e.selection} suppressed {e.hits}" + (f", expired for {e.expired_hits}" if e.expired_hits else "")
+                for e in allowed), file=out)
         if alerts:
             print(file=out)
             print(_table(alerts), file=out)
@@ -165,16 +217,188 @@ def cmd_replay(args: argparse.Namespace) -> int:
             print(_files(alerts), file=out)
         else:
             print("no alerts", file=out)
-        if args.out:
-            print(f"\nrecords written to {str(args.out).rstrip('/')}/ (connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl)", file=out)
+        if args.out and output.files:
+            print(f"\nrecords ({output.profile}) written to {str(args.out).rstrip('/')}/ "
+                  "(connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl)", file=out)
     return EXIT_DAMAGED if damaged else EXIT_OK
+
+
+def _log_to(progress: Progress | None) -> None:
+    """Warnings and errors of the sensor's loggers go to stderr, one line each."""
+    root = logging.getLogger()
+    mine = [h for h in root.handlers if isinstance(h, ProgressAwareHandler)]
+    if root.handlers and not mine:
+        return   # the embedding program (or a test harness) handles logging
+    for h in mine:
+        root.removeHandler(h)
+    h = ProgressAwareHandler(progress)
+    h.setFormatter(logging.Formatter("xfer-sensor: %(levelname)s: %(message)s"))
+    root.addHandler(h)
+
+
+def _warn_expired(rules: RuleSet) -> None:
+    for e in rules.allow_entries:
+        if e.expired_now():
+            print(f"xfer-sensor: warning: rule {e.rule_id}: allow entry '{e.selection}' expired on {e.expires}"
+                  f"{' (' + e.reason + ')' if e.reason else ''}: it no longer suppresses events", file=sys.stderr)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg, rules = load_all(args.config, args.rules)
+    _warn_expired(rules)
     print(f"ok: config {cfg.source}; {len(rules.detections)} detection rule(s), "
-          f"{len(rules.correlations)} correlation rule(s) from {args.rules or default_rules_dir()}")
+          f"{len(rules.correlations)} correlation rule(s), {len(rules.allow_entries)} allow entr"
+          f"{'y' if len(rules.allow_entries) == 1 else 'ies'} from {args.rules or default_rules_dir()}")
     return EXIT_OK
+
+
+def _allow_status(e: Any) -> str:
+    if e.expires is None:
+        return "no expiry"
+    return f"{'EXPIRED' if e.expired_now() else 'expires'} {e.expires}"
+
+
+def cmd_rules_list(args: argparse.Namespace) -> int:
+    rules = load_rules(args.rules or default_rules_dir(), RECORD_FIELDS)
+    _warn_expired(rules)
+    rows = []
+    for d in rules.detections:
+        rows.append({"kind": "detection", "id": d.id, "name": d.name, "title": d.title, "level": d.level,
+                     "source": d.source, "feeds": [],
+                     "allow": [{"selection": e.selection, "reason": e.reason, "expires": e.expires,
+                                "expired": e.expired_now()} for e in d.allow.values()]})
+    for c in rules.correlations:
+        rows.append({"kind": "correlation", "id": c.id, "name": c.name, "title": c.title, "level": c.level,
+                     "source": c.source, "feeds": list(c.rules), "allow": [],
+                     "condition": f"{c.op} {c.threshold} in {c.timespan_s}s by {', '.join(c.group_by)}"})
+    if args.format == "json":
+        json.dump(rows, sys.stdout, indent=1)
+        print()
+        return EXIT_OK
+    for r in rows:
+        print(f"{r['kind']:<11} {r['level']:<8} {r['id']}  {r['name'] or '-'}")
+        print(f"{'':20} {r['title']}")
+        print(f"{'':20} {r['source']}")
+        if r["kind"] == "correlation":
+            print(f"{'':20} counts {', '.join(r['feeds'])}: {r['condition']}")
+        for d in rules.detections:
+            if d.id == r["id"]:
+                for e in d.allow.values():
+                    print(f"{'':20} allow {e.selection}: {e.reason or 'no reason given'} ({_allow_status(e)})")
+    print(f"{len(rules.detections)} detection rule(s), {len(rules.correlations)} correlation rule(s), "
+          f"{len(rules.allow_entries)} allow entr{'y' if len(rules.allow_entries) == 1 else 'ies'}")
+    return EXIT_OK
+
+
+class _ExplainSink:
+    """Records, for each connection record, what the tested detection rules made of it."""
+
+    def __init__(self, dets: Sequence[DetectionRule]) -> None:
+        self.dets = dets
+        self.rows: list[dict] = []
+        self.connections = 0
+
+    def emit(self, kind: str, rec: dict) -> None:
+        if kind != "connections":
+            return
+        self.connections += 1
+        for d in self.dets:
+            v = d.explain(rec)
+            if not (v.matched or v.suppressed_by or v.expired):
+                continue
+            self.rows.append({
+                "rule": d.ref, "verdict": "matched" if v.matched else "suppressed",
+                "Timestamp": rec.get("Timestamp"), "Uid": rec.get("Uid"), "DeviceName": rec.get("DeviceName"),
+                "LocalIP": rec.get("LocalIP"), "RemoteIP": rec.get("RemoteIP"), "RemotePort": rec.get("RemotePort"),
+                "RemoteUrl": rec.get("RemoteUrl", ""), "AppProtocol": rec.get("AppProtocol"),
+                "ActionType": rec.get("ActionType"), "RemoteIPType": rec.get("RemoteIPType"),
+                "TlsSni": (rec.get("AdditionalFields") or {}).get("TlsSni", ""),
+                "selections": list(v.selections),
+                "suppressed_by": [{"selection": e.selection, "reason": e.reason, "expires": e.expires}
+                                  for e in v.suppressed_by],
+                "expired": [{"selection": e.selection, "reason": e.reason, "expires": e.expires} for e in v.expired],
+            })
+
+    def close(self) -> None:
+        pass
+
+
+def _select_rules(rules: RuleSet, ref: str) -> tuple[list[DetectionRule], list[Any]]:
+    dets = [d for d in rules.detections if ref in (d.id, d.name)]
+    cors = [c for c in rules.correlations if ref in (c.id, c.name)]
+    if cors:
+        ids = {rid for c in cors for rid in c.rules}
+        dets = [d for d in rules.detections if d.id in ids]
+    elif dets:
+        cors = [c for c in rules.correlations if dets[0].id in c.rules]
+    return dets, cors
+
+
+def cmd_rules_test(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    rule_path = Path(args.rule)
+    if rule_path.is_file():
+        rules = load_rules(rule_path, RECORD_FIELDS)
+        dets, cors = list(rules.detections), list(rules.correlations)
+    else:
+        rules = load_rules(args.rules or default_rules_dir(), RECORD_FIELDS)
+        dets, cors = _select_rules(rules, args.rule)
+        if not dets and not cors:
+            raise RuleError(str(args.rules or default_rules_dir()), args.rule, "<rule>",
+                            "no rule with this id or name (xfer-sensor rules list shows them)")
+    tested = RuleSet(tuple(dets), tuple(cors))
+    explain = _ExplainSink(dets)
+    mem = MemorySink()
+    pipe = Pipeline(cfg, tested, TeeSink(*enrich_sinks(cfg, explain, mem)))
+    damaged = []
+    for path in args.pcap:
+        res = read_file(path, pipe.handler_for, pipe.capture_filters(), pipe.refilter)
+        if res.error:
+            damaged.append(f"{path}: damaged after {res.packets} packets: {res.error}")
+            print(f"xfer-sensor: warning: {damaged[-1]}", file=sys.stderr)
+    pipe.finish()
+    alerts = [a for a in mem.records["alerts"]]
+    if args.format == "json":
+        json.dump({"rules": [d.ref for d in dets] + [c.name or c.id for c in cors],
+                   "connections": explain.connections, "events": explain.rows, "alerts": alerts},
+                  sys.stdout, indent=1)
+        print()
+        return EXIT_DAMAGED if damaged else EXIT_OK
+    for d in dets:
+        print(f"detection {d.ref}: {d.title}")
+    for c in cors:
+        print(f"correlation {c.name or c.id}: {c.title} ({c.op} {c.threshold} in {c.timespan_s}s "
+              f"by {', '.join(c.group_by)})")
+    print()
+    for r in explain.rows:
+        where = (f"{r['Timestamp']} {r['Uid']} {r['DeviceName']} -> {r['RemoteIP']}:{r['RemotePort']}"
+                 f" {r['AppProtocol'] or '-'} {r['ActionType']} {r['RemoteIPType']}")
+        if r["RemoteUrl"]:
+            where += f" url={_printable(r['RemoteUrl'])}"
+        if r["TlsSni"]:
+            where += f" sni={_printable(r['TlsSni'])}"
+        if r["verdict"] == "matched":
+            print(f"MATCHED     {r['rule']}: {where}  [selections: {', '.join(r['selections'])}]")
+        else:
+            why = "; ".join(f"{s['selection']}"
+                            + (f" ({_printable(s['reason'])})" if s["reason"] else "")
+                            + (f", expires {s['expires']}" if s["expires"] else "") for s in r["suppressed_by"])
+            print(f"SUPPRESSED  {r['rule']}: {where}  [allowed by {why}]")
+        for s in r["expired"]:
+            print(f"            note: allow entry '{s['selection']}' matched but expired on {s['expires']}"
+                  + (f" ({_printable(s['reason'])})" if s["reason"] else "") + ": not applied")
+    n_match = sum(1 for r in explain.rows if r["verdict"] == "matched")
+    n_sup = sum(1 for r in explain.rows if r["verdict"] == "suppressed")
+    print(f"\n{explain.connections} connection(s): {n_match} matched, {n_sup} suppressed by allow entries")
+    for a in alerts:
+        if "ConnectionCount" in a:
+            print(f"ALERT       {a['RuleId']}: {a.get('DeviceName')} -> {a.get('RemoteIP')}:{a.get('RemotePort')} "
+                  f"{a['ConnectionCount']} connections ({a.get('Threshold')})")
+        else:
+            print(f"ALERT       {a['RuleId']}: {a.get('Uids')}")
+    if not alerts:
+        print("no alerts")
+    return EXIT_DAMAGED if damaged else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,13 +409,37 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("pcap", nargs="+", help="capture files, replayed in order as one stream")
     rp.add_argument("--config", help="config YAML (default: built-in defaults)")
     rp.add_argument("--rules", help="rules folder or file (default: the shipped rules/)")
-    rp.add_argument("--out", help="write connections.jsonl, alerts.jsonl, weird.jsonl here")
-    rp.add_argument("--format", choices=("table", "json"), default="table", help="summary format on stdout")
+    rp.add_argument("--out", help="write connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl here")
+    rp.add_argument("--format", choices=("table", "json"), default="table",
+                    help="summary format (on stdout; on stderr with --stdout)")
+    rp.add_argument("--profile", choices=PROFILES, default=None,
+                    help="record shape: mde (DeviceNetworkEvents, the default) or ecs (Elastic Common Schema); "
+                         "overrides the config's output.profile")
+    rp.add_argument("--stdout", action="store_true", help="also write the records as NDJSON on stdout")
+    rp.add_argument("--syslog", metavar="HOST:PORT", help="also send the records to this RFC 5424 syslog collector")
+    rp.add_argument("--syslog-protocol", choices=("udp", "tcp"), default=None,
+                    help="syslog transport (default: the config's, else udp)")
+    rp.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
+                    help="progress line on stderr (auto: only when stderr is a terminal)")
     rp.set_defaults(func=cmd_replay)
     ck = sub.add_parser("check", help="validate config and rules, exit non-zero when wrong")
     ck.add_argument("--config")
     ck.add_argument("--rules")
     ck.set_defaults(func=cmd_check)
+    ru = sub.add_parser("rules", help="list the rules, or test one on a capture")
+    rsub = ru.add_subparsers(dest="rules_cmd", required=True)
+    rl = rsub.add_parser("list", help="the loaded rules, their allow entries and expiry")
+    rl.add_argument("--rules", help="rules folder or file (default: the shipped rules/)")
+    rl.add_argument("--format", choices=("table", "json"), default="table")
+    rl.set_defaults(func=cmd_rules_list)
+    rt = rsub.add_parser("test", help="replay captures through one rule: which events matched, which an allow "
+                                      "entry suppressed and why")
+    rt.add_argument("rule", help="a rule id or name (from --rules), or a rule file")
+    rt.add_argument("pcap", nargs="+")
+    rt.add_argument("--rules", help="rules folder or file to find RULE in (default: the shipped rules/)")
+    rt.add_argument("--config", help="config YAML (hostnames, ip_type_overrides, ...)")
+    rt.add_argument("--format", choices=("table", "json"), default="table")
+    rt.set_defaults(func=cmd_rules_test)
     return ap
 
 

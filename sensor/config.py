@@ -49,6 +49,43 @@ class Limits:
     max_window_events: int = 10_000   # events kept per key inside one window
 
 
+PROFILES = ("mde", "ecs")
+RECORD_KINDS = ("connections", "alerts", "transfers", "weird")
+SYSLOG_FACILITIES = {
+    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
+    "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, "local0": 16, "local1": 17, "local2": 18,
+    "local3": 19, "local4": 20, "local5": 21, "local6": 22, "local7": 23,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SyslogOutput:
+    """RFC 5424 syslog to one collector (UDP, or TCP with RFC 6587 octet counting)."""
+
+    host: str = "127.0.0.1"
+    port: int = 514
+    protocol: str = "udp"                 # udp | tcp
+    facility: int = 16                    # local0; names or numbers 0..23 in YAML
+    app_name: str = "xfer-sensor"
+    hostname: str | None = None           # default: this machine's name
+    kinds: tuple[str, ...] = RECORD_KINDS  # which record kinds are sent
+    timeout: float = 5.0                  # seconds a send/connect may block the writer thread
+    retry_interval: float = 1.0           # seconds between reconnect attempts after an error
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """Where records go and in which shape (see docs/outputs.md)."""
+
+    profile: str = "mde"                  # mde | ecs
+    max_line_bytes: int = 16384           # a longer record is shrunk and flagged as truncated
+    queue_max: int = 10000                # records buffered per sink before overflow
+    error_log_interval: float = 60.0      # seconds between two error logs of one sink
+    files: bool = True                    # OUT/<kind>.jsonl when an output folder is given
+    stdout: bool = False                  # records as NDJSON on stdout
+    syslog: SyslogOutput | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     source: str = "<defaults>"
@@ -59,9 +96,113 @@ class Config:
     device_name: str | None = None
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
+    hostnames: Mapping[str, str] = field(default_factory=dict)   # IP -> name (RemoteUrl)
+    output: Output = Output()
 
 
-_TOP_KEYS = {"tracked_ports", "home_net", "ip_type_overrides", "inventory", "device_name", "timeouts", "limits"}
+_TOP_KEYS = {"tracked_ports", "home_net", "ip_type_overrides", "inventory", "device_name", "timeouts", "limits",
+             "hostnames", "output"}
+_OUTPUT_KEYS = {"profile", "max_line_bytes", "queue_max", "error_log_interval", "files", "stdout", "syslog"}
+_SYSLOG_KEYS = {"host", "port", "protocol", "facility", "app_name", "hostname", "kinds", "timeout", "retry_interval"}
+MIN_LINE_BYTES = 1024   # max_line_bytes below this could not hold a record's identity
+
+
+def _ip_map(src: str, name: str, raw: Any, what: str) -> dict[str, str]:
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(src, name, f"must map IP address to {what}")
+    out = {}
+    for ip, value in raw.items():
+        try:
+            key = str(ipaddress.ip_address(str(ip)))
+        except ValueError:
+            raise ConfigError(src, f"{name}.{ip}", "not an IP address") from None
+        if not isinstance(value, str) or not value:
+            raise ConfigError(src, f"{name}.{ip}", f"{what} must be a non-empty string")
+        out[key] = value
+    return out
+
+
+def _number(src: str, name: str, v: Any, whole: bool, lo: float) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (whole and not isinstance(v, int)) or v < lo:
+        kind = "a whole number" if whole else "a number"
+        raise ConfigError(src, name, f"must be {kind} >= {lo:g}, got {v!r}")
+    return v
+
+
+def _syslog(src: str, raw: Any) -> SyslogOutput:
+    name = "output.syslog"
+    if not isinstance(raw, dict):
+        raise ConfigError(src, name, "must be a mapping (host, port, protocol, ...)")
+    for k in raw:
+        if k not in _SYSLOG_KEYS:
+            raise ConfigError(src, f"{name}.{k}", f"unknown option (known: {', '.join(sorted(_SYSLOG_KEYS))})")
+    kw: dict[str, Any] = {}
+    if "host" in raw:
+        if not isinstance(raw["host"], str) or not raw["host"]:
+            raise ConfigError(src, f"{name}.host", "must be a host name or address")
+        kw["host"] = raw["host"]
+    if "port" in raw:
+        p = raw["port"]
+        if isinstance(p, bool) or not isinstance(p, int) or not 0 < p < 65536:
+            raise ConfigError(src, f"{name}.port", f"not a port number: {p!r}")
+        kw["port"] = p
+    if "protocol" in raw:
+        if raw["protocol"] not in ("udp", "tcp"):
+            raise ConfigError(src, f"{name}.protocol", f"udp or tcp, got {raw['protocol']!r}")
+        kw["protocol"] = raw["protocol"]
+    if "facility" in raw:
+        f = raw["facility"]
+        if isinstance(f, str) and f in SYSLOG_FACILITIES:
+            f = SYSLOG_FACILITIES[f]
+        if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f <= 23:
+            raise ConfigError(src, f"{name}.facility",
+                              f"a number 0..23 or one of {', '.join(SYSLOG_FACILITIES)}, got {raw['facility']!r}")
+        kw["facility"] = f
+    for k, limit in (("app_name", 48), ("hostname", 255)):
+        if raw.get(k) is not None:
+            v = raw[k]
+            if not isinstance(v, str) or not v or len(v) > limit or not all(33 <= ord(c) <= 126 for c in v):
+                raise ConfigError(src, f"{name}.{k}", f"1..{limit} printable ASCII characters without spaces (RFC 5424)")
+            kw[k] = v
+    if "kinds" in raw:
+        kinds = raw["kinds"]
+        if not isinstance(kinds, list) or not kinds or any(k not in RECORD_KINDS for k in kinds):
+            raise ConfigError(src, f"{name}.kinds", f"a non-empty list of {', '.join(RECORD_KINDS)}")
+        kw["kinds"] = tuple(kinds)
+    for k in ("timeout", "retry_interval"):
+        if k in raw:
+            kw[k] = float(_number(src, f"{name}.{k}", raw[k], False, 0.001))
+    return SyslogOutput(**kw)
+
+
+def output_from_dict(src: str, raw: Any) -> Output:
+    if raw is None:
+        return Output()
+    if not isinstance(raw, dict):
+        raise ConfigError(src, "output", "must be a mapping")
+    for k in raw:
+        if k not in _OUTPUT_KEYS:
+            raise ConfigError(src, f"output.{k}", f"unknown option (known: {', '.join(sorted(_OUTPUT_KEYS))})")
+    kw: dict[str, Any] = {}
+    if "profile" in raw:
+        if raw["profile"] not in PROFILES:
+            raise ConfigError(src, "output.profile", f"one of {', '.join(PROFILES)}, got {raw['profile']!r}")
+        kw["profile"] = raw["profile"]
+    if "max_line_bytes" in raw:
+        kw["max_line_bytes"] = _number(src, "output.max_line_bytes", raw["max_line_bytes"], True, MIN_LINE_BYTES)
+    if "queue_max" in raw:
+        kw["queue_max"] = _number(src, "output.queue_max", raw["queue_max"], True, 1)
+    if "error_log_interval" in raw:
+        kw["error_log_interval"] = float(_number(src, "output.error_log_interval", raw["error_log_interval"], False, 0))
+    for k in ("files", "stdout"):
+        if k in raw:
+            if not isinstance(raw[k], bool):
+                raise ConfigError(src, f"output.{k}", "must be true or false")
+            kw[k] = raw[k]
+    if raw.get("syslog") is not None:
+        kw["syslog"] = _syslog(src, raw["syslog"])
+    return Output(**kw)
 
 
 def _net(src: str, fname: str, value: Any) -> Network:
@@ -125,19 +266,11 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
             out[_net(source, f"ip_type_overrides.{cidr}", cidr)] = typ
         kw["ip_type_overrides"] = out
     if "inventory" in raw:
-        inv = raw["inventory"] or {}
-        if not isinstance(inv, dict):
-            raise ConfigError(source, "inventory", "must map IP address to device name")
-        out_inv = {}
-        for ip, name in inv.items():
-            try:
-                key = str(ipaddress.ip_address(str(ip)))
-            except ValueError:
-                raise ConfigError(source, f"inventory.{ip}", "not an IP address") from None
-            if not isinstance(name, str) or not name:
-                raise ConfigError(source, f"inventory.{ip}", "device name must be a non-empty string")
-            out_inv[key] = name
-        kw["inventory"] = out_inv
+        kw["inventory"] = _ip_map(source, "inventory", raw["inventory"], "device name")
+    if "hostnames" in raw:
+        kw["hostnames"] = {ip: name.lower().rstrip(".")
+                           for ip, name in _ip_map(source, "hostnames", raw["hostnames"], "host name").items()}
+    kw["output"] = output_from_dict(source, raw.get("output"))
     if raw.get("device_name") is not None:
         if not isinstance(raw["device_name"], str):
             raise ConfigError(source, "device_name", "must be a string")

@@ -3,23 +3,155 @@
 Everything reaches here as plain dicts; serialisation escapes every control
 character and every non-ASCII code point (``ensure_ascii``), so whatever
 bytes came off the wire, each record is exactly one valid JSON line.
+
+Profiles shape the records (``mde``: the sensor's DeviceNetworkEvents-shaped
+records as they are; ``ecs``: Elastic Common Schema, see sensor/ecs.py), and
+``Encoder`` turns a record into one line no longer than ``max_line_bytes``:
+a longer record is shrunk (its largest values cut) and flagged, never split.
+The sinks that write the lines are in sensor/sinks.py.
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 KINDS = ("connections", "alerts", "transfers", "weird")
 
 _dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), check_circular=False).encode
+
+MAX_SHRINK_STEPS = 64      # value cuts tried before keys are dropped
+SHRINK_MIN_STRING = 32     # strings at most this long are not cut
+# keys never dropped while shrinking (identity of the record)
+KEEP_KEYS = frozenset({"Timestamp", "@timestamp", "Uid", "RuleId", "RuleTitle", "ActionType", "DeviceName",
+                       "RemoteIP", "RemotePort", "LocalIP", "LocalPort", "Name", "ecs", "event",
+                       "RecordTruncated", "xfer"})
 
 
 def to_line(rec: dict[str, Any]) -> bytes:
     return (_dumps(rec) + "\n").encode("ascii")
 
 
+# -- profiles ---------------------------------------------------------------------
+class MdeProfile:
+    """Today's records, unchanged (DeviceNetworkEvents-shaped)."""
+
+    name = "mde"
+
+    @staticmethod
+    def transform(kind: str, rec: Mapping[str, Any]) -> Mapping[str, Any]:
+        return rec
+
+    @staticmethod
+    def flag_truncated(doc: dict) -> None:
+        doc["RecordTruncated"] = True
+
+
+def make_profile(name: str, config: Any = None, rules: Any = None) -> Any:
+    if name == "mde":
+        return MdeProfile()
+    if name == "ecs":
+        from .config import Config
+        from .ecs import EcsProfile
+        prof = EcsProfile(config if config is not None else Config(), rules)
+        return prof
+    raise ValueError(f"unknown output profile {name!r} (mde, ecs)")
+
+
+def _flag(profile: Any, doc: dict) -> None:
+    f = getattr(profile, "flag_truncated", None)
+    if f is not None:
+        f(doc)
+    else:   # ecs and vendor profiles: under the vendor namespace
+        x = doc.get("xfer")
+        if not isinstance(x, dict):
+            x = doc["xfer"] = {}
+        x["record_truncated"] = True
+
+
+def _size(v: Any) -> int:
+    return len(_dumps(v))
+
+
+def _largest(obj: Any) -> tuple[Any, Any] | None:
+    """(container, key) of the largest value that can still be cut, descending
+    into the largest child containers; None when nothing can be cut."""
+    best: tuple[int, Any, Any] | None = None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+    for k, v in items:
+        if isinstance(v, (dict, list)):
+            if not v:
+                continue
+        elif not (isinstance(v, str) and len(v) > SHRINK_MIN_STRING):
+            continue
+        s = _size(v)
+        if best is None or s > best[0]:
+            best = (s, obj, k)
+    if best is None:
+        return None
+    _, parent, key = best
+    child = parent[key]
+    if isinstance(child, dict) or (isinstance(child, list) and len(child) == 1 and isinstance(child[0], (dict, list))):
+        inner = _largest(child)
+        if inner is not None:
+            return inner
+    return parent, key
+
+
+def shrink(doc: dict, limit: int, flag: Any) -> bytes:
+    """Cut ``doc`` (a private copy) until its line fits ``limit`` bytes."""
+    flag(doc)
+    for _ in range(MAX_SHRINK_STEPS):
+        line = to_line(doc)
+        if len(line) <= limit:
+            return line
+        spot = _largest(doc)
+        if spot is None:
+            break
+        parent, key = spot
+        v = parent[key]
+        if isinstance(v, str):
+            parent[key] = v[: len(v) // 2] + "..."
+        elif isinstance(v, list):
+            parent[key] = v[: len(v) // 2]
+        else:   # a dict: drop its largest member
+            big = max(v, key=lambda k: _size(v[k]))
+            del v[big]
+    # still too long: drop whole top-level values, largest first, identity kept
+    for key in sorted((k for k in doc if k not in KEEP_KEYS), key=lambda k: -_size(doc[k])):
+        del doc[key]
+        line = to_line(doc)
+        if len(line) <= limit:
+            return line
+    line = to_line(doc)
+    if len(line) <= limit:
+        return line
+    minimal = {k: doc[k] for k in ("Timestamp", "@timestamp", "Uid") if k in doc and _size(doc[k]) < 128}
+    flag(minimal)
+    return to_line(minimal)
+
+
+class Encoder:
+    """record -> profile document -> one ASCII JSON line of at most ``max_line_bytes``
+    (newline included)."""
+
+    def __init__(self, profile: Any = None, max_line_bytes: int = 16384) -> None:
+        self.profile = profile or MdeProfile()
+        self.max_line_bytes = max_line_bytes
+        self.truncated = 0
+        self._flag = lambda d: _flag(self.profile, d)
+
+    def encode(self, kind: str, rec: Mapping[str, Any]) -> bytes:
+        doc = self.profile.transform(kind, rec)
+        line = to_line(doc)  # type: ignore[arg-type]
+        if len(line) <= self.max_line_bytes:
+            return line
+        self.truncated += 1
+        return shrink(json.loads(line), self.max_line_bytes, self._flag)
+
+
+# -- simple synchronous sinks (tests, the daemon's default) ---------------------------
 class MemorySink:
     """Keeps records in lists (tests, the replay summary)."""
 
@@ -34,11 +166,14 @@ class MemorySink:
 
 
 class JsonlSink:
-    """``OUT/<kind>.jsonl`` files, opened with O_APPEND, one write per record."""
+    """``OUT/<kind>.jsonl`` files, opened with O_APPEND, one write per record,
+    written synchronously. ``reopen()`` reopens them (after logrotate renamed
+    or truncated them). The replay uses the queued sinks of sensor/sinks.py."""
 
-    def __init__(self, outdir: str | Path, truncate: bool = True) -> None:
+    def __init__(self, outdir: str | Path, truncate: bool = True, encoder: Encoder | None = None) -> None:
         self.dir = Path(outdir)
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.encoder = encoder or Encoder()
         self.fds: dict[str, int] = {}
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if truncate else 0)
         for k in KINDS:
@@ -46,8 +181,13 @@ class JsonlSink:
         self.counts = {k: 0 for k in KINDS}
 
     def emit(self, kind: str, rec: dict) -> None:
-        os.write(self.fds[kind], to_line(rec))
+        os.write(self.fds[kind], self.encoder.encode(kind, rec))
         self.counts[kind] += 1
+
+    def reopen(self) -> None:
+        for k, old in list(self.fds.items()):
+            self.fds[k] = os.open(self.dir / f"{k}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            os.close(old)
 
     def close(self) -> None:
         for fd in self.fds.values():

@@ -15,25 +15,69 @@ Supported detection subset:
   ``1 of NAME*``, ``all of NAME*``, ``1 of them``, ``all of them``.
 Correlation subset: ``type: event_count`` with ``rules``, ``group-by``,
 ``timespan`` (s, m, h, d) and ``condition`` ``gt``/``gte``.
+
+Fields: a record's top-level fields, the DeviceNetworkEvents columns endpoint
+mode adds (``RemoteUrl``, ``InitiatingProcessCommandLine``, ...), and the
+protocol details under ``AdditionalFields`` by a dotted name
+(``AdditionalFields.TlsSni``). A value that is a list matches when any of its
+items matches.
+
+False-positive controls (allow entries) are Sigma's own filter selections,
+negated in the condition (``selection and not 1 of filter_*``). A rule-level
+``x-allow`` block may annotate a filter selection with a ``reason`` and an
+``expires`` date (inclusive, UTC, compared with the event's time): an expired
+entry stops suppressing and says so once in the log. The loader refuses an
+``x-allow`` entry that is not a negated selection, and any filter (a negated
+selection) that would allow by process or account alone or, for an ``x-allow``
+entry, does not name the destination (``RemoteIP``, ``RemoteUrl`` or
+``AdditionalFields.TlsSni``) in each of its alternatives.
 """
 from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import logging
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
 Matcher = Callable[[Mapping[str, Any]], bool]
+log = logging.getLogger("xfer-sensor.rules")
 
 RULE_KEYS = frozenset({
     "title", "id", "name", "related", "taxonomy", "status", "description", "license", "author",
     "references", "date", "modified", "logsource", "detection", "fields", "falsepositives",
-    "level", "tags", "scope", "correlation", "generate",
+    "level", "tags", "scope", "correlation", "generate", "x-allow",
 })
+ALLOW_KEYS = frozenset({"reason", "expires"})
+# Defender DeviceNetworkEvents columns a record may carry beyond today's replay
+# records (endpoint attribution; RemoteUrl from the config's `hostnames`)
+EXTRA_FIELDS = frozenset({
+    "RemoteUrl", "InitiatingProcessCommandLine", "InitiatingProcessFolderPath",
+    "InitiatingProcessParentFileName", "InitiatingProcessParentId", "InitiatingProcessCreationTime",
+    "InitiatingProcessAccountDomain", "InitiatingProcessAccountSid", "InitiatingProcessAccountUpn",
+    "InitiatingProcessSHA1", "InitiatingProcessSHA256", "InitiatingProcessMD5", "DeviceId", "ReportId",
+})
+# keys records carry inside AdditionalFields, reachable as AdditionalFields.<key>
+ADDITIONAL_FIELDS = frozenset({
+    "SmbDialect", "SmbTrees", "SmbDomain", "SmbWorkstation", "SmbEncrypted", "NetbiosCalledName",
+    "TlsUpgrade", "TlsSni", "TftpOp", "TftpFilename", "TftpMode", "TftpOptions", "FtpLoginSuccess", "Files",
+})
+# a filter keyed only on these would allow whatever that process does
+PROCESS_FIELDS = frozenset({
+    "InitiatingProcessFileName", "InitiatingProcessId", "InitiatingProcessAccountName", "AccountName",
+    "InitiatingProcessCommandLine", "InitiatingProcessFolderPath", "InitiatingProcessParentFileName",
+    "InitiatingProcessParentId", "InitiatingProcessCreationTime", "InitiatingProcessAccountDomain",
+    "InitiatingProcessAccountSid", "InitiatingProcessAccountUpn", "InitiatingProcessSHA1",
+    "InitiatingProcessSHA256", "InitiatingProcessMD5", "AppUser",
+})
+# an x-allow entry must pin the destination with one of these in every alternative
+DESTINATION_FIELDS = frozenset({"RemoteIP", "RemoteUrl", "AdditionalFields.TlsSni"})
 CORRELATION_KEYS = frozenset({"type", "rules", "group-by", "timespan", "condition", "generate", "aliases"})
 MODIFIERS = frozenset({"contains", "startswith", "endswith", "all", "cidr", "re", "gt", "gte", "lt", "lte", "exists"})
 LEVELS = ("informational", "low", "medium", "high", "critical")
@@ -47,6 +91,73 @@ class RuleError(ValueError):
         super().__init__(f"{source}: rule '{rule}': field '{fieldname}': {message}")
 
 
+class AllowEntry:
+    """An annotated filter selection (``x-allow``): why it allows, until when.
+
+    ``active_at(ts_us)`` is False once the event time is past ``expires``; the
+    first such event is logged (once per entry)."""
+
+    __slots__ = ("rule_id", "selection", "reason", "expires", "expires_us", "hits", "expired_hits", "logged")
+
+    def __init__(self, rule_id: str, selection: str, reason: str, expires: str | None, expires_us: int | None) -> None:
+        self.rule_id, self.selection, self.reason = rule_id, selection, reason
+        self.expires, self.expires_us = expires, expires_us
+        self.hits = self.expired_hits = 0
+        self.logged = False
+
+    def active_at(self, ts_us: int | None) -> bool:
+        return self.expires_us is None or ts_us is None or ts_us <= self.expires_us
+
+    def expired_now(self) -> bool:
+        return self.expires_us is not None and time.time() * 1e6 > self.expires_us
+
+    def gate(self, rec: Mapping[str, Any]) -> bool:
+        """Called when the filter selection matched: may it suppress this event?"""
+        if self.expires_us is None:
+            self.hits += 1
+            return True
+        if self.active_at(_event_us(rec)):
+            self.hits += 1
+            return True
+        self.expired_hits += 1
+        if not self.logged:
+            self.logged = True
+            log.warning("rule %s: allow entry '%s' expired on %s (%s): it no longer suppresses events",
+                        self.rule_id, self.selection, self.expires, self.reason or "no reason given")
+        return False
+
+    def describe(self) -> str:
+        s = f"'{self.selection}'"
+        if self.reason:
+            s += f" ({self.reason})"
+        if self.expires:
+            s += f", expires {self.expires}"
+        return s
+
+
+def _event_us(rec: Mapping[str, Any]) -> int | None:
+    ts = rec.get("Timestamp")
+    if not isinstance(ts, str):
+        return None
+    try:
+        d = datetime.fromisoformat(ts[:-1] + "+00:00" if ts.endswith("Z") else ts)
+    except ValueError:
+        return None
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=timezone.utc)
+    return int(d.timestamp()) * 1_000_000 + d.microsecond
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a detection rule made of one record (``DetectionRule.explain``)."""
+
+    matched: bool
+    selections: tuple[str, ...]                 # selections that matched (before allow entries)
+    suppressed_by: tuple[AllowEntry, ...] = ()  # allow entries that suppressed a match
+    expired: tuple[AllowEntry, ...] = ()        # entries that would have suppressed, but expired
+
+
 @dataclass(frozen=True)
 class DetectionRule:
     source: str
@@ -57,10 +168,37 @@ class DetectionRule:
     tags: tuple[str, ...]
     fields_used: frozenset[str]
     match: Matcher
+    description: str = ""
+    references: tuple[str, ...] = ()
+    author: str = ""
+    selections: Mapping[str, Matcher] = field(default_factory=dict, compare=False)
+    condition: Any = field(default=None, compare=False)           # the parsed condition (AST)
+    allow: Mapping[str, AllowEntry] = field(default_factory=dict, compare=False)
 
     @property
     def ref(self) -> str:
         return self.name or self.id
+
+    def explain(self, rec: Mapping[str, Any]) -> Verdict:
+        """Evaluates every selection and says whether the rule matched and, when
+        it did not, which allow entries (filters) suppressed it. Side-effect free."""
+        raw = {n: bool(m(rec)) for n, m in self.selections.items()}
+        ts = _event_us(rec)
+        gated = dict(raw)
+        expired = []
+        for n, e in self.allow.items():
+            if raw.get(n) and not e.active_at(ts):
+                gated[n] = False
+                expired.append(e)
+        matched = _eval(self.condition, gated)
+        sup: tuple[AllowEntry, ...] = ()
+        if not matched:
+            without = dict(gated)
+            for n in self.allow:
+                without[n] = False
+            if _eval(self.condition, without):
+                sup = tuple(e for n, e in self.allow.items() if gated.get(n))
+        return Verdict(matched, tuple(n for n, v in raw.items() if v), sup, tuple(expired))
 
 
 @dataclass(frozen=True)
@@ -77,12 +215,19 @@ class CorrelationRule:
     op: str                        # "gt" | "gte"
     threshold: int
     generate: bool
+    description: str = field(default="", compare=False)
+    references: tuple[str, ...] = field(default=(), compare=False)
+    author: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
 class RuleSet:
     detections: tuple[DetectionRule, ...]
     correlations: tuple[CorrelationRule, ...]
+
+    @property
+    def allow_entries(self) -> tuple[AllowEntry, ...]:
+        return tuple(e for d in self.detections for e in d.allow.values())
 
     @property
     def quiet_detections(self) -> frozenset[str]:
@@ -152,6 +297,24 @@ def _value_pred(err: Callable[[str], RuleError], fieldname: str, mods: list[str]
     return lambda v: v is not None and str(v).lower() == low
 
 
+def _known(fieldname: str, known: frozenset[str]) -> bool:
+    if fieldname in known:
+        return True
+    head, _, tail = fieldname.partition(".")
+    return bool(tail) and head == "AdditionalFields" and head in known and tail in ADDITIONAL_FIELDS
+
+
+def _getter(fieldname: str) -> Callable[[Mapping[str, Any]], Any]:
+    head, _, tail = fieldname.partition(".")
+    if not tail:
+        return lambda rec: rec.get(fieldname)
+
+    def dotted(rec: Mapping[str, Any]) -> Any:
+        v = rec.get(head)
+        return v.get(tail) if isinstance(v, dict) else None
+    return dotted
+
+
 def _field_matcher(src: str, rid: str, key: str, value: Any, known: frozenset[str] | None) -> tuple[str, Callable]:
     parts = key.split("|")
     fieldname, mods = parts[0], parts[1:]
@@ -161,8 +324,9 @@ def _field_matcher(src: str, rid: str, key: str, value: Any, known: frozenset[st
 
     if not fieldname:
         raise err("keyword (field-less) searches are not supported")
-    if known is not None and fieldname not in known:
-        raise RuleError(src, rid, f"detection.{key}", f"unknown field '{fieldname}' (records have: {', '.join(sorted(known))})")
+    if known is not None and not _known(fieldname, known):
+        raise RuleError(src, rid, f"detection.{key}", f"unknown field '{fieldname}' (records have: {', '.join(sorted(known))}"
+                        f"; and AdditionalFields.<{'|'.join(sorted(ADDITIONAL_FIELDS))}>)")
     for m in mods:
         if m not in MODIFIERS:
             raise err(f"unsupported modifier '|{m}' (supported: {', '.join(sorted(MODIFIERS))})")
@@ -171,13 +335,26 @@ def _field_matcher(src: str, rid: str, key: str, value: Any, known: frozenset[st
         raise err("empty value list")
     preds = [_value_pred(err, fieldname, mods, v) for v in values]
     if "all" in mods:
-        return fieldname, lambda v: all(p(v) for p in preds)
-    if len(preds) == 1:
-        return fieldname, preds[0]
-    return fieldname, lambda v: any(p(v) for p in preds)
+        pred = lambda v: all(p(v) for p in preds)  # noqa: E731
+    elif len(preds) == 1:
+        pred = preds[0]
+    else:
+        pred = lambda v: any(p(v) for p in preds)  # noqa: E731
+    if "exists" in mods or value is None:
+        return fieldname, pred
+
+    def one_or_any(v: Any, pred=pred) -> bool:
+        if isinstance(v, list):     # a list value (AdditionalFields.Files): any item
+            return any(pred(x) for x in v)
+        return pred(v)
+    return fieldname, one_or_any
 
 
-def _selection(src: str, rid: str, name: str, body: Any, known: frozenset[str] | None, used: set) -> Matcher:
+def _selection(src: str, rid: str, name: str, body: Any, known: frozenset[str] | None, used: set,
+               alternatives: list[frozenset[str]] | None = None) -> Matcher:
+    """``alternatives`` collects the field set of each OR-ed map (for the allow checks)."""
+    if alternatives is None:
+        alternatives = []
     if isinstance(body, dict):
         if not body:
             raise RuleError(src, rid, f"detection.{name}", "empty selection")
@@ -185,19 +362,25 @@ def _selection(src: str, rid: str, name: str, body: Any, known: frozenset[str] |
         for k, v in body.items():
             f, pred = _field_matcher(src, rid, str(k), v, known)
             used.add(f)
-            fms.append((f, pred))
-        return lambda rec: all(pred(rec.get(f)) for f, pred in fms)
+            fms.append((_getter(f), pred))
+        alternatives.append(frozenset(str(k).split("|")[0] for k in body))
+        return lambda rec: all(pred(get(rec)) for get, pred in fms)
     if isinstance(body, list) and body and all(isinstance(x, dict) for x in body):
-        subs = [_selection(src, rid, name, x, known, used) for x in body]
+        subs = [_selection(src, rid, name, x, known, used, alternatives) for x in body]
         return lambda rec: any(s(rec) for s in subs)
     raise RuleError(src, rid, f"detection.{name}", "must be a mapping of fields or a list of mappings (keyword lists are not supported)")
 
 
 # -- condition ---------------------------------------------------------------
+# The condition parses into a small tree: ("sel", name) | ("not", n) | ("and", a, b)
+# | ("or", a, b) | ("any", names) | ("all", names); it is compiled into closures
+# for the hot path and evaluated directly for explanations.
 _TOKEN = re.compile(r"\s*(\(|\)|[A-Za-z0-9_*\-.]+|\S)")
 
 
-def _parse_condition(src: str, rid: str, text: str, sels: Mapping[str, Matcher]) -> Matcher:
+def _parse_condition(src: str, rid: str, text: str, names_known: Iterable[str]) -> tuple:
+    sel_names = list(names_known)
+
     def err(msg: str) -> RuleError:
         return RuleError(src, rid, "detection.condition", f"{msg} in {text!r}")
 
@@ -216,16 +399,16 @@ def _parse_condition(src: str, rid: str, text: str, sels: Mapping[str, Matcher])
         pos += 1
         return toks[pos - 1]
 
-    def names(pattern: str) -> list[Matcher]:
+    def names(pattern: str) -> tuple[str, ...]:
         if pattern == "them":
-            found = list(sels.values())
+            found = list(sel_names)
         else:
-            found = [m for n, m in sels.items() if fnmatch.fnmatchcase(n, pattern)]
+            found = [n for n in sel_names if fnmatch.fnmatchcase(n, pattern)]
         if not found:
             raise err(f"'{pattern}' names no selection")
-        return found
+        return tuple(found)
 
-    def primary() -> Matcher:
+    def primary() -> tuple:
         t = take()
         tl = t.lower()
         if t == "(":
@@ -234,38 +417,32 @@ def _parse_condition(src: str, rid: str, text: str, sels: Mapping[str, Matcher])
                 raise err("missing ')'")
             return m
         if tl == "not":
-            inner = primary()
-            return lambda r: not inner(r)
+            return ("not", primary())
         if tl in ("1", "all", "any"):
             if (peek() or "").lower() != "of":
                 raise err(f"expected 'of' after '{t}'")
             take()
-            ms = names(take())
-            if tl == "all":
-                return lambda r: all(m(r) for m in ms)
-            return lambda r: any(m(r) for m in ms)
+            return ("all" if tl == "all" else "any", names(take()))
         if tl in ("and", "or", ")") or t in ("(",):
             raise err(f"unexpected '{t}'")
-        if t not in sels:
+        if t not in sel_names:
             if re.fullmatch(r"[A-Za-z0-9_\-.]+", t):
                 raise err(f"unknown selection '{t}'")
             raise err(f"unsupported token '{t}'")
-        return sels[t]
+        return ("sel", t)
 
-    def conj() -> Matcher:
+    def conj() -> tuple:
         m = primary()
         while (peek() or "").lower() == "and":
             take()
-            rhs = primary()
-            m = (lambda a, b: lambda r: a(r) and b(r))(m, rhs)
+            m = ("and", m, primary())
         return m
 
-    def expr() -> Matcher:
+    def expr() -> tuple:
         m = conj()
         while (peek() or "").lower() == "or":
             take()
-            rhs = conj()
-            m = (lambda a, b: lambda r: a(r) or b(r))(m, rhs)
+            m = ("or", m, conj())
         return m
 
     if not toks:
@@ -276,9 +453,59 @@ def _parse_condition(src: str, rid: str, text: str, sels: Mapping[str, Matcher])
     return m
 
 
+def _compile(node: tuple, sels: Mapping[str, Matcher]) -> Matcher:
+    op = node[0]
+    if op == "sel":
+        return sels[node[1]]
+    if op == "not":
+        inner = _compile(node[1], sels)
+        return lambda r: not inner(r)
+    if op in ("and", "or"):
+        a, b = _compile(node[1], sels), _compile(node[2], sels)
+        return (lambda r: a(r) and b(r)) if op == "and" else (lambda r: a(r) or b(r))
+    ms = [sels[n] for n in node[1]]
+    if op == "all":
+        return lambda r: all(m(r) for m in ms)
+    return lambda r: any(m(r) for m in ms)
+
+
+def _eval(node: tuple, env: Mapping[str, bool]) -> bool:
+    op = node[0]
+    if op == "sel":
+        return env[node[1]]
+    if op == "not":
+        return not _eval(node[1], env)
+    if op == "and":
+        return _eval(node[1], env) and _eval(node[2], env)
+    if op == "or":
+        return _eval(node[1], env) or _eval(node[2], env)
+    vals = [env[n] for n in node[1]]
+    return all(vals) if op == "all" else any(vals)
+
+
+def _polarity(node: tuple, negated: bool = False, out: dict | None = None) -> dict[str, set[bool]]:
+    """selection name -> {True if referenced under a negation, False if not}."""
+    out = {} if out is None else out
+    op = node[0]
+    if op == "sel":
+        out.setdefault(node[1], set()).add(negated)
+    elif op == "not":
+        _polarity(node[1], not negated, out)
+    elif op in ("and", "or"):
+        _polarity(node[1], negated, out)
+        _polarity(node[2], negated, out)
+    else:
+        for n in node[1]:
+            out.setdefault(n, set()).add(negated)
+    return out
+
+
 # -- documents ---------------------------------------------------------------
 def _common(src: str, doc: dict, idx: int) -> tuple[str, str, str, str, tuple[str, ...]]:
     rid = str(doc.get("id") or doc.get("name") or f"#{idx}")
+    if "filter" in doc and "detection" not in doc and "correlation" not in doc:
+        raise RuleError(src, rid, "filter", "Sigma filter documents are not implemented; put the filter in the rule "
+                        "as a selection and negate it in the condition (selection and not filter)")
     for k in doc:
         if k not in RULE_KEYS:
             raise RuleError(src, rid, str(k), f"unknown key (Sigma keys: {', '.join(sorted(RULE_KEYS))})")
@@ -299,10 +526,69 @@ def _common(src: str, doc: dict, idx: int) -> tuple[str, str, str, str, tuple[st
     return doc["id"], name, title, level, tuple(tags)
 
 
+def _meta(src: str, rid: str, doc: dict) -> tuple[str, tuple[str, ...], str]:
+    desc = doc.get("description", "")
+    refs = doc.get("references", [])
+    author = doc.get("author", "")
+    if not isinstance(desc, str):
+        raise RuleError(src, rid, "description", "must be a string")
+    if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+        raise RuleError(src, rid, "references", "must be a list of strings")
+    if not isinstance(author, str):
+        raise RuleError(src, rid, "author", "must be a string")
+    return desc.strip(), tuple(refs), author
+
+
+def _expiry(src: str, rid: str, where: str, v: Any) -> tuple[str, int]:
+    """``expires``: a date (valid through that day, UTC) or an ISO 8601 date-time."""
+    if isinstance(v, datetime):
+        d = v if v.tzinfo else v.replace(tzinfo=timezone.utc)
+        return d.isoformat(), int(d.timestamp() * 1_000_000)
+    if isinstance(v, date):
+        end = datetime(v.year, v.month, v.day, tzinfo=timezone.utc) + timedelta(days=1)
+        return v.isoformat(), int(end.timestamp()) * 1_000_000 - 1
+    if isinstance(v, str):
+        try:
+            d = datetime.fromisoformat(v[:-1] + "+00:00" if v.endswith("Z") else v)
+        except ValueError:
+            pass
+        else:
+            if len(v) == 10:
+                return _expiry(src, rid, where, d.date())
+            return _expiry(src, rid, where, d)
+    raise RuleError(src, rid, where, f"a date (YYYY-MM-DD) or an ISO 8601 date-time, got {v!r}")
+
+
+def _allow(src: str, rid: str, raw: Any, sels: Mapping[str, Any]) -> dict[str, AllowEntry]:
+    if not isinstance(raw, dict) or not raw:
+        raise RuleError(src, rid, "x-allow", "must map filter selection names to {reason, expires}")
+    out = {}
+    for name, meta in raw.items():
+        where = f"x-allow.{name}"
+        if name not in sels:
+            raise RuleError(src, rid, where, f"no selection named '{name}' in detection")
+        if meta is None:
+            meta = {}
+        if not isinstance(meta, dict):
+            raise RuleError(src, rid, where, "must be a mapping with reason and/or expires")
+        for k in meta:
+            if k not in ALLOW_KEYS:
+                raise RuleError(src, rid, f"{where}.{k}", f"unknown key (known: {', '.join(sorted(ALLOW_KEYS))})")
+        reason = meta.get("reason", "")
+        if not isinstance(reason, str):
+            raise RuleError(src, rid, f"{where}.reason", "must be a string")
+        expires, expires_us = (None, None)
+        if meta.get("expires") is not None:
+            expires, expires_us = _expiry(src, rid, f"{where}.expires", meta["expires"])
+        out[name] = AllowEntry(rid, name, reason.strip(), expires, expires_us)
+    return out
+
+
 def _detection(src: str, doc: dict, idx: int, known: frozenset[str] | None) -> DetectionRule:
     rid, name, title, level, tags = _common(src, doc, idx)
     if "correlation" in doc or "generate" in doc:
         raise RuleError(src, rid, "correlation", "a rule has either 'detection' or 'correlation'")
+    desc, refs, author = _meta(src, rid, doc)
     ls = doc.get("logsource")
     if not isinstance(ls, dict) or not ls:
         raise RuleError(src, rid, "logsource", "required, a mapping (e.g. category: network_connection)")
@@ -317,23 +603,56 @@ def _detection(src: str, doc: dict, idx: int, known: frozenset[str] | None) -> D
     if not isinstance(cond, str):
         raise RuleError(src, rid, "detection.condition", "required, a string")
     used: set[str] = set()
-    sels = {}
+    sels: dict[str, Matcher] = {}
+    alts: dict[str, list[frozenset[str]]] = {}
     for k, v in det.items():
         if k in ("condition", "timeframe"):
             if k == "timeframe":
                 raise RuleError(src, rid, "detection.timeframe", "not supported; use a correlation rule's timespan")
             continue
-        sels[str(k)] = _selection(src, rid, str(k), v, known, used)
+        alts[str(k)] = []
+        sels[str(k)] = _selection(src, rid, str(k), v, known, used, alts[str(k)])
     if not sels:
         raise RuleError(src, rid, "detection", "no selection")
-    match = _parse_condition(src, rid, cond, sels)
-    return DetectionRule(src, rid, name, title, level, tags, frozenset(used), match)
+    tree = _parse_condition(src, rid, cond, sels)
+    pol = _polarity(tree)
+    for sname, polarity in pol.items():
+        if polarity == {True}:  # a filter: it can only suppress
+            for fields_ in alts[sname]:
+                if fields_ <= PROCESS_FIELDS:
+                    raise RuleError(src, rid, f"detection.{sname}",
+                                    "a filter keyed on the process or account alone would allow anything that "
+                                    "process does (exfiltration included); pin the destination too "
+                                    f"({', '.join(sorted(DESTINATION_FIELDS))})")
+    allow: dict[str, AllowEntry] = {}
+    if "x-allow" in doc:
+        allow = _allow(src, rid, doc["x-allow"], sels)
+        for sname in allow:
+            if pol.get(sname) != {True}:
+                raise RuleError(src, rid, f"x-allow.{sname}",
+                                "an allow entry must be a filter the condition only negates "
+                                "(selection and not filter)")
+            for fields_ in alts[sname]:
+                if not fields_ & DESTINATION_FIELDS:
+                    raise RuleError(src, rid, f"x-allow.{sname}",
+                                    "every alternative of an allow entry must name the destination "
+                                    f"({', '.join(sorted(DESTINATION_FIELDS))}); got only {', '.join(sorted(fields_))}")
+    gated = dict(sels)
+    for sname, entry in allow.items():
+        base = sels[sname]
+        gated[sname] = (lambda b, e: lambda rec: b(rec) and e.gate(rec))(base, entry)
+    match = _compile(tree, gated)
+    return DetectionRule(src, rid, name, title, level, tags, frozenset(used), match, desc, refs, author,
+                         sels, tree, allow)
 
 
 def _correlation(src: str, doc: dict, idx: int, known: frozenset[str] | None) -> tuple[CorrelationRule, list[str]]:
     rid, name, title, level, tags = _common(src, doc, idx)
     if "detection" in doc or "logsource" in doc:
         raise RuleError(src, rid, "detection", "a correlation rule has no detection/logsource")
+    if "x-allow" in doc:
+        raise RuleError(src, rid, "x-allow", "allow entries belong to the detection rule (its filter selections)")
+    desc, references, author = _meta(src, rid, doc)
     c = doc["correlation"]
     if not isinstance(c, dict):
         raise RuleError(src, rid, "correlation", "must be a mapping")
@@ -371,12 +690,15 @@ def _correlation(src: str, doc: dict, idx: int, known: frozenset[str] | None) ->
     gen = doc.get("generate", c.get("generate", False))
     if not isinstance(gen, bool):
         raise RuleError(src, rid, "correlation.generate", "must be true or false")
-    return CorrelationRule(src, rid, name, title, level, tags, (), tuple(gb), span, op, n, gen), refs
+    return CorrelationRule(src, rid, name, title, level, tags, (), tuple(gb), span, op, n, gen,
+                           desc, references, author), refs
 
 
 def load_rule_docs(docs: Iterable[tuple[str, int, Any]], known_fields: Iterable[str] | None = None) -> RuleSet:
     """``docs``: (source, index, parsed YAML document) triples."""
     known = frozenset(known_fields) if known_fields is not None else None
+    if known is not None and "AdditionalFields" in known:   # record fields: add what records may also carry
+        known = known | EXTRA_FIELDS
     dets: list[DetectionRule] = []
     pending: list[tuple[CorrelationRule, list[str]]] = []
     ids: set[str] = set()
@@ -414,7 +736,8 @@ def load_rule_docs(docs: Iterable[tuple[str, int, Any]], known_fields: Iterable[
                 raise RuleError(cr.source, cr.id, "correlation.rules", f"no loaded detection rule named '{r}'")
             resolved.append(by_ref[r].id)
         cors.append(CorrelationRule(cr.source, cr.id, cr.name, cr.title, cr.level, cr.tags, tuple(resolved),
-                                    cr.group_by, cr.timespan_s, cr.op, cr.threshold, cr.generate))
+                                    cr.group_by, cr.timespan_s, cr.op, cr.threshold, cr.generate,
+                                    cr.description, cr.references, cr.author))
     return RuleSet(tuple(dets), tuple(cors))
 
 

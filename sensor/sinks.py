@@ -1,0 +1,415 @@
+"""Sinks: files, stdout and syslog, each behind a bounded queue and a writer thread.
+
+The pipeline calls ``Outputs.emit(kind, record)``. The record is shaped by
+the output profile and encoded into one line *on the caller's thread* (so a
+record can never change after it was queued), then handed to every sink's
+queue. Each sink has its own writer thread, so a sink that fails (a collector
+that is down, a full disk) or blocks (a collector that stops reading, a
+stalled file system) never stalls the pipeline:
+
+- ``block=False`` (live capture): a full queue drops the record and counts it
+  (``dropped_overflow``);
+- ``block=True`` (replay; nothing is lost by waiting for a file): the caller
+  waits for room, but at most ``stall_timeout`` seconds without the writer
+  making progress; after that the sink is treated as stalled and drops (and
+  counts) until its queue has drained to half.
+
+A writer that hits an error counts the record as ``dropped_error``. Errors and
+overflow are logged through ``logging`` at most once per
+``error_log_interval`` seconds per sink, with the counts since the last log.
+
+Files are opened with O_APPEND and written with one ``write()`` per record, so
+logrotate's ``copytruncate`` keeps working (appends continue at the new end)
+and ``reopen()`` -- what SIGHUP calls -- makes a rename rotation lose nothing:
+lines written before the reopen land in the renamed file, later ones in the
+new file. ``reopen()`` only sets a flag (safe inside a signal handler); the
+writer thread reopens before its next write.
+
+Syslog: RFC 5424 messages, over UDP (one message per datagram) or TCP with
+RFC 6587 octet-counting framing (``LEN SP MSG``). The message is the record's
+JSON line; MSGID is the record kind.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from .config import Output, SyslogOutput
+from .outputs import KINDS, Encoder, make_profile
+
+log = logging.getLogger("xfer-sensor.outputs")
+
+STALL_TIMEOUT_S = 10.0     # a blocking put gives up on a writer that made no progress this long
+WAKE_INTERVAL_S = 0.2      # the writer thread checks for a reopen request at least this often
+
+# syslog severities (RFC 5424): record kind / alert level -> severity
+SEV_INFO, SEV_NOTICE = 6, 5
+ALERT_SEVERITY = {"informational": 6, "low": 5, "medium": 4, "high": 3, "critical": 2}
+
+
+class SinkError(OSError):
+    pass
+
+
+# -- line writers (run on the writer thread) ------------------------------------------
+class FileWriter:
+    """``DIR/<kind>.jsonl`` per record kind, O_APPEND, one write per line."""
+
+    def __init__(self, outdir: str | Path, kinds: Sequence[str] = KINDS, truncate: bool = True) -> None:
+        self.name = f"files:{outdir}"
+        self.dir = Path(outdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.kinds = tuple(kinds)
+        self.fds: dict[str, int] = {}
+        for k in self.kinds:
+            self.fds[k] = self._open(k, truncate)
+
+    def _open(self, kind: str, truncate: bool = False) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC | (os.O_TRUNC if truncate else 0)
+        return os.open(self.dir / f"{kind}.jsonl", flags, 0o640)
+
+    def path(self, kind: str) -> Path:
+        return self.dir / f"{kind}.jsonl"
+
+    def write(self, meta: tuple, line: bytes) -> None:
+        _write_all(self.fds[meta[0]], line)
+
+    def reopen(self) -> None:
+        for k, old in list(self.fds.items()):
+            self.fds[k] = self._open(k)
+            os.close(old)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+
+
+class StreamWriter:
+    """NDJSON on a file descriptor (stdout)."""
+
+    def __init__(self, fd: int | None = None, name: str = "stdout") -> None:
+        self.fd = sys.stdout.fileno() if fd is None else fd
+        self.name = name
+
+    def write(self, meta: tuple, line: bytes) -> None:
+        _write_all(self.fd, line)
+
+    def reopen(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+class SyslogWriter:
+    """RFC 5424 to one collector; UDP, or TCP with octet counting (RFC 6587)."""
+
+    def __init__(self, cfg: SyslogOutput, hostname: str | None = None) -> None:
+        self.cfg = cfg
+        self.name = f"syslog:{cfg.protocol}://{cfg.host}:{cfg.port}"
+        host = (cfg.hostname or hostname or socket.gethostname() or "-")[:255]
+        self.hostname = "".join(c for c in host if 33 <= ord(c) <= 126) or "-"
+        self.app = cfg.app_name
+        self.procid = str(os.getpid())
+        self.sock: socket.socket | None = None
+        self.down_until = 0.0
+        self.sent = 0
+
+    def header(self, meta: tuple) -> bytes:
+        kind, ts, sev = meta
+        pri = self.cfg.facility * 8 + sev
+        stamp = ts if isinstance(ts, str) and ts and " " not in ts else "-"
+        return f"<{pri}>1 {stamp} {self.hostname} {self.app} {self.procid} {kind} - ".encode("ascii", "replace")
+
+    def _connect(self) -> socket.socket:
+        cfg = self.cfg
+        stype = socket.SOCK_DGRAM if cfg.protocol == "udp" else socket.SOCK_STREAM
+        err: Exception | None = None
+        for fam, st, proto, _, addr in socket.getaddrinfo(cfg.host, cfg.port, type=stype):
+            s = socket.socket(fam, st, proto)
+            s.settimeout(cfg.timeout)
+            try:
+                s.connect(addr)   # UDP: a connected socket reports ICMP port-unreachable
+                return s
+            except OSError as e:
+                err = e
+                s.close()
+        raise SinkError(f"cannot connect: {err}")
+
+    def write(self, meta: tuple, line: bytes) -> None:
+        now = time.monotonic()
+        if self.sock is None:
+            if now < self.down_until:
+                raise SinkError("collector unreachable (waiting to retry)")
+            try:
+                self.sock = self._connect()
+            except OSError:
+                self.down_until = now + self.cfg.retry_interval
+                raise
+        msg = self.header(meta) + line.rstrip(b"\n")
+        try:
+            if self.cfg.protocol == "udp":
+                self.sock.send(msg)
+            else:
+                self.sock.sendall(b"%d " % len(msg) + msg)
+        except OSError:
+            self._drop_socket()
+            self.down_until = now + self.cfg.retry_interval
+            raise
+        self.sent += 1
+
+    def _drop_socket(self) -> None:
+        if self.sock is not None:
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+            self.sock = None
+
+    def reopen(self) -> None:
+        self._drop_socket()
+        self.down_until = 0.0
+
+    def close(self) -> None:
+        self._drop_socket()
+
+
+# -- the queue and its thread -----------------------------------------------------------
+class AsyncSink:
+    """A bounded queue in front of one line writer, drained by a thread."""
+
+    def __init__(self, writer: Any, queue_max: int = 10000, block: bool = True,
+                 error_log_interval: float = 60.0, stall_timeout: float = STALL_TIMEOUT_S,
+                 kinds: Iterable[str] = KINDS) -> None:
+        self.writer = writer
+        self.name = getattr(writer, "name", type(writer).__name__)
+        self.kinds = frozenset(kinds)
+        self.queue_max = queue_max
+        self.block = block
+        self.error_log_interval = error_log_interval
+        self.stall_timeout = stall_timeout
+        self.q: deque = deque()
+        self.cond = threading.Condition(threading.Lock())
+        self.closing = False
+        self.reopen_requested = False
+        self.stalled = False
+        self.busy = False
+        self.last_progress = time.monotonic()
+        # counters
+        self.queued = self.written = self.dropped_overflow = self.dropped_error = self.reopened = 0
+        self.max_depth = 0
+        # rate-limited logging
+        self._last_log = -1e18
+        self._unlogged_errors = 0
+        self._unlogged_overflow = 0
+        self._last_error = ""
+        self.thread = threading.Thread(target=self._run, name=f"sink {self.name}", daemon=True)
+        self.thread.start()
+
+    # -- producer side ----------------------------------------------------------------
+    def put(self, meta: tuple, line: bytes) -> bool:
+        with self.cond:
+            if len(self.q) >= self.queue_max:
+                if self.block and not self.stalled:
+                    self._wait_room()
+                if len(self.q) >= self.queue_max:
+                    self.dropped_overflow += 1
+                    self._unlogged_overflow += 1
+                    self._maybe_log()
+                    return False
+            self.q.append((meta, line))
+            self.queued += 1
+            if len(self.q) > self.max_depth:
+                self.max_depth = len(self.q)
+            if len(self.q) == 1:
+                self.cond.notify_all()
+        return True
+
+    def _wait_room(self) -> None:
+        """Caller holds the lock. Waits while the writer makes progress."""
+        while len(self.q) >= self.queue_max and not self.closing:
+            before = self.written + self.dropped_error
+            self.cond.wait(WAKE_INTERVAL_S)
+            if self.written + self.dropped_error == before and \
+                    time.monotonic() - self.last_progress >= self.stall_timeout:
+                self.stalled = True
+                self._last_error = f"writer made no progress for {self.stall_timeout:g}s; dropping until it drains"
+                self._unlogged_errors += 1
+                self._maybe_log(force=True)
+                return
+
+    def request_reopen(self) -> None:
+        """Async-signal-safe: only sets a flag the writer thread checks."""
+        self.reopen_requested = True
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Waits until every queued record was written (or dropped)."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while (self.q or self.busy) and self.thread.is_alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(min(left, WAKE_INTERVAL_S))
+        return True
+
+    def close(self, timeout: float = 30.0) -> None:
+        self.flush(timeout)
+        with self.cond:
+            self.closing = True
+            self.cond.notify_all()
+        self.thread.join(timeout=max(1.0, timeout / 10))
+        if self.q:
+            lost = len(self.q)
+            self.q.clear()
+            self.dropped_error += lost
+            self._unlogged_errors += lost
+            self._last_error = f"{lost} record(s) still queued at exit"
+        self._maybe_log(force=True)
+        try:
+            self.writer.close()
+        except OSError as e:
+            log.error("%s: close failed: %s", self.name, e)
+
+    # -- writer thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.q and not self.closing and not self.reopen_requested:
+                    self.cond.wait(WAKE_INTERVAL_S)
+                if not self.q and self.closing:
+                    return
+                batch = list(self.q)
+                self.q.clear()
+                self.busy = True
+                self.cond.notify_all()      # room for blocked producers
+            for meta, line in batch:
+                if self.reopen_requested:
+                    self._reopen()
+                try:
+                    self.writer.write(meta, line)
+                    self.written += 1
+                except OSError as e:
+                    self.dropped_error += 1
+                    self._unlogged_errors += 1
+                    self._last_error = str(e) or type(e).__name__
+                    self._maybe_log()
+                self.last_progress = time.monotonic()
+            if self.reopen_requested:
+                self._reopen()
+            with self.cond:
+                self.busy = False
+                if self.stalled and len(self.q) <= self.queue_max // 2:
+                    self.stalled = False
+                self.cond.notify_all()
+
+    def _reopen(self) -> None:
+        self.reopen_requested = False
+        try:
+            self.writer.reopen()
+            self.reopened += 1
+        except OSError as e:
+            self._unlogged_errors += 1
+            self._last_error = f"reopen failed: {e}"
+            self._maybe_log(force=True)
+
+    def _maybe_log(self, force: bool = False) -> None:
+        if not (self._unlogged_errors or self._unlogged_overflow):
+            return
+        now = time.monotonic()
+        if not force and now - self._last_log < self.error_log_interval:
+            return
+        self._last_log = now
+        if self._unlogged_errors:
+            log.error("%s: %s (%d record(s) lost to errors since the last report, %d in all)", self.name,
+                      self._last_error, self._unlogged_errors, self.dropped_error)
+        if self._unlogged_overflow:
+            log.warning("%s: queue full (%d records): %d record(s) dropped since the last report, %d in all",
+                        self.name, self.queue_max, self._unlogged_overflow, self.dropped_overflow)
+        self._unlogged_errors = self._unlogged_overflow = 0
+
+    def stats(self) -> dict[str, Any]:
+        return {"queued": self.queued, "written": self.written, "dropped_overflow": self.dropped_overflow,
+                "dropped_error": self.dropped_error, "reopened": self.reopened, "max_depth": self.max_depth}
+
+
+# -- the pipeline's sink --------------------------------------------------------------------
+def _syslog_severity(kind: str, rec: Mapping[str, Any]) -> int:
+    if kind == "alerts":
+        return ALERT_SEVERITY.get(str(rec.get("Level", "")), 4)
+    return SEV_NOTICE if kind == "weird" else SEV_INFO
+
+
+class Outputs:
+    """``emit(kind, record)`` for the pipeline: profile, encode once, queue to every sink."""
+
+    def __init__(self, encoder: Encoder, sinks: Sequence[AsyncSink]) -> None:
+        self.encoder = encoder
+        self.sinks = list(sinks)
+        self.counts = {k: 0 for k in KINDS}
+        self._old_hup: Any = None
+
+    def emit(self, kind: str, rec: Mapping[str, Any]) -> None:
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        line = self.encoder.encode(kind, rec)
+        meta = (kind, rec.get("Timestamp"), _syslog_severity(kind, rec))
+        for s in self.sinks:
+            if kind in s.kinds:
+                s.put(meta, line)
+
+    def request_reopen(self) -> None:
+        for s in self.sinks:
+            s.request_reopen()
+
+    reopen = request_reopen
+
+    def install_sighup(self) -> None:
+        """SIGHUP -> reopen every sink (logrotate's postrotate ``kill -HUP``)."""
+        self._old_hup = signal.signal(signal.SIGHUP, lambda signum, frame: self.request_reopen())
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        return all(s.flush(timeout) for s in self.sinks)
+
+    def close(self, timeout: float = 30.0) -> None:
+        for s in self.sinks:
+            s.close(timeout)
+        if self._old_hup is not None:
+            signal.signal(signal.SIGHUP, self._old_hup)
+            self._old_hup = None
+
+    def stats(self) -> dict[str, Any]:
+        return {"profile": getattr(self.encoder.profile, "name", "?"), "records": dict(self.counts),
+                "truncated": self.encoder.truncated, "sinks": {s.name: s.stats() for s in self.sinks}}
+
+
+def build_outputs(output: Output, *, config: Any = None, rules: Any = None, outdir: str | Path | None = None,
+                  stdout: bool | None = None, syslog: SyslogOutput | None = None, block: bool = True,
+                  truncate: bool = True, stdout_fd: int | None = None) -> Outputs:
+    """The sinks an ``output:`` config section (plus command-line overrides) asks for."""
+    encoder = Encoder(make_profile(output.profile, config, rules), output.max_line_bytes)
+    sinks: list[AsyncSink] = []
+    common = {"queue_max": output.queue_max, "block": block, "error_log_interval": output.error_log_interval}
+    if outdir is not None and output.files:
+        sinks.append(AsyncSink(FileWriter(outdir, truncate=truncate), **common))
+    if stdout if stdout is not None else output.stdout:
+        sinks.append(AsyncSink(StreamWriter(stdout_fd), **common))
+    syslog = syslog or output.syslog
+    if syslog is not None:
+        sinks.append(AsyncSink(SyslogWriter(syslog), kinds=syslog.kinds, **common))
+    return Outputs(encoder, sinks)
