@@ -906,7 +906,12 @@ SO_ATTACH_FILTER = 26
 TAP_RCVBUF = 4 << 20             # kernel receive buffer of the tap socket
 TAP_SEEN_SIZE = 65536            # connection starts remembered (to see each start once)
 TAP_SEEN_TCP_S = 1.0             # a SYN for the same 5-tuple after this long is a new attempt
-TAP_SEEN_UDP_S = 30.0            # a datagram after this much silence starts a new UDP flow
+# a datagram after this much silence is looked up again: the port may belong
+# to a new socket by now (ephemeral ports are reused: measured, 200 short-lived
+# clients collide within seconds).  A re-lookup of the same socket is cheap
+# (inode and process caches); a long window would give a new client the old
+# client's name.
+TAP_SEEN_UDP_S = 0.02
 TAP_SNAPLEN = 128
 TAP_SLICE_NS = 100_000           # the tap thread's scheduler slice (EEVDF, Linux >= 6.12)
 TAP_FIFO_PRIORITY = 1            # SCHED_FIFO priority when asked for (needs CAP_SYS_NICE)
@@ -933,9 +938,10 @@ class FirstPacketTap:
     Why a separate socket: libpcap without immediate mode (pcapy-ng 2.1 has
     no ``set_immediate_mode``) uses TPACKET_V3, which hands packets over
     only when a ring block is retired -- at the earliest one jiffy (4 ms at
-    HZ=250) after the first packet.  Measured in tests/test_attribution.py:
-    2-7 ms from a SYN to the sensor, by which time a short-lived client may
-    be gone.  This tap is a plain ``AF_PACKET``/``SOCK_DGRAM`` socket with a
+    HZ=250) after the first packet.  Measured in tests/test_attribution.py
+    (pcapy, to_ms=1): lookups start ~1 ms (p50) and up to 5-7 ms after the
+    first packet, by which time a short-lived client may be gone (98-100 %
+    of 2-3 ms clients named, against 100 % for ``AttributionHelper``).  This tap is a plain ``AF_PACKET``/``SOCK_DGRAM`` socket with a
     small kernel BPF filter (SYNs and UDP on the tracked ports), read by its
     own thread: each packet wakes it at once.  With ``inline`` (default) that
     thread also does the lookup (``AsyncAttributor.lookup_now``) instead of
@@ -1202,6 +1208,8 @@ class FirstPacketTap:
 
 # -- the attribution helper process ----------------------------------------------
 
+_SO_TIMESTAMPNS = 35
+_TS_CMSG_SPACE = socket.CMSG_SPACE(16)
 HELPER_MAX_LOOKUPS_PER_S = 1000  # connection starts looked up per second, at most
 HELPER_METRICS_EVERY_S = 5.0     # the helper reports its counters this often
 
@@ -1322,7 +1330,7 @@ class AttributionHelper:
         return out
 
     def poll_timed(self) -> list[tuple[tuple, Attribution, list[float]]]:
-        """poll() with the helper's wall-clock times [seen, lookup start, done]."""
+        """poll() with the helper's wall-clock times [seen, done, packet]."""
         with self._cond:
             out = [(k, a, self._times.get(k, [])) for k, a in self._results.items()]
             self._results.clear()
@@ -1402,19 +1410,25 @@ def _helper_main(argv: list[str]) -> int:
         m["scan_latency"] = {k: v for k, v in att.scan_latency.summary().items() if k != "buckets_le_us"}
         m["tap"] = tap.metrics()
         m["rate_limited"] = limited
+        m["first_packet_to_lookup"] = {k: v for k, v in delay.summary().items() if k != "buckets_le_us"}
         return m
 
     print(json.dumps({"ready": True, "metrics": {"tap": tap.metrics()}}), file=out, flush=True)
     sock = tap._sock
     assert sock is not None
+    try:    # the kernel's receive time of each packet: first packet -> lookup latency
+        sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+    except OSError:
+        pass
     fd = sock.fileno()
+    delay = LatencyHistogram()
     stdin = sys.stdin.fileno()
     while True:
         r, _, _ = _select.select([fd, stdin], [], [], HELPER_METRICS_EVERY_S)
         if fd in r:
             for _ in range(256):
                 try:
-                    data, addr = sock.recvfrom(TAP_SNAPLEN, socket.MSG_DONTWAIT)
+                    data, anc, _fl, addr = sock.recvmsg(TAP_SNAPLEN, _TS_CMSG_SPACE, socket.MSG_DONTWAIT)
                 except (BlockingIOError, InterruptedError):
                     break
                 except OSError:
@@ -1422,6 +1436,11 @@ def _helper_main(argv: list[str]) -> int:
                 key = tap.handle(data, addr[2], addr[1])
                 if key is None:
                     continue
+                t_pkt = 0.0
+                for lvl, typ, val in anc:
+                    if lvl == socket.SOL_SOCKET and typ == _SO_TIMESTAMPNS and len(val) >= 16:
+                        sec, nsec = struct.unpack_from("=qq", val)
+                        t_pkt = sec + nsec / 1e9
                 now_s = int(time.monotonic())
                 if now_s != window:
                     window, in_window = now_s, 0
@@ -1431,8 +1450,10 @@ def _helper_main(argv: list[str]) -> int:
                     continue
                 t_seen = time.time()
                 res = att.lookup(*key)
+                if t_pkt:
+                    delay.observe((t_seen - t_pkt) * 1e6)
                 out.write(json.dumps({"k": key, "a": res.fields(),
-                                      "t": [t_seen, time.time()]}) + "\n")
+                                      "t": [t_seen, time.time(), t_pkt]}) + "\n")
             out.flush()
         if stdin in r and not os.read(stdin, 4096):
             break
