@@ -259,10 +259,11 @@ class AsyncSink:
         self.reopen_requested = True
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Waits until every queued record was written (or dropped)."""
+        """Waits until every queued record was written (or dropped) and a requested
+        reopen was done."""
         deadline = time.monotonic() + timeout
         with self.cond:
-            while (self.q or self.busy) and self.thread.is_alive():
+            while (self.q or self.busy or self.reopen_requested) and self.thread.is_alive():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
