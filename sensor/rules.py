@@ -717,6 +717,8 @@ def load_rule_docs(docs: Iterable[tuple[str, int, Any]], known_fields: Iterable[
             dets.append(dr)
         else:
             rid = str(doc.get("id", f"#{idx}"))
+            if "filter" in doc:
+                _common(src, doc, idx)   # refuses a Sigma filter document by name
             raise RuleError(src, rid, "detection", "a rule needs 'detection' or 'correlation'")
         if rid in ids:
             raise RuleError(src, rid, "id", "duplicate rule id")
