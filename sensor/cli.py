@@ -262,6 +262,7 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
     rules = load_rules(args.rules or default_rules_dir(), RECORD_FIELDS)
     _warn_expired(rules)
     rows = []
+    refs = {d.id: d.ref for d in rules.detections}
     for d in rules.detections:
         rows.append({"kind": "detection", "id": d.id, "name": d.name, "title": d.title, "level": d.level,
                      "source": d.source, "feeds": [],
@@ -269,7 +270,7 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
                                 "expired": e.expired_now()} for e in d.allow.values()]})
     for c in rules.correlations:
         rows.append({"kind": "correlation", "id": c.id, "name": c.name, "title": c.title, "level": c.level,
-                     "source": c.source, "feeds": list(c.rules), "allow": [],
+                     "source": c.source, "feeds": [refs.get(r, r) for r in c.rules], "allow": [],
                      "condition": f"{c.op} {c.threshold} in {c.timespan_s}s by {', '.join(c.group_by)}"})
     if args.format == "json":
         json.dump(rows, sys.stdout, indent=1)
