@@ -48,7 +48,9 @@ from .outputs import KINDS, Encoder, make_profile
 log = logging.getLogger("xfer-sensor.outputs")
 
 STALL_TIMEOUT_S = 10.0     # a blocking put gives up on a writer that made no progress this long
-WAKE_INTERVAL_S = 0.2      # the writer thread checks for a reopen request at least this often
+WAKE_INTERVAL_S = 0.2      # the writer thread checks its queue and reopen requests at least this often
+NOTIFY_BATCH = 64          # queued records that wake the writer at once (fewer thread switches);
+                           # fewer wait at most WAKE_INTERVAL_S
 
 # syslog severities (RFC 5424): record kind / alert level -> severity
 SEV_INFO, SEV_NOTICE = 6, 5
@@ -237,7 +239,7 @@ class AsyncSink:
             self.queued += 1
             if len(self.q) > self.max_depth:
                 self.max_depth = len(self.q)
-            if len(self.q) == 1:
+            if len(self.q) == NOTIFY_BATCH:
                 self.cond.notify_all()
         return True
 
@@ -263,6 +265,7 @@ class AsyncSink:
         reopen was done."""
         deadline = time.monotonic() + timeout
         with self.cond:
+            self.cond.notify_all()          # the writer may be waiting for a fuller batch
             while (self.q or self.busy or self.reopen_requested) and self.thread.is_alive():
                 left = deadline - time.monotonic()
                 if left <= 0:
