@@ -13,7 +13,6 @@ subset of the ECS field definitions (tests/data/ecs/ecs_fields_subset.yml).
 """
 from __future__ import annotations
 
-import ipaddress
 import socket
 from datetime import datetime
 from typing import Any, Iterable, Mapping
@@ -196,7 +195,7 @@ class EcsProfile:
 
     def _home(self, ip: Any) -> bool:
         try:
-            return ipaddress.ip_address(str(ip)) in self.home
+            return str(ip) in self.home     # NetSet caches by the address string
         except ValueError:
             return False
 
@@ -209,10 +208,10 @@ class EcsProfile:
 
     @staticmethod
     def _type(ip: str) -> str | None:
-        try:
-            return "ipv6" if ipaddress.ip_address(ip).version == 6 else "ipv4"
-        except ValueError:
+        """Addresses in records are already normalized strings."""
+        if not ip:
             return None
+        return "ipv6" if ":" in ip else "ipv4"
 
     # -- records ------------------------------------------------------------------
     def transform(self, kind: str, rec: Mapping[str, Any]) -> dict:
