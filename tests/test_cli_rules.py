@@ -101,3 +101,13 @@ def test_rules_test_unknown_rule_is_one_line_exit_2(partner_pcap):
     assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and "no rule with this id or name" in p.stderr
     p = sensor("rules", "test", "xfer_public_file_transfer_connection", "/nonexistent.pcap")
     assert p.returncode == 2 and p.stderr.startswith("xfer-sensor: error: /nonexistent.pcap: no such file")
+
+
+def test_replay_summary_counts_what_allow_entries_suppressed(partner_pcap, tmp_path):
+    pcap, cfg = partner_pcap
+    p = sensor("replay", str(pcap), "--config", str(cfg), "--rules", str(EX / "allow_partner_cidr.yml"))
+    assert p.returncode == 0, p.stderr
+    assert "1 alert(s)" in p.stdout
+    assert "allow entries: 6f0c1f7e-3a52-4f6e-9c1e-2b7d0a8e5c11/filter_partner_contoso suppressed 4" in p.stdout
+    p = sensor("replay", str(pcap), "--config", str(cfg))
+    assert "2 alert(s)" in p.stdout and "allow entries" not in p.stdout
