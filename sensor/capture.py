@@ -2,7 +2,9 @@
 live interfaces), through the libpcap binding ``pcapy-ng``.
 
 A source delivers ``(ts_us, data)`` to a per-link-type handler chosen by the
-pipeline; nothing here interprets bytes. libpcap reads both pcap and pcapng.
+pipeline; nothing here interprets bytes. libpcap reads both pcap and pcapng,
+except a pcapng whose interfaces have different link types, which is read
+block by block here.
 """
 from __future__ import annotations
 
@@ -71,6 +73,9 @@ def read_file(path: str | Path, handler_for: Callable[[int], Handler],
     to try, best first (the first that compiles for the file's link type is
     installed). A damaged file (cut in the middle of a record) yields every
     whole packet before the damage and reports it in ``ReadResult.error``."""
+    link_types = _pcapng_link_types(path)
+    if link_types is not None and len(link_types) > 1:
+        return _read_pcapng_mixed(path, handler_for)
     reader = open_offline(path)
     linktype = reader.datalink()
     handle = handler_for(linktype)
@@ -151,3 +156,112 @@ def damage_offset(path: str | Path) -> int | None:
     except OSError:
         return None
     return None
+
+
+# -- pcapng with interfaces of several link types ------------------------------
+# libpcap (1.9, bundled with pcapy-ng) refuses a pcapng whose interfaces have
+# different link types. Such files are read here, block by block, in Python;
+# the capture filter does not apply and the decoder's own checks do the work.
+
+MAX_PCAPNG_INTERFACES = 4096
+
+
+def _pcapng_link_types(path: str | Path) -> set[int] | None:
+    """The link types of a pcapng file's interfaces (None: not pcapng, or
+    unreadable). Only block headers are read."""
+    try:
+        p = str(path)
+        if not stat.S_ISREG(os.stat(p).st_mode):
+            return None
+        size = os.path.getsize(p)
+        types: set[int] = set()
+        with open(p, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] != b"\x0a\x0d\x0d\x0a":
+                return None
+            e = "<" if head[8:12] == b"\x4d\x3c\x2b\x1a" else ">"
+            off = 0
+            while off + 12 <= size and len(types) <= MAX_PCAPNG_INTERFACES:
+                f.seek(off)
+                btype, blen = struct.unpack(e + "II", f.read(8))
+                if blen < 12 or blen % 4:
+                    break
+                if btype == 0x0A0D0D0A:       # a new section may switch byte order
+                    bom = f.read(4)
+                    e = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">"
+                elif btype == 1:
+                    types.add(struct.unpack(e + "H", f.read(2))[0])
+                off += blen
+        return types
+    except (OSError, struct.error):
+        return None
+
+
+def _tsresol(opts: bytes, e: str) -> tuple[int, int]:
+    """(numerator, denominator) turning a timestamp into microseconds."""
+    i = 0
+    while i + 4 <= len(opts):
+        code, olen = struct.unpack(e + "HH", opts[i:i + 4])
+        if code == 0:
+            break
+        if code == 9 and olen >= 1:
+            r = opts[i + 4]
+            if r & 0x80:
+                return 1_000_000, 1 << (r & 0x7F)
+            return 1_000_000, 10 ** (r & 0x7F)
+        i += 4 + olen + (-olen % 4)
+    return 1, 1
+
+
+def _read_pcapng_mixed(path: str | Path, handler_for: Callable[[int], Handler]) -> ReadResult:
+    p = str(path)
+    size = os.path.getsize(p)
+    ifaces: list[tuple[int, int, int]] = []   # (linktype, num, den) per interface of this section
+    handlers: dict[int, Handler] = {}
+    count = 0
+    err = ""
+    e = "<"
+    last_ts = 0
+    with open(p, "rb") as f:
+        off = 0
+        while off < size:
+            f.seek(off)
+            hdr = f.read(8)
+            if len(hdr) < 8:
+                err = f"truncated block header (the damage starts at byte {off} of {size})"
+                break
+            btype = struct.unpack(e + "I", hdr[:4])[0]
+            if btype == 0x0A0D0D0A:
+                bom = f.read(4)
+                e = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">"
+                ifaces = []
+            blen = struct.unpack(e + "I", hdr[4:8])[0]
+            if blen < 12 or blen % 4 or off + blen > size:
+                err = f"bad or truncated block (the damage starts at byte {off} of {size})"
+                break
+            f.seek(off + 8)
+            body = f.read(blen - 12)
+            if btype == 1 and len(body) >= 8:
+                lt = struct.unpack(e + "H", body[:2])[0]
+                if len(ifaces) < MAX_PCAPNG_INTERFACES:
+                    ifaces.append((lt,) + _tsresol(body[8:], e))
+            elif btype == 6 and len(body) >= 20:
+                iid, hi, lo, caplen, _ = struct.unpack(e + "IIIII", body[:20])
+                if iid < len(ifaces) and 20 + caplen <= len(body):
+                    lt, num, den = ifaces[iid]
+                    last_ts = ((hi << 32) | lo) * num // den
+                    h = handlers.get(lt)
+                    if h is None:
+                        h = handlers[lt] = handler_for(lt)
+                    count += 1
+                    h(last_ts, body[20:20 + caplen])
+            elif btype == 3 and len(body) >= 4 and ifaces:    # simple packet: interface 0, no time
+                lt = ifaces[0][0]
+                h = handlers.get(lt)
+                if h is None:
+                    h = handlers[lt] = handler_for(lt)
+                count += 1
+                h(last_ts, body[4:4 + min(struct.unpack(e + "I", body[:4])[0], len(body) - 4)])
+            off += blen
+    lts = sorted({lt for lt, _, _ in ifaces})
+    return ReadResult(p, lts[0] if lts else -1, count, None, err)

@@ -7,6 +7,8 @@
   logged, and the running ones stay. Rule windows of correlations whose
   definition did not change are kept.
 - SIGTERM/SIGINT: end every flow, write every record, exit (well within 5 s).
+Privileges: refuses uid 0 unless ``--allow-root``; once the capture is open
+it keeps only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (attribution).
 systemd: READY=1 once capturing, WATCHDOG=1 every half $WATCHDOG_USEC,
 STATUS= with the counters, RELOADING=1/READY=1 around a reload, STOPPING=1.
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import time
@@ -32,6 +35,7 @@ from .outputs import JsonlSink
 from .pipeline import Pipeline
 from .records import RECORD_FIELDS, RecordBuilder
 from .rules import RuleError, RuleSet, load_rules
+from .privileges import RUNNING_CAPS, keep_only
 from .sdnotify import SdNotifier
 
 log = logging.getLogger("xfer-sensor")
@@ -75,6 +79,12 @@ class Daemon:
         self.pipe = Pipeline(self.cfg, self.rules, self.sink)
         self.capture = LiveCapture(interfaces)
         self.capture.install_filters(self.pipe.capture_filters())
+        # the capture is open: from here on only attribution's capabilities
+        try:
+            eff = keep_only(RUNNING_CAPS)
+            log.info("capabilities kept: CapEff=%016x", eff)
+        except OSError as e:
+            log.warning("could not drop capabilities: %s", e)
         self.notify = SdNotifier()
         self.hup = False
         self.stop = False
@@ -170,7 +180,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--config", help="config YAML (default /etc/xfer-sensor/config.yaml when present)")
     ap.add_argument("--rules", help="rules folder (default: the shipped rules)")
     ap.add_argument("--out", default="/var/log/xfer-sensor", help="folder for the .jsonl files")
+    ap.add_argument("--allow-root", action="store_true",
+                    help="run as uid 0 (otherwise refused: run as an unprivileged user with the "
+                         "capabilities of systemd/xfer-sensor.service)")
     args = ap.parse_args(argv)
+    if os.geteuid() == 0 and not args.allow_root:
+        print("xfer-sensor: error: refusing to run as root; run as an unprivileged user with "
+              "CAP_NET_RAW, CAP_NET_ADMIN, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH "
+              "(see systemd/xfer-sensor.service), or pass --allow-root", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="xfer-sensor: %(levelname)s: %(message)s")
     config = args.config
     if config is None and Path("/etc/xfer-sensor/config.yaml").exists():

@@ -85,7 +85,7 @@ class Daemon:
         r.write_text(r.read_text().replace("      - 20\n", f"      - {PORT}\n      - 20\n"))
         self.stderr = b""
         self.p = subprocess.Popen([sys.executable, "-m", "sensor.daemon", "-i", "lo", "--out", str(self.out),
-                                   "--config", str(self.cfg), "--rules", str(self.rules)],
+                                   "--config", str(self.cfg), "--rules", str(self.rules), "--allow-root"],
                                   cwd=REPO, stderr=subprocess.PIPE)
         os.set_blocking(self.p.stderr.fileno(), False)
         wait_for(lambda: b"capturing on lo" in self.err(), what="the daemon to capture")
@@ -144,3 +144,45 @@ def test_daemon_signals(tmp_path, ftp_server):
         if d.p.poll() is None:
             d.p.kill()
             d.p.wait()
+
+
+def test_daemon_refuses_root_without_the_flag(tmp_path):
+    assert os.geteuid() == 0, "the daemon tests run as root (scripts/test.sh)"
+    r = subprocess.run([sys.executable, "-m", "sensor.daemon", "-i", "lo", "--out", str(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "refusing to run as root" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unprivileged_daemon_keeps_only_the_capabilities_it_needs(tmp_path):
+    """As nobody with the unit's ambient capabilities: it captures, then its
+    CapEff holds only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH."""
+    from sensor.privileges import CAP_DAC_READ_SEARCH, CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_PTRACE, effective_caps
+    out = tmp_path / "out"
+    out.mkdir()
+    os.chmod(tmp_path, 0o755)
+    os.chmod(out, 0o777)
+    caps = "+net_raw,+net_admin,+sys_ptrace,+dac_read_search"
+    p = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", f"--inh-caps={caps}",
+                          f"--ambient-caps={caps}", sys.executable, "-m", "sensor.daemon", "-i", "lo",
+                          "--out", str(out), "--rules", str(REPO / "rules")],
+                         cwd=REPO, stderr=subprocess.PIPE, text=True)
+    try:
+        err = ""
+        end = time.time() + 20
+        while time.time() < end and "capturing on lo" not in err:
+            line = p.stderr.readline()
+            if not line:
+                break
+            err += line
+        assert "capturing on lo" in err, err
+        eff = effective_caps(p.pid)
+        assert eff == (1 << CAP_SYS_PTRACE) | (1 << CAP_DAC_READ_SEARCH), hex(eff)
+        assert not eff & ((1 << CAP_NET_RAW) | (1 << CAP_NET_ADMIN))
+        with open(f"/proc/{p.pid}/status") as f:
+            assert "Uid:\t65534" in f.read()
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()

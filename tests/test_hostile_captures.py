@@ -591,10 +591,6 @@ def test_pcapng_two_link_types_never_a_traceback(tmp_path, cfg_file):
     assert "Traceback" not in cp.stderr and len(cp.stderr.splitlines()) <= 1
 
 
-@pytest.mark.xfail(strict=True, reason="sensor bug: a valid pcapng with an Ethernet and a raw-IP interface "
-                                       "(tshark reads all 20 packets) yields 0 packets, 0 connections and a "
-                                       "'damaged after 0 packets' warning (exit 3): libpcap refuses a second "
-                                       "link type and the sensor reads pcapng only through libpcap")
 def test_pcapng_two_link_types_all_packets_decoded(tmp_path, cfg_file):
     p = _two_interfaces(tmp_path, 101)
     out = tmp_path / "out"
