@@ -53,7 +53,8 @@ def _table(alerts: list[dict]) -> str:
             "AccountName", "Protocol", "BytesSent", "BytesReceived", "FirstSeen", "LastSeen")
     heads = ("Count", "Device", "Process", "RemoteIP", "Port", "Account", "Protocol", "BytesSent",
              "BytesRecv", "FirstSeen", "LastSeen")
-    rows = [[str(a.get(c, "")) for c in cols] for a in alerts]
+    # wire text (an FTP USER, an SMB user) is escaped and cut for the terminal
+    rows = [[_printable(str(a.get(c, "")), 64) for c in cols] for a in alerts]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(heads)]
     fmt = "  ".join("{:<%d}" % w for w in widths)
     lines = [fmt.format(*heads), fmt.format(*("-" * w for w in widths))]
@@ -427,6 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--config")
     ck.add_argument("--rules")
     ck.set_defaults(func=cmd_check)
+    sub.add_parser("run", help="capture live as a daemon: run -i IFACE [--config FILE] [--rules DIR] [--out DIR]",
+                   add_help=False)
     ru = sub.add_parser("rules", help="list the rules, or test one on a capture")
     rsub = ru.add_subparsers(dest="rules_cmd", required=True)
     rl = rsub.add_parser("list", help="the loaded rules, their allow entries and expiry")
@@ -444,7 +447,16 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .daemon import main as daemon_main
+    return daemon_main(args.daemon_args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:
+        # the daemon parses its own options (-i, --config, --rules, --out, --allow-root)
+        return cmd_run(argparse.Namespace(daemon_args=argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -13,7 +13,7 @@ evicted, counted) and ``max_window_events`` events per key.
 from __future__ import annotations
 
 import bisect
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -52,7 +52,8 @@ def _bytes(rec: Mapping[str, Any]) -> tuple[int, int]:
 
 
 class DetectStats(Counters):
-    __slots__ = ("records", "matched", "alerts", "suppressed", "keys_evicted", "events_dropped")
+    __slots__ = ("records", "matched", "alerts", "suppressed", "keys_evicted", "events_dropped",
+                 "episodes_dropped")
 
 
 class _Window:
@@ -63,7 +64,8 @@ class _Window:
         self.max_keys = limits.max_window_keys
         self.max_events = limits.max_window_events
         self.stats = stats
-        self.episodes: list[dict] = []
+        # the open alerts' running totals (the hunt view), as many as keys are kept
+        self.episodes: deque[dict] = deque()
 
     def _hit(self, n: int) -> bool:
         return n > self.rule.threshold if self.rule.op == "gt" else n >= self.rule.threshold
@@ -123,6 +125,9 @@ class _Window:
         self.stats.alerts += 1
         alert = self._alert(rec, key, win)
         st.episode = dict(alert, Uids=list(alert["Uids"]))
+        if len(self.episodes) >= self.max_keys:
+            self.episodes.popleft()
+            self.stats.episodes_dropped += 1
         self.episodes.append(st.episode)
         return alert
 

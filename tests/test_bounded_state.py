@@ -231,9 +231,6 @@ def test_window_events_per_key_capped():
     assert d.stats.events_dropped == 5_000 - 50
 
 
-@pytest.mark.xfail(strict=True, reason="sensor bug: detect._Window.episodes (the hunt view) keeps every alert "
-                                       "ever raised, also for keys evicted by max_window_keys: 2,000 alerting keys "
-                                       "with max_window_keys=50 leave 2,000 episodes (with their Uids lists)")
 def test_window_key_flood_alert_state_bounded():
     cap = 50
     d = Detector(RULES, config_from_dict({"limits": {"max_window_keys": cap}}).limits)
@@ -396,9 +393,6 @@ def test_wire_never_names_a_file(wire_out):
         assert not any("PWNED" in p.name for p in base.iterdir()), base
 
 
-@pytest.mark.xfail(strict=True, reason="sensor bug: cli._table prints AccountName (FTP USER / SMB user from the "
-                                       "wire) to the terminal unescaped -- ESC, NUL and CR reach stdout, and a "
-                                       "1024-character column; cli._files escapes filenames, the table does not")
 def test_replay_summary_escapes_wire_text(tmp_path):
     """Four FTP logins with a hostile USER to one public server: the alert's
     row in the printed hunt table carries that account."""

@@ -148,7 +148,7 @@ def test_daemon_signals(tmp_path, ftp_server):
 
 def test_daemon_refuses_root_without_the_flag(tmp_path):
     assert os.geteuid() == 0, "the daemon tests run as root (scripts/test.sh)"
-    r = subprocess.run([sys.executable, "-m", "sensor.daemon", "-i", "lo", "--out", str(tmp_path)],
+    r = subprocess.run([sys.executable, "-m", "sensor", "run", "-i", "lo", "--out", str(tmp_path)],
                        cwd=REPO, capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "refusing to run as root" in r.stderr and "Traceback" not in r.stderr
 
