@@ -19,7 +19,6 @@ from typing import Any, Sequence
 from . import __version__
 from .capture import CaptureError, read_file
 from .config import PROFILES, ConfigError, SyslogOutput, load_config
-from .enrich import enrich_sinks
 from .outputs import KINDS, MemorySink, TeeSink
 from .pipeline import Pipeline
 from .progress import Progress, ProgressAwareHandler
@@ -156,7 +155,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                             syslog=syslog, block=True)
     progress = Progress(args.pcap, enabled=None if args.progress == "auto" else args.progress == "always")
     _log_to(progress)
-    sink = TeeSink(*enrich_sinks(cfg, mem, outputs))
+    sink = TeeSink(mem, outputs)
     pipe = Pipeline(cfg, rules, sink)
     try:
         outputs.install_sighup()
@@ -351,7 +350,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     tested = RuleSet(tuple(dets), tuple(cors))
     explain = _ExplainSink(dets)
     mem = MemorySink()
-    pipe = Pipeline(cfg, tested, TeeSink(*enrich_sinks(cfg, explain, mem)))
+    pipe = Pipeline(cfg, tested, TeeSink(explain, mem))
     damaged = []
     for path in args.pcap:
         res = read_file(path, pipe.handler_for, pipe.capture_filters(), pipe.refilter)

@@ -31,41 +31,17 @@ from .capture import CaptureError
 from .config import Config, ConfigError, load_config
 from .detect import Detector
 from .live import LiveCapture
-from .outputs import JsonlSink
 from .pipeline import Pipeline
 from .records import RECORD_FIELDS, RecordBuilder
 from .rules import RuleError, RuleSet, load_rules
 from .privileges import RUNNING_CAPS, keep_only
 from .sdnotify import SdNotifier
+from .sinks import build_outputs
 
 log = logging.getLogger("xfer-sensor")
 
 POLL_S = 0.25            # longest wait for packets before a heartbeat
 STATUS_EVERY_S = 300.0   # counters to the journal
-
-
-class _Sink:
-    """Forwards to the current file sink, so SIGHUP can reopen the files
-    under components that hold a reference to ``emit``."""
-
-    def __init__(self, outdir: Path) -> None:
-        self.outdir = outdir
-        self.target = JsonlSink(outdir, truncate=False)
-
-    def emit(self, kind: str, rec: dict) -> None:
-        self.target.emit(kind, rec)
-
-    def reopen(self) -> None:
-        reopen = getattr(self.target, "reopen", None)
-        if reopen is not None:
-            reopen()
-        else:
-            old = self.target
-            self.target = JsonlSink(self.outdir, truncate=False)
-            old.close()
-
-    def close(self) -> None:
-        self.target.close()
 
 
 class Daemon:
@@ -75,7 +51,10 @@ class Daemon:
         self.rules_path = rules_path
         self.cfg: Config = load_config(config_path)
         self.rules: RuleSet = load_rules(rules_path, RECORD_FIELDS)
-        self.sink = _Sink(outdir)
+        # the config's outputs (profile, files, stdout, syslog), each behind a
+        # bounded queue that never blocks capture (overflow is counted)
+        self.sink = build_outputs(self.cfg.output, config=self.cfg, rules=self.rules, outdir=outdir,
+                                  block=False, truncate=False)
         self.pipe = Pipeline(self.cfg, self.rules, self.sink)
         self.capture = LiveCapture(interfaces)
         self.capture.install_filters(self.pipe.capture_filters())
@@ -98,7 +77,7 @@ class Daemon:
 
     def reload(self) -> None:
         self.notify.reloading("reloading")
-        self.sink.reopen()
+        self.sink.request_reopen()
         try:
             cfg = load_config(self.config_path)
             rules = load_rules(self.rules_path, RECORD_FIELDS)
@@ -106,7 +85,7 @@ class Daemon:
             log.error("reload refused, keeping the running config and rules: %s", e)
             self.notify.ready("reload refused: " + str(e)[:200])
             return
-        restart_only = [f for f in ("tracked_ports", "timeouts", "limits")
+        restart_only = [f for f in ("tracked_ports", "timeouts", "limits", "output")
                         if getattr(cfg, f) != getattr(self.cfg, f)]
         if restart_only:
             log.warning("options %s change only on restart; the others are applied", ", ".join(restart_only))

@@ -127,4 +127,6 @@ class RecordBuilder:
             "ParentUid": parent_uid,
             "AdditionalFields": fields,
         }
+        if cfg.hostnames:   # Defender's RemoteUrl, from the config's static map
+            rec["RemoteUrl"] = cfg.hostnames.get(rip, "")
         return rec

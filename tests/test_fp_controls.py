@@ -14,7 +14,6 @@ from craft import tcp_session, write_pcap
 from sensor.capture import read_file
 from sensor.config import Limits, config_from_dict
 from sensor.detect import Detector
-from sensor.enrich import enrich_sinks
 from sensor.outputs import MemorySink, TeeSink
 from sensor.pipeline import Pipeline
 from sensor.records import RECORD_FIELDS
@@ -45,10 +44,10 @@ def sessions(server: str, port: int = 21, n: int = 4, t: float = T0, c2s: bytes 
 
 
 def run(tmp_path: Path, pkts: list, rules, config: dict) -> dict:
-    """The replay's wiring (enrichment first), in process: records, alerts, the pipeline."""
+    """The replay's wiring, in process: records, alerts, the pipeline."""
     cfg = config_from_dict(config)
     mem = MemorySink()
-    pipe = Pipeline(cfg, rules, TeeSink(*enrich_sinks(cfg, mem)))
+    pipe = Pipeline(cfg, rules, TeeSink(mem))
     pcap = write_pcap(tmp_path / f"t{len(list(tmp_path.iterdir()))}.pcap", pkts)
     res = read_file(pcap, pipe.handler_for, pipe.capture_filters(), pipe.refilter)
     assert not res.error
