@@ -29,9 +29,10 @@ from .analyzers.tls import parse_tls_client_hello_sni
 from .decode import FIN, RST, SYN, Packet
 from .events import Event, ExpectConnection, Weird
 from .expect import Expectations
-from .flows import Flow
+from .flows import Flow, _ntop
 from .ports import PortSet
 from .reassembly import ReassemblyLimits, Stream
+from .records import iso_us
 
 # reassembly bounds per analyzer (named options)
 FTP_REASSEMBLY = ReassemblyLimits(depth=16 * 1024 * 1024)
@@ -96,7 +97,6 @@ class AppLayer:
         connection between the hosts of a live FTPS session, an FTP banner on
         an unusual port), else None."""
         proto = "tcp" if p.proto == 6 else "udp"
-        from .flows import _ntop
         src, dst = _ntop(p.src), _ntop(p.dst)
         ts = p.ts
         if p.proto == 6 and p.flags & SYN and p.flags & 0x10:   # SYN-ACK: the receiver is the originator
@@ -410,7 +410,7 @@ class AppLayer:
         r = ch.get("result")
         complete = bool(r is not None and r.outcome == "complete" and uids)
         rec = {
-            "Timestamp": _iso(res.ts), "Protocol": "ftp" if ctrl.app == "ftp" else ctrl.app,
+            "Timestamp": iso_us(res.ts), "Protocol": "ftp" if ctrl.app == "ftp" else ctrl.app,
             "Uid": uids[0] if uids else "", "DataUids": uids, "ControlUid": ctrl.uid,
             "ClientIP": ctrl.orig_h, "ServerIP": ctrl.resp_h, "ServerPort": ctrl.resp_p,
             "User": st.user, "Command": res.command, "Filename": res.arg,
@@ -429,7 +429,7 @@ class AppLayer:
         st: AppState = flow.ctx
         parent = st.parent
         rec = {
-            "Timestamp": _iso(ev.ts), "Protocol": "tftp", "Uid": flow.uid,
+            "Timestamp": iso_us(ev.ts), "Protocol": "tftp", "Uid": flow.uid,
             "ControlUid": parent.uid if parent is not None else (ev.request_uid or flow.uid),
             "ClientIP": parent.orig_h if parent is not None else flow.resp_h,
             "ServerIP": parent.resp_h if parent is not None else flow.orig_h,
@@ -451,7 +451,7 @@ class AppLayer:
             if not nbytes:
                 continue
             rec = {
-                "Timestamp": _iso(ev.ts), "Protocol": "smb", "Uid": flow.uid, "ControlUid": flow.uid,
+                "Timestamp": iso_us(ev.ts), "Protocol": "smb", "Uid": flow.uid, "ControlUid": flow.uid,
                 "ClientIP": flow.orig_h, "ServerIP": flow.resp_h, "ServerPort": flow.resp_p,
                 "User": ev.user or st.user, "Command": "READ" if direction == "download" else "WRITE",
                 "Filename": ev.name, "FilenameTruncated": ev.truncated, "Share": ev.tree,
@@ -509,6 +509,3 @@ class AppLayer:
         self.expect.expire(now)
 
 
-def _iso(ts: int) -> str:
-    from .records import iso_us
-    return iso_us(ts)

@@ -138,20 +138,10 @@ def damage_offset(path: str | Path) -> int | None:
                         return off
                     off += 16 + caplen
                 return None
-            if magic == b"\x0a\x0d\x0d\x0a":
-                f.seek(8)
-                bom = f.read(4)
-                e = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">"
-                off = 0
-                while off < size:
-                    f.seek(off)
-                    hdr = f.read(8)
-                    if len(hdr) < 8:
+            if magic == _SHB:
+                for off, btype, _, _ in _pcapng_blocks(f, size):
+                    if btype is None:
                         return off
-                    blen = struct.unpack(e + "I", hdr[4:8])[0]
-                    if blen < 12 or blen % 4 or blen > _MAX_RECORD or off + blen > size:
-                        return off
-                    off += blen
                 return None
     except OSError:
         return None
@@ -166,6 +156,33 @@ def damage_offset(path: str | Path) -> int | None:
 MAX_PCAPNG_INTERFACES = 4096
 
 
+_SHB = b"\x0a\x0d\x0d\x0a"
+_BOM_LE = b"\x4d\x3c\x2b\x1a"
+
+
+def _pcapng_blocks(f, size: int):
+    """Walk a pcapng file by its block headers: yield (offset, block type,
+    total length, byte order) per block. A section header sets the byte
+    order for what follows. A block cut short or of impossible length ends
+    the walk with (offset, None, 0, byte order)."""
+    e = "<"
+    off = 0
+    while off < size:
+        f.seek(off)
+        hdr = f.read(12)
+        if len(hdr) < 8 or (hdr[:4] == _SHB and len(hdr) < 12):
+            yield off, None, 0, e
+            return
+        if hdr[:4] == _SHB:
+            e = "<" if hdr[8:12] == _BOM_LE else ">"
+        btype, blen = struct.unpack(e + "II", hdr[:8])
+        if blen < 12 or blen % 4 or blen > _MAX_RECORD or off + blen > size:
+            yield off, None, 0, e
+            return
+        yield off, btype, blen, e
+        off += blen
+
+
 def _pcapng_link_types(path: str | Path) -> set[int] | None:
     """The link types of a pcapng file's interfaces (None: not pcapng, or
     unreadable). Only block headers are read."""
@@ -176,22 +193,14 @@ def _pcapng_link_types(path: str | Path) -> set[int] | None:
         size = os.path.getsize(p)
         types: set[int] = set()
         with open(p, "rb") as f:
-            head = f.read(12)
-            if len(head) < 12 or head[:4] != b"\x0a\x0d\x0d\x0a":
+            if f.read(4) != _SHB:
                 return None
-            e = "<" if head[8:12] == b"\x4d\x3c\x2b\x1a" else ">"
-            off = 0
-            while off + 12 <= size and len(types) <= MAX_PCAPNG_INTERFACES:
-                f.seek(off)
-                btype, blen = struct.unpack(e + "II", f.read(8))
-                if blen < 12 or blen % 4:
-                    break
-                if btype == 0x0A0D0D0A:       # a new section may switch byte order
-                    bom = f.read(4)
-                    e = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">"
-                elif btype == 1:
+            for off, btype, _, e in _pcapng_blocks(f, size):
+                if btype == 1:
+                    f.seek(off + 8)
                     types.add(struct.unpack(e + "H", f.read(2))[0])
-                off += blen
+                    if len(types) > MAX_PCAPNG_INTERFACES:
+                        break
         return types
     except (OSError, struct.error):
         return None
@@ -220,25 +229,14 @@ def _read_pcapng_mixed(path: str | Path, handler_for: Callable[[int], Handler]) 
     handlers: dict[int, Handler] = {}
     count = 0
     err = ""
-    e = "<"
     last_ts = 0
     with open(p, "rb") as f:
-        off = 0
-        while off < size:
-            f.seek(off)
-            hdr = f.read(8)
-            if len(hdr) < 8:
-                err = f"truncated block header (the damage starts at byte {off} of {size})"
-                break
-            btype = struct.unpack(e + "I", hdr[:4])[0]
-            if btype == 0x0A0D0D0A:
-                bom = f.read(4)
-                e = "<" if bom == b"\x4d\x3c\x2b\x1a" else ">"
-                ifaces = []
-            blen = struct.unpack(e + "I", hdr[4:8])[0]
-            if blen < 12 or blen % 4 or off + blen > size:
+        for off, btype, blen, e in _pcapng_blocks(f, size):
+            if btype is None:
                 err = f"bad or truncated block (the damage starts at byte {off} of {size})"
                 break
+            if btype == 0x0A0D0D0A:
+                ifaces = []     # interface ids are per section
             f.seek(off + 8)
             body = f.read(blen - 12)
             if btype == 1 and len(body) >= 8:
@@ -262,6 +260,5 @@ def _read_pcapng_mixed(path: str | Path, handler_for: Callable[[int], Handler]) 
                     h = handlers[lt] = handler_for(lt)
                 count += 1
                 h(last_ts, body[4:4 + min(struct.unpack(e + "I", body[:4])[0], len(body) - 4)])
-            off += blen
     lts = sorted({lt for lt, _, _ in ifaces})
     return ReadResult(p, lts[0] if lts else -1, count, None, err)

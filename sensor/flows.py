@@ -52,8 +52,8 @@ def _ntop(b: bytes) -> str:
 class Side:
     """One direction's accounting (an endpoint, as sender)."""
 
-    __slots__ = ("pkts", "state", "base", "lo", "hi", "seen_seq", "udp_bytes", "missed",
-                 "syn_seq", "fin")
+    __slots__ = ("pkts", "state", "base", "lo", "hi", "seen_seq", "udp_bytes",
+                 "syn_seq")
 
     def __init__(self) -> None:
         self.pkts = 0
@@ -63,9 +63,7 @@ class Side:
         self.hi = 0          # highest relative end (unwrapped, 64-bit)
         self.seen_seq = False
         self.udp_bytes = 0
-        self.missed = 0      # bytes skipped over (gaps) inside [lo, hi)
         self.syn_seq = -1
-        self.fin = False
 
     @property
     def bytes(self) -> int:
@@ -99,7 +97,7 @@ class Flow:
         self.flipped = False
         self.end_reason = ""
         self.app = ""          # application protocol, when known
-        self.analyzer = None   # attached analyzer (later issues)
+        self.analyzer = None   # app.PENDING until the first payload attaches the analyzer
         self.ctx = None        # pipeline data (expectation parent etc.)
         self.weirds = 0
         self._orig_h = None
@@ -385,8 +383,6 @@ class FlowTable:
                     s.seen_seq = True
                 if s.state == INACTIVE:
                     s.state = SYN_ACK_SENT if ack else SYN_SENT
-            if ack and peer.state == SYN_SENT and s.state == SYN_ACK_SENT:
-                pass
         if rst:
             flow.add_history(up("r"))
             s.state = RESET
@@ -413,8 +409,6 @@ class FlowTable:
                 s.state = ESTABLISHED
         if fin:
             flow.add_history(up("f"))
-            if not s.fin:
-                s.fin = True
             if s.state != RESET:
                 s.state = CLOSED
         if s.state in (CLOSED, RESET) and peer.state in (CLOSED, RESET):
@@ -441,11 +435,11 @@ class FlowTable:
                 flow.weirds += 1
                 self.on_weird(p.ts, flow, "tcp_seq_jump", f"{jump} bytes ahead")
                 return
-            s.missed += jump   # not yet seen; may still arrive out of order
+            # bytes skipped over are counted (Zeek's orig_bytes); they may still arrive out of order
             s.hi = end
         elif end > hi:
             s.hi = end
-        elif end <= hi:
+        else:
             if cand >= s.lo:
                 flow.add_history("T" if s is flow.o else "t")
         if cand < s.lo:

@@ -105,15 +105,6 @@ class Pipeline:
         for alert in self.detector.observe(rec, flow.first_ts):
             self.sink.emit("alerts", alert)
 
-    def release_held(self) -> None:
-        """End of input: parents still waiting for children are written."""
-        for flow in list(self._held()):
-            flow.ctx.held = None
-            self._emit_connection(flow)
-
-    def _held(self):
-        return ()
-
     def _weird(self, ts: int, name: str, detail: str, uid: str, source: str) -> None:
         n = self.weird_counts.get(name, 0) + 1
         self.weird_counts[name] = n
