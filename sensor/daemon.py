@@ -30,7 +30,7 @@ from typing import Sequence
 from .capture import CaptureError
 from .config import Config, ConfigError, load_config
 from .detect import Detector
-from .live import LiveCapture
+from .live import DEFAULT_TIMEOUT_MS, LiveCapture
 from .pipeline import Pipeline
 from .records import RECORD_FIELDS, RecordBuilder
 from .rules import RuleError, RuleSet, load_rules
@@ -42,6 +42,7 @@ log = logging.getLogger("xfer-sensor")
 
 POLL_S = 0.25            # longest wait for packets before a heartbeat
 STATUS_EVERY_S = 300.0   # counters to the journal
+DRAIN_S = 1.0            # longest wait on SIGTERM for packets already captured
 
 
 class Daemon:
@@ -106,6 +107,18 @@ class Daemon:
         log.info("reloaded %s and %s (%d rule window(s) kept)", self.config_path or "defaults", self.rules_path, kept)
         self.notify.ready("reloaded")
 
+    def drain(self, handler_for) -> None:
+        """Before stopping, take what the kernel already captured: libpcap
+        hands packets over in blocks retired after its read timeout, so wait
+        a little past it until nothing more comes (bounded by DRAIN_S)."""
+        end = time.monotonic() + DRAIN_S
+        quiet_since = time.monotonic()
+        while time.monotonic() < end:
+            if self.capture.poll(handler_for, 0.05):
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > 2 * DEFAULT_TIMEOUT_MS / 1000:
+                break
+
     # -- loop ---------------------------------------------------------------------
     def status_line(self) -> str:
         st = self.pipe.stats()
@@ -145,6 +158,7 @@ class Daemon:
                     next_status = now + STATUS_EVERY_S
         finally:
             self.notify.stopping("flushing")
+            self.drain(handler_for)
             self.pipe.finish()
             self.sink.close()
             self.capture.close()
