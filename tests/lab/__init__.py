@@ -8,4 +8,7 @@ creates (no default route there).
 * servers.py   -- vsftpd (21, 990 implicit TLS), tftpd-hpa, smbd; lab users and files
 * scenarios.py -- client scenarios with ground truth; record_all / record_fast
 * oracle.py    -- tshark's (pyshark) per-conversation view of a capture
+* clients.py   -- local client users; running a client as one of them (its pid)
+* poller.py    -- the polling baseline (psutil.net_connections every 100 ms)
+* sensor.py    -- ``xfer-sensor run`` as a daemon inside a lab namespace
 """

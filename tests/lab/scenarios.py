@@ -83,6 +83,10 @@ class Session:
     exit_code: int | None = None
     started: str = ""
     ended: str = ""
+    os_user: str | None = None       # the local account the client ran as (None: root)
+    pid: int | None = None           # the client's pid (known when run as os_user)
+    t_start: float = 0.0             # time.time() around the run
+    t_end: float = 0.0
 
     def connections(self) -> list[dict]:
         """Connections this session puts on the wire (by server port)."""
@@ -123,6 +127,8 @@ class Session:
             "exit_code": self.exit_code,
             "started": self.started,
             "ended": self.ended,
+            "os_user": self.os_user,
+            "pid": self.pid,
             "transfers": [t.as_json(lab) for t in self.transfers],
             "connections": self.connections(),
         }
@@ -131,23 +137,37 @@ class Session:
 class Recorder:
     """Runs client sessions for one scenario and checks what they did."""
 
-    def __init__(self, lab: Lab, name: str, servers: dict, description: str = ""):
+    def __init__(self, lab: Lab, name: str, servers: dict, description: str = "",
+                 user: str | None = None):
+        """``user``: run the clients as this local account (tests/lab/clients.py;
+        it must exist) instead of root; each session then records its pid."""
         self.lab = lab
         self.name = name
         self.servers = servers
         self.description = description
+        self.user = user
         self.sessions: list[Session] = []
         self.impairment: dict | None = None
         self.dir = Path(lab.workdir) / "client" / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.files = make_files(self.dir / "src")
+        if user is not None:
+            from .clients import chown_tree
+            (Path(lab.workdir) / "client").chmod(0o755)
+            chown_tree(self.dir, user)
 
     def local(self, name: str) -> Path:
         return self.dir / name
 
     def run(self, s: Session, timeout: float = 90) -> Session:
         s.started = _now()
-        cp = self.lab.cli(s.argv, check=False, timeout=timeout, cwd=str(self.dir))
+        if self.user is None:
+            cp = self.lab.cli(s.argv, check=False, timeout=timeout, cwd=str(self.dir))
+            s.t_start = s.t_end = 0.0
+        else:
+            from .clients import run_as
+            cp = run_as(self.lab.cli_ns, self.user, s.argv, cwd=self.dir, timeout=timeout)
+            s.os_user, s.pid, s.t_start, s.t_end = self.user, cp.pid, cp.t_start, cp.t_end
         s.ended = _now()
         s.exit_code = cp.returncode
         if s.expect == "success":
