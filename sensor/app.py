@@ -123,6 +123,17 @@ class AppLayer:
             return False, (NONSTANDARD_FTP, p)
         return None
 
+    def reused(self, flow: Flow, p: Packet) -> bool:
+        """A TFTP client's port reused by a new request: an RRQ/WRQ from the
+        client on a request flow the server already answered (its transfer
+        flow was seen) -- not a retransmission, which comes only while
+        unanswered.  The flow table then ends the old request."""
+        st: AppState = flow.ctx
+        return (p.proto == 17 and flow.app == "tftp" and st is not None and st.parent is None
+                and (st.children > 0 or st.child_answered)
+                and p.src == flow.orig_b and p.sport == flow.orig_p
+                and p.payload[:2] in (b"\x00\x01", b"\x00\x02"))
+
     # -- flows --------------------------------------------------------------------
     def flow_started(self, flow: Flow, match: Any = None) -> None:
         """A new flow. Expected flows get their state now; a flow on a

@@ -170,7 +170,7 @@ WeirdCallback = Callable[[int, Flow | None, str, str], None]
 
 class FlowStats(Counters):
     __slots__ = ("created", "ended", "evicted", "active_max", "expired", "seq_jumps", "untracked",
-                 "emergency_entered", "emergency_exited")
+                 "emergency_entered", "emergency_exited", "reused")
 
 
 # Emergency mode (Suricata's flow emergency): when the table is nearly full,
@@ -215,6 +215,9 @@ class FlowTable:
         self.admit: Callable[[Packet], tuple[bool, object] | None] | None = None
         self.on_new: Callable[[Flow, object], None] | None = None
         self.on_tick: Callable[[int], None] | None = None
+        # ``reused(flow, packet)``: True when a UDP packet starts a new
+        # connection on a live flow's 5-tuple (a TFTP client's port reused)
+        self.reused: Callable[[Flow, Packet], bool] | None = None
 
     # -- time -----------------------------------------------------------------
     def advance(self, ts: int) -> int:
@@ -332,6 +335,13 @@ class FlowTable:
         a, b = (p.src, p.sport), (p.dst, p.dport)
         key = (p.proto,) + (a + b if a <= b else b + a)
         flow = self.flows.get(key)
+        if flow is not None and self._starts_anew(flow, p):
+            # the 5-tuple was reused (the client's port came round again while
+            # the old flow waited for its timeout): end the old connection,
+            # this packet starts a new one
+            self._end(flow, "reused")
+            self.stats.reused += 1
+            flow = None
         new = flow is None
         if new:
             # an expected connection (FTP data, TFTP transfer) may also sit on a
@@ -356,6 +366,17 @@ class FlowTable:
             # after the first packet is accounted, so its flags are in the history
             self.on_new(flow, admitted[1] if admitted is not None else None)
         return flow
+
+    def _starts_anew(self, flow: Flow, p: Packet) -> bool:
+        """TCP: a SYN (no ACK) with a new initial sequence number after the
+        connection closed (FIN both ways or RST) -- as Zeek does; UDP: when
+        the application layer says so (``reused``)."""
+        if p.proto == 6:
+            if p.flags & (SYN | ACK) != SYN or flow.tclass != T_CLOSED:
+                return False
+            s = flow.o if (p.src == flow.orig_b and p.sport == flow.orig_p) else flow.r
+            return s.syn_seq != p.seq
+        return self.reused is not None and self.reused(flow, p)
 
     def _set_class(self, flow: Flow, cls: int) -> None:
         if flow.tclass != cls:

@@ -35,6 +35,7 @@ class Pipeline:
         self.flows.admit = self.app.admit
         self.flows.on_new = self._flow_started
         self.flows.on_tick = self.app.expire
+        self.flows.reused = self.app.reused
         self.records = RecordBuilder(config)
         self.detector = Detector(rules, config.limits)
         self.weird_counts: dict[str, int] = {}

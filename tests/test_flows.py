@@ -190,3 +190,48 @@ def test_emergency_mode_shortens_timeouts_when_the_table_is_nearly_full(replay):
     assert len(r.connections) == 95
     r = replay(pkts, config={"limits": {"max_flows": 1000}})      # far from full: no emergency
     assert r.pipe.flows.stats.emergency_entered == 0 and r.pipe.flows.stats.expired == 0
+
+
+def test_reused_tcp_port_starts_a_new_connection(replay):
+    """A client port that comes round again while the old connection waits for
+    its tcp_closed timeout: a SYN with a new ISN after FIN both ways (or RST)
+    is a new connection (two records), as in Zeek; a SYN of the same ISN is not."""
+    a = tcp_session(DEV, SRV, 40000, 21, T0, s2c=b"220 a\r\n", c2s=b"USER a\r\n", isn_c=1000)
+    b = tcp_session(DEV, SRV, 40000, 21, T0 + 0.3, s2c=b"220 b\r\n", c2s=b"USER bb\r\n", isn_c=900000)
+    r = replay(a + b)
+    recs = sorted(r.connections, key=lambda c: c["FirstSeen"])
+    assert len(recs) == 2, recs
+    assert [c["ConnState"] for c in recs] == ["SF", "SF"]
+    assert [c["SentBytes"] for c in recs] == [8, 9] and [c["AppUser"] for c in recs] == ["a", "bb"]
+    assert recs[0]["Uid"] != recs[1]["Uid"]
+    assert r.pipe.flows.stats.reused == 1
+    c = Tcp(DEV, SRV, 40001, 21, T0)
+    c._emit(True, "S")
+    c._emit(False, "RA", seq=0)
+    c._emit(True, "S")          # the same attempt's SYN again: not a new connection
+    assert len(replay(c.pkts).connections) == 1
+
+
+def test_reused_tftp_client_port_starts_a_new_request(replay):
+    """Two TFTP requests from one client port (two tftp runs whose ports
+    collided): each its own request record with its own transfer; a request
+    retransmitted before any answer stays one."""
+    rrq = b"\x00\x01a.txt\x00octet\x00"
+    wrq = b"\x00\x02b.txt\x00octet\x00"
+    pk = (udp_exchange(DEV, SRV, 40000, 69, T0, [(True, rrq)])
+          + udp_exchange(DEV, SRV, 40000, 50000, T0 + 0.01, [(False, b"\x00\x03\x00\x01" + b"x" * 10),
+                                                             (True, b"\x00\x04\x00\x01")])
+          + udp_exchange(DEV, SRV, 40000, 69, T0 + 0.3, [(True, wrq)])
+          + udp_exchange(DEV, SRV, 40000, 50001, T0 + 0.31, [(False, b"\x00\x04\x00\x00"),
+                                                              (True, b"\x00\x03\x00\x01" + b"y" * 7),
+                                                              (False, b"\x00\x04\x00\x01")]))
+    r = replay(pk)
+    req = sorted((c for c in r.connections if c["RemotePort"] == 69), key=lambda c: c["FirstSeen"])
+    assert len(req) == 2, r.connections
+    assert [c["AdditionalFields"]["TftpFilename"] for c in req] == ["a.txt", "b.txt"]
+    assert [c["ActionType"] for c in req] == ["ConnectionSuccess"] * 2
+    xfer = {c["RemotePort"]: c for c in r.connections if c["RemotePort"] in (50000, 50001)}
+    assert xfer[50000]["ParentUid"] == req[0]["Uid"] and xfer[50001]["ParentUid"] == req[1]["Uid"]
+    assert sorted((t["Filename"], t["Bytes"]) for t in r.transfers) == [("a.txt", 10), ("b.txt", 7)]
+    again = udp_exchange(DEV, SRV, 40002, 69, T0, [(True, rrq), (True, rrq)], step=1.0)
+    assert len(replay(again).connections) == 1
