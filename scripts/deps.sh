@@ -8,7 +8,9 @@ want="${1:-demo}"
 apt_pkgs=(python3-venv python3-pip)
 if [ "$want" = test ]; then
   # tshark: the independent oracle; the rest: real servers and clients for the lab tests
-  apt_pkgs+=(tshark tcpdump vsftpd tftpd-hpa tftp-hpa samba smbclient lftp curl iproute2 openssl procps systemd rsyslog)
+  # util-linux (setpriv) and passwd (useradd): clients run as other local users
+  apt_pkgs+=(tshark tcpdump vsftpd tftpd-hpa tftp-hpa samba smbclient lftp curl iproute2 openssl procps systemd rsyslog
+             util-linux passwd)
 fi
 
 missing=()
