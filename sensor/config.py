@@ -98,6 +98,7 @@ class Config:
     limits: Limits = Limits()
     hostnames: Mapping[str, str] = field(default_factory=dict)   # IP -> name (RemoteUrl)
     output: Output = Output()
+    home_net_given: bool = False          # the file set home_net (endpoint mode keeps it then)
 
 
 _TOP_KEYS = {"tracked_ports", "home_net", "ip_type_overrides", "inventory", "device_name", "timeouts", "limits",
@@ -255,6 +256,7 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
         if not isinstance(hn, list):
             raise ConfigError(source, "home_net", "must be a list of CIDRs")
         kw["home_net"] = tuple(_net(source, "home_net", n) for n in hn)
+        kw["home_net_given"] = True
     if "ip_type_overrides" in raw:
         ov = raw["ip_type_overrides"] or {}
         if not isinstance(ov, dict):

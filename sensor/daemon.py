@@ -12,6 +12,13 @@ it keeps only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (attribution).
 systemd: READY=1 once capturing, WATCHDOG=1 every half $WATCHDOG_USEC,
 STATUS= with the counters, RELOADING=1/READY=1 around a reload, STOPPING=1.
 
+Modes (``--mode``): ``endpoint`` (default) -- the host's own traffic: the
+attribution helper (sensor/attribution.py) looks up the process of every
+FTP/SMB/TFTP connection at its first packet and the records carry it;
+DeviceName is the host name and ``home_net`` the host's addresses unless the
+config sets them.  ``span`` -- a mirror port: other hosts' traffic, no
+attribution.
+
 Time: packets carry the kernel's timestamps; when no packet arrives the
 daemon advances the pipeline with the clock (a heartbeat), so idle flows
 still time out -- the pipeline itself only ever sees timestamps.
@@ -30,6 +37,7 @@ from typing import Sequence
 from .capture import CaptureError
 from .config import Config, ConfigError, load_config
 from .detect import Detector
+from .endpoint import AttributionBook, endpoint_config
 from .live import DEFAULT_TIMEOUT_MS, LiveCapture
 from .pipeline import Pipeline
 from .records import RECORD_FIELDS, RecordBuilder
@@ -42,23 +50,29 @@ log = logging.getLogger("xfer-sensor")
 
 POLL_S = 0.25            # longest wait for packets before a heartbeat
 STATUS_EVERY_S = 300.0   # counters to the journal
+ATTRIBUTION_SETTLE_S = 0.1   # on SIGTERM, wait this long for lookups in flight
 DRAIN_S = 1.0            # longest wait on SIGTERM for packets already captured
 
 
 class Daemon:
     def __init__(self, interfaces: Sequence[str], config_path: str | None, rules_path: str,
-                 outdir: Path) -> None:
+                 outdir: Path, mode: str = "endpoint") -> None:
         self.config_path = config_path
         self.rules_path = rules_path
-        self.cfg: Config = load_config(config_path)
+        self.endpoint = mode == "endpoint"
+        self.cfg: Config = self._config(load_config(config_path))
         self.rules: RuleSet = load_rules(rules_path, RECORD_FIELDS)
         # the config's outputs (profile, files, stdout, syslog), each behind a
         # bounded queue that never blocks capture (overflow is counted)
         self.sink = build_outputs(self.cfg.output, config=self.cfg, rules=self.rules, outdir=outdir,
                                   block=False, truncate=False)
-        self.pipe = Pipeline(self.cfg, self.rules, self.sink)
+        self.book = AttributionBook() if self.endpoint else None
+        self.pipe = Pipeline(self.cfg, self.rules, self.sink, attribution=self.book)
         self.capture = LiveCapture(interfaces)
         self.capture.install_filters(self.pipe.capture_filters())
+        self.helper = None
+        if self.endpoint:   # before the capabilities go: the helper's tap needs CAP_NET_RAW
+            self.helper = self._start_helper(interfaces)
         # the capture is open: from here on only attribution's capabilities
         try:
             eff = keep_only(RUNNING_CAPS)
@@ -68,6 +82,30 @@ class Daemon:
         self.notify = SdNotifier()
         self.hup = False
         self.stop = False
+
+    def _config(self, cfg: Config) -> Config:
+        return endpoint_config(cfg) if self.endpoint else cfg
+
+    def _start_helper(self, interfaces: Sequence[str]):
+        from .attribution import AttributionHelper
+        ports = sorted(set(self.cfg.tracked_ports) | {989})
+        helper = AttributionHelper(iface=interfaces[0] if len(interfaces) == 1 else None, ports=ports)
+        try:
+            helper.start()
+        except OSError as e:
+            log.error("attribution is off: %s (records will say AttributionSource none)", e)
+            return None
+        log.info("attribution helper started (pid %d)", helper._proc.pid if helper._proc else 0)
+        return helper
+
+    def collect_attributions(self) -> int:
+        """Move the helper's finished lookups into the pipeline's book."""
+        if self.helper is None:
+            return 0
+        got = self.helper.poll()
+        for key, a in got:
+            self.book.add(key, a)
+        return len(got)
 
     # -- signals ---------------------------------------------------------------
     def _on_hup(self, signum, frame) -> None:
@@ -80,7 +118,7 @@ class Daemon:
         self.notify.reloading("reloading")
         self.sink.request_reopen()
         try:
-            cfg = load_config(self.config_path)
+            cfg = self._config(load_config(self.config_path))
             rules = load_rules(self.rules_path, RECORD_FIELDS)
         except (ConfigError, RuleError) as e:
             log.error("reload refused, keeping the running config and rules: %s", e)
@@ -91,7 +129,7 @@ class Daemon:
         if restart_only:
             log.warning("options %s change only on restart; the others are applied", ", ".join(restart_only))
         self.cfg = cfg
-        self.pipe.records = RecordBuilder(cfg)
+        self.pipe.records = RecordBuilder(cfg, endpoint=self.endpoint)
         old = self.pipe.detector
         new = Detector(rules, self.pipe.cfg.limits)
         kept = 0
@@ -125,8 +163,13 @@ class Daemon:
         cap = self.capture.read_stats()
         drops = sum(s.kernel_dropped + s.interface_dropped for s in cap.values())
         recv = sum(s.received for s in cap.values())
-        return (f"packets {recv}, dropped {drops}, flows active {len(self.pipe.flows.flows)}, "
+        line = (f"packets {recv}, dropped {drops}, flows active {len(self.pipe.flows.flows)}, "
                 f"connections {sum(st['connections'].values())}, alerts {st['detect']['alerts']}")
+        if self.endpoint:
+            a = st["attribution"]
+            line += (", attribution " + " ".join(f"{k}={v}" for k, v in a["by_source"].items())
+                     + f" late={a['late']}")
+        return line
 
     def run(self) -> int:
         signal.signal(signal.SIGHUP, self._on_hup)
@@ -141,6 +184,7 @@ class Daemon:
         handler_for = self.pipe.handler_for
         try:
             while not self.stop:
+                self.collect_attributions()   # before the packets whose flows may end now
                 got = self.capture.poll(handler_for, POLL_S)
                 if not got:
                     self.pipe.flows.advance(time.time_ns() // 1000)   # heartbeat
@@ -159,9 +203,14 @@ class Daemon:
         finally:
             self.notify.stopping("flushing")
             self.drain(handler_for)
+            if self.helper is not None:   # lookups still in flight for the last connections
+                time.sleep(ATTRIBUTION_SETTLE_S)
+                self.collect_attributions()
             self.pipe.finish()
             self.sink.close()
             self.capture.close()
+            if self.helper is not None:
+                self.helper.stop()
             log.info("stopped: %s", self.status_line() if self.capture.handles else "capture closed")
         return 0
 
@@ -173,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--config", help="config YAML (default /etc/xfer-sensor/config.yaml when present)")
     ap.add_argument("--rules", help="rules folder (default: the shipped rules)")
     ap.add_argument("--out", default="/var/log/xfer-sensor", help="folder for the .jsonl files")
+    ap.add_argument("--mode", choices=("endpoint", "span"), default="endpoint",
+                    help="endpoint: this host's traffic, with the process of each connection (default); "
+                         "span: a mirror port, no attribution")
     ap.add_argument("--allow-root", action="store_true",
                     help="run as uid 0 (otherwise refused: run as an unprivileged user with the "
                          "capabilities of systemd/xfer-sensor.service)")
@@ -187,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config is None and Path("/etc/xfer-sensor/config.yaml").exists():
         config = "/etc/xfer-sensor/config.yaml"
     try:
-        d = Daemon(args.interface, config, args.rules or str(default_rules_dir()), Path(args.out))
+        d = Daemon(args.interface, config, args.rules or str(default_rules_dir()), Path(args.out), mode=args.mode)
     except (ConfigError, RuleError, CaptureError) as e:
         print(f"xfer-sensor: error: {e}", file=sys.stderr)
         return 2

@@ -418,6 +418,13 @@ class EcsProfile:
             doc["file"] = f
         if rec.get("User"):
             doc["user"] = {"name": rec["User"]}
+        proc: dict[str, Any] = {}      # endpoint mode: the process of the control connection
+        for col, path in _PROCESS[:2] + _PROCESS[5:6]:
+            v = rec.get(col)
+            if v not in (None, "", 0, -1):
+                _set(proc, path, v)
+        if proc:
+            doc["process"] = proc
         related: dict[str, Any] = {"ip": _uniq((client, server))}
         if rec.get("User"):
             related["user"] = [rec["User"]]
@@ -432,6 +439,8 @@ class EcsProfile:
                                  ("ErrorMessage", "error_message"), ("Share", "share"), ("Note", "note")):
             if src_key in rec:
                 x[dst_key] = rec[src_key]
+        if rec.get("AttributionSource"):
+            x["attribution_source"] = rec["AttributionSource"]
         doc["xfer"] = {"transfer": x}
         return doc
 

@@ -13,6 +13,7 @@ from .bpf import build_filter
 from .config import Config
 from .decode import DecodeStats, Decoder
 from .detect import Detector
+from .endpoint import AttributionBook
 from .app import AppLayer
 from .flows import Flow, FlowTable
 from .ports import PortSet
@@ -24,7 +25,11 @@ WEIRD_LOG_PER_NAME = 1000
 
 
 class Pipeline:
-    def __init__(self, config: Config, rules: RuleSet, sink: Any) -> None:
+    """``attribution``: an ``AttributionBook`` (endpoint mode) -- the records
+    then carry the process that made each connection (see sensor/endpoint.py)."""
+
+    def __init__(self, config: Config, rules: RuleSet, sink: Any,
+                 attribution: AttributionBook | None = None) -> None:
         self.cfg = config
         self.sink = sink
         self.portset = PortSet(config.tracked_ports)
@@ -36,7 +41,12 @@ class Pipeline:
         self.flows.on_new = self._flow_started
         self.flows.on_tick = self.app.expire
         self.flows.reused = self.app.reused
-        self.records = RecordBuilder(config)
+        self.book = attribution
+        self.records = RecordBuilder(config, endpoint=attribution is not None)
+        self._resolved: dict[Flow, Any] = {}     # flows whose attribution children inherit
+        self.attribution_counts: dict[str, int] = {}
+        if attribution is not None:
+            self.app.annotate = self._annotate_transfer
         self.detector = Detector(rules, config.limits)
         self.weird_counts: dict[str, int] = {}
         self.action_counts: dict[str, int] = {}
@@ -99,12 +109,48 @@ class Pipeline:
             self._emit_connection(flow)
 
     def _emit_connection(self, flow: Flow) -> None:
-        rec = self.records.build(flow)
+        att = None
+        if self.book is not None:
+            att = self._attribution(flow)
+            self._resolved.pop(flow, None)
+            src = att.AttributionSource if att is not None else "none"
+            if att is None:
+                self.book.missed(self.records.local_key(flow))
+            self.attribution_counts[src] = self.attribution_counts.get(src, 0) + 1
+        rec = self.records.build(flow, att)
         at = rec["ActionType"]
         self.action_counts[at] = self.action_counts.get(at, 0) + 1
         self.sink.emit("connections", rec)
         for alert in self.detector.observe(rec, flow.first_ts):
             self.sink.emit("alerts", alert)
+
+    # -- attribution (endpoint mode) -------------------------------------------
+    def _attribution(self, flow: Flow) -> Any:
+        """The process of a connection: an FTP data connection or a TFTP
+        transfer inherits its control connection's / request's (when that
+        is known), anything else has its own lookup's, if any."""
+        a = self._resolved.get(flow)
+        if a is not None:
+            return a
+        own = self.book.take(self.records.local_key(flow))
+        st = flow.ctx
+        parent = st.parent if st is not None else None
+        a = own
+        if parent is not None:
+            pa = self._attribution(parent)
+            if pa is not None and pa.AttributionSource != "none":
+                a = pa.linked()
+        if a is not None and a.AttributionSource != "none":
+            self._resolved[flow] = a
+        return a
+
+    def _annotate_transfer(self, owner: Flow, rec: dict) -> None:
+        a = self._attribution(owner)
+        if a is not None and a.AttributionSource != "none":
+            rec["InitiatingProcessFileName"] = a.InitiatingProcessFileName
+            rec["InitiatingProcessId"] = a.InitiatingProcessId
+            rec["InitiatingProcessAccountName"] = a.InitiatingProcessAccountName
+        rec["AttributionSource"] = a.AttributionSource if a is not None else "none"
 
     def _weird(self, ts: int, name: str, detail: str, uid: str, source: str) -> None:
         n = self.weird_counts.get(name, 0) + 1
@@ -128,5 +174,9 @@ class Pipeline:
             "expectations": self.app.expect.stats.as_dict(),
             "detect": self.detector.stats.as_dict(),
             "connections": dict(sorted(self.action_counts.items())),
+            "attribution": {"by_source": dict(sorted(self.attribution_counts.items())),
+                            "misses": self.attribution_counts.get("none", 0),
+                            "waiting": len(self.book) if self.book is not None else 0,
+                            "late": self.book.stats["late"] if self.book is not None else 0},
             "weird": dict(sorted(self.weird_counts.items())),
         }

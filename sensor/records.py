@@ -6,9 +6,11 @@ the same capture always gives byte-identical output.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 from .communityid import community_id_v1
 from .config import Config
+from .endpoint import ENDPOINT_FIELDS
 from .flows import Flow
 from .iptype import IpTyper, NetSet
 
@@ -39,12 +41,23 @@ def iso_us(ts_us: int) -> str:
 
 
 class RecordBuilder:
-    __slots__ = ("cfg", "typer", "home")
+    """``endpoint``: the records carry the process columns of endpoint mode
+    (``ENDPOINT_FIELDS``, after the others) and ``build`` takes the
+    connection's attribution."""
 
-    def __init__(self, config: Config) -> None:
+    __slots__ = ("cfg", "typer", "home", "endpoint")
+
+    def __init__(self, config: Config, endpoint: bool = False) -> None:
         self.cfg = config
         self.typer = IpTyper(config.ip_type_overrides)
         self.home = NetSet(config.home_net)
+        self.endpoint = endpoint
+
+    def local_key(self, flow: Flow) -> tuple:
+        """``(proto, local_ip, local_port, remote_ip, remote_port)`` as the record sees it."""
+        if self.device_is_orig(flow):
+            return (flow.proto, flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p)
+        return (flow.proto, flow.resp_h, flow.resp_p, flow.orig_h, flow.orig_p)
 
     def device_is_orig(self, flow: Flow) -> bool:
         o_home = flow.orig_h in self.home
@@ -64,7 +77,8 @@ class RecordBuilder:
                 return "ConnectionFailed" if "D" in flow.history else "ConnectionFound"
         return "ConnectionSuccess" if outbound else "InboundConnectionAccepted"
 
-    def build(self, flow: Flow) -> dict:
+    def build(self, flow: Flow, att: Any = None) -> dict:
+        """The connection's record; ``att`` its ``Attribution`` (endpoint mode)."""
         outbound = self.device_is_orig(flow)
         st = flow.ctx
         if outbound:
@@ -104,10 +118,11 @@ class RecordBuilder:
             "Protocol": "Tcp" if flow.proto == 6 else "Udp",
             "LocalIPType": self.typer.type_of(lip),
             "RemoteIPType": self.typer.type_of(rip),
-            "InitiatingProcessFileName": "",
-            "InitiatingProcessId": 0,
-            "InitiatingProcessAccountName": "",
-            "AccountName": user,
+            "InitiatingProcessFileName": att.InitiatingProcessFileName if att else "",
+            "InitiatingProcessId": att.InitiatingProcessId if att else 0,
+            "InitiatingProcessAccountName": att.InitiatingProcessAccountName if att else "",
+            # the hunt's account: the process's when known, else the protocol login
+            "AccountName": (att.InitiatingProcessAccountName if att else "") or user,
             "SentBytes": sent.bytes,
             "ReceivedBytes": recv.bytes,
             "SentPackets": sent.pkts,
@@ -129,4 +144,8 @@ class RecordBuilder:
         }
         if cfg.hostnames:   # Defender's RemoteUrl, from the config's static map
             rec["RemoteUrl"] = cfg.hostnames.get(rip, "")
+        if self.endpoint:
+            for k in ENDPOINT_FIELDS:
+                rec[k] = getattr(att, k) if att is not None else ("none" if k == "AttributionSource" else
+                                                                  0 if k == "InitiatingProcessParentId" else "")
         return rec

@@ -62,6 +62,7 @@ EXTRA_FIELDS = frozenset({
     "InitiatingProcessParentFileName", "InitiatingProcessParentId", "InitiatingProcessCreationTime",
     "InitiatingProcessAccountDomain", "InitiatingProcessAccountSid", "InitiatingProcessAccountUpn",
     "InitiatingProcessSHA1", "InitiatingProcessSHA256", "InitiatingProcessMD5", "DeviceId", "ReportId",
+    "AttributionSource",
 })
 # keys records carry inside AdditionalFields, reachable as AdditionalFields.<key>
 ADDITIONAL_FIELDS = frozenset({

@@ -70,7 +70,7 @@ def wait_for(cond, timeout=10.0, what=""):
 
 
 class Daemon:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, mode: str = "span"):
         self.out = tmp / "out"
         self.rules = tmp / "rules"
         self.rules.mkdir()
@@ -85,7 +85,8 @@ class Daemon:
         r.write_text(r.read_text().replace("      - 20\n", f"      - {PORT}\n      - 20\n"))
         self.stderr = b""
         self.p = subprocess.Popen([sys.executable, "-m", "sensor.daemon", "-i", "lo", "--out", str(self.out),
-                                   "--config", str(self.cfg), "--rules", str(self.rules), "--allow-root"],
+                                   "--config", str(self.cfg), "--rules", str(self.rules), "--allow-root",
+                                   "--mode", mode],
                                   cwd=REPO, stderr=subprocess.PIPE)
         os.set_blocking(self.p.stderr.fileno(), False)
         wait_for(lambda: b"capturing on lo" in self.err(), what="the daemon to capture")
@@ -100,6 +101,7 @@ class Daemon:
 
 
 def test_daemon_signals(tmp_path, ftp_server):
+    """span mode: the account is the protocol login (no attribution)."""
     d = Daemon(tmp_path)
     try:
         conns = d.out / "connections.jsonl"
@@ -144,6 +146,64 @@ def test_daemon_signals(tmp_path, ftp_server):
         if d.p.poll() is None:
             d.p.kill()
             d.p.wait()
+
+
+CLIENT = """
+import socket, sys, time
+for user in sys.argv[1:]:
+    with socket.create_connection(("127.0.0.2", 2121), source_address=("127.0.0.1", 0), timeout=2) as s:
+        s.recv(100)
+        s.sendall(f"USER {user}\\r\\n".encode())
+        s.recv(100)
+        time.sleep(0.01)   # a real client's session lives a few ms (curl FTP: 6-13 ms)
+    time.sleep(0.02)
+"""
+
+
+def test_endpoint_mode_names_the_process_and_account(tmp_path, ftp_server):
+    """endpoint mode (the default): each record carries the process that made
+    the connection -- a short-lived client under its own name, run as
+    nobody -- and the account that alerts are grouped by is the process's."""
+    import pwd
+    import shutil
+    import socket as _socket
+    import tempfile
+    bindir = Path(tempfile.mkdtemp(prefix="xs-client-"))   # 0700 pytest folders are closed to nobody
+    os.chmod(bindir, 0o755)
+    prog = bindir / "xs-ftp-client"
+    prog.symlink_to(os.path.realpath(sys.executable))
+    d = Daemon(tmp_path, mode="endpoint")
+    try:
+        pids = []
+        for _ in range(2):   # two processes, two sessions each
+            c = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(prog),
+                                  "-c", CLIENT, "alice", "bob"], cwd="/")
+            assert c.wait(10) == 0
+            pids.append(c.pid)
+        conns = d.out / "connections.jsonl"
+        wait_for(lambda: len(read(conns)) == 4, what="4 connection records")
+        recs = read(conns)
+        nobody = pwd.getpwuid(65534).pw_name
+        assert [r["InitiatingProcessId"] for r in recs] == [pids[0], pids[0], pids[1], pids[1]], [(r["AttributionSource"], r["InitiatingProcessAccountName"], r["LocalPort"], r["Timestamp"]) for r in recs]
+        for r in recs:
+            assert r["InitiatingProcessFileName"] == "xs-ftp-client", r
+            assert r["InitiatingProcessAccountName"] == nobody and r["AccountName"] == nobody, r
+            assert r["AttributionSource"] == "socket", r
+            assert "create_connection" in r["InitiatingProcessCommandLine"], r
+            assert r["DeviceName"] == _socket.gethostname(), r
+        assert [r["AppUser"] for r in recs] == ["alice", "bob", "alice", "bob"]
+        # the 4th connection of one process and account to one server: one alert, with them
+        wait_for(lambda: len(read(d.out / "alerts.jsonl")) == 1, what="the alert")
+        a = read(d.out / "alerts.jsonl")[0]
+        assert (a["InitiatingProcessFileName"], a["AccountName"], a["ConnectionCount"]) == ("xs-ftp-client", nobody, 4)
+        d.p.send_signal(signal.SIGTERM)
+        assert d.p.wait(10) == 0
+        assert b"attribution helper started" in d.err()
+    finally:
+        if d.p.poll() is None:
+            d.p.kill()
+            d.p.wait()
+        shutil.rmtree(bindir, ignore_errors=True)
 
 
 def test_daemon_refuses_root_without_the_flag(tmp_path):

@@ -1,0 +1,156 @@
+"""Endpoint mode in the pipeline, without a network: attributions handed to the
+``AttributionBook`` (as the daemon does with the helper's results) end up in
+the records; FTP data connections and TFTP transfers inherit the process of
+their control connection / request; AccountName is the process's account,
+else the protocol login; records without a lookup say "none"; a result that
+comes after its record is only counted.  Real lab captures (pcaps/real/)."""
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from sensor.attribution import Attribution
+from sensor.capture import read_file
+from sensor.config import config_from_dict
+from sensor.endpoint import ENDPOINT_FIELDS, AttributionBook, endpoint_config
+from sensor.outputs import MemorySink
+from sensor.pipeline import Pipeline
+from sensor.records import RECORD_FIELDS
+from sensor.rules import load_rules
+
+REPO = Path(__file__).resolve().parent.parent
+REAL = REPO / "pcaps" / "real"
+CLIENT, SERVER = "10.77.0.1", "10.77.0.2"
+CONFIG = {"home_net": [f"{CLIENT}/32"], "ip_type_overrides": {f"{SERVER}/32": "Public"}}
+
+
+def run(pcap: str, book: AttributionBook | None, config: dict = CONFIG):
+    cfg = config_from_dict(config, "<test>")
+    sink = MemorySink()
+    pipe = Pipeline(cfg, load_rules(REPO / "rules", RECORD_FIELDS), sink, attribution=book)
+    res = read_file(REAL / pcap, pipe.handler_for, pipe.capture_filters(), pipe.refilter)
+    assert not res.error, res.error
+    pipe.finish()
+    return pipe, sink
+
+
+def key(r: dict) -> tuple:
+    return (6 if r["Protocol"] == "Tcp" else 17, r["LocalIP"], r["LocalPort"], r["RemoteIP"], r["RemotePort"])
+
+
+def proc(pid: int, name: str, user: str) -> Attribution:
+    return Attribution(InitiatingProcessFileName=name, InitiatingProcessId=pid,
+                       InitiatingProcessCommandLine=f"{name} --demo {pid}", InitiatingProcessAccountName=user,
+                       InitiatingProcessParentFileName="bash", AttributionSource="socket",
+                       InitiatingProcessFolderPath=f"/usr/bin/{name}", InitiatingProcessParentId=1)
+
+
+def attribute_sessions(pcap: str) -> tuple[AttributionBook, dict]:
+    """A book holding one process per control connection / request of the
+    capture (not for data channels or transfers: those must inherit)."""
+    _, plain = run(pcap, None)
+    book = AttributionBook()
+    expected = {}
+    for i, r in enumerate(plain.records["connections"]):
+        if not r["ParentUid"] and r["Direction"] == "outbound":
+            a = proc(1000 + i, "curl" if i % 2 else "lftp", "alice" if i % 2 else "bob")
+            book.add(key(r), a)
+            expected[r["Uid"]] = a
+    assert expected, "the capture has control connections"
+    return book, expected
+
+
+@pytest.mark.parametrize("pcap", ["ftp_passive_anon.pcap", "ftp_active_local.pcap", "tftp.pcap"])
+def test_children_inherit_their_control_connection_process(pcap):
+    book, expected = attribute_sessions(pcap)
+    pipe, sink = run(pcap, book)
+    recs = sink.records["connections"]
+    children = [r for r in recs if r["ParentUid"]]
+    assert children, "the capture has data channels / transfers"
+    for r in recs:
+        assert list(r)[-len(ENDPOINT_FIELDS):] == list(ENDPOINT_FIELDS)
+        a = expected.get(r["Uid"]) or expected.get(r["ParentUid"])
+        assert a is not None, r
+        assert (r["InitiatingProcessFileName"], r["InitiatingProcessId"], r["InitiatingProcessAccountName"],
+                r["InitiatingProcessCommandLine"], r["InitiatingProcessParentFileName"]) == \
+            (a.InitiatingProcessFileName, a.InitiatingProcessId, a.InitiatingProcessAccountName,
+             a.InitiatingProcessCommandLine, "bash"), r
+        assert r["AccountName"] == a.InitiatingProcessAccountName
+        want = "linked-control-connection" if r["ParentUid"] else "socket"
+        assert r["AttributionSource"] == want, r
+    st = pipe.stats()["attribution"]
+    assert st["by_source"] == {"linked-control-connection": len(children), "socket": len(recs) - len(children)}
+    assert st["misses"] == 0 and st["waiting"] == 0
+    # transfers name the process too (the control connection's)
+    for t in sink.records["transfers"]:
+        a = expected.get(t["ControlUid"]) or expected.get(t.get("Uid"))
+        assert a is not None and t["InitiatingProcessFileName"] == a.InitiatingProcessFileName, t
+        assert t["InitiatingProcessId"] == a.InitiatingProcessId and t["AttributionSource"] != "none", t
+
+
+def test_without_a_lookup_the_account_is_the_protocol_login():
+    pipe, sink = run("ftp_passive_anon.pcap", AttributionBook())
+    recs = sink.records["connections"]
+    ctrl = [r for r in recs if r["RemotePort"] == 21]
+    assert ctrl and all(r["AttributionSource"] == "none" and r["InitiatingProcessId"] == 0 for r in recs)
+    assert all(r["AccountName"] == r["AppUser"] != "" for r in ctrl)
+    assert pipe.stats()["attribution"]["misses"] == len(recs)
+
+
+def test_a_data_channel_with_its_own_lookup_but_an_unknown_control_keeps_its_own():
+    _, plain = run("ftp_passive_anon.pcap", None)
+    book = AttributionBook()
+    data = [r for r in plain.records["connections"] if r["ParentUid"]]
+    for r in data:
+        book.add(key(r), proc(77, "wget", "carol"))
+    _, sink = run("ftp_passive_anon.pcap", book)
+    got = {r["Uid"]: r for r in sink.records["connections"]}
+    for r in data:
+        assert (got[r["Uid"]]["InitiatingProcessFileName"], got[r["Uid"]]["AttributionSource"]) == ("wget", "socket")
+
+
+def test_a_result_after_its_record_is_counted_late_and_not_reused():
+    book = AttributionBook(max_entries=4)
+    book.missed((6, "10.0.0.1", 40000, "192.0.2.1", 21))
+    book.add((6, "10.0.0.1", 40000, "192.0.2.1", 21), proc(1, "curl", "a"))
+    assert book.stats["late"] == 1 and len(book) == 0
+    for port in range(6):       # bounded: the oldest go first
+        book.add((6, "10.0.0.1", port, "192.0.2.1", 21), proc(port, "curl", "a"))
+    assert len(book) == 4 and book.stats["evicted"] == 2
+    assert book.take((6, "10.0.0.1", 0, "192.0.2.1", 21)) is None
+    assert book.take((6, "10.0.0.1", 5, "192.0.2.1", 21)).InitiatingProcessId == 5
+
+
+def test_replay_records_have_no_endpoint_columns():
+    _, sink = run("tftp.pcap", None)
+    for r in sink.records["connections"]:
+        assert "AttributionSource" not in r and list(r) == list(RECORD_FIELDS)
+
+
+def test_endpoint_config_uses_the_host_name_and_addresses_unless_set():
+    nets = (ipaddress.ip_network("10.9.8.7/32"), ipaddress.ip_network("fd00::7/128"))
+    cfg = endpoint_config(config_from_dict({}, "<t>"), hostname="ws-17", networks=nets)
+    assert cfg.device_name == "ws-17" and cfg.home_net == nets
+    cfg = endpoint_config(config_from_dict({"device_name": "db-1", "home_net": ["10.0.0.0/8"]}, "<t>"),
+                          hostname="ws-17", networks=nets)
+    assert cfg.device_name == "db-1" and cfg.home_net == (ipaddress.ip_network("10.0.0.0/8"),)
+
+
+def test_endpoint_records_validate_as_ecs():
+    """The process columns map onto ECS process.* (connections and transfers)."""
+    from test_outputs_profiles import ecs_problems
+
+    from sensor.ecs import EcsProfile
+    book, expected = attribute_sessions("ftp_active_local.pcap")
+    _, sink = run("ftp_active_local.pcap", book)
+    prof = EcsProfile(config_from_dict(CONFIG, "<test>"), load_rules(REPO / "rules", RECORD_FIELDS), "sensor-1")
+    n = 0
+    for kind in ("connections", "transfers"):
+        for rec in sink.records[kind]:
+            doc = prof.connection(rec) if kind == "connections" else prof.transfer(rec)
+            assert ecs_problems(doc) == [], (kind, doc)
+            assert doc["process"]["name"] in ("curl", "lftp") and doc["process"]["pid"] >= 1000, doc
+            n += 1
+    assert n > 4
