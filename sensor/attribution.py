@@ -1254,6 +1254,9 @@ class AttributionHelper:
         self._cond = threading.Condition()
         self._results: OrderedDict[tuple, Attribution] = OrderedDict()
         self._times: dict[tuple, list[float]] = {}
+        # results superseded before they were collected: a 5-tuple reused by a
+        # new client (two lookups, one key) -- poll() hands out both, oldest first
+        self._older: list[tuple[tuple, Attribution, list[float]]] = []
         self._max_results = max(1, max_results)
         self._ready = threading.Event()
         self.child_metrics: dict = {}
@@ -1290,6 +1293,12 @@ class AttributionHelper:
                 key = tuple(msg["k"])
                 res = Attribution(**msg["a"])
                 with self._cond:
+                    prev = self._results.get(key)
+                    if prev is not None:
+                        self._older.append((key, prev, self._times.get(key, [])))
+                        if len(self._older) > self._max_results:
+                            self._older.pop(0)
+                            self.counters["result_drops"] += 1
                     self._results[key] = res
                     self._results.move_to_end(key)
                     self._times[key] = msg.get("t", [])
@@ -1322,17 +1331,13 @@ class AttributionHelper:
             return self._results.pop(key)
 
     def poll(self) -> list[tuple[tuple, Attribution]]:
-        with self._cond:
-            out = list(self._results.items())
-            self._results.clear()
-            self._times.clear()
-            self.counters["collected"] += len(out)
-        return out
+        return [(k, a) for k, a, _t in self.poll_timed()]
 
     def poll_timed(self) -> list[tuple[tuple, Attribution, list[float]]]:
         """poll() with the helper's wall-clock times [seen, done, packet]."""
         with self._cond:
-            out = [(k, a, self._times.get(k, [])) for k, a in self._results.items()]
+            out = self._older + [(k, a, self._times.get(k, [])) for k, a in self._results.items()]
+            self._older = []
             self._results.clear()
             self._times.clear()
             self.counters["collected"] += len(out)
