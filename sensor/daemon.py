@@ -102,9 +102,11 @@ class Daemon:
         """Move the helper's finished lookups into the pipeline's book."""
         if self.helper is None:
             return 0
-        got = self.helper.poll()
-        for key, a in got:
-            self.book.add(key, a)
+        got = self.helper.poll_timed()
+        for key, a, t in got:
+            # the first packet's kernel time (the capture's clock); else when the tap saw it
+            ts = (t[2] if len(t) > 2 and t[2] else t[0] if t else 0.0)
+            self.book.add(key, a, int(ts * 1e6) if ts else None)
         return len(got)
 
     # -- signals ---------------------------------------------------------------

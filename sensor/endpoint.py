@@ -27,6 +27,12 @@ from typing import Any
 from .config import Config
 
 BOOK_MAX_ENTRIES = 65536     # attributions waiting for their connection's record
+BOOK_MAX_PER_KEY = 8         # results kept for one 5-tuple (a reused client port)
+# a result belongs to the connection whose first packet is this close in time
+# (µs): the helper reports the packet's kernel timestamp, the capture's own
+# (equal; else the tap's wall clock, a few ms later); a reused port's next
+# client comes >= TAP_SEEN_UDP_S (20 ms) and in practice >> 100 ms later
+BOOK_MATCH_US = 100_000
 SOURCES = ("socket", "uid-only", "linked-control-connection", "none")
 
 # the process columns a record carries in endpoint mode, after the replay
@@ -37,35 +43,78 @@ ENDPOINT_FIELDS = ("InitiatingProcessCommandLine", "InitiatingProcessFolderPath"
 
 
 class AttributionBook:
-    """Attribution results waiting for the records of their connections."""
+    """Attribution results waiting for the records of their connections.
 
-    __slots__ = ("_entries", "_missed", "max_entries", "stats")
+    A key can hold more than one result: a client port that comes round again
+    (two short-lived clients, one 5-tuple, within the old flow's timeout) gives
+    two lookups for one key, and the old connection's record is written only
+    when the new one's first packet ends it -- by then the new lookup is
+    usually in.  Each result therefore carries its first packet's time and
+    ``take(key, first_ts)`` hands a record the result of *its* first packet
+    (the nearest in time); without times, the newest."""
+
+    __slots__ = ("_entries", "_missed", "_n", "max_entries", "stats")
 
     def __init__(self, max_entries: int = BOOK_MAX_ENTRIES) -> None:
-        self._entries: OrderedDict[tuple, Any] = OrderedDict()
+        # key -> [(first packet time in µs or None, attribution)], oldest first
+        self._entries: OrderedDict[tuple, list[tuple[int | None, Any]]] = OrderedDict()
         self._missed: OrderedDict[tuple, None] = OrderedDict()   # records written without one
+        self._n = 0
         self.max_entries = max(1, max_entries)
         # late: results that came after their connection's record was written
         self.stats = {"added": 0, "taken": 0, "evicted": 0, "late": 0}
 
-    def add(self, key: tuple, attribution: Any) -> None:
-        """A lookup's result; a newer one for the same key (a reused port)
-        replaces the older."""
+    def add(self, key: tuple, attribution: Any, ts: int | None = None) -> None:
+        """A lookup's result; ``ts``: its first packet's time (µs, the
+        capture's clock), which tells results of a reused key apart."""
         if self._missed.pop(key, 1) is None:
             self.stats["late"] += 1
             return
         e = self._entries
-        e[key] = attribution
+        lst = e.get(key)
+        if lst is None:
+            lst = e[key] = []
         e.move_to_end(key)
+        lst.append((ts, attribution))
+        self._n += 1
         self.stats["added"] += 1
-        if len(e) > self.max_entries:
-            e.popitem(last=False)
+        if len(lst) > BOOK_MAX_PER_KEY:
+            lst.pop(0)
+            self._n -= 1
             self.stats["evicted"] += 1
+        while self._n > self.max_entries:
+            old_key, old = next(iter(e.items()))
+            old.pop(0)
+            self._n -= 1
+            self.stats["evicted"] += 1
+            if not old:
+                del e[old_key]
 
-    def take(self, key: tuple) -> Any | None:
-        a = self._entries.pop(key, None)
-        if a is not None:
-            self.stats["taken"] += 1
+    def take(self, key: tuple, first_ts: int | None = None) -> Any | None:
+        """The result for the connection ``key`` whose first packet was at
+        ``first_ts`` (µs): the nearest in time within ``BOOK_MATCH_US``, never
+        one of another connection on the same key; the newest without times."""
+        lst = self._entries.get(key)
+        if not lst:
+            return None
+        i = len(lst) - 1
+        if first_ts is not None:
+            timed = [(abs(t - first_ts), j) for j, (t, _a) in enumerate(lst) if t is not None]
+            near = [x for x in timed if x[0] <= BOOK_MATCH_US]
+            if near:
+                i = min(near)[1]
+            else:
+                # only results of other connections on this key (an earlier
+                # client's, while this one's lookup is still on its way): none
+                untimed = [j for j, (t, _a) in enumerate(lst) if t is None]
+                if not untimed:
+                    return None
+                i = untimed[-1]
+        _t, a = lst.pop(i)
+        self._n -= 1
+        if not lst:
+            del self._entries[key]
+        self.stats["taken"] += 1
         return a
 
     def missed(self, key: tuple) -> None:
@@ -77,10 +126,11 @@ class AttributionBook:
             m.popitem(last=False)
 
     def peek(self, key: tuple) -> Any | None:
-        return self._entries.get(key)
+        lst = self._entries.get(key)
+        return lst[-1][1] if lst else None
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return self._n
 
 
 def host_networks() -> tuple:

@@ -132,7 +132,7 @@ class Pipeline:
         a = self._resolved.get(flow)
         if a is not None:
             return a
-        own = self.book.take(self.records.local_key(flow))
+        own = self.book.take(self.records.local_key(flow), flow.first_ts)
         st = flow.ctx
         parent = st.parent if st is not None else None
         a = own

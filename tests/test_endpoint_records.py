@@ -154,3 +154,46 @@ def test_endpoint_records_validate_as_ecs():
             assert doc["process"]["name"] in ("curl", "lftp") and doc["process"]["pid"] >= 1000, doc
             n += 1
     assert n > 4
+
+
+def test_reused_client_port_each_connection_gets_its_own_process(tmp_path):
+    """Two TFTP requests from one client port by two processes (the e2e lab's
+    curl --local-port runs): the book holds both lookups under one key, each
+    record takes the one of its own first packet, and each transfer inherits
+    its own request's process -- also when the newer lookup is in before the
+    older record is written (it is: that record ends at the newer request)."""
+    from craft import udp_exchange, write_pcap
+
+    t0 = 1_800_000_000.0
+    rrq = b"\x00\x01a.txt\x00octet\x00"
+    pk = (udp_exchange(CLIENT, SERVER, 46969, 69, t0, [(True, rrq)])
+          + udp_exchange(CLIENT, SERVER, 46969, 50000, t0 + 0.01, [(False, b"\x00\x03\x00\x01xyz"),
+                                                                  (True, b"\x00\x04\x00\x01")])
+          + udp_exchange(CLIENT, SERVER, 46969, 69, t0 + 0.3, [(True, rrq)])
+          + udp_exchange(CLIENT, SERVER, 46969, 50001, t0 + 0.31, [(False, b"\x00\x03\x00\x01xyz"),
+                                                                  (True, b"\x00\x04\x00\x01")]))
+    pcap = write_pcap(tmp_path / "reuse.pcap", pk)
+    k = (17, CLIENT, 46969, SERVER, 69)
+    first, second = proc(501, "curl", "alice"), proc(502, "curl", "bob")
+    book = AttributionBook()
+    book.add(k, first, int(t0 * 1e6))
+    book.add(k, second, int((t0 + 0.3) * 1e6))
+    cfg = config_from_dict(CONFIG, "<test>")
+    sink = MemorySink()
+    pipe = Pipeline(cfg, load_rules(REPO / "rules", RECORD_FIELDS), sink, attribution=book)
+    assert not read_file(pcap, pipe.handler_for, pipe.capture_filters(), pipe.refilter).error
+    pipe.finish()
+    recs = sorted(sink.records["connections"], key=lambda r: r["FirstSeen"])
+    got = [(r["RemotePort"], r["InitiatingProcessId"], r["AccountName"], r["AttributionSource"]) for r in recs]
+    assert got == [(69, 501, "alice", "socket"), (50000, 501, "alice", "linked-control-connection"),
+                   (69, 502, "bob", "socket"), (50001, 502, "bob", "linked-control-connection")], got
+    assert len(book) == 0
+    # a record asking while only an earlier connection's result is in gets none
+    b1 = AttributionBook()
+    b1.add(k, first, int(t0 * 1e6))
+    assert b1.take(k, int((t0 + 0.3) * 1e6)) is None and b1.take(k, int(t0 * 1e6)) is first
+    # without times, the newest result (as before)
+    b2 = AttributionBook()
+    b2.add(k, first)
+    b2.add(k, second)
+    assert b2.take(k) is second and b2.take(k) is first and b2.take(k) is None
