@@ -233,9 +233,9 @@ class Recorder:
         return self.run(Session("tftp", argv, "tftp", self.lab.srv_ip, 69, transport="udp",
                                 mode="blksize 512 (no options)", transfers=[t]))
 
-    def curl_tftp(self, t: Transfer, blksize: int = 1024) -> Session:
+    def curl_tftp(self, t: Transfer, blksize: int = 1024, extra: list[str] = ()) -> Session:
         url = f"tftp://{self.lab.srv_ip}/{t.remote_path}"
-        argv = ["curl", "-sS", "--max-time", "60", "--tftp-blksize", str(blksize)]
+        argv = ["curl", "-sS", "--max-time", "60", "--tftp-blksize", str(blksize), *extra]
         argv += (["-o", str(t.local_path), url] if t.direction == "download"
                  else ["-T", str(t.local_path), url])
         return self.run(Session("curl", argv, "tftp", self.lab.srv_ip, 69, transport="udp",
