@@ -1235,8 +1235,9 @@ class AttributionHelper:
     It runs ``sys.executable -m sensor.attribution helper`` in the current
     network namespace; it inherits the capabilities it needs (CAP_NET_RAW
     for the tap, CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH to name other users'
-    processes, CAP_SYS_NICE for SCHED_FIFO); it exits when its stdin closes
-    (the sensor died) or on stop().
+    processes, CAP_SYS_NICE for SCHED_FIFO) and, once the tap is open and
+    its scheduling set, keeps only the two lookup ones; it exits when its
+    stdin closes (the sensor died) or on stop().
     """
 
     def __init__(self, iface: str | None = None, ports: Iterable[int] | None = None,
@@ -1349,6 +1350,13 @@ class AttributionHelper:
         m["alive"] = self._proc is not None and self._proc.poll() is None
         return m
 
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid if self._proc is not None else 0
+
     def stop(self, timeout: float = 5.0) -> None:
         p = self._proc
         if p is None:
@@ -1403,6 +1411,12 @@ def _helper_main(argv: list[str]) -> int:
         print(f"attribution helper: {e}", file=sys.stderr)
         return 2
     tap.sched_applied = tap._set_sched()
+    # the tap is open and the scheduling set: keep only what the lookups need
+    from .privileges import HELPER_CAPS, keep_only
+    try:
+        keep_only(HELPER_CAPS)
+    except OSError as e:
+        print(f"attribution helper: could not drop capabilities: {e}", file=sys.stderr)
     out = sys.stdout
     limited = 0
     window = int(time.monotonic())

@@ -8,7 +8,9 @@
   definition did not change are kept.
 - SIGTERM/SIGINT: end every flow, write every record, exit (well within 5 s).
 Privileges: refuses uid 0 unless ``--allow-root``; once the capture is open
-it keeps only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (attribution).
+it keeps no capability (the attribution helper, started before, keeps
+CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH for its lookups). If the helper dies
+the daemon flushes and exits with status 1, so systemd restarts both.
 systemd: READY=1 once capturing, WATCHDOG=1 every half $WATCHDOG_USEC,
 STATUS= with the counters, RELOADING=1/READY=1 around a reload, STOPPING=1.
 
@@ -42,7 +44,7 @@ from .live import DEFAULT_TIMEOUT_MS, LiveCapture
 from .pipeline import Pipeline
 from .records import RECORD_FIELDS, RecordBuilder
 from .rules import RuleError, RuleSet, load_rules
-from .privileges import RUNNING_CAPS, keep_only
+from .privileges import DAEMON_CAPS, keep_only
 from .sdnotify import SdNotifier
 from .sinks import build_outputs
 
@@ -73,15 +75,16 @@ class Daemon:
         self.helper = None
         if self.endpoint:   # before the capabilities go: the helper's tap needs CAP_NET_RAW
             self.helper = self._start_helper(interfaces)
-        # the capture is open: from here on only attribution's capabilities
+        # the captures are open and the helper runs: no capability is needed any more
         try:
-            eff = keep_only(RUNNING_CAPS)
+            eff = keep_only(DAEMON_CAPS)
             log.info("capabilities kept: CapEff=%016x", eff)
         except OSError as e:
             log.warning("could not drop capabilities: %s", e)
         self.notify = SdNotifier()
         self.hup = False
         self.stop = False
+        self.exit_code = 0
 
     def _config(self, cfg: Config) -> Config:
         return endpoint_config(cfg) if self.endpoint else cfg
@@ -95,7 +98,7 @@ class Daemon:
         except OSError as e:
             log.error("attribution is off: %s (records will say AttributionSource none)", e)
             return None
-        log.info("attribution helper started (pid %d)", helper._proc.pid if helper._proc else 0)
+        log.info("attribution helper started (pid %d)", helper.pid)
         return helper
 
     def collect_attributions(self) -> int:
@@ -193,6 +196,10 @@ class Daemon:
                 if self.hup:
                     self.hup = False
                     self.reload()
+                if self.helper is not None and not self.helper.alive():
+                    log.error("the attribution helper exited; stopping so the service restarts with it")
+                    self.exit_code = 1
+                    break
                 now = time.monotonic()
                 if watchdog is not None and now >= next_wd:
                     self.notify.watchdog()
@@ -214,7 +221,7 @@ class Daemon:
             if self.helper is not None:
                 self.helper.stop()
             log.info("stopped: %s", self.status_line() if self.capture.handles else "capture closed")
-        return 0
+        return self.exit_code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,9 +1,13 @@
-"""Capabilities: keep only what the running daemon needs (Linux capset(2)).
+"""Capabilities: keep only what each process needs (Linux capset(2)).
 
-After the capture handles are open, CAP_NET_RAW and CAP_NET_ADMIN are no
-longer needed; attribution keeps CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (to
-read other users' /proc/<pid>/fd). Everything else is dropped from the
-effective, permitted and inheritable sets (which also clears the ambient set).
+The daemon needs CAP_NET_RAW and CAP_NET_ADMIN to open its captures; once
+they are open and the attribution helper is started, it keeps nothing
+(``DAEMON_CAPS``).  The helper (sensor/attribution.py) needs CAP_NET_RAW for
+its first-packet socket and, optionally, CAP_SYS_NICE for SCHED_FIFO; once
+both are set up it keeps CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH
+(``HELPER_CAPS``: reading other users' /proc/<pid>/fd takes both).
+Everything else is dropped from the effective, permitted and inheritable
+sets (which also clears the ambient set).
 """
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ CAP_DAC_READ_SEARCH = 2
 CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
 CAP_SYS_PTRACE = 19
-RUNNING_CAPS = frozenset({CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH})
+DAEMON_CAPS: frozenset[int] = frozenset()
+HELPER_CAPS = frozenset({CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH})
 
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
@@ -41,7 +46,7 @@ def effective_caps(pid: int | str = "self") -> int:
     return 0
 
 
-def keep_only(caps: frozenset[int] = RUNNING_CAPS) -> int:
+def keep_only(caps: frozenset[int]) -> int:
     """Drop every capability not in ``caps``; returns the new effective mask.
     Raises OSError when the kernel refuses."""
     libc = _libc()

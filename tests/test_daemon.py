@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-PORT = 2121
+PORT = 0   # set by the ftp_server fixture: a free port (other test runs may hold any fixed one)
 SERVER = "127.0.0.2"
 
 
@@ -23,7 +23,9 @@ SERVER = "127.0.0.2"
 def ftp_server():
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((SERVER, PORT))
+    global PORT
+    srv.bind((SERVER, 0))
+    PORT = srv.getsockname()[1]
     srv.listen(64)
     srv.settimeout(0.2)
     stop = threading.Event()
@@ -57,7 +59,10 @@ def sessions(n: int, user: str) -> None:
 
 
 def read(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    """The records of our server (the sensor also reports FTP it recognises by
+    its banner on other ports: other tests on this host may be running)."""
+    recs = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return [r for r in recs if r.get("RemotePort") == PORT]
 
 
 def wait_for(cond, timeout=10.0, what=""):
@@ -150,8 +155,8 @@ def test_daemon_signals(tmp_path, ftp_server):
 
 CLIENT = """
 import socket, sys, time
-for user in sys.argv[1:]:
-    with socket.create_connection(("127.0.0.2", 2121), source_address=("127.0.0.1", 0), timeout=2) as s:
+for user in sys.argv[2:]:
+    with socket.create_connection(("127.0.0.2", int(sys.argv[1])), source_address=("127.0.0.1", 0), timeout=2) as s:
         s.recv(100)
         s.sendall(f"USER {user}\\r\\n".encode())
         s.recv(100)
@@ -177,7 +182,7 @@ def test_endpoint_mode_names_the_process_and_account(tmp_path, ftp_server):
         pids = []
         for _ in range(2):   # two processes, two sessions each
             c = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(prog),
-                                  "-c", CLIENT, "alice", "bob"], cwd="/")
+                                  "-c", CLIENT, str(PORT), "alice", "bob"], cwd="/")
             assert c.wait(10) == 0
             pids.append(c.pid)
         conns = d.out / "connections.jsonl"
@@ -214,8 +219,9 @@ def test_daemon_refuses_root_without_the_flag(tmp_path):
 
 
 def test_unprivileged_daemon_keeps_only_the_capabilities_it_needs(tmp_path):
-    """As nobody with the unit's ambient capabilities: it captures, then its
-    CapEff holds only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH."""
+    """As nobody with the unit's ambient capabilities: it captures, then holds
+    no capability at all; its attribution helper keeps only CAP_SYS_PTRACE
+    and CAP_DAC_READ_SEARCH (the lookups), not the capture's."""
     from sensor.privileges import CAP_DAC_READ_SEARCH, CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_PTRACE, effective_caps
     out = tmp_path / "out"
     out.mkdir()
@@ -235,11 +241,16 @@ def test_unprivileged_daemon_keeps_only_the_capabilities_it_needs(tmp_path):
                 break
             err += line
         assert "capturing on lo" in err, err
-        eff = effective_caps(p.pid)
+        import psutil
+        assert effective_caps(p.pid) == 0, hex(effective_caps(p.pid))
+        helpers = [c for c in psutil.Process(p.pid).children() if "sensor.attribution" in " ".join(c.cmdline())]
+        assert len(helpers) == 1, [c.cmdline() for c in psutil.Process(p.pid).children()]
+        eff = effective_caps(helpers[0].pid)
         assert eff == (1 << CAP_SYS_PTRACE) | (1 << CAP_DAC_READ_SEARCH), hex(eff)
         assert not eff & ((1 << CAP_NET_RAW) | (1 << CAP_NET_ADMIN))
-        with open(f"/proc/{p.pid}/status") as f:
-            assert "Uid:\t65534" in f.read()
+        for pid in (p.pid, helpers[0].pid):
+            with open(f"/proc/{pid}/status") as f:
+                assert "Uid:\t65534" in f.read()
         p.send_signal(signal.SIGTERM)
         assert p.wait(10) == 0
     finally:

@@ -42,6 +42,8 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from lab.tools import sensor_cmd  # noqa: E402
+
 REPO = HERE.parent
 REAL = REPO / "pcaps" / "real"
 CAPTURES = sorted(p.stem for p in REAL.glob("*.pcap"))
@@ -71,16 +73,6 @@ class Verdict:
 # running the sensor (module cache: one replay per capture)
 
 
-def _sensor_cmd() -> list[str]:
-    exe = Path(sys.executable).parent / "xfer-sensor"
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("xfer-sensor")
-    if found:
-        return [found]
-    pytest.fail("xfer-sensor is not installed (pip install -e '.[test]')")
-
-
 @dataclass
 class Run:
     out: Path
@@ -106,7 +98,7 @@ def run_sensor(name: str, out: Path) -> Run:
         "ip_type_overrides": {f"{side['server_ip']}/32": "Public"},
         "home_net": [f"{side['client_ip']}/32"],
     }))
-    cp = subprocess.run([*_sensor_cmd(), "replay", str(REAL / f"{name}.pcap"), "--out", str(out),
+    cp = subprocess.run([*sensor_cmd(), "replay", str(REAL / f"{name}.pcap"), "--out", str(out),
                          "--config", str(cfg)], capture_output=True, text=True, timeout=120)
     assert cp.returncode == 0, f"xfer-sensor replay {name} exited {cp.returncode}\n{cp.stderr}"
 

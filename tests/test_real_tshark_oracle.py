@@ -31,7 +31,6 @@ import hashlib
 import ipaddress
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -47,6 +46,7 @@ sys.path.insert(0, str(HERE))
 from lab.netns import LabError, require_tools  # noqa: E402
 from lab.oracle import TRACKED_PORTS, Conversation, conversations  # noqa: E402
 from lab.scenarios import CLIENT_TOOLS, SCENARIOS, record_fast  # noqa: E402
+from lab.tools import sensor_cmd  # noqa: E402
 
 pytestmark = pytest.mark.lab
 
@@ -66,16 +66,6 @@ def _lab_or_fail() -> None:
         require_tools(CLIENT_TOOLS)
     except LabError as e:
         pytest.fail(str(e))
-
-
-def _sensor_cmd() -> list[str]:
-    exe = Path(sys.executable).parent / "xfer-sensor"
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("xfer-sensor")
-    if found:
-        return [found]
-    pytest.fail("xfer-sensor is not installed (pip install -e '.[test]')")
 
 
 # ---------------------------------------------------------------------------
@@ -174,7 +164,7 @@ def run_sensor(pcap: Path, side: dict, out: Path) -> tuple[list[dict], list[dict
         "ip_type_overrides": {f"{side['server_ip']}/32": "Public"},
         "home_net": [f"{side['client_ip']}/32"],
     }))
-    cp = subprocess.run([*_sensor_cmd(), "replay", str(pcap), "--out", str(out),
+    cp = subprocess.run([*sensor_cmd(), "replay", str(pcap), "--out", str(out),
                          "--config", str(cfg)], capture_output=True, text=True, timeout=120)
     assert cp.returncode == 0, f"xfer-sensor replay {pcap} exited {cp.returncode}\n{cp.stderr}"
 

@@ -16,6 +16,8 @@ from typing import Iterable
 
 import pyshark
 
+from .tools import union_length
+
 __all__ = ["TRACKED_PORTS", "Conversation", "conversations", "port_filter"]
 
 # the sensor's tracked ports in this version (TCP and UDP)
@@ -58,15 +60,7 @@ class _Dir:
         return self.hi - min(s for s, _ in self.segments)
 
     def union_bytes(self) -> int:
-        total, end = 0, None
-        for s, e in sorted(self.segments):
-            if end is None or s > end:
-                total += e - s
-                end = e
-            elif e > end:
-                total += e - end
-                end = e
-        return total
+        return union_length(self.segments)
 
 
 @dataclass

@@ -66,6 +66,8 @@ from typing import Any, Iterable, Iterator
 
 import pyshark
 
+from .tools import union_length
+
 __all__ = [
     "FtpCommand", "FtpControl", "FtpDataConv", "FtpView", "ftp_view",
     "TftpTransfer", "tftp_view",
@@ -160,18 +162,6 @@ def _ip(pkt) -> tuple[str, str]:
     return ip["ip.src"], ip["ip.dst"]
 
 
-def _union(segments: Iterable[tuple[int, int]]) -> int:
-    total, end = 0, None
-    for s, e in sorted(segments):
-        if end is None or s > end:
-            total += e - s
-            end = e
-        elif e > end:
-            total += e - end
-            end = e
-    return total
-
-
 # ---------------------------------------------------------------------------
 # FTP
 
@@ -223,7 +213,7 @@ class FtpDataConv:
     command: FtpCommand | None = None   # derived (see module docstring)
 
     def bytes_from(self, ip: str) -> int:
-        return sum(_union(segs) for src, segs in self.segments.items() if src[0] == ip)
+        return sum(union_length(segs) for src, segs in self.segments.items() if src[0] == ip)
 
 
 @dataclass
