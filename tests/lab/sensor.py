@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Sequence
@@ -23,16 +22,17 @@ from typing import Sequence
 import yaml
 
 from .netns import Lab, LabError
+from .tools import sensor_cmd
 
 __all__ = ["SensorDaemon", "sensor_bin", "read_jsonl"]
 
 
 def sensor_bin() -> str:
     """The ``xfer-sensor`` of the venv running the tests."""
-    cand = Path(sys.executable).parent / "xfer-sensor"
-    if not cand.exists():
-        raise LabError(f"{cand} not found: install the project (pip install -e .) in this venv")
-    return str(cand)
+    try:
+        return sensor_cmd()[0]
+    except RuntimeError as e:
+        raise LabError(str(e)) from e
 
 
 def read_jsonl(path: Path) -> list[dict]:
