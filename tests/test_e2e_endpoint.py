@@ -18,8 +18,9 @@ smbd (445) in the server namespace.  In the client namespace, all at once:
   (EPSV, PASV and active EPRT; anonymous and local FTP logins), ``tftp``
   get/put, ``smbclient`` get (guest and user) -- and one ``lftp`` session
   per user (active mode, a get and a put: data channels opened by the server
-  from port 20).  ``ip netns exec`` and ``setpriv`` exec, so the pid we
-  spawn is the client's own pid.
+  from port 20); last, ``curl tftp://`` with ``--local-port`` as each user in
+  turn: two processes, one 5-tuple.  ``ip netns exec`` and ``setpriv`` exec,
+  so the pid we spawn is the client's own pid.
 
 Then SIGTERM (the daemon writes every record) and the judgement, each record
 matched to its client run by time (runs never overlap) and to tshark's
@@ -42,6 +43,9 @@ conversation by its endpoints:
 Needs root, iproute2, setpriv, useradd, tcpdump, tshark and the servers and
 clients (scripts/deps.sh installs them); without them the tests FAIL, never
 skip.  Traffic goes only to the lab's own addresses (asserted on the pcap).
+
+Run: ``sudo .venv/bin/python -m pytest -q -s tests/test_e2e_endpoint.py``
+(10-40 s); ``XSE2E_KEEP=DIR`` keeps the records, the pcap and the poll.
 """
 from __future__ import annotations
 
