@@ -609,3 +609,29 @@ def test_e2e_one_client_port_two_processes(e2e: _Result):
                     [(_who(d), d.get("AttributionSource")) for d in run.data]))
     want = [((r.tool, r.pid, r.user), SOURCE_SOCKET, [((r.tool, r.pid, r.user), SOURCE_LINKED)]) for r in runs]
     assert got == want
+
+
+def test_e2e_transfers_carry_the_process(e2e: _Result):
+    """Every file moved (transfers.jsonl) names the process of its control
+    connection / request / SMB session (docs/outputs.md: "Transfers carry
+    InitiatingProcessFileName, InitiatingProcessId, InitiatingProcessAccountName
+    and AttributionSource of their control connection")."""
+    by_kind = defaultdict(lambda: [0, 0])
+    problems = []
+    for run in e2e.runs:
+        if run.primary is None:
+            continue
+        uids = {run.primary["Uid"], *(d["Uid"] for d in run.data)}
+        for t in (t for t in e2e.transfers if t.get("ControlUid") in uids or t.get("Uid") in uids):
+            by_kind[run.kind][1] += 1
+            got = (t.get("InitiatingProcessFileName"), t.get("InitiatingProcessId"),
+                   t.get("InitiatingProcessAccountName"))
+            if got == (run.tool, run.pid, run.user) and t.get("AttributionSource") not in (None, "none"):
+                by_kind[run.kind][0] += 1
+            else:
+                problems.append(f"{_what(run)}: transfer {t['Filename']} {t['Direction']}: {got} "
+                                f"{t.get('AttributionSource')}")
+    print("\ntransfers naming their process: "
+          + ", ".join(f"{k} {ok}/{n}" for k, (ok, n) in sorted(by_kind.items())))
+    assert sum(n for _, n in by_kind.values()) >= len(e2e.runs)
+    assert not problems, f"{len(problems)} transfer(s):\n" + "\n".join(problems[:20])
