@@ -110,6 +110,8 @@ class Daemon:
             # the first packet's kernel time (the capture's clock); else when the tap saw it
             ts = (t[2] if len(t) > 2 and t[2] else t[0] if t else 0.0)
             self.book.add(key, a, int(ts * 1e6) if ts else None)
+        if got:
+            self.pipe.attributions_arrived()
         return len(got)
 
     # -- signals ---------------------------------------------------------------

@@ -22,6 +22,7 @@ from .rules import RuleSet
 
 # weird records written per name before only counting (Zeek samples weirds too)
 WEIRD_LOG_PER_NAME = 1000
+HELD_TRANSFERS_MAX = 4096     # transfer records waiting for their connection's lookup
 
 
 class Pipeline:
@@ -36,7 +37,7 @@ class Pipeline:
         self.ports: set[int] = self.portset.ports
         self.decode_stats = DecodeStats()
         self.flows = FlowTable(config, self._flow_ended, self._flow_weird)
-        self.app = AppLayer(frozenset(config.tracked_ports), self.portset, sink.emit, self._weird)
+        self.app = AppLayer(frozenset(config.tracked_ports), self.portset, self._app_emit, self._weird)
         self.flows.admit = self.app.admit
         self.flows.on_new = self._flow_started
         self.flows.on_tick = self.app.expire
@@ -44,6 +45,9 @@ class Pipeline:
         self.book = attribution
         self.records = RecordBuilder(config, endpoint=attribution is not None)
         self._resolved: dict[Flow, Any] = {}     # flows whose attribution children inherit
+        # transfer records waiting for their owner's lookup (endpoint mode)
+        self._held: list[tuple[Flow, dict]] = []
+        self._hold_owner: Flow | None = None
         self.attribution_counts: dict[str, int] = {}
         if attribution is not None:
             self.app.annotate = self._annotate_transfer
@@ -87,6 +91,8 @@ class Pipeline:
 
     def finish(self) -> None:
         self.flows.flush()
+        if self._held:          # owners whose records were all written: nothing more to wait for
+            self._release(lambda owner: True, None)
 
     # -- events ---------------------------------------------------------------
     def _flow_started(self, flow: Flow, match: object) -> None:
@@ -117,6 +123,8 @@ class Pipeline:
             if att is None:
                 self.book.missed(self.records.local_key(flow))
             self.attribution_counts[src] = self.attribution_counts.get(src, 0) + 1
+            if self._held:
+                self._release(lambda owner: owner is flow, att)
         rec = self.records.build(flow, att)
         at = rec["ActionType"]
         self.action_counts[at] = self.action_counts.get(at, 0) + 1
@@ -146,6 +154,43 @@ class Pipeline:
 
     def _annotate_transfer(self, owner: Flow, rec: dict) -> None:
         a = self._attribution(owner)
+        if a is None:
+            # the owner's lookup is not in yet: a TFTP or SMB transfer often ends
+            # in the same capture batch as its connection's first packet, before
+            # the daemon collected the helper's result.  The record waits (see
+            # _app_emit) until it is (attributions_arrived) or until the owner's
+            # own record is written
+            self._hold_owner = owner
+            return
+        self._fill_transfer(rec, a)
+
+    def _app_emit(self, kind: str, rec: dict) -> None:
+        owner, self._hold_owner = self._hold_owner, None
+        if owner is not None and kind == "transfers":
+            if len(self._held) >= HELD_TRANSFERS_MAX:      # bounded: the oldest goes as it is
+                old_owner, old = self._held.pop(0)
+                self._fill_transfer(old, None)
+                self.sink.emit("transfers", old)
+            self._held.append((owner, rec))
+            return
+        self.sink.emit(kind, rec)
+
+    def attributions_arrived(self) -> None:
+        """New lookups are in the book: write the held transfers whose owner is now known."""
+        if self._held:
+            self._release(lambda owner: self._attribution(owner) is not None)
+
+    def _release(self, ready: Callable[[Flow], bool], att: Any = ...) -> None:
+        keep = []
+        for owner, rec in self._held:
+            if not ready(owner):
+                keep.append((owner, rec))
+                continue
+            self._fill_transfer(rec, self._attribution(owner) if att is ... else att)
+            self.sink.emit("transfers", rec)
+        self._held = keep
+
+    def _fill_transfer(self, rec: dict, a: Any) -> None:
         if a is not None and a.AttributionSource != "none":
             rec["InitiatingProcessFileName"] = a.InitiatingProcessFileName
             rec["InitiatingProcessId"] = a.InitiatingProcessId

@@ -197,3 +197,36 @@ def test_reused_client_port_each_connection_gets_its_own_process(tmp_path):
     b2.add(k, first)
     b2.add(k, second)
     assert b2.take(k) is second and b2.take(k) is first and b2.take(k) is None
+
+
+def test_transfer_waits_for_its_lookup(tmp_path):
+    """A TFTP transfer that ends before the daemon has its request's lookup
+    (the whole exchange in one capture batch): its transfers.jsonl record
+    waits, and goes out with the process once the result is in
+    (``attributions_arrived``); one whose lookup never comes goes out with
+    "none" when its connection's record is written."""
+    from craft import udp_exchange, write_pcap
+
+    t0 = 1_800_000_000.0
+    rrq = b"\x00\x01a.txt\x00octet\x00"
+    pk = (udp_exchange(CLIENT, SERVER, 40001, 69, t0, [(True, rrq)])
+          + udp_exchange(CLIENT, SERVER, 40001, 50000, t0 + 0.001, [(False, b"\x00\x03\x00\x01xyz"),
+                                                                   (True, b"\x00\x04\x00\x01")])
+          + udp_exchange(CLIENT, SERVER, 40002, 69, t0 + 1, [(True, rrq)])
+          + udp_exchange(CLIENT, SERVER, 40002, 50001, t0 + 1.001, [(False, b"\x00\x03\x00\x01xyz"),
+                                                                   (True, b"\x00\x04\x00\x01")]))
+    pcap = write_pcap(tmp_path / "late.pcap", pk)
+    book = AttributionBook()
+    sink = MemorySink()
+    pipe = Pipeline(config_from_dict(CONFIG, "<test>"), load_rules(REPO / "rules", RECORD_FIELDS), sink,
+                    attribution=book)
+    assert not read_file(pcap, pipe.handler_for, pipe.capture_filters(), pipe.refilter).error
+    assert sink.records["transfers"] == []            # both ended, no lookup in yet: held
+    book.add((17, CLIENT, 40001, SERVER, 69), proc(601, "tftp", "carol"), int(t0 * 1e6))
+    pipe.attributions_arrived()
+    got = [(t["InitiatingProcessId"], t["AttributionSource"]) for t in sink.records["transfers"]]
+    assert got == [(601, "socket")], sink.records["transfers"]
+    pipe.finish()                                     # the other lookup never came
+    last = sink.records["transfers"][-1]
+    assert len(sink.records["transfers"]) == 2 and last["AttributionSource"] == "none", last
+    assert "InitiatingProcessId" not in last or not last["InitiatingProcessId"]
