@@ -64,15 +64,15 @@ class Daemon:
         self.started = time.time()
         self.allow_base: dict[tuple[str, str], tuple[int, int]] = {}   # allow hits of reloaded-away rules
         listen = self.cfg.metrics_listen if metrics_listen is True else metrics_listen
-        self.metrics: metrics.MetricsServer | None = None
+        self.metrics_server: metrics.MetricsServer | None = None
         if listen:
             try:
-                self.metrics = metrics.MetricsServer(*listen).start()
+                self.metrics_server = metrics.MetricsServer(*listen).start()
             except metrics.MetricsError:
                 self.capture.close()
                 raise
-            self.metrics.publish(self.snapshot())
-            log.info("metrics on %s", self.metrics.url)
+            self.metrics_server.publish(self.snapshot())
+            log.info("metrics on %s", self.metrics_server.url)
         # the capture is open: from here on only attribution's capabilities
         try:
             eff = keep_only(RUNNING_CAPS)
@@ -176,8 +176,8 @@ class Daemon:
                     log.info("%s", line)
                     self.notify.status(line)
                     next_status = now + self.cfg.status_interval
-                if self.metrics is not None and now >= next_publish:
-                    self.metrics.publish(self.snapshot())
+                if self.metrics_server is not None and now >= next_publish:
+                    self.metrics_server.publish(self.snapshot())
                     next_publish = now + metrics.PUBLISH_EVERY_S
         finally:
             self.notify.stopping("flushing")
@@ -185,8 +185,8 @@ class Daemon:
             self.pipe.finish()
             self.sink.close()
             final = self.status_line()
-            if self.metrics is not None:
-                self.metrics.close()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             self.capture.close()
             log.info("stopped: %s", final)
         return 0

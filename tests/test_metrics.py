@@ -406,3 +406,15 @@ def test_daemon_serves_metrics_matching_its_records(tmp_path, ftp_server):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_run_exits_cleanly_when_the_metrics_port_is_taken(tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = subprocess.run([sys.executable, "-m", "sensor", "run", "-i", "lo", "--allow-root", "--out", str(tmp_path),
+                            "--metrics-listen", f"127.0.0.1:{port}"], cwd=REPO, capture_output=True, text=True,
+                           timeout=30)
+    assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
