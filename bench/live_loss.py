@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         if hm:
             h = hm.get("helper", {})
             tap = h.get("tap", {})
-            result["attribution_helper"] = {"tap_packets": tap.get("packets"), "tap_kernel_drops": tap.get("kernel_drops"),
+            result["attribution_helper"] = {"sched": tap.get("sched"), "tap_packets": tap.get("packets"), "tap_kernel_drops": tap.get("kernel_drops"),
                                      "lookups": h.get("lookups"), "rate_limited": h.get("rate_limited"),
                                      "results": hm.get("results"), "hits_socket": h.get("hits_socket"),
                                      "hits_uid_only": h.get("hits_uid_only"), "misses": h.get("misses"),
