@@ -418,3 +418,25 @@ def test_run_exits_cleanly_when_the_metrics_port_is_taken(tmp_path):
                            timeout=30)
     assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_published_snapshot_does_not_follow_the_live_counters():
+    """The HTTP thread renders the snapshot, never the pipeline's objects: a
+    counter that moves after publish() shows only at the next publish()."""
+    pipe = {"connections": {"ConnectionSuccess": 1}, "detect": {"alerts": 1}}
+    cap = {"lo": IfaceStats("lo", received=10)}
+    srv = metrics.MetricsServer("127.0.0.1", 0).start()
+    try:
+        srv.publish(metrics.collect(pipe_stats=pipe, capture_stats=cap, flows_active=1))
+        pipe["connections"]["ConnectionSuccess"] = 50
+        pipe["detect"]["alerts"] = 7
+        cap["lo"].received = 999
+        s, _ = parse_exposition(get(srv.url)[2])
+        assert val(s, "connections_total", action_type="ConnectionSuccess") == 1
+        assert val(s, "alerts_total") == 1 and val(s, "packets_received_total", interface="lo") == 10
+        srv.publish(metrics.collect(pipe_stats=pipe, capture_stats=cap, flows_active=1))
+        s, _ = parse_exposition(get(srv.url)[2])
+        assert val(s, "connections_total", action_type="ConnectionSuccess") == 50
+        assert val(s, "packets_received_total", interface="lo") == 999
+    finally:
+        srv.close()
