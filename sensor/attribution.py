@@ -1398,9 +1398,15 @@ def _helper_main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     try:   # die with the sensor
         import ctypes
-        ctypes.CDLL(None).prctl(1, 15)     # PR_SET_PDEATHSIG, SIGTERM
+        ctypes.CDLL(None).prctl(1, 9)      # PR_SET_PDEATHSIG, SIGKILL
     except (OSError, AttributeError):
         pass
+    # a stop (systemd signals the whole cgroup, a terminal the process group)
+    # is the sensor's to handle: it collects the last lookups, then closes
+    # our stdin, which ends this loop
+    import signal
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     ports = [int(p) for p in a.ports.split(",") if p.strip()]
     att = Attributor()
     tap = FirstPacketTap(None, iface=a.iface, ports=ports or None,

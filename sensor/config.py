@@ -99,10 +99,12 @@ class Config:
     hostnames: Mapping[str, str] = field(default_factory=dict)   # IP -> name (RemoteUrl)
     output: Output = Output()
     home_net_given: bool = False          # the file set home_net (endpoint mode keeps it then)
+    metrics_listen: tuple[str, int] | None = None   # (loopback address, port) of /metrics; None: off
+    status_interval: float = 300.0                 # seconds between two status lines in the journal
 
 
 _TOP_KEYS = {"tracked_ports", "home_net", "ip_type_overrides", "inventory", "device_name", "timeouts", "limits",
-             "hostnames", "output"}
+             "hostnames", "output", "metrics_listen", "status_interval"}
 _OUTPUT_KEYS = {"profile", "max_line_bytes", "queue_max", "error_log_interval", "files", "stdout", "syslog"}
 _SYSLOG_KEYS = {"host", "port", "protocol", "facility", "app_name", "hostname", "kinds", "timeout", "retry_interval"}
 MIN_LINE_BYTES = 1024   # max_line_bytes below this could not hold a record's identity
@@ -206,6 +208,34 @@ def output_from_dict(src: str, raw: Any) -> Output:
     return Output(**kw)
 
 
+def parse_listen(src: str, fname: str, value: Any) -> tuple[str, int] | None:
+    """``"127.0.0.1:9617"``, ``"[::1]:9617"``, ``"localhost:9617"`` -> (address, port);
+    ``"off"``/None -> None. Only loopback addresses: the endpoint has no
+    authentication, so it is never exposed beyond the host."""
+    if value is None or value is False or value == "off":
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(src, fname, f"must be 'ADDRESS:PORT' on loopback or 'off', got {value!r}")
+    host, sep, port_s = value.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(src, fname, f"must be 'ADDRESS:PORT' on loopback (e.g. 127.0.0.1:9617) or 'off', got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        addr = ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(src, fname, f"the address must be a loopback IP literal (127.0.0.0/8 or ::1), "
+                                      f"got {host!r}") from None
+    if not addr.is_loopback:
+        raise ConfigError(src, fname, f"refusing to serve metrics on non-loopback address {host} "
+                                      f"(only 127.0.0.0/8 or ::1: the endpoint has no authentication)")
+    if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise ConfigError(src, fname, f"not a port number: {port_s!r}")
+    return str(addr), int(port_s)
+
+
 def _net(src: str, fname: str, value: Any) -> Network:
     try:
         return ipaddress.ip_network(str(value), strict=False)
@@ -277,6 +307,10 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
         if not isinstance(raw["device_name"], str):
             raise ConfigError(source, "device_name", "must be a string")
         kw["device_name"] = raw["device_name"]
+    if "metrics_listen" in raw:
+        kw["metrics_listen"] = parse_listen(source, "metrics_listen", raw["metrics_listen"])
+    if "status_interval" in raw:
+        kw["status_interval"] = float(_number(source, "status_interval", raw["status_interval"], False, 1))
     kw["timeouts"] = _section(source, "timeouts", raw.get("timeouts"), Timeouts)
     kw["limits"] = _section(source, "limits", raw.get("limits"), Limits)
     return Config(**kw)

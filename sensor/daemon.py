@@ -37,10 +37,11 @@ from pathlib import Path
 from typing import Sequence
 
 from .capture import CaptureError
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config, parse_listen
 from .detect import Detector
 from .endpoint import AttributionBook, endpoint_config
 from .live import DEFAULT_TIMEOUT_MS, LiveCapture
+from . import metrics
 from .pipeline import Pipeline
 from .records import RECORD_FIELDS, RecordBuilder
 from .rules import RuleError, RuleSet, load_rules
@@ -51,14 +52,15 @@ from .sinks import build_outputs
 log = logging.getLogger("xfer-sensor")
 
 POLL_S = 0.25            # longest wait for packets before a heartbeat
-STATUS_EVERY_S = 300.0   # counters to the journal
+STATUS_EVERY_S = 300.0   # counters to the journal (default of the status_interval option)
 ATTRIBUTION_SETTLE_S = 0.1   # on SIGTERM, wait this long for lookups in flight
 DRAIN_S = 1.0            # longest wait on SIGTERM for packets already captured
 
 
 class Daemon:
     def __init__(self, interfaces: Sequence[str], config_path: str | None, rules_path: str,
-                 outdir: Path, mode: str = "endpoint") -> None:
+                 outdir: Path, mode: str = "endpoint",
+                 metrics_listen: tuple[str, int] | None | bool = True) -> None:
         self.config_path = config_path
         self.rules_path = rules_path
         self.endpoint = mode == "endpoint"
@@ -73,6 +75,19 @@ class Daemon:
         self.capture = LiveCapture(interfaces)
         self.capture.install_filters(self.pipe.capture_filters())
         self.helper = None
+        # /metrics on loopback (metrics_listen; True: as the config says)
+        self.started = time.time()
+        self.allow_base: dict[tuple[str, str], tuple[int, int]] = {}   # allow hits of reloaded-away rules
+        listen = self.cfg.metrics_listen if metrics_listen is True else metrics_listen
+        self.metrics_server: metrics.MetricsServer | None = None
+        if listen:
+            try:
+                self.metrics_server = metrics.MetricsServer(*listen).start()
+            except metrics.MetricsError:
+                self.capture.close()
+                raise
+            self.metrics_server.publish(self.snapshot())
+            log.info("metrics on %s", self.metrics_server.url)
         if self.endpoint:   # before the capabilities go: the helper's tap needs CAP_NET_RAW
             self.helper = self._start_helper(interfaces)
         # the captures are open and the helper runs: no capability is needed any more
@@ -131,7 +146,7 @@ class Daemon:
             log.error("reload refused, keeping the running config and rules: %s", e)
             self.notify.ready("reload refused: " + str(e)[:200])
             return
-        restart_only = [f for f in ("tracked_ports", "timeouts", "limits", "output")
+        restart_only = [f for f in ("tracked_ports", "timeouts", "limits", "output", "metrics_listen")
                         if getattr(cfg, f) != getattr(self.cfg, f)]
         if restart_only:
             log.warning("options %s change only on restart; the others are applied", ", ".join(restart_only))
@@ -148,6 +163,10 @@ class Daemon:
                         kept += 1
         new.stats = old.stats
         self.pipe.detector = new
+        for e in self.rules.allow_entries:   # keep the suppressed counts monotonic across reloads
+            k = (e.rule_id, e.selection)
+            h, x = self.allow_base.get(k, (0, 0))
+            self.allow_base[k] = (h + e.hits, x + e.expired_hits)
         self.rules = rules
         log.info("reloaded %s and %s (%d rule window(s) kept)", self.config_path or "defaults", self.rules_path, kept)
         self.notify.ready("reloaded")
@@ -165,18 +184,22 @@ class Daemon:
                 break
 
     # -- loop ---------------------------------------------------------------------
-    def status_line(self) -> str:
+    def snapshot(self):
+        """Every figure, read here on the daemon thread (sensor/metrics.py)."""
         st = self.pipe.stats()
-        cap = self.capture.read_stats()
-        drops = sum(s.kernel_dropped + s.interface_dropped for s in cap.values())
-        recv = sum(s.received for s in cap.values())
-        line = (f"packets {recv}, dropped {drops}, flows active {len(self.pipe.flows.flows)}, "
-                f"connections {sum(st['connections'].values())}, alerts {st['detect']['alerts']}")
-        if self.endpoint:
-            a = st["attribution"]
-            line += (", attribution " + " ".join(f"{k}={v}" for k, v in a["by_source"].items())
-                     + f" late={a['late']}")
-        return line
+        if self.helper is not None:
+            hm = self.helper.metrics()
+            child = hm.get("helper") or {}
+            st["attribution"]["helper"] = {
+                "alive": hm.get("alive", False), "lookups": child.get("lookups", 0),
+                "rate_limited": child.get("rate_limited", 0),
+                "tap_kernel_drops": (child.get("tap") or {}).get("kernel_drops", 0)}
+        return metrics.collect(pipe_stats=st, capture_stats=self.capture.read_stats(),
+                               flows_active=len(self.pipe.flows.flows), allow_entries=self.rules.allow_entries,
+                               allow_base=self.allow_base, outputs=self.sink.stats(), start_time=self.started)
+
+    def status_line(self) -> str:
+        return metrics.summary(self.snapshot())
 
     def run(self) -> int:
         signal.signal(signal.SIGHUP, self._on_hup)
@@ -187,7 +210,8 @@ class Daemon:
         self.notify.ready(f"capturing on {ifaces}")
         watchdog = self.notify.watchdog_interval()
         next_wd = time.monotonic()
-        next_status = time.monotonic() + STATUS_EVERY_S
+        next_status = time.monotonic() + self.cfg.status_interval
+        next_publish = time.monotonic() + metrics.PUBLISH_EVERY_S
         handler_for = self.pipe.handler_for
         try:
             while not self.stop:
@@ -198,7 +222,7 @@ class Daemon:
                 if self.hup:
                     self.hup = False
                     self.reload()
-                if self.helper is not None and not self.helper.alive():
+                if self.helper is not None and not self.stop and not self.helper.alive():
                     log.error("the attribution helper exited; stopping so the service restarts with it")
                     self.exit_code = 1
                     break
@@ -210,7 +234,10 @@ class Daemon:
                     line = self.status_line()
                     log.info("%s", line)
                     self.notify.status(line)
-                    next_status = now + STATUS_EVERY_S
+                    next_status = now + self.cfg.status_interval
+                if self.metrics_server is not None and now >= next_publish:
+                    self.metrics_server.publish(self.snapshot())
+                    next_publish = now + metrics.PUBLISH_EVERY_S
         finally:
             self.notify.stopping("flushing")
             self.drain(handler_for)
@@ -219,10 +246,13 @@ class Daemon:
                 self.collect_attributions()
             self.pipe.finish()
             self.sink.close()
+            final = self.status_line()
+            if self.metrics_server is not None:
+                self.metrics_server.close()
             self.capture.close()
             if self.helper is not None:
                 self.helper.stop()
-            log.info("stopped: %s", self.status_line() if self.capture.handles else "capture closed")
+            log.info("stopped: %s", final)
         return self.exit_code
 
 
@@ -239,6 +269,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--allow-root", action="store_true",
                     help="run as uid 0 (otherwise refused: run as an unprivileged user with the "
                          "capabilities of systemd/xfer-sensor.service)")
+    ap.add_argument("--metrics-listen", metavar="ADDR:PORT",
+                    help="serve Prometheus /metrics on this loopback address, or 'off' "
+                         "(default: the config's metrics_listen, else off)")
     args = ap.parse_args(argv)
     if os.geteuid() == 0 and not args.allow_root:
         print("xfer-sensor: error: refusing to run as root; run as an unprivileged user with "
@@ -250,8 +283,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config is None and Path("/etc/xfer-sensor/config.yaml").exists():
         config = "/etc/xfer-sensor/config.yaml"
     try:
-        d = Daemon(args.interface, config, args.rules or str(default_rules_dir()), Path(args.out), mode=args.mode)
-    except (ConfigError, RuleError, CaptureError) as e:
+        listen = True if args.metrics_listen is None else parse_listen("command line", "--metrics-listen",
+                                                                        args.metrics_listen)
+        d = Daemon(args.interface, config, args.rules or str(default_rules_dir()), Path(args.out),
+                   mode=args.mode, metrics_listen=listen)
+    except (ConfigError, RuleError, CaptureError, metrics.MetricsError) as e:
         print(f"xfer-sensor: error: {e}", file=sys.stderr)
         return 2
     return d.run()

@@ -3,6 +3,7 @@ rule (old rules stay), SIGHUP after a rename (a new file is written),
 SIGTERM (everything flushed, exit in < 5 s). Traffic only on 127.0.0.0/8."""
 import json
 import os
+import re
 import select
 import signal
 import socket
@@ -75,7 +76,7 @@ def wait_for(cond, timeout=10.0, what=""):
 
 
 class Daemon:
-    def __init__(self, tmp: Path, mode: str = "span"):
+    def __init__(self, tmp: Path, mode: str = "span", *extra: str):
         self.out = tmp / "out"
         self.rules = tmp / "rules"
         self.rules.mkdir()
@@ -91,7 +92,7 @@ class Daemon:
         self.stderr = b""
         self.p = subprocess.Popen([sys.executable, "-m", "sensor.daemon", "-i", "lo", "--out", str(self.out),
                                    "--config", str(self.cfg), "--rules", str(self.rules), "--allow-root",
-                                   "--mode", mode],
+                                   "--mode", mode, *extra],
                                   cwd=REPO, stderr=subprocess.PIPE)
         os.set_blocking(self.p.stderr.fileno(), False)
         wait_for(lambda: b"capturing on lo" in self.err(), what="the daemon to capture")
@@ -177,7 +178,10 @@ def test_endpoint_mode_names_the_process_and_account(tmp_path, ftp_server):
     os.chmod(bindir, 0o755)
     prog = bindir / "xs-ftp-client"
     prog.symlink_to(os.path.realpath(sys.executable))
-    d = Daemon(tmp_path, mode="endpoint")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        mport = s.getsockname()[1]
+    d = Daemon(tmp_path, "endpoint", "--metrics-listen", f"127.0.0.1:{mport}")
     try:
         pids = []
         for _ in range(2):   # two processes, two sessions each
@@ -201,6 +205,14 @@ def test_endpoint_mode_names_the_process_and_account(tmp_path, ftp_server):
         wait_for(lambda: len(read(d.out / "alerts.jsonl")) == 1, what="the alert")
         a = read(d.out / "alerts.jsonl")[0]
         assert (a["InitiatingProcessFileName"], a["AccountName"], a["ConnectionCount"]) == ("xs-ftp-client", nobody, 4)
+        # and /metrics counts them by source
+        import urllib.request
+
+        def socket_count() -> float:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
+            m = re.search(r'^xfer_sensor_attributions_total\{source="socket"\} (\S+)$', body, re.M)
+            return float(m.group(1)) if m else -1
+        wait_for(lambda: socket_count() >= 4, what="/metrics to count the attributions")
         d.p.send_signal(signal.SIGTERM)
         assert d.p.wait(10) == 0
         assert b"attribution helper started" in d.err()
