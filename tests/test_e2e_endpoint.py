@@ -82,6 +82,7 @@ SHORT_RUNS = 112             # one-shot curl FTP / tftp / smbclient runs (>= 50;
 REQUIRED_RATE = 0.99         # control connections, requests, SMB sessions
 POLL_INTERVAL_S = 0.1
 REUSED_PORT = 46969          # curl tftp:// --local-port: two processes, one 5-tuple
+METRICS_PORT = 9781          # the daemon's /metrics, on the client namespace's loopback
 CORRELATION_ID = "0b7f5a8e-9d4c-4c1b-8f6a-1e2d3c4b5a69"   # rules/t1071_002_file_transfer_protocols.yml
 SOURCE_SOCKET = "socket"
 SOURCE_LINKED = "linked-control-connection"
@@ -204,6 +205,7 @@ class _Result:
         self.srv_ip = f"{LAB_SUBNET}.2"
         self.timing: dict[str, float] = {}
         self.capture: dict = {}
+        self.metrics: list[str] = []
 
 
 def _start_poller(lab: Lab, out: Path) -> subprocess.Popen:
@@ -243,6 +245,8 @@ def _e2e() -> _Result:
                     for u in USERS}
             config = {"ip_type_overrides": {f"{lab.srv_ip}/32": "Public"}}
             sensor = SensorDaemon(lab, workdir / "sensor", config)
+            if "--metrics-listen" in sensor.help_text():     # the helper's counters, for the report
+                sensor.extra += ["--metrics-listen", f"127.0.0.1:{METRICS_PORT}"]
             pcap = workdir / "e2e.pcap"
             cap = lab.capture(pcap)
             cap.start()
@@ -276,6 +280,10 @@ def _e2e() -> _Result:
                     res.runs.append(Run("curl-tftp-same-port", s, False, 69, "Udp", 1))
                 res.timing["clients_s"] = time.monotonic() - t0
                 time.sleep(0.3)
+                if "--metrics-listen" in sensor.extra:
+                    time.sleep(1.2)              # one more snapshot (published every second)
+                    res.metrics = [ln for ln in sensor.scrape(METRICS_PORT).splitlines()
+                                   if "attribution" in ln and not ln.startswith("#")]
             finally:
                 poll = _stop_poller(lab, poller, poll_out)
                 t0 = time.monotonic()
@@ -383,6 +391,25 @@ def _who(c: dict | None) -> tuple:
             c.get("InitiatingProcessAccountName"))
 
 
+def _missed(e2e: _Result) -> tuple[list[Run], int]:
+    """The runs whose control connection / request / session does not name
+    their process (pid, name, account), and how many the >= 99 % rate allows
+    (only short-lived runs may miss: the rate is theirs)."""
+    missed = [r for r in e2e.runs if r.primary is not None and _who(r.primary) != (r.tool, r.pid, r.user)]
+    n_short = sum(r.short for r in e2e.runs)
+    return missed, int((1 - REQUIRED_RATE) * n_short + 1e-9)
+
+
+def _within_budget(e2e: _Result) -> set[int]:
+    """ids of the missed runs the rate's budget covers (asserted here: no more)."""
+    missed, allowed = _missed(e2e)
+    detail = [f"{_what(r)}: {_who(r.primary)} {r.primary.get('AttributionSource')}" for r in missed]
+    assert all(r.short for r in missed) and len(missed) <= allowed, \
+        f"{len(missed)} run(s) not attributed, {allowed} allowed (>= {REQUIRED_RATE:.0%} of the short runs):\n" \
+        + "\n".join(detail)
+    return {id(r) for r in missed}
+
+
 def _what(run: Run) -> str:
     s = run.session
     return f"{run.kind} as {run.user} pid {run.pid}: {' '.join(s.argv)}"
@@ -423,8 +450,12 @@ def test_e2e_every_connection_names_process_pid_user_and_bytes(e2e: _Result):
     """Per connection: InitiatingProcessFileName/Id/AccountName are the client
     run's, AccountName is that process account (not the FTP/SMB login),
     DeviceName the host, the server Public (override); bytes and packets per
-    direction equal tshark's; the files moved have their real sizes."""
+    direction equal tshark's; the files moved have their real sizes.  The
+    process checks spare only a run whose own connection was not attributed
+    within the budget of the >= 99 % rate (short-lived runs only; at most one
+    of 112); its bytes are still checked."""
     host = socket.gethostname()
+    spared = _within_budget(e2e)
     recs, convs = _by_conversation(e2e)
     problems = []
     checked = no_cmdline = 0
@@ -436,10 +467,12 @@ def test_e2e_every_connection_names_process_pid_user_and_bytes(e2e: _Result):
         for c in [run.primary, *run.data]:
             checked += 1
             where = f"{_what(run)}: {c['Protocol']} {c['LocalPort']}->{c['RemoteIP']}:{c['RemotePort']}"
-            if _who(c) != want:
+            if id(run) in spared:
+                pass
+            elif _who(c) != want:
                 problems.append(f"{where}: process {_who(c)} != {want} ({c.get('AttributionSource')}, "
                                 f"{c.get('AttributionDetail', '')})")
-            if c.get("AccountName") != run.user:
+            if c.get("AccountName") != run.user and id(run) not in spared:
                 problems.append(f"{where}: AccountName {c.get('AccountName')!r} != {run.user!r} "
                                 f"(AppUser {c.get('AppUser')!r})")
             # the command line, when the process still had one (a client that is
@@ -483,9 +516,11 @@ def test_e2e_fourth_ftp_session_raises_exactly_one_alert(e2e: _Result):
     than 3 raises exactly one T1071.002 alert, at its fourth session
     (ConnectionCount 4, four of the key's sessions); keys with fewer (lftp:
     one session per user) raise none."""
+    spared = _within_budget(e2e)       # a session not attributed is not its process's session
     sessions = defaultdict(list)
     for run in e2e.runs:
-        if run.primary is not None and run.primary["ActionType"] == "ConnectionSuccess":
+        if run.primary is not None and run.primary["ActionType"] == "ConnectionSuccess" \
+                and id(run) not in spared:
             sessions[(run.tool, run.user, e2e.srv_ip, run.rport)].append(run.primary)
     alerts = [a for a in e2e.alerts if a.get("RuleId") == CORRELATION_ID and "ConnectionCount" in a]
     got = Counter((a["InitiatingProcessFileName"], a["AccountName"], a["RemoteIP"], a["RemotePort"])
@@ -511,10 +546,15 @@ def test_e2e_fourth_ftp_session_raises_exactly_one_alert(e2e: _Result):
 def test_e2e_data_channels_and_tftp_transfers_carry_the_process(e2e: _Result):
     """FTP data channels (passive: opened by the client; active: opened by the
     server from port 20) and TFTP transfer flows name the process of their
-    control connection / request, AttributionSource linked-control-connection."""
+    control connection / request, AttributionSource linked-control-connection
+    -- every one whose control connection / request was attributed (a run
+    missed within the rate's budget has nothing to pass on)."""
+    spared = _within_budget(e2e)
     kinds = Counter()
     problems = []
     for run in e2e.runs:
+        if id(run) in spared:
+            continue
         for d in run.data:
             kind = (run.kind, d.get("AppProtocol"), d["Direction"])
             kinds[kind] += 1
@@ -538,7 +578,7 @@ def test_e2e_attribution_rate_short_lived_clients_vs_polling(e2e: _Result):
     connections, printed beside it."""
     poll = e2e.poll
     tbl = defaultdict(lambda: {"runs": 0, "sensor_ok": 0, "poll_ok": 0, "data": 0, "data_ok": 0,
-                               "data_poll_ok": 0, "sources": Counter()})
+                               "data_linkable": 0, "data_poll_ok": 0, "sources": Counter()})
     misses = []
     for run in (r for r in e2e.runs if r.short):
         row = tbl[run.kind]
@@ -557,13 +597,15 @@ def test_e2e_attribution_rate_short_lived_clients_vs_polling(e2e: _Result):
                 row["poll_ok"] += 1
         for d in run.data:
             row["data"] += 1
+            if c is not None and _who(c) == want:
+                row["data_linkable"] += 1          # its control connection / request was named right
             if _who(d) == want and d.get("AttributionSource") == SOURCE_LINKED:
                 row["data_ok"] += 1
             if poll.named(d["Protocol"].lower(), d["LocalPort"], d["RemoteIP"], d["RemotePort"], run.pid,
                           run.tool, run.user):
                 row["data_poll_ok"] += 1
     tot = {k: sum(r[k] for r in tbl.values()) for k in ("runs", "sensor_ok", "poll_ok", "data", "data_ok",
-                                                       "data_poll_ok")}
+                                                       "data_linkable", "data_poll_ok")}
     lines = ["", f"attribution over {tot['runs']} short-lived client runs (sensor: xfer-sensor run, "
                  f"endpoint mode; polling: psutil.net_connections every {POLL_INTERVAL_S * 1000:.0f} ms, "
                  f"{poll.data['polls']} polls, p50 {poll.data['poll_ms_p50']} ms):",
@@ -579,12 +621,16 @@ def test_e2e_attribution_rate_short_lived_clients_vs_polling(e2e: _Result):
     lines.append(f"{'all':15} {tot['runs']:>4} {pct(tot['sensor_ok'], tot['runs']):>14} "
                  f"{pct(tot['poll_ok'], tot['runs']):>14} {tot['data']:>4} {pct(tot['data_ok'], tot['data']):>14} "
                  f"{pct(tot['data_poll_ok'], tot['data']):>14}")
+    final = [ln for ln in e2e.sensor_stderr.splitlines() if "stopped:" in ln]
+    lines += ["sensor: " + (final[-1].split("stopped: ", 1)[-1] if final else "(no final status line)")]
+    lines += ["sensor /metrics: " + "; ".join(e2e.metrics)] if e2e.metrics else []
     print("\n".join(lines))
     for m in misses:
         print("MISS", m)
     assert tot["runs"] >= 50
     assert tot["sensor_ok"] >= REQUIRED_RATE * tot["runs"], (tot, misses)
-    assert tot["data"] > 0 and tot["data_ok"] == tot["data"], tot
+    # every data channel / transfer flow of an attributed control connection / request
+    assert tot["data"] > 0 and tot["data_ok"] == tot["data_linkable"], tot
 
 
 def test_e2e_traffic_stays_inside_the_lab(e2e: _Result):
@@ -616,10 +662,11 @@ def test_e2e_transfers_carry_the_process(e2e: _Result):
     connection / request / SMB session (docs/outputs.md: "Transfers carry
     InitiatingProcessFileName, InitiatingProcessId, InitiatingProcessAccountName
     and AttributionSource of their control connection")."""
+    spared = _within_budget(e2e)
     by_kind = defaultdict(lambda: [0, 0])
     problems = []
     for run in e2e.runs:
-        if run.primary is None:
+        if run.primary is None or id(run) in spared:
             continue
         uids = {run.primary["Uid"], *(d["Uid"] for d in run.data)}
         for t in (t for t in e2e.transfers if t.get("ControlUid") in uids or t.get("Uid") in uids):
@@ -633,5 +680,5 @@ def test_e2e_transfers_carry_the_process(e2e: _Result):
                                 f"{t.get('AttributionSource')}")
     print("\ntransfers naming their process: "
           + ", ".join(f"{k} {ok}/{n}" for k, (ok, n) in sorted(by_kind.items())))
-    assert sum(n for _, n in by_kind.values()) >= len(e2e.runs)
+    assert sum(n for _, n in by_kind.values()) >= len(e2e.runs) - len(spared)
     assert not problems, f"{len(problems)} transfer(s):\n" + "\n".join(problems[:20])

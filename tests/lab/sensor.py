@@ -123,5 +123,13 @@ class SensorDaemon:
             self.proc = None
         return self.returncode
 
+    def scrape(self, port: int) -> str:
+        """The daemon's Prometheus /metrics (``--metrics-listen 127.0.0.1:PORT``,
+        loopback of its namespace); "" when it does not answer."""
+        cp = subprocess.run(self.lab.ns_argv(self.ns, ["curl", "-s", "--max-time", "5",
+                                                       f"http://127.0.0.1:{port}/metrics"]),
+                            capture_output=True, text=True, timeout=15)
+        return cp.stdout if cp.returncode == 0 else ""
+
     def records(self, name: str) -> list[dict]:
         return read_jsonl(self.out / f"{name}.jsonl")
