@@ -98,10 +98,12 @@ class Config:
     limits: Limits = Limits()
     hostnames: Mapping[str, str] = field(default_factory=dict)   # IP -> name (RemoteUrl)
     output: Output = Output()
+    state_dir: str | None = None          # the daemon's state folder (rule windows); None: /var/lib/xfer-sensor
+    state_flush_interval: float = 2.0     # wall-clock seconds between two writes of the window state
 
 
 _TOP_KEYS = {"tracked_ports", "home_net", "ip_type_overrides", "inventory", "device_name", "timeouts", "limits",
-             "hostnames", "output"}
+             "hostnames", "output", "state_dir", "state_flush_interval"}
 _OUTPUT_KEYS = {"profile", "max_line_bytes", "queue_max", "error_log_interval", "files", "stdout", "syslog"}
 _SYSLOG_KEYS = {"host", "port", "protocol", "facility", "app_name", "hostname", "kinds", "timeout", "retry_interval"}
 MIN_LINE_BYTES = 1024   # max_line_bytes below this could not hold a record's identity
@@ -275,6 +277,13 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
         if not isinstance(raw["device_name"], str):
             raise ConfigError(source, "device_name", "must be a string")
         kw["device_name"] = raw["device_name"]
+    if raw.get("state_dir") is not None:
+        if not isinstance(raw["state_dir"], str) or not raw["state_dir"].strip():
+            raise ConfigError(source, "state_dir", "must be a folder path")
+        kw["state_dir"] = raw["state_dir"]
+    if "state_flush_interval" in raw:
+        kw["state_flush_interval"] = float(_number(source, "state_flush_interval", raw["state_flush_interval"],
+                                                   False, 0.01))
     kw["timeouts"] = _section(source, "timeouts", raw.get("timeouts"), Timeouts)
     kw["limits"] = _section(source, "limits", raw.get("limits"), Limits)
     return Config(**kw)
