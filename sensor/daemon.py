@@ -7,6 +7,8 @@
   logged, and the running ones stay. Rule windows of correlations whose
   definition did not change are kept.
 - SIGTERM/SIGINT: end every flow, write every record, exit (well within 5 s).
+Rule windows survive restarts: kept in SQLite under ``--state-dir``
+(sensor/winstore.py), written every ``state_flush_interval`` s and at SIGTERM.
 Privileges: refuses uid 0 unless ``--allow-root``; once the capture is open
 it keeps only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH (attribution).
 systemd: READY=1 once capturing, WATCHDOG=1 every half $WATCHDOG_USEC,
@@ -37,6 +39,7 @@ from .rules import RuleError, RuleSet, load_rules
 from .privileges import RUNNING_CAPS, keep_only
 from .sdnotify import SdNotifier
 from .sinks import build_outputs
+from .winstore import DEFAULT_STATE_DIR, WindowPersistence
 
 log = logging.getLogger("xfer-sensor")
 
@@ -47,7 +50,7 @@ DRAIN_S = 1.0            # longest wait on SIGTERM for packets already captured
 
 class Daemon:
     def __init__(self, interfaces: Sequence[str], config_path: str | None, rules_path: str,
-                 outdir: Path) -> None:
+                 outdir: Path, state_dir: str | None = None) -> None:
         self.config_path = config_path
         self.rules_path = rules_path
         self.cfg: Config = load_config(config_path)
@@ -57,6 +60,10 @@ class Daemon:
         self.sink = build_outputs(self.cfg.output, config=self.cfg, rules=self.rules, outdir=outdir,
                                   block=False, truncate=False)
         self.pipe = Pipeline(self.cfg, self.rules, self.sink)
+        # rule windows from the last run (a bad state file is logged and moved aside, never fatal)
+        self.persist = WindowPersistence.open(state_dir or self.cfg.state_dir or DEFAULT_STATE_DIR,
+                                              self.pipe.detector, self.cfg.state_flush_interval,
+                                              self.cfg.limits.max_window_keys)
         self.capture = LiveCapture(interfaces)
         self.capture.install_filters(self.pipe.capture_filters())
         # the capture is open: from here on only attribution's capabilities
@@ -86,7 +93,8 @@ class Daemon:
             log.error("reload refused, keeping the running config and rules: %s", e)
             self.notify.ready("reload refused: " + str(e)[:200])
             return
-        restart_only = [f for f in ("tracked_ports", "timeouts", "limits", "output")
+        restart_only = [f for f in ("tracked_ports", "timeouts", "limits", "output", "state_dir",
+                                    "state_flush_interval")
                         if getattr(cfg, f) != getattr(self.cfg, f)]
         if restart_only:
             log.warning("options %s change only on restart; the others are applied", ", ".join(restart_only))
@@ -102,6 +110,7 @@ class Daemon:
                         w.keys, w.episodes = ow.keys, ow.episodes
                         kept += 1
         new.stats = old.stats
+        self.persist.adopt(old, new)
         self.pipe.detector = new
         self.rules = rules
         log.info("reloaded %s and %s (%d rule window(s) kept)", self.config_path or "defaults", self.rules_path, kept)
@@ -147,6 +156,7 @@ class Daemon:
                 if self.hup:
                     self.hup = False
                     self.reload()
+                self.persist.tick()
                 now = time.monotonic()
                 if watchdog is not None and now >= next_wd:
                     self.notify.watchdog()
@@ -160,6 +170,7 @@ class Daemon:
             self.notify.stopping("flushing")
             self.drain(handler_for)
             self.pipe.finish()
+            self.persist.close()
             self.sink.close()
             self.capture.close()
             log.info("stopped: %s", self.status_line() if self.capture.handles else "capture closed")
@@ -173,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--config", help="config YAML (default /etc/xfer-sensor/config.yaml when present)")
     ap.add_argument("--rules", help="rules folder (default: the shipped rules)")
     ap.add_argument("--out", default="/var/log/xfer-sensor", help="folder for the .jsonl files")
+    ap.add_argument("--state-dir", help="folder for the rule-window state that survives restarts "
+                    f"(default: the config's state_dir, else {DEFAULT_STATE_DIR})")
     ap.add_argument("--allow-root", action="store_true",
                     help="run as uid 0 (otherwise refused: run as an unprivileged user with the "
                          "capabilities of systemd/xfer-sensor.service)")
@@ -187,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config is None and Path("/etc/xfer-sensor/config.yaml").exists():
         config = "/etc/xfer-sensor/config.yaml"
     try:
-        d = Daemon(args.interface, config, args.rules or str(default_rules_dir()), Path(args.out))
+        d = Daemon(args.interface, config, args.rules or str(default_rules_dir()), Path(args.out), args.state_dir)
     except (ConfigError, RuleError, CaptureError) as e:
         print(f"xfer-sensor: error: {e}", file=sys.stderr)
         return 2
