@@ -2,10 +2,9 @@
 """Live capture loss against a bounded loopback sender (issue #4).
 
 Starts ``xfer-sensor run -i lo --allow-root`` (with /metrics on a free
-loopback port), optionally an ``AttributionHelper(iface="lo", ports=[69])``
-beside it (the daemon does not start attribution itself yet: the helper runs
-here, so its tap and lookups load the machine at the same time as the
-capture), then a sender process that writes pre-built TFTP read requests
+loopback port) in endpoint mode -- its attribution helper process with its
+first-packet tap and lookups runs beside the capture -- or, with
+``--no-attribution``, in span mode; then a sender process that writes pre-built TFTP read requests
 (UDP to 127.0.0.69:69) from many distinct flows (sources 127.1.x.y:port) at
 a paced rate, for a bounded number of packets, through an AF_PACKET socket on
 ``lo`` -- loopback only, nothing leaves the host. A UDP socket bound to
@@ -257,16 +256,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         err_path = work / "daemon.err"
         daemon = subprocess.Popen([sensor, "run", "-i", "lo", "--allow-root", "--config", str(cfg),
-                                   "--out", str(out)], stderr=open(err_path, "wb"))
+                                   "--out", str(out), "--state-dir", str(work / "state"),
+                                   "--mode", "span" if a.no_attribution else "endpoint"],
+                                  stderr=open(err_path, "wb"))
         end = time.time() + 20
         while "capturing on lo" not in err_path.read_text(errors="replace"):
             if time.time() > end or daemon.poll() is not None:
                 raise SystemExit("the sensor did not start:\n" + err_path.read_text(errors="replace"))
             time.sleep(0.1)
-        if not a.no_attribution:
-            sys.path.insert(0, str(REPO))
-            from sensor.attribution import AttributionHelper
-            helper = AttributionHelper(iface="lo", ports=[DST_PORT if a.traffic == "tftp" else TCP_PORT]).start()
+        if not a.no_attribution:   # the daemon's own helper process
+            import psutil
+            helper = next((c.pid for c in psutil.Process(daemon.pid).children()
+                           if "sensor.attribution" in " ".join(c.cmdline())), None)
+            if helper is None:
+                raise SystemExit("the sensor runs without its attribution helper:\n" + err_path.read_text())
         sender = subprocess.Popen([sys.executable, __file__, "--_sender", "--rate", str(a.rate),
                                    "--seconds", str(a.seconds), "--flows-per-block", str(a.flows_per_block),
                                    "--packets-per-flow", str(a.packets_per_flow), "--batch", str(a.batch),
@@ -278,8 +281,8 @@ def main(argv: list[str] | None = None) -> int:
         ready = json.loads(line)
         base = scrape(url)
         pids = {"sensor": daemon.pid, "sender": sender.pid}
-        if helper is not None and helper._proc is not None:
-            pids["attribution_helper"] = helper._proc.pid
+        if helper is not None:
+            pids["attribution_helper"] = helper
         cpu0 = {k: proc_cpu(p) for k, p in pids.items()}
         busy0 = machine_busy()
         t0 = time.monotonic()
@@ -305,10 +308,6 @@ def main(argv: list[str] | None = None) -> int:
         m = scrape(url)
         busy1 = machine_busy()
         cpu1 = {k: proc_cpu(p) for k, p in pids.items()}
-        hm = {}
-        if helper is not None:      # stopping it makes it report its final counters
-            helper.stop()
-            hm = helper.metrics()
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(60)
         recs = [json.loads(x) for x in (out / "connections.jsonl").read_text().splitlines()] \
@@ -344,21 +343,17 @@ def main(argv: list[str] | None = None) -> int:
             "machine_busy_pct": round(100.0 * (busy1[0] - busy0[0]) / window, 1) if window else 0.0,
             "cpus": os.cpu_count(),
         })
-        if hm:
-            h = hm.get("helper", {})
-            tap = h.get("tap", {})
-            result["attribution_helper"] = {"sched": tap.get("sched"), "tap_packets": tap.get("packets"), "tap_kernel_drops": tap.get("kernel_drops"),
-                                     "lookups": h.get("lookups"), "rate_limited": h.get("rate_limited"),
-                                     "results": hm.get("results"), "hits_socket": h.get("hits_socket"),
-                                     "hits_uid_only": h.get("hits_uid_only"), "misses": h.get("misses"),
-                                     "first_packet_to_lookup_us": h.get("first_packet_to_lookup")}
+        if helper is not None:      # the helper's counters, as /metrics shows them
+            result["attribution_helper"] = {
+                "lookups": d("xfer_sensor_attribution_lookups_total"),
+                "rate_limited": d("xfer_sensor_attribution_rate_limited_total"),
+                "tap_kernel_drops": d("xfer_sensor_attribution_tap_dropped_total"),
+                "up": m.get("xfer_sensor_attribution_helper_up")}
     finally:
         for p in (sender, daemon):
             if p is not None and p.poll() is None:
                 p.kill()
                 p.wait()
-        if helper is not None:
-            helper.stop()
         sink.close()
         if not a.keep_out:
             shutil.rmtree(work, ignore_errors=True)

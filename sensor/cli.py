@@ -427,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--config")
     ck.add_argument("--rules")
     ck.set_defaults(func=cmd_check)
-    sub.add_parser("run", help="capture live as a daemon: run -i IFACE [--config FILE] [--rules DIR] [--out DIR]",
+    sub.add_parser("run", help="capture live as a daemon: run -i IFACE [--config FILE] [--rules DIR] [--out DIR] "
+                   "[--state-dir DIR]",
                    add_help=False)
     ru = sub.add_parser("rules", help="list the rules, or test one on a capture")
     rsub = ru.add_subparsers(dest="rules_cmd", required=True)

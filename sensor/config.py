@@ -101,10 +101,12 @@ class Config:
     home_net_given: bool = False          # the file set home_net (endpoint mode keeps it then)
     metrics_listen: tuple[str, int] | None = None   # (loopback address, port) of /metrics; None: off
     status_interval: float = 300.0                 # seconds between two status lines in the journal
+    state_dir: str | None = None          # the daemon's state folder (rule windows); None: /var/lib/xfer-sensor
+    state_flush_interval: float = 2.0     # wall-clock seconds between two writes of the window state
 
 
 _TOP_KEYS = {"tracked_ports", "home_net", "ip_type_overrides", "inventory", "device_name", "timeouts", "limits",
-             "hostnames", "output", "metrics_listen", "status_interval"}
+             "hostnames", "output", "metrics_listen", "status_interval", "state_dir", "state_flush_interval"}
 _OUTPUT_KEYS = {"profile", "max_line_bytes", "queue_max", "error_log_interval", "files", "stdout", "syslog"}
 _SYSLOG_KEYS = {"host", "port", "protocol", "facility", "app_name", "hostname", "kinds", "timeout", "retry_interval"}
 MIN_LINE_BYTES = 1024   # max_line_bytes below this could not hold a record's identity
@@ -311,6 +313,13 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
         kw["metrics_listen"] = parse_listen(source, "metrics_listen", raw["metrics_listen"])
     if "status_interval" in raw:
         kw["status_interval"] = float(_number(source, "status_interval", raw["status_interval"], False, 1))
+    if raw.get("state_dir") is not None:
+        if not isinstance(raw["state_dir"], str) or not raw["state_dir"].strip():
+            raise ConfigError(source, "state_dir", "must be a folder path")
+        kw["state_dir"] = raw["state_dir"]
+    if "state_flush_interval" in raw:
+        kw["state_flush_interval"] = float(_number(source, "state_flush_interval", raw["state_flush_interval"],
+                                                   False, 0.01))
     kw["timeouts"] = _section(source, "timeouts", raw.get("timeouts"), Timeouts)
     kw["limits"] = _section(source, "limits", raw.get("limits"), Limits)
     return Config(**kw)

@@ -7,6 +7,8 @@
   logged, and the running ones stay. Rule windows of correlations whose
   definition did not change are kept.
 - SIGTERM/SIGINT: end every flow, write every record, exit (well within 5 s).
+Rule windows survive restarts: kept in SQLite under ``--state-dir``
+(sensor/winstore.py), written every ``state_flush_interval`` s and at SIGTERM.
 Privileges: refuses uid 0 unless ``--allow-root``; once the capture is open
 it keeps no capability (the attribution helper, started before, keeps
 CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH for its lookups). If the helper dies
@@ -48,6 +50,7 @@ from .rules import RuleError, RuleSet, load_rules
 from .privileges import DAEMON_CAPS, keep_only
 from .sdnotify import SdNotifier
 from .sinks import build_outputs
+from .winstore import DEFAULT_STATE_DIR, WindowPersistence
 
 log = logging.getLogger("xfer-sensor")
 
@@ -60,7 +63,7 @@ DRAIN_S = 1.0            # longest wait on SIGTERM for packets already captured
 class Daemon:
     def __init__(self, interfaces: Sequence[str], config_path: str | None, rules_path: str,
                  outdir: Path, mode: str = "endpoint",
-                 metrics_listen: tuple[str, int] | None | bool = True) -> None:
+                 metrics_listen: tuple[str, int] | None | bool = True, state_dir: str | None = None) -> None:
         self.config_path = config_path
         self.rules_path = rules_path
         self.endpoint = mode == "endpoint"
@@ -72,6 +75,10 @@ class Daemon:
                                   block=False, truncate=False)
         self.book = AttributionBook() if self.endpoint else None
         self.pipe = Pipeline(self.cfg, self.rules, self.sink, attribution=self.book)
+        # rule windows from the last run (a bad state file is logged and moved aside, never fatal)
+        self.persist = WindowPersistence.open(state_dir or self.cfg.state_dir or DEFAULT_STATE_DIR,
+                                              self.pipe.detector, self.cfg.state_flush_interval,
+                                              self.cfg.limits.max_window_keys)
         self.capture = LiveCapture(interfaces)
         self.capture.install_filters(self.pipe.capture_filters())
         self.helper = None
@@ -146,7 +153,8 @@ class Daemon:
             log.error("reload refused, keeping the running config and rules: %s", e)
             self.notify.ready("reload refused: " + str(e)[:200])
             return
-        restart_only = [f for f in ("tracked_ports", "timeouts", "limits", "output", "metrics_listen")
+        restart_only = [f for f in ("tracked_ports", "timeouts", "limits", "output", "metrics_listen", "state_dir",
+                                    "state_flush_interval")
                         if getattr(cfg, f) != getattr(self.cfg, f)]
         if restart_only:
             log.warning("options %s change only on restart; the others are applied", ", ".join(restart_only))
@@ -162,6 +170,7 @@ class Daemon:
                         w.keys, w.episodes = ow.keys, ow.episodes
                         kept += 1
         new.stats = old.stats
+        self.persist.adopt(old, new)
         self.pipe.detector = new
         for e in self.rules.allow_entries:   # keep the suppressed counts monotonic across reloads
             k = (e.rule_id, e.selection)
@@ -191,7 +200,8 @@ class Daemon:
             hm = self.helper.metrics()
             child = hm.get("helper") or {}
             st["attribution"]["helper"] = {
-                "alive": hm.get("alive", False), "lookups": child.get("lookups", 0),
+                # lookups: results received (live); the helper's own counters come every 5 s
+                "alive": hm.get("alive", False), "lookups": hm.get("results", 0),
                 "rate_limited": child.get("rate_limited", 0),
                 "tap_kernel_drops": (child.get("tap") or {}).get("kernel_drops", 0)}
         return metrics.collect(pipe_stats=st, capture_stats=self.capture.read_stats(),
@@ -222,6 +232,7 @@ class Daemon:
                 if self.hup:
                     self.hup = False
                     self.reload()
+                self.persist.tick()
                 if self.helper is not None and not self.stop and not self.helper.alive():
                     log.error("the attribution helper exited; stopping so the service restarts with it")
                     self.exit_code = 1
@@ -245,6 +256,7 @@ class Daemon:
                 time.sleep(ATTRIBUTION_SETTLE_S)
                 self.collect_attributions()
             self.pipe.finish()
+            self.persist.close()
             self.sink.close()
             final = self.status_line()
             if self.metrics_server is not None:
@@ -266,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--mode", choices=("endpoint", "span"), default="endpoint",
                     help="endpoint: this host's traffic, with the process of each connection (default); "
                          "span: a mirror port, no attribution")
+    ap.add_argument("--state-dir", help="folder for the rule-window state that survives restarts "
+                    f"(default: the config's state_dir, else {DEFAULT_STATE_DIR})")
     ap.add_argument("--allow-root", action="store_true",
                     help="run as uid 0 (otherwise refused: run as an unprivileged user with the "
                          "capabilities of systemd/xfer-sensor.service)")
@@ -286,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         listen = True if args.metrics_listen is None else parse_listen("command line", "--metrics-listen",
                                                                         args.metrics_listen)
         d = Daemon(args.interface, config, args.rules or str(default_rules_dir()), Path(args.out),
-                   mode=args.mode, metrics_listen=listen)
+                   mode=args.mode, metrics_listen=listen, state_dir=args.state_dir)
     except (ConfigError, RuleError, CaptureError, metrics.MetricsError) as e:
         print(f"xfer-sensor: error: {e}", file=sys.stderr)
         return 2

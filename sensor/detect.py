@@ -9,13 +9,21 @@ steadily busy key alerts at most once per timespan (like a daily hunt).
 
 State is bounded: at most ``max_window_keys`` keys (least recently seen
 evicted, counted) and ``max_window_events`` events per key.
+
+Window state can be exported and imported (``export_state``,
+``export_changes`` after ``enable_tracking``, ``import_state``): plain data,
+no I/O, so a store can keep it across restarts (``sensor/winstore.py``). A
+window is identified by its rule id and a hash of the rule's definition
+(``window_id``), so a changed rule never inherits another definition's state.
 """
 from __future__ import annotations
 
 import bisect
+import hashlib
+import json
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from .config import Limits
 from .counters import Counters
@@ -51,6 +59,40 @@ def _bytes(rec: Mapping[str, Any]) -> tuple[int, int]:
             int(rec.get("ReceivedBytes") or 0) + int(rec.get("DataReceivedBytes") or 0))
 
 
+def window_id(rule: CorrelationRule) -> str:
+    """The rule id plus a stable hash of what decides the window's counting
+    (referenced rules, group-by, timespan, condition)."""
+    definition = json.dumps({"rules": list(rule.rules), "group_by": list(rule.group_by),
+                             "timespan_s": rule.timespan_s, "op": rule.op, "threshold": rule.threshold},
+                            sort_keys=True, separators=(",", ":"))
+    return f"{rule.id}:{hashlib.sha256(definition.encode()).hexdigest()[:16]}"
+
+
+def _export_key(st: _KeyState) -> dict:
+    ep = st.episode
+    return {"events": [[e.ts, e.sent, e.recv, e.uid] for e in st.events], "armed": st.armed,
+            "last_alert_ts": st.last_alert_ts,
+            "episode": None if ep is None else dict(ep, Tags=list(ep.get("Tags", ())), Uids=list(ep["Uids"]))}
+
+
+def _import_key(d: Mapping[str, Any], max_events: int) -> _KeyState:
+    evs = sorted(_Ev(int(ts), int(sent), int(recv), str(uid)) for ts, sent, recv, uid in d["events"])
+    if not evs:
+        raise ValueError("no events")
+    ep = d.get("episode")
+    if ep is not None:
+        # the fields observe() updates when a further connection joins the alert
+        if (not isinstance(ep, dict) or not isinstance(ep.get("Uids"), list)
+                or not all(type(ep.get(f)) is int for f in ("ConnectionCount", "BytesSent", "BytesReceived"))
+                or not all(isinstance(ep.get(f), str) for f in ("FirstSeen", "LastSeen"))):
+            raise ValueError("bad episode")
+        ep = dict(ep, Uids=list(ep["Uids"]))
+    last = d["last_alert_ts"]
+    if isinstance(last, bool) or not isinstance(last, int) or not isinstance(d["armed"], bool):
+        raise ValueError("bad alert state")
+    return _KeyState(evs[-max_events:], d["armed"], last, ep)
+
+
 class DetectStats(Counters):
     __slots__ = ("records", "matched", "alerts", "suppressed", "keys_evicted", "events_dropped",
                  "episodes_dropped")
@@ -66,17 +108,26 @@ class _Window:
         self.stats = stats
         # the open alerts' running totals (the hunt view), as many as keys are kept
         self.episodes: deque[dict] = deque()
+        # keys changed since the last export_changes(), in the order they were
+        # touched (None: not tracking, the replay case)
+        self.dirty: dict[tuple, None] | None = None
 
     def _hit(self, n: int) -> bool:
         return n > self.rule.threshold if self.rule.op == "gt" else n >= self.rule.threshold
 
     def observe(self, rec: Mapping[str, Any], ts: int) -> dict | None:
         key = tuple(rec.get(f, "") for f in self.rule.group_by)
+        dirty = self.dirty
+        if dirty is not None:
+            dirty.pop(key, None)
+            dirty[key] = None
         st = self.keys.get(key)
         if st is None:
             if len(self.keys) >= self.max_keys:
-                self.keys.popitem(last=False)
+                gone, _ = self.keys.popitem(last=False)
                 self.stats.keys_evicted += 1
+                if dirty is not None:
+                    dirty.setdefault(gone, None)
             st = self.keys[key] = _KeyState()
         else:
             self.keys.move_to_end(key)
@@ -131,6 +182,47 @@ class _Window:
         self.episodes.append(st.episode)
         return alert
 
+    # -- state export / import (plain data, no I/O) --------------------------------
+    def _entry(self, keys: Iterable[tuple]) -> dict:
+        upserts, deletes = [], []
+        for k in keys:
+            st = self.keys.get(k)
+            if st is None:
+                deletes.append(k)
+            else:
+                upserts.append((k, _export_key(st)))
+        return {"rule_id": self.rule.id, "span_us": self.span_us, "upserts": upserts, "deletes": deletes}
+
+    def export_state(self) -> dict:
+        """Every key, least recently seen first."""
+        return self._entry(list(self.keys))
+
+    def export_changes(self) -> dict:
+        """Keys touched since the last call (upserts, in touch order) and keys
+        evicted (deletes); needs tracking on."""
+        keys = list(self.dirty or ())
+        if self.dirty:
+            self.dirty.clear()
+        return self._entry(keys)
+
+    def import_state(self, entries: Iterable[tuple[tuple, Mapping[str, Any]]]) -> tuple[int, int]:
+        """(key, state) pairs, least recently seen first; keeps the newest
+        ``max_window_keys``. Returns (keys held now, entries refused)."""
+        refused = 0
+        for key, d in entries:
+            try:
+                st = _import_key(d, self.max_events)
+            except (KeyError, TypeError, ValueError):
+                refused += 1
+                continue
+            self.keys.pop(key, None)
+            if len(self.keys) >= self.max_keys:
+                self.keys.popitem(last=False)
+            self.keys[key] = st
+        eps = sorted((st for st in self.keys.values() if st.episode is not None), key=lambda st: st.last_alert_ts)
+        self.episodes = deque(st.episode for st in eps[-self.max_keys:])
+        return len(self.keys), refused
+
     def _alert(self, rec: Mapping[str, Any], key: tuple, win: list[_Ev]) -> dict:
         r = self.rule
         alert: dict[str, Any] = {
@@ -166,6 +258,48 @@ class Detector:
             w = _Window(c, limits, self.stats)
             for rid in c.rules:
                 self.windows.setdefault(rid, []).append(w)
+
+    # -- state export / import (plain data, no I/O) --------------------------------
+    @property
+    def tracking(self) -> bool:
+        return any(w.dirty is not None for w in self._all_windows())
+
+    def enable_tracking(self) -> None:
+        """Record which keys change, for ``export_changes`` (off by default:
+        replay keeps no state)."""
+        for w in self._all_windows():
+            if w.dirty is None:
+                w.dirty = {}
+
+    def export_state(self) -> dict[str, dict]:
+        """window id -> {rule_id, span_us, upserts: [(key, state)], deletes: []}."""
+        return {window_id(w.rule): w.export_state() for w in self._all_windows()}
+
+    def export_changes(self) -> dict[str, dict]:
+        """Like ``export_state`` but only what changed since the last call:
+        upserted keys in the order they were touched, evicted keys as deletes."""
+        out = {}
+        for w in self._all_windows():
+            e = w.export_changes()
+            if e["upserts"] or e["deletes"]:
+                out[window_id(w.rule)] = e
+        return out
+
+    def window_ids(self) -> dict[str, int]:
+        """window id -> its span in microseconds, for the loaded rules."""
+        return {window_id(w.rule): w.span_us for w in self._all_windows()}
+
+    def import_state(self, windows: Mapping[str, Iterable[tuple[tuple, Mapping[str, Any]]]]) -> tuple[int, int]:
+        """Restore keys of the windows whose id matches a loaded rule; others
+        are ignored. Returns (keys restored, entries refused)."""
+        restored = refused = 0
+        for w in self._all_windows():
+            entries = windows.get(window_id(w.rule))
+            if entries is not None:
+                r, f = w.import_state(entries)
+                restored += r
+                refused += f
+        return restored, refused
 
     def hunt_results(self) -> list[dict]:
         """Each alert with every matching connection of its key until the key

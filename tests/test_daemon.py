@@ -60,10 +60,9 @@ def sessions(n: int, user: str) -> None:
 
 
 def read(path: Path) -> list[dict]:
-    """The records of our server (the sensor also reports FTP it recognises by
-    its banner on other ports: other tests on this host may be running)."""
+    """Our server's records: other daemon tests may run at the same time on lo."""
     recs = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-    return [r for r in recs if r.get("RemotePort") == PORT]
+    return [r for r in recs if (r.get("RemoteIP"), r.get("RemotePort")) == (SERVER, PORT)]
 
 
 def wait_for(cond, timeout=10.0, what=""):
@@ -92,7 +91,8 @@ class Daemon:
         self.stderr = b""
         self.p = subprocess.Popen([sys.executable, "-m", "sensor.daemon", "-i", "lo", "--out", str(self.out),
                                    "--config", str(self.cfg), "--rules", str(self.rules), "--allow-root",
-                                   "--mode", mode, *extra],
+                                   "--mode", mode, *extra,
+                                   "--state-dir", str(tmp / "state")],   # not the host's /var/lib/xfer-sensor
                                   cwd=REPO, stderr=subprocess.PIPE)
         os.set_blocking(self.p.stderr.fileno(), False)
         wait_for(lambda: b"capturing on lo" in self.err(), what="the daemon to capture")
@@ -242,7 +242,7 @@ def test_unprivileged_daemon_keeps_only_the_capabilities_it_needs(tmp_path):
     caps = "+net_raw,+net_admin,+sys_ptrace,+dac_read_search"
     p = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", f"--inh-caps={caps}",
                           f"--ambient-caps={caps}", sys.executable, "-m", "sensor.daemon", "-i", "lo",
-                          "--out", str(out), "--rules", str(REPO / "rules")],
+                          "--out", str(out), "--rules", str(REPO / "rules"), "--state-dir", str(out / "state")],
                          cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         err = ""

@@ -341,6 +341,7 @@ def test_daemon_serves_metrics_matching_its_records(tmp_path, ftp_server):
                    "timeouts: {tcp_closed: 0.3, tcp_attempt: 2}\nlimits: {flow_scan_interval: 0.1}\n"
                    "status_interval: 1\n")
     p = subprocess.Popen([sys.executable, "-m", "sensor", "run", "-i", "lo", "--out", str(out), "--config", str(cfg),
+                          "--state-dir", str(tmp_path / "state"),
                           "--rules", str(rules), "--allow-root", "--metrics-listen", f"127.0.0.1:{mport}",
                           "--mode", "span"],   # the account is the login: alice and bob are two keys
                          cwd=REPO, stderr=subprocess.PIPE)
@@ -415,6 +416,7 @@ def test_run_exits_cleanly_when_the_metrics_port_is_taken(tmp_path):
         busy.listen(1)
         port = busy.getsockname()[1]
         r = subprocess.run([sys.executable, "-m", "sensor", "run", "-i", "lo", "--allow-root", "--out", str(tmp_path),
+                            "--state-dir", str(tmp_path / "state"),
                             "--metrics-listen", f"127.0.0.1:{port}"], cwd=REPO, capture_output=True, text=True,
                            timeout=30)
     assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr
