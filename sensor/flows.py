@@ -328,7 +328,10 @@ class FlowTable:
 
     def process(self, p: Packet) -> Flow | None:
         """Account one target packet; returns its flow (None: not tracked)."""
-        ts = self.advance(p.ts)
+        return self.account(p, self.advance(p.ts))
+
+    def account(self, p: Packet, ts: int) -> Flow | None:
+        """``process`` after the clock moved to ``ts`` (``advance``)."""
         a, b = (p.src, p.sport), (p.dst, p.dport)
         key = (p.proto,) + (a + b if a <= b else b + a)
         flow = self.flows.get(key)
@@ -388,11 +391,11 @@ class FlowTable:
             s.state = RESET
             self._set_class(flow, T_CLOSED)
             if p.plen:
-                self._seq(flow, s, p)
+                self._seq(flow, s, p.seq, p.plen, p.ts)
             return
         if p.plen:
             flow.add_history(up("d"))
-            self._seq(flow, s, p)
+            self._seq(flow, s, p.seq, p.plen, p.ts)
         elif ack and not syn and not fin:
             flow.add_history(up("a"))
         if not syn:
@@ -417,23 +420,28 @@ class FlowTable:
                                           or s.state == PARTIAL or peer.state == PARTIAL):
             self._set_class(flow, T_ESTABLISHED)
 
-    def _seq(self, flow: Flow, s: Side, p: Packet) -> None:
+    def _seq(self, flow: Flow, s: Side, seq: int, plen: int, ts: int) -> None:
         if not s.seen_seq:
-            s.base = p.seq
+            s.base = seq
             s.seen_seq = True
-        rel = (p.seq - s.base) & _M32
+        rel = (seq - s.base) & _M32
         hi = s.hi
         cand = rel + (hi & ~_M32)
         if cand - hi > _HALF:
             cand -= _WRAP
         elif hi - cand > _HALF:
             cand += _WRAP
-        end = cand + p.plen
+        self._seq_at(flow, s, cand, plen, ts)
+
+    def _seq_at(self, flow: Flow, s: Side, cand: int, plen: int, ts: int) -> None:
+        """``_seq`` once the segment's unwrapped relative offset ``cand`` is known."""
+        hi = s.hi
+        end = cand + plen
         if cand > hi:
             jump = cand - hi
             if jump > self.max_seq_jump:
                 flow.weirds += 1
-                self.on_weird(p.ts, flow, "tcp_seq_jump", f"{jump} bytes ahead")
+                self.on_weird(ts, flow, "tcp_seq_jump", f"{jump} bytes ahead")
                 return
             # bytes skipped over are counted (Zeek's orig_bytes); they may still arrive out of order
             s.hi = end
@@ -445,6 +453,6 @@ class FlowTable:
         if cand < s.lo:
             if s.lo - cand > self.max_seq_jump:
                 flow.weirds += 1
-                self.on_weird(p.ts, flow, "tcp_seq_jump", f"{s.lo - cand} bytes behind")
+                self.on_weird(ts, flow, "tcp_seq_jump", f"{s.lo - cand} bytes behind")
                 return
             s.lo = cand
