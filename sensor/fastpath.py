@@ -37,7 +37,7 @@ from .flows import ESTABLISHED, PARTIAL, T_ATTEMPT, UDP_ACTIVE
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import Pipeline
 
-_IP4 = struct.Struct("!BBHHHBBH4s4s").unpack_from  # ver/ihl tos len id frag ttl proto csum src dst
+_IP4 = struct.Struct("!BxHxxHxBxx4s4s").unpack_from  # ver/ihl, total length, frag, proto, src, dst
 _TCP = struct.Struct("!HHIIBB").unpack_from        # sport dport seq ack off flags
 _UDP = struct.Struct("!HHH").unpack_from           # sport dport length
 _IP6 = struct.Struct("!BxxxHBx16s16s").unpack_from  # ver/tc, payload length, next header, src, dst
@@ -101,7 +101,7 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
             if n < off + 28:
                 tags = 3
             else:
-                b0, _, tot, _, frag, _, proto, _, src, dst = ip4(data, off)
+                b0, tot, frag, proto, src, dst = ip4(data, off)
                 ihl = (b0 & 0x0F) << 2
                 l4 = off + ihl
                 end = off + tot
