@@ -80,9 +80,7 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
             off = 14
             tags = vlan = 0
         elif et in _TPIDS:
-            # the layered path's inline check (decode.Decoder.handler) takes
-            # exactly one 802.1Q tag; its counters differ for the others
-            tags = 1 if et == _ET_8021Q else 2
+            tags = 1 if et == _ET_8021Q else 2   # 2: not what decode.Decoder.handler takes inline
             vlan = ((data[14] & 0x0F) << 8) | data[15]
             et = data[16:18]
             off = 18
@@ -106,16 +104,20 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
                 l4 = off + ihl
                 end = off + tot
                 if not ((proto == 6 or proto == 17) and b0 >> 4 == 4 and ihl >= 20 and not frag & 0x3FFF
-                        and tot >= ihl and n >= l4 + 20):
+                        and tot >= ihl and n >= l4 + (20 if proto == 6 else 8)):
                     tags = 3
+                # counted as the layered path counts it: its inline check
+                # (decode.Decoder.handler) takes untagged or one 802.1Q tag and
+                # 20 bytes of transport header, its general decoder the rest
+                lay = tags == 2 or n < l4 + 20
             v6 = False
-        elif et == _ET_IP6 and n >= off + 60:
+        elif et == _ET_IP6 and n >= off + 48:
             b0, paylen, proto, src, dst = ip6(data, off)
             l4 = off + 40
             end = l4 + paylen
-            if b0 >> 4 != 6 or (proto != 6 and proto != 17):
+            if b0 >> 4 != 6 or not (proto == 17 or proto == 6 and n >= l4 + 20):
                 tags = 3
-            v6 = True
+            v6 = lay = True
         else:
             tags = 3
         if tags == 3:    # anything else: the general path counts and reports it
@@ -128,7 +130,7 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
             hl = (doff >> 4) << 2
             if sport not in ports and dport not in ports and data[l4 + hl:l4 + hl + 3] != b"220" \
                     and not (hosts and (src, dst) in hosts):
-                if tags < 2 and not v6:
+                if not lay:
                     stats.fast_rejected += 1
                 else:
                     stats.packets += 1
@@ -148,7 +150,7 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
         else:
             sport, dport, ulen = udp(data, l4)
             if sport not in ports and dport not in ports and not (hosts and (src, dst) in hosts):
-                if tags < 2 and not v6:
+                if not lay:
                     stats.fast_rejected += 1
                 else:
                     stats.packets += 1
@@ -172,14 +174,12 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
         stats.target += 1
         if v6:
             stats.ipv6 += 1
-            stats.vlan += tags > 0
         else:
             stats.ipv4 += 1
-            if tags < 2:
-                if vlan:      # as decode.Decoder.handler counts
-                    stats.vlan += 1
-            else:
-                stats.vlan += 1
+        if lay:
+            stats.vlan += tags > 0
+        elif vlan:      # as decode.Decoder.handler counts
+            stats.vlan += 1
         # -- flow table ---------------------------------------------------------
         now = ft.now
         if ts > now:
