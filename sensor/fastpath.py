@@ -18,11 +18,15 @@ one function:
   inline (packets, history, sequence space; in-order data without a call),
   and the application layer only when it has work for the packet (an
   analyzer, a TLS ClientHello to find, a banner to probe; never for a bare
-  TCP ACK). The payload is not even copied out of the frame otherwise.
+  TCP ACK). The payload is not even copied out of the frame otherwise;
+- for the other segments of a known flow (handshake, teardown) the flow
+  table's ``tcp_segment`` and the pipeline's application step, without a
+  :class:`Packet`.
 
-Everything else (a new flow, a handshake or teardown segment, a retransmission
-or gap in sequence space) builds the :class:`Packet` and takes the layered
-path from where the fused code left it. The results are the same by
+The first packet of a flow builds the :class:`Packet` and takes the layered
+path from where the fused code left it (``Pipeline._packet_at``: the flow
+table's clock has moved), as does anything the inline decoding does not take
+(the ``Decoder`` then counts and reports it). The results are the same by
 construction; ``tests/test_fastpath.py`` replays captures both ways and
 compares every record and counter.
 """
@@ -68,6 +72,7 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
     flows_get = ft.flows.get
     advance = ft.advance
     seq_at = ft._seq_at
+    tcp_segment = ft.tcp_segment
     ip4 = _IP4
     ip6 = _IP6
     tcp = _TCP
@@ -245,6 +250,14 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
                         if c not in h:
                             flow.history = h + c
                     return
+                # a handshake or teardown segment of a known flow: the flow
+                # table's own accounting, still without a Packet
+                if now > flow.last_ts:
+                    flow.last_ts = now
+                tcp_segment(flow, from_orig, flags, seq, plen, ts)
+                if flow.ctx is not None or flow.analyzer is not None:
+                    app_packet(flow, from_orig, ts, 6, flags, seq, ack, plen, data[l4 + hl:end])
+                return
             else:
                 if now > flow.last_ts:
                     flow.last_ts = now

@@ -368,9 +368,12 @@ class FlowTable:
             self.queues[cls][flow.key] = flow
 
     def _tcp(self, flow: Flow, p: Packet, from_orig: bool) -> None:
+        self.tcp_segment(flow, from_orig, p.flags, p.seq, p.plen, p.ts)
+
+    def tcp_segment(self, flow: Flow, from_orig: bool, flags: int, seq: int, plen: int, ts: int) -> None:
+        """Account one TCP segment of ``flow`` (``_tcp`` with the packet's fields)."""
         s, peer = (flow.o, flow.r) if from_orig else (flow.r, flow.o)
         s.pkts += 1
-        flags = p.flags
         syn, ack, fin, rst = flags & SYN, flags & ACK, flags & FIN, flags & RST
         up = str.upper if from_orig else str.lower
         if syn and rst:
@@ -379,9 +382,9 @@ class FlowTable:
             flow.add_history(up("h" if ack else "s"))
             if s.state in (INACTIVE, SYN_SENT, SYN_ACK_SENT) and s.hi == s.lo:
                 # (re)base on the SYN unless data was already counted
-                if s.syn_seq != p.seq:
-                    s.syn_seq = p.seq
-                    s.base = (p.seq + 1) & _M32
+                if s.syn_seq != seq:
+                    s.syn_seq = seq
+                    s.base = (seq + 1) & _M32
                     s.lo = s.hi = 0
                     s.seen_seq = True
                 if s.state == INACTIVE:
@@ -390,25 +393,25 @@ class FlowTable:
             flow.add_history(up("r"))
             s.state = RESET
             self._set_class(flow, T_CLOSED)
-            if p.plen:
-                self._seq(flow, s, p.seq, p.plen, p.ts)
+            if plen:
+                self._seq(flow, s, seq, plen, ts)
             return
-        if p.plen:
+        if plen:
             flow.add_history(up("d"))
-            self._seq(flow, s, p.seq, p.plen, p.ts)
+            self._seq(flow, s, seq, plen, ts)
         elif ack and not syn and not fin:
             flow.add_history(up("a"))
         if not syn:
             if s.state == INACTIVE:
                 s.state = PARTIAL
                 if not s.seen_seq:
-                    s.base = p.seq
+                    s.base = seq
                     s.seen_seq = True
             elif s.state == SYN_SENT and ack and peer.state in (SYN_ACK_SENT, ESTABLISHED):
                 s.state = ESTABLISHED
                 if peer.state == SYN_ACK_SENT:
                     peer.state = ESTABLISHED
-            elif s.state == SYN_ACK_SENT and (ack or p.plen) and peer.state == ESTABLISHED:
+            elif s.state == SYN_ACK_SENT and (ack or plen) and peer.state == ESTABLISHED:
                 s.state = ESTABLISHED
         if fin:
             flow.add_history(up("f"))
