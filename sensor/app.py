@@ -164,7 +164,7 @@ class AppLayer:
             return
         if match[0] is NONSTANDARD_FTP:
             st.nonstandard = True
-            self._ftp_from_banner(flow, st, match[1])
+            self._ftp_from_banner(flow, st, match[1].seq, match[1].ack)
             self.ports.ref(flow.resp_p, +1)
             return
         exp, parent = match
@@ -219,15 +219,15 @@ class AppLayer:
                 st.streams[1].start(flow.r.base)
         return st
 
-    def _ftp_from_banner(self, flow: Flow, st: AppState, banner: Packet) -> None:
+    def _ftp_from_banner(self, flow: Flow, st: AppState, seq: int, ack: int) -> None:
         """FTP recognised by its banner on a port that is not FTP's."""
         flow.app = "ftp"
         st.fields["NonStandardPort"] = True
         st.analyzer = FtpAnalyzer(self._conn(flow))
         st.streams = (Stream(FTP_REASSEMBLY), Stream(FTP_REASSEMBLY))
         # the banner is the server's first byte, and it acknowledges the client's next one
-        st.streams[1].start(banner.seq)
-        st.streams[0].start(banner.ack)
+        st.streams[1].start(seq)
+        st.streams[0].start(ack)
         self.stats["analyzed_flows"] += 1
 
     def _conn(self, flow: Flow) -> ConnInfo:
@@ -236,21 +236,29 @@ class AppLayer:
 
     # -- packets --------------------------------------------------------------------
     def packet(self, flow: Flow, p: Packet) -> None:
+        if flow.ctx is None:
+            return
+        self.segment(flow, p.src == flow.orig_b and p.sport == flow.orig_p, p.ts, p.flags, p.seq, p.ack,
+                     p.plen, p.payload)
+
+    def segment(self, flow: Flow, from_orig: bool, ts: int, flags: int, seq: int, ack: int, plen: int,
+                payload: bytes) -> None:
+        """``packet`` with the packet's fields as arguments (the pipeline's
+        fast path has no :class:`Packet`)."""
         st: AppState = flow.ctx
         if st is None:
             return
-        from_orig = p.src == flow.orig_b and p.sport == flow.orig_p
-        if st.probe_ftp and not from_orig and p.payload:
+        if st.probe_ftp and not from_orig and payload:
             st.probe_ftp = False       # the server's first data decides
-            if p.payload[:3] == b"220" and FtpAnalyzer.probe_tc(p.payload):
-                self._ftp_from_banner(flow, st, p)
-        if st.sni_buf is not None and from_orig and p.payload:
-            self._sni(flow, st, p.payload)
+            if payload[:3] == b"220" and FtpAnalyzer.probe_tc(payload):
+                self._ftp_from_banner(flow, st, seq, ack)
+        if st.sni_buf is not None and from_orig and payload:
+            self._sni(flow, st, payload)
         a = st.analyzer
         if a is None or st.stopped:
             return
         if flow.proto != 6:
-            evs = a.receive_ts(p.payload, p.ts) if from_orig else a.receive_tc(p.payload, p.ts)
+            evs = a.receive_ts(payload, ts) if from_orig else a.receive_tc(payload, ts)
             if evs:
                 self._events(flow, evs)
             return
@@ -258,29 +266,29 @@ class AppLayer:
         if streams is None:
             return
         s = streams[0] if from_orig else streams[1]
-        if p.flags & SYN:
-            s.start(p.seq + 1)
+        if flags & SYN:
+            s.start(seq + 1)
             return
-        if not p.plen:
+        if not plen:
             return
-        if len(p.payload) == p.plen:
-            data = s.in_order(p.seq, p.payload)
+        if len(payload) == plen:
+            data = s.in_order(seq, payload)
             if data is not None:
-                evs = a.receive_ts(data, p.ts) if from_orig else a.receive_tc(data, p.ts)
+                evs = a.receive_ts(data, ts) if from_orig else a.receive_tc(data, ts)
                 if evs:
                     self._events(flow, evs)
                 return
-        chunks = s.segment(p.seq, p.payload)
-        if len(p.payload) < p.plen:   # cut by the snaplen: the rest is missing
-            chunks += s.skip_to(p.seq + p.plen)
+        chunks = s.segment(seq, payload)
+        if len(payload) < plen:   # cut by the snaplen: the rest is missing
+            chunks += s.skip_to(seq + plen)
         for c in chunks:
             if c.gap:
                 self.stats["gaps"] += 1
                 if c.gap > 0:  # content that never arrived (Zeek's g)
                     flow.add_history("G" if from_orig else "g")
-                self._events(flow, a.gap(from_orig, max(c.gap, 0), p.ts))
+                self._events(flow, a.gap(from_orig, max(c.gap, 0), ts))
             elif c.data:
-                self._events(flow, a.receive_ts(c.data, p.ts) if from_orig else a.receive_tc(c.data, p.ts))
+                self._events(flow, a.receive_ts(c.data, ts) if from_orig else a.receive_tc(c.data, ts))
             if st.stopped:
                 break
 

@@ -80,14 +80,21 @@ def read_file(path: str | Path, handler_for: Callable[[int], Handler],
     linktype = reader.datalink()
     handle = handler_for(linktype)
     installed = set_filter(reader, filters) if filters else None
-    count = [0]
+    count = 0
     state = [installed]
 
-    def cb(hdr, data: bytes) -> None:
-        count[0] += 1
-        s, us = hdr.getts()
-        handle(s * 1_000_000 + us, data)
-        if refilter is not None:
+    if refilter is None:
+        def cb(hdr, data: bytes) -> None:
+            nonlocal count
+            count += 1
+            s, us = hdr.getts()
+            handle(s * 1_000_000 + us, data)
+    else:
+        def cb(hdr, data: bytes) -> None:
+            nonlocal count
+            count += 1
+            s, us = hdr.getts()
+            handle(s * 1_000_000 + us, data)
             new = refilter()
             if new is not None:   # libpcap applies a savefile's filter per packet: exact
                 state[0] = set_filter(reader, new)
@@ -105,7 +112,7 @@ def read_file(path: str | Path, handler_for: Callable[[int], Handler],
             reader.close()
         except Exception:  # pragma: no cover - close never matters for correctness
             pass
-    return ReadResult(str(path), linktype, count[0], state[0], err)
+    return ReadResult(str(path), linktype, count, state[0], err)
 
 
 _PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">",

@@ -331,7 +331,10 @@ class FlowTable:
 
     def process(self, p: Packet) -> Flow | None:
         """Account one target packet; returns its flow (None: not tracked)."""
-        ts = self.advance(p.ts)
+        return self.account(p, self.advance(p.ts))
+
+    def account(self, p: Packet, ts: int) -> Flow | None:
+        """``process`` after the clock moved to ``ts`` (``advance``)."""
         a, b = (p.src, p.sport), (p.dst, p.dport)
         key = (p.proto,) + (a + b if a <= b else b + a)
         flow = self.flows.get(key)
@@ -386,9 +389,12 @@ class FlowTable:
             self.queues[cls][flow.key] = flow
 
     def _tcp(self, flow: Flow, p: Packet, from_orig: bool) -> None:
+        self.tcp_segment(flow, from_orig, p.flags, p.seq, p.plen, p.ts)
+
+    def tcp_segment(self, flow: Flow, from_orig: bool, flags: int, seq: int, plen: int, ts: int) -> None:
+        """Account one TCP segment of ``flow`` (``_tcp`` with the packet's fields)."""
         s, peer = (flow.o, flow.r) if from_orig else (flow.r, flow.o)
         s.pkts += 1
-        flags = p.flags
         syn, ack, fin, rst = flags & SYN, flags & ACK, flags & FIN, flags & RST
         up = str.upper if from_orig else str.lower
         if syn and rst:
@@ -397,9 +403,9 @@ class FlowTable:
             flow.add_history(up("h" if ack else "s"))
             if s.state in (INACTIVE, SYN_SENT, SYN_ACK_SENT) and s.hi == s.lo:
                 # (re)base on the SYN unless data was already counted
-                if s.syn_seq != p.seq:
-                    s.syn_seq = p.seq
-                    s.base = (p.seq + 1) & _M32
+                if s.syn_seq != seq:
+                    s.syn_seq = seq
+                    s.base = (seq + 1) & _M32
                     s.lo = s.hi = 0
                     s.seen_seq = True
                 if s.state == INACTIVE:
@@ -408,25 +414,25 @@ class FlowTable:
             flow.add_history(up("r"))
             s.state = RESET
             self._set_class(flow, T_CLOSED)
-            if p.plen:
-                self._seq(flow, s, p)
+            if plen:
+                self._seq(flow, s, seq, plen, ts)
             return
-        if p.plen:
+        if plen:
             flow.add_history(up("d"))
-            self._seq(flow, s, p)
+            self._seq(flow, s, seq, plen, ts)
         elif ack and not syn and not fin:
             flow.add_history(up("a"))
         if not syn:
             if s.state == INACTIVE:
                 s.state = PARTIAL
                 if not s.seen_seq:
-                    s.base = p.seq
+                    s.base = seq
                     s.seen_seq = True
             elif s.state == SYN_SENT and ack and peer.state in (SYN_ACK_SENT, ESTABLISHED):
                 s.state = ESTABLISHED
                 if peer.state == SYN_ACK_SENT:
                     peer.state = ESTABLISHED
-            elif s.state == SYN_ACK_SENT and (ack or p.plen) and peer.state == ESTABLISHED:
+            elif s.state == SYN_ACK_SENT and (ack or plen) and peer.state == ESTABLISHED:
                 s.state = ESTABLISHED
         if fin:
             flow.add_history(up("f"))
@@ -438,23 +444,28 @@ class FlowTable:
                                           or s.state == PARTIAL or peer.state == PARTIAL):
             self._set_class(flow, T_ESTABLISHED)
 
-    def _seq(self, flow: Flow, s: Side, p: Packet) -> None:
+    def _seq(self, flow: Flow, s: Side, seq: int, plen: int, ts: int) -> None:
         if not s.seen_seq:
-            s.base = p.seq
+            s.base = seq
             s.seen_seq = True
-        rel = (p.seq - s.base) & _M32
+        rel = (seq - s.base) & _M32
         hi = s.hi
         cand = rel + (hi & ~_M32)
         if cand - hi > _HALF:
             cand -= _WRAP
         elif hi - cand > _HALF:
             cand += _WRAP
-        end = cand + p.plen
+        self._seq_at(flow, s, cand, plen, ts)
+
+    def _seq_at(self, flow: Flow, s: Side, cand: int, plen: int, ts: int) -> None:
+        """``_seq`` once the segment's unwrapped relative offset ``cand`` is known."""
+        hi = s.hi
+        end = cand + plen
         if cand > hi:
             jump = cand - hi
             if jump > self.max_seq_jump:
                 flow.weirds += 1
-                self.on_weird(p.ts, flow, "tcp_seq_jump", f"{jump} bytes ahead")
+                self.on_weird(ts, flow, "tcp_seq_jump", f"{jump} bytes ahead")
                 return
             # bytes skipped over are counted (Zeek's orig_bytes); they may still arrive out of order
             s.hi = end
@@ -466,6 +477,6 @@ class FlowTable:
         if cand < s.lo:
             if s.lo - cand > self.max_seq_jump:
                 flow.weirds += 1
-                self.on_weird(p.ts, flow, "tcp_seq_jump", f"{s.lo - cand} bytes behind")
+                self.on_weird(ts, flow, "tcp_seq_jump", f"{s.lo - cand} bytes behind")
                 return
             s.lo = cand

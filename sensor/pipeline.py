@@ -11,10 +11,11 @@ from typing import Any, Callable
 
 from .bpf import build_filter
 from .config import Config
-from .decode import DecodeStats, Decoder
+from .decode import LINKTYPE_ETHERNET, DecodeStats, Decoder, Packet
 from .detect import Detector
 from .endpoint import AttributionBook
 from .app import AppLayer
+from .fastpath import ethernet_handler
 from .flows import Flow, FlowTable
 from .ports import PortSet
 from .records import RecordBuilder, iso_us
@@ -56,26 +57,42 @@ class Pipeline:
         self.action_counts: dict[str, int] = {}
         self._decoders: dict[int, Callable[[int, bytes], None]] = {}
         self._filter_version = 0
+        # Ethernet frames take the fused per-packet path (sensor/fastpath.py);
+        # False: the layered one (the tests compare the two)
+        self.fused = True
 
     # -- input ----------------------------------------------------------------
     def handler_for(self, linktype: int) -> Callable[[int, bytes], None]:
         h = self._decoders.get(linktype)
         if h is None:
-            dec = Decoder(linktype, self.ports, self.decode_stats, self._decode_weird, self.portset.hosts)
-            h = self._decoders[linktype] = dec.handler(self._packet)
+            if linktype == LINKTYPE_ETHERNET and self.fused:
+                h = ethernet_handler(self)
+            else:
+                dec = Decoder(linktype, self.ports, self.decode_stats, self._decode_weird, self.portset.hosts)
+                h = dec.handler(self._packet)
+            self._decoders[linktype] = h
         return h
 
-    def _packet(self, p) -> None:
-        f = self.flows.process(p)
+    def _packet(self, p: Packet) -> None:
+        self._packet_at(p, self.flows.advance(p.ts))
+
+    def _packet_at(self, p: Packet, now: int) -> None:
+        """``_packet`` once the flow table's clock is at ``now``."""
+        f = self.flows.account(p, now)
         if f is not None:
-            st = f.ctx
-            if st is None:
-                if f.analyzer is None or not (p.plen or p.proto == 17):
-                    return
-                st = self.app.attach(f)
-            if st is not None and ((st.analyzer is not None and not st.stopped) or st.sni_buf is not None
-                                   or st.probe_ftp):
-                self.app.packet(f, p)
+            self._app_packet(f, p.src == f.orig_b and p.sport == f.orig_p, p.ts, p.proto, p.flags, p.seq,
+                             p.ack, p.plen, p.payload)
+
+    def _app_packet(self, f: Flow, from_orig: bool, ts: int, proto: int, flags: int, seq: int, ack: int,
+                    plen: int, payload: bytes) -> None:
+        st = f.ctx
+        if st is None:
+            if f.analyzer is None or not (plen or proto == 17):
+                return
+            st = self.app.attach(f)
+        if st is not None and ((st.analyzer is not None and not st.stopped) or st.sni_buf is not None
+                               or st.probe_ftp):
+            self.app.segment(f, from_orig, ts, flags, seq, ack, plen, payload)
 
     def capture_filters(self) -> list[str | None]:
         """BPF filters to try, best first (see sensor/bpf.py)."""

@@ -990,7 +990,8 @@ class FtpAnalyzer(Analyzer):
     def _drain_requests(self, ts: int, out: list[Event]) -> None:
         parser = self._requests
         while not self._done:
-            parser.expect_tls = any(p.command == "AUTH" for p in self._pending)
+            pending = self._pending
+            parser.expect_tls = bool(pending) and any(p.command == "AUTH" for p in pending)
             ev = parser.next_event()
             if ev is NEED_DATA:
                 return

@@ -1176,9 +1176,17 @@ class SmbAnalyzer(Analyzer):
 
     # -- Analyzer interface ---------------------------------------------------
     def receive_ts(self, data: bytes, ts: int) -> list[Event]:
+        framer = self._framers[True]
+        if framer._state == _SKIP and not framer._buf and len(data) < framer._skip and data and not self._closed:
+            framer._skip -= len(data)  # inside a READ/WRITE body (the common case, as in _receive)
+            return []
         return self._receive(True, data, ts)
 
     def receive_tc(self, data: bytes, ts: int) -> list[Event]:
+        framer = self._framers[False]
+        if framer._state == _SKIP and not framer._buf and len(data) < framer._skip and data and not self._closed:
+            framer._skip -= len(data)
+            return []
         return self._receive(False, data, ts)
 
     def gap(self, to_server: bool, nbytes: int, ts: int) -> list[Event]:

@@ -1,0 +1,288 @@
+"""The pipeline's per-packet path for Ethernet frames, fused into one function.
+
+The layered path (``Decoder`` -> ``Pipeline._packet`` -> ``FlowTable.process``
+-> ``FlowTable._tcp`` -> ``AppLayer.packet``) costs half a dozen Python calls
+and a :class:`~sensor.decode.Packet` per packet. Most packets are ordinary
+segments of a flow already known, and need far less. This handler does, in
+one function:
+
+- decoding, inline, of Ethernet with up to two VLAN tags, IPv4 without
+  fragmentation or IPv6 with TCP/UDP right after the fixed header, whole
+  headers and nothing cut by the snaplen -- everything else goes to the
+  ``Decoder``'s general path, which counts and reports it;
+- the same choice of target packets (tracked or expected ports, FTPS host
+  pairs, an FTP banner) and the same decoder counters as the layered path;
+- for a packet of a known flow that is an ordinary segment -- TCP without
+  SYN, FIN or RST from a side past its handshake (PARTIAL or ESTABLISHED), of
+  a flow out of the attempt timeout class; or UDP -- the flow accounting
+  inline (packets, history, sequence space; in-order data without a call),
+  and the application layer only when it has work for the packet (an
+  analyzer, a TLS ClientHello to find, a banner to probe; never for a bare
+  TCP ACK). The payload is not even copied out of the frame otherwise;
+- for the other segments of a known flow (handshake, teardown) the flow
+  table's ``tcp_segment`` and the pipeline's application step, without a
+  :class:`Packet`.
+
+The first packet of a flow builds the :class:`Packet` and takes the layered
+path from where the fused code left it (``Pipeline._packet_at``: the flow
+table's clock has moved), as does anything the inline decoding does not take
+(the ``Decoder`` then counts and reports it). The results are the same by
+construction; ``tests/test_fastpath.py`` replays captures both ways and
+compares every record and counter.
+"""
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Callable
+
+from .decode import LINKTYPE_ETHERNET, Decoder, Packet
+from .flows import ESTABLISHED, PARTIAL, T_ATTEMPT, UDP_ACTIVE
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .pipeline import Pipeline
+
+_IP4 = struct.Struct("!BxHxxHxBxx4s4s").unpack_from  # ver/ihl, total length, frag, proto, src, dst
+_TCP = struct.Struct("!HHIIBB").unpack_from        # sport dport seq ack off flags
+_UDP = struct.Struct("!HHH").unpack_from           # sport dport length
+_IP6 = struct.Struct("!BxxxHBx16s16s").unpack_from  # ver/tc, payload length, next header, src, dst
+
+_M32 = 0xFFFFFFFF
+_HALF = 1 << 31
+_WRAP = 1 << 32
+_HI = ~_M32
+
+_ET_IP4 = b"\x08\x00"
+_ET_IP6 = b"\x86\xdd"
+_ET_8021Q = b"\x81\x00"
+_TPIDS = frozenset((b"\x81\x00", b"\x88\xa8", b"\x91\x00", b"\x92\x00"))  # decode._VLAN_TPIDS
+
+
+def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
+    """The ``(ts_us, frame)`` handler for Ethernet, bound to ``pipe``."""
+    dec = Decoder(LINKTYPE_ETHERNET, pipe.ports, pipe.decode_stats, pipe._decode_weird, pipe.portset.hosts)
+    decode = dec.decode          # the general path (Decoder._ethernet)
+    packet_at = pipe._packet_at  # the layered path after the clock moved
+    app_packet = pipe._app_packet
+    app_segment = pipe.app.segment
+    app_events = pipe.app._events
+    ports = pipe.ports
+    hosts = pipe.portset.hosts
+    stats = pipe.decode_stats
+    ft = pipe.flows
+    flows_get = ft.flows.get
+    advance = ft.advance
+    seq_at = ft._seq_at
+    tcp_segment = ft.tcp_segment
+    ip4 = _IP4
+    ip6 = _IP6
+    tcp = _TCP
+    udp = _UDP
+
+    def handle(ts: int, data: bytes) -> None:
+        # -- link layer: up to two VLAN tags ------------------------------------
+        et = data[12:14]
+        if et == _ET_IP4 or et == _ET_IP6:
+            off = 14
+            tags = vlan = 0
+        elif et in _TPIDS:
+            tags = 1 if et == _ET_8021Q else 2   # 2: not what decode.Decoder.handler takes inline
+            vlan = ((data[14] & 0x0F) << 8) | data[15]
+            et = data[16:18]
+            off = 18
+            if et in _TPIDS:
+                tags = 2
+                et = data[20:22]
+                off = 22
+        else:
+            p = decode(ts, data)
+            if p is not None:
+                pipe._packet(p)
+            return
+        n = len(data)
+        # -- IP and transport headers -----------------------------------------
+        if et == _ET_IP4:
+            if n < off + 28:
+                tags = 3
+            else:
+                b0, tot, frag, proto, src, dst = ip4(data, off)
+                ihl = (b0 & 0x0F) << 2
+                l4 = off + ihl
+                end = off + tot
+                if not ((proto == 6 or proto == 17) and b0 >> 4 == 4 and ihl >= 20 and not frag & 0x3FFF
+                        and tot >= ihl and n >= l4 + (20 if proto == 6 else 8)):
+                    tags = 3
+                # counted as the layered path counts it: its inline check
+                # (decode.Decoder.handler) takes untagged or one 802.1Q tag and
+                # 20 bytes of transport header, its general decoder the rest
+                lay = tags == 2 or n < l4 + 20
+            v6 = False
+        elif et == _ET_IP6 and n >= off + 48:
+            b0, paylen, proto, src, dst = ip6(data, off)
+            l4 = off + 40
+            end = l4 + paylen
+            if b0 >> 4 != 6 or not (proto == 17 or proto == 6 and n >= l4 + 20):
+                tags = 3
+            v6 = lay = True
+        else:
+            tags = 3
+        if tags == 3:    # anything else: the general path counts and reports it
+            p = decode(ts, data)
+            if p is not None:
+                pipe._packet(p)
+            return
+        if proto == 6:
+            sport, dport, seq, ack, doff, flags = tcp(data, l4)
+            hl = (doff >> 4) << 2
+            if sport not in ports and dport not in ports and data[l4 + hl:l4 + hl + 3] != b"220" \
+                    and not (hosts and (src, dst) in hosts):
+                if not lay:
+                    stats.fast_rejected += 1
+                else:
+                    stats.packets += 1
+                    stats.vlan += tags > 0
+                    if v6:
+                        stats.ipv6 += 1
+                    else:
+                        stats.ipv4 += 1
+                return
+            plen = end - l4 - hl
+            if hl < 20 or plen < 0 or end > n:
+                p = decode(ts, data)
+                if p is not None:
+                    pipe._packet(p)
+                return
+            stats.tcp += 1
+        else:
+            sport, dport, ulen = udp(data, l4)
+            if sport not in ports and dport not in ports and not (hosts and (src, dst) in hosts):
+                if not lay:
+                    stats.fast_rejected += 1
+                else:
+                    stats.packets += 1
+                    stats.vlan += tags > 0
+                    if v6:
+                        stats.ipv6 += 1
+                    else:
+                        stats.ipv4 += 1
+                return
+            if ulen < 8 or l4 + ulen > end or end > n:
+                p = decode(ts, data)
+                if p is not None:
+                    pipe._packet(p)
+                return
+            stats.udp += 1
+            plen = ulen - 8
+            flags = seq = ack = 0
+            hl = 8
+            end = l4 + ulen
+        stats.packets += 1
+        stats.target += 1
+        if v6:
+            stats.ipv6 += 1
+        else:
+            stats.ipv4 += 1
+        if lay:
+            stats.vlan += tags > 0
+        elif vlan:      # as decode.Decoder.handler counts
+            stats.vlan += 1
+        # -- flow table ---------------------------------------------------------
+        now = ft.now
+        if ts > now:
+            ft.now = now = ts
+        if now >= ft.next_scan:
+            now = advance(ts)
+        if src < dst or (src == dst and sport <= dport):
+            flow = flows_get((proto, src, sport, dst, dport))
+        else:
+            flow = flows_get((proto, dst, dport, src, sport))
+        if flow is not None:
+            from_orig = src == flow.orig_b and sport == flow.orig_p
+            if proto == 6:
+                s = flow.o if from_orig else flow.r
+                state = s.state
+                if not flags & 7 and (state == ESTABLISHED or state == PARTIAL) and flow.tclass != T_ATTEMPT \
+                        and s.seen_seq:
+                    # an ordinary segment (FlowTable._tcp without SYN/FIN/RST
+                    # from a side past its handshake)
+                    if now > flow.last_ts:
+                        flow.last_ts = now
+                    s.pkts += 1
+                    if plen:
+                        h = flow.history
+                        c = "D" if from_orig else "d"
+                        if c not in h:
+                            flow.history = h + c
+                        rel = (seq - s.base) & _M32
+                        hi = s.hi
+                        cand = rel + (hi & _HI)
+                        if cand - hi > _HALF:
+                            cand -= _WRAP
+                        elif hi - cand > _HALF:
+                            cand += _WRAP
+                        if cand == hi:
+                            s.hi = hi + plen
+                        else:
+                            seq_at(flow, s, cand, plen, ts)
+                        ctx = flow.ctx
+                        if ctx is not None:
+                            a = ctx.analyzer
+                            if ctx.sni_buf is not None or ctx.probe_ftp:
+                                app_packet(flow, from_orig, ts, 6, flags, seq, ack, plen, data[l4 + hl:end])
+                            elif a is not None and ctx.streams is not None and not ctx.stopped:
+                                # AppLayer.segment for in-order data (Stream.in_order inline);
+                                # without an analyzer (a data channel) there is nothing to do
+                                st = ctx.streams[0] if from_orig else ctx.streams[1]
+                                nxt = st.next
+                                if st.started and not st.ooo and ((seq - st.base) & _M32) == (nxt & _M32) \
+                                        and st.delivered + plen <= st.limits.depth:
+                                    st.next = nxt + plen
+                                    st.delivered += plen
+                                    evs = (a.receive_ts if from_orig else a.receive_tc)(data[l4 + hl:end], ts)
+                                    if evs:
+                                        app_events(flow, evs)
+                                else:
+                                    app_segment(flow, from_orig, ts, flags, seq, ack, plen, data[l4 + hl:end])
+                        elif flow.analyzer is not None:
+                            app_packet(flow, from_orig, ts, 6, flags, seq, ack, plen, data[l4 + hl:end])
+                    elif flags & 0x10:
+                        h = flow.history
+                        c = "A" if from_orig else "a"
+                        if c not in h:
+                            flow.history = h + c
+                    return
+                # a handshake or teardown segment of a known flow: the flow
+                # table's own accounting, still without a Packet
+                if now > flow.last_ts:
+                    flow.last_ts = now
+                tcp_segment(flow, from_orig, flags, seq, plen, ts)
+                if flow.ctx is not None or flow.analyzer is not None:
+                    app_packet(flow, from_orig, ts, 6, flags, seq, ack, plen, data[l4 + hl:end])
+                return
+            else:
+                if now > flow.last_ts:
+                    flow.last_ts = now
+                s = flow.o if from_orig else flow.r
+                s.pkts += 1
+                s.udp_bytes += plen
+                s.state = UDP_ACTIVE
+                h = flow.history
+                c = "D" if from_orig else "d"
+                if c not in h:
+                    flow.history = h + c
+                ctx = flow.ctx
+                if ctx is not None:
+                    a = ctx.analyzer
+                    if ctx.sni_buf is not None or ctx.probe_ftp:
+                        app_packet(flow, from_orig, ts, 17, 0, 0, 0, plen, data[l4 + 8:end])
+                    elif a is not None and not ctx.stopped:
+                        # AppLayer.segment for a datagram
+                        evs = (a.receive_ts if from_orig else a.receive_tc)(data[l4 + 8:end], ts)
+                        if evs:
+                            app_events(flow, evs)
+                elif flow.analyzer is not None:
+                    app_packet(flow, from_orig, ts, 17, 0, 0, 0, plen, data[l4 + 8:end])
+                return
+        packet_at(Packet(ts, src, dst, proto, sport, dport, flags, seq, ack, plen, data[l4 + hl:end], vlan, False),
+                  now)
+
+    return handle
