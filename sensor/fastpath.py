@@ -21,7 +21,9 @@ one function:
   TCP ACK). The payload is not even copied out of the frame otherwise;
 - for the other segments of a known flow (handshake, teardown) the flow
   table's ``tcp_segment`` and the pipeline's application step, without a
-  :class:`Packet`.
+  :class:`Packet` -- but a SYN on a closed flow and a TFTP request from the
+  client of an answered request go the layered way: they may start a new
+  connection on a reused 5-tuple (``FlowTable._starts_anew``).
 
 The first packet of a flow builds the :class:`Packet` and takes the layered
 path from where the fused code left it (``Pipeline._packet_at``: the flow
@@ -36,7 +38,7 @@ import struct
 from typing import TYPE_CHECKING, Callable
 
 from .decode import LINKTYPE_ETHERNET, Decoder, Packet
-from .flows import ESTABLISHED, PARTIAL, T_ATTEMPT, UDP_ACTIVE
+from .flows import ESTABLISHED, PARTIAL, T_ATTEMPT, T_CLOSED, UDP_ACTIVE
 
 if TYPE_CHECKING:  # pragma: no cover
     from .pipeline import Pipeline
@@ -250,6 +252,12 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
                         if c not in h:
                             flow.history = h + c
                     return
+                if flags & 0x12 == 0x02 and flow.tclass == T_CLOSED:
+                    # a SYN on a closed flow may start a new connection on
+                    # the same 5-tuple (FlowTable._starts_anew decides)
+                    packet_at(Packet(ts, src, dst, proto, sport, dport, flags, seq, ack, plen, data[l4 + hl:end],
+                                     vlan, False), now)
+                    return
                 # a handshake or teardown segment of a known flow: the flow
                 # table's own accounting, still without a Packet
                 if now > flow.last_ts:
@@ -259,6 +267,13 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
                     app_packet(flow, from_orig, ts, 6, flags, seq, ack, plen, data[l4 + hl:end])
                 return
             else:
+                if from_orig and flow.app == "tftp" and ft.reused is not None:
+                    # a new TFTP request on an answered request's 5-tuple starts
+                    # a new connection (FlowTable._starts_anew asks the app layer)
+                    p = Packet(ts, src, dst, proto, sport, dport, 0, 0, 0, plen, data[l4 + 8:end], vlan, False)
+                    if ft.reused(flow, p):
+                        packet_at(p, now)
+                        return
                 if now > flow.last_ts:
                     flow.last_ts = now
                 s = flow.o if from_orig else flow.r
