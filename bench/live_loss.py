@@ -96,6 +96,26 @@ def tcp_frames(i: int) -> tuple[bytes, bytes]:
     return _ether_ip(i, 6, seg(isn, 0, 0x02)), _ether_ip(i, 6, seg((isn + 1) & 0xFFFFFFFF, 1, 0x10))
 
 
+def tcp_session_frames(i: int) -> tuple[bytes, bytes, bytes]:
+    """Flow i as an established connection to DST:445: the client's SYN, the
+    server's SYN-ACK, then the client's ACKs (no payload: the ACK stream of a
+    download). Checksums deliberately wrong, as in ``tcp_frames``."""
+    src, sport = flow_addr(i)
+    isn = (i * 2654435761) & 0xFFFFFFFF
+    sisn = (i * 40503 + 12345) & 0xFFFFFFFF
+
+    def seg(a: int, b: int, seq: int, ack: int, flags: int) -> bytes:
+        return struct.pack("!HHIIBBHHH", a, b, seq, ack, 5 << 4, flags, 65535, 0xBAD1, 0)
+    syn = _ether_ip(i, 6, seg(sport, TCP_PORT, isn, 0, 0x02))
+    l4 = seg(TCP_PORT, sport, sisn, (isn + 1) & 0xFFFFFFFF, 0x12)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), i & 0xFFFF, 0x4000, 64, 6, 0,
+                     socket.inet_aton(DST), socket.inet_aton(src))
+    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
+    synack = b"\0" * 12 + struct.pack("!H", ETH_P_IP) + ip + l4
+    ack = _ether_ip(i, 6, seg(sport, TCP_PORT, (isn + 1) & 0xFFFFFFFF, (sisn + 1) & 0xFFFFFFFF, 0x10))
+    return syn, synack, ack
+
+
 def schedule(total: int, flows_per_block: int, packets_per_flow: int) -> list[int]:
     """Flow index of each packet: blocks of ``flows_per_block`` flows sent
     round-robin, ``packets_per_flow`` each (an RRQ and its retransmissions);
@@ -111,10 +131,14 @@ def sender_main(a: argparse.Namespace) -> int:
     if a.traffic == "tftp":
         frames = [frame(i) for i in range(nflows)]
         seq = [frames[f] for f in order]
-    else:   # the first packet of each flow is its SYN
+    elif a.traffic == "tcp":   # the first packet of each flow is its SYN
         frames2 = [tcp_frames(i) for i in range(nflows)]
         per_block = a.flows_per_block * a.packets_per_flow
         seq = [frames2[f][0 if (n % per_block) < a.flows_per_block else 1] for n, f in enumerate(order)]
+    else:   # tcp-session: SYN, SYN-ACK, then ACKs
+        frames3 = [tcp_session_frames(i) for i in range(nflows)]
+        per_block = a.flows_per_block * a.packets_per_flow
+        seq = [frames3[f][min(2, (n % per_block) // a.flows_per_block)] for n, f in enumerate(order)]
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     try:
         s.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
@@ -206,11 +230,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="flows interleaved at a time (default 1000)")
     ap.add_argument("--packets-per-flow", type=int, default=10,
                     help="datagrams per flow (default 10: 10,000 new flows/s at 100k pps)")
-    ap.add_argument("--traffic", choices=("tftp", "tcp"), default="tftp",
+    ap.add_argument("--traffic", choices=("tftp", "tcp", "tcp-session"), default="tftp",
                     help="tftp: RRQs (and retransmissions) to 127.0.0.69:69, each parsed by the TFTP analyzer; "
-                         "tcp: a SYN then payload-less ACKs to 127.0.0.69:445 (flow tracking only)")
+                         "tcp: a SYN then payload-less ACKs to 127.0.0.69:445 (flow tracking only, never "
+                         "established); tcp-session: SYN, the server's SYN-ACK, then the client's ACKs "
+                         "(established connections, as a transfer's packets are)")
     ap.add_argument("--batch", type=int, default=100, help="packets sent between two pacing checks")
-    ap.add_argument("--no-attribution", action="store_true", help="do not run the AttributionHelper")
+    ap.add_argument("--no-attribution", action="store_true", help="span mode: no attribution helper")
     ap.add_argument("--sensor", help="xfer-sensor console script (default: next to this python)")
     ap.add_argument("--keep-out", action="store_true", help="keep the sensor's output folder")
     ap.add_argument("--json", help="also write the result to this file")
@@ -315,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
         port = DST_PORT if a.traffic == "tftp" else TCP_PORT
         ours = [r for r in recs if r.get("RemoteIP") == DST and r.get("RemotePort") == port
                 and ipaddress.ip_address(r.get("LocalIP", "0.0.0.0")) in SRC_NET]
-        seen = sum(int(r.get("SentPackets", 0)) for r in ours)
+        seen = sum(int(r.get("SentPackets", 0)) + int(r.get("ReceivedPackets", 0)) for r in ours)
         flows_seen = len({(r["LocalIP"], r["LocalPort"]) for r in ours})
 
         def d(k: str) -> float:

@@ -454,6 +454,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from .pipeline import tune_gc
+    tune_gc()
     if argv[:1] == ["run"]:
         # the daemon parses its own options (-i, --config, --rules, --out, --allow-root)
         return cmd_run(argparse.Namespace(daemon_args=argv[1:]))
