@@ -9,11 +9,12 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+
+from loopback_ftp import banner_server, login_sessions, records_of, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 PORT = 0   # set by the ftp_server fixture: a free port (other test runs may hold any fixed one)
@@ -22,56 +23,17 @@ SERVER = "127.0.0.2"
 
 @pytest.fixture
 def ftp_server():
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     global PORT
-    srv.bind((SERVER, 0))
-    PORT = srv.getsockname()[1]
-    srv.listen(64)
-    srv.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                continue
-            with c:
-                c.sendall(b"220 (vsFTPd 3.0.3)\r\n")
-                if c.recv(100):
-                    c.sendall(b"331 Please specify the password.\r\n")
-                c.recv(100)
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield
-    stop.set()
-    t.join(2)
-    srv.close()
+    with banner_server(SERVER) as PORT:
+        yield
 
 
 def sessions(n: int, user: str) -> None:
-    for _ in range(n):
-        with socket.create_connection((SERVER, PORT), source_address=("127.0.0.1", 0), timeout=2) as s:
-            s.recv(100)
-            s.sendall(f"USER {user}\r\n".encode())
-            s.recv(100)
-        time.sleep(0.02)
+    login_sessions(SERVER, PORT, n, user)
 
 
 def read(path: Path) -> list[dict]:
-    """Our server's records: other daemon tests may run at the same time on lo."""
-    recs = [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
-    return [r for r in recs if (r.get("RemoteIP"), r.get("RemotePort")) == (SERVER, PORT)]
-
-
-def wait_for(cond, timeout=10.0, what=""):
-    end = time.time() + timeout
-    while time.time() < end:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    return records_of(path, SERVER, PORT)
 
 
 class Daemon:

@@ -10,14 +10,15 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
+
+from loopback_ftp import banner_server, login_sessions, records_of
+from loopback_ftp import wait_for as _wait_for
 
 from sensor import metrics
 from sensor.config import ConfigError, config_from_dict, load_config
@@ -266,39 +267,12 @@ def test_run_refuses_a_non_loopback_metrics_address(tmp_path):
 
 @pytest.fixture
 def ftp_server():
-    srv = socket.socket()
-    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    srv.bind((SERVER, PORT))
-    srv.listen(64)
-    srv.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve():
-        while not stop.is_set():
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                continue
-            with c:
-                c.sendall(b"220 (vsFTPd 3.0.3)\r\n")
-                if c.recv(100):
-                    c.sendall(b"331 Please specify the password.\r\n")
-                c.recv(100)
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    yield
-    stop.set()
-    t.join(2)
-    srv.close()
+    with banner_server(SERVER, PORT):
+        yield
 
 
 def sessions(n: int, user: str) -> None:
-    for _ in range(n):
-        with socket.create_connection((SERVER, PORT), source_address=("127.0.0.1", 0), timeout=2) as s:
-            s.recv(100)
-            s.sendall(f"USER {user}\r\n".encode())
-            s.recv(100)
-        time.sleep(0.02)
+    login_sessions(SERVER, PORT, n, user)
 
 
 def refused() -> None:
@@ -315,16 +289,11 @@ def free_port() -> int:
 
 
 def read(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+    return records_of(path)
 
 
 def wait_for(cond, timeout=15.0, what=""):
-    end = time.time() + timeout
-    while time.time() < end:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    _wait_for(cond, timeout, what)
 
 
 def test_daemon_serves_metrics_matching_its_records(tmp_path, ftp_server):
