@@ -121,6 +121,9 @@ class RecordBuilder:
             if flow.proto == 17 and st.child_answered and action == "ConnectionFailed":
                 # TFTP: the server answers from a new port; that answer is the success
                 action = "ConnectionSuccess" if outbound else "InboundConnectionAccepted"
+        detail = getattr(att, "AttributionDetail", "") if att is not None else ""
+        if detail:   # how exactly the process was found (or why not): for the operator
+            fields["AttributionDetail"] = detail
         rec = {
             "Timestamp": first,
             "DeviceName": device,

@@ -68,6 +68,7 @@ EXTRA_FIELDS = frozenset({
 ADDITIONAL_FIELDS = frozenset({
     "SmbDialect", "SmbTrees", "SmbDomain", "SmbWorkstation", "SmbEncrypted", "NetbiosCalledName",
     "TlsUpgrade", "TlsSni", "TftpOp", "TftpFilename", "TftpMode", "TftpOptions", "FtpLoginSuccess", "Files",
+    "AttributionDetail",
 })
 # a filter keyed only on these would allow whatever that process does
 PROCESS_FIELDS = frozenset({

@@ -230,3 +230,19 @@ def test_transfer_waits_for_its_lookup(tmp_path):
     last = sink.records["transfers"][-1]
     assert len(sink.records["transfers"]) == 2 and last["AttributionSource"] == "none", last
     assert "InitiatingProcessId" not in last or not last["InitiatingProcessId"]
+
+
+def test_the_lookup_detail_is_kept_for_the_operator():
+    """AdditionalFields.AttributionDetail says how the process was found (or
+    why not); a linked connection keeps its control connection's detail."""
+    from dataclasses import replace
+    _, plain = run("ftp_passive_anon.pcap", None)
+    book = AttributionBook()
+    ctrl = [r for r in plain.records["connections"] if not r["ParentUid"]]
+    for r in ctrl:
+        book.add(key(r), replace(proc(5, "curl", "alice"), AttributionDetail="procfs-scan"))
+    _, sink = run("ftp_passive_anon.pcap", book)
+    recs = sink.records["connections"]
+    assert recs and all(r["AdditionalFields"]["AttributionDetail"] == "procfs-scan" for r in recs)
+    _, sink = run("ftp_passive_anon.pcap", AttributionBook())
+    assert all("AttributionDetail" not in r["AdditionalFields"] for r in sink.records["connections"])
