@@ -48,7 +48,8 @@ MAX_FTPS_SESSIONS = 10_000  # FTPS host pairs followed at once
 
 TCP_PORT_ANALYZERS = {21: "ftp", 990: "ftps", 989: "ftps-data", 20: "ftp-data", 445: "smb", 139: "smb"}
 UDP_PORT_ANALYZERS = {69: "tftp"}
-SERVICE_PORTS = frozenset((21, 990, 445, 139, 69))  # sessions of their own, never a data channel
+SERVICE_PORTS = frozenset((21, 990, 445, 139, 69))
+TFTP_REQUEST_OPCODES = frozenset((b"\x00\x01", b"\x00\x02"))   # RRQ, WRQ  # sessions of their own, never a data channel
 
 
 class AppState:
@@ -125,16 +126,16 @@ class AppLayer:
             return False, (NONSTANDARD_FTP, p)
         return None
 
-    def reused(self, flow: Flow, p: Packet) -> bool:
-        """A TFTP client's port reused by a new request: an RRQ/WRQ from the
+    def reused(self, flow: Flow, from_orig: bool, payload: bytes) -> bool:
+        """A UDP datagram starts a new connection on ``flow``'s 5-tuple: a
+        TFTP client's port reused by a new request -- an RRQ/WRQ from the
         client on a request flow the server already answered (its transfer
-        flow was seen) -- not a retransmission, which comes only while
+        flow was seen), not a retransmission, which comes only while
         unanswered.  The flow table then ends the old request."""
+        if not from_orig or payload[:2] not in TFTP_REQUEST_OPCODES or flow.app != "tftp":
+            return False
         st: AppState = flow.ctx
-        return (p.proto == 17 and flow.app == "tftp" and st is not None and st.parent is None
-                and (st.children > 0 or st.child_answered)
-                and p.src == flow.orig_b and p.sport == flow.orig_p
-                and p.payload[:2] in (b"\x00\x01", b"\x00\x02"))
+        return st is not None and st.parent is None and (st.children > 0 or st.child_answered)
 
     # -- flows --------------------------------------------------------------------
     def flow_started(self, flow: Flow, match: Any = None) -> None:

@@ -75,10 +75,17 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
     advance = ft.advance
     seq_at = ft._seq_at
     tcp_segment = ft.tcp_segment
+    reused = ft.reused
     ip4 = _IP4
     ip6 = _IP6
     tcp = _TCP
     udp = _UDP
+
+    def general(ts: int, data: bytes) -> None:
+        """What the inline decoding does not take: the Decoder counts and reports it."""
+        p = decode(ts, data)
+        if p is not None:
+            pipe._packet(p)
 
     def handle(ts: int, data: bytes) -> None:
         # -- link layer: up to two VLAN tags ------------------------------------
@@ -96,9 +103,7 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
                 et = data[20:22]
                 off = 22
         else:
-            p = decode(ts, data)
-            if p is not None:
-                pipe._packet(p)
+            general(ts, data)
             return
         n = len(data)
         # -- IP and transport headers -----------------------------------------
@@ -128,49 +133,35 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
         else:
             tags = 3
         if tags == 3:    # anything else: the general path counts and reports it
-            p = decode(ts, data)
-            if p is not None:
-                pipe._packet(p)
+            general(ts, data)
             return
         if proto == 6:
             sport, dport, seq, ack, doff, flags = tcp(data, l4)
             hl = (doff >> 4) << 2
-            if sport not in ports and dport not in ports and data[l4 + hl:l4 + hl + 3] != b"220" \
-                    and not (hosts and (src, dst) in hosts):
-                if not lay:
-                    stats.fast_rejected += 1
+            wanted = sport in ports or dport in ports or data[l4 + hl:l4 + hl + 3] == b"220"
+        else:
+            sport, dport, ulen = udp(data, l4)
+            wanted = sport in ports or dport in ports
+        if not wanted and not (hosts and (src, dst) in hosts):
+            if not lay:
+                stats.fast_rejected += 1
+            else:
+                stats.packets += 1
+                stats.vlan += tags > 0
+                if v6:
+                    stats.ipv6 += 1
                 else:
-                    stats.packets += 1
-                    stats.vlan += tags > 0
-                    if v6:
-                        stats.ipv6 += 1
-                    else:
-                        stats.ipv4 += 1
-                return
+                    stats.ipv4 += 1
+            return
+        if proto == 6:
             plen = end - l4 - hl
             if hl < 20 or plen < 0 or end > n:
-                p = decode(ts, data)
-                if p is not None:
-                    pipe._packet(p)
+                general(ts, data)
                 return
             stats.tcp += 1
         else:
-            sport, dport, ulen = udp(data, l4)
-            if sport not in ports and dport not in ports and not (hosts and (src, dst) in hosts):
-                if not lay:
-                    stats.fast_rejected += 1
-                else:
-                    stats.packets += 1
-                    stats.vlan += tags > 0
-                    if v6:
-                        stats.ipv6 += 1
-                    else:
-                        stats.ipv4 += 1
-                return
             if ulen < 8 or l4 + ulen > end or end > n:
-                p = decode(ts, data)
-                if p is not None:
-                    pipe._packet(p)
+                general(ts, data)
                 return
             stats.udp += 1
             plen = ulen - 8
@@ -267,13 +258,12 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
                     app_packet(flow, from_orig, ts, 6, flags, seq, ack, plen, data[l4 + hl:end])
                 return
             else:
-                if from_orig and flow.app == "tftp" and ft.reused is not None:
-                    # a new TFTP request on an answered request's 5-tuple starts
-                    # a new connection (FlowTable._starts_anew asks the app layer)
-                    p = Packet(ts, src, dst, proto, sport, dport, 0, 0, 0, plen, data[l4 + 8:end], vlan, False)
-                    if ft.reused(flow, p):
-                        packet_at(p, now)
-                        return
+                if reused is not None and reused(flow, from_orig, data[l4 + 8:l4 + 10]):
+                    # a new connection on this 5-tuple (a TFTP client's port
+                    # reused): FlowTable ends the old one on the layered path
+                    packet_at(Packet(ts, src, dst, proto, sport, dport, 0, 0, 0, plen, data[l4 + 8:end], vlan, False),
+                              now)
+                    return
                 if now > flow.last_ts:
                     flow.last_ts = now
                 s = flow.o if from_orig else flow.r

@@ -215,9 +215,9 @@ class FlowTable:
         self.admit: Callable[[Packet], tuple[bool, object] | None] | None = None
         self.on_new: Callable[[Flow, object], None] | None = None
         self.on_tick: Callable[[int], None] | None = None
-        # ``reused(flow, packet)``: True when a UDP packet starts a new
-        # connection on a live flow's 5-tuple (a TFTP client's port reused)
-        self.reused: Callable[[Flow, Packet], bool] | None = None
+        # ``reused(flow, from_orig, payload)``: True when a UDP datagram starts a
+        # new connection on a live flow's 5-tuple (a TFTP client's port reused)
+        self.reused: Callable[[Flow, bool, bytes], bool] | None = None
 
     # -- time -----------------------------------------------------------------
     def advance(self, ts: int) -> int:
@@ -379,7 +379,8 @@ class FlowTable:
                 return False
             s = flow.o if (p.src == flow.orig_b and p.sport == flow.orig_p) else flow.r
             return s.syn_seq != p.seq
-        return self.reused is not None and self.reused(flow, p)
+        return self.reused is not None and self.reused(
+            flow, p.src == flow.orig_b and p.sport == flow.orig_p, p.payload)
 
     def _set_class(self, flow: Flow, cls: int) -> None:
         if flow.tclass != cls:
