@@ -71,3 +71,30 @@ def wait_for(cond, timeout: float = 10.0, what: str = "") -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class DaemonProcess:
+    """``xfer-sensor run`` as a child process, its stderr collected without
+    blocking (``err()``); the constructor returns once it captures on lo."""
+
+    def __init__(self, argv: list[str], cwd, timeout: float = 10.0) -> None:
+        import os
+        import subprocess
+        self.stderr = b""
+        self.p = subprocess.Popen(argv, cwd=cwd, stderr=subprocess.PIPE)
+        os.set_blocking(self.p.stderr.fileno(), False)
+        try:
+            wait_for(lambda: b"capturing on lo" in self.err(), timeout, what="the daemon to capture")
+        except BaseException:
+            self.p.kill()
+            self.p.wait()
+            raise
+
+    def err(self) -> bytes:
+        import select
+        while select.select([self.p.stderr], [], [], 0)[0]:
+            chunk = self.p.stderr.read(65536)
+            if not chunk:
+                break
+            self.stderr += chunk
+        return self.stderr

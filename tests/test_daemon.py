@@ -4,7 +4,6 @@ SIGTERM (everything flushed, exit in < 5 s). Traffic only on 127.0.0.0/8."""
 import json
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from loopback_ftp import banner_server, login_sessions, records_of, wait_for
+from loopback_ftp import DaemonProcess, banner_server, login_sessions, records_of, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 PORT = 0   # set by the ftp_server fixture: a free port (other test runs may hold any fixed one)
@@ -36,7 +35,7 @@ def read(path: Path) -> list[dict]:
     return records_of(path, SERVER, PORT)
 
 
-class Daemon:
+class Daemon(DaemonProcess):
     def __init__(self, tmp: Path, mode: str = "span", *extra: str):
         self.out = tmp / "out"
         self.rules = tmp / "rules"
@@ -50,22 +49,11 @@ class Daemon:
         # the shipped rule selects the real FTP ports; test it on ours
         r = self.rules / "t1071_002_file_transfer_protocols.yml"
         r.write_text(r.read_text().replace("      - 20\n", f"      - {PORT}\n      - 20\n"))
-        self.stderr = b""
-        self.p = subprocess.Popen([sys.executable, "-m", "sensor.daemon", "-i", "lo", "--out", str(self.out),
-                                   "--config", str(self.cfg), "--rules", str(self.rules), "--allow-root",
-                                   "--mode", mode, *extra,
-                                   "--state-dir", str(tmp / "state")],   # not the host's /var/lib/xfer-sensor
-                                  cwd=REPO, stderr=subprocess.PIPE)
-        os.set_blocking(self.p.stderr.fileno(), False)
-        wait_for(lambda: b"capturing on lo" in self.err(), what="the daemon to capture")
-
-    def err(self) -> bytes:
-        while select.select([self.p.stderr], [], [], 0)[0]:
-            chunk = self.p.stderr.read(65536)
-            if not chunk:
-                break
-            self.stderr += chunk
-        return self.stderr
+        super().__init__([sys.executable, "-m", "sensor.daemon", "-i", "lo", "--out", str(self.out),
+                          "--config", str(self.cfg), "--rules", str(self.rules), "--allow-root",
+                          "--mode", mode, *extra,
+                          "--state-dir", str(tmp / "state")],   # not the host's /var/lib/xfer-sensor
+                         REPO)
 
 
 def test_daemon_signals(tmp_path, ftp_server):

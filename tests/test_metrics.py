@@ -5,7 +5,6 @@ HTTP after traffic. Traffic only on 127.0.0.0/8 (server 127.0.0.4:2123)."""
 import json
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from loopback_ftp import banner_server, login_sessions, records_of
+from loopback_ftp import DaemonProcess, banner_server, login_sessions, records_of
 from loopback_ftp import wait_for as _wait_for
 
 from sensor import metrics
@@ -309,25 +308,18 @@ def test_daemon_serves_metrics_matching_its_records(tmp_path, ftp_server):
                    f"ip_type_overrides: {{'{SERVER}/32': Public}}\n"
                    "timeouts: {tcp_closed: 0.3, tcp_attempt: 2}\nlimits: {flow_scan_interval: 0.1}\n"
                    "status_interval: 1\n")
-    p = subprocess.Popen([sys.executable, "-m", "sensor", "run", "-i", "lo", "--out", str(out), "--config", str(cfg),
-                          "--state-dir", str(tmp_path / "state"),
-                          "--rules", str(rules), "--allow-root", "--metrics-listen", f"127.0.0.1:{mport}",
-                          "--mode", "span"],   # the account is the login: alice and bob are two keys
-                         cwd=REPO, stderr=subprocess.PIPE)
-    os.set_blocking(p.stderr.fileno(), False)
-    err = [b""]
+    d = DaemonProcess([sys.executable, "-m", "sensor", "run", "-i", "lo", "--out", str(out), "--config", str(cfg),
+                       "--state-dir", str(tmp_path / "state"),
+                       "--rules", str(rules), "--allow-root", "--metrics-listen", f"127.0.0.1:{mport}",
+                       "--mode", "span"],   # the account is the login: alice and bob are two keys
+                      REPO, timeout=15.0)
+    p = d.p
 
     def stderr() -> str:
-        while select.select([p.stderr], [], [], 0)[0]:
-            chunk = p.stderr.read(65536)
-            if not chunk:
-                break
-            err[0] += chunk
-        return err[0].decode(errors="replace")
+        return d.err().decode(errors="replace")
 
     url = f"http://127.0.0.1:{mport}/metrics"
     try:
-        wait_for(lambda: "capturing on lo" in stderr(), what="the daemon to capture")
         assert f"metrics on {url}" in stderr()
         sessions(5, "alice")         # 4 cross the threshold: one alert; the 5th joins it (already raised)
         refused()                    # ConnectionFailed

@@ -8,17 +8,15 @@ import json
 import logging
 import os
 import random
-import select
 import signal
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from loopback_ftp import banner_server, login_sessions, records_of, wait_for
+from loopback_ftp import DaemonProcess, banner_server, login_sessions, records_of, wait_for
 
 from sensor.config import ConfigError, Limits, config_from_dict
 from sensor.detect import Detector, window_id
@@ -402,7 +400,7 @@ def stored_uids(state: Path) -> list[str]:
     return [e[3] for r in rs if json.loads(r[1])[2] == SERVER for e in json.loads(r[2])]
 
 
-class Daemon:
+class Daemon(DaemonProcess):
     def __init__(self, tmp: Path, state: Path):
         self.out = tmp / "out"
         self.rules = tmp / "rules"
@@ -415,21 +413,10 @@ class Daemon:
             self.cfg.write_text(
                 f"tracked_ports: [{PORT}]\nhome_net: [127.0.0.1/32]\nip_type_overrides: {{'{SERVER}/32': Public}}\n"
                 "timeouts: {tcp_closed: 0.3, tcp_attempt: 2}\nlimits: {flow_scan_interval: 0.1}\n")
-        self.stderr = b""
-        self.p = subprocess.Popen([sys.executable, "-m", "sensor", "run", "-i", "lo", "--out", str(self.out),
-                                   "--config", str(self.cfg), "--rules", str(self.rules), "--state-dir", str(state),
-                                   "--allow-root", "--mode", "span"],   # the key's account: the FTP login
-                                  cwd=REPO, stderr=subprocess.PIPE)
-        os.set_blocking(self.p.stderr.fileno(), False)
-        wait_for(lambda: b"capturing on lo" in self.err(), what="the daemon to capture")
-
-    def err(self) -> bytes:
-        while select.select([self.p.stderr], [], [], 0)[0]:
-            chunk = self.p.stderr.read(65536)
-            if not chunk:
-                break
-            self.stderr += chunk
-        return self.stderr
+        super().__init__([sys.executable, "-m", "sensor", "run", "-i", "lo", "--out", str(self.out),
+                          "--config", str(self.cfg), "--rules", str(self.rules), "--state-dir", str(state),
+                          "--allow-root", "--mode", "span"],   # the key's account: the FTP login
+                         REPO)
 
     def kill9(self) -> None:
         self.p.send_signal(signal.SIGKILL)
