@@ -90,8 +90,9 @@ class AppLayer:
         self.expect = Expectations(on_port=ports.ref)
         self.ftps: dict[tuple[bytes, bytes], Flow] = {}   # (client, server) -> the live FTPS control flow
         self.stats = {"analyzed_flows": 0, "expected_flows": 0, "transfers": 0, "gaps": 0}
-        # (owner flow, transfer record) -> None: adds the owner's process (endpoint mode)
-        self.annotate: Callable[[Flow, dict], None] | None = None
+        # (owner flow, transfer record): writes a transfer instead of ``emit``
+        # (endpoint mode: the record names the owner's process)
+        self.emit_transfer: Callable[[Flow, dict], None] | None = None
 
     # -- admission of flows on untracked ports ------------------------------------
     def admit(self, p: Packet) -> tuple[bool, Any] | None:
@@ -486,9 +487,10 @@ class AppLayer:
         st: AppState = owner.ctx
         if st is not None and len(st.files) < MAX_SUMMARY_FILES:
             st.files.append(rec.get("Filename", ""))
-        if self.annotate is not None:
-            self.annotate(owner, rec)
-        self.emit("transfers", rec)
+        if self.emit_transfer is not None:
+            self.emit_transfer(owner, rec)
+        else:
+            self.emit("transfers", rec)
 
     # -- children and parents ----------------------------------------------------------------
     def child_ended(self, child: Flow) -> Flow | None:

@@ -125,10 +125,6 @@ class AttributionBook:
         if len(m) > self.max_entries:
             m.popitem(last=False)
 
-    def peek(self, key: tuple) -> Any | None:
-        lst = self._entries.get(key)
-        return lst[-1][1] if lst else None
-
     def __len__(self) -> int:
         return self._n
 

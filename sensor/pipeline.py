@@ -51,7 +51,7 @@ class Pipeline:
         self.ports: set[int] = self.portset.ports
         self.decode_stats = DecodeStats()
         self.flows = FlowTable(config, self._flow_ended, self._flow_weird)
-        self.app = AppLayer(frozenset(config.tracked_ports), self.portset, self._app_emit, self._weird)
+        self.app = AppLayer(frozenset(config.tracked_ports), self.portset, sink.emit, self._weird)
         self.flows.admit = self.app.admit
         self.flows.on_new = self._flow_started
         self.flows.on_tick = self.app.expire
@@ -61,10 +61,9 @@ class Pipeline:
         self._resolved: dict[Flow, Any] = {}     # flows whose attribution children inherit
         # transfer records waiting for their owner's lookup (endpoint mode)
         self._held: list[tuple[Flow, dict]] = []
-        self._hold_owner: Flow | None = None
         self.attribution_counts: dict[str, int] = {}
         if attribution is not None:
-            self.app.annotate = self._annotate_transfer
+            self.app.emit_transfer = self._emit_transfer
         self.detector = Detector(rules, config.limits)
         self.weird_counts: dict[str, int] = {}
         self.action_counts: dict[str, int] = {}
@@ -182,28 +181,21 @@ class Pipeline:
             self._resolved[flow] = a
         return a
 
-    def _annotate_transfer(self, owner: Flow, rec: dict) -> None:
+    def _emit_transfer(self, owner: Flow, rec: dict) -> None:
         a = self._attribution(owner)
-        if a is None:
-            # the owner's lookup is not in yet: a TFTP or SMB transfer often ends
-            # in the same capture batch as its connection's first packet, before
-            # the daemon collected the helper's result.  The record waits (see
-            # _app_emit) until it is (attributions_arrived) or until the owner's
-            # own record is written
-            self._hold_owner = owner
+        if a is not None:
+            self._fill_transfer(rec, a)
+            self.sink.emit("transfers", rec)
             return
-        self._fill_transfer(rec, a)
-
-    def _app_emit(self, kind: str, rec: dict) -> None:
-        owner, self._hold_owner = self._hold_owner, None
-        if owner is not None and kind == "transfers":
-            if len(self._held) >= HELD_TRANSFERS_MAX:      # bounded: the oldest goes as it is
-                old_owner, old = self._held.pop(0)
-                self._fill_transfer(old, None)
-                self.sink.emit("transfers", old)
-            self._held.append((owner, rec))
-            return
-        self.sink.emit(kind, rec)
+        # the owner's lookup is not in yet: a TFTP or SMB transfer often ends
+        # in the same capture batch as its connection's first packet, before
+        # the daemon collected the helper's result.  The record waits until it
+        # is (attributions_arrived) or until the owner's own record is written
+        if len(self._held) >= HELD_TRANSFERS_MAX:      # bounded: the oldest goes as it is
+            _old_owner, old = self._held.pop(0)
+            self._fill_transfer(old, None)
+            self.sink.emit("transfers", old)
+        self._held.append((owner, rec))
 
     def attributions_arrived(self) -> None:
         """New lookups are in the book: write the held transfers whose owner is now known."""
