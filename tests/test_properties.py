@@ -240,8 +240,10 @@ def test_flow_table_bounded_and_ends_every_flow_once(spec, max_flows, seq_jump, 
         assert f.o.bytes >= 0 and f.r.bytes >= 0
         assert f.first_ts <= f.last_ts
         assert f.conn_state in CONN_STATES
-        assert f.end_reason in ("flush", "timeout", "evicted")
+        assert f.end_reason in ("flush", "timeout", "evicted", "reused")
     assert ft.stats.evicted == sum(f.end_reason == "evicted" for f in ended)
+    # a 5-tuple reused after RST/FIN (or a SYN with a new ISN) ends the old flow
+    assert ft.stats.reused == sum(f.end_reason == "reused" for f in ended)
 
 
 # --------------------------------------------------------------------------
