@@ -100,6 +100,10 @@ SCAN_TIME_BUDGET_S = 0.010       # one /proc fd scan stops after this long ...
 SCAN_MAX_FDS = 50_000            # ... or after examining this many fd links
 SCAN_NEWEST_PIDS = 64            # pids just below the last one handed out: probed first
 RECENT_PIDS_FIRST = 8            # then the pids that owned recent sockets
+# a long scan lets newer connection starts go first this often (``lookup(yield_to=)``):
+# a whole-/proc scan takes ~5-10 ms on a busy host, as long as a short-lived
+# client lives, and the client that started during it must not wait for it
+SCAN_YIELD_EVERY_S = 0.0002
 QUEUE_SIZE = 4096                # AsyncAttributor: pending lookups
 MAX_RESULTS = 16384              # AsyncAttributor: finished, not yet collected results
 LATENCY_SAMPLES = 2048           # latency summary: exact quantiles over the last N
@@ -174,6 +178,7 @@ class AttributorConfig:
     scan_max_fds: int = SCAN_MAX_FDS
     scan_newest_pids: int = SCAN_NEWEST_PIDS
     recent_pids_first: int = RECENT_PIDS_FIRST
+    scan_yield_every_s: float = SCAN_YIELD_EVERY_S
 
 
 class LatencyHistogram:
@@ -245,6 +250,8 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # accept queue; an orphan of a closed socket is never in these states
 _UNACCEPTED_STATES = (1, 3, 8, 12)
 _Stat = tuple  # (comm, ppid, starttime)
+_PF_EXITING = 0x4           # task flags (/proc/<pid>/stat field 9): in do_exit()
+_PF_KTHREAD = 0x200000
 
 
 def _iso(ts: float) -> str:
@@ -287,19 +294,30 @@ class Attributor:
             "inode_cache_hits": 0, "proc_cache_hits": 0, "exited_cache_hits": 0,
             "recent_conn_hits": 0, "scans": 0, "scan_found": 0, "scan_pids": 0, "scan_fds": 0,
             "scan_budget_exhausted": 0, "scan_permission_denied": 0, "details_failed": 0,
+            "exiting_owner": 0, "exiting_candidates": 0, "scan_yields": 0,
             "errors": 0,
         }
         self.details: dict[str, int] = {}
+        self._yield_to: Callable[[], object] | None = None
 
     # -- public --------------------------------------------------------------
     def lookup(self, proto: int | str, local_ip: str, local_port: int, remote_ip: str,
-               remote_port: int) -> Attribution:
+               remote_port: int, yield_to: Callable[[], object] | None = None) -> Attribution:
+        """Who owns this connection's socket.  ``yield_to``: called every
+        ``scan_yield_every_s`` during a long /proc scan -- the helper looks up
+        the connections that started meanwhile there (nested lookups, which do
+        not yield again), so a scan for an old or vanished owner never makes a
+        new short-lived client wait.  Its time is not taken from the scan's
+        budget."""
         t0 = time.perf_counter()
+        outer, self._yield_to = self._yield_to, yield_to
         try:
             res = self._lookup(_proto(proto), local_ip, int(local_port), remote_ip, int(remote_port))
         except Exception as e:  # never let attribution take the sensor down
             self.counters["errors"] += 1
             res = replace(NO_ATTRIBUTION, AttributionDetail=f"error:{type(e).__name__}")
+        finally:
+            self._yield_to = outer
         self.latency.observe((time.perf_counter() - t0) * 1e6)
         c = self.counters
         c["lookups"] += 1
@@ -352,7 +370,7 @@ class Attributor:
             return replace(NO_ATTRIBUTION, AttributionDetail=(
                 "time-wait" if si.state == STATE_TIME_WAIT else "orphaned-socket"))
         listen = si.state == STATE_LISTEN
-        pid, st, why = self._owner(si.inode)
+        pid, st, why = self._owner(si.inode, si.uid)
         if pid:
             info = self._proc_info(pid, st=st, sock_uid=si.uid)
             if info is not None:
@@ -368,7 +386,7 @@ class Attributor:
             InitiatingProcessAccountUid=si.uid, AttributionSource=SOURCE_UID_ONLY,
             AttributionDetail=why)
 
-    def _owner(self, inode: int) -> tuple[int, _Stat | None, str]:
+    def _owner(self, inode: int, uid: int = -1) -> tuple[int, _Stat | None, str]:
         """(pid, its stat, how) of the process holding socket ``inode``; pid 0 when not found."""
         cached = self._inode_pid.use(inode)
         if cached is not None:
@@ -379,7 +397,7 @@ class Attributor:
                 self.counters["inode_cache_hits"] += 1
                 return pid, st, "inode-cache"
             del self._inode_pid[inode]
-        return self._scan(inode)
+        return self._scan(inode, uid)
 
     def _fd_of(self, pid: int, target: str) -> str | None:
         base = f"{self.proc}/{pid}/fd/"
@@ -439,8 +457,16 @@ class Attributor:
             if pid not in seen:
                 yield pid, False
 
-    def _scan(self, inode: int) -> tuple[int, _Stat | None, str]:
-        """Scan /proc/<pid>/fd for ``socket:[inode]`` within the budget."""
+    def _scan(self, inode: int, uid: int = -1) -> tuple[int, _Stat | None, str]:
+        """Scan /proc/<pid>/fd for ``socket:[inode]`` within the budget.
+
+        Not found while the socket still has an inode: its owner is most
+        likely exiting -- the kernel empties a process's fd table
+        (exit_files) before it releases the files (exit_task_work), and a
+        client that ends as its lookup starts (a one-block TFTP get) is
+        caught in between.  The processes whose fd table was empty in the
+        scan are then checked: exactly one exiting (PF_EXITING) process of
+        the socket's uid is the owner (``_exiting_owner``)."""
         c = self.counters
         c["scans"] += 1
         t0 = time.perf_counter()
@@ -450,11 +476,21 @@ class Attributor:
         proc = self.proc
         fds_seen = pids_seen = 0
         denied = False
+        empty: list[int] = []    # fd tables found empty: kernel threads, exiting processes
         readlink = os.readlink
         listdir = os.listdir
         clock = time.perf_counter
         result: tuple[int, _Stat | None, str] = (0, None, "not-found")
+        yield_to = self._yield_to
+        every = self.cfg.scan_yield_every_s
+        next_yield = t0 + every
         for pid, probed in self._candidates(self._last_pid()):
+            if yield_to is not None and clock() >= next_yield:
+                t_y = clock()
+                yield_to()
+                c["scan_yields"] += 1
+                deadline += clock() - t_y
+                next_yield = clock() + every
             if fds_seen >= max_fds or clock() > deadline:
                 c["scan_budget_exhausted"] += 1
                 result = (0, None, "scan-budget")
@@ -465,12 +501,15 @@ class Attributor:
             except FileNotFoundError:
                 continue
             except PermissionError:
-                denied = denied or self._stat(pid) is not None
+                denied = denied or self._hides_fds(pid, uid)
                 pids_seen += 1
                 continue
             except OSError:
                 continue
             pids_seen += 1
+            if not fds:
+                empty.append(pid)
+                continue
             fds_seen += len(fds)
             hit = None
             for i, fd in enumerate(fds):
@@ -481,7 +520,7 @@ class Attributor:
                 except PermissionError:
                     # listable (CAP_DAC_READ_SEARCH) but not ptrace-readable -- or
                     # the process exited meanwhile (the kernel answers EACCES then too)
-                    denied = denied or self._stat(pid) is not None
+                    denied = denied or self._hides_fds(pid, uid)
                     break
                 except OSError:
                     continue
@@ -505,6 +544,8 @@ class Attributor:
             c["scan_found"] += 1
             result = (pid, st, "procfs-scan")
             break
+        if not result[0] and result[2] == "not-found" and uid >= 0 and empty:
+            result = self._exiting_owner(uid, empty)
         if denied and not result[0]:
             # some fd folders could not be read: the owner may be among them
             c["scan_permission_denied"] += 1
@@ -514,6 +555,48 @@ class Attributor:
         c["scan_fds"] += fds_seen
         self.scan_latency.observe((time.perf_counter() - t0) * 1e6)
         return result
+
+    def _hides_fds(self, pid: int, uid: int) -> bool:
+        """A live process whose fds we may not read could own a socket of
+        ``uid``: one of that uid (any, when the socket's uid is unknown).
+        Others -- pid 1 in a VM or container, say -- say nothing about it."""
+        if self._stat(pid) is None:
+            return False
+        if uid < 0:
+            return True
+        status = self._read(f"{self.proc}/{pid}/status") or b""
+        i = status.find(b"\nUid:")
+        try:
+            return i < 0 or int(status[i + 5:status.find(b"\n", i + 1)].split()[0]) == uid
+        except (ValueError, IndexError):
+            return True
+
+    def _exiting_owner(self, uid: int, pids: list[int]) -> tuple[int, _Stat | None, str]:
+        """The one exiting process of ``uid`` among ``pids`` (whose fd tables
+        were empty): (pid, (comm, ppid, starttime), "exiting-process").
+        Several: (0, None, "exiting-ambiguous"), none: "not-found".  Its
+        command line and executable are gone with its memory by then; its
+        name (comm), parent, start time and account remain."""
+        found: list[tuple[int, _Stat]] = []
+        for pid in pids:
+            raw = self._read(f"{self.proc}/{pid}/stat")
+            if raw is None:
+                continue
+            lp, rp = raw.find(b"("), raw.rfind(b")")
+            rest = raw[rp + 2:].split()
+            # state ppid pgrp session tty_nr tpgid flags ... starttime (field 22)
+            if len(rest) < 20 or not int(rest[6]) & _PF_EXITING or int(rest[6]) & _PF_KTHREAD:
+                continue
+            status = self._read(f"{self.proc}/{pid}/status") or b""
+            i = status.find(b"\nUid:")
+            if i < 0 or int(status[i + 5:status.find(b"\n", i + 1)].split()[0]) != uid:
+                continue
+            found.append((pid, (raw[lp + 1:rp].decode("utf-8", "replace"), int(rest[1]), int(rest[19]))))
+        self.counters["exiting_candidates"] += len(found)
+        if len(found) == 1:
+            self.counters["exiting_owner"] += 1
+            return found[0][0], found[0][1], "exiting-process"
+        return (0, None, "exiting-ambiguous") if found else (0, None, "not-found")
 
     def _read(self, path: str) -> bytes | None:
         try:
@@ -1424,9 +1507,6 @@ def _helper_main(argv: list[str]) -> int:
     except OSError as e:
         print(f"attribution helper: could not drop capabilities: {e}", file=sys.stderr)
     out = sys.stdout
-    limited = 0
-    window = int(time.monotonic())
-    in_window = 0
     next_metrics = time.monotonic() + HELPER_METRICS_EVERY_S
 
     def metrics() -> dict:
@@ -1434,7 +1514,7 @@ def _helper_main(argv: list[str]) -> int:
         m["latency"] = {k: v for k, v in att.latency.summary().items() if k != "buckets_le_us"}
         m["scan_latency"] = {k: v for k, v in att.scan_latency.summary().items() if k != "buckets_le_us"}
         m["tap"] = tap.metrics()
-        m["rate_limited"] = limited
+        m["rate_limited"] = rate["limited"]
         m["first_packet_to_lookup"] = {k: v for k, v in delay.summary().items() if k != "buckets_le_us"}
         return m
 
@@ -1445,40 +1525,54 @@ def _helper_main(argv: list[str]) -> int:
         sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
     except OSError:
         pass
+    # never blocks: a long scan polls it for newer starts (take_starts(nested));
+    # a socket timeout would make Python wait for readability first
+    sock.setblocking(False)
     fd = sock.fileno()
     delay = LatencyHistogram()
     stdin = sys.stdin.fileno()
+    rate = {"window": int(time.monotonic()), "in_window": 0, "limited": 0}
+
+    def take_starts(nested: bool) -> None:
+        """Look up the connection starts waiting in the tap (at most 256).
+        Not nested: a long scan calls back here (nested) to take the starts
+        that came meanwhile first -- those are the short-lived ones."""
+        for _ in range(256):
+            try:
+                data, anc, _fl, addr = sock.recvmsg(TAP_SNAPLEN, _TS_CMSG_SPACE, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            key = tap.handle(data, addr[2], addr[1])
+            if key is None:
+                continue
+            t_pkt = 0.0
+            for lvl, typ, val in anc:
+                if lvl == socket.SOL_SOCKET and typ == _SO_TIMESTAMPNS and len(val) >= 16:
+                    sec, nsec = struct.unpack_from("=qq", val)
+                    t_pkt = sec + nsec / 1e9
+            now_s = int(time.monotonic())
+            if now_s != rate["window"]:
+                rate["window"], rate["in_window"] = now_s, 0
+            rate["in_window"] += 1
+            if rate["in_window"] > a.max_lookups_per_s:
+                rate["limited"] += 1
+                continue
+            t_seen = time.time()
+            res = att.lookup(*key, yield_to=None if nested else newer_first)
+            if t_pkt:
+                delay.observe((t_seen - t_pkt) * 1e6)
+            out.write(json.dumps({"k": key, "a": res.fields(),
+                                  "t": [t_seen, time.time(), t_pkt]}) + "\n")
+
+    def newer_first() -> None:
+        take_starts(True)
+
     while True:
         r, _, _ = _select.select([fd, stdin], [], [], HELPER_METRICS_EVERY_S)
         if fd in r:
-            for _ in range(256):
-                try:
-                    data, anc, _fl, addr = sock.recvmsg(TAP_SNAPLEN, _TS_CMSG_SPACE, socket.MSG_DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError:
-                    break
-                key = tap.handle(data, addr[2], addr[1])
-                if key is None:
-                    continue
-                t_pkt = 0.0
-                for lvl, typ, val in anc:
-                    if lvl == socket.SOL_SOCKET and typ == _SO_TIMESTAMPNS and len(val) >= 16:
-                        sec, nsec = struct.unpack_from("=qq", val)
-                        t_pkt = sec + nsec / 1e9
-                now_s = int(time.monotonic())
-                if now_s != window:
-                    window, in_window = now_s, 0
-                in_window += 1
-                if in_window > a.max_lookups_per_s:
-                    limited += 1
-                    continue
-                t_seen = time.time()
-                res = att.lookup(*key)
-                if t_pkt:
-                    delay.observe((t_seen - t_pkt) * 1e6)
-                out.write(json.dumps({"k": key, "a": res.fields(),
-                                      "t": [t_seen, time.time(), t_pkt]}) + "\n")
+            take_starts(False)
             out.flush()
         if stdin in r and not os.read(stdin, 4096):
             break
