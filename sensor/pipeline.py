@@ -59,6 +59,7 @@ class Pipeline:
         self.book = attribution
         self.records = RecordBuilder(config, endpoint=attribution is not None)
         self._resolved: dict[Flow, Any] = {}     # flows whose attribution children inherit
+        self._own: dict[Flow, Any] = {}          # each flow's own lookup result, once taken from the book
         # transfer records waiting for their owner's lookup (endpoint mode)
         self._held: list[tuple[Flow, dict]] = []
         self.attribution_counts: dict[str, int] = {}
@@ -148,6 +149,7 @@ class Pipeline:
         if self.book is not None:
             att = self._attribution(flow)
             self._resolved.pop(flow, None)
+            self._own.pop(flow, None)
             src = att.AttributionSource if att is not None else "none"
             if att is None:
                 self.book.missed(self.records.local_key(flow))
@@ -169,7 +171,13 @@ class Pipeline:
         a = self._resolved.get(flow)
         if a is not None:
             return a
-        own = self.book.take(self.records.local_key(flow), flow.first_ts)
+        own = self._own.get(flow)
+        if own is None:
+            # taken once: a child asking first (a TFTP transfer) must not use up
+            # its parent's result -- a "none" one is not kept in _resolved
+            own = self.book.take(self.records.local_key(flow), flow.first_ts)
+            if own is not None:
+                self._own[flow] = own
         st = flow.ctx
         parent = st.parent if st is not None else None
         a = own

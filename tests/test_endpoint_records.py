@@ -246,3 +246,25 @@ def test_the_lookup_detail_is_kept_for_the_operator():
     assert recs and all(r["AdditionalFields"]["AttributionDetail"] == "procfs-scan" for r in recs)
     _, sink = run("ftp_passive_anon.pcap", AttributionBook())
     assert all("AttributionDetail" not in r["AdditionalFields"] for r in sink.records["connections"])
+
+
+def test_a_failed_lookup_is_reported_on_its_own_record_after_the_children_asked():
+    """A TFTP request whose lookup found nothing ("none", "no-socket": the
+    client was gone) keeps that detail on its record, although its transfer
+    asked for the request's process first; the transfer has no process to
+    inherit and says so too."""
+    from sensor.attribution import NO_ATTRIBUTION
+    from dataclasses import replace
+    _, plain = run("tftp.pcap", None)
+    book = AttributionBook()
+    reqs = [r for r in plain.records["connections"] if r["RemotePort"] == 69]
+    assert reqs and any(r["ParentUid"] for r in plain.records["connections"])
+    for r in reqs:
+        book.add(key(r), replace(NO_ATTRIBUTION, AttributionDetail="no-socket"))
+    pipe, sink = run("tftp.pcap", book)
+    recs = sink.records["connections"]
+    for r in recs:
+        assert r["AttributionSource"] == "none", r
+        if r["RemotePort"] == 69:
+            assert r["AdditionalFields"]["AttributionDetail"] == "no-socket", r
+    assert book.stats["taken"] == len(reqs) and len(book) == 0
