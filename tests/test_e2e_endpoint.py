@@ -78,7 +78,8 @@ pytestmark = pytest.mark.lab
 LAB_PREFIX = "xse2e"
 LAB_SUBNET = "10.81.0"
 USERS = ("xse2eu1", "xse2eu2")
-SHORT_RUNS = 112             # one-shot curl FTP / tftp / smbclient runs (>= 50; 99 % of 112 allows one miss)
+SHORT_RUNS = 224             # one-shot curl FTP / tftp / smbclient runs (>= 50; 99 % of 224 allows two misses:
+#                              a sample big enough that a stall of the host, not a fault, rarely decides)
 REQUIRED_RATE = 0.99         # control connections, requests, SMB sessions
 POLL_INTERVAL_S = 0.1
 REUSED_PORT = 46969          # curl tftp:// --local-port: two processes, one 5-tuple
@@ -410,6 +411,12 @@ def _within_budget(e2e: _Result) -> set[int]:
     return {id(r) for r in missed}
 
 
+def _detail(c: dict | None) -> str:
+    """How the sensor found the process, or why not (AdditionalFields.AttributionDetail)."""
+    extra = (c or {}).get("AdditionalFields") or {}
+    return extra.get("AttributionDetail", "") if isinstance(extra, dict) else ""
+
+
 def _what(run: Run) -> str:
     s = run.session
     return f"{run.kind} as {run.user} pid {run.pid}: {' '.join(s.argv)}"
@@ -452,8 +459,8 @@ def test_e2e_every_connection_names_process_pid_user_and_bytes(e2e: _Result):
     DeviceName the host, the server Public (override); bytes and packets per
     direction equal tshark's; the files moved have their real sizes.  The
     process checks spare only a run whose own connection was not attributed
-    within the budget of the >= 99 % rate (short-lived runs only; at most one
-    of 112); its bytes are still checked."""
+    within the budget of the >= 99 % rate (short-lived runs only; at most 1 %
+    of them); its bytes are still checked."""
     host = socket.gethostname()
     spared = _within_budget(e2e)
     recs, convs = _by_conversation(e2e)
@@ -471,7 +478,7 @@ def test_e2e_every_connection_names_process_pid_user_and_bytes(e2e: _Result):
                 pass
             elif _who(c) != want:
                 problems.append(f"{where}: process {_who(c)} != {want} ({c.get('AttributionSource')}, "
-                                f"{c.get('AttributionDetail', '')})")
+                                f"{_detail(c)})")
             if c.get("AccountName") != run.user and id(run) not in spared:
                 problems.append(f"{where}: AccountName {c.get('AccountName')!r} != {run.user!r} "
                                 f"(AppUser {c.get('AppUser')!r})")
@@ -589,7 +596,7 @@ def test_e2e_attribution_rate_short_lived_clients_vs_polling(e2e: _Result):
             row["sensor_ok"] += 1
         else:
             misses.append(f"{_what(run)}: {_who(c)} {(c or {}).get('AttributionSource')} "
-                          f"{(c or {}).get('AttributionDetail', '')}")
+                          f"{_detail(c)} first packet {(c or {}).get('Timestamp')}")
         if c is not None:
             row["sources"][c.get("AttributionSource")] += 1
             if poll.named(c["Protocol"].lower(), c["LocalPort"], c["RemoteIP"], c["RemotePort"], run.pid,
