@@ -564,12 +564,19 @@ class Attributor:
             return False
         if uid < 0:
             return True
+        real = self._real_uid(pid)
+        return real is None or real == uid
+
+    def _real_uid(self, pid: int) -> int | None:
+        """The real uid of ``pid`` (/proc/<pid>/status), None if unreadable."""
         status = self._read(f"{self.proc}/{pid}/status") or b""
         i = status.find(b"\nUid:")
+        if i < 0:
+            return None
         try:
-            return i < 0 or int(status[i + 5:status.find(b"\n", i + 1)].split()[0]) == uid
+            return int(status[i + 5:status.find(b"\n", i + 1)].split()[0])
         except (ValueError, IndexError):
-            return True
+            return None
 
     def _exiting_owner(self, uid: int, pids: list[int]) -> tuple[int, _Stat | None, str]:
         """The one exiting process of ``uid`` among ``pids`` (whose fd tables
@@ -587,9 +594,7 @@ class Attributor:
             # state ppid pgrp session tty_nr tpgid flags ... starttime (field 22)
             if len(rest) < 20 or not int(rest[6]) & _PF_EXITING or int(rest[6]) & _PF_KTHREAD:
                 continue
-            status = self._read(f"{self.proc}/{pid}/status") or b""
-            i = status.find(b"\nUid:")
-            if i < 0 or int(status[i + 5:status.find(b"\n", i + 1)].split()[0]) != uid:
+            if self._real_uid(pid) != uid:
                 continue
             found.append((pid, (raw[lp + 1:rp].decode("utf-8", "replace"), int(rest[1]), int(rest[19]))))
         self.counters["exiting_candidates"] += len(found)
@@ -684,12 +689,9 @@ class Attributor:
         exe = self._readlink(base + "exe")
         if exe.endswith(" (deleted)"):
             exe = exe[:-10]
-        uid = sock_uid
-        status = self._read(base + "status")
-        if status:
-            i = status.find(b"\nUid:")
-            if i >= 0:
-                uid = int(status[i + 5:status.find(b"\n", i + 1)].split()[0])
+        uid = self._real_uid(pid)
+        if uid is None:
+            uid = sock_uid
         name = comm
         if len(comm) >= 15 and argv:
             ext = os.path.basename(argv[0])
