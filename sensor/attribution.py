@@ -586,17 +586,14 @@ class Attributor:
         name (comm), parent, start time and account remain."""
         found: list[tuple[int, _Stat]] = []
         for pid in pids:
-            raw = self._read(f"{self.proc}/{pid}/stat")
-            if raw is None:
+            got = self._stat_fields(pid)
+            if got is None:
                 continue
-            lp, rp = raw.find(b"("), raw.rfind(b")")
-            rest = raw[rp + 2:].split()
-            # state ppid pgrp session tty_nr tpgid flags ... starttime (field 22)
-            if len(rest) < 20 or not int(rest[6]) & _PF_EXITING or int(rest[6]) & _PF_KTHREAD:
+            comm, rest = got
+            flags = int(rest[6])
+            if not flags & _PF_EXITING or flags & _PF_KTHREAD or self._real_uid(pid) != uid:
                 continue
-            if self._real_uid(pid) != uid:
-                continue
-            found.append((pid, (raw[lp + 1:rp].decode("utf-8", "replace"), int(rest[1]), int(rest[19]))))
+            found.append((pid, (comm, int(rest[1]), int(rest[19]))))   # a zombie too: _stat() would refuse it
         self.counters["exiting_candidates"] += len(found)
         if len(found) == 1:
             self.counters["exiting_owner"] += 1
@@ -610,18 +607,27 @@ class Attributor:
         except OSError:
             return None
 
-    def _stat(self, pid: int) -> _Stat | None:
-        """(comm, ppid, starttime) from /proc/<pid>/stat; None if gone or a zombie."""
+    def _stat_fields(self, pid: int) -> tuple[str, list[bytes]] | None:
+        """(comm, the fields after it) of /proc/<pid>/stat; None if gone.
+        After comm: state ppid pgrp session tty_nr tpgid flags minflt cminflt
+        majflt cmajflt utime stime cutime cstime priority nice num_threads
+        itrealvalue starttime ..."""
         raw = self._read(f"{self.proc}/{pid}/stat")
         if raw is None:
             return None
         lp, rp = raw.find(b"("), raw.rfind(b")")
-        # after comm: state ppid pgrp session tty_nr tpgid flags minflt cminflt majflt
-        # cmajflt utime stime cutime cstime priority nice num_threads itrealvalue starttime
         rest = raw[rp + 2:].split()
-        if len(rest) < 20 or rest[0] in (b"Z", b"X"):
+        if len(rest) < 20:
             return None
-        return raw[lp + 1:rp].decode("utf-8", "replace"), int(rest[1]), int(rest[19])
+        return raw[lp + 1:rp].decode("utf-8", "replace"), rest
+
+    def _stat(self, pid: int) -> _Stat | None:
+        """(comm, ppid, starttime) from /proc/<pid>/stat; None if gone or a zombie."""
+        got = self._stat_fields(pid)
+        if got is None or got[1][0] in (b"Z", b"X"):
+            return None
+        comm, rest = got
+        return comm, int(rest[1]), int(rest[19])
 
     def _tgid(self, pid: int) -> int:
         """The process (thread group) of a thread id; ``pid`` itself for a process.
@@ -1432,7 +1438,7 @@ class AttributionHelper:
     def metrics(self) -> dict:
         m: dict = dict(self.counters)
         m["helper"] = self.child_metrics
-        m["alive"] = self._proc is not None and self._proc.poll() is None
+        m["alive"] = self.alive()
         return m
 
     def alive(self) -> bool:
@@ -1542,9 +1548,7 @@ def _helper_main(argv: list[str]) -> int:
         for _ in range(256):
             try:
                 data, anc, _fl, addr = sock.recvmsg(TAP_SNAPLEN, _TS_CMSG_SPACE, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
+            except OSError:         # BlockingIOError: nothing waiting
                 break
             key = tap.handle(data, addr[2], addr[1])
             if key is None:
