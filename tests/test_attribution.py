@@ -340,29 +340,13 @@ if __name__ == "__main__":
 
 import pytest  # noqa: E402
 
+from lab.clients import ensure_login_users  # noqa: E402
 from lab.netns import Lab, LabError, require_tools  # noqa: E402
 
 
 def _root_or_fail() -> None:
     if os.geteuid() != 0:
         pytest.fail("the attribution tests must run as root (namespaces, users, other users' sockets)")
-
-
-def _ensure_users() -> dict[str, int]:
-    uids = {}
-    for u in USERS:
-        try:
-            uids[u] = pwd.getpwnam(u).pw_uid
-            continue
-        except KeyError:
-            pass
-        cp = subprocess.run(["useradd", "--system", "--user-group", "--no-create-home",
-                             "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", u],
-                            capture_output=True, text=True)
-        if cp.returncode not in (0, 9):     # 9: created meanwhile by someone else
-            pytest.fail(f"useradd {u}: {cp.stderr}")
-        uids[u] = pwd.getpwnam(u).pw_uid
-    return uids
 
 
 def _system_python() -> str:
@@ -398,7 +382,7 @@ class _Env:
         self.uids: dict[str, int] = {}
 
     def setup(self) -> "_Env":
-        self.uids = _ensure_users()
+        self.uids = ensure_login_users(USERS)
         self.lab.setup()
         self.server = self.lab.popen(self.lab.srv_ns, [sys.executable, "-c", SERVER],
                                      stdout=subprocess.PIPE, text=True)

@@ -26,14 +26,32 @@ CLIENT, SERVER = "10.77.0.1", "10.77.0.2"
 CONFIG = {"home_net": [f"{CLIENT}/32"], "ip_type_overrides": {f"{SERVER}/32": "Public"}}
 
 
-def run(pcap: str, book: AttributionBook | None, config: dict = CONFIG):
-    cfg = config_from_dict(config, "<test>")
+def pipeline(book: AttributionBook | None, config: dict = CONFIG) -> tuple[Pipeline, MemorySink]:
     sink = MemorySink()
-    pipe = Pipeline(cfg, load_rules(REPO / "rules", RECORD_FIELDS), sink, attribution=book)
-    res = read_file(REAL / pcap, pipe.handler_for, pipe.capture_filters(), pipe.refilter)
+    return Pipeline(config_from_dict(config, "<test>"), load_rules(REPO / "rules", RECORD_FIELDS), sink,
+                    attribution=book), sink
+
+
+def feed(pipe: Pipeline, path: Path) -> None:
+    res = read_file(path, pipe.handler_for, pipe.capture_filters(), pipe.refilter)
     assert not res.error, res.error
+
+
+def run(pcap: str | Path, book: AttributionBook | None, config: dict = CONFIG):
+    """Replay ``pcap`` (a name in pcaps/real, or a path) to the end."""
+    pipe, sink = pipeline(book, config)
+    feed(pipe, REAL / pcap)
     pipe.finish()
     return pipe, sink
+
+
+def tftp_get(client_port: int, transfer_port: int, t: float) -> list:
+    """A one-block TFTP get (RRQ to 69, DATA from ``transfer_port``, ACK) at ``t``."""
+    from craft import udp_exchange
+    rrq = b"\x00\x01a.txt\x00octet\x00"
+    return (udp_exchange(CLIENT, SERVER, client_port, 69, t, [(True, rrq)])
+            + udp_exchange(CLIENT, SERVER, client_port, transfer_port, t + 0.001,
+                           [(False, b"\x00\x03\x00\x01xyz"), (True, b"\x00\x04\x00\x01")]))
 
 
 def key(r: dict) -> tuple:
@@ -162,27 +180,16 @@ def test_reused_client_port_each_connection_gets_its_own_process(tmp_path):
     record takes the one of its own first packet, and each transfer inherits
     its own request's process -- also when the newer lookup is in before the
     older record is written (it is: that record ends at the newer request)."""
-    from craft import udp_exchange, write_pcap
+    from craft import write_pcap
 
     t0 = 1_800_000_000.0
-    rrq = b"\x00\x01a.txt\x00octet\x00"
-    pk = (udp_exchange(CLIENT, SERVER, 46969, 69, t0, [(True, rrq)])
-          + udp_exchange(CLIENT, SERVER, 46969, 50000, t0 + 0.01, [(False, b"\x00\x03\x00\x01xyz"),
-                                                                  (True, b"\x00\x04\x00\x01")])
-          + udp_exchange(CLIENT, SERVER, 46969, 69, t0 + 0.3, [(True, rrq)])
-          + udp_exchange(CLIENT, SERVER, 46969, 50001, t0 + 0.31, [(False, b"\x00\x03\x00\x01xyz"),
-                                                                  (True, b"\x00\x04\x00\x01")]))
-    pcap = write_pcap(tmp_path / "reuse.pcap", pk)
+    pcap = write_pcap(tmp_path / "reuse.pcap", tftp_get(46969, 50000, t0) + tftp_get(46969, 50001, t0 + 0.3))
     k = (17, CLIENT, 46969, SERVER, 69)
     first, second = proc(501, "curl", "alice"), proc(502, "curl", "bob")
     book = AttributionBook()
     book.add(k, first, int(t0 * 1e6))
     book.add(k, second, int((t0 + 0.3) * 1e6))
-    cfg = config_from_dict(CONFIG, "<test>")
-    sink = MemorySink()
-    pipe = Pipeline(cfg, load_rules(REPO / "rules", RECORD_FIELDS), sink, attribution=book)
-    assert not read_file(pcap, pipe.handler_for, pipe.capture_filters(), pipe.refilter).error
-    pipe.finish()
+    _, sink = run(pcap, book)
     recs = sorted(sink.records["connections"], key=lambda r: r["FirstSeen"])
     got = [(r["RemotePort"], r["InitiatingProcessId"], r["AccountName"], r["AttributionSource"]) for r in recs]
     assert got == [(69, 501, "alice", "socket"), (50000, 501, "alice", "linked-control-connection"),
@@ -205,22 +212,13 @@ def test_transfer_waits_for_its_lookup(tmp_path):
     waits, and goes out with the process once the result is in
     (``attributions_arrived``); one whose lookup never comes goes out with
     "none" when its connection's record is written."""
-    from craft import udp_exchange, write_pcap
+    from craft import write_pcap
 
     t0 = 1_800_000_000.0
-    rrq = b"\x00\x01a.txt\x00octet\x00"
-    pk = (udp_exchange(CLIENT, SERVER, 40001, 69, t0, [(True, rrq)])
-          + udp_exchange(CLIENT, SERVER, 40001, 50000, t0 + 0.001, [(False, b"\x00\x03\x00\x01xyz"),
-                                                                   (True, b"\x00\x04\x00\x01")])
-          + udp_exchange(CLIENT, SERVER, 40002, 69, t0 + 1, [(True, rrq)])
-          + udp_exchange(CLIENT, SERVER, 40002, 50001, t0 + 1.001, [(False, b"\x00\x03\x00\x01xyz"),
-                                                                   (True, b"\x00\x04\x00\x01")]))
-    pcap = write_pcap(tmp_path / "late.pcap", pk)
+    pcap = write_pcap(tmp_path / "late.pcap", tftp_get(40001, 50000, t0) + tftp_get(40002, 50001, t0 + 1))
     book = AttributionBook()
-    sink = MemorySink()
-    pipe = Pipeline(config_from_dict(CONFIG, "<test>"), load_rules(REPO / "rules", RECORD_FIELDS), sink,
-                    attribution=book)
-    assert not read_file(pcap, pipe.handler_for, pipe.capture_filters(), pipe.refilter).error
+    pipe, sink = pipeline(book)
+    feed(pipe, pcap)
     assert sink.records["transfers"] == []            # both ended, no lookup in yet: held
     book.add((17, CLIENT, 40001, SERVER, 69), proc(601, "tftp", "carol"), int(t0 * 1e6))
     pipe.attributions_arrived()
