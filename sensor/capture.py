@@ -5,12 +5,22 @@ A source delivers ``(ts_us, data)`` to a per-link-type handler chosen by the
 pipeline; nothing here interprets bytes. libpcap reads both pcap and pcapng,
 except a pcapng whose interfaces have different link types, which is read
 block by block here.
+
+A file is read ahead by a thread: libpcap reads and filters a batch of
+packets (``next_batch``) with the GIL released while the pipeline works on
+the previous one, so reading costs the pipeline's thread only the slicing
+of each packet out of its batch. The result is the packet sequence of a
+plain ``pcap_loop``: when the pipeline changes the capture filter, or the
+file turns out damaged, the read-ahead is dropped and the file is read again
+in the plain way from where the pipeline stopped (see ``_read_ahead``).
 """
 from __future__ import annotations
 
 import os
+import queue
 import stat
 import struct
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -65,14 +75,23 @@ def set_filter(reader, filters: Sequence[str | None]) -> str | None:
     return None
 
 
+READ_AHEAD_BATCH = 1024   # packets libpcap reads per call on the read-ahead thread
+READ_AHEAD_BATCHES = 8    # batches read ahead of the pipeline at most (bounded memory)
+
+
 def read_file(path: str | Path, handler_for: Callable[[int], Handler],
               filters: Sequence[str | None] | None = None,
-              refilter: Callable[[], Sequence[str | None] | None] | None = None) -> ReadResult:
+              refilter: Callable[[], Sequence[str | None] | None] | None = None,
+              read_ahead: bool = True) -> ReadResult:
     """Read every packet of ``path``; ``handler_for(linktype)`` gives the
     function that receives ``(ts_us, data)``; ``filters`` are capture filters
     to try, best first (the first that compiles for the file's link type is
-    installed). A damaged file (cut in the middle of a record) yields every
-    whole packet before the damage and reports it in ``ReadResult.error``."""
+    installed); ``refilter()``, asked after each packet, returns new filters
+    when the ones installed must change (applied from the next packet on).
+    A damaged file (cut in the middle of a record) yields every whole packet
+    before the damage and reports it in ``ReadResult.error``. ``read_ahead``:
+    read on a thread ahead of the handler (same packets, see the module
+    docstring); False: one plain ``pcap_loop``."""
     link_types = _pcapng_link_types(path)
     if link_types is not None and len(link_types) > 1:
         return _read_pcapng_mixed(path, handler_for)
@@ -80,7 +99,15 @@ def read_file(path: str | Path, handler_for: Callable[[int], Handler],
     linktype = reader.datalink()
     handle = handler_for(linktype)
     installed = set_filter(reader, filters) if filters else None
-    count = 0
+    if read_ahead and hasattr(reader, "next_batch"):
+        return _read_ahead(path, reader, linktype, handle, installed, refilter)
+    return _loop(path, reader, linktype, handle, installed, refilter, 0)
+
+
+def _loop(path: str | Path, reader, linktype: int, handle: Handler, installed: str | None,
+          refilter: Callable[[], Sequence[str | None] | None] | None, count: int) -> ReadResult:
+    """One ``pcap_loop`` over the rest of ``reader`` (``count`` packets were
+    delivered before)."""
     state = [installed]
 
     if refilter is None:
@@ -113,6 +140,96 @@ def read_file(path: str | Path, handler_for: Callable[[int], Handler],
         except Exception:  # pragma: no cover - close never matters for correctness
             pass
     return ReadResult(str(path), linktype, count, state[0], err)
+
+
+_END = object()
+
+
+def _read_ahead(path: str | Path, reader, linktype: int, handle: Handler, installed: str | None,
+                refilter: Callable[[], Sequence[str | None] | None] | None) -> ReadResult:
+    """``read_file`` with libpcap reading on a thread, ``READ_AHEAD_BATCH``
+    packets per call, at most ``READ_AHEAD_BATCHES`` ahead.
+
+    Packets read ahead were filtered with the filter of the moment. When
+    ``refilter`` asks for a new one, or libpcap reports damage (``next_batch``
+    then drops the whole packets of the batch it was reading), the read-ahead
+    is dropped and the file is opened again: the packets already delivered
+    are skipped with the filters they were read with (``pcap_loop`` counts
+    only the packets a filter admits), and the rest is read with a plain
+    ``pcap_loop``, which applies a new filter from the next packet on and
+    delivers every whole packet before damage."""
+    q: queue.Queue = queue.Queue(READ_AHEAD_BATCHES)
+    stop = threading.Event()
+
+    def run() -> None:
+        try:
+            while not stop.is_set():
+                pb, meta = reader.next_batch(READ_AHEAD_BATCH)
+                if not meta:
+                    break
+                q.put((pb, meta))
+        except pcapy.PcapError as e:
+            q.put(e)
+        q.put(_END)
+
+    t = threading.Thread(target=run, name="pcap-read-ahead", daemon=True)
+    t.start()
+    unpack = _META.iter_unpack
+    count = 0
+    new_filters = None
+    damaged = False
+    try:
+        while True:
+            item = q.get()
+            if item is _END:
+                break
+            if isinstance(item, pcapy.PcapError):
+                damaged = True
+                break
+            pb, meta = item
+            if refilter is None:
+                for s, us, off, caplen in unpack(meta):
+                    handle(s * 1_000_000 + us, pb[off:off + caplen])
+                count += len(meta) >> 4
+                continue
+            for s, us, off, caplen in unpack(meta):
+                count += 1
+                handle(s * 1_000_000 + us, pb[off:off + caplen])
+                new_filters = refilter()
+                if new_filters is not None:
+                    break
+            if new_filters is not None:
+                break
+    finally:
+        stop.set()
+        while t.is_alive():          # unblock a put() so the thread sees ``stop``
+            try:
+                q.get(timeout=0.01)
+            except queue.Empty:
+                pass
+        try:
+            reader.close()
+        except Exception:  # pragma: no cover - close never matters for correctness
+            pass
+    if new_filters is None and not damaged:
+        return ReadResult(str(path), linktype, count, installed)
+    # read again from where the pipeline stopped, the plain way: skip what was
+    # delivered (all of it read under ``installed``), then one pcap_loop
+    again = open_offline(path)
+    if installed is not None:
+        again.setfilter(installed)
+    if count:
+        again.loop(count, _skip)
+    if new_filters is not None:
+        installed = set_filter(again, new_filters)
+    return _loop(path, again, linktype, handle, installed, refilter, count)
+
+
+_META = struct.Struct("=IIII")   # next_batch: (sec, usec, offset, caplen) per packet
+
+
+def _skip(hdr, data: bytes) -> None:
+    pass
 
 
 _PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">",
