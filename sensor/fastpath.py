@@ -88,6 +88,12 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
             pipe._packet(p)
 
     def handle(ts: int, data: bytes) -> None:
+        # -- packet time: every packet moves the clock (sensor/partition.py) ------
+        now = ft.now
+        if ts > now:
+            ft.now = now = ts
+        if now >= ft.next_scan:
+            now = advance(ts)
         # -- link layer: up to two VLAN tags ------------------------------------
         et = data[12:14]
         if et == _ET_IP4 or et == _ET_IP6:
@@ -179,11 +185,6 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
         elif vlan:      # as decode.Decoder.handler counts
             stats.vlan += 1
         # -- flow table ---------------------------------------------------------
-        now = ft.now
-        if ts > now:
-            ft.now = now = ts
-        if now >= ft.next_scan:
-            now = advance(ts)
         if src < dst or (src == dst and sport <= dport):
             flow = flows_get((proto, src, sport, dst, dport))
         else:

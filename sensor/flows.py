@@ -8,14 +8,20 @@
 - Bytes per direction in sequence space: retransmissions count once, the
   2^32 wrap is unwrapped to 64 bits, SYN/FIN are not counted (Zeek's
   orig_bytes/resp_bytes). Packets count every packet.
-- Timeouts by class (attempt, established, closed, udp), each its own queue.
-  A flow is not moved on every packet: the queue is ordered by the time the
-  flow was (re)queued (``qts``), and the expiry scan either expires the flow
-  at the front (idle past its timeout) or requeues it with its real last
-  activity -- so the scan stops at the first flow queued too recently to be
-  idle, each flow is requeued at most once per timeout, and the per-packet
-  cost is nil. The scan runs at most every ``flow_scan_interval`` seconds of
-  packet time and examines at most ``flow_scan_budget`` flows.
+- Timeouts by class (attempt, established, closed, udp), each its own queue:
+  a heap ordered by the time the flow was (re)queued (``qts``), then its
+  uid. A flow is not moved on every packet: the expiry scan takes the flows
+  queued longer ago than the timeout and either expires one (idle past its
+  timeout) or requeues it with its real last activity -- so each flow is
+  requeued at most once per timeout and the per-packet cost is nil. Entries
+  left behind by a requeue, a class change or an end are skipped (``qver``)
+  and dropped when they outnumber the live ones (``_compact``).
+  What a scan ends, and in which order, depends only on each flow's own
+  packets and on the clock -- not on the other flows in the table -- so a
+  replay split by host pair over several processes ends the same flows at
+  the same packets (sensor/partition.py). The scan runs at most every
+  ``flow_scan_interval`` seconds of packet time and examines at most
+  ``flow_scan_budget`` flows.
 - A hard bound ``max_flows``: beyond it the least recently active flow is
   evicted (half-open attempts first), and counted. Near it (90 %) an
   emergency mode shortens the timeouts until the table is back under 70 %.
@@ -23,8 +29,8 @@
 from __future__ import annotations
 
 import hashlib
+import heapq
 import socket
-from collections import OrderedDict
 from typing import Callable, Collection
 
 from .config import Config
@@ -74,7 +80,7 @@ class Flow:
     """A tracked connection. ``o``/``r``: originator/responder sides."""
 
     __slots__ = ("uid", "key", "proto", "orig_b", "resp_b", "orig_p", "resp_p", "first_ts",
-                 "last_ts", "qts", "o", "r", "history", "tclass", "vlan", "flipped", "end_reason",
+                 "last_ts", "qts", "qver", "inq", "o", "r", "history", "tclass", "vlan", "flipped", "end_reason",
                  "app", "analyzer", "ctx", "weirds", "_orig_h", "_resp_h")
 
     def __init__(self, uid: str, key: tuple, proto: int, orig_b: bytes, orig_p: int,
@@ -89,6 +95,8 @@ class Flow:
         self.first_ts = ts
         self.last_ts = ts
         self.qts = ts          # when it was last put at the back of its timeout queue
+        self.qver = 0          # the version of its live queue entry (older entries are dead)
+        self.inq = False       # it has a live entry in a timeout queue
         self.o = Side()
         self.r = Side()
         self.history = ""
@@ -114,6 +122,11 @@ class Flow:
         if self._resp_h is None:
             self._resp_h = _ntop(self.resp_b)
         return self._resp_h
+
+    def __lt__(self, other: "Flow") -> bool:
+        # queue entries are (qts, uid, qver, flow): flows are compared only
+        # if two distinct flows had the same uid (a hash collision)
+        return id(self) < id(other)
 
     def add_history(self, ch: str) -> None:
         if ch not in self.history:
@@ -170,7 +183,7 @@ WeirdCallback = Callable[[int, Flow | None, str, str], None]
 
 class FlowStats(Counters):
     __slots__ = ("created", "ended", "evicted", "active_max", "expired", "seq_jumps", "untracked",
-                 "emergency_entered", "emergency_exited", "reused")
+                 "emergency_entered", "emergency_exited", "reused", "scan_max")
 
 
 # Emergency mode (Suricata's flow emergency): when the table is nearly full,
@@ -178,6 +191,9 @@ class FlowStats(Counters):
 EMERGENCY_ENTER = 0.90      # share of max_flows that starts it
 EMERGENCY_EXIT = 0.70       # share below which it ends
 EMERGENCY_TIMEOUTS_S = (5.0, 100.0, 1.0, 10.0)   # attempt, established, closed, udp
+
+
+MAX_RECENT_KEYS = 1 << 18   # keys remembered for same-microsecond uids (cleared beyond)
 
 
 class FlowTable:
@@ -190,7 +206,9 @@ class FlowTable:
         self.on_weird = on_weird or (lambda ts, flow, name, detail: None)
         self.service_ports = frozenset(service_ports if service_ports is not None else config.tracked_ports)
         self.flows: dict[tuple, Flow] = {}
-        self.queues: tuple[OrderedDict, ...] = tuple(OrderedDict() for _ in range(4))
+        # per timeout class, a heap of (qts, uid, qver, flow); see the module docstring
+        self.queues: tuple[list, ...] = ([], [], [], [])
+        self.qlive = [0, 0, 0, 0]    # live entries per queue
         t = config.timeouts
         self.timeouts_us = (int(t.tcp_attempt * 1e6), int(t.tcp_established * 1e6),
                             int(t.tcp_closed * 1e6), int(t.udp * 1e6))
@@ -206,7 +224,13 @@ class FlowTable:
         self.next_scan = 0
         self.now = 0
         self.stats = FlowStats()
-        self._n = 0
+        # key -> (first_ts, n) of the last flow created on it: the uid of a
+        # flow created on the same key in the same microsecond differs by n
+        self._recent: dict[tuple, tuple[int, int]] = {}
+        self.recent_peak = 0
+        # 0: an expiry scan is ending flows, 2: the flush; else 1 (sensor/partition.py)
+        self.phase = 1
+        self.ending: Flow | None = None   # the flow whose end is being reported
         # application-layer hooks (sensor.app): ``admit(packet)`` decides
         # whether a packet on no tracked port starts an expected flow
         # (returns (from_orig, match) or None); ``on_new(flow, match)`` sees
@@ -236,31 +260,90 @@ class FlowTable:
         return self.now
 
     def expire(self, now: int, budget: int) -> int:
+        """End the flows idle past their class's timeout at ``now``, by class,
+        then in (qts, uid) order; examine at most ``budget`` flows."""
         n = 0
-        for cls, q in enumerate(self.queues):
-            limit = now - self.timeouts_us[cls]
-            while q and n < budget:
-                key, flow = next(iter(q.items()))
-                if flow.qts > limit:
-                    break          # queued after the limit: nothing behind it is idle long enough
-                n += 1
-                if flow.last_ts > limit:
-                    q.move_to_end(key)     # active since it was queued: requeue
-                    flow.qts = flow.last_ts
-                    continue
-                self._end(flow, "timeout")
-                self.stats.expired += 1
+        heappop = heapq.heappop
+        self.phase = 0
+        try:
+            for cls, q in enumerate(self.queues):
+                limit = now - self.timeouts_us[cls]
+                while q and n < budget and q[0][0] <= limit:
+                    _, _, ver, flow = heappop(q)
+                    if ver != flow.qver or not flow.inq:
+                        continue       # left behind by a requeue, class change or end
+                    flow.inq = False
+                    self.qlive[cls] -= 1
+                    n += 1
+                    if flow.last_ts > limit:
+                        self._queue(flow, cls, flow.last_ts)   # active since it was queued
+                        continue
+                    self._end(flow, "timeout")
+                    self.stats.expired += 1
+        finally:
+            self.phase = 1
+        if n > self.stats.scan_max:
+            self.stats.scan_max = n
         return n
+
+    def _queue(self, flow: Flow, cls: int, qts: int) -> None:
+        """Give ``flow`` a (new) live entry in queue ``cls``."""
+        if flow.inq:
+            self._unqueue(flow)
+        ver = flow.qver + 1
+        flow.qver = ver
+        flow.qts = qts
+        flow.inq = True
+        self.qlive[cls] += 1
+        heapq.heappush(self.queues[cls], (qts, flow.uid, ver, flow))
+
+    def _unqueue(self, flow: Flow) -> None:
+        """Its live entry becomes dead (it stays in the heap until popped or compacted)."""
+        flow.inq = False
+        cls = flow.tclass
+        self.qlive[cls] -= 1
+        q = self.queues[cls]
+        if len(q) > 64 and len(q) > 2 * self.qlive[cls]:
+            self._compact(cls)
+
+    def _compact(self, cls: int) -> None:
+        """Drop the dead entries of queue ``cls`` (the order of the live ones is unchanged)."""
+        q = self.queues[cls]
+        q[:] = [e for e in q if e[2] == e[3].qver and e[3].inq]
+        heapq.heapify(q)
+
+    def queued(self) -> int:
+        """Flows in a timeout queue (live entries)."""
+        return sum(1 for q in self.queues for e in q if e[2] == e[3].qver and e[3].inq)
 
     def flush(self) -> None:
         """End every flow (end of capture, shutdown), oldest first."""
-        for flow in sorted(self.flows.values(), key=lambda f: (f.first_ts, f.uid)):
-            self._end(flow, "flush")
+        self.phase = 2
+        try:
+            for flow in sorted(self.flows.values(), key=lambda f: (f.first_ts, f.uid)):
+                self._end(flow, "flush")
+        finally:
+            self.phase = 1
+        for q in self.queues:
+            q.clear()
+        self.qlive = [0, 0, 0, 0]
+        self._recent.clear()
 
     # -- packets --------------------------------------------------------------
     def _uid(self, key: tuple, ts: int) -> str:
-        self._n += 1
-        h = hashlib.blake2b(repr((key, ts, self._n)).encode(), digest_size=12).digest()
+        """A Zeek-style uid from the flow's key and first packet time (and a
+        count of earlier flows on the same key in the same microsecond), so
+        it does not depend on the other flows of the capture."""
+        prev = self._recent.get(key)
+        n = prev[1] + 1 if prev is not None and prev[0] == ts else 0
+        if len(self._recent) >= MAX_RECENT_KEYS:
+            self._recent.clear()
+        self._recent[key] = (ts, n)
+        if len(self._recent) > self.recent_peak:
+            self.recent_peak = len(self._recent)
+        proto, a, ap, b, bp = key
+        h = hashlib.blake2b(b"%d|%s|%d|%s|%d|%d|%d" % (proto, a.hex().encode(), ap, b.hex().encode(), bp, ts, n),
+                            digest_size=12).digest()
         v = int.from_bytes(h, "big")
         out = []
         for _ in range(17):
@@ -271,9 +354,14 @@ class FlowTable:
     def _end(self, flow: Flow, reason: str) -> None:
         if self.flows.pop(flow.key, None) is None:
             return
-        self.queues[flow.tclass].pop(flow.key, None)
+        if flow.inq:
+            self._unqueue(flow)
+        r = self._recent.get(flow.key)
+        if r is not None and r[0] < self.now:
+            del self._recent[flow.key]   # no later flow on this key can share its first microsecond
         flow.end_reason = reason
         self.stats.ended += 1
+        self.ending = flow
         self.on_end(flow)
 
     def _evict(self) -> None:
@@ -282,15 +370,21 @@ class FlowTable:
         ones so an active flow is not taken for an idle one."""
         for cls in (T_ATTEMPT, T_UDP, T_CLOSED, T_ESTABLISHED):
             q = self.queues[cls]
+            looked = 0
+            while q:
+                _, _, ver, flow = q[0]
+                if ver != flow.qver or not flow.inq:
+                    heapq.heappop(q)      # a dead entry
+                    continue
+                if flow.last_ts <= flow.qts or looked >= 8:
+                    break
+                heapq.heappop(q)
+                flow.inq = False
+                self.qlive[cls] -= 1
+                self._queue(flow, cls, flow.last_ts)
+                looked += 1
             if not q:
                 continue
-            for _ in range(8):
-                key, flow = next(iter(q.items()))
-                if flow.last_ts <= flow.qts or len(q) == 1:
-                    break
-                q.move_to_end(key)
-                flow.qts = flow.last_ts
-            flow = next(iter(q.values()))
             self.stats.evicted += 1
             self._end(flow, "evicted")
             return
@@ -323,7 +417,7 @@ class FlowTable:
         else:
             flow = Flow(self._uid(key, p.ts), key, p.proto, src, sport, dst, dport, p.ts, p.vlan)
         self.flows[key] = flow
-        self.queues[flow.tclass][key] = flow
+        self._queue(flow, flow.tclass, flow.qts)
         self.stats.created += 1
         if len(self.flows) > self.stats.active_max:
             self.stats.active_max = len(self.flows)
@@ -384,10 +478,10 @@ class FlowTable:
 
     def _set_class(self, flow: Flow, cls: int) -> None:
         if flow.tclass != cls:
-            self.queues[flow.tclass].pop(flow.key, None)
+            if flow.inq:
+                self._unqueue(flow)
             flow.tclass = cls
-            flow.qts = flow.last_ts
-            self.queues[cls][flow.key] = flow
+            self._queue(flow, cls, flow.last_ts)
 
     def _tcp(self, flow: Flow, p: Packet, from_orig: bool) -> None:
         self.tcp_segment(flow, from_orig, p.flags, p.seq, p.plen, p.ts)

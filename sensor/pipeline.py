@@ -39,6 +39,14 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def _clocked(advance: Callable[[int], int], inner: Callable[[int, bytes], None]) -> Callable[[int, bytes], None]:
+    """Every packet moves the clock, target or not (as the fused path does)."""
+    def handle(ts: int, data: bytes) -> None:
+        advance(ts)
+        inner(ts, data)
+    return handle
+
+
 class Pipeline:
     """``attribution``: an ``AttributionBook`` (endpoint mode) -- the records
     then carry the process that made each connection (see sensor/endpoint.py)."""
@@ -82,7 +90,7 @@ class Pipeline:
                 h = ethernet_handler(self)
             else:
                 dec = Decoder(linktype, self.ports, self.decode_stats, self._decode_weird, self.portset.hosts)
-                h = dec.handler(self._packet)
+                h = _clocked(self.flows.advance, dec.handler(self._packet))
             self._decoders[linktype] = h
         return h
 

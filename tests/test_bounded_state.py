@@ -142,7 +142,7 @@ def test_flow_table_structures_bounded_during_the_scan(tmp_path):
         h(ts, f)
         n = len(pipe.flows.flows)
         assert n <= 300
-        assert sum(len(q) for q in pipe.flows.queues) == n       # every flow in exactly one timeout queue
+        assert pipe.flows.queued() == n       # every flow in exactly one timeout queue
         worst = max(worst, n)
     assert worst == 300 and pipe.flows.stats.evicted == 5_000 - 300 - pipe.flows.stats.expired
     pipe.finish()

@@ -235,3 +235,67 @@ def test_reused_tftp_client_port_starts_a_new_request(replay):
     assert sorted((t["Filename"], t["Bytes"]) for t in r.transfers) == [("a.txt", 10), ("b.txt", 7)]
     again = udp_exchange(DEV, SRV, 40002, 69, T0, [(True, rrq), (True, rrq)], step=1.0)
     assert len(replay(again).connections) == 1
+
+
+def _syn(src: bytes, sport: int, ts: int, dport: int = 21) -> Packet:
+    return Packet(ts, src, bytes([93, 184, 216, 34]), 6, sport, dport, 0x02, 1000, 0, 0, b"", 0, False)
+
+
+def _udp(src: bytes, sport: int, ts: int) -> Packet:
+    return Packet(ts, src, bytes([93, 184, 216, 34]), 17, sport, 69, 0, 0, 0, 4, b"\x00\x01x\x00", 0, False)
+
+
+def test_expiry_finds_every_idle_flow_behind_a_requeued_one():
+    # A (UDP, timeout 60 s) starts at 0 s and is active once more at 2 s; C
+    # starts at 30 s. The scan at 60 s requeues A with its last activity
+    # (2 s). In a queue kept in insertion order A then sat behind C and waited
+    # for C's own expiry (90 s); the heap ends A at the first scan at or past
+    # 62 s, and C at 90 s.
+    cfg = config_from_dict({"timeouts": {"udp": 60}})
+    ended = {}
+    ft = FlowTable(cfg, lambda f: ended.setdefault(f.uid, ft.now))
+    a, c, d = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), bytes([10, 0, 0, 3])
+    fa = ft.process(_udp(a, 1000, 0))
+    ft.process(_udp(a, 1000, 2_000_000))
+    fc = ft.process(_udp(c, 2000, 30_000_000))
+    for t in range(60, 130):                  # another flow keeps the clock (and the scans) going
+        ft.process(_udp(d, 3000, t * 1_000_000))
+    assert ended[fa.uid] == 62_000_000
+    assert ended[fc.uid] == 90_000_000
+
+
+def test_a_flows_uid_does_not_depend_on_other_flows():
+    cfg = config_from_dict({})
+    alone = FlowTable(cfg, lambda f: None)
+    crowd = FlowTable(cfg, lambda f: None)
+    for i in range(100):
+        crowd.process(_syn(bytes([10, 0, 1, i]), 5000 + i, 1_000 + i))
+    p = _syn(bytes([10, 0, 0, 7]), 40000, 5_000)
+    assert alone.process(p).uid == crowd.process(p).uid
+    # the same 5-tuple again in the same microsecond (the port reused after a
+    # RST): a new flow, and a uid of its own
+    first = alone.flows[next(iter(alone.flows))]
+    alone.process(Packet(5_000, p.dst, p.src, 6, 21, 40000, 0x04, 0, 0, 0, b"", 0, False))
+    again = alone.process(Packet(5_000, p.src, p.dst, 6, 40000, 21, 0x02, 7777, 0, 0, b"", 0, False))
+    assert again is not first and again.first_ts == first.first_ts and again.uid != first.uid
+
+
+def test_timeout_queues_hold_at_most_twice_the_live_flows():
+    # 20,000 short connections: each leaves dead entries (created as an
+    # attempt, established, closed) that must not pile up in the heaps
+    cfg = config_from_dict({})
+    ft = FlowTable(cfg, lambda f: None)
+    src, dst = bytes([10, 0, 0, 1]), bytes([93, 184, 216, 34])
+    worst = 0
+    for i in range(20_000):
+        ts = i * 2_000
+        sp = 1024 + i % 60000
+        for flags, fwd in ((0x02, True), (0x12, False), (0x10, True), (0x11, True), (0x11, False), (0x10, True)):
+            s, d, a, b = (src, dst, sp, 445) if fwd else (dst, src, 445, sp)
+            ft.process(Packet(ts, s, d, 6, a, b, flags, 1000 if fwd else 5000, 0, 0, b"", 0, False))
+            ts += 10
+        live = len(ft.flows)
+        heap = sum(len(q) for q in ft.queues)
+        worst = max(worst, heap - 2 * live)
+        assert heap <= 2 * live + 4 * 65, (i, heap, live)
+    assert ft.queued() == len(ft.flows) == sum(ft.qlive)
