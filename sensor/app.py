@@ -89,6 +89,7 @@ class AppLayer:
         self.weird = weird          # (ts, name, detail, uid, source)
         self.expect = Expectations(on_port=ports.ref)
         self.ftps: dict[tuple[bytes, bytes], Flow] = {}   # (client, server) -> the live FTPS control flow
+        self.ftps_peak = 0
         self.stats = {"analyzed_flows": 0, "expected_flows": 0, "transfers": 0, "gaps": 0}
         # (owner flow, transfer record): writes a transfer instead of ``emit``
         # (endpoint mode: the record names the owner's process)
@@ -311,6 +312,8 @@ class AppLayer:
         for pair in ((flow.orig_b, flow.resp_b), (flow.resp_b, flow.orig_b)):
             self.ports.hosts.add(pair)
         self.ftps[(flow.orig_b, flow.resp_b)] = flow
+        if len(self.ftps) > self.ftps_peak:
+            self.ftps_peak = len(self.ftps)
 
     def flow_ending(self, flow: Flow) -> None:
         """Flush reassembly and analyzer state before the record is built."""

@@ -48,3 +48,10 @@ def build_filter(ports: Iterable[int], vlan: bool = True) -> str | None:
     if not vlan:
         return inner
     return f"{inner} or (vlan and ({inner})) or (vlan and ({inner}))"
+
+
+def capture_filters(ports: Iterable[int]) -> list[str | None]:
+    """Filters to try, best first: with VLAN alternatives, without (``vlan``
+    does not compile on every link type), none."""
+    ports = list(ports)
+    return [build_filter(ports), build_filter(ports, vlan=False), None]

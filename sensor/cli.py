@@ -20,6 +20,8 @@ from . import __version__
 from .capture import CaptureError, read_file
 from .config import PROFILES, ConfigError, SyslogOutput, load_config
 from .outputs import KINDS, MemorySink, TeeSink
+from . import partition
+from .detect import Detector
 from .pipeline import Pipeline
 from .progress import Progress, ProgressAwareHandler
 from .records import RECORD_FIELDS
@@ -142,6 +144,14 @@ def _syslog_arg(text: str | None, proto: str | None, base: SyslogOutput | None) 
     return dataclasses.replace(b, host=host, port=int(port), protocol=proto or b.protocol)
 
 
+def _workers_arg(text: str) -> str | int:
+    if text == "auto":
+        return text
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"expected auto or a number from 1 to 64, got {text!r}")
+    return int(text)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     cfg, rules = load_all(args.config, args.rules)
     output = cfg.output
@@ -151,34 +161,68 @@ def cmd_replay(args: argparse.Namespace) -> int:
     to_stdout = bool(args.stdout or output.stdout)
     summary_out = sys.stderr if to_stdout else sys.stdout
     mem = _SummarySink()
-    outputs = build_outputs(output, config=cfg, rules=rules, outdir=args.out, stdout=to_stdout,
-                            syslog=syslog, block=True)
     progress = Progress(args.pcap, enabled=None if args.progress == "auto" else args.progress == "always")
     _log_to(progress)
+    t0 = time.perf_counter()
+    workers = partition.choose_workers(args.workers, args.pcap)
+    split = None
+    if workers > 1:
+        try:
+            split = partition.run(args.pcap, cfg, rules, workers, progress)
+        finally:
+            progress.finish()
+        if split.fallback:
+            log.warning("replaying in one process: %s", split.fallback)
+            split.cleanup()
+            split = None
+            progress = Progress(args.pcap, enabled=None if args.progress == "auto" else args.progress == "always")
+            _log_to(progress)
+    try:
+        outputs = build_outputs(output, config=cfg, rules=rules, outdir=args.out, stdout=to_stdout,
+                                syslog=syslog, block=True)
+    except BaseException:
+        if split is not None:
+            split.cleanup()
+        raise
     sink = TeeSink(mem, outputs)
-    pipe = Pipeline(cfg, rules, sink)
     try:
         outputs.install_sighup()
     except ValueError:   # not the main thread (embedded use): no signal handler
         pass
-    t0 = time.perf_counter()
     damaged = []
     packets = 0
-    handler_for = progress.wrap(pipe.handler_for)
-    try:
-        for path in args.pcap:
-            progress.begin(path)
-            res = read_file(path, handler_for, pipe.capture_filters(), pipe.refilter)
-            progress.end(path)
-            packets += res.packets
-            if res.error:
-                damaged.append(f"{path}: damaged after {res.packets} packets: {res.error}")
-                progress.clear()
+    if split is not None:
+        detector = Detector(rules, cfg.limits)
+        try:
+            split.deliver(sink, detector)
+        finally:
+            sink.close()
+            split.cleanup()
+        for path, (n, error) in zip(args.pcap, split.results):
+            packets += n
+            if error:
+                damaged.append(f"{path}: damaged after {n} packets: {error}")
                 print(f"xfer-sensor: warning: {damaged[-1]}", file=sys.stderr)
-    finally:
-        pipe.finish()
-        sink.close()
-        progress.finish()
+        stats = dict(split.stats, detect=detector.stats.as_dict())
+    else:
+        pipe = Pipeline(cfg, rules, sink)
+        detector = pipe.detector
+        handler_for = progress.wrap(pipe.handler_for)
+        try:
+            for path in args.pcap:
+                progress.begin(path)
+                res = read_file(path, handler_for, pipe.capture_filters(), pipe.refilter)
+                progress.end(path)
+                packets += res.packets
+                if res.error:
+                    damaged.append(f"{path}: damaged after {res.packets} packets: {res.error}")
+                    progress.clear()
+                    print(f"xfer-sensor: warning: {damaged[-1]}", file=sys.stderr)
+        finally:
+            pipe.finish()
+            sink.close()
+            progress.finish()
+        stats = pipe.stats()
     elapsed = time.perf_counter() - t0
     ostats = outputs.stats()
     for name, st in ostats["sinks"].items():
@@ -186,7 +230,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if lost:
             print(f"xfer-sensor: warning: {name}: {lost} record(s) not written "
                   f"({st['dropped_overflow']} queue overflow, {st['dropped_error']} errors)", file=sys.stderr)
-    alerts = pipe.detector.hunt_results()
+    alerts = detector.hunt_results()
     conns = mem.counts["connections"]
     alerts = sort_alerts(alerts)
     for a in alerts:
@@ -194,7 +238,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         a["Files"] = files
         a["FileBytes"] = sum(int(f.get("Bytes") or 0) for f in files)
     if args.format == "json":
-        json.dump({"alerts": alerts, "stats": pipe.stats(), "packets": packets,
+        json.dump({"alerts": alerts, "stats": stats, "packets": packets,
                    "connections": conns, "transfers": mem.counts["transfers"], "outputs": ostats},
                   summary_out, indent=1)
         print(file=summary_out)
@@ -202,7 +246,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         out = summary_out
         print(f"{packets} packets passed the capture filter, {conns} connections, "
               f"{mem.counts['transfers']} transfers, {len(alerts)} alert(s) in {elapsed:.2f}s", file=out)
-        by = pipe.stats()["connections"]
+        by = stats["connections"]
         if by:
             print("connections by ActionType: " + ", ".join(f"{k} {v}" for k, v in by.items()), file=out)
         allowed = [e for e in rules.allow_entries if e.hits or e.expired_hits]
@@ -420,6 +464,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--syslog", metavar="HOST:PORT", help="also send the records to this RFC 5424 syslog collector")
     rp.add_argument("--syslog-protocol", choices=("udp", "tcp"), default=None,
                     help="syslog transport (default: the config's, else udp)")
+    rp.add_argument("--workers", default="auto", type=_workers_arg, metavar="N|auto",
+                    help="processes to split the replay over by host pair (same output for any N; "
+                         "default auto: one per CPU, up to %d, for captures of %d MiB or more)"
+                    % (partition.MAX_AUTO_WORKERS, partition.PARTITION_MIN_BYTES >> 20))
     rp.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
                     help="progress line on stderr (auto: only when stderr is a terminal)")
     rp.set_defaults(func=cmd_replay)

@@ -21,7 +21,7 @@ MAX_EXPECTATIONS = 10_000
 
 
 class ExpectStats(Counters):
-    __slots__ = ("added", "matched", "expired", "dropped")
+    __slots__ = ("added", "matched", "expired", "dropped", "peak")
 
 
 class Expectations:
@@ -51,6 +51,8 @@ class Expectations:
         q.append((e, parent))
         self.count += 1
         self.stats.added += 1
+        if self.count > self.stats.peak:
+            self.stats.peak = self.count
         self._ref(e.resp_p, +1)
         while self.count > self.max:
             self._drop_oldest()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .bpf import build_filter
+from .bpf import capture_filters
 from .config import Config
 from .decode import LINKTYPE_ETHERNET, DecodeStats, Decoder, Packet
 from .detect import Detector
@@ -117,8 +117,7 @@ class Pipeline:
 
     def capture_filters(self) -> list[str | None]:
         """BPF filters to try, best first (see sensor/bpf.py)."""
-        ports = self.portset.filter_ports
-        return [build_filter(ports), build_filter(ports, vlan=False), None]
+        return capture_filters(self.portset.filter_ports)
 
     def refilter(self) -> list[str | None] | None:
         """New capture filters when the ports they must admit changed, else None."""

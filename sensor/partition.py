@@ -1,0 +1,536 @@
+"""A replay split by host pair over several processes, with the output of one.
+
+Like a Zeek cluster's workers or Suricata's flow-hash load balancing, each
+process analyses the host pairs of its share (``owner``: CRC-32 of the two
+addresses, the same for both directions; the parent's share is smaller, it
+also reads). Unlike them, the result is the one a single pipeline gives,
+byte for byte, whatever the number of workers:
+
+- The parent reads the capture once (libpcap on its read-ahead thread, see
+  sensor/capture.py), analyses share 0 itself and hands every worker, per
+  batch of packets, the time and share of every packet and the frames of its
+  own share (a pipe per worker). Every pipeline moves its clock on every
+  packet, so packet time -- the only clock -- moves in each exactly as in
+  one pipeline, and every expiry scan runs at the same packet.
+- Everything a connection's record depends on stays inside its host pair:
+  its own packets; FTP data channels and TFTP transfers (expectations are
+  keyed by the control connection's two hosts, a bounce gets none); FTPS
+  sessions (followed by host pair); and the flow table's expiry, which ends
+  a flow from its own activity and the clock only (sensor/flows.py).
+- Each record leaves its worker with its place in one pipeline's output: the
+  index of the packet it came with, then the phase -- an expiry scan runs
+  before packet i (phase 0, ending flows by timeout class, then queue time,
+  then uid), then packet i's own work (phase 1, one worker only), the final
+  flush last (phase 2, by first time and uid) -- and its order within that.
+  The parent merges the workers' spool files on that key and does what spans
+  host pairs: detection (a window may group connections of any hosts), the
+  sampling of weird records, the outputs and the summary.
+- What one pipeline shares but a worker has alone -- the table bounds
+  (``max_flows`` and its emergency mode, ``flow_scan_budget``,
+  ``max_expectations``, FTPS sessions followed, the uid memory) and a capture
+  filter that must change during the replay (a port below 1024 joining) --
+  is checked afterwards: when the workers' peaks added up could have reached
+  a bound, or a filter changed, their output is dropped and the replay runs
+  again in one process (``Outcome.fallback`` says why).
+
+Counters are the workers' sums. Two kinds can differ from one pipeline's:
+``flows.active_max``, ``flows.scan_max`` and ``expectations.peak`` add up
+per-worker peaks; and ``decoder.target``, ``decoder.tcp``/``udp`` and
+``flows.untracked`` may count differently the packets sent to a port that
+another host pair expected a data channel on (one pipeline looks them up and
+finds nothing; a worker never knew of that port).
+"""
+from __future__ import annotations
+
+import heapq
+import os
+import pickle
+import shutil
+import signal
+import stat
+import struct
+import tempfile
+import traceback
+import zlib
+from array import array
+from dataclasses import dataclass, field
+from operator import itemgetter
+from typing import Any, Iterator, Sequence
+
+_crc = zlib.crc32
+_TPIDS = frozenset((0x8100, 0x88A8, 0x9100, 0x9200))   # decode._VLAN_TPIDS
+_MAX_TAGS = 4                                        # decode.MAX_VLAN_TAGS
+
+PARTITION_MIN_BYTES = 64 << 20   # ``--workers auto``: smaller captures run in one process
+MAX_AUTO_WORKERS = 8             # ``--workers auto``: at most this many processes
+SPOOL_BATCH = 256                # records pickled together into a spool file
+READ_BATCH = 1024                # packets handed to the workers per write
+PIPE_BYTES = 1 << 20             # pipe buffer asked for, reader -> worker
+LINKTYPE_ETHERNET = 1
+_FLUSH_INDEX = 1 << 62           # the final flush comes after every packet
+
+
+PARENT_WEIGHT = 0.6   # the parent's share of host pairs against a worker's 1.0 (it also reads and hands out;
+                      # 0.4, 0.6 and 0.8 were tried on the 1M benchmark with 2 workers: 0.6 was best)
+_SLOTS = 256
+
+
+def share_table(n: int) -> bytes:
+    """Slot (0..255) -> share: share 0 (the parent's) gets ``PARENT_WEIGHT``
+    of a worker's slots. Which share a host pair falls in never changes the
+    output, only the balance."""
+    total = PARENT_WEIGHT + (n - 1)
+    bounds = [round(_SLOTS * (PARENT_WEIGHT + k) / total) for k in range(n)]
+    return bytes(sum(1 for b in bounds if slot >= b) for slot in range(_SLOTS))
+
+
+def owner(src: bytes, dst: bytes, table: bytes) -> int:
+    """The share of the host pair {src, dst}: the same for both directions."""
+    return table[(_crc(src) ^ _crc(dst)) & 0xFF]
+
+
+def raw_owner(data: bytes, table: bytes) -> int:
+    """``owner`` of an Ethernet frame: its IP addresses after up to four VLAN
+    tags; share 0 when it has none."""
+    off = 14
+    if len(data) < off:
+        return 0
+    et = (data[12] << 8) | data[13]
+    tags = 0
+    while et in _TPIDS and tags < _MAX_TAGS and off + 4 <= len(data):
+        et = (data[off + 2] << 8) | data[off + 3]
+        off += 4
+        tags += 1
+    if et == 0x0800 and off + 20 <= len(data):
+        return owner(data[off + 12:off + 16], data[off + 16:off + 20], table)
+    if et == 0x86DD and off + 40 <= len(data):
+        return owner(data[off + 8:off + 24], data[off + 24:off + 40], table)
+    return 0
+
+
+# -- choosing ---------------------------------------------------------------------
+
+def partitionable(path: str) -> bool:
+    """A regular file whose packets are
+    all Ethernet frames (``raw_owner`` reads their addresses); anything else
+    is replayed in one process."""
+    from .capture import CaptureError, _pcapng_link_types, open_offline
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return False
+        types = _pcapng_link_types(path)
+        if types is not None and types != {1}:
+            return False
+        r = open_offline(path)
+        try:
+            return r.datalink() == 1
+        finally:
+            r.close()
+    except (OSError, CaptureError):
+        return False
+
+
+def choose_workers(requested: str | int, paths: Sequence[str]) -> int:
+    """``--workers``: a number, or ``auto`` (one process below
+    ``PARTITION_MIN_BYTES`` of capture, else one per CPU, at most
+    ``MAX_AUTO_WORKERS``). One whenever a file is not ``partitionable``."""
+    if requested == "auto":
+        try:
+            size = sum(os.path.getsize(p) for p in paths)
+        except OSError:
+            return 1
+        if size < PARTITION_MIN_BYTES:
+            return 1
+        n = min(len(os.sched_getaffinity(0)), MAX_AUTO_WORKERS)
+    else:
+        n = int(requested)
+    if n > 1 and not all(partitionable(p) for p in paths):
+        return 1
+    return max(1, n)
+
+
+# -- the worker's side ----------------------------------------------------------------
+
+class _Spool:
+    """A worker pipeline's sink: each record with its merge key, pickled in
+    batches into the worker's spool file."""
+
+    __slots__ = ("ft", "f", "index", "buf", "ctx", "seq", "last")
+
+    def __init__(self, f) -> None:
+        self.ft = None
+        self.f = f
+        self.index = 0      # packets delivered so far: the same count in every worker
+        self.buf: list[list] = []
+        self.ctx: tuple = ()
+        self.seq = 0
+        self.last: list | None = None
+
+    def emit(self, kind: str, rec: dict) -> None:
+        ft = self.ft
+        phase = ft.phase
+        if phase == 1:
+            ctx = (self.index, 1)
+        elif phase == 0:
+            fl = ft.ending
+            ctx = (self.index, 0, fl.tclass, fl.qts, fl.uid)
+        else:
+            fl = ft.ending
+            ctx = (_FLUSH_INDEX, 2, fl.first_ts, fl.uid)
+        if ctx == self.ctx:
+            self.seq += 1
+        else:
+            self.ctx = ctx
+            self.seq = 0
+        if len(self.buf) >= SPOOL_BATCH:
+            self.flush()     # before, not after: ``detected`` may still mark the last one
+        m = [ctx + (self.seq,), kind, rec, None]
+        self.buf.append(m)
+        self.last = m
+
+    def detected(self, ts: int) -> None:
+        """The connection record just emitted enters detection at ``ts``."""
+        self.last[3] = ts
+
+    def flush(self) -> None:
+        if self.buf:
+            pickle.dump(self.buf, self.f, protocol=pickle.HIGHEST_PROTOCOL)
+            self.buf = []
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _DetectTap:
+    """Stands for the worker pipeline's detector: detection runs in the
+    parent, on the merged records; the tap marks what enters it, and when."""
+
+    def __init__(self, spool: _Spool) -> None:
+        from .detect import DetectStats
+        self.spool = spool
+        self.stats = DetectStats()
+
+    def observe(self, rec: dict, ts: int) -> tuple:
+        self.spool.detected(ts)
+        return ()
+
+    def hunt_results(self) -> list:
+        return []
+
+
+_BATCH = struct.Struct("=II")   # packets in a batch, bytes of its frames
+_NO_FRAME = 0xFFFFFFFF
+
+
+def _share(cfg: Any, rules: Any, spool_file) -> tuple[Any, _Spool]:
+    """A pipeline whose records go to a spool, detection left to the merge."""
+    from .pipeline import Pipeline
+    spool = _Spool(spool_file)
+    pipe = Pipeline(cfg, rules, spool)
+    spool.ft = pipe.flows
+    pipe.detector = _DetectTap(spool)
+    return pipe, spool
+
+
+def _report(pipe: Any) -> dict:
+    ft = pipe.flows
+    return {
+        "stats": pipe.stats(),
+        "peaks": {"filter_changes": pipe.portset.version, "active": ft.stats.active_max,
+                  "scan": ft.stats.scan_max, "expectations": pipe.app.expect.stats.peak,
+                  "ftps": pipe.app.ftps_peak, "recent": ft.recent_peak},
+        "bounds": {"active": ft.max_flows, "scan": ft.scan_budget, "expectations": pipe.app.expect.max},
+    }
+
+
+def _work(k: int, fd: int, cfg: Any, rules: Any, spool_path: str) -> dict:
+    """Worker ``k``: the batches of the parent's read (every packet's time
+    and share, the frames of share ``k``) through a pipeline of its own."""
+    with open(spool_path, "wb", buffering=1 << 20) as out, os.fdopen(fd, "rb", buffering=1 << 20) as f:
+        pipe, spool = _share(cfg, rules, out)
+        ft = pipe.flows
+        handle = pipe.handler_for(LINKTYPE_ETHERNET)
+        advance = ft.advance
+        index = 0
+        while True:
+            head = f.read(_BATCH.size)
+            if len(head) < _BATCH.size:
+                break
+            count, nbytes = _BATCH.unpack(head)
+            ts_a, own_a, len_a = array("Q"), array("H"), array("I")
+            ts_a.frombytes(f.read(8 * count))
+            own_a.frombytes(f.read(2 * count))
+            len_a.frombytes(f.read(4 * count))
+            frames = f.read(nbytes)
+            o = 0
+            for ts, w, ln in zip(ts_a, own_a, len_a):
+                index += 1
+                spool.index = index
+                if w == k:
+                    handle(ts, frames[o:o + ln])
+                    o += ln
+                elif ts > ft.now or ft.now >= ft.next_scan:
+                    advance(ts)      # another share's packet: the clock moves all the same
+        pipe.finish()
+        spool.close()
+    return _report(pipe)
+
+
+class _Distributor:
+    """The parent's packet handler: share 0 through the parent's own
+    pipeline; to every worker, every packet's time and share, and the frames
+    of its share; ``READ_BATCH`` packets per write."""
+
+    def __init__(self, fds: list[int], pipe: Any, spool: _Spool) -> None:
+        self.fds = fds           # worker k's feed is fds[k - 1]
+        self.n = len(fds) + 1
+        self.pipe = pipe
+        self.spool = spool
+        self.ts, self.own, self.len = array("Q"), array("H"), array("I")
+        self.frames: list[list[bytes]] = [[] for _ in range(self.n)]
+
+    def handler(self):
+        """The per-packet function (``raw_owner`` inline for untagged IPv4)."""
+        table = share_table(self.n)
+        crc = _crc
+        flush = self.flush
+        ts_a, own_a, len_a, frames = self.ts, self.own, self.len, self.frames
+        add_ts, add_own, add_len = ts_a.append, own_a.append, len_a.append
+        spool = self.spool
+        ft = self.pipe.flows
+        advance = ft.advance
+        mine = self.pipe.handler_for(LINKTYPE_ETHERNET)
+        index = 0
+
+        def handle(ts: int, data: bytes) -> None:
+            nonlocal index
+            if data[12:14] == b"\x08\x00" and len(data) >= 34:
+                w = table[(crc(data[26:30]) ^ crc(data[30:34])) & 0xFF]
+            else:
+                w = raw_owner(data, table)
+            index += 1
+            spool.index = index
+            add_ts(ts)
+            add_own(w)
+            add_len(len(data))
+            if w:
+                frames[w].append(data)
+                if ts > ft.now or ft.now >= ft.next_scan:
+                    advance(ts)
+                if len(ts_a) >= READ_BATCH:
+                    flush()
+            else:
+                mine(ts, data)
+        return handle
+
+    def flush(self) -> None:
+        if not self.ts:
+            return
+        meta = self.ts.tobytes() + self.own.tobytes() + self.len.tobytes()
+        for k, fd in enumerate(self.fds, 1):
+            frames = self.frames[k]
+            body = b"".join(frames)
+            _write_all(fd, _BATCH.pack(len(self.ts), len(body)) + meta + body)
+            frames.clear()
+        del self.ts[:], self.own[:], self.len[:]
+
+
+# -- the parent's side ----------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """What the workers did. ``fallback``: why their output cannot stand for
+    one pipeline's (then replay in one process); empty when it can."""
+    workers: int
+    results: list[tuple[int, str]]           # per path: (packets delivered, damage)
+    stats: dict[str, Any]
+    fallback: str = ""
+    spools: list[str] = field(default_factory=list)
+    tmpdir: str = ""
+
+    def records(self) -> Iterator[list]:
+        """[key, kind, record, detection time or None], in one pipeline's order."""
+        return heapq.merge(*(_read_spool(p) for p in self.spools), key=itemgetter(0))
+
+    def deliver(self, sink: Any, detector: Any) -> None:
+        """The records into ``sink`` in one pipeline's order, with detection
+        on the connections (as ``Pipeline._emit_connection`` does) and the
+        weird records sampled per name (as ``Pipeline._weird`` does)."""
+        from .pipeline import WEIRD_LOG_PER_NAME
+        logged: dict[str, int] = {}
+        for _, kind, rec, ts in self.records():
+            if kind == "weird":
+                name = rec.get("Name", "")
+                n = logged.get(name, 0) + 1
+                logged[name] = n
+                if n > WEIRD_LOG_PER_NAME:
+                    continue
+            sink.emit(kind, rec)
+            if ts is not None:
+                for alert in detector.observe(rec, ts):
+                    sink.emit("alerts", alert)
+
+    def cleanup(self) -> None:
+        if self.tmpdir:
+            shutil.rmtree(self.tmpdir, ignore_errors=True)
+            self.tmpdir = ""
+
+
+def _read_spool(path: str) -> Iterator[list]:
+    with open(path, "rb", buffering=1 << 20) as f:
+        while True:
+            try:
+                batch = pickle.load(f)
+            except EOFError:
+                return
+            yield from batch
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        b = os.read(fd, 1 << 20)
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
+
+
+def run(paths: Sequence[str], cfg: Any, rules: Any, n: int, progress: Any = None) -> Outcome:
+    """Fork ``n - 1`` workers, read ``paths``, hand the packets out and
+    analyse share 0, wait for the workers. ``progress``: a
+    ``sensor.progress.Progress`` shown while reading. The caller delivers the
+    records (``Outcome.deliver``, unless ``fallback``) and calls ``cleanup()``."""
+    from .bpf import capture_filters
+    from .capture import read_file
+    from .ports import PortSet
+    tmpdir = tempfile.mkdtemp(prefix="xfer-sensor-replay-")
+    spools = [os.path.join(tmpdir, f"share{k}.spool") for k in range(n)]
+    kids: list[tuple[int, int]] = []     # (pid, fd of its answer)
+    feeds: list[int] = []
+    try:
+        for k in range(1, n):
+            data_r, data_w = os.pipe()
+            ans_r, ans_w = os.pipe()
+            _widen(data_w)
+            pid = os.fork()
+            if pid == 0:     # the worker: never returns
+                code = 0
+                try:
+                    os.close(ans_r)
+                    os.close(data_w)
+                    for fd in feeds:
+                        os.close(fd)
+                    out = pickle.dumps(("ok", _work(k, data_r, cfg, rules, spools[k])))
+                except BaseException:   # reported to the parent, which fails loudly
+                    out = pickle.dumps(("error", traceback.format_exc()))
+                    code = 70
+                try:
+                    _write_all(ans_w, out)
+                finally:
+                    os._exit(code)
+            os.close(data_r)
+            os.close(ans_w)
+            feeds.append(data_w)
+            kids.append((pid, ans_r))
+        results = []
+        with open(spools[0], "wb", buffering=1 << 20) as out:
+            pipe, spool = _share(cfg, rules, out)
+            dist = _Distributor(feeds, pipe, spool)
+            handle = dist.handler()
+            filters = capture_filters(PortSet(cfg.tracked_ports).filter_ports)
+            handler_for = progress.wrap(lambda linktype: handle) if progress is not None else (lambda lt: handle)
+            for path in paths:
+                if progress is not None:
+                    progress.begin(path)
+                res = read_file(path, handler_for, filters)
+                if progress is not None:
+                    progress.end(path)
+                    if res.error:
+                        progress.clear()
+                results.append((res.packets, res.error))
+            dist.flush()
+            for fd in feeds:
+                os.close(fd)
+            feeds = []
+            pipe.finish()
+            spool.close()
+        answers = [("ok", _report(pipe))]
+        for pid, r in kids:
+            data = _read_all(r)
+            os.close(r)
+            _, status = os.waitpid(pid, 0)
+            if not data:
+                raise RuntimeError(f"replay worker {pid} died (wait status {status})")
+            answers.append(pickle.loads(data))
+        kids = []
+    except BaseException:
+        for fd in feeds:
+            os.close(fd)
+        for pid, r in kids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                os.waitpid(pid, 0)
+                os.close(r)
+            except OSError:
+                pass
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+    for status, out in answers:
+        if status != "ok":
+            shutil.rmtree(tmpdir, ignore_errors=True)
+            raise RuntimeError("replay worker failed:\n" + out)
+    outs = [out for _, out in answers]
+    return Outcome(n, results, _sum_stats([o["stats"] for o in outs]), _fallback(outs), spools, tmpdir)
+
+
+def _widen(fd: int) -> None:
+    """A bigger pipe buffer (up to pipe-max-size): fewer stalls between the reader and a worker."""
+    try:
+        import fcntl
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_BYTES)
+    except OSError:
+        pass
+
+
+def _fallback(outs: list[dict]) -> str:
+    """Why the workers' output may differ from one pipeline's ('' if it cannot)."""
+    peak = {k: sum(o["peaks"][k] for o in outs) for k in outs[0]["peaks"]}
+    bounds = outs[0]["bounds"]
+    from .app import MAX_FTPS_SESSIONS
+    from .flows import EMERGENCY_ENTER, MAX_RECENT_KEYS
+    if peak["filter_changes"]:
+        return "the capture filter changed during the replay (a port below 1024 joined)"
+    if peak["active"] >= EMERGENCY_ENTER * bounds["active"]:
+        return "the flow table may have reached its emergency threshold"
+    if peak["scan"] >= bounds["scan"]:
+        return "an expiry scan may have reached flow_scan_budget"
+    if peak["expectations"] > bounds["expectations"]:
+        return "expected connections may have exceeded their bound"
+    if peak["ftps"] >= MAX_FTPS_SESSIONS:
+        return "FTPS sessions followed may have reached their bound"
+    if peak["recent"] >= MAX_RECENT_KEYS:
+        return "the uid memory may have been cleared"
+    return ""
+
+
+def _sum_stats(items: list[Any]) -> Any:
+    """The workers' ``Pipeline.stats()`` added up (numbers summed, dicts
+    merged key by key; a dict kept sorted when every worker's is)."""
+    first = items[0]
+    if isinstance(first, dict):
+        keys: dict[Any, None] = {}
+        for it in items:
+            keys.update(dict.fromkeys(it))
+        order = list(keys)
+        if all(list(it) == sorted(it) for it in items):
+            order.sort()
+        return {k: _sum_stats([it[k] for it in items if k in it]) for k in order}
+    if isinstance(first, bool) or not isinstance(first, int):
+        return first
+    return sum(items)

@@ -1,0 +1,225 @@
+"""A replay split by host pair over processes (sensor/partition.py) gives
+exactly what one process gives: the same records of every kind, in the same
+order, with the same alerts, summary and counters (but those it names).
+
+The captures: the committed ones, several files in a row, a generated
+two-hour mixed capture (FTP with data channels, FTPS, SMB, TFTP, failures,
+VLANs, IPv6; idle timeouts end flows all along), mutated ones
+(fuzz/mutate.py), a damaged one; and the cases it must hand back to one
+process: a capture filter that changes halfway (FTP on port 443) and a bound
+the workers together could have reached."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from test_read_ahead import ftp_on_port_443
+from sensor import partition
+from sensor.capture import read_file
+from sensor.config import config_from_dict
+from sensor.detect import Detector
+from sensor.outputs import MemorySink, to_line
+from sensor.pipeline import Pipeline
+from sensor.records import RECORD_FIELDS
+from sensor.rules import load_rules
+
+REPO = Path(__file__).resolve().parent.parent
+CAPTURES = sorted([REPO / "pcaps" / "demo.pcap", *(REPO / "pcaps" / "real").glob("*.pcap")])
+RULES = load_rules(REPO / "rules", RECORD_FIELDS)
+SENSOR = [sys.executable, "-m", "sensor"]
+# counters a worker may count differently (sensor/partition.py says why)
+PER_WORKER = {("decoder", "target"), ("decoder", "tcp"), ("decoder", "udp"), ("flows", "untracked"),
+              ("flows", "active_max"), ("flows", "scan_max"), ("expectations", "peak")}
+
+
+class _Lines(MemorySink):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[bytes] = []
+
+    def emit(self, kind: str, rec: dict) -> None:
+        self.lines.append(kind.encode() + b" " + to_line(rec))
+
+
+def _config(path: Path) -> dict:
+    import yaml
+    y = path.with_suffix(".yaml")
+    return (yaml.safe_load(y.read_text()) or {}) if y.exists() else {}
+
+
+def _stats(stats: dict) -> dict:
+    return {sect: {k: v for k, v in vals.items() if (sect, k) not in PER_WORKER} if isinstance(vals, dict) else vals
+            for sect, vals in stats.items() if sect != "detect"}
+
+
+def one_process(paths: list[Path], config: dict, read_ahead: bool = True) -> tuple:
+    sink = _Lines()
+    pipe = Pipeline(config_from_dict(config, "<test>"), RULES, sink)
+    results = []
+    for p in paths:
+        res = read_file(p, pipe.handler_for, pipe.capture_filters(), pipe.refilter, read_ahead=read_ahead)
+        results.append((res.packets, res.error))
+    pipe.finish()
+    return sink.lines, pipe.detector.hunt_results(), results, _stats(pipe.stats())
+
+
+def split(paths: list[Path], config: dict, n: int) -> tuple:
+    cfg = config_from_dict(config, "<test>")
+    out = partition.run([str(p) for p in paths], cfg, RULES, n)
+    try:
+        sink = _Lines()
+        det = Detector(RULES, cfg.limits)
+        if not out.fallback:
+            out.deliver(sink, det)
+    finally:
+        out.cleanup()
+    return (sink.lines, det.hunt_results(), out.results, _stats(out.stats)), out.fallback
+
+
+# -- split by host pair -------------------------------------------------------------
+
+def test_shares_are_symmetric_and_weighted():
+    rng = random.Random(1)
+    for n in (2, 3, 5):
+        table = partition.share_table(n)
+        assert len(table) == 256 and set(table) == set(range(n))
+        counts = [table.count(k) for k in range(n)]
+        assert counts[0] < min(counts[1:])               # the parent also reads: it takes less
+        for _ in range(200):
+            a, b = rng.randbytes(4), rng.randbytes(16 if rng.random() < 0.5 else 4)
+            assert partition.owner(a, b, table) == partition.owner(b, a, table)
+
+
+def test_raw_owner_finds_the_addresses_behind_vlan_tags():
+    table = partition.share_table(7)
+    src, dst = bytes([10, 1, 2, 3]), bytes([198, 51, 100, 9])
+    ip4 = bytes([0x45, 0, 0, 40, 0, 0, 0, 0, 64, 6, 0, 0]) + src + dst + bytes(20)
+    plain = bytes(12) + b"\x08\x00" + ip4
+    qinq = bytes(12) + b"\x88\xa8\x00\x05\x81\x00\x00\x07\x08\x00" + ip4
+    want = partition.owner(src, dst, table)
+    assert partition.raw_owner(plain, table) == partition.raw_owner(qinq, table) == want
+    s6, d6 = bytes(range(16)), bytes(range(16, 32))
+    ip6 = bytes([0x60, 0, 0, 0, 0, 20, 6, 64]) + s6 + d6 + bytes(20)
+    assert partition.raw_owner(bytes(12) + b"\x86\xdd" + ip6, table) == partition.owner(s6, d6, table)
+    for junk in (b"", bytes(13), bytes(12) + b"\x08\x00" + bytes(10), bytes(12) + b"\x08\x06" + bytes(28)):
+        assert partition.raw_owner(junk, table) == 0      # no addresses: share 0 reports it
+
+
+@pytest.mark.parametrize("path", CAPTURES, ids=lambda p: p.stem)
+def test_committed_captures_split_equals_one_process(path):
+    config = _config(path)
+    want = one_process([path], config)
+    assert want[0], "no records"
+    for n in (2, 3):
+        got, fallback = split([path], config, n)
+        assert not fallback
+        assert got == want, n
+
+
+def test_several_files_split_equal_one_process():
+    paths = [REPO / "pcaps" / "real" / "ftp_passive_anon.pcap", REPO / "pcaps" / "real" / "tftp.pcap",
+             REPO / "pcaps" / "real" / "smb445.pcap"]
+    got, fallback = split(paths, {}, 2)
+    assert not fallback and got == one_process(paths, {})
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mutated_captures_split_equals_one_process(seed, tmp_path):
+    sys.path.insert(0, str(REPO / "fuzz"))
+    try:
+        import mutate
+    finally:
+        sys.path.remove(str(REPO / "fuzz"))
+    rng = random.Random(seed)
+    corpus = [c for c in mutate.load_corpus([REPO / "pcaps" / "real", REPO / "pcaps" / "demo.pcap"]) if c[1] == 1]
+    mutator = mutate.Mutator(rng, [20, 21, 69, 139, 445, 989, 990, 1024, 2000, 40000, 65535], False)
+    compared = 0
+    for i in range(6):
+        _, preset, lt, frames, _ = mutate.make_batch(rng, corpus, rng.choice((0.0, 0.05, 0.3)), mutator)
+        path = mutate.write_pcapng(tmp_path / f"m{i}.pcapng", 1, frames)
+        config = mutate.PRESETS[preset]
+        got, fallback = split([path], config, 2)
+        if fallback:          # replayed in one process by the CLI: nothing to compare
+            assert "capture filter" in fallback or "bound" in fallback or "threshold" in fallback
+            continue
+        assert got == one_process([path], config), (seed, i, preset)
+        compared += 1
+    assert compared >= 3
+
+
+def test_damaged_capture_split_equals_one_process(tmp_path):
+    data = (REPO / "pcaps" / "real" / "ftp_passive_anon.pcap").read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[:len(data) // 2 + 7])
+    want = one_process([cut], {})
+    got, fallback = split([cut], {}, 2)
+    assert want[2][0][1] and not fallback and got == want
+
+
+def test_a_filter_change_falls_back_to_one_process(tmp_path):
+    path = ftp_on_port_443(tmp_path / "ftp443.pcap")
+    _, fallback = split([path], {}, 2)
+    assert "capture filter changed" in fallback
+    cp = subprocess.run(SENSOR + ["replay", str(path), "--workers", "2", "--format", "json"], cwd=REPO,
+                        capture_output=True, timeout=120)
+    assert cp.returncode == 0 and b"replaying in one process: the capture filter changed" in cp.stderr
+    one = subprocess.run(SENSOR + ["replay", str(path), "--workers", "1", "--format", "json"], cwd=REPO,
+                         capture_output=True, timeout=120)
+    a, b = json.loads(cp.stdout), json.loads(one.stdout)
+    assert a["stats"] == b["stats"] and a["alerts"] == b["alerts"] and a["connections"] == b["connections"] == 2
+
+
+def test_a_bound_that_could_be_reached_falls_back(tmp_path):
+    # 4 flows at once in the whole capture: each worker alone stays below the
+    # emergency threshold of max_flows 4, the sum might not have
+    config = {"limits": {"max_flows": 4}}
+    path = REPO / "pcaps" / "real" / "ftp_passive_anon.pcap"
+    _, fallback = split([path], config, 3)
+    assert "emergency" in fallback
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> Path:
+    """Two hours of generated mixed traffic, 150,000 packets (128 MB: ``auto`` splits it)."""
+    out = tmp_path_factory.mktemp("mixed") / "mixed.pcap"
+    subprocess.run([sys.executable, str(REPO / "bench" / "gen_mixed.py"), "--packets", "150000", "--seed", "11",
+                    "--out", str(out)], check=True, capture_output=True, timeout=300)
+    return out
+
+
+def test_generated_mixed_capture_split_equals_one_process_through_the_cli(mixed, tmp_path):
+    outs = {}
+    for n in (1, 2, 3):
+        out = tmp_path / f"w{n}"
+        cp = subprocess.run(SENSOR + ["replay", str(mixed), "--workers", str(n), "--out", str(out)], cwd=REPO,
+                            capture_output=True, timeout=300)
+        assert cp.returncode == 0, cp.stderr
+        assert b"replaying in one process" not in cp.stderr
+        summary = [line for line in cp.stdout.decode().splitlines()[1:] if not line.startswith("records (")]
+        outs[n] = ({k: (out / f"{k}.jsonl").read_bytes() for k in ("connections", "transfers", "weird", "alerts")},
+                   summary, cp.stdout.decode().splitlines()[0].split(" in ")[0])
+    assert outs[1][0]["connections"].count(b"\n") > 150 and outs[1][0]["alerts"]
+    assert outs[1] == outs[2] == outs[3]
+    assert partition.choose_workers("auto", [str(mixed)]) == min(len(os.sched_getaffinity(0)), 8)
+
+
+def test_choose_workers():
+    small = str(REPO / "pcaps" / "demo.pcap")
+    assert partition.choose_workers("auto", [small]) == 1          # below PARTITION_MIN_BYTES
+    assert partition.choose_workers(3, [small]) == 3
+    sll = REPO / "pcaps" / "real" / "tftp.pcap"
+    assert partition.partitionable(str(sll))
+    assert not partition.partitionable("/dev/stdin") and not partition.partitionable("/nonexistent")
+
+
+def test_workers_option_is_checked():
+    for bad in ("0", "x", "65"):
+        cp = subprocess.run(SENSOR + ["replay", str(REPO / "pcaps" / "demo.pcap"), "--workers", bad], cwd=REPO,
+                            capture_output=True, timeout=60)
+        assert cp.returncode == 2 and b"--workers" in cp.stderr
