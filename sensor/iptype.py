@@ -10,6 +10,7 @@ lab or VPN range must be named explicitly with ``ip_type_overrides``.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Iterable, Mapping
 
 IP_TYPES = (
@@ -33,6 +34,17 @@ _BROADCAST = ipaddress.ip_address("255.255.255.255")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_address(ip: str) -> Address:
+    """``ipaddress.ip_address`` of a textual address, parsed by the C
+    library (inet_pton) rather than digit by digit in Python."""
+    try:
+        if ":" in ip:
+            return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, ip))
+        return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, ip))
+    except OSError:
+        return ipaddress.ip_address(ip)   # what inet_pton refuses: ipaddress's own error (or reading)
 
 
 def builtin_type(addr: Address) -> str:
@@ -76,7 +88,7 @@ class IpTyper:
         t = self._cache.get(ip)
         if t is not None:
             return t
-        addr = ipaddress.ip_address(ip)
+        addr = parse_address(ip)
         t = None
         for net, typ in self._overrides:
             if addr.version == net.version and addr in net:
@@ -102,7 +114,7 @@ class NetSet:
     def __contains__(self, ip: str) -> bool:
         r = self._cache.get(ip)
         if r is None:
-            addr = ipaddress.ip_address(ip)
+            addr = parse_address(ip)
             r = any(addr.version == n.version and addr in n for n in self._nets)
             if len(self._cache) >= 65536:
                 self._cache.clear()
