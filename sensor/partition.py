@@ -45,11 +45,13 @@ from __future__ import annotations
 import heapq
 import os
 import pickle
+import queue
 import shutil
 import signal
 import stat
 import struct
 import tempfile
+import threading
 import traceback
 import zlib
 from array import array
@@ -66,6 +68,7 @@ MAX_AUTO_WORKERS = 8             # ``--workers auto``: at most this many process
 SPOOL_BATCH = 256                # records pickled together into a spool file
 READ_BATCH = 1024                # packets handed to the workers per write
 PIPE_BYTES = 1 << 20             # pipe buffer asked for, reader -> worker
+FEED_BATCHES = 32                # batches queued for a worker before the parent waits
 LINKTYPE_ETHERNET = 1
 _FLUSH_INDEX = 1 << 62           # the final flush comes after every packet
 
@@ -281,9 +284,9 @@ class _Distributor:
     pipeline; to every worker, every packet's time and share, and the frames
     of its share; ``READ_BATCH`` packets per write."""
 
-    def __init__(self, fds: list[int], pipe: Any, spool: _Spool) -> None:
-        self.fds = fds           # worker k's feed is fds[k - 1]
-        self.n = len(fds) + 1
+    def __init__(self, feeds: list["_Feed"], pipe: Any, spool: _Spool) -> None:
+        self.feeds = feeds       # worker k's is feeds[k - 1]
+        self.n = len(feeds) + 1
         self.pipe = pipe
         self.spool = spool
         self.ts, self.own, self.len = array("Q"), array("H"), array("I")
@@ -327,12 +330,49 @@ class _Distributor:
         if not self.ts:
             return
         meta = self.ts.tobytes() + self.own.tobytes() + self.len.tobytes()
-        for k, fd in enumerate(self.fds, 1):
+        for k, feed in enumerate(self.feeds, 1):
             frames = self.frames[k]
             body = b"".join(frames)
-            _write_all(fd, _BATCH.pack(len(self.ts), len(body)) + meta + body)
+            feed.put(_BATCH.pack(len(self.ts), len(body)) + meta + body)
             frames.clear()
         del self.ts[:], self.own[:], self.len[:]
+
+
+class _Feed:
+    """A worker's pipe, written by a thread of its own (the write releases
+    the GIL), so the parent goes on with its share while a worker is busy --
+    up to ``FEED_BATCHES`` batches queued."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.q: queue.Queue = queue.Queue(FEED_BATCHES)
+        self.error: OSError | None = None
+        self.thread = threading.Thread(target=self._run, name="replay-feed", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            data = self.q.get()
+            if data is None:
+                return
+            if self.error is None:
+                try:
+                    _write_all(self.fd, data)
+                except OSError as e:     # the worker is gone: reported by put() and close()
+                    self.error = e
+
+    def put(self, data: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(data)
+
+    def close(self) -> None:
+        """Write what is queued, then end the worker's input."""
+        self.q.put(None)
+        self.thread.join()
+        os.close(self.fd)
+        if self.error is not None:
+            raise self.error
 
 
 # -- the parent's side ----------------------------------------------------------------
@@ -413,6 +453,7 @@ def run(paths: Sequence[str], cfg: Any, rules: Any, n: int, progress: Any = None
     spools = [os.path.join(tmpdir, f"share{k}.spool") for k in range(n)]
     kids: list[tuple[int, int]] = []     # (pid, fd of its answer)
     feeds: list[int] = []
+    writers: list[_Feed] = []
     try:
         for k in range(1, n):
             data_r, data_w = os.pipe()
@@ -439,9 +480,11 @@ def run(paths: Sequence[str], cfg: Any, rules: Any, n: int, progress: Any = None
             feeds.append(data_w)
             kids.append((pid, ans_r))
         results = []
+        writers = [_Feed(fd) for fd in feeds]
+        feeds = []
         with open(spools[0], "wb", buffering=1 << 20) as out:
             pipe, spool = _share(cfg, rules, out)
-            dist = _Distributor(feeds, pipe, spool)
+            dist = _Distributor(writers, pipe, spool)
             handle = dist.handler()
             filters = capture_filters(PortSet(cfg.tracked_ports).filter_ports)
             handler_for = progress.wrap(lambda linktype: handle) if progress is not None else (lambda lt: handle)
@@ -455,9 +498,8 @@ def run(paths: Sequence[str], cfg: Any, rules: Any, n: int, progress: Any = None
                         progress.clear()
                 results.append((res.packets, res.error))
             dist.flush()
-            for fd in feeds:
-                os.close(fd)
-            feeds = []
+            while writers:
+                writers.pop().close()
             pipe.finish()
             spool.close()
         answers = [("ok", _report(pipe))]
@@ -470,13 +512,18 @@ def run(paths: Sequence[str], cfg: Any, rules: Any, n: int, progress: Any = None
             answers.append(pickle.loads(data))
         kids = []
     except BaseException:
-        for fd in feeds:
-            os.close(fd)
-        for pid, r in kids:
+        for pid, r in kids:        # first, so a feed blocked on a full pipe gets EPIPE
             try:
                 os.kill(pid, signal.SIGTERM)
                 os.waitpid(pid, 0)
                 os.close(r)
+            except OSError:
+                pass
+        for fd in feeds:
+            os.close(fd)
+        for w in writers:
+            try:
+                w.close()
             except OSError:
                 pass
         shutil.rmtree(tmpdir, ignore_errors=True)
