@@ -260,20 +260,24 @@ def _work(k: int, fd: int, cfg: Any, rules: Any, spool_path: str) -> dict:
             if len(head) < _BATCH.size:
                 break
             count, nbytes = _BATCH.unpack(head)
-            ts_a, own_a, len_a = array("Q"), array("H"), array("I")
+            ts_a, ol_a = array("Q"), array("I")
             ts_a.frombytes(f.read(8 * count))
-            own_a.frombytes(f.read(2 * count))
-            len_a.frombytes(f.read(4 * count))
+            ol_a.frombytes(f.read(4 * count))
             frames = f.read(nbytes)
             o = 0
-            for ts, w, ln in zip(ts_a, own_a, len_a):
+            for ts, ol in zip(ts_a, ol_a):
                 index += 1
-                spool.index = index
-                if w == k:
+                if ol >> 24 == k:
+                    spool.index = index
+                    ln = ol & 0xFFFFFF
                     handle(ts, frames[o:o + ln])
                     o += ln
-                elif ts > ft.now or ft.now >= ft.next_scan:
-                    advance(ts)      # another share's packet: the clock moves all the same
+                else:                # another share's packet: the clock moves all the same
+                    if ts > ft.now:
+                        ft.now = ts
+                    if ft.now >= ft.next_scan:
+                        spool.index = index
+                        advance(ts)
         pipe.finish()
         spool.close()
     return _report(pipe)
@@ -289,16 +293,19 @@ class _Distributor:
         self.n = len(feeds) + 1
         self.pipe = pipe
         self.spool = spool
-        self.ts, self.own, self.len = array("Q"), array("H"), array("I")
+        # per packet: its time, and its length with its share in the top byte
+        # (libpcap refuses records over 262,144 bytes: 24 bits are enough)
+        self.ts, self.ol = array("Q"), array("I")
         self.frames: list[list[bytes]] = [[] for _ in range(self.n)]
 
     def handler(self):
-        """The per-packet function (``raw_owner`` inline for untagged IPv4)."""
+        """The per-packet function (``raw_owner`` inline for IPv4 and IPv6,
+        untagged or behind one 802.1Q tag)."""
         table = share_table(self.n)
         crc = _crc
         flush = self.flush
-        ts_a, own_a, len_a, frames = self.ts, self.own, self.len, self.frames
-        add_ts, add_own, add_len = ts_a.append, own_a.append, len_a.append
+        ts_a, ol_a, frames = self.ts, self.ol, self.frames
+        add_ts, add_ol = ts_a.append, ol_a.append
         spool = self.spool
         ft = self.pipe.flows
         advance = ft.advance
@@ -307,18 +314,27 @@ class _Distributor:
 
         def handle(ts: int, data: bytes) -> None:
             nonlocal index
-            if data[12:14] == b"\x08\x00" and len(data) >= 34:
+            et = data[12:14]
+            n = len(data)
+            if et == b"\x08\x00" and n >= 34:
                 w = table[(crc(data[26:30]) ^ crc(data[30:34])) & 0xFF]
+            elif et == b"\x81\x00" and data[16:18] == b"\x08\x00" and n >= 38:
+                w = table[(crc(data[30:34]) ^ crc(data[34:38])) & 0xFF]
+            elif et == b"\x86\xdd" and n >= 54:
+                w = table[(crc(data[22:38]) ^ crc(data[38:54])) & 0xFF]
+            elif et == b"\x81\x00" and data[16:18] == b"\x86\xdd" and n >= 58:
+                w = table[(crc(data[26:42]) ^ crc(data[42:58])) & 0xFF]
             else:
                 w = raw_owner(data, table)
             index += 1
             spool.index = index
             add_ts(ts)
-            add_own(w)
-            add_len(len(data))
+            add_ol(n | (w << 24))
             if w:
                 frames[w].append(data)
-                if ts > ft.now or ft.now >= ft.next_scan:
+                if ts > ft.now:
+                    ft.now = ts
+                if ft.now >= ft.next_scan:
                     advance(ts)
                 if len(ts_a) >= READ_BATCH:
                     flush()
@@ -329,13 +345,13 @@ class _Distributor:
     def flush(self) -> None:
         if not self.ts:
             return
-        meta = self.ts.tobytes() + self.own.tobytes() + self.len.tobytes()
+        meta = self.ts.tobytes() + self.ol.tobytes()
         for k, feed in enumerate(self.feeds, 1):
             frames = self.frames[k]
             body = b"".join(frames)
             feed.put(_BATCH.pack(len(self.ts), len(body)) + meta + body)
             frames.clear()
-        del self.ts[:], self.own[:], self.len[:]
+        del self.ts[:], self.ol[:]
 
 
 class _Feed:
