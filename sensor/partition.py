@@ -498,35 +498,46 @@ def run(paths: Sequence[str], cfg: Any, rules: Any, n: int, progress: Any = None
         results = []
         writers = [_Feed(fd) for fd in feeds]
         feeds = []
+        fed: OSError | None = None      # a worker stopped reading: its own answer says why
         with open(spools[0], "wb", buffering=1 << 20) as out:
             pipe, spool = _share(cfg, rules, out)
             dist = _Distributor(writers, pipe, spool)
             handle = dist.handler()
             filters = capture_filters(PortSet(cfg.tracked_ports).filter_ports)
             handler_for = progress.wrap(lambda linktype: handle) if progress is not None else (lambda lt: handle)
-            for path in paths:
-                if progress is not None:
-                    progress.begin(path)
-                res = read_file(path, handler_for, filters)
-                if progress is not None:
-                    progress.end(path)
-                    if res.error:
-                        progress.clear()
-                results.append((res.packets, res.error))
-            dist.flush()
+            try:
+                for path in paths:
+                    if progress is not None:
+                        progress.begin(path)
+                    res = read_file(path, handler_for, filters)
+                    if progress is not None:
+                        progress.end(path)
+                        if res.error:
+                            progress.clear()
+                    results.append((res.packets, res.error))
+                dist.flush()
+            except OSError as e:
+                fed = e
             while writers:
-                writers.pop().close()
+                try:
+                    writers.pop().close()
+                except OSError as e:
+                    fed = fed or e
             pipe.finish()
             spool.close()
         answers = [("ok", _report(pipe))]
-        for pid, r in kids:
+        while kids:
+            pid, r = kids.pop(0)
             data = _read_all(r)
             os.close(r)
             _, status = os.waitpid(pid, 0)
             if not data:
                 raise RuntimeError(f"replay worker {pid} died (wait status {status})")
             answers.append(pickle.loads(data))
-        kids = []
+            if answers[-1][0] != "ok":
+                raise RuntimeError("replay worker failed:\n" + answers[-1][1])
+        if fed is not None:
+            raise fed
     except BaseException:
         for pid, r in kids:        # first, so a feed blocked on a full pipe gets EPIPE
             try:
@@ -544,10 +555,6 @@ def run(paths: Sequence[str], cfg: Any, rules: Any, n: int, progress: Any = None
                 pass
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise
-    for status, out in answers:
-        if status != "ok":
-            shutil.rmtree(tmpdir, ignore_errors=True)
-            raise RuntimeError("replay worker failed:\n" + out)
     outs = [out for _, out in answers]
     return Outcome(n, results, _sum_stats([o["stats"] for o in outs]), _fallback(outs), spools, tmpdir)
 

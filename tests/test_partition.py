@@ -207,3 +207,13 @@ def test_workers_option_is_checked():
         cp = subprocess.run(SENSOR + ["replay", str(REPO / "pcaps" / "demo.pcap"), "--workers", bad], cwd=REPO,
                             capture_output=True, timeout=60)
         assert cp.returncode == 2 and b"--workers" in cp.stderr
+
+
+def test_a_failing_worker_fails_the_replay_loudly_and_leaves_nothing(monkeypatch, tmp_path):
+    def broken(k, fd, cfg, rules, spool_path):
+        raise ValueError("worker exploded")
+    monkeypatch.setattr(partition, "_work", broken)
+    monkeypatch.setattr(partition.tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(RuntimeError, match="worker exploded"):
+        partition.run([str(REPO / "pcaps" / "real" / "smb445.pcap")], config_from_dict({}, "<test>"), RULES, 3)
+    assert list(tmp_path.iterdir()) == []
