@@ -502,7 +502,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from .pipeline import tune_gc
+    from .entry import tune_gc
     tune_gc()
     if argv[:1] == ["run"]:
         # the daemon parses its own options (-i, --config, --rules, --out, --allow-root)

@@ -270,7 +270,7 @@ class Daemon:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .cli import default_rules_dir
-    from .pipeline import tune_gc
+    from .entry import tune_gc
     tune_gc()
     ap = argparse.ArgumentParser(prog="xfer-sensor run", description="capture live and write records")
     ap.add_argument("-i", "--interface", action="append", required=True, help="interface (repeatable)")

@@ -26,19 +26,6 @@ WEIRD_LOG_PER_NAME = 1000
 HELD_TRANSFERS_MAX = 4096     # transfer records waiting for their connection's lookup
 
 
-# CPython collects generation 0 every 700 net allocations and re-examines
-# the older generations every 10 of those: with a flow table of 10^5 live
-# objects (flows, their sides, analyzers) that is mostly re-scanning objects
-# that live on. Measured on a replay of 100,000 flows: 15-20 % of the time.
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def tune_gc() -> None:
-    """Collect less often (the process runs one pipeline; see GC_THRESHOLDS)."""
-    import gc
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 def _clocked(advance: Callable[[int], int], inner: Callable[[int, bytes], None]) -> Callable[[int, bytes], None]:
     """Every packet moves the clock, target or not (as the fused path does)."""
     def handle(ts: int, data: bytes) -> None:
