@@ -152,11 +152,11 @@ def choose_workers(requested: str | int, paths: Sequence[str]) -> int:
     return max(1, n)
 
 
-# -- the worker's side ----------------------------------------------------------------
+# -- a share's side -------------------------------------------------------------------
 
 class _Spool:
-    """A worker pipeline's sink: each record with its merge key, pickled in
-    batches into the worker's spool file."""
+    """The sink of a share's pipeline (the parent's or a worker's): each
+    record with its merge key, pickled in batches into the share's spool file."""
 
     __slots__ = ("ft", "f", "index", "buf", "ctx", "seq", "last")
 
@@ -222,7 +222,6 @@ class _DetectTap:
 
 
 _BATCH = struct.Struct("=II")   # packets in a batch, bytes of its frames
-_NO_FRAME = 0xFFFFFFFF
 
 
 def _share(cfg: Any, rules: Any, spool_file) -> tuple[Any, _Spool]:
