@@ -376,3 +376,29 @@ def test_mutation_fuzz_quick_no_crash(tmp_path):
     assert s.determinism_checked > 0
     assert s.crashes == 0, s.text()
     assert len(s.by_link) >= 8          # the batches went through most link types
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=st.lists(packet, max_size=80))
+def test_every_scan_ends_every_flow_idle_past_its_timeout(spec):
+    # with a budget that never binds and no bound on the table, right after
+    # each expiry scan no flow in the table has been idle past its class's
+    # timeout at the scan's time, and the timeout heaps hold each flow once
+    cfg = config_from_dict({"timeouts": {"tcp_attempt": 1.0, "tcp_established": 5.0, "tcp_closed": 0.5,
+                                         "udp": 1.0},
+                            "limits": {"flow_scan_interval": 0.001, "flow_scan_budget": 100_000}})
+    ft = FlowTable(cfg, lambda f: None)
+    for p in _packets(spec):
+        before = ft.next_scan
+        ft.process(p)
+        live = {id(f) for f in ft.flows.values()}
+        entries = [e for q in ft.queues for e in q if e[2] == e[3].qver and e[3].inq]
+        assert sorted(id(e[3]) for e in entries) == sorted(live)
+        assert ft.qlive == [sum(1 for e in q if e[2] == e[3].qver and e[3].inq) for q in ft.queues]
+        if ft.next_scan != before:             # a scan ran at ft.now, before this packet was accounted
+            scan = ft.next_scan - ft.scan_interval_us
+            for f in ft.flows.values():
+                if f.key == (p.proto,) + (((p.src, p.sport) + (p.dst, p.dport)) if (p.src, p.sport) <= (p.dst, p.dport)
+                                          else ((p.dst, p.dport) + (p.src, p.sport))):
+                    continue                   # this packet's own flow may be new or just refreshed
+                assert f.last_ts > scan - ft.timeouts_us[f.tclass], (f.uid, f.tclass, f.last_ts, scan)
