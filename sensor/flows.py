@@ -272,8 +272,6 @@ class FlowTable:
                     _, _, ver, flow = heappop(q)
                     if ver != flow.qver or not flow.inq:
                         continue       # left behind by a requeue, class change or end
-                    flow.inq = False
-                    self.qlive[cls] -= 1
                     n += 1
                     if flow.last_ts > limit:
                         self._queue(flow, cls, flow.last_ts)   # active since it was queued
@@ -298,7 +296,8 @@ class FlowTable:
         heapq.heappush(self.queues[cls], (qts, flow.uid, ver, flow))
 
     def _unqueue(self, flow: Flow) -> None:
-        """Its live entry becomes dead (it stays in the heap until popped or compacted)."""
+        """Its live entry becomes dead (it stays in the heap until popped or
+        compacted; the scan and the eviction pop it first, then requeue or end)."""
         flow.inq = False
         cls = flow.tclass
         self.qlive[cls] -= 1
@@ -379,8 +378,6 @@ class FlowTable:
                 if flow.last_ts <= flow.qts or looked >= 8:
                     break
                 heapq.heappop(q)
-                flow.inq = False
-                self.qlive[cls] -= 1
                 self._queue(flow, cls, flow.last_ts)
                 looked += 1
             if not q:
