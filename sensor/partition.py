@@ -59,9 +59,9 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Iterator, Sequence
 
+from .decode import _VLAN_TPIDS, LINKTYPE_ETHERNET, MAX_VLAN_TAGS
+
 _crc = zlib.crc32
-_TPIDS = frozenset((0x8100, 0x88A8, 0x9100, 0x9200))   # decode._VLAN_TPIDS
-_MAX_TAGS = 4                                        # decode.MAX_VLAN_TAGS
 
 PARTITION_MIN_BYTES = 64 << 20   # ``--workers auto``: smaller captures run in one process
 MAX_AUTO_WORKERS = 8             # ``--workers auto``: at most this many processes
@@ -69,7 +69,6 @@ SPOOL_BATCH = 256                # records pickled together into a spool file
 READ_BATCH = 1024                # packets handed to the workers per write
 PIPE_BYTES = 1 << 20             # pipe buffer asked for, reader -> worker
 FEED_BATCHES = 32                # batches queued for a worker before the parent waits
-LINKTYPE_ETHERNET = 1
 _FLUSH_INDEX = 1 << 62           # the final flush comes after every packet
 
 
@@ -100,7 +99,7 @@ def raw_owner(data: bytes, table: bytes) -> int:
         return 0
     et = (data[12] << 8) | data[13]
     tags = 0
-    while et in _TPIDS and tags < _MAX_TAGS and off + 4 <= len(data):
+    while et in _VLAN_TPIDS and tags < MAX_VLAN_TAGS and off + 4 <= len(data):
         et = (data[off + 2] << 8) | data[off + 3]
         off += 4
         tags += 1
@@ -122,11 +121,11 @@ def partitionable(path: str) -> bool:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return False
         types = _pcapng_link_types(path)
-        if types is not None and types != {1}:
+        if types is not None and types != {LINKTYPE_ETHERNET}:
             return False
         r = open_offline(path)
         try:
-            return r.datalink() == 1
+            return r.datalink() == LINKTYPE_ETHERNET
         finally:
             r.close()
     except (OSError, CaptureError):
@@ -326,7 +325,6 @@ class _Distributor:
             else:
                 w = raw_owner(data, table)
             index += 1
-            spool.index = index
             add_ts(ts)
             add_ol(n | (w << 24))
             if w:
@@ -334,11 +332,13 @@ class _Distributor:
                 if ts > ft.now:
                     ft.now = ts
                 if ft.now >= ft.next_scan:
+                    spool.index = index      # the scan may end flows of share 0
                     advance(ts)
-                if len(ts_a) >= READ_BATCH:
-                    flush()
             else:
+                spool.index = index
                 mine(ts, data)
+            if len(ts_a) >= READ_BATCH:      # whoever's packet: the hand-out stays bounded
+                flush()
         return handle
 
     def flush(self) -> None:
@@ -396,7 +396,6 @@ class _Feed:
 class Outcome:
     """What the workers did. ``fallback``: why their output cannot stand for
     one pipeline's (then replay in one process); empty when it can."""
-    workers: int
     results: list[tuple[int, str]]           # per path: (packets delivered, damage)
     stats: dict[str, Any]
     fallback: str = ""
@@ -555,7 +554,7 @@ def run(paths: Sequence[str], cfg: Any, rules: Any, n: int, progress: Any = None
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise
     outs = [out for _, out in answers]
-    return Outcome(n, results, _sum_stats([o["stats"] for o in outs]), _fallback(outs), spools, tmpdir)
+    return Outcome(results, _sum_stats([o["stats"] for o in outs]), _fallback(outs), spools, tmpdir)
 
 
 def _widen(fd: int) -> None:

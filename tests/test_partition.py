@@ -197,8 +197,7 @@ def test_choose_workers():
     small = str(REPO / "pcaps" / "demo.pcap")
     assert partition.choose_workers("auto", [small]) == 1          # below PARTITION_MIN_BYTES
     assert partition.choose_workers(3, [small]) == 3
-    sll = REPO / "pcaps" / "real" / "tftp.pcap"
-    assert partition.partitionable(str(sll))
+    assert partition.partitionable(str(REPO / "pcaps" / "real" / "tftp.pcap"))
     assert not partition.partitionable("/dev/stdin") and not partition.partitionable("/nonexistent")
 
 
