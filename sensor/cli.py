@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__
+from . import __version__, partition
 from .capture import CaptureError, read_file
 from .config import PROFILES, ConfigError, SyslogOutput, load_config
-from .outputs import KINDS, MemorySink, TeeSink
-from . import partition
 from .detect import Detector
+from .outputs import KINDS, MemorySink, TeeSink
 from .pipeline import Pipeline
 from .progress import Progress, ProgressAwareHandler
 from .records import RECORD_FIELDS
@@ -161,8 +160,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     to_stdout = bool(args.stdout or output.stdout)
     summary_out = sys.stderr if to_stdout else sys.stdout
     mem = _SummarySink()
-    progress = Progress(args.pcap, enabled=None if args.progress == "auto" else args.progress == "always")
-    _log_to(progress)
+
+    def new_progress() -> Progress:
+        p = Progress(args.pcap, enabled=None if args.progress == "auto" else args.progress == "always")
+        _log_to(p)
+        return p
+    progress = new_progress()
     t0 = time.perf_counter()
     workers = partition.choose_workers(args.workers, args.pcap)
     split = None
@@ -175,8 +178,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             log.warning("replaying in one process: %s", split.fallback)
             split.cleanup()
             split = None
-            progress = Progress(args.pcap, enabled=None if args.progress == "auto" else args.progress == "always")
-            _log_to(progress)
+            progress = new_progress()
     try:
         outputs = build_outputs(output, config=cfg, rules=rules, outdir=args.out, stdout=to_stdout,
                                 syslog=syslog, block=True)
