@@ -1,4 +1,4 @@
-"""Events: small frozen dataclasses named for what happened.
+"""Events: small frozen value classes (sensor/frozen.py) named for what happened.
 
 Analyzers (sans-IO) turn bytes and packet time into these; the pipeline routes
 them to the expectation table, the transfer log, the weird log and the
@@ -8,13 +8,14 @@ connection records. ``event_type`` is derived from the class name
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import ClassVar
+
+from .frozen import frozen
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Event:
     """Base of all events. ``ts`` is packet time in integer microseconds."""
 
@@ -23,11 +24,11 @@ class Event:
     event_type: ClassVar[str] = "event"
 
     def __init_subclass__(cls, **kw: object) -> None:
-        super(Event, cls).__init_subclass__(**kw)  # zero-arg super breaks under slots=True
+        super(Event, cls).__init_subclass__(**kw)  # zero-arg super: the class is rebuilt
         cls.event_type = _CAMEL.sub("_", cls.__name__).lower()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Weird(Event):
     """A peer did something malformed or unexpected (Zeek's weird.log).
 
@@ -39,7 +40,7 @@ class Weird(Event):
     analyzer: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen(uncompared=("context",))
 class ExpectConnection(Event):
     """An analyzer announces a connection that will belong to this one.
 
@@ -56,7 +57,7 @@ class ExpectConnection(Event):
     resp_p: int | None
     analyzer: str
     expires_us: int
-    context: object = field(default=None, compare=False)
+    context: object = None
 
 
 class _NeedData:

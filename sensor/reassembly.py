@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .frozen import frozen
+
 _M32 = 0xFFFFFFFF
 _HALF = 1 << 31
 
@@ -27,7 +29,7 @@ class ReassemblyLimits:
     depth: int = 4 * 1024 * 1024       # bytes delivered per direction, then stop
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Chunk:
     """In-order data (``gap`` = 0) or a gap of ``gap`` missing bytes."""
 

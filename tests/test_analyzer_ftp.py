@@ -10,7 +10,7 @@ events every time.
 """
 from __future__ import annotations
 
-from dataclasses import fields, replace
+from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -50,6 +50,7 @@ from sensor.analyzers.ftp import (
 )
 from sensor.analyzers.tls import parse_tls_client_hello_sni
 from sensor.events import Event, ExpectConnection, Weird
+from sensor.frozen import fields_of
 from test_analyzer_tls import openssl_client_hello
 
 CLIENT, SERVER = "10.77.0.1", "10.77.0.2"
@@ -708,8 +709,8 @@ def test_nul_and_invalid_utf8_decoded_safely() -> None:
     assert cmd.arg == "a\x00b\\xff\\xfe.txt"
     assert of(events, FtpReply)[0].text == "Failed to open file \\xff."
     for e in events:
-        for f in fields(e):
-            value = getattr(e, f.name)
+        for name in fields_of(e):
+            value = getattr(e, name)
             if isinstance(value, str):
                 value.encode("utf-8")  # never a lone surrogate
 
@@ -958,8 +959,8 @@ def check_events(events: list[Event]) -> None:
         assert isinstance(e, Event)
         if isinstance(e, Weird):
             assert e.analyzer == "ftp" and e.name in WEIRD_NAMES
-        for f in fields(e):
-            value = getattr(e, f.name)
+        for name in fields_of(e):
+            value = getattr(e, name)
             if isinstance(value, str):
                 value.encode("utf-8")
 

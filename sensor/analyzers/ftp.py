@@ -220,6 +220,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Union
 
 from ..events import NEED_DATA, Event, ExpectConnection, Weird
+from ..frozen import frozen
 from .base import Analyzer, ConnInfo
 
 if TYPE_CHECKING:
@@ -271,7 +272,7 @@ DEFAULT_LIMITS: Final = FtpLimits()
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FtpRequest(Event):
     """A command line from the client (PASS/ACCT arguments are blanked)."""
 
@@ -281,7 +282,7 @@ class FtpRequest(Event):
     arg_truncated: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FtpReply(Event):
     """A complete (possibly multi-line) reply; seq/for_command: what it answers."""
 
@@ -292,7 +293,7 @@ class FtpReply(Event):
     for_command: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FtpLogin(Event):
     """Outcome of a USER or PASS command. The password is never kept."""
 
@@ -304,7 +305,7 @@ class FtpLogin(Event):
     code: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FtpSize(Event):
     """SIZE <path> answered ``213 <size>``."""
 
@@ -314,7 +315,7 @@ class FtpSize(Event):
     size: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FtpTlsUpgrade(Event):
     """AUTH answered 234: the control channel is TLS from here on."""
 
@@ -323,7 +324,7 @@ class FtpTlsUpgrade(Event):
     code: int = 234
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FtpDataCommand(Event):
     """A transfer command was sent (see module docstring for linking)."""
 
@@ -336,7 +337,7 @@ class FtpDataCommand(Event):
     channel_seq: int  # seq of the PORT/EPRT/PASV/EPSV announcing it, 0 = none
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FtpDataResult(Event):
     """The final reply (or the end of tracking) of a transfer command."""
 
@@ -352,7 +353,7 @@ class FtpDataResult(Event):
     announced_size: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FtpDataChannel:
     """``ExpectConnection.context`` for an FTP data connection."""
 
@@ -482,7 +483,7 @@ class FtpAddressError(ValueError):
     """A PORT/EPRT argument or 227/229 reply without a usable address."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HostPort:
     host: str | None  # normalised address text; None for EPSV
     port: int
@@ -640,14 +641,14 @@ def _plausible_command(line: bytes) -> bool:
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CommandLine:
     command: str  # upper-cased verb
     arg: str
     arg_truncated: bool  # cut at max_arg_length or with the line
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReplyMessage:
     code: int
     text: str
@@ -655,13 +656,13 @@ class ReplyMessage:
     lines: int  # 1 for a single-line reply
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ParseIssue:
     name: str  # a WEIRD_NAMES entry
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TlsStart:
     """A line would start with a TLS handshake record while ``expect_tls``."""
 
@@ -886,7 +887,7 @@ class _Pending:
     announced_size: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Channel:
     seq: int
     mode: str

@@ -123,6 +123,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ..events import NEED_DATA, Event, Weird
+from ..frozen import frozen
 from .base import Analyzer, ConnInfo
 
 __all__ = [
@@ -156,7 +157,7 @@ __all__ = [
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SmbNetbiosSession(Event):
     called_name: str
     calling_name: str
@@ -164,7 +165,7 @@ class SmbNetbiosSession(Event):
     error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SmbNegotiate(Event):
     dialects_offered: tuple[str, ...]
     dialect: str
@@ -174,7 +175,7 @@ class SmbNegotiate(Event):
     truncated: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SmbSessionSetup(Event):
     user: str
     domain: str
@@ -188,7 +189,7 @@ class SmbSessionSetup(Event):
     truncated: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SmbTreeConnect(Event):
     path: str
     tree_id: int
@@ -198,7 +199,7 @@ class SmbTreeConnect(Event):
     truncated: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SmbFileOpen(Event):
     name: str
     file_id: str
@@ -213,7 +214,7 @@ class SmbFileOpen(Event):
     truncated: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SmbFileSummary(Event):
     name: str
     file_id: str
@@ -230,7 +231,7 @@ class SmbFileSummary(Event):
     truncated: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SmbTreeSummary(Event):
     path: str
     tree_id: int
@@ -240,19 +241,19 @@ class SmbTreeSummary(Event):
     disconnected: bool
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SmbEncrypted(Event):
     session_id: str
     cipher: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SmbCompressed(Event):
     algorithm: str
     chained: bool
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SmbEncryptedSummary(Event):
     frames_ts: int
     frames_tc: int
@@ -592,7 +593,7 @@ def decode_netbios_name(data: bytes, off: int = 0, limit: int = 1024) -> tuple[s
     return text[:limit], pos
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NtlmInfo:
     """What is kept from an NTLMSSP message (never responses or keys)."""
 
@@ -652,7 +653,7 @@ def _auth_kind(blob: bytes) -> str:
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NbssMessage:
     """One NetBIOS session message. ``data`` is the whole payload when
     ``complete``, else its first bytes (streamed or oversize: the rest was
@@ -664,7 +665,7 @@ class NbssMessage:
     complete: bool
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FramerNotice:
     """A framing anomaly; the analyzer reports it as ``Weird(name, detail)``."""
 

@@ -92,6 +92,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from ..events import Event, ExpectConnection, Weird
+from ..frozen import frozen
 from .base import Analyzer, ConnInfo
 
 __all__ = [
@@ -183,7 +184,7 @@ DEFAULT_LIMITS = TftpLimits()
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TftpRequest(Event):
     """An RRQ (``op='read'``) or WRQ (``op='write'``) seen on port 69."""
 
@@ -194,7 +195,7 @@ class TftpRequest(Event):
     filename_truncated: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TftpTransferDone(Event):
     """The outcome of one TFTP transfer (emitted exactly once per transfer)."""
 
@@ -219,7 +220,7 @@ class TftpTransferDone(Event):
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Anomaly:
     """A non-fatal problem found while parsing (becomes a Weird)."""
 
@@ -227,7 +228,7 @@ class Anomaly:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ParseError:
     """The datagram cannot be used (becomes a Weird; never raised)."""
 
@@ -235,7 +236,7 @@ class ParseError:
     detail: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TftpOptions:
     """Validated values of the options the analyzers understand."""
 
@@ -246,7 +247,7 @@ class TftpOptions:
     rollover: int | None = None  # tftpd-hpa extension: block after 65535
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RequestPacket:
     op: str  # 'read' | 'write'
     filename: str
@@ -257,27 +258,27 @@ class RequestPacket:
     anomalies: tuple[Anomaly, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DataPacket:
     block: int
     payload: bytes
     anomalies: tuple[Anomaly, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AckPacket:
     block: int
     anomalies: tuple[Anomaly, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ErrorPacket:
     code: int
     msg: str
     anomalies: tuple[Anomaly, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class OackPacket:
     options: tuple[tuple[str, str], ...]
     known: TftpOptions
@@ -459,7 +460,7 @@ def parse_packet(datagram: bytes, limits: TftpLimits = DEFAULT_LIMITS) -> TftpPa
 # ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TftpTransferContext:
     """What the request analyzer hands to the transfer analyzer.
 
