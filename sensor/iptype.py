@@ -47,6 +47,41 @@ def parse_address(ip: str) -> Address:
         return ipaddress.ip_address(ip)   # what inet_pton refuses: ipaddress's own error (or reading)
 
 
+def _first_octets(nets: Iterable[Network]) -> frozenset[str]:
+    """The first octets, as text, of the IPv4 addresses in ``nets``."""
+    out: set[str] = set()
+    for n in nets:
+        if n.version == 4:
+            lo, hi = int(n.network_address) >> 24, int(n.broadcast_address) >> 24
+            out.update(str(o) for o in range(lo, hi + 1))
+    return frozenset(out)
+
+
+def _special_v4_networks() -> list[Network]:
+    """Every IPv4 network ``builtin_type`` consults: ours and the ones the
+    ``ipaddress`` properties it reads test against (is_loopback,
+    is_multicast, is_link_local, is_global: its constants). Where these
+    cannot be read (another Python), every network: no fast path."""
+    nets: list[Network] = [n for n in _PRIVATE if n.version == 4]
+    nets.append(ipaddress.ip_network(f"{_BROADCAST}/32"))
+    consts = getattr(ipaddress.IPv4Address, "_constants", None)
+    values = list(vars(consts).values()) if consts is not None else []
+    found = [v for v in values if isinstance(v, ipaddress.IPv4Network)]
+    for v in values:
+        if isinstance(v, (list, tuple)):
+            found += [n for n in v if isinstance(n, ipaddress.IPv4Network)]
+    if len(found) < 5:    # not the layout this was written against
+        return [ipaddress.ip_network("0.0.0.0/0")]
+    return nets + found
+
+
+# IPv4 addresses whose first octet is outside every special network are
+# "Public" without further work (the common case for remote peers; a cache
+# miss costs ~12 us the long way). tests/test_iptype_fast.py checks the two
+# ways agree, every network boundary included.
+_SPECIAL_V4_OCTETS = _first_octets(_special_v4_networks())
+
+
 def builtin_type(addr: Address) -> str:
     """The type of ``addr`` without overrides."""
     if addr.version == 6:
@@ -76,18 +111,22 @@ class IpTyper:
     Results are cached per address (bounded), so the per-record cost is a
     dict lookup."""
 
-    __slots__ = ("_overrides", "_cache", "_cache_max")
+    __slots__ = ("_overrides", "_cache", "_cache_max", "_special")
 
     def __init__(self, overrides: Mapping[Network, str] | None = None, cache_max: int = 65536) -> None:
         items = sorted((overrides or {}).items(), key=lambda kv: kv[0].prefixlen, reverse=True)
         self._overrides: tuple[tuple[Network, str], ...] = tuple(items)
         self._cache: dict[str, str] = {}
         self._cache_max = cache_max
+        # first octets (text) that need the full test: a special network's or an override's
+        self._special = _SPECIAL_V4_OCTETS | _first_octets(n for n, _ in items)
 
     def type_of(self, ip: str) -> str:
         t = self._cache.get(ip)
         if t is not None:
             return t
+        if ip.partition(".")[0] not in self._special and ":" not in ip:
+            return "Public"
         addr = parse_address(ip)
         t = None
         for net, typ in self._overrides:
@@ -105,15 +144,18 @@ class IpTyper:
 class NetSet:
     """A set of networks with a cached membership test (home_net)."""
 
-    __slots__ = ("_nets", "_cache")
+    __slots__ = ("_nets", "_cache", "_octets")
 
     def __init__(self, nets: Iterable[Network]) -> None:
         self._nets = tuple(nets)
         self._cache: dict[str, bool] = {}
+        self._octets = _first_octets(self._nets)   # of the IPv4 networks: others are outside
 
     def __contains__(self, ip: str) -> bool:
         r = self._cache.get(ip)
         if r is None:
+            if ":" not in ip and ip.partition(".")[0] not in self._octets:
+                return False
             addr = parse_address(ip)
             r = any(addr.version == n.version and addr in n for n in self._nets)
             if len(self._cache) >= 65536:
