@@ -242,6 +242,10 @@ class FlowTable:
         # ``reused(flow, from_orig, payload)``: True when a UDP datagram starts a
         # new connection on a live flow's 5-tuple (a TFTP client's port reused)
         self.reused: Callable[[Flow, bool, bytes], bool] | None = None
+        # IPv4 TCP flows by the 12 bytes from source address to destination
+        # port as a packet carries them -> (flow, from the originator); kept
+        # (two entries per live flow) only when the fused path asks for it
+        self.fast: dict[bytes, tuple[Flow, bool]] | None = None
 
     # -- time -----------------------------------------------------------------
     def advance(self, ts: int) -> int:
@@ -353,6 +357,8 @@ class FlowTable:
     def _end(self, flow: Flow, reason: str) -> None:
         if self.flows.pop(flow.key, None) is None:
             return
+        if self.fast is not None and flow.proto == 6:
+            self._unindex(flow)
         if flow.inq:
             self._unqueue(flow)
         r = self._recent.get(flow.key)
@@ -362,6 +368,26 @@ class FlowTable:
         self.stats.ended += 1
         self.ending = flow
         self.on_end(flow)
+
+    # -- the wire-order index (sensor/fastpath.py) -------------------------------
+    @staticmethod
+    def _wire_keys(flow: Flow) -> tuple[bytes, bytes]:
+        """The IPv4 addresses and ports of each direction as they follow one
+        another in a packet: from the originator, from the responder."""
+        po, pr = flow.orig_p.to_bytes(2, "big"), flow.resp_p.to_bytes(2, "big")
+        return flow.orig_b + flow.resp_b + po + pr, flow.resp_b + flow.orig_b + pr + po
+
+    def _index(self, flow: Flow) -> None:
+        ko, kr = self._wire_keys(flow)
+        if ko != kr:      # a connection to itself has one key for both directions: not indexed
+            self.fast[ko] = (flow, True)
+            self.fast[kr] = (flow, False)
+
+    def _unindex(self, flow: Flow) -> None:
+        for k in self._wire_keys(flow):
+            e = self.fast.get(k)
+            if e is not None and e[0] is flow:
+                del self.fast[k]
 
     def _evict(self) -> None:
         """Make room: the least recently active flow of the first non-empty
@@ -414,6 +440,8 @@ class FlowTable:
         else:
             flow = Flow(self._uid(key, p.ts), key, p.proto, src, sport, dst, dport, p.ts, p.vlan)
         self.flows[key] = flow
+        if self.fast is not None and flow.proto == 6 and len(flow.orig_b) == 4:
+            self._index(flow)
         self._queue(flow, flow.tclass, flow.qts)
         self.stats.created += 1
         if len(self.flows) > self.stats.active_max:

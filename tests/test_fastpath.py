@@ -76,3 +76,55 @@ def test_mutated_captures_fused_equals_layered(seed):
         checked += len(frames)
         if checked >= 4000:
             break
+
+
+def _index_problems(pipe: Pipeline) -> list[str]:
+    """What is wrong with the flow table's wire-order index (FlowTable.fast):
+    each live IPv4 TCP flow (not a connection to itself) has exactly its two
+    entries, pointing at it with the right direction, and nothing else is there."""
+    ft = pipe.flows
+    want = {}
+    for flow in ft.flows.values():
+        if flow.proto == 6 and len(flow.orig_b) == 4:
+            ko, kr = ft._wire_keys(flow)
+            if ko != kr:
+                want[ko] = (flow, True)
+                want[kr] = (flow, False)
+    problems = []
+    for k, (flow, fo) in ft.fast.items():
+        if want.get(k) != (flow, fo):
+            problems.append(f"stale or wrong entry {k.hex()} -> {flow.uid} from_orig={fo}")
+    problems += [f"missing entry {k.hex()} -> {f.uid}" for k, (f, _) in want.items() if k not in ft.fast]
+    return problems
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_wire_order_index_follows_the_flow_table(seed):
+    """After every packet (committed and mutated captures, reused ports,
+    expiry, eviction at a small max_flows), the index is exactly the table's."""
+    batches = [("committed", {}, frames) for frames in _committed_frames()] if seed == 0 else []
+    checked = indexed = 0
+    for kind, config, frames in batches or ethernet_batches(seed):
+        config = {**config, "limits": {**config.get("limits", {}), "max_flows": 8}} if checked % 2 else config
+        pipe = Pipeline(config_from_dict(config, "<test>"), RULES, MemorySink())
+        h = pipe.handler_for(1)
+        for i, (ts, data) in enumerate(frames):
+            h(ts, data)
+            problems = _index_problems(pipe)
+            assert not problems, (kind, i, problems[:3])
+            indexed += bool(pipe.flows.fast)
+        pipe.finish()
+        assert pipe.flows.fast == {}
+        checked += len(frames)
+        if checked >= 3000:
+            break
+    assert indexed > 500, "the index was empty almost all the time: the check saw nothing"
+
+
+def _committed_frames() -> list[list]:
+    from scapy.utils import PcapReader
+    out = []
+    for path in CAPTURES:
+        with PcapReader(str(path)) as r:
+            out.append([(int(p.time * 1_000_000), bytes(p)) for p in r])
+    return out
