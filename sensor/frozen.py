@@ -107,8 +107,21 @@ def _build(cls: type, uncompared: tuple[str, ...]) -> type:
               __getstate__=_getstate, __setstate__=_setstate)
     new = type(cls)(cls.__name__, cls.__bases__, ns)
     new.__qualname__ = cls.__qualname__
-    new.__init__ = _init(new, names, defaults)
+    new.__init__ = _first_init(new, names, defaults)
     return new
+
+
+def _first_init(cls: type, names: tuple[str, ...], defaults: dict[str, Any]) -> Callable[..., None]:
+    """An ``__init__`` that compiles the real one at the first instance and
+    puts it in its place: most event classes (the rarer weirds, SMB
+    compression, TFTP errors) are never built in a run, and the compile is
+    the one cost left at import."""
+    def __init__(self: Any, *args: Any, **kw: Any) -> None:
+        real = _init(cls, names, defaults)
+        type.__setattr__(cls, "__init__", real)
+        real(self, *args, **kw)
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    return __init__
 
 
 def _init(cls: type, names: tuple[str, ...], defaults: dict[str, Any]) -> Callable[..., None]:

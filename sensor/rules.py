@@ -745,6 +745,19 @@ def load_rule_docs(docs: Iterable[tuple[str, int, Any]], known_fields: Iterable[
     return RuleSet(tuple(dets), tuple(cors))
 
 
+def _yaml_documents(text: str) -> list:
+    """The documents of ``text``, parsed by libyaml when PyYAML has it (the
+    shipped rules: ~10 ms -> ~2 ms of every start). On an error the pure
+    Python loader parses it again, so the message is always its own."""
+    loader = getattr(yaml, "CSafeLoader", None)
+    if loader is not None:
+        try:
+            return list(yaml.load_all(text, Loader=loader))
+        except yaml.YAMLError:
+            pass
+    return list(yaml.safe_load_all(text))
+
+
 def load_rules(path: str | Path, known_fields: Iterable[str] | None = None) -> RuleSet:
     """Load every ``*.yml``/``*.yaml`` in a folder (sorted), or one file."""
     p = Path(path)
@@ -761,7 +774,7 @@ def load_rules(path: str | Path, known_fields: Iterable[str] | None = None) -> R
         except OSError as e:
             raise RuleError(str(f), "-", "<file>", f"cannot read: {e.strerror or e}") from None
         try:
-            for i, d in enumerate(yaml.safe_load_all(text)):
+            for i, d in enumerate(_yaml_documents(text)):
                 docs.append((str(f), i, d))
         except yaml.YAMLError as e:
             raise RuleError(str(f), "-", "<yaml>", f"not valid YAML: {e}") from None

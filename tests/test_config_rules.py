@@ -152,3 +152,23 @@ def test_community_id_spec_vector():
     b = ipaddress.ip_address("66.35.250.204").packed
     assert community_id_v1(a, b, 6, 34855, 80) == "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
     assert community_id_v1(b, a, 6, 80, 34855) == "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
+
+
+def test_rule_yaml_parsed_by_libyaml_equals_python_and_errors_are_pythons(tmp_path):
+    """Rules are parsed by libyaml when PyYAML has it: the same documents as
+    the Python loader gives, and a broken file gets the Python loader's
+    message, naming the file and the line."""
+    import yaml
+
+    from sensor.rules import _yaml_documents
+    for f in sorted((REPO / "rules").rglob("*.yml")):
+        text = f.read_text()
+        assert _yaml_documents(text) == list(yaml.safe_load_all(text)), f.name
+    bad = tmp_path / "bad.yml"
+    bad.write_text("title: x\ndetection:\n  sel: [a, b\n  condition: sel\n")
+    with pytest.raises(RuleError) as e:
+        load_rules(bad, RECORD_FIELDS)
+    with pytest.raises(yaml.YAMLError) as py:
+        list(yaml.safe_load_all(bad.read_text()))
+    assert str(bad) in str(e.value) and "not valid YAML" in str(e.value)
+    assert str(py.value) in str(e.value) and "line" in str(py.value)
