@@ -72,8 +72,12 @@ FEED_BATCHES = 32                # batches queued for a worker before the parent
 _FLUSH_INDEX = 1 << 62           # the final flush comes after every packet
 
 
-PARENT_WEIGHT = 0.6   # the parent's share of host pairs against a worker's 1.0 (it also reads and hands out;
-                      # 0.4, 0.6 and 0.8 were tried on the 1M benchmark with 2 workers: 0.6 was best)
+# the parent's share of host pairs against a worker's 1.0: it also hands every
+# packet out (~1.7 us each) and its libpcap thread reads (~0.45 CPU-s on the 1M
+# benchmark), so with 0.6 the worker waited 0.18-0.3 s for input; 0.3: 0.06-0.17 s.
+# Tried on the 1M benchmark with 2 processes, alternating: 0.2, 0.3, 0.4 within
+# noise of each other, 0.6 and 0.001 ~5-10 % slower
+PARENT_WEIGHT = 0.3
 _SLOTS = 256
 
 
