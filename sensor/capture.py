@@ -174,7 +174,8 @@ def _read_ahead(path: str | Path, reader, linktype: int, handle: Handler, instal
 
     t = threading.Thread(target=run, name="pcap-read-ahead", daemon=True)
     t.start()
-    unpack = _META.iter_unpack
+    unpack = BATCH_META.iter_unpack
+    batch = getattr(handle, "batch", None)   # a handler that takes a whole batch at once
     count = 0
     new_filters = None
     damaged = False
@@ -187,6 +188,10 @@ def _read_ahead(path: str | Path, reader, linktype: int, handle: Handler, instal
                 damaged = True
                 break
             pb, meta = item
+            if refilter is None and batch is not None:
+                batch(pb, meta)
+                count += len(meta) >> 4
+                continue
             if refilter is None:
                 for s, us, off, caplen in unpack(meta):
                     handle(s * 1_000_000 + us, pb[off:off + caplen])
@@ -225,7 +230,7 @@ def _read_ahead(path: str | Path, reader, linktype: int, handle: Handler, instal
     return _loop(path, again, linktype, handle, installed, refilter, count)
 
 
-_META = struct.Struct("=IIII")   # next_batch: (sec, usec, offset, caplen) per packet
+BATCH_META = struct.Struct("=IIII")   # next_batch: (sec, usec, offset, caplen) per packet
 
 
 def _skip(hdr, data: bytes) -> None:

@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Iterator, Sequence
 
+from .capture import BATCH_META
 from .decode import _VLAN_TPIDS, LINKTYPE_ETHERNET, MAX_VLAN_TAGS
 
 _crc = zlib.crc32
@@ -225,6 +226,7 @@ class _DetectTap:
 
 
 _BATCH = struct.Struct("=II")   # packets in a batch, bytes of its frames
+_ONE = struct.Struct("=qqII")   # BATCH_META's (sec, usec, offset, caplen) for one packet, any time
 
 
 def _share(cfg: Any, rules: Any, spool_file) -> tuple[Any, _Spool]:
@@ -301,8 +303,10 @@ class _Distributor:
         self.frames: list[list[bytes]] = [[] for _ in range(self.n)]
 
     def handler(self):
-        """The per-packet function (``raw_owner`` inline for IPv4 and IPv6,
-        untagged or behind one 802.1Q tag)."""
+        """The per-packet function; it carries ``batch(pb, meta)``, the same
+        for a whole ``next_batch`` of packets at once (sensor/capture.py
+        calls that when it reads ahead: no Python call per packet, and only
+        the frames a worker gets are cut out of the batch)."""
         table = share_table(self.n)
         crc = _crc
         flush = self.flush
@@ -313,46 +317,49 @@ class _Distributor:
         advance = ft.advance
         mine = self.pipe.handler_for(LINKTYPE_ETHERNET)
         index = 0
+        ip4 = b"\x08\x00"
+        meta_unpack = BATCH_META.iter_unpack
+
+        def batch(pb: bytes, meta: bytes, unpack=meta_unpack) -> None:
+            nonlocal index
+            for s, us, off, n in unpack(meta):
+                ts = s * 1_000_000 + us
+                if pb[off + 12:off + 14] == ip4 and n >= 34:   # raw_owner, inline for untagged IPv4
+                    w = table[(crc(pb[off + 26:off + 30]) ^ crc(pb[off + 30:off + 34])) & 0xFF]
+                else:
+                    w = raw_owner(pb[off:off + n], table)
+                index += 1
+                add_ts(ts)
+                add_ol(n | (w << 24))
+                if w:
+                    frames[w].append(pb[off:off + n])
+                    if ts > ft.now:
+                        ft.now = ts
+                    if ft.now >= ft.next_scan:
+                        spool.index = index      # the scan may end flows of share 0
+                        advance(ts)
+                else:
+                    spool.index = index
+                    mine(ts, pb[off:off + n])
+                if len(ts_a) >= READ_BATCH:      # whoever's packet: the hand-out stays bounded
+                    flush()
 
         def handle(ts: int, data: bytes) -> None:
-            nonlocal index
-            et = data[12:14]
-            n = len(data)
-            if et == b"\x08\x00" and n >= 34:
-                w = table[(crc(data[26:30]) ^ crc(data[30:34])) & 0xFF]
-            elif et == b"\x81\x00" and data[16:18] == b"\x08\x00" and n >= 38:
-                w = table[(crc(data[30:34]) ^ crc(data[34:38])) & 0xFF]
-            elif et == b"\x86\xdd" and n >= 54:
-                w = table[(crc(data[22:38]) ^ crc(data[38:54])) & 0xFF]
-            elif et == b"\x81\x00" and data[16:18] == b"\x86\xdd" and n >= 58:
-                w = table[(crc(data[26:42]) ^ crc(data[42:58])) & 0xFF]
-            else:
-                w = raw_owner(data, table)
-            index += 1
-            add_ts(ts)
-            add_ol(n | (w << 24))
-            if w:
-                frames[w].append(data)
-                if ts > ft.now:
-                    ft.now = ts
-                if ft.now >= ft.next_scan:
-                    spool.index = index      # the scan may end flows of share 0
-                    advance(ts)
-            else:
-                spool.index = index
-                mine(ts, data)
-            if len(ts_a) >= READ_BATCH:      # whoever's packet: the hand-out stays bounded
-                flush()
+            """One packet (the plain read after damage): a batch of one."""
+            s, us = divmod(ts, 1_000_000)
+            batch(data, _ONE.pack(s, us, 0, len(data)), _ONE.iter_unpack)
+
+        handle.batch = batch     # type: ignore[attr-defined]
         return handle
 
     def flush(self) -> None:
         if not self.ts:
             return
-        meta = self.ts.tobytes() + self.ol.tobytes()
+        ts, ol = self.ts.tobytes(), self.ol.tobytes()
         for k, feed in enumerate(self.feeds, 1):
             frames = self.frames[k]
             body = b"".join(frames)
-            feed.put(_BATCH.pack(len(self.ts), len(body)) + meta + body)
+            feed.put((_BATCH.pack(len(self.ts), len(body)), ts, ol, body))   # written with one writev
             frames.clear()
         del self.ts[:], self.ol[:]
 
@@ -376,11 +383,11 @@ class _Feed:
                 return
             if self.error is None:
                 try:
-                    _write_all(self.fd, data)
+                    _write_all(self.fd, *data)
                 except OSError as e:     # the worker is gone: reported by put() and close()
                     self.error = e
 
-    def put(self, data: bytes) -> None:
+    def put(self, data: tuple[bytes, ...]) -> None:
         if self.error is not None:
             raise self.error
         self.q.put(data)
@@ -444,10 +451,15 @@ def _read_spool(path: str) -> Iterator[list]:
             yield from batch
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
+def _write_all(fd: int, *parts: bytes) -> None:
+    """Write ``parts`` one after the other (``writev``: no joined copy)."""
+    views = [memoryview(p) for p in parts if p]
+    while views:
+        n = os.writev(fd, views)
+        while views and n >= len(views[0]):
+            n -= len(views.pop(0))
+        if n:
+            views[0] = views[0][n:]
 
 
 def _read_all(fd: int) -> bytes:

@@ -159,3 +159,16 @@ def test_unreadable_capture_is_one_line_and_exit_2():
         assert p.stderr.splitlines() == [f"xfer-sensor: error: {path}: permission denied"]
     finally:
         shutil.rmtree(d)
+
+
+def test_progress_counts_the_same_packets_split_over_processes(big_pcap):
+    """With --workers 2 the parent hands whole batches out (no per-packet
+    call): the progress line still counts every packet, as one process does."""
+    lines = {}
+    for workers in ("1", "2"):
+        rc, _, term = run_on_pty(["replay", str(big_pcap), "--config", str(DEMO_CFG), "--workers", workers])
+        assert rc == 0, term
+        last = [f for f in term.decode().split("\r") if f.strip()][-1]
+        assert "100.0%" in last and "done in" in last
+        lines[workers] = last.split(" packets")[0]       # "100.0% [####] N packets  ..."
+    assert lines["1"] == lines["2"] and lines["1"].split()[-1][0].isdigit()
