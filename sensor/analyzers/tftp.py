@@ -627,6 +627,19 @@ class _TransferSession:
     # -- dispatch ----------------------------------------------------------
     def on_datagram(self, data: bytes, from_orig: bool, ts: int) -> list[Event]:
         out: list[Event] = []
+        n = len(data)
+        if n >= 4 and data[0] == 0:
+            # a well-formed DATA or ACK, the bulk of a transfer: what
+            # parse_packet and on_packet do for it, without the packet object
+            op = data[1]
+            if op == OP_DATA:
+                self.packets += 1
+                self._on_data((data[2] << 8) | data[3], n - 4, from_orig, ts, out)
+                return out
+            if op == OP_ACK and n == 4:
+                self.packets += 1
+                self._on_ack((data[2] << 8) | data[3], from_orig, ts, out)
+                return out
         pkt = parse_packet(data, self.limits)
         if isinstance(pkt, ParseError):
             self.weirds.add(out, ts, pkt.name, pkt.detail)
@@ -641,9 +654,9 @@ class _TransferSession:
     def on_packet(self, pkt: TftpPacket, from_orig: bool, ts: int, out: list[Event]) -> None:
         self.packets += 1
         if isinstance(pkt, DataPacket):
-            self._on_data(pkt, from_orig, ts, out)
+            self._on_data(pkt.block, len(pkt.payload), from_orig, ts, out)
         elif isinstance(pkt, AckPacket):
-            self._on_ack(pkt, from_orig, ts, out)
+            self._on_ack(pkt.block, from_orig, ts, out)
         elif isinstance(pkt, OackPacket):
             self._on_oack(pkt, from_orig, ts, out)
         elif isinstance(pkt, ErrorPacket):
@@ -652,25 +665,24 @@ class _TransferSession:
                 self._finish(ts, out, complete=False)
 
     # -- packets -----------------------------------------------------------
-    def _on_data(self, pkt: DataPacket, from_orig: bool, ts: int, out: list[Event]) -> None:
+    def _on_data(self, block: int, size: int, from_orig: bool, ts: int, out: list[Event]) -> None:
         if self.data_from_orig is None:
             self.data_from_orig = from_orig
         elif from_orig != self.data_from_orig:
-            self.weirds.add(out, ts, "tftp_unexpected_direction", f"DATA {pkt.block} from the receiver")
+            self.weirds.add(out, ts, "tftp_unexpected_direction", f"DATA {block} from the receiver")
             return
-        kind, n = self.tracker.classify(pkt.block, self.windowsize)
+        kind, n = self.tracker.classify(block, self.windowsize)
         if kind == "out":
             self.weirds.add(out, ts, "tftp_block_out_of_window",
-                            f"block {pkt.block} after {_wire(self.tracker.highest, self.tracker.base)}")
+                            f"block {block} after {_wire(self.tracker.highest, self.tracker.base)}")
             return
         if kind == "dup":
             self.retransmitted += 1
             return
         if self.done or (self.final_block is not None and n > self.final_block):
             why = "ERROR" if self.error is not None else "the last block"
-            self.weirds.add(out, ts, "tftp_data_after_completion", f"block {pkt.block} after {why}")
+            self.weirds.add(out, ts, "tftp_data_after_completion", f"block {block} after {why}")
             return
-        size = len(pkt.payload)
         if size > self.blksize:
             req = self.requested.blksize
             if self.blocks == 0 and self.oack is None and req is not None and size <= req:
@@ -679,24 +691,24 @@ class _TransferSession:
                 self.blksize = req
             else:
                 self.weirds.add(out, ts, "tftp_data_too_large",
-                                f"block {pkt.block}: {size} bytes > blksize {self.blksize}")
-        skipped = self.tracker.commit(kind, n, pkt.block)
+                                f"block {block}: {size} bytes > blksize {self.blksize}")
+        skipped = self.tracker.commit(kind, n, block)
         if skipped:
-            self.weirds.add(out, ts, "tftp_missing_blocks", f"{skipped} blocks before block {pkt.block}")
+            self.weirds.add(out, ts, "tftp_missing_blocks", f"{skipped} blocks before block {block}")
         self.bytes += size
         self.blocks += 1
         if size < self.blksize and self.final_block is None:
             self.final_block = n
 
-    def _on_ack(self, pkt: AckPacket, from_orig: bool, ts: int, out: list[Event]) -> None:
+    def _on_ack(self, block: int, from_orig: bool, ts: int, out: list[Event]) -> None:
         if self.data_from_orig is None:
             self.data_from_orig = not from_orig
         elif from_orig == self.data_from_orig:
-            self.weirds.add(out, ts, "tftp_unexpected_direction", f"ACK {pkt.block} from the data sender")
+            self.weirds.add(out, ts, "tftp_unexpected_direction", f"ACK {block} from the data sender")
             return
         if self.done or self.final_block is None:
             return
-        if pkt.block == _wire(self.final_block, self.tracker.base):
+        if block == _wire(self.final_block, self.tracker.base):
             self._finish(ts, out, complete=True)
 
     def _on_oack(self, pkt: OackPacket, from_orig: bool, ts: int, out: list[Event]) -> None:
