@@ -9,6 +9,7 @@ lab or VPN range must be named explicitly with ``ip_type_overrides``.
 """
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import socket
 from typing import Iterable, Mapping
@@ -47,21 +48,22 @@ def parse_address(ip: str) -> Address:
         return ipaddress.ip_address(ip)   # what inet_pton refuses: ipaddress's own error (or reading)
 
 
-def _first_octets(nets: Iterable[Network]) -> frozenset[str]:
-    """The first octets, as text, of the IPv4 addresses in ``nets``."""
-    out: set[str] = set()
+def _v4_bounds(nets: Iterable[Network]) -> list[int]:
+    """Where the IPv4 addresses of ``nets`` start and stop, sorted: between
+    two neighbours every address is in the same networks."""
+    out: set[int] = set()
     for n in nets:
         if n.version == 4:
-            lo, hi = int(n.network_address) >> 24, int(n.broadcast_address) >> 24
-            out.update(str(o) for o in range(lo, hi + 1))
-    return frozenset(out)
+            out.add(int(n.network_address))
+            out.add(int(n.broadcast_address) + 1)
+    return sorted(out)
 
 
-def _special_v4_networks() -> list[Network]:
+def _special_v4_networks() -> list[Network] | None:
     """Every IPv4 network ``builtin_type`` consults: ours and the ones the
     ``ipaddress`` properties it reads test against (is_loopback,
-    is_multicast, is_link_local, is_global: its constants). Where these
-    cannot be read (another Python), every network: no fast path."""
+    is_multicast, is_link_local, is_global: its constants). None where these
+    cannot be read (another Python's layout): no shortcut then."""
     nets: list[Network] = [n for n in _PRIVATE if n.version == 4]
     nets.append(ipaddress.ip_network(f"{_BROADCAST}/32"))
     consts = getattr(ipaddress.IPv4Address, "_constants", None)
@@ -71,15 +73,24 @@ def _special_v4_networks() -> list[Network]:
         if isinstance(v, (list, tuple)):
             found += [n for n in v if isinstance(n, ipaddress.IPv4Network)]
     if len(found) < 5:    # not the layout this was written against
-        return [ipaddress.ip_network("0.0.0.0/0")]
+        return None
     return nets + found
 
 
-# IPv4 addresses whose first octet is outside every special network are
-# "Public" without further work (the common case for remote peers; a cache
-# miss costs ~12 us the long way). tests/test_iptype_fast.py checks the two
-# ways agree, every network boundary included.
-_SPECIAL_V4_OCTETS = _first_octets(_special_v4_networks())
+# An IPv4 address's type depends only on which of these networks hold it, so
+# it is the same between two neighbouring boundaries: IpTyper works it out
+# once per stretch (the long way costs ~12 us an address; with many distinct
+# peers most lookups missed the per-address cache). tests/test_iptype_fast.py
+# checks the two ways agree, on both sides of every boundary.
+_SPECIAL_V4 = _special_v4_networks()
+
+
+def _v4_int(ip: str) -> int | None:
+    """A dotted-quad IPv4 address as an integer; None for anything else."""
+    try:
+        return int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
+    except OSError:
+        return None
 
 
 def builtin_type(addr: Address) -> str:
@@ -111,22 +122,36 @@ class IpTyper:
     Results are cached per address (bounded), so the per-record cost is a
     dict lookup."""
 
-    __slots__ = ("_overrides", "_cache", "_cache_max", "_special")
+    __slots__ = ("_overrides", "_cache", "_cache_max", "_bounds", "_stretch")
 
     def __init__(self, overrides: Mapping[Network, str] | None = None, cache_max: int = 65536) -> None:
         items = sorted((overrides or {}).items(), key=lambda kv: kv[0].prefixlen, reverse=True)
         self._overrides: tuple[tuple[Network, str], ...] = tuple(items)
         self._cache: dict[str, str] = {}
         self._cache_max = cache_max
-        # first octets (text) that need the full test: a special network's or an override's
-        self._special = _SPECIAL_V4_OCTETS | _first_octets(n for n, _ in items)
+        # IPv4: the boundaries of the special networks and the overrides, and
+        # the type of each stretch between two of them once one was looked up
+        self._bounds = _v4_bounds(_SPECIAL_V4 + [n for n, _ in items]) if _SPECIAL_V4 is not None else None
+        self._stretch: dict[int, str] = {}
 
     def type_of(self, ip: str) -> str:
         t = self._cache.get(ip)
         if t is not None:
             return t
-        if ip.partition(".")[0] not in self._special and ":" not in ip:
-            return "Public"
+        x = _v4_int(ip) if self._bounds is not None and ":" not in ip else None
+        if x is not None:
+            i = bisect.bisect_right(self._bounds, x)
+            t = self._stretch.get(i)
+            if t is None:
+                t = self._stretch[i] = self._long_way(ip)
+        else:
+            t = self._long_way(ip)
+        if len(self._cache) >= self._cache_max:
+            self._cache.clear()
+        self._cache[ip] = t
+        return t
+
+    def _long_way(self, ip: str) -> str:
         addr = parse_address(ip)
         t = None
         for net, typ in self._overrides:
@@ -135,29 +160,29 @@ class IpTyper:
                 break
         if t is None:
             t = builtin_type(addr)
-        if len(self._cache) >= self._cache_max:
-            self._cache.clear()
-        self._cache[ip] = t
         return t
 
 
 class NetSet:
     """A set of networks with a cached membership test (home_net)."""
 
-    __slots__ = ("_nets", "_cache", "_octets")
+    __slots__ = ("_nets", "_cache", "_v4")
 
     def __init__(self, nets: Iterable[Network]) -> None:
         self._nets = tuple(nets)
         self._cache: dict[str, bool] = {}
-        self._octets = _first_octets(self._nets)   # of the IPv4 networks: others are outside
+        # the IPv4 networks as (address, mask) integers: a test is an AND
+        self._v4 = tuple((int(n.network_address), int(n.netmask)) for n in self._nets if n.version == 4)
 
     def __contains__(self, ip: str) -> bool:
         r = self._cache.get(ip)
         if r is None:
-            if ":" not in ip and ip.partition(".")[0] not in self._octets:
-                return False
-            addr = parse_address(ip)
-            r = any(addr.version == n.version and addr in n for n in self._nets)
+            x = _v4_int(ip) if ":" not in ip else None
+            if x is not None:
+                r = any(x & m == a for a, m in self._v4)
+            else:
+                addr = parse_address(ip)
+                r = any(addr.version == n.version and addr in n for n in self._nets)
             if len(self._cache) >= 65536:
                 self._cache.clear()
             self._cache[ip] = r
