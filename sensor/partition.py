@@ -70,6 +70,7 @@ SPOOL_BATCH = 256                # records pickled together into a spool file
 READ_BATCH = 1024                # packets handed to the workers per write
 PIPE_BYTES = 1 << 20             # pipe buffer asked for, reader -> worker
 FEED_BATCHES = 32                # batches queued for a worker before the parent waits
+SHARE_MEMORY = 1 << 16           # address pairs whose share the hand-out remembers (then forgets all)
 _FLUSH_INDEX = 1 << 62           # the final flush comes after every packet
 
 
@@ -319,13 +320,20 @@ class _Distributor:
         index = 0
         ip4 = b"\x08\x00"
         meta_unpack = BATCH_META.iter_unpack
+        shares: dict[bytes, int] = {}     # untagged IPv4 (src, dst) as in the frame -> share
+        shares_get = shares.get
 
         def batch(pb: bytes, meta: bytes, unpack=meta_unpack) -> None:
             nonlocal index
             for s, us, off, n in unpack(meta):
                 ts = s * 1_000_000 + us
-                if pb[off + 12:off + 14] == ip4 and n >= 34:   # raw_owner, inline for untagged IPv4
-                    w = table[(crc(pb[off + 26:off + 30]) ^ crc(pb[off + 30:off + 34])) & 0xFF]
+                if pb[off + 12:off + 14] == ip4 and n >= 34:   # raw_owner, inline for untagged IPv4,
+                    pair = pb[off + 26:off + 34]              # remembered per address pair
+                    w = shares_get(pair)
+                    if w is None:
+                        if len(shares) >= SHARE_MEMORY:
+                            shares.clear()
+                        w = shares[pair] = table[(crc(pair[:4]) ^ crc(pair[4:])) & 0xFF]
                 else:
                     w = raw_owner(pb[off:off + n], table)
                 index += 1

@@ -233,3 +233,52 @@ def test_write_all_writes_every_part_in_order_through_short_writes(monkeypatch):
         os.close(r)
         if w >= 0:
             os.close(w)
+
+
+def test_hand_out_gives_each_packet_raw_owners_share(monkeypatch):
+    """The hand-out's inline share (remembered per address pair, forgotten
+    when SHARE_MEMORY is reached) is raw_owner's, for every layout."""
+    from array import array
+
+    from sensor.capture import BATCH_META
+
+    monkeypatch.setattr(partition, "SHARE_MEMORY", 3)
+    frames = [f for _, _, batch in zip(range(6), range(6), ethernet_batches(4)) for _, f in batch[2]][:3000]
+    frames += [b"\x00" * 12 + b"\x08\x00" + b"\x45" + b"\x00" * 11 + bytes([10, 0, 0, i, 10, 0, 1, i]) + b"\x00" * 20
+               for i in range(40)]
+
+    class Clock:
+        now, next_scan = 0, 1 << 62
+
+        def advance(self, ts):
+            return ts
+
+    class Pipe:
+        flows = Clock()
+
+        def handler_for(self, linktype):
+            return lambda ts, data: None
+
+    class Feed:
+        def __init__(self):
+            self.shares = []
+
+        def put(self, parts):
+            ol = array("I")
+            ol.frombytes(parts[2])
+            self.shares += [x >> 24 for x in ol]
+
+    class Spool:
+        index = 0
+
+    for n in (2, 3):
+        feeds = [Feed() for _ in range(n - 1)]
+        dist = partition._Distributor(feeds, Pipe(), Spool())
+        handle = dist.handler()
+        meta = b"".join(BATCH_META.pack(1, 0, sum(map(len, frames[:i])), len(f)) for i, f in enumerate(frames))
+        handle.batch(b"".join(frames), meta)
+        handle(2_000_000, frames[0])        # and one packet the plain way
+        dist.flush()
+        table = partition.share_table(n)
+        assert feeds[0].shares == [partition.raw_owner(f, table) for f in frames + frames[:1]]
+        assert len(set(feeds[0].shares)) == n
