@@ -172,3 +172,23 @@ def test_progress_counts_the_same_packets_split_over_processes(big_pcap):
         assert "100.0%" in last and "done in" in last
         lines[workers] = last.split(" packets")[0]       # "100.0% [####] N packets  ..."
     assert lines["1"] == lines["2"] and lines["1"].split()[-1][0].isdigit()
+
+
+def test_replay_exit_loses_no_record_on_stdout_or_files(big_pcap, tmp_path):
+    """The console script leaves a replay without the interpreter's teardown
+    (sensor/entry.py): every record is still on stdout and in the files, and
+    the summary, with stdout and stderr block-buffered pipes."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    p = subprocess.run(SENSOR + ["replay", str(big_pcap), "--config", str(DEMO_CFG), "--format", "json"],
+                       cwd=REPO, capture_output=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["packets"] > 50_000
+    p = subprocess.run(SENSOR + ["replay", str(big_pcap), "--config", str(DEMO_CFG), "--stdout", "--format", "json",
+                                 "--out", str(tmp_path)], cwd=REPO, capture_output=True, timeout=120, env=env)
+    assert p.returncode == 0, p.stderr
+    summary = json.loads(p.stderr)
+    written = sum(summary["outputs"]["records"].values())
+    lines = p.stdout.splitlines()
+    assert written > 1000 and len(lines) == written and all(json.loads(x) for x in lines[-50:])
+    on_disk = sum(len((tmp_path / f"{k}.jsonl").read_bytes().splitlines()) for k in summary["outputs"]["records"])
+    assert on_disk == written
