@@ -171,7 +171,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     split = None
     if workers > 1:
         try:
-            split = partition.run(args.pcap, cfg, rules, workers, progress)
+            split = partition.run(args.pcap, cfg, rules, workers, progress, output)
         finally:
             progress.finish()
         if split.fallback:

@@ -203,6 +203,16 @@ class TeeSink:
         for s in self.sinks:
             s.emit(kind, rec)
 
+    def emit_encoded(self, kind: str, rec: dict, line: bytes, cut: bool) -> None:
+        """``emit`` of a record whose output line was already encoded
+        (sensor/partition.py): sinks that write lines take the line."""
+        for s in self.sinks:
+            f = getattr(s, "emit_encoded", None)
+            if f is not None:
+                f(kind, rec, line, cut)
+            else:
+                s.emit(kind, rec)
+
     def close(self) -> None:
         for s in self.sinks:
             s.close()

@@ -161,13 +161,17 @@ def choose_workers(requested: str | int, paths: Sequence[str]) -> int:
 
 class _Spool:
     """The sink of a share's pipeline (the parent's or a worker's): each
-    record with its merge key, pickled in batches into the share's spool file."""
+    record with its merge key, pickled in batches into the share's spool file.
+    With an ``encoder`` (a worker's), each record also carries its output
+    line, encoded as the parent's outputs would (and whether it was cut), so
+    the merge, which runs alone at the end, only writes it."""
 
-    __slots__ = ("ft", "f", "index", "buf", "ctx", "seq", "last")
+    __slots__ = ("ft", "f", "index", "buf", "ctx", "seq", "last", "encoder")
 
-    def __init__(self, f) -> None:
+    def __init__(self, f, encoder: Any = None) -> None:
         self.ft = None
         self.f = f
+        self.encoder = encoder
         self.index = 0      # packets delivered so far: the same count in every worker
         self.buf: list[list] = []
         self.ctx: tuple = ()
@@ -192,7 +196,12 @@ class _Spool:
             self.seq = 0
         if len(self.buf) >= SPOOL_BATCH:
             self.flush()     # before, not after: ``detected`` may still mark the last one
-        m = [ctx + (self.seq,), kind, rec, None]
+        enc = self.encoder
+        if enc is None:
+            m = [ctx + (self.seq,), kind, rec, None, None, False]
+        else:
+            cut = enc.truncated
+            m = [ctx + (self.seq,), kind, rec, None, enc.encode(kind, rec), enc.truncated != cut]
         self.buf.append(m)
         self.last = m
 
@@ -230,10 +239,15 @@ _BATCH = struct.Struct("=II")   # packets in a batch, bytes of its frames
 _ONE = struct.Struct("=qqII")   # BATCH_META's (sec, usec, offset, caplen) for one packet, any time
 
 
-def _share(cfg: Any, rules: Any, spool_file) -> tuple[Any, _Spool]:
-    """A pipeline whose records go to a spool, detection left to the merge."""
+def _share(cfg: Any, rules: Any, spool_file, output: Any = None) -> tuple[Any, _Spool]:
+    """A pipeline whose records go to a spool, detection left to the merge;
+    ``output`` (the replay's output settings): encode the lines here too."""
     from .pipeline import Pipeline
-    spool = _Spool(spool_file)
+    encoder = None
+    if output is not None:
+        from .outputs import Encoder, make_profile
+        encoder = Encoder(make_profile(output.profile, cfg, rules), output.max_line_bytes)
+    spool = _Spool(spool_file, encoder)
     pipe = Pipeline(cfg, rules, spool)
     spool.ft = pipe.flows
     pipe.detector = _DetectTap(spool)
@@ -251,11 +265,11 @@ def _report(pipe: Any) -> dict:
     }
 
 
-def _work(k: int, fd: int, cfg: Any, rules: Any, spool_path: str) -> dict:
+def _work(k: int, fd: int, cfg: Any, rules: Any, spool_path: str, output: Any = None) -> dict:
     """Worker ``k``: the batches of the parent's read (every packet's time
     and share, the frames of share ``k``) through a pipeline of its own."""
     with open(spool_path, "wb", buffering=1 << 20) as out, os.fdopen(fd, "rb", buffering=1 << 20) as f:
-        pipe, spool = _share(cfg, rules, out)
+        pipe, spool = _share(cfg, rules, out, output)
         ft = pipe.flows
         handle = pipe.handler_for(LINKTYPE_ETHERNET)
         advance = ft.advance
@@ -422,7 +436,8 @@ class Outcome:
     tmpdir: str = ""
 
     def records(self) -> Iterator[list]:
-        """[key, kind, record, detection time or None], in one pipeline's order."""
+        """[key, kind, record, detection time or None, line or None, line cut],
+        in one pipeline's order."""
         return heapq.merge(*(_read_spool(p) for p in self.spools), key=itemgetter(0))
 
     def deliver(self, sink: Any, detector: Any) -> None:
@@ -431,14 +446,18 @@ class Outcome:
         weird records sampled per name (as ``Pipeline._weird`` does)."""
         from .pipeline import WEIRD_LOG_PER_NAME
         logged: dict[str, int] = {}
-        for _, kind, rec, ts in self.records():
+        emit_encoded = getattr(sink, "emit_encoded", None)
+        for _, kind, rec, ts, line, cut in self.records():
             if kind == "weird":
                 name = rec.get("Name", "")
                 n = logged.get(name, 0) + 1
                 logged[name] = n
                 if n > WEIRD_LOG_PER_NAME:
                     continue
-            sink.emit(kind, rec)
+            if line is not None and emit_encoded is not None:
+                emit_encoded(kind, rec, line, cut)
+            else:
+                sink.emit(kind, rec)
             if ts is not None:
                 for alert in detector.observe(rec, ts):
                     sink.emit("alerts", alert)
@@ -479,7 +498,7 @@ def _read_all(fd: int) -> bytes:
         chunks.append(b)
 
 
-def run(paths: Sequence[str], cfg: Any, rules: Any, n: int, progress: Any = None) -> Outcome:
+def run(paths: Sequence[str], cfg: Any, rules: Any, n: int, progress: Any = None, output: Any = None) -> Outcome:
     """Fork ``n - 1`` workers, read ``paths``, hand the packets out and
     analyse share 0, wait for the workers. ``progress``: a
     ``sensor.progress.Progress`` shown while reading. The caller delivers the
@@ -505,7 +524,7 @@ def run(paths: Sequence[str], cfg: Any, rules: Any, n: int, progress: Any = None
                     os.close(data_w)
                     for fd in feeds:
                         os.close(fd)
-                    out = pickle.dumps(("ok", _work(k, data_r, cfg, rules, spools[k])))
+                    out = pickle.dumps(("ok", _work(k, data_r, cfg, rules, spools[k], output)))
                 except BaseException:   # reported to the parent, which fails loudly
                     out = pickle.dumps(("error", traceback.format_exc()))
                     code = 70

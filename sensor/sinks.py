@@ -370,8 +370,14 @@ class Outputs:
         self._old_hup: Any = None
 
     def emit(self, kind: str, rec: Mapping[str, Any]) -> None:
+        self.emit_encoded(kind, rec, self.encoder.encode(kind, rec), False)
+
+    def emit_encoded(self, kind: str, rec: Mapping[str, Any], line: bytes, cut: bool) -> None:
+        """``emit`` with the line already encoded by an ``Encoder`` like this
+        one (a replay worker's); ``cut``: that encoder shrank the record."""
         self.counts[kind] = self.counts.get(kind, 0) + 1
-        line = self.encoder.encode(kind, rec)
+        if cut:
+            self.encoder.truncated += 1
         meta = (kind, rec.get("Timestamp"), _syslog_severity(kind, rec))
         for s in self.sinks:
             if kind in s.kinds:

@@ -209,7 +209,7 @@ def test_workers_option_is_checked():
 
 
 def test_a_failing_worker_fails_the_replay_loudly_and_leaves_nothing(monkeypatch, tmp_path):
-    def broken(k, fd, cfg, rules, spool_path):
+    def broken(k, fd, cfg, rules, spool_path, output=None):
         raise ValueError("worker exploded")
     monkeypatch.setattr(partition, "_work", broken)
     monkeypatch.setattr(partition.tempfile, "tempdir", str(tmp_path))
@@ -282,3 +282,25 @@ def test_hand_out_gives_each_packet_raw_owners_share(monkeypatch):
         table = partition.share_table(n)
         assert feeds[0].shares == [partition.raw_owner(f, table) for f in frames + frames[:1]]
         assert len(set(feeds[0].shares)) == n
+
+
+def test_workers_encode_lines_as_the_parent_would_ecs_and_cut(mixed, tmp_path):
+    """Workers encode their records' lines (the merge only writes them): the
+    same bytes as one process, in the ECS profile too, with records cut to
+    max_line_bytes and counted the same."""
+    cfg = tmp_path / "small-lines.yaml"
+    cfg.write_text("output:\n  max_line_bytes: 1024\n")
+    outs = {}
+    for n in (1, 2):
+        out = tmp_path / f"w{n}"
+        cp = subprocess.run(SENSOR + ["replay", str(mixed), "--workers", str(n), "--out", str(out), "--profile", "ecs",
+                                      "--config", str(cfg), "--format", "json"], cwd=REPO, capture_output=True,
+                            timeout=300)
+        assert cp.returncode == 0, cp.stderr
+        assert b"replaying in one process" not in cp.stderr
+        summary = json.loads(cp.stdout)
+        outs[n] = ({k: (out / f"{k}.jsonl").read_bytes() for k in ("connections", "transfers", "weird", "alerts")},
+                   summary["outputs"]["truncated"], summary["outputs"]["records"])
+    assert outs[1] == outs[2]
+    assert outs[1][1] > 0, "no record was cut: the test would not see a wrong count"
+    assert b'"@timestamp"' in outs[1][0]["connections"]
