@@ -8,7 +8,10 @@ for the capture and a fresh output folder; without them, ``replay {pcap}
 variant of each round rotating, so drift and noise from the machine fall on
 every variant alike. Reported per variant: best, median and worst wall time,
 packets/s at the best and the median, and the ratio to the first variant
-(> 1: slower than it). Standard library only::
+(> 1: slower than it) three ways: best against best, median against median,
+and the median of the per-round ratios -- the runs of one round are next to
+each other in time, so on a machine whose speed drifts (a shared VM) that
+last one is the steadiest. Standard library only::
 
     python bench/ab.py --repeat 8 \\
         --variant "before=/tmp/basev/bin/xfer-sensor" \\
@@ -119,15 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     for label, cmd in variants:
         ts = times[label]
         best, med = min(ts), statistics.median(ts)
+        per_round = statistics.median(t / b for t, b in zip(ts, times[base_label]))
         rows.append({"variant": label, "command": " ".join(cmd), "runs": ts, "best_s": best, "median_s": med,
                      "worst_s": max(ts), "pps_best": packets / best, "pps_median": packets / med,
-                     "ratio_best": best / b_best, "ratio_median": med / b_med})
+                     "ratio_best": best / b_best, "ratio_median": med / b_med, "ratio_per_round": per_round})
     print(f"{args.pcap} ({packets:,} packets), {args.repeat} runs per variant, alternating\n")
     print(f"{'variant':<24} {'best s':>7} {'median s':>9} {'worst s':>8} {'pkts/s (median)':>16} "
-          f"{'x base (best)':>14} {'x base (median)':>16}")
+          f"{'x base (best)':>14} {'x base (median)':>16} {'x base (per round)':>19}")
     for row in rows:
         print(f"{row['variant']:<24} {row['best_s']:>7.2f} {row['median_s']:>9.2f} {row['worst_s']:>8.2f} "
-              f"{row['pps_median']:>16,.0f} {row['ratio_best']:>14.2f} {row['ratio_median']:>16.2f}")
+              f"{row['pps_median']:>16,.0f} {row['ratio_best']:>14.2f} {row['ratio_median']:>16.2f} "
+              f"{row['ratio_per_round']:>19.2f}")
     if mismatch:
         print(f"\nrecords differ from {first_label}'s: {', '.join(mismatch)}")
     elif same:
