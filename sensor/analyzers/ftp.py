@@ -221,6 +221,7 @@ from typing import TYPE_CHECKING, Final, Union
 
 from ..events import NEED_DATA, Event, ExpectConnection, Weird
 from ..frozen import frozen
+from ..iptype import parse_address
 from .base import Analyzer, ConnInfo
 
 if TYPE_CHECKING:
@@ -567,7 +568,7 @@ def _ip(text: str | None) -> _IPAddress | None:
     if text is None:
         return None
     try:
-        ip = ipaddress.ip_address(text.split("%", 1)[0])
+        ip = parse_address(text.split("%", 1)[0])     # inet_pton, else ipaddress's own parse
     except ValueError:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
