@@ -23,7 +23,7 @@ import struct
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import pcapy
 
@@ -82,7 +82,7 @@ READ_AHEAD_BATCHES = 8    # batches read ahead of the pipeline at most (bounded 
 def read_file(path: str | Path, handler_for: Callable[[int], Handler],
               filters: Sequence[str | None] | None = None,
               refilter: Callable[[], Sequence[str | None] | None] | None = None,
-              read_ahead: bool = True) -> ReadResult:
+              read_ahead: bool = True, watch: Any = None) -> ReadResult:
     """Read every packet of ``path``; ``handler_for(linktype)`` gives the
     function that receives ``(ts_us, data)``; ``filters`` are capture filters
     to try, best first (the first that compiles for the file's link type is
@@ -91,7 +91,10 @@ def read_file(path: str | Path, handler_for: Callable[[int], Handler],
     A damaged file (cut in the middle of a record) yields every whole packet
     before the damage and reports it in ``ReadResult.error``. ``read_ahead``:
     read on a thread ahead of the handler (same packets, see the module
-    docstring); False: one plain ``pcap_loop``."""
+    docstring); False: one plain ``pcap_loop``. ``watch``: an object whose
+    ``version`` attribute changes whenever ``refilter`` may have new filters
+    (the pipeline's PortSet); with it, reading ahead, ``refilter`` is asked
+    only then instead of after every packet."""
     link_types = _pcapng_link_types(path)
     if link_types is not None and len(link_types) > 1:
         return _read_pcapng_mixed(path, handler_for)
@@ -100,7 +103,7 @@ def read_file(path: str | Path, handler_for: Callable[[int], Handler],
     handle = handler_for(linktype)
     installed = set_filter(reader, filters) if filters else None
     if read_ahead and hasattr(reader, "next_batch"):
-        return _read_ahead(path, reader, linktype, handle, installed, refilter)
+        return _read_ahead(path, reader, linktype, handle, installed, refilter, watch)
     return _loop(path, reader, linktype, handle, installed, refilter, 0)
 
 
@@ -146,7 +149,7 @@ _END = object()
 
 
 def _read_ahead(path: str | Path, reader, linktype: int, handle: Handler, installed: str | None,
-                refilter: Callable[[], Sequence[str | None] | None] | None) -> ReadResult:
+                refilter: Callable[[], Sequence[str | None] | None] | None, watch: Any = None) -> ReadResult:
     """``read_file`` with libpcap reading on a thread, ``READ_AHEAD_BATCH``
     packets per call, at most ``READ_AHEAD_BATCHES`` ahead.
 
@@ -179,6 +182,7 @@ def _read_ahead(path: str | Path, reader, linktype: int, handle: Handler, instal
     count = 0
     new_filters = None
     damaged = False
+    seen = watch.version if watch is not None else None
     try:
         while True:
             item = q.get()
@@ -197,12 +201,22 @@ def _read_ahead(path: str | Path, reader, linktype: int, handle: Handler, instal
                     handle(s * 1_000_000 + us, pb[off:off + caplen])
                 count += len(meta) >> 4
                 continue
-            for s, us, off, caplen in unpack(meta):
-                count += 1
-                handle(s * 1_000_000 + us, pb[off:off + caplen])
-                new_filters = refilter()
-                if new_filters is not None:
-                    break
+            if watch is not None:
+                for s, us, off, caplen in unpack(meta):
+                    count += 1
+                    handle(s * 1_000_000 + us, pb[off:off + caplen])
+                    if watch.version != seen:
+                        seen = watch.version
+                        new_filters = refilter()
+                        if new_filters is not None:
+                            break
+            else:
+                for s, us, off, caplen in unpack(meta):
+                    count += 1
+                    handle(s * 1_000_000 + us, pb[off:off + caplen])
+                    new_filters = refilter()
+                    if new_filters is not None:
+                        break
             if new_filters is not None:
                 break
     finally:

@@ -213,7 +213,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         try:
             for path in args.pcap:
                 progress.begin(path)
-                res = read_file(path, handler_for, pipe.capture_filters(), pipe.refilter)
+                res = read_file(path, handler_for, pipe.capture_filters(), pipe.refilter, watch=pipe.portset)
                 progress.end(path)
                 packets += res.packets
                 if res.error:
@@ -399,7 +399,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     pipe = Pipeline(cfg, tested, TeeSink(explain, mem))
     damaged = []
     for path in args.pcap:
-        res = read_file(path, pipe.handler_for, pipe.capture_filters(), pipe.refilter)
+        res = read_file(path, pipe.handler_for, pipe.capture_filters(), pipe.refilter, watch=pipe.portset)
         if res.error:
             damaged.append(f"{path}: damaged after {res.packets} packets: {res.error}")
             print(f"xfer-sensor: warning: {damaged[-1]}", file=sys.stderr)

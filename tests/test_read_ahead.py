@@ -73,7 +73,10 @@ def ftp_on_port_443(path: Path) -> Path:
     return write_pcap(path, pkts)
 
 
-def test_read_ahead_applies_a_new_capture_filter_from_the_next_packet(tmp_path):
+@pytest.mark.parametrize("watched", [False, True], ids=["refilter-each-packet", "watch-portset"])
+def test_read_ahead_applies_a_new_capture_filter_from_the_next_packet(tmp_path, watched):
+    """Also when refilter is asked only as the pipeline's PortSet changes
+    (``watch``, as the replay does)."""
     path = ftp_on_port_443(tmp_path / "ftp443.pcap")
     runs = {}
     for ahead in (True, False):
@@ -86,7 +89,8 @@ def test_read_ahead_applies_a_new_capture_filter_from_the_next_packet(tmp_path):
                 got.append((ts, data))
                 h(ts, data)
             return handle
-        res = read_file(path, handler_for, pipe.capture_filters(), pipe.refilter, read_ahead=ahead)
+        res = read_file(path, handler_for, pipe.capture_filters(), pipe.refilter, read_ahead=ahead,
+                        watch=pipe.portset if watched else None)
         pipe.finish()
         runs[ahead] = (got, res.packets, res.capture_filter, pipe.stats())
     assert "port 443" in runs[True][2]                  # the filter did change
