@@ -626,20 +626,26 @@ class _TransferSession:
 
     # -- dispatch ----------------------------------------------------------
     def on_datagram(self, data: bytes, from_orig: bool, ts: int) -> list[Event]:
-        out: list[Event] = []
         n = len(data)
         if n >= 4 and data[0] == 0:
             # a well-formed DATA or ACK, the bulk of a transfer: what
-            # parse_packet and on_packet do for it, without the packet object
+            # on_datagram_parsed does for it, without the packet object
             op = data[1]
             if op == OP_DATA:
+                out: list[Event] = []
                 self.packets += 1
                 self._on_data((data[2] << 8) | data[3], n - 4, from_orig, ts, out)
                 return out
             if op == OP_ACK and n == 4:
+                out = []
                 self.packets += 1
                 self._on_ack((data[2] << 8) | data[3], from_orig, ts, out)
                 return out
+        return self.on_datagram_parsed(data, from_orig, ts)
+
+    def on_datagram_parsed(self, data: bytes, from_orig: bool, ts: int) -> list[Event]:
+        """Any datagram the general way: parse_packet, then on_packet."""
+        out: list[Event] = []
         pkt = parse_packet(data, self.limits)
         if isinstance(pkt, ParseError):
             self.weirds.add(out, ts, pkt.name, pkt.detail)
