@@ -7,9 +7,10 @@ also reads). Unlike them, the result is the one a single pipeline gives,
 byte for byte, whatever the number of workers:
 
 - The parent reads the capture once (libpcap on its read-ahead thread, see
-  sensor/capture.py), analyses share 0 itself and hands every worker, per
-  batch of packets, the time and share of every packet and the frames of its
-  own share (a pipe per worker). Every pipeline moves its clock on every
+  sensor/capture.py), analyses share 0 itself and hands every worker each
+  read batch as libpcap gave it -- the frames' buffer, every packet's time,
+  offset and length -- with every packet's share (a pipe per worker, one
+  writev per batch, nothing copied out). Every pipeline moves its clock on every
   packet, so packet time -- the only clock -- moves in each exactly as in
   one pipeline, and every expiry scan runs at the same packet.
 - Everything a connection's record depends on stays inside its host pair:
@@ -54,7 +55,6 @@ import tempfile
 import threading
 import traceback
 import zlib
-from array import array
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Iterator, Sequence
@@ -67,7 +67,6 @@ _crc = zlib.crc32
 PARTITION_MIN_BYTES = 64 << 20   # ``--workers auto``: smaller captures run in one process
 MAX_AUTO_WORKERS = 8             # ``--workers auto``: at most this many processes
 SPOOL_BATCH = 256                # records pickled together into a spool file
-READ_BATCH = 1024                # packets handed to the workers per write
 PIPE_BYTES = 1 << 20             # pipe buffer asked for, reader -> worker
 FEED_BATCHES = 32                # batches queued for a worker before the parent waits
 SHARE_MEMORY = 1 << 16           # address pairs whose share the hand-out remembers (then forgets all)
@@ -235,7 +234,7 @@ class _DetectTap:
         return []
 
 
-_BATCH = struct.Struct("=II")   # packets in a batch, bytes of its frames
+_BATCH = struct.Struct("=II?")  # packets in a batch, bytes of its buffer, its records in _ONE's form
 _ONE = struct.Struct("=qqII")   # BATCH_META's (sec, usec, offset, caplen) for one packet, any time
 
 
@@ -266,8 +265,10 @@ def _report(pipe: Any) -> dict:
 
 
 def _work(k: int, fd: int, cfg: Any, rules: Any, spool_path: str, output: Any = None) -> dict:
-    """Worker ``k``: the batches of the parent's read (every packet's time
-    and share, the frames of share ``k``) through a pipeline of its own."""
+    """Worker ``k``: the parent's read batches as libpcap gave them (the
+    packets' times, offsets and lengths, their frames) with each packet's
+    share, through a pipeline of its own: share ``k``'s packets analysed,
+    every other one moving the clock."""
     with open(spool_path, "wb", buffering=1 << 20) as out, os.fdopen(fd, "rb", buffering=1 << 20) as f:
         pipe, spool = _share(cfg, rules, out, output)
         ft = pipe.flows
@@ -278,19 +279,17 @@ def _work(k: int, fd: int, cfg: Any, rules: Any, spool_path: str, output: Any = 
             head = f.read(_BATCH.size)
             if len(head) < _BATCH.size:
                 break
-            count, nbytes = _BATCH.unpack(head)
-            ts_a, ol_a = array("Q"), array("I")
-            ts_a.frombytes(f.read(8 * count))
-            ol_a.frombytes(f.read(4 * count))
-            frames = f.read(nbytes)
-            o = 0
-            for ts, ol in zip(ts_a, ol_a):
+            count, nbytes, one = _BATCH.unpack(head)
+            form = _ONE if one else BATCH_META
+            meta = f.read(form.size * count)
+            shares = f.read(count)
+            pb = f.read(nbytes)
+            for (s, us, off, n), w in zip(form.iter_unpack(meta), shares):
                 index += 1
-                if ol >> 24 == k:
+                ts = s * 1_000_000 + us
+                if w == k:
                     spool.index = index
-                    ln = ol & 0xFFFFFF
-                    handle(ts, frames[o:o + ln])
-                    o += ln
+                    handle(ts, pb[off:off + n])
                 else:                # another share's packet: the clock moves all the same
                     if ts > ft.now:
                         ft.now = ts
@@ -304,57 +303,50 @@ def _work(k: int, fd: int, cfg: Any, rules: Any, spool_path: str, output: Any = 
 
 class _Distributor:
     """The parent's packet handler: share 0 through the parent's own
-    pipeline; to every worker, every packet's time and share, and the frames
-    of its share; ``READ_BATCH`` packets per write."""
+    pipeline; every worker gets each read batch as it is (libpcap's buffer
+    and per-packet times, offsets and lengths) with every packet's share --
+    no frame is copied out for it."""
 
     def __init__(self, feeds: list["_Feed"], pipe: Any, spool: _Spool) -> None:
         self.feeds = feeds       # worker k's is feeds[k - 1]
         self.n = len(feeds) + 1
         self.pipe = pipe
         self.spool = spool
-        # per packet: its time, and its length with its share in the top byte
-        # (libpcap refuses records over 262,144 bytes: 24 bits are enough)
-        self.ts, self.ol = array("Q"), array("I")
-        self.frames: list[list[bytes]] = [[] for _ in range(self.n)]
 
     def handler(self):
         """The per-packet function; it carries ``batch(pb, meta)``, the same
         for a whole ``next_batch`` of packets at once (sensor/capture.py
-        calls that when it reads ahead: no Python call per packet, and only
-        the frames a worker gets are cut out of the batch)."""
+        calls that when it reads ahead: no Python call per packet)."""
         table = share_table(self.n)
         crc = _crc
-        flush = self.flush
-        ts_a, ol_a, frames = self.ts, self.ol, self.frames
-        add_ts, add_ol = ts_a.append, ol_a.append
+        feeds = self.feeds
         spool = self.spool
         ft = self.pipe.flows
         advance = ft.advance
         mine = self.pipe.handler_for(LINKTYPE_ETHERNET)
         index = 0
         ip4 = b"\x08\x00"
-        meta_unpack = BATCH_META.iter_unpack
-        shares: dict[bytes, int] = {}     # untagged IPv4 (src, dst) as in the frame -> share
-        shares_get = shares.get
+        remembered: dict[bytes, int] = {}     # untagged IPv4 (src, dst) as in the frame -> share
+        remembered_get = remembered.get
 
-        def batch(pb: bytes, meta: bytes, unpack=meta_unpack) -> None:
+        def batch(pb: bytes, meta: bytes, form: struct.Struct = BATCH_META) -> None:
             nonlocal index
-            for s, us, off, n in unpack(meta):
+            shares = bytearray()
+            add = shares.append
+            for s, us, off, n in form.iter_unpack(meta):
                 ts = s * 1_000_000 + us
                 if pb[off + 12:off + 14] == ip4 and n >= 34:   # raw_owner, inline for untagged IPv4,
                     pair = pb[off + 26:off + 34]              # remembered per address pair
-                    w = shares_get(pair)
+                    w = remembered_get(pair)
                     if w is None:
-                        if len(shares) >= SHARE_MEMORY:
-                            shares.clear()
-                        w = shares[pair] = table[(crc(pair[:4]) ^ crc(pair[4:])) & 0xFF]
+                        if len(remembered) >= SHARE_MEMORY:
+                            remembered.clear()
+                        w = remembered[pair] = table[(crc(pair[:4]) ^ crc(pair[4:])) & 0xFF]
                 else:
                     w = raw_owner(pb[off:off + n], table)
                 index += 1
-                add_ts(ts)
-                add_ol(n | (w << 24))
+                add(w)
                 if w:
-                    frames[w].append(pb[off:off + n])
                     if ts > ft.now:
                         ft.now = ts
                     if ft.now >= ft.next_scan:
@@ -363,27 +355,18 @@ class _Distributor:
                 else:
                     spool.index = index
                     mine(ts, pb[off:off + n])
-                if len(ts_a) >= READ_BATCH:      # whoever's packet: the hand-out stays bounded
-                    flush()
+            if shares:
+                head = _BATCH.pack(len(shares), len(pb), form is _ONE)
+                for feed in feeds:
+                    feed.put((head, meta, shares, pb))     # written with one writev
 
         def handle(ts: int, data: bytes) -> None:
             """One packet (the plain read after damage): a batch of one."""
             s, us = divmod(ts, 1_000_000)
-            batch(data, _ONE.pack(s, us, 0, len(data)), _ONE.iter_unpack)
+            batch(data, _ONE.pack(s, us, 0, len(data)), _ONE)
 
         handle.batch = batch     # type: ignore[attr-defined]
         return handle
-
-    def flush(self) -> None:
-        if not self.ts:
-            return
-        ts, ol = self.ts.tobytes(), self.ol.tobytes()
-        for k, feed in enumerate(self.feeds, 1):
-            frames = self.frames[k]
-            body = b"".join(frames)
-            feed.put((_BATCH.pack(len(self.ts), len(body)), ts, ol, body))   # written with one writev
-            frames.clear()
-        del self.ts[:], self.ol[:]
 
 
 class _Feed:
@@ -556,7 +539,6 @@ def run(paths: Sequence[str], cfg: Any, rules: Any, n: int, progress: Any = None
                         if res.error:
                             progress.clear()
                     results.append((res.packets, res.error))
-                dist.flush()
             except OSError as e:
                 fed = e
             while writers:

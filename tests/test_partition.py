@@ -238,8 +238,6 @@ def test_write_all_writes_every_part_in_order_through_short_writes(monkeypatch):
 def test_hand_out_gives_each_packet_raw_owners_share(monkeypatch):
     """The hand-out's inline share (remembered per address pair, forgotten
     when SHARE_MEMORY is reached) is raw_owner's, for every layout."""
-    from array import array
-
     from sensor.capture import BATCH_META
 
     monkeypatch.setattr(partition, "SHARE_MEMORY", 3)
@@ -264,9 +262,9 @@ def test_hand_out_gives_each_packet_raw_owners_share(monkeypatch):
             self.shares = []
 
         def put(self, parts):
-            ol = array("I")
-            ol.frombytes(parts[2])
-            self.shares += [x >> 24 for x in ol]
+            head, meta, shares, pb = parts
+            assert partition._BATCH.unpack(head)[:2] == (len(shares), len(pb))
+            self.shares += list(shares)
 
     class Spool:
         index = 0
@@ -278,7 +276,6 @@ def test_hand_out_gives_each_packet_raw_owners_share(monkeypatch):
         meta = b"".join(BATCH_META.pack(1, 0, sum(map(len, frames[:i])), len(f)) for i, f in enumerate(frames))
         handle.batch(b"".join(frames), meta)
         handle(2_000_000, frames[0])        # and one packet the plain way
-        dist.flush()
         table = partition.share_table(n)
         assert feeds[0].shares == [partition.raw_owner(f, table) for f in frames + frames[:1]]
         assert len(set(feeds[0].shares)) == n
