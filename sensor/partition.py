@@ -269,21 +269,22 @@ def _work(k: int, fd: int, cfg: Any, rules: Any, spool_path: str, output: Any = 
     packets' times, offsets and lengths, their frames) with each packet's
     share, through a pipeline of its own: share ``k``'s packets analysed,
     every other one moving the clock."""
-    with open(spool_path, "wb", buffering=1 << 20) as out, os.fdopen(fd, "rb", buffering=1 << 20) as f:
+    with open(spool_path, "wb", buffering=1 << 20) as out, os.fdopen(fd, "rb", buffering=0) as f:
+        read = _reader(f)
         pipe, spool = _share(cfg, rules, out, output)
         ft = pipe.flows
         handle = pipe.handler_for(LINKTYPE_ETHERNET)
         advance = ft.advance
         index = 0
         while True:
-            head = f.read(_BATCH.size)
+            head = read(_BATCH.size)
             if len(head) < _BATCH.size:
                 break
             count, nbytes, one = _BATCH.unpack(head)
             form = _ONE if one else BATCH_META
-            meta = f.read(form.size * count)
-            shares = f.read(count)
-            pb = f.read(nbytes)
+            meta = read(form.size * count)
+            shares = read(count)
+            pb = read(nbytes)
             for (s, us, off, n), w in zip(form.iter_unpack(meta), shares):
                 index += 1
                 ts = s * 1_000_000 + us
@@ -459,6 +460,27 @@ def _read_spool(path: str) -> Iterator[list]:
             except EOFError:
                 return
             yield from batch
+
+
+def _reader(f) -> Any:
+    """``read(n)``: exactly n bytes from the unbuffered pipe ``f`` (fewer at
+    its end), in one system call when the pipe holds them: no buffer copy."""
+    raw = f.read
+
+    def read(n: int) -> bytes:
+        b = raw(n)
+        if b is None or len(b) == n or not b:
+            return b or b""
+        parts = [b]
+        got = len(b)
+        while got < n:
+            more = raw(n - got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
+    return read
 
 
 def _write_all(fd: int, *parts: bytes) -> None:

@@ -301,3 +301,24 @@ def test_workers_encode_lines_as_the_parent_would_ecs_and_cut(mixed, tmp_path):
     assert outs[1] == outs[2]
     assert outs[1][1] > 0, "no record was cut: the test would not see a wrong count"
     assert b'"@timestamp"' in outs[1][0]["connections"]
+
+
+def test_worker_reads_exact_sizes_through_short_pipe_reads():
+    """A worker's reads of a batch: exactly the bytes asked for, however the
+    pipe splits them, and what is left at its end."""
+    import threading
+
+    data = os.urandom(3_000_001)
+    r, w = os.pipe()
+
+    def feed():
+        partition._write_all(w, data)
+        os.close(w)
+    t = threading.Thread(target=feed)
+    t.start()
+    with os.fdopen(r, "rb", buffering=0) as f:
+        read = partition._reader(f)
+        got = [read(1_000_000), read(9), read(1_999_990), read(100)]
+    t.join()
+    assert [len(g) for g in got] == [1_000_000, 9, 1_999_990, 2]
+    assert b"".join(got) == data
