@@ -11,8 +11,8 @@ Why: ``dataclass`` compiles six functions per frozen class with ``exec``
 classes, so that alone was ~45 ms of every start, a third of the import
 time of a replay (the benchmark in bench/ counts it). Here only ``__init__``
 is compiled per class; the other methods are shared and read the class's
-``__fields__`` tuple. Instances are built in half the time (each field is set
-through its slot's descriptor) and read as fast.
+``__fields__`` tuple. Instances are built in about two thirds of the time
+(each field is set through its slot's descriptor) and read as fast.
 
 ``uncompared`` names fields left out of ``==`` and ``hash`` (dataclass's
 ``field(compare=False)``). ``fields_of(obj)`` lists an instance's fields.
@@ -23,9 +23,6 @@ from dataclasses import FrozenInstanceError
 from typing import Any, Callable, TypeVar
 
 T = TypeVar("T", bound=type)
-
-_MISSING = object()
-
 
 def _setattr(self: Any, name: str, value: Any) -> None:
     raise FrozenInstanceError(f"cannot assign to field {name!r}")
@@ -87,7 +84,10 @@ def _build(cls: type, uncompared: tuple[str, ...]) -> type:
            if not _is_classvar(a) and n not in base_fields]
     for n in own:
         if n in cls.__dict__:
-            defaults[n] = cls.__dict__[n]
+            v = cls.__dict__[n]
+            if isinstance(v, (list, dict, set)):    # one object shared by every instance: refused, as by dataclass
+                raise ValueError(f"{cls.__name__}: mutable default {type(v).__name__} for field {n!r}")
+            defaults[n] = v
     names = base_fields + tuple(own)
     seen_default = False
     for n in names:

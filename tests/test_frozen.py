@@ -92,6 +92,13 @@ def test_a_required_field_after_a_default_is_refused() -> None:
             b: int
 
 
+def test_a_mutable_default_is_refused_as_by_dataclass() -> None:
+    with pytest.raises(ValueError, match="mutable default"):
+        @frozen
+        class Bad:
+            a: list = []
+
+
 def test_uncompared_must_name_a_field() -> None:
     with pytest.raises(TypeError, match="uncompared"):
         @frozen(uncompared=("nope",))
