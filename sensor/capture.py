@@ -192,28 +192,20 @@ def _read_ahead(path: str | Path, reader, linktype: int, handle: Handler, instal
                 damaged = True
                 break
             pb, meta = item
-            if refilter is None and batch is not None:
-                batch(pb, meta)
-                count += len(meta) >> 4
-                continue
             if refilter is None:
-                for s, us, off, caplen in unpack(meta):
-                    handle(s * 1_000_000 + us, pb[off:off + caplen])
+                if batch is not None:
+                    batch(pb, meta)
+                else:
+                    for s, us, off, caplen in unpack(meta):
+                        handle(s * 1_000_000 + us, pb[off:off + caplen])
                 count += len(meta) >> 4
                 continue
-            if watch is not None:
-                for s, us, off, caplen in unpack(meta):
-                    count += 1
-                    handle(s * 1_000_000 + us, pb[off:off + caplen])
-                    if watch.version != seen:
+            for s, us, off, caplen in unpack(meta):
+                count += 1
+                handle(s * 1_000_000 + us, pb[off:off + caplen])
+                if watch is None or watch.version != seen:   # without watch: ask after every packet
+                    if watch is not None:
                         seen = watch.version
-                        new_filters = refilter()
-                        if new_filters is not None:
-                            break
-            else:
-                for s, us, off, caplen in unpack(meta):
-                    count += 1
-                    handle(s * 1_000_000 + us, pb[off:off + caplen])
                     new_filters = refilter()
                     if new_filters is not None:
                         break
