@@ -319,7 +319,6 @@ class _Distributor:
         for a whole ``next_batch`` of packets at once (sensor/capture.py
         calls that when it reads ahead: no Python call per packet)."""
         table = share_table(self.n)
-        crc = _crc
         feeds = self.feeds
         spool = self.spool
         ft = self.pipe.flows
@@ -342,7 +341,7 @@ class _Distributor:
                     if w is None:
                         if len(remembered) >= SHARE_MEMORY:
                             remembered.clear()
-                        w = remembered[pair] = table[(crc(pair[:4]) ^ crc(pair[4:])) & 0xFF]
+                        w = remembered[pair] = owner(pair[:4], pair[4:], table)
                 else:
                     w = raw_owner(pb[off:off + n], table)
                 index += 1
