@@ -196,6 +196,11 @@ EMERGENCY_TIMEOUTS_S = (5.0, 100.0, 1.0, 10.0)   # attempt, established, closed,
 MAX_RECENT_KEYS = 1 << 18   # keys remembered for same-microsecond uids (cleared beyond)
 
 
+def _indexable(flow: Flow) -> bool:
+    """In the wire-order index (``FlowTable.fast``): IPv4 TCP."""
+    return flow.proto == 6 and len(flow.orig_b) == 4
+
+
 class FlowTable:
     """Tracks flows for target packets; calls ``on_end(flow)`` when one ends."""
 
@@ -357,7 +362,7 @@ class FlowTable:
     def _end(self, flow: Flow, reason: str) -> None:
         if self.flows.pop(flow.key, None) is None:
             return
-        if self.fast is not None and flow.proto == 6:
+        if self.fast is not None and _indexable(flow):
             self._unindex(flow)
         if flow.inq:
             self._unqueue(flow)
@@ -440,7 +445,7 @@ class FlowTable:
         else:
             flow = Flow(self._uid(key, p.ts), key, p.proto, src, sport, dst, dport, p.ts, p.vlan)
         self.flows[key] = flow
-        if self.fast is not None and flow.proto == 6 and len(flow.orig_b) == 4:
+        if self.fast is not None and _indexable(flow):
             self._index(flow)
         self._queue(flow, flow.tclass, flow.qts)
         self.stats.created += 1
