@@ -68,7 +68,8 @@ def file_offset(path: str) -> int | None:
 
 class Progress:
     def __init__(self, paths: Sequence[str], stream: TextIO | None = None, enabled: bool | None = None,
-                 interval: float = REDRAW_INTERVAL_S, offset: Callable[[str], int | None] = file_offset) -> None:
+                 interval: float = REDRAW_INTERVAL_S, offset: Callable[[str], int | None] = file_offset,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream if stream is not None else sys.stderr
         if enabled is None:
             try:
@@ -86,11 +87,12 @@ class Progress:
         self.total = sum(self.sizes.values())
         self.interval = interval
         self.offset = offset
+        self.clock = clock
         self.packets = 0
         self.done_bytes = 0          # sizes of the files already finished
         self.current: str | None = None
         self.pos = 0
-        self.t0 = time.monotonic()
+        self.t0 = clock()
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.thread: threading.Thread | None = None
@@ -121,7 +123,7 @@ class Progress:
         self.current = path
         self.pos = 0
         if self.enabled and self.thread is None:
-            self.t0 = time.monotonic()
+            self.t0 = self.clock()
             self.thread = threading.Thread(target=self._run, name="progress", daemon=True)
             self.thread.start()
 
@@ -151,7 +153,7 @@ class Progress:
 
     # -- drawing ------------------------------------------------------------------
     def line(self, final: bool = False) -> str:
-        elapsed = max(time.monotonic() - self.t0, 1e-6)
+        elapsed = max(self.clock() - self.t0, 1e-6)
         done = self.total if final else self.done_bytes + self.pos
         frac = min(done / self.total, 1.0) if self.total else (1.0 if final else 0.0)
         fill = int(round(frac * BAR_WIDTH))
@@ -168,17 +170,22 @@ class Progress:
                 f"{_human_count(self.packets)} packets  {_human_count(rate_p)} pkt/s  "
                 f"{_human_bytes(rate_b)}/s  {tail}")
 
+    def tick(self) -> None:
+        """One redraw: the reader's position, then the line. The thread calls it
+        every ``interval`` seconds; tests call it with a clock of their own."""
+        cur = self.current
+        if cur is not None:
+            off = self.offset(cur)
+            if off is not None:
+                self.pos = min(off, self.sizes.get(cur, off))
+        with self.lock:
+            self.stream.write("\r" + self.line() + "\x1b[K")
+            self.stream.flush()
+            self.drawn = True
+
     def _run(self) -> None:
         while not self.stop.wait(self.interval):
-            cur = self.current
-            if cur is not None:
-                off = self.offset(cur)
-                if off is not None:
-                    self.pos = min(off, self.sizes.get(cur, off))
-            with self.lock:
-                self.stream.write("\r" + self.line() + "\x1b[K")
-                self.stream.flush()
-                self.drawn = True
+            self.tick()
 
 
 class ProgressAwareHandler(logging.StreamHandler):

@@ -529,14 +529,11 @@ def test_transfer_block_number_rollover(base):
     ctx = request_context(b"\x00\x01big.bin\x00octet\x00blksize\x008\x00")
     script = download(content(size), blksize=8, oack_dgram=oack((b"blksize", b"8")), base=base)
     assert ("S", data(0 if base == 0 else 1, content(size)[65535 * 8 : 65536 * 8])) in script
-    started = time.perf_counter()
     events = feed(TftpTransferAnalyzer(XFER_CONN, ctx), script)
-    elapsed = time.perf_counter() - started
     done = only_done(events)
     assert (done.bytes, done.blocks, done.complete, done.blksize) == (size, 65541, True, 8)
     assert done.retransmitted_blocks == 0 and done.missing_blocks == 0
     assert weird_names(events) == []
-    assert elapsed < 4.0
 
 
 def test_rollover_retransmission_across_the_wrap_is_a_duplicate():

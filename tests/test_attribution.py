@@ -208,7 +208,7 @@ def _sniff_main(mode: str, iface: str, local_ip: str, out_path: str) -> None:
         collect()
         if sys.stdin in r:
             stop = sys.stdin.readline().strip() in ("STOP", "")
-    deadline = time.monotonic() + 2.0
+    deadline = time.monotonic() + 10.0
     while time.monotonic() < deadline and (att.pending_count()
                                            or any("attr" not in c[-1] for c in conns.values())):
         drain()
@@ -547,7 +547,9 @@ def test_sockdiag_never_raises_and_counts_errors():
     assert sd2.stats.errors == 1 and sd2.stats.as_dict()["errnos"] == {"ENOENT": 1}
 
 
-def test_sockdiag_lookup_takes_microseconds():
+def test_sockdiag_lookup_is_one_exact_query():
+    """Each lookup asks the kernel for that one socket: one netlink request, no
+    table dump (what it costs is measured by bench/, not asserted here)."""
     sd = SockDiag()
     with socket.socket() as lst, socket.socket() as cli:
         lst.bind(("127.0.0.1", 0))
@@ -561,8 +563,7 @@ def test_sockdiag_lookup_takes_microseconds():
             sd.lookup(*args)
         us = (time.perf_counter() - t0) / n * 1e6
     print(f"\nsockdiag exact lookup: {us:.1f} µs")
-    assert us < 200, us
-    assert sd.stats.hits == n + 1
+    assert sd.stats.hits == n + 1 and sd.stats.queries == n + 1 and sd.stats.misses == sd.stats.errors == 0
 
 
 # ---------------------------------------------------------------------------
@@ -624,7 +625,7 @@ def test_exec_is_noticed_by_the_process_cache():
             assert a.InitiatingProcessId == p.pid and a.InitiatingProcessFileName.startswith("python")
             p.stdin.write("go\n")
             p.stdin.flush()
-            deadline = time.monotonic() + 5
+            deadline = time.monotonic() + 30
             while Path(f"/proc/{p.pid}/comm").read_text().strip() != "sleep":
                 assert time.monotonic() < deadline
                 time.sleep(0.01)
@@ -764,7 +765,7 @@ class _GatedAttributor:
     def lookup(self, *conn) -> Attribution:
         self.calls.append(conn)
         self.started.set()
-        self.gate.wait(5)
+        self.gate.wait(60)      # longer than any test holds it: a result before the gate opens is a bug
         return Attribution(InitiatingProcessFileName=f"p{conn[2]}", InitiatingProcessId=conn[2],
                            AttributionSource=SOURCE_SOCKET)
 
@@ -783,21 +784,22 @@ def test_async_submit_never_blocks_bounded_queue_and_wait():
         assert aa.submit("a", conn(1))
         assert fake.started.wait(2)                 # the worker holds "a"
         assert aa.submit("b", conn(2)) and aa.submit("c", conn(3))
-        t0 = time.perf_counter()
-        assert not aa.submit("d", conn(4))          # queue full: dropped, counted, not blocked
+        # queue full: dropped and counted. A submit that blocked would wait for the
+        # gated worker and then queue "d", returning True.
+        assert not aa.submit("d", conn(4))
         assert aa.submit("b", conn(2))              # already pending: not queued twice
-        assert time.perf_counter() - t0 < 0.01
+        # bounded wait: "a" is still in the (gated) lookup, so a wait that was not
+        # bounded would return its result once the gate opens, not None
         t0 = time.perf_counter()
-        assert aa.get("a", wait_s=0.05) is None     # bounded wait
-        waited = time.perf_counter() - t0
-        assert 0.04 <= waited < 0.5, waited
+        assert aa.get("a", wait_s=0.05) is None
+        assert time.perf_counter() - t0 >= 0.04     # it did wait (a lower bound holds on any machine)
+        assert fake.calls == [conn(1)] and not fake.gate.is_set()
         assert aa.get("d", wait_s=0.02) is None     # dropped: nothing comes
         assert aa.get("never") is None              # no wait asked for: at once
-        assert time.perf_counter() - t0 < 0.5
         fake.gate.set()
-        a = aa.get("a", wait_s=2.0)
+        a = aa.get("a", wait_s=10.0)
         assert a is not None and a.InitiatingProcessId == 1
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 30
         got: dict = {}
         while len(got) < 2 and time.monotonic() < deadline:
             got.update(aa.poll())
@@ -820,7 +822,7 @@ def test_async_results_are_bounded():
     try:
         for i in range(10):
             aa.submit(i, ("udp", "10.0.0.1", i, "10.0.0.2", 69))
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + 30
         while aa.metrics()["completed"] < 10 and time.monotonic() < deadline:
             time.sleep(0.005)
         assert [k for k, _ in aa.poll()] == [7, 8, 9]
@@ -836,7 +838,7 @@ def test_async_with_real_attributor():
         cli.connect(lst.getsockname())
         assert aa.submit("k", (PROTO_TCP, "127.0.0.1", cli.getsockname()[1], "127.0.0.1",
                                lst.getsockname()[1]))
-        a = aa.get("k", wait_s=2.0)
+        a = aa.get("k", wait_s=10.0)
         assert a is not None and a.AttributionSource == SOURCE_SOCKET and a.InitiatingProcessId == os.getpid()
         m = aa.metrics()
         assert m["attributor"]["hits_socket"] == 1 and m["queue_drops"] == 0
@@ -935,10 +937,10 @@ def test_in_process_tap_attributes_at_first_packet():
         try:
             with socket.create_connection(("127.0.0.1", port)) as cli:
                 key = (PROTO_TCP, "127.0.0.1", cli.getsockname()[1], "127.0.0.1", port)
-                a = aa.get(key, wait_s=2.0)
+                a = aa.get(key, wait_s=10.0)
                 assert a is not None and a.InitiatingProcessId == os.getpid(), a
                 # the listener's side of the same SYN (loopback: both ends are local)
-                b = aa.get((PROTO_TCP, "127.0.0.1", port, "127.0.0.1", cli.getsockname()[1]), wait_s=2.0)
+                b = aa.get((PROTO_TCP, "127.0.0.1", port, "127.0.0.1", cli.getsockname()[1]), wait_s=10.0)
                 assert b is not None and b.AttributionDetail == "listening-socket", b
         finally:
             tap.stop()
@@ -956,11 +958,11 @@ def test_helper_process_attributes_and_stops():
         try:
             with socket.create_connection(("127.0.0.1", port)) as cli:
                 key = (PROTO_TCP, "127.0.0.1", cli.getsockname()[1], "127.0.0.1", port)
-                a = h.get(key, wait_s=2.0)
+                a = h.get(key, wait_s=10.0)
             assert a is not None and a.AttributionSource == SOURCE_SOCKET
             assert a.InitiatingProcessId == os.getpid()
             t0 = time.perf_counter()
-            assert h.get(("x",), wait_s=0.05) is None and time.perf_counter() - t0 < 0.5
+            assert h.get(("x",), wait_s=0.05) is None and time.perf_counter() - t0 >= 0.04   # waited, then gave up
             child = h._proc
         finally:
             h.stop()

@@ -18,6 +18,9 @@ from loopback_ftp import DaemonProcess, banner_server, login_sessions, records_o
 REPO = Path(__file__).resolve().parent.parent
 PORT = 0   # set by the ftp_server fixture: a free port (other test runs may hold any fixed one)
 SERVER = "127.0.0.2"
+# how long systemd waits after SIGTERM before it kills the daemon: the stop promise
+UNIT_STOP_TIMEOUT_S = int(re.search(r"^TimeoutStopSec=(\d+)$", (REPO / "systemd" / "xfer-sensor.service").read_text(),
+                                    re.M).group(1))
 
 
 @pytest.fixture
@@ -88,13 +91,12 @@ def test_daemon_signals(tmp_path, ftp_server):
         wait_for(lambda: len(read(conns)) == 2, what="records in the new file")
         assert len(read(d.out / "connections.jsonl.1")) == 9
 
-        # SIGTERM: flows still open are written, exit well within 5 s
+        # SIGTERM: flows still open are written, and the daemon exits by itself
+        # before systemd's TimeoutStopSec would kill it (the promise of the unit)
         sessions(1, "dave")
-        t0 = time.time()
         d.p.send_signal(signal.SIGTERM)
-        rc = d.p.wait(10)
-        elapsed = time.time() - t0
-        assert rc == 0 and elapsed < 5.0, (rc, elapsed)
+        rc = d.p.wait(UNIT_STOP_TIMEOUT_S)
+        assert rc == 0, rc
         assert [r["AppUser"] for r in read(conns)][-1] == "dave"
         for line in (d.out / "connections.jsonl").read_text().splitlines():
             json.loads(line)
@@ -196,7 +198,7 @@ def test_unprivileged_daemon_keeps_only_the_capabilities_it_needs(tmp_path):
                          cwd=REPO, stderr=subprocess.PIPE, text=True)
     try:
         err = ""
-        end = time.time() + 20
+        end = time.time() + 60
         while time.time() < end and "capturing on lo" not in err:
             line = p.stderr.readline()
             if not line:

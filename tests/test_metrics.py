@@ -291,7 +291,7 @@ def read(path: Path) -> list[dict]:
     return records_of(path)
 
 
-def wait_for(cond, timeout=15.0, what=""):
+def wait_for(cond, timeout=60.0, what=""):
     _wait_for(cond, timeout, what)
 
 

@@ -99,7 +99,7 @@ class Rsyslog:
                 out.append(parts)
         return out
 
-    def wait_for(self, n: int, timeout: float = 20.0) -> list[tuple[str, ...]]:
+    def wait_for(self, n: int, timeout: float = 60.0) -> list[tuple[str, ...]]:
         deadline = time.monotonic() + timeout
         while True:
             recs = self.records()

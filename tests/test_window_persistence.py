@@ -439,10 +439,8 @@ def test_daemon_window_survives_kill_9_restarts(tmp_path, ftp_server):
         assert b"0 key(s) restored" in d.err()
         sessions(2)
         wait_for(lambda: len(read(conns)) == 2, what="2 connection records")
-        # committed within the flush interval (2 s by default), then SIGKILL: nothing is flushed at exit
-        t0 = time.time()
-        wait_for(lambda: len(stored_uids(state)) == 2, timeout=6, what="the 2 events in the state file")
-        assert time.time() - t0 < 4.0            # interval 2 s + the loop's 0.25 s poll + slack under load
+        # committed by the periodic flush while the daemon runs, then SIGKILL: nothing is flushed at exit
+        wait_for(lambda: len(stored_uids(state)) == 2, what="the 2 events in the state file")
         d.kill9()
         assert read(alerts) == []
 
@@ -456,7 +454,7 @@ def test_daemon_window_survives_kill_9_restarts(tmp_path, ftp_server):
         assert a["Uids"] == [c["Uid"] for c in read(conns)]   # both runs' connections counted
         sessions(1)                                            # the 5th joins the alert
         wait_for(lambda: len(read(conns)) == 5, what="5 connection records")
-        wait_for(lambda: len(stored_uids(state)) == 5, timeout=6, what="5 events stored")
+        wait_for(lambda: len(stored_uids(state)) == 5, what="5 events stored")
         assert len(read(alerts)) == 1
 
         # a reload in between (the carried window keeps being written), then SIGKILL again
@@ -464,13 +462,13 @@ def test_daemon_window_survives_kill_9_restarts(tmp_path, ftp_server):
         wait_for(lambda: b"reloaded" in d.err(), what="the reload")
         sessions(1)
         wait_for(lambda: len(read(conns)) == 6, what="6 connection records")
-        wait_for(lambda: len(stored_uids(state)) == 6, timeout=6, what="6 events stored")
+        wait_for(lambda: len(stored_uids(state)) == 6, what="6 events stored")
         d.kill9()
 
         d = Daemon(tmp_path, state)
         sessions(1)
         wait_for(lambda: len(read(conns)) == 7, what="7 connection records")
-        wait_for(lambda: len(stored_uids(state)) == 7, timeout=6, what="7 events stored")
+        wait_for(lambda: len(stored_uids(state)) == 7, what="7 events stored")
         assert len(read(alerts)) == 1, read(alerts)            # the alert is not raised again
         # SIGTERM writes what is pending and exits cleanly
         d.p.send_signal(signal.SIGTERM)
@@ -491,7 +489,7 @@ def test_daemon_with_a_corrupt_state_file_logs_starts_empty_and_works(tmp_path, 
         assert len(list(state.glob(f"{STATE_FILE}.corrupt-*"))) == 1
         sessions(4)
         wait_for(lambda: len(read(tmp_path / "out" / "alerts.jsonl")) == 1, what="the alert")
-        wait_for(lambda: len(stored_uids(state)) == 4, timeout=6, what="4 events in the new file")
+        wait_for(lambda: len(stored_uids(state)) == 4, what="4 events in the new file")
         d.p.send_signal(signal.SIGTERM)
         assert d.p.wait(10) == 0
     finally:
