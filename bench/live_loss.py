@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         if not a.no_attribution:   # the daemon's own helper process
             import psutil
             helper = next((c.pid for c in psutil.Process(daemon.pid).children()
-                           if "sensor.attribution" in " ".join(c.cmdline())), None)
+                           if "sensor.attribution.attributor" in " ".join(c.cmdline())), None)
             if helper is None:
                 raise SystemExit("the sensor runs without its attribution helper:\n" + err_path.read_text())
         sender = subprocess.Popen([sys.executable, __file__, "--_sender", "--rate", str(a.rate),

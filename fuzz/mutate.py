@@ -69,11 +69,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from sensor.config import config_from_dict  # noqa: E402
-from sensor.outputs import to_line  # noqa: E402
+from sensor.core.config import config_from_dict  # noqa: E402
+from sensor.records.encode import to_line  # noqa: E402
 from sensor.pipeline import Pipeline  # noqa: E402
-from sensor.records import RECORD_FIELDS  # noqa: E402
-from sensor.rules import load_rules  # noqa: E402
+from sensor.records.mde import RECORD_FIELDS  # noqa: E402
+from sensor.detect.rules import load_rules  # noqa: E402
 
 DEFAULT_CORPUS = ("pcaps/real", "pcaps/demo.pcap")
 CRASH_DIR = Path(__file__).resolve().parent / "crashes"

@@ -8,7 +8,7 @@
   definition did not change are kept.
 - SIGTERM/SIGINT: end every flow, write every record, exit (well within 5 s).
 Rule windows survive restarts: kept in SQLite under ``--state-dir``
-(sensor/winstore.py), written every ``state_flush_interval`` s and at SIGTERM.
+(sensor/detect/winstore.py), written every ``state_flush_interval`` s and at SIGTERM.
 Privileges: refuses uid 0 unless ``--allow-root``; once the capture is open
 it keeps no capability (the attribution helper, started before, keeps
 CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH for its lookups). If the helper dies
@@ -17,7 +17,7 @@ systemd: READY=1 once capturing, WATCHDOG=1 every half $WATCHDOG_USEC,
 STATUS= with the counters, RELOADING=1/READY=1 around a reload, STOPPING=1.
 
 Modes (``--mode``): ``endpoint`` (default) -- the host's own traffic: the
-attribution helper (sensor/attribution.py) looks up the process of every
+attribution helper (sensor/attribution/attributor.py) looks up the process of every
 FTP/SMB/TFTP connection at its first packet and the records carry it;
 DeviceName is the host name and ``home_net`` the host's addresses unless the
 config sets them.  ``span`` -- a mirror port: other hosts' traffic, no
@@ -38,19 +38,19 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .capture import CaptureError
-from .config import Config, ConfigError, load_config, parse_listen
-from .detect import Detector
-from .endpoint import AttributionBook, endpoint_config
-from .live import DEFAULT_TIMEOUT_MS, LiveCapture
-from . import metrics
-from .pipeline import Pipeline
-from .records import RECORD_FIELDS, RecordBuilder
-from .rules import RuleError, RuleSet, load_rules
-from .privileges import DAEMON_CAPS, keep_only
-from .sdnotify import SdNotifier
-from .sinks import build_outputs
-from .winstore import DEFAULT_STATE_DIR, WindowPersistence
+from sensor.io.capture import CaptureError
+from sensor.core.config import Config, ConfigError, load_config, parse_listen
+from sensor.detect.detector import Detector
+from sensor.attribution.book import AttributionBook, endpoint_config
+from sensor.io.live import DEFAULT_TIMEOUT_MS, LiveCapture
+from sensor.io import metrics
+from sensor.pipeline import Pipeline
+from sensor.records.mde import RECORD_FIELDS, RecordBuilder
+from sensor.detect.rules import RuleError, RuleSet, load_rules
+from sensor.io.privileges import DAEMON_CAPS, keep_only
+from sensor.io.sdnotify import SdNotifier
+from sensor.io.sinks import build_outputs
+from sensor.detect.winstore import DEFAULT_STATE_DIR, WindowPersistence
 
 log = logging.getLogger("xfer-sensor")
 
@@ -112,7 +112,7 @@ class Daemon:
         return endpoint_config(cfg) if self.endpoint else cfg
 
     def _start_helper(self, interfaces: Sequence[str]):
-        from .attribution import AttributionHelper
+        from sensor.attribution.attributor import AttributionHelper
         ports = sorted(set(self.cfg.tracked_ports) | {989})
         helper = AttributionHelper(iface=interfaces[0] if len(interfaces) == 1 else None, ports=ports)
         try:
@@ -194,7 +194,7 @@ class Daemon:
 
     # -- loop ---------------------------------------------------------------------
     def snapshot(self):
-        """Every figure, read here on the daemon thread (sensor/metrics.py)."""
+        """Every figure, read here on the daemon thread (sensor/io/metrics.py)."""
         st = self.pipe.stats()
         if self.helper is not None:
             hm = self.helper.metrics()
@@ -269,8 +269,8 @@ class Daemon:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .cli import default_rules_dir
-    from .entry import tune_gc
+    from sensor.detect.rules import default_rules_dir
+    from sensor.core.runtime import tune_gc
     tune_gc()
     ap = argparse.ArgumentParser(prog="xfer-sensor run", description="capture live and write records")
     ap.add_argument("-i", "--interface", action="append", required=True, help="interface (repeatable)")

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .bpf import capture_filters
-from .config import Config
-from .decode import LINKTYPE_ETHERNET, DecodeStats, Decoder, Packet
-from .detect import Detector
-from .endpoint import AttributionBook
-from .app import AppLayer
-from .fastpath import ethernet_handler
-from .flows import Flow, FlowTable
-from .ports import PortSet
-from .records import RecordBuilder, iso_us
-from .rules import RuleSet
+from sensor.engine.bpf import capture_filters
+from sensor.core.config import Config
+from sensor.engine.decode import LINKTYPE_ETHERNET, DecodeStats, Decoder, Packet
+from sensor.detect.detector import Detector
+from sensor.attribution.book import AttributionBook
+from sensor.engine.dispatch import AppLayer
+from sensor.engine.fastpath import ethernet_handler
+from sensor.engine.flows import Flow, FlowTable
+from sensor.engine.ports import PortSet
+from sensor.records.mde import RecordBuilder, iso_us
+from sensor.detect.rules import RuleSet
 
 # weird records written per name before only counting (Zeek samples weirds too)
 WEIRD_LOG_PER_NAME = 1000
@@ -36,7 +36,7 @@ def _clocked(advance: Callable[[int], int], inner: Callable[[int, bytes], None])
 
 class Pipeline:
     """``attribution``: an ``AttributionBook`` (endpoint mode) -- the records
-    then carry the process that made each connection (see sensor/endpoint.py)."""
+    then carry the process that made each connection (see sensor/attribution/book.py)."""
 
     def __init__(self, config: Config, rules: RuleSet, sink: Any,
                  attribution: AttributionBook | None = None) -> None:
@@ -65,7 +65,7 @@ class Pipeline:
         self.action_counts: dict[str, int] = {}
         self._decoders: dict[int, Callable[[int, bytes], None]] = {}
         self._filter_version = 0
-        # Ethernet frames take the fused per-packet path (sensor/fastpath.py);
+        # Ethernet frames take the fused per-packet path (sensor/engine/fastpath.py);
         # False: the layered one (the tests compare the two)
         self.fused = True
 
@@ -103,7 +103,7 @@ class Pipeline:
             self.app.segment(f, from_orig, ts, flags, seq, ack, plen, payload)
 
     def capture_filters(self) -> list[str | None]:
-        """BPF filters to try, best first (see sensor/bpf.py)."""
+        """BPF filters to try, best first (see sensor/engine/bpf.py)."""
         return capture_filters(self.portset.filter_ports)
 
     def refilter(self) -> list[str | None] | None:

@@ -17,12 +17,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 sys.path.insert(0, str(Path(__file__).parent))
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 
-from sensor.capture import read_file  # noqa: E402
-from sensor.config import config_from_dict  # noqa: E402
-from sensor.outputs import MemorySink  # noqa: E402
+from sensor.io.capture import read_file  # noqa: E402
+from sensor.core.config import config_from_dict  # noqa: E402
+from sensor.io.sinks import MemorySink  # noqa: E402
 from sensor.pipeline import Pipeline  # noqa: E402
-from sensor.records import RECORD_FIELDS  # noqa: E402
-from sensor.rules import load_rules  # noqa: E402
+from sensor.records.mde import RECORD_FIELDS  # noqa: E402
+from sensor.detect.rules import load_rules  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -2,7 +2,9 @@
 kind: two runs compare byte for byte, in order."""
 from __future__ import annotations
 
-from sensor.outputs import MemorySink, to_line
+from sensor.records.encode import to_line
+
+from sensor.io.sinks import MemorySink
 
 
 class LineSink(MemorySink):

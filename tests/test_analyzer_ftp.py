@@ -49,8 +49,8 @@ from sensor.analyzers.ftp import (
     probe_ts,
 )
 from sensor.analyzers.tls import parse_tls_client_hello_sni
-from sensor.events import Event, ExpectConnection, Weird
-from sensor.frozen import fields_of
+from sensor.core.events import Event, ExpectConnection, Weird
+from sensor.core.frozen import fields_of
 from test_analyzer_tls import openssl_client_hello
 
 CLIENT, SERVER = "10.77.0.1", "10.77.0.2"

@@ -45,7 +45,7 @@ from sensor.analyzers.smb import (
     find_frame_start,
     parse_ntlmssp,
 )
-from sensor.events import NEED_DATA, Event, Weird
+from sensor.core.events import NEED_DATA, Event, Weird
 
 T0 = 1_700_000_000_000_000
 CONN445 = ConnInfo("C445", "tcp", "10.77.0.1", 40000, "10.77.0.2", 445)

@@ -50,7 +50,7 @@ from sensor.analyzers.tftp import (
     TftpTransferDone,
     parse_packet,
 )
-from sensor.events import Event, ExpectConnection, Weird
+from sensor.core.events import Event, ExpectConnection, Weird
 
 CLIENT, SERVER = "10.77.0.1", "10.77.0.2"
 CLIENT_PORT, SERVER_TID = 40312, 51123

@@ -54,11 +54,11 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
-from sensor.attribution import (  # noqa: E402
+from sensor.attribution.attributor import (  # noqa: E402
     NO_ATTRIBUTION, PACKET_HOST, PACKET_OUTGOING, SOURCE_LINKED, SOURCE_NONE, SOURCE_SOCKET,
     SOURCE_UID_ONLY, AsyncAttributor, Attribution, AttributionHelper, Attributor, AttributorConfig,
     FirstPacketTap, LatencyHistogram, tap_filter)
-from sensor.sockdiag import PROTO_TCP, PROTO_UDP, SockDiag, pack_request, parse_messages  # noqa: E402
+from sensor.attribution.sockdiag import PROTO_TCP, PROTO_UDP, SockDiag, pack_request, parse_messages  # noqa: E402
 
 LAB_PREFIX = "xs-att"
 LAB_SUBNET = "10.78.0"

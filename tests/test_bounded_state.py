@@ -27,10 +27,10 @@ from pathlib import Path
 import pytest
 
 from craft import Tcp, udp_exchange, write_raw_pcap
-from sensor.config import config_from_dict
-from sensor.detect import Detector
-from sensor.records import RECORD_FIELDS, iso_us
-from sensor.rules import load_rules
+from sensor.core.config import config_from_dict
+from sensor.detect.detector import Detector
+from sensor.records.mde import RECORD_FIELDS, iso_us
+from sensor.detect.rules import load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO / "fuzz") not in sys.path:
@@ -69,8 +69,8 @@ MAX_FLOWS = 2_000
 
 @pytest.fixture(scope="module")
 def scan_replay(tmp_path_factory):
-    from sensor.capture import read_file
-    from sensor.outputs import MemorySink
+    from sensor.io.capture import read_file
+    from sensor.io.sinks import MemorySink
     from sensor.pipeline import Pipeline
 
     tmp = tmp_path_factory.mktemp("scan")
@@ -133,7 +133,7 @@ def test_scan_does_not_hide_the_ftp_sessions(scan_replay):
 
 def test_flow_table_structures_bounded_during_the_scan(tmp_path):
     """Checked after every packet, not only at the end."""
-    from sensor.outputs import MemorySink
+    from sensor.io.sinks import MemorySink
     from sensor.pipeline import Pipeline
     pipe = Pipeline(config_from_dict(dict(CFG, limits={"max_flows": 300})), RULES, MemorySink())
     h = pipe.handler_for(1)
@@ -323,8 +323,8 @@ def _sensor(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def wire_out(tmp_path_factory):
-    from sensor.capture import read_file
-    from sensor.outputs import MemorySink
+    from sensor.io.capture import read_file
+    from sensor.io.sinks import MemorySink
     from sensor.pipeline import Pipeline
     tmp = tmp_path_factory.mktemp("wire")
     pcap = wire_capture(tmp / "wire.pcap")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sensor.progress import Progress
+from sensor.cli.progress import Progress
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "pcaps" / "demo.pcap"
@@ -221,7 +221,7 @@ def test_progress_counts_the_same_packets_split_over_processes(big_pcap):
 
 def test_replay_exit_loses_no_record_on_stdout_or_files(big_pcap, tmp_path):
     """The console script leaves a replay without the interpreter's teardown
-    (sensor/entry.py): every record is still on stdout and in the files, and
+    (sensor/cli/entry.py): every record is still on stdout and in the files, and
     the summary, with stdout and stderr block-buffered pipes."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     p = subprocess.run(SENSOR + ["replay", str(big_pcap), "--config", str(DEMO_CFG), "--format", "json"],

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from sensor.communityid import community_id_v1
-from sensor.config import ConfigError, config_from_dict, load_config
-from sensor.iptype import IpTyper
-from sensor.records import RECORD_FIELDS
-from sensor.rules import RuleError, load_rules
+from sensor.records.communityid import community_id_v1
+from sensor.core.config import ConfigError, config_from_dict, load_config
+from sensor.core.iptype import IpTyper
+from sensor.records.mde import RECORD_FIELDS
+from sensor.detect.rules import RuleError, load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD_BASE = """
@@ -160,7 +160,7 @@ def test_rule_yaml_parsed_by_libyaml_equals_python_and_errors_are_pythons(tmp_pa
     message, naming the file and the line."""
     import yaml
 
-    from sensor.rules import _yaml_documents
+    from sensor.detect.rules import _yaml_documents
     for f in sorted((REPO / "rules").rglob("*.yml")):
         text = f.read_text()
         assert _yaml_documents(text) == list(yaml.safe_load_all(text)), f.name

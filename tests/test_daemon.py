@@ -186,7 +186,7 @@ def test_unprivileged_daemon_keeps_only_the_capabilities_it_needs(tmp_path):
     """As nobody with the unit's ambient capabilities: it captures, then holds
     no capability at all; its attribution helper keeps only CAP_SYS_PTRACE
     and CAP_DAC_READ_SEARCH (the lookups), not the capture's."""
-    from sensor.privileges import CAP_DAC_READ_SEARCH, CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_PTRACE, effective_caps
+    from sensor.io.privileges import CAP_DAC_READ_SEARCH, CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_PTRACE, effective_caps
     out = tmp_path / "out"
     out.mkdir()
     os.chmod(tmp_path, 0o755)
@@ -207,7 +207,7 @@ def test_unprivileged_daemon_keeps_only_the_capabilities_it_needs(tmp_path):
         assert "capturing on lo" in err, err
         import psutil
         assert effective_caps(p.pid) == 0, hex(effective_caps(p.pid))
-        helpers = [c for c in psutil.Process(p.pid).children() if "sensor.attribution" in " ".join(c.cmdline())]
+        helpers = [c for c in psutil.Process(p.pid).children() if "sensor.attribution.attributor" in " ".join(c.cmdline())]
         assert len(helpers) == 1, [c.cmdline() for c in psutil.Process(p.pid).children()]
         eff = effective_caps(helpers[0].pid)
         assert eff == (1 << CAP_SYS_PTRACE) | (1 << CAP_DAC_READ_SEARCH), hex(eff)

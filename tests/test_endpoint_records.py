@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from sensor.attribution import Attribution
-from sensor.capture import read_file
-from sensor.config import config_from_dict
-from sensor.endpoint import ENDPOINT_FIELDS, AttributionBook, endpoint_config
-from sensor.outputs import MemorySink
+from sensor.attribution.attributor import Attribution
+from sensor.io.capture import read_file
+from sensor.core.config import config_from_dict
+from sensor.attribution.book import ENDPOINT_FIELDS, AttributionBook, endpoint_config
+from sensor.io.sinks import MemorySink
 from sensor.pipeline import Pipeline
-from sensor.records import RECORD_FIELDS
-from sensor.rules import load_rules
+from sensor.records.mde import RECORD_FIELDS
+from sensor.detect.rules import load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 REAL = REPO / "pcaps" / "real"
@@ -160,7 +160,7 @@ def test_endpoint_records_validate_as_ecs():
     """The process columns map onto ECS process.* (connections and transfers)."""
     from test_outputs_profiles import ecs_problems
 
-    from sensor.ecs import EcsProfile
+    from sensor.records.ecs import EcsProfile
     book, expected = attribute_sessions("ftp_active_local.pcap")
     _, sink = run("ftp_active_local.pcap", book)
     prof = EcsProfile(config_from_dict(CONFIG, "<test>"), load_rules(REPO / "rules", RECORD_FIELDS), "sensor-1")
@@ -251,7 +251,7 @@ def test_a_failed_lookup_is_reported_on_its_own_record_after_the_children_asked(
     client was gone) keeps that detail on its record, although its transfer
     asked for the request's process first; the transfer has no process to
     inherit and says so too."""
-    from sensor.attribution import NO_ATTRIBUTION
+    from sensor.attribution.attributor import NO_ATTRIBUTION
     from dataclasses import replace
     _, plain = run("tftp.pcap", None)
     book = AttributionBook()

@@ -1,4 +1,4 @@
-"""The fused per-packet path for Ethernet (sensor/fastpath.py) gives exactly
+"""The fused per-packet path for Ethernet (sensor/engine/fastpath.py) gives exactly
 what the layered path gives (Decoder -> FlowTable -> AppLayer): every record
 of every kind, in order, and every counter -- on the committed captures and on
 mutated ones (VLAN, QinQ, IPv6, truncated, damaged headers, reordered,
@@ -11,12 +11,12 @@ import pytest
 
 from linesink import LineSink
 from mutated import ethernet_batches
-from sensor.capture import read_file
-from sensor.config import config_from_dict
-from sensor.outputs import MemorySink
+from sensor.io.capture import read_file
+from sensor.core.config import config_from_dict
+from sensor.io.sinks import MemorySink
 from sensor.pipeline import Pipeline
-from sensor.records import RECORD_FIELDS
-from sensor.rules import load_rules
+from sensor.records.mde import RECORD_FIELDS
+from sensor.detect.rules import load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 CAPTURES = sorted([REPO / "pcaps" / "demo.pcap", *(REPO / "pcaps" / "real").glob("*.pcap")])

@@ -2,9 +2,9 @@
 import pytest
 
 from craft import Link, Tcp, relink, tcp_session, udp_exchange
-from sensor.config import config_from_dict
-from sensor.decode import Decoder, Packet
-from sensor.flows import FlowTable
+from sensor.core.config import config_from_dict
+from sensor.engine.decode import Decoder, Packet
+from sensor.engine.flows import FlowTable
 
 DEV, SRV = "10.1.1.5", "93.184.216.34"
 T0 = 1_700_000_000.0

@@ -11,13 +11,13 @@ import pytest
 import yaml
 
 from craft import tcp_session, write_pcap
-from sensor.capture import read_file
-from sensor.config import Limits, config_from_dict
-from sensor.detect import Detector
-from sensor.outputs import MemorySink, TeeSink
+from sensor.io.capture import read_file
+from sensor.core.config import Limits, config_from_dict
+from sensor.detect.detector import Detector
+from sensor.io.sinks import MemorySink, TeeSink
 from sensor.pipeline import Pipeline
-from sensor.records import RECORD_FIELDS
-from sensor.rules import RuleError, load_rule_docs, load_rules
+from sensor.records.mde import RECORD_FIELDS
+from sensor.detect.rules import RuleError, load_rule_docs, load_rules
 from test_analyzer_tls import openssl_client_hello
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""``sensor.frozen``: behaves as ``@dataclass(frozen=True, slots=True)`` where
+"""``sensor.core.frozen``: behaves as ``@dataclass(frozen=True, slots=True)`` where
 the events rely on it (the two are built side by side and compared)."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import ClassVar
 
 import pytest
 
-from sensor.events import Event, ExpectConnection, Weird
-from sensor.frozen import fields_of, frozen
+from sensor.core.events import Event, ExpectConnection, Weird
+from sensor.core.frozen import fields_of, frozen
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,5 @@
 """Damaged and hostile capture files, through ``xfer-sensor replay`` (a
-subprocess, as a user runs it) and through ``sensor.capture.read_file``.
+subprocess, as a user runs it) and through ``sensor.io.capture.read_file``.
 
 What a user is promised (README, "Exit codes"): ``0`` done; ``2`` bad input
 (missing, unreadable or non-capture file) with one line on stderr and never a
@@ -24,12 +24,12 @@ from pathlib import Path
 import pytest
 
 from craft import Tcp, relink, tcp_session, write_raw_pcap
-from sensor.capture import CaptureError, read_file
-from sensor.config import config_from_dict
-from sensor.outputs import MemorySink
+from sensor.io.capture import CaptureError, read_file
+from sensor.core.config import config_from_dict
+from sensor.io.sinks import MemorySink
 from sensor.pipeline import Pipeline
-from sensor.records import RECORD_FIELDS
-from sensor.rules import load_rules
+from sensor.records.mde import RECORD_FIELDS
+from sensor.detect.rules import load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO / "fuzz") not in sys.path:
@@ -311,7 +311,7 @@ def test_bad_file_after_a_good_one_exits_2_and_flushes_what_was_read(tmp_path):
 
 _AS_NOBODY = """
 import os, sys, shutil, locale, gettext
-from sensor.cli import build_parser, main
+from sensor.cli.main import build_parser, main
 build_parser().format_help()
 os.setgroups([]); os.setgid(65534); os.setuid(65534)
 sys.exit(main(sys.argv[1:]))

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from sensor.iptype import IpTyper, NetSet, _special_v4_networks, builtin_type, parse_address
+from sensor.core.iptype import IpTyper, NetSet, _special_v4_networks, builtin_type, parse_address
 
 
 def long_way(ip: str, overrides: dict) -> str:

@@ -19,9 +19,9 @@ import pytest
 from loopback_ftp import DaemonProcess, banner_server, login_sessions, records_of
 from loopback_ftp import wait_for as _wait_for
 
-from sensor import metrics
-from sensor.config import ConfigError, config_from_dict, load_config
-from sensor.live import IfaceStats
+from sensor.io import metrics
+from sensor.core.config import ConfigError, config_from_dict, load_config
+from sensor.io.live import IfaceStats
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER = "127.0.0.4"

@@ -14,11 +14,11 @@ import pytest
 import yaml
 
 from craft import Link, tcp_midstream, tcp_refused, tcp_session, write_pcap
-from sensor.config import config_from_dict
-from sensor.ecs import EcsProfile
-from sensor.outputs import Encoder, MdeProfile
-from sensor.rules import load_rules
-from sensor.records import RECORD_FIELDS
+from sensor.core.config import config_from_dict
+from sensor.records.ecs import EcsProfile
+from sensor.records.encode import Encoder, MdeProfile
+from sensor.detect.rules import load_rules
+from sensor.records.mde import RECORD_FIELDS
 from test_analyzer_tls import openssl_client_hello
 
 REPO = Path(__file__).resolve().parent.parent

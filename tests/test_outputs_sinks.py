@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from sensor.config import Output, SyslogOutput
-from sensor.outputs import Encoder
-from sensor.sinks import AsyncSink, FileWriter, Outputs, build_outputs
+from sensor.core.config import Output, SyslogOutput
+from sensor.records.encode import Encoder
+from sensor.io.sinks import AsyncSink, FileWriter, Outputs, build_outputs
 
 ROTATIONS = 8              # the rotation tests rotate after every n / ROTATIONS records
 

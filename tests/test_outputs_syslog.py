@@ -21,11 +21,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sensor.config import Output, SyslogOutput, config_from_dict
-from sensor.outputs import KINDS
-from sensor.rules import load_rules
-from sensor.records import RECORD_FIELDS
-from sensor.sinks import build_outputs
+from sensor.core.config import Output, SyslogOutput, config_from_dict
+from sensor.records.encode import KINDS
+from sensor.detect.rules import load_rules
+from sensor.records.mde import RECORD_FIELDS
+from sensor.io.sinks import build_outputs
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "pcaps" / "demo.pcap"
@@ -131,8 +131,8 @@ def rsyslog(tmp_path):
 @pytest.fixture(scope="module")
 def demo_records(tmp_path_factory) -> list[tuple[str, dict]]:
     """The demo capture's records (all kinds), five distinct copies of each (year and Uid changed)."""
-    from sensor.capture import read_file
-    from sensor.outputs import MemorySink
+    from sensor.io.capture import read_file
+    from sensor.io.sinks import MemorySink
     from sensor.pipeline import Pipeline
 
     cfg = config_from_dict(yaml.safe_load(DEMO_CFG.read_text()))

@@ -1,4 +1,4 @@
-"""A replay split by host pair over processes (sensor/partition.py) gives
+"""A replay split by host pair over processes (sensor/replay/partition.py) gives
 exactly what one process gives: the same records of every kind, in the same
 order, with the same alerts, summary and counters (but those it names).
 
@@ -21,21 +21,21 @@ import pytest
 
 from linesink import LineSink
 from mutated import ethernet_batches, mutate
-from sensor import partition
+from sensor.replay import partition
 from test_read_ahead import ftp_on_port_443
-from sensor.capture import read_file
-from sensor.config import config_from_dict
-from sensor.detect import Detector
-from sensor.outputs import MemorySink
+from sensor.io.capture import read_file
+from sensor.core.config import config_from_dict
+from sensor.detect.detector import Detector
+from sensor.io.sinks import MemorySink
 from sensor.pipeline import Pipeline
-from sensor.records import RECORD_FIELDS
-from sensor.rules import load_rules
+from sensor.records.mde import RECORD_FIELDS
+from sensor.detect.rules import load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 CAPTURES = sorted([REPO / "pcaps" / "demo.pcap", *(REPO / "pcaps" / "real").glob("*.pcap")])
 RULES = load_rules(REPO / "rules", RECORD_FIELDS)
 SENSOR = [sys.executable, "-m", "sensor"]
-# counters a worker may count differently (sensor/partition.py says why)
+# counters a worker may count differently (sensor/replay/partition.py says why)
 PER_WORKER = {("decoder", "target"), ("decoder", "tcp"), ("decoder", "udp"), ("flows", "untracked"),
               ("flows", "active_max"), ("flows", "scan_max"), ("expectations", "peak")}
 
@@ -238,7 +238,7 @@ def test_write_all_writes_every_part_in_order_through_short_writes(monkeypatch):
 def test_hand_out_gives_each_packet_raw_owners_share(monkeypatch):
     """The hand-out's inline share (remembered per address pair, forgotten
     when SHARE_MEMORY is reached) is raw_owner's, for every layout."""
-    from sensor.capture import BATCH_META
+    from sensor.io.capture import BATCH_META
 
     monkeypatch.setattr(partition, "SHARE_MEMORY", 3)
     frames = [f for _, _, batch in zip(range(6), range(6), ethernet_batches(4)) for _, f in batch[2]][:3000]

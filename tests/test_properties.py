@@ -29,14 +29,15 @@ from sensor.analyzers.base import ConnInfo
 from sensor.analyzers.ftp import FtpAnalyzer
 from sensor.analyzers.smb import SmbAnalyzer
 from sensor.analyzers.tftp import TftpRequestAnalyzer, TftpTransferAnalyzer
-from sensor.config import config_from_dict
-from sensor.decode import SUPPORTED_LINKTYPES, Decoder, Packet
-from sensor.events import Event
-from sensor.flows import FlowTable
-from sensor.outputs import MemorySink, to_line
+from sensor.core.config import config_from_dict
+from sensor.engine.decode import SUPPORTED_LINKTYPES, Decoder, Packet
+from sensor.core.events import Event
+from sensor.engine.flows import FlowTable
+from sensor.records.encode import to_line
+from sensor.io.sinks import MemorySink
 from sensor.pipeline import Pipeline
-from sensor.records import RECORD_FIELDS
-from sensor.rules import load_rules
+from sensor.records.mde import RECORD_FIELDS
+from sensor.detect.rules import load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO / "fuzz") not in sys.path:

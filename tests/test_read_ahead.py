@@ -1,4 +1,4 @@
-"""Reading a capture ahead on a thread (sensor/capture.py) delivers exactly
+"""Reading a capture ahead on a thread (sensor/io/capture.py) delivers exactly
 what one plain ``pcap_loop`` delivers: the same packets, in order, with the
 same result -- on the committed captures, on a damaged one, and when the
 pipeline changes the capture filter halfway through a batch read ahead."""
@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from craft import Tcp, write_pcap
-from sensor.capture import read_file
-from sensor.config import config_from_dict
-from sensor.outputs import MemorySink
+from sensor.io.capture import read_file
+from sensor.core.config import config_from_dict
+from sensor.io.sinks import MemorySink
 from sensor.pipeline import Pipeline
-from sensor.records import RECORD_FIELDS
-from sensor.rules import load_rules
+from sensor.records.mde import RECORD_FIELDS
+from sensor.detect.rules import load_rules
 
 REPO = Path(__file__).resolve().parent.parent
 CAPTURES = sorted([REPO / "pcaps" / "demo.pcap", *(REPO / "pcaps" / "real").glob("*.pcap")])

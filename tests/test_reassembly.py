@@ -3,7 +3,7 @@ import random
 
 from hypothesis import given, settings, strategies as st
 
-from sensor.reassembly import ReassemblyLimits, Stream
+from sensor.engine.reassembly import ReassemblyLimits, Stream
 
 
 def data_of(chunks):

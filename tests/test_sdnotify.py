@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sensor.sdnotify import SdNotifier, WatchdogTimer, watchdog_interval  # noqa: E402
+from sensor.io.sdnotify import SdNotifier, WatchdogTimer, watchdog_interval  # noqa: E402
 
 SCM_CREDENTIALS = 2
 
@@ -150,7 +150,7 @@ def test_a_service_process_notifies_like_under_systemd(tmp_path):
     """A child started the way systemd starts a Type=notify service (the
     variables in its environment) reaches the socket, credentials included."""
     path = tmp_path / "notify.sock"
-    code = ("from sensor.sdnotify import SdNotifier\n"
+    code = ("from sensor.io.sdnotify import SdNotifier\n"
             "n = SdNotifier()\n"
             "iv = n.watchdog_interval()\n"
             "assert n.ready(f'watchdog every {iv}s') and n.watchdog() and n.stopping()\n")

@@ -18,13 +18,13 @@ import pytest
 
 from loopback_ftp import DaemonProcess, banner_server, login_sessions, records_of, wait_for
 
-from sensor.config import ConfigError, Limits, config_from_dict
-from sensor.detect import Detector, window_id
-from sensor.outputs import MemorySink
+from sensor.core.config import ConfigError, Limits, config_from_dict
+from sensor.detect.detector import Detector, window_id
+from sensor.io.sinks import MemorySink
 from sensor.pipeline import Pipeline
-from sensor.records import RECORD_FIELDS
-from sensor.rules import load_rules
-from sensor.winstore import PRUNE_EVERY_S, PRUNE_GRACE_S, SCHEMA_VERSION, STATE_FILE, WindowPersistence
+from sensor.records.mde import RECORD_FIELDS
+from sensor.detect.rules import load_rules
+from sensor.detect.winstore import PRUNE_EVERY_S, PRUNE_GRACE_S, SCHEMA_VERSION, STATE_FILE, WindowPersistence
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = load_rules(REPO / "rules", RECORD_FIELDS)
@@ -362,7 +362,7 @@ def test_config_state_options():
 
 
 def test_the_unit_provides_the_default_state_folder():
-    from sensor.winstore import DEFAULT_STATE_DIR
+    from sensor.detect.winstore import DEFAULT_STATE_DIR
     unit = (REPO / "systemd" / "xfer-sensor.service").read_text()
     assert DEFAULT_STATE_DIR == "/var/lib/xfer-sensor"
     assert "\nStateDirectory=xfer-sensor\n" in unit

@@ -7,7 +7,7 @@ clock: bytes and timestamps in, events out.
 
 Contract every analyzer keeps:
 - ``receive_ts`` / ``receive_tc`` never raise on any input: malformed input
-  becomes a :class:`sensor.events.Weird` event (named, counted, logged).
+  becomes a :class:`sensor.core.events.Weird` event (named, counted, logged).
 - Every buffer and queue has a named bound (see each module's ``*Limits``).
 - ``gap`` is called when bytes are missing in one direction (capture loss,
   mid-stream pickup); the analyzer resynchronises (``probe``) or gives up
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..events import Event
+from sensor.core.events import Event
 
 
 @dataclass(frozen=True, slots=True)

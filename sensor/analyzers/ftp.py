@@ -80,11 +80,11 @@ chunk that completed the message; ``seq`` = the per-session command number,
   lost, ``code=0``) or ``'untracked'`` (``max_pending_commands`` was
   exceeded so the command could not be queued; emitted at once, ``code=0``).
   ``announced_size`` is the ``(N bytes)`` of a 150 reply (vsftpd, ProFTPD).
-- :class:`sensor.events.ExpectConnection` for each usable data-channel
+- :class:`sensor.core.events.ExpectConnection` for each usable data-channel
   announcement (see below), ``analyzer='ftp-data'``, ``proto='tcp'``,
   ``expires_us = ts + limits.data_channel_timeout_us``, ``context`` a
   :class:`FtpDataChannel` ``(uid, channel_seq, mode)``.
-- :class:`sensor.events.Weird` (``analyzer='ftp'``), see "Weirds".
+- :class:`sensor.core.events.Weird` (``analyzer='ftp'``), see "Weirds".
 
 Linking a data connection to its command
 ----------------------------------------
@@ -219,13 +219,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Union
 
-from ..events import NEED_DATA, Event, ExpectConnection, Weird
-from ..frozen import frozen
-from ..iptype import parse_address
-from .base import Analyzer, ConnInfo
+from sensor.core.events import NEED_DATA, Event, ExpectConnection, Weird
+from sensor.core.frozen import frozen
+from sensor.core.iptype import parse_address
+from sensor.analyzers.base import Analyzer, ConnInfo
 
 if TYPE_CHECKING:
-    from ..events import _NeedData
+    from sensor.core.events import _NeedData
 
 __all__ = [
     "FtpLimits", "DEFAULT_LIMITS",

@@ -122,9 +122,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final
 
-from ..events import NEED_DATA, Event, Weird
-from ..frozen import frozen
-from .base import Analyzer, ConnInfo
+from sensor.core.events import NEED_DATA, Event, Weird
+from sensor.core.frozen import frozen
+from sensor.analyzers.base import Analyzer, ConnInfo
 
 __all__ = [
     "FramerNotice",

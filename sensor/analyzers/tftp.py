@@ -24,7 +24,7 @@ One datagram per ``receive_ts``/``receive_tc`` call. For each RRQ/WRQ it emits
   pairs in wire order, names lower-cased, at most ``limits.max_options``;
   unknown options are kept (bounded), invalid values are kept as sent and
   reported as Weird.
-- :class:`sensor.events.ExpectConnection` ``(proto='udp', orig_h=<server>,
+- :class:`sensor.core.events.ExpectConnection` ``(proto='udp', orig_h=<server>,
   orig_p=None, resp_h=<client>, resp_p=<client port>,
   analyzer='tftp-transfer', expires_us=ts + limits.expect_timeout_us,
   context=TftpTransferContext)``. The pipeline constructs
@@ -81,7 +81,7 @@ Inspection while running: ``TftpTransferAnalyzer.done`` (the emitted
 ``TftpTransferDone`` or None), ``.bytes_seen``, ``.blksize``;
 ``TftpRequestAnalyzer.requests`` and ``.retransmitted_requests``.
 
-Malformed input never raises: it becomes :class:`sensor.events.Weird` with a
+Malformed input never raises: it becomes :class:`sensor.core.events.Weird` with a
 stable name from :data:`WEIRD_NAMES`, at most ``limits.max_weirds`` per
 analyzer instance (then one ``tftp_weird_limit_reached``).
 """
@@ -91,9 +91,9 @@ import re
 from dataclasses import dataclass
 from typing import Union
 
-from ..events import Event, ExpectConnection, Weird
-from ..frozen import frozen
-from .base import Analyzer, ConnInfo
+from sensor.core.events import Event, ExpectConnection, Weird
+from sensor.core.frozen import frozen
+from sensor.analyzers.base import Analyzer, ConnInfo
 
 __all__ = [
     "OP_RRQ", "OP_WRQ", "OP_DATA", "OP_ACK", "OP_ERROR", "OP_OACK",

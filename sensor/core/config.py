@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 import yaml
 
-from .iptype import IP_TYPES, Network
+from sensor.core.iptype import IP_TYPES, Network
 
 DEFAULT_PORTS = (20, 21, 69, 139, 445, 990)
 DEFAULT_HOME_NET = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")

@@ -17,9 +17,9 @@ import socket
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
-from . import __version__
-from .config import Config
-from .iptype import NetSet
+from sensor import __version__
+from sensor.core.config import Config
+from sensor.core.iptype import NetSet
 
 ECS_VERSION = "8.11.0"
 MODULE = "xfer_sensor"

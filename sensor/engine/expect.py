@@ -1,7 +1,7 @@
 """Expected connections (Zeek's ``ftp_data_expected``, sans-IO).
 
 Analyzers announce connections that will belong to theirs (FTP PORT/EPRT/
-PASV/EPSV, TFTP requests) with :class:`sensor.events.ExpectConnection`. The
+PASV/EPSV, TFTP requests) with :class:`sensor.core.events.ExpectConnection`. The
 table keys them by (proto, responder address, responder port); a new flow
 that does not sit on a tracked port looks itself up here, and the oldest
 live expectation that fits (originator address and port, when given) is
@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from typing import Any, Callable
 
-from .counters import Counters
-from .events import ExpectConnection
+from sensor.core.counters import Counters
+from sensor.core.events import ExpectConnection
 
 MAX_EXPECTATIONS = 10_000
 

@@ -75,7 +75,7 @@ from typing import Callable, Hashable, Iterable
 
 import psutil
 
-from .sockdiag import PROTO_TCP, PROTO_UDP, STATE_LISTEN, STATE_TIME_WAIT, SockDiag
+from sensor.attribution.sockdiag import PROTO_TCP, PROTO_UDP, STATE_LISTEN, STATE_TIME_WAIT, SockDiag
 
 __all__ = [
     "Attribution", "Attributor", "AsyncAttributor", "AttributorConfig", "ProcInfo",
@@ -1323,7 +1323,7 @@ class AttributionHelper:
     (extra starts are dropped and counted), so a flood cannot make it hog a
     CPU.
 
-    It runs ``sys.executable -m sensor.attribution helper`` in the current
+    It runs ``sys.executable -m sensor.attribution.attributor helper`` in the current
     network namespace; it inherits the capabilities it needs (CAP_NET_RAW
     for the tap, CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH to name other users'
     processes, CAP_SYS_NICE for SCHED_FIFO) and, once the tap is open and
@@ -1335,7 +1335,7 @@ class AttributionHelper:
                  sched: str | None = "auto", max_results: int = MAX_RESULTS,
                  max_lookups_per_s: int = HELPER_MAX_LOOKUPS_PER_S,
                  python: str | None = None) -> None:
-        self.argv = [python or sys.executable, "-m", "sensor.attribution", "helper",
+        self.argv = [python or sys.executable, "-m", "sensor.attribution.attributor", "helper",
                      "--sched", sched or "none", "--max-lookups-per-s", str(max_lookups_per_s)]
         if iface:
             self.argv += ["--iface", iface]
@@ -1481,7 +1481,7 @@ def _helper_main(argv: list[str]) -> int:
     import json
     import select as _select
 
-    ap = argparse.ArgumentParser(prog="python -m sensor.attribution helper")
+    ap = argparse.ArgumentParser(prog="python -m sensor.attribution.attributor helper")
     ap.add_argument("--iface")
     ap.add_argument("--ports", default="")
     ap.add_argument("--sched", default="auto")
@@ -1509,7 +1509,7 @@ def _helper_main(argv: list[str]) -> int:
         return 2
     tap.sched_applied = tap._set_sched()
     # the tap is open and the scheduling set: keep only what the lookups need
-    from .privileges import HELPER_CAPS, keep_only
+    from sensor.io.privileges import HELPER_CAPS, keep_only
     try:
         keep_only(HELPER_CAPS)
     except OSError as e:
@@ -1594,4 +1594,4 @@ def _helper_main(argv: list[str]) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["helper"]:
         sys.exit(_helper_main(sys.argv[2:]))
-    sys.exit("usage: python -m sensor.attribution helper [--iface IF] [--ports P,..] [--sched auto|fifo|slice|none]")
+    sys.exit("usage: python -m sensor.attribution.attributor helper [--iface IF] [--ports P,..] [--sched auto|fifo|slice|none]")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import struct
 from typing import Callable, Collection
 
-from .counters import Counters
+from sensor.core.counters import Counters
 
 _U16 = struct.Struct("!H").unpack_from
 _IP4 = struct.Struct("!BBHHHBBH4s4s").unpack_from  # ver/ihl tos len id frag ttl proto csum src dst

@@ -38,6 +38,7 @@ import fnmatch
 import ipaddress
 import logging
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -779,3 +780,13 @@ def load_rules(path: str | Path, known_fields: Iterable[str] | None = None) -> R
         except yaml.YAMLError as e:
             raise RuleError(str(f), "-", "<yaml>", f"not valid YAML: {e}") from None
     return load_rule_docs(docs, known_fields)
+
+
+def default_rules_dir() -> Path:
+    """``rules/`` of a source checkout, else the installed copy."""
+    here = Path(__file__).resolve().parent.parent   # sensor/
+    for cand in (here.parent / "rules", Path(sys.prefix) / "share" / "xfer-sensor" / "rules",
+                 Path("/etc/xfer-sensor/rules.d")):
+        if cand.is_dir():
+            return cand
+    return here.parent / "rules"

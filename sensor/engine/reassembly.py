@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .frozen import frozen
+from sensor.core.frozen import frozen
 
 _M32 = 0xFFFFFFFF
 _HALF = 1 << 31

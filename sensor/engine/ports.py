@@ -3,7 +3,7 @@
 Tracked ports are permanent; expected connections and the flows they became
 (FTP data channels, TFTP transfers on ephemeral ports) add their ports while
 they live. ``ports`` is the live set object the decoder consults (the
-capture filter admits every ephemeral-to-ephemeral packet, see sensor/bpf.py,
+capture filter admits every ephemeral-to-ephemeral packet, see sensor/engine/bpf.py,
 so it never needs to change with this set).
 """
 from __future__ import annotations

@@ -111,7 +111,7 @@ class Progress:
                 self.packets += 1
                 inner(ts_us, data)
             inner_batch = getattr(inner, "batch", None)
-            if inner_batch is not None:     # a handler that takes whole batches (sensor/capture.py)
+            if inner_batch is not None:     # a handler that takes whole batches (sensor/io/capture.py)
                 def batch(pb: bytes, meta: bytes) -> None:
                     self.packets += len(meta) >> 4
                     inner_batch(pb, meta)

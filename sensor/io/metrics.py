@@ -50,7 +50,7 @@ def collect(*, pipe_stats: Mapping[str, Any], capture_stats: Mapping[str, Any], 
             start_time: float = 0.0, allow_base: Mapping[tuple, tuple[int, int]] | None = None) -> Mapping:
     """A read-only snapshot (nested ``MappingProxyType``) of every figure.
 
-    ``capture_stats``: interface -> IfaceStats (sensor/live.py);
+    ``capture_stats``: interface -> IfaceStats (sensor/io/live.py);
     ``allow_entries``: the rules' AllowEntry objects (``hits`` = events suppressed);
     ``allow_base``: counts of entries replaced by a reload, added so the
     counters never go backwards."""

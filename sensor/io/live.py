@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 
 import pcapy
 
-from .capture import CaptureError, set_filter
+from sensor.io.capture import CaptureError, set_filter
 
 Handler = Callable[[int, bytes], None]
 

@@ -1,20 +1,18 @@
-"""Outputs: the edge that writes records. JSON lines, one object per line.
+"""Line encoding: a record becomes one JSON line, of a bounded length.
 
 Everything reaches here as plain dicts; serialisation escapes every control
 character and every non-ASCII code point (``ensure_ascii``), so whatever
 bytes came off the wire, each record is exactly one valid JSON line.
 
 Profiles shape the records (``mde``: the sensor's DeviceNetworkEvents-shaped
-records as they are; ``ecs``: Elastic Common Schema, see sensor/ecs.py), and
+records as they are; ``ecs``: Elastic Common Schema, see sensor/records/ecs.py), and
 ``Encoder`` turns a record into one line no longer than ``max_line_bytes``:
 a longer record is shrunk (its largest values cut) and flagged, never split.
-The sinks that write the lines are in sensor/sinks.py.
+The sinks that write the lines are in sensor/io/sinks.py.
 """
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any, Mapping
 
 KINDS = ("connections", "alerts", "transfers", "weird")
@@ -52,8 +50,8 @@ def make_profile(name: str, config: Any = None, rules: Any = None) -> Any:
     if name == "mde":
         return MdeProfile()
     if name == "ecs":
-        from .config import Config
-        from .ecs import EcsProfile
+        from sensor.core.config import Config
+        from sensor.records.ecs import EcsProfile
         prof = EcsProfile(config if config is not None else Config(), rules)
         return prof
     raise ValueError(f"unknown output profile {name!r} (mde, ecs)")
@@ -149,70 +147,3 @@ class Encoder:
             return line
         self.truncated += 1
         return shrink(json.loads(line), self.max_line_bytes, self._flag)
-
-
-# -- simple synchronous sinks (tests, the daemon's default) ---------------------------
-class MemorySink:
-    """Keeps records in lists (tests, the replay summary)."""
-
-    def __init__(self) -> None:
-        self.records: dict[str, list[dict]] = {k: [] for k in KINDS}
-
-    def emit(self, kind: str, rec: dict) -> None:
-        self.records[kind].append(rec)
-
-    def close(self) -> None:
-        pass
-
-
-class JsonlSink:
-    """``OUT/<kind>.jsonl`` files, opened with O_APPEND, one write per record,
-    written synchronously. ``reopen()`` reopens them (after logrotate renamed
-    or truncated them). The replay uses the queued sinks of sensor/sinks.py."""
-
-    def __init__(self, outdir: str | Path, truncate: bool = True, encoder: Encoder | None = None) -> None:
-        self.dir = Path(outdir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.encoder = encoder or Encoder()
-        self.fds: dict[str, int] = {}
-        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if truncate else 0)
-        for k in KINDS:
-            self.fds[k] = os.open(self.dir / f"{k}.jsonl", flags, 0o640)
-        self.counts = {k: 0 for k in KINDS}
-
-    def emit(self, kind: str, rec: dict) -> None:
-        os.write(self.fds[kind], self.encoder.encode(kind, rec))
-        self.counts[kind] += 1
-
-    def reopen(self) -> None:
-        for k, old in list(self.fds.items()):
-            self.fds[k] = os.open(self.dir / f"{k}.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-            os.close(old)
-
-    def close(self) -> None:
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
-
-
-class TeeSink:
-    def __init__(self, *sinks: Any) -> None:
-        self.sinks = sinks
-
-    def emit(self, kind: str, rec: dict) -> None:
-        for s in self.sinks:
-            s.emit(kind, rec)
-
-    def emit_encoded(self, kind: str, rec: dict, line: bytes, cut: bool) -> None:
-        """``emit`` of a record whose output line was already encoded
-        (sensor/partition.py): sinks that write lines take the line."""
-        for s in self.sinks:
-            f = getattr(s, "emit_encoded", None)
-            if f is not None:
-                f(kind, rec, line, cut)
-            else:
-                s.emit(kind, rec)
-
-    def close(self) -> None:
-        for s in self.sinks:
-            s.close()

@@ -1,4 +1,4 @@
-"""Events: small frozen value classes (sensor/frozen.py) named for what happened.
+"""Events: small frozen value classes (sensor/core/frozen.py) named for what happened.
 
 Analyzers (sans-IO) turn bytes and packet time into these; the pipeline routes
 them to the expectation table, the transfer log, the weird log and the
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
-from .frozen import frozen
+from sensor.core.frozen import frozen
 
 _CAMEL = re.compile(r"(?<!^)(?=[A-Z])")
 

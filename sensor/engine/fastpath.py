@@ -2,7 +2,7 @@
 
 The layered path (``Decoder`` -> ``Pipeline._packet`` -> ``FlowTable.process``
 -> ``FlowTable._tcp`` -> ``AppLayer.packet``) costs half a dozen Python calls
-and a :class:`~sensor.decode.Packet` per packet. Most packets are ordinary
+and a :class:`~sensor.engine.decode.Packet` per packet. Most packets are ordinary
 segments of a flow already known, and need far less. This handler does, in
 one function:
 
@@ -46,11 +46,11 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Callable
 
-from .decode import LINKTYPE_ETHERNET, Decoder, Packet
-from .flows import ESTABLISHED, PARTIAL, T_ATTEMPT, T_CLOSED, UDP_ACTIVE
+from sensor.engine.decode import LINKTYPE_ETHERNET, Decoder, Packet
+from sensor.engine.flows import ESTABLISHED, PARTIAL, T_ATTEMPT, T_CLOSED, UDP_ACTIVE
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .pipeline import Pipeline
+    from sensor.pipeline import Pipeline
 
 _IP4 = struct.Struct("!BxHxxHxBxx4s4s").unpack_from  # ver/ihl, total length, frag, proto, src, dst
 _TCP = struct.Struct("!HHIIBB").unpack_from        # sport dport seq ack off flags
@@ -103,7 +103,7 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
             pipe._packet(p)
 
     def handle(ts: int, data: bytes) -> None:
-        # -- packet time: every packet moves the clock (sensor/partition.py) ------
+        # -- packet time: every packet moves the clock (sensor/replay/partition.py) ------
         now = ft.now
         if ts > now:
             ft.now = now = ts

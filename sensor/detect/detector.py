@@ -12,7 +12,7 @@ evicted, counted) and ``max_window_events`` events per key.
 
 Window state can be exported and imported (``export_state``,
 ``export_changes`` after ``enable_tracking``, ``import_state``): plain data,
-no I/O, so a store can keep it across restarts (``sensor/winstore.py``). A
+no I/O, so a store can keep it across restarts (``sensor/detect/winstore.py``). A
 window is identified by its rule id and a hash of the rule's definition
 (``window_id``), so a changed rule never inherits another definition's state.
 """
@@ -25,10 +25,10 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from .config import Limits
-from .counters import Counters
-from .records import PORT_PROTOCOL, iso_us
-from .rules import CorrelationRule, RuleSet
+from sensor.core.config import Limits
+from sensor.core.counters import Counters
+from sensor.records.mde import PORT_PROTOCOL, iso_us
+from sensor.detect.rules import CorrelationRule, RuleSet
 
 MAX_ALERT_UIDS = 200
 

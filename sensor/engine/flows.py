@@ -19,7 +19,7 @@
   What a scan ends, and in which order, depends only on each flow's own
   packets and on the clock -- not on the other flows in the table -- so a
   replay split by host pair over several processes ends the same flows at
-  the same packets (sensor/partition.py). The scan runs at most every
+  the same packets (sensor/replay/partition.py). The scan runs at most every
   ``flow_scan_interval`` seconds of packet time and examines at most
   ``flow_scan_budget`` flows.
 - A hard bound ``max_flows``: beyond it the least recently active flow is
@@ -33,9 +33,9 @@ import heapq
 import socket
 from typing import Callable, Collection
 
-from .config import Config
-from .counters import Counters
-from .decode import ACK, FIN, RST, SYN, Packet
+from sensor.core.config import Config
+from sensor.core.counters import Counters
+from sensor.engine.decode import ACK, FIN, RST, SYN, Packet
 
 # endpoint states (Zeek's TCP_*)
 INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
@@ -233,10 +233,10 @@ class FlowTable:
         # flow created on the same key in the same microsecond differs by n
         self._recent: dict[tuple, tuple[int, int]] = {}
         self.recent_peak = 0
-        # 0: an expiry scan is ending flows, 2: the flush; else 1 (sensor/partition.py)
+        # 0: an expiry scan is ending flows, 2: the flush; else 1 (sensor/replay/partition.py)
         self.phase = 1
         self.ending: Flow | None = None   # the flow whose end is being reported
-        # application-layer hooks (sensor.app): ``admit(packet)`` decides
+        # application-layer hooks (sensor.engine.dispatch): ``admit(packet)`` decides
         # whether a packet on no tracked port starts an expected flow
         # (returns (from_orig, match) or None); ``on_new(flow, match)`` sees
         # every new flow; ``on_tick(now)`` runs with the expiry scan
@@ -374,7 +374,7 @@ class FlowTable:
         self.ending = flow
         self.on_end(flow)
 
-    # -- the wire-order index (sensor/fastpath.py) -------------------------------
+    # -- the wire-order index (sensor/engine/fastpath.py) -------------------------------
     @staticmethod
     def _wire_keys(flow: Flow) -> tuple[bytes, bytes]:
         """The IPv4 addresses and ports of each direction as they follow one

@@ -8,11 +8,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from .communityid import community_id_v1
-from .config import Config
-from .endpoint import ENDPOINT_FIELDS
-from .flows import Flow
-from .iptype import IpTyper, NetSet
+from sensor.records.communityid import community_id_v1
+from sensor.core.config import Config
+from sensor.attribution.book import ENDPOINT_FIELDS
+from sensor.engine.flows import Flow
+from sensor.core.iptype import IpTyper, NetSet
 
 RECORD_FIELDS = (
     "Timestamp", "DeviceName", "ActionType", "LocalIP", "LocalPort", "RemoteIP", "RemotePort",

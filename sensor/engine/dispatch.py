@@ -4,7 +4,7 @@ Wiring between the flow table and the analyzers:
 - picks the analyzer for a new flow: an expectation it fulfils (FTP data
   channel, TFTP transfer), else the responder port (21 FTP, 990 implicit
   FTPS, 989 FTPS data, 139/445 SMB, 69 TFTP), else nothing;
-- reassembles TCP per direction (``sensor.reassembly``) and feeds analyzers
+- reassembles TCP per direction (``sensor.engine.reassembly``) and feeds analyzers
   in packet order, with gap signals; UDP datagrams go straight in;
 - turns analyzer events into expectations, weird records, transfer records
   and fields of the connection records (AppProtocol, AppUser,
@@ -18,21 +18,21 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from .analyzers.base import Analyzer, ConnInfo
-from .analyzers.ftp import (FtpAnalyzer, FtpDataChannel, FtpDataCommand, FtpDataResult, FtpLogin, FtpRequest,
+from sensor.analyzers.base import Analyzer, ConnInfo
+from sensor.analyzers.ftp import (FtpAnalyzer, FtpDataChannel, FtpDataCommand, FtpDataResult, FtpLogin, FtpRequest,
                             FtpTlsUpgrade)
-from .analyzers.smb import (SmbAnalyzer, SmbEncrypted, SmbFileSummary, SmbNegotiate, SmbNetbiosSession,
+from sensor.analyzers.smb import (SmbAnalyzer, SmbEncrypted, SmbFileSummary, SmbNegotiate, SmbNetbiosSession,
                             SmbSessionSetup, SmbTreeConnect)
-from .analyzers.tftp import (TftpRequest, TftpRequestAnalyzer, TftpTransferAnalyzer, TftpTransferContext,
+from sensor.analyzers.tftp import (TftpRequest, TftpRequestAnalyzer, TftpTransferAnalyzer, TftpTransferContext,
                              TftpTransferDone)
-from .analyzers.tls import parse_tls_client_hello_sni
-from .decode import FIN, RST, SYN, Packet
-from .events import Event, ExpectConnection, Weird
-from .expect import Expectations
-from .flows import Flow, _ntop
-from .ports import PortSet
-from .reassembly import ReassemblyLimits, Stream
-from .records import iso_us
+from sensor.analyzers.tls import parse_tls_client_hello_sni
+from sensor.engine.decode import FIN, RST, SYN, Packet
+from sensor.core.events import Event, ExpectConnection, Weird
+from sensor.engine.expect import Expectations
+from sensor.engine.flows import Flow, _ntop
+from sensor.engine.ports import PortSet
+from sensor.engine.reassembly import ReassemblyLimits, Stream
+from sensor.records.mde import iso_us
 
 # reassembly bounds per analyzer (named options)
 FTP_REASSEMBLY = ReassemblyLimits(depth=16 * 1024 * 1024)

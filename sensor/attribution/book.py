@@ -2,7 +2,7 @@
 writes into its records.
 
 ``AttributionBook`` is sans-IO: whoever looks processes up (the
-``AttributionHelper`` beside the capture, see sensor/attribution.py) hands
+``AttributionHelper`` beside the capture, see sensor/attribution/attributor.py) hands
 its results in with ``add(key, attribution)``; the pipeline takes them out
 when it writes a connection's record (``take(key)``), long after the lookup
 (a TCP record is written ``tcp_closed`` seconds of packet time after the
@@ -24,7 +24,7 @@ import socket
 from collections import OrderedDict
 from typing import Any
 
-from .config import Config
+from sensor.core.config import Config
 
 BOOK_MAX_ENTRIES = 65536     # attributions waiting for their connection's record
 BOOK_MAX_PER_KEY = 8         # results kept for one 5-tuple (a reused client port)

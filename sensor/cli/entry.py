@@ -5,7 +5,7 @@ imported: importing them allocates tens of thousands of objects that live as
 long as the process (classes, compiled patterns, rule sets), and with
 CPython's defaults the collector re-scans them dozens of times on the way
 (~10 ms of a replay's start here). The thresholds are the pipeline's own
-(see ``GC_THRESHOLDS``).
+(``sensor.core.runtime.GC_THRESHOLDS``).
 
 A ``replay`` that returned leaves the process without the interpreter's
 teardown (``os._exit`` once stdout, stderr and logging are flushed): by then
@@ -16,26 +16,15 @@ daemon threads, already finished; it registers no atexit handler. Other
 commands (the daemon above all) exit normally."""
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import sys
 
-# CPython collects generation 0 every 700 net allocations and re-examines
-# the older generations every 10 of those: with a flow table of 10^5 live
-# objects (flows, their sides, analyzers) that is mostly re-scanning objects
-# that live on. Measured on a replay of 100,000 flows: 15-20 % of the time.
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def tune_gc() -> None:
-    """Collect less often (the process runs one pipeline; see GC_THRESHOLDS)."""
-    gc.set_threshold(*GC_THRESHOLDS)
-
+from sensor.core.runtime import tune_gc
 
 def main() -> int:
     tune_gc()
-    from .cli import main as cli_main
+    from sensor.cli.main import main as cli_main
     rc = cli_main()
     if sys.argv[1:2] == ["replay"]:
         _exit_now(rc)

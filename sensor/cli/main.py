@@ -16,30 +16,22 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__, partition
-from .capture import CaptureError, read_file
-from .config import PROFILES, ConfigError, SyslogOutput, load_config
-from .detect import Detector
-from .outputs import KINDS, MemorySink, TeeSink
-from .pipeline import Pipeline
-from .progress import Progress, ProgressAwareHandler
-from .records import RECORD_FIELDS
-from .rules import DetectionRule, RuleError, RuleSet, load_rules
-from .sinks import build_outputs
+from sensor import __version__
+from sensor.replay import partition
+from sensor.io.capture import CaptureError, read_file
+from sensor.core.config import PROFILES, ConfigError, SyslogOutput, load_config
+from sensor.detect.detector import Detector
+from sensor.records.encode import KINDS
+from sensor.io.sinks import MemorySink, TeeSink
+from sensor.pipeline import Pipeline
+from sensor.cli.progress import Progress, ProgressAwareHandler
+from sensor.records.mde import RECORD_FIELDS
+from sensor.detect.rules import DetectionRule, RuleError, RuleSet, default_rules_dir, load_rules
+from sensor.io.sinks import build_outputs
 
 log = logging.getLogger("xfer-sensor")
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_DAMAGED = 0, 1, 2, 3
-
-
-def default_rules_dir() -> Path:
-    """``rules/`` of a source checkout, else the installed copy."""
-    here = Path(__file__).resolve().parent
-    for cand in (here.parent / "rules", Path(sys.prefix) / "share" / "xfer-sensor" / "rules",
-                 Path("/etc/xfer-sensor/rules.d")):
-        if cand.is_dir():
-            return cand
-    return here.parent / "rules"
 
 
 def load_all(config_path: str | None, rules_path: str | None):
@@ -498,13 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import main as daemon_main
+    from sensor.daemon import main as daemon_main
     return daemon_main(args.daemon_args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from .entry import tune_gc
+    from sensor.core.runtime import tune_gc
     tune_gc()
     if argv[:1] == ["run"]:
         # the daemon parses its own options (-i, --config, --rules, --out, --allow-root)

@@ -7,7 +7,7 @@ also reads). Unlike them, the result is the one a single pipeline gives,
 byte for byte, whatever the number of workers:
 
 - The parent reads the capture once (libpcap on its read-ahead thread, see
-  sensor/capture.py), analyses share 0 itself and hands every worker each
+  sensor/io/capture.py), analyses share 0 itself and hands every worker each
   read batch as libpcap gave it -- the frames' buffer, every packet's time,
   offset and length -- with every packet's share (a pipe per worker, one
   writev per batch, nothing copied out). Every pipeline moves its clock on every
@@ -17,7 +17,7 @@ byte for byte, whatever the number of workers:
   its own packets; FTP data channels and TFTP transfers (expectations are
   keyed by the control connection's two hosts, a bounce gets none); FTPS
   sessions (followed by host pair); and the flow table's expiry, which ends
-  a flow from its own activity and the clock only (sensor/flows.py).
+  a flow from its own activity and the clock only (sensor/engine/flows.py).
 - Each record leaves its worker with its place in one pipeline's output: the
   index of the packet it came with, then the phase -- an expiry scan runs
   before packet i (phase 0, ending flows by timeout class, then queue time,
@@ -59,8 +59,8 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Iterator, Sequence
 
-from .capture import BATCH_META
-from .decode import _VLAN_TPIDS, LINKTYPE_ETHERNET, MAX_VLAN_TAGS
+from sensor.io.capture import BATCH_META
+from sensor.engine.decode import _VLAN_TPIDS, LINKTYPE_ETHERNET, MAX_VLAN_TAGS
 
 _crc = zlib.crc32
 
@@ -121,7 +121,7 @@ def partitionable(path: str) -> bool:
     """A regular file whose packets are
     all Ethernet frames (``raw_owner`` reads their addresses); anything else
     is replayed in one process."""
-    from .capture import CaptureError, _pcapng_link_types, open_offline
+    from sensor.io.capture import CaptureError, _pcapng_link_types, open_offline
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):
             return False
@@ -222,7 +222,7 @@ class _DetectTap:
     parent, on the merged records; the tap marks what enters it, and when."""
 
     def __init__(self, spool: _Spool) -> None:
-        from .detect import DetectStats
+        from sensor.detect.detector import DetectStats
         self.spool = spool
         self.stats = DetectStats()
 
@@ -241,10 +241,10 @@ _ONE = struct.Struct("=qqII")   # BATCH_META's (sec, usec, offset, caplen) for o
 def _share(cfg: Any, rules: Any, spool_file, output: Any = None) -> tuple[Any, _Spool]:
     """A pipeline whose records go to a spool, detection left to the merge;
     ``output`` (the replay's output settings): encode the lines here too."""
-    from .pipeline import Pipeline
+    from sensor.pipeline import Pipeline
     encoder = None
     if output is not None:
-        from .outputs import Encoder, make_profile
+        from sensor.records.encode import Encoder, make_profile
         encoder = Encoder(make_profile(output.profile, cfg, rules), output.max_line_bytes)
     spool = _Spool(spool_file, encoder)
     pipe = Pipeline(cfg, rules, spool)
@@ -316,7 +316,7 @@ class _Distributor:
 
     def handler(self):
         """The per-packet function; it carries ``batch(pb, meta)``, the same
-        for a whole ``next_batch`` of packets at once (sensor/capture.py
+        for a whole ``next_batch`` of packets at once (sensor/io/capture.py
         calls that when it reads ahead: no Python call per packet)."""
         table = share_table(self.n)
         feeds = self.feeds
@@ -427,7 +427,7 @@ class Outcome:
         """The records into ``sink`` in one pipeline's order, with detection
         on the connections (as ``Pipeline._emit_connection`` does) and the
         weird records sampled per name (as ``Pipeline._weird`` does)."""
-        from .pipeline import WEIRD_LOG_PER_NAME
+        from sensor.pipeline import WEIRD_LOG_PER_NAME
         logged: dict[str, int] = {}
         emit_encoded = getattr(sink, "emit_encoded", None)
         for _, kind, rec, ts, line, cut in self.records():
@@ -505,11 +505,11 @@ def _read_all(fd: int) -> bytes:
 def run(paths: Sequence[str], cfg: Any, rules: Any, n: int, progress: Any = None, output: Any = None) -> Outcome:
     """Fork ``n - 1`` workers, read ``paths``, hand the packets out and
     analyse share 0, wait for the workers. ``progress``: a
-    ``sensor.progress.Progress`` shown while reading. The caller delivers the
+    ``sensor.cli.progress.Progress`` shown while reading. The caller delivers the
     records (``Outcome.deliver``, unless ``fallback``) and calls ``cleanup()``."""
-    from .bpf import capture_filters
-    from .capture import read_file
-    from .ports import PortSet
+    from sensor.engine.bpf import capture_filters
+    from sensor.io.capture import read_file
+    from sensor.engine.ports import PortSet
     tmpdir = tempfile.mkdtemp(prefix="xfer-sensor-replay-")
     spools = [os.path.join(tmpdir, f"share{k}.spool") for k in range(n)]
     kids: list[tuple[int, int]] = []     # (pid, fd of its answer)
@@ -616,8 +616,8 @@ def _fallback(outs: list[dict]) -> str:
     """Why the workers' output may differ from one pipeline's ('' if it cannot)."""
     peak = {k: sum(o["peaks"][k] for o in outs) for k in outs[0]["peaks"]}
     bounds = outs[0]["bounds"]
-    from .app import MAX_FTPS_SESSIONS
-    from .flows import EMERGENCY_ENTER, MAX_RECENT_KEYS
+    from sensor.engine.dispatch import MAX_FTPS_SESSIONS
+    from sensor.engine.flows import EMERGENCY_ENTER, MAX_RECENT_KEYS
     if peak["filter_changes"]:
         return "the capture filter changed during the replay (a port below 1024 joined)"
     if peak["active"] >= EMERGENCY_ENTER * bounds["active"]:

@@ -2,7 +2,7 @@
 
 The daemon needs CAP_NET_RAW and CAP_NET_ADMIN to open its captures; once
 they are open and the attribution helper is started, it keeps nothing
-(``DAEMON_CAPS``).  The helper (sensor/attribution.py) needs CAP_NET_RAW for
+(``DAEMON_CAPS``).  The helper (sensor/attribution/attributor.py) needs CAP_NET_RAW for
 its first-packet socket and, optionally, CAP_SYS_NICE for SCHED_FIFO; once
 both are set up it keeps CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH
 (``HELPER_CAPS``: reading other users' /proc/<pid>/fd takes both).

@@ -1,0 +1,1 @@
+"""Endpoint mode: which process made a connection (socket tables, /proc)."""

@@ -1,0 +1,1 @@
+"""The command line: replay, rules, run; the console script's entry point."""

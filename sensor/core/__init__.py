@@ -1,0 +1,1 @@
+"""Foundations every layer uses: configuration, events, counters, address typing."""

@@ -1,0 +1,1 @@
+"""Detection over records: Sigma rules, threshold windows, the window store."""

@@ -1,0 +1,1 @@
+"""Packets to flows to analyzer input: decode, flow table, expectations, reassembly, dispatch."""

@@ -1,0 +1,1 @@
+"""The edges: capture (files, live), sinks, metrics, systemd notification, privileges."""

@@ -1,0 +1,1 @@
+"""Record shaping: the Defender-shaped connection records, ECS, community id, line encoding."""

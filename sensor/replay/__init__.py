@@ -1,0 +1,1 @@
+"""Replaying captures split over processes."""
