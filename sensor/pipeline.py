@@ -3,7 +3,8 @@
 Sans-IO: ``handler_for(linktype)`` returns the function that takes
 ``(ts_us, frame_bytes)``; ``finish()`` ends every flow. Whatever feeds it
 (a pcap file, a live interface, a test) and wherever the sink writes, the
-logic between is the same.
+logic between is the same. The life of a packet and of a flow:
+docs/architecture.md.
 """
 from __future__ import annotations
 

@@ -1,20 +1,11 @@
 """Endpoint mode: the host's own identity, and the attributions the pipeline
 writes into its records.
 
-``AttributionBook`` is sans-IO: whoever looks processes up (the
-``AttributionHelper`` beside the capture, see sensor/attribution/attributor.py) hands
-its results in with ``add(key, attribution)``; the pipeline takes them out
-when it writes a connection's record (``take(key)``), long after the lookup
-(a TCP record is written ``tcp_closed`` seconds of packet time after the
-connection closed; at SIGTERM the daemon collects the helper's last results
-before it flushes).  Keys are ``(proto, local_ip, local_port, remote_ip,
-remote_port)`` as the records see them.  Bounded: the oldest entries go
-first beyond ``max_entries``.
-
-Children inherit: an FTP data connection takes its control connection's
-process, a TFTP transfer its request's, with ``AttributionSource``
-"linked-control-connection" (the pipeline does that, see
-``Pipeline._attribution``).
+``AttributionBook`` is sans-IO: the daemon hands the helper's lookups in
+(``add``), the pipeline takes one out when it writes a connection's record
+(``take``). Keys are the records' 5-tuples; bounded (``max_entries``, oldest
+first). Children inherit their parent's process (``Pipeline._attribution``).
+Design: docs/endpoint.md.
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import gc
 # CPython collects generation 0 every 700 net allocations and re-examines
 # the older generations every 10 of those: with a flow table of 10^5 live
 # objects (flows, their sides, analyzers) that is mostly re-scanning objects
-# that live on. Measured on a replay of 100,000 flows: 15-20 % of the time.
+# that live on (what it cost: bench/README.md).
 GC_THRESHOLDS = (50_000, 20, 100)
 
 

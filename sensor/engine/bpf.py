@@ -1,24 +1,9 @@
 """Capture filters (BPF) that keep everything the sensor needs.
 
-The filter runs inside libpcap (in the kernel for live capture), so packets
-on no tracked port never reach Python. It must not hide what the sensor
-tracks: tracked ports over IPv4 and IPv6, untagged, 802.1Q and QinQ
-(libpcap's ``vlan`` keyword shifts the offsets for the rest of the
-expression, so the tagged alternatives come last, the second ``vlan`` being
-the inner tag), and IPv6 packets whose transport header sits behind
-extension headers (BPF's ``port`` only looks right after the fixed header,
-so those pass and the decoder walks the chain).
-
-Expected connections (FTP passive and non-port-20 active data channels, TFTP
-transfers) run between two ephemeral ports, which are only known while
-running. Rather than recompiling the filter for each (libpcap's compiler
-costs ~10 ms for this expression, and on a live interface packets would be
-lost between the announcement and the new filter), the filter admits every
-TCP/UDP packet whose two ports are both >= 1024; the decoder then keeps
-only the ports it currently expects (a set lookup). Client-server background
-traffic (HTTPS, DNS, QUIC: one side on a well-known port) stays in the kernel
-or in libpcap. A TCP payload that starts an FTP banner ("220 " or "220-",
-IPv4) passes on any port, so FTP on a non-standard port can be recognised.
+Tracked ports (untagged, 802.1Q, QinQ; IPv4, IPv6 behind extension headers),
+every packet between two ephemeral ports (data channels and TFTP transfers,
+so the filter never waits for their ports) and an FTP banner on any port.
+Why this shape: docs/engine.md.
 """
 from __future__ import annotations
 

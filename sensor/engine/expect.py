@@ -1,13 +1,9 @@
 """Expected connections (Zeek's ``ftp_data_expected``, sans-IO).
 
-Analyzers announce connections that will belong to theirs (FTP PORT/EPRT/
-PASV/EPSV, TFTP requests) with :class:`sensor.core.events.ExpectConnection`. The
-table keys them by (proto, responder address, responder port); a new flow
-that does not sit on a tracked port looks itself up here, and the oldest
-live expectation that fits (originator address and port, when given) is
-consumed -- time order, because servers reuse passive ports. Expectations
-expire on packet time and the table is bounded (``max_expectations``,
-oldest dropped first, counted).
+Analyzers announce connections that will belong to theirs (FTP data
+channels, TFTP transfers) with ``ExpectConnection``; a new flow consumes the
+oldest live expectation it fits. Expire on packet time; bounded
+(``max_expectations``, oldest dropped, counted). Design: docs/engine.md.
 """
 from __future__ import annotations
 

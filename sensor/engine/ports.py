@@ -1,10 +1,9 @@
 """The set of ports the decoder and the capture filter admit.
 
 Tracked ports are permanent; expected connections and the flows they became
-(FTP data channels, TFTP transfers on ephemeral ports) add their ports while
-they live. ``ports`` is the live set object the decoder consults (the
-capture filter admits every ephemeral-to-ephemeral packet, see sensor/engine/bpf.py,
-so it never needs to change with this set).
+add their ports while they live. ``version`` changes only when a port below
+1024 joins or leaves, the one case the capture filter must change for.
+Design: docs/engine.md.
 """
 from __future__ import annotations
 

@@ -1,16 +1,9 @@
 """TCP reassembly, one direction of one connection (sans-IO).
 
 ``segment(seq, payload)`` returns the bytes that became deliverable in order,
-plus a gap signal when bytes are known to be missing. Out-of-order segments
-wait in a bounded buffer (``max_ooo_bytes``, ``max_ooo_segments``); when the
-buffer is full, or a FIN/close arrives with holes, the hole is declared a gap
-and delivery skips ahead. ``depth`` bounds how many bytes per direction are
-delivered at all (Suricata's ``stream.reassembly.depth``): past it the
-analyzer has what it needs (FTP commands, SMB headers) and accounting goes on
-in the flow table from sequence numbers.
-
-Sequence numbers are 32-bit and wrap; offsets here are unwrapped relative to
-the first byte (``base``), like the flow table.
+plus a gap signal when bytes are known to be missing. Bounded: out-of-order
+bytes and segments, and ``depth`` (bytes delivered at all). Design and
+defaults: docs/engine.md.
 """
 from __future__ import annotations
 

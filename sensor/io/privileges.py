@@ -1,13 +1,9 @@
 """Capabilities: keep only what each process needs (Linux capset(2)).
 
-The daemon needs CAP_NET_RAW and CAP_NET_ADMIN to open its captures; once
-they are open and the attribution helper is started, it keeps nothing
-(``DAEMON_CAPS``).  The helper (sensor/attribution/attributor.py) needs CAP_NET_RAW for
-its first-packet socket and, optionally, CAP_SYS_NICE for SCHED_FIFO; once
-both are set up it keeps CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH
-(``HELPER_CAPS``: reading other users' /proc/<pid>/fd takes both).
-Everything else is dropped from the effective, permitted and inheritable
-sets (which also clears the ambient set).
+The daemon keeps nothing once its captures are open (``DAEMON_CAPS``); the
+attribution helper keeps CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH
+(``HELPER_CAPS``). Which process needs what, and when: docs/daemon.md,
+"Privileges".
 """
 from __future__ import annotations
 
