@@ -206,19 +206,6 @@ def test_unreadable_capture_is_one_line_and_exit_2():
         shutil.rmtree(d)
 
 
-def test_progress_counts_the_same_packets_split_over_processes(big_pcap):
-    """With --workers 2 the parent hands whole batches out (no per-packet
-    call): the progress line still counts every packet, as one process does."""
-    lines = {}
-    for workers in ("1", "2"):
-        rc, _, term = run_on_pty(["replay", str(big_pcap), "--config", str(DEMO_CFG), "--workers", workers])
-        assert rc == 0, term
-        last = [f for f in term.decode().split("\r") if f.strip()][-1]
-        assert "100.0%" in last and "done in" in last
-        lines[workers] = last.split(" packets")[0]       # "100.0% [####] N packets  ..."
-    assert lines["1"] == lines["2"] and lines["1"].split()[-1][0].isdigit()
-
-
 def test_replay_exit_loses_no_record_on_stdout_or_files(big_pcap, tmp_path):
     """The console script leaves a replay without the interpreter's teardown
     (sensor/cli/entry.py): every record is still on stdout and in the files, and

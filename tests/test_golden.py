@@ -5,7 +5,7 @@ For ``pcaps/demo.pcap`` (with ``pcaps/demo.yaml``) and each
 ``pcaps/real/*.pcap`` the four record files the sensor writes --
 connections, transfers, alerts, weird -- are committed under
 ``tests/golden/<capture>/<kind>.jsonl``.  The replay is the CLI's own:
-``python -m sensor replay PCAP --out DIR --workers 1 [--config pcaps/demo.yaml]``
+``python -m sensor replay PCAP --out DIR [--config pcaps/demo.yaml]``
 in a child process, from an unrelated working directory, with the shipped
 rules.  A record holds packet time only (no wall clock), so the files are the
 same on every run and every machine; a difference is a change of behaviour
@@ -48,7 +48,7 @@ def replay_cli(pcap: Path, config: Path | None, out: Path, hash_seed: str | None
     """The CLI's replay of one capture into ``out``/<kind>.jsonl."""
     out.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, "-m", "sensor", "replay", str(pcap), "--out", str(out),
-            "--workers", "1", "--progress", "never"]
+            "--progress", "never"]
     if config is not None:
         argv += ["--config", str(config)]
     env = {**os.environ, **({"PYTHONHASHSEED": hash_seed} if hash_seed is not None else {})}

@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sensor import __version__
-from sensor.replay import partition
 from sensor.io.capture import CaptureError, read_file
 from sensor.core.config import PROFILES, ConfigError, SyslogOutput, load_config
-from sensor.detect.detector import Detector
 from sensor.records.encode import KINDS
 from sensor.io.sinks import MemorySink, TeeSink
 from sensor.pipeline import Pipeline
@@ -135,14 +133,6 @@ def _syslog_arg(text: str | None, proto: str | None, base: SyslogOutput | None) 
     return dataclasses.replace(b, host=host, port=int(port), protocol=proto or b.protocol)
 
 
-def _workers_arg(text: str) -> str | int:
-    if text == "auto":
-        return text
-    if not text.isdigit() or not 1 <= int(text) <= 64:
-        raise argparse.ArgumentTypeError(f"expected auto or a number from 1 to 64, got {text!r}")
-    return int(text)
-
-
 def cmd_replay(args: argparse.Namespace) -> int:
     cfg, rules = load_all(args.config, args.rules)
     output = cfg.output
@@ -153,31 +143,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     summary_out = sys.stderr if to_stdout else sys.stdout
     mem = _SummarySink()
 
-    def new_progress() -> Progress:
-        p = Progress(args.pcap, enabled=None if args.progress == "auto" else args.progress == "always")
-        _log_to(p)
-        return p
-    progress = new_progress()
+    progress = Progress(args.pcap, enabled=None if args.progress == "auto" else args.progress == "always")
+    _log_to(progress)
     t0 = time.perf_counter()
-    workers = partition.choose_workers(args.workers, args.pcap)
-    split = None
-    if workers > 1:
-        try:
-            split = partition.run(args.pcap, cfg, rules, workers, progress, output)
-        finally:
-            progress.finish()
-        if split.fallback:
-            log.warning("replaying in one process: %s", split.fallback)
-            split.cleanup()
-            split = None
-            progress = new_progress()
-    try:
-        outputs = build_outputs(output, config=cfg, rules=rules, outdir=args.out, stdout=to_stdout,
-                                syslog=syslog, block=True)
-    except BaseException:
-        if split is not None:
-            split.cleanup()
-        raise
+    outputs = build_outputs(output, config=cfg, rules=rules, outdir=args.out, stdout=to_stdout,
+                            syslog=syslog, block=True)
     sink = TeeSink(mem, outputs)
     try:
         outputs.install_sighup()
@@ -185,38 +155,24 @@ def cmd_replay(args: argparse.Namespace) -> int:
         pass
     damaged = []
     packets = 0
-    if split is not None:
-        detector = Detector(rules, cfg.limits)
-        try:
-            split.deliver(sink, detector)
-        finally:
-            sink.close()
-            split.cleanup()
-        for path, (n, error) in zip(args.pcap, split.results):
-            packets += n
-            if error:
-                damaged.append(f"{path}: damaged after {n} packets: {error}")
+    pipe = Pipeline(cfg, rules, sink)
+    detector = pipe.detector
+    handler_for = progress.wrap(pipe.handler_for)
+    try:
+        for path in args.pcap:
+            progress.begin(path)
+            res = read_file(path, handler_for, pipe.capture_filters(), pipe.refilter, watch=pipe.portset)
+            progress.end(path)
+            packets += res.packets
+            if res.error:
+                damaged.append(f"{path}: damaged after {res.packets} packets: {res.error}")
+                progress.clear()
                 print(f"xfer-sensor: warning: {damaged[-1]}", file=sys.stderr)
-        stats = dict(split.stats, detect=detector.stats.as_dict())
-    else:
-        pipe = Pipeline(cfg, rules, sink)
-        detector = pipe.detector
-        handler_for = progress.wrap(pipe.handler_for)
-        try:
-            for path in args.pcap:
-                progress.begin(path)
-                res = read_file(path, handler_for, pipe.capture_filters(), pipe.refilter, watch=pipe.portset)
-                progress.end(path)
-                packets += res.packets
-                if res.error:
-                    damaged.append(f"{path}: damaged after {res.packets} packets: {res.error}")
-                    progress.clear()
-                    print(f"xfer-sensor: warning: {damaged[-1]}", file=sys.stderr)
-        finally:
-            pipe.finish()
-            sink.close()
-            progress.finish()
-        stats = pipe.stats()
+    finally:
+        pipe.finish()
+        sink.close()
+        progress.finish()
+    stats = pipe.stats()
     elapsed = time.perf_counter() - t0
     ostats = outputs.stats()
     for name, st in ostats["sinks"].items():
@@ -458,10 +414,6 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--syslog", metavar="HOST:PORT", help="also send the records to this RFC 5424 syslog collector")
     rp.add_argument("--syslog-protocol", choices=("udp", "tcp"), default=None,
                     help="syslog transport (default: the config's, else udp)")
-    rp.add_argument("--workers", default="auto", type=_workers_arg, metavar="N|auto",
-                    help="processes to split the replay over by host pair (same output for any N; "
-                         "default auto: one per CPU, up to %d, for captures of %d MiB or more)"
-                    % (partition.MAX_AUTO_WORKERS, partition.PARTITION_MIN_BYTES >> 20))
     rp.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
                     help="progress line on stderr (auto: only when stderr is a terminal)")
     rp.set_defaults(func=cmd_replay)

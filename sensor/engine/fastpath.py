@@ -103,7 +103,7 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
             pipe._packet(p)
 
     def handle(ts: int, data: bytes) -> None:
-        # -- packet time: every packet moves the clock (sensor/replay/partition.py) ------
+        # -- packet time: every packet moves the clock ------------------------------
         now = ft.now
         if ts > now:
             ft.now = now = ts

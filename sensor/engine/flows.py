@@ -17,9 +17,7 @@
   left behind by a requeue, a class change or an end are skipped (``qver``)
   and dropped when they outnumber the live ones (``_compact``).
   What a scan ends, and in which order, depends only on each flow's own
-  packets and on the clock -- not on the other flows in the table -- so a
-  replay split by host pair over several processes ends the same flows at
-  the same packets (sensor/replay/partition.py). The scan runs at most every
+  packets and on the clock -- not on the other flows in the table. The scan runs at most every
   ``flow_scan_interval`` seconds of packet time and examines at most
   ``flow_scan_budget`` flows.
 - A hard bound ``max_flows``: beyond it the least recently active flow is
@@ -233,9 +231,6 @@ class FlowTable:
         # flow created on the same key in the same microsecond differs by n
         self._recent: dict[tuple, tuple[int, int]] = {}
         self.recent_peak = 0
-        # 0: an expiry scan is ending flows, 2: the flush; else 1 (sensor/replay/partition.py)
-        self.phase = 1
-        self.ending: Flow | None = None   # the flow whose end is being reported
         # application-layer hooks (sensor.engine.dispatch): ``admit(packet)`` decides
         # whether a packet on no tracked port starts an expected flow
         # (returns (from_orig, match) or None); ``on_new(flow, match)`` sees
@@ -273,22 +268,18 @@ class FlowTable:
         then in (qts, uid) order; examine at most ``budget`` flows."""
         n = 0
         heappop = heapq.heappop
-        self.phase = 0
-        try:
-            for cls, q in enumerate(self.queues):
-                limit = now - self.timeouts_us[cls]
-                while q and n < budget and q[0][0] <= limit:
-                    _, _, ver, flow = heappop(q)
-                    if ver != flow.qver or not flow.inq:
-                        continue       # left behind by a requeue, class change or end
-                    n += 1
-                    if flow.last_ts > limit:
-                        self._queue(flow, cls, flow.last_ts)   # active since it was queued
-                        continue
-                    self._end(flow, "timeout")
-                    self.stats.expired += 1
-        finally:
-            self.phase = 1
+        for cls, q in enumerate(self.queues):
+            limit = now - self.timeouts_us[cls]
+            while q and n < budget and q[0][0] <= limit:
+                _, _, ver, flow = heappop(q)
+                if ver != flow.qver or not flow.inq:
+                    continue       # left behind by a requeue, class change or end
+                n += 1
+                if flow.last_ts > limit:
+                    self._queue(flow, cls, flow.last_ts)   # active since it was queued
+                    continue
+                self._end(flow, "timeout")
+                self.stats.expired += 1
         if n > self.stats.scan_max:
             self.stats.scan_max = n
         return n
@@ -326,12 +317,8 @@ class FlowTable:
 
     def flush(self) -> None:
         """End every flow (end of capture, shutdown), oldest first."""
-        self.phase = 2
-        try:
-            for flow in sorted(self.flows.values(), key=lambda f: (f.first_ts, f.uid)):
-                self._end(flow, "flush")
-        finally:
-            self.phase = 1
+        for flow in sorted(self.flows.values(), key=lambda f: (f.first_ts, f.uid)):
+            self._end(flow, "flush")
         for q in self.queues:
             q.clear()
         self.qlive = [0, 0, 0, 0]
@@ -371,7 +358,6 @@ class FlowTable:
             del self._recent[flow.key]   # no later flow on this key can share its first microsecond
         flow.end_reason = reason
         self.stats.ended += 1
-        self.ending = flow
         self.on_end(flow)
 
     # -- the wire-order index (sensor/engine/fastpath.py) -------------------------------

@@ -1,1 +1,0 @@
-"""Replaying captures split over processes."""
