@@ -1,31 +1,10 @@
 """The endpoint/span-port daemon: live capture into the same pipeline as replay.
 
 ``python -m sensor.daemon -i IFACE [--config FILE] [--rules DIR] [--out DIR]``
-(also ``xfer-sensor run``). Signals:
-- SIGHUP: reopen the output files (logrotate with rename or copytruncate),
-  reload config and rules; a config or rule that does not load is refused,
-  logged, and the running ones stay. Rule windows of correlations whose
-  definition did not change are kept.
-- SIGTERM/SIGINT: end every flow, write every record, exit (well within 5 s).
-Rule windows survive restarts: kept in SQLite under ``--state-dir``
-(sensor/detect/winstore.py), written every ``state_flush_interval`` s and at SIGTERM.
-Privileges: refuses uid 0 unless ``--allow-root``; once the capture is open
-it keeps no capability (the attribution helper, started before, keeps
-CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH for its lookups). If the helper dies
-the daemon flushes and exits with status 1, so systemd restarts both.
-systemd: READY=1 once capturing, WATCHDOG=1 every half $WATCHDOG_USEC,
-STATUS= with the counters, RELOADING=1/READY=1 around a reload, STOPPING=1.
-
-Modes (``--mode``): ``endpoint`` (default) -- the host's own traffic: the
-attribution helper (sensor/attribution/attributor.py) looks up the process of every
-FTP/SMB/TFTP connection at its first packet and the records carry it;
-DeviceName is the host name and ``home_net`` the host's addresses unless the
-config sets them.  ``span`` -- a mirror port: other hosts' traffic, no
-attribution.
-
-Time: packets carry the kernel's timestamps; when no packet arrives the
-daemon advances the pipeline with the clock (a heartbeat), so idle flows
-still time out -- the pipeline itself only ever sees timestamps.
+(also ``xfer-sensor run``). SIGHUP reopens the outputs and reloads config and
+rules (a bad one is refused); SIGTERM writes everything and exits. When no
+packet comes, a heartbeat moves the pipeline's clock. Modes, signals,
+privileges, systemd, metrics and the state folder: docs/daemon.md.
 """
 from __future__ import annotations
 

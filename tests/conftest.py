@@ -9,7 +9,7 @@ from hypothesis import settings
 
 # The normal run (.ci/run) is deterministic: the same examples every time, so
 # a red run is about the change and not about the seed.  Random exploration
-# is its own command (README, "Long runs"): HYPOTHESIS_PROFILE=explore.
+# is its own command (docs/testing.md, "Long runs"): HYPOTHESIS_PROFILE=explore.
 settings.register_profile("ci", derandomize=True, database=None)
 settings.register_profile("explore", derandomize=False)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -1,7 +1,7 @@
 """Damaged and hostile capture files, through ``xfer-sensor replay`` (a
 subprocess, as a user runs it) and through ``sensor.io.capture.read_file``.
 
-What a user is promised (README, "Exit codes"): ``0`` done; ``2`` bad input
+What a user is promised (docs/usage.md, "Exit codes"): ``0`` done; ``2`` bad input
 (missing, unreadable or non-capture file) with one line on stderr and never a
 traceback; ``3`` a capture damaged part-way, with every whole packet before
 the damage processed and everything flushed and written.

@@ -1,42 +1,13 @@
 """A pure-stdlib NETLINK_SOCK_DIAG client: one socket by exact 5-tuple.
 
-Linux answers ``SOCK_DIAG_BY_FAMILY`` with an exact ``inet_diag_sockid``
-(without ``NLM_F_DUMP``) by one hash lookup in the kernel's socket tables:
-about 10 µs from Python, where reading ``/proc/net/tcp`` costs milliseconds
-and ``psutil.net_connections()`` tens of milliseconds. The answer carries the
-socket's inode (which ``/proc/<pid>/fd`` links to as ``socket:[inode]``), the
-uid that created it and its TCP state.
-
     sd = SockDiag()
     hit = sd.lookup(PROTO_TCP, "10.0.0.5", 40312, "203.0.113.7", 21)
     if hit: hit.inode, hit.uid, hit.state
 
-Kernel behaviour this module relies on (checked on Linux 6.x, see the tests):
-
-* TCP: the exact lookup finds established, SYN-SENT and TIME-WAIT sockets
-  (a TIME-WAIT socket has inode 0 and uid 0: it belongs to no process) and
-  falls back to a *listening* socket on the local address and port, as the
-  kernel does for an incoming SYN. The state tells them apart.
-* UDP: the exact lookup is the kernel's receive lookup, which also matches an
-  unconnected socket bound to the wildcard address (tftp-hpa's client binds
-  ``0.0.0.0:port`` and never connects).  When it still finds nothing,
-  ``lookup()`` falls back to a dump of the UDP sockets whose *local port* is
-  the one asked for (a kernel-side bytecode filter, ``INET_DIAG_BC_S_EQ``)
-  and picks the best match: exact remote, then wildcard remote; exact local
-  address, then wildcard local address.
-* IPv4 lookups also find dual-stack IPv6 sockets using v4-mapped addresses.
-* Network namespaces: a netlink socket talks to the namespace it was created
-  in.  ``SockDiag()`` therefore sees the sockets of the namespace the sensor
-  runs in -- which is the namespace whose traffic it captures.  For a socket
-  in another namespace pass ``netns=`` (a path such as
-  ``/run/netns/NAME`` or ``/proc/PID/ns/net``): the netlink socket is then
-  created inside that namespace (setns(2) on the creating thread, then back;
-  needs CAP_SYS_ADMIN) and every lookup answers for it.
-
-Nothing here raises: a failed or unanswered query returns ``None`` and is
-counted in ``stats`` (``errors`` with the errno in ``errnos``; "no such
-socket" is a plain ``miss``; a malformed tuple is ``invalid``).  Instances are not
-thread-safe: give each thread its own.
+Sees the network namespace it was created in (``netns=`` for another).
+Nothing raises: a failed or unanswered query returns ``None`` and is counted
+in ``stats``. Not thread-safe. The kernel behaviour it relies on (TCP
+listener fallback, UDP wildcard sockets, v4-mapped): docs/endpoint.md.
 """
 from __future__ import annotations
 

@@ -1,19 +1,10 @@
 """The ``xfer-sensor`` console script.
 
-The garbage collector's thresholds are raised before the sensor's modules are
-imported: importing them allocates tens of thousands of objects that live as
-long as the process (classes, compiled patterns, rule sets), and with
-CPython's defaults the collector re-scans them dozens of times on the way
-(~10 ms of a replay's start here). The thresholds are the pipeline's own
-(``sensor.core.runtime.GC_THRESHOLDS``).
-
-A ``replay`` that returned leaves the process without the interpreter's
-teardown (``os._exit`` once stdout, stderr and logging are flushed): by then
-every record is written and every sink, spool and worker closed, and the
-teardown would only free the objects one by one -- ~3 % of the 1M-packet
-benchmark, measured alternating with and without. Its only threads are
-daemon threads, already finished; it registers no atexit handler. Other
-commands (the daemon above all) exit normally."""
+Raises the garbage collector's thresholds (``sensor.core.runtime``) before
+the sensor's modules are imported, and leaves a finished ``replay`` with
+``os._exit`` once everything is flushed and closed, skipping the interpreter's
+teardown; other commands (the daemon above all) exit normally. Why:
+bench/README.md, "Figures behind design choices"."""
 from __future__ import annotations
 
 import logging

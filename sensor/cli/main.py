@@ -1,9 +1,8 @@
 """Command line: ``xfer-sensor replay``, ``check`` and ``rules list|test``.
 
-Exit codes: 0 done; 2 bad input (missing/unreadable/not-a-capture file, bad
-config or rules) -- one clear line on stderr, never a traceback; 3 a capture
-was damaged part-way (every whole packet before the damage was processed and
-everything was flushed and written).
+Exit codes: 0 done; 2 bad input, one line on stderr, never a traceback; 3 a
+capture damaged part-way (everything before the damage written). Commands,
+options and exit codes: docs/usage.md.
 """
 from __future__ import annotations
 

@@ -1,11 +1,9 @@
 """A replay progress line on stderr, only when stderr is a terminal.
 
-Shows the position in the capture files (bytes read of their total size, from
-the reader's file offset in ``/proc/self/fdinfo``, so packets the capture
-filter dropped count too), the packets that passed the capture filter, the
-rates and the time left. Redrawn by a small thread every ``interval`` seconds
-with ``\\r`` and erase-to-end-of-line; the last line is kept when the replay
-ends. When stderr is not a terminal nothing is written and no thread runs.
+Position in the capture files (from the reader's offset in
+``/proc/self/fdinfo``), packets, rates and time left, redrawn by a small
+thread every ``interval`` seconds; nothing at all when stderr is not a
+terminal. Described in docs/usage.md.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Configuration: one YAML file, validated at load time.
 
 Every bound is a named option with a default. A bad file is refused before
-anything runs, naming the file and the field (``ConfigError``).
+anything runs, naming the file and the field (``ConfigError``). Every key is
+described in docs/usage.md.
 """
 from __future__ import annotations
 

@@ -1,21 +1,10 @@
 """``@frozen``: immutable, slotted value classes for events, cheap to define.
 
-What ``@dataclass(frozen=True, slots=True)`` gives -- fields from the class
-annotations (a base's first), an ``__init__`` taking them in order with their
-defaults, ``__repr__``, ``__eq__`` and ``__hash__`` over the fields, no
-assignment after ``__init__`` (``FrozenInstanceError``), ``__slots__``,
-``__match_args__``, pickling -- at a fraction of its cost to *define*.
-
-Why: ``dataclass`` compiles six functions per frozen class with ``exec``
-(~1.2 ms a class here). The analyzers define some forty event and message
-classes, so that alone was ~45 ms of every start, a third of the import
-time of a replay (the benchmark in bench/ counts it). Here only ``__init__``
-is compiled per class; the other methods are shared and read the class's
-``__fields__`` tuple. Instances are built in about two thirds of the time
-(each field is set through its slot's descriptor) and read as fast.
-
-``uncompared`` names fields left out of ``==`` and ``hash`` (dataclass's
-``field(compare=False)``). ``fields_of(obj)`` lists an instance's fields.
+What ``@dataclass(frozen=True, slots=True)`` gives (fields, ``__init__``,
+``__repr__``, ``__eq__``/``__hash__``, ``FrozenInstanceError``, slots,
+``__match_args__``, pickling) with one compiled ``__init__`` per class and
+shared methods. ``uncompared`` names fields left out of ``==`` and ``hash``;
+``fields_of(obj)`` lists an instance's fields. Why: docs/architecture.md.
 """
 from __future__ import annotations
 

@@ -1,11 +1,9 @@
 """Address typing (Defender's LocalIPType/RemoteIPType) with the standard
 library ``ipaddress``, plus configured CIDR overrides.
 
-Types: Public, Private, Reserved, Loopback, LinkLocal, Multicast, Broadcast,
-Teredo, FourToSixMapping. "Private" is RFC 1918 and IPv6 unique-local
-(fc00::/7) only; every other non-global range (CGNAT 100.64/10, the
-documentation and benchmarking ranges, 0/8, 240/4, ...) is "Reserved", so a
-lab or VPN range must be named explicitly with ``ip_type_overrides``.
+"Private" is RFC 1918 and fc00::/7 only; every other non-global range is
+"Reserved", so a lab or VPN range must be named with ``ip_type_overrides``.
+The types: docs/outputs.md (``LocalIPType``).
 """
 from __future__ import annotations
 
@@ -79,8 +77,8 @@ def _special_v4_networks() -> list[Network] | None:
 
 # An IPv4 address's type depends only on which of these networks hold it, so
 # it is the same between two neighbouring boundaries: IpTyper works it out
-# once per stretch (the long way costs ~12 us an address; with many distinct
-# peers most lookups missed the per-address cache). tests/test_iptype_fast.py
+# once per stretch (the long way is slow, and with many distinct peers most
+# lookups missed a per-address cache). tests/test_iptype_fast.py
 # checks the two ways agree, on both sides of every boundary.
 _SPECIAL_V4 = _special_v4_networks()
 

@@ -1,20 +1,10 @@
 """Detection: Sigma detection rules per record, ``event_count`` windows.
 
-Sans-IO and driven by packet time. A record enters a correlation with its
-event time (the connection's first packet); windows slide on that time. An
-alert fires once when a group key's count inside one ``timespan`` crosses the
-condition; the key then re-arms when its count drops back below the
-condition, or when a full ``timespan`` has passed since the alert, so a
-steadily busy key alerts at most once per timespan (like a daily hunt).
-
-State is bounded: at most ``max_window_keys`` keys (least recently seen
-evicted, counted) and ``max_window_events`` events per key.
-
-Window state can be exported and imported (``export_state``,
-``export_changes`` after ``enable_tracking``, ``import_state``): plain data,
-no I/O, so a store can keep it across restarts (``sensor/detect/winstore.py``). A
-window is identified by its rule id and a hash of the rule's definition
-(``window_id``), so a changed rule never inherits another definition's state.
+Sans-IO and driven by packet time (a record counts at its first packet). An
+alert fires once when a key crosses the condition, then re-arms. Bounded by
+``max_window_keys`` and ``max_window_events``. Window state is exported and
+imported as plain data for sensor/detect/winstore.py. Semantics:
+docs/detection.md.
 """
 from __future__ import annotations
 

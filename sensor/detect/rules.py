@@ -1,36 +1,9 @@
 """Sigma rules: detection rules and ``event_count`` correlation rules.
 
 Loaded with pyyaml into validated, frozen objects. Anything this loader does
-not implement (a modifier, a correlation type, a condition construct, an
-unknown key, a field records do not have) is refused at load time with the
-file, the rule id and the field (``RuleError``) -- never silently ignored.
-
-Supported detection subset:
-- selections: a mapping (all fields must match) or a list of mappings (any);
-- values: scalar or list (any of; ``|all`` for all of); ``null`` = empty/absent;
-  strings compare case-insensitively with ``*``/``?`` wildcards;
-- modifiers: contains, startswith, endswith, all, cidr, re, gt, gte, lt, lte,
-  exists;
-- condition: selection names, ``and``, ``or``, ``not``, parentheses,
-  ``1 of NAME*``, ``all of NAME*``, ``1 of them``, ``all of them``.
-Correlation subset: ``type: event_count`` with ``rules``, ``group-by``,
-``timespan`` (s, m, h, d) and ``condition`` ``gt``/``gte``.
-
-Fields: a record's top-level fields, the DeviceNetworkEvents columns endpoint
-mode adds (``RemoteUrl``, ``InitiatingProcessCommandLine``, ...), and the
-protocol details under ``AdditionalFields`` by a dotted name
-(``AdditionalFields.TlsSni``). A value that is a list matches when any of its
-items matches.
-
-False-positive controls (allow entries) are Sigma's own filter selections,
-negated in the condition (``selection and not 1 of filter_*``). A rule-level
-``x-allow`` block may annotate a filter selection with a ``reason`` and an
-``expires`` date (inclusive, UTC, compared with the event's time): an expired
-entry stops suppressing and says so once in the log. The loader refuses an
-``x-allow`` entry that is not a negated selection, and any filter (a negated
-selection) that would allow by process or account alone or, for an ``x-allow``
-entry, does not name the destination (``RemoteIP``, ``RemoteUrl`` or
-``AdditionalFields.TlsSni``) in each of its alternatives.
+not implement is refused at load time with the file, the rule id and the
+field (``RuleError``), never silently ignored. The supported subset and the
+false-positive controls (filter selections, ``x-allow``): docs/detection.md.
 """
 from __future__ import annotations
 
@@ -747,8 +720,8 @@ def load_rule_docs(docs: Iterable[tuple[str, int, Any]], known_fields: Iterable[
 
 
 def _yaml_documents(text: str) -> list:
-    """The documents of ``text``, parsed by libyaml when PyYAML has it (the
-    shipped rules: ~10 ms -> ~2 ms of every start). On an error the pure
+    """The documents of ``text``, parsed by libyaml when PyYAML has it (faster
+    at every start: bench/README.md). On an error the pure
     Python loader parses it again, so the message is always its own."""
     loader = getattr(yaml, "CSafeLoader", None)
     if loader is not None:

@@ -1,28 +1,10 @@
 """Rule-window state across restarts: SQLite under the state folder.
 
-``WindowStore`` is only persistence: the Detector exports its window state as
-plain data (``Detector.export_changes``) and imports it back
-(``Detector.import_state``); this module writes and reads that data.
-
-- One file, ``STATE_FILE`` in the state folder (``/var/lib/xfer-sensor`` by
-  default), WAL journal, ``synchronous=NORMAL``: a committed batch survives a
-  crash of the process (kill -9); only a power loss can take the last ones.
-- A row per (window, group key): the key's events (time, bytes, uid) that the
-  window may still count, whether it is armed, when it last alerted and the
-  open alert's running totals (the alert already raised, so it is not raised
-  again). A window is its rule id plus a hash of the rule's definition
-  (``detect.window_id``): a changed rule starts empty.
-- Writes are batched: ``WindowPersistence.tick()`` commits what changed at
-  most every ``state_flush_interval`` seconds of wall-clock time, and
-  ``close()`` commits the rest (SIGTERM). A crash loses at most that interval.
-- Bounded: rows whose newest event is older than their window's span (plus
-  ``PRUNE_GRACE_S`` for late records) are pruned at load and every
-  ``PRUNE_EVERY_S``; at load each window keeps its
-  ``max_window_keys`` most recently seen keys; evicted keys are deleted.
-- A corrupt or unreadable file never stops the daemon: one error is logged,
-  the file is moved aside (``<file>.corrupt-<unix time>``) and the windows
-  start empty. If even a new file cannot be made, the daemon runs without
-  persistence (logged).
+Only persistence: the Detector exports its window state as plain data and
+imports it back; this module writes and reads it (WAL, batched commits every
+``state_flush_interval`` seconds and at close, pruning, ``max_window_keys``).
+A corrupt file is moved aside, never fatal. Design: docs/daemon.md, "The
+state folder".
 """
 from __future__ import annotations
 

@@ -1,18 +1,10 @@
-"""Capture: the only module that reads packets (pcap/pcapng files, later
-live interfaces), through the libpcap binding ``pcapy-ng``.
+"""Capture: the only module that reads packet files, through the libpcap
+binding ``pcapy-ng``.
 
 A source delivers ``(ts_us, data)`` to a per-link-type handler chosen by the
-pipeline; nothing here interprets bytes. libpcap reads both pcap and pcapng,
-except a pcapng whose interfaces have different link types, which is read
-block by block here.
-
-A file is read ahead by a thread: libpcap reads and filters a batch of
-packets (``next_batch``) with the GIL released while the pipeline works on
-the previous one, so reading costs the pipeline's thread only the slicing
-of each packet out of its batch. The result is the packet sequence of a
-plain ``pcap_loop``: when the pipeline changes the capture filter, or the
-file turns out damaged, the read-ahead is dropped and the file is read again
-in the plain way from where the pipeline stopped (see ``_read_ahead``).
+pipeline; nothing here interprets bytes. A file is read ahead on a thread and
+still gives exactly the packets of a plain ``pcap_loop`` (see
+``_read_ahead``). Design: docs/engine.md, "Capture".
 """
 from __future__ import annotations
 

@@ -1,13 +1,8 @@
 """Live capture through the same libpcap binding as replay (``pcapy-ng``).
 
-One handle per interface: a large kernel buffer, promiscuous mode (span
-ports), non-blocking, and the same capture filter as replay (tracked ports,
-802.1Q/QinQ, IPv6 behind extension headers, every ephemeral-to-ephemeral
-packet -- so data channels and TFTP transfers are never hidden while their
-ports are being learnt). ``poll()`` waits on the handles' descriptors and
-dispatches what is ready to the pipeline's handler for the link type; the
-kernel's and the interface's drop counters come from ``pcap_stats``.
-Never scapy's ``sniff()`` in the data path.
+One non-blocking, promiscuous handle per interface with the replay's capture
+filter; ``poll()`` dispatches what is ready to the pipeline's handler, drop
+counters come from ``pcap_stats``. Design: docs/engine.md, "Capture".
 """
 from __future__ import annotations
 

@@ -1,15 +1,10 @@
 """Metrics: one snapshot of the daemon's counters, rendered two ways.
 
-- ``collect(...)`` (daemon thread only) reads the pipeline, the capture and
-  the outputs and returns a new, never-mutated snapshot dict;
-- ``render(snapshot)`` writes it in the Prometheus text exposition format
-  0.0.4 (``# HELP``/``# TYPE``, counters named ``xfer_sensor_*_total``);
-- ``summary(snapshot)`` writes it as one compact line for the journal;
-- ``MetricsServer`` serves ``GET /metrics`` on a loopback address from a
-  daemon thread. It only ever reads the latest *published* snapshot: the
-  daemon loop calls ``publish()`` (every ``PUBLISH_EVERY_S``), so the HTTP
-  thread never touches pipeline objects and a scrape never slows capture
-  beyond rendering a few kilobytes under the GIL.
+``collect`` (daemon thread only) builds a never-mutated snapshot, ``render``
+writes it as Prometheus text 0.0.4, ``summary`` as one journal line;
+``MetricsServer`` serves ``GET /metrics`` on loopback from the latest
+*published* snapshot only, never touching pipeline objects. The metrics:
+docs/daemon.md.
 """
 from __future__ import annotations
 

@@ -1,22 +1,12 @@
 """sd_notify(3) without libsystemd: readiness, watchdog and status for systemd.
 
-systemd (``Type=notify``) passes ``$NOTIFY_SOCKET``, an AF_UNIX datagram
-socket given as a path or, with a leading ``@``, an abstract name; each
-notification is one datagram of ``KEY=VALUE`` lines.  With ``WatchdogSec=``
-it also sets ``$WATCHDOG_USEC`` (and ``$WATCHDOG_PID``, the pid that is
-meant to ping): the service must send ``WATCHDOG=1`` more often than that;
-half of it is the usual interval (sd_watchdog_enabled(3)).
-
-Without ``$NOTIFY_SOCKET`` (run by hand, in tests, under another supervisor)
-every call is a no-op that returns False.  Nothing here raises: a failed send
-returns False and is counted in ``errors``.
-
     n = SdNotifier()
     n.ready("capturing on eth0")           # READY=1 + STATUS=
     every = n.watchdog_interval()          # seconds, or None when not asked for
-    ... n.watchdog() ...                   # WATCHDOG=1
-    n.reloading(); ...; n.ready()          # around a SIGHUP reload
-    n.stopping()                           # STOPPING=1 on SIGTERM
+    n.watchdog(); n.reloading(); n.stopping()
+
+Without ``$NOTIFY_SOCKET`` every call is a no-op returning False; nothing
+raises (a failed send is counted in ``errors``). Protocol: docs/daemon.md.
 """
 from __future__ import annotations
 

@@ -1,33 +1,11 @@
 """Sinks: files, stdout and syslog, each behind a bounded queue and a writer thread.
 
-The pipeline calls ``Outputs.emit(kind, record)``. The record is shaped by
-the output profile and encoded into one line *on the caller's thread* (so a
-record can never change after it was queued), then handed to every sink's
-queue. Each sink has its own writer thread, so a sink that fails (a collector
-that is down, a full disk) or blocks (a collector that stops reading, a
-stalled file system) never stalls the pipeline:
-
-- ``block=False`` (live capture): a full queue drops the record and counts it
-  (``dropped_overflow``);
-- ``block=True`` (replay; nothing is lost by waiting for a file): the caller
-  waits for room, but at most ``stall_timeout`` seconds without the writer
-  making progress; after that the sink is treated as stalled and drops (and
-  counts) until its queue has drained to half.
-
-A writer that hits an error counts the record as ``dropped_error``. Errors and
-overflow are logged through ``logging`` at most once per
-``error_log_interval`` seconds per sink, with the counts since the last log.
-
-Files are opened with O_APPEND and written with one ``write()`` per record, so
-logrotate's ``copytruncate`` keeps working (appends continue at the new end)
-and ``reopen()`` -- what SIGHUP calls -- makes a rename rotation lose nothing:
-lines written before the reopen land in the renamed file, later ones in the
-new file. ``reopen()`` only sets a flag (safe inside a signal handler); the
-writer thread reopens before its next write.
-
-Syslog: RFC 5424 messages, over UDP (one message per datagram) or TCP with
-RFC 6587 octet-counting framing (``LEN SP MSG``). The message is the record's
-JSON line; MSGID is the record kind.
+``Outputs.emit(kind, record)`` encodes the record on the caller's thread and
+queues the line to every sink. A sink that fails or blocks never stalls the
+pipeline: ``block=False`` (live) drops and counts on a full queue,
+``block=True`` (replay) waits at most ``stall_timeout`` seconds of no
+progress. ``reopen()`` (SIGHUP) only sets a flag. Behaviour, rotation and
+syslog framing: docs/outputs.md, "Sinks".
 """
 from __future__ import annotations
 

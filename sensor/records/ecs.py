@@ -1,15 +1,9 @@
 """The ``ecs`` output profile: records as Elastic Common Schema 8.x documents.
 
-``EcsProfile.transform(kind, record)`` takes the sensor's own (``mde``-shaped)
-record and returns a nested ECS document. Nothing is invented: a field is
-written only when the record knows its value (an empty process name gives no
-``process.*``). What ECS has no field for stays under the vendor namespace
-``xfer.*`` (Zeek's ``conn_state``/``history``, the hunt's device-view byte
-counters, the data-channel totals, protocol details).
-
-Mapping rules, field by field, are in docs/outputs.md; the test
-tests/test_outputs_profiles.py validates every document against a checked-in
-subset of the ECS field definitions (tests/data/ecs/ecs_fields_subset.yml).
+``EcsProfile.transform(kind, record)`` reshapes the sensor's own
+(``mde``-shaped) record; a field is written only when its value is known, and
+what ECS has no field for goes under ``xfer.*``. The mapping, field by field:
+docs/outputs.md; tests/test_outputs_profiles.py validates it.
 """
 from __future__ import annotations
 

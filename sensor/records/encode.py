@@ -1,14 +1,9 @@
 """Line encoding: a record becomes one JSON line, of a bounded length.
 
-Everything reaches here as plain dicts; serialisation escapes every control
-character and every non-ASCII code point (``ensure_ascii``), so whatever
-bytes came off the wire, each record is exactly one valid JSON line.
-
-Profiles shape the records (``mde``: the sensor's DeviceNetworkEvents-shaped
-records as they are; ``ecs``: Elastic Common Schema, see sensor/records/ecs.py), and
-``Encoder`` turns a record into one line no longer than ``max_line_bytes``:
-a longer record is shrunk (its largest values cut) and flagged, never split.
-The sinks that write the lines are in sensor/io/sinks.py.
+Profiles shape the records (``mde`` as they are, ``ecs`` in sensor/records/ecs.py);
+``Encoder`` escapes every control character and non-ASCII code point and
+shrinks (and flags) a record longer than ``max_line_bytes``, never splits it.
+The sinks are in sensor/io/sinks.py; both are described in docs/outputs.md.
 """
 from __future__ import annotations
 
