@@ -6,7 +6,7 @@
 Writes (with struct, in seconds) a capture of ``--syns`` TCP SYNs from
 ``--sources`` addresses to tracked ports (445, 21, 139, 990) of 20 public
 servers, 10 us apart, with 5 real FTP sessions (logins to one public server,
-crafted with tests/craft.py) spread through it; replays it with
+crafted with tests/support/craft.py) spread through it; replays it with
 ``xfer-sensor replay --format json`` as a child process and reports what the
 issue asks for: tracked flows never above ``max_flows`` (``active_max``),
 evictions and expiries, the FTP sessions still counted and alerted on (one
@@ -72,10 +72,11 @@ def write_pcap(path: Path, frames: Iterator[tuple[int, bytes]], linktype: int = 
 
 
 def ftp_frames(t0_us: int, span_us: int) -> list[tuple[int, bytes]]:
-    sys.path.insert(0, str(REPO / "tests"))
+    if str(REPO) not in sys.path:        # run as a script: python fuzz/scan.py
+        sys.path.insert(0, str(REPO))
     import logging
     logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
-    from craft import Tcp
+    from tests.support.craft import Tcp
     out = []
     for i in range(5):
         t = (t0_us + (i + 1) * span_us // 6) / 1e6

@@ -24,9 +24,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent))       # the repository root: tests.support is the crafting helper
 
-from craft import Tcp, tcp_refused, tcp_session, udp_exchange, write_pcap  # noqa: E402
+from tests.support.craft import Tcp, tcp_refused, tcp_session, udp_exchange, write_pcap  # noqa: E402
 
 DEV = "192.168.56.10"
 T0 = 1_795_737_600.0  # 2026-11-27T00:00:00Z
@@ -66,8 +66,8 @@ def smb_session(t: float, server: str, cport: int, share: str, fname: str, size:
                 port: int = 445):
     """An SMB 3.1.1 session like smbclient's: negotiate, NTLM login, tree
     connect, create, 64 KiB writes, close, logoff."""
-    from test_analyzer_smb import (FID, close_req, close_resp, create_req, create_resp, login, simple_req,
-                                   simple_resp, tree_req, tree_resp, write_req, write_resp)
+    from tests.test_analyzer_smb import (FID, close_req, close_resp, create_req, create_resp, login, simple_req,
+                                         simple_resp, tree_req, tree_resp, write_req, write_resp)
     msgs = login(user=user, domain="CORP", ws="WS-FIN-07")
     msgs += [(True, tree_req(3, f"\\\\{server}\\{share}")), (False, tree_resp(3))]
     msgs += [(True, create_req(4, fname, disposition=5, access=0x0012019F)), (False, create_resp(4, FID, action=2))]

@@ -28,10 +28,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent))       # the repository root: the lab is tests.lab
 
-from lab.netns import LabError  # noqa: E402
-from lab.scenarios import SCENARIOS, record_all, record_fast  # noqa: E402,F401
+from tests.lab.netns import LabError  # noqa: E402
+from tests.lab.scenarios import SCENARIOS, record_all, record_fast  # noqa: E402,F401
 
 __all__ = ["record_all", "record_fast", "main"]
 

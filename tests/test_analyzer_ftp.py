@@ -51,7 +51,7 @@ from sensor.analyzers.ftp import (
 from sensor.analyzers.tls import parse_tls_client_hello_sni
 from sensor.core.events import Event, ExpectConnection, Weird
 from sensor.core.frozen import fields_of
-from test_analyzer_tls import openssl_client_hello
+from tests.support.tls import openssl_client_hello
 
 CLIENT, SERVER = "10.77.0.1", "10.77.0.2"
 CONN = ConnInfo("CftpA1", "tcp", CLIENT, 40123, SERVER, 21)

@@ -1,11 +1,10 @@
 """Tests for sensor.analyzers.tls.parse_tls_client_hello_sni.
 
 Real ClientHellos come from this interpreter's OpenSSL through memory BIOs
-(no network); edge cases are built by hand with ``client_hello()`` below.
+(tests/support/tls.py, no network); edge cases are built by hand with ``client_hello()`` below.
 """
 from __future__ import annotations
 
-import ssl
 import struct
 
 import pytest
@@ -13,18 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sensor.analyzers.tls import MAX_HANDSHAKE_BYTES, parse_tls_client_hello_sni
-
-
-def openssl_client_hello(server_hostname: str | None) -> bytes:
-    """The first flight of a real OpenSSL client (what curl/lftp send)."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
-    with pytest.raises(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return outgoing.read()
+from tests.support.tls import openssl_client_hello
 
 
 def _vec(n: int, body: bytes) -> bytes:

@@ -51,14 +51,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(REPO))
 
-from sensor.attribution.attributor import (  # noqa: E402
+from sensor.attribution.attributor import (
     NO_ATTRIBUTION, PACKET_HOST, PACKET_OUTGOING, SOURCE_LINKED, SOURCE_NONE, SOURCE_SOCKET,
     SOURCE_UID_ONLY, AsyncAttributor, Attribution, AttributionHelper, Attributor, AttributorConfig,
     FirstPacketTap, LatencyHistogram, tap_filter)
-from sensor.attribution.sockdiag import PROTO_TCP, PROTO_UDP, SockDiag, pack_request, parse_messages  # noqa: E402
+from sensor.attribution.sockdiag import PROTO_TCP, PROTO_UDP, SockDiag, pack_request, parse_messages
 
 LAB_PREFIX = "xs-att"
 LAB_SUBNET = "10.78.0"
@@ -340,8 +338,8 @@ if __name__ == "__main__":
 
 import pytest  # noqa: E402
 
-from lab.clients import ensure_login_users  # noqa: E402
-from lab.netns import Lab, LabError, require_tools  # noqa: E402
+from tests.lab.clients import ensure_login_users  # noqa: E402
+from tests.lab.netns import Lab, LabError, require_tools  # noqa: E402
 
 
 def _root_or_fail() -> None:

@@ -26,16 +26,14 @@ from pathlib import Path
 
 import pytest
 
-from craft import Tcp, udp_exchange, write_raw_pcap
+from tests.support.craft import Tcp, udp_exchange, write_raw_pcap
 from sensor.core.config import config_from_dict
 from sensor.detect.detector import Detector
 from sensor.records.mde import RECORD_FIELDS, iso_us
 from sensor.detect.rules import load_rules
+from fuzz.scan import syn_scan_frames
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO / "fuzz") not in sys.path:
-    sys.path.insert(0, str(REPO / "fuzz"))
-from scan import syn_scan_frames  # noqa: E402  (fuzz/scan.py)
 
 RULES = load_rules(REPO / "rules", RECORD_FIELDS)
 DEV = "192.168.56.10"
@@ -264,13 +262,13 @@ WIRE_MARKERS = ("PWNED",)
 
 def _smb_create_raw(mid: int, name16: bytes) -> bytes:
     """CREATE request whose name is raw UTF-16LE bytes (a lone surrogate included)."""
-    import test_analyzer_smb as S
+    import tests.test_analyzer_smb as S
     body = struct.pack("<HBBIQQIIIIIHHII", 57, 0, 0, 2, 0, 0, 0x0012019F, 0x80, 7, 5, 0x40, 120, len(name16), 0, 0)
     return S.nbss(S.h2(5, mid, tree=S.TREE_ID, sid=S.SID) + body + name16)
 
 
 def wire_capture(path: Path) -> Path:
-    import test_analyzer_smb as S
+    import tests.test_analyzer_smb as S
     pk = []
     # FTP: hostile USER, then a STOR with a 10 KB hostile name over a passive data channel
     c = Tcp(DEV, SRV, 40000, 21, T0).handshake()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from craft import tcp_session, write_pcap
+from tests.support.craft import tcp_session, write_pcap
 
 REPO = Path(__file__).resolve().parent.parent
 EX = REPO / "rules" / "examples"

@@ -137,7 +137,7 @@ def test_ip_types_and_overrides():
 
 
 def test_home_net_and_inventory_pick_the_device(replay):
-    from craft import tcp_session
+    from tests.support.craft import tcp_session
     pkts = tcp_session("10.77.0.1", "10.77.0.2", 40000, 21, 1_700_000_000.0, c2s=b"x" * 7)
     r = replay(pkts, config={"home_net": ["10.77.0.2/32"], "inventory": {"10.77.0.2": "ftp-server-1"}})
     c = r.connections[0]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from loopback_ftp import DaemonProcess, banner_server, login_sessions, records_of, wait_for
+from tests.support.loopback_ftp import DaemonProcess, banner_server, login_sessions, records_of, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 PORT = 0   # set by the ftp_server fixture: a free port (other test runs may hold any fixed one)

@@ -66,12 +66,12 @@ from pathlib import Path
 
 import pytest
 
-from lab.clients import ensure_login_users
-from lab.netns import Lab, LabError, require_tools
-from lab.poller import PollerResult
-from lab.scenarios import CLIENT_TOOLS, Recorder, Session
-from lab.sensor import SensorDaemon
-from lab.servers import FILES, Smbd, Tftpd, Vsftpd
+from tests.lab.clients import ensure_login_users
+from tests.lab.netns import Lab, LabError, require_tools
+from tests.lab.poller import PollerResult
+from tests.lab.scenarios import CLIENT_TOOLS, Recorder, Session
+from tests.lab.sensor import SensorDaemon
+from tests.lab.servers import FILES, Smbd, Tftpd, Vsftpd
 
 pytestmark = pytest.mark.lab
 
@@ -300,7 +300,7 @@ def _e2e() -> _Result:
             res.weird = sensor.records("weird")
             for srv in servers.values():
                 srv.stop()
-        from lab.oracle import conversations
+        from tests.lab.oracle import conversations
         t0 = time.monotonic()
         res.conversations = conversations(pcap, ports=None)
         res.timing["tshark_s"] = time.monotonic() - t0

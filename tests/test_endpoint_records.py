@@ -47,7 +47,7 @@ def run(pcap: str | Path, book: AttributionBook | None, config: dict = CONFIG):
 
 def tftp_get(client_port: int, transfer_port: int, t: float) -> list:
     """A one-block TFTP get (RRQ to 69, DATA from ``transfer_port``, ACK) at ``t``."""
-    from craft import udp_exchange
+    from tests.support.craft import udp_exchange
     rrq = b"\x00\x01a.txt\x00octet\x00"
     return (udp_exchange(CLIENT, SERVER, client_port, 69, t, [(True, rrq)])
             + udp_exchange(CLIENT, SERVER, client_port, transfer_port, t + 0.001,
@@ -158,7 +158,7 @@ def test_endpoint_config_uses_the_host_name_and_addresses_unless_set():
 
 def test_endpoint_records_validate_as_ecs():
     """The process columns map onto ECS process.* (connections and transfers)."""
-    from test_outputs_profiles import ecs_problems
+    from tests.test_outputs_profiles import ecs_problems
 
     from sensor.records.ecs import EcsProfile
     book, expected = attribute_sessions("ftp_active_local.pcap")
@@ -180,7 +180,7 @@ def test_reused_client_port_each_connection_gets_its_own_process(tmp_path):
     record takes the one of its own first packet, and each transfer inherits
     its own request's process -- also when the newer lookup is in before the
     older record is written (it is: that record ends at the newer request)."""
-    from craft import write_pcap
+    from tests.support.craft import write_pcap
 
     t0 = 1_800_000_000.0
     pcap = write_pcap(tmp_path / "reuse.pcap", tftp_get(46969, 50000, t0) + tftp_get(46969, 50001, t0 + 0.3))
@@ -212,7 +212,7 @@ def test_transfer_waits_for_its_lookup(tmp_path):
     waits, and goes out with the process once the result is in
     (``attributions_arrived``); one whose lookup never comes goes out with
     "none" when its connection's record is written."""
-    from craft import write_pcap
+    from tests.support.craft import write_pcap
 
     t0 = 1_800_000_000.0
     pcap = write_pcap(tmp_path / "late.pcap", tftp_get(40001, 50000, t0) + tftp_get(40002, 50001, t0 + 1))

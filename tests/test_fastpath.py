@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from linesink import LineSink
-from mutated import ethernet_batches
+from tests.support.linesink import LineSink
+from tests.support.mutated import ethernet_batches
 from sensor.io.capture import read_file
 from sensor.core.config import config_from_dict
 from sensor.io.sinks import MemorySink

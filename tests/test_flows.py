@@ -1,7 +1,7 @@
 """Flow tracking: byte accounting in sequence space, state, originator, link types."""
 import pytest
 
-from craft import Link, Tcp, relink, tcp_session, udp_exchange
+from tests.support.craft import Link, Tcp, relink, tcp_session, udp_exchange
 from sensor.core.config import config_from_dict
 from sensor.engine.decode import Decoder, Packet
 from sensor.engine.flows import FlowTable
@@ -53,7 +53,7 @@ def test_out_of_order_and_gap_accounting(replay):
 
 
 def test_snaplen_cut_packets_count_bytes_from_sequence_numbers(replay, tmp_path):
-    from craft import write_raw_pcap
+    from tests.support.craft import write_raw_pcap
     pkts = tcp_session(DEV, SRV, 40000, 445, T0, c2s=b"W" * 1000, s2c=b"R" * 500)
     path = write_raw_pcap(tmp_path / "snap.pcap", [(float(p.time), bytes(p)[:64], len(bytes(p))) for p in pkts],
                           snaplen=64)
@@ -97,7 +97,7 @@ def test_link_types_give_the_same_records(replay, kind):
 def test_timeouts_end_flows_on_packet_time(replay):
     # an S0 attempt, then an hour of unrelated target traffic: the attempt ends
     # by timeout (not at flush) and its record comes first
-    from craft import tcp_unanswered
+    from tests.support.craft import tcp_unanswered
     pkts = tcp_unanswered(DEV, SRV, 40000, 21, T0, tries=1)
     pkts += tcp_session(DEV, "93.184.216.99", 40001, 445, T0 + 3600)
     r = replay(pkts)
@@ -146,7 +146,7 @@ def test_decoder_never_raises_on_garbage():
 
 
 def test_ftp_on_a_non_standard_port_is_recognised_by_its_banner(replay):
-    from craft import Tcp
+    from tests.support.craft import Tcp
     c = Tcp(DEV, SRV, 40000, 2121, T0).handshake()
     c.s2c(b"220 (vsFTPd 3.0.3)\r\n").c2s(b"USER exfil\r\n").s2c(b"331 Please specify the password.\r\n")
     c.c2s(b"PASS x\r\n").s2c(b"230 Login successful.\r\n").c2s(b"QUIT\r\n").s2c(b"221 Goodbye.\r\n")
@@ -164,7 +164,7 @@ def test_ftp_on_a_non_standard_port_is_recognised_by_its_banner(replay):
 
 def test_ftp_banner_on_a_low_port_is_followed_past_the_capture_filter(replay):
     # FTP on 443: the filter admits the banner; the port then joins the filter
-    from craft import Tcp
+    from tests.support.craft import Tcp
     c = Tcp(DEV, SRV, 40000, 443, T0).handshake()
     c.s2c(b"220 ready\r\n").c2s(b"USER exfil\r\n").s2c(b"331 Password required\r\n")
     c.c2s(b"PASS x\r\n").s2c(b"230 Logged in\r\n").c2s(b"STOR loot.7z\r\n").s2c(b"150 Ok\r\n")

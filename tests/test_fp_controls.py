@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from craft import tcp_session, write_pcap
+from tests.support.craft import tcp_session, write_pcap
 from sensor.io.capture import read_file
 from sensor.core.config import Limits, config_from_dict
 from sensor.detect.detector import Detector
@@ -18,7 +18,7 @@ from sensor.io.sinks import MemorySink, TeeSink
 from sensor.pipeline import Pipeline
 from sensor.records.mde import RECORD_FIELDS
 from sensor.detect.rules import RuleError, load_rule_docs, load_rules
-from test_analyzer_tls import openssl_client_hello
+from tests.support.tls import openssl_client_hello
 
 REPO = Path(__file__).resolve().parent.parent
 EX = REPO / "rules" / "examples"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from craft import Tcp, relink, tcp_session, write_raw_pcap
+from tests.support.craft import Tcp, relink, tcp_session, write_raw_pcap
 from sensor.io.capture import CaptureError, read_file
 from sensor.core.config import config_from_dict
 from sensor.io.sinks import MemorySink
@@ -32,8 +32,6 @@ from sensor.records.mde import RECORD_FIELDS
 from sensor.detect.rules import load_rules
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO / "fuzz") not in sys.path:
-    sys.path.insert(0, str(REPO / "fuzz"))      # fuzz/mutate.py: the pcapng writer and the struct reader
 RULES = load_rules(REPO / "rules", RECORD_FIELDS)
 
 DEV = "192.168.56.10"
@@ -219,7 +217,7 @@ def test_cut_capture_warning_names_the_byte_offset(tmp_path, cfg_file):
 
 
 def test_cut_pcapng_mid_block(tmp_path, cfg_file):
-    from mutate import write_pcapng
+    from fuzz.mutate import write_pcapng
     frames = frames_of(five_sessions_then_a_sixth())
     full = write_pcapng(tmp_path / "full.pcapng", 1, [(int(round(t * 1e6)), b) for t, b, _ in frames])
     data = full.read_bytes()
@@ -438,7 +436,7 @@ def test_snaplen_cut_packets_keep_byte_counts(tmp_path, snaplen):
 def test_snaplen_cut_real_capture_keeps_byte_counts(tmp_path):
     """A real capture (TCP timestamp options: 32-byte TCP headers) cut at 54 bytes:
     the fixed TCP header is whole, options and payload are not."""
-    from mutate import read_capture
+    from fuzz.mutate import read_capture
     lt, frames = read_capture(REPO / "pcaps/real/smb445.pcap")
     assert lt == 1
     fr = [(ts / 1e6, b, len(b)) for ts, b in frames]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from loopback_ftp import DaemonProcess, banner_server, login_sessions, records_of
-from loopback_ftp import wait_for as _wait_for
+from tests.support.loopback_ftp import DaemonProcess, banner_server, login_sessions, records_of
+from tests.support.loopback_ftp import wait_for as _wait_for
 
 from sensor.io import metrics
 from sensor.core.config import ConfigError, config_from_dict, load_config

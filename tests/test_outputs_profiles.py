@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from craft import Link, tcp_midstream, tcp_refused, tcp_session, write_pcap
+from tests.support.craft import Link, tcp_midstream, tcp_refused, tcp_session, write_pcap
 from sensor.core.config import config_from_dict
 from sensor.records.ecs import EcsProfile
 from sensor.records.encode import Encoder, MdeProfile
 from sensor.detect.rules import load_rules
 from sensor.records.mde import RECORD_FIELDS
-from test_analyzer_tls import openssl_client_hello
+from tests.support.tls import openssl_client_hello
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import random
 import struct
-import sys
 from pathlib import Path
 
 import pytest
@@ -38,11 +37,9 @@ from sensor.io.sinks import MemorySink
 from sensor.pipeline import Pipeline
 from sensor.records.mde import RECORD_FIELDS
 from sensor.detect.rules import load_rules
+from fuzz import mutate
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO / "fuzz") not in sys.path:
-    sys.path.insert(0, str(REPO / "fuzz"))
-import mutate  # noqa: E402  (fuzz/mutate.py)
 
 RULES = load_rules(REPO / "rules", RECORD_FIELDS)
 DEFAULT_PORTS = frozenset((20, 21, 69, 139, 445, 990))

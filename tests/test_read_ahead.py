@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from craft import Tcp, write_pcap
+from tests.support.craft import ftp_on_port_443
 from sensor.io.capture import read_file
 from sensor.core.config import config_from_dict
 from sensor.io.sinks import MemorySink
@@ -47,30 +47,6 @@ def test_read_ahead_on_a_damaged_capture_delivers_every_whole_packet(tmp_path):
     plain, r2 = _packets(cut, False)
     assert len(plain) > 1024 and ahead == plain
     assert r1.error and r1.error == r2.error and r1.packets == r2.packets == len(plain)
-
-
-def ftp_on_port_443(path: Path) -> Path:
-    """1,100 FTP exchanges on port 21, then an FTP server on port 443 (its
-    banner makes the pipeline add port 443 to the capture filter halfway
-    through a read-ahead batch), then more port-443 commands."""
-    pkts = []
-    c = Tcp("10.9.0.5", "198.51.100.7", 40001, 21, 1_700_000_000.0)
-    c.handshake()
-    c.s2c(b"220 ftp\r\n")
-    for i in range(280):
-        c.c2s(b"NOOP\r\n")
-        c.s2c(b"200 ok\r\n")
-    pkts += c.fin().pkts
-    d = Tcp("10.9.0.6", "198.51.100.8", 40002, 443, c.t + 1)
-    d.handshake()
-    d.s2c(b"220 ftp on 443\r\n")
-    d.c2s(b"USER alice\r\n")
-    d.s2c(b"331 password\r\n")
-    for i in range(300):
-        d.c2s(b"NOOP\r\n")
-        d.s2c(b"200 ok\r\n")
-    pkts += d.fin().pkts
-    return write_pcap(path, pkts)
 
 
 @pytest.mark.parametrize("watched", [False, True], ids=["refilter-each-packet", "watch-portset"])

@@ -32,17 +32,15 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from tests.lab.tools import sensor_cmd
 
-from lab.tools import sensor_cmd  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 REPO = HERE.parent
 REAL = REPO / "pcaps" / "real"
@@ -127,7 +125,7 @@ def tshark():
     """tshark's application view per capture, computed once per module."""
     if shutil.which("tshark") is None:
         pytest.fail("tshark is not installed (apt-get install tshark); the oracle tests need it")
-    from lab import tshark_app
+    from tests.lab import tshark_app
     cache: dict[tuple[str, str], object] = {}
 
     def get(kind: str, name: str):
@@ -467,7 +465,7 @@ SMB_CAPTURES = [n for n in CAPTURES if n.startswith("smb")]
 @pytest.mark.lab
 @pytest.mark.parametrize("name", FTP_CAPTURES)
 def test_tshark_ftp(name, sensor, tshark):
-    from lab.tshark_app import DATA_COMMANDS
+    from tests.lab.tshark_app import DATA_COMMANDS
     run = sensor(name)
     view = tshark("ftp", name)
     v = Verdict(name)

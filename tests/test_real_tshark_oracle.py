@@ -33,20 +33,18 @@ import json
 import os
 import struct
 import subprocess
-import sys
 from collections import Counter, defaultdict
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from tests.lab.netns import LabError, require_tools
+from tests.lab.oracle import TRACKED_PORTS, Conversation, conversations
+from tests.lab.scenarios import CLIENT_TOOLS, SCENARIOS, record_fast
+from tests.lab.tools import sensor_cmd
 
-from lab.netns import LabError, require_tools  # noqa: E402
-from lab.oracle import TRACKED_PORTS, Conversation, conversations  # noqa: E402
-from lab.scenarios import CLIENT_TOOLS, SCENARIOS, record_fast  # noqa: E402
-from lab.tools import sensor_cmd  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 pytestmark = pytest.mark.lab
 

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from sensor.io.sdnotify import SdNotifier, WatchdogTimer, watchdog_interval
 
-from sensor.io.sdnotify import SdNotifier, WatchdogTimer, watchdog_interval  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 SCM_CREDENTIALS = 2
 

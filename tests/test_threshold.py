@@ -1,5 +1,5 @@
 """The T1071.002 hunt on crafted captures: the threshold, its window, what counts."""
-from craft import Link, tcp_midstream, tcp_refused, tcp_session, tcp_unanswered, udp_exchange
+from tests.support.craft import Link, tcp_midstream, tcp_refused, tcp_session, tcp_unanswered, udp_exchange
 
 DEV = "10.1.1.5"
 FTP_SRV = "93.184.216.34"

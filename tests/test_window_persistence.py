@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from loopback_ftp import DaemonProcess, banner_server, login_sessions, records_of, wait_for
+from tests.support.loopback_ftp import DaemonProcess, banner_server, login_sessions, records_of, wait_for
 
 from sensor.core.config import ConfigError, Limits, config_from_dict
 from sensor.detect.detector import Detector, window_id

@@ -3,18 +3,14 @@ compare two ways of replaying the same frames."""
 from __future__ import annotations
 
 import random
-import sys
 from pathlib import Path
 from typing import Iterator
 
-REPO = Path(__file__).resolve().parent.parent
+from fuzz import mutate
+
+REPO = Path(__file__).resolve().parents[2]
 PORTS = (20, 21, 69, 139, 445, 989, 990, 1024, 2000, 40000, 50000, 65535)
 
-sys.path.insert(0, str(REPO / "fuzz"))
-try:
-    import mutate
-finally:
-    sys.path.remove(str(REPO / "fuzz"))
 
 
 def ethernet_batches(seed: int) -> Iterator[tuple[str, dict, list]]:
