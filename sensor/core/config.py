@@ -7,9 +7,10 @@ described in docs/usage.md.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -256,7 +257,7 @@ def _section(src: str, name: str, raw: Any, cls: type) -> Any:
     for k, v in raw.items():
         if k not in known:
             raise ConfigError(src, f"{name}.{k}", f"unknown option (known: {', '.join(sorted(known))})")
-        default = known[k].default
+        default: Any = known[k].default
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
             raise ConfigError(src, f"{name}.{k}", f"must be a positive number, got {v!r}")
         if isinstance(default, int) and not isinstance(v, int):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 
 class Counters:
-    __slots__ = ()
+    # subclasses also annotate each name (``created: int``) so type checkers know it
+    __slots__: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         for s in self.__slots__:

@@ -24,7 +24,8 @@ class Event:
     event_type: ClassVar[str] = "event"
 
     def __init_subclass__(cls, **kw: object) -> None:
-        super(Event, cls).__init_subclass__(**kw)  # zero-arg super: the class is rebuilt
+        # not zero-arg super(): @frozen rebuilds the class, and __class__ would name the old one
+        super(Event, cls).__init_subclass__(**kw)  # noqa: UP008
         cls.event_type = _CAMEL.sub("_", cls.__name__).lower()
 
 
@@ -60,12 +61,13 @@ class ExpectConnection(Event):
     context: object = None
 
 
-class _NeedData:
-    """Marker returned by a parser's ``next_event()`` mid-message (h11 style)."""
+class NeedData:
+    """Marker returned by a parser's ``next_event()`` mid-message (h11 style).
+    Its one instance is ``NEED_DATA``; the class is for annotations."""
 
-    _instance: ClassVar["_NeedData | None"] = None
+    _instance: ClassVar[NeedData | None] = None
 
-    def __new__(cls) -> "_NeedData":
+    def __new__(cls) -> NeedData:
         if cls._instance is None:
             cls._instance = super().__new__(cls)
         return cls._instance
@@ -74,4 +76,5 @@ class _NeedData:
         return "NEED_DATA"
 
 
-NEED_DATA = _NeedData()
+NEED_DATA = NeedData()
+_NeedData = NeedData    # the old name, until sensor/analyzers/ftp.py imports NeedData

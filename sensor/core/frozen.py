@@ -8,10 +8,11 @@ shared methods. ``uncompared`` names fields left out of ``==`` and ``hash``;
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import FrozenInstanceError
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar, dataclass_transform, overload
 
-T = TypeVar("T", bound=type)
+T = TypeVar("T")
 
 def _setattr(self: Any, name: str, value: Any) -> None:
     raise FrozenInstanceError(f"cannot assign to field {name!r}")
@@ -22,11 +23,11 @@ def _delattr(self: Any, name: str) -> None:
 
 
 def _repr(self: Any) -> str:
-    return "%s(%s)" % (type(self).__qualname__,
-                       ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__fields__))
+    return "{}({})".format(type(self).__qualname__,
+                           ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__fields__))
 
 
-def _key(self: Any) -> tuple:
+def _key(self: Any) -> tuple[Any, ...]:
     return tuple([getattr(self, n) for n in type(self).__compared__])
 
 
@@ -40,18 +41,19 @@ def _hash(self: Any) -> int:
     return hash(_key(self))
 
 
-def _getstate(self: Any) -> tuple:
+def _getstate(self: Any) -> tuple[Any, ...]:
     return tuple([getattr(self, n) for n in self.__fields__])
 
 
-def _setstate(self: Any, state: tuple) -> None:
+def _setstate(self: Any, state: tuple[Any, ...]) -> None:
     for n, v in zip(self.__fields__, state):
         object.__setattr__(self, n, v)
 
 
 def fields_of(obj: Any) -> tuple[str, ...]:
     """The field names of a ``@frozen`` class or instance, in order."""
-    return obj.__fields__
+    names: tuple[str, ...] = obj.__fields__
+    return names
 
 
 def _is_classvar(annotation: Any) -> bool:
@@ -59,14 +61,23 @@ def _is_classvar(annotation: Any) -> bool:
     return text.startswith(("ClassVar", "typing.ClassVar"))
 
 
-def frozen(cls: T | None = None, *, uncompared: tuple[str, ...] = ()) -> Any:
+# dataclass_transform: type checkers read a @frozen class as a frozen dataclass
+# (its __init__ from the annotated fields, no assignment after it)
+@overload
+@dataclass_transform(frozen_default=True)
+def frozen(cls: type[T], /) -> type[T]: ...
+@overload
+def frozen(*, uncompared: tuple[str, ...] = ()) -> Callable[[type[T]], type[T]]: ...
+
+
+def frozen(cls: type[T] | None = None, *, uncompared: tuple[str, ...] = ()) -> Any:
     """Make ``cls`` a frozen, slotted value class (see the module docstring)."""
-    def wrap(c: T) -> T:
+    def wrap(c: type[T]) -> type[T]:
         return _build(c, uncompared)
     return wrap if cls is None else wrap(cls)
 
 
-def _build(cls: type, uncompared: tuple[str, ...]) -> type:
+def _build(cls: type[T], uncompared: tuple[str, ...]) -> type[T]:
     base_fields: tuple[str, ...] = getattr(cls, "__fields__", ())
     defaults: dict[str, Any] = dict(getattr(cls, "__field_defaults__", {}))
     own = [n for n, a in cls.__dict__.get("__annotations__", {}).items()
@@ -94,9 +105,10 @@ def _build(cls: type, uncompared: tuple[str, ...]) -> type:
               __uncompared__=tuple(sorted(skip)), __compared__=tuple(n for n in names if n not in skip),
               __setattr__=_setattr, __delattr__=_delattr, __repr__=_repr, __eq__=_eq, __hash__=_hash,
               __getstate__=_getstate, __setstate__=_setstate)
-    new = type(cls)(cls.__name__, cls.__bases__, ns)
+    meta: Any = type(cls)     # the class's own metaclass (an Event's is type)
+    new: type[T] = meta(cls.__name__, cls.__bases__, ns)
     new.__qualname__ = cls.__qualname__
-    new.__init__ = _first_init(new, names, defaults)
+    type.__setattr__(new, "__init__", _first_init(new, names, defaults))
     return new
 
 
@@ -130,6 +142,6 @@ def _init(cls: type, names: tuple[str, ...], defaults: dict[str, Any]) -> Callab
     lines.append("    return __init__")
     env: dict[str, Any] = {}
     exec(compile("\n".join(lines) + "\n", f"<frozen {cls.__name__}.__init__>", "exec"), env)
-    init = env["__make"](defaults, setters)
+    init: Callable[..., None] = env["__make"](defaults, setters)
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     return init

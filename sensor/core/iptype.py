@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import socket
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 IP_TYPES = (
     "Public",
@@ -136,9 +136,9 @@ class IpTyper:
         t = self._cache.get(ip)
         if t is not None:
             return t
-        x = _v4_int(ip) if self._bounds is not None and ":" not in ip else None
-        if x is not None:
-            i = bisect.bisect_right(self._bounds, x)
+        bounds = self._bounds
+        if bounds is not None and ":" not in ip and (x := _v4_int(ip)) is not None:
+            i = bisect.bisect_right(bounds, x)
             t = self._stretch.get(i)
             if t is None:
                 t = self._stretch[i] = self._long_way(ip)

@@ -5,7 +5,7 @@ formatter; ``sensor.records.mde`` re-exports ``iso_us`` for its importers.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 MAX_TS_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z, the last ISO 8601 can say
 
@@ -25,7 +25,7 @@ def iso_us(ts_us: int) -> str:
     day, sec = divmod(sec, 86400)
     date = _DAYS.get(day)
     if date is None:
-        date = datetime.fromtimestamp(day * 86400, tz=timezone.utc).strftime("%Y-%m-%dT")
+        date = datetime.fromtimestamp(day * 86400, tz=UTC).strftime("%Y-%m-%dT")
         if len(_DAYS) < _MAX_DAYS_CACHED:
             _DAYS[day] = date
     hour, sec = divmod(sec, 3600)
