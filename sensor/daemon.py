@@ -14,22 +14,22 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from sensor.io.capture import CaptureError
+from sensor.attribution.book import AttributionBook, endpoint_config
 from sensor.core.config import Config, ConfigError, load_config, parse_listen
 from sensor.detect.detector import Detector
-from sensor.attribution.book import AttributionBook, endpoint_config
-from sensor.io.live import DEFAULT_TIMEOUT_MS, LiveCapture
-from sensor.io import metrics
-from sensor.pipeline import Pipeline
-from sensor.records.mde import RECORD_FIELDS, RecordBuilder
 from sensor.detect.rules import RuleError, RuleSet, load_rules
+from sensor.detect.winstore import DEFAULT_STATE_DIR, WindowPersistence
+from sensor.io import metrics
+from sensor.io.capture import CaptureError
+from sensor.io.live import DEFAULT_TIMEOUT_MS, LiveCapture
 from sensor.io.privileges import DAEMON_CAPS, keep_only
 from sensor.io.sdnotify import SdNotifier
 from sensor.io.sinks import build_outputs
-from sensor.detect.winstore import DEFAULT_STATE_DIR, WindowPersistence
+from sensor.pipeline import Pipeline
+from sensor.records.mde import RECORD_FIELDS, RecordBuilder
 
 log = logging.getLogger("xfer-sensor")
 
@@ -141,14 +141,7 @@ class Daemon:
         self.pipe.records = RecordBuilder(cfg, endpoint=self.endpoint)
         old = self.pipe.detector
         new = Detector(rules, self.pipe.cfg.limits)
-        kept = 0
-        for rid, windows in new.windows.items():
-            for w in windows:
-                for ow in old.windows.get(rid, ()):
-                    if ow.rule == w.rule:   # same definition: carry its state over
-                        w.keys, w.episodes = ow.keys, ow.episodes
-                        kept += 1
-        new.stats = old.stats
+        kept = new.carry_over(old)
         self.persist.adopt(old, new)
         self.pipe.detector = new
         for e in self.rules.allow_entries:   # keep the suppressed counts monotonic across reloads
@@ -248,8 +241,8 @@ class Daemon:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from sensor.detect.rules import default_rules_dir
     from sensor.core.runtime import tune_gc
+    from sensor.detect.rules import default_rules_dir
     tune_gc()
     ap = argparse.ArgumentParser(prog="xfer-sensor run", description="capture live and write records")
     ap.add_argument("-i", "--interface", action="append", required=True, help="interface (repeatable)")

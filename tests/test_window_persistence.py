@@ -269,11 +269,7 @@ def test_reload_adopts_the_new_detector(tmp_path):
     det, p = opened(tmp_path)
     det.observe(rec("C0"), T0)
     new = Detector(RULES, Limits())
-    for rid, ws in new.windows.items():                      # what the daemon's reload does
-        for w in ws:
-            for ow in det.windows.get(rid, ()):
-                if ow.rule == w.rule:
-                    w.keys, w.episodes = ow.keys, ow.episodes
+    new.carry_over(det)                                      # what the daemon's reload does
     p.adopt(det, new)
     new.observe(rec("C1"), T0 + S)
     p.close()

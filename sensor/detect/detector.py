@@ -12,13 +12,17 @@ import bisect
 import hashlib
 import json
 from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from sensor.core.config import Limits
 from sensor.core.counters import Counters
-from sensor.records.mde import PORT_PROTOCOL, iso_us
 from sensor.detect.rules import CorrelationRule, RuleSet
+from sensor.records.mde import PORT_PROTOCOL, iso_us
+
+# a window's key: the record's values of the rule's group-by fields
+Key = tuple[Any, ...]
 
 MAX_ALERT_UIDS = 200
 
@@ -30,16 +34,16 @@ class _Ev:
     recv: int
     uid: str
 
-    def __lt__(self, other: "_Ev") -> bool:
+    def __lt__(self, other: _Ev) -> bool:
         return (self.ts, self.uid) < (other.ts, other.uid)
 
 
 @dataclass(slots=True)
 class _KeyState:
-    events: list = field(default_factory=list)
+    events: list[_Ev] = field(default_factory=list)
     armed: bool = True
     last_alert_ts: int = -1
-    episode: dict | None = None   # the open alert's running totals (hunt view)
+    episode: dict[str, Any] | None = None   # the open alert's running totals (hunt view)
 
 
 def _bytes(rec: Mapping[str, Any]) -> tuple[int, int]:
@@ -58,7 +62,7 @@ def window_id(rule: CorrelationRule) -> str:
     return f"{rule.id}:{hashlib.sha256(definition.encode()).hexdigest()[:16]}"
 
 
-def _export_key(st: _KeyState) -> dict:
+def _export_key(st: _KeyState) -> dict[str, Any]:
     ep = st.episode
     return {"events": [[e.ts, e.sent, e.recv, e.uid] for e in st.events], "armed": st.armed,
             "last_alert_ts": st.last_alert_ts,
@@ -86,26 +90,33 @@ def _import_key(d: Mapping[str, Any], max_events: int) -> _KeyState:
 class DetectStats(Counters):
     __slots__ = ("records", "matched", "alerts", "suppressed", "keys_evicted", "events_dropped",
                  "episodes_dropped")
+    records: int
+    matched: int
+    alerts: int
+    suppressed: int
+    keys_evicted: int
+    events_dropped: int
+    episodes_dropped: int
 
 
 class _Window:
     def __init__(self, rule: CorrelationRule, limits: Limits, stats: DetectStats) -> None:
         self.rule = rule
         self.span_us = rule.timespan_s * 1_000_000
-        self.keys: OrderedDict[tuple, _KeyState] = OrderedDict()
+        self.keys: OrderedDict[Key, _KeyState] = OrderedDict()
         self.max_keys = limits.max_window_keys
         self.max_events = limits.max_window_events
         self.stats = stats
         # the open alerts' running totals (the hunt view), as many as keys are kept
-        self.episodes: deque[dict] = deque()
+        self.episodes: deque[dict[str, Any]] = deque()
         # keys changed since the last export_changes(), in the order they were
         # touched (None: not tracking, the replay case)
-        self.dirty: dict[tuple, None] | None = None
+        self.dirty: dict[Key, None] | None = None
 
     def _hit(self, n: int) -> bool:
         return n > self.rule.threshold if self.rule.op == "gt" else n >= self.rule.threshold
 
-    def observe(self, rec: Mapping[str, Any], ts: int) -> dict | None:
+    def observe(self, rec: Mapping[str, Any], ts: int) -> dict[str, Any] | None:
         key = tuple(rec.get(f, "") for f in self.rule.group_by)
         dirty = self.dirty
         if dirty is not None:
@@ -134,12 +145,13 @@ class _Window:
             del evs[:drop]
             self.stats.events_dropped += drop
         # the window ending at the new event, and the one ending at the latest
-        best = None
+        best: tuple[int, int] | None = None
         for end in {ts, latest}:
             lo = bisect.bisect_left(evs, _Ev(end - self.span_us, 0, 0, ""))
             hi = bisect.bisect_right(evs, _Ev(end, 0, 0, "\U0010ffff"))
             if best is None or hi - lo > best[1] - best[0]:
                 best = (lo, hi)
+        assert best is not None     # {ts, latest} is never empty
         lo, hi = best
         n = hi - lo
         if not self._hit(n):
@@ -173,7 +185,7 @@ class _Window:
         return alert
 
     # -- state export / import (plain data, no I/O) --------------------------------
-    def _entry(self, keys: Iterable[tuple]) -> dict:
+    def _entry(self, keys: Iterable[Key]) -> dict[str, Any]:
         upserts, deletes = [], []
         for k in keys:
             st = self.keys.get(k)
@@ -183,11 +195,11 @@ class _Window:
                 upserts.append((k, _export_key(st)))
         return {"rule_id": self.rule.id, "span_us": self.span_us, "upserts": upserts, "deletes": deletes}
 
-    def export_state(self) -> dict:
+    def export_state(self) -> dict[str, Any]:
         """Every key, least recently seen first."""
         return self._entry(list(self.keys))
 
-    def export_changes(self) -> dict:
+    def export_changes(self) -> dict[str, Any]:
         """Keys touched since the last call (upserts, in touch order) and keys
         evicted (deletes); needs tracking on."""
         keys = list(self.dirty or ())
@@ -195,7 +207,7 @@ class _Window:
             self.dirty.clear()
         return self._entry(keys)
 
-    def import_state(self, entries: Iterable[tuple[tuple, Mapping[str, Any]]]) -> tuple[int, int]:
+    def import_state(self, entries: Iterable[tuple[Key, Mapping[str, Any]]]) -> tuple[int, int]:
         """(key, state) pairs, least recently seen first; keeps the newest
         ``max_window_keys``. Returns (keys held now, entries refused)."""
         refused = 0
@@ -210,10 +222,10 @@ class _Window:
                 self.keys.popitem(last=False)
             self.keys[key] = st
         eps = sorted((st for st in self.keys.values() if st.episode is not None), key=lambda st: st.last_alert_ts)
-        self.episodes = deque(st.episode for st in eps[-self.max_keys:])
+        self.episodes = deque(st.episode for st in eps[-self.max_keys:] if st.episode is not None)
         return len(self.keys), refused
 
-    def _alert(self, rec: Mapping[str, Any], key: tuple, win: list[_Ev]) -> dict:
+    def _alert(self, rec: Mapping[str, Any], key: Key, win: list[_Ev]) -> dict[str, Any]:
         r = self.rule
         alert: dict[str, Any] = {
             "Timestamp": iso_us(win[-1].ts),
@@ -249,6 +261,21 @@ class Detector:
             for rid in c.rules:
                 self.windows.setdefault(rid, []).append(w)
 
+    def carry_over(self, old: Detector) -> int:
+        """After a reload: each window whose rule is unchanged takes over the
+        keys and open alerts of ``old``'s window for it, and the counters go on
+        from ``old``'s. Returns how many windows were carried over (one per
+        rule id that references the window)."""
+        kept = 0
+        for rid, windows in self.windows.items():
+            for w in windows:
+                for ow in old.windows.get(rid, ()):
+                    if ow.rule == w.rule:   # same definition: carry its state over
+                        w.keys, w.episodes = ow.keys, ow.episodes
+                        kept += 1
+        self.stats = old.stats
+        return kept
+
     # -- state export / import (plain data, no I/O) --------------------------------
     @property
     def tracking(self) -> bool:
@@ -261,11 +288,11 @@ class Detector:
             if w.dirty is None:
                 w.dirty = {}
 
-    def export_state(self) -> dict[str, dict]:
+    def export_state(self) -> dict[str, dict[str, Any]]:
         """window id -> {rule_id, span_us, upserts: [(key, state)], deletes: []}."""
         return {window_id(w.rule): w.export_state() for w in self._all_windows()}
 
-    def export_changes(self) -> dict[str, dict]:
+    def export_changes(self) -> dict[str, dict[str, Any]]:
         """Like ``export_state`` but only what changed since the last call:
         upserted keys in the order they were touched, evicted keys as deletes."""
         out = {}
@@ -279,7 +306,7 @@ class Detector:
         """window id -> its span in microseconds, for the loaded rules."""
         return {window_id(w.rule): w.span_us for w in self._all_windows()}
 
-    def import_state(self, windows: Mapping[str, Iterable[tuple[tuple, Mapping[str, Any]]]]) -> tuple[int, int]:
+    def import_state(self, windows: Mapping[str, Iterable[tuple[Key, Mapping[str, Any]]]]) -> tuple[int, int]:
         """Restore keys of the windows whose id matches a loaded rule; others
         are ignored. Returns (keys restored, entries refused)."""
         restored = refused = 0
@@ -291,21 +318,21 @@ class Detector:
                 refused += f
         return restored, refused
 
-    def hunt_results(self) -> list[dict]:
+    def hunt_results(self) -> list[dict[str, Any]]:
         """Each alert with every matching connection of its key until the key
         re-armed: what the hunt's summarize would show for that key."""
         return [ep for ws in self._all_windows() for ep in ws.episodes]
 
-    def _all_windows(self) -> list["_Window"]:
+    def _all_windows(self) -> list[_Window]:
         seen: dict[int, _Window] = {}
         for ws in self.windows.values():
             for w in ws:
                 seen.setdefault(id(w), w)
         return list(seen.values())
 
-    def observe(self, rec: Mapping[str, Any], ts: int) -> list[dict]:
+    def observe(self, rec: Mapping[str, Any], ts: int) -> list[dict[str, Any]]:
         self.stats.records += 1
-        out: list[dict] = []
+        out: list[dict[str, Any]] = []
         for d in self.rules.detections:
             if not d.match(rec):
                 continue

@@ -13,14 +13,18 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import yaml
 
 Matcher = Callable[[Mapping[str, Any]], bool]
+# a parsed condition (see _parse_condition)
+Node = tuple[Any, ...]
+
 log = logging.getLogger("xfer-sensor.rules")
 
 RULE_KEYS = frozenset({
@@ -120,7 +124,7 @@ def _event_us(rec: Mapping[str, Any]) -> int | None:
     except ValueError:
         return None
     if d.tzinfo is None:
-        d = d.replace(tzinfo=timezone.utc)
+        d = d.replace(tzinfo=UTC)
     return int(d.timestamp()) * 1_000_000 + d.microsecond
 
 
@@ -208,7 +212,7 @@ class RuleSet:
     @property
     def quiet_detections(self) -> frozenset[str]:
         """Detection rule ids that only feed correlations (``generate: false``)."""
-        q = set()
+        q: set[str] = set()
         for c in self.correlations:
             if not c.generate:
                 q.update(c.rules)
@@ -216,7 +220,7 @@ class RuleSet:
 
 
 # -- values ------------------------------------------------------------------
-def _wild_re(s: str) -> re.Pattern:
+def _wild_re(s: str) -> re.Pattern[str]:
     return re.compile(fnmatch.translate(s), re.IGNORECASE | re.DOTALL)
 
 
@@ -233,7 +237,7 @@ def _value_pred(err: Callable[[str], RuleError], fieldname: str, mods: list[str]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise err(f"numeric modifier needs a number, got {value!r}")
         m = next(m for m in mods if m in ("gt", "gte", "lt", "lte"))
-        ops = {"gt": lambda a: a > value, "gte": lambda a: a >= value, "lt": lambda a: a < value, "lte": lambda a: a <= value}
+        ops: dict[str, Callable[[Any], bool]] = {"gt": lambda a: a > value, "gte": lambda a: a >= value, "lt": lambda a: a < value, "lte": lambda a: a <= value}
         op = ops[m]
         return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and op(v)
     if "cidr" in mods:
@@ -242,7 +246,7 @@ def _value_pred(err: Callable[[str], RuleError], fieldname: str, mods: list[str]
         except ValueError:
             raise err(f"not a CIDR: {value!r}") from None
 
-        def cidr(v: Any, net=net) -> bool:
+        def cidr(v: Any, net: ipaddress.IPv4Network | ipaddress.IPv6Network = net) -> bool:
             try:
                 a = ipaddress.ip_address(str(v))
             except ValueError:
@@ -291,7 +295,7 @@ def _getter(fieldname: str) -> Callable[[Mapping[str, Any]], Any]:
     return dotted
 
 
-def _field_matcher(src: str, rid: str, key: str, value: Any, known: frozenset[str] | None) -> tuple[str, Callable]:
+def _field_matcher(src: str, rid: str, key: str, value: Any, known: frozenset[str] | None) -> tuple[str, Callable[[Any], bool]]:
     parts = key.split("|")
     fieldname, mods = parts[0], parts[1:]
 
@@ -310,6 +314,7 @@ def _field_matcher(src: str, rid: str, key: str, value: Any, known: frozenset[st
     if not values:
         raise err("empty value list")
     preds = [_value_pred(err, fieldname, mods, v) for v in values]
+    pred: Callable[[Any], bool]
     if "all" in mods:
         pred = lambda v: all(p(v) for p in preds)  # noqa: E731
     elif len(preds) == 1:
@@ -319,14 +324,14 @@ def _field_matcher(src: str, rid: str, key: str, value: Any, known: frozenset[st
     if "exists" in mods or value is None:
         return fieldname, pred
 
-    def one_or_any(v: Any, pred=pred) -> bool:
+    def one_or_any(v: Any, pred: Callable[[Any], bool] = pred) -> bool:
         if isinstance(v, list):     # a list value (AdditionalFields.Files): any item
             return any(pred(x) for x in v)
         return pred(v)
     return fieldname, one_or_any
 
 
-def _selection(src: str, rid: str, name: str, body: Any, known: frozenset[str] | None, used: set,
+def _selection(src: str, rid: str, name: str, body: Any, known: frozenset[str] | None, used: set[str],
                alternatives: list[frozenset[str]] | None = None) -> Matcher:
     """``alternatives`` collects the field set of each OR-ed map (for the allow checks)."""
     if alternatives is None:
@@ -354,7 +359,7 @@ def _selection(src: str, rid: str, name: str, body: Any, known: frozenset[str] |
 _TOKEN = re.compile(r"\s*(\(|\)|[A-Za-z0-9_*\-.]+|\S)")
 
 
-def _parse_condition(src: str, rid: str, text: str, names_known: Iterable[str]) -> tuple:
+def _parse_condition(src: str, rid: str, text: str, names_known: Iterable[str]) -> Node:
     sel_names = list(names_known)
 
     def err(msg: str) -> RuleError:
@@ -362,7 +367,7 @@ def _parse_condition(src: str, rid: str, text: str, names_known: Iterable[str]) 
 
     if "|" in text:
         raise err("pipe aggregations are not supported (use a correlation rule)")
-    toks = _TOKEN.findall(text)
+    toks: list[str] = _TOKEN.findall(text)
     pos = 0
 
     def peek() -> str | None:
@@ -384,7 +389,7 @@ def _parse_condition(src: str, rid: str, text: str, names_known: Iterable[str]) 
             raise err(f"'{pattern}' names no selection")
         return tuple(found)
 
-    def primary() -> tuple:
+    def primary() -> Node:
         t = take()
         tl = t.lower()
         if t == "(":
@@ -407,14 +412,14 @@ def _parse_condition(src: str, rid: str, text: str, names_known: Iterable[str]) 
             raise err(f"unsupported token '{t}'")
         return ("sel", t)
 
-    def conj() -> tuple:
+    def conj() -> Node:
         m = primary()
         while (peek() or "").lower() == "and":
             take()
             m = ("and", m, primary())
         return m
 
-    def expr() -> tuple:
+    def expr() -> Node:
         m = conj()
         while (peek() or "").lower() == "or":
             take()
@@ -429,7 +434,7 @@ def _parse_condition(src: str, rid: str, text: str, names_known: Iterable[str]) 
     return m
 
 
-def _compile(node: tuple, sels: Mapping[str, Matcher]) -> Matcher:
+def _compile(node: Node, sels: Mapping[str, Matcher]) -> Matcher:
     op = node[0]
     if op == "sel":
         return sels[node[1]]
@@ -445,7 +450,7 @@ def _compile(node: tuple, sels: Mapping[str, Matcher]) -> Matcher:
     return lambda r: any(m(r) for m in ms)
 
 
-def _eval(node: tuple, env: Mapping[str, bool]) -> bool:
+def _eval(node: Node, env: Mapping[str, bool]) -> bool:
     op = node[0]
     if op == "sel":
         return env[node[1]]
@@ -459,7 +464,7 @@ def _eval(node: tuple, env: Mapping[str, bool]) -> bool:
     return all(vals) if op == "all" else any(vals)
 
 
-def _polarity(node: tuple, negated: bool = False, out: dict | None = None) -> dict[str, set[bool]]:
+def _polarity(node: Node, negated: bool = False, out: dict[str, set[bool]] | None = None) -> dict[str, set[bool]]:
     """selection name -> {True if referenced under a negation, False if not}."""
     out = {} if out is None else out
     op = node[0]
@@ -477,7 +482,7 @@ def _polarity(node: tuple, negated: bool = False, out: dict | None = None) -> di
 
 
 # -- documents ---------------------------------------------------------------
-def _common(src: str, doc: dict, idx: int) -> tuple[str, str, str, str, tuple[str, ...]]:
+def _common(src: str, doc: dict[str, Any], idx: int) -> tuple[str, str, str, str, tuple[str, ...]]:
     rid = str(doc.get("id") or doc.get("name") or f"#{idx}")
     if "filter" in doc and "detection" not in doc and "correlation" not in doc:
         raise RuleError(src, rid, "filter", "Sigma filter documents are not implemented; put the filter in the rule "
@@ -502,7 +507,7 @@ def _common(src: str, doc: dict, idx: int) -> tuple[str, str, str, str, tuple[st
     return doc["id"], name, title, level, tuple(tags)
 
 
-def _meta(src: str, rid: str, doc: dict) -> tuple[str, tuple[str, ...], str]:
+def _meta(src: str, rid: str, doc: dict[str, Any]) -> tuple[str, tuple[str, ...], str]:
     desc = doc.get("description", "")
     refs = doc.get("references", [])
     author = doc.get("author", "")
@@ -518,10 +523,10 @@ def _meta(src: str, rid: str, doc: dict) -> tuple[str, tuple[str, ...], str]:
 def _expiry(src: str, rid: str, where: str, v: Any) -> tuple[str, int]:
     """``expires``: a date (valid through that day, UTC) or an ISO 8601 date-time."""
     if isinstance(v, datetime):
-        d = v if v.tzinfo else v.replace(tzinfo=timezone.utc)
+        d = v if v.tzinfo else v.replace(tzinfo=UTC)
         return d.isoformat(), int(d.timestamp() * 1_000_000)
     if isinstance(v, date):
-        end = datetime(v.year, v.month, v.day, tzinfo=timezone.utc) + timedelta(days=1)
+        end = datetime(v.year, v.month, v.day, tzinfo=UTC) + timedelta(days=1)
         return v.isoformat(), int(end.timestamp()) * 1_000_000 - 1
     if isinstance(v, str):
         try:
@@ -560,7 +565,7 @@ def _allow(src: str, rid: str, raw: Any, sels: Mapping[str, Any]) -> dict[str, A
     return out
 
 
-def _detection(src: str, doc: dict, idx: int, known: frozenset[str] | None) -> DetectionRule:
+def _detection(src: str, doc: dict[str, Any], idx: int, known: frozenset[str] | None) -> DetectionRule:
     rid, name, title, level, tags = _common(src, doc, idx)
     if "correlation" in doc or "generate" in doc:
         raise RuleError(src, rid, "correlation", "a rule has either 'detection' or 'correlation'")
@@ -622,7 +627,7 @@ def _detection(src: str, doc: dict, idx: int, known: frozenset[str] | None) -> D
                          sels, tree, allow)
 
 
-def _correlation(src: str, doc: dict, idx: int, known: frozenset[str] | None) -> tuple[CorrelationRule, list[str]]:
+def _correlation(src: str, doc: dict[str, Any], idx: int, known: frozenset[str] | None) -> tuple[CorrelationRule, list[str]]:
     rid, name, title, level, tags = _common(src, doc, idx)
     if "detection" in doc or "logsource" in doc:
         raise RuleError(src, rid, "detection", "a correlation rule has no detection/logsource")
@@ -719,7 +724,7 @@ def load_rule_docs(docs: Iterable[tuple[str, int, Any]], known_fields: Iterable[
     return RuleSet(tuple(dets), tuple(cors))
 
 
-def _yaml_documents(text: str) -> list:
+def _yaml_documents(text: str) -> list[Any]:
     """The documents of ``text``, parsed by libyaml when PyYAML has it (faster
     at every start: bench/README.md). On an error the pure
     Python loader parses it again, so the message is always its own."""

@@ -13,8 +13,9 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 log = logging.getLogger("xfer-sensor")
 
@@ -69,7 +70,7 @@ class WindowStore:
         self.seq = 0
         # staged rows: (wid, key json) -> row tuple, or None for a delete;
         # windows: wid -> (rule_id, span_us). Bounded by the keys held in memory.
-        self.pending: dict[tuple[str, str], tuple | None] = {}
+        self.pending: dict[tuple[str, str], tuple[Any, ...] | None] = {}
         self.pending_windows: dict[str, tuple[str, int]] = {}
 
     # -- open / load --------------------------------------------------------------
@@ -114,14 +115,14 @@ class WindowStore:
             raise
         return n
 
-    def load(self, windows: Mapping[str, int], max_keys: int) -> dict[str, list[tuple[tuple, dict]]]:
+    def load(self, windows: Mapping[str, int], max_keys: int) -> dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]]:
         """The rows of the given windows (wid -> span), the ``max_keys`` most
         recently seen per window, least recently seen first, decoded. Rows
         beyond ``max_keys`` are deleted; undecodable rows are skipped and
         counted in ``self.refused``."""
         assert self.db is not None
         db = self.db
-        out: dict[str, list[tuple[tuple, dict]]] = {}
+        out: dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]] = {}
         self.refused = 0
         for wid in windows:
             rows = db.execute("SELECT key, events, armed, last_alert_us, episode FROM keys WHERE wid = ? "
@@ -244,34 +245,34 @@ class WindowPersistence:
     @classmethod
     def open(cls, state_dir: str | Path, detector: Any, interval_s: float, max_keys: int,
              clock: Callable[[], float] = time.monotonic,
-             wallclock: Callable[[], float] = time.time) -> "WindowPersistence":
+             wallclock: Callable[[], float] = time.time) -> WindowPersistence:
         path = Path(state_dir) / STATE_FILE
-        store: WindowStore | None = WindowStore(path)
+        store: WindowStore | None = None     # the one that opened, if any
+        trying = WindowStore(path)
         now_us = int(wallclock() * 1_000_000)
         loaded = None
         for attempt in (1, 2):
             try:
-                store.open()
-                store.prune(now_us)
-                loaded = store.load(detector.window_ids(), max_keys)
+                trying.open()
+                trying.prune(now_us)
+                loaded = trying.load(detector.window_ids(), max_keys)
+                store = trying
                 break
             except (sqlite3.Error, StoreError, OSError, ValueError) as e:
-                store.close()
+                trying.close()
                 if attempt == 1 and path.exists():
                     try:
                         aside = move_aside(path, wallclock())
                     except OSError as e2:
                         log.error("rule-window state %s is unusable (%s) and cannot be moved aside (%s); "
                                   "running without window persistence", path, e, e2)
-                        store = None
                         break
                     log.error("rule-window state %s is unusable (%s); moved it to %s, rule windows start empty",
                               path, e, aside)
-                    store = WindowStore(path)
+                    trying = WindowStore(path)
                     continue
                 log.error("rule-window state %s cannot be opened (%s); running without window persistence "
                           "(rule windows start empty on every restart)", path, e)
-                store = None
                 break
         p = cls(store, detector, interval_s, clock)
         if store is not None and loaded is not None:
