@@ -89,6 +89,19 @@ def test_detector_export_import_round_trip_keeps_the_window_and_the_raised_alert
     assert counts(sum((c.observe(rec(f"D{i}"), T0 + 2 * DAY + i * S) for i in range(4)), [])) == [4]
 
 
+def test_a_reload_carries_the_windows_and_keeps_counting_into_the_same_counters():
+    old = Detector(RULES, Limits())
+    for i in range(3):
+        old.observe(rec(f"C{i}"), T0 + i * S)
+    new = Detector(RULES, Limits())
+    assert new.carry_over(old) >= 1
+    assert counts(new.observe(rec("C3"), T0 + 3 * S)) == [4]          # the window went on
+    assert counts(new.observe(rec("C4"), T0 + 4 * S)) == []
+    assert new.stats is old.stats
+    assert (old.stats.records, old.stats.suppressed) == (5, 1)         # counted by the new windows
+    assert old.stats.alerts >= 1
+
+
 def test_changes_are_tracked_only_when_asked():
     d = Detector(RULES, Limits())
     assert not d.tracking and all(w.dirty is None for ws in d.windows.values() for w in ws)
@@ -362,7 +375,7 @@ def test_the_unit_provides_the_default_state_folder():
     unit = (REPO / "systemd" / "xfer-sensor.service").read_text()
     assert DEFAULT_STATE_DIR == "/var/lib/xfer-sensor"
     assert "\nStateDirectory=xfer-sensor\n" in unit
-    rw = next(l for l in unit.splitlines() if l.startswith("ReadWritePaths="))
+    rw = next(line for line in unit.splitlines() if line.startswith("ReadWritePaths="))
     assert DEFAULT_STATE_DIR in rw.split("=", 1)[1].split()
 
 

@@ -274,6 +274,8 @@ class Detector:
                         w.keys, w.episodes = ow.keys, ow.episodes
                         kept += 1
         self.stats = old.stats
+        for w in self._all_windows():   # the windows count into the detector's counters too
+            w.stats = old.stats
         return kept
 
     # -- state export / import (plain data, no I/O) --------------------------------
