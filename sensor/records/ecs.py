@@ -80,7 +80,7 @@ def _duration_ns(first: Any, last: Any) -> int | None:
     return (b - a) * 1000
 
 
-def _endpoint(ip: Any, port: Any, nbytes: Any, pkts: Any) -> dict:
+def _endpoint(ip: Any, port: Any, nbytes: Any, pkts: Any) -> dict[str, Any]:
     d: dict[str, Any] = {}
     if ip:
         d["ip"] = ip
@@ -91,15 +91,15 @@ def _endpoint(ip: Any, port: Any, nbytes: Any, pkts: Any) -> dict:
     return d
 
 
-def _uniq(values: Iterable[Any]) -> list:
-    out: list = []
+def _uniq(values: Iterable[Any]) -> list[Any]:
+    out: list[Any] = []
     for v in values:
         if v not in (None, "") and v not in out:
             out.append(v)
     return out
 
 
-def _set(doc: dict, path: tuple[str, ...], value: Any) -> None:
+def _set(doc: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     d = doc
     for p in path[:-1]:
         d = d.setdefault(p, {})
@@ -110,7 +110,7 @@ def _basename(path: str) -> str:
     return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
 
 
-def threat_from_tags(tags: Iterable[str]) -> dict | None:
+def threat_from_tags(tags: Iterable[str]) -> dict[str, Any] | None:
     """Sigma ``attack.*`` tags -> ECS ``threat.*`` (framework MITRE ATT&CK)."""
     tactics: list[tuple[str, str]] = []
     techniques: list[str] = []
@@ -171,7 +171,7 @@ class EcsProfile:
                 self.rules[r.id] = r
 
     # -- helpers ------------------------------------------------------------------
-    def _head(self, ts: Any, kind: str, category: list[str], types: list[str], dataset: str) -> dict:
+    def _head(self, ts: Any, kind: str, category: list[str], types: list[str], dataset: str) -> dict[str, Any]:
         return {"@timestamp": ts, "ecs": {"version": ECS_VERSION},
                 "event": {"kind": kind, "category": category, "type": types,
                           "module": MODULE, "dataset": f"{MODULE}.{dataset}"},
@@ -208,7 +208,7 @@ class EcsProfile:
         return "ipv6" if ":" in ip else "ipv4"
 
     # -- records ------------------------------------------------------------------
-    def transform(self, kind: str, rec: Mapping[str, Any]) -> dict:
+    def transform(self, kind: str, rec: Mapping[str, Any]) -> dict[str, Any]:
         if kind == "connections":
             return self.connection(rec)
         if kind == "alerts":
@@ -217,7 +217,7 @@ class EcsProfile:
             return self.transfer(rec)
         return self.weird(rec)
 
-    def connection(self, rec: Mapping[str, Any]) -> dict:
+    def connection(self, rec: Mapping[str, Any]) -> dict[str, Any]:
         action = rec.get("ActionType", "")
         doc = self._head(rec.get("Timestamp"), "event", ["network"], ["connection", "end"], "connections")
         ev = doc["event"]
@@ -309,7 +309,7 @@ class EcsProfile:
         doc["xfer"] = x
         return doc
 
-    def alert(self, rec: Mapping[str, Any]) -> dict:
+    def alert(self, rec: Mapping[str, Any]) -> dict[str, Any]:
         rid = rec.get("RuleId", "")
         rule = self.rules.get(rid)
         doc = self._head(rec.get("Timestamp"), "alert", ["network", "intrusion_detection"], ["info"], "alerts")
@@ -370,7 +370,7 @@ class EcsProfile:
         doc["xfer"] = {"alert": x}
         return doc
 
-    def transfer(self, rec: Mapping[str, Any]) -> dict:
+    def transfer(self, rec: Mapping[str, Any]) -> dict[str, Any]:
         direction = rec.get("Direction", "")
         doc = self._head(rec.get("Timestamp"), "event", ["file", "network"],
                          list(_FILE_TYPE.get(direction, ["info"])), "transfers")
@@ -438,7 +438,7 @@ class EcsProfile:
         doc["xfer"] = {"transfer": x}
         return doc
 
-    def weird(self, rec: Mapping[str, Any]) -> dict:
+    def weird(self, rec: Mapping[str, Any]) -> dict[str, Any]:
         doc = self._head(rec.get("Timestamp"), "event", ["network"], ["protocol"], "weird")
         doc["event"]["action"] = rec.get("Name", "")
         if rec.get("Detail"):

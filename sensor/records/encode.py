@@ -37,7 +37,7 @@ class MdeProfile:
         return rec
 
     @staticmethod
-    def flag_truncated(doc: dict) -> None:
+    def flag_truncated(doc: dict[str, Any]) -> None:
         doc["RecordTruncated"] = True
 
 
@@ -52,7 +52,7 @@ def make_profile(name: str, config: Any = None, rules: Any = None) -> Any:
     raise ValueError(f"unknown output profile {name!r} (mde, ecs)")
 
 
-def _flag(profile: Any, doc: dict) -> None:
+def _flag(profile: Any, doc: dict[str, Any]) -> None:
     f = getattr(profile, "flag_truncated", None)
     if f is not None:
         f(doc)
@@ -92,7 +92,7 @@ def _largest(obj: Any) -> tuple[Any, Any] | None:
     return parent, key
 
 
-def shrink(doc: dict, limit: int, flag: Any) -> bytes:
+def shrink(doc: dict[str, Any], limit: int, flag: Any) -> bytes:
     """Cut ``doc`` (a private copy) until its line fits ``limit`` bytes."""
     flag(doc)
     for _ in range(MAX_SHRINK_STEPS):
@@ -120,7 +120,7 @@ def shrink(doc: dict, limit: int, flag: Any) -> bytes:
     line = to_line(doc)
     if len(line) <= limit:
         return line
-    minimal = {k: doc[k] for k in ("Timestamp", "@timestamp", "Uid") if k in doc and _size(doc[k]) < 128}
+    minimal: dict[str, Any] = {k: doc[k] for k in ("Timestamp", "@timestamp", "Uid") if k in doc and _size(doc[k]) < 128}
     flag(minimal)
     return to_line(minimal)
 
