@@ -262,7 +262,7 @@ class SockDiag:
             self._sock.close()
             self._sock = None
 
-    def __enter__(self) -> "SockDiag":
+    def __enter__(self) -> SockDiag:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -299,7 +299,7 @@ class SockDiag:
                 if done:
                     return found
             self._error(_errno.EOVERFLOW)
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             self._error(_errno.ETIMEDOUT)
         except OSError as e:
             self._error(e.errno or _errno.EIO)

@@ -13,6 +13,7 @@ import sys
 
 from sensor.core.runtime import tune_gc
 
+
 def main() -> int:
     tune_gc()
     from sensor.cli.main import main as cli_main

@@ -12,19 +12,19 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from sensor import __version__
-from sensor.io.capture import CaptureError, read_file
-from sensor.core.config import PROFILES, ConfigError, SyslogOutput, load_config
-from sensor.records.encode import KINDS
-from sensor.io.sinks import MemorySink, TeeSink
-from sensor.pipeline import Pipeline
 from sensor.cli.progress import Progress, ProgressAwareHandler
-from sensor.records.mde import RECORD_FIELDS
+from sensor.core.config import PROFILES, ConfigError, SyslogOutput, load_config
 from sensor.detect.rules import DetectionRule, RuleError, RuleSet, default_rules_dir, load_rules
-from sensor.io.sinks import build_outputs
+from sensor.io.capture import CaptureError, read_file
+from sensor.io.sinks import MemorySink, TeeSink, build_outputs
+from sensor.pipeline import Pipeline
+from sensor.records.encode import KINDS
+from sensor.records.mde import RECORD_FIELDS
 
 log = logging.getLogger("xfer-sensor")
 
@@ -45,7 +45,7 @@ def _table(alerts: list[dict]) -> str:
     # wire text (an FTP USER, an SMB user) is escaped and cut for the terminal
     rows = [[_printable(str(a.get(c, "")), 64) for c in cols] for a in alerts]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(heads)]
-    fmt = "  ".join("{:<%d}" % w for w in widths)
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*heads), fmt.format(*("-" * w for w in widths))]
     lines += [fmt.format(*r) for r in rows]
     return "\n".join(lines)

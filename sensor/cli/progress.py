@@ -12,7 +12,8 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Sequence, TextIO
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
 
 REDRAW_INTERVAL_S = 0.25
 BAR_WIDTH = 24

@@ -7,8 +7,8 @@ counters come from ``pcap_stats``. Design: docs/engine.md, "Capture".
 from __future__ import annotations
 
 import select
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import pcapy
 

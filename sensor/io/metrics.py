@@ -13,9 +13,10 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import MappingProxyType
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 log = logging.getLogger("xfer-sensor")
 
@@ -222,7 +223,7 @@ def summary(snap: Mapping[str, Any]) -> str:
 # -- the endpoint ------------------------------------------------------------------------------
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_Server"
+    server: _Server
     protocol_version = "HTTP/1.0"
     timeout = REQUEST_TIMEOUT_S
 
@@ -258,7 +259,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
-    owner: "MetricsServer"
+    owner: MetricsServer
 
     def process_request(self, request, client_address) -> None:
         if not self.owner._slots.acquire(blocking=False):
@@ -296,7 +297,7 @@ class MetricsServer:
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.5},
                                        name="metrics http", daemon=True)
 
-    def start(self) -> "MetricsServer":
+    def start(self) -> MetricsServer:
         self.thread.start()
         return self
 

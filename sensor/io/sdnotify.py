@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 __all__ = ["SdNotifier", "WatchdogTimer", "watchdog_interval"]
 
@@ -124,7 +124,7 @@ class SdNotifier:
             finally:
                 self._sock = None
 
-    def __enter__(self) -> "SdNotifier":
+    def __enter__(self) -> SdNotifier:
         return self
 
     def __exit__(self, *exc) -> None:

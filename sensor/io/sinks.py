@@ -17,8 +17,9 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from sensor.core.config import Output, SyslogOutput
 from sensor.records.encode import KINDS, Encoder, make_profile
