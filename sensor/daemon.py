@@ -107,6 +107,7 @@ class Daemon:
         if self.helper is None:
             return 0
         got = self.helper.poll_timed()
+        assert self.book is not None    # the helper runs in endpoint mode only, which has the book
         for key, a, t in got:
             # the first packet's kernel time (the capture's clock); else when the tap saw it
             ts = (t[2] if len(t) > 2 and t[2] else t[0] if t else 0.0)
@@ -144,10 +145,10 @@ class Daemon:
         kept = new.carry_over(old)
         self.persist.adopt(old, new)
         self.pipe.detector = new
-        for e in self.rules.allow_entries:   # keep the suppressed counts monotonic across reloads
-            k = (e.rule_id, e.selection)
+        for entry in self.rules.allow_entries:   # keep the suppressed counts monotonic across reloads
+            k = (entry.rule_id, entry.selection)
             h, x = self.allow_base.get(k, (0, 0))
-            self.allow_base[k] = (h + e.hits, x + e.expired_hits)
+            self.allow_base[k] = (h + entry.hits, x + entry.expired_hits)
         self.rules = rules
         log.info("reloaded %s and %s (%d rule window(s) kept)", self.config_path or "defaults", self.rules_path, kept)
         self.notify.ready("reloaded")

@@ -273,7 +273,7 @@ class SockDiag:
         self.stats.errnos[code] = self.stats.errnos.get(code, 0) + 1
 
     # -- queries -----------------------------------------------------------
-    def _query(self, req_args: tuple, dump: bool, bytecode: bytes = b"") -> list[SockInfo] | None:
+    def _query(self, req_args: tuple[int, int, str, int, str, int], dump: bool, bytecode: bytes = b"") -> list[SockInfo] | None:
         """Send one request; the sockets answered, [] for "none", None on error."""
         seq = (self._seq + 1) & 0x7FFFFFFF
         req = pack_request(seq, *req_args, dump=dump, bytecode=bytecode)  # bad input raises here

@@ -51,7 +51,7 @@ def _table(alerts: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -109,7 +109,7 @@ class _SummarySink:
                 {k: rec.get(k) for k in ("Protocol", "Filename", "Direction", "Bytes", "Complete", "Share")})
 
     def files_for(self, alert: dict) -> list[dict]:
-        out = []
+        out: list[dict] = []
         for uid in alert.get("Uids", ()):
             out.extend(self.transfers.get(uid, ()))
         return out
@@ -254,7 +254,7 @@ def _allow_status(e: Any) -> str:
 def cmd_rules_list(args: argparse.Namespace) -> int:
     rules = load_rules(args.rules or default_rules_dir(), RECORD_FIELDS)
     _warn_expired(rules)
-    rows = []
+    rows: list[dict[str, Any]] = []
     refs = {d.id: d.ref for d in rules.detections}
     for d in rules.detections:
         rows.append({"kind": "detection", "id": d.id, "name": d.name, "title": d.title, "level": d.level,

@@ -18,8 +18,9 @@ from typing import Any
 
 from sensor.core.config import Limits
 from sensor.core.counters import Counters
+from sensor.core.timefmt import iso_us
 from sensor.detect.rules import CorrelationRule, RuleSet
-from sensor.records.mde import PORT_PROTOCOL, iso_us
+from sensor.records.mde import PORT_PROTOCOL
 
 # a window's key: the record's values of the rule's group-by fields
 Key = tuple[Any, ...]

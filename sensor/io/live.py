@@ -9,6 +9,7 @@ from __future__ import annotations
 import select
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pcapy
 
@@ -36,7 +37,7 @@ class LiveCapture:
                  buffer_bytes: int = DEFAULT_BUFFER_BYTES, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> None:
         if not interfaces:
             raise CaptureError("no interface to capture on")
-        self.handles: list[tuple[str, object, int]] = []
+        self.handles: list[tuple[str, Any, int]] = []   # (interface, pcapy reader, link type)
         self.stats = {i: IfaceStats(i) for i in interfaces}
         for iface in interfaces:
             try:

@@ -393,7 +393,7 @@ def build_outputs(output: Output, *, config: Any = None, rules: Any = None, outd
     """The sinks an ``output:`` config section (plus command-line overrides) asks for."""
     encoder = Encoder(make_profile(output.profile, config, rules), output.max_line_bytes)
     sinks: list[AsyncSink] = []
-    common = {"queue_max": output.queue_max, "block": block, "error_log_interval": output.error_log_interval}
+    common: dict[str, Any] = {"queue_max": output.queue_max, "block": block, "error_log_interval": output.error_log_interval}
     if outdir is not None and output.files:
         sinks.append(AsyncSink(FileWriter(outdir, truncate=truncate), **common))
     if stdout if stdout is not None else output.stdout:
