@@ -13,6 +13,17 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 
+NOT_ROOT = ("needs root (network namespaces, live capture on lo, raw sockets, setpriv or other users); "
+            "run it as root as CI does (sudo bash scripts/test.sh), or leave it out: pytest -m 'not root'")
+
+
+@pytest.hookimpl(tryfirst=True)          # before any fixture of the test is set up
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``root`` is skipped with the reason when the run is not
+    root; as root (CI) it always runs."""
+    if item.get_closest_marker("root") is not None and os.geteuid() != 0:
+        pytest.skip(NOT_ROOT)
+
 
 @pytest.fixture
 def replay(tmp_path):

@@ -925,6 +925,7 @@ def test_tap_filter_is_valid_bpf_and_selects_starts():
         _ip4("10.0.0.5", "10.0.0.7", 6, _tcp(40000, 8080, 0x02)))
 
 
+@pytest.mark.root
 def test_in_process_tap_attributes_at_first_packet():
     with socket.socket() as lst:
         lst.bind(("127.0.0.1", 0))
@@ -947,6 +948,7 @@ def test_in_process_tap_attributes_at_first_packet():
         assert m["starts"] == 2 and m["kernel_drops"] == 0 and aa.counters["inline"] == 2
 
 
+@pytest.mark.root
 def test_helper_process_attributes_and_stops():
     with socket.socket() as lst:
         lst.bind(("127.0.0.1", 0))
@@ -974,6 +976,7 @@ def test_helper_process_attributes_and_stops():
 # in the lab: other namespaces, other users, exited processes
 
 
+@pytest.mark.root
 def test_other_namespace_exited_process_cache(env):
     """A socket in the client namespace: invisible from here unless SockDiag is
     told the namespace; the process's details outlive it for exited_ttl_s."""
@@ -1017,6 +1020,7 @@ CAP_CASES = {
 }
 
 
+@pytest.mark.root
 def test_unprivileged_sensor_minimum_capabilities(env):
     """Run the lookup as another unprivileged user: without privileges it still
     names the account (uid-only); CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH (ambient)
@@ -1169,6 +1173,7 @@ def _judge_poller(runs: list[dict], polled: dict) -> dict:
             "calls": polled["calls"], "call_ms_p50": round(polled["call_ms_p50"], 2)}
 
 
+@pytest.mark.root
 def test_short_lived_clients_attributed_at_first_packet(env):
     """>= 99 % of short-lived TCP and UDP clients named right (pid, program,
     account) at their first packet by the AttributionHelper; the figures of

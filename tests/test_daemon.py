@@ -59,6 +59,7 @@ class Daemon(DaemonProcess):
                          REPO)
 
 
+@pytest.mark.root
 def test_daemon_signals(tmp_path, ftp_server):
     """span mode: the account is the protocol login (no attribution)."""
     d = Daemon(tmp_path)
@@ -118,6 +119,7 @@ for user in sys.argv[2:]:
 """
 
 
+@pytest.mark.root
 def test_endpoint_mode_names_the_process_and_account(tmp_path, ftp_server):
     """endpoint mode (the default): each record carries the process that made
     the connection -- a short-lived client under its own name, run as
@@ -175,6 +177,7 @@ def test_endpoint_mode_names_the_process_and_account(tmp_path, ftp_server):
         shutil.rmtree(bindir, ignore_errors=True)
 
 
+@pytest.mark.root
 def test_daemon_refuses_root_without_the_flag(tmp_path):
     assert os.geteuid() == 0, "the daemon tests run as root (scripts/test.sh)"
     r = subprocess.run([sys.executable, "-m", "sensor", "run", "-i", "lo", "--out", str(tmp_path)],
@@ -182,6 +185,7 @@ def test_daemon_refuses_root_without_the_flag(tmp_path):
     assert r.returncode == 2 and "refusing to run as root" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.root
 def test_unprivileged_daemon_keeps_only_the_capabilities_it_needs(tmp_path):
     """As nobody with the unit's ambient capabilities: it captures, then holds
     no capability at all; its attribution helper keeps only CAP_SYS_PTRACE

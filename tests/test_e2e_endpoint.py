@@ -73,7 +73,7 @@ from tests.lab.scenarios import CLIENT_TOOLS, Recorder, Session
 from tests.lab.sensor import SensorDaemon
 from tests.lab.servers import FILES, Smbd, Tftpd, Vsftpd
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.root]
 
 LAB_PREFIX = "xse2e"
 LAB_SUBNET = "10.81.0"

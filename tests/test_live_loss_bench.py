@@ -12,6 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.root
 @pytest.mark.parametrize("traffic", ["tftp", "tcp"])
 def test_live_loss_bench_reports_no_loss_at_a_low_rate(tmp_path, traffic):
     assert os.geteuid() == 0, "the daemon tests run as root (scripts/test.sh)"

@@ -295,6 +295,7 @@ def wait_for(cond, timeout=60.0, what=""):
     _wait_for(cond, timeout, what)
 
 
+@pytest.mark.root
 def test_daemon_serves_metrics_matching_its_records(tmp_path, ftp_server):
     assert os.geteuid() == 0, "the daemon tests run as root (scripts/test.sh)"
     out, rules, cfg = tmp_path / "out", tmp_path / "rules", tmp_path / "config.yaml"
@@ -371,6 +372,7 @@ def test_daemon_serves_metrics_matching_its_records(tmp_path, ftp_server):
             p.wait()
 
 
+@pytest.mark.root
 def test_run_exits_cleanly_when_the_metrics_port_is_taken(tmp_path):
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

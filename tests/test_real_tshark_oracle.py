@@ -323,6 +323,7 @@ def _case(name: str, tmp_path: Path, request):
     return REAL / f"{name}.pcap", json.loads((REAL / f"{name}.json").read_text())
 
 
+@pytest.mark.root          # the lab for "fresh"; _lab_or_fail for the committed ones too
 @pytest.mark.parametrize("name", ["fresh", *_committed()])
 def test_sensor_agrees_with_tshark(name, tmp_path, request):
     pcap, side = _case(name, tmp_path, request)
@@ -345,6 +346,7 @@ def test_sensor_agrees_with_tshark(name, tmp_path, request):
             assert set(a["Uids"]) <= uids, a
 
 
+@pytest.mark.root
 def test_fresh_capture_has_every_case(fresh):
     """The fresh capture really holds passive, active, refused and unanswered."""
     pcap, side = fresh

@@ -439,6 +439,7 @@ class Daemon(DaemonProcess):
         print(self.err().decode(errors="replace"))    # shown when the test fails
 
 
+@pytest.mark.root
 def test_daemon_window_survives_kill_9_restarts(tmp_path, ftp_server):
     state = tmp_path / "state"
     conns = tmp_path / "out" / "connections.jsonl"
@@ -487,6 +488,7 @@ def test_daemon_window_survives_kill_9_restarts(tmp_path, ftp_server):
         d.stop()
 
 
+@pytest.mark.root
 def test_daemon_with_a_corrupt_state_file_logs_starts_empty_and_works(tmp_path, ftp_server):
     state = tmp_path / "state"
     state.mkdir()
