@@ -18,13 +18,28 @@ from typing import Callable, Collection
 
 from sensor.core.counters import Counters
 
-_U16 = struct.Struct("!H").unpack_from
-_IP4 = struct.Struct("!BBHHHBBH4s4s").unpack_from  # ver/ihl tos len id frag ttl proto csum src dst
 _TCP = struct.Struct("!HHIIBB").unpack_from   # sport dport seq ack off flags
-_UDP = struct.Struct("!HHH").unpack_from       # sport dport length
 
 # TCP flag bits
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
+
+_M32 = 0xFFFFFFFF
+_HALF = 1 << 31
+_WRAP = 1 << 32
+_HI = ~_M32
+
+
+def seq_unwrap(seq: int, base: int, ref: int) -> int:
+    """The offset of TCP sequence number ``seq`` from ``base`` (both 32-bit),
+    as the 64-bit value nearest ``ref`` (an offset from ``base`` already
+    seen): the one place the 2^32 wrap is undone -- the flow table's byte
+    counts, the fused path's and reassembly's."""
+    cand = ((seq - base) & _M32) + (ref & _HI)
+    if cand - ref > _HALF:
+        return cand - _WRAP
+    if ref - cand > _HALF:
+        return cand + _WRAP
+    return cand
 
 LINKTYPE_NULL = 0
 LINKTYPE_ETHERNET = 1
@@ -36,11 +51,104 @@ LINKTYPE_IPV6 = 229
 LINKTYPE_LINUX_SLL2 = 276
 DLT_RAW_ALIASES = (12, 14)
 
-_VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100, 0x9200))
+VLAN_TPIDS = frozenset((0x8100, 0x88A8, 0x9100, 0x9200))
 _IPV6_EXT = frozenset((0, 43, 60, 135, 139, 140))  # hop, routing, dstopts, mobility, HIP, shim6
 _AF_INET6_BSD = frozenset((10, 24, 28, 30))
 MAX_VLAN_TAGS = 4
 MAX_IPV6_EXT_HEADERS = 8
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_IPV6 = 0x86DD
+
+_IP4L = struct.Struct("!BxHxxHxB2x4s4s").unpack_from   # ver/ihl, total length, frag, proto, src, dst
+_IP6L = struct.Struct("!BxxxHB").unpack_from            # ver/tc, payload length, next header
+
+# what ``locate`` stops at without a transport header, besides a weird:
+# only counted (``DecodeStats``), never reported
+NOT_IP, OTHER_PROTO, LATER_FRAGMENT = "non_ip", "other_ip_proto", "fragment"
+# weirds that are also counted as ``truncated``
+_TRUNCATED_WEIRDS = frozenset(("ipv4_truncated", "ipv6_truncated", "ipv6_ext_truncated"))
+
+
+def locate(data: bytes, off: int, et: int) -> tuple:
+    """Where the transport header of ``data`` is: the one header walk that
+    the decoder, the fused per-packet path (sensor/engine/fastpath.py) and
+    the attribution tap share.
+
+    ``et`` is the ethertype whose payload starts at ``off`` -- Ethernet: the
+    bytes 12-13 and 14; Linux SLL: 14-15 and 16; SLL2: 0-1 and 20; an
+    AF_PACKET datagram: the socket's protocol and 0; raw IP:
+    ``ETHERTYPE_IPV4``/``ETHERTYPE_IPV6`` and the IP header's offset. Up to
+    ``MAX_VLAN_TAGS`` 802.1Q/802.1ad tags, then IPv4 or IPv6 with its
+    extension headers (up to ``MAX_IPV6_EXT_HEADERS``).
+
+    Returns ``(why, tags, vlan, version, proto, l4, end, src, dst, frags)``:
+    ``why`` is "" when a TCP or UDP header starts at ``l4`` (not checked to
+    be there: ``l4`` may be past the captured bytes); ``end``: where the IP
+    payload ends by the IP header's length; ``src``/``dst``: the packed
+    addresses. Otherwise ``why`` names what stopped the walk: ``NOT_IP``,
+    ``OTHER_PROTO``, ``LATER_FRAGMENT`` (a fragment without the transport
+    header), or a weird's name with its detail in ``src``. ``tags``: VLAN
+    tags passed (``vlan``: the first one's id); ``version``: 4 or 6 once an
+    IP header was reached, else 0; ``frags``: fragment headers passed (a
+    first fragment has its transport header and is located)."""
+    n = len(data)
+    tags = vlan = 0
+    while et in VLAN_TPIDS:
+        if tags >= MAX_VLAN_TAGS:
+            return "vlan_too_many_tags", tags, vlan, 0, 0, 0, 0, str(tags + 1), b"", 0
+        if off + 4 > n:
+            return "vlan_truncated", tags, vlan, 0, 0, 0, 0, f"{n} bytes", b"", 0
+        if not tags:
+            vlan = ((data[off] & 0x0F) << 8) | data[off + 1]
+        tags += 1
+        et = (data[off + 2] << 8) | data[off + 3]
+        off += 4
+    if et == ETHERTYPE_IPV4:
+        if off + 20 > n:
+            return "ipv4_truncated", tags, vlan, 4, 0, 0, 0, f"{n - off} bytes of header", b"", 0
+        b0, tot, frag, proto, src, dst = _IP4L(data, off)
+        ihl = (b0 & 0x0F) << 2
+        if b0 >> 4 != 4 or ihl < 20:
+            return "ipv4_bad_header", tags, vlan, 4, 0, 0, 0, f"byte0={b0:#x}", b"", 0
+        if proto != 6 and proto != 17:
+            return OTHER_PROTO, tags, vlan, 4, proto, 0, 0, "", b"", 0
+        if tot < ihl:
+            return "ipv4_bad_length", tags, vlan, 4, proto, 0, 0, f"total={tot} ihl={ihl}", b"", 0
+        if frag & 0x3FFF:
+            if frag & 0x1FFF:
+                return LATER_FRAGMENT, tags, vlan, 4, proto, 0, 0, "", b"", 1
+            return "", tags, vlan, 4, proto, off + ihl, off + tot, src, dst, 1
+        return "", tags, vlan, 4, proto, off + ihl, off + tot, src, dst, 0
+    if et == ETHERTYPE_IPV6:
+        if off + 40 > n:
+            return "ipv6_truncated", tags, vlan, 6, 0, 0, 0, f"{n - off} bytes of header", b"", 0
+        b0, paylen, nh = _IP6L(data, off)
+        if b0 >> 4 != 6:
+            return "ipv6_bad_version", tags, vlan, 6, 0, 0, 0, f"byte0={b0:#x}", b"", 0
+        l4 = off + 40
+        hops = frags = 0
+        while nh != 6 and nh != 17:
+            if nh in _IPV6_EXT or nh == 44 or nh == 51:
+                hops += 1
+                if hops > MAX_IPV6_EXT_HEADERS:
+                    return "ipv6_too_many_ext_headers", tags, vlan, 6, nh, 0, 0, str(hops), b"", frags
+                if l4 + 8 > n:
+                    return "ipv6_ext_truncated", tags, vlan, 6, nh, 0, 0, f"next header {nh}", b"", frags
+                if nh == 44:
+                    frags += 1
+                    if ((data[l4 + 2] << 8) | data[l4 + 3]) & 0xFFF8:
+                        return LATER_FRAGMENT, tags, vlan, 6, nh, 0, 0, "", b"", frags
+                    nxt, hl = data[l4], 8
+                elif nh == 51:
+                    nxt, hl = data[l4], (data[l4 + 1] + 2) << 2
+                else:
+                    nxt, hl = data[l4], (data[l4 + 1] + 1) << 3
+                nh = nxt
+                l4 += hl
+            else:
+                return OTHER_PROTO, tags, vlan, 6, nh, 0, 0, "", b"", frags
+        return "", tags, vlan, 6, nh, l4, off + 40 + paylen, data[off + 8:off + 24], data[off + 24:off + 40], frags
+    return NOT_IP, tags, vlan, 0, 0, 0, 0, "", b"", 0
 
 
 class Packet:
@@ -72,9 +180,10 @@ class Packet:
 
 
 class DecodeStats(Counters):
-    """Counters (Suricata's decoder.*). ``fast_rejected`` counts packets
-    dropped by the inline check (IPv4 TCP/UDP on no tracked port) before full
-    decoding; ``packets`` counts the rest, so all seen = packets + fast_rejected."""
+    """Counters (Suricata's decoder.*). ``packets`` counts every frame;
+    ``fast_rejected`` is always 0 since issue #12 (the decoder's inline
+    shortcut that counted apart the frames it rejected is gone: the fused
+    path counts as the decoder does) and stays for the metric's name."""
 
     __slots__ = ("packets", "fast_rejected", "ipv4", "ipv6", "tcp", "udp", "vlan", "target",
                  "non_ip", "other_ip_proto", "fragments", "truncated", "malformed",
@@ -109,80 +218,15 @@ class Decoder:
 
     def handler(self, process: Callable[[Packet], object]) -> Callable[[int, bytes], None]:
         """A function ``(ts, frame)`` that decodes and hands target packets to
-        ``process``. For Ethernet the common case (IPv4, untagged, not a
-        fragment, neither port tracked) is rejected inline, before any other
-        call; everything else takes the general path."""
+        ``process``. (For Ethernet the pipeline has a faster one of its own:
+        sensor/engine/fastpath.py, which this decoder is the reference of.)"""
         decode = self.decode
-        if self.linktype != LINKTYPE_ETHERNET:
-            def slow(ts: int, data: bytes) -> None:
-                p = decode(ts, data)
-                if p is not None:
-                    process(p)
-            return slow
-        ports = self.ports
-        hosts = self.hosts
-        stats = self.stats
-        ip4 = _IP4
-        tcp = _TCP
-        udp = _UDP
 
-        def fast(ts: int, data: bytes) -> None:
-            # The common cases inline: Ethernet, at most one 802.1Q tag, IPv4
-            # without fragmentation, a whole TCP or UDP header. Anything else
-            # (and anything odd about these) takes the general path, which
-            # counts and reports it.
-            et = data[12:14]
-            if et == b"\x08\x00":
-                off, vlan = 14, 0
-            elif et == b"\x81\x00" and data[16:18] == b"\x08\x00":
-                off, vlan = 18, ((data[14] & 0x0F) << 8) | data[15]
-            else:
-                off = 0
-            if off:
-                n = len(data)
-                if n >= off + 28:
-                    b0, _, tot, _, frag, _, proto, _, src, dst = ip4(data, off)
-                    ihl = (b0 & 0x0F) << 2
-                    l4 = off + ihl
-                    if (proto == 6 or proto == 17) and b0 >> 4 == 4 and ihl >= 20 and not frag & 0x3FFF \
-                            and tot >= ihl and n >= l4 + 20:
-                        if proto == 6:
-                            sport, dport, seq, ack, doff, flags = tcp(data, l4)
-                        else:
-                            sport, dport, ulen = udp(data, l4)
-                        if sport not in ports and dport not in ports and not (
-                                proto == 6 and data[l4 + ((doff >> 4) << 2):l4 + ((doff >> 4) << 2) + 3] == b"220") \
-                                and not (hosts and (src, dst) in hosts):
-                            stats.fast_rejected += 1
-                            return
-                        end = off + tot
-                        if proto == 6:
-                            hl = (doff >> 4) << 2
-                            plen = end - l4 - hl
-                            if hl >= 20 and plen >= 0 and end <= n:
-                                stats.packets += 1
-                                stats.ipv4 += 1
-                                stats.target += 1
-                                stats.tcp += 1
-                                if vlan:
-                                    stats.vlan += 1
-                                process(Packet(ts, src, dst, 6, sport, dport, flags, seq, ack, plen,
-                                               data[l4 + hl:end], vlan, False))
-                                return
-                        elif 8 <= ulen and l4 + ulen <= end <= n:
-                            stats.packets += 1
-                            stats.ipv4 += 1
-                            stats.target += 1
-                            stats.udp += 1
-                            if vlan:
-                                stats.vlan += 1
-                            process(Packet(ts, src, dst, 17, sport, dport, 0, 0, 0, ulen - 8,
-                                           data[l4 + 8:l4 + ulen], vlan, False))
-                            return
+        def handle(ts: int, data: bytes) -> None:
             p = decode(ts, data)
             if p is not None:
                 process(p)
-        return fast
+        return handle
 
     @property
     def packets(self) -> int:
@@ -200,50 +244,25 @@ class Decoder:
 
     # -- link layers ----------------------------------------------------------
     def _ethernet(self, ts: int, data: bytes) -> Packet | None:
-        st = self.stats
-        st.packets += 1
-        n = len(data)
-        if n < 14:
-            self._weird(ts, "ethernet_truncated", f"{n} bytes")
+        self.stats.packets += 1
+        if len(data) < 14:
+            self._weird(ts, "ethernet_truncated", f"{len(data)} bytes")
             return None
-        return self._ethertype(ts, data, 14, (data[12] << 8) | data[13])
+        return self._located(ts, data, locate(data, 14, (data[12] << 8) | data[13]))
 
     def _sll(self, ts: int, data: bytes) -> Packet | None:
         self.stats.packets += 1
         if len(data) < 16:
             self._weird(ts, "sll_truncated", f"{len(data)} bytes")
             return None
-        return self._ethertype(ts, data, 16, (data[14] << 8) | data[15])
+        return self._located(ts, data, locate(data, 16, (data[14] << 8) | data[15]))
 
     def _sll2(self, ts: int, data: bytes) -> Packet | None:
         self.stats.packets += 1
         if len(data) < 20:
             self._weird(ts, "sll2_truncated", f"{len(data)} bytes")
             return None
-        return self._ethertype(ts, data, 20, (data[0] << 8) | data[1])
-
-    def _ethertype(self, ts: int, data: bytes, off: int, et: int) -> Packet | None:
-        vlan = 0
-        tags = 0
-        while et in _VLAN_TPIDS:
-            if tags >= MAX_VLAN_TAGS:
-                self._weird(ts, "vlan_too_many_tags", str(tags + 1))
-                return None
-            if off + 4 > len(data):
-                self._weird(ts, "vlan_truncated", f"{len(data)} bytes")
-                return None
-            if not tags:
-                self.stats.vlan += 1
-                vlan = ((data[off] & 0x0F) << 8) | data[off + 1]
-            tags += 1
-            et = (data[off + 2] << 8) | data[off + 3]
-            off += 4
-        if et == 0x0800:
-            return self._ipv4(ts, data, off, vlan)
-        if et == 0x86DD:
-            return self._ipv6(ts, data, off, vlan)
-        self.stats.non_ip += 1
-        return None
+        return self._located(ts, data, locate(data, 20, (data[0] << 8) | data[1]))
 
     def _null(self, ts: int, data: bytes) -> Packet | None:
         # DLT_NULL: address family in the *capturing host's* byte order
@@ -264,9 +283,9 @@ class Decoder:
 
     def _family(self, ts: int, data: bytes, fam: int) -> Packet | None:
         if fam == 2:
-            return self._ipv4(ts, data, 4, 0)
+            return self._located(ts, data, locate(data, 4, ETHERTYPE_IPV4))
         if fam in _AF_INET6_BSD:
-            return self._ipv6(ts, data, 4, 0)
+            return self._located(ts, data, locate(data, 4, ETHERTYPE_IPV6))
         self.stats.non_ip += 1
         return None
 
@@ -277,91 +296,43 @@ class Decoder:
             return None
         v = data[0] >> 4
         if v == 4:
-            return self._ipv4(ts, data, 0, 0)
+            return self._located(ts, data, locate(data, 0, ETHERTYPE_IPV4))
         if v == 6:
-            return self._ipv6(ts, data, 0, 0)
+            return self._located(ts, data, locate(data, 0, ETHERTYPE_IPV6))
         self._weird(ts, "ip_bad_version", str(v))
         return None
 
     def _raw4(self, ts: int, data: bytes) -> Packet | None:
         self.stats.packets += 1
-        return self._ipv4(ts, data, 0, 0)
+        return self._located(ts, data, locate(data, 0, ETHERTYPE_IPV4))
 
     def _raw6(self, ts: int, data: bytes) -> Packet | None:
         self.stats.packets += 1
-        return self._ipv6(ts, data, 0, 0)
+        return self._located(ts, data, locate(data, 0, ETHERTYPE_IPV6))
 
-    # -- IP -------------------------------------------------------------------
-    def _ipv4(self, ts: int, data: bytes, off: int, vlan: int) -> Packet | None:
+    # -- VLAN and IP: ``locate``, counted and reported ---------------------------
+    def _located(self, ts: int, data: bytes, where: tuple) -> Packet | None:
+        why, tags, vlan, version, proto, l4, end, src, dst, frags = where
         st = self.stats
-        st.ipv4 += 1
-        n = len(data)
-        if off + 20 > n:
-            st.truncated += 1
-            self._weird(ts, "ipv4_truncated", f"{n - off} bytes of header")
-            return None
-        b0 = data[off]
-        ihl = (b0 & 0x0F) << 2
-        if b0 >> 4 != 4 or ihl < 20:
-            self._weird(ts, "ipv4_bad_header", f"byte0={b0:#x}")
-            return None
-        proto = data[off + 9]
-        if proto != 6 and proto != 17:
+        if tags:
+            st.vlan += 1
+        if version == 4:
+            st.ipv4 += 1
+        elif version == 6:
+            st.ipv6 += 1
+        if frags:
+            st.fragments += frags
+        if not why:
+            return self._transport(ts, data, l4, end, proto, src, dst, vlan)
+        if why == NOT_IP:
+            st.non_ip += 1
+        elif why == OTHER_PROTO:
             st.other_ip_proto += 1
-            return None
-        tot = (data[off + 2] << 8) | data[off + 3]
-        if tot < ihl:
-            self._weird(ts, "ipv4_bad_length", f"total={tot} ihl={ihl}")
-            return None
-        frag = ((data[off + 6] << 8) | data[off + 7]) & 0x3FFF
-        if frag:
-            st.fragments += 1
-            if frag & 0x1FFF:  # non-first fragment: no transport header
-                return None
-        l4 = off + ihl
-        end = off + tot
-        return self._transport(ts, data, l4, end, proto, data[off + 12:off + 16], data[off + 16:off + 20], vlan)
-
-    def _ipv6(self, ts: int, data: bytes, off: int, vlan: int) -> Packet | None:
-        st = self.stats
-        st.ipv6 += 1
-        n = len(data)
-        if off + 40 > n:
-            st.truncated += 1
-            self._weird(ts, "ipv6_truncated", f"{n - off} bytes of header")
-            return None
-        if data[off] >> 4 != 6:
-            self._weird(ts, "ipv6_bad_version", f"byte0={data[off]:#x}")
-            return None
-        nh = data[off + 6]
-        end = off + 40 + ((data[off + 4] << 8) | data[off + 5])
-        l4 = off + 40
-        hops = 0
-        while nh != 6 and nh != 17:
-            if nh in _IPV6_EXT or nh == 44 or nh == 51:
-                hops += 1
-                if hops > MAX_IPV6_EXT_HEADERS:
-                    self._weird(ts, "ipv6_too_many_ext_headers", str(hops))
-                    return None
-                if l4 + 8 > n:
-                    st.truncated += 1
-                    self._weird(ts, "ipv6_ext_truncated", f"next header {nh}")
-                    return None
-                if nh == 44:
-                    st.fragments += 1
-                    if ((data[l4 + 2] << 8) | data[l4 + 3]) & 0xFFF8:
-                        return None  # non-first fragment
-                    nxt, hl = data[l4], 8
-                elif nh == 51:
-                    nxt, hl = data[l4], (data[l4 + 1] + 2) << 2
-                else:
-                    nxt, hl = data[l4], (data[l4 + 1] + 1) << 3
-                nh = nxt
-                l4 += hl
-            else:
-                st.other_ip_proto += 1
-                return None
-        return self._transport(ts, data, l4, end, nh, data[off + 8:off + 24], data[off + 24:off + 40], vlan)
+        elif why != LATER_FRAGMENT:
+            if why in _TRUNCATED_WEIRDS:
+                st.truncated += 1
+            self._weird(ts, why, src)
+        return None
 
     # -- transport ------------------------------------------------------------
     def _transport(self, ts: int, data: bytes, l4: int, end: int, proto: int,

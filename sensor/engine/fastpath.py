@@ -46,29 +46,20 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Callable
 
-from sensor.engine.decode import LINKTYPE_ETHERNET, Decoder, Packet
+from sensor.engine.decode import LINKTYPE_ETHERNET, Decoder, Packet, locate, seq_unwrap
 from sensor.engine.flows import ESTABLISHED, PARTIAL, T_ATTEMPT, T_CLOSED, UDP_ACTIVE
 
 if TYPE_CHECKING:  # pragma: no cover
     from sensor.pipeline import Pipeline
 
-_IP4 = struct.Struct("!BxHxxHxBxx4s4s").unpack_from  # ver/ihl, total length, frag, proto, src, dst
 _TCP = struct.Struct("!HHIIBB").unpack_from        # sport dport seq ack off flags
 _UDP = struct.Struct("!HHH").unpack_from           # sport dport length
 # an untagged IPv4 header without options and its TCP header, from the total length on:
 # total length, fragment field, ports, seq, ack, data offset, flags
 _HDR4 = struct.Struct("!H2xH12xHHIIBB").unpack_from
-_IP6 = struct.Struct("!BxxxHBx16s16s").unpack_from  # ver/tc, payload length, next header, src, dst
 
 _M32 = 0xFFFFFFFF
-_HALF = 1 << 31
-_WRAP = 1 << 32
-_HI = ~_M32
-
 _ET_IP4 = b"\x08\x00"
-_ET_IP6 = b"\x86\xdd"
-_ET_8021Q = b"\x81\x00"
-_TPIDS = frozenset((b"\x81\x00", b"\x88\xa8", b"\x91\x00", b"\x92\x00"))  # decode._VLAN_TPIDS
 
 
 def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
@@ -85,14 +76,12 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
     ft = pipe.flows
     flows_get = ft.flows.get
     advance = ft.advance
-    seq_at = ft._seq_at
+    seq_at = ft.seq_at
     tcp_segment = ft.tcp_segment
     reused = ft.reused
-    ip4 = _IP4
     hdr4 = _HDR4
     ft.fast = {}
     fast_get = ft.fast.get
-    ip6 = _IP6
     tcp = _TCP
     udp = _UDP
 
@@ -132,52 +121,16 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
                     stats.target += 1
                     stats.ipv4 += 1
         if flow is None:
-            # -- link layer: up to two VLAN tags ------------------------------------
-            if et == _ET_IP4 or et == _ET_IP6:
-                off = 14
-                tags = vlan = 0
-            elif et in _TPIDS:
-                tags = 1 if et == _ET_8021Q else 2   # 2: not what decode.Decoder.handler takes inline
-                vlan = ((data[14] & 0x0F) << 8) | data[15]
-                et = data[16:18]
-                off = 18
-                if et in _TPIDS:
-                    tags = 2
-                    et = data[20:22]
-                    off = 22
-            else:
-                general(ts, data)
-                return
+            # -- VLAN tags and IP: the decoder's own walk (decode.locate) ----------------
             n = len(data)
-            # -- IP and transport headers -----------------------------------------
-            if et == _ET_IP4:
-                if n < off + 28:
-                    tags = 3
-                else:
-                    b0, tot, frag, proto, src, dst = ip4(data, off)
-                    ihl = (b0 & 0x0F) << 2
-                    l4 = off + ihl
-                    end = off + tot
-                    if not ((proto == 6 or proto == 17) and b0 >> 4 == 4 and ihl >= 20 and not frag & 0x3FFF
-                            and tot >= ihl and n >= l4 + (20 if proto == 6 else 8)):
-                        tags = 3
-                    # counted as the layered path counts it: its inline check
-                    # (decode.Decoder.handler) takes untagged or one 802.1Q tag and
-                    # 20 bytes of transport header, its general decoder the rest
-                    lay = tags == 2 or n < l4 + 20
-                v6 = False
-            elif et == _ET_IP6 and n >= off + 48:
-                b0, paylen, proto, src, dst = ip6(data, off)
-                l4 = off + 40
-                end = l4 + paylen
-                if b0 >> 4 != 6 or not (proto == 17 or proto == 6 and n >= l4 + 20):
-                    tags = 3
-                v6 = lay = True
-            else:
-                tags = 3
-            if tags == 3:    # anything else: the general path counts and reports it
+            if n < 14:
                 general(ts, data)
                 return
+            why, tags, vlan, ipv, proto, l4, end, src, dst, frags = locate(data, 14, (data[12] << 8) | data[13])
+            if why or frags or n < l4 + (20 if proto == 6 else 8):
+                general(ts, data)    # the general path counts and reports it
+                return
+            # -- transport header: which packets are wanted, as Decoder._transport --
             if proto == 6:
                 sport, dport, seq, ack, doff, flags = tcp(data, l4)
                 hl = (doff >> 4) << 2
@@ -185,42 +138,35 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
             else:
                 sport, dport, ulen = udp(data, l4)
                 wanted = sport in ports or dport in ports
-            if not wanted and not (hosts and (src, dst) in hosts):
-                if not lay:
-                    stats.fast_rejected += 1
+            if not wanted and hosts and (src, dst) in hosts:
+                wanted = True      # an FTPS session's host pair: any port
+            if wanted:
+                if proto == 6:
+                    plen = end - l4 - hl
+                    if hl < 20 or plen < 0 or end > n:
+                        general(ts, data)
+                        return
+                    stats.tcp += 1
                 else:
-                    stats.packets += 1
-                    stats.vlan += tags > 0
-                    if v6:
-                        stats.ipv6 += 1
-                    else:
-                        stats.ipv4 += 1
-                return
-            if proto == 6:
-                plen = end - l4 - hl
-                if hl < 20 or plen < 0 or end > n:
-                    general(ts, data)
-                    return
-                stats.tcp += 1
-            else:
-                if ulen < 8 or l4 + ulen > end or end > n:
-                    general(ts, data)
-                    return
-                stats.udp += 1
-                plen = ulen - 8
-                flags = seq = ack = 0
-                hl = 8
-                end = l4 + ulen
+                    if ulen < 8 or l4 + ulen > end or end > n:
+                        general(ts, data)
+                        return
+                    stats.udp += 1
+                    plen = ulen - 8
+                    flags = seq = ack = 0
+                    hl = 8
+                    end = l4 + ulen
+                stats.target += 1
+            # counted as Decoder._ethernet and Decoder._located count
             stats.packets += 1
-            stats.target += 1
-            if v6:
-                stats.ipv6 += 1
-            else:
-                stats.ipv4 += 1
-            if lay:
-                stats.vlan += tags > 0
-            elif vlan:      # as decode.Decoder.handler counts
+            if tags:
                 stats.vlan += 1
+            if ipv == 4:
+                stats.ipv4 += 1
+            else:
+                stats.ipv6 += 1
+            if not wanted:
+                return
             # -- flow table ---------------------------------------------------------
             if src < dst or (src == dst and sport <= dport):
                 flow = flows_get((proto, src, sport, dst, dport))
@@ -246,13 +192,8 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
                     c = "D" if from_orig else "d"
                     if c not in h:
                         flow.history = h + c
-                    rel = (seq - s.base) & _M32
                     hi = s.hi
-                    cand = rel + (hi & _HI)
-                    if cand - hi > _HALF:
-                        cand -= _WRAP
-                    elif hi - cand > _HALF:
-                        cand += _WRAP
+                    cand = seq_unwrap(seq, s.base, hi)
                     if cand == hi:
                         s.hi = hi + plen
                     else:
@@ -260,7 +201,7 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
                     ctx = flow.ctx
                     if ctx is not None:
                         a = ctx.analyzer
-                        if ctx.sni_buf is not None or ctx.probe_ftp:
+                        if ctx.tap is not None:
                             app_packet(flow, from_orig, ts, 6, flags, seq, ack, plen, data[l4 + hl:end])
                         elif a is not None and ctx.streams is not None and not ctx.stopped:
                             # AppLayer.segment for in-order data (Stream.in_order inline);
@@ -318,7 +259,7 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
             ctx = flow.ctx
             if ctx is not None:
                 a = ctx.analyzer
-                if ctx.sni_buf is not None or ctx.probe_ftp:
+                if ctx.tap is not None:
                     app_packet(flow, from_orig, ts, 17, 0, 0, 0, plen, data[l4 + 8:end])
                 elif a is not None and not ctx.stopped:
                     # AppLayer.segment for a datagram

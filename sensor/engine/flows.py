@@ -33,7 +33,7 @@ from typing import Callable, Collection
 
 from sensor.core.config import Config
 from sensor.core.counters import Counters
-from sensor.engine.decode import ACK, FIN, RST, SYN, Packet
+from sensor.engine.decode import ACK, FIN, RST, SYN, Packet, seq_unwrap
 
 # endpoint states (Zeek's TCP_*)
 INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
@@ -43,8 +43,6 @@ UDP_INACTIVE, UDP_ACTIVE = 0, 1
 T_ATTEMPT, T_ESTABLISHED, T_CLOSED, T_UDP = range(4)
 
 _M32 = 0xFFFFFFFF
-_HALF = 1 << 31
-_WRAP = 1 << 32
 
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
@@ -559,16 +557,9 @@ class FlowTable:
         if not s.seen_seq:
             s.base = seq
             s.seen_seq = True
-        rel = (seq - s.base) & _M32
-        hi = s.hi
-        cand = rel + (hi & ~_M32)
-        if cand - hi > _HALF:
-            cand -= _WRAP
-        elif hi - cand > _HALF:
-            cand += _WRAP
-        self._seq_at(flow, s, cand, plen, ts)
+        self.seq_at(flow, s, seq_unwrap(seq, s.base, s.hi), plen, ts)
 
-    def _seq_at(self, flow: Flow, s: Side, cand: int, plen: int, ts: int) -> None:
+    def seq_at(self, flow: Flow, s: Side, cand: int, plen: int, ts: int) -> None:
         """``_seq`` once the segment's unwrapped relative offset ``cand`` is known."""
         hi = s.hi
         end = cand + plen

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sensor.core.frozen import frozen
+from sensor.engine.decode import seq_unwrap
 
 _M32 = 0xFFFFFFFF
-_HALF = 1 << 31
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +53,7 @@ class Stream:
             self.started = True
 
     def _offset(self, seq: int) -> int:
-        rel = (seq - self.base) & _M32
-        cand = rel + (self.next & ~_M32)
-        if cand - self.next > _HALF:
-            cand -= 1 << 32
-        elif self.next - cand > _HALF:
-            cand += 1 << 32
-        return cand
+        return seq_unwrap(seq, self.base, self.next)
 
     def in_order(self, seq: int, payload: bytes) -> bytes | None:
         """Fast path: ``payload`` if it is exactly the next data and nothing
