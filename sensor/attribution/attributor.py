@@ -69,14 +69,14 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime, timezone
+from typing import Callable, Hashable, Iterable
 
 import psutil
 
 from sensor.attribution.sockdiag import PROTO_TCP, PROTO_UDP, STATE_LISTEN, STATE_TIME_WAIT, SockDiag
+from sensor.engine.decode import ETHERTYPE_IPV4, ETHERTYPE_IPV6, VLAN_TPIDS, locate
 
 __all__ = [
     "Attribution", "Attributor", "AsyncAttributor", "AttributorConfig", "ProcInfo",
@@ -131,7 +131,7 @@ class Attribution:
         """The fields as a dict (for a record's columns)."""
         return asdict(self)
 
-    def linked(self) -> Attribution:
+    def linked(self) -> "Attribution":
         """This attribution, inherited by a linked connection (FTP data, TFTP transfer)."""
         return replace(self, AttributionSource=SOURCE_LINKED)
 
@@ -258,7 +258,7 @@ _PF_KTHREAD = 0x200000
 def _iso(ts: float) -> str:
     if not ts:
         return ""
-    dt = datetime.fromtimestamp(ts, tz=UTC)
+    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
     return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{dt.microsecond:06d}Z"
 
 
@@ -333,7 +333,7 @@ class Attributor:
         return res
 
     def metrics(self) -> dict:
-        m: dict[str, Any] = dict(self.counters)
+        m = dict(self.counters)
         m["by_detail"] = dict(self.details)
         m["latency"] = self.latency.summary()
         m["scan_latency"] = self.scan_latency.summary()
@@ -848,7 +848,7 @@ class AsyncAttributor:
     def attributor(self) -> Attributor | None:
         return self._att
 
-    def start(self) -> AsyncAttributor:
+    def start(self) -> "AsyncAttributor":
         if self._thread is None:
             self._stop.clear()
             ready = threading.Event()
@@ -866,7 +866,7 @@ class AsyncAttributor:
         if self._att is not None:
             self._att.close()
 
-    def __enter__(self) -> AsyncAttributor:
+    def __enter__(self) -> "AsyncAttributor":
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -957,7 +957,7 @@ class AsyncAttributor:
         return len(self._pending)
 
     def metrics(self) -> dict:
-        m: dict[str, Any] = dict(self.counters)
+        m = dict(self.counters)
         m["queue_depth"] = self._q.qsize()
         m["delay"] = self.delay.summary()
         if self._att is not None:
@@ -988,8 +988,6 @@ class AsyncAttributor:
 # -- first-packet tap ------------------------------------------------------------
 
 ETH_P_ALL = 0x0003
-ETH_P_8021Q = 0x8100
-ETH_P_8021AD = 0x88A8
 PACKET_HOST = 0
 PACKET_OUTGOING = 4
 SOL_PACKET = 263
@@ -1077,10 +1075,6 @@ class FirstPacketTap:
         """One packet (network header first, as AF_PACKET/SOCK_DGRAM gives it):
         the 5-tuple of a connection start not seen before, else None."""
         self.counters["packets"] += 1
-        if ethertype in (ETH_P_8021Q, ETH_P_8021AD):      # a tag the NIC did not strip
-            while len(pkt) >= 4 and ethertype in (ETH_P_8021Q, ETH_P_8021AD):
-                ethertype = (pkt[2] << 8) | pkt[3]
-                pkt = pkt[4:]
         if pkttype == PACKET_OUTGOING:
             local_is_src = True
         elif pkttype == PACKET_HOST:
@@ -1088,27 +1082,12 @@ class FirstPacketTap:
         else:
             self.counters["ignored"] += 1
             return None
+        if ethertype not in VLAN_TPIDS and pkt:     # untagged: the IP version says which
+            ethertype = {4: ETHERTYPE_IPV4, 6: ETHERTYPE_IPV6}.get(pkt[0] >> 4, ethertype)
+        # VLAN tags the NIC did not strip, IPv4 (a first fragment at most), IPv6: the decoder's walk
+        why, _, _, ver, proto, l4, _, src, dst, _ = locate(pkt, 0, ethertype)
         n = len(pkt)
-        if n < 20:
-            self.counters["ignored"] += 1
-            return None
-        ver = pkt[0] >> 4
-        if ver == 4:
-            ihl = (pkt[0] & 15) * 4
-            proto = pkt[9]
-            if ihl < 20 or (pkt[6] & 0x1F) or pkt[7]:     # not a first fragment
-                self.counters["ignored"] += 1
-                return None
-            src, dst, l4 = pkt[12:16], pkt[16:20], ihl
-            fam = socket.AF_INET
-        elif ver == 6 and n >= 40:
-            proto = pkt[6]
-            src, dst, l4 = pkt[8:24], pkt[24:40], 40
-            fam = socket.AF_INET6
-        else:
-            self.counters["ignored"] += 1
-            return None
-        if n < l4 + 14 if proto == PROTO_TCP else n < l4 + 8:
+        if why or (n < l4 + 14 if proto == PROTO_TCP else n < l4 + 8):
             self.counters["ignored"] += 1
             return None
         if proto == PROTO_TCP:
@@ -1123,6 +1102,7 @@ class FirstPacketTap:
             return None
         sport = (pkt[l4] << 8) | pkt[l4 + 1]
         dport = (pkt[l4 + 2] << 8) | pkt[l4 + 3]
+        fam = socket.AF_INET if ver == 4 else socket.AF_INET6
         s_ip, d_ip = socket.inet_ntop(fam, src), socket.inet_ntop(fam, dst)
         key = (proto, s_ip, sport, d_ip, dport) if local_is_src else (proto, d_ip, dport, s_ip, sport)
         now = self.clock()
@@ -1138,7 +1118,7 @@ class FirstPacketTap:
         return key
 
     # -- the socket ----------------------------------------------------------------
-    def open(self) -> FirstPacketTap:
+    def open(self) -> "FirstPacketTap":
         """Open the socket now (raises OSError without CAP_NET_RAW, or when
         the BPF does not compile)."""
         s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
@@ -1203,7 +1183,7 @@ class FirstPacketTap:
         self.counters["submit_drops"] += 1
         return 0
 
-    def start(self) -> FirstPacketTap:
+    def start(self) -> "FirstPacketTap":
         """Open (if needed) and read on a thread of its own."""
         if self._sock is None:
             self.open()
@@ -1256,7 +1236,7 @@ class FirstPacketTap:
         while not self._stop.is_set():
             try:
                 data, addr = s.recvfrom(TAP_SNAPLEN)
-            except (TimeoutError, InterruptedError):
+            except (socket.timeout, TimeoutError, InterruptedError):
                 continue
             except OSError:
                 if self._stop.is_set():
@@ -1291,7 +1271,7 @@ class FirstPacketTap:
         m["sched"] = self.sched_applied
         return m
 
-    def __enter__(self) -> FirstPacketTap:
+    def __enter__(self) -> "FirstPacketTap":
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -1355,7 +1335,7 @@ class AttributionHelper:
         self.child_metrics: dict = {}
         self.counters = {"results": 0, "result_drops": 0, "collected": 0, "bad_lines": 0}
 
-    def start(self, timeout: float = 10.0) -> AttributionHelper:
+    def start(self, timeout: float = 10.0) -> "AttributionHelper":
         if self._proc is not None:
             return self
         pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -1368,7 +1348,7 @@ class AttributionHelper:
         self._reader.start()
         if not self._ready.wait(timeout) or self._proc.poll() is not None:
             rc = self._proc.poll()
-            err = self._proc.stderr.read() if rc is not None and self._proc.stderr is not None else "no answer"
+            err = self._proc.stderr.read() if rc is not None else "no answer"
             self.stop()
             raise OSError(f"attribution helper did not start ({rc}): {err.strip()[-500:]}")
         return self
@@ -1469,7 +1449,7 @@ class AttributionHelper:
             p.stderr.close()
         self._proc = None
 
-    def __enter__(self) -> AttributionHelper:
+    def __enter__(self) -> "AttributionHelper":
         return self.start()
 
     def __exit__(self, *exc) -> None:
