@@ -201,7 +201,7 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
                     ctx = flow.ctx
                     if ctx is not None:
                         a = ctx.analyzer
-                        if ctx.tap is not None:
+                        if ctx.sni_buf is not None or ctx.probe_ftp:
                             app_packet(flow, from_orig, ts, 6, flags, seq, ack, plen, data[l4 + hl:end])
                         elif a is not None and ctx.streams is not None and not ctx.stopped:
                             # AppLayer.segment for in-order data (Stream.in_order inline);
@@ -259,7 +259,7 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
             ctx = flow.ctx
             if ctx is not None:
                 a = ctx.analyzer
-                if ctx.tap is not None:
+                if ctx.sni_buf is not None or ctx.probe_ftp:
                     app_packet(flow, from_orig, ts, 17, 0, 0, 0, plen, data[l4 + 8:end])
                 elif a is not None and not ctx.stopped:
                     # AppLayer.segment for a datagram
