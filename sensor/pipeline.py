@@ -15,7 +15,7 @@ from sensor.core.config import Config
 from sensor.engine.decode import LINKTYPE_ETHERNET, DecodeStats, Decoder, Packet
 from sensor.detect.detector import Detector
 from sensor.attribution.book import AttributionBook
-from sensor.engine.dispatch import AppLayer
+from sensor.engine.dispatch import Dispatcher
 from sensor.engine.fastpath import ethernet_handler
 from sensor.engine.flows import Flow, FlowTable
 from sensor.engine.ports import PortSet
@@ -47,7 +47,7 @@ class Pipeline:
         self.ports: set[int] = self.portset.ports
         self.decode_stats = DecodeStats()
         self.flows = FlowTable(config, self._flow_ended, self._flow_weird)
-        self.app = AppLayer(frozenset(config.tracked_ports), self.portset, sink.emit, self._weird)
+        self.app = Dispatcher(frozenset(config.tracked_ports), self.portset, sink.emit, self._weird)
         self.flows.admit = self.app.admit
         self.flows.on_new = self._flow_started
         self.flows.on_tick = self.app.expire
@@ -89,19 +89,8 @@ class Pipeline:
         """``_packet`` once the flow table's clock is at ``now``."""
         f = self.flows.account(p, now)
         if f is not None:
-            self._app_packet(f, p.src == f.orig_b and p.sport == f.orig_p, p.ts, p.proto, p.flags, p.seq,
-                             p.ack, p.plen, p.payload)
-
-    def _app_packet(self, f: Flow, from_orig: bool, ts: int, proto: int, flags: int, seq: int, ack: int,
-                    plen: int, payload: bytes) -> None:
-        st = f.ctx
-        if st is None:
-            if f.analyzer is None or not (plen or proto == 17):
-                return
-            st = self.app.attach(f)
-        if st is not None and ((st.analyzer is not None and not st.stopped) or st.sni_buf is not None
-                               or st.probe_ftp):
-            self.app.segment(f, from_orig, ts, flags, seq, ack, plen, payload)
+            self.app.packet(f, p.src == f.orig_b and p.sport == f.orig_p, p.ts, p.proto, p.flags, p.seq,
+                            p.ack, p.plen, p.payload)
 
     def capture_filters(self) -> list[str | None]:
         """BPF filters to try, best first (see sensor/engine/bpf.py)."""
@@ -122,22 +111,13 @@ class Pipeline:
     # -- events ---------------------------------------------------------------
     def _flow_started(self, flow: Flow, match: object) -> None:
         self.app.flow_started(flow, match)
-        self.app.child_started(flow)
 
     def _flow_ended(self, flow: Flow) -> None:
-        st = flow.ctx
-        if st is not None:
-            self.app.flow_ending(flow)
-            if st.children > 0:
-                st.held = True         # its record waits for its data channels / transfer
-            else:
-                self._emit_connection(flow)
-            parent = self.app.child_ended(flow)
-            if parent is not None:
-                parent.ctx.held = None
-                self._emit_connection(parent)
-        else:
+        if not self.app.flow_ending(flow):   # else its record waits for its data channels / transfer
             self._emit_connection(flow)
+        parent = self.app.child_ended(flow)
+        if parent is not None:                # its last child ended: its record is complete
+            self._emit_connection(parent)
 
     def _emit_connection(self, flow: Flow) -> None:
         att = None
@@ -173,8 +153,7 @@ class Pipeline:
             own = self.book.take(self.records.local_key(flow), flow.first_ts)
             if own is not None:
                 self._own[flow] = own
-        st = flow.ctx
-        parent = st.parent if st is not None else None
+        parent = self.app.parent_of(flow)
         a = own
         if parent is not None:
             pa = self._attribution(parent)

@@ -1,7 +1,7 @@
 """The pipeline's per-packet path for Ethernet frames, fused into one function.
 
 The layered path (``Decoder`` -> ``Pipeline._packet`` -> ``FlowTable.process``
--> ``FlowTable._tcp`` -> ``AppLayer.packet``) costs half a dozen Python calls
+-> ``FlowTable._tcp`` -> ``Dispatcher.packet``) costs half a dozen Python calls
 and a :class:`~sensor.engine.decode.Packet` per packet. Most packets are ordinary
 segments of a flow already known, and need far less. This handler does, in
 one function:
@@ -67,9 +67,9 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
     dec = Decoder(LINKTYPE_ETHERNET, pipe.ports, pipe.decode_stats, pipe._decode_weird, pipe.portset.hosts)
     decode = dec.decode          # the general path (Decoder._ethernet)
     packet_at = pipe._packet_at  # the layered path after the clock moved
-    app_packet = pipe._app_packet
+    app_packet = pipe.app.packet
     app_segment = pipe.app.segment
-    app_events = pipe.app._events
+    app_events = pipe.app.events
     ports = pipe.ports
     hosts = pipe.portset.hosts
     stats = pipe.decode_stats
@@ -201,10 +201,10 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
                     ctx = flow.ctx
                     if ctx is not None:
                         a = ctx.analyzer
-                        if ctx.sni_buf is not None or ctx.probe_ftp:
+                        if ctx.tap is not None:
                             app_packet(flow, from_orig, ts, 6, flags, seq, ack, plen, data[l4 + hl:end])
                         elif a is not None and ctx.streams is not None and not ctx.stopped:
-                            # AppLayer.segment for in-order data (Stream.in_order inline);
+                            # Dispatcher.segment for in-order data (Stream.in_order inline);
                             # without an analyzer (a data channel) there is nothing to do
                             st = ctx.streams[0] if from_orig else ctx.streams[1]
                             nxt = st.next
@@ -259,10 +259,10 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
             ctx = flow.ctx
             if ctx is not None:
                 a = ctx.analyzer
-                if ctx.sni_buf is not None or ctx.probe_ftp:
+                if ctx.tap is not None:
                     app_packet(flow, from_orig, ts, 17, 0, 0, 0, plen, data[l4 + 8:end])
                 elif a is not None and not ctx.stopped:
-                    # AppLayer.segment for a datagram
+                    # Dispatcher.segment for a datagram
                     evs = (a.receive_ts if from_orig else a.receive_tc)(data[l4 + 8:end], ts)
                     if evs:
                         app_events(flow, evs)

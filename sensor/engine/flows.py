@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import socket
-from typing import Callable, Collection
+from typing import Any, Callable, Collection
 
 from sensor.core.config import Config
 from sensor.core.counters import Counters
@@ -101,8 +101,8 @@ class Flow:
         self.flipped = False
         self.end_reason = ""
         self.app = ""          # application protocol, when known
-        self.analyzer = None   # app.PENDING until the first payload attaches the analyzer
-        self.ctx = None        # pipeline data (expectation parent etc.)
+        self.analyzer: str | None = None   # dispatch.PENDING until the first payload attaches its session
+        self.ctx: Any = None               # the application layer's state (dispatch.AppState)
         self.weirds = 0
         self._orig_h = None
         self._resp_h = None

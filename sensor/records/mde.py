@@ -10,9 +10,11 @@ from typing import Any
 from sensor.records.communityid import community_id_v1
 from sensor.core.config import Config
 from sensor.attribution.book import ENDPOINT_FIELDS
+from sensor.engine.dispatch import AppState
 from sensor.engine.flows import Flow
 from sensor.core.iptype import IpTyper, NetSet
-from sensor.core.timefmt import MAX_TS_US, iso_us  # noqa: F401  (re-exported: importers of records.mde)
+from sensor.core.timefmt import MAX_TS_US as MAX_TS_US  # re-exported: importers of records.mde
+from sensor.core.timefmt import iso_us as iso_us
 
 RECORD_FIELDS = (
     "Timestamp", "DeviceName", "ActionType", "LocalIP", "LocalPort", "RemoteIP", "RemotePort",
@@ -68,7 +70,7 @@ class RecordBuilder:
     def build(self, flow: Flow, att: Any = None) -> dict:
         """The connection's record; ``att`` its ``Attribution`` (endpoint mode)."""
         outbound = self.device_is_orig(flow)
-        st = flow.ctx
+        st: AppState | None = flow.ctx   # its read API: user, fields, files, child_*, parent_uid
         if outbound:
             lip, lport, rip, rport, sent, recv = flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p, flow.o, flow.r
         else:
@@ -85,8 +87,7 @@ class RecordBuilder:
             user = st.user
             # children's bytes are kept from the parent's originator's view
             data_sent, data_recv = (st.child_sent, st.child_recv) if outbound else (st.child_recv, st.child_sent)
-            if st.parent is not None:
-                parent_uid = st.parent.uid
+            parent_uid = st.parent_uid
             if st.fields:
                 fields = dict(st.fields)
                 parent_uid = parent_uid or fields.pop("ParentUid", "")

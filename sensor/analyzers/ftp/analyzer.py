@@ -217,15 +217,12 @@ import ipaddress
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Union
+from typing import Final, Union
 
-from sensor.core.events import NEED_DATA, Event, ExpectConnection, Weird
+from sensor.core.events import NEED_DATA, Event, ExpectConnection, NeedData, Weird
 from sensor.core.frozen import frozen
 from sensor.core.iptype import parse_address
 from sensor.analyzers.base import Analyzer, ConnInfo
-
-if TYPE_CHECKING:
-    from sensor.core.events import _NeedData
 
 __all__ = [
     "FtpLimits", "DEFAULT_LIMITS",
@@ -751,7 +748,7 @@ class _ParserBase:
     def receive_data(self, data: bytes) -> None:
         self._lines.feed(data)
 
-    def next_event(self) -> CommandLine | ReplyMessage | ParseIssue | TlsStart | _NeedData:
+    def next_event(self) -> CommandLine | ReplyMessage | ParseIssue | TlsStart | NeedData:
         while not self._out:
             if self.expect_tls and self._lines.next_byte() == 0x16:
                 self._lines.reset()
