@@ -19,6 +19,7 @@ PLUGIN_PACKAGES: tuple[str, ...] = (
     "sensor.analyzers.ftp",
     "sensor.analyzers.smb",
     "sensor.analyzers.tls",
+    "sensor.analyzers.tftp",
 )
 
 
