@@ -28,8 +28,10 @@ deep into real sessions), mutates them and feeds them in-process through
 - configuration: the defaults, the demo's (alerts fire), or tight limits
   (tiny max_flows, window keys, seq jump, timeouts: every eviction path).
 
-A crash is any exception escaping the pipeline (``handler``, ``finish()``)
-or the serialisation of a record (``sensor.outputs.to_line``), a record that
+A crash is any exception escaping the pipeline (``handler``, ``finish()``),
+an analyzer's internal-error weird (``*_analyzer_error``: the analyzer caught
+a bug of its own and turned it into a weird instead of raising), or the
+serialisation of a record (``sensor.records.encode.to_line``), a record that
 is not exactly one JSON line, a broken invariant (flows above max_flows,
 flows left after finish(), negative byte counts, window keys above the
 cap), or a batch whose output differs between two replays (checked every
@@ -80,6 +82,16 @@ CRASH_DIR = Path(__file__).resolve().parent / "crashes"
 MAX_SAVES_PER_SIGNATURE = 3
 
 TRACKED = (20, 21, 69, 139, 445, 990, 989)
+
+# An analyzer that catches an exception of its own (its "never raise" contract)
+# reports it as a weird named <analyzer>_analyzer_error (smb_analyzer_error):
+# a bug, not an anomaly of the traffic -- a crash here and in the tests.
+INTERNAL_ERROR_SUFFIX = "_analyzer_error"
+
+
+def is_internal_error(weird_name: str) -> bool:
+    """Is this weird an analyzer's caught internal error (a bug)?"""
+    return weird_name.endswith(INTERNAL_ERROR_SUFFIX)
 PCAP_TS_MAX = (1 << 32) * 1_000_000 - 1          # classic pcap: u32 seconds + usec
 PCAPNG_TS_MAX = (1 << 64) - 1                     # pcapng EPB: u64 in (default) microseconds
 
@@ -594,9 +606,14 @@ PRESETS = {
 }
 
 
+class AnalyzerInternalError(AssertionError):
+    """An analyzer's internal-error weird reached the records."""
+
+
 class CheckingSink:
     """Serialises every record as the JsonlSink would and checks it is one
-    valid JSON line; keeps the lines when asked (determinism check)."""
+    valid JSON line; keeps the lines when asked (determinism check). An
+    analyzer's internal-error weird raises at the packet that caused it."""
 
     def __init__(self, keep: bool) -> None:
         self.keep = keep
@@ -620,6 +637,8 @@ class CheckingSink:
         elif kind == "transfers":
             if not isinstance(back.get("Bytes"), int) or back["Bytes"] < 0:
                 raise AssertionError(f"transfer record Bytes={back.get('Bytes')!r}")
+        elif kind == "weird" and is_internal_error(str(back.get("Name", ""))):
+            raise AnalyzerInternalError(f"{back['Name']}: {back.get('Detail', '')}")
         self.count += 1
         if self.keep:
             self.lines.append(kind.encode() + b" " + line)

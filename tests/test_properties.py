@@ -1,5 +1,7 @@
 """Hypothesis properties of the packet path: the only allowed failure is the
-sensor's own anomaly path (weird callbacks and records), never an exception.
+sensor's own anomaly path (weird callbacks and records), never an exception --
+and never an analyzer's internal-error weird (``*_analyzer_error``, e.g.
+``smb_analyzer_error``): that is an exception the analyzer caught, a bug.
 
 - the decoder, for every supported link type (and an unknown one), on
   arbitrary bytes and on mutated real frames, through ``decode`` and through
@@ -30,7 +32,7 @@ from sensor.analyzers.smb import SmbAnalyzer
 from sensor.analyzers.tftp import TftpRequestAnalyzer, TftpTransferAnalyzer
 from sensor.core.config import config_from_dict
 from sensor.engine.decode import SUPPORTED_LINKTYPES, Decoder, Packet
-from sensor.core.events import Event
+from sensor.core.events import Event, Weird
 from sensor.engine.flows import FlowTable
 from sensor.records.encode import to_line
 from sensor.io.sinks import MemorySink
@@ -276,6 +278,9 @@ def test_analyzers_never_raise(which, calls, ts0):
             evs += a.gap(arg[0], arg[1], ts)
     evs += a.close(ts0 + len(calls))
     assert all(isinstance(e, Event) for e in evs)
+    # a caught exception of the analyzer's own is a bug, not an anomaly of the input
+    internal = [e for e in evs if isinstance(e, Weird) and mutate.is_internal_error(e.name)]
+    assert not internal, internal
 
 
 # --------------------------------------------------------------------------
@@ -292,6 +297,8 @@ def _run_pipeline(frames: list[tuple[int, int, bytes]]) -> MemorySink:
     for lt, ts, data in frames:
         pipe.handler_for(lt)(ts, data)
     pipe.finish()
+    internal = {n: c for n, c in pipe.weird_counts.items() if mutate.is_internal_error(n)}
+    assert not internal, (internal, [w for w in sink.records["weird"] if mutate.is_internal_error(w["Name"])])
     for kind, recs in sink.records.items():
         for rec in recs:
             line = to_line(rec)
