@@ -1,119 +1,16 @@
 """SMB analyzer (sans-IO): NetBIOS session service, SMB1 and SMB2/3 on TCP 445/139.
 
-Bytes and packet time in, events out; no sockets, files or clocks.
+Bytes and packet time in, events out; no sockets, files or clocks. Layers:
+the per-direction NetBIOS framer (:class:`NbssFramer`, h11 style, with
+``find_frame_start`` to resynchronise), the SMB1/SMB2 command parsers, and
+the session :class:`SmbAnalyzer` (``receive_ts``/``receive_tc``, ``gap``,
+``close``, ``probe_ts``/``probe_tc``). Bounds: :class:`SmbLimits` (PDU
+size -- READ/WRITE data is counted from headers, never buffered -- open
+files, pending requests, trees, sessions, name lengths, dialects).
+Malformed input is a named Weird; nothing raises.
 
-Public API
-==========
-
-``SmbAnalyzer(conn: ConnInfo, limits: SmbLimits | None = None, *, midstream=False)``
-    (``name = "smb"``) The :class:`sensor.analyzers.base.Analyzer` for one TCP
-    connection to port 445 (direct TCP) or 139 (NetBIOS session service).
-    ``receive_ts`` / ``receive_tc`` take in-order payload of one direction,
-    ``gap`` reports missing bytes, ``close`` flushes per-file and per-tree
-    summaries (later calls return []). None of them raises: malformed input
-    becomes a named :class:`Weird` (``analyzer="smb"``). ``stats``
-    (:class:`SmbStats`) holds counters. ``midstream=True`` (the pipeline saw
-    no SYN) scans for the first frame quietly; otherwise a direction whose
-    first bytes fail the strict frame-start check gets ``smb_midstream_pickup``
-    and is rescanned the same way.
-
-``SmbAnalyzer.probe_ts(data, *, midstream=False) -> bool | None`` / ``probe_tc``
-    Static, same shape as the FTP analyzer's: do these first bytes of a
-    direction look like SMB? True / False / None (need more bytes). A frame
-    start is a NetBIOS session message header followed by ``\\xfeSMB`` /
-    ``\\xffSMB`` / ``\\xfdSMB`` / ``\\xfcSMB`` with a consistent SMB header,
-    or a NetBIOS session request (to the server) / response (to the client).
-    With ``midstream=True``: True once a frame start appears anywhere, else
-    None (SMB data PDUs can be megabytes long, so never a firm False).
-
-``find_frame_start(data, to_server) -> int``
-    Offset of the first plausible frame start, or -1: the scan the framer uses
-    to resynchronise after mid-stream pickup or a gap.
-
-``NbssFramer(to_server: bool, max_pdu_size: int)``
-    The per-direction h11-style parser underneath (usable on its own):
-    ``receive_data(bytes)``; ``next_event()`` returns an :class:`NbssMessage`,
-    a :class:`FramerNotice` (named anomaly) or ``NEED_DATA``; ``gap(n) -> bool``
-    (True: still in sync); ``close() -> FramerNotice | None``.
-
-``SmbLimits`` (frozen; every buffer and table is bounded)
-    ``max_pdu_size`` (256 KiB): largest NetBIOS message buffered whole. A larger
-    one keeps only its first 128 bytes and the rest is skipped by counting,
-    never buffered (Weird ``smb_pdu_too_large``). SMB2 READ responses, SMB2
-    WRITE requests, SMB1 READ_ANDX responses, WRITE_ANDX requests (not chained)
-    and transform frames are always handled this way whatever their size:
-    their byte counts come from header fields, so file data is never buffered.
-    ``max_open_files`` (1024): FileId → file table; the oldest is evicted and
-    summarised (``closed=False``), Weird ``smb_too_many_open_files``.
-    ``max_pending_requests`` (512): MessageId → request awaiting its response;
-    oldest dropped, Weird ``smb_too_many_pending_requests``.
-    ``max_trees`` (256), ``max_sessions`` (64): TreeId / SessionId tables.
-    ``max_name_length`` (1024): every decoded string (paths, names, user,
-    NetBIOS names) is capped; the event's ``truncated`` flag is then True.
-    ``max_dialects`` (64): dialects / negotiate contexts examined.
-
-Events (frozen dataclasses, ``ts`` is packet time in µs)
-    ``SmbNetbiosSession(called_name, calling_name, accepted, error)``: port 139
-    session request (names decoded as ``10.77.0.2<20>``, scope appended as
-    ``.scope``) and its response; ``accepted`` None when no response was seen.
-    ``SmbNegotiate(dialects_offered, dialect, cipher, netname, status, truncated)``:
-    dialect names "SMB 2.0.2", "SMB 2.1", "SMB 3.0", "SMB 3.0.2", "SMB 3.1.1",
-    "SMB 2.???" (0x02FF wildcard), SMB1 strings ("NT LM 0.12"); ``cipher`` is
-    the 3.1.1 encryption context the server chose, ``netname`` the server name
-    from the client's NETNAME context. Emitted at the response (or at close).
-    ``SmbSessionSetup(user, domain, workstation, status, session_id, auth,
-    anonymous, guest, encrypt_data, truncated)``: one per authentication
-    attempt, at its final response (status "" if none was seen). ``auth`` is
-    "ntlmssp", "kerberos", "plaintext" (SMB1 without extended security) or
-    "unknown". Only the NTLM AUTHENTICATE names are kept, never challenge
-    responses, hashes or keys.
-    ``SmbTreeConnect(path, tree_id, share_type, status, user, truncated)``:
-    share_type "disk" | "pipe" | "print" | "".
-    ``SmbFileOpen(name, file_id, tree, status, disposition, access,
-    create_action, size, is_dir, user, truncated)``: CREATE / NT_CREATE_ANDX
-    paired with its response. ``file_id`` is hex ("" when the open failed);
-    ``disposition`` e.g. "FILE_OVERWRITE_IF"; ``access`` hints, a sorted tuple
-    of "read", "write", "append", "delete", "execute", "all", "maximum";
-    ``create_action`` "opened" | "created" | "overwritten" | "superseded" | "";
-    ``size`` the end-of-file the server reported.
-    ``SmbFileSummary(name, file_id, tree, bytes_read, bytes_written, reads,
-    writes, direction, closed, is_dir, error, user, truncated)``: at the CLOSE
-    response, at connection close, or on eviction. ``bytes_read`` is what the
-    client received (READ response DataLength), ``bytes_written`` what it sent
-    (WRITE request Length). ``direction`` "download" | "upload" | "both" |
-    "none". ``error`` the first failing READ/WRITE status.
-    ``SmbTreeSummary(path, tree_id, bytes_read, bytes_written, files_opened,
-    disconnected)``: at the TREE_DISCONNECT response or at close.
-    ``SmbEncrypted(session_id, cipher)``: the first SMB3 transform header
-    (``\\xfdSMB``) of the connection. Contents are not parsed.
-    ``SmbCompressed(algorithm, chained)``: the first compression transform.
-    ``SmbEncryptedSummary(frames_ts, frames_tc, bytes_ts, bytes_tc)``: at close
-    when encryption was seen (bytes of the whole frames: NetBIOS and
-    transform headers included).
-
-Weird names: ``smb_midstream_pickup`` (a direction does not start on a frame),
-``smb_malformed_header`` (bad NetBIOS or SMB header, bad NextCommand or AndX
-chain: the framer rescans), ``smb_malformed_command`` (a command body does not
-fit its message), ``smb_malformed_ntlmssp``, ``netbios_malformed_session_request``,
-``smb_pdu_too_large``, ``smb_content_gap``, ``smb_truncated_pdu`` (connection
-ended inside a message), ``smb_too_many_pending_requests``,
-``smb_too_many_open_files``, ``smb_too_many_trees``, ``smb_too_many_sessions``,
-``smb_analyzer_error`` (a bug was caught; tests assert it never appears).
-Table-overflow weirds are reported once per connection.
-
-Framing: NetBIOS session service (RFC 1002) 4-byte headers. Control messages
-(0x81 request, 0x82 positive, 0x83 negative, 0x84 retarget, 0x85 keepalive)
-use 1 flag bit + 16 length bits. Session messages (type 0x00) are read with a
-24-bit length on both ports (MS-SMB2 2.1 direct TCP). The RFC's 17 bits are
-the low bits of it, so conformant headers read the same, and an SMB2 message
-over 128 KiB on 139 (possible once the negotiated read/write sizes exceed it)
-is not taken for a bad header. (In the lab captures smbclient used 64 KiB
-reads on 139; on 445 Samba answered a 3 MB READ in one message.)
-
-Not done: decryption and decompression, SMB1 transactions (TRANS/TRANS2/NT_TRANS),
-SMB2 IOCTL/QUERY_DIRECTORY/SET_INFO (renames, deletes), RDMA channels,
-multichannel across connections, durable-handle reconnects, Kerberos principal
-names (only "kerberos" is reported).
+Specification -- API, limits, events, weird names, framing, what is not
+done: docs/analyzers/smb.md.
 """
 from __future__ import annotations
 

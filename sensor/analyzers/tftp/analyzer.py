@@ -1,89 +1,16 @@
 """TFTP analyzer (RFC 1350 + option extensions RFC 2347/2348/2349/7440), sans-IO.
 
-One TFTP transfer is two UDP flows: the request to port 69, and the transfer
-itself, which the server answers FROM A NEW EPHEMERAL PORT TO THE CLIENT'S
-PORT. This module therefore has two analyzers and a pure parse layer.
+A TFTP transfer is two UDP flows: the request to port 69 and the transfer,
+which the server answers from a new port. Hence a pure parse layer
+(``parse_packet``, ``interpret_options``; never raises) and two analyzers:
+:class:`TftpRequestAnalyzer` (the port-69 flow; announces the transfer with
+an ``ExpectConnection``) and :class:`TftpTransferAnalyzer` (unique blocks,
+rollover, block size, exactly one :class:`TftpTransferDone`). Bounds: every
+one is a field of :class:`TftpLimits`. Malformed input is a named Weird
+(:data:`WEIRD_NAMES`), at most ``max_weirds`` per analyzer.
 
-Parse layer (pure, never raises)
---------------------------------
-``parse_packet(datagram, limits) -> RequestPacket | DataPacket | AckPacket |
-ErrorPacket | OackPacket | ParseError``. A ``ParseError(name, detail)`` means
-the datagram is unusable; a packet may still carry ``anomalies`` (a tuple of
-``Anomaly(name, detail)``) for non-fatal problems (truncated strings, bad
-option values, trailing bytes). ``interpret_options(pairs)`` turns option
-pairs into :class:`TftpOptions` (validated ``blksize``, ``tsize``,
-``timeout``, ``windowsize``, ``rollover``). Every bound is a field of
-:class:`TftpLimits`.
-
-``TftpRequestAnalyzer`` (``name = "tftp"``): the flow to port 69
--------------------------------------------------------------------
-One datagram per ``receive_ts``/``receive_tc`` call. For each RRQ/WRQ it emits
-
-- :class:`TftpRequest` ``(op 'read'|'write', filename, mode, options,
-  filename_truncated)``; ``options`` is a tuple of ``(name, value)`` string
-  pairs in wire order, names lower-cased, at most ``limits.max_options``;
-  unknown options are kept (bounded), invalid values are kept as sent and
-  reported as Weird.
-- :class:`sensor.core.events.ExpectConnection` ``(proto='udp', orig_h=<server>,
-  orig_p=None, resp_h=<client>, resp_p=<client port>,
-  analyzer='tftp-transfer', expires_us=ts + limits.expect_timeout_us,
-  context=TftpTransferContext)``. The pipeline constructs
-  ``TftpTransferAnalyzer(conn, context=ev.context)`` for the matching flow.
-
-The sender of the request is the client, whichever direction it arrives on
-(a flow picked up "flipped" still works). A byte-identical request from the
-same side within ``expect_timeout_us`` is a client retransmission: it emits
-no second ``TftpRequest`` but re-emits the ``ExpectConnection`` (tftpd-hpa
-forks per request, so a retransmitted request can get its own reply flow).
-
-Replies that come straight back on the port-69 flow are handled: an ERROR
-(some servers refuse from port 69) ends the request with a
-:class:`TftpTransferDone` ``(complete=False, error_code, error_msg)``; a whole
-transfer run on port 69 (servers that do not change port) is analyzed in
-place with the same engine as ``TftpTransferAnalyzer`` plus a
-``tftp_transfer_on_request_port`` Weird. ``close()`` flushes such an
-in-flow transfer (incomplete) if it saw any packet.
-
-``TftpTransferAnalyzer`` (``name = "tftp-transfer"``): the transfer flow
------------------------------------------------------------------------
-``TftpTransferAnalyzer(conn, context=None, limits=DEFAULT_LIMITS)``. The
-server sends the first packet of this flow (DATA 1 or OACK for a read; ACK 0
-or OACK for a write, or an ERROR), so the flow's ORIGINATOR IS THE TFTP
-SERVER: ``conn.orig_*`` = server, ``conn.resp_*`` = client, ``receive_ts``
-gets the server's datagrams (DATA/OACK of a read, ACK/OACK of a write) and
-``receive_tc`` gets the client's. The analyzer does not depend on that
-assignment: it learns which side sends DATA from the first DATA, ACK or OACK
-it sees (ACK comes from the receiver; OACK from the server, which is the data
-sender of a read and the receiver of a write). Only when there is neither
-a context nor an OACK does it fall back on "originator = server" to tell a
-read from a write.
-
-It counts file bytes over UNIQUE DATA blocks (retransmissions once), follows
-16-bit block-number rollover (65535 -> 0, or -> 1; learned from the wire or
-from a ``rollover`` option in the OACK), tracks the block size (512 until an
-OACK says otherwise), and emits exactly one :class:`TftpTransferDone`
-``(op, filename, direction 'download'|'upload'|'unknown', bytes, blocks,
-complete, error_code, error_msg, blksize, tsize, last_block_seen,
-retransmitted_blocks, missing_blocks, request_uid)``:
-
-- when the last DATA block (shorter than blksize; an empty block when the
-  size is a multiple of blksize) has been ACKed: ``complete=True``;
-- on an ERROR packet: ``complete=False`` with its code and message;
-- on ``close()`` otherwise: ``complete=False`` (``last_block_seen`` tells
-  "all data seen but the final ACK was not").
-
-``bytes`` are payload bytes on the wire (the file size in octet mode; netascii
-may differ). ``blocks`` counts unique DATA blocks, including an empty last
-block. ``missing_blocks`` counts blocks that were skipped (capture loss; up to
-``limits.max_block_skip`` past the window are accepted) and never seen.
-
-Inspection while running: ``TftpTransferAnalyzer.done`` (the emitted
-``TftpTransferDone`` or None), ``.bytes_seen``, ``.blksize``;
-``TftpRequestAnalyzer.requests`` and ``.retransmitted_requests``.
-
-Malformed input never raises: it becomes :class:`sensor.core.events.Weird` with a
-stable name from :data:`WEIRD_NAMES`, at most ``limits.max_weirds`` per
-analyzer instance (then one ``tftp_weird_limit_reached``).
+Specification -- the parse layer, both analyzers, retransmissions,
+replies on port 69, the transfer's outcome: docs/analyzers/tftp.md.
 """
 from __future__ import annotations
 
