@@ -193,11 +193,10 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
                     if c not in h:
                         flow.history = h + c
                     hi = s.hi
-                    cand = seq_unwrap(seq, s.base, hi)
-                    if cand == hi:
+                    if ((seq - s.base) & _M32) == (hi & _M32):    # in order: seq_unwrap would give hi
                         s.hi = hi + plen
                     else:
-                        seq_at(flow, s, cand, plen, ts)
+                        seq_at(flow, s, seq_unwrap(seq, s.base, hi), plen, ts)
                     ctx = flow.ctx
                     if ctx is not None:
                         a = ctx.analyzer
