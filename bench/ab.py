@@ -15,8 +15,7 @@ last one is the steadiest. Standard library only::
 
     python bench/ab.py --repeat 8 \\
         --variant "before=/tmp/basev/bin/xfer-sensor" \\
-        --variant "main=.venv/bin/xfer-sensor" \\
-        --variant "main-1-process=.venv/bin/xfer-sensor --workers 1" --same main,main-1-process
+        --variant "main=.venv/bin/xfer-sensor" --same before,main
 
 The capture defaults to ``bench/data/mixed-1m.pcap`` (``python bench/gen_mixed.py``
 writes it). It is read once before the runs so every run reads it from the
