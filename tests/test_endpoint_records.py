@@ -14,7 +14,8 @@ import pytest
 from sensor.attribution.attributor import Attribution
 from sensor.io.capture import read_file
 from sensor.core.config import config_from_dict
-from sensor.attribution.book import ENDPOINT_FIELDS, AttributionBook, endpoint_config
+from sensor.attribution.book import AttributionBook, endpoint_config
+from sensor.records.mde import ENDPOINT_FIELDS
 from sensor.io.sinks import MemorySink
 from sensor.pipeline import Pipeline
 from sensor.records.mde import RECORD_FIELDS

@@ -28,9 +28,6 @@ SOURCES = ("socket", "uid-only", "linked-control-connection", "none")
 
 # the process columns a record carries in endpoint mode, after the replay
 # record's own (Defender's names; AttributionSource is ours)
-ENDPOINT_FIELDS = ("InitiatingProcessCommandLine", "InitiatingProcessFolderPath",
-                   "InitiatingProcessParentFileName", "InitiatingProcessParentId",
-                   "InitiatingProcessCreationTime", "AttributionSource")
 
 
 class AttributionBook:

@@ -9,7 +9,6 @@ from typing import Any
 
 from sensor.records.communityid import community_id_v1
 from sensor.core.config import Config
-from sensor.attribution.book import ENDPOINT_FIELDS
 from sensor.engine.dispatch import AppState
 from sensor.engine.flows import Flow
 from sensor.core.iptype import IpTyper, NetSet
@@ -28,6 +27,13 @@ RECORD_FIELDS = (
 # the hunt's protocol label by well-known remote port
 PORT_PROTOCOL = {20: "FTP/FTPS", 21: "FTP/FTPS", 990: "FTP/FTPS", 989: "FTP/FTPS",
                  445: "SMB", 139: "SMB", 69: "TFTP"}
+
+
+# the process details endpoint mode adds to a record, after the others
+# (sensor/attribution/book.py fills them)
+ENDPOINT_FIELDS = ("InitiatingProcessCommandLine", "InitiatingProcessFolderPath",
+                   "InitiatingProcessParentFileName", "InitiatingProcessParentId",
+                   "InitiatingProcessCreationTime", "AttributionSource")
 
 
 class RecordBuilder:
