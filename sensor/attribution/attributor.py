@@ -69,9 +69,10 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
-from typing import Callable, Hashable, Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 import psutil
 
@@ -131,7 +132,7 @@ class Attribution:
         """The fields as a dict (for a record's columns)."""
         return asdict(self)
 
-    def linked(self) -> "Attribution":
+    def linked(self) -> Attribution:
         """This attribution, inherited by a linked connection (FTP data, TFTP transfer)."""
         return replace(self, AttributionSource=SOURCE_LINKED)
 
@@ -258,7 +259,7 @@ _PF_KTHREAD = 0x200000
 def _iso(ts: float) -> str:
     if not ts:
         return ""
-    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ts, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{dt.microsecond:06d}Z"
 
 
@@ -333,7 +334,7 @@ class Attributor:
         return res
 
     def metrics(self) -> dict:
-        m = dict(self.counters)
+        m: dict[str, Any] = dict(self.counters)
         m["by_detail"] = dict(self.details)
         m["latency"] = self.latency.summary()
         m["scan_latency"] = self.scan_latency.summary()
@@ -848,7 +849,7 @@ class AsyncAttributor:
     def attributor(self) -> Attributor | None:
         return self._att
 
-    def start(self) -> "AsyncAttributor":
+    def start(self) -> AsyncAttributor:
         if self._thread is None:
             self._stop.clear()
             ready = threading.Event()
@@ -866,7 +867,7 @@ class AsyncAttributor:
         if self._att is not None:
             self._att.close()
 
-    def __enter__(self) -> "AsyncAttributor":
+    def __enter__(self) -> AsyncAttributor:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -957,7 +958,7 @@ class AsyncAttributor:
         return len(self._pending)
 
     def metrics(self) -> dict:
-        m = dict(self.counters)
+        m: dict[str, Any] = dict(self.counters)
         m["queue_depth"] = self._q.qsize()
         m["delay"] = self.delay.summary()
         if self._att is not None:
@@ -1118,7 +1119,7 @@ class FirstPacketTap:
         return key
 
     # -- the socket ----------------------------------------------------------------
-    def open(self) -> "FirstPacketTap":
+    def open(self) -> FirstPacketTap:
         """Open the socket now (raises OSError without CAP_NET_RAW, or when
         the BPF does not compile)."""
         s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
@@ -1183,7 +1184,7 @@ class FirstPacketTap:
         self.counters["submit_drops"] += 1
         return 0
 
-    def start(self) -> "FirstPacketTap":
+    def start(self) -> FirstPacketTap:
         """Open (if needed) and read on a thread of its own."""
         if self._sock is None:
             self.open()
@@ -1236,7 +1237,7 @@ class FirstPacketTap:
         while not self._stop.is_set():
             try:
                 data, addr = s.recvfrom(TAP_SNAPLEN)
-            except (socket.timeout, TimeoutError, InterruptedError):
+            except (TimeoutError, InterruptedError):
                 continue
             except OSError:
                 if self._stop.is_set():
@@ -1271,7 +1272,7 @@ class FirstPacketTap:
         m["sched"] = self.sched_applied
         return m
 
-    def __enter__(self) -> "FirstPacketTap":
+    def __enter__(self) -> FirstPacketTap:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -1335,7 +1336,7 @@ class AttributionHelper:
         self.child_metrics: dict = {}
         self.counters = {"results": 0, "result_drops": 0, "collected": 0, "bad_lines": 0}
 
-    def start(self, timeout: float = 10.0) -> "AttributionHelper":
+    def start(self, timeout: float = 10.0) -> AttributionHelper:
         if self._proc is not None:
             return self
         pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -1348,7 +1349,7 @@ class AttributionHelper:
         self._reader.start()
         if not self._ready.wait(timeout) or self._proc.poll() is not None:
             rc = self._proc.poll()
-            err = self._proc.stderr.read() if rc is not None else "no answer"
+            err = self._proc.stderr.read() if rc is not None and self._proc.stderr is not None else "no answer"
             self.stop()
             raise OSError(f"attribution helper did not start ({rc}): {err.strip()[-500:]}")
         return self
@@ -1449,7 +1450,7 @@ class AttributionHelper:
             p.stderr.close()
         self._proc = None
 
-    def __enter__(self) -> "AttributionHelper":
+    def __enter__(self) -> AttributionHelper:
         return self.start()
 
     def __exit__(self, *exc) -> None:
