@@ -25,7 +25,7 @@ from sensor.io.live import IfaceStats
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER = "127.0.0.4"
-PORT = 2123          # answers like an FTP server
+PORT = 0   # set by the ftp_server fixture: a free port (a fixed one may be held by another run)
 REFUSED_PORT = 2124  # tracked, nobody listens: ConnectionFailed
 
 # -- a strict parser of the text format 0.0.4 ---------------------------------------------------
@@ -266,7 +266,8 @@ def test_run_refuses_a_non_loopback_metrics_address(tmp_path):
 
 @pytest.fixture
 def ftp_server():
-    with banner_server(SERVER, PORT):
+    global PORT
+    with banner_server(SERVER) as PORT:
         yield
 
 

@@ -3,7 +3,7 @@ SQLite store (batched writes, pruning, bounds, a corrupt file), and the real
 daemon killed with SIGKILL and restarted inside a window -- the 4th
 connection still alerts, an alert already raised is not raised again.
 
-The daemon tests use 127.0.0.3:2122 (test_daemon.py uses 127.0.0.2:2121)."""
+The daemon tests use 127.0.0.3 on a free port (test_daemon.py uses 127.0.0.2)."""
 import json
 import logging
 import os
@@ -380,13 +380,14 @@ def test_the_unit_provides_the_default_state_folder():
 
 
 # -- the daemon, for real --------------------------------------------------------------
-PORT = 2122
+PORT = 0   # set by the ftp_server fixture: a free port (a fixed one may be held by another run)
 SERVER = "127.0.0.3"
 
 
 @pytest.fixture
 def ftp_server():
-    with banner_server(SERVER, PORT):
+    global PORT
+    with banner_server(SERVER) as PORT:
         yield
 
 
