@@ -75,18 +75,19 @@ class Pipeline:
         h = self._decoders.get(linktype)
         if h is None:
             if linktype == LINKTYPE_ETHERNET and self.fused:
-                h = ethernet_handler(self)
+                h = ethernet_handler(self, self.flows, self.app, self.portset, self.decode_stats)
             else:
-                dec = Decoder(linktype, self.ports, self.decode_stats, self._decode_weird, self.portset.hosts)
-                h = _clocked(self.flows.advance, dec.handler(self._packet))
+                dec = Decoder(linktype, self.ports, self.decode_stats, self.decode_weird, self.portset.hosts)
+                h = _clocked(self.flows.advance, dec.handler(self.packet))
             self._decoders[linktype] = h
         return h
 
-    def _packet(self, p: Packet) -> None:
-        self._packet_at(p, self.flows.advance(p.ts))
+    def packet(self, p: Packet) -> None:
+        """A decoded target packet: the layered path (flow table, then the application layer)."""
+        self.packet_at(p, self.flows.advance(p.ts))
 
-    def _packet_at(self, p: Packet, now: int) -> None:
-        """``_packet`` once the flow table's clock is at ``now``."""
+    def packet_at(self, p: Packet, now: int) -> None:
+        """``packet`` once the flow table's clock is at ``now``."""
         f = self.flows.account(p, now)
         if f is not None:
             self.app.packet(f, p.src == f.orig_b and p.sport == f.orig_p, p.ts, p.proto, p.flags, p.seq,
@@ -208,7 +209,7 @@ class Pipeline:
             self.sink.emit("weird", {"Timestamp": iso_us(ts), "Name": name, "Detail": detail[:512],
                                      "Uid": uid, "Source": source})
 
-    def _decode_weird(self, ts: int, name: str, detail: str) -> None:
+    def decode_weird(self, ts: int, name: str, detail: str) -> None:
         self._weird(ts, name, detail, "", "decoder")
 
     def _flow_weird(self, ts: int, flow: Flow | None, name: str, detail: str) -> None:

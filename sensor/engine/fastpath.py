@@ -1,6 +1,6 @@
 """The pipeline's per-packet path for Ethernet frames, fused into one function.
 
-The layered path (``Decoder`` -> ``Pipeline._packet`` -> ``FlowTable.process``
+The layered path (``Decoder`` -> ``Pipeline.packet`` -> ``FlowTable.process``
 -> ``FlowTable._tcp`` -> ``Dispatcher.packet``) costs half a dozen Python calls
 and a :class:`~sensor.engine.decode.Packet` per packet. Most packets are ordinary
 segments of a flow already known, and need far less. This handler does, in
@@ -35,22 +35,23 @@ ACK; every check and counter of the general way still applies, and a packet
 that fails one goes the general way.
 
 The first packet of a flow builds the :class:`Packet` and takes the layered
-path from where the fused code left it (``Pipeline._packet_at``: the flow
+path from where the fused code left it (``PacketSink.packet_at``: the flow
 table's clock has moved), as does anything the inline decoding does not take
-(the ``Decoder`` then counts and reports it). The results are the same by
+(the ``Decoder`` then counts and reports it, and hands a target packet to
+``PacketSink.packet``). The pipeline is the sink; this module knows it only
+by the :class:`PacketSink` protocol. The results are the same by
 construction; ``tests/test_fastpath.py`` replays captures both ways and
 compares every record and counter.
 """
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
-from sensor.engine.decode import LINKTYPE_ETHERNET, Decoder, Packet, locate, seq_unwrap
-from sensor.engine.flows import ESTABLISHED, PARTIAL, T_ATTEMPT, T_CLOSED, UDP_ACTIVE
-
-if TYPE_CHECKING:  # pragma: no cover
-    from sensor.pipeline import Pipeline
+from sensor.engine.decode import LINKTYPE_ETHERNET, DecodeStats, Decoder, Packet, locate, seq_unwrap
+from sensor.engine.dispatch import Dispatcher
+from sensor.engine.flows import ESTABLISHED, PARTIAL, T_ATTEMPT, T_CLOSED, UDP_ACTIVE, FlowTable
+from sensor.engine.ports import PortSet
 
 _TCP = struct.Struct("!HHIIBB").unpack_from        # sport dport seq ack off flags
 _UDP = struct.Struct("!HHH").unpack_from           # sport dport length
@@ -62,18 +63,34 @@ _M32 = 0xFFFFFFFF
 _ET_IP4 = b"\x08\x00"
 
 
-def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
-    """The ``(ts_us, frame)`` handler for Ethernet, bound to ``pipe``."""
-    dec = Decoder(LINKTYPE_ETHERNET, pipe.ports, pipe.decode_stats, pipe._decode_weird, pipe.portset.hosts)
+class PacketSink(Protocol):
+    """Where the fused path hands what it does not finish itself (the pipeline)."""
+
+    def packet(self, p: Packet) -> None:
+        """A target packet the ``Decoder`` built: the layered path, clock included."""
+
+    def packet_at(self, p: Packet, now: int) -> None:
+        """``packet`` once the flow table's clock is at ``now``."""
+
+    def decode_weird(self, ts: int, name: str, detail: str) -> None:
+        """A malformed frame the ``Decoder`` reports."""
+
+
+def ethernet_handler(
+    sink: PacketSink, flows: FlowTable, app: Dispatcher, portset: PortSet, stats: DecodeStats
+) -> Callable[[int, bytes], None]:
+    """The ``(ts_us, frame)`` handler for Ethernet: ``flows``, ``app``,
+    ``portset`` and ``stats`` are the ones ``sink`` uses on the layered path."""
+    ports = portset.ports
+    hosts = portset.hosts
+    dec = Decoder(LINKTYPE_ETHERNET, ports, stats, sink.decode_weird, hosts)
     decode = dec.decode          # the general path (Decoder._ethernet)
-    packet_at = pipe._packet_at  # the layered path after the clock moved
-    app_packet = pipe.app.packet
-    app_segment = pipe.app.segment
-    app_events = pipe.app.events
-    ports = pipe.ports
-    hosts = pipe.portset.hosts
-    stats = pipe.decode_stats
-    ft = pipe.flows
+    packet = sink.packet
+    packet_at = sink.packet_at   # the layered path after the clock moved
+    app_packet = app.packet
+    app_segment = app.segment
+    app_events = app.events
+    ft = flows
     flows_get = ft.flows.get
     advance = ft.advance
     seq_at = ft.seq_at
@@ -89,7 +106,7 @@ def ethernet_handler(pipe: "Pipeline") -> Callable[[int, bytes], None]:
         """What the inline decoding does not take: the Decoder counts and reports it."""
         p = decode(ts, data)
         if p is not None:
-            pipe._packet(p)
+            packet(p)
 
     def handle(ts: int, data: bytes) -> None:
         # -- packet time: every packet moves the clock ------------------------------
