@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from collections import deque
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal, TypeAlias
 
 from sensor.core.events import NEED_DATA, Event, Weird
 from sensor.core.frozen import frozen
@@ -403,19 +403,22 @@ def _u8(b: bytes, off: int) -> int:
 def _u16(b: bytes, off: int) -> int:
     if off < 0:
         raise _Malformed("negative offset")
-    return struct.unpack_from("<H", b, off)[0]
+    v: int = struct.unpack_from("<H", b, off)[0]
+    return v
 
 
 def _u32(b: bytes, off: int) -> int:
     if off < 0:
         raise _Malformed("negative offset")
-    return struct.unpack_from("<I", b, off)[0]
+    v: int = struct.unpack_from("<I", b, off)[0]
+    return v
 
 
 def _u64(b: bytes, off: int) -> int:
     if off < 0:
         raise _Malformed("negative offset")
-    return struct.unpack_from("<Q", b, off)[0]
+    v: int = struct.unpack_from("<Q", b, off)[0]
+    return v
 
 
 def _slice(b: bytes, off: int, length: int, what: str) -> bytes:
@@ -725,7 +728,7 @@ class NbssFramer:
     __slots__ = ("to_server", "max_pdu_size", "_buf", "_state", "_length", "_type",
                  "_skip", "_at_start", "_ready", "bytes_skipped")
 
-    def __init__(self, to_server: bool, max_pdu_size: int = SmbLimits.max_pdu_size) -> None:
+    def __init__(self, to_server: bool, max_pdu_size: int = SmbLimits().max_pdu_size) -> None:
         self.to_server = to_server
         self.max_pdu_size = max_pdu_size
         self._buf = bytearray()
@@ -1034,6 +1037,18 @@ class _H1:
         return f"DOS_ERROR({cls},{code})"
 
 
+# A request awaiting its response: a tuple tagged by its kind (mypy narrows on ``t[0] == kind``).
+# SMB2 pends them one per message id; SMB1 one "andx" per (pid, mid), holding a request per command.
+_Setup: TypeAlias = tuple[Literal["setup"], NtlmInfo | None, str]  # NTLM AUTHENTICATE, auth kind
+_Req: TypeAlias = (
+    _Setup
+    | tuple[Literal["tree"], str, bool]  # path, truncated
+    | tuple[Literal["tdis"], int]  # tree id
+    | tuple[Literal["create", "close", "read", "write"], _File]
+)
+_Pending: TypeAlias = _Req | tuple[Literal["andx"], dict[int, _Req]]
+
+
 class SmbAnalyzer(Analyzer):
     """SMB over TCP 445/139. See the module docstring for the API."""
 
@@ -1049,7 +1064,7 @@ class SmbAnalyzer(Analyzer):
         if midstream:  # the pipeline knows it joined late: scan quietly
             for framer in self._framers.values():
                 framer.resync()
-        self._pending: dict[tuple, tuple] = {}
+        self._pending: dict[tuple[int, ...], _Pending] = {}
         self._files: dict[bytes, _File] = {}
         self._trees: dict[tuple[int, int], _Tree] = {}
         self._users: dict[tuple[int, int], str] = {}
@@ -1234,7 +1249,7 @@ class SmbAnalyzer(Analyzer):
                                      chained=bool(flags & 1)))
 
     # -- bounded tables -------------------------------------------------------
-    def _pend(self, key: tuple, value: tuple, ts: int, out: list[Event]) -> None:
+    def _pend(self, key: tuple[int, ...], value: _Pending, ts: int, out: list[Event]) -> None:
         if key not in self._pending and len(self._pending) >= self.limits.max_pending_requests:
             old = next(iter(self._pending))
             del self._pending[old]
@@ -1318,10 +1333,9 @@ class SmbAnalyzer(Analyzer):
             self._neg_req = None
         seen: set[int] = set()
         for value in list(self._pending.values()):
-            kind = value[0]
-            if kind == "setup" and value[1] is not None:
+            if value[0] == "setup" and value[1] is not None:
                 out.append(self._setup_event(ts, value, "", 0, 0))
-            elif kind == "create":
+            elif value[0] == "create":
                 f = value[1]
                 out.append(SmbFileOpen(ts, name=f.name, file_id="", tree=f.tree.path, status="",
                                        disposition=f.disposition, access=f.access,
@@ -1329,9 +1343,9 @@ class SmbAnalyzer(Analyzer):
                 if f.key is None and id(f) not in seen and (f.bytes_read or f.bytes_written):
                     seen.add(id(f))
                     out.append(self._file_summary(f, ts))
-            elif kind == "andx":
-                for cmd, info in value[1].items():
-                    if cmd == _C1_SESSION_SETUP_ANDX and info[1] is not None:
+            elif value[0] == "andx":
+                for info in value[1].values():
+                    if info[0] == "setup" and info[1] is not None:
                         out.append(self._setup_event(ts, info, "", 0, 0))
         self._pending.clear()
         for f in self._files.values():
@@ -1469,7 +1483,7 @@ class SmbAnalyzer(Analyzer):
             off = (off + 8 + dlen + 7) & ~7
         return found
 
-    def _setup_info(self, blob: bytes, ts: int, out: list[Event]) -> tuple:
+    def _setup_info(self, blob: bytes, ts: int, out: list[Event]) -> _Setup:
         """("setup", NtlmInfo | None, auth kind) for a session setup request."""
         auth = _auth_kind(blob)
         try:
@@ -1481,7 +1495,7 @@ class SmbAnalyzer(Analyzer):
             info = None
         return ("setup", info, auth)
 
-    def _setup_event(self, ts: int, pend: tuple, status: str, session: int,
+    def _setup_event(self, ts: int, pend: _Setup, status: str, session: int,
                      session_flags: int, version: int = 2) -> SmbSessionSetup:
         info: NtlmInfo | None = pend[1]
         return SmbSessionSetup(
@@ -1528,8 +1542,7 @@ class SmbAnalyzer(Analyzer):
         if pend is None or _KIND_CMD2.get(pend[0]) != cmd:
             self.stats.unmatched_responses += 1
             return
-        kind = pend[0]
-        if kind == "tree":
+        if pend[0] == "tree":
             share = ""
             if status == _ST_SUCCESS:
                 share = _SHARE_TYPES.get(_u8(m, 66), "")
@@ -1537,11 +1550,11 @@ class SmbAnalyzer(Analyzer):
             out.append(SmbTreeConnect(ts, path=pend[1], tree_id=h.tree_id if status == 0 else 0,
                                       share_type=share, status=st,
                                       user=self._user(2, h.session_id), truncated=pend[2]))
-        elif kind == "tdis":
+        elif pend[0] == "tdis":
             tree = self._trees.pop((2, pend[1]), None)
             if tree is not None:
                 out.append(self._tree_summary(tree, ts, disconnected=True))
-        elif kind == "create":
+        elif pend[0] == "create":
             f: _File = pend[1]
             action, size = "", 0
             if status == _ST_SUCCESS:
@@ -1558,22 +1571,22 @@ class SmbAnalyzer(Analyzer):
                                    user=f.user, truncated=f.truncated or f.tree.truncated))
             if status != _ST_SUCCESS and (f.bytes_read or f.bytes_written):
                 out.append(self._file_summary(f, ts))
-        elif kind == "close":
+        elif pend[0] == "close":
             f = pend[1]
             if f.key is not None and self._files.get(f.key) is f:
                 del self._files[f.key]
             if f.file_id or f.bytes_read or f.bytes_written:  # not a failed compound open
                 out.append(self._file_summary(f, ts))
-        elif kind == "read":
+        elif pend[0] == "read":
             f = pend[1]
             if status in (_ST_SUCCESS, _ST_BUFFER_OVERFLOW):
-                n = _u32(m, 68)
-                f.bytes_read += n
+                nread = _u32(m, 68)
+                f.bytes_read += nread
                 f.reads += 1
-                f.tree.bytes_read += n
+                f.tree.bytes_read += nread
             elif not f.error and status != 0xC0000011:  # END_OF_FILE is normal
                 f.error = st
-        elif kind == "write":
+        elif pend[0] == "write":
             f = pend[1]
             if status != _ST_SUCCESS and not f.error:
                 f.error = st
@@ -1592,7 +1605,8 @@ class SmbAnalyzer(Analyzer):
             return
         key = (1, h.pid, h.mid)
         pend = self._pending.pop(key, None) if h.is_response else None
-        new: dict[int, tuple] = {}
+        new: dict[int, _Req] = {}
+        reqs = pend[1] if pend is not None and pend[0] == "andx" else None
         cmd, off = h.command, 32
         for _ in range(_MAX_SMB1_ANDX):
             try:
@@ -1605,7 +1619,7 @@ class SmbAnalyzer(Analyzer):
                 else:
                     boff, data = off + 3 + 2 * wc, b""
                 if h.is_response:
-                    info = pend[1].get(cmd) if pend else None
+                    info = reqs.get(cmd) if reqs is not None else None
                     self._smb1_response(m, h, cmd, words, data, boff, info, ts, out)
                 else:
                     info = self._smb1_request(m, h, cmd, words, data, boff, ts, out)
@@ -1632,11 +1646,12 @@ class SmbAnalyzer(Analyzer):
             self._pend(key, ("andx", new), ts, out)
 
     def _smb1_request(self, m: bytes, h: _H1, cmd: int, w: bytes, data: bytes, boff: int,
-                      ts: int, out: list[Event]) -> tuple | None:
+                      ts: int, out: list[Event]) -> _Req | None:
         lim = self.limits.max_name_length
         uni = h.unicode
         if cmd == _C1_NEGOTIATE:
-            dialects, pos, trunc = [], 0, False
+            dialects: list[str] = []
+            pos, trunc = 0, False
             while pos < len(data) and data[pos] == 0x02:
                 if len(dialects) >= self.limits.max_dialects:
                     trunc = True
@@ -1697,7 +1712,7 @@ class SmbAnalyzer(Analyzer):
         return None
 
     def _smb1_response(self, m: bytes, h: _H1, cmd: int, w: bytes, data: bytes, boff: int,
-                       info: tuple | None, ts: int, out: list[Event]) -> None:
+                       info: _Req | None, ts: int, out: list[Event]) -> None:
         st = h.status_text(m)
         ok = st == "STATUS_SUCCESS"
         if cmd == _C1_NEGOTIATE:
@@ -1719,17 +1734,16 @@ class SmbAnalyzer(Analyzer):
         if cmd == _C1_SESSION_SETUP_ANDX:
             if h.status == _ST_MORE_PROCESSING and h.flags2 & _F1_2_NT_STATUS:
                 return
-            pend = info if info else ("setup", None, "unknown")
-            action = _u16(w, 4) if ok and len(w) >= 6 else 0
-            ev = self._setup_event(ts, pend, st, h.uid, action & 0x1, version=1)
+            pend = info if info and info[0] == "setup" else ("setup", None, "unknown")
+            setup_action = _u16(w, 4) if ok and len(w) >= 6 else 0
+            ev = self._setup_event(ts, pend, st, h.uid, setup_action & 0x1, version=1)
             if ok:
                 self._set_user(1, h.uid, ev.user, ts, out)
             out.append(ev)
             return
         if info is None:
             return
-        kind = info[0]
-        if kind == "tree":
+        if info[0] == "tree":
             share = ""
             if ok:
                 service, _t, _p = _cstring(data, 0, False, 16)
@@ -1738,11 +1752,11 @@ class SmbAnalyzer(Analyzer):
             out.append(SmbTreeConnect(ts, path=info[1], tree_id=h.tid if ok else 0,
                                       share_type=share, status=st, user=self._user(1, h.uid),
                                       truncated=info[2]))
-        elif kind == "tdis":
+        elif info[0] == "tdis":
             tree = self._trees.pop((1, info[1]), None)
             if tree is not None:
                 out.append(self._tree_summary(tree, ts, disconnected=True))
-        elif kind == "create":
+        elif info[0] == "create":
             f: _File = info[1]
             action, size = "", 0
             if ok:
@@ -1757,21 +1771,21 @@ class SmbAnalyzer(Analyzer):
                                    status=st, disposition=f.disposition, access=f.access,
                                    create_action=action, size=size, is_dir=f.is_dir,
                                    user=f.user, truncated=f.truncated or f.tree.truncated))
-        elif kind == "close":
+        elif info[0] == "close":
             f = info[1]
             if f.key is not None and self._files.get(f.key) is f:
                 del self._files[f.key]
             out.append(self._file_summary(f, ts))
-        elif kind == "read":
+        elif info[0] == "read":
             f = info[1]
             if ok:
-                n = _u16(w, 10) | (_u16(w, 14) << 16)
-                f.bytes_read += n
+                nread = _u16(w, 10) | (_u16(w, 14) << 16)
+                f.bytes_read += nread
                 f.reads += 1
-                f.tree.bytes_read += n
+                f.tree.bytes_read += nread
             elif not f.error:
                 f.error = st
-        elif kind == "write":
+        elif info[0] == "write":
             f = info[1]
             if not ok and not f.error:
                 f.error = st
