@@ -342,7 +342,7 @@ def parse_eprt_arg(arg: str) -> HostPort:
             raise FtpAddressError(f"EPRT: unknown address family {af[:8]!r}")
     except ipaddress.AddressValueError as e:
         raise FtpAddressError(f"EPRT: bad address for family {af}: {addr[:64]}") from e
-    if ip.version == 6 and ip.scope_id is not None:  # type: ignore[union-attr]
+    if ip.version == 6 and ip.scope_id is not None:
         raise FtpAddressError(f"EPRT: scoped address {addr[:64]}")
     return HostPort(str(ip), _port_number(port_text, "EPRT"))
 
@@ -913,14 +913,14 @@ class FtpAnalyzer(Analyzer):
         ):
             out.append(FtpReply(ts, 0, code, msg.text, msg.text_truncated, ""))
             if code < 200:
-                trigger = Trigger.GREETING_DELAY
+                greeting = Trigger.GREETING_DELAY
             elif code < 300:
-                trigger = Trigger.GREETING
+                greeting = Trigger.GREETING
             elif code < 400:
-                trigger = Trigger.BAD_GREETING
+                greeting = Trigger.BAD_GREETING
             else:
-                trigger = Trigger.GREETING_REFUSED
-            self._fire(trigger, ts, out, f"reply {code}")
+                greeting = Trigger.GREETING_REFUSED
+            self._fire(greeting, ts, out, f"reply {code}")
             return
 
         p = self._pending[0] if self._pending else None
