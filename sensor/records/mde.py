@@ -49,7 +49,7 @@ class RecordBuilder:
         self.home = NetSet(config.home_net)
         self.endpoint = endpoint
 
-    def local_key(self, flow: Flow) -> tuple:
+    def local_key(self, flow: Flow) -> tuple[int, str, int, str, int]:
         """``(proto, local_ip, local_port, remote_ip, remote_port)`` as the record sees it."""
         if self.device_is_orig(flow):
             return (flow.proto, flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p)
@@ -73,7 +73,7 @@ class RecordBuilder:
                 return "ConnectionFailed" if "D" in flow.history else "ConnectionFound"
         return "ConnectionSuccess" if outbound else "InboundConnectionAccepted"
 
-    def build(self, flow: Flow, att: Any = None) -> dict:
+    def build(self, flow: Flow, att: Any = None) -> dict[str, Any]:
         """The connection's record; ``att`` its ``Attribution`` (endpoint mode)."""
         outbound = self.device_is_orig(flow)
         st: AppState | None = flow.ctx   # its read API: user, fields, files, child_*, parent_uid
@@ -88,7 +88,7 @@ class RecordBuilder:
         user = ""
         data_sent = data_recv = 0
         parent_uid = ""
-        fields: dict = {}
+        fields: dict[str, Any] = {}
         if st is not None:
             user = st.user
             # children's bytes are kept from the parent's originator's view
