@@ -791,7 +791,7 @@ def _proto(p: int | str) -> int:
     return p
 
 
-ConnTuple = tuple  # (proto, local_ip, local_port, remote_ip, remote_port)
+ConnTuple = tuple[int | str, str, int, str, int]  # (proto, local_ip, local_port, remote_ip, remote_port)
 
 
 class AsyncAttributor:
@@ -1072,7 +1072,7 @@ class FirstPacketTap:
                          "ignored": 0, "kernel_packets": 0, "kernel_drops": 0}
 
     # -- sans-IO part ------------------------------------------------------------
-    def handle(self, pkt: bytes, pkttype: int, ethertype: int = 0) -> tuple | None:
+    def handle(self, pkt: bytes, pkttype: int, ethertype: int = 0) -> ConnTuple | None:
         """One packet (network header first, as AF_PACKET/SOCK_DGRAM gives it):
         the 5-tuple of a connection start not seen before, else None."""
         self.counters["packets"] += 1
