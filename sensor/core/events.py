@@ -77,4 +77,3 @@ class NeedData:
 
 
 NEED_DATA = NeedData()
-_NeedData = NeedData    # the old name, until sensor/analyzers/ftp.py imports NeedData
