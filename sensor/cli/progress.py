@@ -109,12 +109,6 @@ class Progress:
             def handle(ts_us: int, data: bytes, inner=inner) -> None:
                 self.packets += 1
                 inner(ts_us, data)
-            inner_batch = getattr(inner, "batch", None)
-            if inner_batch is not None:     # a handler that takes whole batches (sensor/io/capture.py)
-                def batch(pb: bytes, meta: bytes) -> None:
-                    self.packets += len(meta) >> 4
-                    inner_batch(pb, meta)
-                handle.batch = batch    # type: ignore[attr-defined]
             return handle
         return counting_handler_for
 

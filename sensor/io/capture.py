@@ -171,7 +171,6 @@ def _read_ahead(path: str | Path, reader, linktype: int, handle: Handler, instal
     t = threading.Thread(target=run, name="pcap-read-ahead", daemon=True)
     t.start()
     unpack = BATCH_META.iter_unpack
-    batch = getattr(handle, "batch", None)   # a handler that takes a whole batch at once
     count = 0
     new_filters = None
     damaged = False
@@ -186,11 +185,8 @@ def _read_ahead(path: str | Path, reader, linktype: int, handle: Handler, instal
                 break
             pb, meta = item
             if refilter is None:
-                if batch is not None:
-                    batch(pb, meta)
-                else:
-                    for s, us, off, caplen in unpack(meta):
-                        handle(s * 1_000_000 + us, pb[off:off + caplen])
+                for s, us, off, caplen in unpack(meta):
+                    handle(s * 1_000_000 + us, pb[off:off + caplen])
                 count += len(meta) >> 4
                 continue
             for s, us, off, caplen in unpack(meta):

@@ -349,14 +349,8 @@ class Outputs:
         self._old_hup: Any = None
 
     def emit(self, kind: str, rec: Mapping[str, Any]) -> None:
-        self.emit_encoded(kind, rec, self.encoder.encode(kind, rec), False)
-
-    def emit_encoded(self, kind: str, rec: Mapping[str, Any], line: bytes, cut: bool) -> None:
-        """``emit`` with the line already encoded by an ``Encoder`` like this
-        one (a replay worker's); ``cut``: that encoder shrank the record."""
+        line = self.encoder.encode(kind, rec)
         self.counts[kind] = self.counts.get(kind, 0) + 1
-        if cut:
-            self.encoder.truncated += 1
         meta = (kind, rec.get("Timestamp"), _syslog_severity(kind, rec))
         for s in self.sinks:
             if kind in s.kinds:
@@ -455,16 +449,6 @@ class TeeSink:
     def emit(self, kind: str, rec: dict) -> None:
         for s in self.sinks:
             s.emit(kind, rec)
-
-    def emit_encoded(self, kind: str, rec: dict, line: bytes, cut: bool) -> None:
-        """``emit`` of a record whose output line was already encoded
-        (sensor/replay/partition.py): sinks that write lines take the line."""
-        for s in self.sinks:
-            f = getattr(s, "emit_encoded", None)
-            if f is not None:
-                f(kind, rec, line, cut)
-            else:
-                s.emit(kind, rec)
 
     def close(self) -> None:
         for s in self.sinks:
