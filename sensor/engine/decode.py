@@ -14,7 +14,7 @@ IPv4 (228), IPv6 (229), Linux cooked SLL (113) and SLL2 (276).
 from __future__ import annotations
 
 import struct
-from typing import Callable, Collection
+from typing import Any, Callable, Collection
 
 from sensor.core.counters import Counters
 
@@ -68,8 +68,14 @@ NOT_IP, OTHER_PROTO, LATER_FRAGMENT = "non_ip", "other_ip_proto", "fragment"
 # weirds that are also counted as ``truncated``
 _TRUNCATED_WEIRDS = frozenset(("ipv4_truncated", "ipv6_truncated", "ipv6_ext_truncated"))
 
+# what ``locate`` returns: (why, tags, vlan, version, proto, l4, end, src, dst, frags).
+# ``src`` is the packed source address (bytes) when ``why`` is "", else the
+# weird's detail (str): one slot whose type follows another slot's value,
+# which mypy cannot narrow, hence Any (the callers read it only after checking ``why``)
+Located = tuple[str, int, int, int, int, int, int, Any, bytes, int]
 
-def locate(data: bytes, off: int, et: int) -> tuple:
+
+def locate(data: bytes, off: int, et: int) -> Located:
     """Where the transport header of ``data`` is: the one header walk that
     the decoder, the fused per-packet path (sensor/engine/fastpath.py) and
     the attribution tap share.
@@ -188,6 +194,21 @@ class DecodeStats(Counters):
     __slots__ = ("packets", "fast_rejected", "ipv4", "ipv6", "tcp", "udp", "vlan", "target",
                  "non_ip", "other_ip_proto", "fragments", "truncated", "malformed",
                  "unknown_linktype")
+
+    packets: int
+    fast_rejected: int
+    ipv4: int
+    ipv6: int
+    tcp: int
+    udp: int
+    vlan: int
+    target: int
+    non_ip: int
+    other_ip_proto: int
+    fragments: int
+    truncated: int
+    malformed: int
+    unknown_linktype: int
 
 
 WeirdCallback = Callable[[int, str, str], None]
@@ -311,7 +332,7 @@ class Decoder:
         return self._located(ts, data, locate(data, 0, ETHERTYPE_IPV6))
 
     # -- VLAN and IP: ``locate``, counted and reported ---------------------------
-    def _located(self, ts: int, data: bytes, where: tuple) -> Packet | None:
+    def _located(self, ts: int, data: bytes, where: Located) -> Packet | None:
         why, tags, vlan, version, proto, l4, end, src, dst, frags = where
         st = self.stats
         if tags:
@@ -384,7 +405,7 @@ class Decoder:
                       data[l4 + 8:l4 + ulen], vlan, truncated)
 
 
-_LINK_DECODERS: dict[int, Callable] = {
+_LINK_DECODERS: dict[int, Callable[[Decoder, int, bytes], Packet | None]] = {
     LINKTYPE_ETHERNET: Decoder._ethernet,
     LINKTYPE_NULL: Decoder._null,
     LINKTYPE_LOOP: Decoder._loop,

@@ -8,10 +8,11 @@ oldest live expectation it fits. Expire on packet time; bounded
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import Any, Callable
+from typing import Callable
 
 from sensor.core.counters import Counters
 from sensor.core.events import ExpectConnection
+from sensor.engine.flows import Flow
 
 MAX_EXPECTATIONS = 10_000
 
@@ -19,27 +20,37 @@ MAX_EXPECTATIONS = 10_000
 class ExpectStats(Counters):
     __slots__ = ("added", "matched", "expired", "dropped", "peak")
 
+    added: int
+    matched: int
+    expired: int
+    dropped: int
+    peak: int
+
+
+# (proto, responder address, responder port or None: any)
+ExpectKey = tuple[str, str, int | None]
+
 
 class Expectations:
     def __init__(self, max_expectations: int = MAX_EXPECTATIONS,
                  on_port: Callable[[int, int], None] | None = None) -> None:
         self.max = max_expectations
         # key -> deque of (expectation, parent flow); insertion order = time order
-        self.by_key: OrderedDict[tuple, deque] = OrderedDict()
+        self.by_key: OrderedDict[ExpectKey, deque[tuple[ExpectConnection, Flow]]] = OrderedDict()
         self.count = 0
         self.stats = ExpectStats()
         # told (port, +1/-1) as expectations for a responder port come and go,
         # so the capture filter can admit them
         self.on_port = on_port or (lambda port, delta: None)
 
-    def _key(self, proto: str, resp_h: str, resp_p: int | None) -> tuple:
+    def _key(self, proto: str, resp_h: str, resp_p: int | None) -> ExpectKey:
         return (proto, resp_h, resp_p)
 
     def _ref(self, port: int | None, d: int) -> None:
         if port is not None:
             self.on_port(port, d)
 
-    def add(self, e: ExpectConnection, parent: Any) -> None:
+    def add(self, e: ExpectConnection, parent: Flow) -> None:
         k = self._key(e.proto, e.resp_h, e.resp_p)
         q = self.by_key.get(k)
         if q is None:
@@ -76,8 +87,9 @@ class Expectations:
             del self.by_key[k]
 
     def match(self, proto: str, orig_h: str, orig_p: int, resp_h: str, resp_p: int, now: int
-              ) -> tuple[ExpectConnection, Any] | None:
+              ) -> tuple[ExpectConnection, Flow] | None:
         """Consume the oldest live expectation the new flow fits, if any."""
+        k: ExpectKey
         for k in ((proto, resp_h, resp_p), (proto, resp_h, None)):
             q = self.by_key.get(k)
             if not q:

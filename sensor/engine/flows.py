@@ -46,6 +46,9 @@ _M32 = 0xFFFFFFFF
 
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 
+# a flow's direction-independent key: (proto, lo_addr, lo_port, hi_addr, hi_port)
+FlowKey = tuple[int, bytes, int, bytes, int]
+
 
 def _ntop(b: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if len(b) == 4 else socket.AF_INET6, b)
@@ -79,7 +82,7 @@ class Flow:
                  "last_ts", "qts", "qver", "inq", "o", "r", "history", "tclass", "vlan", "flipped", "end_reason",
                  "app", "analyzer", "ctx", "weirds", "_orig_h", "_resp_h")
 
-    def __init__(self, uid: str, key: tuple, proto: int, orig_b: bytes, orig_p: int,
+    def __init__(self, uid: str, key: FlowKey, proto: int, orig_b: bytes, orig_p: int,
                  resp_b: bytes, resp_p: int, ts: int, vlan: int) -> None:
         self.uid = uid
         self.key = key
@@ -104,8 +107,8 @@ class Flow:
         self.analyzer: str | None = None   # dispatch.PENDING until the first payload attaches its session
         self.ctx: Any = None               # the application layer's state (dispatch.AppState)
         self.weirds = 0
-        self._orig_h = None
-        self._resp_h = None
+        self._orig_h: str | None = None
+        self._resp_h: str | None = None
 
     @property
     def orig_h(self) -> str:
@@ -181,6 +184,22 @@ class FlowStats(Counters):
     __slots__ = ("created", "ended", "evicted", "active_max", "expired", "seq_jumps", "untracked",
                  "emergency_entered", "emergency_exited", "reused", "scan_max")
 
+    created: int
+    ended: int
+    evicted: int
+    active_max: int
+    expired: int
+    seq_jumps: int
+    untracked: int
+    emergency_entered: int
+    emergency_exited: int
+    reused: int
+    scan_max: int
+
+
+# an entry of a timeout queue: (qts, uid, qver, flow); see the module docstring
+QueueEntry = tuple[int, str, int, Flow]
+
 
 # Emergency mode (Suricata's flow emergency): when the table is nearly full,
 # shorter timeouts free it before eviction has to pick victims.
@@ -206,13 +225,14 @@ class FlowTable:
         self.on_end = on_end
         self.on_weird = on_weird or (lambda ts, flow, name, detail: None)
         self.service_ports = frozenset(service_ports if service_ports is not None else config.tracked_ports)
-        self.flows: dict[tuple, Flow] = {}
+        self.flows: dict[FlowKey, Flow] = {}
         # per timeout class, a heap of (qts, uid, qver, flow); see the module docstring
-        self.queues: tuple[list, ...] = ([], [], [], [])
+        self.queues: tuple[list[QueueEntry], ...] = ([], [], [], [])
         self.qlive = [0, 0, 0, 0]    # live entries per queue
         t = config.timeouts
-        self.timeouts_us = (int(t.tcp_attempt * 1e6), int(t.tcp_established * 1e6),
-                            int(t.tcp_closed * 1e6), int(t.udp * 1e6))
+        self.timeouts_us: tuple[int, ...] = (
+            int(t.tcp_attempt * 1e6), int(t.tcp_established * 1e6), int(t.tcp_closed * 1e6), int(t.udp * 1e6)
+        )
         lim = config.limits
         self.max_flows = lim.max_flows
         self.scan_budget = lim.flow_scan_budget
@@ -227,7 +247,7 @@ class FlowTable:
         self.stats = FlowStats()
         # key -> (first_ts, n) of the last flow created on it: the uid of a
         # flow created on the same key in the same microsecond differs by n
-        self._recent: dict[tuple, tuple[int, int]] = {}
+        self._recent: dict[FlowKey, tuple[int, int]] = {}
         self.recent_peak = 0
         # application-layer hooks (sensor.engine.dispatch): ``admit(packet)`` decides
         # whether a packet on no tracked port starts an expected flow
@@ -323,7 +343,7 @@ class FlowTable:
         self._recent.clear()
 
     # -- packets --------------------------------------------------------------
-    def _uid(self, key: tuple, ts: int) -> str:
+    def _uid(self, key: FlowKey, ts: int) -> str:
         """A Zeek-style uid from the flow's key and first packet time (and a
         count of earlier flows on the same key in the same microsecond), so
         it does not depend on the other flows of the capture."""
@@ -347,8 +367,9 @@ class FlowTable:
     def _end(self, flow: Flow, reason: str) -> None:
         if self.flows.pop(flow.key, None) is None:
             return
-        if self.fast is not None and _indexable(flow):
-            self._unindex(flow)
+        fast = self.fast
+        if fast is not None and _indexable(flow):
+            self._unindex(fast, flow)
         if flow.inq:
             self._unqueue(flow)
         r = self._recent.get(flow.key)
@@ -366,17 +387,17 @@ class FlowTable:
         po, pr = flow.orig_p.to_bytes(2, "big"), flow.resp_p.to_bytes(2, "big")
         return flow.orig_b + flow.resp_b + po + pr, flow.resp_b + flow.orig_b + pr + po
 
-    def _index(self, flow: Flow) -> None:
+    def _index(self, fast: dict[bytes, tuple[Flow, bool]], flow: Flow) -> None:
         ko, kr = self._wire_keys(flow)
         if ko != kr:      # a connection to itself has one key for both directions: not indexed
-            self.fast[ko] = (flow, True)
-            self.fast[kr] = (flow, False)
+            fast[ko] = (flow, True)
+            fast[kr] = (flow, False)
 
-    def _unindex(self, flow: Flow) -> None:
+    def _unindex(self, fast: dict[bytes, tuple[Flow, bool]], flow: Flow) -> None:
         for k in self._wire_keys(flow):
-            e = self.fast.get(k)
+            e = fast.get(k)
             if e is not None and e[0] is flow:
-                del self.fast[k]
+                del fast[k]
 
     def _evict(self) -> None:
         """Make room: the least recently active flow of the first non-empty
@@ -401,7 +422,7 @@ class FlowTable:
             self._end(flow, "evicted")
             return
 
-    def _create(self, p: Packet, key: tuple, admitted: tuple[bool, object] | None = None) -> Flow:
+    def _create(self, p: Packet, key: FlowKey, admitted: tuple[bool, object] | None = None) -> Flow:
         if not self.emergency and len(self.flows) >= EMERGENCY_ENTER * self.max_flows:
             self.emergency = True
             self.timeouts_us = self.emergency_timeouts_us
@@ -429,8 +450,9 @@ class FlowTable:
         else:
             flow = Flow(self._uid(key, p.ts), key, p.proto, src, sport, dst, dport, p.ts, p.vlan)
         self.flows[key] = flow
-        if self.fast is not None and _indexable(flow):
-            self._index(flow)
+        fast = self.fast
+        if fast is not None and _indexable(flow):
+            self._index(fast, flow)
         self._queue(flow, flow.tclass, flow.qts)
         self.stats.created += 1
         if len(self.flows) > self.stats.active_max:
@@ -454,7 +476,7 @@ class FlowTable:
             self.stats.reused += 1
             flow = None
         new = flow is None
-        if new:
+        if flow is None:
             # an expected connection (FTP data, TFTP transfer) may also sit on a
             # tracked port: active-mode FTP data comes from port 20
             admitted = self.admit(p) if self.admit is not None else None
