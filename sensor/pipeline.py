@@ -148,7 +148,7 @@ class Pipeline:
         if a is not None:
             return a
         own = self._own.get(flow)
-        if own is None:
+        if own is None and self.book is not None:   # (the book: endpoint mode, where the callers run)
             # taken once: a child asking first (a TFTP transfer) must not use up
             # its parent's result -- a "none" one is not kept in _resolved
             own = self.book.take(self.records.local_key(flow), flow.first_ts)
