@@ -6,6 +6,7 @@ counters come from ``pcap_stats``. Design: docs/engine.md, "Capture".
 """
 from __future__ import annotations
 
+import logging
 import select
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,10 +18,38 @@ from sensor.io.capture import CaptureError, set_filter
 
 Handler = Callable[[int, bytes], None]
 
+log = logging.getLogger("xfer-sensor.capture")
+
 DEFAULT_BUFFER_BYTES = 64 << 20   # kernel ring for bursts
 DEFAULT_SNAPLEN = 262_144
 DEFAULT_TIMEOUT_MS = 100          # libpcap read timeout (batching)
 DISPATCH_BUDGET = 10_000          # packets taken from one handle per poll round
+
+# pcap_activate()'s results (pcap/pcap.h): pcapy returns them rather than raising
+ACTIVATE_ERRORS = {
+    -1: "error",  # PCAP_ERROR (the text is in pcap_geterr, which pcapy does not expose)
+    -4: "handle already activated",
+    -5: "no such device",
+    -6: "monitor mode not supported",
+    -7: "interface not in monitor mode",
+    -8: "permission denied (needs CAP_NET_RAW)",
+    -9: "interface is not up",
+    -10: "cannot set the time stamp type",
+    -11: "permission denied for promiscuous mode",
+    -12: "time stamp precision not supported",
+    -13: "capture not supported on this device",
+}
+ACTIVATE_WARNINGS = {
+    1: "warning",  # PCAP_WARNING
+    2: "promiscuous mode not supported",
+    3: "time stamp type not supported",
+}
+
+
+def activate_result(rc: int) -> str:
+    """What a non-zero result of ``pcap_activate()`` means."""
+    text = (ACTIVATE_ERRORS if rc < 0 else ACTIVATE_WARNINGS).get(rc)
+    return f"{text} (libpcap {rc})" if text else f"libpcap {'error' if rc < 0 else 'warning'} {rc}"
 
 
 @dataclass(slots=True)
@@ -46,11 +75,18 @@ class LiveCapture:
                 h.set_promisc(1 if promisc else 0)
                 h.set_timeout(timeout_ms)
                 h.set_buffer_size(buffer_bytes)
-                h.activate()
-                h.setnonblock(1)
+                rc = h.activate()
+                if rc >= 0:
+                    h.setnonblock(1)
             except pcapy.PcapError as e:
                 self.close()
                 raise CaptureError(f"{iface}: cannot capture: {e}") from None
+            if rc < 0:  # left unchecked, the first read fails later with a misleading error
+                h.close()
+                self.close()
+                raise CaptureError(f"{iface}: cannot capture: {activate_result(rc)}")
+            if rc > 0:
+                log.warning("%s: capturing despite: %s", iface, activate_result(rc))
             self.handles.append((iface, h, h.datalink()))
         self.filters: dict[str, str | None] = {}
 
