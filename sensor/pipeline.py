@@ -8,19 +8,20 @@ docs/architecture.md.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from sensor.engine.bpf import capture_filters
-from sensor.core.config import Config
-from sensor.engine.decode import LINKTYPE_ETHERNET, DecodeStats, Decoder, Packet
-from sensor.detect.detector import Detector
 from sensor.attribution.book import AttributionBook
+from sensor.core.config import Config
+from sensor.detect.detector import Detector
+from sensor.detect.rules import RuleSet
+from sensor.engine.bpf import capture_filters
+from sensor.engine.decode import LINKTYPE_ETHERNET, Decoder, DecodeStats, Packet
 from sensor.engine.dispatch import Dispatcher
 from sensor.engine.fastpath import ethernet_handler
 from sensor.engine.flows import Flow, FlowTable
 from sensor.engine.ports import PortSet
 from sensor.records.mde import RecordBuilder, iso_us
-from sensor.detect.rules import RuleSet
 
 # weird records written per name before only counting (Zeek samples weirds too)
 WEIRD_LOG_PER_NAME = 1000

@@ -7,7 +7,7 @@ Why this shape: docs/engine.md.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 MAX_FILTER_PORTS = 2000  # beyond this the filter is not worth compiling: decode in Python
 EPHEMERAL_MIN = 1024

@@ -14,7 +14,8 @@ IPv4 (228), IPv6 (229), Linux cooked SLL (113) and SLL2 (276).
 from __future__ import annotations
 
 import struct
-from typing import Any, Callable, Collection
+from collections.abc import Callable, Collection
+from typing import Any
 
 from sensor.core.counters import Counters
 

@@ -24,7 +24,8 @@ the interface is ``sensor.analyzers.base``). The dispatcher:
 from __future__ import annotations
 
 import socket
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from sensor.analyzers import registry
 from sensor.analyzers.base import Analyzer, ConnInfo, Plugin, Session, Tap

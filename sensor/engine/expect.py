@@ -8,7 +8,7 @@ oldest live expectation it fits. Expire on packet time; bounded
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import Callable
+from collections.abc import Callable
 
 from sensor.core.counters import Counters
 from sensor.core.events import ExpectConnection

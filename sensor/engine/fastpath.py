@@ -46,9 +46,10 @@ compares every record and counter.
 from __future__ import annotations
 
 import struct
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
-from sensor.engine.decode import LINKTYPE_ETHERNET, DecodeStats, Decoder, Packet, locate, seq_unwrap
+from sensor.engine.decode import LINKTYPE_ETHERNET, Decoder, DecodeStats, Packet, locate, seq_unwrap
 from sensor.engine.dispatch import Dispatcher
 from sensor.engine.flows import ESTABLISHED, PARTIAL, T_ATTEMPT, T_CLOSED, UDP_ACTIVE, FlowTable
 from sensor.engine.ports import PortSet

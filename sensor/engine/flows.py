@@ -29,7 +29,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import socket
-from typing import Any, Callable, Collection
+from collections.abc import Callable, Collection
+from typing import Any
 
 from sensor.core.config import Config
 from sensor.core.counters import Counters
@@ -122,7 +123,7 @@ class Flow:
             self._resp_h = _ntop(self.resp_b)
         return self._resp_h
 
-    def __lt__(self, other: "Flow") -> bool:
+    def __lt__(self, other: Flow) -> bool:
         # queue entries are (qts, uid, qver, flow): flows are compared only
         # if two distinct flows had the same uid (a hash collision)
         return id(self) < id(other)

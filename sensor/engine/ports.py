@@ -7,8 +7,7 @@ Design: docs/engine.md.
 """
 from __future__ import annotations
 
-from typing import Iterable
-
+from collections.abc import Iterable
 
 # admitted by the decoder and the capture filter although not tracked: a flow
 # there is only followed when it is expected (implicit FTPS active data, 989)
