@@ -9,7 +9,7 @@ docs/architecture.md.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from sensor.attribution.book import AttributionBook
 from sensor.core.config import Config
@@ -36,11 +36,18 @@ def _clocked(advance: Callable[[int], int], inner: Callable[[int, bytes], None])
     return handle
 
 
+class RecordSink(Protocol):
+    """Where the records go (``sensor.io.sinks``' outputs, a test's memory sink):
+    ``kind`` is connections, transfers, weird or alerts."""
+
+    def emit(self, kind: str, rec: dict[str, Any]) -> None: ...
+
+
 class Pipeline:
     """``attribution``: an ``AttributionBook`` (endpoint mode) -- the records
     then carry the process that made each connection (see sensor/attribution/book.py)."""
 
-    def __init__(self, config: Config, rules: RuleSet, sink: Any,
+    def __init__(self, config: Config, rules: RuleSet, sink: RecordSink,
                  attribution: AttributionBook | None = None) -> None:
         self.cfg = config
         self.sink = sink
@@ -58,7 +65,7 @@ class Pipeline:
         self._resolved: dict[Flow, Any] = {}     # flows whose attribution children inherit
         self._own: dict[Flow, Any] = {}          # each flow's own lookup result, once taken from the book
         # transfer records waiting for their owner's lookup (endpoint mode)
-        self._held: list[tuple[Flow, dict]] = []
+        self._held: list[tuple[Flow, dict[str, Any]]] = []
         self.attribution_counts: dict[str, int] = {}
         if attribution is not None:
             self.app.emit_transfer = self._emit_transfer
@@ -165,7 +172,7 @@ class Pipeline:
             self._resolved[flow] = a
         return a
 
-    def _emit_transfer(self, owner: Flow, rec: dict) -> None:
+    def _emit_transfer(self, owner: Flow, rec: dict[str, Any]) -> None:
         a = self._attribution(owner)
         if a is not None:
             self._fill_transfer(rec, a)
@@ -196,7 +203,7 @@ class Pipeline:
             self.sink.emit("transfers", rec)
         self._held = keep
 
-    def _fill_transfer(self, rec: dict, a: Any) -> None:
+    def _fill_transfer(self, rec: dict[str, Any], a: Any) -> None:
         if a is not None and a.AttributionSource != "none":
             rec["InitiatingProcessFileName"] = a.InitiatingProcessFileName
             rec["InitiatingProcessId"] = a.InitiatingProcessId
