@@ -50,7 +50,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from sensor.engine.decode import LINKTYPE_ETHERNET, Decoder, DecodeStats, Packet, locate, seq_unwrap
-from sensor.engine.dispatch import Dispatcher
+from sensor.engine.dispatch import AppState, Dispatcher
 from sensor.engine.flows import ESTABLISHED, PARTIAL, T_ATTEMPT, T_CLOSED, UDP_ACTIVE, FlowTable
 from sensor.engine.ports import PortSet
 
@@ -215,7 +215,7 @@ def ethernet_handler(
                         s.hi = hi + plen
                     else:
                         seq_at(flow, s, seq_unwrap(seq, s.base, hi), plen, ts)
-                    ctx = flow.ctx
+                    ctx: AppState | None = flow.ctx    # (Flow.ctx is Any: flows cannot name dispatch)
                     if ctx is not None:
                         a = ctx.analyzer
                         if ctx.tap is not None:
