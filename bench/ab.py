@@ -23,6 +23,7 @@ page cache. ``--same a,b`` checks that variants a and b wrote byte for byte
 the same records (a difference is reported and the exit status is 1). The table is printed and
 written as JSON to ``bench/results/ab-<time>.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,12 @@ def count_packets(path: Path) -> int:
     """Packets of a classic pcap, by walking its record headers."""
     with open(path, "rb") as f:
         head = f.read(24)
-        end = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">",
-               b"\x4d\x3c\xb2\xa1": "<", b"\xa1\xb2\x3c\x4d": ">"}.get(head[:4])
+        end = {
+            b"\xd4\xc3\xb2\xa1": "<",
+            b"\xa1\xb2\xc3\xd4": ">",
+            b"\x4d\x3c\xb2\xa1": "<",
+            b"\xa1\xb2\x3c\x4d": ">",
+        }.get(head[:4])
         if end is None:
             return 0
         n = 0
@@ -71,11 +76,20 @@ def records(out: Path) -> dict[str, bytes]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pcap", type=Path, default=HERE / "data" / "mixed-1m.pcap")
-    ap.add_argument("--variant", action="append", required=True, metavar="LABEL=COMMAND",
-                    help="a label and the command prefix that runs xfer-sensor (repeatable; the first is the baseline)")
+    ap.add_argument(
+        "--variant",
+        action="append",
+        required=True,
+        metavar="LABEL=COMMAND",
+        help="a label and the command prefix that runs xfer-sensor (repeatable; the first is the baseline)",
+    )
     ap.add_argument("--repeat", type=int, default=6, help="runs per variant (default 6)")
-    ap.add_argument("--same", default="", metavar="LABEL,LABEL,...",
-                    help="variants whose records must be byte for byte the same (checked on the first round)")
+    ap.add_argument(
+        "--same",
+        default="",
+        metavar="LABEL,LABEL,...",
+        help="variants whose records must be byte for byte the same (checked on the first round)",
+    )
     ap.add_argument("--results", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
     same = set(filter(None, args.same.split(",")))
@@ -98,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         first: dict[str, list[bytes]] | None = None
         first_label = ""
         for r in range(args.repeat):
-            order = variants[r % len(variants):] + variants[:r % len(variants)]
+            order = variants[r % len(variants) :] + variants[: r % len(variants)]
             for label, cmd in order:
                 out = Path(tmp) / f"{label}-{r}"
                 t0 = time.perf_counter()
@@ -122,16 +136,32 @@ def main(argv: list[str] | None = None) -> int:
         ts = times[label]
         best, med = min(ts), statistics.median(ts)
         per_round = statistics.median(t / b for t, b in zip(ts, times[base_label]))
-        rows.append({"variant": label, "command": " ".join(cmd), "runs": ts, "best_s": best, "median_s": med,
-                     "worst_s": max(ts), "pps_best": packets / best, "pps_median": packets / med,
-                     "ratio_best": best / b_best, "ratio_median": med / b_med, "ratio_per_round": per_round})
+        rows.append(
+            {
+                "variant": label,
+                "command": " ".join(cmd),
+                "runs": ts,
+                "best_s": best,
+                "median_s": med,
+                "worst_s": max(ts),
+                "pps_best": packets / best,
+                "pps_median": packets / med,
+                "ratio_best": best / b_best,
+                "ratio_median": med / b_med,
+                "ratio_per_round": per_round,
+            }
+        )
     print(f"{args.pcap} ({packets:,} packets), {args.repeat} runs per variant, alternating\n")
-    print(f"{'variant':<24} {'best s':>7} {'median s':>9} {'worst s':>8} {'pkts/s (median)':>16} "
-          f"{'x base (best)':>14} {'x base (median)':>16} {'x base (per round)':>19}")
+    print(
+        f"{'variant':<24} {'best s':>7} {'median s':>9} {'worst s':>8} {'pkts/s (median)':>16} "
+        f"{'x base (best)':>14} {'x base (median)':>16} {'x base (per round)':>19}"
+    )
     for row in rows:
-        print(f"{row['variant']:<24} {row['best_s']:>7.2f} {row['median_s']:>9.2f} {row['worst_s']:>8.2f} "
-              f"{row['pps_median']:>16,.0f} {row['ratio_best']:>14.2f} {row['ratio_median']:>16.2f} "
-              f"{row['ratio_per_round']:>19.2f}")
+        print(
+            f"{row['variant']:<24} {row['best_s']:>7.2f} {row['median_s']:>9.2f} {row['worst_s']:>8.2f} "
+            f"{row['pps_median']:>16,.0f} {row['ratio_best']:>14.2f} {row['ratio_median']:>16.2f} "
+            f"{row['ratio_per_round']:>19.2f}"
+        )
     if mismatch:
         print(f"\nrecords differ from {first_label}'s: {', '.join(mismatch)}")
     elif same:
@@ -139,8 +169,18 @@ def main(argv: list[str] | None = None) -> int:
     args.results.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = args.results / f"ab-{stamp}.json"
-    path.write_text(json.dumps({"pcap": str(args.pcap), "packets": packets, "repeat": args.repeat,
-                                "rows": rows, "records_differ": mismatch}, indent=1))
+    path.write_text(
+        json.dumps(
+            {
+                "pcap": str(args.pcap),
+                "packets": packets,
+                "repeat": args.repeat,
+                "rows": rows,
+                "records_differ": mismatch,
+            },
+            indent=1,
+        )
+    )
     print(f"\nwritten to {path}")
     return 1 if mismatch else 0
 

@@ -152,18 +152,24 @@ class Gen:
         self.web6 = [self._public(6) for _ in range(2000)]
         self.xfer4 = [self._public(4) for _ in range(3000)]
         self.xfer6 = [self._public(6) for _ in range(600)]
-        self.dns4 = [Host(ipaddress.ip_address(a), self.gw_mac)
-                     for a in ("8.8.8.8", "1.1.1.1", "9.9.9.9", "208.67.222.222")]
-        self.dns6 = [Host(ipaddress.ip_address(a), self.gw_mac)
-                     for a in ("2001:4860:4860::8888", "2606:4700:4700::1111")]
+        self.dns4 = [
+            Host(ipaddress.ip_address(a), self.gw_mac) for a in ("8.8.8.8", "1.1.1.1", "9.9.9.9", "208.67.222.222")
+        ]
+        self.dns6 = [
+            Host(ipaddress.ip_address(a), self.gw_mac) for a in ("2001:4860:4860::8888", "2606:4700:4700::1111")
+        ]
         # popular remotes: Zipf-ish head of each web pool
         self.web4_cw = self._zipf_cw(200)
         self.web6_cw = self._zipf_cw(80)
-        words = ("cdn static api img media edge assets login mail news shop video cloud "
-                 "data update files portal app sync docs store stream telemetry").split()
+        words = (
+            "cdn static api img media edge assets login mail news shop video cloud "
+            "data update files portal app sync docs store stream telemetry"
+        ).split()
         tlds = ("com", "net", "org", "io", "de", "fr", "co.uk", "nl", "info", "cloud")
-        self.domains = [f"{rng.choice(words)}{rng.randrange(1, 999)}.{rng.choice(words)}"
-                        f"{rng.randrange(1, 99)}.{rng.choice(tlds)}" for _ in range(1500)]
+        self.domains = [
+            f"{rng.choice(words)}{rng.randrange(1, 999)}.{rng.choice(words)}{rng.randrange(1, 99)}.{rng.choice(tlds)}"
+            for _ in range(1500)
+        ]
         self.repeat_keys = self._repeat_keys()
         self.repeat_cw = self._zipf_cw(len(self.repeat_keys), 0.6)
         # accounting for the share controllers
@@ -215,8 +221,16 @@ class Gen:
     def _repeat_keys(self) -> list[tuple]:
         """(client, server, kind, account) keys reused across many sessions."""
         rng = self.rng
-        kinds = (["ftp"] * 8 + ["ftp_active"] * 2 + ["ftps"] * 2 + ["ftp_authtls"] + ["smb445"] * 7
-                 + ["smb139"] * 2 + ["tftp"] * 5 + ["tftp_wrq"])
+        kinds = (
+            ["ftp"] * 8
+            + ["ftp_active"] * 2
+            + ["ftps"] * 2
+            + ["ftp_authtls"]
+            + ["smb445"] * 7
+            + ["smb139"] * 2
+            + ["tftp"] * 5
+            + ["tftp_wrq"]
+        )
         keys = []
         for i, kind in enumerate(kinds):
             v6 = i % 7 == 3
@@ -242,7 +256,7 @@ class Gen:
         pool = self.pool
         if n <= len(pool):
             off = self.rng.randrange(len(pool) - n + 1)
-            return head + pool[off:off + n]
+            return head + pool[off : off + n]
         reps = n // len(pool) + 1
         return head + (pool * reps)[:n]
 
@@ -273,8 +287,9 @@ class Gen:
             srv_ttl = rng.choice((64, 128, 255)) - rng.randrange(5, 25)
         flow = rng.getrandbits(20) if cli.v6 else 0
         c2s = Dir(srv.mac + cli.mac + tags + et, cli, srv, cli_ttl, rng.getrandbits(16), flow)
-        s2c = Dir(cli.mac + srv.mac + tags + et, srv, cli, srv_ttl, rng.getrandbits(16),
-                  rng.getrandbits(20) if cli.v6 else 0)
+        s2c = Dir(
+            cli.mac + srv.mac + tags + et, srv, cli, srv_ttl, rng.getrandbits(16), rng.getrandbits(20) if cli.v6 else 0
+        )
         return c2s, s2c
 
     def eport(self) -> int:
@@ -295,8 +310,22 @@ class Gen:
 class Tcp:
     """One TCP connection; appends (ts_us, frame) to ``out``.  Side 0 = initiator."""
 
-    def __init__(self, g: Gen, out: list, t: int, a: Host, b: Host, aport: int, bport: int,
-                 tags: bytes, rtt: int, gap: int, a_ttl=64, b_ttl=None, mss=1460):
+    def __init__(
+        self,
+        g: Gen,
+        out: list,
+        t: int,
+        a: Host,
+        b: Host,
+        aport: int,
+        bport: int,
+        tags: bytes,
+        rtt: int,
+        gap: int,
+        a_ttl=64,
+        b_ttl=None,
+        mss=1460,
+    ):
         self.g = g
         self.out = out
         self.d = g.dirs(a, b, tags, a_ttl, b_ttl)
@@ -313,8 +342,9 @@ class Tcp:
         self.react = [60, rtt]
         self.last = [t, t]  # latest timestamp scheduled per side (sends never precede it)
 
-    def emit(self, side: int, t: int, flags: int, payload: bytes = b"", seq=None, ack=None,
-             opts: bytes = b"", osum: int = 0):
+    def emit(
+        self, side: int, t: int, flags: int, payload: bytes = b"", seq=None, ack=None, opts: bytes = b"", osum: int = 0
+    ):
         sp, dp = self.ports[side]
         if seq is None:
             seq = self.nxt[side]
@@ -363,7 +393,7 @@ class Tcp:
         off = 0
         nxt = self.nxt
         while off < n:
-            chunk = data[off:off + mss]
+            chunk = data[off : off + mss]
             off += len(chunk)
             last = off >= n
             self.emit(side, t, ACK | PSH if last else ACK, chunk)
@@ -458,15 +488,33 @@ def client_hello(g: Gen, sni: str) -> bytes:
     pad = max(0, 512 - 4 - 2 - 32 - 33 - 2 - 32 - 2 - 2 - len(exts) - 4)
     exts += struct.pack("!HH", 21, pad) + b"\0" * pad
     suites = bytes.fromhex("130113021303c02bc02fc02cc030cca9cca8c013c014009c009d002f0035")
-    body = (b"\x03\x03" + g.blob(32) + b"\x20" + g.blob(32) + struct.pack("!H", len(suites))
-            + suites + b"\x01\x00" + struct.pack("!H", len(exts)) + exts)
+    body = (
+        b"\x03\x03"
+        + g.blob(32)
+        + b"\x20"
+        + g.blob(32)
+        + struct.pack("!H", len(suites))
+        + suites
+        + b"\x01\x00"
+        + struct.pack("!H", len(exts))
+        + exts
+    )
     hs = b"\x01" + len(body).to_bytes(3, "big") + body
     return struct.pack("!BHH", 0x16, 0x0301, len(hs)) + hs
 
 
 def server_flight(g: Gen) -> bytes:
-    sh_body = b"\x03\x03" + g.blob(32) + b"\x20" + g.blob(32) + b"\x13\x01\x00" + b"\x00\x2e" + \
-        struct.pack("!HHH", 43, 2, 0x0304) + struct.pack("!HHHH", 51, 36, 0x001D, 32) + g.blob(32)
+    sh_body = (
+        b"\x03\x03"
+        + g.blob(32)
+        + b"\x20"
+        + g.blob(32)
+        + b"\x13\x01\x00"
+        + b"\x00\x2e"
+        + struct.pack("!HHH", 43, 2, 0x0304)
+        + struct.pack("!HHHH", 51, 36, 0x001D, 32)
+        + g.blob(32)
+    )
     sh = b"\x02" + len(sh_body).to_bytes(3, "big") + sh_body
     rec = struct.pack("!BHH", 0x16, 0x0303, len(sh)) + sh
     rec += b"\x14\x03\x03\x00\x01\x01"
@@ -501,9 +549,28 @@ FILE_MAGIC = {
     "sql": b"-- MySQL dump 10.13\n",
     "csv": b"id,name,email,created\n",
 }
-FILE_STEMS = ("backup", "report_q3", "payroll", "db_dump", "export", "firmware", "update",
-              "customers", "invoice_2023", "archive", "logs", "config", "setup", "image",
-              "release-2.4.1", "data", "finance", "projects", "mail_export", "scan")
+FILE_STEMS = (
+    "backup",
+    "report_q3",
+    "payroll",
+    "db_dump",
+    "export",
+    "firmware",
+    "update",
+    "customers",
+    "invoice_2023",
+    "archive",
+    "logs",
+    "config",
+    "setup",
+    "image",
+    "release-2.4.1",
+    "data",
+    "finance",
+    "projects",
+    "mail_export",
+    "scan",
+)
 
 
 def file_name(g: Gen) -> tuple[str, bytes]:
@@ -524,7 +591,7 @@ def sess_tls(g: Gen, t0: int, v6: bool, tags: bytes) -> list:
     out: list = []
     cli = rng.choice(g.clients6 if v6 else g.clients4)
     pool, cw = (g.web6, g.web6_cw) if v6 else (g.web4, g.web4_cw)
-    srv = rng.choices(pool[:len(cw)], cum_weights=cw)[0] if rng.random() < 0.5 else rng.choice(pool)
+    srv = rng.choices(pool[: len(cw)], cum_weights=cw)[0] if rng.random() < 0.5 else rng.choice(pool)
     g.remotes.add(srv.i)
     c = Tcp(g, out, t0, cli, srv, g.eport(), 443, tags, g.rtt(), g.gap(1460))
     c.handshake()
@@ -583,7 +650,7 @@ def sess_quic(g: Gen, t0: int, v6: bool, tags: bytes) -> list:
     out: list = []
     cli = rng.choice(g.clients6 if v6 else g.clients4)
     pool, cw = (g.web6, g.web6_cw) if v6 else (g.web4, g.web4_cw)
-    srv = rng.choices(pool[:len(cw)], cum_weights=cw)[0] if rng.random() < 0.6 else rng.choice(pool)
+    srv = rng.choices(pool[: len(cw)], cum_weights=cw)[0] if rng.random() < 0.6 else rng.choice(pool)
     g.remotes.add(srv.i)
     u = Udp(g, out, cli, srv, tags)
     sp = g.eport()
@@ -595,8 +662,13 @@ def sess_quic(g: Gen, t0: int, v6: bool, tags: bytes) -> list:
     t += rtt
     server_cid = g.blob(8)
     for i in range(rng.randrange(2, 5)):
-        u.emit(1, t, 443, sp, quic_long(g, 0xC1 if i == 0 else 0xE1, scid, server_cid,
-                                         rng.randrange(1150, 1230), initial=i == 0))
+        u.emit(
+            1,
+            t,
+            443,
+            sp,
+            quic_long(g, 0xC1 if i == 0 else 0xE1, scid, server_cid, rng.randrange(1150, 1230), initial=i == 0),
+        )
         t += gap
     t += 200
     u.emit(0, t, sp, 443, quic_long(g, 0xE1, server_cid, scid, rng.randrange(80, 140)))
@@ -630,10 +702,14 @@ def quic_long(g: Gen, first: int, dcid: bytes, scid: bytes, size: int, initial: 
 FTP_USERS = ("backup", "admin", "ftpuser", "svc_sync", "deploy", "jsmith")
 SMB_USERS = ("Administrator", "backup_svc", "jsmith", "mdupont", "svc_sql", "operator")
 
-FTP_BANNERS = ("220 (vsFTPd 3.0.3)\r\n", "220 ProFTPD Server (ProFTPD) [{ip}]\r\n",
-               "220 Microsoft FTP Service\r\n",
-               "220-Welcome to the file archive.\r\n220-All transfers are logged.\r\n220 \r\n",
-               "220 FileZilla Server 1.7.3\r\n", "220 Pure-FTPd [privsep] [TLS]\r\n")
+FTP_BANNERS = (
+    "220 (vsFTPd 3.0.3)\r\n",
+    "220 ProFTPD Server (ProFTPD) [{ip}]\r\n",
+    "220 Microsoft FTP Service\r\n",
+    "220-Welcome to the file archive.\r\n220-All transfers are logged.\r\n220 \r\n",
+    "220 FileZilla Server 1.7.3\r\n",
+    "220 Pure-FTPd [privsep] [TLS]\r\n",
+)
 
 
 def _ftp_cmd(ctl: Tcp, line: str, reply: str, think=None, tls=False):
@@ -692,20 +768,36 @@ def sess_ftp(g: Gen, t0: int, v6: bool, tags: bytes, key=None, mode="ftp") -> li
     _ftp_cmd(ctl, f"USER {user}", "331 Please specify the password.\r\n", 20_000, tls)
     if rng.random() < 0.06:  # failed login
         info["outcome"] = "success_login_failed"
-        _ftp_cmd(ctl, "PASS " + ("guest@" if anon else "Winter2023!"), "530 Login incorrect.\r\n",
-                 rng.randrange(50_000, 2_000_000), tls)
+        _ftp_cmd(
+            ctl,
+            "PASS " + ("guest@" if anon else "Winter2023!"),
+            "530 Login incorrect.\r\n",
+            rng.randrange(50_000, 2_000_000),
+            tls,
+        )
         _ftp_cmd(ctl, "QUIT", "221 Goodbye.\r\n", 300_000, tls)
         ctl.close(1)
         return out
-    _ftp_cmd(ctl, "PASS " + ("anonymous@" if anon else "S3cr3t-" + str(rng.randrange(1000))),
-             "230 Login successful.\r\n", rng.randrange(20_000, 2_000_000), tls)
+    _ftp_cmd(
+        ctl,
+        "PASS " + ("anonymous@" if anon else "S3cr3t-" + str(rng.randrange(1000))),
+        "230 Login successful.\r\n",
+        rng.randrange(20_000, 2_000_000),
+        tls,
+    )
     if tls:
         _ftp_cmd(ctl, "PBSZ 0", "200 PBSZ=0\r\n", None, True)
         _ftp_cmd(ctl, "PROT P", "200 Protection level set to P\r\n", None, True)
     _ftp_cmd(ctl, "SYST", "215 UNIX Type: L8\r\n", None, tls)
     if rng.random() < 0.6:
-        _ftp_cmd(ctl, "FEAT", "211-Features:\r\n EPRT\r\n EPSV\r\n MDTM\r\n PASV\r\n REST STREAM\r\n"
-                 " SIZE\r\n TVFS\r\n UTF8\r\n211 End\r\n", None, tls)
+        _ftp_cmd(
+            ctl,
+            "FEAT",
+            "211-Features:\r\n EPRT\r\n EPSV\r\n MDTM\r\n PASV\r\n REST STREAM\r\n"
+            " SIZE\r\n TVFS\r\n UTF8\r\n211 End\r\n",
+            None,
+            tls,
+        )
     _ftp_cmd(ctl, "PWD", '257 "/" is the current directory\r\n', None, tls)
     if rng.random() < 0.5:
         d = rng.choice(("pub", "upload", "incoming", "backups", "outgoing/2023"))
@@ -723,7 +815,8 @@ def sess_ftp(g: Gen, t0: int, v6: bool, tags: bytes, key=None, mode="ftp") -> li
             lines = "".join(
                 f"-rw-r--r--    1 ftp      ftp      {rng.randrange(100, 10**8):>10} Nov {rng.randrange(1, 29):2d} "
                 f"{rng.randrange(0, 24):02d}:{rng.randrange(0, 60):02d} {file_name(g)[0]}\r\n"
-                for _ in range(rng.randrange(3, 60)))
+                for _ in range(rng.randrange(3, 60))
+            )
             data = lines.encode()
         else:
             size = file_size(g, 40_000, 1.3, 6_000_000)
@@ -738,28 +831,37 @@ def sess_ftp(g: Gen, t0: int, v6: bool, tags: bytes, key=None, mode="ftp") -> li
                 _ftp_cmd(ctl, f"EPRT |2|{cli.ip}|{cport}|", "200 EPRT command successful. Consider using EPSV.\r\n")
             else:
                 h = str(cli.ip).replace(".", ",")
-                _ftp_cmd(ctl, f"PORT {h},{cport >> 8},{cport & 0xFF}",
-                         "200 PORT command successful. Consider using PASV.\r\n")
+                _ftp_cmd(
+                    ctl,
+                    f"PORT {h},{cport >> 8},{cport & 0xFF}",
+                    "200 PORT command successful. Consider using PASV.\r\n",
+                )
         elif v6 or rng.random() < 0.6:
             _ftp_cmd(ctl, "EPSV", f"229 Entering Extended Passive Mode (|||{dport}|)\r\n", None, tls)
         else:
             h = str(srv.ip).replace(".", ",")
             _ftp_cmd(ctl, "PASV", f"227 Entering Passive Mode ({h},{dport >> 8},{dport & 0xFF}).\r\n", None, tls)
         arg = "" if op == "LIST" else f" {name}"
-        xfer_rec = {"op": op, "name": None if op == "LIST" else name, "bytes": len(data),
-                    "data_mode": "active" if active else "passive"}
+        xfer_rec = {
+            "op": op,
+            "name": None if op == "LIST" else name,
+            "bytes": len(data),
+            "data_mode": "active" if active else "passive",
+        }
         info["transfers"].append(xfer_rec)
         if active:
             # command first, then the server connects from port 20 to the client's port
             ctl.req((op + arg + "\r\n").encode(), rng.randrange(500, 20_000))
             xfer_rec["data_conn"] = [str(srv.ip), 20, str(cli.ip), cport]
-            dc = Tcp(g, out, ctl.t + rtt + 500, srv, cli, 20, cport, tags, rtt, gap,
-                     a_ttl=ctl.d[1].ttl, b_ttl=64)
+            dc = Tcp(g, out, ctl.t + rtt + 500, srv, cli, 20, cport, tags, rtt, gap, a_ttl=ctl.d[1].ttl, b_ttl=64)
             dc.react = [rtt, 60]  # the initiator (server) is the far side here
             dc.handshake()
             ctl.t = dc.t
             mode_txt = "ASCII" if op == "LIST" else "BINARY"
-            ctl.resp(f"150 Opening {mode_txt} mode data connection for {'file list' if op == 'LIST' else name}.\r\n".encode(), 100)
+            ctl.resp(
+                f"150 Opening {mode_txt} mode data connection for {'file list' if op == 'LIST' else name}.\r\n".encode(),
+                100,
+            )
             dc.t = ctl.t
             sender, far = (0 if op != "STOR" else 1), 0
         else:
@@ -775,7 +877,9 @@ def sess_ftp(g: Gen, t0: int, v6: bool, tags: bytes, key=None, mode="ftp") -> li
                 if op == "LIST":
                     ctl.resp(b"150 Here comes the directory listing.\r\n", 200)
                 elif op == "RETR":
-                    ctl.resp(f"150 Opening BINARY mode data connection for {name} ({len(data)} bytes).\r\n".encode(), 200)
+                    ctl.resp(
+                        f"150 Opening BINARY mode data connection for {name} ({len(data)} bytes).\r\n".encode(), 200
+                    )
                 else:
                     ctl.resp(b"150 Ok to send data.\r\n", 200)
             dc.t = ctl.t
@@ -815,32 +919,67 @@ def _der(tag: int, body: bytes) -> bytes:
 
 
 # SPNEGO negTokenInit offering NTLMSSP (as in a NEGOTIATE response)
-SPNEGO_INIT = _der(0x60, bytes.fromhex("06062b0601050502") + _der(0xA0, _der(0x30, _der(0xA0, _der(
-    0x30, bytes.fromhex("060a2b06010401823702020a"))))))
+SPNEGO_INIT = _der(
+    0x60,
+    bytes.fromhex("06062b0601050502")
+    + _der(0xA0, _der(0x30, _der(0xA0, _der(0x30, bytes.fromhex("060a2b06010401823702020a"))))),
+)
 NTLM_FLAGS = 0xE2088297
 
 
 def ntlm_negotiate() -> bytes:
-    return b"NTLMSSP\x00" + struct.pack("<II8s8s", 1, NTLM_FLAGS, b"\0" * 8, b"\0" * 8) + b"\x0a\x00\x63\x45\x00\x00\x00\x0f"
+    return (
+        b"NTLMSSP\x00"
+        + struct.pack("<II8s8s", 1, NTLM_FLAGS, b"\0" * 8, b"\0" * 8)
+        + b"\x0a\x00\x63\x45\x00\x00\x00\x0f"
+    )
 
 
 def ntlm_challenge(g: Gen, host: str) -> bytes:
     target = "CORP".encode("utf-16-le")
     h = host.encode("utf-16-le")
-    info = (struct.pack("<HH", 2, len(target)) + target + struct.pack("<HH", 1, len(h)) + h
-            + struct.pack("<HH", 7, 8) + struct.pack("<Q", 133440000000000000) + b"\0\0\0\0")
+    info = (
+        struct.pack("<HH", 2, len(target))
+        + target
+        + struct.pack("<HH", 1, len(h))
+        + h
+        + struct.pack("<HH", 7, 8)
+        + struct.pack("<Q", 133440000000000000)
+        + b"\0\0\0\0"
+    )
     off = 56
-    return (b"NTLMSSP\x00" + struct.pack("<IHHIIQ8sHHI", 2, len(target), len(target), off, NTLM_FLAGS,
-                                         int.from_bytes(g.blob(8), "little"), b"\0" * 8,
-                                         len(info), len(info), off + len(target))
-            + b"\x0a\x00\x63\x45\x00\x00\x00\x0f" + target + info)
+    return (
+        b"NTLMSSP\x00"
+        + struct.pack(
+            "<IHHIIQ8sHHI",
+            2,
+            len(target),
+            len(target),
+            off,
+            NTLM_FLAGS,
+            int.from_bytes(g.blob(8), "little"),
+            b"\0" * 8,
+            len(info),
+            len(info),
+            off + len(target),
+        )
+        + b"\x0a\x00\x63\x45\x00\x00\x00\x0f"
+        + target
+        + info
+    )
 
 
 def ntlm_auth(g: Gen, domain: str, user: str, ws: str) -> bytes:
     d, u, w = (x.encode("utf-16-le") for x in (domain, user, ws))
     lm = b"\0" * 24
-    nt = g.blob(16) + b"\x01\x01\x00\x00\x00\x00\x00\x00" + struct.pack("<Q", 133440000000000000) + g.blob(8) \
-        + b"\0" * 4 + b"\0" * 4
+    nt = (
+        g.blob(16)
+        + b"\x01\x01\x00\x00\x00\x00\x00\x00"
+        + struct.pack("<Q", 133440000000000000)
+        + g.blob(8)
+        + b"\0" * 4
+        + b"\0" * 4
+    )
     key = g.blob(16)
     off = 88
     fields = []
@@ -849,8 +988,15 @@ def ntlm_auth(g: Gen, domain: str, user: str, ws: str) -> bytes:
         fields.append((len(blob), len(blob), off + len(payload)))
         payload += blob
     sec = b"".join(struct.pack("<HHI", *f) for f in fields)
-    return (b"NTLMSSP\x00" + struct.pack("<I", 3) + sec + struct.pack("<I", NTLM_FLAGS)
-            + b"\x0a\x00\x63\x45\x00\x00\x00\x0f" + g.blob(16) + payload)
+    return (
+        b"NTLMSSP\x00"
+        + struct.pack("<I", 3)
+        + sec
+        + struct.pack("<I", NTLM_FLAGS)
+        + b"\x0a\x00\x63\x45\x00\x00\x00\x0f"
+        + g.blob(16)
+        + payload
+    )
 
 
 class Smb:
@@ -865,11 +1011,20 @@ class Smb:
     def hdr(self, cmd: int, resp: bool, status: int = 0, credits: int = 1) -> bytes:
         flags = (1 if resp else 0) | (8 if self.signed else 0)
         sig = self.g.blob(16) if self.signed else b"\0" * 16
-        return _smb2_hdr(b"\xfeSMB", 64, credits, status, cmd, credits, flags, 0, self.mid, 0xFEFF,
-                         self.tid, self.sid, sig)
+        return _smb2_hdr(
+            b"\xfeSMB", 64, credits, status, cmd, credits, flags, 0, self.mid, 0xFEFF, self.tid, self.sid, sig
+        )
 
-    def exchange(self, cmd: int, req_body: bytes, resp_body: bytes, status: int = 0,
-                 think: int | None = None, proc: int | None = None, credits: int = 1) -> None:
+    def exchange(
+        self,
+        cmd: int,
+        req_body: bytes,
+        resp_body: bytes,
+        status: int = 0,
+        think: int | None = None,
+        proc: int | None = None,
+        credits: int = 1,
+    ) -> None:
         rng = self.g.rng
         req = self.hdr(cmd, False, 0, credits) + req_body
         self.c.req(struct.pack("!I", len(req)) + req, think if think is not None else rng.randrange(100, 20_000))
@@ -899,44 +1054,110 @@ def sess_smb(g: Gen, t0: int, v6: bool, tags: bytes, key=None, port=445) -> list
         c.resp(b"\x82\x00\x00\x00", 300)
     s = Smb(g, c)
     dialects = (0x0202, 0x0210, 0x0300, 0x0302, 0x0311)
-    neg_req = struct.pack("<HHHHI16sIHH", 36, len(dialects), 1, 0, 0x7F, g.blob(16), 0, 0, 0) + \
-        b"".join(struct.pack("<H", d) for d in dialects)
+    neg_req = struct.pack("<HHHHI16sIHH", 36, len(dialects), 1, 0, 0x7F, g.blob(16), 0, 0, 0) + b"".join(
+        struct.pack("<H", d) for d in dialects
+    )
     blob = SPNEGO_INIT
-    neg_rsp = struct.pack("<HHHH16sIIIIQQHHI", 65, 1, 0x0311, 0, g.blob(16), 0x2F, 8388608, 8388608,
-                          8388608, 133440000000000000, 0, 128, len(blob), 0) + blob
+    neg_rsp = (
+        struct.pack(
+            "<HHHH16sIIIIQQHHI",
+            65,
+            1,
+            0x0311,
+            0,
+            g.blob(16),
+            0x2F,
+            8388608,
+            8388608,
+            8388608,
+            133440000000000000,
+            0,
+            128,
+            len(blob),
+            0,
+        )
+        + blob
+    )
     s.exchange(SMB2_NEGOTIATE, neg_req, neg_rsp, think=500)
     t1 = ntlm_negotiate()
     t2 = ntlm_challenge(g, host)
-    s.exchange(SMB2_SESSION_SETUP, struct.pack("<HBBIIHHQ", 25, 0, 1, 1, 0, 88, len(t1), 0) + t1,
-               struct.pack("<HHHH", 9, 0, 72, len(t2)) + t2, status=0xC0000016, think=800)
+    s.exchange(
+        SMB2_SESSION_SETUP,
+        struct.pack("<HBBIIHHQ", 25, 0, 1, 1, 0, 88, len(t1), 0) + t1,
+        struct.pack("<HHHH", 9, 0, 72, len(t2)) + t2,
+        status=0xC0000016,
+        think=800,
+    )
     s.sid = rng.getrandbits(63) | 1
     user = key[3] if key is not None else rng.choice(SMB_USERS)
     t3 = ntlm_auth(g, "CORP", user, f"WS{rng.randrange(1000):03d}")
     info["account"] = user
     info["domain"] = "CORP"
     info["account_visible"] = user
-    s.exchange(SMB2_SESSION_SETUP, struct.pack("<HBBIIHHQ", 25, 0, 1, 1, 0, 88, len(t3), 0) + t3,
-               struct.pack("<HHHH", 9, 0, 0, 0), think=800)
+    s.exchange(
+        SMB2_SESSION_SETUP,
+        struct.pack("<HBBIIHHQ", 25, 0, 1, 1, 0, 88, len(t3), 0) + t3,
+        struct.pack("<HHHH", 9, 0, 0, 0),
+        think=800,
+    )
     s.signed = rng.random() < 0.7
     share = rng.choice(("C$", "ADMIN$", "share", "backup", "public", "data", "transfer", "IPC$"))
     path = f"\\\\{srv.ip}\\{share}".encode("utf-16-le")
-    s.exchange(SMB2_TREE_CONNECT, struct.pack("<HHHH", 9, 0, 72, len(path)) + path,
-               struct.pack("<HBBIII", 16, 1, 0, 0x800, 0, 0x1F01FF))
+    s.exchange(
+        SMB2_TREE_CONNECT,
+        struct.pack("<HHHH", 9, 0, 72, len(path)) + path,
+        struct.pack("<HBBIII", 16, 1, 0, 0x800, 0, 0x1F01FF),
+    )
     s.tid = rng.randrange(1, 1 << 16)
     chunk = rng.choice((65536, 65536, 1048576))
     for _ in range(rng.choice((1, 1, 2, 3, 4))):
         name, magic = file_name(g)
         fname = (rng.choice(("", "Documents\\", "Temp\\", "Users\\Public\\")) + name).encode("utf-16-le")
         write = rng.random() < 0.45
-        create_req = struct.pack("<HBBIQQIIIIIHHII", 57, 0, 0, 2, 0, 0,
-                                 0x12019F if write else 0x120089, 0x80, 7, 5 if write else 1, 0x40,
-                                 120, len(fname), 0, 0) + fname
+        create_req = (
+            struct.pack(
+                "<HBBIQQIIIIIHHII",
+                57,
+                0,
+                0,
+                2,
+                0,
+                0,
+                0x12019F if write else 0x120089,
+                0x80,
+                7,
+                5 if write else 1,
+                0x40,
+                120,
+                len(fname),
+                0,
+                0,
+            )
+            + fname
+        )
         fid = g.blob(16)
         size = file_size(g, 50_000, 1.4, 8_000_000)
-        info["transfers"].append({"op": "write" if write else "read", "name": fname.decode("utf-16-le"),
-                                  "bytes": size, "share": share})
-        create_rsp = struct.pack("<HBBIQQQQQQI4s16sII", 89, 0, 0, 1, 133440000000000000, 133440000000000000,
-                                 133440000000000000, 133440000000000000, size, size, 0x80, b"\0" * 4, fid, 0, 0)
+        info["transfers"].append(
+            {"op": "write" if write else "read", "name": fname.decode("utf-16-le"), "bytes": size, "share": share}
+        )
+        create_rsp = struct.pack(
+            "<HBBIQQQQQQI4s16sII",
+            89,
+            0,
+            0,
+            1,
+            133440000000000000,
+            133440000000000000,
+            133440000000000000,
+            133440000000000000,
+            size,
+            size,
+            0x80,
+            b"\0" * 4,
+            fid,
+            0,
+            0,
+        )
         s.exchange(SMB2_CREATE, create_req, create_rsp)
         off = 0
         data = g.blob(size, magic)
@@ -944,17 +1165,28 @@ def sess_smb(g: Gen, t0: int, v6: bool, tags: bytes, key=None, port=445) -> list
             n = min(chunk, size - off)
             cr = max(1, n // 65536)
             if write:
-                wreq = struct.pack("<HHIQ16sIIHHI", 49, 112, n, off, fid, 0, 0, 0, 0, 0) + data[off:off + n]
-                s.exchange(SMB2_WRITE, wreq, struct.pack("<HHIIHH", 17, 0, n, 0, 0, 0), think=rng.randrange(50, 800),
-                           credits=cr)
+                wreq = struct.pack("<HHIQ16sIIHHI", 49, 112, n, off, fid, 0, 0, 0, 0, 0) + data[off : off + n]
+                s.exchange(
+                    SMB2_WRITE,
+                    wreq,
+                    struct.pack("<HHIIHH", 17, 0, n, 0, 0, 0),
+                    think=rng.randrange(50, 800),
+                    credits=cr,
+                )
             else:
                 rreq = struct.pack("<HBBIQ16sIIIHHB", 49, 0x50, 0, n, off, fid, 1, 0, 0, 0, 0, 0)
-                s.exchange(SMB2_READ, rreq, struct.pack("<HBBII4x", 17, 80, 0, n, 0) + data[off:off + n],
-                           think=rng.randrange(50, 800), credits=cr)
+                s.exchange(
+                    SMB2_READ,
+                    rreq,
+                    struct.pack("<HBBII4x", 17, 80, 0, n, 0) + data[off : off + n],
+                    think=rng.randrange(50, 800),
+                    credits=cr,
+                )
             off += n
         s.exchange(SMB2_CLOSE, struct.pack("<HHI16s", 24, 0, 0, fid), struct.pack("<HHI", 60, 0, 0) + b"\0" * 52)
-    s.exchange(SMB2_TREE_DISCONNECT, struct.pack("<HH", 4, 0), struct.pack("<HH", 4, 0),
-               think=rng.randrange(1_000, 500_000))
+    s.exchange(
+        SMB2_TREE_DISCONNECT, struct.pack("<HH", 4, 0), struct.pack("<HH", 4, 0), think=rng.randrange(1_000, 500_000)
+    )
     s.exchange(SMB2_LOGOFF, struct.pack("<HH", 4, 0), struct.pack("<HH", 4, 0))
     c.close(0, rng.randrange(1_000, 200_000))
     return out
@@ -962,8 +1194,18 @@ def sess_smb(g: Gen, t0: int, v6: bool, tags: bytes, key=None, port=445) -> list
 
 # ---- TFTP ---------------------------------------------------------------------
 
-TFTP_FILES = ("pxelinux.0", "pxelinux.cfg/default", "router-confg", "startup-config.bak", "firmware.bin",
-              "boot/grub/grubx64.efi", "backup/switch01.cfg", "update.img", "payload.bin", "config.tar.gz")
+TFTP_FILES = (
+    "pxelinux.0",
+    "pxelinux.cfg/default",
+    "router-confg",
+    "startup-config.bak",
+    "firmware.bin",
+    "boot/grub/grubx64.efi",
+    "backup/switch01.cfg",
+    "update.img",
+    "payload.bin",
+    "config.tar.gz",
+)
 
 
 def sess_tftp(g: Gen, t0: int, v6: bool, tags: bytes, key=None, wrq=False, fail=None) -> list:
@@ -985,11 +1227,19 @@ def sess_tftp(g: Gen, t0: int, v6: bool, tags: bytes, key=None, wrq=False, fail=
     req = struct.pack("!H", 2 if wrq else 1) + fname.encode() + b"\0octet\0"
     t = t0
     info = g.info
-    info.update(client=str(cli.ip), server=str(srv.ip), port=69, client_port=cport, server_tid=stid,
-                outcome="success", transfers=[], account_visible="")
+    info.update(
+        client=str(cli.ip),
+        server=str(srv.ip),
+        port=69,
+        client_port=cport,
+        server_tid=stid,
+        outcome="success",
+        transfers=[],
+        account_visible="",
+    )
     if fail == "noanswer":
         info["outcome"] = "no_answer"
-        for i in range(rng.randrange(3, 6)):
+        for _i in range(rng.randrange(3, 6)):
             u.emit(0, t, cport, 69, req)
             t += 5_000_000
         return out
@@ -1008,13 +1258,13 @@ def sess_tftp(g: Gen, t0: int, v6: bool, tags: bytes, key=None, wrq=False, fail=
         u.emit(1, t, stid, cport, b"\x00\x04\x00\x00")
         t += 150
         for b in range(1, nblocks + 1):
-            u.emit(0, t, cport, stid, struct.pack("!HH", 3, b & 0xFFFF) + data[(b - 1) * 512:b * 512])
+            u.emit(0, t, cport, stid, struct.pack("!HH", 3, b & 0xFFFF) + data[(b - 1) * 512 : b * 512])
             t += rtt
             u.emit(1, t, stid, cport, struct.pack("!HH", 4, b & 0xFFFF))
             t += 120
     else:
         for b in range(1, nblocks + 1):
-            u.emit(1, t, stid, cport, struct.pack("!HH", 3, b & 0xFFFF) + data[(b - 1) * 512:b * 512])
+            u.emit(1, t, stid, cport, struct.pack("!HH", 3, b & 0xFFFF) + data[(b - 1) * 512 : b * 512])
             t += 90
             u.emit(0, t, cport, stid, struct.pack("!HH", 4, b & 0xFFFF))
             t += rtt
@@ -1022,6 +1272,7 @@ def sess_tftp(g: Gen, t0: int, v6: bool, tags: bytes, key=None, wrq=False, fail=
 
 
 # ---- failures -----------------------------------------------------------------
+
 
 def sess_fail(g: Gen, t0: int, v6: bool, tags: bytes) -> list:
     rng = g.rng
@@ -1037,7 +1288,7 @@ def sess_fail(g: Gen, t0: int, v6: bool, tags: bytes) -> list:
     if rng.random() < 0.55:
         tries = rng.choice((1, 1, 2, 3))
         g.info.update(outcome="refused", attempts=tries)
-        for i in range(tries):
+        for _i in range(tries):
             c.rst_reply()
             c.t += rng.randrange(300_000, 600_000)
             c.nxt[0] = rng.getrandbits(32)
@@ -1059,7 +1310,6 @@ BG_KINDS = ("dns", "tls", "quic")
 BG_W = (45, 40, 15)
 XF_KINDS = ("ftp", "ftp_active", "ftps", "ftp_authtls", "smb445", "smb139", "tftp", "tftp_wrq", "fail")
 XF_W = (26, 5, 5, 3, 24, 5, 10, 3, 19)
-
 
 
 def make_session(g: Gen, t0: int):
@@ -1105,15 +1355,28 @@ def make_session(g: Gen, t0: int):
     if g.cur_key is not None:  # a successful transfer-protocol connection
         g.succ[g.cur_key] = g.succ.get(g.cur_key, 0) + 1
     if xfer and pk and g.truth is not None:
-        rec = {"kind": kind, "first_ts_us": pk[0][0], "last_ts_us": pk[-1][0], "packets": len(pk),
-               "ipv6": v6, "vlan_tags": len(tags) // 4, "repeat_key": key is not None}
+        rec = {
+            "kind": kind,
+            "first_ts_us": pk[0][0],
+            "last_ts_us": pk[-1][0],
+            "packets": len(pk),
+            "ipv6": v6,
+            "vlan_tags": len(tags) // 4,
+            "repeat_key": key is not None,
+        }
         rec.update(g.info)
         g.truth.append(rec)
     return kind, xfer, v6, bool(tags), pk
 
 
-def generate(out_path: Path, n_packets: int, seed: int, quiet: bool = False,
-             truth_path: Path | None = None, xfer_share: float = TARGET_XFER) -> dict:
+def generate(
+    out_path: Path,
+    n_packets: int,
+    seed: int,
+    quiet: bool = False,
+    truth_path: Path | None = None,
+    xfer_share: float = TARGET_XFER,
+) -> dict:
     t_start = time.perf_counter()
     g = Gen(seed, xfer_share)
     if truth_path is not None:
@@ -1236,18 +1499,18 @@ def _iter_pcap(path: Path):
     while off + 16 <= n:
         s, us, il, ol = unpack(data, off)
         off += 16
-        yield s * 1_000_000 + us, data[off:off + il]
+        yield s * 1_000_000 + us, data[off : off + il]
         off += il
 
 
 def _l3(fr: bytes):
     off = 12
-    et = int.from_bytes(fr[off:off + 2], "big")
+    et = int.from_bytes(fr[off : off + 2], "big")
     tags = 0
     while et in (0x8100, 0x88A8):
         off += 4
         tags += 1
-        et = int.from_bytes(fr[off:off + 2], "big")
+        et = int.from_bytes(fr[off : off + 2], "big")
     return et, off + 2, tags
 
 
@@ -1299,18 +1562,18 @@ def self_test() -> int:
             if tags == 2:
                 seen_qinq += 1
             if et == 0x0800:
-                tl = int.from_bytes(fr[off + 2:off + 4], "big")
+                tl = int.from_bytes(fr[off + 2 : off + 4], "big")
                 check(tl == len(fr) - off, f"IPv4 total length wrong at {i}")
                 proto = fr[off + 9]
-                src, dst = fr[off + 12:off + 16], fr[off + 16:off + 20]
+                src, dst = fr[off + 12 : off + 16], fr[off + 16 : off + 20]
                 l4 = off + 20
                 srcip, dstip = ipaddress.IPv4Address(src), ipaddress.IPv4Address(dst)
             else:
                 check(et == 0x86DD, f"unexpected ethertype {et:#x} at {i}")
-                pl = int.from_bytes(fr[off + 4:off + 6], "big")
+                pl = int.from_bytes(fr[off + 4 : off + 6], "big")
                 check(pl == len(fr) - off - 40, f"IPv6 payload length wrong at {i}")
                 proto = fr[off + 6]
-                src, dst = fr[off + 8:off + 24], fr[off + 24:off + 40]
+                src, dst = fr[off + 8 : off + 24], fr[off + 24 : off + 40]
                 l4 = off + 40
                 srcip, dstip = ipaddress.IPv6Address(src), ipaddress.IPv6Address(dst)
             local = [ip for ip in (srcip, dstip) if not ip.is_global]
@@ -1333,8 +1596,9 @@ def self_test() -> int:
                     if seq != nxt[k]:
                         bad_seq += 1
                         if bad_seq <= 5:
-                            print(f"  seq gap at packet {i}: port {sp}->{dp} seq {seq} expected {nxt[k]}",
-                                  file=sys.stderr)
+                            print(
+                                f"  seq gap at packet {i}: port {sp}->{dp} seq {seq} expected {nxt[k]}", file=sys.stderr
+                            )
                     nxt[k] = (seq + plen + (1 if flags & FIN else 0)) & 0xFFFFFFFF
                 rk = (dst, dp, src, sp)
                 if flags & ACK and rk in nxt:
@@ -1342,11 +1606,13 @@ def self_test() -> int:
                     if ((nxt[rk] - ack) & 0xFFFFFFFF) > 0x7FFFFFFF:
                         bad_seq += 1
                         if bad_seq <= 5:
-                            print(f"  ack ahead at packet {i}: port {sp}->{dp} ack {ack} peer next {nxt[rk]}",
-                                  file=sys.stderr)
+                            print(
+                                f"  ack ahead at packet {i}: port {sp}->{dp} ack {ack} peer next {nxt[rk]}",
+                                file=sys.stderr,
+                            )
                 peer_max[k] = 1
             elif proto == 17:
-                ul = int.from_bytes(fr[l4 + 4:l4 + 6], "big")
+                ul = int.from_bytes(fr[l4 + 4 : l4 + 6], "big")
                 check(ul == len(fr) - l4, f"UDP length wrong at {i}")
         check(bad_seq == 0, f"{bad_seq} TCP sequence/ack inconsistencies")
         check(priv_remote == 0, f"{priv_remote} packets with a non-public remote")
@@ -1391,13 +1657,20 @@ def main(argv=None) -> int:
     ap.add_argument("--packets", type=int, default=DEFAULT_PACKETS, help="number of packets (default 1,000,000)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output pcap (default {DEFAULT_OUT})")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="RNG seed (default %(default)s)")
-    ap.add_argument("--xfer-share", type=float, default=TARGET_XFER,
-                    help="target share of packets in file-transfer sessions (default 0.15; e.g. 0.9 for a "
-                         "capture dominated by tracked ports)")
+    ap.add_argument(
+        "--xfer-share",
+        type=float,
+        default=TARGET_XFER,
+        help="target share of packets in file-transfer sessions (default 0.15; e.g. 0.9 for a "
+        "capture dominated by tracked ports)",
+    )
     ap.add_argument("--stats-json", type=Path, help="also write the generation stats to this file")
-    ap.add_argument("--truth", type=Path,
-                    help="also write one JSON line per file-transfer session (ground truth: endpoints, "
-                         "port, outcome, account, transfers, timestamps, truncated at the capture's end)")
+    ap.add_argument(
+        "--truth",
+        type=Path,
+        help="also write one JSON line per file-transfer session (ground truth: endpoints, "
+        "port, outcome, account, transfers, timestamps, truncated at the capture's end)",
+    )
     ap.add_argument("--self-test", action="store_true", help="check determinism and cross-check with scapy")
     a = ap.parse_args(argv)
     if a.self_test:

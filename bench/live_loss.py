@@ -22,6 +22,7 @@ time of each process and of the machine.
 
 Not a test: timings depend on the machine; it prints a table and a JSON line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,17 +42,18 @@ import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DST = "127.0.0.69"     # loopback only
+DST = "127.0.0.69"  # loopback only
 DST_PORT = 69
 TCP_PORT = 445
-SRC_NET = ipaddress.ip_network("127.1.0.0/16")   # the sender's flows
+SRC_NET = ipaddress.ip_network("127.1.0.0/16")  # the sender's flows
 ETH_P_IP = 0x0800
 SOL_PACKET = 263
 PACKET_QDISC_BYPASS = 20
-IDLE_PACKETS = 200     # received per 0.25 s below which the sensor counts as caught up
+IDLE_PACKETS = 200  # received per 0.25 s below which the sensor counts as caught up
 
 
 # -- the sender (a process of its own) --------------------------------------------------------------
+
 
 def _csum(b: bytes) -> int:
     if len(b) % 2:
@@ -70,17 +72,28 @@ def flow_addr(i: int) -> tuple[str, int]:
 
 def _ether_ip(i: int, proto: int, l4: bytes) -> bytes:
     src, _ = flow_addr(i)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), i & 0xFFFF, 0x4000, 64, proto, 0,
-                     socket.inet_aton(src), socket.inet_aton(DST))
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(l4),
+        i & 0xFFFF,
+        0x4000,
+        64,
+        proto,
+        0,
+        socket.inet_aton(src),
+        socket.inet_aton(DST),
+    )
     ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
-    return b"\0" * 12 + struct.pack("!H", ETH_P_IP) + ip + l4     # lo's all-zero MACs
+    return b"\0" * 12 + struct.pack("!H", ETH_P_IP) + ip + l4  # lo's all-zero MACs
 
 
 def frame(i: int) -> bytes:
     """A TFTP RRQ of flow i (UDP to DST:69); repeated, it is a retransmission."""
     _, sport = flow_addr(i)
     payload = b"\x00\x01" + f"f{i}.bin".encode() + b"\x00octet\x00"
-    udp = struct.pack("!HHHH", sport, DST_PORT, 8 + len(payload), 0) + payload    # checksum 0: none
+    udp = struct.pack("!HHHH", sport, DST_PORT, 8 + len(payload), 0) + payload  # checksum 0: none
     return _ether_ip(i, 17, udp)
 
 
@@ -91,8 +104,10 @@ def tcp_frames(i: int) -> tuple[bytes, bytes]:
     RSTs, the capture (before the stack) sees them like any other."""
     _, sport = flow_addr(i)
     isn = (i * 2654435761) & 0xFFFFFFFF
+
     def seg(seq: int, ack: int, flags: int) -> bytes:
         return struct.pack("!HHIIBBHHH", sport, TCP_PORT, seq, ack, 5 << 4, flags, 65535, 0xBAD1, 0)
+
     return _ether_ip(i, 6, seg(isn, 0, 0x02)), _ether_ip(i, 6, seg((isn + 1) & 0xFFFFFFFF, 1, 0x10))
 
 
@@ -106,10 +121,22 @@ def tcp_session_frames(i: int) -> tuple[bytes, bytes, bytes]:
 
     def seg(a: int, b: int, seq: int, ack: int, flags: int) -> bytes:
         return struct.pack("!HHIIBBHHH", a, b, seq, ack, 5 << 4, flags, 65535, 0xBAD1, 0)
+
     syn = _ether_ip(i, 6, seg(sport, TCP_PORT, isn, 0, 0x02))
     l4 = seg(TCP_PORT, sport, sisn, (isn + 1) & 0xFFFFFFFF, 0x12)
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), i & 0xFFFF, 0x4000, 64, 6, 0,
-                     socket.inet_aton(DST), socket.inet_aton(src))
+    ip = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45,
+        0,
+        20 + len(l4),
+        i & 0xFFFF,
+        0x4000,
+        64,
+        6,
+        0,
+        socket.inet_aton(DST),
+        socket.inet_aton(src),
+    )
     ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
     synack = b"\0" * 12 + struct.pack("!H", ETH_P_IP) + ip + l4
     ack = _ether_ip(i, 6, seg(sport, TCP_PORT, (isn + 1) & 0xFFFFFFFF, (sisn + 1) & 0xFFFFFFFF, 0x10))
@@ -131,11 +158,11 @@ def sender_main(a: argparse.Namespace) -> int:
     if a.traffic == "tftp":
         frames = [frame(i) for i in range(nflows)]
         seq = [frames[f] for f in order]
-    elif a.traffic == "tcp":   # the first packet of each flow is its SYN
+    elif a.traffic == "tcp":  # the first packet of each flow is its SYN
         frames2 = [tcp_frames(i) for i in range(nflows)]
         per_block = a.flows_per_block * a.packets_per_flow
         seq = [frames2[f][0 if (n % per_block) < a.flows_per_block else 1] for n, f in enumerate(order)]
-    else:   # tcp-session: SYN, SYN-ACK, then ACKs
+    else:  # tcp-session: SYN, SYN-ACK, then ACKs
         frames3 = [tcp_session_frames(i) for i in range(nflows)]
         per_block = a.flows_per_block * a.packets_per_flow
         seq = [frames3[f][min(2, (n % per_block) // a.flows_per_block)] for n, f in enumerate(order)]
@@ -152,7 +179,7 @@ def sender_main(a: argparse.Namespace) -> int:
     errors = 0
     max_lag = 0.0
     print(json.dumps({"ready": True, "packets": total, "flows": nflows}), flush=True)
-    sys.stdin.readline()            # go
+    sys.stdin.readline()  # go
     cpu0 = os.times()
     t0 = time.monotonic()
     sent = 0
@@ -163,28 +190,40 @@ def sender_main(a: argparse.Namespace) -> int:
             time.sleep(target - now)
         else:
             max_lag = max(max_lag, now - target)
-        for fr in seq[start:start + batch]:
+        for fr in seq[start : start + batch]:
             while True:
                 try:
                     send(fr)
                     break
                 except BlockingIOError:
                     errors += 1
-                except OSError as e:      # ENOBUFS: retry, count
+                except OSError as e:  # ENOBUFS: retry, count
                     if e.errno != 105:
                         raise
                     errors += 1
-        sent += len(seq[start:start + batch])
+        sent += len(seq[start : start + batch])
     elapsed = time.monotonic() - t0
     cpu1 = os.times()
     s.close()
-    print(json.dumps({"sent": sent, "flows": nflows, "elapsed_s": elapsed, "rate_pps": sent / elapsed if elapsed else 0,
-                      "send_retries": errors, "max_lag_s": max_lag,
-                      "cpu_s": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "sent": sent,
+                "flows": nflows,
+                "elapsed_s": elapsed,
+                "rate_pps": sent / elapsed if elapsed else 0,
+                "send_retries": errors,
+                "max_lag_s": max_lag,
+                "cpu_s": (cpu1.user - cpu0.user) + (cpu1.system - cpu0.system),
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 
 # -- the harness -----------------------------------------------------------------------------------
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -216,7 +255,7 @@ def scrape(url: str) -> dict:
     for ln in text.splitlines():
         if ln.startswith("#"):
             continue
-        m = re.match(r'^(\w+)(\{[^}]*\})? (\S+)$', ln)
+        m = re.match(r"^(\w+)(\{[^}]*\})? (\S+)$", ln)
         if m:
             out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
     return out
@@ -226,22 +265,32 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=100_000, help="packets per second (default 100000)")
     ap.add_argument("--seconds", type=float, default=10.0, help="how long to send (default 10)")
-    ap.add_argument("--flows-per-block", type=int, default=1000,
-                    help="flows interleaved at a time (default 1000)")
-    ap.add_argument("--packets-per-flow", type=int, default=10,
-                    help="datagrams per flow (default 10: 10,000 new flows/s at 100k pps)")
-    ap.add_argument("--traffic", choices=("tftp", "tcp", "tcp-session"), default="tftp",
-                    help="tftp: RRQs (and retransmissions) to 127.0.0.69:69, each parsed by the TFTP analyzer; "
-                         "tcp: a SYN then payload-less ACKs to 127.0.0.69:445 (flow tracking only, never "
-                         "established); tcp-session: SYN, the server's SYN-ACK, then the client's ACKs "
-                         "(established connections, as a transfer's packets are)")
+    ap.add_argument("--flows-per-block", type=int, default=1000, help="flows interleaved at a time (default 1000)")
+    ap.add_argument(
+        "--packets-per-flow",
+        type=int,
+        default=10,
+        help="datagrams per flow (default 10: 10,000 new flows/s at 100k pps)",
+    )
+    ap.add_argument(
+        "--traffic",
+        choices=("tftp", "tcp", "tcp-session"),
+        default="tftp",
+        help="tftp: RRQs (and retransmissions) to 127.0.0.69:69, each parsed by the TFTP analyzer; "
+        "tcp: a SYN then payload-less ACKs to 127.0.0.69:445 (flow tracking only, never "
+        "established); tcp-session: SYN, the server's SYN-ACK, then the client's ACKs "
+        "(established connections, as a transfer's packets are)",
+    )
     ap.add_argument("--batch", type=int, default=100, help="packets sent between two pacing checks")
     ap.add_argument("--no-attribution", action="store_true", help="span mode: no attribution helper")
     ap.add_argument("--sensor", help="xfer-sensor console script (default: next to this python)")
     ap.add_argument("--keep-out", action="store_true", help="keep the sensor's output folder")
     ap.add_argument("--json", help="also write the result to this file")
-    ap.add_argument("--shared-netns", action="store_true",
-                    help="run in the current network namespace (default: a new one, via unshare --net)")
+    ap.add_argument(
+        "--shared-netns",
+        action="store_true",
+        help="run in the current network namespace (default: a new one, via unshare --net)",
+    )
     ap.add_argument("--_sender", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--_in_netns", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -254,8 +303,9 @@ def main(argv: list[str] | None = None) -> int:
         # a network namespace of our own: its lo carries only this bench's
         # packets, and the flood never reaches other captures on the host's lo
         args = list(argv if argv is not None else sys.argv[1:])
-        os.execvp("unshare", ["unshare", "--net", "--", sys.executable, os.path.abspath(__file__), *args,
-                              "--_in_netns"])
+        os.execvp(
+            "unshare", ["unshare", "--net", "--", sys.executable, os.path.abspath(__file__), *args, "--_in_netns"]
+        )
     if a._in_netns:
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     sensor = a.sensor or str(Path(sys.executable).parent / "xfer-sensor")
@@ -265,42 +315,89 @@ def main(argv: list[str] | None = None) -> int:
     nflows_est = total // a.packets_per_flow + a.flows_per_block
     mport = free_port()
     cfg = work / "config.yaml"
-    cfg.write_text(f"home_net: [{SRC_NET}]\n"
-                   f"limits: {{max_flows: {max(100_000, 2 * nflows_est)}}}\n"
-                   f"output: {{queue_max: {max(10_000, 2 * nflows_est)}}}\n"
-                   f"metrics_listen: 127.0.0.1:{mport}\n")
+    cfg.write_text(
+        f"home_net: [{SRC_NET}]\n"
+        f"limits: {{max_flows: {max(100_000, 2 * nflows_est)}}}\n"
+        f"output: {{queue_max: {max(10_000, 2 * nflows_est)}}}\n"
+        f"metrics_listen: 127.0.0.1:{mport}\n"
+    )
     url = f"http://127.0.0.1:{mport}/metrics"
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)   # takes the datagrams: no ICMP unreachable
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # takes the datagrams: no ICMP unreachable
     sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sink.bind((DST, DST_PORT))
     helper = None
     daemon = None
     sender = None
-    result: dict = {"traffic": a.traffic, "netns": "own" if a._in_netns else "shared", "loadavg_before": os.getloadavg()[0],
-                    "rate_target_pps": a.rate, "seconds": a.seconds, "attribution": not a.no_attribution,
-                    "flows_per_block": a.flows_per_block, "packets_per_flow": a.packets_per_flow}
+    result: dict = {
+        "traffic": a.traffic,
+        "netns": "own" if a._in_netns else "shared",
+        "loadavg_before": os.getloadavg()[0],
+        "rate_target_pps": a.rate,
+        "seconds": a.seconds,
+        "attribution": not a.no_attribution,
+        "flows_per_block": a.flows_per_block,
+        "packets_per_flow": a.packets_per_flow,
+    }
     try:
         err_path = work / "daemon.err"
-        daemon = subprocess.Popen([sensor, "run", "-i", "lo", "--allow-root", "--config", str(cfg),
-                                   "--out", str(out), "--state-dir", str(work / "state"),
-                                   "--mode", "span" if a.no_attribution else "endpoint"],
-                                  stderr=open(err_path, "wb"))
+        daemon = subprocess.Popen(
+            [
+                sensor,
+                "run",
+                "-i",
+                "lo",
+                "--allow-root",
+                "--config",
+                str(cfg),
+                "--out",
+                str(out),
+                "--state-dir",
+                str(work / "state"),
+                "--mode",
+                "span" if a.no_attribution else "endpoint",
+            ],
+            stderr=open(err_path, "wb"),
+        )
         end = time.time() + 20
         while "capturing on lo" not in err_path.read_text(errors="replace"):
             if time.time() > end or daemon.poll() is not None:
                 raise SystemExit("the sensor did not start:\n" + err_path.read_text(errors="replace"))
             time.sleep(0.1)
-        if not a.no_attribution:   # the daemon's own helper process
+        if not a.no_attribution:  # the daemon's own helper process
             import psutil
-            helper = next((c.pid for c in psutil.Process(daemon.pid).children()
-                           if "sensor.attribution.attributor" in " ".join(c.cmdline())), None)
+
+            helper = next(
+                (
+                    c.pid
+                    for c in psutil.Process(daemon.pid).children()
+                    if "sensor.attribution.attributor" in " ".join(c.cmdline())
+                ),
+                None,
+            )
             if helper is None:
                 raise SystemExit("the sensor runs without its attribution helper:\n" + err_path.read_text())
-        sender = subprocess.Popen([sys.executable, __file__, "--_sender", "--rate", str(a.rate),
-                                   "--seconds", str(a.seconds), "--flows-per-block", str(a.flows_per_block),
-                                   "--packets-per-flow", str(a.packets_per_flow), "--batch", str(a.batch),
-                                   "--traffic", a.traffic],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        sender = subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--_sender",
+                "--rate",
+                str(a.rate),
+                "--seconds",
+                str(a.seconds),
+                "--flows-per-block",
+                str(a.flows_per_block),
+                "--packets-per-flow",
+                str(a.packets_per_flow),
+                "--batch",
+                str(a.batch),
+                "--traffic",
+                a.traffic,
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         line = sender.stdout.readline()
         if not line:
             raise SystemExit("the sender did not start")
@@ -336,45 +433,63 @@ def main(argv: list[str] | None = None) -> int:
         cpu1 = {k: proc_cpu(p) for k, p in pids.items()}
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(60)
-        recs = [json.loads(x) for x in (out / "connections.jsonl").read_text().splitlines()] \
-            if (out / "connections.jsonl").exists() else []
+        recs = (
+            [json.loads(x) for x in (out / "connections.jsonl").read_text().splitlines()]
+            if (out / "connections.jsonl").exists()
+            else []
+        )
         port = DST_PORT if a.traffic == "tftp" else TCP_PORT
-        ours = [r for r in recs if r.get("RemoteIP") == DST and r.get("RemotePort") == port
-                and ipaddress.ip_address(r.get("LocalIP", "0.0.0.0")) in SRC_NET]
+        ours = [
+            r
+            for r in recs
+            if r.get("RemoteIP") == DST
+            and r.get("RemotePort") == port
+            and ipaddress.ip_address(r.get("LocalIP", "0.0.0.0")) in SRC_NET
+        ]
         seen = sum(int(r.get("SentPackets", 0)) + int(r.get("ReceivedPackets", 0)) for r in ours)
         flows_seen = len({(r["LocalIP"], r["LocalPort"]) for r in ours})
 
         def d(k: str) -> float:
             return m.get(k, 0.0) - base.get(k, 0.0)
+
         window = busy1[1] - busy0[1]
         sensor_cpu = cpu1["sensor"] - cpu0["sensor"]
-        result.update({
-            "sent": sent["sent"], "send_rate_pps": round(sent["rate_pps"]), "send_elapsed_s": round(sent["elapsed_s"], 3),
-            "send_max_lag_s": round(sent["max_lag_s"], 4), "send_retries": sent["send_retries"],
-            "flows_sent": ready["flows"], "flows_recorded": flows_seen,
-            "sensor_processed_of_ours": seen,
-            "loss_pct": round(100.0 * (sent["sent"] - seen) / sent["sent"], 4) if sent["sent"] else 0.0,
-            "pcap_received": d('xfer_sensor_packets_received_total{interface="lo"}'),
-            "pcap_kernel_received": d('xfer_sensor_packets_kernel_received_total{interface="lo"}'),
-            "kernel_dropped": d('xfer_sensor_packets_dropped_total{interface="lo",by="kernel"}'),
-            "interface_dropped": d('xfer_sensor_packets_dropped_total{interface="lo",by="interface"}'),
-            "sensor_caught_up_after_s": round(caught_up, 2),
-            # how long after the last packet was sent the sensor was still working through the
-            # capture ring buffer's backlog (the 2 s of quiet that ends the wait excluded; resolution
-            # ~1.3 s: the sensor publishes its figures every second, polled every 0.25 s)
-            "sensor_lag_after_send_s": round(max(0.0, caught_up - 2.0 - sent["elapsed_s"]), 2),
-            "sensor_packets_per_cpu_s": round(seen / sensor_cpu) if sensor_cpu else None,
-            "cpu_s": {"sender": round(cpu_sender, 2),
-                      **{k: round(cpu1[k] - cpu0[k], 2) for k in pids if k != "sender"}},
-            "machine_busy_pct": round(100.0 * (busy1[0] - busy0[0]) / window, 1) if window else 0.0,
-            "cpus": os.cpu_count(),
-        })
-        if helper is not None:      # the helper's counters, as /metrics shows them
+        result.update(
+            {
+                "sent": sent["sent"],
+                "send_rate_pps": round(sent["rate_pps"]),
+                "send_elapsed_s": round(sent["elapsed_s"], 3),
+                "send_max_lag_s": round(sent["max_lag_s"], 4),
+                "send_retries": sent["send_retries"],
+                "flows_sent": ready["flows"],
+                "flows_recorded": flows_seen,
+                "sensor_processed_of_ours": seen,
+                "loss_pct": round(100.0 * (sent["sent"] - seen) / sent["sent"], 4) if sent["sent"] else 0.0,
+                "pcap_received": d('xfer_sensor_packets_received_total{interface="lo"}'),
+                "pcap_kernel_received": d('xfer_sensor_packets_kernel_received_total{interface="lo"}'),
+                "kernel_dropped": d('xfer_sensor_packets_dropped_total{interface="lo",by="kernel"}'),
+                "interface_dropped": d('xfer_sensor_packets_dropped_total{interface="lo",by="interface"}'),
+                "sensor_caught_up_after_s": round(caught_up, 2),
+                # how long after the last packet was sent the sensor was still working through the
+                # capture ring buffer's backlog (the 2 s of quiet that ends the wait excluded; resolution
+                # ~1.3 s: the sensor publishes its figures every second, polled every 0.25 s)
+                "sensor_lag_after_send_s": round(max(0.0, caught_up - 2.0 - sent["elapsed_s"]), 2),
+                "sensor_packets_per_cpu_s": round(seen / sensor_cpu) if sensor_cpu else None,
+                "cpu_s": {
+                    "sender": round(cpu_sender, 2),
+                    **{k: round(cpu1[k] - cpu0[k], 2) for k in pids if k != "sender"},
+                },
+                "machine_busy_pct": round(100.0 * (busy1[0] - busy0[0]) / window, 1) if window else 0.0,
+                "cpus": os.cpu_count(),
+            }
+        )
+        if helper is not None:  # the helper's counters, as /metrics shows them
             result["attribution_helper"] = {
                 "lookups": d("xfer_sensor_attribution_lookups_total"),
                 "rate_limited": d("xfer_sensor_attribution_rate_limited_total"),
                 "tap_kernel_drops": d("xfer_sensor_attribution_tap_dropped_total"),
-                "up": m.get("xfer_sensor_attribution_helper_up")}
+                "up": m.get("xfer_sensor_attribution_helper_up"),
+            }
     finally:
         for p in (sender, daemon):
             if p is not None and p.poll() is None:
@@ -387,14 +502,18 @@ def main(argv: list[str] | None = None) -> int:
             result["out"] = str(work)
     if a.json:
         Path(a.json).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"sent {result['sent']} packets in {result['send_elapsed_s']} s ({result['send_rate_pps']} pps, "
-          f"{result['flows_sent']} flows); the sensor processed {result['sensor_processed_of_ours']} of them "
-          f"({result['flows_recorded']} flows recorded): loss {result['loss_pct']} %")
-    print(f"libpcap: received {result['pcap_received']:.0f}, kernel dropped {result['kernel_dropped']:.0f}, "
-          f"interface dropped {result['interface_dropped']:.0f}; caught up {result['sensor_caught_up_after_s']} s "
-          f"after the start (still catching up {result['sensor_lag_after_send_s']} s after the last packet; "
-          f"{result['sensor_packets_per_cpu_s']} packets per sensor CPU-second); CPU s {result['cpu_s']}, machine busy {result['machine_busy_pct']} % of "
-          f"{result['cpus']} CPUs")
+    print(
+        f"sent {result['sent']} packets in {result['send_elapsed_s']} s ({result['send_rate_pps']} pps, "
+        f"{result['flows_sent']} flows); the sensor processed {result['sensor_processed_of_ours']} of them "
+        f"({result['flows_recorded']} flows recorded): loss {result['loss_pct']} %"
+    )
+    print(
+        f"libpcap: received {result['pcap_received']:.0f}, kernel dropped {result['kernel_dropped']:.0f}, "
+        f"interface dropped {result['interface_dropped']:.0f}; caught up {result['sensor_caught_up_after_s']} s "
+        f"after the start (still catching up {result['sensor_lag_after_send_s']} s after the last packet; "
+        f"{result['sensor_packets_per_cpu_s']} packets per sensor CPU-second); CPU s {result['cpu_s']}, machine busy {result['machine_busy_pct']} % of "
+        f"{result['cpus']} CPUs"
+    )
     if result.get("attribution_helper"):
         print("attribution helper:", json.dumps(result["attribution_helper"]))
     print(json.dumps(result))

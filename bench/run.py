@@ -55,7 +55,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -134,6 +134,7 @@ def warm_cache(path: Path) -> float:
 
 def self_maxrss_kb() -> int:
     import resource
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
@@ -231,7 +232,7 @@ def measure(cmd: list[str], timeout: float, env=None, cwd=None) -> dict:
 def _driver_report(stdout: str) -> dict:
     for line in reversed(stdout.splitlines()):
         if line.startswith("BENCH_RESULT "):
-            return json.loads(line[len("BENCH_RESULT "):])
+            return json.loads(line[len("BENCH_RESULT ") :])
     return {}
 
 
@@ -317,17 +318,20 @@ def _tree_rss(m: dict, drv: dict, exact_children: bool) -> tuple[float, str]:
         if drv["children_maxrss_kb"] == 0:
             return own, "driver's own VmHWM at exit (no child processes)"
         if exact_children:
-            return (own + drv["children_maxrss_kb"],
-                    "driver's own VmHWM + its RUSAGE_CHILDREN ru_maxrss (exactly one child process)")
-        return (own + sum(v for k, v in sampled.items() if k != root),
-                f"driver's own VmHWM + sampled VmHWM of {len(sampled) - 1} child processes")
+            return (
+                own + drv["children_maxrss_kb"],
+                "driver's own VmHWM + its RUSAGE_CHILDREN ru_maxrss (exactly one child process)",
+            )
+        return (
+            own + sum(v for k, v in sampled.items() if k != root),
+            f"driver's own VmHWM + sampled VmHWM of {len(sampled) - 1} child processes",
+        )
     exact = m["wait4_maxrss_kb"] if m["wait4_maxrss_kb"] > m["harness_maxrss_kb"] else None
     if len(sampled) <= 1:
         if exact is not None:
             return exact, "wait4 ru_maxrss (single process)"
         return sampled.get(root, m["wait4_maxrss_kb"]), "sampled VmHWM (single process)"
-    return (max(sampled_sum, exact or 0),
-            f"sum of sampled VmHWM over {len(sampled)} processes")
+    return (max(sampled_sum, exact or 0), f"sum of sampled VmHWM over {len(sampled)} processes")
 
 
 def _largest_kb(m: dict, drv: dict) -> int:
@@ -340,8 +344,16 @@ def _largest_kb(m: dict, drv: dict) -> int:
     return max(vals, default=0)
 
 
-def run_tool(name: str, cmd: list[str], packets: int, timeout: float, drv_exact_children=False,
-             env=None, cwd=None, label_packets=None) -> dict:
+def run_tool(
+    name: str,
+    cmd: list[str],
+    packets: int,
+    timeout: float,
+    drv_exact_children=False,
+    env=None,
+    cwd=None,
+    label_packets=None,
+) -> dict:
     m = measure(cmd, timeout, env=env, cwd=cwd)
     drv = _driver_report(m["stdout"])
     ok = m["returncode"] == 0 and not m["timed_out"]
@@ -410,6 +422,7 @@ def truth_check(truth_path: Path, outdir: Path) -> dict:
     IP (the default configuration).  Every session of the capture lies within 24 h.
     """
     from collections import Counter
+
     truth = [json.loads(x) for x in truth_path.read_text().splitlines() if x.strip()]
     conns = [json.loads(x) for x in (outdir / "connections.jsonl").read_text().splitlines() if x.strip()]
     alerts = [json.loads(x) for x in (outdir / "alerts.jsonl").read_text().splitlines() if x.strip()]
@@ -435,8 +448,7 @@ def truth_check(truth_path: Path, outdir: Path) -> dict:
     # process is empty and DeviceName is the client's IP; the account is what the wire shows
     keys = Counter((t["client"], t["server"], t["port"], t.get("account_visible", "")) for t in ok)
     want = {k for k, v in keys.items() if v > 3}
-    have = {(a.get("DeviceName"), a.get("RemoteIP"), a.get("RemotePort"), a.get("AccountName") or "")
-            for a in alerts}
+    have = {(a.get("DeviceName"), a.get("RemoteIP"), a.get("RemotePort"), a.get("AccountName") or "") for a in alerts}
     missing = sorted(want - have)
     extra = sorted(have - want, key=str)
     # device-level view, ignoring the account
@@ -471,11 +483,21 @@ def table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for r in rows:
         pk = f"{r['packets']:,}" + (f" ({r['packets_note']})" if r.get("packets_note") else "")
-        lines.append("| " + " | ".join((
-            r["tool"] + ("" if r["ok"] else " **FAILED**"), pk, _fmt(r["wall_s"], ".2f"),
-            _fmt(r["pps"], ",.0f"), _fmt(r["cpu_s"], ".2f"), _fmt(r["rss_tree_mb"], ".1f"),
-            _fmt(r["rss_largest_proc_mb"], ".1f"),
-        )) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                (
+                    r["tool"] + ("" if r["ok"] else " **FAILED**"),
+                    pk,
+                    _fmt(r["wall_s"], ".2f"),
+                    _fmt(r["pps"], ",.0f"),
+                    _fmt(r["cpu_s"], ".2f"),
+                    _fmt(r["rss_tree_mb"], ".1f"),
+                    _fmt(r["rss_largest_proc_mb"], ".1f"),
+                )
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -504,12 +526,17 @@ def sensor_fingerprint() -> dict:
     """git HEAD and a hash of the sensor's source as it is on disk (editable installs change
     under a running benchmark)."""
     import hashlib
+
     h = hashlib.sha256()
     for p in sorted((REPO / "sensor").rglob("*.py")):
         h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
     try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10).stdout.strip() or None
+        head = (
+            subprocess.run(
+                ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         head = None
     return {"git_head": head, "sensor_src_sha256": h.hexdigest()[:16]}
@@ -534,16 +561,27 @@ def env_info() -> dict:
     except OSError:
         pass
     from importlib import metadata
+
     for pkg in ("xfer-sensor", "nfstream", "scapy", "pcapy-ng"):
         try:
             info[f"version_{pkg}"] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             info[f"version_{pkg}"] = None
     try:
-        info["git_head"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
-                                          text=True, timeout=10).stdout.strip() or None
-        info["git_dirty"] = bool(subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "sensor"],
-                                                capture_output=True, text=True, timeout=10).stdout.strip())
+        info["git_head"] = (
+            subprocess.run(
+                ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or None
+        )
+        info["git_dirty"] = bool(
+            subprocess.run(
+                ["git", "-C", str(REPO), "status", "--porcelain", "--", "sensor"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+        )
     except (OSError, subprocess.SubprocessError):
         pass
     return info
@@ -559,16 +597,32 @@ def main(argv=None) -> int:
     ap.add_argument("--packets", type=int, default=1_000_000, help="packets to generate with --generate")
     ap.add_argument("--seed", type=int, default=None, help="generator seed with --generate (generator default)")
     ap.add_argument("--scapy-packets", type=int, default=50_000, help="scapy subset size (default 50,000)")
-    ap.add_argument("--n-meters", type=int, default=1,
-                    help="NFStream n_meters, fixed (default 1 = NFStream's own choice on a 2-core machine)")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="runs per tool; the fastest run is reported (all runs and the median are in the JSON)")
-    ap.add_argument("--only", default="xfer-sensor,nfstream,nfstream-min,scapy",
-                    help="comma list of rows to run (xfer-sensor,nfstream,nfstream-min,scapy)")
-    ap.add_argument("--sensor", type=Path, default=Path(sys.executable).parent / "xfer-sensor",
-                    help="xfer-sensor console script (default: next to this interpreter)")
-    ap.add_argument("--sensor-arg", action="append", default=[],
-                    help="extra argument for 'xfer-sensor replay' (repeatable)")
+    ap.add_argument(
+        "--n-meters",
+        type=int,
+        default=1,
+        help="NFStream n_meters, fixed (default 1 = NFStream's own choice on a 2-core machine)",
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per tool; the fastest run is reported (all runs and the median are in the JSON)",
+    )
+    ap.add_argument(
+        "--only",
+        default="xfer-sensor,nfstream,nfstream-min,scapy",
+        help="comma list of rows to run (xfer-sensor,nfstream,nfstream-min,scapy)",
+    )
+    ap.add_argument(
+        "--sensor",
+        type=Path,
+        default=Path(sys.executable).parent / "xfer-sensor",
+        help="xfer-sensor console script (default: next to this interpreter)",
+    )
+    ap.add_argument(
+        "--sensor-arg", action="append", default=[], help="extra argument for 'xfer-sensor replay' (repeatable)"
+    )
     ap.add_argument("--timeout", type=float, default=3600, help="per-run timeout in seconds")
     ap.add_argument("--results", type=Path, default=RESULTS, help="directory for the JSON result")
     ap.add_argument("--keep-out", action="store_true", help="keep xfer-sensor's --out directory")
@@ -579,8 +633,16 @@ def main(argv=None) -> int:
     if a.generate or not pcap.exists():
         if not a.generate:
             print(f"{pcap} is missing: generating it", file=sys.stderr)
-        cmd = [sys.executable, str(HERE / "gen_mixed.py"), "--packets", str(a.packets), "--out", str(pcap),
-               "--truth", str(pcap.with_name(pcap.name + ".truth.jsonl"))]
+        cmd = [
+            sys.executable,
+            str(HERE / "gen_mixed.py"),
+            "--packets",
+            str(a.packets),
+            "--out",
+            str(pcap),
+            "--truth",
+            str(pcap.with_name(pcap.name + ".truth.jsonl")),
+        ]
         if a.seed is not None:
             cmd += ["--seed", str(a.seed)]
         t = time.perf_counter()
@@ -591,8 +653,11 @@ def main(argv=None) -> int:
     packets = count_packets(pcap)
     count_s = time.perf_counter() - t
     warm_s = warm_cache(pcap)
-    print(f"capture: {pcap}  {packets:,} packets  {pcap.stat().st_size / 1e6:.1f} MB "
-          f"(counted in {count_s:.2f} s, page cache warmed in {warm_s:.2f} s)", file=sys.stderr)
+    print(
+        f"capture: {pcap}  {packets:,} packets  {pcap.stat().st_size / 1e6:.1f} MB "
+        f"(counted in {count_s:.2f} s, page cache warmed in {warm_s:.2f} s)",
+        file=sys.stderr,
+    )
 
     plan = []
     if "xfer-sensor" in only:
@@ -614,8 +679,7 @@ def main(argv=None) -> int:
         for i in range(a.repeat):
             if tool == "xfer-sensor":
                 if not a.sensor.exists():
-                    print(f"skip xfer-sensor: {a.sensor} not found (pip install -e . into this venv)",
-                          file=sys.stderr)
+                    print(f"skip xfer-sensor: {a.sensor} not found (pip install -e . into this venv)", file=sys.stderr)
                     break
                 outdir = Path(tempfile.mkdtemp(prefix="xfer-bench-out-"))
                 cmd = [str(a.sensor), "replay", str(pcap), "--out", str(outdir), *a.sensor_arg]
@@ -638,8 +702,11 @@ def main(argv=None) -> int:
                     shutil.rmtree(outdir, ignore_errors=True)
             elif tool in ("nfstream", "nfstream-min"):
                 kw = nf_default if tool == "nfstream" else nf_min
-                name = ("nfstream (defaults, n_meters=%d)" % a.n_meters if tool == "nfstream"
-                        else "nfstream (n_dissections=0, stats off, n_meters=%d)" % a.n_meters)
+                name = (
+                    f"nfstream (defaults, n_meters={a.n_meters})"
+                    if tool == "nfstream"
+                    else f"nfstream (n_dissections=0, stats off, n_meters={a.n_meters})"
+                )
                 cmd = [sys.executable, "-c", NFSTREAM_DRIVER, str(pcap), json.dumps(kw)]
                 print(f"[{name} {i + 1}/{a.repeat}]", file=sys.stderr)
                 row = run_tool(name, cmd, packets, a.timeout, drv_exact_children=a.n_meters == 1)
@@ -650,9 +717,12 @@ def main(argv=None) -> int:
                 print(f"[{name} {i + 1}/{a.repeat}]", file=sys.stderr)
                 row = run_tool(name, cmd, min(packets, a.scapy_packets), a.timeout, label_packets="subset")
             status = "ok" if row["ok"] else f"FAILED rc={row['returncode']}"
-            print(f"    {status}: {row['wall_s']:.2f} s (CPU {row['cpu_s']:.2f} s, load {row['loadavg_before'][0]}), "
-                  f"{_fmt(row['pps'], ',.0f')} pkt/s, "
-                  f"peak RSS {row['rss_tree_mb']:.1f} MB ({row['rss_tree_method']})", file=sys.stderr)
+            print(
+                f"    {status}: {row['wall_s']:.2f} s (CPU {row['cpu_s']:.2f} s, load {row['loadavg_before'][0]}), "
+                f"{_fmt(row['pps'], ',.0f')} pkt/s, "
+                f"peak RSS {row['rss_tree_mb']:.1f} MB ({row['rss_tree_method']})",
+                file=sys.stderr,
+            )
             if not row["ok"]:
                 print(row.get("stderr_tail", "")[-2000:], file=sys.stderr)
             runs.append(row)
@@ -674,21 +744,29 @@ def main(argv=None) -> int:
             row.pop("out_dir", None)
     rat = ratios(results)
     print()
-    print(f"Capture {pcap.name}: {packets:,} packets, {pcap.stat().st_size / 1e6:.1f} MB; "
-          f"{os.cpu_count()} CPUs; Python {platform.python_version()}")
+    print(
+        f"Capture {pcap.name}: {packets:,} packets, {pcap.stat().st_size / 1e6:.1f} MB; "
+        f"{os.cpu_count()} CPUs; Python {platform.python_version()}"
+    )
     print()
     print(table(results))
     print()
     for r in results:
         if r.get("sensor_code"):
-            print(f"xfer-sensor code: git {r['sensor_code']['git_head']}, sensor/ source sha256 "
-                  f"{r['sensor_code']['sensor_src_sha256']}" + (f"  WARNING: {r['warning']}" if r.get("warning") else ""))
+            print(
+                f"xfer-sensor code: git {r['sensor_code']['git_head']}, sensor/ source sha256 "
+                f"{r['sensor_code']['sensor_src_sha256']}" + (f"  WARNING: {r['warning']}" if r.get("warning") else "")
+            )
     print()
     for k, v in rat.items():
-        extra = (f" (vs the peer's loop alone, without start-up: {v['pps_ratio_vs_peer_loop_only']:.2f}x)"
-                 if "pps_ratio_vs_peer_loop_only" in v else "")
-        cpu = (f"; packets per CPU-second ratio {v['pkts_per_cpu_s_ratio']:.2f}x"
-               if v.get("pkts_per_cpu_s_ratio") else "")
+        extra = (
+            f" (vs the peer's loop alone, without start-up: {v['pps_ratio_vs_peer_loop_only']:.2f}x)"
+            if "pps_ratio_vs_peer_loop_only" in v
+            else ""
+        )
+        cpu = (
+            f"; packets per CPU-second ratio {v['pkts_per_cpu_s_ratio']:.2f}x" if v.get("pkts_per_cpu_s_ratio") else ""
+        )
         rss = f"; RSS ratio {v['rss_ratio']:.2f}" if v.get("rss_ratio") else ""
         print(f"{k}: packets/s ratio {v['pps_ratio']:.2f}x{extra}{cpu}{rss}")
     xs = next((r for r in results if r["tool"] == "xfer-sensor"), None)
@@ -709,33 +787,42 @@ def main(argv=None) -> int:
             print("| port | expected success | sensor success | expected failed sessions | sensor failed |")
             print("|---|---|---|---|---|")
             for port, v in tc["per_port"].items():
-                err = (f" (+{v['expected_answered_with_error']} answered with ERROR)"
-                       if v.get("expected_answered_with_error") else "")
-                print(f"| {port} | {v['expected_success']}{err} | {v['sensor_success']} | "
-                      f"{v['expected_failed_sessions']} | {v['sensor_failed']} |")
-            print(f"alert keys (client, server, port, account with > 3 successful connections): expected "
-                  f"{tc['alert_keys_expected']}, sensor {tc['alert_keys_sensor']}, matched {tc['alert_keys_matched']}, "
-                  f"missing by port {tc['alert_keys_missing_by_port'] or '{}'}, extra {len(tc['alert_keys_extra'])}; "
-                  f"(client, server, port) keys over 3 alerted: {tc['device_keys_alerted']} of "
-                  f"{tc['device_keys_expected']}")
-            print("(port 20: active-mode FTP data connections, reported as InboundConnectionAccepted; "
-                  "failed sessions may hold several SYN/RST attempts on one 4-tuple; "
-                  "TFTP sessions answered by an ERROR are shown apart)")
+                err = (
+                    f" (+{v['expected_answered_with_error']} answered with ERROR)"
+                    if v.get("expected_answered_with_error")
+                    else ""
+                )
+                print(
+                    f"| {port} | {v['expected_success']}{err} | {v['sensor_success']} | "
+                    f"{v['expected_failed_sessions']} | {v['sensor_failed']} |"
+                )
+            print(
+                f"alert keys (client, server, port, account with > 3 successful connections): expected "
+                f"{tc['alert_keys_expected']}, sensor {tc['alert_keys_sensor']}, matched {tc['alert_keys_matched']}, "
+                f"missing by port {tc['alert_keys_missing_by_port'] or '{}'}, extra {len(tc['alert_keys_extra'])}; "
+                f"(client, server, port) keys over 3 alerted: {tc['device_keys_alerted']} of "
+                f"{tc['device_keys_expected']}"
+            )
+            print(
+                "(port 20: active-mode FTP data connections, reported as InboundConnectionAccepted; "
+                "failed sessions may hold several SYN/RST attempts on one 4-tuple; "
+                "TFTP sessions answered by an ERROR are shown apart)"
+            )
 
     doc = {
-        "timestamp_utc": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "timestamp_utc": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "pcap": str(pcap),
         "pcap_bytes": pcap.stat().st_size,
         "packets": packets,
         "notes": {
             "wall_s": "wall time of the tool's subprocess, interpreter start-up and imports included; "
-                      "with --repeat the fastest run (wall_s_all, wall_s_median list them all)",
+            "with --repeat the fastest run (wall_s_all, wall_s_median list them all)",
             "cpu_s": "user+sys CPU seconds of the subprocess and its reaped descendants (os.wait4)",
             "pps": "packets / wall_s (scapy: subset size / wall_s)",
             "rss_tree_mb": "sum of the per-process peak RSS over the tool's process tree, MiB; see rss_tree_method",
             "rss_largest_proc_mb": "peak RSS of the largest single process of the tree, MiB",
             "wait4_maxrss_mb": "raw os.wait4 ru_maxrss; includes the harness's own high-water mark "
-                               "(vfork+exec), so only meaningful when above harness_maxrss_mb",
+            "(vfork+exec), so only meaningful when above harness_maxrss_mb",
             "nfstream": f"n_meters fixed to {a.n_meters}; NFStream forks n_meters meter processes",
             "scapy": f"first {a.scapy_packets} packets only",
             "page_cache": "capture read once before the runs so every tool reads it from memory",
@@ -747,7 +834,7 @@ def main(argv=None) -> int:
         "targets": targets,
     }
     a.results.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = a.results / f"bench-{stamp}.json"
     path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     shutil.copyfile(path, a.results / "latest.json")

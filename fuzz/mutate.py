@@ -51,6 +51,7 @@ range a pcapng file can hold (classic pcap: 32-bit seconds, the default).
 ``run(...)`` is the same thing as a function (tests/test_properties.py runs a
 quick 20,000-packet mode and asserts 0 crashes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,19 +64,19 @@ import struct
 import sys
 import time
 import traceback
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from sensor.core.config import config_from_dict  # noqa: E402
-from sensor.records.encode import to_line  # noqa: E402
-from sensor.pipeline import Pipeline  # noqa: E402
-from sensor.records.mde import RECORD_FIELDS  # noqa: E402
 from sensor.detect.rules import load_rules  # noqa: E402
+from sensor.pipeline import Pipeline  # noqa: E402
+from sensor.records.encode import to_line  # noqa: E402
+from sensor.records.mde import RECORD_FIELDS  # noqa: E402
 
 DEFAULT_CORPUS = ("pcaps/real", "pcaps/demo.pcap")
 CRASH_DIR = Path(__file__).resolve().parent / "crashes"
@@ -92,14 +93,16 @@ INTERNAL_ERROR_SUFFIX = "_analyzer_error"
 def is_internal_error(weird_name: str) -> bool:
     """Is this weird an analyzer's caught internal error (a bug)?"""
     return weird_name.endswith(INTERNAL_ERROR_SUFFIX)
-PCAP_TS_MAX = (1 << 32) * 1_000_000 - 1          # classic pcap: u32 seconds + usec
-PCAPNG_TS_MAX = (1 << 64) - 1                     # pcapng EPB: u64 in (default) microseconds
+
+
+PCAP_TS_MAX = (1 << 32) * 1_000_000 - 1  # classic pcap: u32 seconds + usec
+PCAPNG_TS_MAX = (1 << 64) - 1  # pcapng EPB: u64 in (default) microseconds
 
 # ---------------------------------------------------------------------------
 # Capture files: a small struct reader and a pcapng writer
 # ---------------------------------------------------------------------------
 
-Frame = tuple[int, bytes]   # (ts_us, bytes)
+Frame = tuple[int, bytes]  # (ts_us, bytes)
 
 
 def read_capture(path: str | Path) -> tuple[int, list[Frame]]:
@@ -125,19 +128,19 @@ def read_capture(path: str | Path) -> tuple[int, list[Frame]]:
         off += 16
         if off + incl > len(b):
             break
-        out.append((s * 1_000_000 + (frac // 1000 if nano else frac), b[off:off + incl]))
+        out.append((s * 1_000_000 + (frac // 1000 if nano else frac), b[off : off + incl]))
         off += incl
     return linktype, out
 
 
 def _read_pcapng(b: bytes, path) -> tuple[int, list[Frame]]:
     e = "<" if struct.unpack_from("<I", b, 8)[0] == 0x1A2B3C4D else ">"
-    off, out, ifaces = 0, [], []   # ifaces: (linktype, units per second)
+    off, out, ifaces = 0, [], []  # ifaces: (linktype, units per second)
     while off + 12 <= len(b):
         btype, blen = struct.unpack_from(e + "II", b, off)
         if blen < 12 or off + blen > len(b):
             break
-        body = b[off + 8:off + blen - 4]
+        body = b[off + 8 : off + blen - 4]
         if btype == 1 and len(body) >= 8:
             lt = struct.unpack_from(e + "H", body)[0]
             res = 1_000_000
@@ -148,14 +151,14 @@ def _read_pcapng(b: bytes, path) -> tuple[int, list[Frame]]:
                     break
                 if code == 9 and olen >= 1:
                     v = body[o + 4]
-                    res = 2 ** (v & 0x7F) if v & 0x80 else 10 ** v
+                    res = 2 ** (v & 0x7F) if v & 0x80 else 10**v
                 o += 4 + olen + (-olen % 4)
             ifaces.append((lt, res))
         elif btype == 6 and len(body) >= 20:
             iface, hi, lo, incl, _orig = struct.unpack_from(e + "IIIII", body)
             res = ifaces[iface][1] if iface < len(ifaces) else 1_000_000
             units = (hi << 32) | lo
-            out.append((units * 1_000_000 // res, body[20:20 + incl]))
+            out.append((units * 1_000_000 // res, body[20 : 20 + incl]))
         elif btype == 3 and len(body) >= 4:
             out.append((0, body[4:]))
         off += blen
@@ -175,8 +178,10 @@ def _blk(btype: int, body: bytes) -> bytes:
 def write_pcapng(path: str | Path, linktype: int, frames: Iterable[Frame]) -> Path:
     """One section, one interface (microsecond timestamps, 64-bit)."""
     path = Path(path)
-    out = [_blk(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)),
-           _blk(1, struct.pack("<HHI", linktype, 0, 262144))]
+    out = [
+        _blk(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)),
+        _blk(1, struct.pack("<HHI", linktype, 0, 262144)),
+    ]
     for ts, data in frames:
         ts &= PCAPNG_TS_MAX
         out.append(_blk(6, struct.pack("<IIIII", 0, ts >> 32, ts & 0xFFFFFFFF, len(data), len(data)) + data))
@@ -208,13 +213,14 @@ def load_corpus(paths: Sequence[str | Path]) -> list[tuple[str, int, list[Frame]
 # Frame anatomy (Ethernet corpus frames)
 # ---------------------------------------------------------------------------
 
+
 @dataclass(slots=True)
 class Anatomy:
-    l3: int = -1       # offset of the IP header
+    l3: int = -1  # offset of the IP header
     ver: int = 0
-    l4: int = -1       # offset of the transport header
+    l4: int = -1  # offset of the transport header
     proto: int = 0
-    pay: int = -1      # offset of the payload
+    pay: int = -1  # offset of the payload
 
 
 def anatomy(f: bytes) -> Anatomy:
@@ -247,12 +253,12 @@ def anatomy(f: bytes) -> Anatomy:
 
 def _put16(b: bytearray, off: int, v: int) -> None:
     if 0 <= off and off + 2 <= len(b):
-        b[off:off + 2] = struct.pack("!H", v & 0xFFFF)
+        b[off : off + 2] = struct.pack("!H", v & 0xFFFF)
 
 
 def _put32(b: bytearray, off: int, v: int) -> None:
     if 0 <= off and off + 4 <= len(b):
-        b[off:off + 4] = struct.pack("!I", v & 0xFFFFFFFF)
+        b[off : off + 4] = struct.pack("!I", v & 0xFFFFFFFF)
 
 
 def _fix_ip_len(b: bytearray, a: Anatomy) -> None:
@@ -268,16 +274,67 @@ INTERESTING8 = (0x00, 0x01, 0x7F, 0x80, 0xFF, 0x0D, 0x0A, 0x1B, 0x20, 0x25, 0x2C
 INTERESTING32 = (0, 1, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF, 0xFFFFFFFE, 0x10000, 0xFFFF, 0x8000, 65536 * 4 + 64)
 
 FTP_TOKENS = (
-    b"USER ", b"PASS ", b"STOR ", b"RETR ", b"APPE ", b"STOU ", b"LIST ", b"NLST ", b"MLSD ", b"SIZE ",
-    b"PORT ", b"EPRT ", b"PASV", b"EPSV", b"AUTH TLS", b"AUTH SSL", b"PBSZ 0", b"PROT P", b"REST ", b"QUIT",
-    b"220 ", b"220-", b"331 ", b"230 ", b"530 ", b"150 ", b"125 ", b"226 ", b"250 ", b"421 ", b"234 ",
-    b"227 Entering Passive Mode (", b"229 Entering Extended Passive Mode (|||", b"213 ", b"550 ",
+    b"USER ",
+    b"PASS ",
+    b"STOR ",
+    b"RETR ",
+    b"APPE ",
+    b"STOU ",
+    b"LIST ",
+    b"NLST ",
+    b"MLSD ",
+    b"SIZE ",
+    b"PORT ",
+    b"EPRT ",
+    b"PASV",
+    b"EPSV",
+    b"AUTH TLS",
+    b"AUTH SSL",
+    b"PBSZ 0",
+    b"PROT P",
+    b"REST ",
+    b"QUIT",
+    b"220 ",
+    b"220-",
+    b"331 ",
+    b"230 ",
+    b"530 ",
+    b"150 ",
+    b"125 ",
+    b"226 ",
+    b"250 ",
+    b"421 ",
+    b"234 ",
+    b"227 Entering Passive Mode (",
+    b"229 Entering Extended Passive Mode (|||",
+    b"213 ",
+    b"550 ",
 )
 HOSTILE_ARGS = (
-    b"", b"\x00", b"\r", b"\n", b"\r\n", b"\x1b[2J\x1b[31m", b"\xff\xfe\xfd", b"\xc3\x28", b"\xed\xa0\x80",
-    b"../../../../etc/passwd", b"a" * 5000, b"%s%n%x", b"1,2,3,4,5,6", b"10,77,0,2,300,1",
-    b"|1|10.77.0.2|2121|", b"|2|::1|65536|", b"|||-1|", b"(1,2,3,4,255,255)", b"(999999999999,1,1,1,1,1)",
-    b"|||40000|)", b"(10,77,0,1,156,64)", b"-1", b"18446744073709551616", b"\xe2\x80\xae.exe",
+    b"",
+    b"\x00",
+    b"\r",
+    b"\n",
+    b"\r\n",
+    b"\x1b[2J\x1b[31m",
+    b"\xff\xfe\xfd",
+    b"\xc3\x28",
+    b"\xed\xa0\x80",
+    b"../../../../etc/passwd",
+    b"a" * 5000,
+    b"%s%n%x",
+    b"1,2,3,4,5,6",
+    b"10,77,0,2,300,1",
+    b"|1|10.77.0.2|2121|",
+    b"|2|::1|65536|",
+    b"|||-1|",
+    b"(1,2,3,4,255,255)",
+    b"(999999999999,1,1,1,1,1)",
+    b"|||40000|)",
+    b"(10,77,0,1,156,64)",
+    b"-1",
+    b"18446744073709551616",
+    b"\xe2\x80\xae.exe",
 )
 
 
@@ -293,32 +350,43 @@ def _smb_edit(b: bytearray, pay: int, rng: random.Random) -> None:
     if pay + 4 > len(b):
         return
     r = rng.random()
-    if r < 0.2:   # NetBIOS type + 24-bit length
+    if r < 0.2:  # NetBIOS type + 24-bit length
         b[pay] = rng.choice((0x00, 0x81, 0x82, 0x83, 0x84, 0x85, rng.randrange(256)))
         v = rng.choice((0, 1, 63, 64, 0xFFFFFF, len(b) - pay - 4, rng.randrange(1 << 24)))
-        b[pay + 1:pay + 4] = v.to_bytes(3, "big")
-    elif r < 0.35 and pay + 8 <= len(b):   # protocol id
-        b[pay + 4:pay + 8] = rng.choice((b"\xfeSMB", b"\xffSMB", b"\xfdSMB", b"\xfcSMB", b"\x00SMB"))
+        b[pay + 1 : pay + 4] = v.to_bytes(3, "big")
+    elif r < 0.35 and pay + 8 <= len(b):  # protocol id
+        b[pay + 4 : pay + 8] = rng.choice((b"\xfeSMB", b"\xffSMB", b"\xfdSMB", b"\xfcSMB", b"\x00SMB"))
     else:  # a little-endian 16/32-bit field somewhere in the first 200 bytes of the message
         o = pay + 4 + rng.randrange(0, 200)
         if rng.random() < 0.5:
             if o + 2 <= len(b):
-                b[o:o + 2] = struct.pack("<H", rng.choice((0, 1, 0xFFFF, 0x8000, 64, 65, 120, rng.randrange(65536))))
+                b[o : o + 2] = struct.pack("<H", rng.choice((0, 1, 0xFFFF, 0x8000, 64, 65, 120, rng.randrange(65536))))
         elif o + 4 <= len(b):
-            b[o:o + 4] = struct.pack("<I", rng.choice(INTERESTING32 + (rng.randrange(1 << 32),)))
+            b[o : o + 4] = struct.pack("<I", rng.choice(INTERESTING32 + (rng.randrange(1 << 32),)))
 
 
 def _tftp_payload(rng: random.Random) -> bytes:
     op = rng.choice((1, 2, 3, 4, 5, 6, 0, 7, 0xFFFF))
     if op in (1, 2):
-        body = rng.choice(HOSTILE_ARGS).replace(b"\x00", b"") + b"\x00" + rng.choice((b"octet", b"netascii", b"mail", b"x" * 40)) + b"\x00"
+        body = (
+            rng.choice(HOSTILE_ARGS).replace(b"\x00", b"")
+            + b"\x00"
+            + rng.choice((b"octet", b"netascii", b"mail", b"x" * 40))
+            + b"\x00"
+        )
         for _ in range(rng.randrange(0, 4)):
-            body += rng.choice((b"blksize", b"tsize", b"windowsize", b"timeout", b"\xff")) + b"\x00" \
-                + rng.choice((b"1024", b"0", b"65535", b"99999999999", b"", b"-1")) + b"\x00"
+            body += (
+                rng.choice((b"blksize", b"tsize", b"windowsize", b"timeout", b"\xff"))
+                + b"\x00"
+                + rng.choice((b"1024", b"0", b"65535", b"99999999999", b"", b"-1"))
+                + b"\x00"
+            )
         if rng.random() < 0.2:
             body = body[:-1]
     elif op in (3, 4):
-        body = struct.pack("!H", rng.choice((0, 1, 2, 0xFFFF, rng.randrange(65536)))) + rng.randbytes(rng.choice((0, 1, 511, 512, 513)))
+        body = struct.pack("!H", rng.choice((0, 1, 2, 0xFFFF, rng.randrange(65536)))) + rng.randbytes(
+            rng.choice((0, 1, 511, 512, 513))
+        )
     elif op == 5:
         body = struct.pack("!H", rng.randrange(9)) + rng.choice(HOSTILE_ARGS) + (b"\x00" if rng.random() < 0.7 else b"")
     else:
@@ -377,9 +445,9 @@ class Mutator:
         if r < 0.6:
             b[i] = rng.choice(INTERESTING8)
         elif r < 0.8 and i + 4 <= len(b):
-            b[i:i + 4] = struct.pack(rng.choice("<>") + "I", rng.choice(INTERESTING32))
+            b[i : i + 4] = struct.pack(rng.choice("<>") + "I", rng.choice(INTERESTING32))
         elif i + 2 <= len(b):
-            b[i:i + 2] = struct.pack("!H", rng.randrange(65536))
+            b[i : i + 2] = struct.pack("!H", rng.randrange(65536))
 
     def _truncate(self, b: bytearray, a: Anatomy) -> None:
         rng = self.rng
@@ -399,45 +467,71 @@ class Mutator:
         r = rng.random()
         if a.ver == 4 and r < 0.30:
             k = rng.randrange(6)
-            if k == 0:   # total length
+            if k == 0:  # total length
                 cur = len(b) - a.l3
-                _put16(b, a.l3 + 2, rng.choice((0, 19, 20, 39, 40, cur - 1, cur + 1, cur + 1000, 0xFFFF, rng.randrange(65536))))
+                _put16(
+                    b,
+                    a.l3 + 2,
+                    rng.choice((0, 19, 20, 39, 40, cur - 1, cur + 1, cur + 1000, 0xFFFF, rng.randrange(65536))),
+                )
             elif k == 1:  # IHL / version
                 b[a.l3] = rng.choice((0x40 | rng.randrange(16), rng.randrange(256), 0x4F, 0x44, 0x60 | (b[a.l3] & 15)))
             elif k == 2:  # fragment bits
-                _put16(b, a.l3 + 6, rng.choice((0x2000, 0x2000 | rng.randrange(1, 8192), rng.randrange(1, 8192), 0x4000, 0xFFFF)))
+                _put16(
+                    b,
+                    a.l3 + 6,
+                    rng.choice((0x2000, 0x2000 | rng.randrange(1, 8192), rng.randrange(1, 8192), 0x4000, 0xFFFF)),
+                )
             elif k == 3:  # protocol
                 b[a.l3 + 9] = rng.choice((6, 17, 1, 41, 47, 50, 0, 255))
             elif k == 4 and a.l3 + 20 <= len(b):  # options: IHL 15 with garbage
                 b[a.l3] = 0x4F
             else:
-                _put16(b, a.l3 + 4, rng.randrange(65536))   # id
+                _put16(b, a.l3 + 4, rng.randrange(65536))  # id
         elif a.ver == 6 and r < 0.30:
             k = rng.randrange(3)
             if k == 0:
-                _put16(b, a.l3 + 4, rng.choice((0, 8, 20, 0xFFFF, rng.randrange(65536), len(b) - a.l3 - 40 + rng.randrange(-30, 30))))
+                _put16(
+                    b,
+                    a.l3 + 4,
+                    rng.choice((0, 8, 20, 0xFFFF, rng.randrange(65536), len(b) - a.l3 - 40 + rng.randrange(-30, 30))),
+                )
             elif k == 1:
                 b[a.l3 + 6] = rng.choice((0, 43, 44, 51, 60, 59, 6, 17, 135, 139, 140))
             else:
                 b[a.l3] = rng.randrange(256)
         elif a.proto == 6 and a.l4 + 20 <= len(b):
             k = rng.randrange(6)
-            if k == 0:   # seq
+            if k == 0:  # seq
                 cur = struct.unpack_from("!I", b, a.l4 + 4)[0]
-                _put32(b, a.l4 + 4, rng.choice((cur + rng.randrange(-3000, 3000), cur + (1 << 31), cur + (1 << 30) + 1,
-                                                 0xFFFFFFFF - rng.randrange(100), rng.randrange(1 << 32), cur - (1 << 30))))
+                _put32(
+                    b,
+                    a.l4 + 4,
+                    rng.choice(
+                        (
+                            cur + rng.randrange(-3000, 3000),
+                            cur + (1 << 31),
+                            cur + (1 << 30) + 1,
+                            0xFFFFFFFF - rng.randrange(100),
+                            rng.randrange(1 << 32),
+                            cur - (1 << 30),
+                        )
+                    ),
+                )
             elif k == 1:  # ack
                 _put32(b, a.l4 + 8, rng.randrange(1 << 32))
             elif k == 2:  # flags
-                b[a.l4 + 13] = rng.choice((0x02, 0x12, 0x10, 0x18, 0x11, 0x04, 0x14, 0x06, 0x01, 0x03, 0xFF, 0x00, rng.randrange(256)))
+                b[a.l4 + 13] = rng.choice(
+                    (0x02, 0x12, 0x10, 0x18, 0x11, 0x04, 0x14, 0x06, 0x01, 0x03, 0xFF, 0x00, rng.randrange(256))
+                )
             elif k == 3:  # data offset
                 b[a.l4 + 12] = (rng.randrange(16) << 4) | (b[a.l4 + 12] & 0x0F)
-            elif k == 4:   # options garbage
+            elif k == 4:  # options garbage
                 if a.pay > a.l4 + 20:
                     for i in range(a.l4 + 20, min(a.pay, len(b))):
                         b[i] = rng.randrange(256)
             else:
-                _put16(b, a.l4 + 18, rng.randrange(65536))   # urgent pointer
+                _put16(b, a.l4 + 18, rng.randrange(65536))  # urgent pointer
         elif a.proto == 17 and a.l4 + 8 <= len(b):
             cur = len(b) - a.l4
             _put16(b, a.l4 + 4, rng.choice((0, 7, 8, cur - 1, cur + 1, 0xFFFF, rng.randrange(65536))))
@@ -465,11 +559,11 @@ class Mutator:
         ports = (sport, dport)
         r = rng.random()
         if a.proto == 17 and (69 in ports or rng.random() < 0.3):
-            new = _tftp_payload(rng) if r < 0.7 else bytes(b[a.pay:])
+            new = _tftp_payload(rng) if r < 0.7 else bytes(b[a.pay :])
             if r >= 0.7 and new:
                 new = bytearray(new)
                 new[rng.randrange(len(new))] = rng.randrange(256)
-            del b[a.pay:]
+            del b[a.pay :]
             b += new
             _fix_ip_len(b, a)
             return
@@ -477,9 +571,9 @@ class Mutator:
             # replace, prepend or append FTP lines
             lines = b"".join(_ftp_line(rng) for _ in range(rng.choice((1, 1, 2, 5))))
             k = rng.randrange(3)
-            old = bytes(b[a.pay:])
+            old = bytes(b[a.pay :])
             new = lines if k == 0 else lines + old if k == 1 else old + lines
-            del b[a.pay:]
+            del b[a.pay :]
             b += new
             if rng.random() < 0.85:
                 _fix_ip_len(b, a)
@@ -512,6 +606,7 @@ class Mutator:
 
 
 # -- link re-wrapping (whole batch) ----------------------------------------------------
+
 
 def _strip_eth(f: bytes) -> tuple[int, bytes]:
     """(ethertype, L3 bytes) of an Ethernet frame (tags skipped)."""
@@ -549,8 +644,18 @@ def relink(kind: str, f: bytes, vlan: int = 10, fam6: int = 10) -> bytes:
     raise ValueError(kind)
 
 
-LINKS = {"eth": 1, "vlan": 1, "qinq": 1, "sll": 113, "sll2": 276, "raw": 101, "null": 0, "loop": 108,
-         "ipv4": 228, "ipv6": 229}
+LINKS = {
+    "eth": 1,
+    "vlan": 1,
+    "qinq": 1,
+    "sll": 113,
+    "sll2": 276,
+    "raw": 101,
+    "null": 0,
+    "loop": 108,
+    "ipv4": 228,
+    "ipv6": 229,
+}
 
 
 def to_ipv6(f: bytes, rng: random.Random, ext: bool) -> bytes:
@@ -559,9 +664,9 @@ def to_ipv6(f: bytes, rng: random.Random, ext: bool) -> bytes:
     a = anatomy(f)
     if a.ver != 4 or a.l4 < 0 or a.l4 > len(f):
         return f
-    src, dst = f[a.l3 + 12:a.l3 + 16], f[a.l3 + 16:a.l3 + 20]
+    src, dst = f[a.l3 + 12 : a.l3 + 16], f[a.l3 + 16 : a.l3 + 20]
     tot = (f[a.l3 + 2] << 8) | f[a.l3 + 3]
-    l4 = f[a.l4:a.l3 + tot] if tot >= a.l4 - a.l3 else f[a.l4:]
+    l4 = f[a.l4 : a.l3 + tot] if tot >= a.l4 - a.l3 else f[a.l4 :]
 
     def m(x: bytes) -> bytes:
         return (b"\xfd" + b"\x00" * 11 if x[0] in (10, 192, 172) else b"\x20\x01\x0d\xb8" + b"\x00" * 8) + x
@@ -583,7 +688,7 @@ def scatter_sources(f: bytes, rng: random.Random) -> bytes:
     if a.ver != 4:
         return f
     b = bytearray(f)
-    b[a.l3 + 12:a.l3 + 16] = bytes((10, rng.randrange(256), rng.randrange(256), rng.randrange(1, 255)))
+    b[a.l3 + 12 : a.l3 + 16] = bytes((10, rng.randrange(256), rng.randrange(256), rng.randrange(1, 255)))
     if a.l4 >= 0 and a.l4 + 2 <= len(b) and rng.random() < 0.5:
         _put16(b, a.l4, rng.randrange(1024, 65536))
     return bytes(b)
@@ -595,14 +700,29 @@ def scatter_sources(f: bytes, rng: random.Random) -> bytes:
 
 PRESETS = {
     "default": {},
-    "demo": {"home_net": ["192.168.56.0/24", "10.77.0.1/32"],
-             "ip_type_overrides": {"203.0.113.0/24": "Public", "198.51.100.0/24": "Public",
-                                   "10.77.0.2/32": "Public", "2001:db8::/32": "Public"},
-             "inventory": {"192.168.56.10": "WS-FIN-07"}},
-    "tight": {"home_net": ["10.77.0.1/32"], "ip_type_overrides": {"10.0.0.0/8": "Public"},
-              "timeouts": {"tcp_attempt": 0.5, "tcp_established": 2.0, "tcp_closed": 0.05, "udp": 0.5},
-              "limits": {"max_flows": 24, "flow_scan_budget": 3, "flow_scan_interval": 0.001,
-                         "max_seq_jump": 4096, "max_window_keys": 3, "max_window_events": 2}},
+    "demo": {
+        "home_net": ["192.168.56.0/24", "10.77.0.1/32"],
+        "ip_type_overrides": {
+            "203.0.113.0/24": "Public",
+            "198.51.100.0/24": "Public",
+            "10.77.0.2/32": "Public",
+            "2001:db8::/32": "Public",
+        },
+        "inventory": {"192.168.56.10": "WS-FIN-07"},
+    },
+    "tight": {
+        "home_net": ["10.77.0.1/32"],
+        "ip_type_overrides": {"10.0.0.0/8": "Public"},
+        "timeouts": {"tcp_attempt": 0.5, "tcp_established": 2.0, "tcp_closed": 0.05, "udp": 0.5},
+        "limits": {
+            "max_flows": 24,
+            "flow_scan_budget": 3,
+            "flow_scan_interval": 0.001,
+            "max_seq_jump": 4096,
+            "max_window_keys": 3,
+            "max_window_events": 2,
+        },
+    },
 }
 
 
@@ -628,8 +748,14 @@ class CheckingSink:
         if not isinstance(back, dict):
             raise AssertionError(f"{kind} record is not a JSON object")
         if kind == "connections":
-            for k in ("SentBytes", "ReceivedBytes", "SentPackets", "ReceivedPackets", "DataSentBytes",
-                      "DataReceivedBytes"):
+            for k in (
+                "SentBytes",
+                "ReceivedBytes",
+                "SentPackets",
+                "ReceivedPackets",
+                "DataSentBytes",
+                "DataReceivedBytes",
+            ):
                 if not isinstance(back.get(k), int) or back[k] < 0:
                     raise AssertionError(f"connection record {k}={back.get(k)!r}")
             if back["FirstSeen"] > back["LastSeen"]:
@@ -660,8 +786,9 @@ def signature(exc: BaseException, tb: str) -> str:
     return f"{type(exc).__name__}: {msg} @ {' < '.join(reversed(where[-3:])) or 'harness'}"
 
 
-def replay_batch(rules, preset: str, linktype: int, frames: Sequence[Frame], keep: bool = False,
-                 timing: list | None = None) -> tuple[Pipeline, CheckingSink]:
+def replay_batch(
+    rules, preset: str, linktype: int, frames: Sequence[Frame], keep: bool = False, timing: list | None = None
+) -> tuple[Pipeline, CheckingSink]:
     """Feed ``frames`` to a fresh pipeline and finish it; raises Failure."""
     cfg = config_from_dict(PRESETS[preset], f"<fuzz:{preset}>")
     sink = CheckingSink(keep)
@@ -671,7 +798,7 @@ def replay_batch(rules, preset: str, linktype: int, frames: Sequence[Frame], kee
     perf = time.perf_counter
     try:
         if timing is None:
-            for i, (ts, data) in enumerate(frames):
+            for ts, data in frames:
                 h(ts, data)
         else:
             worst, worst_i = timing[0], -1
@@ -712,7 +839,7 @@ class Summary:
     packets_fed: int = 0
     batches: int = 0
     crashes: int = 0
-    signatures: dict = field(default_factory=dict)    # signature -> count
+    signatures: dict = field(default_factory=dict)  # signature -> count
     saved: list = field(default_factory=list)
     nondeterministic: int = 0
     determinism_checked: int = 0
@@ -725,8 +852,8 @@ class Summary:
     records: int = 0
     by_link: dict = field(default_factory=dict)
     by_preset: dict = field(default_factory=dict)
-    app: dict = field(default_factory=dict)           # summed pipe.app.stats: analyzers reached
-    weird_names: dict = field(default_factory=dict)   # weird name -> count (the anomaly path taken)
+    app: dict = field(default_factory=dict)  # summed pipe.app.stats: analyzers reached
+    weird_names: dict = field(default_factory=dict)  # weird name -> count (the anomaly path taken)
 
     @property
     def packets_per_s(self) -> float:
@@ -752,7 +879,9 @@ class Summary:
             f"weird names seen     {len(self.weird_names)} ({sum(self.weird_names.values()):,} weirds)",
         ]
         if self.saved:
-            lines.append("reproducers          " + ", ".join(self.saved[:10]) + (" ..." if len(self.saved) > 10 else ""))
+            lines.append(
+                "reproducers          " + ", ".join(self.saved[:10]) + (" ..." if len(self.saved) > 10 else "")
+            )
         return "\n".join(lines)
 
 
@@ -772,7 +901,7 @@ def make_batch(rng: random.Random, corpus, mut_p: float, mutator: Mutator) -> tu
     name, lt, frames = corpus[rng.randrange(len(corpus))]
     n = rng.choice((50, 200, 500, 1000, 2000))
     start = rng.randrange(max(1, len(frames) - n))
-    src = frames[start:start + n]
+    src = frames[start : start + n]
     kind = "eth"
     if lt == 1:
         kind = rng.choices(list(LINKS), weights=(10, 2, 1, 1, 1, 1, 1, 1, 1, 1))[0]
@@ -786,7 +915,7 @@ def make_batch(rng: random.Random, corpus, mut_p: float, mutator: Mutator) -> tu
     mutated = 0
     seq_p = rng.choice((0.0, 0.01, 0.05))
     ts_p = rng.choice((0.0, 0.01, 0.05))
-    for i, (ts, f) in enumerate(src):
+    for _i, (ts, f) in enumerate(src):
         g = f
         if v6:
             g = to_ipv6(g, rng, v6ext)
@@ -805,12 +934,12 @@ def make_batch(rng: random.Random, corpus, mut_p: float, mutator: Mutator) -> tu
         mutated += changed
         out.append((t, g))
         r = rng.random()
-        if r < seq_p:       # retransmission / duplicate
+        if r < seq_p:  # retransmission / duplicate
             out.append((t, g))
-        elif r < 2 * seq_p and len(out) >= 2:   # swap with the previous one
+        elif r < 2 * seq_p and len(out) >= 2:  # swap with the previous one
             out[-1], out[-2] = out[-2], out[-1]
         elif r < 3 * seq_p:
-            out.pop()                            # dropped
+            out.pop()  # dropped
             mutated -= changed
         elif r < 3.2 * seq_p and len(out) >= 8:  # a reversed window
             out[-8:] = out[-8:][::-1]
@@ -818,15 +947,29 @@ def make_batch(rng: random.Random, corpus, mut_p: float, mutator: Mutator) -> tu
     return kind, preset, link_lt, out, mutated
 
 
-def run(packets: int = 20_000, seed: int = 1, corpus: Sequence[str | Path] = DEFAULT_CORPUS,
-        crash_dir: Path | None = CRASH_DIR, wide_timestamps: bool = False, determinism_every: int = 25,
-        progress: bool = False, max_seconds: float | None = None) -> Summary:
+def run(
+    packets: int = 20_000,
+    seed: int = 1,
+    corpus: Sequence[str | Path] = DEFAULT_CORPUS,
+    crash_dir: Path | None = CRASH_DIR,
+    wide_timestamps: bool = False,
+    determinism_every: int = 25,
+    progress: bool = False,
+    max_seconds: float | None = None,
+) -> Summary:
     rng = random.Random(seed)
     rules = load_rules(REPO / "rules", RECORD_FIELDS)
     corp = load_corpus(corpus)
-    ports = sorted({p for _, lt, fr in corp for _, f in fr[:2000]
-                    for a in (anatomy(f),) if a.l4 >= 0 and a.l4 + 4 <= len(f)
-                    for p in ((f[a.l4] << 8) | f[a.l4 + 1], (f[a.l4 + 2] << 8) | f[a.l4 + 3])})
+    ports = sorted(
+        {
+            p
+            for _, lt, fr in corp
+            for _, f in fr[:2000]
+            for a in (anatomy(f),)
+            if a.l4 >= 0 and a.l4 + 4 <= len(f)
+            for p in ((f[a.l4] << 8) | f[a.l4 + 1], (f[a.l4 + 2] << 8) | f[a.l4 + 3])
+        }
+    )
     mutator = Mutator(rng, ports[:400], wide_timestamps)
     s = Summary(rss_start_kb=_rss_kb())
     saves: dict[str, int] = {}
@@ -859,10 +1002,20 @@ def run(packets: int = 20_000, seed: int = 1, corpus: Sequence[str | Path] = DEF
                 if crash_dir is not None:
                     for old in crash_dir.glob("slowest-*"):
                         old.unlink()
-                    _save(crash_dir, "slowest-context", lt, frames[:i + 1],
-                          {"preset": preset, "link": kind, "index": i, "seconds": timing[0], "seed": seed})
-                    _save(crash_dir, "slowest-packet", lt, frames[i:i + 1],
-                          {"preset": preset, "link": kind, "seconds": timing[0], "seed": seed})
+                    _save(
+                        crash_dir,
+                        "slowest-context",
+                        lt,
+                        frames[: i + 1],
+                        {"preset": preset, "link": kind, "index": i, "seconds": timing[0], "seed": seed},
+                    )
+                    _save(
+                        crash_dir,
+                        "slowest-packet",
+                        lt,
+                        frames[i : i + 1],
+                        {"preset": preset, "link": kind, "seconds": timing[0], "seed": seed},
+                    )
             s.slowest_finish_s = max(s.slowest_finish_s, timing[2])
             if determinism_every and s.batches % determinism_every == 0:
                 s.determinism_checked += 1
@@ -875,8 +1028,15 @@ def run(packets: int = 20_000, seed: int = 1, corpus: Sequence[str | Path] = DEF
                     s.crashes += 1
                     if crash_dir is not None and saves.get(sig, 0) < MAX_SAVES_PER_SIGNATURE:
                         saves[sig] = saves.get(sig, 0) + 1
-                        s.saved.append(_save(crash_dir, f"nondet-{seed}-{s.batches}", lt, frames,
-                                             {"preset": preset, "link": kind, "seed": seed, "kind": sig}))
+                        s.saved.append(
+                            _save(
+                                crash_dir,
+                                f"nondet-{seed}-{s.batches}",
+                                lt,
+                                frames,
+                                {"preset": preset, "link": kind, "seed": seed, "kind": sig},
+                            )
+                        )
         except Failure as fail:
             s.crashes += 1
             fed = min(fail.index + 1, len(frames))
@@ -887,20 +1047,30 @@ def run(packets: int = 20_000, seed: int = 1, corpus: Sequence[str | Path] = DEF
             if crash_dir is not None and saves.get(sig, 0) < MAX_SAVES_PER_SIGNATURE:
                 saves[sig] = saves.get(sig, 0) + 1
                 tag = f"crash-{hashlib.sha1(sig.encode()).hexdigest()[:10]}-{seed}-{s.batches}"
-                meta = {"preset": preset, "link": kind, "seed": seed, "batch": s.batches, "index": fail.index,
-                        "signature": sig, "traceback": fail.tb}
+                meta = {
+                    "preset": preset,
+                    "link": kind,
+                    "seed": seed,
+                    "batch": s.batches,
+                    "index": fail.index,
+                    "signature": sig,
+                    "traceback": fail.tb,
+                }
                 s.saved.append(_save(crash_dir, tag, lt, frames[:fed], meta))
-                if 0 <= fail.index < len(frames):   # the failing frame alone, when it suffices
+                if 0 <= fail.index < len(frames):  # the failing frame alone, when it suffices
                     try:
-                        replay_batch(rules, preset, lt, frames[fail.index:fail.index + 1])
+                        replay_batch(rules, preset, lt, frames[fail.index : fail.index + 1])
                     except Failure:
-                        s.saved.append(_save(crash_dir, tag + "-alone", lt, frames[fail.index:fail.index + 1], meta))
+                        s.saved.append(_save(crash_dir, tag + "-alone", lt, frames[fail.index : fail.index + 1], meta))
         s.peak_rss_kb = max(s.peak_rss_kb, _rss_kb())
         if progress and time.perf_counter() > next_report:
             next_report += 30
             el = time.perf_counter() - t_start
-            print(f"  {s.packets_mutated:,} mutated / {s.packets_fed:,} fed, {s.crashes} crashes, "
-                  f"{s.packets_fed / el:,.0f} pkt/s, RSS {_rss_kb() / 1024:.0f} MiB", flush=True)
+            print(
+                f"  {s.packets_mutated:,} mutated / {s.packets_fed:,} fed, {s.crashes} crashes, "
+                f"{s.packets_fed / el:,.0f} pkt/s, RSS {_rss_kb() / 1024:.0f} MiB",
+                flush=True,
+            )
     s.elapsed_s = time.perf_counter() - t_start
     s.peak_rss_kb = max(s.peak_rss_kb, _rss_kb())
     return s
@@ -927,8 +1097,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--corpus", nargs="+", default=list(DEFAULT_CORPUS))
     ap.add_argument("--crash-dir", default=str(CRASH_DIR))
-    ap.add_argument("--wide-timestamps", action="store_true",
-                    help="draw timestamps from pcapng's 64-bit microsecond range too")
+    ap.add_argument(
+        "--wide-timestamps", action="store_true", help="draw timestamps from pcapng's 64-bit microsecond range too"
+    )
     ap.add_argument("--determinism-every", type=int, default=25, help="replay every Nth batch twice (0: never)")
     ap.add_argument("--max-seconds", type=float, default=None)
     ap.add_argument("--replay", type=Path, help="replay one reproducer from fuzz/crashes/ and show its failure")
@@ -937,8 +1108,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.replay:
         return replay_reproducer(args.replay)
     print(f"fuzzing {args.packets:,} mutated packets, seed {args.seed}, corpus {' '.join(args.corpus)}", flush=True)
-    s = run(args.packets, args.seed, args.corpus, Path(args.crash_dir), args.wide_timestamps,
-            args.determinism_every, progress=True, max_seconds=args.max_seconds)
+    s = run(
+        args.packets,
+        args.seed,
+        args.corpus,
+        Path(args.crash_dir),
+        args.wide_timestamps,
+        args.determinism_every,
+        progress=True,
+        max_seconds=args.max_seconds,
+    )
     print(s.text())
     if args.json:
         d = {k: v for k, v in s.__dict__.items()}

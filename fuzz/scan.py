@@ -16,6 +16,7 @@ check fails.
 
 ``syn_scan_frames`` is also used by tests/test_bounded_state.py (small scans).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 SCAN_PORTS = (445, 21, 139, 990)
@@ -39,8 +40,9 @@ limits: {{max_flows: {max_flows}}}
 """
 
 
-def syn_scan_frames(n: int, sources: int = 5_000, t0_us: int = 1_790_000_000_000_000, gap_us: int = 10,
-                    targets: int = 20) -> Iterator[tuple[int, bytes]]:
+def syn_scan_frames(
+    n: int, sources: int = 5_000, t0_us: int = 1_790_000_000_000_000, gap_us: int = 10, targets: int = 20
+) -> Iterator[tuple[int, bytes]]:
     """``n`` Ethernet/IPv4/TCP SYN frames, each a new flow: source 10.x.y.z
     (``sources`` of them), source port 1024 + i // sources, destination
     198.51.100.(1 + i % targets) on one of SCAN_PORTS."""
@@ -53,8 +55,11 @@ def syn_scan_frames(n: int, sources: int = 5_000, t0_us: int = 1_790_000_000_000
         dst = bytes((198, 51, 100, 1 + i % targets))
         sport = 1024 + (i // sources) % 64000
         dport = SCAN_PORTS[(i // targets) % len(SCAN_PORTS)]
-        frame = (eth + ip_head.pack(0x45, 0, 40, i & 0xFFFF, 0, 64, 6, 0, src, dst)
-                 + tcp.pack(sport, dport, (i * 2654435761) & 0xFFFFFFFF, 0, 0x50, 0x02, 1024, 0, 0))
+        frame = (
+            eth
+            + ip_head.pack(0x45, 0, 40, i & 0xFFFF, 0, 64, 6, 0, src, dst)
+            + tcp.pack(sport, dport, (i * 2654435761) & 0xFFFFFFFF, 0, 0x50, 0x02, 1024, 0, 0)
+        )
         yield t0_us + i * gap_us, frame
 
 
@@ -72,11 +77,13 @@ def write_pcap(path: Path, frames: Iterator[tuple[int, bytes]], linktype: int = 
 
 
 def ftp_frames(t0_us: int, span_us: int) -> list[tuple[int, bytes]]:
-    if str(REPO) not in sys.path:        # run as a script: python fuzz/scan.py
+    if str(REPO) not in sys.path:  # run as a script: python fuzz/scan.py
         sys.path.insert(0, str(REPO))
     import logging
+
     logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
     from tests.support.craft import Tcp
+
     out = []
     for i in range(5):
         t = (t0_us + (i + 1) * span_us // 6) / 1e6
@@ -142,12 +149,16 @@ def main(argv=None) -> int:
         f"active_max {fl['active_max']:,} <= max_flows {args.max_flows:,}": fl["active_max"] <= args.max_flows,
         f"flows created {fl['created']:,} == ended {fl['ended']:,}": fl["created"] == fl["ended"],
         f"evicted {fl['evicted']:,} > 0": fl["evicted"] > 0 or args.syns <= args.max_flows,
-        f"FTP alert: {[(a['ConnectionCount'], a['AccountName']) for a in alerts]} == [(5, 'anonymous')]":
-            [(a["ConnectionCount"], a["AccountName"]) for a in alerts] == [(5, "anonymous")],
+        f"FTP alert: {[(a['ConnectionCount'], a['AccountName']) for a in alerts]} == [(5, 'anonymous')]": [
+            (a["ConnectionCount"], a["AccountName"]) for a in alerts
+        ]
+        == [(5, "anonymous")],
         f"peak RSS {rss_mb:.1f} MB <= {args.rss_bound_mb:.0f} MB": rss_mb <= args.rss_bound_mb,
     }
-    print(f"replayed {res['packets']:,} packets in {elapsed:.1f} s ({res['packets'] / elapsed:,.0f} packets/s), "
-          f"{res['connections']:,} connection records")
+    print(
+        f"replayed {res['packets']:,} packets in {elapsed:.1f} s ({res['packets'] / elapsed:,.0f} packets/s), "
+        f"{res['connections']:,} connection records"
+    )
     print("flows: " + ", ".join(f"{k} {v:,}" for k, v in fl.items()))
     print("detect: " + ", ".join(f"{k} {v:,}" for k, v in res["stats"]["detect"].items()))
     for text, ok in checks.items():

@@ -17,6 +17,7 @@ What is inside (and what the replay should say):
 - 10 SMB sessions to the private file server 192.168.56.2 -> no alert (Private)
 - HTTPS and DNS background traffic                    -> not tracked
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +25,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))       # the repository root: tests.support is the crafting helper
+sys.path.insert(0, str(HERE.parent))  # the repository root: tests.support is the crafting helper
 
 from tests.support.craft import Tcp, tcp_refused, tcp_session, udp_exchange, write_pcap  # noqa: E402
 
@@ -62,23 +63,39 @@ def ftp_upload(t: float, server: str, cport: int, dport: int, user: str, fname: 
     return c.pkts + data.pkts
 
 
-def smb_session(t: float, server: str, cport: int, share: str, fname: str, size: int, user: str,
-                port: int = 445):
+def smb_session(t: float, server: str, cport: int, share: str, fname: str, size: int, user: str, port: int = 445):
     """An SMB 3.1.1 session like smbclient's: negotiate, NTLM login, tree
     connect, create, 64 KiB writes, close, logoff."""
-    from tests.test_analyzer_smb import (FID, close_req, close_resp, create_req, create_resp, login, simple_req,
-                                         simple_resp, tree_req, tree_resp, write_req, write_resp)
+    from tests.test_analyzer_smb import (
+        FID,
+        close_req,
+        close_resp,
+        create_req,
+        create_resp,
+        login,
+        simple_req,
+        simple_resp,
+        tree_req,
+        tree_resp,
+        write_req,
+        write_resp,
+    )
+
     msgs = login(user=user, domain="CORP", ws="WS-FIN-07")
     msgs += [(True, tree_req(3, f"\\\\{server}\\{share}")), (False, tree_resp(3))]
     msgs += [(True, create_req(4, fname, disposition=5, access=0x0012019F)), (False, create_resp(4, FID, action=2))]
     data = blob(fname, size)
     mid = 5
     for off in range(0, size, 65536):
-        chunk = data[off:off + 65536]
+        chunk = data[off : off + 65536]
         msgs += [(True, write_req(mid, FID, off, chunk)), (False, write_resp(mid, len(chunk)))]
         mid += 1
-    msgs += [(True, close_req(mid, FID)), (False, close_resp(mid)),
-             (True, simple_req(2, mid + 1, tree=0)), (False, simple_resp(2, mid + 1, tree=0))]
+    msgs += [
+        (True, close_req(mid, FID)),
+        (False, close_resp(mid)),
+        (True, simple_req(2, mid + 1, tree=0)),
+        (False, simple_resp(2, mid + 1, tree=0)),
+    ]
     c = Tcp(DEV, server, cport, port, t, isn_c=cport * 13, isn_s=cport * 17).handshake()
     for to_server, msg in msgs:
         c.send(to_server, msg)
@@ -92,32 +109,58 @@ def tftp_read(t: float, server: str, cport: int, tport: int, fname: str, size: i
     dg = []
     for i in range(0, len(data) + 1, 512):
         blk = i // 512 + 1
-        dg.append((False, b"\x00\x03" + blk.to_bytes(2, "big") + data[i:i + 512]))
+        dg.append((False, b"\x00\x03" + blk.to_bytes(2, "big") + data[i : i + 512]))
         dg.append((True, b"\x00\x04" + blk.to_bytes(2, "big")))
     return pkts + udp_exchange(DEV, server, cport, tport, t + 0.002, dg)
 
 
 def https(t: float, server: str, cport: int):
-    return tcp_session(DEV, server, cport, 443, t, c2s=blob(f"tls{cport}", 517), s2c=blob(f"tlsr{cport}", 3000),
-                       isn_c=cport, isn_s=cport * 5)
+    return tcp_session(
+        DEV,
+        server,
+        cport,
+        443,
+        t,
+        c2s=blob(f"tls{cport}", 517),
+        s2c=blob(f"tlsr{cport}", 3000),
+        isn_c=cport,
+        isn_s=cport * 5,
+    )
 
 
 def dns(t: float, cport: int):
-    return udp_exchange(DEV, "192.168.56.1", cport, 53, t, [(True, blob(f"q{cport}", 40)), (False, blob(f"r{cport}", 120))])
+    return udp_exchange(
+        DEV, "192.168.56.1", cport, 53, t, [(True, blob(f"q{cport}", 40)), (False, blob(f"r{cport}", 120))]
+    )
 
 
 def build() -> list:
     pkts = []
     h = 3600.0
     for i in range(5):
-        pkts += ftp_upload(T0 + 1 * h + i * 900, "203.0.113.10", 41000 + i * 2, 30000 + i, "backup",
-                           f"q{i + 1}-finance.7z", 40_000 + i * 7_000)
+        pkts += ftp_upload(
+            T0 + 1 * h + i * 900,
+            "203.0.113.10",
+            41000 + i * 2,
+            30000 + i,
+            "backup",
+            f"q{i + 1}-finance.7z",
+            40_000 + i * 7_000,
+        )
     for i in range(4):
-        pkts += smb_session(T0 + 2 * h + i * 1200, "198.51.100.20", 42000 + i, "drop",
-                            f"payroll-2026-{i + 1}.xlsx", 90_000 + i * 25_000, "svc_backup")
+        pkts += smb_session(
+            T0 + 2 * h + i * 1200,
+            "198.51.100.20",
+            42000 + i,
+            "drop",
+            f"payroll-2026-{i + 1}.xlsx",
+            90_000 + i * 25_000,
+            "svc_backup",
+        )
     for i in range(3):
-        pkts += ftp_upload(T0 + 3 * h + i * 600, "203.0.113.30", 43000 + i * 2, 31000 + i, "anonymous",
-                           f"notes-{i}.txt", 2_000)
+        pkts += ftp_upload(
+            T0 + 3 * h + i * 600, "203.0.113.30", 43000 + i * 2, 31000 + i, "anonymous", f"notes-{i}.txt", 2_000
+        )
     for i in range(2):
         pkts += tftp_read(T0 + 4 * h + i * 60, "198.51.100.40", 44000 + i, 45000 + i, f"cfg{i}.bin", 1536 + 100 * i)
     for i, dt in enumerate((0, 10 * h, 20 * h, 30 * h)):
@@ -126,8 +169,7 @@ def build() -> list:
     for i in range(6):
         pkts += tcp_refused(DEV, "198.51.100.60", 47000 + i, 445, T0 + 6 * h + i * 2)
     for i in range(10):
-        pkts += smb_session(T0 + 7 * h + i * 300, "192.168.56.2", 48000 + i, "home", f"notes-{i}.docx",
-                            30_000, "jdoe")
+        pkts += smb_session(T0 + 7 * h + i * 300, "192.168.56.2", 48000 + i, "home", f"notes-{i}.docx", 30_000, "jdoe")
     for i in range(120):
         pkts += https(T0 + i * 700, f"203.0.113.{100 + i % 50}", 50000 + i)
         pkts += dns(T0 + i * 700 - 0.01, 52000 + i)

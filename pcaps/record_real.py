@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))       # the repository root: the lab is tests.lab
+sys.path.insert(0, str(HERE.parent))  # the repository root: the lab is tests.lab
 
 from tests.lab.netns import LabError  # noqa: E402
 from tests.lab.scenarios import SCENARIOS, record_all, record_fast  # noqa: E402,F401
@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "real", help="output directory")
     ap.add_argument("--prefix", default="xs", help="namespace name prefix (default xs)")
     ap.add_argument("--subnet", default="10.77.0", help="lab /24 (default 10.77.0)")
-    ap.add_argument("--no-verify", action="store_true",
-                    help="skip the tshark check of each capture against its ground truth")
+    ap.add_argument(
+        "--no-verify", action="store_true", help="skip the tshark check of each capture against its ground truth"
+    )
     ap.add_argument("--fast", action="store_true", help="record only the quick test capture")
     a = ap.parse_args(argv)
     try:
@@ -51,15 +52,16 @@ def main(argv: list[str] | None = None) -> int:
             side = record_fast(a.out, prefix=a.prefix, subnet=a.subnet)
             sides = [side]
         else:
-            sides = record_all(a.out, a.scenarios or None, prefix=a.prefix, subnet=a.subnet,
-                               verify=not a.no_verify)
+            sides = record_all(a.out, a.scenarios or None, prefix=a.prefix, subnet=a.subnet, verify=not a.no_verify)
     except LabError as e:
         print(f"record_real: {e}", file=sys.stderr)
         return 1
     for side in sides:
         pcap = a.out / side["pcap"]
-        print(f"{pcap}  {pcap.stat().st_size:>9} bytes  {side['capture']['packets']} packets  "
-              f"tracked={side['expected_tracked_connections']}")
+        print(
+            f"{pcap}  {pcap.stat().st_size:>9} bytes  {side['capture']['packets']} packets  "
+            f"tracked={side['expected_tracked_connections']}"
+        )
     return 0
 
 

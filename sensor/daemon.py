@@ -6,6 +6,7 @@ rules (a bad one is refused); SIGTERM writes everything and exits. When no
 packet comes, a heartbeat moves the pipeline's clock. Modes, signals,
 privileges, systemd, metrics and the state folder: docs/daemon.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,16 +34,23 @@ from sensor.records.mde import RECORD_FIELDS, RecordBuilder
 
 log = logging.getLogger("xfer-sensor")
 
-POLL_S = 0.25            # longest wait for packets before a heartbeat
-STATUS_EVERY_S = 300.0   # counters to the journal (default of the status_interval option)
-ATTRIBUTION_SETTLE_S = 0.1   # on SIGTERM, wait this long for lookups in flight
-DRAIN_S = 1.0            # longest wait on SIGTERM for packets already captured
+POLL_S = 0.25  # longest wait for packets before a heartbeat
+STATUS_EVERY_S = 300.0  # counters to the journal (default of the status_interval option)
+ATTRIBUTION_SETTLE_S = 0.1  # on SIGTERM, wait this long for lookups in flight
+DRAIN_S = 1.0  # longest wait on SIGTERM for packets already captured
 
 
 class Daemon:
-    def __init__(self, interfaces: Sequence[str], config_path: str | None, rules_path: str,
-                 outdir: Path, mode: str = "endpoint",
-                 metrics_listen: tuple[str, int] | None | bool = True, state_dir: str | None = None) -> None:
+    def __init__(
+        self,
+        interfaces: Sequence[str],
+        config_path: str | None,
+        rules_path: str,
+        outdir: Path,
+        mode: str = "endpoint",
+        metrics_listen: tuple[str, int] | None | bool = True,
+        state_dir: str | None = None,
+    ) -> None:
         self.config_path = config_path
         self.rules_path = rules_path
         self.endpoint = mode == "endpoint"
@@ -50,20 +58,24 @@ class Daemon:
         self.rules: RuleSet = load_rules(rules_path, RECORD_FIELDS)
         # the config's outputs (profile, files, stdout, syslog), each behind a
         # bounded queue that never blocks capture (overflow is counted)
-        self.sink = build_outputs(self.cfg.output, config=self.cfg, rules=self.rules, outdir=outdir,
-                                  block=False, truncate=False)
+        self.sink = build_outputs(
+            self.cfg.output, config=self.cfg, rules=self.rules, outdir=outdir, block=False, truncate=False
+        )
         self.book = AttributionBook() if self.endpoint else None
         self.pipe = Pipeline(self.cfg, self.rules, self.sink, attribution=self.book)
         # rule windows from the last run (a bad state file is logged and moved aside, never fatal)
-        self.persist = WindowPersistence.open(state_dir or self.cfg.state_dir or DEFAULT_STATE_DIR,
-                                              self.pipe.detector, self.cfg.state_flush_interval,
-                                              self.cfg.limits.max_window_keys)
+        self.persist = WindowPersistence.open(
+            state_dir or self.cfg.state_dir or DEFAULT_STATE_DIR,
+            self.pipe.detector,
+            self.cfg.state_flush_interval,
+            self.cfg.limits.max_window_keys,
+        )
         self.capture = LiveCapture(interfaces)
         self.capture.install_filters(self.pipe.capture_filters())
         self.helper = None
         # /metrics on loopback (metrics_listen; True: as the config says)
         self.started = time.time()
-        self.allow_base: dict[tuple[str, str], tuple[int, int]] = {}   # allow hits of reloaded-away rules
+        self.allow_base: dict[tuple[str, str], tuple[int, int]] = {}  # allow hits of reloaded-away rules
         listen = self.cfg.metrics_listen if metrics_listen is True else metrics_listen
         self.metrics_server: metrics.MetricsServer | None = None
         if listen:
@@ -74,7 +86,7 @@ class Daemon:
                 raise
             self.metrics_server.publish(self.snapshot())
             log.info("metrics on %s", self.metrics_server.url)
-        if self.endpoint:   # before the capabilities go: the helper's tap needs CAP_NET_RAW
+        if self.endpoint:  # before the capabilities go: the helper's tap needs CAP_NET_RAW
             self.helper = self._start_helper(interfaces)
         # the captures are open and the helper runs: no capability is needed any more
         try:
@@ -92,6 +104,7 @@ class Daemon:
 
     def _start_helper(self, interfaces: Sequence[str]):
         from sensor.attribution.attributor import AttributionHelper
+
         ports = sorted(set(self.cfg.tracked_ports) | {989})
         helper = AttributionHelper(iface=interfaces[0] if len(interfaces) == 1 else None, ports=ports)
         try:
@@ -107,10 +120,10 @@ class Daemon:
         if self.helper is None:
             return 0
         got = self.helper.poll_timed()
-        assert self.book is not None    # the helper runs in endpoint mode only, which has the book
+        assert self.book is not None  # the helper runs in endpoint mode only, which has the book
         for key, a, t in got:
             # the first packet's kernel time (the capture's clock); else when the tap saw it
-            ts = (t[2] if len(t) > 2 and t[2] else t[0] if t else 0.0)
+            ts = t[2] if len(t) > 2 and t[2] else t[0] if t else 0.0
             self.book.add(key, a, int(ts * 1e6) if ts else None)
         if got:
             self.pipe.attributions_arrived()
@@ -133,9 +146,19 @@ class Daemon:
             log.error("reload refused, keeping the running config and rules: %s", e)
             self.notify.ready("reload refused: " + str(e)[:200])
             return
-        restart_only = [f for f in ("tracked_ports", "timeouts", "limits", "output", "metrics_listen", "state_dir",
-                                    "state_flush_interval")
-                        if getattr(cfg, f) != getattr(self.cfg, f)]
+        restart_only = [
+            f
+            for f in (
+                "tracked_ports",
+                "timeouts",
+                "limits",
+                "output",
+                "metrics_listen",
+                "state_dir",
+                "state_flush_interval",
+            )
+            if getattr(cfg, f) != getattr(self.cfg, f)
+        ]
         if restart_only:
             log.warning("options %s change only on restart; the others are applied", ", ".join(restart_only))
         self.cfg = cfg
@@ -145,7 +168,7 @@ class Daemon:
         kept = new.carry_over(old)
         self.persist.adopt(old, new)
         self.pipe.detector = new
-        for entry in self.rules.allow_entries:   # keep the suppressed counts monotonic across reloads
+        for entry in self.rules.allow_entries:  # keep the suppressed counts monotonic across reloads
             k = (entry.rule_id, entry.selection)
             h, x = self.allow_base.get(k, (0, 0))
             self.allow_base[k] = (h + entry.hits, x + entry.expired_hits)
@@ -174,12 +197,20 @@ class Daemon:
             child = hm.get("helper") or {}
             st["attribution"]["helper"] = {
                 # lookups: results received (live); the helper's own counters come every 5 s
-                "alive": hm.get("alive", False), "lookups": hm.get("results", 0),
+                "alive": hm.get("alive", False),
+                "lookups": hm.get("results", 0),
                 "rate_limited": child.get("rate_limited", 0),
-                "tap_kernel_drops": (child.get("tap") or {}).get("kernel_drops", 0)}
-        return metrics.collect(pipe_stats=st, capture_stats=self.capture.read_stats(),
-                               flows_active=len(self.pipe.flows.flows), allow_entries=self.rules.allow_entries,
-                               allow_base=self.allow_base, outputs=self.sink.stats(), start_time=self.started)
+                "tap_kernel_drops": (child.get("tap") or {}).get("kernel_drops", 0),
+            }
+        return metrics.collect(
+            pipe_stats=st,
+            capture_stats=self.capture.read_stats(),
+            flows_active=len(self.pipe.flows.flows),
+            allow_entries=self.rules.allow_entries,
+            allow_base=self.allow_base,
+            outputs=self.sink.stats(),
+            start_time=self.started,
+        )
 
     def status_line(self) -> str:
         return metrics.summary(self.snapshot())
@@ -198,10 +229,10 @@ class Daemon:
         handler_for = self.pipe.handler_for
         try:
             while not self.stop:
-                self.collect_attributions()   # before the packets whose flows may end now
+                self.collect_attributions()  # before the packets whose flows may end now
                 got = self.capture.poll(handler_for, POLL_S)
                 if not got:
-                    self.pipe.flows.advance(time.time_ns() // 1000)   # heartbeat
+                    self.pipe.flows.advance(time.time_ns() // 1000)  # heartbeat
                 if self.hup:
                     self.hup = False
                     self.reload()
@@ -225,7 +256,7 @@ class Daemon:
         finally:
             self.notify.stopping("flushing")
             self.drain(handler_for)
-            if self.helper is not None:   # lookups still in flight for the last connections
+            if self.helper is not None:  # lookups still in flight for the last connections
                 time.sleep(ATTRIBUTION_SETTLE_S)
                 self.collect_attributions()
             self.pipe.finish()
@@ -244,38 +275,65 @@ class Daemon:
 def main(argv: Sequence[str] | None = None) -> int:
     from sensor.core.runtime import tune_gc
     from sensor.detect.rules import default_rules_dir
+
     tune_gc()
     ap = argparse.ArgumentParser(prog="xfer-sensor run", description="capture live and write records")
     ap.add_argument("-i", "--interface", action="append", required=True, help="interface (repeatable)")
     ap.add_argument("--config", help="config YAML (default /etc/xfer-sensor/config.yaml when present)")
     ap.add_argument("--rules", help="rules folder (default: the shipped rules)")
     ap.add_argument("--out", default="/var/log/xfer-sensor", help="folder for the .jsonl files")
-    ap.add_argument("--mode", choices=("endpoint", "span"), default="endpoint",
-                    help="endpoint: this host's traffic, with the process of each connection (default); "
-                         "span: a mirror port, no attribution")
-    ap.add_argument("--state-dir", help="folder for the rule-window state that survives restarts "
-                    f"(default: the config's state_dir, else {DEFAULT_STATE_DIR})")
-    ap.add_argument("--allow-root", action="store_true",
-                    help="run as uid 0 (otherwise refused: run as an unprivileged user with the "
-                         "capabilities of systemd/xfer-sensor.service)")
-    ap.add_argument("--metrics-listen", metavar="ADDR:PORT",
-                    help="serve Prometheus /metrics on this loopback address, or 'off' "
-                         "(default: the config's metrics_listen, else off)")
+    ap.add_argument(
+        "--mode",
+        choices=("endpoint", "span"),
+        default="endpoint",
+        help="endpoint: this host's traffic, with the process of each connection (default); "
+        "span: a mirror port, no attribution",
+    )
+    ap.add_argument(
+        "--state-dir",
+        help="folder for the rule-window state that survives restarts "
+        f"(default: the config's state_dir, else {DEFAULT_STATE_DIR})",
+    )
+    ap.add_argument(
+        "--allow-root",
+        action="store_true",
+        help="run as uid 0 (otherwise refused: run as an unprivileged user with the "
+        "capabilities of systemd/xfer-sensor.service)",
+    )
+    ap.add_argument(
+        "--metrics-listen",
+        metavar="ADDR:PORT",
+        help="serve Prometheus /metrics on this loopback address, or 'off' "
+        "(default: the config's metrics_listen, else off)",
+    )
     args = ap.parse_args(argv)
     if os.geteuid() == 0 and not args.allow_root:
-        print("xfer-sensor: error: refusing to run as root; run as an unprivileged user with "
-              "CAP_NET_RAW, CAP_NET_ADMIN, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH "
-              "(see systemd/xfer-sensor.service), or pass --allow-root", file=sys.stderr)
+        print(
+            "xfer-sensor: error: refusing to run as root; run as an unprivileged user with "
+            "CAP_NET_RAW, CAP_NET_ADMIN, CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH "
+            "(see systemd/xfer-sensor.service), or pass --allow-root",
+            file=sys.stderr,
+        )
         return 2
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="xfer-sensor: %(levelname)s: %(message)s")
     config = args.config
     if config is None and Path("/etc/xfer-sensor/config.yaml").exists():
         config = "/etc/xfer-sensor/config.yaml"
     try:
-        listen = True if args.metrics_listen is None else parse_listen("command line", "--metrics-listen",
-                                                                        args.metrics_listen)
-        d = Daemon(args.interface, config, args.rules or str(default_rules_dir()), Path(args.out),
-                   mode=args.mode, metrics_listen=listen, state_dir=args.state_dir)
+        listen = (
+            True
+            if args.metrics_listen is None
+            else parse_listen("command line", "--metrics-listen", args.metrics_listen)
+        )
+        d = Daemon(
+            args.interface,
+            config,
+            args.rules or str(default_rules_dir()),
+            Path(args.out),
+            mode=args.mode,
+            metrics_listen=listen,
+            state_dir=args.state_dir,
+        )
     except (ConfigError, RuleError, CaptureError, metrics.MetricsError) as e:
         print(f"xfer-sensor: error: {e}", file=sys.stderr)
         return 2

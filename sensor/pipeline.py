@@ -6,6 +6,7 @@ Sans-IO: ``handler_for(linktype)`` returns the function that takes
 logic between is the same. The life of a packet and of a flow:
 docs/architecture.md.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -25,14 +26,16 @@ from sensor.records.mde import RecordBuilder, iso_us
 
 # weird records written per name before only counting (Zeek samples weirds too)
 WEIRD_LOG_PER_NAME = 1000
-HELD_TRANSFERS_MAX = 4096     # transfer records waiting for their connection's lookup
+HELD_TRANSFERS_MAX = 4096  # transfer records waiting for their connection's lookup
 
 
 def _clocked(advance: Callable[[int], int], inner: Callable[[int, bytes], None]) -> Callable[[int, bytes], None]:
     """Every packet moves the clock, target or not (as the fused path does)."""
+
     def handle(ts: int, data: bytes) -> None:
         advance(ts)
         inner(ts, data)
+
     return handle
 
 
@@ -47,8 +50,9 @@ class Pipeline:
     """``attribution``: an ``AttributionBook`` (endpoint mode) -- the records
     then carry the process that made each connection (see sensor/attribution/book.py)."""
 
-    def __init__(self, config: Config, rules: RuleSet, sink: RecordSink,
-                 attribution: AttributionBook | None = None) -> None:
+    def __init__(
+        self, config: Config, rules: RuleSet, sink: RecordSink, attribution: AttributionBook | None = None
+    ) -> None:
         self.cfg = config
         self.sink = sink
         self.portset = PortSet(config.tracked_ports)
@@ -62,8 +66,8 @@ class Pipeline:
         self.flows.reused = self.app.reused
         self.book = attribution
         self.records = RecordBuilder(config, endpoint=attribution is not None)
-        self._resolved: dict[Flow, Any] = {}     # flows whose attribution children inherit
-        self._own: dict[Flow, Any] = {}          # each flow's own lookup result, once taken from the book
+        self._resolved: dict[Flow, Any] = {}  # flows whose attribution children inherit
+        self._own: dict[Flow, Any] = {}  # each flow's own lookup result, once taken from the book
         # transfer records waiting for their owner's lookup (endpoint mode)
         self._held: list[tuple[Flow, dict[str, Any]]] = []
         self.attribution_counts: dict[str, int] = {}
@@ -98,8 +102,9 @@ class Pipeline:
         """``packet`` once the flow table's clock is at ``now``."""
         f = self.flows.account(p, now)
         if f is not None:
-            self.app.packet(f, p.src == f.orig_b and p.sport == f.orig_p, p.ts, p.proto, p.flags, p.seq,
-                            p.ack, p.plen, p.payload)
+            self.app.packet(
+                f, p.src == f.orig_b and p.sport == f.orig_p, p.ts, p.proto, p.flags, p.seq, p.ack, p.plen, p.payload
+            )
 
     def capture_filters(self) -> list[str | None]:
         """BPF filters to try, best first (see sensor/engine/bpf.py)."""
@@ -114,7 +119,7 @@ class Pipeline:
 
     def finish(self) -> None:
         self.flows.flush()
-        if self._held:          # owners whose records were all written: nothing more to wait for
+        if self._held:  # owners whose records were all written: nothing more to wait for
             self._release(lambda owner: True, None)
 
     # -- events ---------------------------------------------------------------
@@ -122,10 +127,10 @@ class Pipeline:
         self.app.flow_started(flow, match)
 
     def _flow_ended(self, flow: Flow) -> None:
-        if not self.app.flow_ending(flow):   # else its record waits for its data channels / transfer
+        if not self.app.flow_ending(flow):  # else its record waits for its data channels / transfer
             self._emit_connection(flow)
         parent = self.app.child_ended(flow)
-        if parent is not None:                # its last child ended: its record is complete
+        if parent is not None:  # its last child ended: its record is complete
             self._emit_connection(parent)
 
     def _emit_connection(self, flow: Flow) -> None:
@@ -156,7 +161,7 @@ class Pipeline:
         if a is not None:
             return a
         own = self._own.get(flow)
-        if own is None and self.book is not None:   # (the book: endpoint mode, where the callers run)
+        if own is None and self.book is not None:  # (the book: endpoint mode, where the callers run)
             # taken once: a child asking first (a TFTP transfer) must not use up
             # its parent's result -- a "none" one is not kept in _resolved
             own = self.book.take(self.records.local_key(flow), flow.first_ts)
@@ -182,7 +187,7 @@ class Pipeline:
         # in the same capture batch as its connection's first packet, before
         # the daemon collected the helper's result.  The record waits until it
         # is (attributions_arrived) or until the owner's own record is written
-        if len(self._held) >= HELD_TRANSFERS_MAX:      # bounded: the oldest goes as it is
+        if len(self._held) >= HELD_TRANSFERS_MAX:  # bounded: the oldest goes as it is
             _old_owner, old = self._held.pop(0)
             self._fill_transfer(old, None)
             self.sink.emit("transfers", old)
@@ -214,8 +219,9 @@ class Pipeline:
         n = self.weird_counts.get(name, 0) + 1
         self.weird_counts[name] = n
         if n <= WEIRD_LOG_PER_NAME:
-            self.sink.emit("weird", {"Timestamp": iso_us(ts), "Name": name, "Detail": detail[:512],
-                                     "Uid": uid, "Source": source})
+            self.sink.emit(
+                "weird", {"Timestamp": iso_us(ts), "Name": name, "Detail": detail[:512], "Uid": uid, "Source": source}
+            )
 
     def decode_weird(self, ts: int, name: str, detail: str) -> None:
         self._weird(ts, name, detail, "", "decoder")
@@ -232,9 +238,11 @@ class Pipeline:
             "expectations": self.app.expect.stats.as_dict(),
             "detect": self.detector.stats.as_dict(),
             "connections": dict(sorted(self.action_counts.items())),
-            "attribution": {"by_source": dict(sorted(self.attribution_counts.items())),
-                            "misses": self.attribution_counts.get("none", 0),
-                            "waiting": len(self.book) if self.book is not None else 0,
-                            "late": self.book.stats["late"] if self.book is not None else 0},
+            "attribution": {
+                "by_source": dict(sorted(self.attribution_counts.items())),
+                "misses": self.attribution_counts.get("none", 0),
+                "waiting": len(self.book) if self.book is not None else 0,
+                "late": self.book.stats["late"] if self.book is not None else 0,
+            },
             "weird": dict(sorted(self.weird_counts.items())),
         }

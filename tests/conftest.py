@@ -13,11 +13,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 logging.getLogger("scapy.runtime").setLevel(logging.ERROR)
 
-NOT_ROOT = ("needs root (network namespaces, live capture on lo, raw sockets, setpriv or other users); "
-            "run it as root as CI does (sudo bash scripts/test.sh), or leave it out: pytest -m 'not root'")
+NOT_ROOT = (
+    "needs root (network namespaces, live capture on lo, raw sockets, setpriv or other users); "
+    "run it as root as CI does (sudo bash scripts/test.sh), or leave it out: pytest -m 'not root'"
+)
 
 
-@pytest.hookimpl(tryfirst=True)          # before any fixture of the test is set up
+@pytest.hookimpl(tryfirst=True)  # before any fixture of the test is set up
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """A test marked ``root`` is skipped with the reason when the run is not
     root; as root (CI) it always runs."""
@@ -31,8 +33,7 @@ def replay(tmp_path):
     (tests/support/replay.py)"""
     from tests.support.replay import replay
 
-    def run(pkts, config: dict | None = None, linktype: int | None = None, rules=None,
-            capture_filter: bool = True):
+    def run(pkts, config: dict | None = None, linktype: int | None = None, rules=None, capture_filter: bool = True):
         return replay(pkts, tmp_path, config, linktype, rules, capture_filter)
 
     return run

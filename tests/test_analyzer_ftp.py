@@ -8,6 +8,7 @@ segments, one byte at a time, and with trailing bytes of an unfinished line
 in each direction, as h11's tests/test_io.py does) and requires the same
 events every time.
 """
+
 from __future__ import annotations
 
 from dataclasses import replace
@@ -90,8 +91,7 @@ CURL_EPSV_DOWNLOAD: Transcript = [
 ]
 
 VSFTPD_FEAT = (
-    b"211-Features:\r\n EPRT\r\n EPSV\r\n MDTM\r\n PASV\r\n REST STREAM\r\n"
-    b" SIZE\r\n TVFS\r\n UTF8\r\n211 End\r\n"
+    b"211-Features:\r\n EPRT\r\n EPSV\r\n MDTM\r\n PASV\r\n REST STREAM\r\n SIZE\r\n TVFS\r\n UTF8\r\n211 End\r\n"
 )
 
 # lftp -e 'put exfil.7z' with set ftp:passive-mode off (active: PORT)
@@ -238,12 +238,13 @@ def weird_names(events: list[Event]) -> list[str]:
     return [e.name for e in events if isinstance(e, Weird)]
 
 
-def session(*lines: tuple[str, bytes], conn: ConnInfo = CONN, limits: FtpLimits = DEFAULT_LIMITS,
-            logged_in: bool = True) -> tuple[FtpAnalyzer, list[Event]]:
+def session(
+    *lines: tuple[str, bytes], conn: ConnInfo = CONN, limits: FtpLimits = DEFAULT_LIMITS, logged_in: bool = True
+) -> tuple[FtpAnalyzer, list[Event]]:
     """Run a vsftpd-greeted (and by default logged-in) session plus ``lines``."""
     prefix = [BANNER, *LOGIN_ANON] if logged_in else [BANNER]
     a, events = feed([*prefix, *lines], conn=conn, limits=limits)
-    return a, events[len(feed(prefix, conn=conn)[1]):]
+    return a, events[len(feed(prefix, conn=conn)[1]) :]
 
 
 # ---------------------------------------------------------------------------
@@ -256,15 +257,29 @@ def test_curl_epsv_download_full_event_sequence() -> None:
     assert weird_names(events) == []
     # every command is reported in order with consecutive sequence numbers
     assert [(r.seq, r.command, r.arg) for r in of(events, FtpRequest)] == [
-        (1, "USER", "anonymous"), (2, "PASS", ""), (3, "PWD", ""), (4, "CWD", "pub"),
-        (5, "EPSV", ""), (6, "TYPE", "I"), (7, "SIZE", "secret.tar.gz"),
-        (8, "RETR", "secret.tar.gz"), (9, "QUIT", ""),
+        (1, "USER", "anonymous"),
+        (2, "PASS", ""),
+        (3, "PWD", ""),
+        (4, "CWD", "pub"),
+        (5, "EPSV", ""),
+        (6, "TYPE", "I"),
+        (7, "SIZE", "secret.tar.gz"),
+        (8, "RETR", "secret.tar.gz"),
+        (9, "QUIT", ""),
     ]
     replies = of(events, FtpReply)
     assert replies[0] == FtpReply(ts_of(0), 0, 220, "(vsFTPd 3.0.3)", False, "")
     assert [(r.code, r.for_command, r.seq) for r in replies[1:]] == [
-        (331, "USER", 1), (230, "PASS", 2), (257, "PWD", 3), (250, "CWD", 4), (229, "EPSV", 5),
-        (200, "TYPE", 6), (213, "SIZE", 7), (150, "RETR", 8), (226, "RETR", 8), (221, "QUIT", 9),
+        (331, "USER", 1),
+        (230, "PASS", 2),
+        (257, "PWD", 3),
+        (250, "CWD", 4),
+        (229, "EPSV", 5),
+        (200, "TYPE", 6),
+        (213, "SIZE", 7),
+        (150, "RETR", 8),
+        (226, "RETR", 8),
+        (221, "QUIT", 9),
     ]
     assert of(events, FtpLogin) == [FtpLogin(ts_of(4), 2, "anonymous", False, True, True, 230)]
     assert of(events, FtpSize) == [FtpSize(ts_of(14), 7, "secret.tar.gz", False, 1048576)]
@@ -302,11 +317,16 @@ def test_lftp_active_upload_with_feat() -> None:
     assert snapshot(events) == snapshot(tr(LFTP_ACTIVE_UPLOAD))
     assert weird_names(events) == []
     feat = [r for r in of(events, FtpReply) if r.code == 211]
-    assert feat == [FtpReply(
-        ts_of(2), 1, 211,
-        "Features:\n EPRT\n EPSV\n MDTM\n PASV\n REST STREAM\n SIZE\n TVFS\n UTF8\nEnd",
-        False, "FEAT",
-    )]
+    assert feat == [
+        FtpReply(
+            ts_of(2),
+            1,
+            211,
+            "Features:\n EPRT\n EPSV\n MDTM\n PASV\n REST STREAM\n SIZE\n TVFS\n UTF8\nEnd",
+            False,
+            "FEAT",
+        )
+    ]
     assert of(events, FtpLogin) == [FtpLogin(ts_of(8), 4, "alice", False, True, True, 230)]
 
     (expect,) = of(events, ExpectConnection)
@@ -315,7 +335,13 @@ def test_lftp_active_upload_with_feat() -> None:
     assert expect.ts == ts_of(11)  # announced with the command, before its 200
     assert expect.context == FtpDataChannel("CftpA1", 6, "active")
     (cmd,) = of(events, FtpDataCommand)
-    assert (cmd.command, cmd.arg, cmd.direction, cmd.mode, cmd.channel_seq) == ("STOR", "exfil.7z", "upload", "active", 6)
+    assert (cmd.command, cmd.arg, cmd.direction, cmd.mode, cmd.channel_seq) == (
+        "STOR",
+        "exfil.7z",
+        "upload",
+        "active",
+        6,
+    )
     (result,) = of(events, FtpDataResult)
     assert (result.seq, result.code, result.outcome, result.announced_size) == (7, 226, "complete", None)
     assert a.state is FtpState.CLOSED
@@ -353,8 +379,13 @@ def test_lftp_auth_tls_after_feat() -> None:
 
 
 def test_auth_refused_keeps_parsing() -> None:
-    a, events = session(("C", b"AUTH TLS\r\n"), ("S", b"530 Please login with USER and PASS.\r\n"),
-                        ("C", b"USER bob\r\n"), ("S", b"331 Please specify the password.\r\n"), logged_in=False)
+    a, events = session(
+        ("C", b"AUTH TLS\r\n"),
+        ("S", b"530 Please login with USER and PASS.\r\n"),
+        ("C", b"USER bob\r\n"),
+        ("S", b"331 Please specify the password.\r\n"),
+        logged_in=False,
+    )
     assert of(events, FtpTlsUpgrade) == []
     assert a.state is FtpState.AWAIT_PASS
 
@@ -411,8 +442,11 @@ def test_eprt_list_active() -> None:
 
 def test_eprt_ipv6_uses_control_address_text() -> None:
     # the advertised address is written differently; it is the same host
-    _, events = session(("C", b"EPRT |2|2001:0db8:0:0::1|40007|\r\n"),
-                        ("S", b"200 EPRT command successful. Consider using EPSV.\r\n"), conn=CONN6)
+    _, events = session(
+        ("C", b"EPRT |2|2001:0db8:0:0::1|40007|\r\n"),
+        ("S", b"200 EPRT command successful. Consider using EPSV.\r\n"),
+        conn=CONN6,
+    )
     assert weird_names(events) == []
     (expect,) = of(events, ExpectConnection)
     assert (expect.orig_h, expect.resp_h, expect.resp_p) == ("2001:db8::2", "2001:db8::1", 40007)
@@ -433,28 +467,44 @@ def test_expectation_lifetime_is_an_option() -> None:
 
 def test_data_channel_taken_by_first_data_command_only() -> None:
     _, events = session(
-        ("C", b"EPSV\r\n"), ("S", b"229 Entering Extended Passive Mode (|||50000|)\r\n"),
-        ("C", b"RETR a\r\n"), ("S", b"150 Opening.\r\n"), ("S", b"226 Transfer complete.\r\n"),
-        ("C", b"RETR b\r\n"), ("S", b"425 Use PORT or PASV first.\r\n"),
+        ("C", b"EPSV\r\n"),
+        ("S", b"229 Entering Extended Passive Mode (|||50000|)\r\n"),
+        ("C", b"RETR a\r\n"),
+        ("S", b"150 Opening.\r\n"),
+        ("S", b"226 Transfer complete.\r\n"),
+        ("C", b"RETR b\r\n"),
+        ("S", b"425 Use PORT or PASV first.\r\n"),
     )
     results = of(events, FtpDataResult)
     assert [(r.arg, r.channel_seq, r.mode, r.outcome, r.code) for r in results] == [
-        ("a", 3, "passive", "complete", 226), ("b", 0, "", "failed", 425)]
+        ("a", 3, "passive", "complete", 226),
+        ("b", 0, "", "failed", 425),
+    ]
 
 
 def test_transfer_failure_outcome() -> None:
     _, events = session(
-        ("C", b"PASV\r\n"), ("S", b"227 Entering Passive Mode (10,77,0,2,156,67).\r\n"),
-        ("C", b"STOR /etc/passwd\r\n"), ("S", b"553 Could not create file.\r\n"),
+        ("C", b"PASV\r\n"),
+        ("S", b"227 Entering Passive Mode (10,77,0,2,156,67).\r\n"),
+        ("C", b"STOR /etc/passwd\r\n"),
+        ("S", b"553 Could not create file.\r\n"),
     )
     (result,) = of(events, FtpDataResult)
     assert (result.command, result.direction, result.code, result.outcome) == ("STOR", "upload", 553, "failed")
 
 
-@pytest.mark.parametrize("command,direction", [
-    ("RETR", "download"), ("LIST", "download"), ("NLST", "download"), ("MLSD", "download"),
-    ("STOR", "upload"), ("STOU", "upload"), ("APPE", "upload"),
-])
+@pytest.mark.parametrize(
+    "command,direction",
+    [
+        ("RETR", "download"),
+        ("LIST", "download"),
+        ("NLST", "download"),
+        ("MLSD", "download"),
+        ("STOR", "upload"),
+        ("STOU", "upload"),
+        ("APPE", "upload"),
+    ],
+)
 def test_data_command_directions(command: str, direction: str) -> None:
     _, events = session(("C", f"{command} x\r\n".encode()), ("S", b"226 ok\r\n"))
     (cmd,) = of(events, FtpDataCommand)
@@ -469,8 +519,13 @@ def test_data_command_directions(command: str, direction: str) -> None:
 
 
 def test_failed_login() -> None:
-    a, events = session(("C", b"USER root\r\n"), ("S", b"331 Please specify the password.\r\n"),
-                        ("C", b"PASS toor\r\n"), ("S", b"530 Login incorrect.\r\n"), logged_in=False)
+    a, events = session(
+        ("C", b"USER root\r\n"),
+        ("S", b"331 Please specify the password.\r\n"),
+        ("C", b"PASS toor\r\n"),
+        ("S", b"530 Login incorrect.\r\n"),
+        logged_in=False,
+    )
     assert of(events, FtpLogin) == [FtpLogin(ts_of(4), 2, "root", False, True, False, 530)]
     assert a.state is FtpState.AWAIT_USER
     assert "toor" not in repr(events)
@@ -483,13 +538,20 @@ def test_user_without_password() -> None:
 
 
 def test_pipelined_user_and_pass() -> None:
-    transcript = [BANNER, ("C", b"USER anonymous\r\nPASS x@y\r\nPWD\r\n"),
-                  ("S", b"331 Please specify the password.\r\n230 Login successful.\r\n"),
-                  ("S", b'257 "/" is the current directory\r\n')]
+    transcript = [
+        BANNER,
+        ("C", b"USER anonymous\r\nPASS x@y\r\nPWD\r\n"),
+        ("S", b"331 Please specify the password.\r\n230 Login successful.\r\n"),
+        ("S", b'257 "/" is the current directory\r\n'),
+    ]
     events = tr(transcript)
     assert weird_names(events) == []
     assert [(r.code, r.for_command) for r in of(events, FtpReply)] == [
-        (220, ""), (331, "USER"), (230, "PASS"), (257, "PWD")]
+        (220, ""),
+        (331, "USER"),
+        (230, "PASS"),
+        (257, "PWD"),
+    ]
     assert of(events, FtpLogin)[0].success
 
 
@@ -558,8 +620,13 @@ def test_transition_table_shape() -> None:
 
 def test_line_too_long_is_cut_and_flagged() -> None:
     limits = FtpLimits(max_line_length=64)
-    transcript = [BANNER, ("C", b"USER " + b"A" * 200 + b"\r\n"), ("C", b"SYST\r\n"),
-                  ("S", b"530 Permission denied.\r\n"), ("S", b"215 UNIX Type: L8\r\n")]
+    transcript = [
+        BANNER,
+        ("C", b"USER " + b"A" * 200 + b"\r\n"),
+        ("C", b"SYST\r\n"),
+        ("S", b"530 Permission denied.\r\n"),
+        ("S", b"215 UNIX Type: L8\r\n"),
+    ]
     events = tr(transcript, limits=limits)
     assert weird_names(events) == ["ftp_line_too_long"]
     user, syst = of(events, FtpRequest)
@@ -572,14 +639,15 @@ def test_line_exactly_at_limit_is_not_cut() -> None:
     limits = FtpLimits(max_line_length=20)
     events = tr([BANNER, ("C", b"CWD 1234567890123456\r\n"), ("C", b"CWD 12345678901234567\n")], limits=limits)
     assert [(r.arg, r.arg_truncated) for r in of(events, FtpRequest)] == [
-        ("1234567890123456", False), ("1234567890123456", True)]
+        ("1234567890123456", False),
+        ("1234567890123456", True),
+    ]
     assert weird_names(events) == ["ftp_line_too_long"]
 
 
 def test_long_reply_line_and_text_cap() -> None:
     limits = FtpLimits(max_line_length=100, max_text_length=30)
-    transcript = [BANNER, ("C", b"HELP\r\n"),
-                  ("S", b"214-" + b"x" * 300 + b"\r\n more\r\n214 Help OK.\r\n")]
+    transcript = [BANNER, ("C", b"HELP\r\n"), ("S", b"214-" + b"x" * 300 + b"\r\n more\r\n214 Help OK.\r\n")]
     events = tr(transcript, limits=limits)
     assert weird_names(events) == ["ftp_line_too_long"]
     (help_reply,) = [r for r in of(events, FtpReply) if r.code == 214]
@@ -650,8 +718,12 @@ def test_malformed_command_still_paired() -> None:
 
 
 def test_bad_port_tuple() -> None:
-    _, events = session(("C", b"PORT 10,77,0,1,156\r\n"), ("S", b"500 Illegal PORT command.\r\n"),
-                        ("C", b"RETR x\r\n"), ("S", b"425 Use PORT or PASV first.\r\n"))
+    _, events = session(
+        ("C", b"PORT 10,77,0,1,156\r\n"),
+        ("S", b"500 Illegal PORT command.\r\n"),
+        ("C", b"RETR x\r\n"),
+        ("S", b"425 Use PORT or PASV first.\r\n"),
+    )
     assert weird_names(events) == ["ftp_bad_port"]
     assert of(events, ExpectConnection) == []
     assert of(events, FtpDataCommand)[0].channel_seq == 0
@@ -665,8 +737,17 @@ def test_port_with_out_of_range_numbers(arg: bytes) -> None:
     assert of(events, ExpectConnection) == []
 
 
-@pytest.mark.parametrize("arg", [b"|3|10.77.0.1|40005|", b"|1|10.77.0.1|70000|", b"|1|::1|40005|",
-                                 b"|1|10.77.0.1|", b"10.77.0.1 40005", b"|2|10.77.0.1|40005|"])
+@pytest.mark.parametrize(
+    "arg",
+    [
+        b"|3|10.77.0.1|40005|",
+        b"|1|10.77.0.1|70000|",
+        b"|1|::1|40005|",
+        b"|1|10.77.0.1|",
+        b"10.77.0.1 40005",
+        b"|2|10.77.0.1|40005|",
+    ],
+)
 def test_bad_eprt(arg: bytes) -> None:
     _, events = session(("C", b"EPRT " + arg + b"\r\n"))
     assert weird_names(events) == ["ftp_bad_eprt"]
@@ -674,23 +755,35 @@ def test_bad_eprt(arg: bytes) -> None:
 
 
 def test_port_refused_forgets_channel() -> None:
-    _, events = session(("C", b"PORT 10,77,0,1,156,65\r\n"), ("S", b"500 Illegal PORT command.\r\n"),
-                        ("C", b"RETR x\r\n"), ("S", b"425 Use PORT or PASV first.\r\n"))
+    _, events = session(
+        ("C", b"PORT 10,77,0,1,156,65\r\n"),
+        ("S", b"500 Illegal PORT command.\r\n"),
+        ("C", b"RETR x\r\n"),
+        ("S", b"425 Use PORT or PASV first.\r\n"),
+    )
     assert len(of(events, ExpectConnection)) == 1  # announced before the refusal
     assert of(events, FtpDataCommand)[0].channel_seq == 0
 
 
 def test_pasv_reply_without_tuple() -> None:
-    _, events = session(("C", b"PASV\r\n"), ("S", b"227 Entering Passive Mode.\r\n"),
-                        ("C", b"EPSV\r\n"), ("S", b"229 Entering Extended Passive Mode (|||0|)\r\n"))
+    _, events = session(
+        ("C", b"PASV\r\n"),
+        ("S", b"227 Entering Passive Mode.\r\n"),
+        ("C", b"EPSV\r\n"),
+        ("S", b"229 Entering Extended Passive Mode (|||0|)\r\n"),
+    )
     assert weird_names(events) == ["ftp_bad_pasv_reply", "ftp_bad_epsv_reply"]
     assert of(events, ExpectConnection) == []
 
 
 def test_bounce() -> None:
-    _, events = session(("C", b"PORT 192,0,2,99,0,25\r\n"), ("S", b"200 PORT command successful.\r\n"),
-                        ("C", b"STOR mail.txt\r\n"), ("S", b"150 Ok to send data.\r\n"),
-                        ("C", b"EPRT |1|198.51.100.7|22|\r\n"))
+    _, events = session(
+        ("C", b"PORT 192,0,2,99,0,25\r\n"),
+        ("S", b"200 PORT command successful.\r\n"),
+        ("C", b"STOR mail.txt\r\n"),
+        ("S", b"150 Ok to send data.\r\n"),
+        ("C", b"EPRT |1|198.51.100.7|22|\r\n"),
+    )
     assert weird_names(events) == ["ftp_bounce", "ftp_bounce"]
     assert "192.0.2.99" in of(events, Weird)[0].detail
     assert of(events, ExpectConnection) == []  # no expectation towards a third host
@@ -744,8 +837,9 @@ def test_limits_validated() -> None:
 
 
 def test_gap_mid_line_resyncs_at_next_line() -> None:
-    a, events = session(("C", b"RETR big.iso\r\n"), ("S", b"150 Opening BINARY mode data connection.\r\n"),
-                        ("S", b"226 Transfer comp"))
+    a, events = session(
+        ("C", b"RETR big.iso\r\n"), ("S", b"150 Opening BINARY mode data connection.\r\n"), ("S", b"226 Transfer comp")
+    )
     out = a.gap(False, 500, ts_of(20))
     assert weird_names(out) == ["ftp_content_gap"]
     # the RETR's pairing is lost: its result says so
@@ -777,8 +871,11 @@ def test_gap_in_client_direction_drops_partial_command() -> None:
 
 
 def test_close_flushes_and_reports_unanswered_transfer() -> None:
-    a, events = session(("C", b"RETR x\r\n"), ("S", b"150 Opening BINARY mode data connection for x (5 bytes).\r\n"),
-                        ("S", b"226 Transfer complete."))  # FIN without CRLF
+    a, events = session(
+        ("C", b"RETR x\r\n"),
+        ("S", b"150 Opening BINARY mode data connection for x (5 bytes).\r\n"),
+        ("S", b"226 Transfer complete."),
+    )  # FIN without CRLF
     out = a.close(ts_of(30))
     assert [r.code for r in of(out, FtpReply)] == [226]
     assert of(out, FtpDataResult)[0].outcome == "complete"
@@ -824,7 +921,9 @@ def test_reply_parser_need_data_and_multiline() -> None:
     p.receive_data(b"230-Welcome\r\n230-  to the")
     assert p.next_event() is NEED_DATA
     p.receive_data(b" server\r\n 230 is not the end\r\n230 Login successful.\r\n220 n")
-    assert p.next_event() == ReplyMessage(230, "Welcome\n  to the server\n 230 is not the end\nLogin successful.", False, 4)
+    assert p.next_event() == ReplyMessage(
+        230, "Welcome\n  to the server\n 230 is not the end\nLogin successful.", False, 4
+    )
     assert p.next_event() is NEED_DATA
 
 
@@ -842,16 +941,20 @@ def test_command_parser_events() -> None:
 # ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arg,expected", [
-    ("10,77,0,1,156,65", HostPort("10.77.0.1", 40001)),
-    (" 10, 77, 0, 1, 0, 20 ", HostPort("10.77.0.1", 20)),
-])
+@pytest.mark.parametrize(
+    "arg,expected",
+    [
+        ("10,77,0,1,156,65", HostPort("10.77.0.1", 40001)),
+        (" 10, 77, 0, 1, 0, 20 ", HostPort("10.77.0.1", 20)),
+    ],
+)
 def test_parse_port_arg(arg: str, expected: HostPort) -> None:
     assert parse_port_arg(arg) == expected
 
 
-@pytest.mark.parametrize("arg", ["", "10,77,0,1,156", "10,77,0,1,156,65,1", "a,b,c,d,e,f", "1000,1,1,1,1,1",
-                                 "10,77,0,1,1,\u0663"])
+@pytest.mark.parametrize(
+    "arg", ["", "10,77,0,1,156", "10,77,0,1,156,65,1", "a,b,c,d,e,f", "1000,1,1,1,1,1", "10,77,0,1,1,\u0663"]
+)
 def test_parse_port_arg_rejects(arg: str) -> None:
     with pytest.raises(FtpAddressError):
         parse_port_arg(arg)
@@ -863,11 +966,14 @@ def test_parse_eprt() -> None:
     assert parse_eprt_arg("!1!10.0.0.1!21!") == HostPort("10.0.0.1", 21)
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("Entering Passive Mode (192,168,1,2,195,80).", HostPort("192.168.1.2", 50000)),
-    ("Entering Passive Mode 192,168,1,2,195,80", HostPort("192.168.1.2", 50000)),
-    ("=192,168,1,2,4,1", HostPort("192.168.1.2", 1025)),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("Entering Passive Mode (192,168,1,2,195,80).", HostPort("192.168.1.2", 50000)),
+        ("Entering Passive Mode 192,168,1,2,195,80", HostPort("192.168.1.2", 50000)),
+        ("=192,168,1,2,4,1", HostPort("192.168.1.2", 1025)),
+    ],
+)
 def test_parse_pasv_reply(text: str, expected: HostPort) -> None:
     assert parse_pasv_reply(text) == expected
 
@@ -886,18 +992,21 @@ def test_parse_epsv_reply() -> None:
             parse_epsv_reply(text)
 
 
-@pytest.mark.parametrize("data,expected", [
-    (b"220 (vsFTPd 3.0.3)\r\n", True),
-    (b"220-FileZilla Server 1.7.0\r\n220 Please visit https://filezilla-project.org/\r\n", True),
-    (b"220---------- Welcome to Pure-FTPd [privsep] [TLS] ----------\r\n", True),
-    (b"220 mail.example.com ESMTP Postfix\r\n", False),
-    (b"SSH-2.0-OpenSSH_9.2p1\r\n", False),
-    (b"+OK POP3 ready\r\n", False),
-    (b"230 Login successful.\r\n", False),
-    (b"2", None),
-    (b"220 (vsFTP", None),
-    (b"", None),
-])
+@pytest.mark.parametrize(
+    "data,expected",
+    [
+        (b"220 (vsFTPd 3.0.3)\r\n", True),
+        (b"220-FileZilla Server 1.7.0\r\n220 Please visit https://filezilla-project.org/\r\n", True),
+        (b"220---------- Welcome to Pure-FTPd [privsep] [TLS] ----------\r\n", True),
+        (b"220 mail.example.com ESMTP Postfix\r\n", False),
+        (b"SSH-2.0-OpenSSH_9.2p1\r\n", False),
+        (b"+OK POP3 ready\r\n", False),
+        (b"230 Login successful.\r\n", False),
+        (b"2", None),
+        (b"220 (vsFTP", None),
+        (b"", None),
+    ],
+)
 def test_probe_tc(data: bytes, expected: bool | None) -> None:
     assert probe_tc(data) is expected
     assert FtpAnalyzer.probe_tc(data) is expected
@@ -909,16 +1018,19 @@ def test_probe_tc_midstream_accepts_any_reply() -> None:
     assert probe_tc(b"ete.\r\n", midstream=True) is False
 
 
-@pytest.mark.parametrize("data,expected", [
-    (b"USER anonymous\r\n", True),
-    (b"AUTH TLS\r\n", True),
-    (b"feat\r\n", True),
-    (b"US", None),
-    (b"GET / HTTP/1.1\r\n", False),
-    (b"EHLO client\r\n", False),
-    (b"\x16\x03\x01\x02\x00", False),
-    (b"RETR x\r\n", False),  # not an opening command
-])
+@pytest.mark.parametrize(
+    "data,expected",
+    [
+        (b"USER anonymous\r\n", True),
+        (b"AUTH TLS\r\n", True),
+        (b"feat\r\n", True),
+        (b"US", None),
+        (b"GET / HTTP/1.1\r\n", False),
+        (b"EHLO client\r\n", False),
+        (b"\x16\x03\x01\x02\x00", False),
+        (b"RETR x\r\n", False),  # not an opening command
+    ],
+)
 def test_probe_ts(data: bytes, expected: bool | None) -> None:
     assert probe_ts(data) is expected
 
@@ -933,14 +1045,40 @@ def test_probe_ts_midstream() -> None:
 # ---------------------------------------------------------------------------
 
 FRAGMENTS = [
-    b"220 (vsFTPd 3.0.3)\r\n", b"USER anonymous\r\n", b"331 Please specify the password.\r\n",
-    b"PASS x\r\n", b"230 Login successful.\r\n", b"530 Login incorrect.\r\n", b"PASV\r\n",
-    b"227 Entering Passive Mode (10,77,0,2,156,67).\r\n", b"227 (999,1,1,1,1,1)\r\n", b"EPSV\r\n",
-    b"229 Entering Extended Passive Mode (|||40001|)\r\n", b"PORT 10,77,0,1,156,65\r\n",
-    b"PORT 1,2,3,4,5,6\r\n", b"EPRT |2|::1|5|\r\n", b"RETR a\r\n", b"STOR b\r\n", b"150 Ok (5 bytes).\r\n",
-    b"226 Transfer complete.\r\n", b"211-Features:\r\n", b" EPSV\r\n", b"211 End\r\n", b"AUTH TLS\r\n",
-    b"234 Proceed with negotiation.\r\n", b"421 Timeout.\r\n", b"QUIT\r\n", b"221 Goodbye.\r\n",
-    b"SIZE a\r\n", b"213 12\r\n", b"REIN\r\n", b"\x16\x03\x01", b"\r\n", b"\n", b"\x00", b"\xff\xf4",
+    b"220 (vsFTPd 3.0.3)\r\n",
+    b"USER anonymous\r\n",
+    b"331 Please specify the password.\r\n",
+    b"PASS x\r\n",
+    b"230 Login successful.\r\n",
+    b"530 Login incorrect.\r\n",
+    b"PASV\r\n",
+    b"227 Entering Passive Mode (10,77,0,2,156,67).\r\n",
+    b"227 (999,1,1,1,1,1)\r\n",
+    b"EPSV\r\n",
+    b"229 Entering Extended Passive Mode (|||40001|)\r\n",
+    b"PORT 10,77,0,1,156,65\r\n",
+    b"PORT 1,2,3,4,5,6\r\n",
+    b"EPRT |2|::1|5|\r\n",
+    b"RETR a\r\n",
+    b"STOR b\r\n",
+    b"150 Ok (5 bytes).\r\n",
+    b"226 Transfer complete.\r\n",
+    b"211-Features:\r\n",
+    b" EPSV\r\n",
+    b"211 End\r\n",
+    b"AUTH TLS\r\n",
+    b"234 Proceed with negotiation.\r\n",
+    b"421 Timeout.\r\n",
+    b"QUIT\r\n",
+    b"221 Goodbye.\r\n",
+    b"SIZE a\r\n",
+    b"213 12\r\n",
+    b"REIN\r\n",
+    b"\x16\x03\x01",
+    b"\r\n",
+    b"\n",
+    b"\x00",
+    b"\xff\xf4",
 ]
 chunk = st.one_of(st.sampled_from(FRAGMENTS), st.binary(max_size=40))
 step = st.one_of(

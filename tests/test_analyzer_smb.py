@@ -12,6 +12,7 @@ Every scenario is fed whole, one byte at a time, in random chunks, and with
 trailing garbage; all must give the same events (apart from the garbage's
 Weird).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -120,22 +121,35 @@ NTLM_FLAGS = 0xE2088297  # UNICODE | REQUEST_TARGET | SIGN | SEAL | NTLM | ALWAY
 
 
 def ntlm_negotiate() -> bytes:
-    return (b"NTLMSSP\x00" + struct.pack("<II", 1, NTLM_FLAGS) + struct.pack("<HHI", 0, 0, 0) * 2
-            + bytes.fromhex("0601b11d0000000f"))
+    return (
+        b"NTLMSSP\x00"
+        + struct.pack("<II", 1, NTLM_FLAGS)
+        + struct.pack("<HHI", 0, 0, 0) * 2
+        + bytes.fromhex("0601b11d0000000f")
+    )
 
 
 def ntlm_challenge(target: str = "XFERLAB") -> bytes:
     name = target.encode("utf-16-le")
     info = struct.pack("<HH", 2, len(name)) + name + struct.pack("<HH", 0, 0)
     off = 56
-    return (b"NTLMSSP\x00" + struct.pack("<I", 2) + struct.pack("<HHI", len(name), len(name), off)
-            + struct.pack("<I", NTLM_FLAGS) + b"\x11" * 8 + b"\x00" * 8
-            + struct.pack("<HHI", len(info), len(info), off + len(name))
-            + bytes.fromhex("0601b11d0000000f") + name + info)
+    return (
+        b"NTLMSSP\x00"
+        + struct.pack("<I", 2)
+        + struct.pack("<HHI", len(name), len(name), off)
+        + struct.pack("<I", NTLM_FLAGS)
+        + b"\x11" * 8
+        + b"\x00" * 8
+        + struct.pack("<HHI", len(info), len(info), off + len(name))
+        + bytes.fromhex("0601b11d0000000f")
+        + name
+        + info
+    )
 
 
-def ntlm_authenticate(user: str, domain: str, workstation: str, *, unicode: bool = True,
-                      nt_len: int = 300, lm_len: int = 24) -> bytes:
+def ntlm_authenticate(
+    user: str, domain: str, workstation: str, *, unicode: bool = True, nt_len: int = 300, lm_len: int = 24
+) -> bytes:
     enc = (lambda s: s.encode("utf-16-le")) if unicode else (lambda s: s.encode("latin-1"))
     d, u, w = enc(domain), enc(user), enc(workstation)
     lm, nt, key = b"\x00" * lm_len, bytes(range(256)) * (nt_len // 256) + b"\x07" * (nt_len % 256), b"\x5a" * 16
@@ -145,19 +159,38 @@ def ntlm_authenticate(user: str, domain: str, workstation: str, *, unicode: bool
         fields.append(struct.pack("<HHI", len(blob), len(blob), off + len(payload)))
         payload += blob
     flags = NTLM_FLAGS if unicode else NTLM_FLAGS & ~1
-    return (b"NTLMSSP\x00" + struct.pack("<I", 3) + b"".join(fields) + struct.pack("<I", flags)
-            + bytes.fromhex("0601b11d0000000f") + b"\x33" * 16 + payload)
+    return (
+        b"NTLMSSP\x00"
+        + struct.pack("<I", 3)
+        + b"".join(fields)
+        + struct.pack("<I", flags)
+        + bytes.fromhex("0601b11d0000000f")
+        + b"\x33" * 16
+        + payload
+    )
 
 
-def h2(cmd: int, mid: int, *, resp: bool = False, status: int = 0, tree: int = 0, sid: int = 0,
-       flags: int = 0, next_cmd: int = 0, async_id: int | None = None) -> bytes:
+def h2(
+    cmd: int,
+    mid: int,
+    *,
+    resp: bool = False,
+    status: int = 0,
+    tree: int = 0,
+    sid: int = 0,
+    flags: int = 0,
+    next_cmd: int = 0,
+    async_id: int | None = None,
+) -> bytes:
     f = flags | (1 if resp else 0)
     if async_id is not None:
         f |= 2
-        return struct.pack("<4sHHIHHIIQQQ16s", b"\xfeSMB", 64, 1, status, cmd, 1, f, next_cmd, mid,
-                           async_id, sid, b"\x00" * 16)
-    return struct.pack("<4sHHIHHIIQIIQ16s", b"\xfeSMB", 64, 1, status, cmd, 1, f, next_cmd, mid,
-                       0xFEFF, tree, sid, b"\x00" * 16)
+        return struct.pack(
+            "<4sHHIHHIIQQQ16s", b"\xfeSMB", 64, 1, status, cmd, 1, f, next_cmd, mid, async_id, sid, b"\x00" * 16
+        )
+    return struct.pack(
+        "<4sHHIHHIIQIIQ16s", b"\xfeSMB", 64, 1, status, cmd, 1, f, next_cmd, mid, 0xFEFF, tree, sid, b"\x00" * 16
+    )
 
 
 def pad8(b: bytes) -> bytes:
@@ -173,15 +206,25 @@ SMBCLIENT_DIALECTS = (0x0202, 0x0210, 0x0300, 0x0302, 0x0311)
 
 def negotiate_req(mid: int = 0, dialects=SMBCLIENT_DIALECTS, netname: str = "10.77.0.2") -> bytes:
     contexts = [
-        neg_context(1, struct.pack("<HHH", 1, 32, 1) + b"\xab" * 32),       # preauth SHA-512
-        neg_context(2, struct.pack("<H4H", 4, 2, 1, 4, 3)),                  # ciphers
-        neg_context(8, struct.pack("<H3H", 3, 2, 1, 0)),                      # signing
-        neg_context(5, netname.encode("utf-16-le")),                          # netname
+        neg_context(1, struct.pack("<HHH", 1, 32, 1) + b"\xab" * 32),  # preauth SHA-512
+        neg_context(2, struct.pack("<H4H", 4, 2, 1, 4, 3)),  # ciphers
+        neg_context(8, struct.pack("<H3H", 3, 2, 1, 0)),  # signing
+        neg_context(5, netname.encode("utf-16-le")),  # netname
     ]
     fixed_len = 64 + 36 + 2 * len(dialects)
     ctx_off = fixed_len + (-fixed_len % 8)
-    body = struct.pack("<HHHHI16sIHH", 36, len(dialects), 1, 0, 0x7F, b"\x42" * 16,
-                       ctx_off if 0x0311 in dialects else 0, len(contexts) if 0x0311 in dialects else 0, 0)
+    body = struct.pack(
+        "<HHHHI16sIHH",
+        36,
+        len(dialects),
+        1,
+        0,
+        0x7F,
+        b"\x42" * 16,
+        ctx_off if 0x0311 in dialects else 0,
+        len(contexts) if 0x0311 in dialects else 0,
+        0,
+    )
     body += struct.pack(f"<{len(dialects)}H", *dialects)
     msg = h2(0, mid) + body
     if 0x0311 in dialects:
@@ -195,13 +238,34 @@ def negotiate_resp(mid: int = 0, dialect: int = 0x0311, cipher: int = 2, status:
     if status:
         return nbss(h2(0, mid, resp=True, status=status) + struct.pack("<HBBI", 9, 0, 0, 0) + b"\x00")
     blob = spnego_init(b"")[:20]  # server's negTokenInit hint (content irrelevant here)
-    contexts = [neg_context(1, struct.pack("<HHH", 1, 32, 1) + b"\xcd" * 32),
-                neg_context(2, struct.pack("<HH", 1, cipher)),
-                neg_context(8, struct.pack("<HH", 1, 2))] if dialect == 0x0311 else []
+    contexts = (
+        [
+            neg_context(1, struct.pack("<HHH", 1, 32, 1) + b"\xcd" * 32),
+            neg_context(2, struct.pack("<HH", 1, cipher)),
+            neg_context(8, struct.pack("<HH", 1, 2)),
+        ]
+        if dialect == 0x0311
+        else []
+    )
     sec_off = 64 + 64
     ctx_off = (sec_off + len(blob) + 7) & ~7 if contexts else 0
-    body = struct.pack("<HHHH16sIIIIQQHHI", 65, 1, dialect, len(contexts), b"\x24" * 16, 0x2F,
-                       8 << 20, 8 << 20, 8 << 20, 0, 0, sec_off, len(blob), ctx_off)
+    body = struct.pack(
+        "<HHHH16sIIIIQQHHI",
+        65,
+        1,
+        dialect,
+        len(contexts),
+        b"\x24" * 16,
+        0x2F,
+        8 << 20,
+        8 << 20,
+        8 << 20,
+        0,
+        0,
+        sec_off,
+        len(blob),
+        ctx_off,
+    )
     msg = h2(0, mid, resp=True) + body + blob
     if contexts:
         msg = pad8(msg)
@@ -230,19 +294,26 @@ def tree_req(mid: int, path: str, sid: int = SID) -> bytes:
 def tree_resp(mid: int, tree: int = TREE_ID, share_type: int = 1, status: int = 0, sid: int = SID) -> bytes:
     if status:
         return nbss(h2(3, mid, resp=True, status=status, sid=sid) + struct.pack("<HBBI", 9, 0, 0, 0) + b"\x00")
-    return nbss(h2(3, mid, resp=True, tree=tree, sid=sid)
-                + struct.pack("<HBBIII", 16, share_type, 0, 0x800, 0, 0x1F01FF))
+    return nbss(
+        h2(3, mid, resp=True, tree=tree, sid=sid) + struct.pack("<HBBIII", 16, share_type, 0, 0x800, 0, 0x1F01FF)
+    )
 
 
 def create_body(name: str, disposition: int, access: int, options: int = 0x40) -> bytes:
     n = name.encode("utf-16-le")
-    body = struct.pack("<HBBIQQIIIIIHHII", 57, 0, 0, 2, 0, 0, access, 0x80, 7, disposition, options,
-                       120, len(n), 0, 0)
+    body = struct.pack("<HBBIQQIIIIIHHII", 57, 0, 0, 2, 0, 0, access, 0x80, 7, disposition, options, 120, len(n), 0, 0)
     return body + (n or b"\x00")
 
 
-def create_req(mid: int, name: str, disposition: int = 1, access: int = 0x00120089,
-               options: int = 0x40, tree: int = TREE_ID, sid: int = SID) -> bytes:
+def create_req(
+    mid: int,
+    name: str,
+    disposition: int = 1,
+    access: int = 0x00120089,
+    options: int = 0x40,
+    tree: int = TREE_ID,
+    sid: int = SID,
+) -> bytes:
     return nbss(h2(5, mid, tree=tree, sid=sid) + create_body(name, disposition, access, options))
 
 
@@ -250,11 +321,20 @@ def create_resp_body(fid: bytes, action: int = 1, eof: int = 0, attrs: int = 0x2
     return struct.pack("<HBBIQQQQQQII16sII", 89, 0, 0, action, 1, 2, 3, 4, eof, eof, attrs, 0, fid, 0, 0)
 
 
-def create_resp(mid: int, fid: bytes = FID, action: int = 1, eof: int = 0, attrs: int = 0x20,
-                status: int = 0, tree: int = TREE_ID, sid: int = SID) -> bytes:
+def create_resp(
+    mid: int,
+    fid: bytes = FID,
+    action: int = 1,
+    eof: int = 0,
+    attrs: int = 0x20,
+    status: int = 0,
+    tree: int = TREE_ID,
+    sid: int = SID,
+) -> bytes:
     if status:
-        return nbss(h2(5, mid, resp=True, status=status, tree=tree, sid=sid)
-                    + struct.pack("<HBBI", 9, 0, 0, 0) + b"\x00")
+        return nbss(
+            h2(5, mid, resp=True, status=status, tree=tree, sid=sid) + struct.pack("<HBBI", 9, 0, 0, 0) + b"\x00"
+        )
     return nbss(h2(5, mid, resp=True, tree=tree, sid=sid) + create_resp_body(fid, action, eof, attrs))
 
 
@@ -265,8 +345,9 @@ def write_req(mid: int, fid: bytes, offset: int, data: bytes, tree: int = TREE_I
 
 def write_resp(mid: int, count: int, status: int = 0, tree: int = TREE_ID, sid: int = SID) -> bytes:
     if status:
-        return nbss(h2(9, mid, resp=True, status=status, tree=tree, sid=sid)
-                    + struct.pack("<HBBI", 9, 0, 0, 0) + b"\x00")
+        return nbss(
+            h2(9, mid, resp=True, status=status, tree=tree, sid=sid) + struct.pack("<HBBI", 9, 0, 0, 0) + b"\x00"
+        )
     return nbss(h2(9, mid, resp=True, tree=tree, sid=sid) + struct.pack("<HHIIHH", 17, 0, count, 0, 0, 0))
 
 
@@ -277,10 +358,10 @@ def read_req(mid: int, fid: bytes, offset: int, length: int, tree: int = TREE_ID
 
 def read_resp(mid: int, data: bytes, status: int = 0, tree: int = TREE_ID, sid: int = SID) -> bytes:
     if status:
-        return nbss(h2(8, mid, resp=True, status=status, tree=tree, sid=sid)
-                    + struct.pack("<HBBI", 9, 0, 0, 0) + b"\x00")
-    return nbss(h2(8, mid, resp=True, tree=tree, sid=sid)
-                + struct.pack("<HBBIII", 17, 80, 0, len(data), 0, 0) + data)
+        return nbss(
+            h2(8, mid, resp=True, status=status, tree=tree, sid=sid) + struct.pack("<HBBI", 9, 0, 0, 0) + b"\x00"
+        )
+    return nbss(h2(8, mid, resp=True, tree=tree, sid=sid) + struct.pack("<HBBIII", 17, 80, 0, len(data), 0, 0) + data)
 
 
 def close_req(mid: int, fid: bytes, tree: int = TREE_ID, sid: int = SID) -> bytes:
@@ -332,16 +413,25 @@ def file_bytes(n: int, seed: int) -> bytes:
 Msg = tuple[bool, bytes]  # (to_server, bytes)
 
 
-def login(user: str = "xsuser1", domain: str = "WORKGROUP", ws: str = "XS-CLIENT",
-          final_status: int = STATUS_SUCCESS, session_flags: int = 0) -> list[Msg]:
+def login(
+    user: str = "xsuser1",
+    domain: str = "WORKGROUP",
+    ws: str = "XS-CLIENT",
+    final_status: int = STATUS_SUCCESS,
+    session_flags: int = 0,
+) -> list[Msg]:
     return [
         (True, negotiate_req(0)),
         (False, negotiate_resp(0)),
         (True, setup_req(1, spnego_init(ntlm_negotiate()))),
         (False, setup_resp(1, spnego_resp(ntlm_challenge(), accept=1), STATUS_MORE_PROCESSING_REQUIRED)),
         (True, setup_req(2, spnego_resp(ntlm_authenticate(user, domain, ws)), sid=SID)),
-        (False, setup_resp(2, spnego_resp(b"", accept=0) if final_status == 0 else b"", final_status,
-                           session_flags=session_flags)),
+        (
+            False,
+            setup_resp(
+                2, spnego_resp(b"", accept=0) if final_status == 0 else b"", final_status, session_flags=session_flags
+            ),
+        ),
     ]
 
 
@@ -353,23 +443,42 @@ def upload_session() -> list[Msg]:
     msgs = login()
     msgs += [(True, tree_req(3, r"\\10.77.0.2\public")), (False, tree_resp(3))]
     # smbclient checks the share root with a related CREATE + QUERY_INFO + CLOSE compound
-    msgs.append((True, compound(
-        h2(5, 4, tree=TREE_ID, sid=SID) + create_body("", 1, 0x00100081, 0x1),
-        h2(16, 5, tree=TREE_ID, sid=SID, flags=4) + query_info_body(),
-        h2(6, 6, tree=TREE_ID, sid=SID, flags=4) + struct.pack("<HHI16s", 24, 0, 0, b"\xff" * 16))))
-    msgs.append((False, compound(
-        h2(5, 4, resp=True, tree=TREE_ID, sid=SID) + create_resp_body(ROOT_FID, 1, 0, 0x10),
-        h2(16, 5, resp=True, tree=TREE_ID, sid=SID, flags=4) + struct.pack("<HHI", 9, 72, 8) + b"\x00" * 8,
-        h2(6, 6, resp=True, tree=TREE_ID, sid=SID, flags=4) + close_resp_body())))
-    msgs += [(True, create_req(7, "secret.zip", disposition=5, access=0x0012019F)),
-             (False, create_resp(7, FID, action=2))]
+    msgs.append(
+        (
+            True,
+            compound(
+                h2(5, 4, tree=TREE_ID, sid=SID) + create_body("", 1, 0x00100081, 0x1),
+                h2(16, 5, tree=TREE_ID, sid=SID, flags=4) + query_info_body(),
+                h2(6, 6, tree=TREE_ID, sid=SID, flags=4) + struct.pack("<HHI16s", 24, 0, 0, b"\xff" * 16),
+            ),
+        )
+    )
+    msgs.append(
+        (
+            False,
+            compound(
+                h2(5, 4, resp=True, tree=TREE_ID, sid=SID) + create_resp_body(ROOT_FID, 1, 0, 0x10),
+                h2(16, 5, resp=True, tree=TREE_ID, sid=SID, flags=4) + struct.pack("<HHI", 9, 72, 8) + b"\x00" * 8,
+                h2(6, 6, resp=True, tree=TREE_ID, sid=SID, flags=4) + close_resp_body(),
+            ),
+        )
+    )
+    msgs += [
+        (True, create_req(7, "secret.zip", disposition=5, access=0x0012019F)),
+        (False, create_resp(7, FID, action=2)),
+    ]
     mid, off = 8, 0
-    for chunk in (UPLOAD[i:i + 65536] for i in range(0, len(UPLOAD), 65536)):
+    for chunk in (UPLOAD[i : i + 65536] for i in range(0, len(UPLOAD), 65536)):
         msgs += [(True, write_req(mid, FID, off, chunk)), (False, write_resp(mid, len(chunk)))]
         mid, off = mid + 1, off + len(chunk)
-    msgs += [(True, close_req(mid, FID)), (False, close_resp(mid)),
-             (True, simple_req(4, mid + 1)), (False, simple_resp(4, mid + 1)),
-             (True, simple_req(2, mid + 2, tree=0)), (False, simple_resp(2, mid + 2, tree=0))]
+    msgs += [
+        (True, close_req(mid, FID)),
+        (False, close_resp(mid)),
+        (True, simple_req(4, mid + 1)),
+        (False, simple_resp(4, mid + 1)),
+        (True, simple_req(2, mid + 2, tree=0)),
+        (False, simple_resp(2, mid + 2, tree=0)),
+    ]
     return msgs
 
 
@@ -379,23 +488,31 @@ DOWNLOAD = file_bytes(2 * 65536 + 777, 2)
 def download_session() -> list[Msg]:
     """smbclient ... -c 'get report.pdf' (reads of 64 KiB, the last one short, then EOF)."""
     msgs = login()
-    msgs += [(True, tree_req(3, r"\\10.77.0.2\public")), (False, tree_resp(3)),
-             (True, create_req(4, "docs\\report.pdf", disposition=1, access=0x00120089)),
-             (False, create_resp(4, FID2, action=1, eof=len(DOWNLOAD)))]
+    msgs += [
+        (True, tree_req(3, r"\\10.77.0.2\public")),
+        (False, tree_resp(3)),
+        (True, create_req(4, "docs\\report.pdf", disposition=1, access=0x00120089)),
+        (False, create_resp(4, FID2, action=1, eof=len(DOWNLOAD))),
+    ]
     mid, off = 5, 0
     while off < len(DOWNLOAD):
-        chunk = DOWNLOAD[off:off + 65536]
+        chunk = DOWNLOAD[off : off + 65536]
         msgs += [(True, read_req(mid, FID2, off, 65536)), (False, read_resp(mid, chunk))]
         mid, off = mid + 1, off + len(chunk)
-    msgs += [(True, read_req(mid, FID2, off, 65536)), (False, read_resp(mid, b"", status=STATUS_END_OF_FILE)),
-             (True, close_req(mid + 1, FID2)), (False, close_resp(mid + 1))]
+    msgs += [
+        (True, read_req(mid, FID2, off, 65536)),
+        (False, read_resp(mid, b"", status=STATUS_END_OF_FILE)),
+        (True, close_req(mid + 1, FID2)),
+        (False, close_resp(mid + 1)),
+    ]
     return msgs
 
 
 def netbios_session() -> list[Msg]:
     """smbclient -p 139: NetBIOS session request, then the same SMB 3.1.1."""
     return [(True, nb_session_request("10.77.0.2", "XS-CLIENT")), (False, b"\x82\x00\x00\x00")] + [
-        m for m in upload_session()]
+        m for m in upload_session()
+    ]
 
 
 def encrypted_session() -> list[Msg]:
@@ -413,9 +530,15 @@ def encrypted_session() -> list[Msg]:
 GARBAGE = b"GARBAGE\r\nnot smb at all \x01\x02\x03"
 
 
-def feed(msgs: list[Msg], mode: str = "whole", *, conn: ConnInfo = CONN445,
-         limits: SmbLimits | None = None, analyzer: SmbAnalyzer | None = None,
-         close: bool = True) -> list[Event]:
+def feed(
+    msgs: list[Msg],
+    mode: str = "whole",
+    *,
+    conn: ConnInfo = CONN445,
+    limits: SmbLimits | None = None,
+    analyzer: SmbAnalyzer | None = None,
+    close: bool = True,
+) -> list[Event]:
     a = analyzer or SmbAnalyzer(conn, limits)
     events: list[Event] = []
     rnd = random.Random(7)
@@ -429,12 +552,12 @@ def feed(msgs: list[Msg], mode: str = "whole", *, conn: ConnInfo = CONN445,
         recv = a.receive_ts if to_server else a.receive_tc
         if mode == "bytes":
             for i in range(len(data)):
-                events += recv(data[i:i + 1], T0)
+                events += recv(data[i : i + 1], T0)
         elif mode == "chunks":
             i = 0
             while i < len(data):
                 n = rnd.choice((1, 2, 3, 5, 13, 64, 100, 1500, 4000))
-                events += recv(data[i:i + n], T0)
+                events += recv(data[i : i + n], T0)
                 i += n
         else:
             events += recv(data, T0)
@@ -498,7 +621,12 @@ def test_upload_session_smbclient_like():
 
     (tree,) = of(ev, SmbTreeConnect)
     assert (tree.path, tree.tree_id, tree.share_type, tree.status, tree.user) == (
-        r"\\10.77.0.2\public", TREE_ID, "disk", "STATUS_SUCCESS", "xsuser1")
+        r"\\10.77.0.2\public",
+        TREE_ID,
+        "disk",
+        "STATUS_SUCCESS",
+        "xsuser1",
+    )
 
     root, secret = of(ev, SmbFileOpen)
     assert root.name == "" and root.is_dir and root.file_id == ROOT_FID.hex()
@@ -524,8 +652,16 @@ def test_upload_session_smbclient_like():
 
     # order: what a log reader expects
     kinds = [type(e).__name__ for e in ev]
-    assert kinds == ["SmbNegotiate", "SmbSessionSetup", "SmbTreeConnect", "SmbFileOpen",
-                     "SmbFileSummary", "SmbFileOpen", "SmbFileSummary", "SmbTreeSummary"]
+    assert kinds == [
+        "SmbNegotiate",
+        "SmbSessionSetup",
+        "SmbTreeConnect",
+        "SmbFileOpen",
+        "SmbFileSummary",
+        "SmbFileOpen",
+        "SmbFileSummary",
+        "SmbTreeSummary",
+    ]
 
 
 def test_download_session_counts_bytes_received():
@@ -554,7 +690,8 @@ def test_netbios_negative_session_response():
     msgs = [(True, nb_session_request("*SMBSERVER", "XS-CLIENT")), (False, b"\x83\x00\x00\x01\x82")]
     ev = check_modes(msgs, conn=CONN139)
     assert of(ev, SmbNetbiosSession) == [
-        SmbNetbiosSession(T0, "*SMBSERVER<20>", "XS-CLIENT<00>", False, "called name not present")]
+        SmbNetbiosSession(T0, "*SMBSERVER<20>", "XS-CLIENT<00>", False, "called name not present")
+    ]
 
 
 def test_netbios_request_without_answer_flushed_at_close():
@@ -564,8 +701,10 @@ def test_netbios_request_without_answer_flushed_at_close():
 
 
 def test_netbios_retarget_response():
-    msgs = [(True, nb_session_request("FILESRV", "XS-CLIENT")),
-            (False, b"\x84\x00\x00\x06" + bytes([10, 77, 0, 9]) + struct.pack(">H", 139))]
+    msgs = [
+        (True, nb_session_request("FILESRV", "XS-CLIENT")),
+        (False, b"\x84\x00\x00\x06" + bytes([10, 77, 0, 9]) + struct.pack(">H", 139)),
+    ]
     ev = check_modes(msgs, conn=CONN139)
     (nb,) = of(ev, SmbNetbiosSession)
     assert nb.accepted is False and nb.error == "retarget to 10.77.0.9:139"
@@ -600,7 +739,7 @@ def test_encrypted_frames_are_not_buffered():
     big = transform(1_000_000)
     peak = 0
     for i in range(0, len(big), 1000):
-        a.receive_tc(big[i:i + 1000], T0)
+        a.receive_tc(big[i : i + 1000], T0)
         peak = max(peak, len(a._framers[False]._buf))
     assert peak <= 1000 + 128
     assert a.stats.encrypted_bytes_tc == len(big)
@@ -620,8 +759,11 @@ def test_logon_failure_status_recorded():
 
 def test_kerberos_session_setup():
     krb_oid = bytes.fromhex("06092a864882f712010202")
-    blob = der(0x60, OID_SPNEGO + der(0xA0, der(0x30, der(0xA0, der(0x30, krb_oid))
-                                                 + der(0xA2, der(0x04, b"\x60\x82" + b"AP-REQ" * 20)))))
+    blob = der(
+        0x60,
+        OID_SPNEGO
+        + der(0xA0, der(0x30, der(0xA0, der(0x30, krb_oid)) + der(0xA2, der(0x04, b"\x60\x82" + b"AP-REQ" * 20)))),
+    )
     msgs = upload_session()[:2] + [(True, setup_req(1, blob)), (False, setup_resp(1, b"", 0))]
     (setup,) = of(check_modes(msgs), SmbSessionSetup)
     assert (setup.auth, setup.user, setup.status) == ("kerberos", "", "STATUS_SUCCESS")
@@ -634,8 +776,11 @@ def test_unanswered_session_setup_flushed_at_close():
 
 
 def test_unanswered_negotiate_and_create_flushed_at_close():
-    msgs = login() + [(True, tree_req(3, r"\\srv\s")), (False, tree_resp(3)),
-                      (True, create_req(4, "never-answered.bin", disposition=2))]
+    msgs = login() + [
+        (True, tree_req(3, r"\\srv\s")),
+        (False, tree_resp(3)),
+        (True, create_req(4, "never-answered.bin", disposition=2)),
+    ]
     ev = check_modes([(True, negotiate_req(9))] + msgs[2:])
     assert of(ev, SmbNegotiate)[0].dialect == ""
     (op,) = of(ev, SmbFileOpen)
@@ -643,11 +788,18 @@ def test_unanswered_negotiate_and_create_flushed_at_close():
 
 
 def test_read_and_write_errors_recorded():
-    msgs = login() + [(True, tree_req(3, r"\\srv\s")), (False, tree_resp(3)),
-                      (True, create_req(4, "f", disposition=3, access=0x3)), (False, create_resp(4, FID)),
-                      (True, write_req(5, FID, 0, b"w" * 10)), (False, write_resp(5, 0, status=0xC000007F)),
-                      (True, read_req(6, FID, 0, 10)), (False, read_resp(6, b"", status=STATUS_ACCESS_DENIED)),
-                      (True, close_req(7, FID)), (False, close_resp(7))]
+    msgs = login() + [
+        (True, tree_req(3, r"\\srv\s")),
+        (False, tree_resp(3)),
+        (True, create_req(4, "f", disposition=3, access=0x3)),
+        (False, create_resp(4, FID)),
+        (True, write_req(5, FID, 0, b"w" * 10)),
+        (False, write_resp(5, 0, status=0xC000007F)),
+        (True, read_req(6, FID, 0, 10)),
+        (False, read_resp(6, b"", status=STATUS_ACCESS_DENIED)),
+        (True, close_req(7, FID)),
+        (False, close_resp(7)),
+    ]
     (s,) = of(check_modes(msgs), SmbFileSummary)
     assert s.error == "STATUS_DISK_FULL" and s.bytes_written == 10 and s.bytes_read == 0
 
@@ -664,8 +816,10 @@ def test_max_trees_bounded():
 
 def test_access_denied_create_and_bad_share():
     msgs = login() + [
-        (True, tree_req(3, r"\\10.77.0.2\nosuch")), (False, tree_resp(3, status=0xC00000CC)),
-        (True, tree_req(4, r"\\10.77.0.2\public")), (False, tree_resp(4)),
+        (True, tree_req(3, r"\\10.77.0.2\nosuch")),
+        (False, tree_resp(3, status=0xC00000CC)),
+        (True, tree_req(4, r"\\10.77.0.2\public")),
+        (False, tree_resp(4)),
         (True, create_req(5, "etc\\shadow", disposition=1)),
         (False, create_resp(5, status=STATUS_ACCESS_DENIED)),
     ]
@@ -679,19 +833,31 @@ def test_access_denied_create_and_bad_share():
 
 
 def test_async_pending_interim_response():
-    msgs = login() + [(True, tree_req(3, r"\\10.77.0.2\public")), (False, tree_resp(3)),
-                      (True, create_req(4, "slow.bin")),
-                      (False, nbss(h2(5, 4, resp=True, status=STATUS_PENDING, async_id=9, sid=SID)
-                                   + struct.pack("<HBBI", 9, 0, 0, 0) + b"\x00")),
-                      (False, create_resp(4, FID))]
+    msgs = login() + [
+        (True, tree_req(3, r"\\10.77.0.2\public")),
+        (False, tree_resp(3)),
+        (True, create_req(4, "slow.bin")),
+        (
+            False,
+            nbss(
+                h2(5, 4, resp=True, status=STATUS_PENDING, async_id=9, sid=SID)
+                + struct.pack("<HBBI", 9, 0, 0, 0)
+                + b"\x00"
+            ),
+        ),
+        (False, create_resp(4, FID)),
+    ]
     ev = check_modes(msgs)
     (op,) = of(ev, SmbFileOpen)
     assert op.status == "STATUS_SUCCESS" and op.file_id == FID.hex()
 
 
 def test_smb1_negotiate_answered_by_smb2_wildcard():
-    smb1_neg = nbss(smb1_hdr(0x72, 1) + b"\x00" + smb1_bytes(
-        b"".join(b"\x02" + d + b"\x00" for d in (b"NT LM 0.12", b"SMB 2.002", b"SMB 2.???"))))
+    smb1_neg = nbss(
+        smb1_hdr(0x72, 1)
+        + b"\x00"
+        + smb1_bytes(b"".join(b"\x02" + d + b"\x00" for d in (b"NT LM 0.12", b"SMB 2.002", b"SMB 2.???")))
+    )
     msgs = [(True, smb1_neg), (False, negotiate_resp(0, dialect=0x02FF))] + upload_session()[:2]
     ev = check_modes(msgs)
     first, second = of(ev, SmbNegotiate)
@@ -705,10 +871,32 @@ def test_smb1_negotiate_answered_by_smb2_wildcard():
 SMB1_FLAGS2 = 0xC807  # UNICODE | NT_STATUS | EXT_SEC | LONG_NAMES ...
 
 
-def smb1_hdr(cmd: int, mid: int, *, reply: bool = False, status: int = 0, tid: int = 0,
-             uid: int = 0, pid: int = 4242, flags2: int = SMB1_FLAGS2) -> bytes:
-    return struct.pack("<4sBIBHH8sHHHHH", b"\xffSMB", cmd, status, 0x98 if reply else 0x18,
-                       flags2, pid >> 16, b"\x00" * 8, 0, tid, pid & 0xFFFF, uid, mid)
+def smb1_hdr(
+    cmd: int,
+    mid: int,
+    *,
+    reply: bool = False,
+    status: int = 0,
+    tid: int = 0,
+    uid: int = 0,
+    pid: int = 4242,
+    flags2: int = SMB1_FLAGS2,
+) -> bytes:
+    return struct.pack(
+        "<4sBIBHH8sHHHHH",
+        b"\xffSMB",
+        cmd,
+        status,
+        0x98 if reply else 0x18,
+        flags2,
+        pid >> 16,
+        b"\x00" * 8,
+        0,
+        tid,
+        pid & 0xFFFF,
+        uid,
+        mid,
+    )
 
 
 def smb1_words(*words_bytes: bytes) -> bytes:
@@ -736,7 +924,9 @@ def s1_neg_resp():
 def s1_ss_req(mid, blob, uid=0):
     w = ANDX_NONE + struct.pack("<HHHIHII", 0xFFFF, 2, 0, 0, len(blob), 0, 0x800000D4)
     hdr = smb1_hdr(0x73, mid, uid=uid)
-    tail = blob + (b"\x00" if (len(hdr) + 1 + len(w) + 2 + len(blob)) % 2 else b"") + "Unix\0Samba\0".encode("utf-16-le")
+    tail = (
+        blob + (b"\x00" if (len(hdr) + 1 + len(w) + 2 + len(blob)) % 2 else b"") + "Unix\0Samba\0".encode("utf-16-le")
+    )
     return nbss(hdr + smb1_words(w) + smb1_bytes(tail))
 
 
@@ -751,12 +941,16 @@ def s1_tc_req(mid):
     pw = b"\x00"
     start = len(hdr) + 1 + len(w) + 2 + len(pw)
     pad = b"\x00" if start % 2 else b""
-    return nbss(hdr + smb1_words(w) + smb1_bytes(pw + pad + "\\\\10.77.0.2\\PUBLIC\0".encode("utf-16-le") + b"?????\x00"))
+    return nbss(
+        hdr + smb1_words(w) + smb1_bytes(pw + pad + "\\\\10.77.0.2\\PUBLIC\0".encode("utf-16-le") + b"?????\x00")
+    )
 
 
 def s1_tc_resp(mid):
     w = ANDX_NONE + struct.pack("<H", 1)
-    return nbss(smb1_hdr(0x75, mid, reply=True, tid=0x7, uid=0x64) + smb1_words(w) + smb1_bytes(b"A:\x00N\x00T\x00\x00\x00"))
+    return nbss(
+        smb1_hdr(0x75, mid, reply=True, tid=0x7, uid=0x64) + smb1_words(w) + smb1_bytes(b"A:\x00N\x00T\x00\x00\x00")
+    )
 
 
 def s1_create_req(mid, name):
@@ -776,8 +970,11 @@ def s1_write_req(mid, fid, off, data):
     hdr = smb1_hdr(0x2F, mid, tid=7, uid=0x64)
     data_off = len(hdr) + 1 + 28 + 2
     w = ANDX_NONE + struct.pack("<HIIHHHHHI", fid, off, 0, 0, 0, len(data) >> 16, len(data) & 0xFFFF, data_off, 0)
-    return nbss(hdr + smb1_words(w) + smb1_bytes(data) if len(data) < 0x10000 else
-                hdr + smb1_words(w) + struct.pack("<H", 0) + data)
+    return nbss(
+        hdr + smb1_words(w) + smb1_bytes(data)
+        if len(data) < 0x10000
+        else hdr + smb1_words(w) + struct.pack("<H", 0) + data
+    )
 
 
 def s1_write_resp(mid, n):
@@ -792,8 +989,9 @@ def s1_read_req(mid, fid, off, n):
 
 def s1_read_resp(mid, data):
     hdr = smb1_hdr(0x2E, mid, reply=True, tid=7, uid=0x64)
-    w = ANDX_NONE + struct.pack("<HHHHHH8s", 0xFFFF, 0, 0, len(data) & 0xFFFF, len(hdr) + 1 + 24 + 2,
-                                len(data) >> 16, b"\x00" * 8)
+    w = ANDX_NONE + struct.pack(
+        "<HHHHHH8s", 0xFFFF, 0, 0, len(data) & 0xFFFF, len(hdr) + 1 + 24 + 2, len(data) >> 16, b"\x00" * 8
+    )
     return nbss(hdr + smb1_words(w) + smb1_bytes(data))
 
 
@@ -806,16 +1004,22 @@ def s1_close(mid, fid, reply=False):
 def smb1_session() -> list[Msg]:
     data = file_bytes(40000, 3)
     return [
-        (True, s1_neg_req()), (False, s1_neg_resp()),
+        (True, s1_neg_req()),
+        (False, s1_neg_resp()),
         (True, s1_ss_req(2, spnego_init(ntlm_negotiate()))),
         (False, s1_ss_resp(2, spnego_resp(ntlm_challenge(), 1), STATUS_MORE_PROCESSING_REQUIRED)),
         (True, s1_ss_req(3, spnego_resp(ntlm_authenticate("olduser", "LEGACY", "WINXP")), uid=0x64)),
         (False, s1_ss_resp(3, spnego_resp(b"", 0), 0)),
-        (True, s1_tc_req(4)), (False, s1_tc_resp(4)),
-        (True, s1_create_req(5, "\\loot.7z")), (False, s1_create_resp(5, 0x4001)),
-        (True, s1_write_req(6, 0x4001, 0, data)), (False, s1_write_resp(6, len(data))),
-        (True, s1_read_req(7, 0x4001, 0, 1000)), (False, s1_read_resp(7, data[:1000])),
-        (True, s1_close(8, 0x4001)), (False, s1_close(8, 0x4001, reply=True)),
+        (True, s1_tc_req(4)),
+        (False, s1_tc_resp(4)),
+        (True, s1_create_req(5, "\\loot.7z")),
+        (False, s1_create_resp(5, 0x4001)),
+        (True, s1_write_req(6, 0x4001, 0, data)),
+        (False, s1_write_resp(6, len(data))),
+        (True, s1_read_req(7, 0x4001, 0, 1000)),
+        (False, s1_read_resp(7, data[:1000])),
+        (True, s1_close(8, 0x4001)),
+        (False, s1_close(8, 0x4001, reply=True)),
     ]
 
 
@@ -827,12 +1031,20 @@ def test_smb1_session():
     assert neg.dialect == "NT LM 0.12"
     (setup,) = of(ev, SmbSessionSetup)
     assert (setup.user, setup.domain, setup.workstation, setup.status) == (
-        "olduser", "LEGACY", "WINXP", "STATUS_SUCCESS")
+        "olduser",
+        "LEGACY",
+        "WINXP",
+        "STATUS_SUCCESS",
+    )
     (tree,) = of(ev, SmbTreeConnect)
     assert (tree.path, tree.tree_id, tree.share_type) == ("\\\\10.77.0.2\\PUBLIC", 7, "disk")
     (op,) = of(ev, SmbFileOpen)
-    assert (op.name, op.file_id, op.create_action, op.disposition) == ("\\loot.7z", "0140", "created",
-                                                                       "FILE_OVERWRITE_IF")
+    assert (op.name, op.file_id, op.create_action, op.disposition) == (
+        "\\loot.7z",
+        "0140",
+        "created",
+        "FILE_OVERWRITE_IF",
+    )
     (s,) = of(ev, SmbFileSummary)
     assert (s.bytes_written, s.bytes_read, s.direction) == (40000, 1000, "both")
     assert s.tree == "\\\\10.77.0.2\\PUBLIC" and s.user == "olduser"
@@ -876,7 +1088,8 @@ def test_smb1_dos_error_and_tree_disconnect():
     flags2 = SMB1_FLAGS2 & ~0x4000  # DOS error codes, not NT status
     fail = nbss(smb1_hdr(0xA2, 5, reply=True, status=dos, tid=7, uid=0x64, flags2=flags2) + b"\x00" + smb1_bytes(b""))
     msgs = smb1_session()[:8] + [
-        (True, s1_create_req(5, "\\missing")), (False, fail),
+        (True, s1_create_req(5, "\\missing")),
+        (False, fail),
         (True, nbss(smb1_hdr(0x71, 6, tid=7, uid=0x64) + b"\x00" + smb1_bytes(b""))),
         (False, nbss(smb1_hdr(0x71, 6, reply=True, tid=7, uid=0x64) + b"\x00" + smb1_bytes(b""))),
     ]
@@ -1075,8 +1288,14 @@ def test_not_a_frame_start_is_midstream_pickup():
 
 
 def test_malformed_header_after_sync():
-    ev = feed([(True, negotiate_req(0)), (True, b"\x00\x00\x00\x40NOTSMB" + b"\x00" * 60),
-               (True, negotiate_req(1)), (False, negotiate_resp(1))])
+    ev = feed(
+        [
+            (True, negotiate_req(0)),
+            (True, b"\x00\x00\x00\x40NOTSMB" + b"\x00" * 60),
+            (True, negotiate_req(1)),
+            (False, negotiate_resp(1)),
+        ]
+    )
     assert weird_names(ev) == ["smb_malformed_header"]
     assert of(ev, SmbNegotiate)[-1].dialect == "SMB 3.1.1"  # resynchronised on the next message
 
@@ -1084,8 +1303,9 @@ def test_malformed_header_after_sync():
 def test_bad_netbios_flags_and_lengths():
     for bad in (b"\x85\x00\x00\x05abcde", b"\x81\x02\x00\x44", b"\x82\x00\x00\x01\x00"):
         to_server = bad[0] in (0x81, 0x85)
-        ev = feed([(True, negotiate_req(0)), (to_server, bad)] if to_server else
-                  [(False, negotiate_resp(0)), (False, bad)])
+        ev = feed(
+            [(True, negotiate_req(0)), (to_server, bad)] if to_server else [(False, negotiate_resp(0)), (False, bad)]
+        )
         assert "smb_malformed_header" in weird_names(ev), bad
 
 
@@ -1101,13 +1321,12 @@ def test_smb2_header_too_short_for_length():
 
 def test_pdu_too_large_is_skipped_streaming():
     limits = SmbLimits(max_pdu_size=2048)
-    big_qdir = nbss(h2(14, 9, resp=True, tree=TREE_ID, sid=SID) + struct.pack("<HHI", 9, 72, 20000)
-                    + b"\x41" * 20000)
+    big_qdir = nbss(h2(14, 9, resp=True, tree=TREE_ID, sid=SID) + struct.pack("<HHI", 9, 72, 20000) + b"\x41" * 20000)
     a = SmbAnalyzer(CONN445, limits)
     ev = feed(upload_session()[:8], analyzer=a, close=False)
     peak = 0
     for i in range(0, len(big_qdir), 333):
-        ev += a.receive_tc(big_qdir[i:i + 333], T0)
+        ev += a.receive_tc(big_qdir[i : i + 333], T0)
         peak = max(peak, len(a._framers[False]._buf))
     ev += feed([(True, create_req(20, "after.txt")), (False, create_resp(20, FID))], analyzer=a)
     assert weird_names(ev) == ["smb_pdu_too_large"]
@@ -1122,18 +1341,21 @@ def test_large_write_streamed_without_weird_or_buffering():
     w = write_req(50, FID, 0, data)
     peak = 0
     for i in range(0, len(w), 1448):
-        ev += a.receive_ts(w[i:i + 1448], T0)
+        ev += a.receive_ts(w[i : i + 1448], T0)
         peak = max(peak, len(a._framers[True]._buf))
-    ev += feed([(False, write_resp(50, len(data))), (True, close_req(51, FID)), (False, close_resp(51))],
-               analyzer=a)
+    ev += feed([(False, write_resp(50, len(data))), (True, close_req(51, FID)), (False, close_resp(51))], analyzer=a)
     assert weird_names(ev) == []
     assert peak <= 1448 + 128
     assert of(ev, SmbFileSummary)[-1].bytes_written == len(data)
 
 
 def test_bad_next_command():
-    bad = bytearray(compound(h2(5, 4, tree=TREE_ID, sid=SID) + create_body("a", 1, 1),
-                             h2(6, 5, tree=TREE_ID, sid=SID, flags=4) + struct.pack("<HHI16s", 24, 0, 0, b"\xff" * 16)))
+    bad = bytearray(
+        compound(
+            h2(5, 4, tree=TREE_ID, sid=SID) + create_body("a", 1, 1),
+            h2(6, 5, tree=TREE_ID, sid=SID, flags=4) + struct.pack("<HHI16s", 24, 0, 0, b"\xff" * 16),
+        )
+    )
     struct.pack_into("<I", bad, 4 + 20, 0x7D)  # not 8-aligned
     ev = feed(login() + [(True, bytes(bad))])
     assert "smb_malformed_header" in weird_names(ev)
@@ -1187,8 +1409,12 @@ def test_truncated_at_close():
 
 def test_name_too_long_is_capped_with_flag():
     limits = SmbLimits(max_name_length=8)
-    msgs = login() + [(True, tree_req(3, r"\\10.77.0.2\public")), (False, tree_resp(3)),
-                      (True, create_req(4, "a-very-long-file-name.zip")), (False, create_resp(4, FID))]
+    msgs = login() + [
+        (True, tree_req(3, r"\\10.77.0.2\public")),
+        (False, tree_resp(3)),
+        (True, create_req(4, "a-very-long-file-name.zip")),
+        (False, create_resp(4, FID)),
+    ]
     ev = feed(msgs, limits=limits)
     (op,) = of(ev, SmbFileOpen)
     assert op.name == "a-very-l" and op.truncated
@@ -1202,20 +1428,30 @@ def test_max_open_files_evicts_and_summarises():
     msgs = login() + [(True, tree_req(3, r"\\srv\s")), (False, tree_resp(3))]
     for i in range(3):
         fid = struct.pack("<QQ", 100 + i, 200 + i)
-        msgs += [(True, create_req(10 + i, f"f{i}")), (False, create_resp(10 + i, fid)),
-                 (True, write_req(20 + i, fid, 0, b"z" * (10 + i)))]
+        msgs += [
+            (True, create_req(10 + i, f"f{i}")),
+            (False, create_resp(10 + i, fid)),
+            (True, write_req(20 + i, fid, 0, b"z" * (10 + i))),
+        ]
     ev = feed(msgs, limits=limits)
     assert weird_names(ev) == ["smb_too_many_open_files"]
     sums = of(ev, SmbFileSummary)
     assert [(s.name, s.bytes_written, s.closed) for s in sums] == [
-        ("f0", 10, False), ("f1", 11, False), ("f2", 12, False)]
+        ("f0", 10, False),
+        ("f1", 11, False),
+        ("f2", 12, False),
+    ]
 
 
 def test_max_pending_requests_bounded():
     limits = SmbLimits(max_pending_requests=4)
     a = SmbAnalyzer(CONN445, limits)
-    msgs = login() + [(True, tree_req(3, r"\\srv\s")), (False, tree_resp(3)),
-                      (True, create_req(4, "f")), (False, create_resp(4, FID))]
+    msgs = login() + [
+        (True, tree_req(3, r"\\srv\s")),
+        (False, tree_resp(3)),
+        (True, create_req(4, "f")),
+        (False, create_resp(4, FID)),
+    ]
     msgs += [(True, read_req(100 + i, FID, 0, 10)) for i in range(20)]
     ev = feed(msgs, analyzer=a, close=False)
     assert weird_names(ev) == ["smb_too_many_pending_requests"]
@@ -1278,7 +1514,7 @@ def test_builders_agree_with_scapy():
 
     # scapy's own SPNEGO parser finds the NTLM message inside our DER wrapping
     ss = dissect(setup_req(2, spnego_resp(auth), sid=SID))[scapy_smb2.SMB2_Session_Setup_Request]
-    (name, spnego), = ss.Buffer
+    ((name, spnego),) = ss.Buffer
     token = spnego.token.responseToken.value
     assert (token.UserName, token.DomainName, token.Workstation) == ("xsuser1", "WORKGROUP", "XS-CLIENT")
     init = dissect(setup_req(1, spnego_init(ntlm_negotiate())))[scapy_smb2.SMB2_Session_Setup_Request]
@@ -1321,20 +1557,60 @@ def test_scapy_built_session():
 
     resp = {"Flags": "SMB2_FLAGS_SERVER_TO_REDIR"}
     msgs = [
-        (True, pkt({"Command": 3, "MID": 3, "SessionId": SID}, smb2.SMB2_Tree_Connect_Request(Path=r"\\10.77.0.2\public"))),
-        (False, pkt({"Command": 3, "MID": 3, "TID": 5, "SessionId": SID, **resp}, smb2.SMB2_Tree_Connect_Response(ShareType=1))),
-        (True, pkt({"Command": 5, "MID": 4, "TID": 5, "SessionId": SID},
-                   smb2.SMB2_Create_Request(Name="exfil.tar", CreateDisposition=5, DesiredAccess=0x12019F))),
-        (False, pkt({"Command": 5, "MID": 4, "TID": 5, "SessionId": SID, **resp},
-                    smb2.SMB2_Create_Response(FileId=smb2.SMB2_FILEID(Persistent=1, Volatile=2), CreateAction=2))),
-        (True, pkt({"Command": 9, "MID": 5, "TID": 5, "SessionId": SID},
-                   smb2.SMB2_Write_Request(FileId=smb2.SMB2_FILEID(Persistent=1, Volatile=2), Data=b"E" * 3000))),
-        (False, pkt({"Command": 9, "MID": 5, "TID": 5, "SessionId": SID, **resp}, smb2.SMB2_Write_Response(Count=3000))),
-        (True, pkt({"Command": 8, "MID": 6, "TID": 5, "SessionId": SID},
-                   smb2.SMB2_Read_Request(FileId=smb2.SMB2_FILEID(Persistent=1, Volatile=2), Length=500))),
-        (False, pkt({"Command": 8, "MID": 6, "TID": 5, "SessionId": SID, **resp}, smb2.SMB2_Read_Response(Data=b"R" * 500))),
-        (True, pkt({"Command": 6, "MID": 7, "TID": 5, "SessionId": SID},
-                   smb2.SMB2_Close_Request(FileId=smb2.SMB2_FILEID(Persistent=1, Volatile=2)))),
+        (
+            True,
+            pkt({"Command": 3, "MID": 3, "SessionId": SID}, smb2.SMB2_Tree_Connect_Request(Path=r"\\10.77.0.2\public")),
+        ),
+        (
+            False,
+            pkt(
+                {"Command": 3, "MID": 3, "TID": 5, "SessionId": SID, **resp},
+                smb2.SMB2_Tree_Connect_Response(ShareType=1),
+            ),
+        ),
+        (
+            True,
+            pkt(
+                {"Command": 5, "MID": 4, "TID": 5, "SessionId": SID},
+                smb2.SMB2_Create_Request(Name="exfil.tar", CreateDisposition=5, DesiredAccess=0x12019F),
+            ),
+        ),
+        (
+            False,
+            pkt(
+                {"Command": 5, "MID": 4, "TID": 5, "SessionId": SID, **resp},
+                smb2.SMB2_Create_Response(FileId=smb2.SMB2_FILEID(Persistent=1, Volatile=2), CreateAction=2),
+            ),
+        ),
+        (
+            True,
+            pkt(
+                {"Command": 9, "MID": 5, "TID": 5, "SessionId": SID},
+                smb2.SMB2_Write_Request(FileId=smb2.SMB2_FILEID(Persistent=1, Volatile=2), Data=b"E" * 3000),
+            ),
+        ),
+        (
+            False,
+            pkt({"Command": 9, "MID": 5, "TID": 5, "SessionId": SID, **resp}, smb2.SMB2_Write_Response(Count=3000)),
+        ),
+        (
+            True,
+            pkt(
+                {"Command": 8, "MID": 6, "TID": 5, "SessionId": SID},
+                smb2.SMB2_Read_Request(FileId=smb2.SMB2_FILEID(Persistent=1, Volatile=2), Length=500),
+            ),
+        ),
+        (
+            False,
+            pkt({"Command": 8, "MID": 6, "TID": 5, "SessionId": SID, **resp}, smb2.SMB2_Read_Response(Data=b"R" * 500)),
+        ),
+        (
+            True,
+            pkt(
+                {"Command": 6, "MID": 7, "TID": 5, "SessionId": SID},
+                smb2.SMB2_Close_Request(FileId=smb2.SMB2_FILEID(Persistent=1, Volatile=2)),
+            ),
+        ),
         (False, pkt({"Command": 6, "MID": 7, "TID": 5, "SessionId": SID, **resp}, smb2.SMB2_Close_Response())),
     ]
     ev = check_modes(msgs)
@@ -1365,8 +1641,12 @@ def _run_chunks(a: SmbAnalyzer, to_server: bool, data: bytes, cuts: list[int]) -
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ts=st.binary(max_size=600), tc=st.binary(max_size=600),
-       cuts=st.lists(st.integers(0, 600), max_size=12), gap_at=st.none() | st.integers(1, 5000))
+@given(
+    ts=st.binary(max_size=600),
+    tc=st.binary(max_size=600),
+    cuts=st.lists(st.integers(0, 600), max_size=12),
+    gap_at=st.none() | st.integers(1, 5000),
+)
 def test_arbitrary_bytes_never_raise(ts, tc, cuts, gap_at):
     limit = 512
     a = SmbAnalyzer(CONN445, SmbLimits(max_pdu_size=limit, max_pending_requests=8, max_open_files=4))
@@ -1402,7 +1682,7 @@ def test_any_chunking_gives_the_same_events(sizes):
         while i < len(data):
             n = sizes[k % len(sizes)]
             k += 1
-            ev += (a.receive_ts if to_server else a.receive_tc)(data[i:i + n], T0)
+            ev += (a.receive_ts if to_server else a.receive_tc)(data[i : i + n], T0)
             i += n
     ev += a.close(T0 + 1)
     assert ev == expected
@@ -1472,11 +1752,11 @@ def _tcp_segments(pcap: Path):
                 continue
             ihl = (frame[off] & 0xF) * 4
             total = struct.unpack_from(">H", frame, off + 2)[0]
-            src, dst = frame[off + 12:off + 16], frame[off + 16:off + 20]
+            src, dst = frame[off + 12 : off + 16], frame[off + 16 : off + 20]
             t = off + ihl
             sport, dport, seq = struct.unpack_from(">HHI", frame, t)
             doff, flags = frame[t + 12] >> 4, frame[t + 13]
-            payload = frame[t + doff * 4:off + total]
+            payload = frame[t + doff * 4 : off + total]
             ts_us = meta.sec * 1_000_000 + meta.usec if hasattr(meta, "sec") else int(meta.tshigh << 32 | meta.tslow)
             yield ts_us, ".".join(map(str, src)), sport, ".".join(map(str, dst)), dport, seq, flags, payload
 

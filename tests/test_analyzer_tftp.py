@@ -22,10 +22,10 @@ h11 "byte by byte" split does not apply):
 and with both assignments of the transfer flow's sides (server as originator,
 as the pipeline does, and swapped).
 """
+
 from __future__ import annotations
 
 import struct
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -39,7 +39,6 @@ from sensor.analyzers.tftp import (
     DataPacket,
     ErrorPacket,
     OackPacket,
-    ParseError,
     RequestPacket,
     TftpLimits,
     TftpOptions,
@@ -235,13 +234,18 @@ def test_request_tftp_hpa_rrq_emits_request_and_expectation():
     assert req == TftpRequest(T0, "read", "file.bin", "octet", (), False)
     assert req.event_type == "tftp_request"
     assert exp == ExpectConnection(
-        ts=T0, proto="udp", orig_h=SERVER, orig_p=None, resp_h=CLIENT, resp_p=CLIENT_PORT,
-        analyzer="tftp-transfer", expires_us=T0 + DEFAULT_LIMITS.expect_timeout_us,
+        ts=T0,
+        proto="udp",
+        orig_h=SERVER,
+        orig_p=None,
+        resp_h=CLIENT,
+        resp_p=CLIENT_PORT,
+        analyzer="tftp-transfer",
+        expires_us=T0 + DEFAULT_LIMITS.expect_timeout_us,
     )
     ctx = exp.context
     assert isinstance(ctx, TftpTransferContext)
-    assert (ctx.op, ctx.filename, ctx.mode, ctx.blksize, ctx.request_uid) == (
-        "read", "file.bin", "octet", 512, "CReq1")
+    assert (ctx.op, ctx.filename, ctx.mode, ctx.blksize, ctx.request_uid) == ("read", "file.bin", "octet", 512, "CReq1")
     assert (ctx.client_h, ctx.client_p, ctx.server_h) == (CLIENT, CLIENT_PORT, SERVER)
 
 
@@ -313,8 +317,7 @@ def test_request_whole_transfer_on_port_69():
 
 def test_request_in_flow_transfer_flushed_on_close():
     a = TftpRequestAnalyzer(REQ_CONN)
-    events = feed(a, [("C", TFTP_HPA_WRQ), ("S", ack(0)), ("C", data(1, content(512)))],
-                  server_is_orig=False)
+    events = feed(a, [("C", TFTP_HPA_WRQ), ("S", ack(0)), ("C", data(1, content(512)))], server_is_orig=False)
     done = only_done(events)
     assert (done.op, done.direction, done.bytes, done.complete) == ("write", "upload", 512, False)
 
@@ -418,7 +421,13 @@ def test_transfer_curl_write_with_oack(variant):
     events = feed(a, upload(content(3000), oack_dgram=server_oack), variant=variant)
     done = only_done(events)
     assert (done.op, done.direction, done.bytes, done.blocks, done.complete, done.tsize) == (
-        "write", "upload", 3000, 6, True, 3000)
+        "write",
+        "upload",
+        3000,
+        6,
+        True,
+        3000,
+    )
     check_variant_weirds(events, variant)
 
 
@@ -439,7 +448,12 @@ def test_transfer_error_file_not_found(server_is_orig):
     events = feed(a, [("S", HPA_ERROR_NOT_FOUND)], server_is_orig=server_is_orig)
     done = only_done(events)
     assert (done.complete, done.error_code, done.error_msg, done.bytes, done.blocks) == (
-        False, 1, "File not found", 0, 0)
+        False,
+        1,
+        "File not found",
+        0,
+        0,
+    )
     assert done.ts == T0 + 100  # at the ERROR, not at close
     assert weird_names(events) == []
 
@@ -453,11 +467,16 @@ def test_transfer_error_mid_transfer_keeps_bytes():
 def test_transfer_retransmitted_data_and_duplicate_acks_count_once():
     p = content(1100)
     script = [
-        ("S", data(1, p[:512])), ("S", data(1, p[:512])),  # server timed out, resent
-        ("C", ack(1)), ("C", ack(1)),  # duplicate ACK
-        ("S", data(2, p[512:1024])), ("C", ack(1)),  # late duplicate of ACK 1
-        ("S", data(2, p[512:1024])), ("C", ack(2)),
-        ("S", data(3, p[1024:])), ("C", ack(3)),
+        ("S", data(1, p[:512])),
+        ("S", data(1, p[:512])),  # server timed out, resent
+        ("C", ack(1)),
+        ("C", ack(1)),  # duplicate ACK
+        ("S", data(2, p[512:1024])),
+        ("C", ack(1)),  # late duplicate of ACK 1
+        ("S", data(2, p[512:1024])),
+        ("C", ack(2)),
+        ("S", data(3, p[1024:])),
+        ("C", ack(3)),
     ]
     done = only_done(feed(TftpTransferAnalyzer(XFER_CONN, request_context(TFTP_HPA_RRQ)), script))
     assert (done.bytes, done.blocks, done.retransmitted_blocks, done.complete) == (1100, 3, 2, True)
@@ -507,8 +526,7 @@ def test_transfer_empty_flow_closes_incomplete():
 
 def test_transfer_without_context_infers_op_from_data_side():
     read = only_done(feed(TftpTransferAnalyzer(XFER_CONN), download(content(600))))
-    assert (read.op, read.direction, read.filename, read.bytes, read.complete) == (
-        "read", "download", "", 600, True)
+    assert (read.op, read.direction, read.filename, read.bytes, read.complete) == ("read", "download", "", 600, True)
     write = only_done(feed(TftpTransferAnalyzer(XFER_CONN), upload(content(600))))
     assert (write.op, write.direction, write.bytes, write.complete) == ("write", "upload", 600, True)
 
@@ -585,8 +603,7 @@ def test_missing_block_never_seen_is_reported():
 
 def test_blksize_inferred_when_oack_was_not_captured():
     a = TftpTransferAnalyzer(XFER_CONN, request_context(CURL_RRQ_1024))
-    events = feed(a, [("S", data(1, content(1024))), ("C", ack(1)), ("S", data(2, content(10))),
-                      ("C", ack(2))])
+    events = feed(a, [("S", data(1, content(1024))), ("C", ack(1)), ("S", data(2, content(10))), ("C", ack(2))])
     assert weird_names(events) == ["tftp_blksize_inferred"]
     done = only_done(events)
     assert (done.bytes, done.blksize, done.complete) == (1034, 1024, True)
@@ -673,8 +690,9 @@ def test_weird_blksize_out_of_range_in_oack_is_ignored():
     assert weird_names(ev) == ["tftp_blksize_out_of_range"] and a.blksize == 512
 
 
-@pytest.mark.parametrize("opt", [b"timeout\x000", b"timeout\x00256", b"windowsize\x000", b"tsize\x00-1",
-                                 b"rollover\x002"])
+@pytest.mark.parametrize(
+    "opt", [b"timeout\x000", b"timeout\x00256", b"windowsize\x000", b"tsize\x00-1", b"rollover\x002"]
+)
 def test_weird_bad_option_value(opt):
     assert weird_names(req_events(b"\x00\x01f\x00octet\x00" + opt + b"\x00")) == ["tftp_bad_option_value"]
 
@@ -757,8 +775,9 @@ def test_weird_data_after_last_block_before_ack():
 
 def test_weird_data_after_error():
     a = TftpTransferAnalyzer(XFER_CONN, request_context(TFTP_HPA_RRQ))
-    events = feed(a, [("S", data(1, content(512))), ("C", b"\x00\x05\x00\x03Disk full\x00"),
-                      ("S", data(2, content(512)))])
+    events = feed(
+        a, [("S", data(1, content(512))), ("C", b"\x00\x05\x00\x03Disk full\x00"), ("S", data(2, content(512)))]
+    )
     assert weird_names(events) == ["tftp_data_after_completion"]
     done = only_done(events)
     assert (done.bytes, done.error_code, done.error_msg) == (512, 3, "Disk full")
@@ -778,8 +797,7 @@ def test_weird_unexpected_opcode_in_transfer():
 
 
 def test_weird_reply_on_port_69_without_request():
-    assert weird_names(TftpRequestAnalyzer(REQ_CONN).receive_tc(data(1, b"x"), T0)) == [
-        "tftp_unexpected_opcode"]
+    assert weird_names(TftpRequestAnalyzer(REQ_CONN).receive_tc(data(1, b"x"), T0)) == ["tftp_unexpected_opcode"]
 
 
 def test_weird_unrequested_option_and_oack_blksize_too_large():
@@ -808,9 +826,16 @@ def test_weird_events_are_bounded():
 
 def test_every_weird_name_used_is_declared():
     # the names the tests above key on are the declared, stable set
-    for name in ["tftp_packet_too_short", "tftp_bad_opcode", "tftp_unterminated_string",
-                 "tftp_malformed_request", "tftp_data_too_large", "tftp_block_out_of_window",
-                 "tftp_data_after_completion", "tftp_blksize_out_of_range"]:
+    for name in [
+        "tftp_packet_too_short",
+        "tftp_bad_opcode",
+        "tftp_unterminated_string",
+        "tftp_malformed_request",
+        "tftp_data_too_large",
+        "tftp_block_out_of_window",
+        "tftp_data_after_completion",
+        "tftp_blksize_out_of_range",
+    ]:
         assert name in WEIRD_NAMES
 
 
@@ -848,10 +873,13 @@ def _check_events(events):
             assert len(e.detail) <= DEFAULT_LIMITS.max_weird_detail
 
 
-_pairs = st.lists(st.tuples(st.sampled_from([b"blksize", b"tsize", b"timeout", b"windowsize", b"rollover",
-                                             b"x"]),
-                            st.sampled_from([b"0", b"1", b"8", b"512", b"65464", b"65535", b"", b"zz"])),
-                  max_size=4)
+_pairs = st.lists(
+    st.tuples(
+        st.sampled_from([b"blksize", b"tsize", b"timeout", b"windowsize", b"rollover", b"x"]),
+        st.sampled_from([b"0", b"1", b"8", b"512", b"65464", b"65535", b"", b"zz"]),
+    ),
+    max_size=4,
+)
 tftpish = st.one_of(
     st.binary(max_size=40),
     st.builds(data, st.integers(0, 65535), st.binary(max_size=20)),
@@ -859,17 +887,23 @@ tftpish = st.one_of(
     st.builds(ack, st.integers(0, 6)),
     st.builds(lambda c, m: struct.pack("!HH", 5, c) + m, st.integers(0, 65535), st.binary(max_size=10)),
     st.builds(lambda p: oack(*p), _pairs),
-    st.builds(lambda op, f, p: struct.pack("!H", op) + f + b"\0octet\0" + b"".join(k + b"\0" + v + b"\0"
-                                                                                  for k, v in p),
-              st.sampled_from([1, 2]), st.binary(max_size=8), _pairs),
+    st.builds(
+        lambda op, f, p: struct.pack("!H", op) + f + b"\0octet\0" + b"".join(k + b"\0" + v + b"\0" for k, v in p),
+        st.sampled_from([1, 2]),
+        st.binary(max_size=8),
+        _pairs,
+    ),
 )
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.binary(), max_size=20), st.lists(st.booleans(), min_size=1, max_size=20))
 def test_fuzz_arbitrary_datagrams_never_raise(datagrams, directions):
-    for analyzer in (TftpRequestAnalyzer(REQ_CONN), TftpTransferAnalyzer(XFER_CONN),
-                     TftpTransferAnalyzer(XFER_CONN, request_context(CURL_RRQ))):
+    for analyzer in (
+        TftpRequestAnalyzer(REQ_CONN),
+        TftpTransferAnalyzer(XFER_CONN),
+        TftpTransferAnalyzer(XFER_CONN, request_context(CURL_RRQ)),
+    ):
         for i, d in enumerate(datagrams):
             recv = analyzer.receive_ts if directions[i % len(directions)] else analyzer.receive_tc
             _check_events(recv(d, T0 + i))

@@ -3,6 +3,7 @@
 Real ClientHellos come from this interpreter's OpenSSL through memory BIOs
 (tests/support/tls.py, no network); edge cases are built by hand with ``client_hello()`` below.
 """
+
 from __future__ import annotations
 
 import struct
@@ -26,7 +27,8 @@ def sni_ext(*entries: tuple[int, bytes]) -> bytes:
 
 def client_hello(extensions: bytes | None, record_split: int | None = None) -> bytes:
     body = (
-        b"\x03\x03" + bytes(32)  # legacy_version, random
+        b"\x03\x03"
+        + bytes(32)  # legacy_version, random
         + _vec(1, b"")  # session id
         + _vec(2, b"\x13\x01\x13\x02")  # cipher suites
         + _vec(1, b"\x00")  # compression

@@ -31,6 +31,7 @@ The figures are printed (run with ``-s``).
 Needs root, iproute2, setpriv, useradd; without them the tests FAIL (never
 skip).  Traffic goes only to loopback and to the lab's namespaces.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,14 +50,27 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from sensor.attribution.attributor import (
+    NO_ATTRIBUTION,
+    PACKET_HOST,
+    PACKET_OUTGOING,
+    SOURCE_LINKED,
+    SOURCE_NONE,
+    SOURCE_SOCKET,
+    SOURCE_UID_ONLY,
+    AsyncAttributor,
+    Attribution,
+    AttributionHelper,
+    Attributor,
+    AttributorConfig,
+    FirstPacketTap,
+    LatencyHistogram,
+    tap_filter,
+)
+from sensor.attribution.sockdiag import PROTO_TCP, PROTO_UDP, SockDiag, pack_request, parse_messages
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-
-from sensor.attribution.attributor import (
-    NO_ATTRIBUTION, PACKET_HOST, PACKET_OUTGOING, SOURCE_LINKED, SOURCE_NONE, SOURCE_SOCKET,
-    SOURCE_UID_ONLY, AsyncAttributor, Attribution, AttributionHelper, Attributor, AttributorConfig,
-    FirstPacketTap, LatencyHistogram, tap_filter)
-from sensor.attribution.sockdiag import PROTO_TCP, PROTO_UDP, SockDiag, pack_request, parse_messages
 
 LAB_PREFIX = "xs-att"
 LAB_SUBNET = "10.78.0"
@@ -65,10 +79,10 @@ SRV_IP = f"{LAB_SUBNET}.2"
 TCP_PORT = 21
 UDP_PORT = 69
 USERS = ("xsatt1", "xsatt2")
-RUNS_PER_PROTO = 200         # short-lived client runs per protocol (TCP, UDP; 99 % allows two misses each)
-HOLD_MS = 2                  # a client holds its socket this long after the answer
+RUNS_PER_PROTO = 200  # short-lived client runs per protocol (TCP, UDP; 99 % allows two misses each)
+HOLD_MS = 2  # a client holds its socket this long after the answer
 REQUIRED_RATE = 0.99
-POLL_INTERVAL_S = 0.1        # the polling baseline
+POLL_INTERVAL_S = 0.1  # the polling baseline
 BPF = "tcp[tcpflags] & tcp-syn != 0 or udp"
 
 # t0 is taken right before the first packet (connect/sendto with a numeric
@@ -82,7 +96,8 @@ TCP_CLIENT = (
     "time.sleep({hold})\n"
     "p=s.getsockname()[1];s.close();t1=time.time()\n"
     "print(os.getpid(),p,repr(t0),repr(t1),flush=True)\n"
-    "os._exit(0)\n")
+    "os._exit(0)\n"
+)
 UDP_CLIENT = (
     "import socket,os,time\n"
     "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(('0.0.0.0',0));s.settimeout(5)\n"
@@ -91,7 +106,8 @@ UDP_CLIENT = (
     "time.sleep({hold})\n"
     "p=s.getsockname()[1];s.close();t1=time.time()\n"
     "print(os.getpid(),p,repr(t0),repr(t1),flush=True)\n"
-    "os._exit(0)\n")
+    "os._exit(0)\n"
+)
 SERVER = f"""
 import socket, threading
 t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -117,7 +133,8 @@ HOLDING_CLIENT = (
     "import socket,os,sys\n"
     "s=socket.create_connection(({ip!r},{port}),timeout=5)\n"
     "print(os.getpid(),s.getsockname()[1],flush=True)\n"
-    "sys.stdin.read();s.close();os._exit(0)\n")
+    "sys.stdin.read();s.close();os._exit(0)\n"
+)
 
 
 # ===========================================================================
@@ -159,6 +176,7 @@ def _sniff_main(mode: str, iface: str, local_ip: str, out_path: str) -> None:
         pc.setnonblock(1)
         fds.append(pc.getfd())
     else:
+
         class TimedTap(FirstPacketTap):
             def handle(self, pkt, pkttype, ethertype=0):
                 key = super().handle(pkt, pkttype, ethertype)
@@ -166,11 +184,10 @@ def _sniff_main(mode: str, iface: str, local_ip: str, out_path: str) -> None:
                     conns.setdefault(key, []).append({"key": list(key), "seen_ts": time.time()})
                 return key
 
-        sched = mode.partition(":")[2] or "slice"       # "tap:fifo", "tap:none"
-        tap = TimedTap(att, iface=iface, ports=(TCP_PORT, UDP_PORT),
-                       sched=None if sched == "none" else sched).start()
+        sched = mode.partition(":")[2] or "slice"  # "tap:fifo", "tap:none"
+        tap = TimedTap(att, iface=iface, ports=(TCP_PORT, UDP_PORT), sched=None if sched == "none" else sched).start()
     local_b = socket.inet_aton(local_ip)
-    starts = FirstPacketTap(None)       # the same "is this a connection start" as the tap
+    starts = FirstPacketTap(None)  # the same "is this a connection start" as the tap
 
     def on_packet(hdr, data: bytes) -> None:
         if len(data) < 34 or data[12:14] != b"\x08\x00":
@@ -181,8 +198,7 @@ def _sniff_main(mode: str, iface: str, local_ip: str, out_path: str) -> None:
         if key is None:
             return
         s, us = hdr.getts()
-        conns.setdefault(key, []).append({"key": list(key), "pkt_ts": s + us / 1e6,
-                                          "seen_ts": time.time()})
+        conns.setdefault(key, []).append({"key": list(key), "pkt_ts": s + us / 1e6, "seen_ts": time.time()})
         att.submit(key, key)
 
     def drain() -> None:
@@ -207,8 +223,7 @@ def _sniff_main(mode: str, iface: str, local_ip: str, out_path: str) -> None:
         if sys.stdin in r:
             stop = sys.stdin.readline().strip() in ("STOP", "")
     deadline = time.monotonic() + 10.0
-    while time.monotonic() < deadline and (att.pending_count()
-                                           or any("attr" not in c[-1] for c in conns.values())):
+    while time.monotonic() < deadline and (att.pending_count() or any("attr" not in c[-1] for c in conns.values())):
         drain()
         collect()
         time.sleep(0.01)
@@ -232,8 +247,7 @@ def _helper_observer(mode: str, iface: str, out_path: str, conns: dict) -> None:
 
     def collect() -> None:
         for key, a, t in h.poll_timed():
-            c = {"key": list(key), "attr": a.fields(), "seen_ts": t[0], "lookup_start_ts": t[0],
-                 "done_ts": t[1]}
+            c = {"key": list(key), "attr": a.fields(), "seen_ts": t[0], "lookup_start_ts": t[0], "done_ts": t[1]}
             if len(t) > 2 and t[2]:
                 c["pkt_ts"] = t[2]
             conns.setdefault(key, []).append(c)
@@ -250,13 +264,24 @@ def _helper_observer(mode: str, iface: str, out_path: str, conns: dict) -> None:
     m = h.metrics()
     hm = m.get("helper", {})
     tap = hm.get("tap", {})
-    metrics = {"queue_drops": hm.get("rate_limited", 0), "helper": m,
-               "attributor": {"latency": hm.get("latency", {}), "scan_latency": hm.get("scan_latency", {}),
-                              "sockdiag": hm.get("sockdiag", {})}}
+    metrics = {
+        "queue_drops": hm.get("rate_limited", 0),
+        "helper": m,
+        "attributor": {
+            "latency": hm.get("latency", {}),
+            "scan_latency": hm.get("scan_latency", {}),
+            "sockdiag": hm.get("sockdiag", {}),
+        },
+    }
     with open(out_path, "w") as f:
-        json.dump({"conns": [c for cs in conns.values() for c in cs], "metrics": metrics,
-                   "capture": {"received": tap.get("kernel_packets"), "dropped": tap.get("kernel_drops"),
-                               "tap": tap}}, f)
+        json.dump(
+            {
+                "conns": [c for cs in conns.values() for c in cs],
+                "metrics": metrics,
+                "capture": {"received": tap.get("kernel_packets"), "dropped": tap.get("kernel_drops"), "tap": tap},
+            },
+            f,
+        )
 
 
 def _poll_main(local_ip: str, out_path: str, interval: float) -> None:
@@ -282,10 +307,10 @@ def _poll_main(local_ip: str, out_path: str, interval: float) -> None:
                 proto = PROTO_TCP if c.type == socket.SOCK_STREAM else PROTO_UDP
                 rport = c.raddr.port if c.raddr else 0
                 k = f"{proto}/{c.laddr.port}/{rport}"
-                if not c.pid:           # in the table, but no process holds it (any more)
+                if not c.pid:  # in the table, but no process holds it (any more)
                     no_pid.add(k)
                     continue
-                per_pid = seen.setdefault(k, {})      # ports are reused by later runs
+                per_pid = seen.setdefault(k, {})  # ports are reused by later runs
                 if str(c.pid) in per_pid:
                     continue
                 try:
@@ -305,9 +330,16 @@ def _poll_main(local_ip: str, out_path: str, interval: float) -> None:
     th.join(5)
     durations.sort()
     with open(out_path, "w") as f:
-        json.dump({"seen": seen, "no_pid": sorted(no_pid), "calls": len(durations),
-                   "call_ms_p50": durations[len(durations) // 2] if durations else 0,
-                   "call_ms_max": durations[-1] if durations else 0}, f)
+        json.dump(
+            {
+                "seen": seen,
+                "no_pid": sorted(no_pid),
+                "calls": len(durations),
+                "call_ms_p50": durations[len(durations) // 2] if durations else 0,
+                "call_ms_max": durations[-1] if durations else 0,
+            },
+            f,
+        )
 
 
 def _lookup_main(proto: int, lip: str, lport: int, rip: str, rport: int) -> None:
@@ -316,8 +348,16 @@ def _lookup_main(proto: int, lip: str, lport: int, rip: str, rport: int) -> None
     a = att.lookup(proto, lip, lport, rip, rport)
     with open("/proc/self/status") as f:
         capeff = next(ln.split()[1] for ln in f if ln.startswith("CapEff:"))
-    print(json.dumps({"attr": a.fields(), "uid": os.getuid(), "capeff": capeff,
-                      "metrics": {k: v for k, v in att.metrics().items() if isinstance(v, int)}}))
+    print(
+        json.dumps(
+            {
+                "attr": a.fields(),
+                "uid": os.getuid(),
+                "capeff": capeff,
+                "metrics": {k: v for k, v in att.metrics().items() if isinstance(v, int)},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
@@ -379,11 +419,10 @@ class _Env:
         self.server: subprocess.Popen | None = None
         self.uids: dict[str, int] = {}
 
-    def setup(self) -> "_Env":
+    def setup(self) -> _Env:
         self.uids = ensure_login_users(USERS)
         self.lab.setup()
-        self.server = self.lab.popen(self.lab.srv_ns, [sys.executable, "-c", SERVER],
-                                     stdout=subprocess.PIPE, text=True)
+        self.server = self.lab.popen(self.lab.srv_ns, [sys.executable, "-c", SERVER], stdout=subprocess.PIPE, text=True)
         line = self.server.stdout.readline()
         if line.strip() != "READY":
             raise LabError(f"lab server did not start: {line!r}")
@@ -405,21 +444,43 @@ class _Env:
 
     def client_run(self, proto: str, user: str, hold_ms: float) -> dict:
         code = (TCP_CLIENT if proto == "tcp" else UDP_CLIENT).replace("{hold}", str(hold_ms / 1000))
-        cp = subprocess.run(self.as_user(user, [self.bins[proto], "-I", "-S", "-c", code]),
-                            capture_output=True, text=True, timeout=20, cwd="/")
+        cp = subprocess.run(
+            self.as_user(user, [self.bins[proto], "-I", "-S", "-c", code]),
+            capture_output=True,
+            text=True,
+            timeout=20,
+            cwd="/",
+        )
         if cp.returncode != 0 or not cp.stdout.strip():
             raise AssertionError(f"{proto} client as {user} failed: {cp.returncode} {cp.stderr}")
         pid, port, t0, t1 = cp.stdout.split()
-        return {"proto": proto, "user": user, "pid": int(pid), "lport": int(port),
-                "t_open": float(t0), "t_close": float(t1),
-                "life_ms": round((float(t1) - float(t0)) * 1e3, 3), "name": f"xsatt-{proto}cli"}
+        return {
+            "proto": proto,
+            "user": user,
+            "pid": int(pid),
+            "lport": int(port),
+            "t_open": float(t0),
+            "t_close": float(t1),
+            "life_ms": round((float(t1) - float(t0)) * 1e3, 3),
+            "name": f"xsatt-{proto}cli",
+        }
 
     def holding_client(self, user: str, ip: str, port: int, ns: str | None = None) -> tuple:
         """A client (as ``user``) that keeps a TCP connection until its stdin closes."""
-        argv = ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
-                self.bins["tcp"], "-I", "-S", "-c", HOLDING_CLIENT.format(ip=ip, port=port)]
-        p = self.lab.popen(ns or self.lab.cli_ns, argv, stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, text=True, cwd="/")
+        argv = [
+            "setpriv",
+            f"--reuid={user}",
+            f"--regid={user}",
+            "--init-groups",
+            self.bins["tcp"],
+            "-I",
+            "-S",
+            "-c",
+            HOLDING_CLIENT.format(ip=ip, port=port),
+        ]
+        p = self.lab.popen(
+            ns or self.lab.cli_ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/"
+        )
         pid, lport = p.stdout.readline().split()
         return p, int(pid), int(lport)
 
@@ -448,15 +509,15 @@ def _ino(s: socket.socket) -> int:
 
 def test_sockdiag_request_layout():
     req = pack_request(7, socket.AF_INET, PROTO_TCP, "10.0.0.1", 40000, "10.0.0.2", 21)
-    assert len(req) == 16 + 56          # nlmsghdr + inet_diag_req_v2
+    assert len(req) == 16 + 56  # nlmsghdr + inet_diag_req_v2
     length, mtype, flags, seq, _pid = struct.unpack_from("=IHHII", req)
-    assert (length, mtype, flags, seq) == (72, 20, 1, 7)     # SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST
+    assert (length, mtype, flags, seq) == (72, 20, 1, 7)  # SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST
     fam, proto, _ext, states = struct.unpack_from("=BBBxI", req, 16)
     assert (fam, proto, states) == (socket.AF_INET, 6, 0xFFFFFFFF)
     sport, dport = struct.unpack_from("!HH", req, 24)
     assert (sport, dport) == (40000, 21)
     assert req[28:32] == socket.inet_aton("10.0.0.1") and req[44:48] == socket.inet_aton("10.0.0.2")
-    assert struct.unpack_from("=III", req, 60) == (0, 0xFFFFFFFF, 0xFFFFFFFF)   # if, NOCOOKIE
+    assert struct.unpack_from("=III", req, 60) == (0, 0xFFFFFFFF, 0xFFFFFFFF)  # if, NOCOOKIE
     # an error message for another query is ignored, ours is reported
     err = struct.pack("=IHHII", 36, 2, 0, 8, 0) + struct.pack("=i", -2) + b"\0" * 16
     assert parse_messages(err, 7) == ([], None, False)
@@ -476,7 +537,7 @@ def test_sockdiag_exact_lookups_tcp_udp_v4_v6():
             cport = cli.getsockname()[1]
             hit = sd.lookup(PROTO_TCP, "127.0.0.1", cport, "127.0.0.1", sport)
             assert hit and hit.inode == _ino(cli) and hit.uid == uid and hit.state_name == "ESTABLISHED"
-            hit = sd.lookup(PROTO_TCP, "127.0.0.1", sport, "127.0.0.1", cport)     # the server's side
+            hit = sd.lookup(PROTO_TCP, "127.0.0.1", sport, "127.0.0.1", cport)  # the server's side
             assert hit and hit.inode == _ino(srv)
             # a first SYN of an inbound connection: only the listener exists
             hit = sd.lookup(PROTO_TCP, "127.0.0.1", sport, "127.0.0.1", 1)
@@ -485,11 +546,13 @@ def test_sockdiag_exact_lookups_tcp_udp_v4_v6():
             cli.close()
             time.sleep(0.02)
             hit = sd.lookup(PROTO_TCP, "127.0.0.1", cport, "127.0.0.1", sport)
-            assert hit and hit.inode == 0          # orphaned (FIN-WAIT-2): no process, no uid
+            assert hit and hit.inode == 0  # orphaned (FIN-WAIT-2): no process, no uid
     # UDP, connected and unconnected (tftp-hpa style: 0.0.0.0:port, no remote)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as us, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as uc, \
-            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ucc:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as us,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as uc,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as ucc,
+    ):
         us.bind(("127.0.0.1", 0))
         uport = us.getsockname()[1]
         uc.bind(("0.0.0.0", 0))
@@ -507,9 +570,13 @@ def test_sockdiag_exact_lookups_tcp_udp_v4_v6():
         hit = sd.by_local_port(PROTO_UDP, "127.0.0.1", lp, "127.0.0.1", 9)
         assert hit and hit.inode == _ino(uc)
     # IPv6 and dual-stack (v4-mapped) sockets
-    with socket.socket(socket.AF_INET6) as l6, socket.socket(socket.AF_INET6) as c6, \
-            socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as u6, \
-            socket.socket(socket.AF_INET6) as dual, socket.socket() as l4:
+    with (
+        socket.socket(socket.AF_INET6) as l6,
+        socket.socket(socket.AF_INET6) as c6,
+        socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as u6,
+        socket.socket(socket.AF_INET6) as dual,
+        socket.socket() as l4,
+    ):
         l6.bind(("::1", 0))
         l6.listen()
         c6.connect(("::1", l6.getsockname()[1]))
@@ -531,7 +598,7 @@ def test_sockdiag_exact_lookups_tcp_udp_v4_v6():
 def test_sockdiag_never_raises_and_counts_errors():
     sd = SockDiag()
     assert sd.lookup(PROTO_TCP, "not-an-ip", 1, "127.0.0.1", 2) is None
-    assert sd.lookup(PROTO_TCP, "127.0.0.1", 1, "::1", 2) is None           # mixed families
+    assert sd.lookup(PROTO_TCP, "127.0.0.1", 1, "::1", 2) is None  # mixed families
     assert sd.lookup(PROTO_TCP, "127.0.0.1", 70000, "127.0.0.1", 2) is None  # port out of range
     assert (sd.stats.invalid, sd.stats.misses, sd.stats.queries, sd.stats.errors) == (3, 3, 0, 0)
     # a request the kernel refuses (address family 99): its EINVAL is counted, not raised
@@ -570,6 +637,7 @@ def test_sockdiag_lookup_is_one_exact_query():
 
 def test_attributor_finds_own_socket_and_details_match_psutil():
     import psutil
+
     att = Attributor()
     with socket.socket() as lst, socket.socket() as cli:
         lst.bind(("127.0.0.1", 0))
@@ -589,14 +657,14 @@ def test_attributor_finds_own_socket_and_details_match_psutil():
         ct = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(me.create_time()))
         assert a.InitiatingProcessCreationTime.startswith(ct), (a.InitiatingProcessCreationTime, ct)
         b = att.lookup(*args)
-        assert b.AttributionDetail == "inode-cache" and replace(b, AttributionDetail="") == \
-            replace(a, AttributionDetail="")
+        assert b.AttributionDetail == "inode-cache" and replace(b, AttributionDetail="") == replace(
+            a, AttributionDetail=""
+        )
         # the listening socket answers an inbound first SYN
         c = att.lookup("tcp", "127.0.0.1", lst.getsockname()[1], "127.0.0.1", 1)
         assert c.AttributionSource == SOURCE_SOCKET and c.AttributionDetail == "listening-socket"
     assert a.linked().AttributionSource == SOURCE_LINKED
-    assert att.lookup("tcp", "127.0.0.1", 1, "127.0.0.1", 2) == replace(
-        NO_ATTRIBUTION, AttributionDetail="no-socket")
+    assert att.lookup("tcp", "127.0.0.1", 1, "127.0.0.1", 2) == replace(NO_ATTRIBUTION, AttributionDetail="no-socket")
     m = att.metrics()
     assert (m["lookups"], m["hits_socket"], m["misses"]) == (4, 3, 1)
     assert m["latency"]["count"] == 4
@@ -609,13 +677,14 @@ def test_exec_is_noticed_by_the_process_cache():
     with socket.socket() as lst:
         lst.bind(("127.0.0.1", 0))
         lst.listen()
-        code = ("import socket,os,sys\n"
-                f"s=socket.create_connection(('127.0.0.1',{lst.getsockname()[1]}))\n"
-                "s.set_inheritable(True)\n"
-                "print(s.getsockname()[1],flush=True);sys.stdin.readline()\n"
-                "os.execv('/bin/sleep',['sleep','30'])\n")
-        p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+        code = (
+            "import socket,os,sys\n"
+            f"s=socket.create_connection(('127.0.0.1',{lst.getsockname()[1]}))\n"
+            "s.set_inheritable(True)\n"
+            "print(s.getsockname()[1],flush=True);sys.stdin.readline()\n"
+            "os.execv('/bin/sleep',['sleep','30'])\n"
+        )
+        p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:
             lport = int(p.stdout.readline())
             args = ("tcp", "127.0.0.1", lport, "127.0.0.1", lst.getsockname()[1])
@@ -654,8 +723,9 @@ def test_uid_only_when_the_process_cannot_be_found(tmp_path):
         assert broke.metrics()["scan_budget_exhausted"] == 1
 
 
-def _fake_proc(root: Path, pid: int, comm: str, flags: int, uid: int, fds: dict[str, str] | None = None,
-               state: str = "R") -> None:
+def _fake_proc(
+    root: Path, pid: int, comm: str, flags: int, uid: int, fds: dict[str, str] | None = None, state: str = "R"
+) -> None:
     d = root / str(pid)
     (d / "fd").mkdir(parents=True)
     for fd, target in (fds or {}).items():
@@ -688,13 +758,16 @@ def test_owner_in_exit_is_named_from_its_empty_fd_table(tmp_path):
             att = Attributor(proc_root=str(root))
             return att.lookup(*args), att.metrics()
 
-        kthread = (300, "kworker/0:1", 0x200000 | 0x4, 0)      # PF_KTHREAD: never an owner
+        kthread = (300, "kworker/0:1", 0x200000 | 0x4, 0)  # PF_KTHREAD: never an owner
         busy = (310, "bash", 0x400000, me, {"0": "/dev/null", "3": "socket:[1]"})
         a, m = lookup([kthread, busy, (320, "tftp", 0x400004, me)])
-        assert (a.InitiatingProcessFileName, a.InitiatingProcessId, a.InitiatingProcessAccountUid) == \
-            ("tftp", 320, me), a
+        assert (a.InitiatingProcessFileName, a.InitiatingProcessId, a.InitiatingProcessAccountUid) == (
+            "tftp",
+            320,
+            me,
+        ), a
         assert a.AttributionSource == SOURCE_SOCKET and a.AttributionDetail == "exiting-process"
-        assert a.InitiatingProcessParentId == 1 and a.InitiatingProcessCommandLine == ""   # its memory is gone
+        assert a.InitiatingProcessParentId == 1 and a.InitiatingProcessCommandLine == ""  # its memory is gone
         assert m["exiting_owner"] == 1
         # the exiting process belongs to someone else: the socket's uid is all there is
         b, _ = lookup([busy, (321, "tftp", 0x400004, me + 1)])
@@ -723,7 +796,7 @@ def test_a_long_scan_lets_newer_connections_go_first(tmp_path):
         port = lst.getsockname()[1]
         inode_new = os.fstat(new.fileno()).st_ino
         root = tmp_path / "proc"
-        for pid in range(100, 160):     # busy processes, none holding the old socket
+        for pid in range(100, 160):  # busy processes, none holding the old socket
             _fake_proc(root, pid, f"d{pid}", 0x400000, me, {"0": "/dev/null", "1": "pipe:[7]"})
         _fake_proc(root, 90, "client", 0x400000, me, {"3": f"socket:[{inode_new}]"})
         att = Attributor(AttributorConfig(scan_yield_every_s=0.0, scan_newest_pids=0), proc_root=str(root))
@@ -737,8 +810,11 @@ def test_a_long_scan_lets_newer_connections_go_first(tmp_path):
         assert a.AttributionSource == SOURCE_UID_ONLY and a.AttributionDetail == "not-found", a
         assert len(nested) == 1
         b = nested[0]
-        assert (b.InitiatingProcessFileName, b.InitiatingProcessId, b.AttributionSource) == \
-            ("client", 90, SOURCE_SOCKET), b
+        assert (b.InitiatingProcessFileName, b.InitiatingProcessId, b.AttributionSource) == (
+            "client",
+            90,
+            SOURCE_SOCKET,
+        ), b
         m = att.metrics()
         # one yield per pid visited by the outer scan (interval 0); the nested
         # lookup's own scan never yields
@@ -763,9 +839,10 @@ class _GatedAttributor:
     def lookup(self, *conn) -> Attribution:
         self.calls.append(conn)
         self.started.set()
-        self.gate.wait(60)      # longer than any test holds it: a result before the gate opens is a bug
-        return Attribution(InitiatingProcessFileName=f"p{conn[2]}", InitiatingProcessId=conn[2],
-                           AttributionSource=SOURCE_SOCKET)
+        self.gate.wait(60)  # longer than any test holds it: a result before the gate opens is a bug
+        return Attribution(
+            InitiatingProcessFileName=f"p{conn[2]}", InitiatingProcessId=conn[2], AttributionSource=SOURCE_SOCKET
+        )
 
     def metrics(self) -> dict:
         return {"lookups": len(self.calls)}
@@ -780,20 +857,20 @@ def test_async_submit_never_blocks_bounded_queue_and_wait():
     try:
         conn = lambda n: ("tcp", "10.0.0.1", n, "10.0.0.2", 21)  # noqa: E731
         assert aa.submit("a", conn(1))
-        assert fake.started.wait(2)                 # the worker holds "a"
+        assert fake.started.wait(2)  # the worker holds "a"
         assert aa.submit("b", conn(2)) and aa.submit("c", conn(3))
         # queue full: dropped and counted. A submit that blocked would wait for the
         # gated worker and then queue "d", returning True.
         assert not aa.submit("d", conn(4))
-        assert aa.submit("b", conn(2))              # already pending: not queued twice
+        assert aa.submit("b", conn(2))  # already pending: not queued twice
         # bounded wait: "a" is still in the (gated) lookup, so a wait that was not
         # bounded would return its result once the gate opens, not None
         t0 = time.perf_counter()
         assert aa.get("a", wait_s=0.05) is None
-        assert time.perf_counter() - t0 >= 0.04     # it did wait (a lower bound holds on any machine)
+        assert time.perf_counter() - t0 >= 0.04  # it did wait (a lower bound holds on any machine)
         assert fake.calls == [conn(1)] and not fake.gate.is_set()
-        assert aa.get("d", wait_s=0.02) is None     # dropped: nothing comes
-        assert aa.get("never") is None              # no wait asked for: at once
+        assert aa.get("d", wait_s=0.02) is None  # dropped: nothing comes
+        assert aa.get("never") is None  # no wait asked for: at once
         fake.gate.set()
         a = aa.get("a", wait_s=10.0)
         assert a is not None and a.InitiatingProcessId == 1
@@ -803,10 +880,16 @@ def test_async_submit_never_blocks_bounded_queue_and_wait():
             got.update(aa.poll())
             time.sleep(0.005)
         assert sorted(got) == ["b", "c"] and got["c"].InitiatingProcessFileName == "p3"
-        assert aa.poll() == [] and aa.get("b") is None           # collected once
+        assert aa.poll() == [] and aa.get("b") is None  # collected once
         m = aa.metrics()
-        assert (m["submitted"], m["queue_drops"], m["duplicates"], m["completed"],
-                m["wait_timeouts"], m["collected"]) == (3, 1, 1, 3, 2, 3)
+        assert (
+            m["submitted"],
+            m["queue_drops"],
+            m["duplicates"],
+            m["completed"],
+            m["wait_timeouts"],
+            m["collected"],
+        ) == (3, 1, 1, 3, 2, 3)
         assert m["delay"]["count"] == 3 and m["attributor"] == {"lookups": 3}
     finally:
         fake.gate.set()
@@ -834,8 +917,7 @@ def test_async_with_real_attributor():
         lst.bind(("127.0.0.1", 0))
         lst.listen()
         cli.connect(lst.getsockname())
-        assert aa.submit("k", (PROTO_TCP, "127.0.0.1", cli.getsockname()[1], "127.0.0.1",
-                               lst.getsockname()[1]))
+        assert aa.submit("k", (PROTO_TCP, "127.0.0.1", cli.getsockname()[1], "127.0.0.1", lst.getsockname()[1]))
         a = aa.get("k", wait_s=10.0)
         assert a is not None and a.AttributionSource == SOURCE_SOCKET and a.InitiatingProcessId == os.getpid()
         m = aa.metrics()
@@ -848,7 +930,7 @@ def test_latency_histogram_summary():
         h.observe(float(v))
     s = h.summary()
     assert s["count"] == 200 and s["max_us"] == 200.0
-    assert 140 <= s["p50_us"] <= 160 and s["p99_us"] >= 195      # the last 100 samples: 101..200
+    assert 140 <= s["p50_us"] <= 160 and s["p99_us"] >= 195  # the last 100 samples: 101..200
     assert s["buckets_le_us"]["10"] == 10 and s["buckets_le_us"]["+Inf"] == 200
 
 
@@ -857,13 +939,27 @@ def test_latency_histogram_summary():
 
 
 def _ip4(src: str, dst: str, proto: int, l4: bytes, frag: int = 0) -> bytes:
-    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, frag, 64, proto, 0,
-                       socket.inet_aton(src), socket.inet_aton(dst)) + l4
+    return (
+        struct.pack(
+            "!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, frag, 64, proto, 0, socket.inet_aton(src), socket.inet_aton(dst)
+        )
+        + l4
+    )
 
 
 def _ip6(src: str, dst: str, nh: int, l4: bytes) -> bytes:
-    return struct.pack("!IHBB16s16s", 6 << 28, len(l4), nh, 64, socket.inet_pton(socket.AF_INET6, src),
-                       socket.inet_pton(socket.AF_INET6, dst)) + l4
+    return (
+        struct.pack(
+            "!IHBB16s16s",
+            6 << 28,
+            len(l4),
+            nh,
+            64,
+            socket.inet_pton(socket.AF_INET6, src),
+            socket.inet_pton(socket.AF_INET6, dst),
+        )
+        + l4
+    )
 
 
 def _tcp(sport: int, dport: int, flags: int) -> bytes:
@@ -880,9 +976,9 @@ def test_tap_sees_each_connection_start_once():
     syn = _ip4("10.0.0.5", "198.51.100.7", 6, _tcp(40000, 21, 0x02))
     key = (6, "10.0.0.5", 40000, "198.51.100.7", 21)
     assert tap.handle(syn, PACKET_OUTGOING) == key
-    assert tap.handle(syn, PACKET_OUTGOING) is None                  # a retransmission
+    assert tap.handle(syn, PACKET_OUTGOING) is None  # a retransmission
     now[0] += 1.5
-    assert tap.handle(syn, PACKET_OUTGOING) == key                   # a new attempt
+    assert tap.handle(syn, PACKET_OUTGOING) == key  # a new attempt
     synack = _ip4("198.51.100.7", "10.0.0.5", 6, _tcp(21, 40000, 0x12))
     assert tap.handle(synack, PACKET_HOST) is None
     ack = _ip4("10.0.0.5", "198.51.100.7", 6, _tcp(40000, 21, 0x10))
@@ -894,7 +990,7 @@ def test_tap_sees_each_connection_start_once():
     req = _ip4("10.0.0.5", "198.51.100.7", 17, _udp(40001, 69))
     assert tap.handle(req, PACKET_OUTGOING) == (17, "10.0.0.5", 40001, "198.51.100.7", 69)
     reply = _ip4("198.51.100.7", "10.0.0.5", 17, _udp(69, 40001))
-    assert tap.handle(reply, PACKET_HOST) is None                    # same flow, other direction
+    assert tap.handle(reply, PACKET_HOST) is None  # same flow, other direction
     now[0] += 31
     assert tap.handle(req, PACKET_OUTGOING) is not None
     # IPv6 and a VLAN tag the NIC left in place
@@ -903,7 +999,7 @@ def test_tap_sees_each_connection_start_once():
     tagged = struct.pack("!HH", 100, 0x0800) + _ip4("10.0.0.5", "198.51.100.8", 6, _tcp(40003, 139, 0x02))
     assert tap.handle(tagged, PACKET_OUTGOING, 0x8100) == (6, "10.0.0.5", 40003, "198.51.100.8", 139)
     # not ours or not a start: other hosts' packets, fragments, truncated, other protocols
-    assert tap.handle(_ip4("10.0.0.9", "10.0.0.5", 17, _udp(1, 2)), 3) is None          # OTHERHOST
+    assert tap.handle(_ip4("10.0.0.9", "10.0.0.5", 17, _udp(1, 2)), 3) is None  # OTHERHOST
     assert tap.handle(_ip4("10.0.0.5", "10.0.0.9", 17, _udp(3, 4), frag=5), PACKET_OUTGOING) is None
     assert tap.handle(syn[:30], PACKET_OUTGOING) is None
     assert tap.handle(_ip4("10.0.0.5", "10.0.0.9", 1, b"\x08" * 8), PACKET_OUTGOING) is None
@@ -912,17 +1008,19 @@ def test_tap_sees_each_connection_start_once():
 
 def test_tap_filter_is_valid_bpf_and_selects_starts():
     import pcapy
+
     prog = pcapy.compile(pcapy.DLT_RAW, 128, tap_filter([21, 69]), 1, 0)
     syn = _ip4("10.0.0.5", "10.0.0.7", 6, _tcp(40000, 21, 0x02))
     assert prog.filter(syn)
-    assert not prog.filter(_ip4("10.0.0.5", "10.0.0.7", 6, _tcp(40000, 21, 0x10)))        # ACK
-    assert not prog.filter(_ip4("10.0.0.7", "10.0.0.5", 6, _tcp(21, 40000, 0x12)))        # SYN-ACK
-    assert not prog.filter(_ip4("10.0.0.5", "10.0.0.7", 6, _tcp(40000, 22, 0x02)))        # untracked
+    assert not prog.filter(_ip4("10.0.0.5", "10.0.0.7", 6, _tcp(40000, 21, 0x10)))  # ACK
+    assert not prog.filter(_ip4("10.0.0.7", "10.0.0.5", 6, _tcp(21, 40000, 0x12)))  # SYN-ACK
+    assert not prog.filter(_ip4("10.0.0.5", "10.0.0.7", 6, _tcp(40000, 22, 0x02)))  # untracked
     assert prog.filter(_ip4("10.0.0.5", "10.0.0.7", 17, _udp(40000, 69)))
     assert prog.filter(_ip6("fd00::5", "fd00::7", 6, _tcp(40000, 21, 0x02)))
     assert not prog.filter(_ip6("fd00::5", "fd00::7", 6, _tcp(40000, 21, 0x10)))
     assert pcapy.compile(pcapy.DLT_RAW, 128, tap_filter(None), 1, 0).filter(
-        _ip4("10.0.0.5", "10.0.0.7", 6, _tcp(40000, 8080, 0x02)))
+        _ip4("10.0.0.5", "10.0.0.7", 6, _tcp(40000, 8080, 0x02))
+    )
 
 
 @pytest.mark.root
@@ -962,7 +1060,7 @@ def test_helper_process_attributes_and_stops():
             assert a is not None and a.AttributionSource == SOURCE_SOCKET
             assert a.InitiatingProcessId == os.getpid()
             t0 = time.perf_counter()
-            assert h.get(("x",), wait_s=0.05) is None and time.perf_counter() - t0 >= 0.04   # waited, then gave up
+            assert h.get(("x",), wait_s=0.05) is None and time.perf_counter() - t0 >= 0.04  # waited, then gave up
             child = h._proc
         finally:
             h.stop()
@@ -985,14 +1083,20 @@ def test_other_namespace_exited_process_cache(env):
     args = ("tcp", CLI_IP, lport, SRV_IP, TCP_PORT)
     now = [1000.0]
     here = Attributor()
-    there = Attributor(AttributorConfig(exited_ttl_s=30, recent_conn_ttl_s=30),
-                       sockdiag=SockDiag(netns=env.netns_path), clock=lambda: now[0])
+    there = Attributor(
+        AttributorConfig(exited_ttl_s=30, recent_conn_ttl_s=30),
+        sockdiag=SockDiag(netns=env.netns_path),
+        clock=lambda: now[0],
+    )
     try:
         assert here.lookup(*args).AttributionDetail == "no-socket"
         a = there.lookup(*args)
         assert a.AttributionSource == SOURCE_SOCKET, a
-        assert (a.InitiatingProcessId, a.InitiatingProcessFileName, a.InitiatingProcessAccountName) == \
-            (pid, "xsatt-tcpcli", user)
+        assert (a.InitiatingProcessId, a.InitiatingProcessFileName, a.InitiatingProcessAccountName) == (
+            pid,
+            "xsatt-tcpcli",
+            user,
+        )
         assert a.InitiatingProcessParentFileName == "setpriv" or a.InitiatingProcessParentFileName
     finally:
         p.stdin.close()
@@ -1000,10 +1104,13 @@ def test_other_namespace_exited_process_cache(env):
     time.sleep(0.05)
     assert not Path(f"/proc/{pid}").exists()
     now[0] += 10
-    b = there.lookup(*args)           # socket orphaned or gone, process gone
+    b = there.lookup(*args)  # socket orphaned or gone, process gone
     assert b.AttributionSource == SOURCE_SOCKET and b.AttributionDetail == "exited-process", b
-    assert (b.InitiatingProcessId, b.InitiatingProcessFileName, b.InitiatingProcessAccountName) == \
-        (pid, "xsatt-tcpcli", user)
+    assert (b.InitiatingProcessId, b.InitiatingProcessFileName, b.InitiatingProcessAccountName) == (
+        pid,
+        "xsatt-tcpcli",
+        user,
+    )
     now[0] += 31
     c = there.lookup(*args)
     assert c.AttributionSource == SOURCE_NONE, c
@@ -1014,8 +1121,8 @@ def test_other_namespace_exited_process_cache(env):
 CAP_CASES = {
     # capabilities given to an unprivileged sensor -> what it can attribute
     "": SOURCE_UID_ONLY,
-    "+dac_read_search": SOURCE_UID_ONLY,       # may list other users' fd folders, not read the links
-    "+sys_ptrace": SOURCE_UID_ONLY,            # may read the links, not list the folders
+    "+dac_read_search": SOURCE_UID_ONLY,  # may list other users' fd folders, not read the links
+    "+sys_ptrace": SOURCE_UID_ONLY,  # may read the links, not list the folders
     "+sys_ptrace,+dac_read_search": SOURCE_SOCKET,
 }
 
@@ -1031,9 +1138,22 @@ def test_unprivileged_sensor_minimum_capabilities(env):
     results = {}
     try:
         for caps, want in CAP_CASES.items():
-            argv = env.as_user(sensor_user, ["env", f"PYTHONPATH={REPO}:{site}", env.python,
-                                             str(Path(__file__)), "lookup", "6", CLI_IP, str(lport),
-                                             SRV_IP, str(TCP_PORT)], caps=caps)
+            argv = env.as_user(
+                sensor_user,
+                [
+                    "env",
+                    f"PYTHONPATH={REPO}:{site}",
+                    env.python,
+                    str(Path(__file__)),
+                    "lookup",
+                    "6",
+                    CLI_IP,
+                    str(lport),
+                    SRV_IP,
+                    str(TCP_PORT),
+                ],
+                caps=caps,
+            )
             cp = subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/")
             assert cp.returncode == 0, cp.stderr
             out = json.loads(cp.stdout)
@@ -1057,8 +1177,9 @@ def test_unprivileged_sensor_minimum_capabilities(env):
 
 
 def _start_observer(env: _Env, argv: list[str]) -> subprocess.Popen:
-    p = env.lab.popen(env.lab.cli_ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE, text=True)
+    p = env.lab.popen(
+        env.lab.cli_ns, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     r, _, _ = select.select([p.stdout], [], [], 15)
     line = p.stdout.readline() if r else ""
     if line.strip() != "READY":
@@ -1072,10 +1193,10 @@ def _stop_observer(p: subprocess.Popen, out: Path) -> dict:
         p.stdin.write("STOP\n")
         p.stdin.flush()
         p.wait(15)
-    except (subprocess.TimeoutExpired, BrokenPipeError):
+    except (subprocess.TimeoutExpired, BrokenPipeError) as e:
         p.kill()
         p.wait(5)
-        raise AssertionError("observer did not stop")
+        raise AssertionError("observer did not stop") from e
     err = p.stderr.read()
     assert p.returncode == 0, err
     return json.loads(out.read_text())
@@ -1090,10 +1211,12 @@ def _attribution_runs(env: _Env, hold_ms: float, runs_per_proto: int) -> tuple[l
     observers = {}
     try:
         for name in ("helper", "pcapy"):
-            observers[name] = _start_observer(env, [sys.executable, me, "sniff", name, env.lab.cli_if,
-                                                    CLI_IP, str(outs[name])])
-        observers["poll"] = _start_observer(env, [sys.executable, me, "poll", CLI_IP, str(outs["poll"]),
-                                                  str(POLL_INTERVAL_S)])
+            observers[name] = _start_observer(
+                env, [sys.executable, me, "sniff", name, env.lab.cli_if, CLI_IP, str(outs[name])]
+            )
+        observers["poll"] = _start_observer(
+            env, [sys.executable, me, "poll", CLI_IP, str(outs["poll"]), str(POLL_INTERVAL_S)]
+        )
         runs = []
         for i in range(2 * runs_per_proto):
             proto = ("tcp", "udp")[i % 2]
@@ -1127,8 +1250,12 @@ def _judge_sniffer(runs: list[dict], sniffed: dict) -> dict:
         a = (c or {}).get("attr") or {}
         d = a.get("AttributionDetail", "not-seen")
         details[d] = details.get(d, 0) + 1
-        got = (a.get("InitiatingProcessId"), a.get("InitiatingProcessFileName"),
-               a.get("InitiatingProcessAccountName"), a.get("AttributionSource"))
+        got = (
+            a.get("InitiatingProcessId"),
+            a.get("InitiatingProcessFileName"),
+            a.get("InitiatingProcessAccountName"),
+            a.get("AttributionSource"),
+        )
         if c and c.get("lookup_start_ts"):
             start_ms.append((c["lookup_start_ts"] - r["t_open"]) * 1e3)
         if got == (r["pid"], r["name"], r["user"], SOURCE_SOCKET):
@@ -1136,24 +1263,43 @@ def _judge_sniffer(runs: list[dict], sniffed: dict) -> dict:
             continue
         timing = {}
         if c:
-            timing = {k: round((c[k] - r["t_open"]) * 1e3, 3) for k in
-                      ("pkt_ts", "seen_ts", "lookup_start_ts", "done_ts") if c.get(k)}
+            timing = {
+                k: round((c[k] - r["t_open"]) * 1e3, 3)
+                for k in ("pkt_ts", "seen_ts", "lookup_start_ts", "done_ts")
+                if c.get(k)
+            }
         timing["closed"] = round((r["t_close"] - r["t_open"]) * 1e3, 3)
-        fail = {"run": {k: r[k] for k in ("proto", "user", "pid", "lport")},
-                "got": {k: a.get(k) for k in ("AttributionSource", "AttributionDetail",
-                                             "InitiatingProcessId", "InitiatingProcessAccountName")},
-                "ms_after_first_packet": timing}
-        if c is None:   # not seen in the run's time: when was this 5-tuple seen at all?
-            fail["seen_this_5tuple_ms"] = [round((x["seen_ts"] - r["t_open"]) * 1e3, 3)
-                                           for x in by_key.get((proto, r["lport"], rport), [])][:4]
+        fail = {
+            "run": {k: r[k] for k in ("proto", "user", "pid", "lport")},
+            "got": {
+                k: a.get(k)
+                for k in (
+                    "AttributionSource",
+                    "AttributionDetail",
+                    "InitiatingProcessId",
+                    "InitiatingProcessAccountName",
+                )
+            },
+            "ms_after_first_packet": timing,
+        }
+        if c is None:  # not seen in the run's time: when was this 5-tuple seen at all?
+            fail["seen_this_5tuple_ms"] = [
+                round((x["seen_ts"] - r["t_open"]) * 1e3, 3) for x in by_key.get((proto, r["lport"], rport), [])
+            ][:4]
         fails.append(fail)
     start_ms.sort()
     n = len(runs)
-    return {"ok": ok, "rate": sum(ok.values()) / n, "details": details, "fails": fails,
-            "lookup_started_ms_after_first_packet": {
-                "p50": round(start_ms[len(start_ms) // 2], 2) if start_ms else None,
-                "p90": round(start_ms[int(len(start_ms) * 0.9)], 2) if start_ms else None,
-                "max": round(start_ms[-1], 2) if start_ms else None}}
+    return {
+        "ok": ok,
+        "rate": sum(ok.values()) / n,
+        "details": details,
+        "fails": fails,
+        "lookup_started_ms_after_first_packet": {
+            "p50": round(start_ms[len(start_ms) // 2], 2) if start_ms else None,
+            "p90": round(start_ms[int(len(start_ms) * 0.9)], 2) if start_ms else None,
+            "max": round(start_ms[-1], 2) if start_ms else None,
+        },
+    }
 
 
 def _judge_poller(runs: list[dict], polled: dict) -> dict:
@@ -1163,14 +1309,20 @@ def _judge_poller(runs: list[dict], polled: dict) -> dict:
         proto = PROTO_TCP if r["proto"] == "tcp" else PROTO_UDP
         rport = TCP_PORT if r["proto"] == "tcp" else UDP_PORT
         keys = (f"{proto}/{r['lport']}/{rport}", f"{proto}/{r['lport']}/0")
-        seen = next((polled["seen"][k][str(r["pid"])] for k in keys
-                     if str(r["pid"]) in polled["seen"].get(k, {})), None)
+        seen = next(
+            (polled["seen"][k][str(r["pid"])] for k in keys if str(r["pid"]) in polled["seen"].get(k, {})), None
+        )
         if seen and (seen["pid"], seen["name"], seen["user"]) == (r["pid"], r["name"], r["user"]):
             ok[r["proto"]] += 1
         elif any(k in polled["no_pid"] for k in keys):
             in_table_no_pid += 1
-    return {"ok": ok, "rate": sum(ok.values()) / len(runs), "in_table_without_pid": in_table_no_pid,
-            "calls": polled["calls"], "call_ms_p50": round(polled["call_ms_p50"], 2)}
+    return {
+        "ok": ok,
+        "rate": sum(ok.values()) / len(runs),
+        "in_table_without_pid": in_table_no_pid,
+        "calls": polled["calls"],
+        "call_ms_p50": round(polled["call_ms_p50"], 2),
+    }
 
 
 @pytest.mark.root
@@ -1180,15 +1332,17 @@ def test_short_lived_clients_attributed_at_first_packet(env):
     pcapy-triggered lookups and of 100 ms polling, from the very same runs,
     reported beside it."""
     runs, res = _attribution_runs(env, HOLD_MS, RUNS_PER_PROTO)
-    helper, pcap, poll = (_judge_sniffer(runs, res["helper"]), _judge_sniffer(runs, res["pcapy"]),
-                          _judge_poller(runs, res["poll"]))
+    helper, pcap, poll = (
+        _judge_sniffer(runs, res["helper"]),
+        _judge_sniffer(runs, res["pcapy"]),
+        _judge_poller(runs, res["poll"]),
+    )
     lifes = sorted(r["life_ms"] for r in runs)
     hm = res["helper"]["metrics"]
     pm = res["pcapy"]["metrics"]
     report = {
         "runs": {p: sum(1 for r in runs if r["proto"] == p) for p in ("tcp", "udp")},
-        "client_socket_life_ms_from_first_packet": {"min": lifes[0], "p50": lifes[len(lifes) // 2],
-                                                    "max": lifes[-1]},
+        "client_socket_life_ms_from_first_packet": {"min": lifes[0], "p50": lifes[len(lifes) // 2], "max": lifes[-1]},
         "helper": {k: helper[k] for k in ("ok", "rate", "details", "lookup_started_ms_after_first_packet")},
         "pcapy": {k: pcap[k] for k in ("ok", "rate", "details", "lookup_started_ms_after_first_packet")},
         "polling_100ms": poll,
@@ -1212,8 +1366,9 @@ def test_short_lived_clients_attributed_at_first_packet(env):
     # nor the independent pcapy capture) is a capture event, not a lookup: the
     # rate is over the runs a tap saw, and such runs must stay as rare as misses
     # (seen once here: three TCP runs in a row, both observers, 0 kernel drops)
-    unseen = {(f["run"]["proto"], f["run"]["pid"]) for f in helper["fails"] if f["got"]["AttributionSource"] is None} \
-        & {(f["run"]["proto"], f["run"]["pid"]) for f in pcap["fails"] if f["got"]["AttributionSource"] is None}
+    unseen = {
+        (f["run"]["proto"], f["run"]["pid"]) for f in helper["fails"] if f["got"]["AttributionSource"] is None
+    } & {(f["run"]["proto"], f["run"]["pid"]) for f in pcap["fails"] if f["got"]["AttributionSource"] is None}
     print(f"runs seen by neither packet observer: {len(unseen)} of {len(runs)}")
     assert len(unseen) <= int((1 - REQUIRED_RATE) * len(runs) + 1e-9), (unseen, helper["fails"][:5])
     for proto in ("tcp", "udp"):

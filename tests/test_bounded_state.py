@@ -16,6 +16,7 @@
 The 1,000,000-SYN version with peak RSS is ``python fuzz/scan.py`` (not part
 of the normal test run).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,12 +27,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.craft import Tcp, udp_exchange, write_raw_pcap
+from fuzz.scan import syn_scan_frames
 from sensor.core.config import config_from_dict
 from sensor.detect.detector import Detector
-from sensor.records.mde import RECORD_FIELDS, iso_us
 from sensor.detect.rules import load_rules
-from fuzz.scan import syn_scan_frames
+from sensor.records.mde import RECORD_FIELDS, iso_us
+from tests.support.craft import Tcp, udp_exchange, write_raw_pcap
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,8 +40,10 @@ RULES = load_rules(REPO / "rules", RECORD_FIELDS)
 DEV = "192.168.56.10"
 SRV = "203.0.113.10"
 T0 = 1_790_000_000.0
-CFG = {"home_net": ["192.168.56.0/24", "10.0.0.0/8"],
-       "ip_type_overrides": {"203.0.113.0/24": "Public", "198.51.100.0/24": "Public"}}
+CFG = {
+    "home_net": ["192.168.56.0/24", "10.0.0.0/8"],
+    "ip_type_overrides": {"203.0.113.0/24": "Public", "198.51.100.0/24": "Public"},
+}
 
 
 def ftp_sessions(starts: list[float]) -> list:
@@ -74,8 +77,9 @@ def scan_replay(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("scan")
     # 20,000 SYNs from 5,000 sources to 4 tracked ports of public servers, 50 us
     # apart (1 s of packet time: no timeout helps), and 5 FTP sessions during it
-    scan = [(ts / 1e6, f, len(f)) for ts, f in syn_scan_frames(SCAN_SYNS, sources=5_000, t0_us=int(T0 * 1e6),
-                                                               gap_us=50)]
+    scan = [
+        (ts / 1e6, f, len(f)) for ts, f in syn_scan_frames(SCAN_SYNS, sources=5_000, t0_us=int(T0 * 1e6), gap_us=50)
+    ]
     ftp = frames_of(ftp_sessions([T0 + 0.05 + 0.18 * i for i in range(5)]))
     frames = sorted(scan + ftp, key=lambda x: x[0])
     path = write_raw_pcap(tmp / "scan.pcap", frames)
@@ -95,7 +99,7 @@ def test_scan_never_exceeds_max_flows_and_counts_evictions(scan_replay):
     pipe, sink, res = scan_replay["scan"]
     st = pipe.flows.stats
     assert res.packets == SCAN_SYNS + len(ftp_sessions([T0] * 5))
-    assert st.active_max == MAX_FLOWS            # reached, never passed
+    assert st.active_max == MAX_FLOWS  # reached, never passed
     assert st.created == SCAN_SYNS + 5
     assert st.ended == st.created and pipe.flows.flows == {}
     # at most MAX_FLOWS flows were still there to flush at the end; the rest went by eviction
@@ -112,13 +116,26 @@ def test_scan_never_exceeds_max_flows_and_counts_evictions(scan_replay):
 def test_scan_does_not_hide_the_ftp_sessions(scan_replay):
     pipe, sink, _ = scan_replay["scan"]
     _, alone, _ = scan_replay["alone"]
-    ftp = sorted((c for c in sink.records["connections"] if c["RemoteIP"] == SRV and c["RemotePort"] == 21),
-                 key=lambda c: c["LocalPort"])
+    ftp = sorted(
+        (c for c in sink.records["connections"] if c["RemoteIP"] == SRV and c["RemotePort"] == 21),
+        key=lambda c: c["LocalPort"],
+    )
     want = sorted(alone.records["connections"], key=lambda c: c["LocalPort"])
     assert len(ftp) == len(want) == 5
     for got, ref in zip(ftp, want):
-        for f in ("ActionType", "SentBytes", "ReceivedBytes", "SentPackets", "ReceivedPackets", "ConnState",
-                  "History", "AccountName", "FirstSeen", "LastSeen", "CommunityId"):
+        for f in (
+            "ActionType",
+            "SentBytes",
+            "ReceivedBytes",
+            "SentPackets",
+            "ReceivedPackets",
+            "ConnState",
+            "History",
+            "AccountName",
+            "FirstSeen",
+            "LastSeen",
+            "CommunityId",
+        ):
             assert got[f] == ref[f], (f, got[f], ref[f])
     assert ftp[0]["ActionType"] == "ConnectionSuccess" and ftp[0]["AccountName"] == "anonymous"
     assert ftp[0]["SentBytes"] == len(b"USER anonymous\r\nPASS guest@\r\nQUIT\r\n")
@@ -133,20 +150,21 @@ def test_flow_table_structures_bounded_during_the_scan(tmp_path):
     """Checked after every packet, not only at the end."""
     from sensor.io.sinks import MemorySink
     from sensor.pipeline import Pipeline
+
     pipe = Pipeline(config_from_dict(dict(CFG, limits={"max_flows": 300})), RULES, MemorySink())
     h = pipe.handler_for(1)
     worst = 0
-    for i, (ts, f) in enumerate(syn_scan_frames(5_000, sources=700, t0_us=int(T0 * 1e6), gap_us=10)):
+    for _i, (ts, f) in enumerate(syn_scan_frames(5_000, sources=700, t0_us=int(T0 * 1e6), gap_us=10)):
         h(ts, f)
         n = len(pipe.flows.flows)
         assert n <= 300
-        assert pipe.flows.queued() == n       # every flow in exactly one timeout queue
+        assert pipe.flows.queued() == n  # every flow in exactly one timeout queue
         worst = max(worst, n)
     assert worst == 300 and pipe.flows.stats.evicted == 5_000 - 300 - pipe.flows.stats.expired
     pipe.finish()
 
 
-RSS_BOUND = 200 * 1000 * 1000        # issue 6: peak RSS under the scan, aim <= 200 MB
+RSS_BOUND = 200 * 1000 * 1000  # issue 6: peak RSS under the scan, aim <= 200 MB
 DEFAULT_MAX_FLOWS = config_from_dict({}).limits.max_flows
 
 
@@ -156,6 +174,7 @@ def test_half_open_flow_memory_fits_the_rss_bound():
     (2,000 B with the defaults), measured with tracemalloc."""
     import gc
     import tracemalloc
+
     from sensor.pipeline import Pipeline
 
     class Null:
@@ -188,10 +207,21 @@ def test_half_open_flow_memory_fits_the_rss_bound():
 # rule windows
 # --------------------------------------------------------------------------
 
+
 def _conn(ts: int, ip: str, port: int = 445, uid: str = "", user: str = "") -> dict:
-    return {"Timestamp": iso_us(ts), "DeviceName": "WS-1", "ActionType": "ConnectionSuccess", "RemoteIP": ip,
-            "RemotePort": port, "RemoteIPType": "Public", "InitiatingProcessFileName": "", "AccountName": user,
-            "Uid": uid, "SentBytes": 10, "ReceivedBytes": 20}
+    return {
+        "Timestamp": iso_us(ts),
+        "DeviceName": "WS-1",
+        "ActionType": "ConnectionSuccess",
+        "RemoteIP": ip,
+        "RemotePort": port,
+        "RemoteIPType": "Public",
+        "InitiatingProcessFileName": "",
+        "AccountName": user,
+        "Uid": uid,
+        "SentBytes": 10,
+        "ReceivedBytes": 20,
+    }
 
 
 def test_window_key_flood_evicts_and_counts():
@@ -203,8 +233,9 @@ def test_window_key_flood_evicts_and_counts():
     alerts = []
     n_keys = 20_000
     for k in range(n_keys):
-        alerts += d.observe(_conn(t + k * 1000, f"198.51.{k >> 8 & 255}.{k & 255}", uid=f"K{k}", user=f"u{k >> 16}"),
-                            t + k * 1000)
+        alerts += d.observe(
+            _conn(t + k * 1000, f"198.51.{k >> 8 & 255}.{k & 255}", uid=f"K{k}", user=f"u{k >> 16}"), t + k * 1000
+        )
         if k % 97 == 0:
             assert all(len(w.keys) <= cap for w in windows)
         if k == n_keys // 2:
@@ -235,10 +266,11 @@ def test_window_key_flood_alert_state_bounded():
     t = int(T0 * 1e6)
     raised = 0
     for k in range(2_000):
-        for j in range(4):      # each key crosses the threshold (> 3)
+        for j in range(4):  # each key crosses the threshold (> 3)
             ts = t + (k * 4 + j) * 1000
-            raised += sum("ConnectionCount" in a for a in d.observe(_conn(ts, f"198.51.{k >> 8}.{k & 255}",
-                                                                             uid=f"K{k}-{j}"), ts))
+            raised += sum(
+                "ConnectionCount" in a for a in d.observe(_conn(ts, f"198.51.{k >> 8}.{k & 255}", uid=f"K{k}-{j}"), ts)
+            )
     assert raised == 2_000
     assert d.stats.keys_evicted == 2_000 - cap
     retained = sum(len(w.episodes) for w in d._all_windows())
@@ -252,7 +284,7 @@ def test_window_key_flood_alert_state_bounded():
 BIG = 10_000
 FTP_USER = b"ev\x1b[31mil\x00us\xff\xfeer\rX" + b"U" * BIG
 FTP_STOR = b"../../../../PWNED-stor\x1b]0;title\x07\x00\xc3\x28\xed\xa0\x80" + b"F" * BIG
-FTP_STOR2 = b"/tmp/PWNED-abs\r\n"          # an absolute path, sent whole
+FTP_STOR2 = b"/tmp/PWNED-abs\r\n"  # an absolute path, sent whole
 SMB_USER = "adm\r\nin\x1b[0m\x00" + "u" * 5000
 SMB_SHARE = "\\\\srv\\sh\r\nare\x1b[1m\x00" + "S" * BIG
 SMB_NAME = "..\\..\\PWNED-smb\x1b[2J\x1b[31m\r\nFAKE\x00\u202e.exe" + "N" * BIG
@@ -263,12 +295,14 @@ WIRE_MARKERS = ("PWNED",)
 def _smb_create_raw(mid: int, name16: bytes) -> bytes:
     """CREATE request whose name is raw UTF-16LE bytes (a lone surrogate included)."""
     import tests.test_analyzer_smb as S
+
     body = struct.pack("<HBBIQQIIIIIHHII", 57, 0, 0, 2, 0, 0, 0x0012019F, 0x80, 7, 5, 0x40, 120, len(name16), 0, 0)
     return S.nbss(S.h2(5, mid, tree=S.TREE_ID, sid=S.SID) + body + name16)
 
 
 def wire_capture(path: Path) -> Path:
     import tests.test_analyzer_smb as S
+
     pk = []
     # FTP: hostile USER, then a STOR with a 10 KB hostile name over a passive data channel
     c = Tcp(DEV, SRV, 40000, 21, T0).handshake()
@@ -283,11 +317,16 @@ def wire_capture(path: Path) -> Path:
     # SMB: hostile user, share, file names (one with a lone UTF-16 surrogate)
     msgs = S.login(user=SMB_USER, domain="DOM\nAIN", ws="W\x1bS")
     msgs += [(True, S.tree_req(3, SMB_SHARE)), (False, S.tree_resp(3))]
-    msgs += [(True, S.create_req(4, SMB_NAME, disposition=5, access=0x0012019F)), (False, S.create_resp(4, S.FID, action=2))]
+    msgs += [
+        (True, S.create_req(4, SMB_NAME, disposition=5, access=0x0012019F)),
+        (False, S.create_resp(4, S.FID, action=2)),
+    ]
     msgs += [(True, S.write_req(5, S.FID, 0, b"W" * 2000)), (False, S.write_resp(5, 2000))]
     msgs += [(True, S.close_req(6, S.FID)), (False, S.close_resp(6))]
-    msgs += [(True, _smb_create_raw(7, "PWNED-lone".encode("utf-16-le") + b"\x00\xd8" + "x\r\n".encode("utf-16-le"))),
-             (False, S.create_resp(7, S.FID2, action=2))]
+    msgs += [
+        (True, _smb_create_raw(7, "PWNED-lone".encode("utf-16-le") + b"\x00\xd8" + "x\r\n".encode("utf-16-le"))),
+        (False, S.create_resp(7, S.FID2, action=2)),
+    ]
     msgs += [(True, S.write_req(8, S.FID2, 0, b"V" * 100)), (False, S.write_resp(8, 100))]
     msgs += [(True, S.close_req(9, S.FID2)), (False, S.close_resp(9))]
     s = Tcp(DEV, SRV, 40100, 445, T0 + 5).handshake()
@@ -296,9 +335,14 @@ def wire_capture(path: Path) -> Path:
     pk += s.fin().pkts
     # TFTP: a WRQ with a 10 KB hostile filename, the server answering from a new port
     pk += udp_exchange(DEV, SRV, 40200, 69, T0 + 9, [(True, b"\x00\x02" + TFTP_NAME + b"\x00octet\x00")])
-    pk += udp_exchange(DEV, SRV, 40200, 50000, T0 + 9.01, [(False, b"\x00\x04\x00\x00"),
-                                                           (True, b"\x00\x03\x00\x01" + b"q" * 100),
-                                                           (False, b"\x00\x04\x00\x01")])
+    pk += udp_exchange(
+        DEV,
+        SRV,
+        40200,
+        50000,
+        T0 + 9.01,
+        [(False, b"\x00\x04\x00\x00"), (True, b"\x00\x03\x00\x01" + b"q" * 100), (False, b"\x00\x04\x00\x01")],
+    )
     return write_raw_pcap(path, sorted(frames_of(pk)))
 
 
@@ -324,6 +368,7 @@ def wire_out(tmp_path_factory):
     from sensor.io.capture import read_file
     from sensor.io.sinks import MemorySink
     from sensor.pipeline import Pipeline
+
     tmp = tmp_path_factory.mktemp("wire")
     pcap = wire_capture(tmp / "wire.pcap")
     out = tmp / "out"
@@ -338,28 +383,31 @@ def wire_out(tmp_path_factory):
 def test_wire_text_one_json_line_per_record(wire_out):
     tmp, out, cp, sink = wire_out
     assert cp.returncode == 0, cp.stderr
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{k}.jsonl" for k in ("connections", "alerts",
-                                                                                   "transfers", "weird"))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{k}.jsonl" for k in ("connections", "alerts", "transfers", "weird")
+    )
     for kind in ("connections", "transfers", "weird", "alerts"):
         raw = (out / f"{kind}.jsonl").read_bytes()
-        raw.decode("ascii")                                  # escaped: no raw byte >= 0x80
+        raw.decode("ascii")  # escaped: no raw byte >= 0x80
         assert not any(b < 0x20 for b in raw.replace(b"\n", b"")), f"raw control byte in {kind}.jsonl"
         lines = raw.split(b"\n")
         assert lines[-1] == b""
         recs = [json.loads(line) for line in lines[:-1]]
-        assert len(recs) == len(sink.records[kind]), kind      # one line per record, none split, none merged
+        assert len(recs) == len(sink.records[kind]), kind  # one line per record, none split, none merged
         assert all(isinstance(r, dict) for r in recs)
     assert len(sink.records["connections"]) == 5 and len(sink.records["transfers"]) >= 4
 
 
 def test_wire_text_is_kept_escaped_and_capped(wire_out):
     _, out, _, _ = wire_out
-    recs = {k: [json.loads(x) for x in (out / f"{k}.jsonl").read_text().splitlines()]
-            for k in ("connections", "transfers", "weird")}
+    recs = {
+        k: [json.loads(x) for x in (out / f"{k}.jsonl").read_text().splitlines()]
+        for k in ("connections", "transfers", "weird")
+    }
     for kind, rs in recs.items():
         for r in rs:
             for path, s in _strings(r):
-                assert len(s) <= 4 * 1024 + 16, (kind, path, len(s))     # capped (4 escapes per byte at most)
+                assert len(s) <= 4 * 1024 + 16, (kind, path, len(s))  # capped (4 escapes per byte at most)
     ftp_user = [c["AccountName"] for c in recs["connections"] if c["RemotePort"] == 21]
     assert ftp_user and ftp_user[0].startswith("ev\x1b[31mil\x00us") and len(ftp_user[0]) <= 1024
     stor = next(t for t in recs["transfers"] if t["Protocol"] == "ftp" and t["Filename"].startswith("../../"))
@@ -385,8 +433,12 @@ def test_wire_tftp_long_filename_flagged(wire_out):
 def test_wire_never_names_a_file(wire_out):
     tmp, out, _, _ = wire_out
     assert sorted(p.name for p in tmp.iterdir()) == ["out", "wire.pcap"]
-    assert sorted(p.name for p in out.iterdir()) == ["alerts.jsonl", "connections.jsonl", "transfers.jsonl",
-                                                      "weird.jsonl"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "alerts.jsonl",
+        "connections.jsonl",
+        "transfers.jsonl",
+        "weird.jsonl",
+    ]
     for base in (tmp, out, Path("/tmp"), REPO):
         assert not any("PWNED" in p.name for p in base.iterdir()), base
 

@@ -1,5 +1,6 @@
 """Replay UX: a progress line on a terminal (a real pty), silence otherwise; --format json;
 one-line errors with exit 2."""
+
 from __future__ import annotations
 
 import io
@@ -35,8 +36,8 @@ def big_pcap(tmp_path_factory) -> Path:
     records = []
     off = 0
     while off < len(body):
-        ts, us, incl, orig = struct.unpack("<IIII", body[off:off + 16])
-        records.append((ts, us, body[off + 16:off + 16 + incl], orig))
+        ts, us, incl, orig = struct.unpack("<IIII", body[off : off + 16])
+        records.append((ts, us, body[off + 16 : off + 16 + incl], orig))
         off += 16 + incl
     out = tmp_path_factory.mktemp("big") / "big.pcap"
     with open(out, "wb") as f:
@@ -60,7 +61,7 @@ def run_on_pty(args: list[str], timeout: float = 60) -> tuple[int, bytes, bytes]
         if r:
             try:
                 chunk = os.read(master, 65536)
-            except OSError:          # EIO: the child closed the terminal
+            except OSError:  # EIO: the child closed the terminal
                 break
             if not chunk:
                 break
@@ -83,9 +84,15 @@ def test_progress_frames_follow_the_clock(tmp_path):
     capture.write_bytes(b"\0" * 4 * mib)
     now, pos = [100.0], [0]
     term = io.StringIO()
-    prog = Progress([str(capture)], stream=term, enabled=True, interval=1e9,   # the thread never redraws
-                    clock=lambda: now[0], offset=lambda path: pos[0])
-    handle = prog.wrap(lambda linktype: (lambda ts_us, data: None))(1)
+    prog = Progress(
+        [str(capture)],
+        stream=term,
+        enabled=True,
+        interval=1e9,  # the thread never redraws
+        clock=lambda: now[0],
+        offset=lambda path: pos[0],
+    )
+    handle = prog.wrap(lambda linktype: lambda ts_us, data: None)(1)
     prog.begin(str(capture))
     for k in (1, 2, 3):
         now[0] += 1.0
@@ -99,7 +106,7 @@ def test_progress_frames_follow_the_clock(tmp_path):
     text = term.getvalue()
     frames = [f for f in text.split("\r") if f.strip()]
     assert len(frames) == 4, frames
-    bar = lambda n: "#" * n + "-" * (24 - n)     # noqa: E731
+    bar = lambda n: "#" * n + "-" * (24 - n)  # noqa: E731
     assert frames[0] == f" 25.0% [{bar(6)}] 1.0 MiB/4.0 MiB  1000 packets  1000 pkt/s  1.0 MiB/s  0:03 left\x1b[K"
     assert frames[1].startswith(" 50.0%") and "2000 packets" in frames[1] and "0:02 left" in frames[1]
     assert frames[2].startswith(" 75.0%") and "3000 packets" in frames[2] and "0:01 left" in frames[2]
@@ -109,8 +116,8 @@ def test_progress_frames_follow_the_clock(tmp_path):
 def test_progress_is_off_and_threadless_when_disabled(tmp_path):
     term = io.StringIO()
     prog = Progress([str(DEMO)], stream=term, enabled=False)
-    inner = lambda linktype: None                  # noqa: E731
-    assert prog.wrap(inner) is inner               # no per-packet counting either
+    inner = lambda linktype: None  # noqa: E731
+    assert prog.wrap(inner) is inner  # no per-packet counting either
     prog.begin(str(DEMO))
     prog.end(str(DEMO))
     prog.finish()
@@ -125,7 +132,7 @@ def test_progress_on_a_terminal(big_pcap):
     frames = [f for f in text.split("\r") if f.strip()]
     last = frames[-1]
     assert "100.0%" in last and "done in" in last and "packets" in last
-    assert all(f.rstrip("\n").endswith("\x1b[K") for f in frames)   # every frame erases to end of line
+    assert all(f.rstrip("\n").endswith("\x1b[K") for f in frames)  # every frame erases to end of line
     assert b"alert(s)" in out and b"\r" not in out and b"%" not in out  # stdout: the summary, untouched
 
 
@@ -137,8 +144,9 @@ def test_progress_percent_grows(big_pcap):
 
 
 def test_silent_when_not_a_terminal(big_pcap):
-    p = subprocess.run(SENSOR + ["replay", str(big_pcap), "--config", str(DEMO_CFG)], cwd=REPO,
-                       capture_output=True, timeout=60)
+    p = subprocess.run(
+        SENSOR + ["replay", str(big_pcap), "--config", str(DEMO_CFG)], cwd=REPO, capture_output=True, timeout=60
+    )
     assert p.returncode == 0
     assert p.stderr == b""
     assert b"\r" not in p.stdout and b"left" not in p.stdout
@@ -150,9 +158,25 @@ def test_progress_never_on_a_terminal_when_asked(tmp_path):
 
 
 def test_format_json_is_one_document(tmp_path):
-    p = subprocess.run(SENSOR + ["replay", str(DEMO), "--config", str(DEMO_CFG), "--format", "json",
-                                 "--out", str(tmp_path), "--profile", "ecs"],
-                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        SENSOR
+        + [
+            "replay",
+            str(DEMO),
+            "--config",
+            str(DEMO_CFG),
+            "--format",
+            "json",
+            "--out",
+            str(tmp_path),
+            "--profile",
+            "ecs",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert doc["packets"] == 2548 and doc["connections"] == 44 and len(doc["alerts"]) == 2
@@ -162,25 +186,34 @@ def test_format_json_is_one_document(tmp_path):
 
 
 def test_stdout_sink_moves_the_summary_to_stderr():
-    p = subprocess.run(SENSOR + ["replay", str(DEMO), "--config", str(DEMO_CFG), "--stdout", "--profile", "ecs"],
-                       cwd=REPO, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        SENSOR + ["replay", str(DEMO), "--config", str(DEMO_CFG), "--stdout", "--profile", "ecs"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     docs = [json.loads(line) for line in p.stdout.splitlines()]
     assert len(docs) == 70 and all("@timestamp" in d for d in docs)
     assert "2 alert(s)" in p.stderr
 
 
-@pytest.mark.parametrize("make,words", [
-    (lambda d: d / "missing.pcap", "no such file"),
-    (lambda d: d, "is a directory"),
-    (lambda d: (d / "notes.pcap").write_text("hello, not a capture\n") and d / "notes.pcap", "not a pcap"),
-    (lambda d: (d / "empty.pcap").write_bytes(b"") or d / "empty.pcap", "empty file"),
-])
+@pytest.mark.parametrize(
+    "make,words",
+    [
+        (lambda d: d / "missing.pcap", "no such file"),
+        (lambda d: d, "is a directory"),
+        (lambda d: (d / "notes.pcap").write_text("hello, not a capture\n") and d / "notes.pcap", "not a pcap"),
+        (lambda d: (d / "empty.pcap").write_bytes(b"") or d / "empty.pcap", "empty file"),
+    ],
+)
 def test_bad_capture_is_one_line_and_exit_2(tmp_path, make, words):
     path = make(tmp_path)
     out = tmp_path / "out"
-    p = subprocess.run(SENSOR + ["replay", str(path), "--out", str(out)], cwd=REPO, capture_output=True,
-                       text=True, timeout=60)
+    p = subprocess.run(
+        SENSOR + ["replay", str(path), "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 2
     lines = p.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("xfer-sensor: error: ") and words in lines[0], p.stderr
@@ -189,7 +222,7 @@ def test_bad_capture_is_one_line_and_exit_2(tmp_path, make, words):
 
 def test_unreadable_capture_is_one_line_and_exit_2():
     """Run as another user so the permission bits apply (root reads everything)."""
-    d = Path(tempfile.mkdtemp(prefix="xfer-unreadable-", dir="/tmp"))   # traversable by that user
+    d = Path(tempfile.mkdtemp(prefix="xfer-unreadable-", dir="/tmp"))  # traversable by that user
     try:
         d.chmod(0o755)
         path = d / "secret.pcap"
@@ -198,8 +231,9 @@ def test_unreadable_capture_is_one_line_and_exit_2():
         cmd = SENSOR + ["replay", str(path)]
         if os.geteuid() == 0:
             cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"] + cmd
-        p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60,
-                           env={**os.environ, "PYTHONPATH": str(REPO)})
+        p = subprocess.run(
+            cmd, cwd=REPO, capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)}
+        )
         assert p.returncode == 2, p.stderr
         assert p.stderr.splitlines() == [f"xfer-sensor: error: {path}: permission denied"]
     finally:
@@ -211,12 +245,23 @@ def test_replay_exit_loses_no_record_on_stdout_or_files(big_pcap, tmp_path):
     (sensor/cli/entry.py): every record is still on stdout and in the files, and
     the summary, with stdout and stderr block-buffered pipes."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
-    p = subprocess.run(SENSOR + ["replay", str(big_pcap), "--config", str(DEMO_CFG), "--format", "json"],
-                       cwd=REPO, capture_output=True, timeout=120, env=env)
+    p = subprocess.run(
+        SENSOR + ["replay", str(big_pcap), "--config", str(DEMO_CFG), "--format", "json"],
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["packets"] > 50_000
-    p = subprocess.run(SENSOR + ["replay", str(big_pcap), "--config", str(DEMO_CFG), "--stdout", "--format", "json",
-                                 "--out", str(tmp_path)], cwd=REPO, capture_output=True, timeout=120, env=env)
+    p = subprocess.run(
+        SENSOR
+        + ["replay", str(big_pcap), "--config", str(DEMO_CFG), "--stdout", "--format", "json", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        timeout=120,
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     summary = json.loads(p.stderr)
     written = sum(summary["outputs"]["records"].values())

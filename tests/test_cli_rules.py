@@ -1,4 +1,5 @@
 """`xfer-sensor rules list` and `xfer-sensor rules test RULE PCAP`."""
+
 from __future__ import annotations
 
 import calendar
@@ -27,8 +28,9 @@ def partner_pcap(tmp_path_factory) -> tuple[Path, Path]:
     pkts = []
     for j, server in enumerate(("198.51.100.5", "203.0.113.9")):
         for i in range(4):
-            pkts += tcp_session("10.1.1.5", server, 40000 + 10 * j + i, 21, T0 + i * 600 + j,
-                                c2s=b"USER u\r\n", s2c=b"220 hi\r\n")
+            pkts += tcp_session(
+                "10.1.1.5", server, 40000 + 10 * j + i, 21, T0 + i * 600 + j, c2s=b"USER u\r\n", s2c=b"220 hi\r\n"
+            )
     cfg = d / "cfg.yaml"
     cfg.write_text("ip_type_overrides: {198.51.100.0/24: Public, 203.0.113.0/24: Public}\n")
     return write_pcap(d / "partner.pcap", pkts), cfg
@@ -45,16 +47,24 @@ def test_rules_list_default():
 def test_rules_list_shows_allow_entries_and_expiry(tmp_path):
     p = sensor("rules", "list", "--rules", str(EX / "allow_partner_cidr.yml"))
     assert p.returncode == 0
-    assert "allow filter_partner_contoso: Contoso payroll file drop (change CHG-1042, owner finance-it) " \
-           "(expires 2027-06-30)" in p.stdout
+    assert (
+        "allow filter_partner_contoso: Contoso payroll file drop (change CHG-1042, owner finance-it) "
+        "(expires 2027-06-30)" in p.stdout
+    )
     old = tmp_path / "old.yml"
     old.write_text((EX / "allow_partner_cidr.yml").read_text().replace("expires: 2027-06-30", "expires: 2020-01-31"))
     p = sensor("rules", "list", "--rules", str(old), "--format", "json")
     assert p.returncode == 0
     rows = json.loads(p.stdout)
     det = next(r for r in rows if r["kind"] == "detection")
-    assert det["allow"] == [{"selection": "filter_partner_contoso", "expires": "2020-01-31", "expired": True,
-                             "reason": "Contoso payroll file drop (change CHG-1042, owner finance-it)"}]
+    assert det["allow"] == [
+        {
+            "selection": "filter_partner_contoso",
+            "expires": "2020-01-31",
+            "expired": True,
+            "reason": "Contoso payroll file drop (change CHG-1042, owner finance-it)",
+        }
+    ]
     assert "allow entry 'filter_partner_contoso' expired on 2020-01-31" in p.stderr
     p = sensor("check", "--rules", str(old))
     assert p.returncode == 0 and "expired on 2020-01-31" in p.stderr
@@ -62,15 +72,26 @@ def test_rules_list_shows_allow_entries_and_expiry(tmp_path):
 
 def test_rules_test_says_what_matched_and_why_one_was_suppressed(partner_pcap):
     pcap, cfg = partner_pcap
-    p = sensor("rules", "test", "xfer_repeated_public_file_transfer", str(pcap), "--config", str(cfg),
-               "--rules", str(EX / "allow_partner_cidr.yml"))
+    p = sensor(
+        "rules",
+        "test",
+        "xfer_repeated_public_file_transfer",
+        str(pcap),
+        "--config",
+        str(cfg),
+        "--rules",
+        str(EX / "allow_partner_cidr.yml"),
+    )
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     sup = [x for x in lines if x.startswith("SUPPRESSED")]
     hit = [x for x in lines if x.startswith("MATCHED")]
     assert len(sup) == 4 and all("-> 198.51.100.5:21" in x for x in sup)
-    assert all("allowed by filter_partner_contoso (Contoso payroll file drop (change CHG-1042, owner finance-it)), "
-               "expires 2027-06-30" in x for x in sup)
+    assert all(
+        "allowed by filter_partner_contoso (Contoso payroll file drop (change CHG-1042, owner finance-it)), "
+        "expires 2027-06-30" in x
+        for x in sup
+    )
     assert len(hit) == 4 and all("-> 203.0.113.9:21" in x and "[selections: selection]" in x for x in hit)
     assert "8 connection(s): 4 matched, 4 suppressed by allow entries" in p.stdout
     alerts = [x for x in lines if x.startswith("ALERT")]
@@ -79,8 +100,7 @@ def test_rules_test_says_what_matched_and_why_one_was_suppressed(partner_pcap):
 
 def test_rules_test_by_file_and_json(partner_pcap):
     pcap, cfg = partner_pcap
-    p = sensor("rules", "test", str(EX / "allow_partner_cidr.yml"), str(pcap), "--config", str(cfg),
-               "--format", "json")
+    p = sensor("rules", "test", str(EX / "allow_partner_cidr.yml"), str(pcap), "--config", str(cfg), "--format", "json")
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     verdicts = sorted((e["RemoteIP"], e["verdict"]) for e in doc["events"])
@@ -90,8 +110,9 @@ def test_rules_test_by_file_and_json(partner_pcap):
     assert sup["suppressed_by"][0]["selection"] == "filter_partner_contoso"
     assert [a["RemoteIP"] for a in doc["alerts"] if "ConnectionCount" in a] == ["203.0.113.9"]
     # the shipped rule, same capture: both servers match, nothing suppressed
-    p = sensor("rules", "test", "xfer_public_file_transfer_connection", str(pcap), "--config", str(cfg),
-               "--format", "json")
+    p = sensor(
+        "rules", "test", "xfer_public_file_transfer_connection", str(pcap), "--config", str(cfg), "--format", "json"
+    )
     doc = json.loads(p.stdout)
     assert sorted({e["verdict"] for e in doc["events"]}) == ["matched"] and len(doc["events"]) == 8
 

@@ -1,4 +1,5 @@
 """Config and rules are validated at load time; errors name file, rule and field."""
+
 import subprocess
 import sys
 import textwrap
@@ -6,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from sensor.records.communityid import community_id_v1
 from sensor.core.config import ConfigError, config_from_dict, load_config
 from sensor.core.iptype import IpTyper
-from sensor.records.mde import RECORD_FIELDS
 from sensor.detect.rules import RuleError, load_rules
+from sensor.records.communityid import community_id_v1
+from sensor.records.mde import RECORD_FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
 GOOD_BASE = """
@@ -39,14 +40,27 @@ def test_shipped_rules_load():
     assert (c.timespan_s, c.op, c.threshold) == (86400, "gt", 3)
 
 
-@pytest.mark.parametrize("body,rule,field,words", [
-    ("selection: {RemotePrt: 21}\n  condition: selection", "base-1", "detection.RemotePrt", "unknown field"),
-    ("selection: {RemotePort|fuzzy: 21}\n  condition: selection", "base-1", "detection.RemotePort|fuzzy", "unsupported modifier"),
-    ("selection: {RemotePort: 21}\n  condition: selection | count() > 3", "base-1", "detection.condition", "pipe"),
-    ("selection: {RemotePort: 21}\n  condition: selecton", "base-1", "detection.condition", "unknown selection"),
-    ("selection: [ftp, smb]\n  condition: selection", "base-1", "detection.selection", "keyword"),
-    ("selection: {RemoteIP|cidr: 10.0.0.0/33}\n  condition: selection", "base-1", "detection.RemoteIP|cidr", "CIDR"),
-])
+@pytest.mark.parametrize(
+    "body,rule,field,words",
+    [
+        ("selection: {RemotePrt: 21}\n  condition: selection", "base-1", "detection.RemotePrt", "unknown field"),
+        (
+            "selection: {RemotePort|fuzzy: 21}\n  condition: selection",
+            "base-1",
+            "detection.RemotePort|fuzzy",
+            "unsupported modifier",
+        ),
+        ("selection: {RemotePort: 21}\n  condition: selection | count() > 3", "base-1", "detection.condition", "pipe"),
+        ("selection: {RemotePort: 21}\n  condition: selecton", "base-1", "detection.condition", "unknown selection"),
+        ("selection: [ftp, smb]\n  condition: selection", "base-1", "detection.selection", "keyword"),
+        (
+            "selection: {RemoteIP|cidr: 10.0.0.0/33}\n  condition: selection",
+            "base-1",
+            "detection.RemoteIP|cidr",
+            "CIDR",
+        ),
+    ],
+)
 def test_bad_detection_refused(tmp_path, body, rule, field, words):
     text = GOOD_BASE.replace("selection: {RemotePort: 21}\n  condition: selection", body)
     with pytest.raises(RuleError) as e:
@@ -55,15 +69,42 @@ def test_bad_detection_refused(tmp_path, body, rule, field, words):
     assert words in str(e.value) and "r.yml" in str(e.value)
 
 
-@pytest.mark.parametrize("corr,field,words", [
-    ("type: value_count", "correlation.type", "event_count"),
-    ("type: event_count\n  rules: [nope]\n  group-by: [RemoteIP]\n  timespan: 24h\n  condition: {gt: 3}", "correlation.rules", "nope"),
-    ("type: event_count\n  rules: [base]\n  group-by: [RemoteIp]\n  timespan: 24h\n  condition: {gt: 3}", "correlation.group-by", "RemoteIp"),
-    ("type: event_count\n  rules: [base]\n  group-by: [RemoteIP]\n  timespan: 24hours\n  condition: {gt: 3}", "correlation.timespan", "24h"),
-    ("type: event_count\n  rules: [base]\n  group-by: [RemoteIP]\n  timespan: 24h\n  condition: {lt: 3}", "correlation.condition.lt", "gt"),
-    ("type: event_count\n  rules: [base]\n  group-by: [RemoteIP]\n  timespan: 24h\n  condition: {gt: three}", "correlation.condition.gt", "whole number"),
-    ("type: event_count\n  rules: [base]\n  groupby: [RemoteIP]\n  timespan: 24h\n  condition: {gt: 3}", "correlation.groupby", "unknown key"),
-])
+@pytest.mark.parametrize(
+    "corr,field,words",
+    [
+        ("type: value_count", "correlation.type", "event_count"),
+        (
+            "type: event_count\n  rules: [nope]\n  group-by: [RemoteIP]\n  timespan: 24h\n  condition: {gt: 3}",
+            "correlation.rules",
+            "nope",
+        ),
+        (
+            "type: event_count\n  rules: [base]\n  group-by: [RemoteIp]\n  timespan: 24h\n  condition: {gt: 3}",
+            "correlation.group-by",
+            "RemoteIp",
+        ),
+        (
+            "type: event_count\n  rules: [base]\n  group-by: [RemoteIP]\n  timespan: 24hours\n  condition: {gt: 3}",
+            "correlation.timespan",
+            "24h",
+        ),
+        (
+            "type: event_count\n  rules: [base]\n  group-by: [RemoteIP]\n  timespan: 24h\n  condition: {lt: 3}",
+            "correlation.condition.lt",
+            "gt",
+        ),
+        (
+            "type: event_count\n  rules: [base]\n  group-by: [RemoteIP]\n  timespan: 24h\n  condition: {gt: three}",
+            "correlation.condition.gt",
+            "whole number",
+        ),
+        (
+            "type: event_count\n  rules: [base]\n  groupby: [RemoteIP]\n  timespan: 24h\n  condition: {gt: 3}",
+            "correlation.groupby",
+            "unknown key",
+        ),
+    ],
+)
 def test_bad_correlation_refused(tmp_path, corr, field, words):
     text = GOOD_BASE + "---\ntitle: c\nid: corr-1\ncorrelation:\n  " + corr + "\n"
     with pytest.raises(RuleError) as e:
@@ -84,7 +125,8 @@ def test_sigma_filter_condition_and_modifiers(tmp_path):
         "selection: {RemotePort: [21, 990], RemoteIP|startswith: '93.'}\n"
         "  filter_partner: {RemoteIP|cidr: 93.184.216.0/24}\n"
         "  filter_big: {SentBytes|gt: 1000}\n"
-        "  condition: selection and not 1 of filter_*")
+        "  condition: selection and not 1 of filter_*",
+    )
     rs = load_rules(rules_dir(tmp_path, text), RECORD_FIELDS)
     m = rs.detections[0].match
     assert m({"RemotePort": 21, "RemoteIP": "93.1.2.3", "SentBytes": 5})
@@ -115,7 +157,9 @@ def test_check_command_exit_codes(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "sensor", "check"], capture_output=True, text=True, cwd=REPO)
     assert ok.returncode == 0, ok.stderr
     bad = rules_dir(tmp_path, GOOD_BASE.replace("RemotePort: 21", "RemotPort: 21"))
-    r = subprocess.run([sys.executable, "-m", "sensor", "check", "--rules", str(bad)], capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-m", "sensor", "check", "--rules", str(bad)], capture_output=True, text=True, cwd=REPO
+    )
     assert r.returncode == 2
     assert "r.yml" in r.stderr and "base-1" in r.stderr and "RemotPort" in r.stderr
     assert "Traceback" not in r.stderr
@@ -123,30 +167,67 @@ def test_check_command_exit_codes(tmp_path):
 
 def test_ip_types_and_overrides():
     t = IpTyper()
-    assert [t.type_of(a) for a in ("8.8.8.8", "10.1.2.3", "192.168.1.1", "127.0.0.1", "169.254.1.1",
-                                   "224.0.0.1", "255.255.255.255", "100.64.0.1", "2001:0:4136:e378::1",
-                                   "::ffff:8.8.8.8", "fe80::1", "fd00::1", "2606:2800:220:1::1", "192.0.2.1")] == [
-        "Public", "Private", "Private", "Loopback", "LinkLocal", "Multicast", "Broadcast", "Reserved",
-        "Teredo", "FourToSixMapping", "LinkLocal", "Private", "Public", "Reserved"]
-    cfg = config_from_dict({"ip_type_overrides": {"10.77.0.0/24": "Public", "10.77.0.9/32": "Private",
-                                                   "100.64.0.0/10": "Private"}})
+    assert [
+        t.type_of(a)
+        for a in (
+            "8.8.8.8",
+            "10.1.2.3",
+            "192.168.1.1",
+            "127.0.0.1",
+            "169.254.1.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "100.64.0.1",
+            "2001:0:4136:e378::1",
+            "::ffff:8.8.8.8",
+            "fe80::1",
+            "fd00::1",
+            "2606:2800:220:1::1",
+            "192.0.2.1",
+        )
+    ] == [
+        "Public",
+        "Private",
+        "Private",
+        "Loopback",
+        "LinkLocal",
+        "Multicast",
+        "Broadcast",
+        "Reserved",
+        "Teredo",
+        "FourToSixMapping",
+        "LinkLocal",
+        "Private",
+        "Public",
+        "Reserved",
+    ]
+    cfg = config_from_dict(
+        {"ip_type_overrides": {"10.77.0.0/24": "Public", "10.77.0.9/32": "Private", "100.64.0.0/10": "Private"}}
+    )
     t = IpTyper(cfg.ip_type_overrides)
     assert t.type_of("10.77.0.2") == "Public"
-    assert t.type_of("10.77.0.9") == "Private"   # the most specific prefix wins
+    assert t.type_of("10.77.0.9") == "Private"  # the most specific prefix wins
     assert t.type_of("100.64.3.3") == "Private"
 
 
 def test_home_net_and_inventory_pick_the_device(replay):
     from tests.support.craft import tcp_session
+
     pkts = tcp_session("10.77.0.1", "10.77.0.2", 40000, 21, 1_700_000_000.0, c2s=b"x" * 7)
     r = replay(pkts, config={"home_net": ["10.77.0.2/32"], "inventory": {"10.77.0.2": "ftp-server-1"}})
     c = r.connections[0]
     assert (c["DeviceName"], c["LocalIP"], c["LocalPort"], c["ActionType"], c["ReceivedBytes"]) == (
-        "ftp-server-1", "10.77.0.2", 21, "InboundConnectionAccepted", 7)
+        "ftp-server-1",
+        "10.77.0.2",
+        21,
+        "InboundConnectionAccepted",
+        7,
+    )
 
 
 def test_community_id_spec_vector():
     import ipaddress
+
     # from the Community ID spec's baseline: TCP 128.232.110.120:34855 -> 66.35.250.204:80
     a = ipaddress.ip_address("128.232.110.120").packed
     b = ipaddress.ip_address("66.35.250.204").packed
@@ -161,6 +242,7 @@ def test_rule_yaml_parsed_by_libyaml_equals_python_and_errors_are_pythons(tmp_pa
     import yaml
 
     from sensor.detect.rules import _yaml_documents
+
     for f in sorted((REPO / "rules").rglob("*.yml")):
         text = f.read_text()
         assert _yaml_documents(text) == list(yaml.safe_load_all(text)), f.name

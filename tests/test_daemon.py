@@ -1,6 +1,7 @@
 """The daemon without systemd: live capture on loopback, SIGHUP with a broken
 rule (old rules stay), SIGHUP after a rename (a new file is written),
 SIGTERM (everything flushed, exit in < 5 s). Traffic only on 127.0.0.0/8."""
+
 import json
 import os
 import re
@@ -16,11 +17,12 @@ import pytest
 from tests.support.loopback_ftp import DaemonProcess, banner_server, login_sessions, records_of, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
-PORT = 0   # set by the ftp_server fixture: a free port (other test runs may hold any fixed one)
+PORT = 0  # set by the ftp_server fixture: a free port (other test runs may hold any fixed one)
 SERVER = "127.0.0.2"
 # how long systemd waits after SIGTERM before it kills the daemon: the stop promise
-UNIT_STOP_TIMEOUT_S = int(re.search(r"^TimeoutStopSec=(\d+)$", (REPO / "systemd" / "xfer-sensor.service").read_text(),
-                                    re.M).group(1))
+UNIT_STOP_TIMEOUT_S = int(
+    re.search(r"^TimeoutStopSec=(\d+)$", (REPO / "systemd" / "xfer-sensor.service").read_text(), re.M).group(1)
+)
 
 
 @pytest.fixture
@@ -48,15 +50,33 @@ class Daemon(DaemonProcess):
         self.cfg = tmp / "config.yaml"
         self.cfg.write_text(
             f"tracked_ports: [{PORT}]\nhome_net: [127.0.0.1/32]\nip_type_overrides: {{'{SERVER}/32': Public}}\n"
-            "timeouts: {tcp_closed: 0.3, tcp_attempt: 2}\nlimits: {flow_scan_interval: 0.1}\n")
+            "timeouts: {tcp_closed: 0.3, tcp_attempt: 2}\nlimits: {flow_scan_interval: 0.1}\n"
+        )
         # the shipped rule selects the real FTP ports; test it on ours
         r = self.rules / "t1071_002_file_transfer_protocols.yml"
         r.write_text(r.read_text().replace("      - 20\n", f"      - {PORT}\n      - 20\n"))
-        super().__init__([sys.executable, "-m", "sensor.daemon", "-i", "lo", "--out", str(self.out),
-                          "--config", str(self.cfg), "--rules", str(self.rules), "--allow-root",
-                          "--mode", mode, *extra,
-                          "--state-dir", str(tmp / "state")],   # not the host's /var/lib/xfer-sensor
-                         REPO)
+        super().__init__(
+            [
+                sys.executable,
+                "-m",
+                "sensor.daemon",
+                "-i",
+                "lo",
+                "--out",
+                str(self.out),
+                "--config",
+                str(self.cfg),
+                "--rules",
+                str(self.rules),
+                "--allow-root",
+                "--mode",
+                mode,
+                *extra,
+                "--state-dir",
+                str(tmp / "state"),
+            ],  # not the host's /var/lib/xfer-sensor
+            REPO,
+        )
 
 
 @pytest.mark.root
@@ -72,13 +92,14 @@ def test_daemon_signals(tmp_path, ftp_server):
         assert (a["RemoteIP"], a["RemotePort"], a["ConnectionCount"], a["AccountName"]) == (SERVER, PORT, 4, "alice")
 
         # a broken rule: refused, logged, the old rules stay (and so do their windows)
-        (d.rules / "zz_broken.yml").write_text("title: x\nid: broken-1\nlogsource: {category: x}\n"
-                                               "detection:\n  sel: {RemotPort: 21}\n  condition: sel\n")
+        (d.rules / "zz_broken.yml").write_text(
+            "title: x\nid: broken-1\nlogsource: {category: x}\ndetection:\n  sel: {RemotPort: 21}\n  condition: sel\n"
+        )
         d.p.send_signal(signal.SIGHUP)
         wait_for(lambda: b"reload refused" in d.err(), what="the refusal")
         assert b"broken-1" in d.err() and b"RemotPort" in d.err()
-        sessions(1, "alice")            # the 5th of the key: joins the alert, no new one
-        sessions(4, "bob")              # a new key crosses: one new alert
+        sessions(1, "alice")  # the 5th of the key: joins the alert, no new one
+        sessions(4, "bob")  # a new key crosses: one new alert
         wait_for(lambda: len(read(conns)) == 9, what="9 connection records")
         wait_for(lambda: len(read(d.out / "alerts.jsonl")) == 2, what="bob's alert")
         assert read(d.out / "alerts.jsonl")[1]["AccountName"] == "bob"
@@ -128,7 +149,8 @@ def test_endpoint_mode_names_the_process_and_account(tmp_path, ftp_server):
     import shutil
     import socket as _socket
     import tempfile
-    bindir = Path(tempfile.mkdtemp(prefix="xs-client-"))   # 0700 pytest folders are closed to nobody
+
+    bindir = Path(tempfile.mkdtemp(prefix="xs-client-"))  # 0700 pytest folders are closed to nobody
     os.chmod(bindir, 0o755)
     prog = bindir / "xs-ftp-client"
     prog.symlink_to(os.path.realpath(sys.executable))
@@ -138,16 +160,31 @@ def test_endpoint_mode_names_the_process_and_account(tmp_path, ftp_server):
     d = Daemon(tmp_path, "endpoint", "--metrics-listen", f"127.0.0.1:{mport}")
     try:
         pids = []
-        for _ in range(2):   # two processes, two sessions each
-            c = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(prog),
-                                  "-c", CLIENT, str(PORT), "alice", "bob"], cwd="/")
+        for _ in range(2):  # two processes, two sessions each
+            c = subprocess.Popen(
+                [
+                    "setpriv",
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    str(prog),
+                    "-c",
+                    CLIENT,
+                    str(PORT),
+                    "alice",
+                    "bob",
+                ],
+                cwd="/",
+            )
             assert c.wait(10) == 0
             pids.append(c.pid)
         conns = d.out / "connections.jsonl"
         wait_for(lambda: len(read(conns)) == 4, what="4 connection records")
         recs = read(conns)
         nobody = pwd.getpwuid(65534).pw_name
-        assert [r["InitiatingProcessId"] for r in recs] == [pids[0], pids[0], pids[1], pids[1]], [(r["AttributionSource"], r["InitiatingProcessAccountName"], r["LocalPort"], r["Timestamp"]) for r in recs]
+        assert [r["InitiatingProcessId"] for r in recs] == [pids[0], pids[0], pids[1], pids[1]], [
+            (r["AttributionSource"], r["InitiatingProcessAccountName"], r["LocalPort"], r["Timestamp"]) for r in recs
+        ]
         for r in recs:
             assert r["InitiatingProcessFileName"] == "xs-ftp-client", r
             assert r["InitiatingProcessAccountName"] == nobody and r["AccountName"] == nobody, r
@@ -166,6 +203,7 @@ def test_endpoint_mode_names_the_process_and_account(tmp_path, ftp_server):
             body = urllib.request.urlopen(f"http://127.0.0.1:{mport}/metrics", timeout=5).read().decode()
             m = re.search(r'^xfer_sensor_attributions_total\{source="socket"\} (\S+)$', body, re.M)
             return float(m.group(1)) if m else -1
+
         wait_for(lambda: socket_count() >= 4, what="/metrics to count the attributions")
         d.p.send_signal(signal.SIGTERM)
         assert d.p.wait(10) == 0
@@ -180,8 +218,13 @@ def test_endpoint_mode_names_the_process_and_account(tmp_path, ftp_server):
 @pytest.mark.root
 def test_daemon_refuses_root_without_the_flag(tmp_path):
     assert os.geteuid() == 0, "the daemon tests run as root (scripts/test.sh)"
-    r = subprocess.run([sys.executable, "-m", "sensor", "run", "-i", "lo", "--out", str(tmp_path)],
-                       cwd=REPO, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [sys.executable, "-m", "sensor", "run", "-i", "lo", "--out", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2 and "refusing to run as root" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -191,15 +234,36 @@ def test_unprivileged_daemon_keeps_only_the_capabilities_it_needs(tmp_path):
     no capability at all; its attribution helper keeps only CAP_SYS_PTRACE
     and CAP_DAC_READ_SEARCH (the lookups), not the capture's."""
     from sensor.io.privileges import CAP_DAC_READ_SEARCH, CAP_NET_ADMIN, CAP_NET_RAW, CAP_SYS_PTRACE, effective_caps
+
     out = tmp_path / "out"
     out.mkdir()
     os.chmod(tmp_path, 0o755)
     os.chmod(out, 0o777)
     caps = "+net_raw,+net_admin,+sys_ptrace,+dac_read_search"
-    p = subprocess.Popen(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", f"--inh-caps={caps}",
-                          f"--ambient-caps={caps}", sys.executable, "-m", "sensor.daemon", "-i", "lo",
-                          "--out", str(out), "--rules", str(REPO / "rules"), "--state-dir", str(out / "state")],
-                         cwd=REPO, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            f"--inh-caps={caps}",
+            f"--ambient-caps={caps}",
+            sys.executable,
+            "-m",
+            "sensor.daemon",
+            "-i",
+            "lo",
+            "--out",
+            str(out),
+            "--rules",
+            str(REPO / "rules"),
+            "--state-dir",
+            str(out / "state"),
+        ],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         err = ""
         end = time.time() + 60
@@ -210,8 +274,11 @@ def test_unprivileged_daemon_keeps_only_the_capabilities_it_needs(tmp_path):
             err += line
         assert "capturing on lo" in err, err
         import psutil
+
         assert effective_caps(p.pid) == 0, hex(effective_caps(p.pid))
-        helpers = [c for c in psutil.Process(p.pid).children() if "sensor.attribution.attributor" in " ".join(c.cmdline())]
+        helpers = [
+            c for c in psutil.Process(p.pid).children() if "sensor.attribution.attributor" in " ".join(c.cmdline())
+        ]
         assert len(helpers) == 1, [c.cmdline() for c in psutil.Process(p.pid).children()]
         eff = effective_caps(helpers[0].pid)
         assert eff == (1 << CAP_SYS_PTRACE) | (1 << CAP_DAC_READ_SEARCH), hex(eff)

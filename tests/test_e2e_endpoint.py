@@ -47,6 +47,7 @@ skip.  Traffic goes only to the lab's own addresses (asserted on the pcap).
 Run: ``sudo .venv/bin/python -m pytest -q -s tests/test_e2e_endpoint.py``
 (10-40 s); ``XSE2E_KEEP=DIR`` keeps the records, the pcap and the poll.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -61,7 +62,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -78,13 +79,13 @@ pytestmark = [pytest.mark.lab, pytest.mark.root]
 LAB_PREFIX = "xse2e"
 LAB_SUBNET = "10.81.0"
 USERS = ("xse2eu1", "xse2eu2")
-SHORT_RUNS = 224             # one-shot curl FTP / tftp / smbclient runs (>= 50; 99 % of 224 allows two misses:
+SHORT_RUNS = 224  # one-shot curl FTP / tftp / smbclient runs (>= 50; 99 % of 224 allows two misses:
 #                              a sample big enough that a stall of the host, not a fault, rarely decides)
-REQUIRED_RATE = 0.99         # control connections, requests, SMB sessions
+REQUIRED_RATE = 0.99  # control connections, requests, SMB sessions
 POLL_INTERVAL_S = 0.1
-REUSED_PORT = 46969          # curl tftp:// --local-port: two processes, one 5-tuple
-METRICS_PORT = 9781          # the daemon's /metrics, on the client namespace's loopback
-CORRELATION_ID = "0b7f5a8e-9d4c-4c1b-8f6a-1e2d3c4b5a69"   # rules/t1071_002_file_transfer_protocols.yml
+REUSED_PORT = 46969  # curl tftp:// --local-port: two processes, one 5-tuple
+METRICS_PORT = 9781  # the daemon's /metrics, on the client namespace's loopback
+CORRELATION_ID = "0b7f5a8e-9d4c-4c1b-8f6a-1e2d3c4b5a69"  # rules/t1071_002_file_transfer_protocols.yml
 SOURCE_SOCKET = "socket"
 SOURCE_LINKED = "linked-control-connection"
 POLLER = Path(__file__).resolve().parent / "lab" / "poller.py"
@@ -96,12 +97,12 @@ POLLER = Path(__file__).resolve().parent / "lab" / "poller.py"
 
 @dataclass
 class Run:
-    kind: str                    # curl-ftp | tftp-get | tftp-put | smbclient-get | lftp
+    kind: str  # curl-ftp | tftp-get | tftp-put | smbclient-get | lftp
     session: Session
-    short: bool                  # one of the short-lived runs of the rate
-    rport: int                   # the service port
-    transport: str               # Tcp | Udp
-    data_channels: int           # linked data connections / transfer flows expected
+    short: bool  # one of the short-lived runs of the rate
+    rport: int  # the service port
+    transport: str  # Tcp | Udp
+    data_channels: int  # linked data connections / transfer flows expected
     primary: dict | None = None  # its control connection / request / SMB session record
     primaries: list = field(default_factory=list)
     data: list = field(default_factory=list)
@@ -120,65 +121,103 @@ class Run:
 
 
 def _ts(iso: str) -> float:
-    return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc).timestamp()
+    return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def _plan(recs: dict[str, Recorder], servers: dict, n_short: int) -> list:
     """(kind, user, thunk) in run order: kinds interleaved, users alternating."""
     v, tf, smb = servers["ftp21"], servers["tftp"], servers["smb"]
     plan = []
-    seen: Counter = Counter()          # runs of each kind so far (both users)
+    seen: Counter = Counter()  # runs of each kind so far (both users)
     for i in range(n_short):
         user = USERS[i % 2]
         r = recs[user]
-        j = i // 2                     # both users run the same kind in turn
+        j = i // 2  # both users run the same kind in turn
         tag = f"{i}_"
         kind = ("curl", "tftp", "curl", "smb", "tftp", "curl", "tftp")[j % 7]
-        n = seen[kind] // 2            # this user's how-many-th run of the kind
+        n = seen[kind] // 2  # this user's how-many-th run of the kind
         seen[kind] += 1
         if kind == "curl":
             variant = n % 4
-            if variant == 0:      # anonymous get, EPSV
-                thunk = (lambda r=r, tag=tag: r.curl_ftp(
-                    r.dl("tiny.txt", "pub/tiny.txt", v.pub, "passive", tag), mode="passive-epsv"))
-            elif variant == 1:    # anonymous put, PASV
-                thunk = (lambda r=r, i=i, user=user: r.curl_ftp(
-                    r.ul("blk1536.bin", f"upload/e2e_{user}_{i}.bin", v.upload, "passive"),
-                    mode="passive-pasv", extra=["--disable-epsv"]))
-            elif variant == 2:    # local login, get, active EPRT (data from port 20)
-                thunk = (lambda r=r, tag=tag: r.curl_ftp(
-                    r.dl("odd.bin", "odd.bin", v.local_root, 20, tag), user="xsuser1",
-                    mode="active-eprt", extra=["-P", "-"]))
-            else:                 # local login, put, EPSV
-                thunk = (lambda r=r, i=i, user=user: r.curl_ftp(
-                    r.ul("tiny.txt", f"e2e_{user}_{i}.txt", v.local_root, "passive"), user="xsuser2"))
+            if variant == 0:  # anonymous get, EPSV
+
+                def thunk(r=r, tag=tag):
+                    return r.curl_ftp(r.dl("tiny.txt", "pub/tiny.txt", v.pub, "passive", tag), mode="passive-epsv")
+            elif variant == 1:  # anonymous put, PASV
+
+                def thunk(r=r, i=i, user=user):
+                    return r.curl_ftp(
+                        r.ul("blk1536.bin", f"upload/e2e_{user}_{i}.bin", v.upload, "passive"),
+                        mode="passive-pasv",
+                        extra=["--disable-epsv"],
+                    )
+            elif variant == 2:  # local login, get, active EPRT (data from port 20)
+
+                def thunk(r=r, tag=tag):
+                    return r.curl_ftp(
+                        r.dl("odd.bin", "odd.bin", v.local_root, 20, tag),
+                        user="xsuser1",
+                        mode="active-eprt",
+                        extra=["-P", "-"],
+                    )
+            else:  # local login, put, EPSV
+
+                def thunk(r=r, i=i, user=user):
+                    return r.curl_ftp(r.ul("tiny.txt", f"e2e_{user}_{i}.txt", v.local_root, "passive"), user="xsuser2")
+
             plan.append(("curl-ftp", user, thunk))
         elif kind == "tftp":
             if n % 2 == 0:
-                thunk = (lambda r=r, tag=tag: r.tftp_hpa(r.dl("blk1536.bin", "blk1536.bin", tf.dir, None, tag)))
+
+                def thunk(r=r, tag=tag):
+                    return r.tftp_hpa(r.dl("blk1536.bin", "blk1536.bin", tf.dir, None, tag))
+
                 plan.append(("tftp-get", user, thunk))
             else:
-                thunk = (lambda r=r, i=i, user=user: r.tftp_hpa(
-                    r.ul("tiny.txt", f"e2e_{user}_{i}.txt", tf.dir)))
+
+                def thunk(r=r, i=i, user=user):
+                    return r.tftp_hpa(r.ul("tiny.txt", f"e2e_{user}_{i}.txt", tf.dir))
+
                 plan.append(("tftp-put", user, thunk))
         else:
-            if n % 2 == 0:        # guest
-                thunk = (lambda r=r, tag=tag: r.smbclient(
-                    "public", [r.dl("tiny.txt", "tiny.txt", smb.shares["public"], None, tag)],
-                    port=445, user=None, mode="guest"))
-            else:                 # a Samba user (the process account stays the local one)
-                thunk = (lambda r=r, tag=tag: r.smbclient(
-                    "private", [r.dl("odd.bin", "odd.bin", smb.shares["private"], None, tag)],
-                    port=445, user="xsuser1", mode="user"))
+            if n % 2 == 0:  # guest
+
+                def thunk(r=r, tag=tag):
+                    return r.smbclient(
+                        "public",
+                        [r.dl("tiny.txt", "tiny.txt", smb.shares["public"], None, tag)],
+                        port=445,
+                        user=None,
+                        mode="guest",
+                    )
+            else:  # a Samba user (the process account stays the local one)
+
+                def thunk(r=r, tag=tag):
+                    return r.smbclient(
+                        "private",
+                        [r.dl("odd.bin", "odd.bin", smb.shares["private"], None, tag)],
+                        port=445,
+                        user="xsuser1",
+                        mode="user",
+                    )
+
             plan.append(("smbclient-get", user, thunk))
     return plan
 
 
 def _lftp(r: Recorder, v: Vsftpd, user: str) -> Session:
-    return r.lftp([r.dl("odd.bin", "odd.bin", v.local_root, 20, "lftp_"),
-                   r.ul("blk1536.bin", f"e2e_lftp_{user}.bin", v.local_root, 20)],
-                  user="xsuser2", url=f"ftp://{r.lab.srv_ip}", port=21, protocol="ftp",
-                  mode="active-port", settings="set ftp:passive-mode off; set ftp:ssl-allow no; ")
+    return r.lftp(
+        [
+            r.dl("odd.bin", "odd.bin", v.local_root, 20, "lftp_"),
+            r.ul("blk1536.bin", f"e2e_lftp_{user}.bin", v.local_root, 20),
+        ],
+        user="xsuser2",
+        url=f"ftp://{r.lab.srv_ip}",
+        port=21,
+        protocol="ftp",
+        mode="active-port",
+        settings="set ftp:passive-mode off; set ftp:ssl-allow no; ",
+    )
 
 
 def _expected_data(kind: str, s: Session) -> int:
@@ -210,8 +249,14 @@ class _Result:
 
 
 def _start_poller(lab: Lab, out: Path) -> subprocess.Popen:
-    p = lab.popen(lab.cli_ns, [sys.executable, str(POLLER), str(out), str(POLL_INTERVAL_S)],
-                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = lab.popen(
+        lab.cli_ns,
+        [sys.executable, str(POLLER), str(out), str(POLL_INTERVAL_S)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     r, _, _ = select.select([p.stdout], [], [], 15)
     line = p.stdout.readline() if r else ""
     if line.strip() != "READY":
@@ -239,14 +284,12 @@ def _e2e() -> _Result:
     try:
         with Lab(prefix=LAB_PREFIX, subnet=LAB_SUBNET, workdir=workdir / "lab") as lab:
             t0 = time.monotonic()
-            servers = {"ftp21": Vsftpd(lab).start(), "tftp": Tftpd(lab).start(),
-                       "smb": Smbd(lab, ports="445").start()}
+            servers = {"ftp21": Vsftpd(lab).start(), "tftp": Tftpd(lab).start(), "smb": Smbd(lab, ports="445").start()}
             res.timing["servers_s"] = time.monotonic() - t0
-            recs = {u: Recorder(lab, f"e2e-{u}", servers, "end-to-end endpoint mode", user=u)
-                    for u in USERS}
+            recs = {u: Recorder(lab, f"e2e-{u}", servers, "end-to-end endpoint mode", user=u) for u in USERS}
             config = {"ip_type_overrides": {f"{lab.srv_ip}/32": "Public"}}
             sensor = SensorDaemon(lab, workdir / "sensor", config)
-            if "--metrics-listen" in sensor.help_text():     # the helper's counters, for the report
+            if "--metrics-listen" in sensor.help_text():  # the helper's counters, for the report
                 sensor.extra += ["--metrics-listen", f"127.0.0.1:{METRICS_PORT}"]
             pcap = workdir / "e2e.pcap"
             cap = lab.capture(pcap)
@@ -259,12 +302,19 @@ def _e2e() -> _Result:
             try:
                 t0 = time.monotonic()
                 plan = _plan(recs, servers, SHORT_RUNS)
-                for k, (kind, user, thunk) in enumerate(plan):
+                for k, (kind, _user, thunk) in enumerate(plan):
                     s = thunk()
-                    res.runs.append(Run(kind, s, True, {"c": 21, "t": 69, "s": 445}[kind[0]],
-                                        "Udp" if kind.startswith("tftp") else "Tcp",
-                                        _expected_data(kind, s)))
-                    if k == len(plan) // 2:          # one lftp session per user, mid-way
+                    res.runs.append(
+                        Run(
+                            kind,
+                            s,
+                            True,
+                            {"c": 21, "t": 69, "s": 445}[kind[0]],
+                            "Udp" if kind.startswith("tftp") else "Tcp",
+                            _expected_data(kind, s),
+                        )
+                    )
+                    if k == len(plan) // 2:  # one lftp session per user, mid-way
                         for u in USERS:
                             s = _lftp(recs[u], servers["ftp21"], u)
                             res.runs.append(Run("lftp", s, False, 21, "Tcp", _expected_data("lftp", s)))
@@ -275,16 +325,21 @@ def _e2e() -> _Result:
                 # apart; then the second request gets no lookup of its own)
                 for u in USERS:
                     time.sleep(0.1)
-                    s = recs[u].curl_tftp(recs[u].dl("tiny.txt", "tiny.txt", servers["tftp"].dir, None,
-                                                     "reuse_"), blksize=512,
-                                          extra=["--local-port", str(REUSED_PORT)])
+                    s = recs[u].curl_tftp(
+                        recs[u].dl("tiny.txt", "tiny.txt", servers["tftp"].dir, None, "reuse_"),
+                        blksize=512,
+                        extra=["--local-port", str(REUSED_PORT)],
+                    )
                     res.runs.append(Run("curl-tftp-same-port", s, False, 69, "Udp", 1))
                 res.timing["clients_s"] = time.monotonic() - t0
                 time.sleep(0.3)
                 if "--metrics-listen" in sensor.extra:
-                    time.sleep(1.2)              # one more snapshot (published every second)
-                    res.metrics = [ln for ln in sensor.scrape(METRICS_PORT).splitlines()
-                                   if "attribution" in ln and not ln.startswith("#")]
+                    time.sleep(1.2)  # one more snapshot (published every second)
+                    res.metrics = [
+                        ln
+                        for ln in sensor.scrape(METRICS_PORT).splitlines()
+                        if "attribution" in ln and not ln.startswith("#")
+                    ]
             finally:
                 poll = _stop_poller(lab, poller, poll_out)
                 t0 = time.monotonic()
@@ -301,11 +356,12 @@ def _e2e() -> _Result:
             for srv in servers.values():
                 srv.stop()
         from tests.lab.oracle import conversations
+
         t0 = time.monotonic()
         res.conversations = conversations(pcap, ports=None)
         res.timing["tshark_s"] = time.monotonic() - t0
     finally:
-        keep = os.environ.get("XSE2E_KEEP")     # a folder: keep the records, the pcap and the poll
+        keep = os.environ.get("XSE2E_KEEP")  # a folder: keep the records, the pcap and the poll
         if keep:
             shutil.rmtree(keep, ignore_errors=True)
             Path(keep).mkdir(parents=True)
@@ -332,10 +388,15 @@ def _assign(res: _Result) -> None:
             by_parent[c["ParentUid"]].append(c)
     for run in res.runs:
         s = run.session
-        run.primaries = [c for c in res.connections
-                         if c["Protocol"] == run.transport and c["RemotePort"] == run.rport
-                         and c["RemoteIP"] == res.srv_ip and c["LocalIP"] == res.cli_ip
-                         and s.t_start <= _ts(c["FirstSeen"]) <= s.t_end]
+        run.primaries = [
+            c
+            for c in res.connections
+            if c["Protocol"] == run.transport
+            and c["RemotePort"] == run.rport
+            and c["RemoteIP"] == res.srv_ip
+            and c["LocalIP"] == res.cli_ip
+            and s.t_start <= _ts(c["FirstSeen"]) <= s.t_end
+        ]
         if len(run.primaries) == 1:
             run.primary = run.primaries[0]
             run.data = by_parent.get(run.primary["Uid"], [])
@@ -388,8 +449,7 @@ def _bytes_vs_tshark(c: dict, recs: dict, convs: dict) -> tuple:
 
 def _who(c: dict | None) -> tuple:
     c = c or {}
-    return (c.get("InitiatingProcessFileName"), c.get("InitiatingProcessId"),
-            c.get("InitiatingProcessAccountName"))
+    return (c.get("InitiatingProcessFileName"), c.get("InitiatingProcessId"), c.get("InitiatingProcessAccountName"))
 
 
 def _missed(e2e: _Result) -> tuple[list[Run], int]:
@@ -405,9 +465,10 @@ def _within_budget(e2e: _Result) -> set[int]:
     """ids of the missed runs the rate's budget covers (asserted here: no more)."""
     missed, allowed = _missed(e2e)
     detail = [f"{_what(r)}: {_who(r.primary)} {r.primary.get('AttributionSource')}" for r in missed]
-    assert all(r.short for r in missed) and len(missed) <= allowed, \
-        f"{len(missed)} run(s) not attributed, {allowed} allowed (>= {REQUIRED_RATE:.0%} of the short runs):\n" \
+    assert all(r.short for r in missed) and len(missed) <= allowed, (
+        f"{len(missed)} run(s) not attributed, {allowed} allowed (>= {REQUIRED_RATE:.0%} of the short runs):\n"
         + "\n".join(detail)
+    )
     return {id(r) for r in missed}
 
 
@@ -438,8 +499,10 @@ def test_e2e_daemon_ran_and_saw_every_connection(e2e: _Result):
         if len(run.primaries) != 1:
             problems.append(f"{_what(run)}: {len(run.primaries)} records on port {run.rport}")
         elif len(run.data) != run.data_channels:
-            problems.append(f"{_what(run)}: {len(run.data)} linked records, {run.data_channels} expected: "
-                            f"{[(d['RemotePort'], d['LocalPort'], d.get('AppProtocol')) for d in run.data]}")
+            problems.append(
+                f"{_what(run)}: {len(run.data)} linked records, {run.data_channels} expected: "
+                f"{[(d['RemotePort'], d['LocalPort'], d.get('AppProtocol')) for d in run.data]}"
+            )
     assert not problems, "\n".join(problems)
     # every TCP/UDP conversation on the wire has its record, and no more records than that
     # (tshark's udp.stream is one per 4-tuple: a reused UDP client port is one
@@ -447,8 +510,11 @@ def test_e2e_daemon_ran_and_saw_every_connection(e2e: _Result):
     recs, convs = _by_conversation(e2e)
     missing = [cv.summary() for k, cvs in convs.items() if not recs.get(k) for cv in cvs]
     assert not missing, f"conversations without a record: {missing[:10]}"
-    extra = {k: (len(rs), len(convs.get(k, ()))) for k, rs in recs.items()
-             if len(rs) != len(convs.get(k, ())) and not (k[0] == "udp" and len(convs.get(k, ())) == 1)}
+    extra = {
+        k: (len(rs), len(convs.get(k, ())))
+        for k, rs in recs.items()
+        if len(rs) != len(convs.get(k, ())) and not (k[0] == "udp" and len(convs.get(k, ())) == 1)
+    }
     assert not extra, f"records vs conversations per endpoint pair: {extra}"
     assert not e2e.weird, e2e.weird[:5]
 
@@ -477,11 +543,11 @@ def test_e2e_every_connection_names_process_pid_user_and_bytes(e2e: _Result):
             if id(run) in spared:
                 pass
             elif _who(c) != want:
-                problems.append(f"{where}: process {_who(c)} != {want} ({c.get('AttributionSource')}, "
-                                f"{_detail(c)})")
+                problems.append(f"{where}: process {_who(c)} != {want} ({c.get('AttributionSource')}, {_detail(c)})")
             if c.get("AccountName") != run.user and id(run) not in spared:
-                problems.append(f"{where}: AccountName {c.get('AccountName')!r} != {run.user!r} "
-                                f"(AppUser {c.get('AppUser')!r})")
+                problems.append(
+                    f"{where}: AccountName {c.get('AccountName')!r} != {run.user!r} (AppUser {c.get('AppUser')!r})"
+                )
             # the command line, when the process still had one (a client that is
             # already exiting has none left to read: counted, not a failure)
             cmd = c.get("InitiatingProcessCommandLine") or ""
@@ -504,16 +570,22 @@ def test_e2e_every_connection_names_process_pid_user_and_bytes(e2e: _Result):
             want_files = sorted((t.direction, FILES[t.file][0]) for t in run.session.transfers)
             got_files = sorted((t["Direction"], t["Bytes"]) for t in tr if t["Direction"] != "listing")
             if got_files != want_files or not all(t.get("Complete") for t in tr):
-                problems.append(f"{_what(run)}: transfers {got_files} != files moved {want_files} "
-                                f"(complete: {[t.get('Complete') for t in tr]})")
+                problems.append(
+                    f"{_what(run)}: transfers {got_files} != files moved {want_files} "
+                    f"(complete: {[t.get('Complete') for t in tr]})"
+                )
             if run.kind in ("curl-ftp", "lftp"):
                 data = (sum(d["SentBytes"] for d in run.data), sum(d["ReceivedBytes"] for d in run.data))
                 if (run.primary.get("DataSentBytes"), run.primary.get("DataReceivedBytes")) != data:
-                    problems.append(f"{_what(run)}: control Data*Bytes "
-                                    f"{(run.primary.get('DataSentBytes'), run.primary.get('DataReceivedBytes'))}"
-                                    f" != its data channels' {data}")
-    print(f"\nper-connection checks: {checked} connections of {len(e2e.runs)} client runs, "
-          f"{len(problems)} problem(s); {no_cmdline} without a command line")
+                    problems.append(
+                        f"{_what(run)}: control Data*Bytes "
+                        f"{(run.primary.get('DataSentBytes'), run.primary.get('DataReceivedBytes'))}"
+                        f" != its data channels' {data}"
+                    )
+    print(
+        f"\nper-connection checks: {checked} connections of {len(e2e.runs)} client runs, "
+        f"{len(problems)} problem(s); {no_cmdline} without a command line"
+    )
     assert checked >= len(e2e.runs)
     assert not problems, "\n".join(problems[:40])
 
@@ -523,18 +595,16 @@ def test_e2e_fourth_ftp_session_raises_exactly_one_alert(e2e: _Result):
     than 3 raises exactly one T1071.002 alert, at its fourth session
     (ConnectionCount 4, four of the key's sessions); keys with fewer (lftp:
     one session per user) raise none."""
-    spared = _within_budget(e2e)       # a session not attributed is not its process's session
+    spared = _within_budget(e2e)  # a session not attributed is not its process's session
     sessions = defaultdict(list)
     for run in e2e.runs:
-        if run.primary is not None and run.primary["ActionType"] == "ConnectionSuccess" \
-                and id(run) not in spared:
+        if run.primary is not None and run.primary["ActionType"] == "ConnectionSuccess" and id(run) not in spared:
             sessions[(run.tool, run.user, e2e.srv_ip, run.rport)].append(run.primary)
     alerts = [a for a in e2e.alerts if a.get("RuleId") == CORRELATION_ID and "ConnectionCount" in a]
-    got = Counter((a["InitiatingProcessFileName"], a["AccountName"], a["RemoteIP"], a["RemotePort"])
-                  for a in alerts)
+    got = Counter((a["InitiatingProcessFileName"], a["AccountName"], a["RemoteIP"], a["RemotePort"]) for a in alerts)
     want = Counter({k: 1 for k, v in sessions.items() if len(v) > 3})
     print(f"\nalerts: {dict(got)}\nsessions per key: { {k: len(v) for k, v in sessions.items()} }")
-    for u in USERS:        # the FTP keys this test is about
+    for u in USERS:  # the FTP keys this test is about
         assert len(sessions[("curl", u, e2e.srv_ip, 21)]) > 4
         assert len(sessions[("lftp", u, e2e.srv_ip, 21)]) == 1
     assert got == want, (got, want)
@@ -567,8 +637,10 @@ def test_e2e_data_channels_and_tftp_transfers_carry_the_process(e2e: _Result):
             kinds[kind] += 1
             want = (run.tool, run.pid, run.user)
             if _who(d) != want or d.get("AttributionSource") != SOURCE_LINKED:
-                problems.append(f"{_what(run)}: data {d['LocalPort']}<->{d['RemotePort']} {kind}: "
-                                f"{_who(d)} {d.get('AttributionSource')} != {want} {SOURCE_LINKED}")
+                problems.append(
+                    f"{_what(run)}: data {d['LocalPort']}<->{d['RemotePort']} {kind}: "
+                    f"{_who(d)} {d.get('AttributionSource')} != {want} {SOURCE_LINKED}"
+                )
     print(f"\nlinked data channels by kind: {dict(kinds)}")
     assert not problems, "\n".join(problems[:20])
     # all the shapes were there: passive and active FTP data, TFTP read and write transfers
@@ -584,8 +656,18 @@ def test_e2e_attribution_rate_short_lived_clients_vs_polling(e2e: _Result):
     linked data channels; the 100 ms polling baseline on the very same
     connections, printed beside it."""
     poll = e2e.poll
-    tbl = defaultdict(lambda: {"runs": 0, "sensor_ok": 0, "poll_ok": 0, "data": 0, "data_ok": 0,
-                               "data_linkable": 0, "data_poll_ok": 0, "sources": Counter()})
+    tbl = defaultdict(
+        lambda: {
+            "runs": 0,
+            "sensor_ok": 0,
+            "poll_ok": 0,
+            "data": 0,
+            "data_ok": 0,
+            "data_linkable": 0,
+            "data_poll_ok": 0,
+            "sources": Counter(),
+        }
+    )
     misses = []
     for run in (r for r in e2e.runs if r.short):
         row = tbl[run.kind]
@@ -595,39 +677,53 @@ def test_e2e_attribution_rate_short_lived_clients_vs_polling(e2e: _Result):
         if c is not None and _who(c) == want:
             row["sensor_ok"] += 1
         else:
-            misses.append(f"{_what(run)}: {_who(c)} {(c or {}).get('AttributionSource')} "
-                          f"{_detail(c)} first packet {(c or {}).get('Timestamp')}")
+            misses.append(
+                f"{_what(run)}: {_who(c)} {(c or {}).get('AttributionSource')} "
+                f"{_detail(c)} first packet {(c or {}).get('Timestamp')}"
+            )
         if c is not None:
             row["sources"][c.get("AttributionSource")] += 1
-            if poll.named(c["Protocol"].lower(), c["LocalPort"], c["RemoteIP"], c["RemotePort"], run.pid,
-                          run.tool, run.user):
+            if poll.named(
+                c["Protocol"].lower(), c["LocalPort"], c["RemoteIP"], c["RemotePort"], run.pid, run.tool, run.user
+            ):
                 row["poll_ok"] += 1
         for d in run.data:
             row["data"] += 1
             if c is not None and _who(c) == want:
-                row["data_linkable"] += 1          # its control connection / request was named right
+                row["data_linkable"] += 1  # its control connection / request was named right
             if _who(d) == want and d.get("AttributionSource") == SOURCE_LINKED:
                 row["data_ok"] += 1
-            if poll.named(d["Protocol"].lower(), d["LocalPort"], d["RemoteIP"], d["RemotePort"], run.pid,
-                          run.tool, run.user):
+            if poll.named(
+                d["Protocol"].lower(), d["LocalPort"], d["RemoteIP"], d["RemotePort"], run.pid, run.tool, run.user
+            ):
                 row["data_poll_ok"] += 1
-    tot = {k: sum(r[k] for r in tbl.values()) for k in ("runs", "sensor_ok", "poll_ok", "data", "data_ok",
-                                                       "data_linkable", "data_poll_ok")}
-    lines = ["", f"attribution over {tot['runs']} short-lived client runs (sensor: xfer-sensor run, "
-                 f"endpoint mode; polling: psutil.net_connections every {POLL_INTERVAL_S * 1000:.0f} ms, "
-                 f"{poll.data['polls']} polls, p50 {poll.data['poll_ms_p50']} ms):",
-             f"{'kind':15} {'runs':>4} {'sensor':>14} {'polling':>14} {'data':>4} {'data sensor':>14} "
-             f"{'data polling':>14}  sources"]
+    tot = {
+        k: sum(r[k] for r in tbl.values())
+        for k in ("runs", "sensor_ok", "poll_ok", "data", "data_ok", "data_linkable", "data_poll_ok")
+    }
+    lines = [
+        "",
+        f"attribution over {tot['runs']} short-lived client runs (sensor: xfer-sensor run, "
+        f"endpoint mode; polling: psutil.net_connections every {POLL_INTERVAL_S * 1000:.0f} ms, "
+        f"{poll.data['polls']} polls, p50 {poll.data['poll_ms_p50']} ms):",
+        f"{'kind':15} {'runs':>4} {'sensor':>14} {'polling':>14} {'data':>4} {'data sensor':>14} "
+        f"{'data polling':>14}  sources",
+    ]
 
     def pct(a, b):
         return f"{a}/{b} {100.0 * a / b:5.1f}%" if b else "-"
+
     for kind, r in sorted(tbl.items()):
-        lines.append(f"{kind:15} {r['runs']:>4} {pct(r['sensor_ok'], r['runs']):>14} "
-                     f"{pct(r['poll_ok'], r['runs']):>14} {r['data']:>4} {pct(r['data_ok'], r['data']):>14} "
-                     f"{pct(r['data_poll_ok'], r['data']):>14}  {dict(r['sources'])}")
-    lines.append(f"{'all':15} {tot['runs']:>4} {pct(tot['sensor_ok'], tot['runs']):>14} "
-                 f"{pct(tot['poll_ok'], tot['runs']):>14} {tot['data']:>4} {pct(tot['data_ok'], tot['data']):>14} "
-                 f"{pct(tot['data_poll_ok'], tot['data']):>14}")
+        lines.append(
+            f"{kind:15} {r['runs']:>4} {pct(r['sensor_ok'], r['runs']):>14} "
+            f"{pct(r['poll_ok'], r['runs']):>14} {r['data']:>4} {pct(r['data_ok'], r['data']):>14} "
+            f"{pct(r['data_poll_ok'], r['data']):>14}  {dict(r['sources'])}"
+        )
+    lines.append(
+        f"{'all':15} {tot['runs']:>4} {pct(tot['sensor_ok'], tot['runs']):>14} "
+        f"{pct(tot['poll_ok'], tot['runs']):>14} {tot['data']:>4} {pct(tot['data_ok'], tot['data']):>14} "
+        f"{pct(tot['data_poll_ok'], tot['data']):>14}"
+    )
     final = [ln for ln in e2e.sensor_stderr.splitlines() if "stopped:" in ln]
     lines += ["sensor: " + (final[-1].split("stopped: ", 1)[-1] if final else "(no final status line)")]
     lines += ["sensor /metrics: " + "; ".join(e2e.metrics)] if e2e.metrics else []
@@ -643,8 +739,9 @@ def test_e2e_attribution_rate_short_lived_clients_vs_polling(e2e: _Result):
 def test_e2e_traffic_stays_inside_the_lab(e2e: _Result):
     """Every packet tshark saw on the client's veth is between the lab's own addresses."""
     lab_net = ipaddress.ip_network(f"{LAB_SUBNET}.0/24")
-    outside = [c.summary() for c in e2e.conversations
-               if not all(ipaddress.ip_address(ip) in lab_net for ip, _ in (c.a, c.b))]
+    outside = [
+        c.summary() for c in e2e.conversations if not all(ipaddress.ip_address(ip) in lab_net for ip, _ in (c.a, c.b))
+    ]
     assert e2e.conversations and not outside, outside[:5]
 
 
@@ -658,8 +755,13 @@ def test_e2e_one_client_port_two_processes(e2e: _Result):
     for run in runs:
         assert run.primary is not None, (_what(run), run.primaries)
         assert run.primary["LocalPort"] == REUSED_PORT, run.primary
-        got.append((_who(run.primary), run.primary.get("AttributionSource"),
-                    [(_who(d), d.get("AttributionSource")) for d in run.data]))
+        got.append(
+            (
+                _who(run.primary),
+                run.primary.get("AttributionSource"),
+                [(_who(d), d.get("AttributionSource")) for d in run.data],
+            )
+        )
     want = [((r.tool, r.pid, r.user), SOURCE_SOCKET, [((r.tool, r.pid, r.user), SOURCE_LINKED)]) for r in runs]
     assert got == want
 
@@ -678,14 +780,17 @@ def test_e2e_transfers_carry_the_process(e2e: _Result):
         uids = {run.primary["Uid"], *(d["Uid"] for d in run.data)}
         for t in (t for t in e2e.transfers if t.get("ControlUid") in uids or t.get("Uid") in uids):
             by_kind[run.kind][1] += 1
-            got = (t.get("InitiatingProcessFileName"), t.get("InitiatingProcessId"),
-                   t.get("InitiatingProcessAccountName"))
+            got = (
+                t.get("InitiatingProcessFileName"),
+                t.get("InitiatingProcessId"),
+                t.get("InitiatingProcessAccountName"),
+            )
             if got == (run.tool, run.pid, run.user) and t.get("AttributionSource") not in (None, "none"):
                 by_kind[run.kind][0] += 1
             else:
-                problems.append(f"{_what(run)}: transfer {t['Filename']} {t['Direction']}: {got} "
-                                f"{t.get('AttributionSource')}")
-    print("\ntransfers naming their process: "
-          + ", ".join(f"{k} {ok}/{n}" for k, (ok, n) in sorted(by_kind.items())))
+                problems.append(
+                    f"{_what(run)}: transfer {t['Filename']} {t['Direction']}: {got} {t.get('AttributionSource')}"
+                )
+    print("\ntransfers naming their process: " + ", ".join(f"{k} {ok}/{n}" for k, (ok, n) in sorted(by_kind.items())))
     assert sum(n for _, n in by_kind.values()) >= len(e2e.runs) - len(spared)
     assert not problems, f"{len(problems)} transfer(s):\n" + "\n".join(problems[:20])

@@ -4,6 +4,7 @@ the records; FTP data connections and TFTP transfers inherit the process of
 their control connection / request; AccountName is the process's account,
 else the protocol login; records without a lookup say "none"; a result that
 comes after its record is only counted.  Real lab captures (pcaps/real/)."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -12,14 +13,13 @@ from pathlib import Path
 import pytest
 
 from sensor.attribution.attributor import Attribution
-from sensor.io.capture import read_file
-from sensor.core.config import config_from_dict
 from sensor.attribution.book import AttributionBook, endpoint_config
-from sensor.records.mde import ENDPOINT_FIELDS
+from sensor.core.config import config_from_dict
+from sensor.detect.rules import load_rules
+from sensor.io.capture import read_file
 from sensor.io.sinks import MemorySink
 from sensor.pipeline import Pipeline
-from sensor.records.mde import RECORD_FIELDS
-from sensor.detect.rules import load_rules
+from sensor.records.mde import ENDPOINT_FIELDS, RECORD_FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
 REAL = REPO / "pcaps" / "real"
@@ -29,8 +29,9 @@ CONFIG = {"home_net": [f"{CLIENT}/32"], "ip_type_overrides": {f"{SERVER}/32": "P
 
 def pipeline(book: AttributionBook | None, config: dict = CONFIG) -> tuple[Pipeline, MemorySink]:
     sink = MemorySink()
-    return Pipeline(config_from_dict(config, "<test>"), load_rules(REPO / "rules", RECORD_FIELDS), sink,
-                    attribution=book), sink
+    return Pipeline(
+        config_from_dict(config, "<test>"), load_rules(REPO / "rules", RECORD_FIELDS), sink, attribution=book
+    ), sink
 
 
 def feed(pipe: Pipeline, path: Path) -> None:
@@ -49,10 +50,16 @@ def run(pcap: str | Path, book: AttributionBook | None, config: dict = CONFIG):
 def tftp_get(client_port: int, transfer_port: int, t: float) -> list:
     """A one-block TFTP get (RRQ to 69, DATA from ``transfer_port``, ACK) at ``t``."""
     from tests.support.craft import udp_exchange
+
     rrq = b"\x00\x01a.txt\x00octet\x00"
-    return (udp_exchange(CLIENT, SERVER, client_port, 69, t, [(True, rrq)])
-            + udp_exchange(CLIENT, SERVER, client_port, transfer_port, t + 0.001,
-                           [(False, b"\x00\x03\x00\x01xyz"), (True, b"\x00\x04\x00\x01")]))
+    return udp_exchange(CLIENT, SERVER, client_port, 69, t, [(True, rrq)]) + udp_exchange(
+        CLIENT,
+        SERVER,
+        client_port,
+        transfer_port,
+        t + 0.001,
+        [(False, b"\x00\x03\x00\x01xyz"), (True, b"\x00\x04\x00\x01")],
+    )
 
 
 def key(r: dict) -> tuple:
@@ -60,10 +67,16 @@ def key(r: dict) -> tuple:
 
 
 def proc(pid: int, name: str, user: str) -> Attribution:
-    return Attribution(InitiatingProcessFileName=name, InitiatingProcessId=pid,
-                       InitiatingProcessCommandLine=f"{name} --demo {pid}", InitiatingProcessAccountName=user,
-                       InitiatingProcessParentFileName="bash", AttributionSource="socket",
-                       InitiatingProcessFolderPath=f"/usr/bin/{name}", InitiatingProcessParentId=1)
+    return Attribution(
+        InitiatingProcessFileName=name,
+        InitiatingProcessId=pid,
+        InitiatingProcessCommandLine=f"{name} --demo {pid}",
+        InitiatingProcessAccountName=user,
+        InitiatingProcessParentFileName="bash",
+        AttributionSource="socket",
+        InitiatingProcessFolderPath=f"/usr/bin/{name}",
+        InitiatingProcessParentId=1,
+    )
 
 
 def attribute_sessions(pcap: str) -> tuple[AttributionBook, dict]:
@@ -89,13 +102,22 @@ def test_children_inherit_their_control_connection_process(pcap):
     children = [r for r in recs if r["ParentUid"]]
     assert children, "the capture has data channels / transfers"
     for r in recs:
-        assert list(r)[-len(ENDPOINT_FIELDS):] == list(ENDPOINT_FIELDS)
+        assert list(r)[-len(ENDPOINT_FIELDS) :] == list(ENDPOINT_FIELDS)
         a = expected.get(r["Uid"]) or expected.get(r["ParentUid"])
         assert a is not None, r
-        assert (r["InitiatingProcessFileName"], r["InitiatingProcessId"], r["InitiatingProcessAccountName"],
-                r["InitiatingProcessCommandLine"], r["InitiatingProcessParentFileName"]) == \
-            (a.InitiatingProcessFileName, a.InitiatingProcessId, a.InitiatingProcessAccountName,
-             a.InitiatingProcessCommandLine, "bash"), r
+        assert (
+            r["InitiatingProcessFileName"],
+            r["InitiatingProcessId"],
+            r["InitiatingProcessAccountName"],
+            r["InitiatingProcessCommandLine"],
+            r["InitiatingProcessParentFileName"],
+        ) == (
+            a.InitiatingProcessFileName,
+            a.InitiatingProcessId,
+            a.InitiatingProcessAccountName,
+            a.InitiatingProcessCommandLine,
+            "bash",
+        ), r
         assert r["AccountName"] == a.InitiatingProcessAccountName
         want = "linked-control-connection" if r["ParentUid"] else "socket"
         assert r["AttributionSource"] == want, r
@@ -135,7 +157,7 @@ def test_a_result_after_its_record_is_counted_late_and_not_reused():
     book.missed((6, "10.0.0.1", 40000, "192.0.2.1", 21))
     book.add((6, "10.0.0.1", 40000, "192.0.2.1", 21), proc(1, "curl", "a"))
     assert book.stats["late"] == 1 and len(book) == 0
-    for port in range(6):       # bounded: the oldest go first
+    for port in range(6):  # bounded: the oldest go first
         book.add((6, "10.0.0.1", port, "192.0.2.1", 21), proc(port, "curl", "a"))
     assert len(book) == 4 and book.stats["evicted"] == 2
     assert book.take((6, "10.0.0.1", 0, "192.0.2.1", 21)) is None
@@ -152,16 +174,17 @@ def test_endpoint_config_uses_the_host_name_and_addresses_unless_set():
     nets = (ipaddress.ip_network("10.9.8.7/32"), ipaddress.ip_network("fd00::7/128"))
     cfg = endpoint_config(config_from_dict({}, "<t>"), hostname="ws-17", networks=nets)
     assert cfg.device_name == "ws-17" and cfg.home_net == nets
-    cfg = endpoint_config(config_from_dict({"device_name": "db-1", "home_net": ["10.0.0.0/8"]}, "<t>"),
-                          hostname="ws-17", networks=nets)
+    cfg = endpoint_config(
+        config_from_dict({"device_name": "db-1", "home_net": ["10.0.0.0/8"]}, "<t>"), hostname="ws-17", networks=nets
+    )
     assert cfg.device_name == "db-1" and cfg.home_net == (ipaddress.ip_network("10.0.0.0/8"),)
 
 
 def test_endpoint_records_validate_as_ecs():
     """The process columns map onto ECS process.* (connections and transfers)."""
+    from sensor.records.ecs import EcsProfile
     from tests.test_outputs_profiles import ecs_problems
 
-    from sensor.records.ecs import EcsProfile
     book, expected = attribute_sessions("ftp_active_local.pcap")
     _, sink = run("ftp_active_local.pcap", book)
     prof = EcsProfile(config_from_dict(CONFIG, "<test>"), load_rules(REPO / "rules", RECORD_FIELDS), "sensor-1")
@@ -193,8 +216,12 @@ def test_reused_client_port_each_connection_gets_its_own_process(tmp_path):
     _, sink = run(pcap, book)
     recs = sorted(sink.records["connections"], key=lambda r: r["FirstSeen"])
     got = [(r["RemotePort"], r["InitiatingProcessId"], r["AccountName"], r["AttributionSource"]) for r in recs]
-    assert got == [(69, 501, "alice", "socket"), (50000, 501, "alice", "linked-control-connection"),
-                   (69, 502, "bob", "socket"), (50001, 502, "bob", "linked-control-connection")], got
+    assert got == [
+        (69, 501, "alice", "socket"),
+        (50000, 501, "alice", "linked-control-connection"),
+        (69, 502, "bob", "socket"),
+        (50001, 502, "bob", "linked-control-connection"),
+    ], got
     assert len(book) == 0
     # a record asking while only an earlier connection's result is in gets none
     b1 = AttributionBook()
@@ -220,12 +247,12 @@ def test_transfer_waits_for_its_lookup(tmp_path):
     book = AttributionBook()
     pipe, sink = pipeline(book)
     feed(pipe, pcap)
-    assert sink.records["transfers"] == []            # both ended, no lookup in yet: held
+    assert sink.records["transfers"] == []  # both ended, no lookup in yet: held
     book.add((17, CLIENT, 40001, SERVER, 69), proc(601, "tftp", "carol"), int(t0 * 1e6))
     pipe.attributions_arrived()
     got = [(t["InitiatingProcessId"], t["AttributionSource"]) for t in sink.records["transfers"]]
     assert got == [(601, "socket")], sink.records["transfers"]
-    pipe.finish()                                     # the other lookup never came
+    pipe.finish()  # the other lookup never came
     last = sink.records["transfers"][-1]
     assert len(sink.records["transfers"]) == 2 and last["AttributionSource"] == "none", last
     assert "InitiatingProcessId" not in last or not last["InitiatingProcessId"]
@@ -235,6 +262,7 @@ def test_the_lookup_detail_is_kept_for_the_operator():
     """AdditionalFields.AttributionDetail says how the process was found (or
     why not); a linked connection keeps its control connection's detail."""
     from dataclasses import replace
+
     _, plain = run("ftp_passive_anon.pcap", None)
     book = AttributionBook()
     ctrl = [r for r in plain.records["connections"] if not r["ParentUid"]]
@@ -252,8 +280,10 @@ def test_a_failed_lookup_is_reported_on_its_own_record_after_the_children_asked(
     client was gone) keeps that detail on its record, although its transfer
     asked for the request's process first; the transfer has no process to
     inherit and says so too."""
-    from sensor.attribution.attributor import NO_ATTRIBUTION
     from dataclasses import replace
+
+    from sensor.attribution.attributor import NO_ATTRIBUTION
+
     _, plain = run("tftp.pcap", None)
     book = AttributionBook()
     reqs = [r for r in plain.records["connections"] if r["RemotePort"] == 69]

@@ -8,6 +8,7 @@ every committed capture and on mutated ones (VLAN, QinQ, IPv6, truncated,
 damaged headers, reordered, retransmitted and dropped segments;
 fuzz/mutate.py's generator). Also the one header walk (``decode.locate``) and
 the one sequence unwrap (``decode.seq_unwrap``) they share."""
+
 from __future__ import annotations
 
 import struct
@@ -17,8 +18,7 @@ import pytest
 
 from sensor.core.config import config_from_dict
 from sensor.detect.rules import load_rules
-from sensor.engine.decode import ETHERTYPE_IPV4, ETHERTYPE_IPV6, LATER_FRAGMENT, NOT_IP, OTHER_PROTO, locate, \
-    seq_unwrap
+from sensor.engine.decode import ETHERTYPE_IPV4, ETHERTYPE_IPV6, LATER_FRAGMENT, NOT_IP, OTHER_PROTO, locate, seq_unwrap
 from sensor.io.capture import read_file
 from sensor.io.sinks import MemorySink
 from sensor.pipeline import Pipeline
@@ -29,7 +29,7 @@ from tests.support.mutated import ethernet_batches
 REPO = Path(__file__).resolve().parent.parent
 CAPTURES = sorted([*(REPO / "pcaps").glob("*.pcap"), *(REPO / "pcaps" / "real").glob("*.pcap")])
 RULES = load_rules(REPO / "rules", RECORD_FIELDS)
-SNAPSHOT_EVERY = 37      # packets between two looks at the flow table
+SNAPSHOT_EVERY = 37  # packets between two looks at the flow table
 
 
 def _side(s) -> tuple:
@@ -39,17 +39,48 @@ def _side(s) -> tuple:
 def _flow_table(pipe: Pipeline) -> tuple:
     """Everything the flow table holds, comparable between two pipelines."""
     ft = pipe.flows
-    flows = tuple((k, f.uid, f.orig_b, f.orig_p, f.resp_b, f.resp_p, f.first_ts, f.last_ts, f.qts, f.qver, f.inq,
-                   f.tclass, f.history, f.vlan, f.flipped, f.app, f.weirds, _side(f.o), _side(f.r))
-                  for k, f in sorted(ft.flows.items()))
+    flows = tuple(
+        (
+            k,
+            f.uid,
+            f.orig_b,
+            f.orig_p,
+            f.resp_b,
+            f.resp_p,
+            f.first_ts,
+            f.last_ts,
+            f.qts,
+            f.qver,
+            f.inq,
+            f.tclass,
+            f.history,
+            f.vlan,
+            f.flipped,
+            f.app,
+            f.weirds,
+            _side(f.o),
+            _side(f.r),
+        )
+        for k, f in sorted(ft.flows.items())
+    )
     queues = tuple(tuple((e[0], e[1], e[2], e[3].uid) for e in q) for q in ft.queues)
-    return (ft.now, ft.next_scan, ft.emergency, ft.timeouts_us, tuple(ft.qlive), ft.stats.as_dict(),
-            pipe.decode_stats.as_dict(), flows, queues)
+    return (
+        ft.now,
+        ft.next_scan,
+        ft.emergency,
+        ft.timeouts_us,
+        tuple(ft.qlive),
+        ft.stats.as_dict(),
+        pipe.decode_stats.as_dict(),
+        flows,
+        queues,
+    )
 
 
 def _watched(pipe: Pipeline, snaps: list):
     """``pipe.handler_for``, whose handlers also take a snapshot of the flow
     table every ``SNAPSHOT_EVERY`` packets."""
+
     def handler_for(linktype: int):
         h = pipe.handler_for(linktype)
         n = 0
@@ -60,7 +91,9 @@ def _watched(pipe: Pipeline, snaps: list):
             n += 1
             if n % SNAPSHOT_EVERY == 0:
                 snaps.append(_flow_table(pipe))
+
         return handle
+
     return handler_for
 
 
@@ -72,7 +105,7 @@ def _new(fused: bool, config: dict) -> tuple[Pipeline, LineSink]:
 
 
 def _outcome(pipe: Pipeline, sink: LineSink, snaps: list) -> tuple:
-    snaps.append(_flow_table(pipe))          # the table at the end of the capture
+    snaps.append(_flow_table(pipe))  # the table at the end of the capture
     pipe.finish()
     return sink.lines, pipe.stats(), pipe.detector.hunt_results(), snaps
 
@@ -97,6 +130,7 @@ def _replay_frames(frames, fused: bool, config: dict, linktype: int = 1) -> tupl
 def _config(path: Path) -> dict:
     if path.with_suffix(".yaml").exists():
         import yaml
+
         return yaml.safe_load(path.with_suffix(".yaml").read_text()) or {}
     return {}
 
@@ -111,8 +145,8 @@ def test_committed_captures_fused_equals_general(path):
     fused = _replay_file(path, True, config)
     general = _replay_file(path, False, config)
     assert fused[0], "no records"
-    assert fused[1] == general[1]              # counters first: the smaller diff
-    assert fused[3] == general[3]              # the flow table, step by step
+    assert fused[1] == general[1]  # counters first: the smaller diff
+    assert fused[3] == general[3]  # the flow table, step by step
     assert fused == general
 
 
@@ -121,6 +155,7 @@ def test_committed_captures_without_the_capture_filter(path):
     """Every frame of the capture, not only what the BPF filter keeps: the
     untracked ones are counted (and dropped) the same way too."""
     from scapy.utils import PcapReader
+
     with PcapReader(str(path)) as r:
         frames = [(int(p.time * 1_000_000), bytes(p)) for p in r]
     config = _config(path)
@@ -147,8 +182,23 @@ def test_mutated_captures_fused_equals_general(seed):
 
 
 def _ip4(proto: int, l4: bytes, frag: int = 0, ihl: int = 5) -> bytes:
-    return struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + len(l4), 1, frag, 64, proto, 0,
-                       bytes((10, 0, 0, 1)), bytes((10, 0, 0, 2))) + bytes(ihl * 4 - 20) + l4
+    return (
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            0x40 | ihl,
+            0,
+            ihl * 4 + len(l4),
+            1,
+            frag,
+            64,
+            proto,
+            0,
+            bytes((10, 0, 0, 1)),
+            bytes((10, 0, 0, 2)),
+        )
+        + bytes(ihl * 4 - 20)
+        + l4
+    )
 
 
 def test_locate_walks_tags_and_ip_headers():
@@ -158,7 +208,7 @@ def test_locate_walks_tags_and_ip_headers():
     assert locate(plain, 14, 0x0800) == ("", 0, 0, 4, 6, 34, 54, bytes((10, 0, 0, 1)), bytes((10, 0, 0, 2)), 0)
     qinq = eth + b"\x88\xa8\x00\x05\x81\x00\x00\x07\x08\x00" + _ip4(6, tcp, ihl=6)
     assert locate(qinq, 14, 0x88A8)[:7] == ("", 2, 5, 4, 6, 22 + 24, 22 + 24 + 20)
-    assert locate(_ip4(17, bytes(8), frag=0x2000), 0, ETHERTYPE_IPV4)[0::9] == ("", 1)   # a first fragment
+    assert locate(_ip4(17, bytes(8), frag=0x2000), 0, ETHERTYPE_IPV4)[0::9] == ("", 1)  # a first fragment
     assert locate(_ip4(17, bytes(8), frag=0x0010), 0, ETHERTYPE_IPV4)[0] == LATER_FRAGMENT
     assert locate(_ip4(1, bytes(8)), 0, ETHERTYPE_IPV4)[0] == OTHER_PROTO
     assert locate(bytes(20), 0, 0x0806)[0] == NOT_IP
@@ -172,10 +222,10 @@ def test_locate_walks_tags_and_ip_headers():
 
 def test_seq_unwrap_takes_the_nearest_offset():
     assert seq_unwrap(100, 90, 0) == 10
-    assert seq_unwrap(0x10, 0xFFFFFFF0, 0) == 0x20                  # the sequence number wrapped
-    assert seq_unwrap(80, 90, 0) == -10                             # a little before the base
+    assert seq_unwrap(0x10, 0xFFFFFFF0, 0) == 0x20  # the sequence number wrapped
+    assert seq_unwrap(80, 90, 0) == -10  # a little before the base
     base = 12345
-    assert seq_unwrap((base + 5) & 0xFFFFFFFF, base, 1 << 32) == (1 << 32) + 5   # past 4 GiB
+    assert seq_unwrap((base + 5) & 0xFFFFFFFF, base, 1 << 32) == (1 << 32) + 5  # past 4 GiB
     assert seq_unwrap((base - 5) & 0xFFFFFFFF, base, (1 << 32) + 100) == (1 << 32) - 5
 
 
@@ -224,6 +274,7 @@ def test_wire_order_index_follows_the_flow_table(seed):
 
 def _committed_frames() -> list[list]:
     from scapy.utils import PcapReader
+
     out = []
     for path in CAPTURES:
         with PcapReader(str(path)) as r:

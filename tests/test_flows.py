@@ -1,10 +1,11 @@
 """Flow tracking: byte accounting in sequence space, state, originator, link types."""
+
 import pytest
 
-from tests.support.craft import Link, Tcp, relink, tcp_session, udp_exchange
 from sensor.core.config import config_from_dict
 from sensor.engine.decode import Decoder, Packet
 from sensor.engine.flows import FlowTable
+from tests.support.craft import Tcp, relink, tcp_session, udp_exchange
 
 DEV, SRV = "10.1.1.5", "93.184.216.34"
 T0 = 1_700_000_000.0
@@ -30,7 +31,7 @@ def test_retransmissions_counted_once(replay):
 def test_sequence_wrap_does_not_inflate(replay):
     # ISN just below 2^32: the payload crosses the wrap
     c = Tcp(DEV, SRV, 40000, 445, T0, isn_c=0xFFFFFF00, isn_s=0xFFFFFFF0).handshake()
-    up = bytes(range(256)) * 20           # 5120 bytes, wraps after 255
+    up = bytes(range(256)) * 20  # 5120 bytes, wraps after 255
     c.c2s(up).s2c(b"z" * 3000)
     c.retransmit_last(True, up[4200:])  # the last segment again, after the wrap
     rec = one(replay(c.fin().pkts))
@@ -42,21 +43,23 @@ def test_sequence_wrap_does_not_inflate(replay):
 def test_out_of_order_and_gap_accounting(replay):
     c = Tcp(DEV, SRV, 40000, 21, T0).handshake()
     seq0 = c.cseq
-    c._emit(True, "PA", b"B" * 100, seq=seq0 + 100)   # second segment first
-    c._emit(True, "PA", b"A" * 100, seq=seq0)         # then the first
+    c._emit(True, "PA", b"B" * 100, seq=seq0 + 100)  # second segment first
+    c._emit(True, "PA", b"A" * 100, seq=seq0)  # then the first
     c.cseq = seq0 + 200
-    c._emit(True, "PA", b"D" * 100, seq=seq0 + 300)   # a gap of 100 bytes (capture loss)
+    c._emit(True, "PA", b"D" * 100, seq=seq0 + 300)  # a gap of 100 bytes (capture loss)
     c.cseq = seq0 + 400
     rec = one(replay(c.fin().pkts))
-    assert rec["SentBytes"] == 400   # Zeek counts the missed bytes in orig_bytes too
+    assert rec["SentBytes"] == 400  # Zeek counts the missed bytes in orig_bytes too
     assert rec["ReceivedBytes"] == 0
 
 
 def test_snaplen_cut_packets_count_bytes_from_sequence_numbers(replay, tmp_path):
     from tests.support.craft import write_raw_pcap
+
     pkts = tcp_session(DEV, SRV, 40000, 445, T0, c2s=b"W" * 1000, s2c=b"R" * 500)
-    path = write_raw_pcap(tmp_path / "snap.pcap", [(float(p.time), bytes(p)[:64], len(bytes(p))) for p in pkts],
-                          snaplen=64)
+    path = write_raw_pcap(
+        tmp_path / "snap.pcap", [(float(p.time), bytes(p)[:64], len(bytes(p))) for p in pkts], snaplen=64
+    )
     r = replay(path)
     rec = one(r)
     assert rec["SentBytes"] == 1000 and rec["ReceivedBytes"] == 500
@@ -98,6 +101,7 @@ def test_timeouts_end_flows_on_packet_time(replay):
     # an S0 attempt, then an hour of unrelated target traffic: the attempt ends
     # by timeout (not at flush) and its record comes first
     from tests.support.craft import tcp_unanswered
+
     pkts = tcp_unanswered(DEV, SRV, 40000, 21, T0, tries=1)
     pkts += tcp_session(DEV, "93.184.216.99", 40001, 445, T0 + 3600)
     r = replay(pkts)
@@ -115,21 +119,22 @@ def test_max_flows_bound_evicts_and_counts(replay):
     st = r.pipe.flows.stats
     assert st.active_max == 10
     assert st.evicted == 40
-    assert len(r.connections) == 50     # evicted flows are still reported
+    assert len(r.connections) == 50  # evicted flows are still reported
 
 
 def test_non_target_traffic_is_not_tracked(replay):
     pkts = tcp_session(DEV, SRV, 40000, 443, T0, c2s=b"x" * 100)
     pkts += udp_exchange(DEV, "8.8.8.8", 5353, 53, T0, [(True, b"q"), (False, b"r")])
-    r = replay(pkts)                          # the capture filter drops them in libpcap
+    r = replay(pkts)  # the capture filter drops them in libpcap
     assert r.connections == [] and r.pipe.decode_stats.packets + r.pipe.decode_stats.fast_rejected == 0
-    r = replay(pkts, capture_filter=False)    # without it, the decoder's inline check does
+    r = replay(pkts, capture_filter=False)  # without it, the decoder's inline check does
     assert r.connections == [] and r.pipe.decode_stats.target == 0
     assert r.pipe.decode_stats.fast_rejected + r.pipe.decode_stats.packets == len(pkts)
 
 
 def test_decoder_never_raises_on_garbage():
     import random
+
     rnd = random.Random(7)
     weird = []
     for lt in (0, 1, 12, 101, 108, 113, 228, 229, 276, 9999):
@@ -147,6 +152,7 @@ def test_decoder_never_raises_on_garbage():
 
 def test_ftp_on_a_non_standard_port_is_recognised_by_its_banner(replay):
     from tests.support.craft import Tcp
+
     c = Tcp(DEV, SRV, 40000, 2121, T0).handshake()
     c.s2c(b"220 (vsFTPd 3.0.3)\r\n").c2s(b"USER exfil\r\n").s2c(b"331 Please specify the password.\r\n")
     c.c2s(b"PASS x\r\n").s2c(b"230 Login successful.\r\n").c2s(b"QUIT\r\n").s2c(b"221 Goodbye.\r\n")
@@ -156,15 +162,23 @@ def test_ftp_on_a_non_standard_port_is_recognised_by_its_banner(replay):
     rec = r.connections[0]
     assert (rec["AppProtocol"], rec["AppUser"], rec["RemotePort"]) == ("ftp", "exfil", 2121)
     assert rec["AdditionalFields"]["NonStandardPort"] is True
-    assert rec["ActionType"] == "ConnectionFound"     # picked up at the banner, the handshake was filtered
-    assert rec["ReceivedBytes"] == sum(len(x) for x in (b"220 (vsFTPd 3.0.3)\r\n", b"331 Please specify the password.\r\n",
-                                                         b"230 Login successful.\r\n", b"221 Goodbye.\r\n"))
+    assert rec["ActionType"] == "ConnectionFound"  # picked up at the banner, the handshake was filtered
+    assert rec["ReceivedBytes"] == sum(
+        len(x)
+        for x in (
+            b"220 (vsFTPd 3.0.3)\r\n",
+            b"331 Please specify the password.\r\n",
+            b"230 Login successful.\r\n",
+            b"221 Goodbye.\r\n",
+        )
+    )
     assert not r.weird
 
 
 def test_ftp_banner_on_a_low_port_is_followed_past_the_capture_filter(replay):
     # FTP on 443: the filter admits the banner; the port then joins the filter
     from tests.support.craft import Tcp
+
     c = Tcp(DEV, SRV, 40000, 443, T0).handshake()
     c.s2c(b"220 ready\r\n").c2s(b"USER exfil\r\n").s2c(b"331 Password required\r\n")
     c.c2s(b"PASS x\r\n").s2c(b"230 Logged in\r\n").c2s(b"STOR loot.7z\r\n").s2c(b"150 Ok\r\n")
@@ -172,7 +186,7 @@ def test_ftp_banner_on_a_low_port_is_followed_past_the_capture_filter(replay):
     (rec,) = r.connections
     assert (rec["AppProtocol"], rec["AppUser"], rec["RemotePort"]) == ("ftp", "exfil", 443)
     assert rec["SentBytes"] == len(b"USER exfil\r\nPASS x\r\nSTOR loot.7z\r\n")
-    assert "F" in rec["History"] and "f" in rec["History"]   # the FINs after the banner were seen
+    assert "F" in rec["History"] and "f" in rec["History"]  # the FINs after the banner were seen
 
 
 def test_emergency_mode_shortens_timeouts_when_the_table_is_nearly_full(replay):
@@ -188,7 +202,7 @@ def test_emergency_mode_shortens_timeouts_when_the_table_is_nearly_full(replay):
     assert st.emergency_entered == 1
     assert st.expired > 0 and st.evicted == 0
     assert len(r.connections) == 95
-    r = replay(pkts, config={"limits": {"max_flows": 1000}})      # far from full: no emergency
+    r = replay(pkts, config={"limits": {"max_flows": 1000}})  # far from full: no emergency
     assert r.pipe.flows.stats.emergency_entered == 0 and r.pipe.flows.stats.expired == 0
 
 
@@ -208,7 +222,7 @@ def test_reused_tcp_port_starts_a_new_connection(replay):
     c = Tcp(DEV, SRV, 40001, 21, T0)
     c._emit(True, "S")
     c._emit(False, "RA", seq=0)
-    c._emit(True, "S")          # the same attempt's SYN again: not a new connection
+    c._emit(True, "S")  # the same attempt's SYN again: not a new connection
     assert len(replay(c.pkts).connections) == 1
 
 
@@ -218,13 +232,21 @@ def test_reused_tftp_client_port_starts_a_new_request(replay):
     retransmitted before any answer stays one."""
     rrq = b"\x00\x01a.txt\x00octet\x00"
     wrq = b"\x00\x02b.txt\x00octet\x00"
-    pk = (udp_exchange(DEV, SRV, 40000, 69, T0, [(True, rrq)])
-          + udp_exchange(DEV, SRV, 40000, 50000, T0 + 0.01, [(False, b"\x00\x03\x00\x01" + b"x" * 10),
-                                                             (True, b"\x00\x04\x00\x01")])
-          + udp_exchange(DEV, SRV, 40000, 69, T0 + 0.3, [(True, wrq)])
-          + udp_exchange(DEV, SRV, 40000, 50001, T0 + 0.31, [(False, b"\x00\x04\x00\x00"),
-                                                              (True, b"\x00\x03\x00\x01" + b"y" * 7),
-                                                              (False, b"\x00\x04\x00\x01")]))
+    pk = (
+        udp_exchange(DEV, SRV, 40000, 69, T0, [(True, rrq)])
+        + udp_exchange(
+            DEV, SRV, 40000, 50000, T0 + 0.01, [(False, b"\x00\x03\x00\x01" + b"x" * 10), (True, b"\x00\x04\x00\x01")]
+        )
+        + udp_exchange(DEV, SRV, 40000, 69, T0 + 0.3, [(True, wrq)])
+        + udp_exchange(
+            DEV,
+            SRV,
+            40000,
+            50001,
+            T0 + 0.31,
+            [(False, b"\x00\x04\x00\x00"), (True, b"\x00\x03\x00\x01" + b"y" * 7), (False, b"\x00\x04\x00\x01")],
+        )
+    )
     r = replay(pk)
     req = sorted((c for c in r.connections if c["RemotePort"] == 69), key=lambda c: c["FirstSeen"])
     assert len(req) == 2, r.connections
@@ -258,7 +280,7 @@ def test_expiry_finds_every_idle_flow_behind_a_requeued_one():
     fa = ft.process(_udp(a, 1000, 0))
     ft.process(_udp(a, 1000, 2_000_000))
     fc = ft.process(_udp(c, 2000, 30_000_000))
-    for t in range(60, 130):                  # another flow keeps the clock (and the scans) going
+    for t in range(60, 130):  # another flow keeps the clock (and the scans) going
         ft.process(_udp(d, 3000, t * 1_000_000))
     assert ended[fa.uid] == 62_000_000
     assert ended[fc.uid] == 90_000_000

@@ -1,5 +1,6 @@
 """``sensor.core.frozen``: behaves as ``@dataclass(frozen=True, slots=True)`` where
 the events rely on it (the two are built side by side and compared)."""
+
 from __future__ import annotations
 
 import copy
@@ -41,8 +42,7 @@ class FChild(FBase):
     note: object = None
 
 
-ARGS = [((1, "a"), {}), ((1, "a", 5), {}), ((2,), {"name": "b", "tags": (1, 2)}),
-        ((3, "c"), {"note": [1], "size": 0})]
+ARGS = [((1, "a"), {}), ((1, "a", 5), {}), ((2,), {"name": "b", "tags": (1, 2)}), ((3, "c"), {"note": [1], "size": 0})]
 
 
 @pytest.mark.parametrize("args,kw", ARGS)
@@ -66,11 +66,11 @@ def test_hash_ignores_uncompared_and_equal_objects_hash_alike() -> None:
 def test_frozen_and_slotted() -> None:
     f = FChild(1, "a")
     with pytest.raises(FrozenInstanceError):
-        f.name = "b"      # type: ignore[misc]
+        f.name = "b"  # type: ignore[misc]
     with pytest.raises(FrozenInstanceError):
-        del f.name        # type: ignore[misc]
+        del f.name  # type: ignore[misc]
     with pytest.raises((AttributeError, TypeError, FrozenInstanceError)):
-        f.extra = 1       # type: ignore[attr-defined]
+        f.extra = 1  # type: ignore[attr-defined]
     assert not hasattr(f, "__dict__")
 
 
@@ -86,6 +86,7 @@ def test_missing_and_unknown_arguments_fail_as_for_a_dataclass() -> None:
 
 def test_a_required_field_after_a_default_is_refused() -> None:
     with pytest.raises(TypeError, match="without a default"):
+
         @frozen
         class Bad:
             a: int = 1
@@ -94,6 +95,7 @@ def test_a_required_field_after_a_default_is_refused() -> None:
 
 def test_a_mutable_default_is_refused_as_by_dataclass() -> None:
     with pytest.raises(ValueError, match="mutable default"):
+
         @frozen
         class Bad:
             a: list = []
@@ -101,6 +103,7 @@ def test_a_mutable_default_is_refused_as_by_dataclass() -> None:
 
 def test_uncompared_must_name_a_field() -> None:
     with pytest.raises(TypeError, match="uncompared"):
+
         @frozen(uncompared=("nope",))
         class Bad:
             a: int
@@ -118,7 +121,7 @@ def test_events_keep_their_contract() -> None:
     assert w == Weird(5, "ftp_line_too_long", "x", "") and w != Weird(5, "other", "x")
     e1 = ExpectConnection(1, "tcp", None, None, "10.0.0.1", 20, "ftp-data", 9, context={"a": 1})
     e2 = ExpectConnection(1, "tcp", None, None, "10.0.0.1", 20, "ftp-data", 9)
-    assert e1 == e2 and e1.context == {"a": 1}   # context is left out of ==, as field(compare=False) did
+    assert e1 == e2 and e1.context == {"a": 1}  # context is left out of ==, as field(compare=False) did
     match w:
         case Weird(ts, name):
             assert (ts, name) == (5, "ftp_line_too_long")

@@ -20,6 +20,7 @@ intended, rewrite them and review the diff before committing::
 
 (tests/README.md, "Golden records").
 """
+
 from __future__ import annotations
 
 import difflib
@@ -35,7 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
 KINDS = ("connections", "transfers", "alerts", "weird")
 UPDATE = os.environ.get("XFER_UPDATE_GOLDEN", "") not in ("", "0")
-DIFF_LINES = 200             # a diff longer than this is cut (the rest: git diff after an update)
+DIFF_LINES = 200  # a diff longer than this is cut (the rest: git diff after an update)
 
 # capture name -> (pcap, config or None)
 CAPTURES: dict[str, tuple[Path, Path | None]] = {
@@ -47,8 +48,7 @@ CAPTURES: dict[str, tuple[Path, Path | None]] = {
 def replay_cli(pcap: Path, config: Path | None, out: Path, hash_seed: str | None = None) -> None:
     """The CLI's replay of one capture into ``out``/<kind>.jsonl."""
     out.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "sensor", "replay", str(pcap), "--out", str(out),
-            "--progress", "never"]
+    argv = [sys.executable, "-m", "sensor", "replay", str(pcap), "--out", str(out), "--progress", "never"]
     if config is not None:
         argv += ["--config", str(config)]
     env = {**os.environ, **({"PYTHONHASHSEED": hash_seed} if hash_seed is not None else {})}
@@ -57,8 +57,11 @@ def replay_cli(pcap: Path, config: Path | None, out: Path, hash_seed: str | None
 
 
 def unified(want: str, got: str, name: str) -> str:
-    lines = list(difflib.unified_diff(want.splitlines(keepends=True), got.splitlines(keepends=True),
-                                      f"golden/{name}", f"replay/{name}"))
+    lines = list(
+        difflib.unified_diff(
+            want.splitlines(keepends=True), got.splitlines(keepends=True), f"golden/{name}", f"replay/{name}"
+        )
+    )
     if len(lines) > DIFF_LINES:
         lines = lines[:DIFF_LINES] + [f"... {len(lines) - DIFF_LINES} more diff lines\n"]
     return "".join(lines)
@@ -70,9 +73,11 @@ def test_every_capture_has_golden_records_and_no_golden_is_orphaned():
     if UPDATE:
         return
     have = {p.name for p in GOLDEN.iterdir() if p.is_dir()}
-    assert have == set(CAPTURES), (f"captures without golden records: {sorted(set(CAPTURES) - have)}; "
-                                   f"golden records without a capture: {sorted(have - set(CAPTURES))} "
-                                   "(XFER_UPDATE_GOLDEN=1 writes the missing ones)")
+    assert have == set(CAPTURES), (
+        f"captures without golden records: {sorted(set(CAPTURES) - have)}; "
+        f"golden records without a capture: {sorted(have - set(CAPTURES))} "
+        "(XFER_UPDATE_GOLDEN=1 writes the missing ones)"
+    )
 
 
 @pytest.mark.parametrize("capture", sorted(CAPTURES))
@@ -85,7 +90,9 @@ def test_replay_writes_the_golden_records(capture, tmp_path):
         (GOLDEN / capture).mkdir(parents=True, exist_ok=True)
         for kind, data in got.items():
             (GOLDEN / capture / f"{kind}.jsonl").write_bytes(data)
-        warnings.warn(f"XFER_UPDATE_GOLDEN: rewrote tests/golden/{capture}/ (review: git diff tests/golden)")
+        warnings.warn(
+            f"XFER_UPDATE_GOLDEN: rewrote tests/golden/{capture}/ (review: git diff tests/golden)", stacklevel=1
+        )
         return
     diffs = []
     for kind in KINDS:
@@ -94,9 +101,12 @@ def test_replay_writes_the_golden_records(capture, tmp_path):
         want = path.read_bytes()
         if got[kind] != want:
             diffs.append(unified(want.decode(), got[kind].decode(), f"{capture}/{kind}.jsonl"))
-    if diffs:                # the diff itself, not pytest's abridged repr of a long message
-        pytest.fail(f"replay of {pcap.relative_to(REPO)} differs from tests/golden/{capture}/ "
-                    "(intended? XFER_UPDATE_GOLDEN=1, then review git diff):\n" + "\n".join(diffs), pytrace=False)
+    if diffs:  # the diff itself, not pytest's abridged repr of a long message
+        pytest.fail(
+            f"replay of {pcap.relative_to(REPO)} differs from tests/golden/{capture}/ "
+            "(intended? XFER_UPDATE_GOLDEN=1, then review git diff):\n" + "\n".join(diffs),
+            pytrace=False,
+        )
 
 
 def test_replay_is_deterministic(tmp_path):

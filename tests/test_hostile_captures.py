@@ -9,6 +9,7 @@ the damage processed and everything flushed and written.
 The number of whole packets before a cut comes from ``tcpdump -n -r FILE``
 (an independent reader), never from the sensor itself.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,13 +24,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.craft import Tcp, relink, tcp_session, write_raw_pcap
-from sensor.io.capture import CaptureError, read_file
 from sensor.core.config import config_from_dict
+from sensor.detect.rules import load_rules
+from sensor.io.capture import CaptureError, read_file
 from sensor.io.sinks import MemorySink
 from sensor.pipeline import Pipeline
 from sensor.records.mde import RECORD_FIELDS
-from sensor.detect.rules import load_rules
+from tests.support.craft import Tcp, relink, tcp_session, write_raw_pcap
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = load_rules(REPO / "rules", RECORD_FIELDS)
@@ -42,15 +43,18 @@ home_net: [192.168.56.0/24, fd00::/8]
 ip_type_overrides: {203.0.113.0/24: Public, 2001:db8::/32: Public}
 inventory: {192.168.56.10: WS-FIN-07}
 """
-CONFIG = {"home_net": ["192.168.56.0/24", "fd00::/8"],
-          "ip_type_overrides": {"203.0.113.0/24": "Public", "2001:db8::/32": "Public"},
-          "inventory": {"192.168.56.10": "WS-FIN-07"}}
+CONFIG = {
+    "home_net": ["192.168.56.0/24", "fd00::/8"],
+    "ip_type_overrides": {"203.0.113.0/24": "Public", "2001:db8::/32": "Public"},
+    "inventory": {"192.168.56.10": "WS-FIN-07"},
+}
 KIND_FILES = ("connections.jsonl", "alerts.jsonl", "transfers.jsonl", "weird.jsonl")
 
 
 # --------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------
+
 
 def sensor_cmd() -> list[str]:
     exe = Path(sys.executable).parent / "xfer-sensor"
@@ -80,9 +84,15 @@ def frames_of(pkts) -> list[tuple[float, bytes, int]]:
 
 
 def ftp(i: int, t: float, client: str = DEV, server: str = SRV) -> list:
-    return tcp_session(client, server, 40000 + i, 21, t,
-                       c2s=b"USER anonymous\r\nPASS guest@\r\nQUIT\r\n",
-                       s2c=b"220 ready\r\n331 password\r\n230 ok\r\n221 bye\r\n")
+    return tcp_session(
+        client,
+        server,
+        40000 + i,
+        21,
+        t,
+        c2s=b"USER anonymous\r\nPASS guest@\r\nQUIT\r\n",
+        s2c=b"220 ready\r\n331 password\r\n230 ok\r\n221 bye\r\n",
+    )
 
 
 def five_sessions_then_a_sixth(t: float = T0) -> list:
@@ -149,17 +159,18 @@ def cfg_file(tmp_path) -> Path:
 # a capture cut part-way
 # --------------------------------------------------------------------------
 
+
 def _cut_capture(tmp_path: Path, where: str) -> tuple[Path, int]:
     """A capture damaged part-way; returns (path, whole records before the damage)."""
     full = write_raw_pcap(tmp_path / "full.pcap", frames_of(five_sessions_then_a_sixth()))
     offs = record_offsets(full)
     data = full.read_bytes()
-    k = len(offs) - 6          # a record of the sixth session's upload
+    k = len(offs) - 6  # a record of the sixth session's upload
     if where == "record-data":
-        cut = data[:offs[k] + 16 + 37]
+        cut = data[: offs[k] + 16 + 37]
     elif where == "record-header":
-        cut = data[:offs[k] + 7]
-    elif where == "bad-record-length":   # damage in the middle: a record header claiming 4 GB
+        cut = data[: offs[k] + 7]
+    elif where == "bad-record-length":  # damage in the middle: a record header claiming 4 GB
         b = bytearray(data)
         struct.pack_into("<II", b, offs[k] + 8, 0xFFFFFF00, 0xFFFFFF00)
         cut = bytes(b)
@@ -173,7 +184,7 @@ def _cut_capture(tmp_path: Path, where: str) -> tuple[Path, int]:
 @pytest.mark.parametrize("where", ["record-data", "record-header", "bad-record-length"])
 def test_cut_capture_cli_processes_every_whole_packet_and_flushes(tmp_path, cfg_file, where):
     path, whole = _cut_capture(tmp_path, where)
-    assert tcpdump_count(path) == whole        # the independent reader agrees on the damage point
+    assert tcpdump_count(path) == whole  # the independent reader agrees on the damage point
     out = tmp_path / "out"
     cp = run_cli("replay", str(path), "--config", str(cfg_file), "--out", str(out), "--format", "json")
     assert cp.returncode == 3, (cp.returncode, cp.stderr)
@@ -193,15 +204,15 @@ def test_cut_capture_cli_processes_every_whole_packet_and_flushes(tmp_path, cfg_
     assert len(files["alerts"]) == 1
     a = files["alerts"][0]
     assert a["ConnectionCount"] == 4 and a["RemoteIP"] == SRV and a["DeviceName"] == "WS-FIN-07"
-    assert summary["alerts"][0]["ConnectionCount"] == 6      # the hunt's view: all six joined the alert
+    assert summary["alerts"][0]["ConnectionCount"] == 6  # the hunt's view: all six joined the alert
 
 
 @pytest.mark.parametrize("where", ["record-data", "record-header", "bad-record-length"])
 def test_cut_capture_read_file_delivers_the_whole_packets(tmp_path, where):
     path, whole = _cut_capture(tmp_path, where)
     res, pipe, sink = in_process(path)
-    assert res.error                      # the damage is reported ...
-    assert res.packets == whole == tcpdump_count(path)   # ... after every whole packet
+    assert res.error  # the damage is reported ...
+    assert res.packets == whole == tcpdump_count(path)  # ... after every whole packet
     assert pipe.decode_stats.packets + pipe.decode_stats.fast_rejected == whole
     assert len(sink.records["connections"]) == 6
     assert pipe.flows.flows == {}
@@ -209,7 +220,7 @@ def test_cut_capture_read_file_delivers_the_whole_packets(tmp_path, where):
 
 def test_cut_capture_warning_names_the_byte_offset(tmp_path, cfg_file):
     path, whole = _cut_capture(tmp_path, "record-data")
-    damaged_at = record_offsets(path)[whole]        # where the first incomplete record starts
+    damaged_at = record_offsets(path)[whole]  # where the first incomplete record starts
     cp = run_cli("replay", str(path), "--config", str(cfg_file))
     assert cp.returncode == 3
     warn = cp.stderr.strip()
@@ -218,11 +229,12 @@ def test_cut_capture_warning_names_the_byte_offset(tmp_path, cfg_file):
 
 def test_cut_pcapng_mid_block(tmp_path, cfg_file):
     from fuzz.mutate import write_pcapng
+
     frames = frames_of(five_sessions_then_a_sixth())
     full = write_pcapng(tmp_path / "full.pcapng", 1, [(int(round(t * 1e6)), b) for t, b, _ in frames])
     data = full.read_bytes()
     cut = tmp_path / "cut.pcapng"
-    cut.write_bytes(data[:len(data) - 300])        # inside the last blocks
+    cut.write_bytes(data[: len(data) - 300])  # inside the last blocks
     whole = tcpdump_count(cut)
     assert 0 < whole < len(frames)
     out = tmp_path / "out"
@@ -249,6 +261,7 @@ def test_file_header_only_is_an_empty_capture(tmp_path, cfg_file):
 # --------------------------------------------------------------------------
 # not a capture at all: exit 2, one line, no traceback
 # --------------------------------------------------------------------------
+
 
 def _bad_inputs(tmp: Path) -> dict[str, Path]:
     full = write_raw_pcap(tmp / "full.pcap", frames_of(ftp(0, T0)))
@@ -325,18 +338,19 @@ def shared_dir():
 
 
 def _as_nobody(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", _AS_NOBODY, *args], capture_output=True, text=True,
-                          timeout=60, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-c", _AS_NOBODY, *args], capture_output=True, text=True, timeout=60, cwd=REPO
+    )
 
 
 def test_unreadable_file(shared_dir):
     path = write_raw_pcap(shared_dir / "secret.pcap", frames_of(ftp(0, T0)))
     if os.geteuid() == 0:
         path.chmod(0o644)
-        ok = _as_nobody("replay", str(path))          # control: the harness reads a readable file
+        ok = _as_nobody("replay", str(path))  # control: the harness reads a readable file
         assert ok.returncode == 0, ok.stderr
         path.chmod(0o000)
-        as_root = run_cli("replay", str(path))        # what root can do: read it anyway, and the sensor does
+        as_root = run_cli("replay", str(path))  # what root can do: read it anyway, and the sensor does
         assert as_root.returncode == 0, as_root.stderr
         cp = _as_nobody("replay", str(path))
     else:
@@ -350,6 +364,7 @@ def _fifo_writer(path: Path, payload: bytes) -> threading.Thread:
     def w():
         with open(path, "wb") as f:
             f.write(payload)
+
     t = threading.Thread(target=w, daemon=True)
     t.start()
     return t
@@ -389,6 +404,7 @@ def test_fifo_with_text_is_not_called_empty(tmp_path):
 # snaplen: packets cut by the capture, not by damage
 # --------------------------------------------------------------------------
 
+
 def _snap(frames, snaplen: int) -> list[tuple[float, bytes, int]]:
     return [(t, b[:snaplen], wl) for t, b, wl in frames]
 
@@ -397,15 +413,27 @@ def _by_port(conns: list[dict]) -> dict[int, dict]:
     return {c["LocalPort"]: c for c in conns}
 
 
-COUNTED = ("ActionType", "SentBytes", "ReceivedBytes", "SentPackets", "ReceivedPackets", "ConnState",
-           "FirstSeen", "LastSeen", "Uid", "RemoteIP", "RemotePort")
+COUNTED = (
+    "ActionType",
+    "SentBytes",
+    "ReceivedBytes",
+    "SentPackets",
+    "ReceivedPackets",
+    "ConnState",
+    "FirstSeen",
+    "LastSeen",
+    "Uid",
+    "RemoteIP",
+    "RemotePort",
+)
 
 
 def _snap_sessions(v6: bool = False):
     c, s = ("fd00::5", "2001:db8::10") if v6 else (DEV, SRV)
-    pkts = tcp_session(c, s, 41000, 21, T0, c2s=b"USER anonymous\r\nSTOR x\r\n" + b"A" * 3000,
-                       s2c=b"220 ready\r\n" + b"B" * 5000)
-    big = Tcp(c, s, 41001, 445, T0 + 10, isn_c=0xFFFFF000, isn_s=0x7FFFFF00)   # both directions wrap / cross 2^31
+    pkts = tcp_session(
+        c, s, 41000, 21, T0, c2s=b"USER anonymous\r\nSTOR x\r\n" + b"A" * 3000, s2c=b"220 ready\r\n" + b"B" * 5000
+    )
+    big = Tcp(c, s, 41001, 445, T0 + 10, isn_c=0xFFFFF000, isn_s=0x7FFFFF00)  # both directions wrap / cross 2^31
     big.handshake().c2s(bytes(range(256)) * 80).s2c(b"\xfeSMB" * 3000)
     big.retransmit_last(True, (bytes(range(256)) * 80)[-1400:])
     pkts += big.fin().pkts
@@ -437,6 +465,7 @@ def test_snaplen_cut_real_capture_keeps_byte_counts(tmp_path):
     """A real capture (TCP timestamp options: 32-byte TCP headers) cut at 54 bytes:
     the fixed TCP header is whole, options and payload are not."""
     from fuzz.mutate import read_capture
+
     lt, frames = read_capture(REPO / "pcaps/real/smb445.pcap")
     assert lt == 1
     fr = [(ts / 1e6, b, len(b)) for ts, b in frames]
@@ -447,6 +476,7 @@ def test_snaplen_cut_real_capture_keeps_byte_counts(tmp_path):
 
     def tracked(recs):
         return {c["Uid"]: c for c in recs if c["RemotePort"] in (445, 139)}
+
     want, got = tracked(ref.records["connections"]), tracked(sink.records["connections"])
     assert want and set(got) == set(want)
     for uid in want:
@@ -482,6 +512,7 @@ def test_snaplen_68_ipv6_keeps_byte_counts(tmp_path):
 # --------------------------------------------------------------------------
 # timestamps
 # --------------------------------------------------------------------------
+
 
 def _backwards(frames):
     """Every 7th packet stamped an hour early, the last 12 packets (the sixth
@@ -522,7 +553,7 @@ def test_backwards_timestamps_sane_and_deterministic(tmp_path, cfg_file):
         for f in ("SentBytes", "ReceivedBytes", "SentPackets", "ReceivedPackets", "ConnState", "ActionType"):
             assert c[f] == want[port][f], (port, f, c[f], want[port][f])
     _, pipe, _ = in_process(back)
-    assert pipe.flows.now == int(round(max(t for t, _, _ in _backwards(frames)) * 1e6))   # packet time never went back
+    assert pipe.flows.now == int(round(max(t for t, _, _ in _backwards(frames)) * 1e6))  # packet time never went back
     alerts = [json.loads(x) for x in outs[0]["alerts.jsonl"].splitlines()]
     assert [a["ConnectionCount"] for a in alerts] == [4]
 
@@ -540,6 +571,7 @@ def test_same_capture_twice_gives_identical_files(tmp_path):
 
 
 # -- pcapng: several interfaces, link types, 64-bit timestamps -----------------------
+
 
 def _blk(btype: int, body: bytes) -> bytes:
     body += b"\x00" * (-len(body) % 4)

@@ -2,6 +2,7 @@
 between network boundaries) and ``NetSet`` (integer masks) give what the
 long way (``ipaddress``) gives: on random addresses, and on both sides of
 every network boundary that could matter."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -49,8 +50,9 @@ def test_type_of_agrees_with_the_long_way(overrides: dict, monkeypatch) -> None:
     calls = []
     real = IpTyper._long_way
     monkeypatch.setattr(IpTyper, "_long_way", lambda self, ip: calls.append(ip) or real(self, ip))
-    wrong = [(ip, fast.type_of(ip), long_way(ip, overrides)) for ip in ips
-             if fast.type_of(ip) != long_way(ip, overrides)]
+    wrong = [
+        (ip, fast.type_of(ip), long_way(ip, overrides)) for ip in ips if fast.type_of(ip) != long_way(ip, overrides)
+    ]
     assert wrong == []
     # and the long way ran once per stretch between boundaries, not per address
     # (else this tests nothing new)
@@ -58,8 +60,9 @@ def test_type_of_agrees_with_the_long_way(overrides: dict, monkeypatch) -> None:
     assert len(set(v4)) > 20000 and len([ip for ip in calls if ":" not in ip]) <= len(fast._bounds) + 1
 
 
-@pytest.mark.parametrize("nets", [["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"],
-                                  ["0.0.0.0/0"], ["44.1.2.0/24", "fd00::/8"], []])
+@pytest.mark.parametrize(
+    "nets", [["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"], ["0.0.0.0/0"], ["44.1.2.0/24", "fd00::/8"], []]
+)
 def test_netset_agrees_with_the_long_way(nets: list[str]) -> None:
     networks = [ipaddress.ip_network(n) for n in nets]
     home = NetSet(networks)

@@ -124,7 +124,9 @@ def test_real_libpcap_without_cap_net_raw():
     )
     p = subprocess.run(
         ["setpriv", "--bounding-set=-net_raw", "--inh-caps=-net_raw", "--", sys.executable, "-c", code],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if p.returncode != 0 and not p.stdout:
         pytest.skip(f"setpriv cannot drop CAP_NET_RAW here: {p.stderr.strip()[:200]}")

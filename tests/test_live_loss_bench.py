@@ -1,6 +1,7 @@
 """bench/live_loss.py, briefly and slowly: 1 s at 2,000 packets/s in a network
 namespace of its own, attribution helper on. Behaviour, not timing: every
 packet sent reaches the sensor's records, no kernel drops, every flow recorded."""
+
 import json
 import os
 import subprocess
@@ -17,14 +18,30 @@ REPO = Path(__file__).resolve().parent.parent
 def test_live_loss_bench_reports_no_loss_at_a_low_rate(tmp_path, traffic):
     assert os.geteuid() == 0, "the daemon tests run as root (scripts/test.sh)"
     out = tmp_path / "r.json"
-    r = subprocess.run([sys.executable, str(REPO / "bench" / "live_loss.py"), "--rate", "2000", "--seconds", "1",
-                        "--traffic", traffic, "--json", str(out),
-                        "--sensor", str(Path(sys.executable).parent / "xfer-sensor")],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "live_loss.py"),
+            "--rate",
+            "2000",
+            "--seconds",
+            "1",
+            "--traffic",
+            traffic,
+            "--json",
+            str(out),
+            "--sensor",
+            str(Path(sys.executable).parent / "xfer-sensor"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads(out.read_text())
     assert res["netns"] == "own" and res["attribution"] is True
-    assert res["sent"] == 2000 and res["flows_sent"] == 1000      # 1000 flows of 2 packets
+    assert res["sent"] == 2000 and res["flows_sent"] == 1000  # 1000 flows of 2 packets
     assert res["flows_recorded"] == res["flows_sent"] > 0
     assert res["sensor_processed_of_ours"] == res["sent"] and res["loss_pct"] == 0.0
     assert res["kernel_dropped"] == 0 and res["pcap_received"] >= res["sent"]

@@ -2,6 +2,7 @@
 the loopback-only endpoint that serves only published snapshots, the
 options, the journal summary, and a real daemon on loopback scraped over
 HTTP after traffic. Traffic only on 127.0.0.0/8 (server 127.0.0.4:2123)."""
+
 import json
 import os
 import re
@@ -16,16 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from sensor.core.config import ConfigError, config_from_dict, load_config
+from sensor.io import metrics
+from sensor.io.live import IfaceStats
 from tests.support.loopback_ftp import DaemonProcess, banner_server, login_sessions, records_of
 from tests.support.loopback_ftp import wait_for as _wait_for
 
-from sensor.io import metrics
-from sensor.core.config import ConfigError, config_from_dict, load_config
-from sensor.io.live import IfaceStats
-
 REPO = Path(__file__).resolve().parent.parent
 SERVER = "127.0.0.4"
-PORT = 0   # set by the ftp_server fixture: a free port (a fixed one may be held by another run)
+PORT = 0  # set by the ftp_server fixture: a free port (a fixed one may be held by another run)
 REFUSED_PORT = 2124  # tracked, nobody listens: ConnectionFailed
 
 # -- a strict parser of the text format 0.0.4 ---------------------------------------------------
@@ -103,17 +103,26 @@ def _snap(**over):
         "weird": {'odd "name"\\x\n': 4, "tcp_seq_jump": 1},
     }
     pipe.update(over)
-    cap = {"lo": IfaceStats("lo", received=1000, kernel_received=1010, kernel_dropped=10, interface_dropped=0),
-           "eth0": IfaceStats("eth0", received=5, kernel_received=5, kernel_dropped=0, interface_dropped=3)}
-    return metrics.collect(pipe_stats=pipe, capture_stats=cap, flows_active=5,
-                           allow_entries=[_Allow("r1", "filter_backup", 6), _Allow("r2", "filter_x", 0)],
-                           allow_base={("r1", "filter_backup"): (4, 0)},
-                           outputs={"records": {"connections": 35, "alerts": 2},
-                                    "sinks": {"files:/x": {"dropped_overflow": 9, "dropped_error": 0}}},
-                           start_time=1700000000.0)
+    cap = {
+        "lo": IfaceStats("lo", received=1000, kernel_received=1010, kernel_dropped=10, interface_dropped=0),
+        "eth0": IfaceStats("eth0", received=5, kernel_received=5, kernel_dropped=0, interface_dropped=3),
+    }
+    return metrics.collect(
+        pipe_stats=pipe,
+        capture_stats=cap,
+        flows_active=5,
+        allow_entries=[_Allow("r1", "filter_backup", 6), _Allow("r2", "filter_x", 0)],
+        allow_base={("r1", "filter_backup"): (4, 0)},
+        outputs={
+            "records": {"connections": 35, "alerts": 2},
+            "sinks": {"files:/x": {"dropped_overflow": 9, "dropped_error": 0}},
+        },
+        start_time=1700000000.0,
+    )
 
 
 # -- rendering ------------------------------------------------------------------------------------
+
 
 def test_render_parses_back_with_every_figure():
     s, types = parse_exposition(metrics.render(_snap()))
@@ -146,8 +155,9 @@ def test_attribution_rendered_when_present_and_zero_otherwise():
     for src in ("socket", "uid-only", "linked-control-connection", "none"):
         assert val(s, "attributions_total", source=src) == 0
     assert val(s, "attribution_misses_total") == 0
-    snap = _snap(attribution={"by_source": {"socket": 12, "uid-only": 3, "none": 1, "linked-control-connection": 2},
-                              "misses": 4})
+    snap = _snap(
+        attribution={"by_source": {"socket": 12, "uid-only": 3, "none": 1, "linked-control-connection": 2}, "misses": 4}
+    )
     s, _ = parse_exposition(metrics.render(snap))
     assert val(s, "attributions_total", source="socket") == 12
     assert val(s, "attributions_total", source="uid-only") == 3
@@ -159,13 +169,15 @@ def test_attribution_rendered_when_present_and_zero_otherwise():
 def test_the_strict_parser_rejects_what_the_format_does_not_allow():
     good = "# HELP xfer_sensor_a_total a\n# TYPE xfer_sensor_a_total counter\nxfer_sensor_a_total 1\n"
     parse_exposition(good)
-    for bad in (good[:-1],                                             # no final newline
-                good.replace("a_total counter", "a_total histogram"),  # unknown type here
-                good + "xfer_sensor_a_total 2\n",                      # duplicate series
-                good.replace(" 1\n", ' {x="1"} 1\n'),                  # stray space
-                good.replace("xfer_sensor_a_total 1", 'xfer_sensor_a_total{x="a"b"} 1'),
-                "# TYPE xfer_sensor_b gauge\nxfer_sensor_b 1\n",       # TYPE without HELP
-                "# HELP xfer_sensor_b b\n# TYPE xfer_sensor_b counter\nxfer_sensor_b 1\n"):  # counter w/o _total
+    for bad in (
+        good[:-1],  # no final newline
+        good.replace("a_total counter", "a_total histogram"),  # unknown type here
+        good + "xfer_sensor_a_total 2\n",  # duplicate series
+        good.replace(" 1\n", ' {x="1"} 1\n'),  # stray space
+        good.replace("xfer_sensor_a_total 1", 'xfer_sensor_a_total{x="a"b"} 1'),
+        "# TYPE xfer_sensor_b gauge\nxfer_sensor_b 1\n",  # TYPE without HELP
+        "# HELP xfer_sensor_b b\n# TYPE xfer_sensor_b counter\nxfer_sensor_b 1\n",
+    ):  # counter w/o _total
         with pytest.raises(AssertionError):
             parse_exposition(bad)
 
@@ -180,14 +192,21 @@ def test_snapshot_is_read_only():
 
 def test_summary_line_carries_the_figures():
     line = metrics.summary(_snap())
-    for part in ("packets 1005 (dropped kernel 10, interface 3)", "decode errors 6", "flows active 5 (evicted 7)",
-                 "connections 35 (ConnectionFailed=4 ConnectionSuccess=30 InboundConnectionAccepted=1)",
-                 "alerts 2 (suppressed allow 10, already raised 5)", "socket=0", "misses 0"):
+    for part in (
+        "packets 1005 (dropped kernel 10, interface 3)",
+        "decode errors 6",
+        "flows active 5 (evicted 7)",
+        "connections 35 (ConnectionFailed=4 ConnectionSuccess=30 InboundConnectionAccepted=1)",
+        "alerts 2 (suppressed allow 10, already raised 5)",
+        "socket=0",
+        "misses 0",
+    ):
         assert part in line, (part, line)
     assert "\n" not in line
 
 
 # -- the endpoint ------------------------------------------------------------------------------------
+
 
 def get(url: str) -> tuple[int, str, str]:
     try:
@@ -200,7 +219,7 @@ def get(url: str) -> tuple[int, str, str]:
 def test_server_serves_only_published_snapshots_and_404_elsewhere():
     srv = metrics.MetricsServer("127.0.0.1", 0).start()
     try:
-        assert get(srv.url)[0] == 503                 # nothing published yet
+        assert get(srv.url)[0] == 503  # nothing published yet
         srv.publish(_snap())
         code, ctype, body = get(srv.url)
         assert code == 200 and ctype == metrics.CONTENT_TYPE
@@ -225,6 +244,7 @@ def test_server_never_binds_off_loopback(addr):
 
 # -- options -------------------------------------------------------------------------------------------
 
+
 def test_metrics_listen_and_status_interval_options(tmp_path):
     assert config_from_dict({}).metrics_listen is None
     assert config_from_dict({}).status_interval == 300.0
@@ -234,10 +254,16 @@ def test_metrics_listen_and_status_interval_options(tmp_path):
     assert config_from_dict({"metrics_listen": "127.9.8.7:80"}).metrics_listen == ("127.9.8.7", 80)
     assert config_from_dict({"metrics_listen": "off"}).metrics_listen is None
     assert config_from_dict({"status_interval": 60}).status_interval == 60.0
-    for bad, words in (("0.0.0.0:9617", "non-loopback"), ("192.168.1.5:9617", "non-loopback"),
-                       ("[::]:9617", "non-loopback"), ("example.com:9617", "loopback IP literal"),
-                       ("127.0.0.1", "ADDRESS:PORT"), ("127.0.0.1:0", "port"), ("127.0.0.1:70000", "port"),
-                       (9617, "ADDRESS:PORT")):
+    for bad, words in (
+        ("0.0.0.0:9617", "non-loopback"),
+        ("192.168.1.5:9617", "non-loopback"),
+        ("[::]:9617", "non-loopback"),
+        ("example.com:9617", "loopback IP literal"),
+        ("127.0.0.1", "ADDRESS:PORT"),
+        ("127.0.0.1:0", "port"),
+        ("127.0.0.1:70000", "port"),
+        (9617, "ADDRESS:PORT"),
+    ):
         f = tmp_path / "c.yaml"
         f.write_text(f"metrics_listen: {json.dumps(bad)}\n")
         with pytest.raises(ConfigError) as ei:
@@ -251,18 +277,53 @@ def test_metrics_listen_and_status_interval_options(tmp_path):
 
 
 def test_run_refuses_a_non_loopback_metrics_address(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "sensor", "run", "-i", "lo", "--allow-root", "--out", str(tmp_path),
-                        "--metrics-listen", "0.0.0.0:9617"], cwd=REPO, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sensor",
+            "run",
+            "-i",
+            "lo",
+            "--allow-root",
+            "--out",
+            str(tmp_path),
+            "--metrics-listen",
+            "0.0.0.0:9617",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2 and "--metrics-listen" in r.stderr and "non-loopback" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     cfg = tmp_path / "config.yaml"
     cfg.write_text("metrics_listen: 0.0.0.0:9617\n")
-    r = subprocess.run([sys.executable, "-m", "sensor", "run", "-i", "lo", "--allow-root", "--out", str(tmp_path),
-                        "--config", str(cfg)], cwd=REPO, capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sensor",
+            "run",
+            "-i",
+            "lo",
+            "--allow-root",
+            "--out",
+            str(tmp_path),
+            "--config",
+            str(cfg),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2 and str(cfg) in r.stderr and "'metrics_listen'" in r.stderr, r.stderr
 
 
 # -- a real daemon, scraped over HTTP --------------------------------------------------------------------
+
 
 @pytest.fixture
 def ftp_server():
@@ -306,15 +367,37 @@ def test_daemon_serves_metrics_matching_its_records(tmp_path, ftp_server):
     r = rules / "t1071_002_file_transfer_protocols.yml"
     r.write_text(r.read_text().replace("      - 20\n", f"      - {PORT}\n      - 20\n"))
     mport = free_port()
-    cfg.write_text(f"tracked_ports: [{PORT}, {REFUSED_PORT}]\nhome_net: [127.0.0.1/32]\n"
-                   f"ip_type_overrides: {{'{SERVER}/32': Public}}\n"
-                   "timeouts: {tcp_closed: 0.3, tcp_attempt: 2}\nlimits: {flow_scan_interval: 0.1}\n"
-                   "status_interval: 1\n")
-    d = DaemonProcess([sys.executable, "-m", "sensor", "run", "-i", "lo", "--out", str(out), "--config", str(cfg),
-                       "--state-dir", str(tmp_path / "state"),
-                       "--rules", str(rules), "--allow-root", "--metrics-listen", f"127.0.0.1:{mport}",
-                       "--mode", "span"],   # the account is the login: alice and bob are two keys
-                      REPO, timeout=15.0)
+    cfg.write_text(
+        f"tracked_ports: [{PORT}, {REFUSED_PORT}]\nhome_net: [127.0.0.1/32]\n"
+        f"ip_type_overrides: {{'{SERVER}/32': Public}}\n"
+        "timeouts: {tcp_closed: 0.3, tcp_attempt: 2}\nlimits: {flow_scan_interval: 0.1}\n"
+        "status_interval: 1\n"
+    )
+    d = DaemonProcess(
+        [
+            sys.executable,
+            "-m",
+            "sensor",
+            "run",
+            "-i",
+            "lo",
+            "--out",
+            str(out),
+            "--config",
+            str(cfg),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--rules",
+            str(rules),
+            "--allow-root",
+            "--metrics-listen",
+            f"127.0.0.1:{mport}",
+            "--mode",
+            "span",
+        ],  # the account is the login: alice and bob are two keys
+        REPO,
+        timeout=15.0,
+    )
     p = d.p
 
     def stderr() -> str:
@@ -323,8 +406,8 @@ def test_daemon_serves_metrics_matching_its_records(tmp_path, ftp_server):
     url = f"http://127.0.0.1:{mport}/metrics"
     try:
         assert f"metrics on {url}" in stderr()
-        sessions(5, "alice")         # 4 cross the threshold: one alert; the 5th joins it (already raised)
-        refused()                    # ConnectionFailed
+        sessions(5, "alice")  # 4 cross the threshold: one alert; the 5th joins it (already raised)
+        refused()  # ConnectionFailed
         sessions(1, "bob")
         conns_path = out / "connections.jsonl"
         wait_for(lambda: len(read(conns_path)) == 7, what="7 connection records")
@@ -358,8 +441,10 @@ def test_daemon_serves_metrics_matching_its_records(tmp_path, ftp_server):
         assert get(url.replace("/metrics", "/status"))[0] == 404
 
         # the journal carries the same figures every status_interval
-        wait_for(lambda: "connections 7 (ConnectionFailed=1 ConnectionSuccess=6), alerts 1 " in stderr(),
-                 what="a status line with the figures")
+        wait_for(
+            lambda: "connections 7 (ConnectionFailed=1 ConnectionSuccess=6), alerts 1 " in stderr(),
+            what="a status line with the figures",
+        )
         line = next(ln for ln in stderr().splitlines() if "connections 7 (" in ln)
         assert re.search(r"packets [1-9]\d* \(dropped kernel 0, interface \d+\)", line), line
         assert "already raised 1" in line and "flows active" in line and "misses 0" in line, line
@@ -379,10 +464,27 @@ def test_run_exits_cleanly_when_the_metrics_port_is_taken(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        r = subprocess.run([sys.executable, "-m", "sensor", "run", "-i", "lo", "--allow-root", "--out", str(tmp_path),
-                            "--state-dir", str(tmp_path / "state"),
-                            "--metrics-listen", f"127.0.0.1:{port}"], cwd=REPO, capture_output=True, text=True,
-                           timeout=30)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sensor",
+                "run",
+                "-i",
+                "lo",
+                "--allow-root",
+                "--out",
+                str(tmp_path),
+                "--state-dir",
+                str(tmp_path / "state"),
+                "--metrics-listen",
+                f"127.0.0.1:{port}",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
     assert r.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
 

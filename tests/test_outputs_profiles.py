@@ -1,5 +1,6 @@
 """Output profiles: `mde` (records unchanged, DeviceNetworkEvents columns) and `ecs`
 (validated against a checked-in subset of the ECS 8.x field definitions)."""
+
 from __future__ import annotations
 
 import ipaddress
@@ -13,12 +14,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support.craft import Link, tcp_midstream, tcp_refused, tcp_session, write_pcap
 from sensor.core.config import config_from_dict
+from sensor.detect.rules import load_rules
 from sensor.records.ecs import EcsProfile
 from sensor.records.encode import Encoder, MdeProfile
-from sensor.detect.rules import load_rules
 from sensor.records.mde import RECORD_FIELDS
+from tests.support.craft import Link, tcp_midstream, tcp_refused, tcp_session, write_pcap
 from tests.support.tls import openssl_client_hello
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,16 +32,17 @@ T0 = 1_700_000_000.0
 
 
 def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    p = subprocess.run([sys.executable, "-m", "sensor", *args], cwd=REPO, capture_output=True, text=True,
-                       timeout=120)
+    p = subprocess.run([sys.executable, "-m", "sensor", *args], cwd=REPO, capture_output=True, text=True, timeout=120)
     if check:
         assert p.returncode == 0, p.stderr
     return p
 
 
 def read_kinds(outdir: Path) -> dict[str, list[dict]]:
-    return {k: [json.loads(line) for line in (outdir / f"{k}.jsonl").read_text().splitlines()]
-            for k in ("connections", "alerts", "transfers", "weird")}
+    return {
+        k: [json.loads(line) for line in (outdir / f"{k}.jsonl").read_text().splitlines()]
+        for k in ("connections", "alerts", "transfers", "weird")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -51,16 +53,23 @@ def varied(tmp_path_factory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("varied")
     dev, pub = "10.1.1.5", "93.184.216.34"
     pkts = []
-    for i in range(4):   # four FTP sessions to one public server: an alert
+    for i in range(4):  # four FTP sessions to one public server: an alert
         pkts += tcp_session(dev, pub, 40000 + i, 21, T0 + i * 60, c2s=b"USER alice\r\n", s2c=b"220 hi\r\n")
-    pkts += tcp_session(dev, "151.101.1.1", 40100, 990, T0 + 300, c2s=openssl_client_hello("files.mft.example"),
-                        s2c=b"\x16\x03\x03\x00\x00")
+    pkts += tcp_session(
+        dev,
+        "151.101.1.1",
+        40100,
+        990,
+        T0 + 300,
+        c2s=openssl_client_hello("files.mft.example"),
+        s2c=b"\x16\x03\x03\x00\x00",
+    )
     pkts += tcp_refused(dev, pub, 40200, 445, T0 + 400)
     pkts += tcp_midstream(dev, pub, 40300, 445, T0 + 500)
-    pkts += tcp_session(pub, dev, 40400, 21, T0 + 600, c2s=b"USER x\r\n", s2c=b"220 hi\r\n")     # inbound
-    pkts += tcp_session(dev, "10.2.2.2", 40500, 445, T0 + 700, c2s=b"\x00\x00\x00\x01x")        # internal
-    pkts += tcp_session("8.8.8.8", "1.1.1.1", 40600, 21, T0 + 800, c2s=b"USER y\r\n")           # external
-    pkts += tcp_session("fd00::5", "2001:db8::21", 40700, 21, T0 + 900, c2s=b"USER v6\r\n")      # IPv6
+    pkts += tcp_session(pub, dev, 40400, 21, T0 + 600, c2s=b"USER x\r\n", s2c=b"220 hi\r\n")  # inbound
+    pkts += tcp_session(dev, "10.2.2.2", 40500, 445, T0 + 700, c2s=b"\x00\x00\x00\x01x")  # internal
+    pkts += tcp_session("8.8.8.8", "1.1.1.1", 40600, 21, T0 + 800, c2s=b"USER y\r\n")  # external
+    pkts += tcp_session("fd00::5", "2001:db8::21", 40700, 21, T0 + 900, c2s=b"USER v6\r\n")  # IPv6
     pkts += tcp_session(dev, pub, 40800, 21, T0 + 1000, c2s=b"USER vlan\r\n", link=Link(vlan=42))
     pcap = write_pcap(d / "varied.pcap", pkts)
     cfg = d / "cfg.yaml"
@@ -167,8 +176,11 @@ def test_every_ecs_document_validates(ecs_records):
 
 
 def test_the_validator_can_fail():
-    good = {"@timestamp": "2026-01-01T00:00:00.000000Z", "ecs": {"version": "8.11.0"},
-            "event": {"kind": "event", "category": ["network"], "type": ["connection", "end"]}}
+    good = {
+        "@timestamp": "2026-01-01T00:00:00.000000Z",
+        "ecs": {"version": "8.11.0"},
+        "event": {"kind": "event", "category": ["network"], "type": ["connection", "end"]},
+    }
     assert ecs_problems(good) == []
     bad = json.loads(json.dumps(good))
     bad["event"]["kind"] = "connection"
@@ -188,8 +200,12 @@ def test_ecs_connection_semantics(ecs_records):
     by_action = {}
     for c in conns:
         by_action.setdefault(c["event"]["action"], []).append(c)
-    outcome = {"ConnectionSuccess": "success", "InboundConnectionAccepted": "success",
-               "ConnectionFailed": "failure", "ConnectionFound": "unknown"}
+    outcome = {
+        "ConnectionSuccess": "success",
+        "InboundConnectionAccepted": "success",
+        "ConnectionFailed": "failure",
+        "ConnectionFound": "unknown",
+    }
     assert set(by_action) == set(outcome)
     for action, docs in by_action.items():
         assert {d["event"]["outcome"] for d in docs} == {outcome[action]}
@@ -207,10 +223,11 @@ def test_ecs_connection_semantics(ecs_records):
             assert c["destination"]["bytes"] == c["xfer"]["sent_bytes"]
         assert c["network"]["bytes"] == c["source"]["bytes"] + c["destination"]["bytes"]
         assert c["event"]["duration"] >= 0
-    inbound = [c for c in conns if c["event"]["action"] == "InboundConnectionAccepted" and
-               c["source"]["ip"] == "93.184.216.34"]
+    inbound = [
+        c for c in conns if c["event"]["action"] == "InboundConnectionAccepted" and c["source"]["ip"] == "93.184.216.34"
+    ]
     assert inbound and inbound[0]["network"]["direction"] == "ingress"
-    assert inbound[0]["source"]["domain"] == "ftp.example.org"    # the remote side, from hostnames
+    assert inbound[0]["source"]["domain"] == "ftp.example.org"  # the remote side, from hostnames
     sni = [c for c in conns if c.get("tls")]
     assert [c["tls"]["client"]["server_name"] for c in sni] == ["files.mft.example"]
     assert sni[0]["network"]["protocol"] == "ftps"
@@ -218,13 +235,14 @@ def test_ecs_connection_semantics(ecs_records):
     assert any(c["network"].get("vlan") == {"id": "42"} for c in conns)
     zeek = {c["xfer"]["conn_state"] for c in conns}
     assert {"SF", "REJ", "OTH"} <= zeek
-    assert all(c["destination"].get("domain") == "ftp.example.org" for c in conns
-               if c["destination"]["ip"] == "93.184.216.34")
+    assert all(
+        c["destination"].get("domain") == "ftp.example.org" for c in conns if c["destination"]["ip"] == "93.184.216.34"
+    )
 
 
 def test_ecs_alert_carries_rule_and_attack(ecs_records):
     alerts = [a for a in ecs_records["alerts"] if a["xfer"]["alert"].get("connection_count")]
-    assert len(alerts) >= 3   # two in the demo, one in the crafted traffic
+    assert len(alerts) >= 3  # two in the demo, one in the crafted traffic
     for a in alerts:
         assert a["event"]["kind"] == "alert"
         assert a["rule"]["id"] == "0b7f5a8e-9d4c-4c1b-8f6a-1e2d3c4b5a69"
@@ -235,7 +253,7 @@ def test_ecs_alert_carries_rule_and_attack(ecs_records):
         assert t["tactic"]["id"] == ["TA0011"]
         assert t["technique"]["id"] == ["T1071"]
         assert t["technique"]["subtechnique"]["id"] == ["T1071.002"]
-        assert a["event"]["severity"] == 4      # level high
+        assert a["event"]["severity"] == 4  # level high
         assert a["xfer"]["alert"]["connection_count"] == 4
     crafted = [a for a in alerts if a["destination"]["ip"] == "93.184.216.34"]
     assert crafted and crafted[0]["destination"]["domain"] == "ftp.example.org"
@@ -257,32 +275,72 @@ def test_ecs_transfers_are_file_events(ecs_records):
 
 def test_ecs_process_fields_from_endpoint_records():
     """Endpoint mode fills Defender's process columns; they map to process.*."""
-    rec = {"Timestamp": "2026-11-27T01:00:00.000000Z", "DeviceName": "WS-1", "ActionType": "ConnectionSuccess",
-           "LocalIP": "10.0.0.5", "LocalPort": 40000, "RemoteIP": "93.184.216.34", "RemotePort": 21,
-           "Protocol": "Tcp", "LocalIPType": "Private", "RemoteIPType": "Public",
-           "InitiatingProcessFileName": "rclone", "InitiatingProcessId": 4242,
-           "InitiatingProcessAccountName": "backup", "InitiatingProcessCommandLine": "rclone sync /srv ftp:",
-           "InitiatingProcessFolderPath": "/usr/bin/rclone", "InitiatingProcessParentFileName": "cron",
-           "InitiatingProcessParentId": 1, "InitiatingProcessCreationTime": "2026-11-27T00:59:59.000000Z",
-           "AccountName": "backup", "SentBytes": 10, "ReceivedBytes": 20, "SentPackets": 1, "ReceivedPackets": 2,
-           "FirstSeen": "2026-11-27T01:00:00.000000Z", "LastSeen": "2026-11-27T01:00:01.500000Z",
-           "ConnState": "SF", "History": "ShADadFf", "Uid": "Cabc", "CommunityId": "1:x", "Direction": "outbound",
-           "Vlan": 0, "AppProtocol": "ftp", "AppUser": "ftpuser", "DataSentBytes": 0, "DataReceivedBytes": 0,
-           "ParentUid": "", "AdditionalFields": {}}
+    rec = {
+        "Timestamp": "2026-11-27T01:00:00.000000Z",
+        "DeviceName": "WS-1",
+        "ActionType": "ConnectionSuccess",
+        "LocalIP": "10.0.0.5",
+        "LocalPort": 40000,
+        "RemoteIP": "93.184.216.34",
+        "RemotePort": 21,
+        "Protocol": "Tcp",
+        "LocalIPType": "Private",
+        "RemoteIPType": "Public",
+        "InitiatingProcessFileName": "rclone",
+        "InitiatingProcessId": 4242,
+        "InitiatingProcessAccountName": "backup",
+        "InitiatingProcessCommandLine": "rclone sync /srv ftp:",
+        "InitiatingProcessFolderPath": "/usr/bin/rclone",
+        "InitiatingProcessParentFileName": "cron",
+        "InitiatingProcessParentId": 1,
+        "InitiatingProcessCreationTime": "2026-11-27T00:59:59.000000Z",
+        "AccountName": "backup",
+        "SentBytes": 10,
+        "ReceivedBytes": 20,
+        "SentPackets": 1,
+        "ReceivedPackets": 2,
+        "FirstSeen": "2026-11-27T01:00:00.000000Z",
+        "LastSeen": "2026-11-27T01:00:01.500000Z",
+        "ConnState": "SF",
+        "History": "ShADadFf",
+        "Uid": "Cabc",
+        "CommunityId": "1:x",
+        "Direction": "outbound",
+        "Vlan": 0,
+        "AppProtocol": "ftp",
+        "AppUser": "ftpuser",
+        "DataSentBytes": 0,
+        "DataReceivedBytes": 0,
+        "ParentUid": "",
+        "AdditionalFields": {},
+    }
     doc = EcsProfile(config_from_dict({})).connection(rec)
     assert ecs_problems(doc) == []
-    assert doc["process"] == {"name": "rclone", "pid": 4242, "command_line": "rclone sync /srv ftp:",
-                              "executable": "/usr/bin/rclone", "start": "2026-11-27T00:59:59.000000Z",
-                              "user": {"name": "backup"}, "parent": {"name": "cron", "pid": 1}}
+    assert doc["process"] == {
+        "name": "rclone",
+        "pid": 4242,
+        "command_line": "rclone sync /srv ftp:",
+        "executable": "/usr/bin/rclone",
+        "start": "2026-11-27T00:59:59.000000Z",
+        "user": {"name": "backup"},
+        "parent": {"name": "cron", "pid": 1},
+    }
     assert doc["user"] == {"name": "backup"}
     assert doc["related"]["user"] == ["backup", "ftpuser"]
     assert doc["event"]["duration"] == 1_500_000_000
 
 
 def test_ecs_truncated_record_still_validates():
-    rec = {"Timestamp": "2026-11-27T01:00:00.000000Z", "ActionType": "ConnectionSuccess", "LocalIP": "10.0.0.5",
-           "RemoteIP": "93.184.216.34", "Protocol": "Tcp", "Direction": "outbound", "Uid": "Cx",
-           "AdditionalFields": {"Files": [f"file-{i:05d}-" + "x" * 80 for i in range(2000)]}}
+    rec = {
+        "Timestamp": "2026-11-27T01:00:00.000000Z",
+        "ActionType": "ConnectionSuccess",
+        "LocalIP": "10.0.0.5",
+        "RemoteIP": "93.184.216.34",
+        "Protocol": "Tcp",
+        "Direction": "outbound",
+        "Uid": "Cx",
+        "AdditionalFields": {"Files": [f"file-{i:05d}-" + "x" * 80 for i in range(2000)]},
+    }
     enc = Encoder(EcsProfile(config_from_dict({})), 4096)
     line = enc.encode("connections", rec)
     assert len(line) <= 4096 and line.endswith(b"\n")
@@ -290,7 +348,7 @@ def test_ecs_truncated_record_still_validates():
     assert doc["xfer"]["record_truncated"] is True
     assert 0 < len(doc["xfer"]["details"]["Files"]) < 2000
     assert ecs_problems(doc) == []
-    assert len(rec["AdditionalFields"]["Files"]) == 2000     # the record itself is untouched
+    assert len(rec["AdditionalFields"]["Files"]) == 2000  # the record itself is untouched
 
 
 # -- mde --------------------------------------------------------------------------------
@@ -345,8 +403,15 @@ def test_mde_records_are_devicenetworkevents_columns(tmp_path, varied):
     for r in recs:
         assert mde_problems(r, cols) == [], r
     # the columns the hunt needs are Defender's, and filled
-    for k in ("Timestamp", "DeviceName", "ActionType", "RemoteIP", "RemotePort", "RemoteIPType",
-              "InitiatingProcessFileName"):
+    for k in (
+        "Timestamp",
+        "DeviceName",
+        "ActionType",
+        "RemoteIP",
+        "RemotePort",
+        "RemoteIPType",
+        "InitiatingProcessFileName",
+    ):
         assert cols[k][0] == "Defender" and all(k in r for r in recs)
     assert any(r.get("RemoteUrl") == "ftp.example.org" for r in recs)
     # and the check can fail
@@ -382,8 +447,16 @@ def test_ecs_threat_from_rules_file():
     rs = load_rules(REPO / "rules", RECORD_FIELDS)
     prof = EcsProfile(config_from_dict({}), rs)
     c = rs.correlations[0]
-    doc = prof.alert({"Timestamp": "2026-01-01T00:00:00.000000Z", "RuleId": c.id, "RuleTitle": c.title,
-                      "Level": c.level, "Tags": list(c.tags), "Uids": ["C1"]})
+    doc = prof.alert(
+        {
+            "Timestamp": "2026-01-01T00:00:00.000000Z",
+            "RuleId": c.id,
+            "RuleTitle": c.title,
+            "Level": c.level,
+            "Tags": list(c.tags),
+            "Uids": ["C1"],
+        }
+    )
     assert ecs_problems(doc) == []
     assert doc["rule"]["description"].startswith("More than 3 successful connections")
     assert doc["threat"]["technique"]["subtechnique"]["name"] == ["File Transfer Protocols"]

@@ -1,4 +1,5 @@
 """File sinks under logrotate (rename + SIGHUP, copytruncate) and sinks that fail or block."""
+
 from __future__ import annotations
 
 import json
@@ -11,19 +12,27 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from sensor.core.config import Output, SyslogOutput
-from sensor.records.encode import Encoder
 from sensor.io.sinks import AsyncSink, FileWriter, Outputs, build_outputs
+from sensor.records.encode import Encoder
 
-ROTATIONS = 8              # the rotation tests rotate after every n / ROTATIONS records
+ROTATIONS = 8  # the rotation tests rotate after every n / ROTATIONS records
 
 
 def record(seq: int) -> dict:
-    return {"Timestamp": "2026-11-27T01:00:00.000000Z", "DeviceName": "WS-1", "ActionType": "ConnectionSuccess",
-            "LocalIP": "10.0.0.5", "LocalPort": 40000 + seq % 20000, "RemoteIP": "93.184.216.34", "RemotePort": 21,
-            "Protocol": "Tcp", "Uid": f"C{seq:08d}", "SentBytes": seq, "AdditionalFields": {"Files": ["a" * (seq % 300)]}}
+    return {
+        "Timestamp": "2026-11-27T01:00:00.000000Z",
+        "DeviceName": "WS-1",
+        "ActionType": "ConnectionSuccess",
+        "LocalIP": "10.0.0.5",
+        "LocalPort": 40000 + seq % 20000,
+        "RemoteIP": "93.184.216.34",
+        "RemotePort": 21,
+        "Protocol": "Tcp",
+        "Uid": f"C{seq:08d}",
+        "SentBytes": seq,
+        "AdditionalFields": {"Files": ["a" * (seq % 300)]},
+    }
 
 
 def produce(outputs: Outputs, n: int, rate: float, rotate) -> None:
@@ -64,7 +73,8 @@ def test_rename_and_sighup_lose_no_line(tmp_path):
     def rotate() -> None:
         rotations.append(len(rotations) + 1)
         os.rename(path, out / f"connections.jsonl.{len(rotations)}")
-        os.kill(os.getpid(), signal.SIGHUP)      # logrotate's postrotate: kill -HUP
+        os.kill(os.getpid(), signal.SIGHUP)  # logrotate's postrotate: kill -HUP
+
     try:
         produce(outputs, n, rate=15_000, rotate=rotate)
     finally:
@@ -73,7 +83,7 @@ def test_rename_and_sighup_lose_no_line(tmp_path):
     st = next(iter(outputs.stats()["sinks"].values()))
     assert st["reopened"] >= len(rotations) and st["written"] == n
     lines = all_lines(out)
-    seqs = [int(json.loads(line)["Uid"][1:]) for line in lines]     # every line parses
+    seqs = [int(json.loads(line)["Uid"][1:]) for line in lines]  # every line parses
     assert sorted(seqs) == list(range(n)), "lines lost or duplicated across the rotations"
     # the rotated files and the live file each got a share (the rotation did happen)
     sizes = [len(f.read_bytes().splitlines()) for f in out.iterdir() if f.name.startswith("connections")]
@@ -91,15 +101,16 @@ def test_copytruncate_keeps_every_line_whole(tmp_path):
 
     def rotate() -> None:
         copies.append(len(copies) + 1)
-        shutil.copyfile(path, rot / f"c.{len(copies)}")   # logrotate copytruncate: copy, then truncate in place
+        shutil.copyfile(path, rot / f"c.{len(copies)}")  # logrotate copytruncate: copy, then truncate in place
         os.truncate(path, 0)
+
     try:
         produce(outputs, n, rate=15_000, rotate=rotate)
     finally:
         outputs.close()
     assert len(copies) == ROTATIONS - 1
     lines = all_lines(rot) + all_lines(out)
-    seqs = [int(json.loads(line)["Uid"][1:]) for line in lines]     # every line parses, none torn
+    seqs = [int(json.loads(line)["Uid"][1:]) for line in lines]  # every line parses, none torn
     assert len(seqs) == len(set(seqs))
     # copytruncate loses what was written between the copy and the truncate, and nothing else
     assert len(seqs) >= n * 0.5 and max(seqs) == n - 1
@@ -115,7 +126,7 @@ def test_long_record_is_one_flagged_line(tmp_path):
     assert len(lines) == 1 and len(lines[0]) <= 2048
     doc = json.loads(lines[0])
     assert doc["RecordTruncated"] is True and doc["Uid"] == "C00000001" and doc["RemoteIP"] == "93.184.216.34"
-    assert len(rec["AdditionalFields"]["Files"]) == 500       # the pipeline's record is untouched
+    assert len(rec["AdditionalFields"]["Files"]) == 500  # the pipeline's record is untouched
 
 
 # -- sinks that fail or block ------------------------------------------------------------
@@ -148,7 +159,8 @@ def count_waits(sink: AsyncSink) -> list[int]:
     def counted() -> None:
         waits[0] += 1
         inner()
-    sink._wait_room = counted    # type: ignore[method-assign]
+
+    sink._wait_room = counted  # type: ignore[method-assign]
     return waits
 
 
@@ -166,7 +178,7 @@ def test_blocked_sink_never_stalls_the_pipeline_live(caplog):
     assert st["queued"] + st["dropped_overflow"] == 20_000
     assert st["queued"] <= 2 * 100 and st["dropped_overflow"] >= 20_000 - 200
     overflow_logs = [r for r in caplog.records if "queue full" in r.getMessage()]
-    assert len(overflow_logs) == 1, [r.getMessage() for r in caplog.records]   # once per interval
+    assert len(overflow_logs) == 1, [r.getMessage() for r in caplog.records]  # once per interval
     w.release.set()
     sink.close()
     assert w.lines == st["queued"]
@@ -195,14 +207,14 @@ def test_collector_down_is_counted_and_logged_once_per_interval(caplog):
     port = socket.socket()
     port.bind(("127.0.0.1", 0))
     dead = port.getsockname()[1]
-    port.close()                                           # nothing listens there
+    port.close()  # nothing listens there
     caplog.set_level(logging.WARNING, logger="xfer-sensor.outputs")
     sl = SyslogOutput(host="127.0.0.1", port=dead, protocol="tcp", timeout=0.5, retry_interval=0.2)
     outputs = build_outputs(Output(error_log_interval=60), syslog=sl, block=False)
     waits = [count_waits(s) for s in outputs.sinks]
     for i in range(2_000):
         outputs.emit("connections", record(i))
-    assert waits == [[0]]                 # the connects happen on the writer's thread, never in emit
+    assert waits == [[0]]  # the connects happen on the writer's thread, never in emit
     outputs.close()
     st = next(iter(outputs.stats()["sinks"].values()))
     assert st["written"] == 0 and st["dropped_error"] + st["dropped_overflow"] == 2_000
@@ -216,9 +228,8 @@ def test_collector_that_stops_reading_never_stalls_the_pipeline():
     srv = socket.socket()
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     srv.bind(("127.0.0.1", 0))
-    srv.listen(1)                                          # accepts (kernel) but never reads
-    sl = SyslogOutput(host="127.0.0.1", port=srv.getsockname()[1], protocol="tcp", timeout=0.3,
-                      retry_interval=0.2)
+    srv.listen(1)  # accepts (kernel) but never reads
+    sl = SyslogOutput(host="127.0.0.1", port=srv.getsockname()[1], protocol="tcp", timeout=0.3, retry_interval=0.2)
     outputs = build_outputs(Output(queue_max=200), syslog=sl, block=False)
     waits = [count_waits(s) for s in outputs.sinks]
     for i in range(30_000):
@@ -235,7 +246,7 @@ def test_reopen_request_is_only_a_flag(tmp_path):
     """What the SIGHUP handler calls must not take a lock the interrupted code may hold."""
     w = FileWriter(tmp_path)
     sink = AsyncSink(w, queue_max=10)
-    with sink.cond:                    # the producer holds the queue lock when the signal arrives
-        sink.request_reopen()          # must not block
+    with sink.cond:  # the producer holds the queue lock when the signal arrives
+        sink.request_reopen()  # must not block
     sink.close()
     assert sink.stats()["reopened"] >= 1

@@ -4,6 +4,7 @@ The test starts its own rsyslogd on 127.0.0.1 with its own config, pid file and
 work folder in tmp_path (never the system's), reads the records back from the
 file rsyslog writes, and checks that every record arrived exactly once, intact.
 """
+
 from __future__ import annotations
 
 import collections
@@ -22,10 +23,10 @@ import pytest
 import yaml
 
 from sensor.core.config import Output, SyslogOutput, config_from_dict
-from sensor.records.encode import KINDS
 from sensor.detect.rules import load_rules
-from sensor.records.mde import RECORD_FIELDS
 from sensor.io.sinks import build_outputs
+from sensor.records.encode import KINDS
+from sensor.records.mde import RECORD_FIELDS
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "pcaps" / "demo.pcap"
@@ -64,8 +65,9 @@ class Rsyslog:
         conf.write_text(CONF.format(work=self.dir, out=self.out, udp=self.udp, tcp=self.tcp))
         self.pidfile = self.dir / "rsyslogd.pid"
         self.log = open(self.dir / "rsyslogd.stderr", "wb")
-        self.proc = subprocess.Popen([RSYSLOGD, "-n", "-f", str(conf), "-i", str(self.pidfile)],
-                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [RSYSLOGD, "-n", "-f", str(conf), "-i", str(self.pidfile)], stdout=self.log, stderr=subprocess.STDOUT
+        )
         self._wait_ready()
 
     def _wait_ready(self) -> None:
@@ -104,7 +106,7 @@ class Rsyslog:
         while True:
             recs = self.records()
             if len(recs) >= n or time.monotonic() > deadline:
-                time.sleep(0.3)            # anything beyond n (duplicates) would show up too
+                time.sleep(0.3)  # anything beyond n (duplicates) would show up too
                 return self.records()
             time.sleep(0.1)
 
@@ -172,14 +174,18 @@ def test_every_record_arrives_once_intact(rsyslog, demo_records, protocol, profi
     got = rsyslog.wait_for(n)
     assert len(got) == n, f"{len(got)} of {n} records arrived"
     received = collections.Counter()
-    for pri, app, procid, msgid, ts, msg in got:
-        doc = json.loads(msg)          # intact: parses, and is byte-identical to what was sent
+    for pri, app, procid, msgid, _ts, msg in got:
+        doc = json.loads(msg)  # intact: parses, and is byte-identical to what was sent
         received[(msgid, msg)] += 1
         assert app == "xfer-sensor" and procid == str(os.getpid())
         assert msgid in KINDS
         level = doc.get("Level") or doc.get("xfer", {}).get("alert", {}).get("level")
-        expect_sev = {"connections": 6, "transfers": 6, "weird": 5}.get(msgid) or \
-            {"low": 5, "medium": 4, "high": 3, "critical": 2}[level]
+        expect_sev = {"connections": 6, "transfers": 6, "weird": 5}.get(msgid) or {
+            "low": 5,
+            "medium": 4,
+            "high": 3,
+            "critical": 2,
+        }[level]
         assert int(pri) == 16 * 8 + expect_sev
     assert received == res["sent"]
     assert all(c == 1 for c in received.values())
@@ -187,9 +193,29 @@ def test_every_record_arrives_once_intact(rsyslog, demo_records, protocol, profi
 
 def test_replay_to_rsyslog_over_tcp_matches_the_files(rsyslog, tmp_path):
     out = tmp_path / "out"
-    p = subprocess.run([sys.executable, "-m", "sensor", "replay", str(DEMO), "--config", str(DEMO_CFG),
-                        "--out", str(out), "--profile", "ecs", "--syslog", f"127.0.0.1:{rsyslog.tcp}",
-                        "--syslog-protocol", "tcp"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sensor",
+            "replay",
+            str(DEMO),
+            "--config",
+            str(DEMO_CFG),
+            "--out",
+            str(out),
+            "--profile",
+            "ecs",
+            "--syslog",
+            f"127.0.0.1:{rsyslog.tcp}",
+            "--syslog-protocol",
+            "tcp",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert p.returncode == 0, p.stderr
     files = collections.Counter()
     for k in KINDS:
@@ -206,8 +232,9 @@ def test_syslog_message_format_octet_counting():
     srv = socket.socket()
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
-    sl = SyslogOutput(host="127.0.0.1", port=srv.getsockname()[1], protocol="tcp", facility=3, app_name="xs",
-                      hostname="h1")
+    sl = SyslogOutput(
+        host="127.0.0.1", port=srv.getsockname()[1], protocol="tcp", facility=3, app_name="xs", hostname="h1"
+    )
     outputs = build_outputs(Output(), syslog=sl)
     rec = {"Timestamp": "2026-11-27T01:00:00.000000Z", "RuleId": "r", "Level": "critical", "Uids": ["C1"]}
     outputs.emit("alerts", rec)

@@ -9,6 +9,7 @@
 - a plugin package imports only sensor.analyzers.base, itself and
   sensor.core, and the dispatcher names no protocol.
 """
+
 from __future__ import annotations
 
 import grimp
@@ -36,9 +37,14 @@ def table(t: dict) -> dict:
 def test_registry_builds_the_port_tables():
     d = dispatcher()
     assert [p.name for p in d.plugins] == ["ftp", "smb", "tls", "tftp"]
-    assert table(d.tcp_ports) == {21: ("ftp", "ftp", True), 990: ("ftp", "ftps", True),
-                                  989: ("ftp", "ftps-data", True), 20: ("ftp", "ftp-data", False),
-                                  445: ("smb", "smb", True), 139: ("smb", "smb", True)}
+    assert table(d.tcp_ports) == {
+        21: ("ftp", "ftp", True),
+        990: ("ftp", "ftps", True),
+        989: ("ftp", "ftps-data", True),
+        20: ("ftp", "ftp-data", False),
+        445: ("smb", "smb", True),
+        139: ("smb", "smb", True),
+    }
     assert table(d.tcp_orig_ports) == {20: ("ftp", "ftp-data", False)}
     assert table(d.udp_ports) == {69: ("tftp", "tftp", True)}
     # ports of sessions of their own; a followed FTPS host pair may use the others
@@ -73,6 +79,7 @@ def test_a_plugin_name_claimed_twice_is_refused():
 
 def test_registry_refuses_what_is_not_a_plugin(monkeypatch):
     import sensor.analyzers.tls as tls
+
     monkeypatch.setattr(tls, "PLUGIN", object())
     with pytest.raises(TypeError, match="sensor.analyzers.tls.PLUGIN is not"):
         registry(("sensor.analyzers.tls",))
@@ -105,15 +112,14 @@ class LineSession(Session):
         self.seen: list[str] = []
 
     def on_event(self, ev: Event) -> None:
-        assert isinstance(ev, Said)        # weirds are the dispatcher's, never passed here
+        assert isinstance(ev, Said)  # weirds are the dispatcher's, never passed here
         if ev.line.startswith("user "):
             self.ctx.set_user(ev.line[5:])
         else:
             self.ctx.set_field("Lines", self.seen)
             self.seen.append(ev.line)
             flow = self.ctx.flow
-            self.ctx.transfer({"Protocol": "line", "Uid": flow.uid, "ServerPort": flow.resp_p,
-                               "Filename": ev.line})
+            self.ctx.transfer({"Protocol": "line", "Uid": flow.uid, "ServerPort": flow.resp_p, "Filename": ev.line})
 
     def flow_ending(self) -> None:
         self.ctx.set_field("Ended", True)
@@ -138,8 +144,9 @@ def test_a_plugins_events_become_fields_user_transfers_and_weirds(tmp_path, monk
     from tests.support.craft import write_pcap
 
     monkeypatch.setattr(dispatch, "registry", lambda: (LinePlugin(), *registry()))
-    pkts = tcp_session("10.0.0.5", "192.0.2.7", 40000, 7, 1_800_000_000.0,
-                       c2s=b"user alice\nget a.txt\nget b.txt\n", s2c=b"ok")
+    pkts = tcp_session(
+        "10.0.0.5", "192.0.2.7", 40000, 7, 1_800_000_000.0, c2s=b"user alice\nget a.txt\nget b.txt\n", s2c=b"ok"
+    )
     sink = MemorySink()
     pipe = Pipeline(config_from_dict({"tracked_ports": [7, 21]}, "<test>"), RuleSet((), ()), sink)
     pipe.fused = fused
@@ -148,33 +155,43 @@ def test_a_plugins_events_become_fields_user_transfers_and_weirds(tmp_path, monk
     pipe.finish()
     [conn] = sink.records["connections"]
     assert (conn["RemotePort"], conn["AppProtocol"], conn["AppUser"]) == (7, "line", "alice")
-    assert conn["AdditionalFields"] == {"Lines": ["get a.txt", "get b.txt"], "Ended": True,
-                                        "Files": ["get a.txt", "get b.txt"]}
+    assert conn["AdditionalFields"] == {
+        "Lines": ["get a.txt", "get b.txt"],
+        "Ended": True,
+        "Files": ["get a.txt", "get b.txt"],
+    }
     assert sink.records["transfers"] == [
         {"Protocol": "line", "Uid": conn["Uid"], "ServerPort": 7, "Filename": "get a.txt"},
-        {"Protocol": "line", "Uid": conn["Uid"], "ServerPort": 7, "Filename": "get b.txt"}]
+        {"Protocol": "line", "Uid": conn["Uid"], "ServerPort": 7, "Filename": "get b.txt"},
+    ]
     assert [(w["Name"], w["Detail"], w["Uid"], w["Source"]) for w in sink.records["weird"]] == [
-        ("line_from_server", "ok", conn["Uid"], "line")]
+        ("line_from_server", "ok", conn["Uid"], "line")
+    ]
     assert pipe.app.stats["analyzed_flows"] == 1 and pipe.app.stats["transfers"] == 2
 
 
 # -- what a plugin may import --------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def graph():
-    return grimp.build_graph("sensor", include_external_packages=False, exclude_type_checking_imports=False,
-                             cache_dir=None)
+    return grimp.build_graph(
+        "sensor", include_external_packages=False, exclude_type_checking_imports=False, cache_dir=None
+    )
 
 
 @pytest.mark.parametrize("package", PLUGIN_PACKAGES)
 def test_a_plugin_package_imports_only_base_itself_and_core(graph, package):
     for module in sorted(graph.find_descendants(package) | {package}):
         for imported in sorted(graph.find_modules_directly_imported_by(module)):
-            assert (imported == "sensor.analyzers.base" or imported == package
-                    or imported.startswith(package + ".") or imported.startswith("sensor.core.")), \
-                f"{module} imports {imported}"
+            assert (
+                imported == "sensor.analyzers.base"
+                or imported == package
+                or imported.startswith(package + ".")
+                or imported.startswith("sensor.core.")
+            ), f"{module} imports {imported}"
 
 
 def test_the_dispatcher_names_no_protocol(graph):
-    analyzers = {m for m in graph.find_modules_directly_imported_by("sensor.engine.dispatch")
-                 if m.startswith("sensor.analyzers")}
+    analyzers = {
+        m for m in graph.find_modules_directly_imported_by("sensor.engine.dispatch") if m.startswith("sensor.analyzers")
+    }
     assert analyzers == {"sensor.analyzers", "sensor.analyzers.base"}

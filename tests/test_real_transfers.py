@@ -47,6 +47,7 @@ REAL = REPO / "pcaps" / "real"
 CAPTURES = sorted(p.stem for p in REAL.glob("*.pcap"))
 LOSSY = {"ftp_lossy", "smb_lossy"}
 
+
 class Verdict:
     """Collects every failed check of one test, then fails with all of them."""
 
@@ -92,20 +93,27 @@ def run_sensor(name: str, out: Path) -> Run:
     side = json.loads((REAL / f"{name}.json").read_text())
     out.mkdir(parents=True, exist_ok=True)
     cfg = out / "config.yaml"
-    cfg.write_text(json.dumps({                      # JSON is YAML
-        "ip_type_overrides": {f"{side['server_ip']}/32": "Public"},
-        "home_net": [f"{side['client_ip']}/32"],
-    }))
-    cp = subprocess.run([*sensor_cmd(), "replay", str(REAL / f"{name}.pcap"), "--out", str(out),
-                         "--config", str(cfg)], capture_output=True, text=True, timeout=120)
+    cfg.write_text(
+        json.dumps(
+            {  # JSON is YAML
+                "ip_type_overrides": {f"{side['server_ip']}/32": "Public"},
+                "home_net": [f"{side['client_ip']}/32"],
+            }
+        )
+    )
+    cp = subprocess.run(
+        [*sensor_cmd(), "replay", str(REAL / f"{name}.pcap"), "--out", str(out), "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cp.returncode == 0, f"xfer-sensor replay {name} exited {cp.returncode}\n{cp.stderr}"
 
     def load(f):
         p = out / f
         return [json.loads(x) for x in p.read_text().splitlines() if x.strip()] if p.exists() else []
 
-    return Run(out, side, load("connections.jsonl"), load("transfers.jsonl"), load("weird.jsonl"),
-               load("alerts.jsonl"))
+    return Run(out, side, load("connections.jsonl"), load("transfers.jsonl"), load("weird.jsonl"), load("alerts.jsonl"))
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +125,7 @@ def sensor(tmp_path_factory):
         if name not in cache:
             cache[name] = run_sensor(name, base / name)
         return cache[name]
+
     return get
 
 
@@ -126,16 +135,21 @@ def tshark():
     if shutil.which("tshark") is None:
         pytest.fail("tshark is not installed (apt-get install tshark); the oracle tests need it")
     from tests.lab import tshark_app
+
     cache: dict[tuple[str, str], object] = {}
 
     def get(kind: str, name: str):
         key = (kind, name)
         if key not in cache:
             pcap = REAL / f"{name}.pcap"
-            cache[key] = {"ftp": tshark_app.ftp_view, "tftp": tshark_app.tftp_view,
-                          "smb": tshark_app.smb_view,
-                          "tls": lambda p: tshark_app.client_hellos(p, (21, 990))}[kind](pcap)
+            cache[key] = {
+                "ftp": tshark_app.ftp_view,
+                "tftp": tshark_app.tftp_view,
+                "smb": tshark_app.smb_view,
+                "tls": lambda p: tshark_app.client_hellos(p, (21, 990)),
+            }[kind](pcap)
         return cache[key]
+
     return get
 
 
@@ -146,7 +160,7 @@ def tshark():
 def family(side: dict) -> str:
     protos = {s["protocol"].split("-")[0] for s in side["sessions"]}
     assert len(protos) == 1, protos
-    return protos.pop()          # ftp | ftps | tftp | smb
+    return protos.pop()  # ftp | ftps | tftp | smb
 
 
 def wire_name(t: dict) -> str:
@@ -158,8 +172,14 @@ def wire_name(t: dict) -> str:
 
 def session_record(run: Run, s: dict, port: int, proto: str = "Tcp") -> dict:
     """The one record of session *s* on *port*: first seen while the client ran."""
-    rs = [r for r in run.connections if r["RemotePort"] == port and r["Protocol"] == proto
-          and r["RemoteIP"] == s["server_ip"] and s["started"] <= r["FirstSeen"] <= s["ended"]]
+    rs = [
+        r
+        for r in run.connections
+        if r["RemotePort"] == port
+        and r["Protocol"] == proto
+        and r["RemoteIP"] == s["server_ip"]
+        and s["started"] <= r["FirstSeen"] <= s["ended"]
+    ]
     assert len(rs) == 1, f"session {s['command_line'][:3]}...: {len(rs)} records on {port}: {rs}"
     return rs[0]
 
@@ -168,8 +188,11 @@ def client_listed(s: dict) -> bool:
     """Did the client run a directory listing (LIST/NLST/MLSD, SMB ls)?"""
     words = " ".join(s["command_line"])
     if s["tool"] == "curl":
-        return "--list-only" in s["command_line"] or "-l" in s["command_line"] or \
-            any(a.startswith(("ftp://", "ftps://")) and a.endswith("/") for a in s["command_line"])
+        return (
+            "--list-only" in s["command_line"]
+            or "-l" in s["command_line"]
+            or any(a.startswith(("ftp://", "ftps://")) and a.endswith("/") for a in s["command_line"])
+        )
     return bool(re.search(r"(^|[;\s])(ls|dir|nlist|cls|mls|find)(\s|;|$)", words))
 
 
@@ -201,7 +224,7 @@ def test_sidecar_truth(name, sensor):
     # the capture point, so every byte is in the capture as well
     v.eq([(w["Name"], w["Source"], w["Detail"]) for w in run.weird], [], "weird records")
 
-    owned: Counter = Counter()          # transfer records accounted for
+    owned: Counter = Counter()  # transfer records accounted for
     if fam == "ftp":
         _sidecar_ftp(run, v, owned)
     elif fam == "ftps":
@@ -250,8 +273,11 @@ def _sidecar_ftp(run: Run, v: Verdict, owned: Counter) -> None:
                 sent += f["size"]
             want = (wire_name(f), f["direction"])
             what = f"{s['tool']} {f['direction']} {want[0]}"
-            cands = [i for i, t in enumerate(run.transfers) if not owned[i] and t["ControlUid"] == cu
-                     and (t["Filename"], t["Direction"]) == want]
+            cands = [
+                i
+                for i, t in enumerate(run.transfers)
+                if not owned[i] and t["ControlUid"] == cu and (t["Filename"], t["Direction"]) == want
+            ]
             if not v.check(len(cands) == 1, f"{what}: {len(cands)} transfer records on control {cu}"):
                 continue
             i = cands[0]
@@ -278,18 +304,23 @@ def _sidecar_ftp(run: Run, v: Verdict, owned: Counter) -> None:
             v.eq(d["AppProtocol"], "ftp-data", f"{what} data {du} AppProtocol")
             v.eq(d["ParentUid"], cu, f"{what} data {du} ParentUid")
             # the device is the client: download bytes arrive, upload bytes leave
-            got = (d["ReceivedBytes"], d["SentBytes"]) if f["direction"] == "download" \
+            got = (
+                (d["ReceivedBytes"], d["SentBytes"])
+                if f["direction"] == "download"
                 else (d["SentBytes"], d["ReceivedBytes"])
+            )
             v.eq(got, (f["size"], 0), f"{what} data {du} bytes (command direction, other)")
             if f["data_connection"] == 20:
                 v.eq(d["RemotePort"], 20, f"{what} data {du} RemotePort")
-        v.eq((ctrl["DataSentBytes"], ctrl["DataReceivedBytes"]), (sent, recv),
-             f"{cu} DataSentBytes/DataReceivedBytes")
+        v.eq((ctrl["DataSentBytes"], ctrl["DataReceivedBytes"]), (sent, recv), f"{cu} DataSentBytes/DataReceivedBytes")
     # every data connection belongs to a transfer of its control session
     for r in run.connections:
         if r["AppProtocol"] == "ftp-data" and r["Uid"] not in claimed:
-            v.check(False, f"ftp-data record {r['Uid']} ({r['RemoteIP']}:{r['RemotePort']}, parent "
-                           f"{r['ParentUid']!r}) belongs to no transfer")
+            v.check(
+                False,
+                f"ftp-data record {r['Uid']} ({r['RemoteIP']}:{r['RemotePort']}, parent "
+                f"{r['ParentUid']!r}) belongs to no transfer",
+            )
     want_data = sum(len(s["transfers"]) for s in run.side["sessions"])
     v.eq(sum(r["AppProtocol"] == "ftp-data" for r in run.connections), want_data, "ftp-data records")
 
@@ -331,14 +362,18 @@ def _sidecar_ftps(run: Run, v: Verdict) -> None:
         v.check(r["ParentUid"] in ctrl_uids, f"{r['Uid']}: ParentUid {r['ParentUid']!r} is no FTPS session")
     ctrls = sorted((r for r in run.connections if r["AppProtocol"] == "ftps"), key=lambda r: r["FirstSeen"])
     v.eq(len(ctrls), len(run.side["sessions"]), "FTPS control sessions")
-    for s, c in zip(run.side["sessions"], ctrls):   # both in the order the sessions ran
+    for s, c in zip(run.side["sessions"], ctrls):  # both in the order the sessions ran
         moved = sum(f["size"] for f in s["transfers"])
         children = [r for r in data if r["ParentUid"] == c["Uid"]]
-        v.eq((c["DataSentBytes"], c["DataReceivedBytes"]),
-             (sum(r["SentBytes"] for r in children), sum(r["ReceivedBytes"] for r in children)),
-             f"{c['Uid']} data bytes = its channels'")
-        v.check(c["DataSentBytes"] + c["DataReceivedBytes"] >= moved,
-                f"{c['Uid']}: data bytes {c['DataSentBytes']}+{c['DataReceivedBytes']} < files {moved}")
+        v.eq(
+            (c["DataSentBytes"], c["DataReceivedBytes"]),
+            (sum(r["SentBytes"] for r in children), sum(r["ReceivedBytes"] for r in children)),
+            f"{c['Uid']} data bytes = its channels'",
+        )
+        v.check(
+            c["DataSentBytes"] + c["DataReceivedBytes"] >= moved,
+            f"{c['Uid']}: data bytes {c['DataSentBytes']}+{c['DataReceivedBytes']} < files {moved}",
+        )
 
 
 def _sidecar_tftp(run: Run, v: Verdict, owned: Counter) -> None:
@@ -370,8 +405,11 @@ def _sidecar_tftp(run: Run, v: Verdict, owned: Counter) -> None:
         i = cands[0]
         owned[i] += 1
         t = run.transfers[i]
-        v.eq((t["Protocol"], t["Command"]), ("tftp", "RRQ" if f["direction"] == "download" else "WRQ"),
-             f"{what} Protocol/Command")
+        v.eq(
+            (t["Protocol"], t["Command"]),
+            ("tftp", "RRQ" if f["direction"] == "download" else "WRQ"),
+            f"{what} Protocol/Command",
+        )
         v.eq(t["Filename"], name, f"{what} Filename")
         v.eq(t["Direction"], f["direction"], f"{what} Direction")
         v.eq(t["Bytes"], size, f"{what} Bytes")
@@ -379,20 +417,31 @@ def _sidecar_tftp(run: Run, v: Verdict, owned: Counter) -> None:
         v.eq(t["BlockSize"], blksize, f"{what} BlockSize")
         # the last block is short -- empty when the size is a multiple of it
         v.eq(t["Blocks"], size // blksize + 1, f"{what} Blocks")
-        v.eq((t["ServerIP"], t["ServerPort"], t["ClientIP"]), (s["server_ip"], 69, run.side["client_ip"]),
-             f"{what} endpoints")
+        v.eq(
+            (t["ServerIP"], t["ServerPort"], t["ClientIP"]),
+            (s["server_ip"], 69, run.side["client_ip"]),
+            f"{what} endpoints",
+        )
         x = uids.get(t["Uid"])
         if not v.check(x is not None, f"{what}: transfer Uid {t['Uid']} is no connection record"):
             continue
-        v.eq((x["AppProtocol"], x["ParentUid"], x["LocalPort"]), ("tftp", ru, req["LocalPort"]),
-             f"{what} transfer flow AppProtocol/ParentUid/LocalPort")
+        v.eq(
+            (x["AppProtocol"], x["ParentUid"], x["LocalPort"]),
+            ("tftp", ru, req["LocalPort"]),
+            f"{what} transfer flow AppProtocol/ParentUid/LocalPort",
+        )
         # the request record carries the transfer flow's bytes (client's view)
-        v.eq((req["DataSentBytes"], req["DataReceivedBytes"]), (x["SentBytes"], x["ReceivedBytes"]),
-             f"{ru} DataSentBytes/DataReceivedBytes")
+        v.eq(
+            (req["DataSentBytes"], req["DataReceivedBytes"]),
+            (x["SentBytes"], x["ReceivedBytes"]),
+            f"{ru} DataSentBytes/DataReceivedBytes",
+        )
         file_side = req["DataReceivedBytes"] if f["direction"] == "download" else req["DataSentBytes"]
-        v.eq(file_side - size, 4 * t["Blocks"] + (0 if f["direction"] == "upload" or s["tool"] != "curl"
-                                                    else _oack_len(fields, size)),
-             f"{ru} file-side data bytes minus the file (4-byte DATA headers, OACK)")
+        v.eq(
+            file_side - size,
+            4 * t["Blocks"] + (0 if f["direction"] == "upload" or s["tool"] != "curl" else _oack_len(fields, size)),
+            f"{ru} file-side data bytes minus the file (4-byte DATA headers, OACK)",
+        )
 
 
 def _oack_len(fields: dict, size: int) -> int:
@@ -429,15 +478,17 @@ def _sidecar_smb(name: str, run: Run, v: Verdict, owned: Counter) -> None:
     for x in s["transfers"]:
         want = (wire_name(x), x["direction"])
         what = f"{x['direction']} {want[0]}"
-        cands = [i for i, t in enumerate(run.transfers) if not owned[i]
-                 and (t["Filename"], t["Direction"]) == want]
+        cands = [i for i, t in enumerate(run.transfers) if not owned[i] and (t["Filename"], t["Direction"]) == want]
         if not v.check(len(cands) == 1, f"{what}: {len(cands)} transfer records"):
             continue
         i = cands[0]
         owned[i] += 1
         t = run.transfers[i]
-        v.eq((t["Protocol"], t["Command"]), ("smb", "READ" if x["direction"] == "download" else "WRITE"),
-             f"{what} Protocol/Command")
+        v.eq(
+            (t["Protocol"], t["Command"]),
+            ("smb", "READ" if x["direction"] == "download" else "WRITE"),
+            f"{what} Protocol/Command",
+        )
         v.eq(t["Bytes"], x["size"], f"{what} Bytes")
         v.eq(t["Complete"], True, f"{what} Complete")
         v.eq(t["Share"], tree, f"{what} Share")
@@ -452,8 +503,12 @@ def _sidecar_smb(name: str, run: Run, v: Verdict, owned: Counter) -> None:
 
 def _by_endpoints(run: Run, a: tuple, b: tuple, proto: str = "Tcp") -> dict | None:
     key = frozenset((a, b))
-    rs = [r for r in run.connections if r["Protocol"] == proto
-          and frozenset(((r["LocalIP"], r["LocalPort"]), (r["RemoteIP"], r["RemotePort"]))) == key]
+    rs = [
+        r
+        for r in run.connections
+        if r["Protocol"] == proto
+        and frozenset(((r["LocalIP"], r["LocalPort"]), (r["RemoteIP"], r["RemotePort"]))) == key
+    ]
     assert len(rs) <= 1, rs
     return rs[0] if rs else None
 
@@ -466,6 +521,7 @@ SMB_CAPTURES = [n for n in CAPTURES if n.startswith("smb")]
 @pytest.mark.parametrize("name", FTP_CAPTURES)
 def test_tshark_ftp(name, sensor, tshark):
     from tests.lab.tshark_app import DATA_COMMANDS
+
     run = sensor(name)
     view = tshark("ftp", name)
     v = Verdict(name)
@@ -481,17 +537,23 @@ def test_tshark_ftp(name, sensor, tshark):
         v.eq(r["AppUser"], users[-1] if users else "", f"{cu} AppUser (tshark USER args {users})")
         v.eq(r["AppProtocol"], "ftps" if ctl.tls_upgrade else "ftp", f"{cu} AppProtocol")
         v.eq(r["AdditionalFields"].get("TlsUpgrade"), ctl.tls_upgrade, f"{cu} TlsUpgrade")
-        login = [c.reply for c in ctl.commands if c.command in ("USER", "PASS") and c.reply
-                 and c.reply >= 200]
-        v.eq(r["AdditionalFields"].get("FtpLoginSuccess"), (login[-1] == 230) if login else None,
-             f"{cu} FtpLoginSuccess (tshark final USER/PASS reply {login})")
+        login = [c.reply for c in ctl.commands if c.command in ("USER", "PASS") and c.reply and c.reply >= 200]
+        v.eq(
+            r["AdditionalFields"].get("FtpLoginSuccess"),
+            (login[-1] == 230) if login else None,
+            f"{cu} FtpLoginSuccess (tshark final USER/PASS reply {login})",
+        )
         data_cmds = [c for c in ctl.commands if c.command in DATA_COMMANDS]
         mine = [i for i, t in enumerate(run.transfers) if t["ControlUid"] == cu]
-        v.eq(len(mine), len(data_cmds), f"{cu} transfer records vs tshark data commands "
-                                        f"{[(c.command, c.arg) for c in data_cmds]}")
+        v.eq(
+            len(mine),
+            len(data_cmds),
+            f"{cu} transfer records vs tshark data commands {[(c.command, c.arg) for c in data_cmds]}",
+        )
         for c in data_cmds:
-            hits = [i for i in mine if (run.transfers[i]["Command"], run.transfers[i]["Filename"])
-                    == (c.command, c.arg)]
+            hits = [
+                i for i in mine if (run.transfers[i]["Command"], run.transfers[i]["Filename"]) == (c.command, c.arg)
+            ]
             if not v.check(len(hits) == 1, f"{cu}: tshark {c.command} {c.arg}: {len(hits)} transfer records"):
                 continue
             seen_transfers.add(hits[0])
@@ -501,8 +563,10 @@ def test_tshark_ftp(name, sensor, tshark):
     # data conversations: tshark's bytes, the derived command, the sensor's link
     for d in view.data:
         what = f"tshark data stream {d.stream} {d.a}<->{d.b}"
-        if not v.check(d.control is not None and d.command is not None,
-                       f"{what}: no PORT/EPRT/PASV/EPSV announcement and data command found"):
+        if not v.check(
+            d.control is not None and d.command is not None,
+            f"{what}: no PORT/EPRT/PASV/EPSV announcement and data command found",
+        ):
             continue
         server_ip = d.control.server[0]
         kind = d.announcement[1]
@@ -520,15 +584,17 @@ def test_tshark_ftp(name, sensor, tshark):
         if not v.check(rec is not None and ctrl_rec is not None, f"{what}: no sensor record"):
             continue
         direction = DATA_COMMANDS[d.command.command]
-        nbytes = d.bytes_from(server_ip) if direction in ("download", "listing") else \
-            d.bytes_from(d.control.client[0])
-        other = d.bytes_from(d.control.client[0]) if direction in ("download", "listing") else \
-            d.bytes_from(server_ip)
+        nbytes = d.bytes_from(server_ip) if direction in ("download", "listing") else d.bytes_from(d.control.client[0])
+        other = d.bytes_from(d.control.client[0]) if direction in ("download", "listing") else d.bytes_from(server_ip)
         v.eq(other, 0, f"{what}: tshark bytes against the command's direction")
         v.eq(rec["AppProtocol"], "ftp-data", f"{what} AppProtocol")
         v.eq(rec["ParentUid"], ctrl_rec["Uid"], f"{what} ParentUid")
-        ts = [t for t in run.transfers if t["ControlUid"] == ctrl_rec["Uid"]
-              and (t["Command"], t["Filename"]) == (d.command.command, d.command.arg)]
+        ts = [
+            t
+            for t in run.transfers
+            if t["ControlUid"] == ctrl_rec["Uid"]
+            and (t["Command"], t["Filename"]) == (d.command.command, d.command.arg)
+        ]
         if not v.check(len(ts) == 1, f"{what}: {len(ts)} transfers for {cmdline}"):
             continue
         t = ts[0]
@@ -564,8 +630,11 @@ def test_tshark_tls_sni(name, sensor, tshark):
         names = hellos[key]
         v.check(len(names) <= 1, f"{key}: several SNI names {names}")
         want = next(iter(names)) if names else None
-        v.eq(want, {"curl": None, "lftp": r["RemoteIP"]}[tools[r["Uid"]]],
-             f"tshark's SNI from {tools[r['Uid']]} (what the client sends to an IP address)")
+        v.eq(
+            want,
+            {"curl": None, "lftp": r["RemoteIP"]}[tools[r["Uid"]]],
+            f"tshark's SNI from {tools[r['Uid']]} (what the client sends to an IP address)",
+        )
         v.eq(r["AdditionalFields"].get("TlsSni"), want, f"{r['Uid']} TlsSni ({tools[r['Uid']]})")
     v.finish()
 
@@ -584,8 +653,11 @@ def test_tshark_tftp(sensor, tshark):
         if not v.check(r is not None, f"{what}: no port-69 record"):
             continue
         f = r["AdditionalFields"]
-        v.eq((f.get("TftpOp"), f.get("TftpFilename"), f.get("TftpMode")), (q.op, q.filename, q.mode),
-             f"{what} TftpOp/TftpFilename/TftpMode")
+        v.eq(
+            (f.get("TftpOp"), f.get("TftpFilename"), f.get("TftpMode")),
+            (q.op, q.filename, q.mode),
+            f"{what} TftpOp/TftpFilename/TftpMode",
+        )
         v.eq(f.get("TftpOptions"), q.options or None, f"{what} TftpOptions")
         v.check(q.error is None, f"{what}: tshark saw an ERROR {q.error}")
         x = _by_endpoints(run, q.transfer_from, q.client, "Udp") if q.transfer_from else None
@@ -593,9 +665,11 @@ def test_tshark_tftp(sensor, tshark):
             continue
         v.eq(x["ParentUid"], r["Uid"], f"{what} transfer flow ParentUid")
         # the port-69 record carries the transfer's UDP payload bytes, client's view
-        v.eq((r["DataSentBytes"], r["DataReceivedBytes"]),
-             (q.payload.get(q.client, 0), q.payload.get(q.transfer_from, 0)),
-             f"{what} DataSentBytes/DataReceivedBytes (tshark UDP payload per side)")
+        v.eq(
+            (r["DataSentBytes"], r["DataReceivedBytes"]),
+            (q.payload.get(q.client, 0), q.payload.get(q.transfer_from, 0)),
+            f"{what} DataSentBytes/DataReceivedBytes (tshark UDP payload per side)",
+        )
         ts = [t for t in run.transfers if t["ControlUid"] == r["Uid"]]
         if not v.check(len(ts) == 1, f"{what}: {len(ts)} transfer records"):
             continue
@@ -631,12 +705,16 @@ def test_tshark_smb(name, sensor, tshark):
         v.eq(f.get("SmbWorkstation"), s.hosts[-1] if s.hosts else None, f"{u} SmbWorkstation")
         v.eq(f.get("SmbDialect"), s.dialect, f"{u} SmbDialect (negotiate response)")
         v.eq(f.get("SmbTrees"), s.trees or None, f"{u} SmbTrees (tree connects answered STATUS_SUCCESS)")
-        v.eq(f.get("SmbEncrypted"), True if s.transform_frames else None,
-             f"{u} SmbEncrypted (tshark: {s.transform_frames} transform messages)")
+        v.eq(
+            f.get("SmbEncrypted"),
+            True if s.transform_frames else None,
+            f"{u} SmbEncrypted (tshark: {s.transform_frames} transform messages)",
+        )
         if s.server[1] == 139:
             v.eq(s.netbios_called, [f"{s.server[0]}<20>"], f"{what}: tshark NetBIOS called name")
-            v.eq(f.get("NetbiosCalledName"), s.netbios_called[-1] if s.netbios_called else None,
-                 f"{u} NetbiosCalledName")
+            v.eq(
+                f.get("NetbiosCalledName"), s.netbios_called[-1] if s.netbios_called else None, f"{u} NetbiosCalledName"
+            )
         # Known difference with the sidecar, not with tshark: smb139's guest
         # session names "root" in NTLMSSP and smbd flags the session Guest;
         # the sensor reports the name sent, like tshark's Account.
@@ -647,20 +725,23 @@ def test_tshark_smb(name, sensor, tshark):
             all_files.append((u, x))
     for u, x in all_files:
         for direction, n in (("download", x.bytes_read), ("upload", x.bytes_written)):
-            ts = [t for t in run.transfers if t["Uid"] == u and (t["Filename"], t["Direction"])
-                  == (x.name, direction)]
+            ts = [t for t in run.transfers if t["Uid"] == u and (t["Filename"], t["Direction"]) == (x.name, direction)]
             if not n:
                 v.eq(ts, [], f"{x.name} {direction}: tshark counts no byte")
                 continue
             if not v.check(len(ts) == 1, f"{x.name} {direction}: {len(ts)} transfer records"):
                 continue
             t = ts[0]
-            v.eq(t["Bytes"], n, f"{x.name} {direction} Bytes (tshark: "
-                               f"{x.reads} READ responses / {x.writes} WRITE requests)")
+            v.eq(
+                t["Bytes"],
+                n,
+                f"{x.name} {direction} Bytes (tshark: {x.reads} READ responses / {x.writes} WRITE requests)",
+            )
             v.eq(t["Share"], x.tree, f"{x.name} Share")
     # nothing the sensor names that tshark does not
-    named = {(u, x.name, d) for u, x in all_files
-             for d, n in (("download", x.bytes_read), ("upload", x.bytes_written)) if n}
+    named = {
+        (u, x.name, d) for u, x in all_files for d, n in (("download", x.bytes_read), ("upload", x.bytes_written)) if n
+    }
     for t in run.transfers:
         v.check((t["Uid"], t["Filename"], t["Direction"]) in named, f"transfer tshark does not see: {t}")
     v.finish()

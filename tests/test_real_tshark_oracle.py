@@ -80,19 +80,16 @@ def community_id(saddr: str, daddr: str, proto: int, sport: int, dport: int, see
 
 
 def test_community_id_helper_matches_the_spec_vectors():
-    assert community_id("128.232.110.120", "66.35.250.204", 6, 34855, 80) == \
-        "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
-    assert community_id("66.35.250.204", "128.232.110.120", 6, 80, 34855) == \
-        "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
-    assert community_id("192.168.1.52", "8.8.8.8", 17, 54585, 53) == \
-        "1:d/FP5EW3wiY1vCndhwleRRKHowQ="
+    assert community_id("128.232.110.120", "66.35.250.204", 6, 34855, 80) == "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
+    assert community_id("66.35.250.204", "128.232.110.120", 6, 80, 34855) == "1:LQU9qZlK+B5F3KDmev6m5PMibrg="
+    assert community_id("192.168.1.52", "8.8.8.8", 17, 54585, 53) == "1:d/FP5EW3wiY1vCndhwleRRKHowQ="
 
 
 def iso_us(epoch: str) -> str:
     """tshark's frame.time_epoch -> the record format (UTC, µs, 'Z')."""
     us = int(Decimal(epoch) * 1_000_000)
     sec, frac = divmod(us, 1_000_000)
-    t = dt.datetime.fromtimestamp(sec, tz=dt.timezone.utc)
+    t = dt.datetime.fromtimestamp(sec, tz=dt.UTC)
     return t.strftime("%Y-%m-%dT%H:%M:%S") + f".{frac:06d}Z"
 
 
@@ -100,8 +97,13 @@ def tftp_answered(c: Conversation, udp_convs: list[Conversation]) -> bool:
     """A TFTP server answers a request from a new port: another UDP
     conversation from the server's address to the client's address and port,
     starting after the request (how tshark's TFTP dissector links them)."""
-    return any(u is not c and u.originator[0] == c.responder[0] and u.responder == c.originator
-               and Decimal(u.first_ts) >= Decimal(c.first_ts) for u in udp_convs)
+    return any(
+        u is not c
+        and u.originator[0] == c.responder[0]
+        and u.responder == c.originator
+        and Decimal(u.first_ts) >= Decimal(c.first_ts)
+        for u in udp_convs
+    )
 
 
 def expected_action(c: Conversation, local: tuple[str, int], udp_convs: list[Conversation] = ()) -> str:
@@ -109,7 +111,7 @@ def expected_action(c: Conversation, local: tuple[str, int], udp_convs: list[Con
     if c.proto == "tcp":
         if c.syn_from is None and c.synack_from is None:
             return "ConnectionFound"
-        if not c.handshake:                      # refused (RST) or never answered
+        if not c.handshake:  # refused (RST) or never answered
             return "ConnectionFailed"
     else:
         # nothing came back on this 5-tuple, and (TFTP) no answer from a new port
@@ -158,12 +160,20 @@ def run_sensor(pcap: Path, side: dict, out: Path) -> tuple[list[dict], list[dict
     out.mkdir(parents=True, exist_ok=True)
     cfg = out / "config.yaml"
     # JSON is YAML; keys are the server's /32 and the client's /32
-    cfg.write_text(json.dumps({
-        "ip_type_overrides": {f"{side['server_ip']}/32": "Public"},
-        "home_net": [f"{side['client_ip']}/32"],
-    }))
-    cp = subprocess.run([*sensor_cmd(), "replay", str(pcap), "--out", str(out),
-                         "--config", str(cfg)], capture_output=True, text=True, timeout=120)
+    cfg.write_text(
+        json.dumps(
+            {
+                "ip_type_overrides": {f"{side['server_ip']}/32": "Public"},
+                "home_net": [f"{side['client_ip']}/32"],
+            }
+        )
+    )
+    cp = subprocess.run(
+        [*sensor_cmd(), "replay", str(pcap), "--out", str(out), "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert cp.returncode == 0, f"xfer-sensor replay {pcap} exited {cp.returncode}\n{cp.stderr}"
 
     def load(name):
@@ -185,8 +195,9 @@ def compare(pcap: Path, side: dict, records: list[dict]) -> list[tuple[Conversat
     convs = [c for c in conversations(pcap) if c.ports() & set(TRACKED_PORTS)]
     assert convs, f"{pcap.name}: tshark sees no conversation on a tracked port"
     client = side["client_ip"]
-    udp_convs = ([u for u in conversations(pcap, ports=None) if u.proto == "udp"]
-                 if any(c.proto == "udp" for c in convs) else [])
+    udp_convs = (
+        [u for u in conversations(pcap, ports=None) if u.proto == "udp"] if any(c.proto == "udp" for c in convs) else []
+    )
     # data channels and TFTP transfers on ephemeral ports are records too; the
     # comparison here is about connections on the tracked ports
     records = [r for r in records if {r["LocalPort"], r["RemotePort"]} & set(TRACKED_PORTS)]
@@ -202,10 +213,13 @@ def compare(pcap: Path, side: dict, records: list[dict]) -> list[tuple[Conversat
     def remote_of(c: Conversation):
         local = c.a if c.a[0] == client else c.b
         return c.b if local == c.a else c.a
+
     want = Counter(f"{remote_of(c)[0]}:{remote_of(c)[1]}/{c.proto}" for c in convs)
     got = Counter(f"{r['RemoteIP']}:{r['RemotePort']}/{r['Protocol'].lower()}" for r in records)
-    assert got == want, (f"{pcap.name}: records per remote endpoint differ from tshark\n"
-                         f"  sensor: {dict(sorted(got.items()))}\n  tshark: {dict(sorted(want.items()))}")
+    assert got == want, (
+        f"{pcap.name}: records per remote endpoint differ from tshark\n"
+        f"  sensor: {dict(sorted(got.items()))}\n  tshark: {dict(sorted(want.items()))}"
+    )
     assert set(by_rec) == set(by_conv)
 
     pairs = []
@@ -225,18 +239,23 @@ def compare(pcap: Path, side: dict, records: list[dict]) -> list[tuple[Conversat
                 assert d.nxtseq_mismatch == 0, c.summary()
             exp = {
                 "ActionType": expected_action(c, local, udp_convs),
-                "LocalIP": local[0], "LocalPort": local[1],
-                "RemoteIP": remote[0], "RemotePort": remote[1],
+                "LocalIP": local[0],
+                "LocalPort": local[1],
+                "RemoteIP": remote[0],
+                "RemotePort": remote[1],
                 "Protocol": c.proto.capitalize(),
-                "SentBytes": c.payload_bytes(local), "ReceivedBytes": c.payload_bytes(remote),
-                "SentPackets": c.packets(local), "ReceivedPackets": c.packets(remote),
-                "FirstSeen": iso_us(c.first_ts), "LastSeen": iso_us(c.last_ts),
+                "SentBytes": c.payload_bytes(local),
+                "ReceivedBytes": c.payload_bytes(remote),
+                "SentPackets": c.packets(local),
+                "ReceivedPackets": c.packets(remote),
+                "FirstSeen": iso_us(c.first_ts),
+                "LastSeen": iso_us(c.last_ts),
                 "Timestamp": iso_us(c.first_ts),
                 "RemoteIPType": "Public" if remote[0] == side["server_ip"] else "Private",
                 "LocalIPType": "Private",
-                "CommunityId": community_id(c.originator[0], c.responder[0],
-                                            6 if c.proto == "tcp" else 17,
-                                            c.originator[1], c.responder[1]),
+                "CommunityId": community_id(
+                    c.originator[0], c.responder[0], 6 if c.proto == "tcp" else 17, c.originator[1], c.responder[1]
+                ),
             }
             diff = {k: (r.get(k), v) for k, v in exp.items() if r.get(k) != v}
             states = expected_states(c)
@@ -257,8 +276,8 @@ def check_ground_truth(pcap: Path, side: dict, records: list[dict]) -> None:
     """What the clients did (the sidecar) must show in the records."""
     got = Counter(f"{r['RemoteIP']}:{r['RemotePort']}/{r['Protocol'].lower()}" for r in records)
     assert dict(got) == side["expected_tracked_connections"], (
-        f"{pcap.name}: records {dict(sorted(got.items()))} != ground truth "
-        f"{side['expected_tracked_connections']}")
+        f"{pcap.name}: records {dict(sorted(got.items()))} != ground truth {side['expected_tracked_connections']}"
+    )
     # active plain-FTP data connections (server port 20) carry exactly the file
     want = Counter()
     for s in side["sessions"]:
@@ -279,11 +298,9 @@ def check_ground_truth(pcap: Path, side: dict, records: list[dict]) -> None:
     # every session the clients expected to fail shows as failed
     for s in side["sessions"]:
         if s["expect"] in ("refused", "unanswered"):
-            rs = [r for r in records if r["RemoteIP"] == s["server_ip"]
-                  and r["RemotePort"] == s["server_port"]]
+            rs = [r for r in records if r["RemoteIP"] == s["server_ip"] and r["RemotePort"] == s["server_port"]]
             assert rs and all(r["ActionType"] == "ConnectionFailed" for r in rs), (s, rs)
-            assert all(r["ConnState"] == ("REJ" if s["expect"] == "refused" else "S0")
-                       for r in rs), rs
+            assert all(r["ConnState"] == ("REJ" if s["expect"] == "refused" else "S0") for r in rs), rs
 
 
 # ---------------------------------------------------------------------------
@@ -319,11 +336,11 @@ def test_committed_captures_are_all_there():
 def _case(name: str, tmp_path: Path, request):
     if name == "fresh":
         return request.getfixturevalue("fresh")
-    _lab_or_fail()      # tshark and the sensor are needed here too
+    _lab_or_fail()  # tshark and the sensor are needed here too
     return REAL / f"{name}.pcap", json.loads((REAL / f"{name}.json").read_text())
 
 
-@pytest.mark.root          # the lab for "fresh"; _lab_or_fail for the committed ones too
+@pytest.mark.root  # the lab for "fresh"; _lab_or_fail for the committed ones too
 @pytest.mark.parametrize("name", ["fresh", *_committed()])
 def test_sensor_agrees_with_tshark(name, tmp_path, request):
     pcap, side = _case(name, tmp_path, request)
@@ -337,8 +354,7 @@ def test_sensor_agrees_with_tshark(name, tmp_path, request):
     assert pairs
     if name == "ftp_repeated":
         # 5 successful sessions to one public address and port: the threshold (> 3) fires
-        hits = [a for a in alerts if a.get("RemoteIP") == side["server_ip"]
-                and a.get("RemotePort") == 21]
+        hits = [a for a in alerts if a.get("RemoteIP") == side["server_ip"] and a.get("RemotePort") == 21]
         assert hits, f"no threshold alert for 5 FTP sessions: {alerts}"
         uids = {r["Uid"] for r in records if r["RemotePort"] == 21}
         for a in hits:

@@ -1,7 +1,7 @@
 """TCP reassembly: in order, out of order, retransmissions, wrap, bounds, gaps."""
-import random
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sensor.engine.reassembly import ReassemblyLimits, Stream
 
@@ -14,7 +14,7 @@ def test_in_order_and_retransmission():
     s = Stream()
     s.start(1000)
     assert data_of(s.segment(1000, b"abc")) == b"abc"
-    assert s.segment(1000, b"abc") == []          # retransmission
+    assert s.segment(1000, b"abc") == []  # retransmission
     assert data_of(s.segment(1001, b"bcdef")) == b"def"  # overlap
     assert s.next == 6
 
@@ -45,7 +45,7 @@ def test_full_ooo_buffer_declares_gap():
     s.start(0)
     s.segment(10, b"x")
     s.segment(12, b"y")
-    out = s.segment(14, b"z")        # third waiting segment: give up on 0..10
+    out = s.segment(14, b"z")  # third waiting segment: give up on 0..10
     assert out[0].gap == 10 and data_of(out) == b"x"
     assert s.gaps == 1
 
@@ -69,7 +69,11 @@ def test_depth_limit():
 @settings(max_examples=200, deadline=None)
 @given(st.binary(min_size=1, max_size=400), st.integers(0, 2**32 - 1), st.randoms(use_true_random=False))
 def test_any_segmentation_and_order_reassembles_the_same_bytes(payload, isn, rnd):
-    cuts = sorted(rnd.sample(range(1, len(payload)), min(len(payload) - 1, rnd.randrange(0, 8)))) if len(payload) > 1 else []
+    cuts = (
+        sorted(rnd.sample(range(1, len(payload)), min(len(payload) - 1, rnd.randrange(0, 8))))
+        if len(payload) > 1
+        else []
+    )
     bounds = [0] + cuts + [len(payload)]
     segs = [((isn + a) & 0xFFFFFFFF, payload[a:b]) for a, b in zip(bounds, bounds[1:])]
     segs += rnd.sample(segs, min(len(segs), 2))  # duplicates

@@ -5,6 +5,7 @@ it must receive exactly the datagrams a Type=notify service sends, from the
 sending process (SO_PASSCRED: systemd checks the sender's pid for
 NotifyAccess=main).
 """
+
 from __future__ import annotations
 
 import os
@@ -64,7 +65,7 @@ def _exchange(address_env: str, r: socket.socket) -> None:
     assert {pid for _, pid in got} == {os.getpid()}
     assert msgs[0] == b"READY=1\nSTATUS=capturing on eth0"
     assert msgs[1] == b"WATCHDOG=1"
-    assert msgs[2] == b"STATUS=12 connections, 0 alerts second line"     # one line: no injected keys
+    assert msgs[2] == b"STATUS=12 connections, 0 alerts second line"  # one line: no injected keys
     lines = msgs[3].split(b"\n")
     assert lines[0] == b"RELOADING=1" and len(lines) == 2 and lines[1].startswith(b"MONOTONIC_USEC=")
     assert t_before <= int(lines[1].split(b"=")[1]) <= t_after
@@ -113,7 +114,7 @@ def test_send_failure_is_counted_not_raised(tmp_path):
 def test_watchdog_interval():
     assert watchdog_interval({"WATCHDOG_USEC": "30000000"}) == 15.0
     assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())}) == 15.0
-    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None   # not us
+    assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"}) is None  # not us
     assert watchdog_interval({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "x"}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "0"}) is None
     assert watchdog_interval({"WATCHDOG_USEC": "-5"}) is None
@@ -149,18 +150,18 @@ def test_a_service_process_notifies_like_under_systemd(tmp_path):
     """A child started the way systemd starts a Type=notify service (the
     variables in its environment) reaches the socket, credentials included."""
     path = tmp_path / "notify.sock"
-    code = ("from sensor.io.sdnotify import SdNotifier\n"
-            "n = SdNotifier()\n"
-            "iv = n.watchdog_interval()\n"
-            "assert n.ready(f'watchdog every {iv}s') and n.watchdog() and n.stopping()\n")
+    code = (
+        "from sensor.io.sdnotify import SdNotifier\n"
+        "n = SdNotifier()\n"
+        "iv = n.watchdog_interval()\n"
+        "assert n.ready(f'watchdog every {iv}s') and n.watchdog() and n.stopping()\n"
+    )
     with _receiver(str(path)) as r:
-        env = dict(os.environ, NOTIFY_SOCKET=str(path), WATCHDOG_USEC="20000000",
-                   PYTHONPATH=str(REPO))
+        env = dict(os.environ, NOTIFY_SOCKET=str(path), WATCHDOG_USEC="20000000", PYTHONPATH=str(REPO))
         env.pop("WATCHDOG_PID", None)
         p = subprocess.Popen([sys.executable, "-c", code], env=env)
         assert p.wait(30) == 0
         got = [_recv(r) for _ in range(3)]
-        assert [d for d, _ in got] == [b"READY=1\nSTATUS=watchdog every 10.0s", b"WATCHDOG=1",
-                                       b"STOPPING=1"]
+        assert [d for d, _ in got] == [b"READY=1\nSTATUS=watchdog every 10.0s", b"WATCHDOG=1", b"STOPPING=1"]
         assert {pid for _, pid in got} == {p.pid}
         _nothing_more(r)

@@ -1,4 +1,5 @@
 """The unit file passes systemd-analyze verify (systemd is installed with the test dependencies)."""
+
 import re
 import shutil
 import subprocess
@@ -18,15 +19,23 @@ def test_unit_file_verifies(tmp_path):
     unit.write_text(text)
     r = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
     # verify also complains about the host's own units; only ours matters
-    ours = [l for l in (r.stdout + r.stderr).splitlines() if "xfer-sensor.service" in l]
+    ours = [line for line in (r.stdout + r.stderr).splitlines() if "xfer-sensor.service" in line]
     assert not ours, "\n".join(ours)
 
 
 def test_unit_declares_what_the_issue_requires():
     u = UNIT.read_text()
-    for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ExecReload=/bin/kill -HUP $MAINPID",
-                 "NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=", "PrivateTmp=yes",
-                 "ProtectHome=yes"):
+    for line in (
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=",
+        "PrivateTmp=yes",
+        "ProtectHome=yes",
+    ):
         assert line in u, line
     fams = re.search(r"^RestrictAddressFamilies=(.*)$", u, re.M).group(1).split()
     assert {"AF_PACKET", "AF_NETLINK"} <= set(fams)

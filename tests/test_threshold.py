@@ -1,4 +1,5 @@
 """The T1071.002 hunt on crafted captures: the threshold, its window, what counts."""
+
 from tests.support.craft import Link, tcp_midstream, tcp_refused, tcp_session, tcp_unanswered, udp_exchange
 
 DEV = "10.1.1.5"
@@ -91,7 +92,7 @@ def test_keys_never_mix(replay):
 def test_private_and_inbound_connections_do_not_count(replay):
     pkts = []
     for i in range(5):
-        pkts += ftp(T0 + i, 40000 + i, server="10.9.9.9")                      # private remote
+        pkts += ftp(T0 + i, 40000 + i, server="10.9.9.9")  # private remote
         pkts += tcp_session("93.184.216.40", DEV, 50000 + i, 21, T0 + 10 + i)  # inbound
     r = replay(pkts)
     acts = sorted(c["ActionType"] for c in r.connections)
@@ -105,8 +106,9 @@ def test_udp_tftp_answered_counts_unanswered_fails(replay):
     rrq = b"\x00\x01file.bin\x00octet\x00"
     pkts = []
     for i in range(4):
-        pkts += udp_exchange(DEV, "93.184.216.50", 50000 + i, 69, T0 + i,
-                             [(True, rrq), (False, b"\x00\x05\x00\x01not found\x00")])
+        pkts += udp_exchange(
+            DEV, "93.184.216.50", 50000 + i, 69, T0 + i, [(True, rrq), (False, b"\x00\x05\x00\x01not found\x00")]
+        )
         pkts += udp_exchange(DEV, "93.184.216.51", 51000 + i, 69, T0 + i, [(True, rrq)])
     r = replay(pkts)
     by_ip = {}
@@ -121,13 +123,26 @@ def test_vlan_qinq_ipv6_counted_like_untagged_ipv4(replay):
     for link in (Link(vlan=100), Link(vlan=200, outer_vlan=300)):
         r = replay(sum((ftp(T0 + i, 40000 + i, link=link) for i in range(4)), []))
         assert len(r.alerts) == 1
-        strip = lambda c: {k: v for k, v in c.items() if k not in ("Uid", "Vlan")}
+
+        def strip(c):
+            return {k: v for k, v in c.items() if k not in ("Uid", "Vlan")}
+
         assert [strip(c) for c in r.connections] == [strip(c) for c in base.connections]
         assert {c["Vlan"] for c in r.connections} == {link.vlan if link.outer_vlan is None else link.outer_vlan}
     v6 = replay(sum((ftp(T0 + i, 40000 + i, server="2606:2800:220:1::1", client="fd00::5") for i in range(4)), []))
     assert len(v6.alerts) == 1
     for a, b in zip(v6.connections, base.connections):
-        for k in ("ActionType", "SentBytes", "ReceivedBytes", "SentPackets", "ReceivedPackets", "ConnState",
-                  "History", "RemoteIPType", "LocalIPType", "RemotePort"):
+        for k in (
+            "ActionType",
+            "SentBytes",
+            "ReceivedBytes",
+            "SentPackets",
+            "ReceivedPackets",
+            "ConnState",
+            "History",
+            "RemoteIPType",
+            "LocalIPType",
+            "RemotePort",
+        ):
             assert a[k] == b[k], k
     assert v6.alerts[0]["RemoteIP"] == "2606:2800:220:1::1"

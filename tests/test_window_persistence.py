@@ -4,6 +4,7 @@ daemon killed with SIGKILL and restarted inside a window -- the 4th
 connection still alerts, an alert already raised is not raised again.
 
 The daemon tests use 127.0.0.3 on a free port (test_daemon.py uses 127.0.0.2)."""
+
 import json
 import logging
 import os
@@ -11,32 +12,40 @@ import random
 import signal
 import sqlite3
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.support.loopback_ftp import DaemonProcess, banner_server, login_sessions, records_of, wait_for
-
 from sensor.core.config import ConfigError, Limits, config_from_dict
 from sensor.detect.detector import Detector, window_id
+from sensor.detect.rules import load_rules
+from sensor.detect.winstore import PRUNE_EVERY_S, PRUNE_GRACE_S, SCHEMA_VERSION, STATE_FILE, WindowPersistence
 from sensor.io.sinks import MemorySink
 from sensor.pipeline import Pipeline
 from sensor.records.mde import RECORD_FIELDS
-from sensor.detect.rules import load_rules
-from sensor.detect.winstore import PRUNE_EVERY_S, PRUNE_GRACE_S, SCHEMA_VERSION, STATE_FILE, WindowPersistence
+from tests.support.loopback_ftp import DaemonProcess, banner_server, login_sessions, records_of, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = load_rules(REPO / "rules", RECORD_FIELDS)
-T0 = 1_700_000_000 * 1_000_000       # packet time, us
+T0 = 1_700_000_000 * 1_000_000  # packet time, us
 S = 1_000_000
 DAY = 86400 * S
 
 
 def rec(uid: str, ip: str = "203.0.113.10", account: str = "backup", port: int = 21) -> dict:
-    return {"Timestamp": "-", "DeviceName": "WS-1", "InitiatingProcessFileName": "", "RemoteIP": ip,
-            "RemotePort": port, "AccountName": account, "RemoteIPType": "Public",
-            "ActionType": "ConnectionSuccess", "Uid": uid, "SentBytes": 100, "ReceivedBytes": 20}
+    return {
+        "Timestamp": "-",
+        "DeviceName": "WS-1",
+        "InitiatingProcessFileName": "",
+        "RemoteIP": ip,
+        "RemotePort": port,
+        "AccountName": account,
+        "RemoteIPType": "Public",
+        "ActionType": "ConnectionSuccess",
+        "Uid": uid,
+        "SentBytes": 100,
+        "ReceivedBytes": 20,
+    }
 
 
 def counts(alerts: list[dict]) -> list[int]:
@@ -53,8 +62,9 @@ class Clock:
 
 def opened(state: Path, rules=RULES, limits: Limits = Limits(), clock=None, now_us: int = T0):
     det = Detector(rules, limits)
-    p = WindowPersistence.open(state, det, 2.0, limits.max_window_keys, clock=clock or Clock(),
-                               wallclock=lambda: now_us / S)
+    p = WindowPersistence.open(
+        state, det, 2.0, limits.max_window_keys, clock=clock or Clock(), wallclock=lambda: now_us / S
+    )
     return det, p
 
 
@@ -73,15 +83,15 @@ def test_detector_export_import_round_trip_keeps_the_window_and_the_raised_alert
     for i in range(2):
         assert counts(a.observe(rec(f"C{i}"), T0 + i * S)) == []
     state = a.export_state()
-    assert json.loads(json.dumps(state)) is not None          # plain data
+    assert json.loads(json.dumps(state)) is not None  # plain data
     b = Detector(RULES, Limits())
     assert b.import_state({w: e["upserts"] for w, e in state.items()}) == (1, 0)
     assert counts(b.observe(rec("C2"), T0 + 2 * S)) == []
-    assert counts(b.observe(rec("C3"), T0 + 3 * S)) == [4]    # the 4th still alerts
+    assert counts(b.observe(rec("C3"), T0 + 3 * S)) == [4]  # the 4th still alerts
     st = b.export_state()
     c = Detector(RULES, Limits())
     c.import_state({w: e["upserts"] for w, e in st.items()})
-    assert counts(c.observe(rec("C4"), T0 + 4 * S)) == []     # no second alert
+    assert counts(c.observe(rec("C4"), T0 + 4 * S)) == []  # no second alert
     assert c.stats.suppressed == 1
     hunt = c.hunt_results()
     assert len(hunt) == 1 and hunt[0]["ConnectionCount"] == 5 and hunt[0]["Uids"] == [f"C{i}" for i in range(5)]
@@ -95,10 +105,10 @@ def test_a_reload_carries_the_windows_and_keeps_counting_into_the_same_counters(
         old.observe(rec(f"C{i}"), T0 + i * S)
     new = Detector(RULES, Limits())
     assert new.carry_over(old) >= 1
-    assert counts(new.observe(rec("C3"), T0 + 3 * S)) == [4]          # the window went on
+    assert counts(new.observe(rec("C3"), T0 + 3 * S)) == [4]  # the window went on
     assert counts(new.observe(rec("C4"), T0 + 4 * S)) == []
     assert new.stats is old.stats
-    assert (old.stats.records, old.stats.suppressed) == (5, 1)         # counted by the new windows
+    assert (old.stats.records, old.stats.suppressed) == (5, 1)  # counted by the new windows
     assert old.stats.alerts >= 1
 
 
@@ -111,7 +121,7 @@ def test_changes_are_tracked_only_when_asked():
     d.observe(rec("C1"), T0 + S)
     ch = d.export_changes()
     assert len(ch) == 1 and len(next(iter(ch.values()))["upserts"]) == 1
-    assert d.export_changes() == {}                      # cleared
+    assert d.export_changes() == {}  # cleared
 
 
 def test_replay_pipeline_keeps_no_window_state(tmp_path):
@@ -161,14 +171,14 @@ def test_writes_wait_for_the_flush_interval_then_commit(tmp_path):
     det.observe(rec("C1"), T0 + S)
     clock.t += 1.9
     p.tick()
-    assert rows(tmp_path) == []                            # not yet: batched
+    assert rows(tmp_path) == []  # not yet: batched
     clock.t += 0.2
     p.tick()
     (r,) = rows(tmp_path)
     assert [e[3] for e in json.loads(r[2])] == ["C0", "C1"] and r[3] == 1 and r[4] == -1
     det.observe(rec("C2"), T0 + 2 * S)
     det.observe(rec("C3"), T0 + 3 * S)
-    p.close()                                               # SIGTERM path: the rest is written
+    p.close()  # SIGTERM path: the rest is written
     (r,) = rows(tmp_path)
     assert len(json.loads(r[2])) == 4 and r[3] == 0 and r[4] == T0 + 3 * S
     assert json.loads(r[5])["ConnectionCount"] == 4
@@ -182,7 +192,7 @@ def test_restart_after_a_crash_alerts_once(tmp_path):
     for i in range(2):
         det.observe(rec(f"C{i}"), T0 + i * S)
     clock.t += 2.5
-    p.tick()                                                # committed; then kill -9: no close()
+    p.tick()  # committed; then kill -9: no close()
     det, p = opened(tmp_path, clock=clock)
     assert p.restored == 1
     out = []
@@ -191,7 +201,7 @@ def test_restart_after_a_crash_alerts_once(tmp_path):
     assert counts(out) == [4]
     clock.t += 2.5
     p.tick()
-    det, p = opened(tmp_path, clock=clock)                  # crashed again
+    det, p = opened(tmp_path, clock=clock)  # crashed again
     assert counts(det.observe(rec("C5"), T0 + 5 * S)) == []
     assert det.stats.suppressed == 1
 
@@ -221,12 +231,11 @@ def test_restarts_anywhere_give_the_alerts_of_an_uninterrupted_run(tmp_path, see
         if cuts and i == cuts[0]:
             cuts.pop(0)
             if rnd.random() < 0.5:
-                p.close()                                   # SIGTERM
+                p.close()  # SIGTERM
             else:
                 clock.t += 3
-                p.tick()                                    # flushed, then kill -9
-            det, p = opened(tmp_path / f"s{seed}", limits=limits, clock=clock,
-                            now_us=max(x for _, x in evs[:i]))
+                p.tick()  # flushed, then kill -9
+            det, p = opened(tmp_path / f"s{seed}", limits=limits, clock=clock, now_us=max(x for _, x in evs[:i]))
         got += det.observe(r, ts)
     assert got == want
 
@@ -242,8 +251,8 @@ def test_a_changed_rule_starts_empty(tmp_path):
     changed = load_rules(tmp_path / "r", RECORD_FIELDS)
     det2, p2 = opened(tmp_path / "st", rules=changed)
     assert p2.restored == 0
-    assert counts(det2.observe(rec("C3"), T0 + 3 * S)) == []      # 1 event, not 4
-    det3, _ = opened(tmp_path / "st")                               # the old definition still has its state
+    assert counts(det2.observe(rec("C3"), T0 + 3 * S)) == []  # 1 event, not 4
+    det3, _ = opened(tmp_path / "st")  # the old definition still has its state
     assert counts(det3.observe(rec("C3"), T0 + 3 * S)) == [4]
 
 
@@ -269,7 +278,7 @@ def test_load_keeps_the_most_recent_max_window_keys(tmp_path):
     det, p = opened(tmp_path)
     for i in range(10):
         det.observe(rec(f"C{i}", ip=f"203.0.113.{i}"), T0 + i * S)
-    det.observe(rec("C10", ip="203.0.113.0"), T0 + 10 * S)      # .0 is now the most recent
+    det.observe(rec("C10", ip="203.0.113.0"), T0 + 10 * S)  # .0 is now the most recent
     p.close()
     det, p = opened(tmp_path, limits=Limits(max_window_keys=4))
     (w,) = {id(w): w for ws in det.windows.values() for w in ws}.values()
@@ -282,7 +291,7 @@ def test_reload_adopts_the_new_detector(tmp_path):
     det, p = opened(tmp_path)
     det.observe(rec("C0"), T0)
     new = Detector(RULES, Limits())
-    new.carry_over(det)                                      # what the daemon's reload does
+    new.carry_over(det)  # what the daemon's reload does
     p.adopt(det, new)
     new.observe(rec("C1"), T0 + S)
     p.close()
@@ -300,7 +309,7 @@ def test_a_corrupt_file_is_moved_aside_and_the_windows_start_empty(tmp_path, cap
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not a database")
     det.observe(rec("C0"), T0)
     p.close()
-    assert len(rows(tmp_path)) == 1                          # a fresh, working file
+    assert len(rows(tmp_path)) == 1  # a fresh, working file
 
 
 def test_undecodable_rows_are_skipped(tmp_path, caplog):
@@ -337,7 +346,7 @@ def test_an_unusable_state_folder_runs_without_persistence(tmp_path, caplog):
     assert p.store is None and "without window persistence" in caplog.text
     det.observe(rec("C0"), T0)
     p.tick()
-    p.close()                                               # no-ops, no exception
+    p.close()  # no-ops, no exception
 
 
 def test_a_failed_write_is_kept_and_retried(tmp_path, caplog):
@@ -345,7 +354,7 @@ def test_a_failed_write_is_kept_and_retried(tmp_path, caplog):
     det, p = opened(tmp_path, clock=clock)
     det.observe(rec("C0"), T0)
     real = p.store.db
-    p.store.db = sqlite3.connect(f"file:{tmp_path / STATE_FILE}?mode=ro", uri=True)   # writes fail
+    p.store.db = sqlite3.connect(f"file:{tmp_path / STATE_FILE}?mode=ro", uri=True)  # writes fail
     with caplog.at_level(logging.ERROR, logger="xfer-sensor"):
         p.flush()
     assert "write failed" in caplog.text and p.write_errors == 1
@@ -361,10 +370,13 @@ def test_config_state_options():
     c = config_from_dict({"state_dir": "/srv/xs", "state_flush_interval": 0.5})
     assert (c.state_dir, c.state_flush_interval) == ("/srv/xs", 0.5)
     assert config_from_dict({}).state_flush_interval == 2.0
-    for bad, field in (({"state_flush_interval": 0}, "state_flush_interval"),
-                       ({"state_flush_interval": "2"}, "state_flush_interval"),
-                       ({"state_dir": ""}, "state_dir"), ({"state_dir": 3}, "state_dir"),
-                       ({"state_flush": 2}, "state_flush")):
+    for bad, field in (
+        ({"state_flush_interval": 0}, "state_flush_interval"),
+        ({"state_flush_interval": "2"}, "state_flush_interval"),
+        ({"state_dir": ""}, "state_dir"),
+        ({"state_dir": 3}, "state_dir"),
+        ({"state_flush": 2}, "state_flush"),
+    ):
         with pytest.raises(ConfigError) as e:
             config_from_dict(bad, "x.yaml")
         assert e.value.field == field and "x.yaml" in str(e.value)
@@ -372,6 +384,7 @@ def test_config_state_options():
 
 def test_the_unit_provides_the_default_state_folder():
     from sensor.detect.winstore import DEFAULT_STATE_DIR
+
     unit = (REPO / "systemd" / "xfer-sensor.service").read_text()
     assert DEFAULT_STATE_DIR == "/var/lib/xfer-sensor"
     assert "\nStateDirectory=xfer-sensor\n" in unit
@@ -380,7 +393,7 @@ def test_the_unit_provides_the_default_state_folder():
 
 
 # -- the daemon, for real --------------------------------------------------------------
-PORT = 0   # set by the ftp_server fixture: a free port (a fixed one may be held by another run)
+PORT = 0  # set by the ftp_server fixture: a free port (a fixed one may be held by another run)
 SERVER = "127.0.0.3"
 
 
@@ -422,11 +435,30 @@ class Daemon(DaemonProcess):
             r.write_text(text.replace("      - 20\n", f"      - {PORT}\n      - 20\n"))
             self.cfg.write_text(
                 f"tracked_ports: [{PORT}]\nhome_net: [127.0.0.1/32]\nip_type_overrides: {{'{SERVER}/32': Public}}\n"
-                "timeouts: {tcp_closed: 0.3, tcp_attempt: 2}\nlimits: {flow_scan_interval: 0.1}\n")
-        super().__init__([sys.executable, "-m", "sensor", "run", "-i", "lo", "--out", str(self.out),
-                          "--config", str(self.cfg), "--rules", str(self.rules), "--state-dir", str(state),
-                          "--allow-root", "--mode", "span"],   # the key's account: the FTP login
-                         REPO)
+                "timeouts: {tcp_closed: 0.3, tcp_attempt: 2}\nlimits: {flow_scan_interval: 0.1}\n"
+            )
+        super().__init__(
+            [
+                sys.executable,
+                "-m",
+                "sensor",
+                "run",
+                "-i",
+                "lo",
+                "--out",
+                str(self.out),
+                "--config",
+                str(self.cfg),
+                "--rules",
+                str(self.rules),
+                "--state-dir",
+                str(state),
+                "--allow-root",
+                "--mode",
+                "span",
+            ],  # the key's account: the FTP login
+            REPO,
+        )
 
     def kill9(self) -> None:
         self.p.send_signal(signal.SIGKILL)
@@ -437,7 +469,7 @@ class Daemon(DaemonProcess):
         if self.p.poll() is None:
             self.p.kill()
             self.p.wait()
-        print(self.err().decode(errors="replace"))    # shown when the test fails
+        print(self.err().decode(errors="replace"))  # shown when the test fails
 
 
 @pytest.mark.root
@@ -462,8 +494,8 @@ def test_daemon_window_survives_kill_9_restarts(tmp_path, ftp_server):
         wait_for(lambda: len(read(alerts)) == 1, what="the alert after the restart")
         (a,) = read(alerts)
         assert (a["RemoteIP"], a["RemotePort"], a["AccountName"], a["ConnectionCount"]) == (SERVER, PORT, "alice", 4)
-        assert a["Uids"] == [c["Uid"] for c in read(conns)]   # both runs' connections counted
-        sessions(1)                                            # the 5th joins the alert
+        assert a["Uids"] == [c["Uid"] for c in read(conns)]  # both runs' connections counted
+        sessions(1)  # the 5th joins the alert
         wait_for(lambda: len(read(conns)) == 5, what="5 connection records")
         wait_for(lambda: len(stored_uids(state)) == 5, what="5 events stored")
         assert len(read(alerts)) == 1
@@ -480,7 +512,7 @@ def test_daemon_window_survives_kill_9_restarts(tmp_path, ftp_server):
         sessions(1)
         wait_for(lambda: len(read(conns)) == 7, what="7 connection records")
         wait_for(lambda: len(stored_uids(state)) == 7, what="7 events stored")
-        assert len(read(alerts)) == 1, read(alerts)            # the alert is not raised again
+        assert len(read(alerts)) == 1, read(alerts)  # the alert is not raised again
         # SIGTERM writes what is pending and exits cleanly
         d.p.send_signal(signal.SIGTERM)
         assert d.p.wait(10) == 0

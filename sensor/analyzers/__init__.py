@@ -9,6 +9,7 @@ protocol is one new package and one line here: docs/architecture.md,
 "Adding a protocol". Packages are imported when the registry is first
 asked for, not with this module.
 """
+
 from __future__ import annotations
 
 from importlib import import_module

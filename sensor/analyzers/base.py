@@ -26,6 +26,7 @@ Contract every analyzer keeps:
   parsing, but keeps the connection's accounting.
 - For datagram protocols (TFTP) each ``receive_*`` call is one datagram.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -78,7 +79,7 @@ class SideView(Protocol):
     """One direction of a flow, as its sender."""
 
     @property
-    def bytes(self) -> int: ...   # payload bytes (TCP: sequence space, retransmissions once)
+    def bytes(self) -> int: ...  # payload bytes (TCP: sequence space, retransmissions once)
 
     @property
     def pkts(self) -> int: ...
@@ -92,7 +93,7 @@ class FlowView(Protocol):
     def uid(self) -> str: ...
 
     @property
-    def proto(self) -> int: ...   # 6 TCP, 17 UDP
+    def proto(self) -> int: ...  # 6 TCP, 17 UDP
 
     @property
     def orig_h(self) -> str: ...
@@ -107,7 +108,7 @@ class FlowView(Protocol):
     def resp_p(self) -> int: ...
 
     @property
-    def app(self) -> str: ...     # the record's AppProtocol
+    def app(self) -> str: ...  # the record's AppProtocol
 
     @property
     def o(self) -> SideView: ...  # the originator's side
@@ -125,42 +126,43 @@ class FlowContext(Protocol):
     def flow(self) -> FlowView: ...
 
     @property
-    def parent(self) -> FlowContext | None: ...   # the live parent flow's context (a data channel's control session)
+    def parent(self) -> FlowContext | None: ...  # the live parent flow's context (a data channel's control session)
 
     @property
     def session(self) -> Session | None: ...
 
     @property
-    def user(self) -> str: ...                       # the record's AppUser
+    def user(self) -> str: ...  # the record's AppUser
 
     @property
-    def fields(self) -> dict[str, Any]: ...          # the record's AdditionalFields (live; insertion order is output order)
+    def fields(self) -> dict[str, Any]: ...  # the record's AdditionalFields (live; insertion order is output order)
 
     @property
-    def children(self) -> int: ...                   # live child flows
+    def children(self) -> int: ...  # live child flows
 
     @property
-    def child_answered(self) -> bool: ...            # a child flow heard from the parent's server
+    def child_answered(self) -> bool: ...  # a child flow heard from the parent's server
 
-    def conn(self) -> ConnInfo: ...                  # the flow as an analyzer's ConnInfo
+    def conn(self) -> ConnInfo: ...  # the flow as an analyzer's ConnInfo
 
     def set_user(self, user: str) -> None: ...
 
     def set_field(self, name: str, value: Any) -> None: ...
 
-    def set_app(self, app: str) -> None: ...         # the flow's AppProtocol from now on
+    def set_app(self, app: str) -> None: ...  # the flow's AppProtocol from now on
 
-    def transfer(self, rec: dict[str, Any]) -> None: ...   # emit a transfer record owned by this flow
+    def transfer(self, rec: dict[str, Any]) -> None: ...  # emit a transfer record owned by this flow
 
-    def expect(self, ev: ExpectConnection) -> None: ...    # a connection that will be this flow's child
+    def expect(self, ev: ExpectConnection) -> None: ...  # a connection that will be this flow's child
 
     def weird(self, ev: Weird) -> None: ...
 
-    def stop(self) -> None: ...                      # feed the analyzer nothing more (TLS from here on)
+    def stop(self) -> None: ...  # feed the analyzer nothing more (TLS from here on)
 
-    def start_tap(self, plugin: str) -> None: ...    # let plugin ``plugin``'s tap read this flow's raw payloads
+    def start_tap(self, plugin: str) -> None: ...  # let plugin ``plugin``'s tap read this flow's raw payloads
 
-    def follow_hosts(self) -> None: ...              # new TCP connections between these two hosts, on no
+    def follow_hosts(self) -> None: ...  # new TCP connections between these two hosts, on no
+
     # service port, while this flow lives, become its children (FTPS hides PORT/PASV)
 
 

@@ -56,6 +56,7 @@ other users' connections are ``uid-only`` (account still right).  The tap
 needs CAP_NET_RAW; SCHED_FIFO for the helper CAP_SYS_NICE (else it falls
 back to a short EEVDF slice, unprivileged).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -80,9 +81,20 @@ from sensor.attribution.sockdiag import PROTO_TCP, PROTO_UDP, STATE_LISTEN, STAT
 from sensor.engine.decode import ETHERTYPE_IPV4, ETHERTYPE_IPV6, VLAN_TPIDS, locate
 
 __all__ = [
-    "Attribution", "Attributor", "AsyncAttributor", "AttributorConfig", "ProcInfo",
-    "LatencyHistogram", "SOURCE_SOCKET", "SOURCE_UID_ONLY", "SOURCE_NONE", "SOURCE_LINKED",
-    "NO_ATTRIBUTION", "FirstPacketTap", "tap_filter", "AttributionHelper",
+    "Attribution",
+    "Attributor",
+    "AsyncAttributor",
+    "AttributorConfig",
+    "ProcInfo",
+    "LatencyHistogram",
+    "SOURCE_SOCKET",
+    "SOURCE_UID_ONLY",
+    "SOURCE_NONE",
+    "SOURCE_LINKED",
+    "NO_ATTRIBUTION",
+    "FirstPacketTap",
+    "tap_filter",
+    "AttributionHelper",
 ]
 
 SOURCE_SOCKET = "socket"
@@ -92,23 +104,23 @@ SOURCE_NONE = "none"
 SOURCE_LINKED = "linked-control-connection"
 
 # -- named bounds (defaults of AttributorConfig / AsyncAttributor) --------------
-INODE_CACHE_SIZE = 4096          # socket inode -> pid
-PROC_CACHE_SIZE = 1024           # pid -> process details (live processes)
-EXITED_CACHE_SIZE = 1024         # pid -> details of processes seen to exit
-EXITED_TTL_S = 120.0             # how long an exited process's details are kept
-RECENT_CONN_CACHE_SIZE = 8192    # connection 5-tuple (UDP: also local port) -> pid
-RECENT_CONN_TTL_S = 120.0        # how long a connection's owner is remembered
-SCAN_TIME_BUDGET_S = 0.010       # one /proc fd scan stops after this long ...
-SCAN_MAX_FDS = 50_000            # ... or after examining this many fd links
-SCAN_NEWEST_PIDS = 64            # pids just below the last one handed out: probed first
-RECENT_PIDS_FIRST = 8            # then the pids that owned recent sockets
+INODE_CACHE_SIZE = 4096  # socket inode -> pid
+PROC_CACHE_SIZE = 1024  # pid -> process details (live processes)
+EXITED_CACHE_SIZE = 1024  # pid -> details of processes seen to exit
+EXITED_TTL_S = 120.0  # how long an exited process's details are kept
+RECENT_CONN_CACHE_SIZE = 8192  # connection 5-tuple (UDP: also local port) -> pid
+RECENT_CONN_TTL_S = 120.0  # how long a connection's owner is remembered
+SCAN_TIME_BUDGET_S = 0.010  # one /proc fd scan stops after this long ...
+SCAN_MAX_FDS = 50_000  # ... or after examining this many fd links
+SCAN_NEWEST_PIDS = 64  # pids just below the last one handed out: probed first
+RECENT_PIDS_FIRST = 8  # then the pids that owned recent sockets
 # a long scan lets newer connection starts go first this often (``lookup(yield_to=)``):
 # a whole-/proc scan takes ~5-10 ms on a busy host, as long as a short-lived
 # client lives, and the client that started during it must not wait for it
 SCAN_YIELD_EVERY_S = 0.0002
-QUEUE_SIZE = 4096                # AsyncAttributor: pending lookups
-MAX_RESULTS = 16384              # AsyncAttributor: finished, not yet collected results
-LATENCY_SAMPLES = 2048           # latency summary: exact quantiles over the last N
+QUEUE_SIZE = 4096  # AsyncAttributor: pending lookups
+MAX_RESULTS = 16384  # AsyncAttributor: finished, not yet collected results
+LATENCY_SAMPLES = 2048  # latency summary: exact quantiles over the last N
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,17 +128,18 @@ class Attribution:
     """Who made a connection, with Defender's DeviceNetworkEvents field names.
 
     Unknown text fields are ``""``, unknown ids ``0`` (as in the records)."""
+
     InitiatingProcessFileName: str = ""
     InitiatingProcessId: int = 0
     InitiatingProcessCommandLine: str = ""
     InitiatingProcessAccountName: str = ""
     InitiatingProcessParentFileName: str = ""
-    InitiatingProcessCreationTime: str = ""      # ISO 8601 UTC with µs
-    AttributionSource: str = SOURCE_NONE         # socket | uid-only | none | linked-control-connection
-    InitiatingProcessFolderPath: str = ""        # the executable's full path
+    InitiatingProcessCreationTime: str = ""  # ISO 8601 UTC with µs
+    AttributionSource: str = SOURCE_NONE  # socket | uid-only | none | linked-control-connection
+    InitiatingProcessFolderPath: str = ""  # the executable's full path
     InitiatingProcessParentId: int = 0
-    InitiatingProcessAccountUid: int = -1        # -1: unknown
-    AttributionDetail: str = ""                  # how exactly (for diagnostics and metrics)
+    InitiatingProcessAccountUid: int = -1  # -1: unknown
+    AttributionDetail: str = ""  # how exactly (for diagnostics and metrics)
 
     def fields(self) -> dict:
         """The fields as a dict (for a record's columns)."""
@@ -147,25 +160,31 @@ NO_ATTRIBUTION = Attribution()
 @dataclass(frozen=True, slots=True)
 class ProcInfo:
     pid: int
-    starttime: int        # clock ticks since boot (/proc/<pid>/stat field 22): identity with pid
+    starttime: int  # clock ticks since boot (/proc/<pid>/stat field 22): identity with pid
     comm: str
     name: str
     exe: str
     cmdline: str
-    uid: int              # real uid (what psutil's username() reports)
+    uid: int  # real uid (what psutil's username() reports)
     username: str
     ppid: int
     parent_name: str
-    create_time: str      # ISO 8601 UTC
+    create_time: str  # ISO 8601 UTC
 
     def attribution(self, source: str, detail: str) -> Attribution:
         return Attribution(
-            InitiatingProcessFileName=self.name, InitiatingProcessId=self.pid,
-            InitiatingProcessCommandLine=self.cmdline, InitiatingProcessAccountName=self.username,
+            InitiatingProcessFileName=self.name,
+            InitiatingProcessId=self.pid,
+            InitiatingProcessCommandLine=self.cmdline,
+            InitiatingProcessAccountName=self.username,
             InitiatingProcessParentFileName=self.parent_name,
-            InitiatingProcessCreationTime=self.create_time, AttributionSource=source,
-            InitiatingProcessFolderPath=self.exe, InitiatingProcessParentId=self.ppid,
-            InitiatingProcessAccountUid=self.uid, AttributionDetail=detail)
+            InitiatingProcessCreationTime=self.create_time,
+            AttributionSource=source,
+            InitiatingProcessFolderPath=self.exe,
+            InitiatingProcessParentId=self.ppid,
+            InitiatingProcessAccountUid=self.uid,
+            AttributionDetail=detail,
+        )
 
 
 @dataclass
@@ -186,8 +205,8 @@ class AttributorConfig:
 class LatencyHistogram:
     """Cumulative bucket counts (Prometheus style, µs) and exact quantiles
     over the last ``LATENCY_SAMPLES`` observations."""
-    BOUNDS_US = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000,
-                 250_000, 1_000_000)
+
+    BOUNDS_US = (10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000)
 
     def __init__(self, samples: int = LATENCY_SAMPLES) -> None:
         self.counts = [0] * (len(self.BOUNDS_US) + 1)
@@ -221,9 +240,15 @@ class LatencyHistogram:
         for b, c in zip(self.BOUNDS_US + ("+Inf",), self.counts):
             acc += c
             buckets[str(b)] = acc
-        return {"count": self.count, "mean_us": round(self.sum_us / self.count, 1) if self.count else 0.0,
-                "p50_us": q(0.50), "p90_us": q(0.90), "p99_us": q(0.99), "max_us": round(self.max_us, 1),
-                "buckets_le_us": buckets}
+        return {
+            "count": self.count,
+            "mean_us": round(self.sum_us / self.count, 1) if self.count else 0.0,
+            "p50_us": q(0.50),
+            "p90_us": q(0.90),
+            "p99_us": q(0.99),
+            "max_us": round(self.max_us, 1),
+            "buckets_le_us": buckets,
+        }
 
 
 class _LRU(OrderedDict):
@@ -252,7 +277,7 @@ _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # accept queue; an orphan of a closed socket is never in these states
 _UNACCEPTED_STATES = (1, 3, 8, 12)
 _Stat = tuple  # (comm, ppid, starttime)
-_PF_EXITING = 0x4           # task flags (/proc/<pid>/stat field 9): in do_exit()
+_PF_EXITING = 0x4  # task flags (/proc/<pid>/stat field 9): in do_exit()
 _PF_KTHREAD = 0x200000
 
 
@@ -274,15 +299,20 @@ class Attributor:
     tests.
     """
 
-    def __init__(self, config: AttributorConfig | None = None, sockdiag: SockDiag | None = None,
-                 proc_root: str = "/proc", clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: AttributorConfig | None = None,
+        sockdiag: SockDiag | None = None,
+        proc_root: str = "/proc",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.cfg = config or AttributorConfig()
         self.sd = sockdiag if sockdiag is not None else SockDiag()
         self.proc = proc_root.rstrip("/")
         self.clock = clock
         c = self.cfg
-        self._inode_pid: _LRU = _LRU(c.inode_cache_size)            # inode -> (pid, starttime, fd)
-        self._procs: _LRU = _LRU(c.proc_cache_size)                 # pid -> ProcInfo
+        self._inode_pid: _LRU = _LRU(c.inode_cache_size)  # inode -> (pid, starttime, fd)
+        self._procs: _LRU = _LRU(c.proc_cache_size)  # pid -> ProcInfo
         self._exited: OrderedDict[int, tuple[ProcInfo, float]] = OrderedDict()
         self._recent: OrderedDict[tuple, tuple[int, int, float]] = OrderedDict()
         self._recent_pids: list[int] = []
@@ -292,19 +322,39 @@ class Attributor:
         self.latency = LatencyHistogram()
         self.scan_latency = LatencyHistogram()
         self.counters: dict[str, int] = {
-            "lookups": 0, "hits_socket": 0, "hits_uid_only": 0, "misses": 0,
-            "inode_cache_hits": 0, "proc_cache_hits": 0, "exited_cache_hits": 0,
-            "recent_conn_hits": 0, "scans": 0, "scan_found": 0, "scan_pids": 0, "scan_fds": 0,
-            "scan_budget_exhausted": 0, "scan_permission_denied": 0, "details_failed": 0,
-            "exiting_owner": 0, "exiting_candidates": 0, "scan_yields": 0,
+            "lookups": 0,
+            "hits_socket": 0,
+            "hits_uid_only": 0,
+            "misses": 0,
+            "inode_cache_hits": 0,
+            "proc_cache_hits": 0,
+            "exited_cache_hits": 0,
+            "recent_conn_hits": 0,
+            "scans": 0,
+            "scan_found": 0,
+            "scan_pids": 0,
+            "scan_fds": 0,
+            "scan_budget_exhausted": 0,
+            "scan_permission_denied": 0,
+            "details_failed": 0,
+            "exiting_owner": 0,
+            "exiting_candidates": 0,
+            "scan_yields": 0,
             "errors": 0,
         }
         self.details: dict[str, int] = {}
         self._yield_to: Callable[[], object] | None = None
 
     # -- public --------------------------------------------------------------
-    def lookup(self, proto: int | str, local_ip: str, local_port: int, remote_ip: str,
-               remote_port: int, yield_to: Callable[[], object] | None = None) -> Attribution:
+    def lookup(
+        self,
+        proto: int | str,
+        local_ip: str,
+        local_port: int,
+        remote_ip: str,
+        remote_port: int,
+        yield_to: Callable[[], object] | None = None,
+    ) -> Attribution:
         """Who owns this connection's socket.  ``yield_to``: called every
         ``scan_yield_every_s`` during a long /proc scan -- the helper looks up
         the connections that started meanwhile there (nested lookups, which do
@@ -339,8 +389,12 @@ class Attributor:
         m["latency"] = self.latency.summary()
         m["scan_latency"] = self.scan_latency.summary()
         m["sockdiag"] = self.sd.stats.as_dict()
-        m["cache_sizes"] = {"inode": len(self._inode_pid), "procs": len(self._procs),
-                            "exited": len(self._exited), "recent_conn": len(self._recent)}
+        m["cache_sizes"] = {
+            "inode": len(self._inode_pid),
+            "procs": len(self._procs),
+            "exited": len(self._exited),
+            "recent_conn": len(self._recent),
+        }
         return m
 
     def close(self) -> None:
@@ -369,8 +423,9 @@ class Attributor:
                 return got
             if si is None:
                 return replace(NO_ATTRIBUTION, AttributionDetail="no-socket")
-            return replace(NO_ATTRIBUTION, AttributionDetail=(
-                "time-wait" if si.state == STATE_TIME_WAIT else "orphaned-socket"))
+            return replace(
+                NO_ATTRIBUTION, AttributionDetail=("time-wait" if si.state == STATE_TIME_WAIT else "orphaned-socket")
+            )
         listen = si.state == STATE_LISTEN
         pid, st, why = self._owner(si.inode, si.uid)
         if pid:
@@ -385,8 +440,10 @@ class Attributor:
         return Attribution(
             InitiatingProcessId=pid or 0,
             InitiatingProcessAccountName=self._user(si.uid),
-            InitiatingProcessAccountUid=si.uid, AttributionSource=SOURCE_UID_ONLY,
-            AttributionDetail=why)
+            InitiatingProcessAccountUid=si.uid,
+            AttributionSource=SOURCE_UID_ONLY,
+            AttributionDetail=why,
+        )
 
     def _owner(self, inode: int, uid: int = -1) -> tuple[int, _Stat | None, str]:
         """(pid, its stat, how) of the process holding socket ``inode``; pid 0 when not found."""
@@ -394,8 +451,11 @@ class Attributor:
         if cached is not None:
             pid, start, fd = cached
             st = self._stat(pid)
-            if st is not None and st[2] == start and self._readlink(f"{self.proc}/{pid}/fd/{fd}") \
-                    == f"socket:[{inode}]":
+            if (
+                st is not None
+                and st[2] == start
+                and self._readlink(f"{self.proc}/{pid}/fd/{fd}") == f"socket:[{inode}]"
+            ):
                 self.counters["inode_cache_hits"] += 1
                 return pid, st, "inode-cache"
             del self._inode_pid[inode]
@@ -422,8 +482,7 @@ class Attributor:
         """The last pid the kernel handed out (0 if unknown)."""
         try:
             if self._last_pid_fd is None:
-                self._last_pid_fd = os.open(f"{self.proc}/sys/kernel/ns_last_pid",
-                                            os.O_RDONLY | os.O_CLOEXEC)
+                self._last_pid_fd = os.open(f"{self.proc}/sys/kernel/ns_last_pid", os.O_RDONLY | os.O_CLOEXEC)
             return int(os.pread(self._last_pid_fd, 32, 0))
         except (OSError, ValueError):
             return 0
@@ -478,7 +537,7 @@ class Attributor:
         proc = self.proc
         fds_seen = pids_seen = 0
         denied = False
-        empty: list[int] = []    # fd tables found empty: kernel threads, exiting processes
+        empty: list[int] = []  # fd tables found empty: kernel threads, exiting processes
         readlink = os.readlink
         listdir = os.listdir
         clock = time.perf_counter
@@ -532,17 +591,17 @@ class Attributor:
                 continue
             if probed:
                 tgid = self._tgid(pid)
-                if tgid != pid:     # a thread id: the process is its thread group
+                if tgid != pid:  # a thread id: the process is its thread group
                     pid = tgid
                     hit = self._fd_of(pid, target) or hit
             st = self._stat(pid)
-            if st is None:          # gone (or a zombie) since
+            if st is None:  # gone (or a zombie) since
                 continue
             self._inode_pid.put(inode, (pid, st[2], hit))
             if pid in self._recent_pids:
                 self._recent_pids.remove(pid)
             self._recent_pids.insert(0, pid)
-            del self._recent_pids[self.cfg.recent_pids_first:]
+            del self._recent_pids[self.cfg.recent_pids_first :]
             c["scan_found"] += 1
             result = (pid, st, "procfs-scan")
             break
@@ -576,7 +635,7 @@ class Attributor:
         if i < 0:
             return None
         try:
-            return int(status[i + 5:status.find(b"\n", i + 1)].split()[0])
+            return int(status[i + 5 : status.find(b"\n", i + 1)].split()[0])
         except (ValueError, IndexError):
             return None
 
@@ -595,7 +654,7 @@ class Attributor:
             flags = int(rest[6])
             if not flags & _PF_EXITING or flags & _PF_KTHREAD or self._real_uid(pid) != uid:
                 continue
-            found.append((pid, (comm, int(rest[1]), int(rest[19]))))   # a zombie too: _stat() would refuse it
+            found.append((pid, (comm, int(rest[1]), int(rest[19]))))  # a zombie too: _stat() would refuse it
         self.counters["exiting_candidates"] += len(found)
         if len(found) == 1:
             self.counters["exiting_owner"] += 1
@@ -618,10 +677,10 @@ class Attributor:
         if raw is None:
             return None
         lp, rp = raw.find(b"("), raw.rfind(b")")
-        rest = raw[rp + 2:].split()
+        rest = raw[rp + 2 :].split()
         if len(rest) < 20:
             return None
-        return raw[lp + 1:rp].decode("utf-8", "replace"), rest
+        return raw[lp + 1 : rp].decode("utf-8", "replace"), rest
 
     def _stat(self, pid: int) -> _Stat | None:
         """(comm, ppid, starttime) from /proc/<pid>/stat; None if gone or a zombie."""
@@ -641,20 +700,21 @@ class Attributor:
             i = raw.find(b"\nTgid:")
             if i >= 0:
                 try:
-                    return int(raw[i + 6:raw.find(b"\n", i + 1)])
+                    return int(raw[i + 6 : raw.find(b"\n", i + 1)])
                 except ValueError:
                     pass
         return pid
 
-    def _proc_info(self, pid: int, starttime: int | None = None, st: _Stat | None = None,
-                   sock_uid: int = -1) -> ProcInfo | None:
+    def _proc_info(
+        self, pid: int, starttime: int | None = None, st: _Stat | None = None, sock_uid: int = -1
+    ) -> ProcInfo | None:
         """Details of ``pid`` (the process that started at ``starttime`` when
         given): from the cache when the process is unchanged, else read now;
         a process that is gone is looked up among the recently exited."""
         if st is None:
             st = self._stat(pid)
         if st is not None and starttime is not None and st[2] != starttime:
-            st = None   # the pid was reused: the one we want is gone
+            st = None  # the pid was reused: the one we want is gone
         cached = self._procs.get(pid)
         if st is None:
             if cached is not None and (starttime is None or cached.starttime == starttime):
@@ -719,9 +779,19 @@ class Attributor:
                     parent = psutil.Process(ppid).name()
                 except psutil.Error:
                     parent = pst[0] if pst else ""
-        return ProcInfo(pid=pid, starttime=start, comm=comm, name=name, exe=exe,
-                        cmdline=" ".join(argv), uid=uid, username=self._user(uid) if uid >= 0 else "",
-                        ppid=ppid, parent_name=parent, create_time=_iso(ctime))
+        return ProcInfo(
+            pid=pid,
+            starttime=start,
+            comm=comm,
+            name=name,
+            exe=exe,
+            cmdline=" ".join(argv),
+            uid=uid,
+            username=self._user(uid) if uid >= 0 else "",
+            ppid=ppid,
+            parent_name=parent,
+            create_time=_iso(ctime),
+        )
 
     def _user(self, uid: int) -> str:
         u = self._users.get(uid)
@@ -825,9 +895,13 @@ class AsyncAttributor:
 
     _STOP_POLL_S = 0.2
 
-    def __init__(self, attributor: Attributor | None = None,
-                 factory: Callable[[], Attributor] | None = None,
-                 queue_size: int = QUEUE_SIZE, max_results: int = MAX_RESULTS) -> None:
+    def __init__(
+        self,
+        attributor: Attributor | None = None,
+        factory: Callable[[], Attributor] | None = None,
+        queue_size: int = QUEUE_SIZE,
+        max_results: int = MAX_RESULTS,
+    ) -> None:
         # the Attributor (and its netlink socket) is made on the worker thread
         # when only a factory is given
         self._att = attributor
@@ -839,11 +913,19 @@ class AsyncAttributor:
         self._max_results = max(1, max_results)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._lookup_lock = threading.Lock()     # one Attributor, used by one thread at a time
-        self.delay = LatencyHistogram()     # submit -> result ready
-        self.counters = {"submitted": 0, "duplicates": 0, "queue_drops": 0, "completed": 0,
-                         "inline": 0, "result_drops": 0, "collected": 0, "wait_timeouts": 0,
-                         "worker_errors": 0}
+        self._lookup_lock = threading.Lock()  # one Attributor, used by one thread at a time
+        self.delay = LatencyHistogram()  # submit -> result ready
+        self.counters = {
+            "submitted": 0,
+            "duplicates": 0,
+            "queue_drops": 0,
+            "completed": 0,
+            "inline": 0,
+            "result_drops": 0,
+            "collected": 0,
+            "wait_timeouts": 0,
+            "worker_errors": 0,
+        }
 
     @property
     def attributor(self) -> Attributor | None:
@@ -853,8 +935,7 @@ class AsyncAttributor:
         if self._thread is None:
             self._stop.clear()
             ready = threading.Event()
-            self._thread = threading.Thread(target=self._run, args=(ready,),
-                                            name="xfer-attribution", daemon=True)
+            self._thread = threading.Thread(target=self._run, args=(ready,), name="xfer-attribution", daemon=True)
             self._thread.start()
             ready.wait(5.0)
         return self
@@ -912,7 +993,7 @@ class AsyncAttributor:
         try:
             with self._lookup_lock:
                 return self._att.lookup(*conn)
-        except Exception as e:   # Attributor.lookup() already catches; belt and braces
+        except Exception as e:  # Attributor.lookup() already catches; belt and braces
             self.counters["worker_errors"] += 1
             return replace(NO_ATTRIBUTION, AttributionDetail=f"error:{type(e).__name__}")
 
@@ -985,7 +1066,6 @@ class AsyncAttributor:
                 self._cond.notify_all()
 
 
-
 # -- first-packet tap ------------------------------------------------------------
 
 ETH_P_ALL = 0x0003
@@ -994,9 +1074,9 @@ PACKET_OUTGOING = 4
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
 SO_ATTACH_FILTER = 26
-TAP_RCVBUF = 4 << 20             # kernel receive buffer of the tap socket
-TAP_SEEN_SIZE = 65536            # connection starts remembered (to see each start once)
-TAP_SEEN_TCP_S = 1.0             # a SYN for the same 5-tuple after this long is a new attempt
+TAP_RCVBUF = 4 << 20  # kernel receive buffer of the tap socket
+TAP_SEEN_SIZE = 65536  # connection starts remembered (to see each start once)
+TAP_SEEN_TCP_S = 1.0  # a SYN for the same 5-tuple after this long is a new attempt
 # a datagram after this much silence is looked up again: the port may belong
 # to a new socket by now (ephemeral ports are reused: measured, 200 short-lived
 # clients collide within seconds).  A re-lookup of the same socket is cheap
@@ -1004,14 +1084,23 @@ TAP_SEEN_TCP_S = 1.0             # a SYN for the same 5-tuple after this long is
 # client's name.
 TAP_SEEN_UDP_S = 0.02
 TAP_SNAPLEN = 128
-TAP_SLICE_NS = 100_000           # the tap thread's scheduler slice (EEVDF, Linux >= 6.12)
-TAP_FIFO_PRIORITY = 1            # SCHED_FIFO priority when asked for (needs CAP_SYS_NICE)
-_SYS_SCHED_SETATTR = {"x86_64": 314, "aarch64": 274, "riscv64": 274, "armv7l": 380,
-                      "i686": 351, "ppc64le": 355, "s390x": 345}
+TAP_SLICE_NS = 100_000  # the tap thread's scheduler slice (EEVDF, Linux >= 6.12)
+TAP_FIFO_PRIORITY = 1  # SCHED_FIFO priority when asked for (needs CAP_SYS_NICE)
+_SYS_SCHED_SETATTR = {
+    "x86_64": 314,
+    "aarch64": 274,
+    "riscv64": 274,
+    "armv7l": 380,
+    "i686": 351,
+    "ppc64le": 355,
+    "s390x": 345,
+}
 
-_SYN_FILTER = ("(ip and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn)"
-               " or (ip6 and ip6[6] == 6 and ip6[53] & 0x12 == 0x02)"
-               " or (ip and udp) or (ip6 and ip6[6] == 17)")
+_SYN_FILTER = (
+    "(ip and tcp[tcpflags] & (tcp-syn|tcp-ack) == tcp-syn)"
+    " or (ip6 and ip6[6] == 6 and ip6[53] & 0x12 == 0x02)"
+    " or (ip and udp) or (ip6 and ip6[6] == 17)"
+)
 
 
 def tap_filter(ports: Iterable[int] | None) -> str:
@@ -1050,11 +1139,18 @@ class FirstPacketTap:
     from both ends, each end attributed to its own process).
     """
 
-    def __init__(self, sink: AsyncAttributor | None, iface: str | None = None,
-                 ports: Iterable[int] | None = None, rcvbuf: int = TAP_RCVBUF,
-                 seen_size: int = TAP_SEEN_SIZE, bpf: str | None = "", inline: bool = True,
-                 sched: str | None = "slice",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        sink: AsyncAttributor | None,
+        iface: str | None = None,
+        ports: Iterable[int] | None = None,
+        rcvbuf: int = TAP_RCVBUF,
+        seen_size: int = TAP_SEEN_SIZE,
+        bpf: str | None = "",
+        inline: bool = True,
+        sched: str | None = "slice",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.sink = sink
         self.inline = inline
         self.sched = sched
@@ -1068,8 +1164,15 @@ class FirstPacketTap:
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self.counters = {"packets": 0, "starts": 0, "submitted": 0, "submit_drops": 0,
-                         "ignored": 0, "kernel_packets": 0, "kernel_drops": 0}
+        self.counters = {
+            "packets": 0,
+            "starts": 0,
+            "submitted": 0,
+            "submit_drops": 0,
+            "ignored": 0,
+            "kernel_packets": 0,
+            "kernel_drops": 0,
+        }
 
     # -- sans-IO part ------------------------------------------------------------
     def handle(self, pkt: bytes, pkttype: int, ethertype: int = 0) -> ConnTuple | None:
@@ -1083,7 +1186,7 @@ class FirstPacketTap:
         else:
             self.counters["ignored"] += 1
             return None
-        if ethertype not in VLAN_TPIDS and pkt:     # untagged: the IP version says which
+        if ethertype not in VLAN_TPIDS and pkt:  # untagged: the IP version says which
             ethertype = {4: ETHERTYPE_IPV4, 6: ETHERTYPE_IPV6}.get(pkt[0] >> 4, ethertype)
         # VLAN tags the NIC did not strip, IPv4 (a first fragment at most), IPv6: the decoder's walk
         why, _, _, ver, proto, l4, _, src, dst, _ = locate(pkt, 0, ethertype)
@@ -1092,7 +1195,7 @@ class FirstPacketTap:
             self.counters["ignored"] += 1
             return None
         if proto == PROTO_TCP:
-            if pkt[l4 + 13] & 0x12 != 0x02:               # SYN without ACK only
+            if pkt[l4 + 13] & 0x12 != 0x02:  # SYN without ACK only
                 self.counters["ignored"] += 1
                 return None
             hold = TAP_SEEN_TCP_S
@@ -1122,8 +1225,7 @@ class FirstPacketTap:
     def open(self) -> FirstPacketTap:
         """Open the socket now (raises OSError without CAP_NET_RAW, or when
         the BPF does not compile)."""
-        s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
-                          socket.htons(ETH_P_ALL))
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, socket.htons(ETH_P_ALL))
         try:
             if self.filter:
                 self._attach(s, self.filter)
@@ -1142,6 +1244,7 @@ class FirstPacketTap:
         import ctypes
 
         import pcapy  # libpcap's compiler
+
         try:
             prog = pcapy.compile(pcapy.DLT_RAW, TAP_SNAPLEN, text, 1, 0).get_bpf()
         except pcapy.PcapError as e:
@@ -1149,7 +1252,7 @@ class FirstPacketTap:
         ins = b"".join(struct.pack("=HBBI", c, jt, jf, k & 0xFFFFFFFF) for c, jt, jf, k in prog)
         buf = ctypes.create_string_buffer(ins)
         fprog = struct.pack("HL", len(prog), ctypes.addressof(buf))
-        s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)   # the kernel copies it
+        s.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)  # the kernel copies it
 
     def fileno(self) -> int:
         return self._sock.fileno() if self._sock else -1
@@ -1190,8 +1293,7 @@ class FirstPacketTap:
             self.open()
         if self._thread is None:
             self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="xfer-attribution-tap",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._run, name="xfer-attribution-tap", daemon=True)
             self._thread.start()
         return self
 
@@ -1258,8 +1360,8 @@ class FirstPacketTap:
 
     def _kernel_stats(self) -> None:
         try:
-            raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)   # type: ignore[union-attr]
-            pk, dr = struct.unpack("=II", raw)      # reading resets them: accumulate
+            raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 8)  # type: ignore[union-attr]
+            pk, dr = struct.unpack("=II", raw)  # reading resets them: accumulate
             self.counters["kernel_packets"] += pk
             self.counters["kernel_drops"] += dr
         except OSError:
@@ -1284,7 +1386,7 @@ class FirstPacketTap:
 _SO_TIMESTAMPNS = 35
 _TS_CMSG_SPACE = socket.CMSG_SPACE(16)
 HELPER_MAX_LOOKUPS_PER_S = 1000  # connection starts looked up per second, at most
-HELPER_METRICS_EVERY_S = 5.0     # the helper reports its counters this often
+HELPER_METRICS_EVERY_S = 5.0  # the helper reports its counters this often
 
 
 class AttributionHelper:
@@ -1313,12 +1415,25 @@ class AttributionHelper:
     stdin closes (the sensor died) or on stop().
     """
 
-    def __init__(self, iface: str | None = None, ports: Iterable[int] | None = None,
-                 sched: str | None = "auto", max_results: int = MAX_RESULTS,
-                 max_lookups_per_s: int = HELPER_MAX_LOOKUPS_PER_S,
-                 python: str | None = None) -> None:
-        self.argv = [python or sys.executable, "-m", "sensor.attribution.attributor", "helper",
-                     "--sched", sched or "none", "--max-lookups-per-s", str(max_lookups_per_s)]
+    def __init__(
+        self,
+        iface: str | None = None,
+        ports: Iterable[int] | None = None,
+        sched: str | None = "auto",
+        max_results: int = MAX_RESULTS,
+        max_lookups_per_s: int = HELPER_MAX_LOOKUPS_PER_S,
+        python: str | None = None,
+    ) -> None:
+        self.argv = [
+            python or sys.executable,
+            "-m",
+            "sensor.attribution.attributor",
+            "helper",
+            "--sched",
+            sched or "none",
+            "--max-lookups-per-s",
+            str(max_lookups_per_s),
+        ]
         if iface:
             self.argv += ["--iface", iface]
         if ports:
@@ -1342,10 +1457,16 @@ class AttributionHelper:
         pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env = dict(os.environ)
         env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self._proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, env=env, text=True, bufsize=1)
-        self._reader = threading.Thread(target=self._read, name="xfer-attribution-helper-reader",
-                                        daemon=True)
+        self._proc = subprocess.Popen(
+            self.argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            text=True,
+            bufsize=1,
+        )
+        self._reader = threading.Thread(target=self._read, name="xfer-attribution-helper-reader", daemon=True)
         self._reader.start()
         if not self._ready.wait(timeout) or self._proc.poll() is not None:
             rc = self._proc.poll()
@@ -1357,6 +1478,7 @@ class AttributionHelper:
     def _read(self) -> None:
         assert self._proc is not None and self._proc.stdout is not None
         import json
+
         for line in self._proc.stdout:
             try:
                 msg = json.loads(line)
@@ -1436,7 +1558,7 @@ class AttributionHelper:
             return
         try:
             if p.stdin:
-                p.stdin.close()        # the helper's signal to report and exit
+                p.stdin.close()  # the helper's signal to report and exit
         except OSError:
             pass
         try:
@@ -1469,21 +1591,22 @@ def _helper_main(argv: list[str]) -> int:
     ap.add_argument("--sched", default="auto")
     ap.add_argument("--max-lookups-per-s", type=int, default=HELPER_MAX_LOOKUPS_PER_S)
     a = ap.parse_args(argv)
-    try:   # die with the sensor
+    try:  # die with the sensor
         import ctypes
-        ctypes.CDLL(None).prctl(1, 9)      # PR_SET_PDEATHSIG, SIGKILL
+
+        ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
     except (OSError, AttributeError):
         pass
     # a stop (systemd signals the whole cgroup, a terminal the process group)
     # is the sensor's to handle: it collects the last lookups, then closes
     # our stdin, which ends this loop
     import signal
+
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ports = [int(p) for p in a.ports.split(",") if p.strip()]
     att = Attributor()
-    tap = FirstPacketTap(None, iface=a.iface, ports=ports or None,
-                         sched=None if a.sched == "none" else a.sched)
+    tap = FirstPacketTap(None, iface=a.iface, ports=ports or None, sched=None if a.sched == "none" else a.sched)
     try:
         tap.open()
     except OSError as e:
@@ -1492,6 +1615,7 @@ def _helper_main(argv: list[str]) -> int:
     tap.sched_applied = tap._set_sched()
     # the tap is open and the scheduling set: keep only what the lookups need
     from sensor.io.privileges import HELPER_CAPS, keep_only
+
     try:
         keep_only(HELPER_CAPS)
     except OSError as e:
@@ -1511,7 +1635,7 @@ def _helper_main(argv: list[str]) -> int:
     print(json.dumps({"ready": True, "metrics": {"tap": tap.metrics()}}), file=out, flush=True)
     sock = tap._sock
     assert sock is not None
-    try:    # the kernel's receive time of each packet: first packet -> lookup latency
+    try:  # the kernel's receive time of each packet: first packet -> lookup latency
         sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
     except OSError:
         pass
@@ -1530,7 +1654,7 @@ def _helper_main(argv: list[str]) -> int:
         for _ in range(256):
             try:
                 data, anc, _fl, addr = sock.recvmsg(TAP_SNAPLEN, _TS_CMSG_SPACE, socket.MSG_DONTWAIT)
-            except OSError:         # BlockingIOError: nothing waiting
+            except OSError:  # BlockingIOError: nothing waiting
                 break
             key = tap.handle(data, addr[2], addr[1])
             if key is None:
@@ -1551,8 +1675,7 @@ def _helper_main(argv: list[str]) -> int:
             res = att.lookup(*key, yield_to=None if nested else newer_first)
             if t_pkt:
                 delay.observe((t_seen - t_pkt) * 1e6)
-            out.write(json.dumps({"k": key, "a": res.fields(),
-                                  "t": [t_seen, time.time(), t_pkt]}) + "\n")
+            out.write(json.dumps({"k": key, "a": res.fields(), "t": [t_seen, time.time(), t_pkt]}) + "\n")
 
     def newer_first() -> None:
         take_starts(True)
@@ -1576,4 +1699,6 @@ def _helper_main(argv: list[str]) -> int:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["helper"]:
         sys.exit(_helper_main(sys.argv[2:]))
-    sys.exit("usage: python -m sensor.attribution.attributor helper [--iface IF] [--ports P,..] [--sched auto|fifo|slice|none]")
+    sys.exit(
+        "usage: python -m sensor.attribution.attributor helper [--iface IF] [--ports P,..] [--sched auto|fifo|slice|none]"
+    )

@@ -7,6 +7,7 @@ writes into its records.
 first). Children inherit their parent's process (``Pipeline._attribution``).
 Design: docs/endpoint.md.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,8 @@ from typing import Any
 
 from sensor.core.config import Config
 
-BOOK_MAX_ENTRIES = 65536     # attributions waiting for their connection's record
-BOOK_MAX_PER_KEY = 8         # results kept for one 5-tuple (a reused client port)
+BOOK_MAX_ENTRIES = 65536  # attributions waiting for their connection's record
+BOOK_MAX_PER_KEY = 8  # results kept for one 5-tuple (a reused client port)
 # a result belongs to the connection whose first packet is this close in time
 # (µs): the helper reports the packet's kernel timestamp, the capture's own
 # (equal; else the tap's wall clock, a few ms later); a reused port's next
@@ -46,7 +47,7 @@ class AttributionBook:
     def __init__(self, max_entries: int = BOOK_MAX_ENTRIES) -> None:
         # key -> [(first packet time in µs or None, attribution)], oldest first
         self._entries: OrderedDict[tuple, list[tuple[int | None, Any]]] = OrderedDict()
-        self._missed: OrderedDict[tuple, None] = OrderedDict()   # records written without one
+        self._missed: OrderedDict[tuple, None] = OrderedDict()  # records written without one
         self._n = 0
         self.max_entries = max(1, max_entries)
         # late: results that came after their connection's record was written
@@ -121,6 +122,7 @@ def host_networks() -> tuple:
     """This host's own addresses (every interface, this network namespace)
     as /32 and /128 networks: ``home_net`` in endpoint mode."""
     import psutil
+
     nets = []
     for addrs in psutil.net_if_addrs().values():
         for a in addrs:

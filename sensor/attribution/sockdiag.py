@@ -9,6 +9,7 @@ Nothing raises: a failed or unanswered query returns ``None`` and is counted
 in ``stats``. Not thread-safe. The kernel behaviour it relies on (TCP
 listener fallback, UDP wildcard sockets, v4-mapped): docs/endpoint.md.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -21,9 +22,16 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 __all__ = [
-    "SockDiag", "SockInfo", "SockDiagStats", "PROTO_TCP", "PROTO_UDP",
-    "TCP_STATES", "NETLINK_SOCK_DIAG", "SOCK_DIAG_BY_FAMILY",
-    "pack_request", "parse_messages",
+    "SockDiag",
+    "SockInfo",
+    "SockDiagStats",
+    "PROTO_TCP",
+    "PROTO_UDP",
+    "TCP_STATES",
+    "NETLINK_SOCK_DIAG",
+    "SOCK_DIAG_BY_FAMILY",
+    "pack_request",
+    "parse_messages",
 ]
 
 NETLINK_SOCK_DIAG = 4
@@ -45,9 +53,18 @@ PROTO_UDP = 17
 # kernel TCP states (include/net/tcp_states.h); UDP sockets report 7 (CLOSE,
 # unconnected) or 1 (ESTABLISHED, connected)
 TCP_STATES = {
-    1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2",
-    6: "TIME_WAIT", 7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN",
-    11: "CLOSING", 12: "NEW_SYN_RECV",
+    1: "ESTABLISHED",
+    2: "SYN_SENT",
+    3: "SYN_RECV",
+    4: "FIN_WAIT1",
+    5: "FIN_WAIT2",
+    6: "TIME_WAIT",
+    7: "CLOSE",
+    8: "CLOSE_WAIT",
+    9: "LAST_ACK",
+    10: "LISTEN",
+    11: "CLOSING",
+    12: "NEW_SYN_RECV",
 }
 STATE_TIME_WAIT = 6
 STATE_LISTEN = 10
@@ -64,7 +81,7 @@ _MSG_HEAD = struct.Struct("=BBBB")
 # after the sockid: expires, rqueue, wqueue, uid, inode
 _MSG_TAIL = struct.Struct("=IIIII")
 _MSG_LEN = _MSG_HEAD.size + _SOCKID.size + _SOCKID_TAIL.size + _MSG_TAIL.size  # 72
-_REQ_LEN = _REQ_HEAD.size + _SOCKID.size + _SOCKID_TAIL.size                  # 56
+_REQ_LEN = _REQ_HEAD.size + _SOCKID.size + _SOCKID_TAIL.size  # 56
 
 # how long one query may wait for the kernel's answer (it normally takes µs)
 RECV_TIMEOUT_S = 0.05
@@ -76,9 +93,10 @@ MAX_DUMP_READS = 64
 
 class SockInfo(NamedTuple):
     """One socket as the kernel reports it."""
-    inode: int          # 0 when no process holds it (TIME-WAIT, orphaned)
-    uid: int            # the uid that created the socket
-    state: int          # TCP_STATES key (UDP: 7 unconnected, 1 connected)
+
+    inode: int  # 0 when no process holds it (TIME-WAIT, orphaned)
+    uid: int  # the uid that created the socket
+    state: int  # TCP_STATES key (UDP: 7 unconnected, 1 connected)
     family: int = socket.AF_INET
     local: tuple[str, int] = ("", 0)
     remote: tuple[str, int] = ("", 0)
@@ -90,17 +108,16 @@ class SockInfo(NamedTuple):
 
 @dataclass
 class SockDiagStats:
-    queries: int = 0            # netlink requests sent
-    hits: int = 0               # lookup() calls that found a socket
-    misses: int = 0             # lookup() calls that found none
-    fallback_hits: int = 0      # of the hits: found by the UDP local-port fallback
-    errors: int = 0             # kernel errors other than "no such socket", timeouts, bad answers
-    invalid: int = 0            # lookups refused before asking (bad address, port, mixed families)
+    queries: int = 0  # netlink requests sent
+    hits: int = 0  # lookup() calls that found a socket
+    misses: int = 0  # lookup() calls that found none
+    fallback_hits: int = 0  # of the hits: found by the UDP local-port fallback
+    errors: int = 0  # kernel errors other than "no such socket", timeouts, bad answers
+    invalid: int = 0  # lookups refused before asking (bad address, port, mixed families)
     errnos: dict[int, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        d = {k: getattr(self, k) for k in ("queries", "hits", "misses", "fallback_hits", "errors",
-                                           "invalid")}
+        d = {k: getattr(self, k) for k in ("queries", "hits", "misses", "fallback_hits", "errors", "invalid")}
         d["errnos"] = {_errno.errorcode.get(k, str(k)): v for k, v in self.errnos.items()}
         return d
 
@@ -123,15 +140,27 @@ def _v4(ip: str) -> str:
     return ip
 
 
-def pack_request(seq: int, family: int, proto: int, src: str, sport: int, dst: str, dport: int,
-                 dump: bool = False, states: int = ALL_STATES, bytecode: bytes = b"") -> bytes:
+def pack_request(
+    seq: int,
+    family: int,
+    proto: int,
+    src: str,
+    sport: int,
+    dst: str,
+    dport: int,
+    dump: bool = False,
+    states: int = ALL_STATES,
+    bytecode: bytes = b"",
+) -> bytes:
     """One SOCK_DIAG_BY_FAMILY request (nlmsghdr + inet_diag_req_v2 [+ bytecode attribute]).
 
     ``src``/``sport`` are the socket's local side, ``dst``/``dport`` its remote
     side, the way the kernel reports them."""
-    body = (_REQ_HEAD.pack(family, proto, 0, states)
-            + _SOCKID.pack(sport, dport, _addr(family, src), _addr(family, dst))
-            + _SOCKID_TAIL.pack(0, INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE))
+    body = (
+        _REQ_HEAD.pack(family, proto, 0, states)
+        + _SOCKID.pack(sport, dport, _addr(family, src), _addr(family, dst))
+        + _SOCKID_TAIL.pack(0, INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE)
+    )
     if bytecode:
         # struct nlattr {u16 len; u16 type}, padded to 4
         body += struct.pack("=HH", 4 + len(bytecode), INET_DIAG_REQ_BYTECODE) + bytecode
@@ -182,16 +211,15 @@ def parse_messages(buf: bytes, seq: int) -> tuple[list[SockInfo], int | None, bo
             elif mtype == SOCK_DIAG_BY_FAMILY and mlen - _NLMSGHDR.size >= _MSG_LEN:
                 fam, state, _timer, _retrans = _MSG_HEAD.unpack_from(buf, body)
                 sport, dport, src, dst = _SOCKID.unpack_from(buf, body + 4)
-                _expires, _rq, _wq, uid, inode = _MSG_TAIL.unpack_from(
-                    buf, body + 4 + _SOCKID.size + _SOCKID_TAIL.size)
-                out.append(SockInfo(inode, uid, state, fam, (_ntop(fam, src), sport),
-                                    (_ntop(fam, dst), dport)))
+                _expires, _rq, _wq, uid, inode = _MSG_TAIL.unpack_from(buf, body + 4 + _SOCKID.size + _SOCKID_TAIL.size)
+                out.append(SockInfo(inode, uid, state, fam, (_ntop(fam, src), sport), (_ntop(fam, dst), dport)))
         off += (mlen + 3) & ~3
     return out, err, done
 
 
 class _Libc:
     """setns(2) through ctypes (os.setns needs Python 3.12)."""
+
     _fn = None
 
     @classmethod
@@ -273,7 +301,9 @@ class SockDiag:
         self.stats.errnos[code] = self.stats.errnos.get(code, 0) + 1
 
     # -- queries -----------------------------------------------------------
-    def _query(self, req_args: tuple[int, int, str, int, str, int], dump: bool, bytecode: bytes = b"") -> list[SockInfo] | None:
+    def _query(
+        self, req_args: tuple[int, int, str, int, str, int], dump: bool, bytecode: bytes = b""
+    ) -> list[SockInfo] | None:
         """Send one request; the sockets answered, [] for "none", None on error."""
         seq = (self._seq + 1) & 0x7FFFFFFF
         req = pack_request(seq, *req_args, dump=dump, bytecode=bytecode)  # bad input raises here
@@ -307,8 +337,7 @@ class SockDiag:
         self.close()
         return None
 
-    def lookup(self, proto: int, local_ip: str, local_port: int, remote_ip: str,
-               remote_port: int) -> SockInfo | None:
+    def lookup(self, proto: int, local_ip: str, local_port: int, remote_ip: str, remote_port: int) -> SockInfo | None:
         """The socket with exactly this local and remote address, or None.
 
         TCP may answer a listening socket on the local side (state LISTEN) and
@@ -346,18 +375,18 @@ class SockDiag:
             return hit
         return None
 
-    def by_local_port(self, proto: int, local_ip: str, local_port: int, remote_ip: str = "",
-                      remote_port: int = 0) -> SockInfo | None:
+    def by_local_port(
+        self, proto: int, local_ip: str, local_port: int, remote_ip: str = "", remote_port: int = 0
+    ) -> SockInfo | None:
         """The best socket on ``local_port`` (kernel-filtered dump): exact
         remote first, then a wildcard remote (unconnected); exact local
         address first, then the wildcard address."""
         fam = _family_of(local_ip)
         cands: list[SockInfo] = []
         # an IPv4 flow can belong to a dual-stack IPv6 socket too
-        for f in ((fam,) if fam == socket.AF_INET6 else (fam, socket.AF_INET6)):
+        for f in (fam,) if fam == socket.AF_INET6 else (fam, socket.AF_INET6):
             wild = "0.0.0.0" if f == socket.AF_INET else "::"
-            res = self._query((f, proto, wild, 0, wild, 0), dump=True,
-                              bytecode=local_port_bytecode(local_port))
+            res = self._query((f, proto, wild, 0, wild, 0), dump=True, bytecode=local_port_bytecode(local_port))
             if res:
                 cands.extend(r for r in res if r.local[1] == local_port)
         best: SockInfo | None = None

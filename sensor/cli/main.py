@@ -4,6 +4,7 @@ Exit codes: 0 done; 2 bad input, one line on stderr, never a traceback; 3 a
 capture damaged part-way (everything before the damage written). Commands,
 options and exit codes: docs/usage.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,10 +39,32 @@ def load_all(config_path: str | None, rules_path: str | None):
 
 
 def _table(alerts: list[dict]) -> str:
-    cols = ("ConnectionCount", "DeviceName", "InitiatingProcessFileName", "RemoteIP", "RemotePort",
-            "AccountName", "Protocol", "BytesSent", "BytesReceived", "FirstSeen", "LastSeen")
-    heads = ("Count", "Device", "Process", "RemoteIP", "Port", "Account", "Protocol", "BytesSent",
-             "BytesRecv", "FirstSeen", "LastSeen")
+    cols = (
+        "ConnectionCount",
+        "DeviceName",
+        "InitiatingProcessFileName",
+        "RemoteIP",
+        "RemotePort",
+        "AccountName",
+        "Protocol",
+        "BytesSent",
+        "BytesReceived",
+        "FirstSeen",
+        "LastSeen",
+    )
+    heads = (
+        "Count",
+        "Device",
+        "Process",
+        "RemoteIP",
+        "Port",
+        "Account",
+        "Protocol",
+        "BytesSent",
+        "BytesRecv",
+        "FirstSeen",
+        "LastSeen",
+    )
     # wire text (an FTP USER, an SMB user) is escaped and cut for the terminal
     rows = [[_printable(str(a.get(c, "")), 64) for c in cols] for a in alerts]
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(heads)]
@@ -62,8 +85,9 @@ def _human(n: float) -> str:
 def _printable(s: str, limit: int = 120) -> str:
     """Wire text for a terminal: control and other unprintable characters
     escaped, so a filename can never move the cursor or forge a line."""
-    out = "".join(c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}")
-                  for c in s[:limit])
+    out = "".join(
+        c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}") for c in s[:limit]
+    )
     return out + ("..." if len(s) > limit else "")
 
 
@@ -71,8 +95,10 @@ def _files(alerts: list[dict], per_alert: int = 10) -> str:
     lines = []
     for i, a in enumerate(alerts, 1):
         files = a.get("Files", [])
-        head = (f"[{i}] {a.get('DeviceName')} -> {a.get('RemoteIP')}:{a.get('RemotePort')} "
-                f"({a.get('Protocol')}): {len(files)} file(s) moved, {_human(a.get('FileBytes', 0))}")
+        head = (
+            f"[{i}] {a.get('DeviceName')} -> {a.get('RemoteIP')}:{a.get('RemotePort')} "
+            f"({a.get('Protocol')}): {len(files)} file(s) moved, {_human(a.get('FileBytes', 0))}"
+        )
         lines.append(head)
         for f in files[:per_alert]:
             name = _printable(f.get("Filename") or "")
@@ -85,11 +111,18 @@ def _files(alerts: list[dict], per_alert: int = 10) -> str:
 
 
 def sort_alerts(alerts: list[dict]) -> list[dict]:
-    return sorted(alerts, key=lambda a: (-int(a.get("ConnectionCount", 0)), a.get("FirstSeen", ""),
-                                         str(a.get("RemoteIP", "")), a.get("RemotePort", 0) or 0))
+    return sorted(
+        alerts,
+        key=lambda a: (
+            -int(a.get("ConnectionCount", 0)),
+            a.get("FirstSeen", ""),
+            str(a.get("RemoteIP", "")),
+            a.get("RemotePort", 0) or 0,
+        ),
+    )
 
 
-MAX_SUMMARY_TRANSFERS = 100_000   # transfers remembered for the replay summary
+MAX_SUMMARY_TRANSFERS = 100_000  # transfers remembered for the replay summary
 
 
 class _SummarySink:
@@ -106,7 +139,8 @@ class _SummarySink:
         if kind == "transfers" and self.kept < MAX_SUMMARY_TRANSFERS:
             self.kept += 1
             self.transfers.setdefault(rec.get("ControlUid", ""), []).append(
-                {k: rec.get(k) for k in ("Protocol", "Filename", "Direction", "Bytes", "Complete", "Share")})
+                {k: rec.get(k) for k in ("Protocol", "Filename", "Direction", "Bytes", "Complete", "Share")}
+            )
 
     def files_for(self, alert: dict) -> list[dict]:
         out: list[dict] = []
@@ -145,12 +179,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     progress = Progress(args.pcap, enabled=None if args.progress == "auto" else args.progress == "always")
     _log_to(progress)
     t0 = time.perf_counter()
-    outputs = build_outputs(output, config=cfg, rules=rules, outdir=args.out, stdout=to_stdout,
-                            syslog=syslog, block=True)
+    outputs = build_outputs(
+        output, config=cfg, rules=rules, outdir=args.out, stdout=to_stdout, syslog=syslog, block=True
+    )
     sink = TeeSink(mem, outputs)
     try:
         outputs.install_sighup()
-    except ValueError:   # not the main thread (embedded use): no signal handler
+    except ValueError:  # not the main thread (embedded use): no signal handler
         pass
     damaged = []
     packets = 0
@@ -177,8 +212,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     for name, st in ostats["sinks"].items():
         lost = st["dropped_overflow"] + st["dropped_error"]
         if lost:
-            print(f"xfer-sensor: warning: {name}: {lost} record(s) not written "
-                  f"({st['dropped_overflow']} queue overflow, {st['dropped_error']} errors)", file=sys.stderr)
+            print(
+                f"xfer-sensor: warning: {name}: {lost} record(s) not written "
+                f"({st['dropped_overflow']} queue overflow, {st['dropped_error']} errors)",
+                file=sys.stderr,
+            )
     alerts = detector.hunt_results()
     conns = mem.counts["connections"]
     alerts = sort_alerts(alerts)
@@ -187,22 +225,40 @@ def cmd_replay(args: argparse.Namespace) -> int:
         a["Files"] = files
         a["FileBytes"] = sum(int(f.get("Bytes") or 0) for f in files)
     if args.format == "json":
-        json.dump({"alerts": alerts, "stats": stats, "packets": packets,
-                   "connections": conns, "transfers": mem.counts["transfers"], "outputs": ostats},
-                  summary_out, indent=1)
+        json.dump(
+            {
+                "alerts": alerts,
+                "stats": stats,
+                "packets": packets,
+                "connections": conns,
+                "transfers": mem.counts["transfers"],
+                "outputs": ostats,
+            },
+            summary_out,
+            indent=1,
+        )
         print(file=summary_out)
     else:
         out = summary_out
-        print(f"{packets} packets passed the capture filter, {conns} connections, "
-              f"{mem.counts['transfers']} transfers, {len(alerts)} alert(s) in {elapsed:.2f}s", file=out)
+        print(
+            f"{packets} packets passed the capture filter, {conns} connections, "
+            f"{mem.counts['transfers']} transfers, {len(alerts)} alert(s) in {elapsed:.2f}s",
+            file=out,
+        )
         by = stats["connections"]
         if by:
             print("connections by ActionType: " + ", ".join(f"{k} {v}" for k, v in by.items()), file=out)
         allowed = [e for e in rules.allow_entries if e.hits or e.expired_hits]
         if allowed:
-            print("allow entries: " + "; ".join(
-                f"{e.rule_id}/{e.selection} suppressed {e.hits}" + (f", expired for {e.expired_hits}" if e.expired_hits else "")
-                for e in allowed), file=out)
+            print(
+                "allow entries: "
+                + "; ".join(
+                    f"{e.rule_id}/{e.selection} suppressed {e.hits}"
+                    + (f", expired for {e.expired_hits}" if e.expired_hits else "")
+                    for e in allowed
+                ),
+                file=out,
+            )
         if alerts:
             print(file=out)
             print(_table(alerts), file=out)
@@ -211,8 +267,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         else:
             print("no alerts", file=out)
         if args.out and output.files:
-            print(f"\nrecords ({output.profile}) written to {str(args.out).rstrip('/')}/ "
-                  "(connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl)", file=out)
+            print(
+                f"\nrecords ({output.profile}) written to {str(args.out).rstrip('/')}/ "
+                "(connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl)",
+                file=out,
+            )
     return EXIT_DAMAGED if damaged else EXIT_OK
 
 
@@ -221,7 +280,7 @@ def _log_to(progress: Progress | None) -> None:
     root = logging.getLogger()
     mine = [h for h in root.handlers if isinstance(h, ProgressAwareHandler)]
     if root.handlers and not mine:
-        return   # the embedding program (or a test harness) handles logging
+        return  # the embedding program (or a test harness) handles logging
     for h in mine:
         root.removeHandler(h)
     h = ProgressAwareHandler(progress)
@@ -232,16 +291,21 @@ def _log_to(progress: Progress | None) -> None:
 def _warn_expired(rules: RuleSet) -> None:
     for e in rules.allow_entries:
         if e.expired_now():
-            print(f"xfer-sensor: warning: rule {e.rule_id}: allow entry '{e.selection}' expired on {e.expires}"
-                  f"{' (' + e.reason + ')' if e.reason else ''}: it no longer suppresses events", file=sys.stderr)
+            print(
+                f"xfer-sensor: warning: rule {e.rule_id}: allow entry '{e.selection}' expired on {e.expires}"
+                f"{' (' + e.reason + ')' if e.reason else ''}: it no longer suppresses events",
+                file=sys.stderr,
+            )
 
 
 def cmd_check(args: argparse.Namespace) -> int:
     cfg, rules = load_all(args.config, args.rules)
     _warn_expired(rules)
-    print(f"ok: config {cfg.source}; {len(rules.detections)} detection rule(s), "
-          f"{len(rules.correlations)} correlation rule(s), {len(rules.allow_entries)} allow entr"
-          f"{'y' if len(rules.allow_entries) == 1 else 'ies'} from {args.rules or default_rules_dir()}")
+    print(
+        f"ok: config {cfg.source}; {len(rules.detections)} detection rule(s), "
+        f"{len(rules.correlations)} correlation rule(s), {len(rules.allow_entries)} allow entr"
+        f"{'y' if len(rules.allow_entries) == 1 else 'ies'} from {args.rules or default_rules_dir()}"
+    )
     return EXIT_OK
 
 
@@ -257,14 +321,35 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
     refs = {d.id: d.ref for d in rules.detections}
     for d in rules.detections:
-        rows.append({"kind": "detection", "id": d.id, "name": d.name, "title": d.title, "level": d.level,
-                     "source": d.source, "feeds": [],
-                     "allow": [{"selection": e.selection, "reason": e.reason, "expires": e.expires,
-                                "expired": e.expired_now()} for e in d.allow.values()]})
+        rows.append(
+            {
+                "kind": "detection",
+                "id": d.id,
+                "name": d.name,
+                "title": d.title,
+                "level": d.level,
+                "source": d.source,
+                "feeds": [],
+                "allow": [
+                    {"selection": e.selection, "reason": e.reason, "expires": e.expires, "expired": e.expired_now()}
+                    for e in d.allow.values()
+                ],
+            }
+        )
     for c in rules.correlations:
-        rows.append({"kind": "correlation", "id": c.id, "name": c.name, "title": c.title, "level": c.level,
-                     "source": c.source, "feeds": [refs.get(r, r) for r in c.rules], "allow": [],
-                     "condition": f"{c.op} {c.threshold} in {c.timespan_s}s by {', '.join(c.group_by)}"})
+        rows.append(
+            {
+                "kind": "correlation",
+                "id": c.id,
+                "name": c.name,
+                "title": c.title,
+                "level": c.level,
+                "source": c.source,
+                "feeds": [refs.get(r, r) for r in c.rules],
+                "allow": [],
+                "condition": f"{c.op} {c.threshold} in {c.timespan_s}s by {', '.join(c.group_by)}",
+            }
+        )
     if args.format == "json":
         json.dump(rows, sys.stdout, indent=1)
         print()
@@ -279,8 +364,10 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
             if d.id == r["id"]:
                 for e in d.allow.values():
                     print(f"{'':20} allow {e.selection}: {e.reason or 'no reason given'} ({_allow_status(e)})")
-    print(f"{len(rules.detections)} detection rule(s), {len(rules.correlations)} correlation rule(s), "
-          f"{len(rules.allow_entries)} allow entr{'y' if len(rules.allow_entries) == 1 else 'ies'}")
+    print(
+        f"{len(rules.detections)} detection rule(s), {len(rules.correlations)} correlation rule(s), "
+        f"{len(rules.allow_entries)} allow entr{'y' if len(rules.allow_entries) == 1 else 'ies'}"
+    )
     return EXIT_OK
 
 
@@ -300,18 +387,30 @@ class _ExplainSink:
             v = d.explain(rec)
             if not (v.matched or v.suppressed_by or v.expired):
                 continue
-            self.rows.append({
-                "rule": d.ref, "verdict": "matched" if v.matched else "suppressed",
-                "Timestamp": rec.get("Timestamp"), "Uid": rec.get("Uid"), "DeviceName": rec.get("DeviceName"),
-                "LocalIP": rec.get("LocalIP"), "RemoteIP": rec.get("RemoteIP"), "RemotePort": rec.get("RemotePort"),
-                "RemoteUrl": rec.get("RemoteUrl", ""), "AppProtocol": rec.get("AppProtocol"),
-                "ActionType": rec.get("ActionType"), "RemoteIPType": rec.get("RemoteIPType"),
-                "TlsSni": (rec.get("AdditionalFields") or {}).get("TlsSni", ""),
-                "selections": list(v.selections),
-                "suppressed_by": [{"selection": e.selection, "reason": e.reason, "expires": e.expires}
-                                  for e in v.suppressed_by],
-                "expired": [{"selection": e.selection, "reason": e.reason, "expires": e.expires} for e in v.expired],
-            })
+            self.rows.append(
+                {
+                    "rule": d.ref,
+                    "verdict": "matched" if v.matched else "suppressed",
+                    "Timestamp": rec.get("Timestamp"),
+                    "Uid": rec.get("Uid"),
+                    "DeviceName": rec.get("DeviceName"),
+                    "LocalIP": rec.get("LocalIP"),
+                    "RemoteIP": rec.get("RemoteIP"),
+                    "RemotePort": rec.get("RemotePort"),
+                    "RemoteUrl": rec.get("RemoteUrl", ""),
+                    "AppProtocol": rec.get("AppProtocol"),
+                    "ActionType": rec.get("ActionType"),
+                    "RemoteIPType": rec.get("RemoteIPType"),
+                    "TlsSni": (rec.get("AdditionalFields") or {}).get("TlsSni", ""),
+                    "selections": list(v.selections),
+                    "suppressed_by": [
+                        {"selection": e.selection, "reason": e.reason, "expires": e.expires} for e in v.suppressed_by
+                    ],
+                    "expired": [
+                        {"selection": e.selection, "reason": e.reason, "expires": e.expires} for e in v.expired
+                    ],
+                }
+            )
 
     def close(self) -> None:
         pass
@@ -338,8 +437,12 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
         rules = load_rules(args.rules or default_rules_dir(), RECORD_FIELDS)
         dets, cors = _select_rules(rules, args.rule)
         if not dets and not cors:
-            raise RuleError(str(args.rules or default_rules_dir()), args.rule, "<rule>",
-                            "no rule with this id or name (xfer-sensor rules list shows them)")
+            raise RuleError(
+                str(args.rules or default_rules_dir()),
+                args.rule,
+                "<rule>",
+                "no rule with this id or name (xfer-sensor rules list shows them)",
+            )
     tested = RuleSet(tuple(dets), tuple(cors))
     explain = _ExplainSink(dets)
     mem = MemorySink()
@@ -353,20 +456,31 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     pipe.finish()
     alerts = [a for a in mem.records["alerts"]]
     if args.format == "json":
-        json.dump({"rules": [d.ref for d in dets] + [c.name or c.id for c in cors],
-                   "connections": explain.connections, "events": explain.rows, "alerts": alerts},
-                  sys.stdout, indent=1)
+        json.dump(
+            {
+                "rules": [d.ref for d in dets] + [c.name or c.id for c in cors],
+                "connections": explain.connections,
+                "events": explain.rows,
+                "alerts": alerts,
+            },
+            sys.stdout,
+            indent=1,
+        )
         print()
         return EXIT_DAMAGED if damaged else EXIT_OK
     for d in dets:
         print(f"detection {d.ref}: {d.title}")
     for c in cors:
-        print(f"correlation {c.name or c.id}: {c.title} ({c.op} {c.threshold} in {c.timespan_s}s "
-              f"by {', '.join(c.group_by)})")
+        print(
+            f"correlation {c.name or c.id}: {c.title} ({c.op} {c.threshold} in {c.timespan_s}s "
+            f"by {', '.join(c.group_by)})"
+        )
     print()
     for r in explain.rows:
-        where = (f"{r['Timestamp']} {r['Uid']} {r['DeviceName']} -> {r['RemoteIP']}:{r['RemotePort']}"
-                 f" {r['AppProtocol'] or '-'} {r['ActionType']} {r['RemoteIPType']}")
+        where = (
+            f"{r['Timestamp']} {r['Uid']} {r['DeviceName']} -> {r['RemoteIP']}:{r['RemotePort']}"
+            f" {r['AppProtocol'] or '-'} {r['ActionType']} {r['RemoteIPType']}"
+        )
         if r["RemoteUrl"]:
             where += f" url={_printable(r['RemoteUrl'])}"
         if r["TlsSni"]:
@@ -374,20 +488,28 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
         if r["verdict"] == "matched":
             print(f"MATCHED     {r['rule']}: {where}  [selections: {', '.join(r['selections'])}]")
         else:
-            why = "; ".join(f"{s['selection']}"
-                            + (f" ({_printable(s['reason'])})" if s["reason"] else "")
-                            + (f", expires {s['expires']}" if s["expires"] else "") for s in r["suppressed_by"])
+            why = "; ".join(
+                f"{s['selection']}"
+                + (f" ({_printable(s['reason'])})" if s["reason"] else "")
+                + (f", expires {s['expires']}" if s["expires"] else "")
+                for s in r["suppressed_by"]
+            )
             print(f"SUPPRESSED  {r['rule']}: {where}  [allowed by {why}]")
         for s in r["expired"]:
-            print(f"            note: allow entry '{s['selection']}' matched but expired on {s['expires']}"
-                  + (f" ({_printable(s['reason'])})" if s["reason"] else "") + ": not applied")
+            print(
+                f"            note: allow entry '{s['selection']}' matched but expired on {s['expires']}"
+                + (f" ({_printable(s['reason'])})" if s["reason"] else "")
+                + ": not applied"
+            )
     n_match = sum(1 for r in explain.rows if r["verdict"] == "matched")
     n_sup = sum(1 for r in explain.rows if r["verdict"] == "suppressed")
     print(f"\n{explain.connections} connection(s): {n_match} matched, {n_sup} suppressed by allow entries")
     for a in alerts:
         if "ConnectionCount" in a:
-            print(f"ALERT       {a['RuleId']}: {a.get('DeviceName')} -> {a.get('RemoteIP')}:{a.get('RemotePort')} "
-                  f"{a['ConnectionCount']} connections ({a.get('Threshold')})")
+            print(
+                f"ALERT       {a['RuleId']}: {a.get('DeviceName')} -> {a.get('RemoteIP')}:{a.get('RemotePort')} "
+                f"{a['ConnectionCount']} connections ({a.get('Threshold')})"
+            )
         else:
             print(f"ALERT       {a['RuleId']}: {a.get('Uids')}")
     if not alerts:
@@ -404,33 +526,52 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--config", help="config YAML (default: built-in defaults)")
     rp.add_argument("--rules", help="rules folder or file (default: the shipped rules/)")
     rp.add_argument("--out", help="write connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl here")
-    rp.add_argument("--format", choices=("table", "json"), default="table",
-                    help="summary format (on stdout; on stderr with --stdout)")
-    rp.add_argument("--profile", choices=PROFILES, default=None,
-                    help="record shape: mde (DeviceNetworkEvents, the default) or ecs (Elastic Common Schema); "
-                         "overrides the config's output.profile")
+    rp.add_argument(
+        "--format",
+        choices=("table", "json"),
+        default="table",
+        help="summary format (on stdout; on stderr with --stdout)",
+    )
+    rp.add_argument(
+        "--profile",
+        choices=PROFILES,
+        default=None,
+        help="record shape: mde (DeviceNetworkEvents, the default) or ecs (Elastic Common Schema); "
+        "overrides the config's output.profile",
+    )
     rp.add_argument("--stdout", action="store_true", help="also write the records as NDJSON on stdout")
     rp.add_argument("--syslog", metavar="HOST:PORT", help="also send the records to this RFC 5424 syslog collector")
-    rp.add_argument("--syslog-protocol", choices=("udp", "tcp"), default=None,
-                    help="syslog transport (default: the config's, else udp)")
-    rp.add_argument("--progress", choices=("auto", "always", "never"), default="auto",
-                    help="progress line on stderr (auto: only when stderr is a terminal)")
+    rp.add_argument(
+        "--syslog-protocol",
+        choices=("udp", "tcp"),
+        default=None,
+        help="syslog transport (default: the config's, else udp)",
+    )
+    rp.add_argument(
+        "--progress",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="progress line on stderr (auto: only when stderr is a terminal)",
+    )
     rp.set_defaults(func=cmd_replay)
     ck = sub.add_parser("check", help="validate config and rules, exit non-zero when wrong")
     ck.add_argument("--config")
     ck.add_argument("--rules")
     ck.set_defaults(func=cmd_check)
-    sub.add_parser("run", help="capture live as a daemon: run -i IFACE [--config FILE] [--rules DIR] [--out DIR] "
-                   "[--state-dir DIR]",
-                   add_help=False)
+    sub.add_parser(
+        "run",
+        help="capture live as a daemon: run -i IFACE [--config FILE] [--rules DIR] [--out DIR] [--state-dir DIR]",
+        add_help=False,
+    )
     ru = sub.add_parser("rules", help="list the rules, or test one on a capture")
     rsub = ru.add_subparsers(dest="rules_cmd", required=True)
     rl = rsub.add_parser("list", help="the loaded rules, their allow entries and expiry")
     rl.add_argument("--rules", help="rules folder or file (default: the shipped rules/)")
     rl.add_argument("--format", choices=("table", "json"), default="table")
     rl.set_defaults(func=cmd_rules_list)
-    rt = rsub.add_parser("test", help="replay captures through one rule: which events matched, which an allow "
-                                      "entry suppressed and why")
+    rt = rsub.add_parser(
+        "test", help="replay captures through one rule: which events matched, which an allow entry suppressed and why"
+    )
     rt.add_argument("rule", help="a rule id or name (from --rules), or a rule file")
     rt.add_argument("pcap", nargs="+")
     rt.add_argument("--rules", help="rules folder or file to find RULE in (default: the shipped rules/)")
@@ -442,12 +583,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from sensor.daemon import main as daemon_main
+
     return daemon_main(args.daemon_args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     from sensor.core.runtime import tune_gc
+
     tune_gc()
     if argv[:1] == ["run"]:
         # the daemon parses its own options (-i, --config, --rules, --out, --allow-root)
@@ -463,6 +606,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # stdout closed early (| head): not an error; keep Python from complaining at exit
         import os
+
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
 

@@ -5,6 +5,7 @@ Position in the capture files (from the reader's offset in
 thread every ``interval`` seconds; nothing at all when stderr is not a
 terminal. Described in docs/usage.md.
 """
+
 from __future__ import annotations
 
 import logging
@@ -66,9 +67,15 @@ def file_offset(path: str) -> int | None:
 
 
 class Progress:
-    def __init__(self, paths: Sequence[str], stream: TextIO | None = None, enabled: bool | None = None,
-                 interval: float = REDRAW_INTERVAL_S, offset: Callable[[str], int | None] = file_offset,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str],
+        stream: TextIO | None = None,
+        enabled: bool | None = None,
+        interval: float = REDRAW_INTERVAL_S,
+        offset: Callable[[str], int | None] = file_offset,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         if enabled is None:
             try:
@@ -88,7 +95,7 @@ class Progress:
         self.offset = offset
         self.clock = clock
         self.packets = 0
-        self.done_bytes = 0          # sizes of the files already finished
+        self.done_bytes = 0  # sizes of the files already finished
         self.current: str | None = None
         self.pos = 0
         self.t0 = clock()
@@ -109,7 +116,9 @@ class Progress:
             def handle(ts_us: int, data: bytes, inner=inner) -> None:
                 self.packets += 1
                 inner(ts_us, data)
+
             return handle
+
         return counting_handler_for
 
     def begin(self, path: str) -> None:
@@ -159,9 +168,11 @@ class Progress:
             tail = f"{_clock((self.total - done) / rate_b)} left"
         else:
             tail = "--:-- left"
-        return (f"{frac * 100:5.1f}% [{bar}] {_human_bytes(done)}/{_human_bytes(self.total)}  "
-                f"{_human_count(self.packets)} packets  {_human_count(rate_p)} pkt/s  "
-                f"{_human_bytes(rate_b)}/s  {tail}")
+        return (
+            f"{frac * 100:5.1f}% [{bar}] {_human_bytes(done)}/{_human_bytes(self.total)}  "
+            f"{_human_count(self.packets)} packets  {_human_count(rate_p)} pkt/s  "
+            f"{_human_bytes(rate_b)}/s  {tail}"
+        )
 
     def tick(self) -> None:
         """One redraw: the reader's position, then the line. The thread calls it
@@ -192,4 +203,3 @@ class ProgressAwareHandler(logging.StreamHandler):
         if self.progress is not None:
             self.progress.clear()
         super().emit(record)
-

@@ -4,6 +4,7 @@ Every bound is a named option with a default. A bad file is refused before
 anything runs, naming the file and the field (``ConfigError``). Every key is
 described in docs/usage.md.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -33,30 +34,47 @@ class ConfigError(ValueError):
 class Timeouts:
     """Flow timeouts in seconds of packet time (Zeek/Suricata defaults)."""
 
-    tcp_attempt: float = 60.0       # SYN seen, handshake not finished
+    tcp_attempt: float = 60.0  # SYN seen, handshake not finished
     tcp_established: float = 3600.0  # idle established TCP (FTP/SMB sessions idle long)
-    tcp_closed: float = 5.0          # after FIN both ways or RST (trailing ACKs)
-    udp: float = 60.0                # idle UDP
+    tcp_closed: float = 5.0  # after FIN both ways or RST (trailing ACKs)
+    udp: float = 60.0  # idle UDP
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Hard bounds; each is a named option."""
 
-    max_flows: int = 100_000          # tracked flows; LRU eviction beyond
-    flow_scan_budget: int = 1_000     # flows examined per idle-scan tick
-    flow_scan_interval: float = 1.0   # seconds of packet time between scans
-    max_seq_jump: int = 1 << 30       # a segment further ahead is a weird, not bytes
-    max_window_keys: int = 100_000    # rule-window group keys; LRU eviction beyond
-    max_window_events: int = 10_000   # events kept per key inside one window
+    max_flows: int = 100_000  # tracked flows; LRU eviction beyond
+    flow_scan_budget: int = 1_000  # flows examined per idle-scan tick
+    flow_scan_interval: float = 1.0  # seconds of packet time between scans
+    max_seq_jump: int = 1 << 30  # a segment further ahead is a weird, not bytes
+    max_window_keys: int = 100_000  # rule-window group keys; LRU eviction beyond
+    max_window_events: int = 10_000  # events kept per key inside one window
 
 
 PROFILES = ("mde", "ecs")
 RECORD_KINDS = ("connections", "alerts", "transfers", "weird")
 SYSLOG_FACILITIES = {
-    "kern": 0, "user": 1, "mail": 2, "daemon": 3, "auth": 4, "syslog": 5, "lpr": 6, "news": 7,
-    "uucp": 8, "cron": 9, "authpriv": 10, "ftp": 11, "local0": 16, "local1": 17, "local2": 18,
-    "local3": 19, "local4": 20, "local5": 21, "local6": 22, "local7": 23,
+    "kern": 0,
+    "user": 1,
+    "mail": 2,
+    "daemon": 3,
+    "auth": 4,
+    "syslog": 5,
+    "lpr": 6,
+    "news": 7,
+    "uucp": 8,
+    "cron": 9,
+    "authpriv": 10,
+    "ftp": 11,
+    "local0": 16,
+    "local1": 17,
+    "local2": 18,
+    "local3": 19,
+    "local4": 20,
+    "local5": 21,
+    "local6": 22,
+    "local7": 23,
 }
 
 
@@ -66,25 +84,25 @@ class SyslogOutput:
 
     host: str = "127.0.0.1"
     port: int = 514
-    protocol: str = "udp"                 # udp | tcp
-    facility: int = 16                    # local0; names or numbers 0..23 in YAML
+    protocol: str = "udp"  # udp | tcp
+    facility: int = 16  # local0; names or numbers 0..23 in YAML
     app_name: str = "xfer-sensor"
-    hostname: str | None = None           # default: this machine's name
+    hostname: str | None = None  # default: this machine's name
     kinds: tuple[str, ...] = RECORD_KINDS  # which record kinds are sent
-    timeout: float = 5.0                  # seconds a send/connect may block the writer thread
-    retry_interval: float = 1.0           # seconds between reconnect attempts after an error
+    timeout: float = 5.0  # seconds a send/connect may block the writer thread
+    retry_interval: float = 1.0  # seconds between reconnect attempts after an error
 
 
 @dataclass(frozen=True, slots=True)
 class Output:
     """Where records go and in which shape (see docs/outputs.md)."""
 
-    profile: str = "mde"                  # mde | ecs
-    max_line_bytes: int = 16384           # a longer record is shrunk and flagged as truncated
-    queue_max: int = 10000                # records buffered per sink before overflow
-    error_log_interval: float = 60.0      # seconds between two error logs of one sink
-    files: bool = True                    # OUT/<kind>.jsonl when an output folder is given
-    stdout: bool = False                  # records as NDJSON on stdout
+    profile: str = "mde"  # mde | ecs
+    max_line_bytes: int = 16384  # a longer record is shrunk and flagged as truncated
+    queue_max: int = 10000  # records buffered per sink before overflow
+    error_log_interval: float = 60.0  # seconds between two error logs of one sink
+    files: bool = True  # OUT/<kind>.jsonl when an output folder is given
+    stdout: bool = False  # records as NDJSON on stdout
     syslog: SyslogOutput | None = None
 
 
@@ -98,20 +116,33 @@ class Config:
     device_name: str | None = None
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
-    hostnames: Mapping[str, str] = field(default_factory=dict)   # IP -> name (RemoteUrl)
+    hostnames: Mapping[str, str] = field(default_factory=dict)  # IP -> name (RemoteUrl)
     output: Output = Output()
-    home_net_given: bool = False          # the file set home_net (endpoint mode keeps it then)
-    metrics_listen: tuple[str, int] | None = None   # (loopback address, port) of /metrics; None: off
-    status_interval: float = 300.0                 # seconds between two status lines in the journal
-    state_dir: str | None = None          # the daemon's state folder (rule windows); None: /var/lib/xfer-sensor
-    state_flush_interval: float = 2.0     # wall-clock seconds between two writes of the window state
+    home_net_given: bool = False  # the file set home_net (endpoint mode keeps it then)
+    metrics_listen: tuple[str, int] | None = None  # (loopback address, port) of /metrics; None: off
+    status_interval: float = 300.0  # seconds between two status lines in the journal
+    state_dir: str | None = None  # the daemon's state folder (rule windows); None: /var/lib/xfer-sensor
+    state_flush_interval: float = 2.0  # wall-clock seconds between two writes of the window state
 
 
-_TOP_KEYS = {"tracked_ports", "home_net", "ip_type_overrides", "inventory", "device_name", "timeouts", "limits",
-             "hostnames", "output", "metrics_listen", "status_interval", "state_dir", "state_flush_interval"}
+_TOP_KEYS = {
+    "tracked_ports",
+    "home_net",
+    "ip_type_overrides",
+    "inventory",
+    "device_name",
+    "timeouts",
+    "limits",
+    "hostnames",
+    "output",
+    "metrics_listen",
+    "status_interval",
+    "state_dir",
+    "state_flush_interval",
+}
 _OUTPUT_KEYS = {"profile", "max_line_bytes", "queue_max", "error_log_interval", "files", "stdout", "syslog"}
 _SYSLOG_KEYS = {"host", "port", "protocol", "facility", "app_name", "hostname", "kinds", "timeout", "retry_interval"}
-MIN_LINE_BYTES = 1024   # max_line_bytes below this could not hold a record's identity
+MIN_LINE_BYTES = 1024  # max_line_bytes below this could not hold a record's identity
 
 
 def _ip_map(src: str, name: str, raw: Any, what: str) -> dict[str, str]:
@@ -163,14 +194,19 @@ def _syslog(src: str, raw: Any) -> SyslogOutput:
         if isinstance(f, str) and f in SYSLOG_FACILITIES:
             f = SYSLOG_FACILITIES[f]
         if isinstance(f, bool) or not isinstance(f, int) or not 0 <= f <= 23:
-            raise ConfigError(src, f"{name}.facility",
-                              f"a number 0..23 or one of {', '.join(SYSLOG_FACILITIES)}, got {raw['facility']!r}")
+            raise ConfigError(
+                src,
+                f"{name}.facility",
+                f"a number 0..23 or one of {', '.join(SYSLOG_FACILITIES)}, got {raw['facility']!r}",
+            )
         kw["facility"] = f
     for k, limit in (("app_name", 48), ("hostname", 255)):
         if raw.get(k) is not None:
             v = raw[k]
             if not isinstance(v, str) or not v or len(v) > limit or not all(33 <= ord(c) <= 126 for c in v):
-                raise ConfigError(src, f"{name}.{k}", f"1..{limit} printable ASCII characters without spaces (RFC 5424)")
+                raise ConfigError(
+                    src, f"{name}.{k}", f"1..{limit} printable ASCII characters without spaces (RFC 5424)"
+                )
             kw[k] = v
     if "kinds" in raw:
         kinds = raw["kinds"]
@@ -222,7 +258,9 @@ def parse_listen(src: str, fname: str, value: Any) -> tuple[str, int] | None:
         raise ConfigError(src, fname, f"must be 'ADDRESS:PORT' on loopback or 'off', got {value!r}")
     host, sep, port_s = value.rpartition(":")
     if not sep or not host:
-        raise ConfigError(src, fname, f"must be 'ADDRESS:PORT' on loopback (e.g. 127.0.0.1:9617) or 'off', got {value!r}")
+        raise ConfigError(
+            src, fname, f"must be 'ADDRESS:PORT' on loopback (e.g. 127.0.0.1:9617) or 'off', got {value!r}"
+        )
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if host == "localhost":
@@ -230,11 +268,16 @@ def parse_listen(src: str, fname: str, value: Any) -> tuple[str, int] | None:
     try:
         addr = ipaddress.ip_address(host)
     except ValueError:
-        raise ConfigError(src, fname, f"the address must be a loopback IP literal (127.0.0.0/8 or ::1), "
-                                      f"got {host!r}") from None
+        raise ConfigError(
+            src, fname, f"the address must be a loopback IP literal (127.0.0.0/8 or ::1), got {host!r}"
+        ) from None
     if not addr.is_loopback:
-        raise ConfigError(src, fname, f"refusing to serve metrics on non-loopback address {host} "
-                                      f"(only 127.0.0.0/8 or ::1: the endpoint has no authentication)")
+        raise ConfigError(
+            src,
+            fname,
+            f"refusing to serve metrics on non-loopback address {host} "
+            f"(only 127.0.0.0/8 or ::1: the endpoint has no authentication)",
+        )
     if not port_s.isdigit() or not 0 < int(port_s) < 65536:
         raise ConfigError(src, fname, f"not a port number: {port_s!r}")
     return str(addr), int(port_s)
@@ -298,14 +341,18 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
         out = {}
         for cidr, typ in ov.items():
             if typ not in IP_TYPES:
-                raise ConfigError(source, f"ip_type_overrides.{cidr}", f"unknown type {typ!r} (one of {', '.join(IP_TYPES)})")
+                raise ConfigError(
+                    source, f"ip_type_overrides.{cidr}", f"unknown type {typ!r} (one of {', '.join(IP_TYPES)})"
+                )
             out[_net(source, f"ip_type_overrides.{cidr}", cidr)] = typ
         kw["ip_type_overrides"] = out
     if "inventory" in raw:
         kw["inventory"] = _ip_map(source, "inventory", raw["inventory"], "device name")
     if "hostnames" in raw:
-        kw["hostnames"] = {ip: name.lower().rstrip(".")
-                           for ip, name in _ip_map(source, "hostnames", raw["hostnames"], "host name").items()}
+        kw["hostnames"] = {
+            ip: name.lower().rstrip(".")
+            for ip, name in _ip_map(source, "hostnames", raw["hostnames"], "host name").items()
+        }
     kw["output"] = output_from_dict(source, raw.get("output"))
     if raw.get("device_name") is not None:
         if not isinstance(raw["device_name"], str):
@@ -320,8 +367,9 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
             raise ConfigError(source, "state_dir", "must be a folder path")
         kw["state_dir"] = raw["state_dir"]
     if "state_flush_interval" in raw:
-        kw["state_flush_interval"] = float(_number(source, "state_flush_interval", raw["state_flush_interval"],
-                                                   False, 0.01))
+        kw["state_flush_interval"] = float(
+            _number(source, "state_flush_interval", raw["state_flush_interval"], False, 0.01)
+        )
     kw["timeouts"] = _section(source, "timeouts", raw.get("timeouts"), Timeouts)
     kw["limits"] = _section(source, "limits", raw.get("limits"), Limits)
     return Config(**kw)

@@ -1,4 +1,5 @@
 """A set of named integer counters (subclasses list them in ``__slots__``)."""
+
 from __future__ import annotations
 
 

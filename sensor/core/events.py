@@ -5,6 +5,7 @@ them to the expectation table, the transfer log, the weird log and the
 connection records. ``event_type`` is derived from the class name
 (``FtpRequest`` -> ``ftp_request``) so every record names its own kind.
 """
+
 from __future__ import annotations
 
 import re

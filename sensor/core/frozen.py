@@ -6,6 +6,7 @@ What ``@dataclass(frozen=True, slots=True)`` gives (fields, ``__init__``,
 shared methods. ``uncompared`` names fields left out of ``==`` and ``hash``;
 ``fields_of(obj)`` lists an instance's fields. Why: docs/architecture.md.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -13,6 +14,7 @@ from dataclasses import FrozenInstanceError
 from typing import Any, TypeVar, dataclass_transform, overload
 
 T = TypeVar("T")
+
 
 def _setattr(self: Any, name: str, value: Any) -> None:
     raise FrozenInstanceError(f"cannot assign to field {name!r}")
@@ -23,8 +25,7 @@ def _delattr(self: Any, name: str) -> None:
 
 
 def _repr(self: Any) -> str:
-    return "{}({})".format(type(self).__qualname__,
-                           ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__fields__))
+    return "{}({})".format(type(self).__qualname__, ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__fields__))
 
 
 def _key(self: Any) -> tuple[Any, ...]:
@@ -72,20 +73,23 @@ def frozen(*, uncompared: tuple[str, ...] = ()) -> Callable[[type[T]], type[T]]:
 
 def frozen(cls: type[T] | None = None, *, uncompared: tuple[str, ...] = ()) -> Any:
     """Make ``cls`` a frozen, slotted value class (see the module docstring)."""
+
     def wrap(c: type[T]) -> type[T]:
         return _build(c, uncompared)
+
     return wrap if cls is None else wrap(cls)
 
 
 def _build(cls: type[T], uncompared: tuple[str, ...]) -> type[T]:
     base_fields: tuple[str, ...] = getattr(cls, "__fields__", ())
     defaults: dict[str, Any] = dict(getattr(cls, "__field_defaults__", {}))
-    own = [n for n, a in cls.__dict__.get("__annotations__", {}).items()
-           if not _is_classvar(a) and n not in base_fields]
+    own = [
+        n for n, a in cls.__dict__.get("__annotations__", {}).items() if not _is_classvar(a) and n not in base_fields
+    ]
     for n in own:
         if n in cls.__dict__:
             v = cls.__dict__[n]
-            if isinstance(v, (list, dict, set)):    # one object shared by every instance: refused, as by dataclass
+            if isinstance(v, (list, dict, set)):  # one object shared by every instance: refused, as by dataclass
                 raise ValueError(f"{cls.__name__}: mutable default {type(v).__name__} for field {n!r}")
             defaults[n] = v
     names = base_fields + tuple(own)
@@ -101,11 +105,22 @@ def _build(cls: type[T], uncompared: tuple[str, ...]) -> type[T]:
         raise TypeError(f"{cls.__name__}: uncompared names no field: {sorted(unknown)}")
 
     ns = {k: v for k, v in cls.__dict__.items() if k not in own and k not in ("__dict__", "__weakref__")}
-    ns.update(__slots__=tuple(own), __fields__=names, __match_args__=names, __field_defaults__=defaults,
-              __uncompared__=tuple(sorted(skip)), __compared__=tuple(n for n in names if n not in skip),
-              __setattr__=_setattr, __delattr__=_delattr, __repr__=_repr, __eq__=_eq, __hash__=_hash,
-              __getstate__=_getstate, __setstate__=_setstate)
-    meta: Any = type(cls)     # the class's own metaclass (an Event's is type)
+    ns.update(
+        __slots__=tuple(own),
+        __fields__=names,
+        __match_args__=names,
+        __field_defaults__=defaults,
+        __uncompared__=tuple(sorted(skip)),
+        __compared__=tuple(n for n in names if n not in skip),
+        __setattr__=_setattr,
+        __delattr__=_delattr,
+        __repr__=_repr,
+        __eq__=_eq,
+        __hash__=_hash,
+        __getstate__=_getstate,
+        __setstate__=_setstate,
+    )
+    meta: Any = type(cls)  # the class's own metaclass (an Event's is type)
     new: type[T] = meta(cls.__name__, cls.__bases__, ns)
     new.__qualname__ = cls.__qualname__
     type.__setattr__(new, "__init__", _first_init(new, names, defaults))
@@ -117,10 +132,12 @@ def _first_init(cls: type, names: tuple[str, ...], defaults: dict[str, Any]) -> 
     puts it in its place: most event classes (the rarer weirds, SMB
     compression, TFTP errors) are never built in a run, and the compile is
     the one cost left at import."""
+
     def __init__(self: Any, *args: Any, **kw: Any) -> None:
         real = _init(cls, names, defaults)
         type.__setattr__(cls, "__init__", real)
         real(self, *args, **kw)
+
     __init__.__qualname__ = f"{cls.__qualname__}.__init__"
     return __init__
 

@@ -5,6 +5,7 @@ library ``ipaddress``, plus configured CIDR overrides.
 "Reserved", so a lab or VPN range must be named with ``ip_type_overrides``.
 The types: docs/outputs.md (``LocalIPType``).
 """
+
 from __future__ import annotations
 
 import bisect
@@ -24,10 +25,7 @@ IP_TYPES = (
     "FourToSixMapping",
 )
 
-_PRIVATE = tuple(
-    ipaddress.ip_network(n)
-    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
-)
+_PRIVATE = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"))
 _TEREDO = ipaddress.ip_network("2001::/32")
 _BROADCAST = ipaddress.ip_address("255.255.255.255")
 
@@ -43,7 +41,7 @@ def parse_address(ip: str) -> Address:
             return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, ip))
         return ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, ip))
     except OSError:
-        return ipaddress.ip_address(ip)   # what inet_pton refuses: ipaddress's own error (or reading)
+        return ipaddress.ip_address(ip)  # what inet_pton refuses: ipaddress's own error (or reading)
 
 
 def _v4_bounds(nets: Iterable[Network]) -> list[int]:
@@ -70,7 +68,7 @@ def _special_v4_networks() -> list[Network] | None:
     for v in values:
         if isinstance(v, (list, tuple)):
             found += [n for n in v if isinstance(n, ipaddress.IPv4Network)]
-    if len(found) < 5:    # not the layout this was written against
+    if len(found) < 5:  # not the layout this was written against
         return None
     return nets + found
 

@@ -1,4 +1,5 @@
 """Process-wide settings of a sensor process: the garbage collector's thresholds."""
+
 from __future__ import annotations
 
 import gc

@@ -3,6 +3,7 @@
 In the core layer so that analyzers (transfer timestamps) and records use one
 formatter; ``sensor.records.mde`` re-exports ``iso_us`` for its importers.
 """
+
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -10,7 +11,7 @@ from datetime import UTC, datetime
 MAX_TS_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z, the last ISO 8601 can say
 
 
-_DAYS: dict[int, str] = {}   # day number since 1970 -> "YYYY-MM-DDT"
+_DAYS: dict[int, str] = {}  # day number since 1970 -> "YYYY-MM-DDT"
 _MAX_DAYS_CACHED = 4096
 
 

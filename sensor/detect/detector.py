@@ -6,6 +6,7 @@ alert fires once when a key crosses the condition, then re-arms. Bounded by
 imported as plain data for sensor/detect/winstore.py. Semantics:
 docs/detection.md.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -44,30 +45,43 @@ class _KeyState:
     events: list[_Ev] = field(default_factory=list)
     armed: bool = True
     last_alert_ts: int = -1
-    episode: dict[str, Any] | None = None   # the open alert's running totals (hunt view)
+    episode: dict[str, Any] | None = None  # the open alert's running totals (hunt view)
 
 
 def _bytes(rec: Mapping[str, Any]) -> tuple[int, int]:
     """A connection's bytes for the alert: its own plus those of its data
     channels / TFTP transfer -- the volume that actually moved."""
-    return (int(rec.get("SentBytes") or 0) + int(rec.get("DataSentBytes") or 0),
-            int(rec.get("ReceivedBytes") or 0) + int(rec.get("DataReceivedBytes") or 0))
+    return (
+        int(rec.get("SentBytes") or 0) + int(rec.get("DataSentBytes") or 0),
+        int(rec.get("ReceivedBytes") or 0) + int(rec.get("DataReceivedBytes") or 0),
+    )
 
 
 def window_id(rule: CorrelationRule) -> str:
     """The rule id plus a stable hash of what decides the window's counting
     (referenced rules, group-by, timespan, condition)."""
-    definition = json.dumps({"rules": list(rule.rules), "group_by": list(rule.group_by),
-                             "timespan_s": rule.timespan_s, "op": rule.op, "threshold": rule.threshold},
-                            sort_keys=True, separators=(",", ":"))
+    definition = json.dumps(
+        {
+            "rules": list(rule.rules),
+            "group_by": list(rule.group_by),
+            "timespan_s": rule.timespan_s,
+            "op": rule.op,
+            "threshold": rule.threshold,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return f"{rule.id}:{hashlib.sha256(definition.encode()).hexdigest()[:16]}"
 
 
 def _export_key(st: _KeyState) -> dict[str, Any]:
     ep = st.episode
-    return {"events": [[e.ts, e.sent, e.recv, e.uid] for e in st.events], "armed": st.armed,
-            "last_alert_ts": st.last_alert_ts,
-            "episode": None if ep is None else dict(ep, Tags=list(ep.get("Tags", ())), Uids=list(ep["Uids"]))}
+    return {
+        "events": [[e.ts, e.sent, e.recv, e.uid] for e in st.events],
+        "armed": st.armed,
+        "last_alert_ts": st.last_alert_ts,
+        "episode": None if ep is None else dict(ep, Tags=list(ep.get("Tags", ())), Uids=list(ep["Uids"])),
+    }
 
 
 def _import_key(d: Mapping[str, Any], max_events: int) -> _KeyState:
@@ -77,9 +91,12 @@ def _import_key(d: Mapping[str, Any], max_events: int) -> _KeyState:
     ep = d.get("episode")
     if ep is not None:
         # the fields observe() updates when a further connection joins the alert
-        if (not isinstance(ep, dict) or not isinstance(ep.get("Uids"), list)
-                or not all(type(ep.get(f)) is int for f in ("ConnectionCount", "BytesSent", "BytesReceived"))
-                or not all(isinstance(ep.get(f), str) for f in ("FirstSeen", "LastSeen"))):
+        if (
+            not isinstance(ep, dict)
+            or not isinstance(ep.get("Uids"), list)
+            or not all(type(ep.get(f)) is int for f in ("ConnectionCount", "BytesSent", "BytesReceived"))
+            or not all(isinstance(ep.get(f), str) for f in ("FirstSeen", "LastSeen"))
+        ):
             raise ValueError("bad episode")
         ep = dict(ep, Uids=list(ep["Uids"]))
     last = d["last_alert_ts"]
@@ -89,8 +106,7 @@ def _import_key(d: Mapping[str, Any], max_events: int) -> _KeyState:
 
 
 class DetectStats(Counters):
-    __slots__ = ("records", "matched", "alerts", "suppressed", "keys_evicted", "events_dropped",
-                 "episodes_dropped")
+    __slots__ = ("records", "matched", "alerts", "suppressed", "keys_evicted", "events_dropped", "episodes_dropped")
     records: int
     matched: int
     alerts: int
@@ -152,7 +168,7 @@ class _Window:
             hi = bisect.bisect_right(evs, _Ev(end, 0, 0, "\U0010ffff"))
             if best is None or hi - lo > best[1] - best[0]:
                 best = (lo, hi)
-        assert best is not None     # {ts, latest} is never empty
+        assert best is not None  # {ts, latest} is never empty
         lo, hi = best
         n = hi - lo
         if not self._hit(n):
@@ -223,7 +239,7 @@ class _Window:
                 self.keys.popitem(last=False)
             self.keys[key] = st
         eps = sorted((st for st in self.keys.values() if st.episode is not None), key=lambda st: st.last_alert_ts)
-        self.episodes = deque(st.episode for st in eps[-self.max_keys:] if st.episode is not None)
+        self.episodes = deque(st.episode for st in eps[-self.max_keys :] if st.episode is not None)
         return len(self.keys), refused
 
     def _alert(self, rec: Mapping[str, Any], key: Key, win: list[_Ev]) -> dict[str, Any]:
@@ -271,11 +287,11 @@ class Detector:
         for rid, windows in self.windows.items():
             for w in windows:
                 for ow in old.windows.get(rid, ()):
-                    if ow.rule == w.rule:   # same definition: carry its state over
+                    if ow.rule == w.rule:  # same definition: carry its state over
                         w.keys, w.episodes = ow.keys, ow.episodes
                         kept += 1
         self.stats = old.stats
-        for w in self._all_windows():   # the windows count into the detector's counters too
+        for w in self._all_windows():  # the windows count into the detector's counters too
             w.stats = old.stats
         return kept
 
@@ -342,8 +358,16 @@ class Detector:
             self.stats.matched += 1
             if d.id not in self.quiet:
                 self.stats.alerts += 1
-                out.append({"Timestamp": rec.get("Timestamp"), "RuleId": d.id, "RuleTitle": d.title,
-                            "Level": d.level, "Tags": list(d.tags), "Uids": [rec.get("Uid")]})
+                out.append(
+                    {
+                        "Timestamp": rec.get("Timestamp"),
+                        "RuleId": d.id,
+                        "RuleTitle": d.title,
+                        "Level": d.level,
+                        "Tags": list(d.tags),
+                        "Uids": [rec.get("Uid")],
+                    }
+                )
             for w in self.windows.get(d.id, ()):
                 a = w.observe(rec, ts)
                 if a is not None:

@@ -5,6 +5,7 @@ not implement is refused at load time with the file, the rule id and the
 field (``RuleError``), never silently ignored. The supported subset and the
 false-positive controls (filter selections, ``x-allow``): docs/detection.md.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -27,35 +28,95 @@ Node = tuple[Any, ...]
 
 log = logging.getLogger("xfer-sensor.rules")
 
-RULE_KEYS = frozenset({
-    "title", "id", "name", "related", "taxonomy", "status", "description", "license", "author",
-    "references", "date", "modified", "logsource", "detection", "fields", "falsepositives",
-    "level", "tags", "scope", "correlation", "generate", "x-allow",
-})
+RULE_KEYS = frozenset(
+    {
+        "title",
+        "id",
+        "name",
+        "related",
+        "taxonomy",
+        "status",
+        "description",
+        "license",
+        "author",
+        "references",
+        "date",
+        "modified",
+        "logsource",
+        "detection",
+        "fields",
+        "falsepositives",
+        "level",
+        "tags",
+        "scope",
+        "correlation",
+        "generate",
+        "x-allow",
+    }
+)
 ALLOW_KEYS = frozenset({"reason", "expires"})
 # Defender DeviceNetworkEvents columns a record may carry beyond today's replay
 # records (endpoint attribution; RemoteUrl from the config's `hostnames`)
-EXTRA_FIELDS = frozenset({
-    "RemoteUrl", "InitiatingProcessCommandLine", "InitiatingProcessFolderPath",
-    "InitiatingProcessParentFileName", "InitiatingProcessParentId", "InitiatingProcessCreationTime",
-    "InitiatingProcessAccountDomain", "InitiatingProcessAccountSid", "InitiatingProcessAccountUpn",
-    "InitiatingProcessSHA1", "InitiatingProcessSHA256", "InitiatingProcessMD5", "DeviceId", "ReportId",
-    "AttributionSource",
-})
+EXTRA_FIELDS = frozenset(
+    {
+        "RemoteUrl",
+        "InitiatingProcessCommandLine",
+        "InitiatingProcessFolderPath",
+        "InitiatingProcessParentFileName",
+        "InitiatingProcessParentId",
+        "InitiatingProcessCreationTime",
+        "InitiatingProcessAccountDomain",
+        "InitiatingProcessAccountSid",
+        "InitiatingProcessAccountUpn",
+        "InitiatingProcessSHA1",
+        "InitiatingProcessSHA256",
+        "InitiatingProcessMD5",
+        "DeviceId",
+        "ReportId",
+        "AttributionSource",
+    }
+)
 # keys records carry inside AdditionalFields, reachable as AdditionalFields.<key>
-ADDITIONAL_FIELDS = frozenset({
-    "SmbDialect", "SmbTrees", "SmbDomain", "SmbWorkstation", "SmbEncrypted", "NetbiosCalledName",
-    "TlsUpgrade", "TlsSni", "TftpOp", "TftpFilename", "TftpMode", "TftpOptions", "FtpLoginSuccess", "Files",
-    "AttributionDetail",
-})
+ADDITIONAL_FIELDS = frozenset(
+    {
+        "SmbDialect",
+        "SmbTrees",
+        "SmbDomain",
+        "SmbWorkstation",
+        "SmbEncrypted",
+        "NetbiosCalledName",
+        "TlsUpgrade",
+        "TlsSni",
+        "TftpOp",
+        "TftpFilename",
+        "TftpMode",
+        "TftpOptions",
+        "FtpLoginSuccess",
+        "Files",
+        "AttributionDetail",
+    }
+)
 # a filter keyed only on these would allow whatever that process does
-PROCESS_FIELDS = frozenset({
-    "InitiatingProcessFileName", "InitiatingProcessId", "InitiatingProcessAccountName", "AccountName",
-    "InitiatingProcessCommandLine", "InitiatingProcessFolderPath", "InitiatingProcessParentFileName",
-    "InitiatingProcessParentId", "InitiatingProcessCreationTime", "InitiatingProcessAccountDomain",
-    "InitiatingProcessAccountSid", "InitiatingProcessAccountUpn", "InitiatingProcessSHA1",
-    "InitiatingProcessSHA256", "InitiatingProcessMD5", "AppUser",
-})
+PROCESS_FIELDS = frozenset(
+    {
+        "InitiatingProcessFileName",
+        "InitiatingProcessId",
+        "InitiatingProcessAccountName",
+        "AccountName",
+        "InitiatingProcessCommandLine",
+        "InitiatingProcessFolderPath",
+        "InitiatingProcessParentFileName",
+        "InitiatingProcessParentId",
+        "InitiatingProcessCreationTime",
+        "InitiatingProcessAccountDomain",
+        "InitiatingProcessAccountSid",
+        "InitiatingProcessAccountUpn",
+        "InitiatingProcessSHA1",
+        "InitiatingProcessSHA256",
+        "InitiatingProcessMD5",
+        "AppUser",
+    }
+)
 # an x-allow entry must pin the destination with one of these in every alternative
 DESTINATION_FIELDS = frozenset({"RemoteIP", "RemoteUrl", "AdditionalFields.TlsSni"})
 CORRELATION_KEYS = frozenset({"type", "rules", "group-by", "timespan", "condition", "generate", "aliases"})
@@ -102,8 +163,13 @@ class AllowEntry:
         self.expired_hits += 1
         if not self.logged:
             self.logged = True
-            log.warning("rule %s: allow entry '%s' expired on %s (%s): it no longer suppresses events",
-                        self.rule_id, self.selection, self.expires, self.reason or "no reason given")
+            log.warning(
+                "rule %s: allow entry '%s' expired on %s (%s): it no longer suppresses events",
+                self.rule_id,
+                self.selection,
+                self.expires,
+                self.reason or "no reason given",
+            )
         return False
 
     def describe(self) -> str:
@@ -133,9 +199,9 @@ class Verdict:
     """What a detection rule made of one record (``DetectionRule.explain``)."""
 
     matched: bool
-    selections: tuple[str, ...]                 # selections that matched (before allow entries)
+    selections: tuple[str, ...]  # selections that matched (before allow entries)
     suppressed_by: tuple[AllowEntry, ...] = ()  # allow entries that suppressed a match
-    expired: tuple[AllowEntry, ...] = ()        # entries that would have suppressed, but expired
+    expired: tuple[AllowEntry, ...] = ()  # entries that would have suppressed, but expired
 
 
 @dataclass(frozen=True)
@@ -152,7 +218,7 @@ class DetectionRule:
     references: tuple[str, ...] = ()
     author: str = ""
     selections: Mapping[str, Matcher] = field(default_factory=dict, compare=False)
-    condition: Any = field(default=None, compare=False)           # the parsed condition (AST)
+    condition: Any = field(default=None, compare=False)  # the parsed condition (AST)
     allow: Mapping[str, AllowEntry] = field(default_factory=dict, compare=False)
 
     @property
@@ -189,10 +255,10 @@ class CorrelationRule:
     title: str
     level: str
     tags: tuple[str, ...]
-    rules: tuple[str, ...]        # ids of the referenced detection rules
+    rules: tuple[str, ...]  # ids of the referenced detection rules
     group_by: tuple[str, ...]
     timespan_s: int
-    op: str                        # "gt" | "gte"
+    op: str  # "gt" | "gte"
     threshold: int
     generate: bool
     description: str = field(default="", compare=False)
@@ -237,7 +303,12 @@ def _value_pred(err: Callable[[str], RuleError], fieldname: str, mods: list[str]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise err(f"numeric modifier needs a number, got {value!r}")
         m = next(m for m in mods if m in ("gt", "gte", "lt", "lte"))
-        ops: dict[str, Callable[[Any], bool]] = {"gt": lambda a: a > value, "gte": lambda a: a >= value, "lt": lambda a: a < value, "lte": lambda a: a <= value}
+        ops: dict[str, Callable[[Any], bool]] = {
+            "gt": lambda a: a > value,
+            "gte": lambda a: a >= value,
+            "lt": lambda a: a < value,
+            "lte": lambda a: a <= value,
+        }
         op = ops[m]
         return lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and op(v)
     if "cidr" in mods:
@@ -252,6 +323,7 @@ def _value_pred(err: Callable[[str], RuleError], fieldname: str, mods: list[str]
             except ValueError:
                 return False
             return a.version == net.version and a in net
+
         return cidr
     if "re" in mods:
         try:
@@ -292,10 +364,13 @@ def _getter(fieldname: str) -> Callable[[Mapping[str, Any]], Any]:
     def dotted(rec: Mapping[str, Any]) -> Any:
         v = rec.get(head)
         return v.get(tail) if isinstance(v, dict) else None
+
     return dotted
 
 
-def _field_matcher(src: str, rid: str, key: str, value: Any, known: frozenset[str] | None) -> tuple[str, Callable[[Any], bool]]:
+def _field_matcher(
+    src: str, rid: str, key: str, value: Any, known: frozenset[str] | None
+) -> tuple[str, Callable[[Any], bool]]:
     parts = key.split("|")
     fieldname, mods = parts[0], parts[1:]
 
@@ -305,8 +380,13 @@ def _field_matcher(src: str, rid: str, key: str, value: Any, known: frozenset[st
     if not fieldname:
         raise err("keyword (field-less) searches are not supported")
     if known is not None and not _known(fieldname, known):
-        raise RuleError(src, rid, f"detection.{key}", f"unknown field '{fieldname}' (records have: {', '.join(sorted(known))}"
-                        f"; and AdditionalFields.<{'|'.join(sorted(ADDITIONAL_FIELDS))}>)")
+        raise RuleError(
+            src,
+            rid,
+            f"detection.{key}",
+            f"unknown field '{fieldname}' (records have: {', '.join(sorted(known))}"
+            f"; and AdditionalFields.<{'|'.join(sorted(ADDITIONAL_FIELDS))}>)",
+        )
     for m in mods:
         if m not in MODIFIERS:
             raise err(f"unsupported modifier '|{m}' (supported: {', '.join(sorted(MODIFIERS))})")
@@ -325,14 +405,22 @@ def _field_matcher(src: str, rid: str, key: str, value: Any, known: frozenset[st
         return fieldname, pred
 
     def one_or_any(v: Any, pred: Callable[[Any], bool] = pred) -> bool:
-        if isinstance(v, list):     # a list value (AdditionalFields.Files): any item
+        if isinstance(v, list):  # a list value (AdditionalFields.Files): any item
             return any(pred(x) for x in v)
         return pred(v)
+
     return fieldname, one_or_any
 
 
-def _selection(src: str, rid: str, name: str, body: Any, known: frozenset[str] | None, used: set[str],
-               alternatives: list[frozenset[str]] | None = None) -> Matcher:
+def _selection(
+    src: str,
+    rid: str,
+    name: str,
+    body: Any,
+    known: frozenset[str] | None,
+    used: set[str],
+    alternatives: list[frozenset[str]] | None = None,
+) -> Matcher:
     """``alternatives`` collects the field set of each OR-ed map (for the allow checks)."""
     if alternatives is None:
         alternatives = []
@@ -349,7 +437,12 @@ def _selection(src: str, rid: str, name: str, body: Any, known: frozenset[str] |
     if isinstance(body, list) and body and all(isinstance(x, dict) for x in body):
         subs = [_selection(src, rid, name, x, known, used, alternatives) for x in body]
         return lambda rec: any(s(rec) for s in subs)
-    raise RuleError(src, rid, f"detection.{name}", "must be a mapping of fields or a list of mappings (keyword lists are not supported)")
+    raise RuleError(
+        src,
+        rid,
+        f"detection.{name}",
+        "must be a mapping of fields or a list of mappings (keyword lists are not supported)",
+    )
 
 
 # -- condition ---------------------------------------------------------------
@@ -485,8 +578,13 @@ def _polarity(node: Node, negated: bool = False, out: dict[str, set[bool]] | Non
 def _common(src: str, doc: dict[str, Any], idx: int) -> tuple[str, str, str, str, tuple[str, ...]]:
     rid = str(doc.get("id") or doc.get("name") or f"#{idx}")
     if "filter" in doc and "detection" not in doc and "correlation" not in doc:
-        raise RuleError(src, rid, "filter", "Sigma filter documents are not implemented; put the filter in the rule "
-                        "as a selection and negate it in the condition (selection and not filter)")
+        raise RuleError(
+            src,
+            rid,
+            "filter",
+            "Sigma filter documents are not implemented; put the filter in the rule "
+            "as a selection and negate it in the condition (selection and not filter)",
+        )
     for k in doc:
         if k not in RULE_KEYS:
             raise RuleError(src, rid, str(k), f"unknown key (Sigma keys: {', '.join(sorted(RULE_KEYS))})")
@@ -579,7 +677,9 @@ def _detection(src: str, doc: dict[str, Any], idx: int, known: frozenset[str] | 
     cond = det.get("condition")
     if isinstance(cond, list):
         if len(cond) != 1:
-            raise RuleError(src, rid, "detection.condition", "a list of conditions is not supported; join them with 'or'")
+            raise RuleError(
+                src, rid, "detection.condition", "a list of conditions is not supported; join them with 'or'"
+            )
         cond = cond[0]
     if not isinstance(cond, str):
         raise RuleError(src, rid, "detection.condition", "required, a string")
@@ -601,33 +701,47 @@ def _detection(src: str, doc: dict[str, Any], idx: int, known: frozenset[str] | 
         if polarity == {True}:  # a filter: it can only suppress
             for fields_ in alts[sname]:
                 if fields_ <= PROCESS_FIELDS:
-                    raise RuleError(src, rid, f"detection.{sname}",
-                                    "a filter keyed on the process or account alone would allow anything that "
-                                    "process does (exfiltration included); pin the destination too "
-                                    f"({', '.join(sorted(DESTINATION_FIELDS))})")
+                    raise RuleError(
+                        src,
+                        rid,
+                        f"detection.{sname}",
+                        "a filter keyed on the process or account alone would allow anything that "
+                        "process does (exfiltration included); pin the destination too "
+                        f"({', '.join(sorted(DESTINATION_FIELDS))})",
+                    )
     allow: dict[str, AllowEntry] = {}
     if "x-allow" in doc:
         allow = _allow(src, rid, doc["x-allow"], sels)
         for sname in allow:
             if pol.get(sname) != {True}:
-                raise RuleError(src, rid, f"x-allow.{sname}",
-                                "an allow entry must be a filter the condition only negates "
-                                "(selection and not filter)")
+                raise RuleError(
+                    src,
+                    rid,
+                    f"x-allow.{sname}",
+                    "an allow entry must be a filter the condition only negates (selection and not filter)",
+                )
             for fields_ in alts[sname]:
                 if not fields_ & DESTINATION_FIELDS:
-                    raise RuleError(src, rid, f"x-allow.{sname}",
-                                    "every alternative of an allow entry must name the destination "
-                                    f"({', '.join(sorted(DESTINATION_FIELDS))}); got only {', '.join(sorted(fields_))}")
+                    raise RuleError(
+                        src,
+                        rid,
+                        f"x-allow.{sname}",
+                        "every alternative of an allow entry must name the destination "
+                        f"({', '.join(sorted(DESTINATION_FIELDS))}); got only {', '.join(sorted(fields_))}",
+                    )
     gated = dict(sels)
     for sname, entry in allow.items():
         base = sels[sname]
         gated[sname] = (lambda b, e: lambda rec: b(rec) and e.gate(rec))(base, entry)
     match = _compile(tree, gated)
-    return DetectionRule(src, rid, name, title, level, tags, frozenset(used), match, desc, refs, author,
-                         sels, tree, allow)
+    return DetectionRule(
+        src, rid, name, title, level, tags, frozenset(used), match, desc, refs, author, sels, tree, allow
+    )
 
 
-def _correlation(src: str, doc: dict[str, Any], idx: int, known: frozenset[str] | None) -> tuple[CorrelationRule, list[str]]:
+def _correlation(
+    src: str, doc: dict[str, Any], idx: int, known: frozenset[str] | None
+) -> tuple[CorrelationRule, list[str]]:
     rid, name, title, level, tags = _common(src, doc, idx)
     if "detection" in doc or "logsource" in doc:
         raise RuleError(src, rid, "detection", "a correlation rule has no detection/logsource")
@@ -654,7 +768,9 @@ def _correlation(src: str, doc: dict[str, Any], idx: int, known: frozenset[str] 
         raise RuleError(src, rid, "correlation.group-by", "must be a list of field names")
     for g in gb:
         if known is not None and g not in known:
-            raise RuleError(src, rid, "correlation.group-by", f"unknown field '{g}' (records have: {', '.join(sorted(known))})")
+            raise RuleError(
+                src, rid, "correlation.group-by", f"unknown field '{g}' (records have: {', '.join(sorted(known))})"
+            )
     ts = c.get("timespan")
     m = _TIMESPAN.match(str(ts)) if ts is not None else None
     if not m or int(m.group(1)) <= 0:
@@ -663,7 +779,7 @@ def _correlation(src: str, doc: dict[str, Any], idx: int, known: frozenset[str] 
     cond = c.get("condition")
     if not isinstance(cond, dict) or len(cond) != 1:
         raise RuleError(src, rid, "correlation.condition", "required, one of {gt: N} or {gte: N}")
-    (op, n), = cond.items()
+    ((op, n),) = cond.items()
     if op not in ("gt", "gte"):
         raise RuleError(src, rid, f"correlation.condition.{op}", "only 'gt' and 'gte' are implemented")
     if isinstance(n, bool) or not isinstance(n, int) or n < 0:
@@ -671,14 +787,15 @@ def _correlation(src: str, doc: dict[str, Any], idx: int, known: frozenset[str] 
     gen = doc.get("generate", c.get("generate", False))
     if not isinstance(gen, bool):
         raise RuleError(src, rid, "correlation.generate", "must be true or false")
-    return CorrelationRule(src, rid, name, title, level, tags, (), tuple(gb), span, op, n, gen,
-                           desc, references, author), refs
+    return CorrelationRule(
+        src, rid, name, title, level, tags, (), tuple(gb), span, op, n, gen, desc, references, author
+    ), refs
 
 
 def load_rule_docs(docs: Iterable[tuple[str, int, Any]], known_fields: Iterable[str] | None = None) -> RuleSet:
     """``docs``: (source, index, parsed YAML document) triples."""
     known = frozenset(known_fields) if known_fields is not None else None
-    if known is not None and "AdditionalFields" in known:   # record fields: add what records may also carry
+    if known is not None and "AdditionalFields" in known:  # record fields: add what records may also carry
         known = known | EXTRA_FIELDS
     dets: list[DetectionRule] = []
     pending: list[tuple[CorrelationRule, list[str]]] = []
@@ -699,7 +816,7 @@ def load_rule_docs(docs: Iterable[tuple[str, int, Any]], known_fields: Iterable[
         else:
             rid = str(doc.get("id", f"#{idx}"))
             if "filter" in doc:
-                _common(src, doc, idx)   # refuses a Sigma filter document by name
+                _common(src, doc, idx)  # refuses a Sigma filter document by name
             raise RuleError(src, rid, "detection", "a rule needs 'detection' or 'correlation'")
         if rid in ids:
             raise RuleError(src, rid, "id", "duplicate rule id")
@@ -718,9 +835,25 @@ def load_rule_docs(docs: Iterable[tuple[str, int, Any]], known_fields: Iterable[
             if r not in by_ref:
                 raise RuleError(cr.source, cr.id, "correlation.rules", f"no loaded detection rule named '{r}'")
             resolved.append(by_ref[r].id)
-        cors.append(CorrelationRule(cr.source, cr.id, cr.name, cr.title, cr.level, cr.tags, tuple(resolved),
-                                    cr.group_by, cr.timespan_s, cr.op, cr.threshold, cr.generate,
-                                    cr.description, cr.references, cr.author))
+        cors.append(
+            CorrelationRule(
+                cr.source,
+                cr.id,
+                cr.name,
+                cr.title,
+                cr.level,
+                cr.tags,
+                tuple(resolved),
+                cr.group_by,
+                cr.timespan_s,
+                cr.op,
+                cr.threshold,
+                cr.generate,
+                cr.description,
+                cr.references,
+                cr.author,
+            )
+        )
     return RuleSet(tuple(dets), tuple(cors))
 
 
@@ -762,9 +895,12 @@ def load_rules(path: str | Path, known_fields: Iterable[str] | None = None) -> R
 
 def default_rules_dir() -> Path:
     """``rules/`` of a source checkout, else the installed copy."""
-    here = Path(__file__).resolve().parent.parent   # sensor/
-    for cand in (here.parent / "rules", Path(sys.prefix) / "share" / "xfer-sensor" / "rules",
-                 Path("/etc/xfer-sensor/rules.d")):
+    here = Path(__file__).resolve().parent.parent  # sensor/
+    for cand in (
+        here.parent / "rules",
+        Path(sys.prefix) / "share" / "xfer-sensor" / "rules",
+        Path("/etc/xfer-sensor/rules.d"),
+    ):
         if cand.is_dir():
             return cand
     return here.parent / "rules"

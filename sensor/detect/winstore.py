@@ -6,6 +6,7 @@ imports it back; this module writes and reads it (WAL, batched commits every
 A corrupt file is moved aside, never fatal. Design: docs/daemon.md, "The
 state folder".
 """
+
 from __future__ import annotations
 
 import json
@@ -22,12 +23,12 @@ log = logging.getLogger("xfer-sensor")
 DEFAULT_STATE_DIR = "/var/lib/xfer-sensor"
 STATE_FILE = "windows.sqlite"
 SCHEMA_VERSION = 1
-PRUNE_EVERY_S = 600.0          # wall-clock seconds between two prunes while running
+PRUNE_EVERY_S = 600.0  # wall-clock seconds between two prunes while running
 # a connection's record is written when it ends but timed by its first packet,
 # so it can reach the detector late: keep a key this long past its window
 PRUNE_GRACE_S = 3600
-ERROR_LOG_EVERY_S = 60.0       # at most one write-error log line per this many seconds
-BUSY_TIMEOUT_S = 0.5           # never block capture long on a locked file
+ERROR_LOG_EVERY_S = 60.0  # at most one write-error log line per this many seconds
+BUSY_TIMEOUT_S = 0.5  # never block capture long on a locked file
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
@@ -90,8 +91,9 @@ class WindowStore:
             if not rows:
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
             elif rows != [(SCHEMA_VERSION,)]:
-                raise StoreError(f"schema version {', '.join(str(r[0]) for r in rows)}, "
-                                 f"this sensor reads version {SCHEMA_VERSION}")
+                raise StoreError(
+                    f"schema version {', '.join(str(r[0]) for r in rows)}, this sensor reads version {SCHEMA_VERSION}"
+                )
             self.seq = db.execute("SELECT COALESCE(MAX(seq), 0) FROM keys").fetchone()[0]
         except BaseException:
             db.close()
@@ -105,9 +107,11 @@ class WindowStore:
         db = self.db
         db.execute("BEGIN")
         try:
-            n = db.execute("DELETE FROM keys WHERE newest_us < ? - "
-                           "COALESCE((SELECT span_us FROM windows w WHERE w.wid = keys.wid), 0)",
-                           (now_us - PRUNE_GRACE_S * 1_000_000,)).rowcount
+            n = db.execute(
+                "DELETE FROM keys WHERE newest_us < ? - "
+                "COALESCE((SELECT span_us FROM windows w WHERE w.wid = keys.wid), 0)",
+                (now_us - PRUNE_GRACE_S * 1_000_000,),
+            ).rowcount
             db.execute("DELETE FROM windows WHERE wid NOT IN (SELECT DISTINCT wid FROM keys)")
             db.execute("COMMIT")
         except BaseException:
@@ -115,7 +119,9 @@ class WindowStore:
             raise
         return n
 
-    def load(self, windows: Mapping[str, int], max_keys: int) -> dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]]:
+    def load(
+        self, windows: Mapping[str, int], max_keys: int
+    ) -> dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]]:
         """The rows of the given windows (wid -> span), the ``max_keys`` most
         recently seen per window, least recently seen first, decoded. Rows
         beyond ``max_keys`` are deleted; undecodable rows are skipped and
@@ -125,24 +131,41 @@ class WindowStore:
         out: dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]] = {}
         self.refused = 0
         for wid in windows:
-            rows = db.execute("SELECT key, events, armed, last_alert_us, episode FROM keys WHERE wid = ? "
-                              "ORDER BY seq DESC LIMIT ?", (wid, max_keys)).fetchall()
+            rows = db.execute(
+                "SELECT key, events, armed, last_alert_us, episode FROM keys WHERE wid = ? ORDER BY seq DESC LIMIT ?",
+                (wid, max_keys),
+            ).fetchall()
             entries = []
             for key, events, armed, last_alert_us, episode in reversed(rows):
                 try:
                     k = json.loads(key)
                     if not isinstance(k, list):
                         raise ValueError("key is not a list")
-                    entries.append((tuple(k), {"events": json.loads(events), "armed": bool(armed),
-                                               "last_alert_ts": int(last_alert_us),
-                                               "episode": None if episode is None else json.loads(episode)}))
+                    entries.append(
+                        (
+                            tuple(k),
+                            {
+                                "events": json.loads(events),
+                                "armed": bool(armed),
+                                "last_alert_ts": int(last_alert_us),
+                                "episode": None if episode is None else json.loads(episode),
+                            },
+                        )
+                    )
                 except (ValueError, TypeError):
                     self.refused += 1
             out[wid] = entries
             if len(rows) == max_keys:
-                db.execute("DELETE FROM keys WHERE wid = ? AND seq < ?",
-                           (wid, db.execute("SELECT MIN(seq) FROM (SELECT seq FROM keys WHERE wid = ? "
-                                            "ORDER BY seq DESC LIMIT ?)", (wid, max_keys)).fetchone()[0]))
+                db.execute(
+                    "DELETE FROM keys WHERE wid = ? AND seq < ?",
+                    (
+                        wid,
+                        db.execute(
+                            "SELECT MIN(seq) FROM (SELECT seq FROM keys WHERE wid = ? ORDER BY seq DESC LIMIT ?)",
+                            (wid, max_keys),
+                        ).fetchone()[0],
+                    ),
+                )
         return out
 
     # -- writes ---------------------------------------------------------------------
@@ -157,11 +180,15 @@ class WindowStore:
                 n += 1
             for key, st in ch["upserts"]:
                 k = (wid, _dumps(list(key)))
-                self.pending.pop(k, None)       # keep touch order: re-staged rows go last
+                self.pending.pop(k, None)  # keep touch order: re-staged rows go last
                 evs = st["events"]
-                self.pending[k] = (max(e[0] for e in evs) if evs else -1, _dumps(evs), int(bool(st["armed"])),
-                                   int(st["last_alert_ts"]),
-                                   None if st["episode"] is None else _dumps(st["episode"]))
+                self.pending[k] = (
+                    max(e[0] for e in evs) if evs else -1,
+                    _dumps(evs),
+                    int(bool(st["armed"])),
+                    int(st["last_alert_ts"]),
+                    None if st["episode"] is None else _dumps(st["episode"]),
+                )
                 n += 1
         return n
 
@@ -175,9 +202,11 @@ class WindowStore:
         seq = self.seq
         db.execute("BEGIN")
         try:
-            db.executemany("INSERT INTO windows (wid, rule_id, span_us) VALUES (?, ?, ?) "
-                           "ON CONFLICT (wid) DO UPDATE SET span_us = excluded.span_us",
-                           [(w, r, s) for w, (r, s) in self.pending_windows.items()])
+            db.executemany(
+                "INSERT INTO windows (wid, rule_id, span_us) VALUES (?, ?, ?) "
+                "ON CONFLICT (wid) DO UPDATE SET span_us = excluded.span_us",
+                [(w, r, s) for w, (r, s) in self.pending_windows.items()],
+            )
             ups, dels = [], []
             for (wid, key), row in self.pending.items():
                 if row is None:
@@ -186,8 +215,11 @@ class WindowStore:
                     seq += 1
                     ups.append((wid, key, seq, *row))
             db.executemany("DELETE FROM keys WHERE wid = ? AND key = ?", dels)
-            db.executemany("INSERT OR REPLACE INTO keys (wid, key, seq, newest_us, events, armed, last_alert_us, "
-                           "episode) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", ups)
+            db.executemany(
+                "INSERT OR REPLACE INTO keys (wid, key, seq, newest_us, events, armed, last_alert_us, "
+                "episode) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                ups,
+            )
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -227,8 +259,9 @@ class WindowPersistence:
     ``tick()`` from the loop (wall clock), ``adopt()`` on reload, ``close()``
     at stop. With ``store`` None (no usable file) every call is a no-op."""
 
-    def __init__(self, store: WindowStore | None, detector: Any, interval_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, store: WindowStore | None, detector: Any, interval_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.store = store
         self.detector = detector
         self.interval = interval_s
@@ -243,11 +276,17 @@ class WindowPersistence:
             detector.enable_tracking()
 
     @classmethod
-    def open(cls, state_dir: str | Path, detector: Any, interval_s: float, max_keys: int,
-             clock: Callable[[], float] = time.monotonic,
-             wallclock: Callable[[], float] = time.time) -> WindowPersistence:
+    def open(
+        cls,
+        state_dir: str | Path,
+        detector: Any,
+        interval_s: float,
+        max_keys: int,
+        clock: Callable[[], float] = time.monotonic,
+        wallclock: Callable[[], float] = time.time,
+    ) -> WindowPersistence:
         path = Path(state_dir) / STATE_FILE
-        store: WindowStore | None = None     # the one that opened, if any
+        store: WindowStore | None = None  # the one that opened, if any
         trying = WindowStore(path)
         now_us = int(wallclock() * 1_000_000)
         loaded = None
@@ -264,23 +303,40 @@ class WindowPersistence:
                     try:
                         aside = move_aside(path, wallclock())
                     except OSError as e2:
-                        log.error("rule-window state %s is unusable (%s) and cannot be moved aside (%s); "
-                                  "running without window persistence", path, e, e2)
+                        log.error(
+                            "rule-window state %s is unusable (%s) and cannot be moved aside (%s); "
+                            "running without window persistence",
+                            path,
+                            e,
+                            e2,
+                        )
                         break
-                    log.error("rule-window state %s is unusable (%s); moved it to %s, rule windows start empty",
-                              path, e, aside)
+                    log.error(
+                        "rule-window state %s is unusable (%s); moved it to %s, rule windows start empty",
+                        path,
+                        e,
+                        aside,
+                    )
                     trying = WindowStore(path)
                     continue
-                log.error("rule-window state %s cannot be opened (%s); running without window persistence "
-                          "(rule windows start empty on every restart)", path, e)
+                log.error(
+                    "rule-window state %s cannot be opened (%s); running without window persistence "
+                    "(rule windows start empty on every restart)",
+                    path,
+                    e,
+                )
                 break
         p = cls(store, detector, interval_s, clock)
         if store is not None and loaded is not None:
             restored, refused = detector.import_state(loaded)
             refused += store.refused
             p.restored = restored
-            log.info("rule-window state %s: %d key(s) restored%s", path, restored,
-                     f", {refused} unreadable entr(y/ies) skipped" if refused else "")
+            log.info(
+                "rule-window state %s: %d key(s) restored%s",
+                path,
+                restored,
+                f", {refused} unreadable entr(y/ies) skipped" if refused else "",
+            )
         return p
 
     def flush(self) -> None:
@@ -294,8 +350,12 @@ class WindowPersistence:
             now = self.clock()
             if now - self.last_error_log >= ERROR_LOG_EVERY_S:
                 self.last_error_log = now
-                log.error("rule-window state %s: write failed (%s); kept in memory, retrying "
-                          "(%d failure(s) so far)", self.store.path, e, self.write_errors)
+                log.error(
+                    "rule-window state %s: write failed (%s); kept in memory, retrying (%d failure(s) so far)",
+                    self.store.path,
+                    e,
+                    self.write_errors,
+                )
 
     def tick(self, wallclock: Callable[[], float] = time.time) -> None:
         """Called from the daemon loop: commit at most every interval, prune now and then."""

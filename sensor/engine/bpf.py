@@ -5,6 +5,7 @@ every packet between two ephemeral ports (data channels and TFTP transfers,
 so the filter never waits for their ports) and an FTP banner on any port.
 Why this shape: docs/engine.md.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -24,7 +25,7 @@ def build_filter(ports: Iterable[int], vlan: bool = True) -> str | None:
     p = port_expr(ps)
     ext6 = "(ip6 and not ip6 proto 6 and not ip6 proto 17)"
     lo = EPHEMERAL_MIN - 1
-    eph4 = (f"(tcp[0:2] > {lo} and tcp[2:2] > {lo}) or (udp[0:2] > {lo} and udp[2:2] > {lo})")
+    eph4 = f"(tcp[0:2] > {lo} and tcp[2:2] > {lo}) or (udp[0:2] > {lo} and udp[2:2] > {lo})"
     eph6 = f"((ip6 proto 6 or ip6 proto 17) and ip6[40:2] > {lo} and ip6[42:2] > {lo})"
     # an FTP banner ("220 " / "220-") on any port: FTP on a non-standard port
     pay = "tcp[((tcp[12:1] & 0xf0) >> 2):4]"

@@ -11,6 +11,7 @@ Link types (pcap LINKTYPE values): Ethernet (1) with 802.1Q/802.1ad/QinQ
 tags, BSD loopback (0 NULL, 108 LOOP), raw IP (101, and DLT_RAW 12/14),
 IPv4 (228), IPv6 (229), Linux cooked SLL (113) and SLL2 (276).
 """
+
 from __future__ import annotations
 
 import struct
@@ -19,7 +20,7 @@ from typing import Any
 
 from sensor.core.counters import Counters
 
-_TCP = struct.Struct("!HHIIBB").unpack_from   # sport dport seq ack off flags
+_TCP = struct.Struct("!HHIIBB").unpack_from  # sport dport seq ack off flags
 
 # TCP flag bits
 FIN, SYN, RST, PSH, ACK, URG = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20
@@ -42,6 +43,7 @@ def seq_unwrap(seq: int, base: int, ref: int) -> int:
         return cand + _WRAP
     return cand
 
+
 LINKTYPE_NULL = 0
 LINKTYPE_ETHERNET = 1
 LINKTYPE_RAW = 101
@@ -60,8 +62,8 @@ MAX_IPV6_EXT_HEADERS = 8
 ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_IPV6 = 0x86DD
 
-_IP4L = struct.Struct("!BxHxxHxB2x4s4s").unpack_from   # ver/ihl, total length, frag, proto, src, dst
-_IP6L = struct.Struct("!BxxxHB").unpack_from            # ver/tc, payload length, next header
+_IP4L = struct.Struct("!BxHxxHxB2x4s4s").unpack_from  # ver/ihl, total length, frag, proto, src, dst
+_IP6L = struct.Struct("!BxxxHB").unpack_from  # ver/tc, payload length, next header
 
 # what ``locate`` stops at without a transport header, besides a weird:
 # only counted (``DecodeStats``), never reported
@@ -154,19 +156,45 @@ def locate(data: bytes, off: int, et: int) -> Located:
                 l4 += hl
             else:
                 return OTHER_PROTO, tags, vlan, 6, nh, 0, 0, "", b"", frags
-        return "", tags, vlan, 6, nh, l4, off + 40 + paylen, data[off + 8:off + 24], data[off + 24:off + 40], frags
+        return "", tags, vlan, 6, nh, l4, off + 40 + paylen, data[off + 8 : off + 24], data[off + 24 : off + 40], frags
     return NOT_IP, tags, vlan, 0, 0, 0, 0, "", b"", 0
 
 
 class Packet:
     """A decoded target packet. Addresses are packed bytes (4 or 16)."""
 
-    __slots__ = ("ts", "src", "dst", "proto", "sport", "dport", "flags", "seq", "ack",
-                 "plen", "payload", "vlan", "truncated")
+    __slots__ = (
+        "ts",
+        "src",
+        "dst",
+        "proto",
+        "sport",
+        "dport",
+        "flags",
+        "seq",
+        "ack",
+        "plen",
+        "payload",
+        "vlan",
+        "truncated",
+    )
 
-    def __init__(self, ts: int, src: bytes, dst: bytes, proto: int, sport: int, dport: int,
-                 flags: int, seq: int, ack: int, plen: int, payload: bytes, vlan: int,
-                 truncated: bool) -> None:
+    def __init__(
+        self,
+        ts: int,
+        src: bytes,
+        dst: bytes,
+        proto: int,
+        sport: int,
+        dport: int,
+        flags: int,
+        seq: int,
+        ack: int,
+        plen: int,
+        payload: bytes,
+        vlan: int,
+        truncated: bool,
+    ) -> None:
         self.ts = ts
         self.src = src
         self.dst = dst
@@ -176,14 +204,16 @@ class Packet:
         self.flags = flags
         self.seq = seq
         self.ack = ack
-        self.plen = plen          # payload length from the headers (not the capture)
-        self.payload = payload    # captured payload (may be shorter: snaplen)
+        self.plen = plen  # payload length from the headers (not the capture)
+        self.payload = payload  # captured payload (may be shorter: snaplen)
         self.vlan = vlan
         self.truncated = truncated
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
-        return (f"Packet(ts={self.ts}, {self.src.hex()}:{self.sport} > {self.dst.hex()}:{self.dport} "
-                f"proto={self.proto} flags={self.flags:#x} seq={self.seq} plen={self.plen})")
+        return (
+            f"Packet(ts={self.ts}, {self.src.hex()}:{self.sport} > {self.dst.hex()}:{self.dport} "
+            f"proto={self.proto} flags={self.flags:#x} seq={self.seq} plen={self.plen})"
+        )
 
 
 class DecodeStats(Counters):
@@ -192,9 +222,22 @@ class DecodeStats(Counters):
     shortcut that counted apart the frames it rejected is gone: the fused
     path counts as the decoder does) and stays for the metric's name."""
 
-    __slots__ = ("packets", "fast_rejected", "ipv4", "ipv6", "tcp", "udp", "vlan", "target",
-                 "non_ip", "other_ip_proto", "fragments", "truncated", "malformed",
-                 "unknown_linktype")
+    __slots__ = (
+        "packets",
+        "fast_rejected",
+        "ipv4",
+        "ipv6",
+        "tcp",
+        "udp",
+        "vlan",
+        "target",
+        "non_ip",
+        "other_ip_proto",
+        "fragments",
+        "truncated",
+        "malformed",
+        "unknown_linktype",
+    )
 
     packets: int
     fast_rejected: int
@@ -221,8 +264,14 @@ class Decoder:
 
     __slots__ = ("linktype", "ports", "hosts", "stats", "on_weird", "decode")
 
-    def __init__(self, linktype: int, ports: Collection[int], stats: DecodeStats | None = None,
-                 on_weird: WeirdCallback | None = None, hosts: Collection[tuple[bytes, bytes]] = frozenset()) -> None:
+    def __init__(
+        self,
+        linktype: int,
+        ports: Collection[int],
+        stats: DecodeStats | None = None,
+        on_weird: WeirdCallback | None = None,
+        hosts: Collection[tuple[bytes, bytes]] = frozenset(),
+    ) -> None:
         self.linktype = linktype
         self.ports = ports
         # (src, dst) packed address pairs whose traffic on any port is wanted:
@@ -248,6 +297,7 @@ class Decoder:
             p = decode(ts, data)
             if p is not None:
                 process(p)
+
         return handle
 
     @property
@@ -357,8 +407,9 @@ class Decoder:
         return None
 
     # -- transport ------------------------------------------------------------
-    def _transport(self, ts: int, data: bytes, l4: int, end: int, proto: int,
-                   src: bytes, dst: bytes, vlan: int) -> Packet | None:
+    def _transport(
+        self, ts: int, data: bytes, l4: int, end: int, proto: int, src: bytes, dst: bytes, vlan: int
+    ) -> Packet | None:
         st = self.stats
         n = len(data)
         if l4 + 8 > n:
@@ -370,13 +421,13 @@ class Decoder:
         ports = self.ports
         if sport not in ports and dport not in ports and not (self.hosts and (src, dst) in self.hosts):
             # an FTP banner ("220") on any other port may start FTP on a non-standard port
-            if proto != 6 or l4 + 20 > n or data[l4 + ((data[l4 + 12] >> 4) << 2):][:3] != b"220":
+            if proto != 6 or l4 + 20 > n or data[l4 + ((data[l4 + 12] >> 4) << 2) :][:3] != b"220":
                 return None
         st.target += 1
         truncated = end > n
         if proto == 6:
             st.tcp += 1
-            if l4 + 14 > n:   # ports, seq, ack, offset, flags: all the sensor reads
+            if l4 + 14 > n:  # ports, seq, ack, offset, flags: all the sensor reads
                 st.truncated += 1
                 self._weird(ts, "tcp_truncated", f"{n - l4} bytes of header")
                 return None
@@ -391,19 +442,17 @@ class Decoder:
                 return None
             if truncated:
                 st.truncated += 1
-            return Packet(ts, src, dst, 6, sport, dport, flags, seq, ack, plen,
-                          data[l4 + hl:end], vlan, truncated)
+            return Packet(ts, src, dst, 6, sport, dport, flags, seq, ack, plen, data[l4 + hl : end], vlan, truncated)
         st.udp += 1
         ulen = (data[l4 + 4] << 8) | data[l4 + 5]
         if ulen < 8 or l4 + ulen > end:
             self._weird(ts, "udp_bad_length", f"udp length {ulen}, ip payload {end - l4}")
-            ulen = end - l4   # trust the IP length, the smaller of the two
+            ulen = end - l4  # trust the IP length, the smaller of the two
             if ulen < 8:
                 return None
         if truncated:
             st.truncated += 1
-        return Packet(ts, src, dst, 17, sport, dport, 0, 0, 0, ulen - 8,
-                      data[l4 + 8:l4 + ulen], vlan, truncated)
+        return Packet(ts, src, dst, 17, sport, dport, 0, 0, 0, ulen - 8, data[l4 + 8 : l4 + ulen], vlan, truncated)
 
 
 _LINK_DECODERS: dict[int, Callable[[Decoder, int, bytes], Packet | None]] = {

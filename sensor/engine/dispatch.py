@@ -21,6 +21,7 @@ the interface is ``sensor.analyzers.base``). The dispatcher:
   children have ended, then carries their bytes (DataSentBytes/
   DataReceivedBytes) and whether the server answered (TFTP).
 """
+
 from __future__ import annotations
 
 import socket
@@ -36,13 +37,13 @@ from sensor.engine.flows import Flow
 from sensor.engine.ports import PortSet
 from sensor.engine.reassembly import ReassemblyLimits, Stream
 
-MAX_SUMMARY_FILES = 64      # files named per flow in AdditionalFields
-MAX_HOST_PAIRS = 10_000     # host pairs followed at once (FTPS sessions)
-MAX_FTPS_SESSIONS = MAX_HOST_PAIRS   # the name it had (sensor/replay read it)
+MAX_SUMMARY_FILES = 64  # files named per flow in AdditionalFields
+MAX_HOST_PAIRS = 10_000  # host pairs followed at once (FTPS sessions)
+MAX_FTPS_SESSIONS = MAX_HOST_PAIRS  # the name it had (sensor/replay read it)
 
-PENDING = "pending"         # flow.analyzer until the flow's first payload attaches its session
-_PAIRED = object()          # admit() marker: a connection between followed hosts
-_PROBED = object()          # admit() marker: a plugin's probe recognised the server's first bytes
+PENDING = "pending"  # flow.analyzer until the flow's first payload attaches its session
+_PAIRED = object()  # admit() marker: a connection between followed hosts
+_PROBED = object()  # admit() marker: a plugin's probe recognised the server's first bytes
 
 
 class _Probing(Tap):
@@ -69,9 +70,26 @@ class AppState:
     (orig->resp, resp->orig), ``stopped`` and ``tap`` (not None: every
     payload must go through ``Dispatcher.segment``)."""
 
-    __slots__ = ("_layer", "flow", "plugin", "session", "analyzer", "streams", "stopped", "tap", "parent",
-                 "children", "held", "user", "fields", "files", "child_sent", "child_recv", "child_answered",
-                 "nonstandard")
+    __slots__ = (
+        "_layer",
+        "flow",
+        "plugin",
+        "session",
+        "analyzer",
+        "streams",
+        "stopped",
+        "tap",
+        "parent",
+        "children",
+        "held",
+        "user",
+        "fields",
+        "files",
+        "child_sent",
+        "child_recv",
+        "child_answered",
+        "nonstandard",
+    )
 
     def __init__(self, layer: Dispatcher, flow: Flow) -> None:
         self._layer = layer
@@ -80,18 +98,18 @@ class AppState:
         self.session: Session | None = None
         self.analyzer: Analyzer | None = None
         self.streams: tuple[Stream, Stream] | None = None
-        self.stopped = False            # feed the analyzer nothing more (TLS upgrade)
+        self.stopped = False  # feed the analyzer nothing more (TLS upgrade)
         self.tap: Tap | None = None
         self.parent: AppState | None = None
-        self.children = 0               # live children
-        self.held = False               # this flow's record waits for its children
+        self.children = 0  # live children
+        self.held = False  # this flow's record waits for its children
         self.user = ""
         self.fields: dict[str, Any] = {}
         self.files: list[str] = []
         self.child_sent = 0
         self.child_recv = 0
         self.child_answered = False
-        self.nonstandard = False        # admitted by a probe: its port is referenced while it lives
+        self.nonstandard = False  # admitted by a probe: its port is referenced while it lives
 
     @property
     def parent_uid(self) -> str:
@@ -134,15 +152,20 @@ class AppState:
 class Dispatcher:
     """``plugins``: default the registry's (``sensor.analyzers.registry()``)."""
 
-    def __init__(self, tracked_ports: frozenset[int], ports: PortSet,
-                 emit: Callable[[str, dict[str, Any]], None], weird: Callable[[int, str, str, str, str], None],
-                 plugins: tuple[Plugin, ...] | None = None) -> None:
+    def __init__(
+        self,
+        tracked_ports: frozenset[int],
+        ports: PortSet,
+        emit: Callable[[str, dict[str, Any]], None],
+        weird: Callable[[int, str, str, str, str], None],
+        plugins: tuple[Plugin, ...] | None = None,
+    ) -> None:
         self.tracked = tracked_ports
         self.ports = ports
-        self.emit = emit            # (kind, record) for transfers
-        self.weird = weird          # (ts, name, detail, uid, source)
+        self.emit = emit  # (kind, record) for transfers
+        self.weird = weird  # (ts, name, detail, uid, source)
         self.expect = Expectations(on_port=ports.ref)
-        self.pairs: dict[tuple[bytes, bytes], Flow] = {}   # (client, server) -> the flow that follows them
+        self.pairs: dict[tuple[bytes, bytes], Flow] = {}  # (client, server) -> the flow that follows them
         self.pairs_peak = 0
         self.stats = {"analyzed_flows": 0, "expected_flows": 0, "transfers": 0, "gaps": 0}
         # (owner flow, transfer record): writes a transfer instead of ``emit``
@@ -172,17 +195,23 @@ class Dispatcher:
 
         for pl in plugins:
             claim(self.by_name, pl.name, pl, "plugin name", pl)
-            for table, declared, what in ((self.tcp_ports, pl.tcp_ports, "TCP port"),
-                                          (self.udp_ports, pl.udp_ports, "UDP port"),
-                                          (self.tcp_orig_ports, pl.tcp_orig_ports, "TCP originator port")):
+            for table, declared, what in (
+                (self.tcp_ports, pl.tcp_ports, "TCP port"),
+                (self.udp_ports, pl.udp_ports, "UDP port"),
+                (self.tcp_orig_ports, pl.tcp_orig_ports, "TCP originator port"),
+            ):
                 for port, app in declared.items():
                     claim(table, port, (pl, app, app not in pl.name_only), what, pl)
                     claim(self.by_app, app, pl, "app name", pl)
             for name in pl.expects:
                 claim(self.by_expect, name, pl, "expectation", pl)
         # ports of sessions of their own: a followed host pair's connection there is not its child
-        self.service_ports = frozenset(port for table in (self.tcp_ports, self.udp_ports)
-                                       for port, (pl, app, _) in table.items() if app not in pl.data_apps)
+        self.service_ports = frozenset(
+            port
+            for table in (self.tcp_ports, self.udp_ports)
+            for port, (pl, app, _) in table.items()
+            if app not in pl.data_apps
+        )
         self.probes = tuple(pl for pl in plugins if type(pl).probe_tc is not Plugin.probe_tc)
 
     # -- admission of flows on untracked ports ------------------------------------
@@ -194,7 +223,7 @@ class Dispatcher:
         proto = "tcp" if p.proto == 6 else "udp"
         src, dst = _text(p.src), _text(p.dst)
         ts = p.ts
-        if p.proto == 6 and p.flags & SYN and p.flags & 0x10:   # SYN-ACK: the receiver is the originator
+        if p.proto == 6 and p.flags & SYN and p.flags & 0x10:  # SYN-ACK: the receiver is the originator
             order: tuple[tuple[str, int, str, int, bool], ...] = ((dst, p.dport, src, p.sport, False),)
         elif p.proto == 6 and p.flags & SYN:
             order = ((src, p.sport, dst, p.dport, True),)
@@ -206,8 +235,12 @@ class Dispatcher:
                 return fwd, m
         if p.proto == 6 and self.pairs:
             ctrl = self.pairs.get((p.src, p.dst)) or self.pairs.get((p.dst, p.src))
-            if ctrl is not None and not ctrl.end_reason and p.sport not in self.service_ports \
-                    and p.dport not in self.service_ports:
+            if (
+                ctrl is not None
+                and not ctrl.end_reason
+                and p.sport not in self.service_ports
+                and p.dport not in self.service_ports
+            ):
                 # a new connection between the same two hosts while the follower lives
                 fwd = not (p.flags & SYN and p.flags & 0x10)
                 return fwd, (_PAIRED, ctrl)
@@ -242,7 +275,7 @@ class Dispatcher:
                 e = self.udp_ports.get(flow.resp_p)
             if e is None:
                 if flow.proto == 6:
-                    flow.analyzer = PENDING     # to be probed
+                    flow.analyzer = PENDING  # to be probed
             else:
                 flow.app = e[1]
                 if e[2]:
@@ -338,8 +371,18 @@ class Dispatcher:
         self.stats["analyzed_flows"] += 1
 
     # -- packets --------------------------------------------------------------------
-    def packet(self, flow: Flow, from_orig: bool, ts: int, proto: int, flags: int, seq: int, ack: int,
-               plen: int, payload: bytes) -> None:
+    def packet(
+        self,
+        flow: Flow,
+        from_orig: bool,
+        ts: int,
+        proto: int,
+        flags: int,
+        seq: int,
+        ack: int,
+        plen: int,
+        payload: bytes,
+    ) -> None:
         """A packet the flow table accounted: attach the flow's session at
         its first payload, then ``segment`` when there is work."""
         st: AppState | None = flow.ctx
@@ -350,8 +393,9 @@ class Dispatcher:
         if (st.analyzer is not None and not st.stopped) or st.tap is not None:
             self.segment(flow, from_orig, ts, flags, seq, ack, plen, payload)
 
-    def segment(self, flow: Flow, from_orig: bool, ts: int, flags: int, seq: int, ack: int, plen: int,
-                payload: bytes) -> None:
+    def segment(
+        self, flow: Flow, from_orig: bool, ts: int, flags: int, seq: int, ack: int, plen: int, payload: bytes
+    ) -> None:
         """One packet's payload for the flow's tap and analyzer (reassembled for TCP)."""
         st: AppState | None = flow.ctx
         if st is None:
@@ -360,7 +404,7 @@ class Dispatcher:
         if tap is not None and payload:
             if tap is PROBING:
                 if not from_orig:
-                    st.tap = None       # the server's first data decides
+                    st.tap = None  # the server's first data decides
                     for pl in self.probes:
                         if pl.probe_tc(payload):
                             self._bind_probed(flow, st, pl, seq, ack)
@@ -392,7 +436,7 @@ class Dispatcher:
                     self.events(flow, evs)
                 return
         chunks = s.segment(seq, payload)
-        if len(payload) < plen:   # cut by the snaplen: the rest is missing
+        if len(payload) < plen:  # cut by the snaplen: the rest is missing
             chunks += s.skip_to(seq + plen)
         for c in chunks:
             if c.gap:

@@ -5,6 +5,7 @@ channels, TFTP transfers) with ``ExpectConnection``; a new flow consumes the
 oldest live expectation it fits. Expire on packet time; bounded
 (``max_expectations``, oldest dropped, counted). Design: docs/engine.md.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict, deque
@@ -32,8 +33,9 @@ ExpectKey = tuple[str, str, int | None]
 
 
 class Expectations:
-    def __init__(self, max_expectations: int = MAX_EXPECTATIONS,
-                 on_port: Callable[[int, int], None] | None = None) -> None:
+    def __init__(
+        self, max_expectations: int = MAX_EXPECTATIONS, on_port: Callable[[int, int], None] | None = None
+    ) -> None:
         self.max = max_expectations
         # key -> deque of (expectation, parent flow); insertion order = time order
         self.by_key: OrderedDict[ExpectKey, deque[tuple[ExpectConnection, Flow]]] = OrderedDict()
@@ -86,8 +88,9 @@ class Expectations:
         for k in dead:
             del self.by_key[k]
 
-    def match(self, proto: str, orig_h: str, orig_p: int, resp_h: str, resp_p: int, now: int
-              ) -> tuple[ExpectConnection, Flow] | None:
+    def match(
+        self, proto: str, orig_h: str, orig_p: int, resp_h: str, resp_p: int, now: int
+    ) -> tuple[ExpectConnection, Flow] | None:
         """Consume the oldest live expectation the new flow fits, if any."""
         k: ExpectKey
         for k in ((proto, resp_h, resp_p), (proto, resp_h, None)):

@@ -43,6 +43,7 @@ by the :class:`PacketSink` protocol. The results are the same by
 construction; ``tests/test_fastpath.py`` replays captures both ways and
 compares every record and counter.
 """
+
 from __future__ import annotations
 
 import struct
@@ -54,8 +55,8 @@ from sensor.engine.dispatch import AppState, Dispatcher
 from sensor.engine.flows import ESTABLISHED, PARTIAL, T_ATTEMPT, T_CLOSED, UDP_ACTIVE, FlowTable
 from sensor.engine.ports import PortSet
 
-_TCP = struct.Struct("!HHIIBB").unpack_from        # sport dport seq ack off flags
-_UDP = struct.Struct("!HHH").unpack_from           # sport dport length
+_TCP = struct.Struct("!HHIIBB").unpack_from  # sport dport seq ack off flags
+_UDP = struct.Struct("!HHH").unpack_from  # sport dport length
 # an untagged IPv4 header without options and its TCP header, from the total length on:
 # total length, fragment field, ports, seq, ack, data offset, flags
 _HDR4 = struct.Struct("!H2xH12xHHIIBB").unpack_from
@@ -85,9 +86,9 @@ def ethernet_handler(
     ports = portset.ports
     hosts = portset.hosts
     dec = Decoder(LINKTYPE_ETHERNET, ports, stats, sink.decode_weird, hosts)
-    decode = dec.decode          # the general path (Decoder._ethernet)
+    decode = dec.decode  # the general path (Decoder._ethernet)
     packet = sink.packet
-    packet_at = sink.packet_at   # the layered path after the clock moved
+    packet_at = sink.packet_at  # the layered path after the clock moved
     app_packet = app.packet
     app_segment = app.segment
     app_events = app.events
@@ -129,8 +130,13 @@ def ethernet_handler(
                 hl = (doff >> 4) << 2
                 end = 14 + tot
                 plen = end - 34 - hl
-                if not (frag & 0x3FFF or flags & 7) and hl >= 20 and plen >= 0 and end <= len(data) \
-                        and (sport in ports or dport in ports):
+                if (
+                    not (frag & 0x3FFF or flags & 7)
+                    and hl >= 20
+                    and plen >= 0
+                    and end <= len(data)
+                    and (sport in ports or dport in ports)
+                ):
                     flow, from_orig = e
                     proto = 6
                     l4 = 34
@@ -146,18 +152,18 @@ def ethernet_handler(
                 return
             why, tags, vlan, ipv, proto, l4, end, src, dst, frags = locate(data, 14, (data[12] << 8) | data[13])
             if why or frags or n < l4 + (20 if proto == 6 else 8):
-                general(ts, data)    # the general path counts and reports it
+                general(ts, data)  # the general path counts and reports it
                 return
             # -- transport header: which packets are wanted, as Decoder._transport --
             if proto == 6:
                 sport, dport, seq, ack, doff, flags = tcp(data, l4)
                 hl = (doff >> 4) << 2
-                wanted = sport in ports or dport in ports or data[l4 + hl:l4 + hl + 3] == b"220"
+                wanted = sport in ports or dport in ports or data[l4 + hl : l4 + hl + 3] == b"220"
             else:
                 sport, dport, ulen = udp(data, l4)
                 wanted = sport in ports or dport in ports
             if not wanted and hosts and (src, dst) in hosts:
-                wanted = True      # an FTPS session's host pair: any port
+                wanted = True  # an FTPS session's host pair: any port
             if wanted:
                 if proto == 6:
                     plen = end - l4 - hl
@@ -191,15 +197,16 @@ def ethernet_handler(
             else:
                 flow = flows_get((proto, dst, dport, src, sport))
             if flow is None:
-                packet_at(Packet(ts, src, dst, proto, sport, dport, flags, seq, ack, plen, data[l4 + hl:end], vlan,
-                                 False), now)
+                packet_at(
+                    Packet(ts, src, dst, proto, sport, dport, flags, seq, ack, plen, data[l4 + hl : end], vlan, False),
+                    now,
+                )
                 return
             from_orig = src == flow.orig_b and sport == flow.orig_p
         if proto == 6:
             s = flow.o if from_orig else flow.r
             state = s.state
-            if not flags & 7 and (state == ESTABLISHED or state == PARTIAL) and flow.tclass != T_ATTEMPT \
-                    and s.seen_seq:
+            if not flags & 7 and (state == ESTABLISHED or state == PARTIAL) and flow.tclass != T_ATTEMPT and s.seen_seq:
                 # an ordinary segment (FlowTable._tcp without SYN/FIN/RST
                 # from a side past its handshake)
                 if now > flow.last_ts:
@@ -211,31 +218,35 @@ def ethernet_handler(
                     if c not in h:
                         flow.history = h + c
                     hi = s.hi
-                    if ((seq - s.base) & _M32) == (hi & _M32):    # in order: seq_unwrap would give hi
+                    if ((seq - s.base) & _M32) == (hi & _M32):  # in order: seq_unwrap would give hi
                         s.hi = hi + plen
                     else:
                         seq_at(flow, s, seq_unwrap(seq, s.base, hi), plen, ts)
-                    ctx: AppState | None = flow.ctx    # (Flow.ctx is Any: flows cannot name dispatch)
+                    ctx: AppState | None = flow.ctx  # (Flow.ctx is Any: flows cannot name dispatch)
                     if ctx is not None:
                         a = ctx.analyzer
                         if ctx.tap is not None:
-                            app_packet(flow, from_orig, ts, 6, flags, seq, ack, plen, data[l4 + hl:end])
+                            app_packet(flow, from_orig, ts, 6, flags, seq, ack, plen, data[l4 + hl : end])
                         elif a is not None and ctx.streams is not None and not ctx.stopped:
                             # Dispatcher.segment for in-order data (Stream.in_order inline);
                             # without an analyzer (a data channel) there is nothing to do
                             st = ctx.streams[0] if from_orig else ctx.streams[1]
                             nxt = st.next
-                            if st.started and not st.ooo and ((seq - st.base) & _M32) == (nxt & _M32) \
-                                    and st.delivered + plen <= st.limits.depth:
+                            if (
+                                st.started
+                                and not st.ooo
+                                and ((seq - st.base) & _M32) == (nxt & _M32)
+                                and st.delivered + plen <= st.limits.depth
+                            ):
                                 st.next = nxt + plen
                                 st.delivered += plen
-                                evs = (a.receive_ts if from_orig else a.receive_tc)(data[l4 + hl:end], ts)
+                                evs = (a.receive_ts if from_orig else a.receive_tc)(data[l4 + hl : end], ts)
                                 if evs:
                                     app_events(flow, evs)
                             else:
-                                app_segment(flow, from_orig, ts, flags, seq, ack, plen, data[l4 + hl:end])
+                                app_segment(flow, from_orig, ts, flags, seq, ack, plen, data[l4 + hl : end])
                     elif flow.analyzer is not None:
-                        app_packet(flow, from_orig, ts, 6, flags, seq, ack, plen, data[l4 + hl:end])
+                        app_packet(flow, from_orig, ts, 6, flags, seq, ack, plen, data[l4 + hl : end])
                 elif flags & 0x10:
                     h = flow.history
                     c = "A" if from_orig else "a"
@@ -245,8 +256,10 @@ def ethernet_handler(
             if flags & 0x12 == 0x02 and flow.tclass == T_CLOSED:
                 # a SYN on a closed flow may start a new connection on
                 # the same 5-tuple (FlowTable._starts_anew decides)
-                packet_at(Packet(ts, src, dst, proto, sport, dport, flags, seq, ack, plen, data[l4 + hl:end],
-                                 vlan, False), now)
+                packet_at(
+                    Packet(ts, src, dst, proto, sport, dport, flags, seq, ack, plen, data[l4 + hl : end], vlan, False),
+                    now,
+                )
                 return
             # a handshake or teardown segment of a known flow: the flow
             # table's own accounting, still without a Packet
@@ -254,14 +267,15 @@ def ethernet_handler(
                 flow.last_ts = now
             tcp_segment(flow, from_orig, flags, seq, plen, ts)
             if flow.ctx is not None or flow.analyzer is not None:
-                app_packet(flow, from_orig, ts, 6, flags, seq, ack, plen, data[l4 + hl:end])
+                app_packet(flow, from_orig, ts, 6, flags, seq, ack, plen, data[l4 + hl : end])
             return
         else:
-            if reused is not None and reused(flow, from_orig, data[l4 + 8:l4 + 10]):
+            if reused is not None and reused(flow, from_orig, data[l4 + 8 : l4 + 10]):
                 # a new connection on this 5-tuple (a TFTP client's port
                 # reused): FlowTable ends the old one on the layered path
-                packet_at(Packet(ts, src, dst, proto, sport, dport, 0, 0, 0, plen, data[l4 + 8:end], vlan, False),
-                          now)
+                packet_at(
+                    Packet(ts, src, dst, proto, sport, dport, 0, 0, 0, plen, data[l4 + 8 : end], vlan, False), now
+                )
                 return
             if now > flow.last_ts:
                 flow.last_ts = now
@@ -277,14 +291,14 @@ def ethernet_handler(
             if ctx is not None:
                 a = ctx.analyzer
                 if ctx.tap is not None:
-                    app_packet(flow, from_orig, ts, 17, 0, 0, 0, plen, data[l4 + 8:end])
+                    app_packet(flow, from_orig, ts, 17, 0, 0, 0, plen, data[l4 + 8 : end])
                 elif a is not None and not ctx.stopped:
                     # Dispatcher.segment for a datagram
-                    evs = (a.receive_ts if from_orig else a.receive_tc)(data[l4 + 8:end], ts)
+                    evs = (a.receive_ts if from_orig else a.receive_tc)(data[l4 + 8 : end], ts)
                     if evs:
                         app_events(flow, evs)
             elif flow.analyzer is not None:
-                app_packet(flow, from_orig, ts, 17, 0, 0, 0, plen, data[l4 + 8:end])
+                app_packet(flow, from_orig, ts, 17, 0, 0, 0, plen, data[l4 + 8 : end])
             return
 
     return handle

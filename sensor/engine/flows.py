@@ -24,6 +24,7 @@
   evicted (half-open attempts first), and counted. Near it (90 %) an
   emergency mode shortens the timeouts until the table is back under 70 %.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -58,15 +59,14 @@ def _ntop(b: bytes) -> str:
 class Side:
     """One direction's accounting (an endpoint, as sender)."""
 
-    __slots__ = ("pkts", "state", "base", "lo", "hi", "seen_seq", "udp_bytes",
-                 "syn_seq")
+    __slots__ = ("pkts", "state", "base", "lo", "hi", "seen_seq", "udp_bytes", "syn_seq")
 
     def __init__(self) -> None:
         self.pkts = 0
         self.state = INACTIVE
-        self.base = 0        # 32-bit sequence number of relative offset 0
-        self.lo = 0          # lowest relative offset with payload (unwrapped)
-        self.hi = 0          # highest relative end (unwrapped, 64-bit)
+        self.base = 0  # 32-bit sequence number of relative offset 0
+        self.lo = 0  # lowest relative offset with payload (unwrapped)
+        self.hi = 0  # highest relative end (unwrapped, 64-bit)
         self.seen_seq = False
         self.udp_bytes = 0
         self.syn_seq = -1
@@ -79,12 +79,46 @@ class Side:
 class Flow:
     """A tracked connection. ``o``/``r``: originator/responder sides."""
 
-    __slots__ = ("uid", "key", "proto", "orig_b", "resp_b", "orig_p", "resp_p", "first_ts",
-                 "last_ts", "qts", "qver", "inq", "o", "r", "history", "tclass", "vlan", "flipped", "end_reason",
-                 "app", "analyzer", "ctx", "weirds", "_orig_h", "_resp_h")
+    __slots__ = (
+        "uid",
+        "key",
+        "proto",
+        "orig_b",
+        "resp_b",
+        "orig_p",
+        "resp_p",
+        "first_ts",
+        "last_ts",
+        "qts",
+        "qver",
+        "inq",
+        "o",
+        "r",
+        "history",
+        "tclass",
+        "vlan",
+        "flipped",
+        "end_reason",
+        "app",
+        "analyzer",
+        "ctx",
+        "weirds",
+        "_orig_h",
+        "_resp_h",
+    )
 
-    def __init__(self, uid: str, key: FlowKey, proto: int, orig_b: bytes, orig_p: int,
-                 resp_b: bytes, resp_p: int, ts: int, vlan: int) -> None:
+    def __init__(
+        self,
+        uid: str,
+        key: FlowKey,
+        proto: int,
+        orig_b: bytes,
+        orig_p: int,
+        resp_b: bytes,
+        resp_p: int,
+        ts: int,
+        vlan: int,
+    ) -> None:
         self.uid = uid
         self.key = key
         self.proto = proto
@@ -94,9 +128,9 @@ class Flow:
         self.resp_p = resp_p
         self.first_ts = ts
         self.last_ts = ts
-        self.qts = ts          # when it was last put at the back of its timeout queue
-        self.qver = 0          # the version of its live queue entry (older entries are dead)
-        self.inq = False       # it has a live entry in a timeout queue
+        self.qts = ts  # when it was last put at the back of its timeout queue
+        self.qver = 0  # the version of its live queue entry (older entries are dead)
+        self.inq = False  # it has a live entry in a timeout queue
         self.o = Side()
         self.r = Side()
         self.history = ""
@@ -104,9 +138,9 @@ class Flow:
         self.vlan = vlan
         self.flipped = False
         self.end_reason = ""
-        self.app = ""          # application protocol, when known
-        self.analyzer: str | None = None   # dispatch.PENDING until the first payload attaches its session
-        self.ctx: Any = None               # the application layer's state (dispatch.AppState)
+        self.app = ""  # application protocol, when known
+        self.analyzer: str | None = None  # dispatch.PENDING until the first payload attaches its session
+        self.ctx: Any = None  # the application layer's state (dispatch.AppState)
         self.weirds = 0
         self._orig_h: str | None = None
         self._resp_h: str | None = None
@@ -182,8 +216,19 @@ WeirdCallback = Callable[[int, Flow | None, str, str], None]
 
 
 class FlowStats(Counters):
-    __slots__ = ("created", "ended", "evicted", "active_max", "expired", "seq_jumps", "untracked",
-                 "emergency_entered", "emergency_exited", "reused", "scan_max")
+    __slots__ = (
+        "created",
+        "ended",
+        "evicted",
+        "active_max",
+        "expired",
+        "seq_jumps",
+        "untracked",
+        "emergency_entered",
+        "emergency_exited",
+        "reused",
+        "scan_max",
+    )
 
     created: int
     ended: int
@@ -204,12 +249,12 @@ QueueEntry = tuple[int, str, int, Flow]
 
 # Emergency mode (Suricata's flow emergency): when the table is nearly full,
 # shorter timeouts free it before eviction has to pick victims.
-EMERGENCY_ENTER = 0.90      # share of max_flows that starts it
-EMERGENCY_EXIT = 0.70       # share below which it ends
-EMERGENCY_TIMEOUTS_S = (5.0, 100.0, 1.0, 10.0)   # attempt, established, closed, udp
+EMERGENCY_ENTER = 0.90  # share of max_flows that starts it
+EMERGENCY_EXIT = 0.70  # share below which it ends
+EMERGENCY_TIMEOUTS_S = (5.0, 100.0, 1.0, 10.0)  # attempt, established, closed, udp
 
 
-MAX_RECENT_KEYS = 1 << 18   # keys remembered for same-microsecond uids (cleared beyond)
+MAX_RECENT_KEYS = 1 << 18  # keys remembered for same-microsecond uids (cleared beyond)
 
 
 def _indexable(flow: Flow) -> bool:
@@ -220,8 +265,13 @@ def _indexable(flow: Flow) -> bool:
 class FlowTable:
     """Tracks flows for target packets; calls ``on_end(flow)`` when one ends."""
 
-    def __init__(self, config: Config, on_end: EndCallback, on_weird: WeirdCallback | None = None,
-                 service_ports: Collection[int] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        on_end: EndCallback,
+        on_weird: WeirdCallback | None = None,
+        service_ports: Collection[int] | None = None,
+    ) -> None:
         self.cfg = config
         self.on_end = on_end
         self.on_weird = on_weird or (lambda ts, flow, name, detail: None)
@@ -229,10 +279,13 @@ class FlowTable:
         self.flows: dict[FlowKey, Flow] = {}
         # per timeout class, a heap of (qts, uid, qver, flow); see the module docstring
         self.queues: tuple[list[QueueEntry], ...] = ([], [], [], [])
-        self.qlive = [0, 0, 0, 0]    # live entries per queue
+        self.qlive = [0, 0, 0, 0]  # live entries per queue
         t = config.timeouts
         self.timeouts_us: tuple[int, ...] = (
-            int(t.tcp_attempt * 1e6), int(t.tcp_established * 1e6), int(t.tcp_closed * 1e6), int(t.udp * 1e6)
+            int(t.tcp_attempt * 1e6),
+            int(t.tcp_established * 1e6),
+            int(t.tcp_closed * 1e6),
+            int(t.udp * 1e6),
         )
         lim = config.limits
         self.max_flows = lim.max_flows
@@ -240,8 +293,7 @@ class FlowTable:
         self.scan_interval_us = int(lim.flow_scan_interval * 1e6)
         self.max_seq_jump = lim.max_seq_jump
         self.normal_timeouts_us = self.timeouts_us
-        self.emergency_timeouts_us = tuple(min(int(e * 1e6), n) for e, n in
-                                           zip(EMERGENCY_TIMEOUTS_S, self.timeouts_us))
+        self.emergency_timeouts_us = tuple(min(int(e * 1e6), n) for e, n in zip(EMERGENCY_TIMEOUTS_S, self.timeouts_us))
         self.emergency = False
         self.next_scan = 0
         self.now = 0
@@ -292,10 +344,10 @@ class FlowTable:
             while q and n < budget and q[0][0] <= limit:
                 _, _, ver, flow = heappop(q)
                 if ver != flow.qver or not flow.inq:
-                    continue       # left behind by a requeue, class change or end
+                    continue  # left behind by a requeue, class change or end
                 n += 1
                 if flow.last_ts > limit:
-                    self._queue(flow, cls, flow.last_ts)   # active since it was queued
+                    self._queue(flow, cls, flow.last_ts)  # active since it was queued
                     continue
                 self._end(flow, "timeout")
                 self.stats.expired += 1
@@ -356,8 +408,9 @@ class FlowTable:
         if len(self._recent) > self.recent_peak:
             self.recent_peak = len(self._recent)
         proto, a, ap, b, bp = key
-        h = hashlib.blake2b(b"%d|%s|%d|%s|%d|%d|%d" % (proto, a.hex().encode(), ap, b.hex().encode(), bp, ts, n),
-                            digest_size=12).digest()
+        h = hashlib.blake2b(
+            b"%d|%s|%d|%s|%d|%d|%d" % (proto, a.hex().encode(), ap, b.hex().encode(), bp, ts, n), digest_size=12
+        ).digest()
         v = int.from_bytes(h, "big")
         out = []
         for _ in range(17):
@@ -375,7 +428,7 @@ class FlowTable:
             self._unqueue(flow)
         r = self._recent.get(flow.key)
         if r is not None and r[0] < self.now:
-            del self._recent[flow.key]   # no later flow on this key can share its first microsecond
+            del self._recent[flow.key]  # no later flow on this key can share its first microsecond
         flow.end_reason = reason
         self.stats.ended += 1
         self.on_end(flow)
@@ -390,7 +443,7 @@ class FlowTable:
 
     def _index(self, fast: dict[bytes, tuple[Flow, bool]], flow: Flow) -> None:
         ko, kr = self._wire_keys(flow)
-        if ko != kr:      # a connection to itself has one key for both directions: not indexed
+        if ko != kr:  # a connection to itself has one key for both directions: not indexed
             fast[ko] = (flow, True)
             fast[kr] = (flow, False)
 
@@ -410,7 +463,7 @@ class FlowTable:
             while q:
                 _, _, ver, flow = q[0]
                 if ver != flow.qver or not flow.inq:
-                    heapq.heappop(q)      # a dead entry
+                    heapq.heappop(q)  # a dead entry
                     continue
                 if flow.last_ts <= flow.qts or looked >= 8:
                     break
@@ -510,8 +563,7 @@ class FlowTable:
                 return False
             s = flow.o if (p.src == flow.orig_b and p.sport == flow.orig_p) else flow.r
             return s.syn_seq != p.seq
-        return self.reused is not None and self.reused(
-            flow, p.src == flow.orig_b and p.sport == flow.orig_p, p.payload)
+        return self.reused is not None and self.reused(flow, p.src == flow.orig_b and p.sport == flow.orig_p, p.payload)
 
     def _set_class(self, flow: Flow, cls: int) -> None:
         if flow.tclass != cls:
@@ -572,8 +624,9 @@ class FlowTable:
                 s.state = CLOSED
         if s.state in (CLOSED, RESET) and peer.state in (CLOSED, RESET):
             self._set_class(flow, T_CLOSED)
-        elif flow.tclass == T_ATTEMPT and (s.state == ESTABLISHED or peer.state == ESTABLISHED
-                                          or s.state == PARTIAL or peer.state == PARTIAL):
+        elif flow.tclass == T_ATTEMPT and (
+            s.state == ESTABLISHED or peer.state == ESTABLISHED or s.state == PARTIAL or peer.state == PARTIAL
+        ):
             self._set_class(flow, T_ESTABLISHED)
 
     def _seq(self, flow: Flow, s: Side, seq: int, plen: int, ts: int) -> None:

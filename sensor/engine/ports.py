@@ -5,6 +5,7 @@ add their ports while they live. ``version`` changes only when a port below
 1024 joins or leaves, the one case the capture filter must change for.
 Design: docs/engine.md.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable

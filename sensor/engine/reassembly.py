@@ -5,6 +5,7 @@ plus a gap signal when bytes are known to be missing. Bounded: out-of-order
 bytes and segments, and ``depth`` (bytes delivered at all). Design and
 defaults: docs/engine.md.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,9 +18,9 @@ _M32 = 0xFFFFFFFF
 
 @dataclass(frozen=True, slots=True)
 class ReassemblyLimits:
-    max_ooo_bytes: int = 256 * 1024    # bytes waiting out of order, per direction
-    max_ooo_segments: int = 256        # segments waiting out of order, per direction
-    depth: int = 4 * 1024 * 1024       # bytes delivered per direction, then stop
+    max_ooo_bytes: int = 256 * 1024  # bytes waiting out of order, per direction
+    max_ooo_segments: int = 256  # segments waiting out of order, per direction
+    depth: int = 4 * 1024 * 1024  # bytes delivered per direction, then stop
 
 
 @frozen
@@ -31,13 +32,23 @@ class Chunk:
 
 
 class Stream:
-    __slots__ = ("base", "next", "ooo", "ooo_bytes", "delivered", "limits", "started", "depth_reached",
-                 "gaps", "gap_bytes")
+    __slots__ = (
+        "base",
+        "next",
+        "ooo",
+        "ooo_bytes",
+        "delivered",
+        "limits",
+        "started",
+        "depth_reached",
+        "gaps",
+        "gap_bytes",
+    )
 
     def __init__(self, limits: ReassemblyLimits = ReassemblyLimits()) -> None:
         self.limits = limits
         self.base = 0
-        self.next = 0            # next expected offset (unwrapped, relative to base)
+        self.next = 0  # next expected offset (unwrapped, relative to base)
         self.ooo: dict[int, bytes] = {}
         self.ooo_bytes = 0
         self.delivered = 0
@@ -58,8 +69,12 @@ class Stream:
     def in_order(self, seq: int, payload: bytes) -> bytes | None:
         """Fast path: ``payload`` if it is exactly the next data and nothing
         waits out of order (the common case), else None -- call ``segment``."""
-        if self.started and not self.ooo and ((seq - self.base) & _M32) == (self.next & _M32) \
-                and self.delivered + len(payload) <= self.limits.depth:
+        if (
+            self.started
+            and not self.ooo
+            and ((seq - self.base) & _M32) == (self.next & _M32)
+            and self.delivered + len(payload) <= self.limits.depth
+        ):
             self.next += len(payload)
             self.delivered += len(payload)
             return payload
@@ -80,7 +95,7 @@ class Stream:
         if end <= self.next:
             return out  # entirely old: a retransmission
         if off < self.next:
-            payload = payload[self.next - off:]
+            payload = payload[self.next - off :]
             off = self.next
         if off > self.next:
             if off not in self.ooo or len(self.ooo[off]) < len(payload):
@@ -117,7 +132,7 @@ class Stream:
             self.ooo_bytes -= len(data)
             if off + len(data) <= self.next:
                 continue
-            out += self._deliver(data[self.next - off:])
+            out += self._deliver(data[self.next - off :])
         return out
 
     def _skip_to_first_ooo(self) -> list[Chunk]:

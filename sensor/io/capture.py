@@ -6,6 +6,7 @@ pipeline; nothing here interprets bytes. A file is read ahead on a thread and
 still gives exactly the packets of a plain ``pcap_loop`` (see
 ``_read_ahead``). Design: docs/engine.md, "Capture".
 """
+
 from __future__ import annotations
 
 import os
@@ -31,9 +32,9 @@ class CaptureError(Exception):
 class ReadResult:
     path: str
     linktype: int
-    packets: int      # packets delivered (those the capture filter admitted)
+    packets: int  # packets delivered (those the capture filter admitted)
     capture_filter: str | None = None
-    error: str = ""   # set when the file is damaged: packets before it were delivered
+    error: str = ""  # set when the file is damaged: packets before it were delivered
 
 
 def open_offline(path: str | Path):
@@ -68,14 +69,18 @@ def set_filter(reader, filters: Sequence[str | None]) -> str | None:
     return None
 
 
-READ_AHEAD_BATCH = 1024   # packets libpcap reads per call on the read-ahead thread
-READ_AHEAD_BATCHES = 8    # batches read ahead of the pipeline at most (bounded memory)
+READ_AHEAD_BATCH = 1024  # packets libpcap reads per call on the read-ahead thread
+READ_AHEAD_BATCHES = 8  # batches read ahead of the pipeline at most (bounded memory)
 
 
-def read_file(path: str | Path, handler_for: Callable[[int], Handler],
-              filters: Sequence[str | None] | None = None,
-              refilter: Callable[[], Sequence[str | None] | None] | None = None,
-              read_ahead: bool = True, watch: Any = None) -> ReadResult:
+def read_file(
+    path: str | Path,
+    handler_for: Callable[[int], Handler],
+    filters: Sequence[str | None] | None = None,
+    refilter: Callable[[], Sequence[str | None] | None] | None = None,
+    read_ahead: bool = True,
+    watch: Any = None,
+) -> ReadResult:
     """Read every packet of ``path``; ``handler_for(linktype)`` gives the
     function that receives ``(ts_us, data)``; ``filters`` are capture filters
     to try, best first (the first that compiles for the file's link type is
@@ -100,26 +105,35 @@ def read_file(path: str | Path, handler_for: Callable[[int], Handler],
     return _loop(path, reader, linktype, handle, installed, refilter, 0)
 
 
-def _loop(path: str | Path, reader, linktype: int, handle: Handler, installed: str | None,
-          refilter: Callable[[], Sequence[str | None] | None] | None, count: int) -> ReadResult:
+def _loop(
+    path: str | Path,
+    reader,
+    linktype: int,
+    handle: Handler,
+    installed: str | None,
+    refilter: Callable[[], Sequence[str | None] | None] | None,
+    count: int,
+) -> ReadResult:
     """One ``pcap_loop`` over the rest of ``reader`` (``count`` packets were
     delivered before)."""
     state = [installed]
 
     if refilter is None:
+
         def cb(hdr, data: bytes) -> None:
             nonlocal count
             count += 1
             s, us = hdr.getts()
             handle(s * 1_000_000 + us, data)
     else:
+
         def cb(hdr, data: bytes) -> None:
             nonlocal count
             count += 1
             s, us = hdr.getts()
             handle(s * 1_000_000 + us, data)
             new = refilter()
-            if new is not None:   # libpcap applies a savefile's filter per packet: exact
+            if new is not None:  # libpcap applies a savefile's filter per packet: exact
                 state[0] = set_filter(reader, new)
 
     err = ""
@@ -141,8 +155,15 @@ def _loop(path: str | Path, reader, linktype: int, handle: Handler, installed: s
 _END = object()
 
 
-def _read_ahead(path: str | Path, reader, linktype: int, handle: Handler, installed: str | None,
-                refilter: Callable[[], Sequence[str | None] | None] | None, watch: Any = None) -> ReadResult:
+def _read_ahead(
+    path: str | Path,
+    reader,
+    linktype: int,
+    handle: Handler,
+    installed: str | None,
+    refilter: Callable[[], Sequence[str | None] | None] | None,
+    watch: Any = None,
+) -> ReadResult:
     """``read_file`` with libpcap reading on a thread, ``READ_AHEAD_BATCH``
     packets per call, at most ``READ_AHEAD_BATCHES`` ahead.
 
@@ -186,13 +207,13 @@ def _read_ahead(path: str | Path, reader, linktype: int, handle: Handler, instal
             pb, meta = item
             if refilter is None:
                 for s, us, off, caplen in unpack(meta):
-                    handle(s * 1_000_000 + us, pb[off:off + caplen])
+                    handle(s * 1_000_000 + us, pb[off : off + caplen])
                 count += len(meta) >> 4
                 continue
             for s, us, off, caplen in unpack(meta):
                 count += 1
-                handle(s * 1_000_000 + us, pb[off:off + caplen])
-                if watch is None or watch.version != seen:   # without watch: ask after every packet
+                handle(s * 1_000_000 + us, pb[off : off + caplen])
+                if watch is None or watch.version != seen:  # without watch: ask after every packet
                     if watch is not None:
                         seen = watch.version
                     new_filters = refilter()
@@ -202,7 +223,7 @@ def _read_ahead(path: str | Path, reader, linktype: int, handle: Handler, instal
                 break
     finally:
         stop.set()
-        while t.is_alive():          # unblock a put() so the thread sees ``stop``
+        while t.is_alive():  # unblock a put() so the thread sees ``stop``
             try:
                 q.get(timeout=0.01)
             except queue.Empty:
@@ -225,15 +246,14 @@ def _read_ahead(path: str | Path, reader, linktype: int, handle: Handler, instal
     return _loop(path, again, linktype, handle, installed, refilter, count)
 
 
-BATCH_META = struct.Struct("=IIII")   # next_batch: (sec, usec, offset, caplen) per packet
+BATCH_META = struct.Struct("=IIII")  # next_batch: (sec, usec, offset, caplen) per packet
 
 
 def _skip(hdr, data: bytes) -> None:
     pass
 
 
-_PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">",
-                b"\x4d\x3c\xb2\xa1": "<", b"\xa1\xb2\x3c\x4d": ">"}
+_PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1": "<", b"\xa1\xb2\xc3\xd4": ">", b"\x4d\x3c\xb2\xa1": "<", b"\xa1\xb2\x3c\x4d": ">"}
 _MAX_RECORD = 256 << 20
 
 
@@ -334,7 +354,7 @@ def _tsresol(opts: bytes, e: str) -> tuple[int, int]:
     """(numerator, denominator) turning a timestamp into microseconds."""
     i = 0
     while i + 4 <= len(opts):
-        code, olen = struct.unpack(e + "HH", opts[i:i + 4])
+        code, olen = struct.unpack(e + "HH", opts[i : i + 4])
         if code == 0:
             break
         if code == 9 and olen >= 1:
@@ -349,7 +369,7 @@ def _tsresol(opts: bytes, e: str) -> tuple[int, int]:
 def _read_pcapng_mixed(path: str | Path, handler_for: Callable[[int], Handler]) -> ReadResult:
     p = str(path)
     size = os.path.getsize(p)
-    ifaces: list[tuple[int, int, int]] = []   # (linktype, num, den) per interface of this section
+    ifaces: list[tuple[int, int, int]] = []  # (linktype, num, den) per interface of this section
     handlers: dict[int, Handler] = {}
     count = 0
     err = ""
@@ -360,7 +380,7 @@ def _read_pcapng_mixed(path: str | Path, handler_for: Callable[[int], Handler]) 
                 err = f"bad or truncated block (the damage starts at byte {off} of {size})"
                 break
             if btype == 0x0A0D0D0A:
-                ifaces = []     # interface ids are per section
+                ifaces = []  # interface ids are per section
             f.seek(off + 8)
             body = f.read(blen - 12)
             if btype == 1 and len(body) >= 8:
@@ -376,13 +396,13 @@ def _read_pcapng_mixed(path: str | Path, handler_for: Callable[[int], Handler]) 
                     if h is None:
                         h = handlers[lt] = handler_for(lt)
                     count += 1
-                    h(last_ts, body[20:20 + caplen])
-            elif btype == 3 and len(body) >= 4 and ifaces:    # simple packet: interface 0, no time
+                    h(last_ts, body[20 : 20 + caplen])
+            elif btype == 3 and len(body) >= 4 and ifaces:  # simple packet: interface 0, no time
                 lt = ifaces[0][0]
                 h = handlers.get(lt)
                 if h is None:
                     h = handlers[lt] = handler_for(lt)
                 count += 1
-                h(last_ts, body[4:4 + min(struct.unpack(e + "I", body[:4])[0], len(body) - 4)])
+                h(last_ts, body[4 : 4 + min(struct.unpack(e + "I", body[:4])[0], len(body) - 4)])
     lts = sorted({lt for lt, _, _ in ifaces})
     return ReadResult(p, lts[0] if lts else -1, count, None, err)

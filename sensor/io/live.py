@@ -4,6 +4,7 @@ One non-blocking, promiscuous handle per interface with the replay's capture
 filter; ``poll()`` dispatches what is ready to the pipeline's handler, drop
 counters come from ``pcap_stats``. Design: docs/engine.md, "Capture".
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,10 +21,10 @@ Handler = Callable[[int, bytes], None]
 
 log = logging.getLogger("xfer-sensor.capture")
 
-DEFAULT_BUFFER_BYTES = 64 << 20   # kernel ring for bursts
+DEFAULT_BUFFER_BYTES = 64 << 20  # kernel ring for bursts
 DEFAULT_SNAPLEN = 262_144
-DEFAULT_TIMEOUT_MS = 100          # libpcap read timeout (batching)
-DISPATCH_BUDGET = 10_000          # packets taken from one handle per poll round
+DEFAULT_TIMEOUT_MS = 100  # libpcap read timeout (batching)
+DISPATCH_BUDGET = 10_000  # packets taken from one handle per poll round
 
 # pcap_activate()'s results (pcap/pcap.h): pcapy returns them rather than raising
 ACTIVATE_ERRORS = {
@@ -55,18 +56,25 @@ def activate_result(rc: int) -> str:
 @dataclass(slots=True)
 class IfaceStats:
     interface: str
-    received: int = 0     # delivered to us
+    received: int = 0  # delivered to us
     kernel_received: int = 0
     kernel_dropped: int = 0
     interface_dropped: int = 0
 
 
 class LiveCapture:
-    def __init__(self, interfaces: Sequence[str], *, promisc: bool = True, snaplen: int = DEFAULT_SNAPLEN,
-                 buffer_bytes: int = DEFAULT_BUFFER_BYTES, timeout_ms: int = DEFAULT_TIMEOUT_MS) -> None:
+    def __init__(
+        self,
+        interfaces: Sequence[str],
+        *,
+        promisc: bool = True,
+        snaplen: int = DEFAULT_SNAPLEN,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        timeout_ms: int = DEFAULT_TIMEOUT_MS,
+    ) -> None:
         if not interfaces:
             raise CaptureError("no interface to capture on")
-        self.handles: list[tuple[str, Any, int]] = []   # (interface, pcapy reader, link type)
+        self.handles: list[tuple[str, Any, int]] = []  # (interface, pcapy reader, link type)
         self.stats = {i: IfaceStats(i) for i in interfaces}
         for iface in interfaces:
             try:
@@ -109,6 +117,7 @@ class LiveCapture:
             def cb(hdr, data: bytes, handle=handle) -> None:
                 s, us = hdr.getts()
                 handle(s * 1_000_000 + us, data)
+
             got = h.dispatch(DISPATCH_BUDGET, cb)
             if got > 0:
                 n += got

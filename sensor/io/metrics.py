@@ -6,6 +6,7 @@ writes it as Prometheus text 0.0.4, ``summary`` as one journal line;
 *published* snapshot only, never touching pipeline objects. The metrics:
 docs/daemon.md.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -21,9 +22,9 @@ from typing import Any
 log = logging.getLogger("xfer-sensor")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-PUBLISH_EVERY_S = 1.0            # wall-clock seconds between two snapshots
-MAX_SCRAPES_IN_FLIGHT = 4        # concurrent requests served; more get 503
-REQUEST_TIMEOUT_S = 5.0          # a slow client is dropped after this
+PUBLISH_EVERY_S = 1.0  # wall-clock seconds between two snapshots
+MAX_SCRAPES_IN_FLIGHT = 4  # concurrent requests served; more get 503
+REQUEST_TIMEOUT_S = 5.0  # a slow client is dropped after this
 # attribution sources always exported (zero when absent), so a dashboard has every series
 ATTRIBUTION_SOURCES = ("socket", "uid-only", "linked-control-connection", "none")
 DECODE_ERRORS = ("truncated", "malformed", "unknown_linktype")
@@ -41,9 +42,16 @@ def _freeze(v: Any) -> Any:
     return v
 
 
-def collect(*, pipe_stats: Mapping[str, Any], capture_stats: Mapping[str, Any], flows_active: int,
-            allow_entries: Iterable[Any] = (), outputs: Mapping[str, Any] | None = None,
-            start_time: float = 0.0, allow_base: Mapping[tuple, tuple[int, int]] | None = None) -> Mapping:
+def collect(
+    *,
+    pipe_stats: Mapping[str, Any],
+    capture_stats: Mapping[str, Any],
+    flows_active: int,
+    allow_entries: Iterable[Any] = (),
+    outputs: Mapping[str, Any] | None = None,
+    start_time: float = 0.0,
+    allow_base: Mapping[tuple, tuple[int, int]] | None = None,
+) -> Mapping:
     """A read-only snapshot (nested ``MappingProxyType``) of every figure.
 
     ``capture_stats``: interface -> IfaceStats (sensor/io/live.py);
@@ -63,16 +71,26 @@ def collect(*, pipe_stats: Mapping[str, Any], capture_stats: Mapping[str, Any], 
     snap = {
         "time": time.time(),
         "start_time": start_time,
-        "interfaces": {i: {"received": s.received, "kernel_received": s.kernel_received,
-                           "kernel_dropped": s.kernel_dropped, "interface_dropped": s.interface_dropped}
-                       for i, s in capture_stats.items()},
+        "interfaces": {
+            i: {
+                "received": s.received,
+                "kernel_received": s.kernel_received,
+                "kernel_dropped": s.kernel_dropped,
+                "interface_dropped": s.interface_dropped,
+            }
+            for i, s in capture_stats.items()
+        },
         "decoder": dict(pipe_stats.get("decoder", {})),
         "flows": dict(pipe_stats.get("flows", {}), active=flows_active),
         "connections": dict(pipe_stats.get("connections", {})),
         "detect": dict(pipe_stats.get("detect", {})),
         "allow": allow,
-        "attribution": {"by_source": by_source, "misses": int(att.get("misses") or 0),
-                        "late": int(att.get("late") or 0), "helper": dict(att.get("helper") or {})},
+        "attribution": {
+            "by_source": by_source,
+            "misses": int(att.get("misses") or 0),
+            "late": int(att.get("late") or 0),
+            "helper": dict(att.get("helper") or {}),
+        },
         "weird": dict(pipe_stats.get("weird", {})),
         "outputs": dict(outputs or {}),
     }
@@ -80,6 +98,7 @@ def collect(*, pipe_stats: Mapping[str, Any], capture_stats: Mapping[str, Any], 
 
 
 # -- text exposition 0.0.4 ------------------------------------------------------------------
+
 
 def _escape_label(v: Any) -> str:
     return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
@@ -106,8 +125,7 @@ class _Out:
     def __init__(self) -> None:
         self.lines: list[str] = []
 
-    def family(self, name: str, kind: str, help_: str,
-               samples: Iterable[tuple[Mapping[str, Any], Any]]) -> None:
+    def family(self, name: str, kind: str, help_: str, samples: Iterable[tuple[Mapping[str, Any], Any]]) -> None:
         name = "xfer_sensor_" + name
         assert kind != "counter" or name.endswith("_total"), name
         self.lines.append(f"# HELP {name} {_escape_help(help_)}")
@@ -126,73 +144,144 @@ class _Out:
 def render(snap: Mapping[str, Any]) -> str:
     o = _Out()
     ifs = snap["interfaces"]
-    o.family("packets_received_total", "counter",
-             "Packets handed to the sensor by libpcap, per interface.",
-             [({"interface": i}, s["received"]) for i, s in ifs.items()])
-    o.family("packets_kernel_received_total", "counter",
-             "Packets that passed the capture filter in the kernel (pcap_stats ps_recv, drops included).",
-             [({"interface": i}, s["kernel_received"]) for i, s in ifs.items()])
-    o.family("packets_dropped_total", "counter",
-             "Packets lost before the sensor saw them: by='kernel' (capture buffer full, ps_drop), "
-             "by='interface' (the NIC or driver, ps_ifdrop).",
-             [({"interface": i, "by": by}, s[f"{by}_dropped"]) for i, s in ifs.items()
-              for by in ("kernel", "interface")])
+    o.family(
+        "packets_received_total",
+        "counter",
+        "Packets handed to the sensor by libpcap, per interface.",
+        [({"interface": i}, s["received"]) for i, s in ifs.items()],
+    )
+    o.family(
+        "packets_kernel_received_total",
+        "counter",
+        "Packets that passed the capture filter in the kernel (pcap_stats ps_recv, drops included).",
+        [({"interface": i}, s["kernel_received"]) for i, s in ifs.items()],
+    )
+    o.family(
+        "packets_dropped_total",
+        "counter",
+        "Packets lost before the sensor saw them: by='kernel' (capture buffer full, ps_drop), "
+        "by='interface' (the NIC or driver, ps_ifdrop).",
+        [({"interface": i, "by": by}, s[f"{by}_dropped"]) for i, s in ifs.items() for by in ("kernel", "interface")],
+    )
     dec = snap["decoder"]
-    o.one("packets_decoded_total", "counter",
-          "Packets decoded in full (the rest were rejected by the fast port check).", dec.get("packets", 0))
-    o.one("packets_fast_rejected_total", "counter",
-          "Packets rejected before full decoding (IPv4 TCP/UDP on no tracked port).", dec.get("fast_rejected", 0))
-    o.family("decode_errors_total", "counter", "Packets the decoder could not use, by kind.",
-             [({"kind": k}, dec.get(k, 0)) for k in DECODE_ERRORS])
+    o.one(
+        "packets_decoded_total",
+        "counter",
+        "Packets decoded in full (the rest were rejected by the fast port check).",
+        dec.get("packets", 0),
+    )
+    o.one(
+        "packets_fast_rejected_total",
+        "counter",
+        "Packets rejected before full decoding (IPv4 TCP/UDP on no tracked port).",
+        dec.get("fast_rejected", 0),
+    )
+    o.family(
+        "decode_errors_total",
+        "counter",
+        "Packets the decoder could not use, by kind.",
+        [({"kind": k}, dec.get(k, 0)) for k in DECODE_ERRORS],
+    )
     fl = snap["flows"]
     o.one("flows_active", "gauge", "Flows tracked right now.", fl.get("active", 0))
     o.one("flows_active_max", "gauge", "Most flows tracked at once since start.", fl.get("active_max", 0))
     o.one("flows_created_total", "counter", "Flows created.", fl.get("created", 0))
     o.one("flows_ended_total", "counter", "Flows ended (timed out, closed, evicted or flushed).", fl.get("ended", 0))
     o.one("flows_expired_total", "counter", "Flows ended by their idle timeout.", fl.get("expired", 0))
-    o.one("flows_evicted_total", "counter", "Flows evicted because the flow table was full (limits.max_flows).",
-          fl.get("evicted", 0))
-    o.family("connections_total", "counter", "Connection records written, by ActionType.",
-             [({"action_type": a}, n) for a, n in sorted(snap["connections"].items())])
+    o.one(
+        "flows_evicted_total",
+        "counter",
+        "Flows evicted because the flow table was full (limits.max_flows).",
+        fl.get("evicted", 0),
+    )
+    o.family(
+        "connections_total",
+        "counter",
+        "Connection records written, by ActionType.",
+        [({"action_type": a}, n) for a, n in sorted(snap["connections"].items())],
+    )
     det = snap["detect"]
     o.one("alerts_total", "counter", "Alerts raised.", det.get("alerts", 0))
     allow = snap["allow"]
-    o.family("alerts_suppressed_total", "counter",
-             "Detections not alerted: reason='allow_entry' (an x-allow filter matched the event), "
-             "reason='already_raised' (the key's alert was raised and has not re-armed).",
-             [({"reason": "allow_entry"}, sum(allow.values())),
-              ({"reason": "already_raised"}, det.get("suppressed", 0))])
-    o.family("allow_entry_suppressed_total", "counter", "Events suppressed per allow entry (rule, filter selection).",
-             [({"rule": r, "selection": s}, n) for (r, s), n in sorted(allow.items())])
+    o.family(
+        "alerts_suppressed_total",
+        "counter",
+        "Detections not alerted: reason='allow_entry' (an x-allow filter matched the event), "
+        "reason='already_raised' (the key's alert was raised and has not re-armed).",
+        [({"reason": "allow_entry"}, sum(allow.values())), ({"reason": "already_raised"}, det.get("suppressed", 0))],
+    )
+    o.family(
+        "allow_entry_suppressed_total",
+        "counter",
+        "Events suppressed per allow entry (rule, filter selection).",
+        [({"rule": r, "selection": s}, n) for (r, s), n in sorted(allow.items())],
+    )
     o.one("detection_matches_total", "counter", "Records that matched a detection rule.", det.get("matched", 0))
-    o.one("rule_keys_evicted_total", "counter", "Correlation group keys evicted (limits.max_window_keys).",
-          det.get("keys_evicted", 0))
+    o.one(
+        "rule_keys_evicted_total",
+        "counter",
+        "Correlation group keys evicted (limits.max_window_keys).",
+        det.get("keys_evicted", 0),
+    )
     att = snap["attribution"]
-    o.family("attributions_total", "counter", "Connections attributed, by how the process was found.",
-             [({"source": s}, n) for s, n in att["by_source"].items()])
-    o.one("attribution_misses_total", "counter", "Connections whose attribution was not available in time.",
-          att["misses"])
-    o.one("attribution_late_total", "counter", "Lookups that finished after their connection's record was written.",
-          att.get("late", 0))
+    o.family(
+        "attributions_total",
+        "counter",
+        "Connections attributed, by how the process was found.",
+        [({"source": s}, n) for s, n in att["by_source"].items()],
+    )
+    o.one(
+        "attribution_misses_total", "counter", "Connections whose attribution was not available in time.", att["misses"]
+    )
+    o.one(
+        "attribution_late_total",
+        "counter",
+        "Lookups that finished after their connection's record was written.",
+        att.get("late", 0),
+    )
     hp = att.get("helper") or {}
     if hp:
-        o.one("attribution_helper_up", "gauge", "1 while the attribution helper process runs.", int(bool(hp.get("alive"))))
+        o.one(
+            "attribution_helper_up", "gauge", "1 while the attribution helper process runs.", int(bool(hp.get("alive")))
+        )
         o.one("attribution_lookups_total", "counter", "Lookups made by the attribution helper.", hp.get("lookups", 0))
-        o.one("attribution_rate_limited_total", "counter",
-              "Connection starts not looked up (the helper's lookups-per-second bound).", hp.get("rate_limited", 0))
-        o.one("attribution_tap_dropped_total", "counter",
-              "First packets the helper's socket lost (its kernel buffer was full).", hp.get("tap_kernel_drops", 0))
-    o.family("weird_total", "counter", "Malformed input, by weird name.",
-             [({"name": n}, c) for n, c in sorted(snap["weird"].items())])
+        o.one(
+            "attribution_rate_limited_total",
+            "counter",
+            "Connection starts not looked up (the helper's lookups-per-second bound).",
+            hp.get("rate_limited", 0),
+        )
+        o.one(
+            "attribution_tap_dropped_total",
+            "counter",
+            "First packets the helper's socket lost (its kernel buffer was full).",
+            hp.get("tap_kernel_drops", 0),
+        )
+    o.family(
+        "weird_total",
+        "counter",
+        "Malformed input, by weird name.",
+        [({"name": n}, c) for n, c in sorted(snap["weird"].items())],
+    )
     outs = snap.get("outputs") or {}
     recs = outs.get("records") or {}
-    o.family("records_emitted_total", "counter", "Records handed to the outputs, by kind.",
-             [({"kind": k}, n) for k, n in sorted(recs.items())])
+    o.family(
+        "records_emitted_total",
+        "counter",
+        "Records handed to the outputs, by kind.",
+        [({"kind": k}, n) for k, n in sorted(recs.items())],
+    )
     sinks = outs.get("sinks") or {}
-    o.family("output_dropped_total", "counter",
-             "Records an output did not write: reason='overflow' (its queue was full), reason='error'.",
-             [({"sink": s, "reason": r}, st.get(f"dropped_{r}", 0)) for s, st in sorted(sinks.items())
-              for r in ("overflow", "error")])
+    o.family(
+        "output_dropped_total",
+        "counter",
+        "Records an output did not write: reason='overflow' (its queue was full), reason='error'.",
+        [
+            ({"sink": s, "reason": r}, st.get(f"dropped_{r}", 0))
+            for s, st in sorted(sinks.items())
+            for r in ("overflow", "error")
+        ],
+    )
     o.one("start_time_seconds", "gauge", "When the daemon started (Unix time).", snap["start_time"])
     o.one("snapshot_time_seconds", "gauge", "When these figures were taken (Unix time).", snap["time"])
     return "\n".join(o.lines) + "\n"
@@ -212,15 +301,18 @@ def summary(snap: Mapping[str, Any]) -> str:
     att = snap["attribution"]
     by_at = " ".join(f"{a}={n}" for a, n in sorted(conns.items()))
     by_src = " ".join(f"{s}={n}" for s, n in att["by_source"].items())
-    return (f"packets {recv} (dropped kernel {kd}, interface {idr}), decode errors {derr}, "
-            f"flows active {fl.get('active', 0)} (evicted {fl.get('evicted', 0)}), "
-            f"connections {sum(conns.values())}" + (f" ({by_at})" if by_at else "") + ", "
-            f"alerts {det.get('alerts', 0)} (suppressed allow {sum(snap['allow'].values())}, "
-            f"already raised {det.get('suppressed', 0)}), "
-            f"attributions {by_src} misses {att['misses']} late {att.get('late', 0)}")
+    return (
+        f"packets {recv} (dropped kernel {kd}, interface {idr}), decode errors {derr}, "
+        f"flows active {fl.get('active', 0)} (evicted {fl.get('evicted', 0)}), "
+        f"connections {sum(conns.values())}" + (f" ({by_at})" if by_at else "") + ", "
+        f"alerts {det.get('alerts', 0)} (suppressed allow {sum(snap['allow'].values())}, "
+        f"already raised {det.get('suppressed', 0)}), "
+        f"attributions {by_src} misses {att['misses']} late {att.get('late', 0)}"
+    )
 
 
 # -- the endpoint ------------------------------------------------------------------------------
+
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
@@ -238,7 +330,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path != "/metrics":
             self._send(404, b"not found: only /metrics is served\n", "text/plain; charset=utf-8", body)
             return
-        snap = self.server.owner.latest      # one reference read: the published snapshot
+        snap = self.server.owner.latest  # one reference read: the published snapshot
         if snap is None:
             self._send(503, b"no figures yet\n", "text/plain; charset=utf-8", body)
             return
@@ -252,7 +344,7 @@ class _Handler(BaseHTTPRequestHandler):
         if body:
             self.wfile.write(data)
 
-    def log_message(self, fmt: str, *args: Any) -> None:   # no access log in the journal
+    def log_message(self, fmt: str, *args: Any) -> None:  # no access log in the journal
         pass
 
 
@@ -283,7 +375,7 @@ class MetricsServer:
 
     def __init__(self, address: str, port: int) -> None:
         ip = ipaddress.ip_address(address)
-        if not ip.is_loopback:   # config.parse_listen refuses it first; never bind elsewhere
+        if not ip.is_loopback:  # config.parse_listen refuses it first; never bind elsewhere
             raise MetricsError(f"metrics: refusing non-loopback address {address}")
         self.latest: Mapping | None = None
         self._slots = threading.BoundedSemaphore(MAX_SCRAPES_IN_FLIGHT)
@@ -294,15 +386,16 @@ class MetricsServer:
             raise MetricsError(f"metrics: cannot listen on {address}:{port}: {e.strerror or e}") from None
         self.httpd.owner = self
         self.address = self.httpd.server_address[:2]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.5},
-                                       name="metrics http", daemon=True)
+        self.thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.5}, name="metrics http", daemon=True
+        )
 
     def start(self) -> MetricsServer:
         self.thread.start()
         return self
 
     def publish(self, snap: Mapping) -> None:
-        self.latest = snap   # an atomic reference swap; the snapshot is never mutated afterwards
+        self.latest = snap  # an atomic reference swap; the snapshot is never mutated afterwards
 
     @property
     def url(self) -> str:

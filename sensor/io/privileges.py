@@ -5,6 +5,7 @@ attribution helper keeps CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH
 (``HELPER_CAPS``). Which process needs what, and when: docs/daemon.md,
 "Privileges".
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -25,8 +26,7 @@ class _Header(ctypes.Structure):
 
 
 class _Data(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                ("inheritable", ctypes.c_uint32)]
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
 
 
 def _libc():

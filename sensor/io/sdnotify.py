@@ -8,6 +8,7 @@
 Without ``$NOTIFY_SOCKET`` every call is a no-op returning False; nothing
 raises (a failed send is counted in ``errors``). Protocol: docs/daemon.md.
 """
+
 from __future__ import annotations
 
 import os
@@ -71,7 +72,7 @@ class SdNotifier:
             return b"\0" + raw[1:].encode()
         if raw.startswith("/"):
             return raw
-        return None     # vsock and relative paths are not supported
+        return None  # vsock and relative paths are not supported
 
     @property
     def enabled(self) -> bool:

@@ -7,6 +7,7 @@ pipeline: ``block=False`` (live) drops and counts on a full queue,
 progress. ``reopen()`` (SIGHUP) only sets a flag. Behaviour, rotation and
 syslog framing: docs/outputs.md, "Sinks".
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,10 +27,10 @@ from sensor.records.encode import KINDS, Encoder, make_profile
 
 log = logging.getLogger("xfer-sensor.outputs")
 
-STALL_TIMEOUT_S = 10.0     # a blocking put gives up on a writer that made no progress this long
-WAKE_INTERVAL_S = 0.2      # the writer thread checks its queue and reopen requests at least this often
-NOTIFY_BATCH = 64          # queued records that wake the writer at once (fewer thread switches);
-                           # fewer wait at most WAKE_INTERVAL_S
+STALL_TIMEOUT_S = 10.0  # a blocking put gives up on a writer that made no progress this long
+WAKE_INTERVAL_S = 0.2  # the writer thread checks its queue and reopen requests at least this often
+NOTIFY_BATCH = 64  # queued records that wake the writer at once (fewer thread switches);
+# fewer wait at most WAKE_INTERVAL_S
 
 # syslog severities (RFC 5424): record kind / alert level -> severity
 SEV_INFO, SEV_NOTICE = 6, 5
@@ -126,7 +127,7 @@ class SyslogWriter:
             s = socket.socket(fam, st, proto)
             s.settimeout(cfg.timeout)
             try:
-                s.connect(addr)   # UDP: a connected socket reports ICMP port-unreachable
+                s.connect(addr)  # UDP: a connected socket reports ICMP port-unreachable
                 return s
             except OSError as e:
                 err = e
@@ -175,9 +176,15 @@ class SyslogWriter:
 class AsyncSink:
     """A bounded queue in front of one line writer, drained by a thread."""
 
-    def __init__(self, writer: Any, queue_max: int = 10000, block: bool = True,
-                 error_log_interval: float = 60.0, stall_timeout: float = STALL_TIMEOUT_S,
-                 kinds: Iterable[str] = KINDS) -> None:
+    def __init__(
+        self,
+        writer: Any,
+        queue_max: int = 10000,
+        block: bool = True,
+        error_log_interval: float = 60.0,
+        stall_timeout: float = STALL_TIMEOUT_S,
+        kinds: Iterable[str] = KINDS,
+    ) -> None:
         self.writer = writer
         self.name = getattr(writer, "name", type(writer).__name__)
         self.kinds = frozenset(kinds)
@@ -227,8 +234,10 @@ class AsyncSink:
         while len(self.q) >= self.queue_max and not self.closing:
             before = self.written + self.dropped_error
             self.cond.wait(WAKE_INTERVAL_S)
-            if self.written + self.dropped_error == before and \
-                    time.monotonic() - self.last_progress >= self.stall_timeout:
+            if (
+                self.written + self.dropped_error == before
+                and time.monotonic() - self.last_progress >= self.stall_timeout
+            ):
                 self.stalled = True
                 self._last_error = f"writer made no progress for {self.stall_timeout:g}s; dropping until it drains"
                 self._unlogged_errors += 1
@@ -244,7 +253,7 @@ class AsyncSink:
         reopen was done."""
         deadline = time.monotonic() + timeout
         with self.cond:
-            self.cond.notify_all()          # the writer may be waiting for a fuller batch
+            self.cond.notify_all()  # the writer may be waiting for a fuller batch
             while (self.q or self.busy or self.reopen_requested) and self.thread.is_alive():
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -281,7 +290,7 @@ class AsyncSink:
                 batch = list(self.q)
                 self.q.clear()
                 self.busy = True
-                self.cond.notify_all()      # room for blocked producers
+                self.cond.notify_all()  # room for blocked producers
             for meta, line in batch:
                 if self.reopen_requested:
                     self._reopen()
@@ -320,16 +329,32 @@ class AsyncSink:
             return
         self._last_log = now
         if self._unlogged_errors:
-            log.error("%s: %s (%d record(s) lost to errors since the last report, %d in all)", self.name,
-                      self._last_error, self._unlogged_errors, self.dropped_error)
+            log.error(
+                "%s: %s (%d record(s) lost to errors since the last report, %d in all)",
+                self.name,
+                self._last_error,
+                self._unlogged_errors,
+                self.dropped_error,
+            )
         if self._unlogged_overflow:
-            log.warning("%s: queue full (%d records): %d record(s) dropped since the last report, %d in all",
-                        self.name, self.queue_max, self._unlogged_overflow, self.dropped_overflow)
+            log.warning(
+                "%s: queue full (%d records): %d record(s) dropped since the last report, %d in all",
+                self.name,
+                self.queue_max,
+                self._unlogged_overflow,
+                self.dropped_overflow,
+            )
         self._unlogged_errors = self._unlogged_overflow = 0
 
     def stats(self) -> dict[str, Any]:
-        return {"queued": self.queued, "written": self.written, "dropped_overflow": self.dropped_overflow,
-                "dropped_error": self.dropped_error, "reopened": self.reopened, "max_depth": self.max_depth}
+        return {
+            "queued": self.queued,
+            "written": self.written,
+            "dropped_overflow": self.dropped_overflow,
+            "dropped_error": self.dropped_error,
+            "reopened": self.reopened,
+            "max_depth": self.max_depth,
+        }
 
 
 # -- the pipeline's sink --------------------------------------------------------------------
@@ -377,17 +402,34 @@ class Outputs:
             self._old_hup = None
 
     def stats(self) -> dict[str, Any]:
-        return {"profile": getattr(self.encoder.profile, "name", "?"), "records": dict(self.counts),
-                "truncated": self.encoder.truncated, "sinks": {s.name: s.stats() for s in self.sinks}}
+        return {
+            "profile": getattr(self.encoder.profile, "name", "?"),
+            "records": dict(self.counts),
+            "truncated": self.encoder.truncated,
+            "sinks": {s.name: s.stats() for s in self.sinks},
+        }
 
 
-def build_outputs(output: Output, *, config: Any = None, rules: Any = None, outdir: str | Path | None = None,
-                  stdout: bool | None = None, syslog: SyslogOutput | None = None, block: bool = True,
-                  truncate: bool = True, stdout_fd: int | None = None) -> Outputs:
+def build_outputs(
+    output: Output,
+    *,
+    config: Any = None,
+    rules: Any = None,
+    outdir: str | Path | None = None,
+    stdout: bool | None = None,
+    syslog: SyslogOutput | None = None,
+    block: bool = True,
+    truncate: bool = True,
+    stdout_fd: int | None = None,
+) -> Outputs:
     """The sinks an ``output:`` config section (plus command-line overrides) asks for."""
     encoder = Encoder(make_profile(output.profile, config, rules), output.max_line_bytes)
     sinks: list[AsyncSink] = []
-    common: dict[str, Any] = {"queue_max": output.queue_max, "block": block, "error_log_interval": output.error_log_interval}
+    common: dict[str, Any] = {
+        "queue_max": output.queue_max,
+        "block": block,
+        "error_log_interval": output.error_log_interval,
+    }
     if outdir is not None and output.files:
         sinks.append(AsyncSink(FileWriter(outdir, truncate=truncate), **common))
     if stdout if stdout is not None else output.stdout:

@@ -3,6 +3,7 @@
 base64(sha1(seed:u16be | saddr | daddr | proto:u8 | pad:u8 | sport:u16be | dport:u16be))
 with the endpoints ordered so that both directions give the same ID.
 """
+
 from __future__ import annotations
 
 import base64

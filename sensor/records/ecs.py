@@ -5,11 +5,13 @@
 what ECS has no field for goes under ``xfer.*``. The mapping, field by field:
 docs/outputs.md; tests/test_outputs_profiles.py validates it.
 """
+
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from sensor import __version__
 from sensor.core.config import Config
@@ -45,8 +47,12 @@ TECHNIQUE_NAMES = {
 # Sigma level -> event.severity (a number, as ECS asks; larger is worse)
 SEVERITY = {"informational": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
 
-_OUTCOME = {"ConnectionSuccess": "success", "InboundConnectionAccepted": "success",
-            "ConnectionFailed": "failure", "ConnectionFound": "unknown"}
+_OUTCOME = {
+    "ConnectionSuccess": "success",
+    "InboundConnectionAccepted": "success",
+    "ConnectionFailed": "failure",
+    "ConnectionFound": "unknown",
+}
 _TRANSPORT = {"Tcp": ("tcp", "6"), "Udp": ("udp", "17")}
 _FILE_ACTION = {"upload": "file-upload", "download": "file-download", "listing": "directory-listing"}
 _FILE_TYPE = {"upload": ["creation"], "download": ["access"], "listing": ["access"]}
@@ -119,7 +125,7 @@ def threat_from_tags(tags: Iterable[str]) -> dict[str, Any] | None:
         t = t.lower()
         if not t.startswith("attack."):
             continue
-        name = t[len("attack."):]
+        name = t[len("attack.") :]
         if name in TACTICS:
             if TACTICS[name] not in tactics:
                 tactics.append(TACTICS[name])
@@ -135,8 +141,11 @@ def threat_from_tags(tags: Iterable[str]) -> dict[str, Any] | None:
         return None
     threat: dict[str, Any] = {"framework": "MITRE ATT&CK"}
     if tactics:
-        threat["tactic"] = {"id": [i for i, _ in tactics], "name": [n for _, n in tactics],
-                            "reference": [f"https://attack.mitre.org/tactics/{i}/" for i, _ in tactics]}
+        threat["tactic"] = {
+            "id": [i for i, _ in tactics],
+            "name": [n for _, n in tactics],
+            "reference": [f"https://attack.mitre.org/tactics/{i}/" for i, _ in tactics],
+        }
     if techniques:
         tech: dict[str, Any] = {"id": techniques}
         names = [TECHNIQUE_NAMES[t] for t in techniques if t in TECHNIQUE_NAMES]
@@ -163,8 +172,13 @@ class EcsProfile:
     def __init__(self, config: Config, rules: Any = None, observer_hostname: str | None = None) -> None:
         self.cfg = config
         self.home = NetSet(config.home_net)
-        self.observer = {"type": "sensor", "vendor": "xfer-sensor", "product": "xfer-sensor",
-                         "version": __version__, "hostname": observer_hostname or socket.gethostname()}
+        self.observer = {
+            "type": "sensor",
+            "vendor": "xfer-sensor",
+            "product": "xfer-sensor",
+            "version": __version__,
+            "hostname": observer_hostname or socket.gethostname(),
+        }
         self.rules: dict[str, Any] = {}
         if rules is not None:
             for r in tuple(getattr(rules, "detections", ())) + tuple(getattr(rules, "correlations", ())):
@@ -172,10 +186,18 @@ class EcsProfile:
 
     # -- helpers ------------------------------------------------------------------
     def _head(self, ts: Any, kind: str, category: list[str], types: list[str], dataset: str) -> dict[str, Any]:
-        return {"@timestamp": ts, "ecs": {"version": ECS_VERSION},
-                "event": {"kind": kind, "category": category, "type": types,
-                          "module": MODULE, "dataset": f"{MODULE}.{dataset}"},
-                "observer": dict(self.observer)}
+        return {
+            "@timestamp": ts,
+            "ecs": {"version": ECS_VERSION},
+            "event": {
+                "kind": kind,
+                "category": category,
+                "type": types,
+                "module": MODULE,
+                "dataset": f"{MODULE}.{dataset}",
+            },
+            "observer": dict(self.observer),
+        }
 
     def _direction(self, src: str, dst: str) -> str:
         """network.direction from the device's point of view: egress/ingress when
@@ -189,7 +211,7 @@ class EcsProfile:
 
     def _home(self, ip: Any) -> bool:
         try:
-            return str(ip) in self.home     # NetSet caches by the address string
+            return str(ip) in self.home  # NetSet caches by the address string
         except ValueError:
             return False
 
@@ -234,8 +256,9 @@ class EcsProfile:
             ev["duration"] = dur
         outbound = rec.get("Direction", "outbound") == "outbound"
         local = _endpoint(rec.get("LocalIP"), rec.get("LocalPort"), rec.get("SentBytes"), rec.get("SentPackets"))
-        remote = _endpoint(rec.get("RemoteIP"), rec.get("RemotePort"), rec.get("ReceivedBytes"),
-                           rec.get("ReceivedPackets"))
+        remote = _endpoint(
+            rec.get("RemoteIP"), rec.get("RemotePort"), rec.get("ReceivedBytes"), rec.get("ReceivedPackets")
+        )
         if rec.get("RemoteUrl"):
             remote["domain"] = rec["RemoteUrl"]
         src, dst = (local, remote) if outbound else (remote, local)
@@ -290,11 +313,16 @@ class EcsProfile:
         if related:
             doc["related"] = related
         x: dict[str, Any] = {
-            "uid": rec.get("Uid", ""), "conn_state": rec.get("ConnState", ""), "history": rec.get("History", ""),
-            "local_ip_type": rec.get("LocalIPType", ""), "remote_ip_type": rec.get("RemoteIPType", ""),
+            "uid": rec.get("Uid", ""),
+            "conn_state": rec.get("ConnState", ""),
+            "history": rec.get("History", ""),
+            "local_ip_type": rec.get("LocalIPType", ""),
+            "remote_ip_type": rec.get("RemoteIPType", ""),
             "direction": rec.get("Direction", ""),
-            "sent_bytes": int(rec.get("SentBytes") or 0), "received_bytes": int(rec.get("ReceivedBytes") or 0),
-            "sent_packets": int(rec.get("SentPackets") or 0), "received_packets": int(rec.get("ReceivedPackets") or 0),
+            "sent_bytes": int(rec.get("SentBytes") or 0),
+            "received_bytes": int(rec.get("ReceivedBytes") or 0),
+            "sent_packets": int(rec.get("SentPackets") or 0),
+            "received_packets": int(rec.get("ReceivedPackets") or 0),
             "data_sent_bytes": int(rec.get("DataSentBytes") or 0),
             "data_received_bytes": int(rec.get("DataReceivedBytes") or 0),
         }
@@ -362,9 +390,14 @@ class EcsProfile:
         if related:
             doc["related"] = related
         x: dict[str, Any] = {"uids": list(rec.get("Uids") or ())}
-        for src_key, dst_key in (("ConnectionCount", "connection_count"), ("BytesSent", "bytes_sent"),
-                                 ("BytesReceived", "bytes_received"), ("Threshold", "threshold"),
-                                 ("Protocol", "protocol_label"), ("Level", "level")):
+        for src_key, dst_key in (
+            ("ConnectionCount", "connection_count"),
+            ("BytesSent", "bytes_sent"),
+            ("BytesReceived", "bytes_received"),
+            ("Threshold", "threshold"),
+            ("Protocol", "protocol_label"),
+            ("Level", "level"),
+        ):
             if src_key in rec:
                 x[dst_key] = rec[src_key]
         doc["xfer"] = {"alert": x}
@@ -372,8 +405,9 @@ class EcsProfile:
 
     def transfer(self, rec: Mapping[str, Any]) -> dict[str, Any]:
         direction = rec.get("Direction", "")
-        doc = self._head(rec.get("Timestamp"), "event", ["file", "network"],
-                         list(_FILE_TYPE.get(direction, ["info"])), "transfers")
+        doc = self._head(
+            rec.get("Timestamp"), "event", ["file", "network"], list(_FILE_TYPE.get(direction, ["info"])), "transfers"
+        )
         ev = doc["event"]
         ev["action"] = _FILE_ACTION.get(direction, direction or "file-transfer")
         if rec.get("Complete"):
@@ -412,7 +446,7 @@ class EcsProfile:
             doc["file"] = f
         if rec.get("User"):
             doc["user"] = {"name": rec["User"]}
-        proc: dict[str, Any] = {}      # endpoint mode: the process of the control connection
+        proc: dict[str, Any] = {}  # endpoint mode: the process of the control connection
         for col, path in _PROCESS[:2] + _PROCESS[5:6]:
             v = rec.get(col)
             if v not in (None, "", 0, -1):
@@ -423,14 +457,28 @@ class EcsProfile:
         if rec.get("User"):
             related["user"] = [rec["User"]]
         doc["related"] = related
-        x: dict[str, Any] = {"uid": rec.get("Uid", ""), "control_uid": rec.get("ControlUid", ""),
-                             "command": rec.get("Command", ""), "direction": direction,
-                             "bytes": int(rec.get("Bytes") or 0), "complete": bool(rec.get("Complete")),
-                             "filename_truncated": bool(rec.get("FilenameTruncated"))}
-        for src_key, dst_key in (("DataUids", "data_uids"), ("Mode", "mode"), ("ReplyCode", "reply_code"),
-                                 ("Outcome", "outcome"), ("AnnouncedSize", "announced_size"), ("Blocks", "blocks"),
-                                 ("BlockSize", "block_size"), ("ErrorCode", "error_code"),
-                                 ("ErrorMessage", "error_message"), ("Share", "share"), ("Note", "note")):
+        x: dict[str, Any] = {
+            "uid": rec.get("Uid", ""),
+            "control_uid": rec.get("ControlUid", ""),
+            "command": rec.get("Command", ""),
+            "direction": direction,
+            "bytes": int(rec.get("Bytes") or 0),
+            "complete": bool(rec.get("Complete")),
+            "filename_truncated": bool(rec.get("FilenameTruncated")),
+        }
+        for src_key, dst_key in (
+            ("DataUids", "data_uids"),
+            ("Mode", "mode"),
+            ("ReplyCode", "reply_code"),
+            ("Outcome", "outcome"),
+            ("AnnouncedSize", "announced_size"),
+            ("Blocks", "blocks"),
+            ("BlockSize", "block_size"),
+            ("ErrorCode", "error_code"),
+            ("ErrorMessage", "error_message"),
+            ("Share", "share"),
+            ("Note", "note"),
+        ):
             if src_key in rec:
                 x[dst_key] = rec[src_key]
         if rec.get("AttributionSource"):
@@ -443,6 +491,7 @@ class EcsProfile:
         doc["event"]["action"] = rec.get("Name", "")
         if rec.get("Detail"):
             doc["message"] = rec["Detail"]
-        doc["xfer"] = {"weird": {"name": rec.get("Name", ""), "source": rec.get("Source", ""),
-                                 "uid": rec.get("Uid", "")}}
+        doc["xfer"] = {
+            "weird": {"name": rec.get("Name", ""), "source": rec.get("Source", ""), "uid": rec.get("Uid", "")}
+        }
         return doc

@@ -5,21 +5,40 @@ Profiles shape the records (``mde`` as they are, ``ecs`` in sensor/records/ecs.p
 shrinks (and flags) a record longer than ``max_line_bytes``, never splits it.
 The sinks are in sensor/io/sinks.py; both are described in docs/outputs.md.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 KINDS = ("connections", "alerts", "transfers", "weird")
 
 _dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), check_circular=False).encode
 
-MAX_SHRINK_STEPS = 64      # value cuts tried before keys are dropped
-SHRINK_MIN_STRING = 32     # strings at most this long are not cut
+MAX_SHRINK_STEPS = 64  # value cuts tried before keys are dropped
+SHRINK_MIN_STRING = 32  # strings at most this long are not cut
 # keys never dropped while shrinking (identity of the record)
-KEEP_KEYS = frozenset({"Timestamp", "@timestamp", "Uid", "RuleId", "RuleTitle", "ActionType", "DeviceName",
-                       "RemoteIP", "RemotePort", "LocalIP", "LocalPort", "Name", "ecs", "event",
-                       "RecordTruncated", "xfer"})
+KEEP_KEYS = frozenset(
+    {
+        "Timestamp",
+        "@timestamp",
+        "Uid",
+        "RuleId",
+        "RuleTitle",
+        "ActionType",
+        "DeviceName",
+        "RemoteIP",
+        "RemotePort",
+        "LocalIP",
+        "LocalPort",
+        "Name",
+        "ecs",
+        "event",
+        "RecordTruncated",
+        "xfer",
+    }
+)
 
 
 def to_line(rec: dict[str, Any]) -> bytes:
@@ -47,6 +66,7 @@ def make_profile(name: str, config: Any = None, rules: Any = None) -> Any:
     if name == "ecs":
         from sensor.core.config import Config
         from sensor.records.ecs import EcsProfile
+
         prof = EcsProfile(config if config is not None else Config(), rules)
         return prof
     raise ValueError(f"unknown output profile {name!r} (mde, ecs)")
@@ -56,7 +76,7 @@ def _flag(profile: Any, doc: dict[str, Any]) -> None:
     f = getattr(profile, "flag_truncated", None)
     if f is not None:
         f(doc)
-    else:   # ecs and vendor profiles: under the vendor namespace
+    else:  # ecs and vendor profiles: under the vendor namespace
         x = doc.get("xfer")
         if not isinstance(x, dict):
             x = doc["xfer"] = {}
@@ -108,7 +128,7 @@ def shrink(doc: dict[str, Any], limit: int, flag: Any) -> bytes:
             parent[key] = v[: len(v) // 2] + "..."
         elif isinstance(v, list):
             parent[key] = v[: len(v) // 2]
-        else:   # a dict: drop its largest member
+        else:  # a dict: drop its largest member
             big = max(v, key=lambda k: _size(v[k]))
             del v[big]
     # still too long: drop whole top-level values, largest first, identity kept
@@ -120,7 +140,9 @@ def shrink(doc: dict[str, Any], limit: int, flag: Any) -> bytes:
     line = to_line(doc)
     if len(line) <= limit:
         return line
-    minimal: dict[str, Any] = {k: doc[k] for k in ("Timestamp", "@timestamp", "Uid") if k in doc and _size(doc[k]) < 128}
+    minimal: dict[str, Any] = {
+        k: doc[k] for k in ("Timestamp", "@timestamp", "Uid") if k in doc and _size(doc[k]) < 128
+    }
     flag(minimal)
     return to_line(minimal)
 

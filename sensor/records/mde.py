@@ -3,37 +3,68 @@
 Built once per flow when it ends. Field order is fixed (the order below), so
 the same capture always gives byte-identical output.
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-from sensor.records.communityid import community_id_v1
 from sensor.core.config import Config
-from sensor.engine.dispatch import AppState
-from sensor.engine.flows import Flow
 from sensor.core.iptype import IpTyper, NetSet
 from sensor.core.timefmt import MAX_TS_US as MAX_TS_US  # re-exported: importers of records.mde
 from sensor.core.timefmt import iso_us as iso_us
+from sensor.engine.dispatch import AppState
+from sensor.engine.flows import Flow
+from sensor.records.communityid import community_id_v1
 
 RECORD_FIELDS = (
-    "Timestamp", "DeviceName", "ActionType", "LocalIP", "LocalPort", "RemoteIP", "RemotePort",
-    "Protocol", "LocalIPType", "RemoteIPType", "InitiatingProcessFileName", "InitiatingProcessId",
-    "InitiatingProcessAccountName", "AccountName", "SentBytes", "ReceivedBytes", "SentPackets",
-    "ReceivedPackets", "FirstSeen", "LastSeen", "ConnState", "History", "Uid", "CommunityId",
-    "Direction", "Vlan", "AppProtocol", "AppUser", "DataSentBytes", "DataReceivedBytes", "ParentUid",
+    "Timestamp",
+    "DeviceName",
+    "ActionType",
+    "LocalIP",
+    "LocalPort",
+    "RemoteIP",
+    "RemotePort",
+    "Protocol",
+    "LocalIPType",
+    "RemoteIPType",
+    "InitiatingProcessFileName",
+    "InitiatingProcessId",
+    "InitiatingProcessAccountName",
+    "AccountName",
+    "SentBytes",
+    "ReceivedBytes",
+    "SentPackets",
+    "ReceivedPackets",
+    "FirstSeen",
+    "LastSeen",
+    "ConnState",
+    "History",
+    "Uid",
+    "CommunityId",
+    "Direction",
+    "Vlan",
+    "AppProtocol",
+    "AppUser",
+    "DataSentBytes",
+    "DataReceivedBytes",
+    "ParentUid",
     "AdditionalFields",
 )
 
 # the hunt's protocol label by well-known remote port
-PORT_PROTOCOL = {20: "FTP/FTPS", 21: "FTP/FTPS", 990: "FTP/FTPS", 989: "FTP/FTPS",
-                 445: "SMB", 139: "SMB", 69: "TFTP"}
+PORT_PROTOCOL = {20: "FTP/FTPS", 21: "FTP/FTPS", 990: "FTP/FTPS", 989: "FTP/FTPS", 445: "SMB", 139: "SMB", 69: "TFTP"}
 
 
 # the process details endpoint mode adds to a record, after the others
 # (sensor/attribution/book.py fills them)
-ENDPOINT_FIELDS = ("InitiatingProcessCommandLine", "InitiatingProcessFolderPath",
-                   "InitiatingProcessParentFileName", "InitiatingProcessParentId",
-                   "InitiatingProcessCreationTime", "AttributionSource")
+ENDPOINT_FIELDS = (
+    "InitiatingProcessCommandLine",
+    "InitiatingProcessFolderPath",
+    "InitiatingProcessParentFileName",
+    "InitiatingProcessParentId",
+    "InitiatingProcessCreationTime",
+    "AttributionSource",
+)
 
 
 class RecordBuilder:
@@ -76,7 +107,7 @@ class RecordBuilder:
     def build(self, flow: Flow, att: Any = None) -> dict[str, Any]:
         """The connection's record; ``att`` its ``Attribution`` (endpoint mode)."""
         outbound = self.device_is_orig(flow)
-        st: AppState | None = flow.ctx   # its read API: user, fields, files, child_*, parent_uid
+        st: AppState | None = flow.ctx  # its read API: user, fields, files, child_*, parent_uid
         if outbound:
             lip, lport, rip, rport, sent, recv = flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p, flow.o, flow.r
         else:
@@ -103,7 +134,7 @@ class RecordBuilder:
                 # TFTP: the server answers from a new port; that answer is the success
                 action = "ConnectionSuccess" if outbound else "InboundConnectionAccepted"
         detail = getattr(att, "AttributionDetail", "") if att is not None else ""
-        if detail:   # how exactly the process was found (or why not): for the operator
+        if detail:  # how exactly the process was found (or why not): for the operator
             fields["AttributionDetail"] = detail
         rec = {
             "Timestamp": first,
@@ -140,10 +171,13 @@ class RecordBuilder:
             "ParentUid": parent_uid,
             "AdditionalFields": fields,
         }
-        if cfg.hostnames:   # Defender's RemoteUrl, from the config's static map
+        if cfg.hostnames:  # Defender's RemoteUrl, from the config's static map
             rec["RemoteUrl"] = cfg.hostnames.get(rip, "")
         if self.endpoint:
             for k in ENDPOINT_FIELDS:
-                rec[k] = getattr(att, k) if att is not None else ("none" if k == "AttributionSource" else
-                                                                  0 if k == "InitiatingProcessParentId" else "")
+                rec[k] = (
+                    getattr(att, k)
+                    if att is not None
+                    else ("none" if k == "AttributionSource" else 0 if k == "InitiatingProcessParentId" else "")
+                )
         return rec

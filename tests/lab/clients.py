@@ -15,9 +15,9 @@ import os
 import pwd
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from .netns import LabError, _run
 
@@ -33,9 +33,20 @@ def ensure_login_users(names: Sequence[str]) -> dict[str, int]:
             continue
         except KeyError:
             pass
-        cp = _run(["useradd", "--create-home", "--user-group", "--shell", "/usr/sbin/nologin",
-                   "--comment", "xfer-sensor lab client user", name], check=False)
-        if cp.returncode not in (0, 9):          # 9: created meanwhile by someone else
+        cp = _run(
+            [
+                "useradd",
+                "--create-home",
+                "--user-group",
+                "--shell",
+                "/usr/sbin/nologin",
+                "--comment",
+                "xfer-sensor lab client user",
+                name,
+            ],
+            check=False,
+        )
+        if cp.returncode not in (0, 9):  # 9: created meanwhile by someone else
             raise LabError(f"useradd {name}: {cp.stderr.strip()}")
         uids[name] = pwd.getpwnam(name).pw_uid
     return uids
@@ -55,8 +66,13 @@ def as_user_argv(user: str, argv: Sequence[str]) -> list[str]:
 
 def _user_env(user: str) -> dict[str, str]:
     pw = pwd.getpwnam(user)
-    return {"HOME": pw.pw_dir, "USER": user, "LOGNAME": user, "LANG": "C.UTF-8",
-            "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"}
+    return {
+        "HOME": pw.pw_dir,
+        "USER": user,
+        "LOGNAME": user,
+        "LANG": "C.UTF-8",
+        "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+    }
 
 
 @dataclass
@@ -67,27 +83,34 @@ class ClientRun:
     returncode: int
     stdout: str
     stderr: str
-    t_start: float              # time.time() right before the spawn
-    t_end: float                # time.time() right after it was reaped
+    t_start: float  # time.time() right before the spawn
+    t_end: float  # time.time() right after it was reaped
 
     @property
     def tool(self) -> str:
         return os.path.basename(self.argv[0])
 
 
-def run_as(ns: str, user: str, argv: Sequence[str], cwd: str | os.PathLike | None = None,
-           timeout: float = 60) -> ClientRun:
+def run_as(
+    ns: str, user: str, argv: Sequence[str], cwd: str | os.PathLike | None = None, timeout: float = 60
+) -> ClientRun:
     """Run *argv* as *user* in namespace *ns*, wait for it; its pid is the client's."""
     full = ["ip", "netns", "exec", ns, *as_user_argv(user, argv)]
     pw = pwd.getpwnam(user)
     t0 = time.time()
-    p = subprocess.Popen(full, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True, env=_user_env(user),
-                         cwd=str(cwd or pw.pw_dir))
+    p = subprocess.Popen(
+        full,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_user_env(user),
+        cwd=str(cwd or pw.pw_dir),
+    )
     try:
         out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as e:
         p.kill()
         out, err = p.communicate()
-        raise LabError(f"{' '.join(map(str, argv))} as {user} timed out after {timeout}s: {err[-2000:]}")
+        raise LabError(f"{' '.join(map(str, argv))} as {user} timed out after {timeout}s: {err[-2000:]}") from e
     return ClientRun(user, list(map(str, argv)), p.pid, p.returncode, out, err, t0, time.time())

@@ -25,8 +25,8 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 __all__ = ["Lab", "Capture", "LabError", "require_tools"]
 
@@ -37,14 +37,18 @@ class LabError(RuntimeError):
 
 def require_tools(names: Iterable[str]) -> None:
     """Raise LabError naming every tool in *names* that is not installed."""
-    missing = [n for n in names if shutil.which(n) is None
-               and not Path("/usr/sbin", n).exists()
-               and not Path("/sbin", n).exists()]
+    missing = [
+        n
+        for n in names
+        if shutil.which(n) is None and not Path("/usr/sbin", n).exists() and not Path("/sbin", n).exists()
+    ]
     if missing:
         raise LabError(
-            "lab tools missing: " + ", ".join(missing)
+            "lab tools missing: "
+            + ", ".join(missing)
             + " (install the Debian packages: tshark tcpdump vsftpd tftpd-hpa "
-              "tftp-hpa samba smbclient lftp curl openssl iproute2)")
+            "tftp-hpa samba smbclient lftp curl openssl iproute2)"
+        )
     if os.geteuid() != 0:
         raise LabError("the lab needs root (network namespaces, servers on ports < 1024)")
 
@@ -55,8 +59,9 @@ def _run(argv: Sequence[str], check: bool = True, **kw) -> subprocess.CompletedP
     kw.setdefault("timeout", 30)
     cp = subprocess.run(list(argv), **kw)
     if check and cp.returncode != 0:
-        raise LabError(f"command failed ({cp.returncode}): {' '.join(map(str, argv))}\n"
-                       f"stdout: {cp.stdout}\nstderr: {cp.stderr}")
+        raise LabError(
+            f"command failed ({cp.returncode}): {' '.join(map(str, argv))}\nstdout: {cp.stdout}\nstderr: {cp.stderr}"
+        )
     return cp
 
 
@@ -68,8 +73,13 @@ class Lab:
     the lab.  Parallel labs need distinct prefixes and subnets.
     """
 
-    def __init__(self, prefix: str = "xs", subnet: str = "10.77.0",
-                 workdir: str | os.PathLike | None = None, middle: bool = False):
+    def __init__(
+        self,
+        prefix: str = "xs",
+        subnet: str = "10.77.0",
+        workdir: str | os.PathLike | None = None,
+        middle: bool = False,
+    ):
         if len(prefix) > 8 or not prefix.replace("-", "").isalnum():
             raise ValueError("prefix must be short and alphanumeric")
         octets = subnet.split(".")
@@ -101,7 +111,7 @@ class Lab:
         self._up = False
 
     # -- lifecycle ---------------------------------------------------------
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Lab:
         self.setup()
         return self
 
@@ -112,6 +122,7 @@ class Lab:
         require_tools(["ip"])
         if self.workdir is None:
             import tempfile
+
             self.workdir = Path(tempfile.mkdtemp(prefix=f"{self.prefix}-lab-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         # servers drop privileges (ftp, tftp, nobody, lab users): let them traverse
@@ -128,41 +139,95 @@ class Lab:
             if self.middle:
                 m = self.mid_ns
                 _run(["ip", "netns", "add", m])
-                _run(["ip", "link", "add", self.cli_if, "netns", self.cli_ns,
-                      "type", "veth", "peer", "name", self.mid_cli_if, "netns", m])
-                _run(["ip", "link", "add", self.srv_if, "netns", self.srv_ns,
-                      "type", "veth", "peer", "name", self.mid_srv_if, "netns", m])
-                _run(["ip", "-n", m, "link", "add", "br0", "type", "bridge", "stp_state", "0",
-                      "forward_delay", "0"])
-                _run(["ip", "netns", "exec", m, "sh", "-c",
-                      "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; "
-                      "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6"], check=False)
+                _run(
+                    [
+                        "ip",
+                        "link",
+                        "add",
+                        self.cli_if,
+                        "netns",
+                        self.cli_ns,
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        self.mid_cli_if,
+                        "netns",
+                        m,
+                    ]
+                )
+                _run(
+                    [
+                        "ip",
+                        "link",
+                        "add",
+                        self.srv_if,
+                        "netns",
+                        self.srv_ns,
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        self.mid_srv_if,
+                        "netns",
+                        m,
+                    ]
+                )
+                _run(["ip", "-n", m, "link", "add", "br0", "type", "bridge", "stp_state", "0", "forward_delay", "0"])
+                _run(
+                    [
+                        "ip",
+                        "netns",
+                        "exec",
+                        m,
+                        "sh",
+                        "-c",
+                        "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; "
+                        "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6",
+                    ],
+                    check=False,
+                )
                 for ifc in (self.mid_cli_if, self.mid_srv_if):
                     _run(["ip", "-n", m, "link", "set", ifc, "master", "br0"])
-                    _run(["ip", "-n", m, "link", "set", ifc, "gso_max_size", "1500",
-                          "gso_max_segs", "1"], check=False)
+                    _run(["ip", "-n", m, "link", "set", ifc, "gso_max_size", "1500", "gso_max_segs", "1"], check=False)
                     _run(["ip", "-n", m, "link", "set", ifc, "up"])
                 _run(["ip", "-n", m, "link", "set", "br0", "up"])
             else:
-                _run(["ip", "link", "add", self.cli_if, "netns", self.cli_ns,
-                      "type", "veth", "peer", "name", self.srv_if, "netns", self.srv_ns])
-            for ns, ifc, ips in ((self.cli_ns, self.cli_if, [self.cli_ip]),
-                                 (self.srv_ns, self.srv_if,
-                                  [self.srv_ip, self.refuse_ip, self.blackhole_ip])):
+                _run(
+                    [
+                        "ip",
+                        "link",
+                        "add",
+                        self.cli_if,
+                        "netns",
+                        self.cli_ns,
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        self.srv_if,
+                        "netns",
+                        self.srv_ns,
+                    ]
+                )
+            for ns, ifc, ips in (
+                (self.cli_ns, self.cli_if, [self.cli_ip]),
+                (self.srv_ns, self.srv_if, [self.srv_ip, self.refuse_ip, self.blackhole_ip]),
+            ):
                 _run(["ip", "-n", ns, "link", "set", "lo", "up"])
                 # IPv4 only: no router solicitations / MLD chatter in the captures
-                _run(["ip", "netns", "exec", ns, "sh", "-c",
-                      f"echo 1 > /proc/sys/net/ipv6/conf/{ifc}/disable_ipv6"], check=False)
+                _run(
+                    ["ip", "netns", "exec", ns, "sh", "-c", f"echo 1 > /proc/sys/net/ipv6/conf/{ifc}/disable_ipv6"],
+                    check=False,
+                )
                 for ip in ips:
                     _run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", ifc])
                 # no TSO/GSO super-packets: the capture shows wire-sized frames
-                _run(["ip", "-n", ns, "link", "set", ifc, "gso_max_size", "1500",
-                      "gso_max_segs", "1"], check=False)
+                _run(["ip", "-n", ns, "link", "set", ifc, "gso_max_size", "1500", "gso_max_segs", "1"], check=False)
                 _run(["ip", "-n", ns, "link", "set", ifc, "up"])
             # replies sourced from blackhole_ip go nowhere: SYNs to it stay unanswered
             _run(["ip", "-n", self.srv_ns, "route", "add", "blackhole", "default", "table", "77"])
-            _run(["ip", "-n", self.srv_ns, "rule", "add", "from", self.blackhole_ip,
-                  "table", "77", "priority", "100"])
+            _run(["ip", "-n", self.srv_ns, "rule", "add", "from", self.blackhole_ip, "table", "77", "priority", "100"])
             self._wait_link()
         except Exception:
             self.teardown()
@@ -200,8 +265,25 @@ class Lab:
         if not self.middle:
             raise LabError("impair() needs Lab(middle=True)")
         for ifc in (self.mid_cli_if, self.mid_srv_if):
-            _run(["tc", "-n", self.mid_ns, "qdisc", "replace", "dev", ifc, "root", "tbf",
-                  "rate", rate, "burst", burst, "limit", limit])
+            _run(
+                [
+                    "tc",
+                    "-n",
+                    self.mid_ns,
+                    "qdisc",
+                    "replace",
+                    "dev",
+                    ifc,
+                    "root",
+                    "tbf",
+                    "rate",
+                    rate,
+                    "burst",
+                    burst,
+                    "limit",
+                    limit,
+                ]
+            )
 
     def unimpair(self) -> None:
         if self.middle:
@@ -237,13 +319,13 @@ class Lab:
     def ns_argv(self, ns: str, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", ns, *map(str, argv)]
 
-    def run(self, ns: str, argv: Sequence[str], check: bool = True,
-            timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    def run(
+        self, ns: str, argv: Sequence[str], check: bool = True, timeout: float = 60, **kw
+    ) -> subprocess.CompletedProcess:
         """Run *argv* inside namespace *ns* and wait for it."""
         return _run(self.ns_argv(ns, argv), check=check, timeout=timeout, **kw)
 
-    def popen(self, ns: str, argv: Sequence[str], new_session: bool = False,
-              **kw) -> subprocess.Popen:
+    def popen(self, ns: str, argv: Sequence[str], new_session: bool = False, **kw) -> subprocess.Popen:
         """Start *argv* inside *ns*; it is stopped at teardown at the latest.
 
         ``new_session=True`` starts it under setsid (its own process group),
@@ -255,8 +337,9 @@ class Lab:
         self._procs.append((p, new_session))
         return p
 
-    def stop(self, p: subprocess.Popen, sig: int = signal.SIGTERM,
-             timeout: float = 5.0, group: bool | None = None) -> int | None:
+    def stop(
+        self, p: subprocess.Popen, sig: int = signal.SIGTERM, timeout: float = 5.0, group: bool | None = None
+    ) -> int | None:
         if group is None:
             group = next((g for q, g in self._procs if q is p), False)
         if p.poll() is None:
@@ -299,8 +382,14 @@ class Lab:
     def srv(self, argv: Sequence[str], **kw) -> subprocess.CompletedProcess:
         return self.run(self.srv_ns, argv, **kw)
 
-    def wait_listening(self, port: int, proto: str = "tcp", ip: str | None = None,
-                       timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
+    def wait_listening(
+        self,
+        port: int,
+        proto: str = "tcp",
+        ip: str | None = None,
+        timeout: float = 10.0,
+        proc: subprocess.Popen | None = None,
+    ) -> None:
         """Poll the server namespace's socket table until *port* listens."""
         ip = ip or self.srv_ip
         flag = "-Hltn" if proto == "tcp" else "-Hlun"
@@ -316,7 +405,7 @@ class Lab:
             time.sleep(0.05)
         raise LabError(f"nothing listening on {ip}:{port}/{proto} after {timeout}s")
 
-    def capture(self, pcap: str | os.PathLike, bpf: str | None = None) -> "Capture":
+    def capture(self, pcap: str | os.PathLike, bpf: str | None = None) -> Capture:
         """A tcpdump capture on the client's veth (use as context manager)."""
         return Capture(self, pcap, bpf=bpf)
 
@@ -343,9 +432,16 @@ class Capture:
     packet as it arrives.
     """
 
-    def __init__(self, lab: Lab, pcap: str | os.PathLike, bpf: str | None = None,
-                 iface: str | None = None, ns: str | None = None,
-                 snaplen: int = 4096, buffer_kib: int = 65536):
+    def __init__(
+        self,
+        lab: Lab,
+        pcap: str | os.PathLike,
+        bpf: str | None = None,
+        iface: str | None = None,
+        ns: str | None = None,
+        snaplen: int = 4096,
+        buffer_kib: int = 65536,
+    ):
         self.lab = lab
         self.pcap = Path(pcap)
         self.bpf = bpf
@@ -361,7 +457,7 @@ class Capture:
         self.received: int | None = None
         self.dropped: int | None = None
 
-    def __enter__(self) -> "Capture":
+    def __enter__(self) -> Capture:
         self.start()
         return self
 
@@ -378,13 +474,25 @@ class Capture:
         # mode every ring slot is snaplen long: keep snaplen small (the lab's
         # frames are at most 1514 bytes, GSO is off) and the ring large, or
         # the kernel drops packets of a fast transfer.
-        argv = ["tcpdump", "-n", "-U", "--immediate-mode", "-B", str(self.buffer_kib),
-                "-s", str(self.snaplen), "-Z", "root", "-i", self.iface,
-                "-w", str(self.pcap)]
+        argv = [
+            "tcpdump",
+            "-n",
+            "-U",
+            "--immediate-mode",
+            "-B",
+            str(self.buffer_kib),
+            "-s",
+            str(self.snaplen),
+            "-Z",
+            "root",
+            "-i",
+            self.iface,
+            "-w",
+            str(self.pcap),
+        ]
         if self.bpf:
             argv.append(self.bpf)
-        self.proc = self.lab.popen(self.ns, argv, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True)
+        self.proc = self.lab.popen(self.ns, argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
         if not self._listening.wait(timeout):
@@ -422,8 +530,9 @@ class Capture:
             if self.dropped:
                 raise LabError(f"tcpdump: {self.dropped} packets dropped by kernel")
             if self.captured is None or self.captured != self.received:
-                raise LabError(f"tcpdump: captured {self.captured} of {self.received} "
-                               f"packets received by filter: {text}")
+                raise LabError(
+                    f"tcpdump: captured {self.captured} of {self.received} packets received by filter: {text}"
+                )
             if not self.pcap.exists() or self.pcap.stat().st_size <= 24:
                 raise LabError(f"capture {self.pcap} is empty: {text}")
         return self.pcap

@@ -10,9 +10,9 @@ last frame times.  It knows nothing about the sensor.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import pyshark
 
@@ -43,9 +43,9 @@ def _opt(layer, name: str):
 @dataclass
 class _Dir:
     packets: int = 0
-    wire_payload: int = 0            # sum of tcp.len / UDP payload, retransmissions included
-    hi: int = 0                      # highest relative seq reached by payload (TCP)
-    segments: list = field(default_factory=list)   # (start, end) of payload in relative seq
+    wire_payload: int = 0  # sum of tcp.len / UDP payload, retransmissions included
+    hi: int = 0  # highest relative seq reached by payload (TCP)
+    segments: list = field(default_factory=list)  # (start, end) of payload in relative seq
     syn: bool = False
     fin: bool = False
     rst: bool = False
@@ -54,7 +54,7 @@ class _Dir:
     def seq_bytes(self) -> int:
         if not self.segments:
             return 0
-        if self.syn:   # relative seq: SYN is 0, the first payload byte is 1
+        if self.syn:  # relative seq: SYN is 0, the first payload byte is 1
             return self.hi - 1
         # no SYN seen in this direction (mid-stream): span of what was seen
         return self.hi - min(s for s, _ in self.segments)
@@ -65,14 +65,14 @@ class _Dir:
 
 @dataclass
 class Conversation:
-    proto: str                       # "tcp" | "udp"
+    proto: str  # "tcp" | "udp"
     stream: int
-    a: tuple[str, int]               # first packet's source
+    a: tuple[str, int]  # first packet's source
     b: tuple[str, int]
-    first_ts: str = ""               # frame.time_epoch of the first / last frame
+    first_ts: str = ""  # frame.time_epoch of the first / last frame
     last_ts: str = ""
     frames: list = field(default_factory=list)
-    dirs: dict = field(default_factory=dict)   # (src ip, src port) -> _Dir
+    dirs: dict = field(default_factory=dict)  # (src ip, src port) -> _Dir
     synack_from: tuple[str, int] | None = None
     syn_from: tuple[str, int] | None = None
 
@@ -122,14 +122,18 @@ class Conversation:
 
     def summary(self) -> str:
         o, r = self.originator, self.responder
-        return (f"{self.proto} #{self.stream} {o[0]}:{o[1]} -> {r[0]}:{r[1]} "
-                f"syn={self.syn_from is not None} synack={self.synack_from is not None} "
-                f"rst={self.rst} bytes {self.payload_bytes(o)}/{self.payload_bytes(r)} "
-                f"pkts {self.packets(o)}/{self.packets(r)}")
+        return (
+            f"{self.proto} #{self.stream} {o[0]}:{o[1]} -> {r[0]}:{r[1]} "
+            f"syn={self.syn_from is not None} synack={self.synack_from is not None} "
+            f"rst={self.rst} bytes {self.payload_bytes(o)}/{self.payload_bytes(r)} "
+            f"pkts {self.packets(o)}/{self.packets(r)}"
+        )
 
 
-def conversations(pcap: str | Path, ports: Iterable[int] | None = TRACKED_PORTS,
-                  ) -> list[Conversation]:
+def conversations(
+    pcap: str | Path,
+    ports: Iterable[int] | None = TRACKED_PORTS,
+) -> list[Conversation]:
     """All TCP/UDP conversations in *pcap* with a side on one of *ports*
     (every conversation if *ports* is None), in order of first frame."""
     flt = port_filter(ports) if ports is not None else "tcp or udp"
@@ -139,10 +143,14 @@ def conversations(pcap: str | Path, ports: Iterable[int] | None = TRACKED_PORTS,
     for proto in ("ftp", "ftp-data", "tls", "smb", "smb2", "nbss", "netbios", "tftp", "dcerpc"):
         params += ["--disable-protocol", proto]
     # JSON output: PDML carries every payload as hex and parses ~10x slower
-    cap = pyshark.FileCapture(str(pcap), display_filter=flt, keep_packets=False,
-                              custom_parameters=params, use_json=True,
-                              override_prefs={"tcp.relative_sequence_numbers": "TRUE",
-                                              "tcp.analyze_sequence_numbers": "TRUE"})
+    cap = pyshark.FileCapture(
+        str(pcap),
+        display_filter=flt,
+        keep_packets=False,
+        custom_parameters=params,
+        use_json=True,
+        override_prefs={"tcp.relative_sequence_numbers": "TRUE", "tcp.analyze_sequence_numbers": "TRUE"},
+    )
     convs: dict[tuple[str, int], Conversation] = {}
     try:
         for pkt in cap:
@@ -201,8 +209,7 @@ def conversations(pcap: str | Path, ports: Iterable[int] | None = TRACKED_PORTS,
 
 def truncated_frames(pcap: str | Path) -> int:
     """Frames cut short by the capture's snaplen (a lab capture has none)."""
-    cap = pyshark.FileCapture(str(pcap), display_filter="frame.cap_len < frame.len",
-                              use_json=True, keep_packets=False)
+    cap = pyshark.FileCapture(str(pcap), display_filter="frame.cap_len < frame.len", use_json=True, keep_packets=False)
     try:
         return sum(1 for _ in cap)
     finally:

@@ -56,17 +56,30 @@ def poll(interval: float, stop: threading.Event) -> dict:
                 except psutil.Error:
                     names[c.pid] = ("", "")
             name, user = names[c.pid]
-            seen[k] = {"proto": proto, "local_ip": c.laddr.ip, "local_port": c.laddr.port,
-                       "remote_ip": rip, "remote_port": rport, "pid": c.pid, "name": name,
-                       "user": user, "first_seen": now, "status": c.status}
+            seen[k] = {
+                "proto": proto,
+                "local_ip": c.laddr.ip,
+                "local_port": c.laddr.port,
+                "remote_ip": rip,
+                "remote_port": rport,
+                "pid": c.pid,
+                "name": name,
+                "user": user,
+                "first_seen": now,
+                "status": c.status,
+            }
         durations.append((time.perf_counter() - t0) * 1e3)
         nxt += interval
         stop.wait(max(0.0, nxt - time.monotonic()))
     durations.sort()
-    return {"interval_s": interval, "seen": list(seen.values()),
-            "no_pid": [list(k) + [t] for k, t in no_pid.items()], "polls": len(durations),
-            "poll_ms_p50": round(durations[len(durations) // 2], 3) if durations else 0.0,
-            "poll_ms_max": round(durations[-1], 3) if durations else 0.0}
+    return {
+        "interval_s": interval,
+        "seen": list(seen.values()),
+        "no_pid": [list(k) + [t] for k, t in no_pid.items()],
+        "polls": len(durations),
+        "poll_ms_p50": round(durations[len(durations) // 2], 3) if durations else 0.0,
+        "poll_ms_max": round(durations[-1], 3) if durations else 0.0,
+    }
 
 
 def main(out: str, interval: float) -> None:
@@ -89,11 +102,11 @@ class PollerResult:
         self.data = data
         self.by_sock: dict[tuple, list[dict]] = {}
         for s in data["seen"]:
-            self.by_sock.setdefault((s["proto"], s["local_port"], s["remote_ip"], s["remote_port"]),
-                                    []).append(s)
+            self.by_sock.setdefault((s["proto"], s["local_port"], s["remote_ip"], s["remote_port"]), []).append(s)
 
-    def named(self, proto: str, local_port: int, remote_ip: str, remote_port: int,
-              pid: int, name: str, user: str) -> bool:
+    def named(
+        self, proto: str, local_port: int, remote_ip: str, remote_port: int, pid: int, name: str, user: str
+    ) -> bool:
         """True when a poll saw this connection's socket (connected to the
         remote, or unconnected on the local port, as tftp-hpa's is) owned by
         the right pid, under the right process name and account."""

@@ -16,8 +16,8 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import yaml
 
@@ -44,8 +44,15 @@ def read_jsonl(path: Path) -> list[dict]:
 class SensorDaemon:
     """``xfer-sensor run -i <iface> --allow-root`` in namespace ``ns``."""
 
-    def __init__(self, lab: Lab, workdir: Path, config: dict, ns: str | None = None,
-                 interfaces: Sequence[str] | None = None, extra: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        lab: Lab,
+        workdir: Path,
+        config: dict,
+        ns: str | None = None,
+        interfaces: Sequence[str] | None = None,
+        extra: Sequence[str] = (),
+    ) -> None:
         self.lab = lab
         self.ns = ns or lab.cli_ns
         self.interfaces = list(interfaces or [lab.cli_if])
@@ -69,12 +76,12 @@ class SensorDaemon:
         for i in self.interfaces:
             argv += ["-i", i]
         argv += ["--allow-root", "--out", str(self.out), "--config", str(self.cfg_path)]
-        if "--state-dir" in self.help_text():      # window state on disk (another branch)
+        if "--state-dir" in self.help_text():  # window state on disk (another branch)
             self.state_dir.mkdir(parents=True, exist_ok=True)
             argv += ["--state-dir", str(self.state_dir)]
         return argv + self.extra
 
-    def start(self, timeout: float = 20.0) -> "SensorDaemon":
+    def start(self, timeout: float = 20.0) -> SensorDaemon:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.out.mkdir(parents=True, exist_ok=True)
         self.cfg_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
@@ -88,8 +95,7 @@ class SensorDaemon:
         env.pop("WATCHDOG_PID", None)
         errf = open(self.stderr_path, "wb")
         try:
-            self.proc = self.lab.popen(self.ns, self.argv(), stdout=subprocess.DEVNULL,
-                                       stderr=errf, env=env)
+            self.proc = self.lab.popen(self.ns, self.argv(), stdout=subprocess.DEVNULL, stderr=errf, env=env)
         finally:
             errf.close()
         deadline = time.monotonic() + timeout
@@ -97,11 +103,12 @@ class SensorDaemon:
             ns_sock.settimeout(0.2)
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    raise LabError(f"xfer-sensor run exited {self.proc.returncode} before READY=1:\n"
-                                   f"{self.stderr()[-3000:]}")
+                    raise LabError(
+                        f"xfer-sensor run exited {self.proc.returncode} before READY=1:\n{self.stderr()[-3000:]}"
+                    )
                 try:
                     msg = ns_sock.recv(4096).decode("utf-8", "replace")
-                except socket.timeout:
+                except TimeoutError:
                     continue
                 self.notifications.append(msg)
                 if "READY=1" in msg.splitlines():
@@ -126,9 +133,12 @@ class SensorDaemon:
     def scrape(self, port: int) -> str:
         """The daemon's Prometheus /metrics (``--metrics-listen 127.0.0.1:PORT``,
         loopback of its namespace); "" when it does not answer."""
-        cp = subprocess.run(self.lab.ns_argv(self.ns, ["curl", "-s", "--max-time", "5",
-                                                       f"http://127.0.0.1:{port}/metrics"]),
-                            capture_output=True, text=True, timeout=15)
+        cp = subprocess.run(
+            self.lab.ns_argv(self.ns, ["curl", "-s", "--max-time", "5", f"http://127.0.0.1:{port}/metrics"]),
+            capture_output=True,
+            text=True,
+            timeout=15,
+        )
         return cp.stdout if cp.returncode == 0 else ""
 
     def records(self, name: str) -> list[dict]:

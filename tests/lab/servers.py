@@ -25,8 +25,7 @@ from pathlib import Path
 
 from .netns import Lab, LabError, _run
 
-__all__ = ["USERS", "FILES", "ensure_users", "make_file", "make_cert",
-           "sha256", "Vsftpd", "Tftpd", "Smbd"]
+__all__ = ["USERS", "FILES", "ensure_users", "make_file", "make_cert", "sha256", "Vsftpd", "Tftpd", "Smbd"]
 
 # Unix (and Samba) accounts of the lab, with their passwords.
 USERS: dict[str, str] = {
@@ -38,12 +37,12 @@ USERS: dict[str, str] = {
 # so every run produces byte-identical files.
 FILES: dict[str, tuple[int, int]] = {
     "tiny.txt": (1000, 1),
-    "blk1536.bin": (1536, 2),        # 3 x 512: TFTP ends with an empty DATA block
-    "blk4096.bin": (4096, 3),        # 8 x 512 and 4 x 1024 (curl blksize 1024)
+    "blk1536.bin": (1536, 2),  # 3 x 512: TFTP ends with an empty DATA block
+    "blk4096.bin": (4096, 3),  # 8 x 512 and 4 x 1024 (curl blksize 1024)
     "odd.bin": (123_457, 4),
     "tftp70k.bin": (70_001, 5),
-    "a512k.bin": (524_288, 6),       # 512 KiB, a multiple of 512
-    "big3m.bin": (3_000_000, 7),     # several MB
+    "a512k.bin": (524_288, 6),  # 512 KiB, a multiple of 512
+    "big3m.bin": (3_000_000, 7),  # several MB
 }
 
 
@@ -82,8 +81,24 @@ def make_cert(directory: Path) -> tuple[Path, Path]:
     directory.mkdir(parents=True, exist_ok=True)
     cert, key = directory / "cert.pem", directory / "key.pem"
     if not cert.exists():
-        _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
-              "-subj", "/CN=xfer-sensor-lab", "-keyout", str(key), "-out", str(cert)])
+        _run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "3650",
+                "-subj",
+                "/CN=xfer-sensor-lab",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+            ]
+        )
         os.chmod(key, 0o600)
     return cert, key
 
@@ -113,8 +128,9 @@ class _Server:
         self._mkdir(self.root)
         logf = open(self.log, "ab")
         try:
-            self.proc = self.lab.popen(self.lab.srv_ns, argv, new_session=new_session,
-                                       stdout=logf, stderr=subprocess.STDOUT)
+            self.proc = self.lab.popen(
+                self.lab.srv_ns, argv, new_session=new_session, stdout=logf, stderr=subprocess.STDOUT
+            )
         finally:
             logf.close()
         return self.proc
@@ -137,8 +153,14 @@ class _Server:
 class Vsftpd(_Server):
     """vsftpd on :21 (explicit TLS allowed) or :990 (``implicit=True``)."""
 
-    def __init__(self, lab: Lab, implicit: bool = False, root: Path | None = None,
-                 pasv_min: int | None = None, pasv_max: int | None = None):
+    def __init__(
+        self,
+        lab: Lab,
+        implicit: bool = False,
+        root: Path | None = None,
+        pasv_min: int | None = None,
+        pasv_max: int | None = None,
+    ):
         self.implicit = implicit
         self.name = "vsftpd990" if implicit else "vsftpd21"
         super().__init__(lab, root)
@@ -151,33 +173,57 @@ class Vsftpd(_Server):
         self.upload = self.anon_root / "upload"
         self.local_root = self.root / "local"
 
-    def start(self) -> "Vsftpd":
+    def start(self) -> Vsftpd:
         ensure_users()
         self._mkdir(self.root)
-        self._mkdir(self.anon_root, 0o755)          # vsftpd refuses a writable chroot
+        self._mkdir(self.anon_root, 0o755)  # vsftpd refuses a writable chroot
         make_files(self._mkdir(self.pub, 0o755))
         self._mkdir(self.upload, 0o777)
         make_files(self._mkdir(self.local_root, 0o777))
         cert, key = make_cert(self.root / "tls")
         conf = self.root / "vsftpd.conf"
         lines = {
-            "listen": "YES", "listen_ipv6": "NO", "background": "NO",
-            "listen_address": self.lab.srv_ip, "listen_port": self.port,
-            "anonymous_enable": "YES", "anon_root": self.anon_root, "no_anon_password": "YES",
-            "anon_upload_enable": "YES", "anon_mkdir_write_enable": "NO", "anon_umask": "022",
-            "write_enable": "YES", "local_enable": "YES", "local_root": self.local_root,
-            "local_umask": "022", "userlist_enable": "NO", "pam_service_name": "vsftpd",
-            "port_enable": "YES", "connect_from_port_20": "YES", "ftp_data_port": self.data_port,
-            "pasv_enable": "YES", "pasv_min_port": self.pasv_min, "pasv_max_port": self.pasv_max,
+            "listen": "YES",
+            "listen_ipv6": "NO",
+            "background": "NO",
+            "listen_address": self.lab.srv_ip,
+            "listen_port": self.port,
+            "anonymous_enable": "YES",
+            "anon_root": self.anon_root,
+            "no_anon_password": "YES",
+            "anon_upload_enable": "YES",
+            "anon_mkdir_write_enable": "NO",
+            "anon_umask": "022",
+            "write_enable": "YES",
+            "local_enable": "YES",
+            "local_root": self.local_root,
+            "local_umask": "022",
+            "userlist_enable": "NO",
+            "pam_service_name": "vsftpd",
+            "port_enable": "YES",
+            "connect_from_port_20": "YES",
+            "ftp_data_port": self.data_port,
+            "pasv_enable": "YES",
+            "pasv_min_port": self.pasv_min,
+            "pasv_max_port": self.pasv_max,
             "secure_chroot_dir": "/var/run/vsftpd/empty",
-            "seccomp_sandbox": "NO", "isolate": "NO", "isolate_network": "NO",
-            "ssl_enable": "YES", "allow_anon_ssl": "YES",
-            "force_local_data_ssl": "NO", "force_local_logins_ssl": "NO",
-            "force_anon_data_ssl": "NO", "force_anon_logins_ssl": "NO",
-            "require_ssl_reuse": "NO", "ssl_ciphers": "HIGH",
-            "rsa_cert_file": cert, "rsa_private_key_file": key,
-            "xferlog_enable": "YES", "vsftpd_log_file": self.root / "vsftpd.log",
-            "log_ftp_protocol": "YES", "dual_log_enable": "NO",
+            "seccomp_sandbox": "NO",
+            "isolate": "NO",
+            "isolate_network": "NO",
+            "ssl_enable": "YES",
+            "allow_anon_ssl": "YES",
+            "force_local_data_ssl": "NO",
+            "force_local_logins_ssl": "NO",
+            "force_anon_data_ssl": "NO",
+            "force_anon_logins_ssl": "NO",
+            "require_ssl_reuse": "NO",
+            "ssl_ciphers": "HIGH",
+            "rsa_cert_file": cert,
+            "rsa_private_key_file": key,
+            "xferlog_enable": "YES",
+            "vsftpd_log_file": self.root / "vsftpd.log",
+            "log_ftp_protocol": "YES",
+            "dual_log_enable": "NO",
         }
         if self.implicit:
             lines["implicit_ssl"] = "YES"
@@ -199,13 +245,27 @@ class Tftpd(_Server):
         super().__init__(lab, root)
         self.dir = self.root / "files"
 
-    def start(self) -> "Tftpd":
+    def start(self) -> Tftpd:
         self._mkdir(self.root)
         self._mkdir(self.dir, 0o777)
         make_files(self.dir)
-        proc = self._popen(["in.tftpd", "--foreground", "--listen", "--user", "tftp",
-                            "--address", f"{self.lab.srv_ip}:69", "--create",
-                            "--umask", "000", "--secure", "--verbose", str(self.dir)])
+        proc = self._popen(
+            [
+                "in.tftpd",
+                "--foreground",
+                "--listen",
+                "--user",
+                "tftp",
+                "--address",
+                f"{self.lab.srv_ip}:69",
+                "--create",
+                "--umask",
+                "000",
+                "--secure",
+                "--verbose",
+                str(self.dir),
+            ]
+        )
         try:
             self.lab.wait_listening(69, proto="udp", proc=proc)
         except LabError as e:
@@ -224,7 +284,7 @@ class Smbd(_Server):
         self.conf = self.root / "smb.conf"
         self.shares = {n: self.root / "shares" / n for n in ("public", "private", "secret")}
 
-    def start(self) -> "Smbd":
+    def start(self) -> Smbd:
         ensure_users()
         r = self.root
         for d in ("private", "lock", "state", "cache", "run", "ncalrpc", "log"):
@@ -260,31 +320,30 @@ class Smbd(_Server):
   dns proxy = no
 
 [public]
-  path = {self.shares['public']}
+  path = {self.shares["public"]}
   guest ok = yes
   read only = no
 
 [private]
-  path = {self.shares['private']}
-  valid users = {' '.join(USERS)}
+  path = {self.shares["private"]}
+  valid users = {" ".join(USERS)}
   read only = no
 
 [secret]
-  path = {self.shares['secret']}
+  path = {self.shares["secret"]}
   valid users = xsuser2
   read only = no
   smb encrypt = required
 """)
         for user, password in USERS.items():
-            _run(["smbpasswd", "-c", str(self.conf), "-a", "-s", user],
-                 input=f"{password}\n{password}\n")
+            _run(["smbpasswd", "-c", str(self.conf), "-a", "-s", user], input=f"{password}\n{password}\n")
         # smbd signals its whole process group when it stops: give it its own
-        proc = self._popen(["smbd", "--foreground", "--no-process-group", "--debug-stdout",
-                            "-s", str(self.conf)], new_session=True)
+        proc = self._popen(
+            ["smbd", "--foreground", "--no-process-group", "--debug-stdout", "-s", str(self.conf)], new_session=True
+        )
         try:
             for port in self.ports.split():
                 self.lab.wait_listening(int(port), proc=proc, timeout=20)
         except LabError as e:
             self._fail(e)
         return self
-

@@ -1,10 +1,11 @@
 """Small helpers the lab tests share."""
+
 from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 
 def sensor_cmd() -> list[str]:

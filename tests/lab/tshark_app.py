@@ -60,30 +60,57 @@ Counting rules, stated once:
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import pyshark
 
 from .tools import union_length
 
 __all__ = [
-    "FtpCommand", "FtpControl", "FtpDataConv", "FtpView", "ftp_view",
-    "TftpTransfer", "tftp_view",
-    "SmbFile", "SmbSession", "smb_view",
-    "client_hellos", "SMB2_DIALECTS", "DATA_COMMANDS",
+    "FtpCommand",
+    "FtpControl",
+    "FtpDataConv",
+    "FtpView",
+    "ftp_view",
+    "TftpTransfer",
+    "tftp_view",
+    "SmbFile",
+    "SmbSession",
+    "smb_view",
+    "client_hellos",
+    "SMB2_DIALECTS",
+    "DATA_COMMANDS",
 ]
 
-DATA_COMMANDS = {"RETR": "download", "STOR": "upload", "STOU": "upload", "APPE": "upload",
-                 "LIST": "listing", "NLST": "listing", "MLSD": "listing"}
+DATA_COMMANDS = {
+    "RETR": "download",
+    "STOR": "upload",
+    "STOU": "upload",
+    "APPE": "upload",
+    "LIST": "listing",
+    "NLST": "listing",
+    "MLSD": "listing",
+}
 
 # tshark shows the dialect as its wire value; the names are MS-SMB2's
-SMB2_DIALECTS = {"0x0202": "SMB 2.0.2", "0x0210": "SMB 2.1", "0x0300": "SMB 3.0",
-                 "0x0302": "SMB 3.0.2", "0x0311": "SMB 3.1.1", "0x02ff": "SMB 2.???"}
+SMB2_DIALECTS = {
+    "0x0202": "SMB 2.0.2",
+    "0x0210": "SMB 2.1",
+    "0x0300": "SMB 3.0",
+    "0x0302": "SMB 3.0.2",
+    "0x0311": "SMB 3.1.1",
+    "0x02ff": "SMB 2.???",
+}
 
-PREFS = {"tcp.relative_sequence_numbers": "TRUE", "tcp.analyze_sequence_numbers": "TRUE",
-         "tcp.reassemble_out_of_order": "TRUE", "tcp.desegment_tcp_streams": "TRUE"}
+PREFS = {
+    "tcp.relative_sequence_numbers": "TRUE",
+    "tcp.analyze_sequence_numbers": "TRUE",
+    "tcp.reassemble_out_of_order": "TRUE",
+    "tcp.desegment_tcp_streams": "TRUE",
+}
 
 Endpoint = tuple  # (ip, port)
 
@@ -92,11 +119,16 @@ Endpoint = tuple  # (ip, port)
 # pyshark plumbing
 
 
-def _packets(pcap: str | Path, display_filter: str, protocols: str,
-             decode_as: dict | None = None) -> Iterator[Any]:
-    cap = pyshark.FileCapture(str(pcap), display_filter=display_filter, keep_packets=False,
-                              use_json=True, custom_parameters=["-J", protocols],
-                              override_prefs=PREFS, decode_as=decode_as)
+def _packets(pcap: str | Path, display_filter: str, protocols: str, decode_as: dict | None = None) -> Iterator[Any]:
+    cap = pyshark.FileCapture(
+        str(pcap),
+        display_filter=display_filter,
+        keep_packets=False,
+        use_json=True,
+        custom_parameters=["-J", protocols],
+        override_prefs=PREFS,
+        decode_as=decode_as,
+    )
     try:
         yield from cap
     finally:
@@ -169,10 +201,10 @@ def _ip(pkt) -> tuple[str, str]:
 @dataclass
 class FtpCommand:
     frame: int
-    command: str            # upper-cased as tshark shows it
+    command: str  # upper-cased as tshark shows it
     arg: str
-    reply: int | None = None        # the final (non-1xx) reply code
-    preliminary: list = field(default_factory=list)   # 1xx codes
+    reply: int | None = None  # the final (non-1xx) reply code
+    preliminary: list = field(default_factory=list)  # 1xx codes
 
 
 @dataclass
@@ -200,17 +232,17 @@ class FtpControl:
 @dataclass
 class FtpDataConv:
     stream: int
-    a: Endpoint                         # first payload packet's source
+    a: Endpoint  # first payload packet's source
     b: Endpoint
     first_frame: int
-    setup_frame: int                    # tshark's ftp-data.setup-frame
-    setup_method: str                   # tshark's ftp-data.setup-method ("" when none)
-    tshark_command: str                 # tshark's ftp-data.command ("" when none)
+    setup_frame: int  # tshark's ftp-data.setup-frame
+    setup_method: str  # tshark's ftp-data.setup-method ("" when none)
+    tshark_command: str  # tshark's ftp-data.command ("" when none)
     cwd: str = ""
-    announcement: tuple | None = None   # the (frame, kind, endpoint) it was derived from
-    segments: dict = field(default_factory=dict)   # src endpoint -> [(start, end)]
+    announcement: tuple | None = None  # the (frame, kind, endpoint) it was derived from
+    segments: dict = field(default_factory=dict)  # src endpoint -> [(start, end)]
     control: FtpControl | None = None
-    command: FtpCommand | None = None   # derived (see module docstring)
+    command: FtpCommand | None = None  # derived (see module docstring)
 
     def bytes_from(self, ip: str) -> int:
         return sum(union_length(segs) for src, segs in self.segments.items() if src[0] == ip)
@@ -218,8 +250,8 @@ class FtpDataConv:
 
 @dataclass
 class FtpView:
-    controls: dict = field(default_factory=dict)    # tcp.stream -> FtpControl
-    data: list = field(default_factory=list)        # FtpDataConv, in order of first payload
+    controls: dict = field(default_factory=dict)  # tcp.stream -> FtpControl
+    data: list = field(default_factory=list)  # FtpDataConv, in order of first payload
 
 
 def _lines(ftp: dict) -> Iterator[tuple[str, dict]]:
@@ -257,11 +289,15 @@ def ftp_view(pcap: str | Path) -> FtpView:
             if _layers(pkt, "ftp-data") and stream not in data:
                 first = firsts[stream]
                 data[stream] = FtpDataConv(
-                    stream, first[1], first[2], first[0],
+                    stream,
+                    first[1],
+                    first[2],
+                    first[0],
                     setup_frame=int(_layer_value(pkt, "ftp-data.setup-frame") or 0),
                     setup_method=_layer_value(pkt, "ftp-data.setup-method") or "",
                     tshark_command=_layer_value(pkt, "ftp-data.command") or "",
-                    cwd=_layer_value(pkt, "ftp-data.current-working-directory") or "")
+                    cwd=_layer_value(pkt, "ftp-data.current-working-directory") or "",
+                )
             continue
         for ftp in _layers(pkt, "ftp"):
             is_request = ftp.get("ftp.request") == "1"
@@ -270,7 +306,7 @@ def ftp_view(pcap: str | Path) -> FtpView:
                 client, server = (src, dst) if is_request else (dst, src)
                 ctl = view.controls[stream] = FtpControl(stream, client, server)
             if ctl.tls_upgrade is not None:
-                continue        # TLS from here on; tshark may still show garbage lines
+                continue  # TLS from here on; tshark may still show garbage lines
             for line, body in _lines(ftp):
                 if is_request:
                     cmd = body.get("ftp.request.command")
@@ -280,11 +316,11 @@ def ftp_view(pcap: str | Path) -> FtpView:
                     ctl.commands.append(c)
                     pending.setdefault(stream, []).append(c)
                     if "ftp.active.port" in body:
-                        ctl.announcements.append((num, "PORT", (body.get("ftp.active.cip"),
-                                                                int(body["ftp.active.port"]))))
+                        ctl.announcements.append(
+                            (num, "PORT", (body.get("ftp.active.cip"), int(body["ftp.active.port"])))
+                        )
                     elif "ftp.eprt.port" in body:
-                        ctl.announcements.append((num, "EPRT", (body.get("ftp.eprt.ip"),
-                                                                int(body["ftp.eprt.port"]))))
+                        ctl.announcements.append((num, "EPRT", (body.get("ftp.eprt.ip"), int(body["ftp.eprt.port"]))))
                     continue
                 if "ftp.passive.port" in body:
                     ctl.announcements.append((num, "PASV", (ctl.server[0], int(body["ftp.passive.port"]))))
@@ -321,7 +357,7 @@ def ftp_view(pcap: str | Path) -> FtpView:
 
 def _ftp_reply(ctl: FtpControl, pending: list, code: int, frame: int) -> None:
     if not pending:
-        return                      # the greeting, or a reply to nothing
+        return  # the greeting, or a reply to nothing
     if code < 200:
         pending[0].preliminary.append(code)
         return
@@ -360,15 +396,15 @@ def client_hellos(pcap: str | Path, tls_ports: Iterable[int] = (21,)) -> dict:
 @dataclass
 class TftpTransfer:
     request_frame: int
-    op: str                        # "read" | "write"
+    op: str  # "read" | "write"
     filename: str
     mode: str
-    options: dict                  # the request's options, as sent
+    options: dict  # the request's options, as sent
     client: Endpoint
-    server: Endpoint               # the request's destination (port 69)
+    server: Endpoint  # the request's destination (port 69)
     oack: dict | None = None
-    transfer_from: Endpoint | None = None   # the server's new port
-    blocks: dict = field(default_factory=dict)   # full block number -> data length
+    transfer_from: Endpoint | None = None  # the server's new port
+    blocks: dict = field(default_factory=dict)  # full block number -> data length
     data_packets: int = 0
     error: tuple | None = None
     payload: dict = field(default_factory=dict)  # transfer endpoint -> UDP payload bytes sent
@@ -394,8 +430,9 @@ def tftp_view(pcap: str | Path) -> list[TftpTransfer]:
         if op in (1, 2):
             num = _frame(pkt)
             name = t.get("tftp.source_file") if op == 1 else t.get("tftp.destination_file")
-            reqs[num] = TftpTransfer(num, "read" if op == 1 else "write", name or "",
-                                     t.get("tftp.type", ""), options, src, dst)
+            reqs[num] = TftpTransfer(
+                num, "read" if op == 1 else "write", name or "", t.get("tftp.type", ""), options, src, dst
+            )
             continue
         rf = t.get("tftp.request_frame")
         if rf is None or int(rf) not in reqs:
@@ -439,24 +476,26 @@ class SmbSession:
     server: Endpoint
     netbios_called: list = field(default_factory=list)
     dialects_offered: list = field(default_factory=list)
-    dialect: str | None = None              # negotiate response, named
-    users: list = field(default_factory=list)     # NTLMSSP AUTHENTICATE user names
+    dialect: str | None = None  # negotiate response, named
+    users: list = field(default_factory=list)  # NTLMSSP AUTHENTICATE user names
     domains: list = field(default_factory=list)
     hosts: list = field(default_factory=list)
-    guest: bool = False                     # a session setup response flagged Guest
-    trees: list = field(default_factory=list)     # tree connect requests answered STATUS_SUCCESS
-    files: list = field(default_factory=list)     # SmbFile per successful create
-    creates_seen: int = 0                   # CREATE requests in the clear
-    transform_frames: int = 0               # SMB3 transform (encrypted) messages
+    guest: bool = False  # a session setup response flagged Guest
+    trees: list = field(default_factory=list)  # tree connect requests answered STATUS_SUCCESS
+    files: list = field(default_factory=list)  # SmbFile per successful create
+    creates_seen: int = 0  # CREATE requests in the clear
+    transform_frames: int = 0  # SMB3 transform (encrypted) messages
     clear_commands: list = field(default_factory=list)  # (cmd, response) seen in the clear
 
 
 def smb_view(pcap: str | Path) -> dict[int, SmbSession]:
     sessions: dict[int, SmbSession] = {}
-    reqs: dict[tuple[int, str], dict] = {}       # (stream, msg_id) -> request facts
-    files: dict[tuple[int, str], SmbFile] = {}   # (stream, fid) -> file
-    flt = ("nbss.type == 0x81 || ntlmssp.messagetype == 3 || smb2.protocol_id == 0xfd534d42"
-           " || smb2.cmd in {0, 1, 3, 5, 6, 8, 9}")
+    reqs: dict[tuple[int, str], dict] = {}  # (stream, msg_id) -> request facts
+    files: dict[tuple[int, str], SmbFile] = {}  # (stream, fid) -> file
+    flt = (
+        "nbss.type == 0x81 || ntlmssp.messagetype == 3 || smb2.protocol_id == 0xfd534d42"
+        " || smb2.cmd in {0, 1, 3, 5, 6, 8, 9}"
+    )
     for pkt in _packets(pcap, flt, "frame ip tcp nbss smb2"):
         tcp = _layers(pkt, "tcp")[0]
         stream = int(tcp["tcp.stream"])
@@ -470,8 +509,7 @@ def smb_view(pcap: str | Path) -> dict[int, SmbSession]:
             if nb.get("nbss.type") == "0x81":
                 s.netbios_called.extend(_find(nb, "nbss.called_name"))
         for smb in _layers(pkt, "smb2"):
-            if _subtree(smb, "SMB2 Transform Header") is not None or \
-                    _one(smb, "smb2.protocol_id") == "0xfd534d42":
+            if _subtree(smb, "SMB2 Transform Header") is not None or _one(smb, "smb2.protocol_id") == "0xfd534d42":
                 s.transform_frames += 1
                 continue
             hdr = _subtree(smb, "SMB2 Header")
@@ -507,8 +545,7 @@ def smb_view(pcap: str | Path) -> dict[int, SmbSession]:
             elif cmd == 5:
                 if not resp:
                     s.creates_seen += 1
-                    reqs[key] = {"name": _one(smb, "smb2.filename", ""),
-                                 "tree": _one(hdr, "smb2.tree", "")}
+                    reqs[key] = {"name": _one(smb, "smb2.filename", ""), "tree": _one(hdr, "smb2.tree", "")}
                 elif status == "0x00000000" and key in reqs:
                     r = reqs.pop(key)
                     fid = _one(smb, "smb2.fid")
@@ -529,8 +566,7 @@ def smb_view(pcap: str | Path) -> dict[int, SmbSession]:
                 # STATUS_PENDING (0x103): an interim response, the final one follows
             elif cmd == 9:
                 if not resp:
-                    reqs[key] = {"fid": _one(smb, "smb2.fid"),
-                                 "len": int(_one(smb, "smb2.write_length", "0"))}
+                    reqs[key] = {"fid": _one(smb, "smb2.fid"), "len": int(_one(smb, "smb2.write_length", "0"))}
                 elif status == "0x00000000" and key in reqs:
                     r = reqs.pop(key)
                     f = files.get((stream, r["fid"]))

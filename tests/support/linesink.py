@@ -1,10 +1,10 @@
 """A sink that keeps every record as the line an output would write, with its
 kind: two runs compare byte for byte, in order."""
+
 from __future__ import annotations
 
-from sensor.records.encode import to_line
-
 from sensor.io.sinks import MemorySink
+from sensor.records.encode import to_line
 
 
 class LineSink(MemorySink):

@@ -1,13 +1,14 @@
 """A minimal FTP server on a loopback address for the daemon tests: it sends
 vsftpd's banner, answers USER with 331 and closes -- enough for the sensor to
 see a successful FTP control connection with a login. And the client side."""
+
 from __future__ import annotations
 
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 
 @contextmanager
@@ -31,6 +32,7 @@ def banner_server(host: str, port: int = 0) -> Iterator[int]:
                 if c.recv(100):
                     c.sendall(b"331 Please specify the password.\r\n")
                 c.recv(100)
+
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     try:
@@ -57,6 +59,7 @@ def records_of(path, server: str | None = None, port: int | None = None) -> list
     at the same time on lo, and the sensor reports FTP by its banner on any port)."""
     import json
     from pathlib import Path
+
     p = Path(path)
     recs = [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
     if server is None:
@@ -82,6 +85,7 @@ class DaemonProcess:
     def __init__(self, argv: list[str], cwd, timeout: float = 10.0) -> None:
         import os
         import subprocess
+
         self.stderr = b""
         self.p = subprocess.Popen(argv, cwd=cwd, stderr=subprocess.PIPE)
         os.set_blocking(self.p.stderr.fileno(), False)
@@ -94,6 +98,7 @@ class DaemonProcess:
 
     def err(self) -> bytes:
         import select
+
         while select.select([self.p.stderr], [], [], 0)[0]:
             chunk = self.p.stderr.read(65536)
             if not chunk:

@@ -1,16 +1,16 @@
 """Mutated Ethernet captures from fuzz/mutate.py's generator, for tests that
 compare two ways of replaying the same frames."""
+
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from fuzz import mutate
 
 REPO = Path(__file__).resolve().parents[2]
 PORTS = (20, 21, 69, 139, 445, 989, 990, 1024, 2000, 40000, 50000, 65535)
-
 
 
 def ethernet_batches(seed: int) -> Iterator[tuple[str, dict, list]]:

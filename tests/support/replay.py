@@ -1,5 +1,6 @@
 """Crafted packets or a capture through the whole pipeline, in process: the
 ``replay`` fixture of tests/conftest.py."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +28,14 @@ class Replay:
         self.hunt = pipe.detector.hunt_results()
 
 
-def replay(pkts, tmp_dir: Path, config: dict | None = None, linktype: int | None = None, rules=None,
-           capture_filter: bool = True) -> Replay:
+def replay(
+    pkts,
+    tmp_dir: Path,
+    config: dict | None = None,
+    linktype: int | None = None,
+    rules=None,
+    capture_filter: bool = True,
+) -> Replay:
     """Replay ``pkts`` (scapy packets, written to a pcap in ``tmp_dir``; or a
     capture's path) with ``config`` and ``rules`` (default: the shipped
     rules), the capture filter and refilter as the CLI uses them unless

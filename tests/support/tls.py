@@ -1,5 +1,6 @@
 """A real TLS ClientHello from this interpreter's OpenSSL, through memory BIOs
 (no network)."""
+
 from __future__ import annotations
 
 import ssl
@@ -14,6 +15,6 @@ def openssl_client_hello(server_hostname: str | None) -> bytes:
     obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
     try:
         obj.do_handshake()
-    except ssl.SSLWantReadError:         # the client waits for the ServerHello: its ClientHello is out
+    except ssl.SSLWantReadError:  # the client waits for the ServerHello: its ClientHello is out
         return outgoing.read()
     raise AssertionError("a TLS client handshake completed without a server")

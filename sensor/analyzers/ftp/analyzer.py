@@ -15,6 +15,7 @@ Specification -- events, linking data connections to commands,
 data-channel rules (NAT, bounce), the state machine, reply pairing, lines
 and text, gaps, probes, weird names: docs/analyzers/ftp.md.
 """
+
 from __future__ import annotations
 
 import enum
@@ -22,24 +23,43 @@ import ipaddress
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import Final, Union
+from typing import Final
 
+from sensor.analyzers.base import Analyzer, ConnInfo
 from sensor.core.events import NEED_DATA, Event, ExpectConnection, NeedData, Weird
 from sensor.core.frozen import frozen
 from sensor.core.iptype import parse_address
-from sensor.analyzers.base import Analyzer, ConnInfo
 
 __all__ = [
-    "FtpLimits", "DEFAULT_LIMITS",
-    "FtpState", "Trigger", "TRANSITIONS", "WEIRD_NAMES",
+    "FtpLimits",
+    "DEFAULT_LIMITS",
+    "FtpState",
+    "Trigger",
+    "TRANSITIONS",
+    "WEIRD_NAMES",
     "DATA_DIRECTIONS",
-    "FtpRequest", "FtpReply", "FtpLogin", "FtpSize", "FtpTlsUpgrade",
-    "FtpDataCommand", "FtpDataResult", "FtpDataChannel",
-    "CommandLine", "ReplyMessage", "ParseIssue", "TlsStart",
-    "FtpCommandParser", "FtpReplyParser",
-    "HostPort", "FtpAddressError",
-    "parse_port_arg", "parse_eprt_arg", "parse_pasv_reply", "parse_epsv_reply",
-    "probe_ts", "probe_tc",
+    "FtpRequest",
+    "FtpReply",
+    "FtpLogin",
+    "FtpSize",
+    "FtpTlsUpgrade",
+    "FtpDataCommand",
+    "FtpDataResult",
+    "FtpDataChannel",
+    "CommandLine",
+    "ReplyMessage",
+    "ParseIssue",
+    "TlsStart",
+    "FtpCommandParser",
+    "FtpReplyParser",
+    "HostPort",
+    "FtpAddressError",
+    "parse_port_arg",
+    "parse_eprt_arg",
+    "parse_pasv_reply",
+    "parse_epsv_reply",
+    "probe_ts",
+    "probe_tc",
     "FtpAnalyzer",
 ]
 
@@ -166,8 +186,13 @@ class FtpDataChannel:
 
 
 DATA_DIRECTIONS: Final[dict[str, str]] = {
-    "RETR": "download", "LIST": "download", "NLST": "download", "MLSD": "download",
-    "STOR": "upload", "STOU": "upload", "APPE": "upload",
+    "RETR": "download",
+    "LIST": "download",
+    "NLST": "download",
+    "MLSD": "download",
+    "STOR": "upload",
+    "STOU": "upload",
+    "APPE": "upload",
 }
 _SECRET_COMMANDS: Final = frozenset({"PASS", "ACCT"})
 
@@ -259,15 +284,27 @@ TRANSITIONS: Final[dict[FtpState, dict[Trigger, FtpState]]] = {
 }
 del _S, _T
 
-WEIRD_NAMES: Final = frozenset({
-    "ftp_line_too_long", "ftp_malformed_command", "ftp_malformed_reply",
-    "ftp_nul_in_line", "ftp_unterminated_reply", "ftp_too_many_pending_commands",
-    "ftp_reply_without_command", "ftp_bad_port", "ftp_bad_eprt",
-    "ftp_bad_pasv_reply", "ftp_bad_epsv_reply", "ftp_bad_size_reply",
-    "ftp_bounce", "ftp_pasv_address_mismatch", "ftp_content_gap",
-    "ftp_weird_limit_reached",
-    *(f"ftp_unexpected_{t.value}" for t in Trigger),
-})
+WEIRD_NAMES: Final = frozenset(
+    {
+        "ftp_line_too_long",
+        "ftp_malformed_command",
+        "ftp_malformed_reply",
+        "ftp_nul_in_line",
+        "ftp_unterminated_reply",
+        "ftp_too_many_pending_commands",
+        "ftp_reply_without_command",
+        "ftp_bad_port",
+        "ftp_bad_eprt",
+        "ftp_bad_pasv_reply",
+        "ftp_bad_epsv_reply",
+        "ftp_bad_size_reply",
+        "ftp_bounce",
+        "ftp_pasv_address_mismatch",
+        "ftp_content_gap",
+        "ftp_weird_limit_reached",
+        *(f"ftp_unexpected_{t.value}" for t in Trigger),
+    }
+)
 
 # ---------------------------------------------------------------------------
 # Pure helpers: text, addresses, probes
@@ -363,14 +400,14 @@ def parse_epsv_reply(text: str) -> HostPort:
     return HostPort(None, _port_number(m.group(2), "229"))
 
 
-_IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+_IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def _ip(text: str | None) -> _IPAddress | None:
     if text is None:
         return None
     try:
-        ip = parse_address(text.split("%", 1)[0])     # inet_pton, else ipaddress's own parse
+        ip = parse_address(text.split("%", 1)[0])  # inet_pton, else ipaddress's own parse
     except ValueError:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
@@ -595,8 +632,9 @@ class FtpCommandParser(_ParserBase):
         verb_raw, _, arg_raw = raw.partition(b" ")
         verb = _text(verb_raw[: lim.max_command_length]).upper()
         if cut:
-            self._out.append(ParseIssue(
-                "ftp_line_too_long", f"client line over {lim.max_line_length} bytes, command {verb}"))
+            self._out.append(
+                ParseIssue("ftp_line_too_long", f"client line over {lim.max_line_length} bytes, command {verb}")
+            )
         if len(verb_raw) > lim.max_command_length or not _VERB.match(verb_raw):
             self._out.append(ParseIssue("ftp_malformed_command", f"verb {verb!r}"))
         if b"\x00" in raw:
@@ -620,8 +658,9 @@ class FtpReplyParser(_ParserBase):
     def receive_eof(self) -> None:
         super().receive_eof()
         if self._code is not None:
-            self._out.append(ParseIssue(
-                "ftp_unterminated_reply", f"multi-line {self._code.decode()} reply never ended"))
+            self._out.append(
+                ParseIssue("ftp_unterminated_reply", f"multi-line {self._code.decode()} reply never ended")
+            )
             self._code = None
 
     def resync(self) -> None:
@@ -710,8 +749,17 @@ def _outcome(code: int) -> str:
 
 def _data_result(cmd: FtpDataCommand, ts: int, code: int, outcome: str, size: int | None) -> FtpDataResult:
     return FtpDataResult(
-        ts, cmd.seq, cmd.command, cmd.arg, cmd.arg_truncated, cmd.direction, cmd.mode,
-        cmd.channel_seq, code, outcome, size,
+        ts,
+        cmd.seq,
+        cmd.command,
+        cmd.arg,
+        cmd.arg_truncated,
+        cmd.direction,
+        cmd.mode,
+        cmd.channel_seq,
+        code,
+        outcome,
+        size,
     )
 
 
@@ -853,10 +901,19 @@ class FtpAnalyzer(Analyzer):
 
     def _expect(self, ts: int, out: list[Event], seq: int, mode: str, orig_h: str, resp_h: str, port: int) -> None:
         self._channel = _Channel(seq, mode)
-        out.append(ExpectConnection(
-            ts, "tcp", orig_h, None, resp_h, port, "ftp-data",
-            ts + self.limits.data_channel_timeout_us, FtpDataChannel(self.conn.uid, seq, mode),
-        ))
+        out.append(
+            ExpectConnection(
+                ts,
+                "tcp",
+                orig_h,
+                None,
+                resp_h,
+                port,
+                "ftp-data",
+                ts + self.limits.data_channel_timeout_us,
+                FtpDataChannel(self.conn.uid, seq, mode),
+            )
+        )
 
     # -- client side --------------------------------------------------------
 
@@ -871,8 +928,12 @@ class FtpAnalyzer(Analyzer):
             self._pending.append(pending)
         elif not self._overflow:
             self._overflow = True
-            self._weird(out, ts, "ftp_too_many_pending_commands",
-                        f"{len(self._pending)} commands await a reply; {cmd} not tracked")
+            self._weird(
+                out,
+                ts,
+                "ftp_too_many_pending_commands",
+                f"{len(self._pending)} commands await a reply; {cmd} not tracked",
+            )
         if cmd == "USER":
             self._user, self._user_cut = arg, arg_cut
         elif cmd == "AUTH":
@@ -882,8 +943,14 @@ class FtpAnalyzer(Analyzer):
         elif cmd in DATA_DIRECTIONS:
             channel, self._channel = self._channel, None
             ev = FtpDataCommand(
-                ts, seq, cmd, arg, arg_cut, DATA_DIRECTIONS[cmd],
-                channel.mode if channel else "", channel.seq if channel else 0,
+                ts,
+                seq,
+                cmd,
+                arg,
+                arg_cut,
+                DATA_DIRECTIONS[cmd],
+                channel.mode if channel else "",
+                channel.seq if channel else 0,
             )
             out.append(ev)
             if queued:
@@ -899,8 +966,9 @@ class FtpAnalyzer(Analyzer):
             self._weird(out, ts, "ftp_bad_port" if p.command == "PORT" else "ftp_bad_eprt", str(e))
             return
         if self._client_ip is None or _ip(hp.host) != self._client_ip:
-            self._weird(out, ts, "ftp_bounce",
-                        f"{p.command} to {hp.host} port {hp.port}; control client is {self.conn.orig_h}")
+            self._weird(
+                out, ts, "ftp_bounce", f"{p.command} to {hp.host} port {hp.port}; control client is {self.conn.orig_h}"
+            )
             return
         self._expect(ts, out, p.seq, "active", self.conn.resp_h, self.conn.orig_h, hp.port)
 
@@ -1008,8 +1076,12 @@ class FtpAnalyzer(Analyzer):
             self._weird(out, ts, "ftp_bad_pasv_reply", str(e))
             return
         if self._server_ip is None or _ip(hp.host) != self._server_ip:
-            self._weird(out, ts, "ftp_pasv_address_mismatch",
-                        f"227 advertises {hp.host}, control server is {self.conn.resp_h}: expecting the latter")
+            self._weird(
+                out,
+                ts,
+                "ftp_pasv_address_mismatch",
+                f"227 advertises {hp.host}, control server is {self.conn.resp_h}: expecting the latter",
+            )
         self._expect(ts, out, self._channel_seq(p), "passive", self.conn.orig_h, self.conn.resp_h, hp.port)
 
     def _on_epsv(self, text: str, p: _Pending | None, ts: int, out: list[Event]) -> None:

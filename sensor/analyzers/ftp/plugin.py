@@ -14,6 +14,7 @@
   connections between the two hosts are taken as the session's data
   channels (``ftps-data``, TLS too), since PORT/PASV are encrypted.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,8 +32,8 @@ from sensor.analyzers.ftp.analyzer import (
 from sensor.core.events import Event, ExpectConnection
 from sensor.core.timefmt import iso_us
 
-FTP_DEPTH = 16 * 1024 * 1024      # control-channel bytes reassembled per direction
-MAX_FTP_CHANNELS = 256            # open data commands tracked per control session
+FTP_DEPTH = 16 * 1024 * 1024  # control-channel bytes reassembled per direction
+MAX_FTP_CHANNELS = 256  # open data commands tracked per control session
 LISTING_COMMANDS = frozenset(("LIST", "NLST", "MLSD"))
 DATA_APPS = ("ftp-data", "ftps-data")
 
@@ -44,7 +45,7 @@ class Channel:
 
     def __init__(self) -> None:
         self.flows: list[FlowView] = []
-        self.open = 0                                # data connections still live
+        self.open = 0  # data connections still live
         self.command: FtpDataCommand | None = None
         self.result: FtpDataResult | None = None
         self.emitted = False
@@ -74,7 +75,7 @@ class FtpControl(Session):
         if t is FtpRequest:
             assert isinstance(ev, FtpRequest)
             if ev.command == "USER" and ev.arg:
-                ctx.set_user(ev.arg)       # the account tried, even if no login follows
+                ctx.set_user(ev.arg)  # the account tried, even if no login follows
         elif t is FtpLogin:
             assert isinstance(ev, FtpLogin)
             ctx.set_user(ev.user)
@@ -111,8 +112,12 @@ class FtpControl(Session):
 
     def child_ended(self, child: FlowContext) -> None:
         s = child.session
-        if child.flow.app in DATA_APPS and isinstance(s, FtpData) and s.channel is not None \
-                and self.channels is not None:
+        if (
+            child.flow.app in DATA_APPS
+            and isinstance(s, FtpData)
+            and s.channel is not None
+            and self.channels is not None
+        ):
             ch = self.channels.get(s.channel.channel_seq)
             if ch is not None:
                 ch.open -= 1
@@ -156,14 +161,24 @@ class FtpControl(Session):
         r = ch.result
         complete = bool(r is not None and r.outcome == "complete" and uids)
         rec: dict[str, Any] = {
-            "Timestamp": iso_us(res.ts), "Protocol": "ftp" if ctrl.app == "ftp" else ctrl.app,
-            "Uid": uids[0] if uids else "", "DataUids": uids, "ControlUid": ctrl.uid,
-            "ClientIP": ctrl.orig_h, "ServerIP": ctrl.resp_h, "ServerPort": ctrl.resp_p,
-            "User": self.ctx.user, "Command": res.command, "Filename": res.arg,
+            "Timestamp": iso_us(res.ts),
+            "Protocol": "ftp" if ctrl.app == "ftp" else ctrl.app,
+            "Uid": uids[0] if uids else "",
+            "DataUids": uids,
+            "ControlUid": ctrl.uid,
+            "ClientIP": ctrl.orig_h,
+            "ServerIP": ctrl.resp_h,
+            "ServerPort": ctrl.resp_p,
+            "User": self.ctx.user,
+            "Command": res.command,
+            "Filename": res.arg,
             "FilenameTruncated": res.arg_truncated,
             "Direction": "listing" if res.command in LISTING_COMMANDS else direction,
-            "Bytes": nbytes, "Complete": complete, "Mode": res.mode,
-            "ReplyCode": r.code if r is not None else 0, "Outcome": r.outcome if r is not None else "unanswered",
+            "Bytes": nbytes,
+            "Complete": complete,
+            "Mode": res.mode,
+            "ReplyCode": r.code if r is not None else 0,
+            "Outcome": r.outcome if r is not None else "unanswered",
         }
         if r is not None and r.announced_size is not None:
             rec["AnnouncedSize"] = r.announced_size

@@ -12,6 +12,7 @@ Malformed input is a named Weird; nothing raises.
 Specification -- API, limits, events, weird names, framing, what is not
 done: docs/analyzers/smb.md.
 """
+
 from __future__ import annotations
 
 import struct
@@ -19,9 +20,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
+from sensor.analyzers.base import Analyzer, ConnInfo
 from sensor.core.events import NEED_DATA, Event, Weird
 from sensor.core.frozen import frozen
-from sensor.analyzers.base import Analyzer, ConnInfo
 
 __all__ = [
     "FramerNotice",
@@ -291,9 +292,24 @@ _NETBIOS_ERRORS: Final = {
 }
 
 _SMB2_COMMANDS: Final = (
-    "NEGOTIATE", "SESSION_SETUP", "LOGOFF", "TREE_CONNECT", "TREE_DISCONNECT",
-    "CREATE", "CLOSE", "FLUSH", "READ", "WRITE", "LOCK", "IOCTL", "CANCEL",
-    "ECHO", "QUERY_DIRECTORY", "CHANGE_NOTIFY", "QUERY_INFO", "SET_INFO",
+    "NEGOTIATE",
+    "SESSION_SETUP",
+    "LOGOFF",
+    "TREE_CONNECT",
+    "TREE_DISCONNECT",
+    "CREATE",
+    "CLOSE",
+    "FLUSH",
+    "READ",
+    "WRITE",
+    "LOCK",
+    "IOCTL",
+    "CANCEL",
+    "ECHO",
+    "QUERY_DIRECTORY",
+    "CHANGE_NOTIFY",
+    "QUERY_INFO",
+    "SET_INFO",
     "OPLOCK_BREAK",
 )
 _C2_NEGOTIATE: Final = 0
@@ -320,8 +336,16 @@ _C1_LOGOFF_ANDX: Final = 0x74
 _C1_TREE_CONNECT_ANDX: Final = 0x75
 _C1_NT_CREATE_ANDX: Final = 0xA2
 _C1_ANDX: Final = frozenset(
-    {0x24, _C1_READ_ANDX, _C1_WRITE_ANDX, 0x2D, _C1_SESSION_SETUP_ANDX,
-     _C1_LOGOFF_ANDX, _C1_TREE_CONNECT_ANDX, _C1_NT_CREATE_ANDX}
+    {
+        0x24,
+        _C1_READ_ANDX,
+        _C1_WRITE_ANDX,
+        0x2D,
+        _C1_SESSION_SETUP_ANDX,
+        _C1_LOGOFF_ANDX,
+        _C1_TREE_CONNECT_ANDX,
+        _C1_NT_CREATE_ANDX,
+    }
 )
 _F1_REPLY: Final = 0x80
 _F1_2_UNICODE: Final = 0x8000
@@ -335,8 +359,14 @@ _KRB5_OIDS: Final = (
     bytes.fromhex("06092a864882f712010202"),  # 1.2.840.48018.1.2.2 (MS)
 )
 
-_KIND_CMD2: Final = {"tree": _C2_TREE_CONNECT, "tdis": _C2_TREE_DISCONNECT, "create": _C2_CREATE,
-                     "close": _C2_CLOSE, "read": _C2_READ, "write": _C2_WRITE}
+_KIND_CMD2: Final = {
+    "tree": _C2_TREE_CONNECT,
+    "tdis": _C2_TREE_DISCONNECT,
+    "create": _C2_CREATE,
+    "close": _C2_CLOSE,
+    "read": _C2_READ,
+    "write": _C2_WRITE,
+}
 
 _HEAD_BYTES: Final = 128  # covers every fixed part read from a streamed PDU
 _MAX_SMB1_ANDX: Final = 8
@@ -536,8 +566,7 @@ def _parse_ntlm_message(m: bytes, limit: int) -> NtlmInfo:
     nt_len = _u16(m, 20)
     lm_len = _u16(m, 12)
     anonymous = not values[1] and nt_len == 0 and lm_len <= 1
-    return NtlmInfo(3, user=values[1], domain=values[0], workstation=values[2],
-                    anonymous=anonymous, truncated=trunc)
+    return NtlmInfo(3, user=values[1], domain=values[0], workstation=values[2], anonymous=anonymous, truncated=trunc)
 
 
 def _auth_kind(blob: bytes) -> str:
@@ -725,8 +754,18 @@ class NbssFramer:
     (plus the chunk being processed); bytes of streamed/oversize messages
     and of resync scans are dropped as they arrive."""
 
-    __slots__ = ("to_server", "max_pdu_size", "_buf", "_state", "_length", "_type",
-                 "_skip", "_at_start", "_ready", "bytes_skipped")
+    __slots__ = (
+        "to_server",
+        "max_pdu_size",
+        "_buf",
+        "_state",
+        "_length",
+        "_type",
+        "_skip",
+        "_at_start",
+        "_ready",
+        "bytes_skipped",
+    )
 
     def __init__(self, to_server: bool, max_pdu_size: int = SmbLimits().max_pdu_size) -> None:
         self.to_server = to_server
@@ -770,8 +809,7 @@ class NbssFramer:
             remaining = self._length - len(self._buf)
             if 0 <= nbytes <= remaining:
                 if st == _BODY and self._type == 0:
-                    self._ready.append(
-                        NbssMessage(0, bytes(self._buf[:_HEAD_BYTES]), self._length, False))
+                    self._ready.append(NbssMessage(0, bytes(self._buf[:_HEAD_BYTES]), self._length, False))
                 self._buf.clear()
                 self._skip = remaining - nbytes
                 self._state = _SKIP if self._skip else _HEADER
@@ -933,11 +971,9 @@ class NbssFramer:
 
 
 class _Tree:
-    __slots__ = ("tree_id", "path", "share_type", "bytes_read", "bytes_written",
-                 "files_opened", "truncated")
+    __slots__ = ("tree_id", "path", "share_type", "bytes_read", "bytes_written", "files_opened", "truncated")
 
-    def __init__(self, tree_id: int, path: str = "", share_type: str = "",
-                 truncated: bool = False) -> None:
+    def __init__(self, tree_id: int, path: str = "", share_type: str = "", truncated: bool = False) -> None:
         self.tree_id = tree_id
         self.path = path
         self.share_type = share_type
@@ -948,9 +984,23 @@ class _Tree:
 
 
 class _File:
-    __slots__ = ("key", "file_id", "name", "tree", "is_dir", "user", "bytes_read",
-                 "bytes_written", "reads", "writes", "error", "close_requested",
-                 "truncated", "disposition", "access")
+    __slots__ = (
+        "key",
+        "file_id",
+        "name",
+        "tree",
+        "is_dir",
+        "user",
+        "bytes_read",
+        "bytes_written",
+        "reads",
+        "writes",
+        "error",
+        "close_requested",
+        "truncated",
+        "disposition",
+        "access",
+    )
 
     def __init__(self, name: str, tree: _Tree, user: str = "", truncated: bool = False) -> None:
         self.key: bytes | None = None
@@ -991,12 +1041,12 @@ class _Chain:
 
 
 class _H2:
-    __slots__ = ("status", "command", "flags", "next_command", "message_id",
-                 "tree_id", "session_id")
+    __slots__ = ("status", "command", "flags", "next_command", "message_id", "tree_id", "session_id")
 
     def __init__(self, m: bytes) -> None:
-        (self.status, self.command, _credit, self.flags, self.next_command,
-         self.message_id) = struct.unpack_from("<IHHIIQ", m, 8)
+        (self.status, self.command, _credit, self.flags, self.next_command, self.message_id) = struct.unpack_from(
+            "<IHHIIQ", m, 8
+        )
         self.tree_id = struct.unpack_from("<I", m, 36)[0] if not self.flags & _F2_ASYNC else 0
         self.session_id = struct.unpack_from("<Q", m, 40)[0]
 
@@ -1054,13 +1104,14 @@ class SmbAnalyzer(Analyzer):
 
     name = "smb"
 
-    def __init__(self, conn: ConnInfo, limits: SmbLimits | None = None, *,
-                 midstream: bool = False) -> None:
+    def __init__(self, conn: ConnInfo, limits: SmbLimits | None = None, *, midstream: bool = False) -> None:
         super().__init__(conn)
         self.limits = limits or SmbLimits()
         self.stats = SmbStats()
-        self._framers = {True: NbssFramer(True, self.limits.max_pdu_size),
-                         False: NbssFramer(False, self.limits.max_pdu_size)}
+        self._framers = {
+            True: NbssFramer(True, self.limits.max_pdu_size),
+            False: NbssFramer(False, self.limits.max_pdu_size),
+        }
         if midstream:  # the pipeline knows it joined late: scan quietly
             for framer in self._framers.values():
                 framer.resync()
@@ -1222,8 +1273,7 @@ class SmbAnalyzer(Analyzer):
         else:
             ip = ".".join(str(b) for b in data[:4])
             port = struct.unpack_from(">H", data, 4)[0] if len(data) >= 6 else 0
-            out.append(SmbNetbiosSession(ts, called, calling, accepted=False,
-                                         error=f"retarget to {ip}:{port}"))
+            out.append(SmbNetbiosSession(ts, called, calling, accepted=False, error=f"retarget to {ip}:{port}"))
 
     # -- transforms -----------------------------------------------------------
     def _transform(self, to_server: bool, msg: NbssMessage, ts: int, out: list[Event]) -> None:
@@ -1245,17 +1295,19 @@ class SmbAnalyzer(Analyzer):
         if not self._compressed_seen:
             self._compressed_seen = True
             alg, flags = struct.unpack_from("<HH", msg.data, 8)
-            out.append(SmbCompressed(ts, algorithm=_COMPRESSION.get(alg, f"0x{alg:04x}"),
-                                     chained=bool(flags & 1)))
+            out.append(SmbCompressed(ts, algorithm=_COMPRESSION.get(alg, f"0x{alg:04x}"), chained=bool(flags & 1)))
 
     # -- bounded tables -------------------------------------------------------
     def _pend(self, key: tuple[int, ...], value: _Pending, ts: int, out: list[Event]) -> None:
         if key not in self._pending and len(self._pending) >= self.limits.max_pending_requests:
             old = next(iter(self._pending))
             del self._pending[old]
-            self._weird_first(ts, "smb_too_many_pending_requests",
-                              f"more than {self.limits.max_pending_requests} requests awaiting a response",
-                              out)
+            self._weird_first(
+                ts,
+                "smb_too_many_pending_requests",
+                f"more than {self.limits.max_pending_requests} requests awaiting a response",
+                out,
+            )
         self._pending[key] = value
 
     def _tree(self, version: int, tree_id: int, ts: int, out: list[Event]) -> _Tree:
@@ -1270,12 +1322,10 @@ class SmbAnalyzer(Analyzer):
         if key not in self._trees and len(self._trees) >= self.limits.max_trees:
             old = self._trees.pop(next(iter(self._trees)))
             out.append(self._tree_summary(old, ts, disconnected=False))
-            self._weird_first(ts, "smb_too_many_trees",
-                              f"more than {self.limits.max_trees} trees", out)
+            self._weird_first(ts, "smb_too_many_trees", f"more than {self.limits.max_trees} trees", out)
         self._trees[key] = tree
 
-    def _file(self, key: bytes, version: int, tree_id: int, session: int, ts: int,
-              out: list[Event]) -> _File:
+    def _file(self, key: bytes, version: int, tree_id: int, session: int, ts: int, out: list[Event]) -> _File:
         f = self._files.get(key)
         if f is None:  # opened before the capture started
             f = _File("", self._tree(version, tree_id, ts, out), self._user(version, session))
@@ -1291,8 +1341,7 @@ class SmbAnalyzer(Analyzer):
             evicted = self._files.pop(next(iter(self._files)))
             evicted.key = None
             out.append(self._file_summary(evicted, ts))
-            self._weird_first(ts, "smb_too_many_open_files",
-                              f"more than {self.limits.max_open_files} open files", out)
+            self._weird_first(ts, "smb_too_many_open_files", f"more than {self.limits.max_open_files} open files", out)
         f.key = key
         self._files[key] = f
 
@@ -1303,24 +1352,39 @@ class SmbAnalyzer(Analyzer):
         key = (version, session)
         if key not in self._users and len(self._users) >= self.limits.max_sessions:
             del self._users[next(iter(self._users))]
-            self._weird_first(ts, "smb_too_many_sessions",
-                              f"more than {self.limits.max_sessions} sessions", out)
+            self._weird_first(ts, "smb_too_many_sessions", f"more than {self.limits.max_sessions} sessions", out)
         self._users[key] = user
 
     # -- summaries -------------------------------------------------------------
     def _file_summary(self, f: _File, ts: int) -> SmbFileSummary:
         return SmbFileSummary(
-            ts, name=f.name, file_id=f.file_id, tree=f.tree.path, bytes_read=f.bytes_read,
-            bytes_written=f.bytes_written, reads=f.reads, writes=f.writes,
-            direction=_direction(f.bytes_read, f.bytes_written), closed=f.close_requested,
-            is_dir=f.is_dir, error=f.error, user=f.user,
-            truncated=f.truncated or f.tree.truncated)
+            ts,
+            name=f.name,
+            file_id=f.file_id,
+            tree=f.tree.path,
+            bytes_read=f.bytes_read,
+            bytes_written=f.bytes_written,
+            reads=f.reads,
+            writes=f.writes,
+            direction=_direction(f.bytes_read, f.bytes_written),
+            closed=f.close_requested,
+            is_dir=f.is_dir,
+            error=f.error,
+            user=f.user,
+            truncated=f.truncated or f.tree.truncated,
+        )
 
     @staticmethod
     def _tree_summary(t: _Tree, ts: int, disconnected: bool) -> SmbTreeSummary:
-        return SmbTreeSummary(ts, path=t.path, tree_id=t.tree_id, bytes_read=t.bytes_read,
-                              bytes_written=t.bytes_written, files_opened=t.files_opened,
-                              disconnected=disconnected)
+        return SmbTreeSummary(
+            ts,
+            path=t.path,
+            tree_id=t.tree_id,
+            bytes_read=t.bytes_read,
+            bytes_written=t.bytes_written,
+            files_opened=t.files_opened,
+            disconnected=disconnected,
+        )
 
     def _flush(self, ts: int, out: list[Event]) -> None:
         """Connection end: report what never got its answer, then summaries."""
@@ -1337,9 +1401,19 @@ class SmbAnalyzer(Analyzer):
                 out.append(self._setup_event(ts, value, "", 0, 0))
             elif value[0] == "create":
                 f = value[1]
-                out.append(SmbFileOpen(ts, name=f.name, file_id="", tree=f.tree.path, status="",
-                                       disposition=f.disposition, access=f.access,
-                                       user=f.user, truncated=f.truncated or f.tree.truncated))
+                out.append(
+                    SmbFileOpen(
+                        ts,
+                        name=f.name,
+                        file_id="",
+                        tree=f.tree.path,
+                        status="",
+                        disposition=f.disposition,
+                        access=f.access,
+                        user=f.user,
+                        truncated=f.truncated or f.tree.truncated,
+                    )
+                )
                 if f.key is None and id(f) not in seen and (f.bytes_read or f.bytes_written):
                     seen.add(id(f))
                     out.append(self._file_summary(f, ts))
@@ -1356,8 +1430,11 @@ class SmbAnalyzer(Analyzer):
         self._trees.clear()
         s = self.stats
         if self._encrypted_seen:
-            out.append(SmbEncryptedSummary(ts, s.encrypted_frames_ts, s.encrypted_frames_tc,
-                                           s.encrypted_bytes_ts, s.encrypted_bytes_tc))
+            out.append(
+                SmbEncryptedSummary(
+                    ts, s.encrypted_frames_ts, s.encrypted_frames_tc, s.encrypted_bytes_ts, s.encrypted_bytes_tc
+                )
+            )
 
     # -- SMB2/3 ----------------------------------------------------------------
     def _smb2(self, msg: NbssMessage, ts: int, out: list[Event]) -> None:
@@ -1365,28 +1442,32 @@ class SmbAnalyzer(Analyzer):
         if not msg.complete:
             if len(data) >= 64:
                 h = _H2(data)
-                data_cmd = (h.command == _C2_WRITE and not h.is_response) or (
-                    h.command == _C2_READ and h.is_response)
+                data_cmd = (h.command == _C2_WRITE and not h.is_response) or (h.command == _C2_READ and h.is_response)
                 if not h.next_command and data_cmd:
                     self._smb2_command(data, h, _Chain(), ts, out)
                     return
                 if msg.length > self.limits.max_pdu_size:
-                    out.append(self._weird(ts, "smb_pdu_too_large",
-                                           f"SMB2 {h.command_name} of {msg.length} bytes skipped"))
+                    out.append(
+                        self._weird(ts, "smb_pdu_too_large", f"SMB2 {h.command_name} of {msg.length} bytes skipped")
+                    )
             return
         off = 0
         chain = _Chain()
         while True:
             m = data[off:]
             if len(m) < 64 or m[:4] != _SMB2 or _u16(m, 4) != 64:
-                out.append(self._weird(ts, "smb_malformed_header",
-                                       f"bad SMB2 header at offset {off} of a {len(data)}-byte message"))
+                out.append(
+                    self._weird(
+                        ts, "smb_malformed_header", f"bad SMB2 header at offset {off} of a {len(data)}-byte message"
+                    )
+                )
                 return
             h = _H2(m)
             nxt = h.next_command
             if nxt and (nxt < 64 or nxt % 8 or nxt > len(m)):
-                out.append(self._weird(ts, "smb_malformed_header",
-                                       f"SMB2 NextCommand {nxt} in a {len(m)}-byte message"))
+                out.append(
+                    self._weird(ts, "smb_malformed_header", f"SMB2 NextCommand {nxt} in a {len(m)}-byte message")
+                )
                 nxt = 0
             if nxt:
                 m = m[:nxt]
@@ -1406,8 +1487,7 @@ class SmbAnalyzer(Analyzer):
                 self._smb2_request(m, h, chain, ts, out)
         except (_Malformed, struct.error, IndexError, ValueError) as exc:
             kind = "response" if h.is_response else "request"
-            out.append(self._weird(ts, "smb_malformed_command",
-                                   f"SMB2 {h.command_name} {kind}: {exc}"))
+            out.append(self._weird(ts, "smb_malformed_command", f"SMB2 {h.command_name} {kind}: {exc}"))
         chain.session_id = h.session_id
         chain.tree_id = h.tree_id
 
@@ -1495,16 +1575,23 @@ class SmbAnalyzer(Analyzer):
             info = None
         return ("setup", info, auth)
 
-    def _setup_event(self, ts: int, pend: _Setup, status: str, session: int,
-                     session_flags: int, version: int = 2) -> SmbSessionSetup:
+    def _setup_event(
+        self, ts: int, pend: _Setup, status: str, session: int, session_flags: int, version: int = 2
+    ) -> SmbSessionSetup:
         info: NtlmInfo | None = pend[1]
         return SmbSessionSetup(
-            ts, user=info.user if info else "", domain=info.domain if info else "",
-            workstation=info.workstation if info else "", status=status,
+            ts,
+            user=info.user if info else "",
+            domain=info.domain if info else "",
+            workstation=info.workstation if info else "",
+            status=status,
             session_id=f"{session:016x}" if version == 2 else f"{session:04x}",
-            auth=pend[2], anonymous=bool(info and info.anonymous),
-            guest=bool(session_flags & 0x1), encrypt_data=bool(session_flags & 0x4),
-            truncated=bool(info and info.truncated))
+            auth=pend[2],
+            anonymous=bool(info and info.anonymous),
+            guest=bool(session_flags & 0x1),
+            encrypt_data=bool(session_flags & 0x4),
+            truncated=bool(info and info.truncated),
+        )
 
     def _smb2_response(self, m: bytes, h: _H2, chain: _Chain, ts: int, out: list[Event]) -> None:
         cmd, status = h.command, h.status
@@ -1524,9 +1611,17 @@ class SmbAnalyzer(Analyzer):
                             c = _u16(cdata, 2)
                             cipher = _CIPHERS.get(c, "" if c == 0 else f"0x{c:04x}")
                 self._cipher = cipher
-            out.append(SmbNegotiate(ts, n.dialects if n else (), dialect, cipher=cipher,
-                                    netname=n.netname if n else "", status=st,
-                                    truncated=bool(n and n.truncated)))
+            out.append(
+                SmbNegotiate(
+                    ts,
+                    n.dialects if n else (),
+                    dialect,
+                    cipher=cipher,
+                    netname=n.netname if n else "",
+                    status=st,
+                    truncated=bool(n and n.truncated),
+                )
+            )
             return
         pend = self._pending.pop((2, h.message_id), None)
         if cmd == _C2_SESSION_SETUP:
@@ -1547,9 +1642,17 @@ class SmbAnalyzer(Analyzer):
             if status == _ST_SUCCESS:
                 share = _SHARE_TYPES.get(_u8(m, 66), "")
                 self._put_tree((2, h.tree_id), _Tree(h.tree_id, pend[1], share, pend[2]), ts, out)
-            out.append(SmbTreeConnect(ts, path=pend[1], tree_id=h.tree_id if status == 0 else 0,
-                                      share_type=share, status=st,
-                                      user=self._user(2, h.session_id), truncated=pend[2]))
+            out.append(
+                SmbTreeConnect(
+                    ts,
+                    path=pend[1],
+                    tree_id=h.tree_id if status == 0 else 0,
+                    share_type=share,
+                    status=st,
+                    user=self._user(2, h.session_id),
+                    truncated=pend[2],
+                )
+            )
         elif pend[0] == "tdis":
             tree = self._trees.pop((2, pend[1]), None)
             if tree is not None:
@@ -1565,10 +1668,22 @@ class SmbAnalyzer(Analyzer):
                 f.file_id = fid.hex()
                 f.tree.files_opened += 1
                 self._put_file(fid, f, ts, out)
-            out.append(SmbFileOpen(ts, name=f.name, file_id=f.file_id, tree=f.tree.path,
-                                   status=st, disposition=f.disposition, access=f.access,
-                                   create_action=action, size=size, is_dir=f.is_dir,
-                                   user=f.user, truncated=f.truncated or f.tree.truncated))
+            out.append(
+                SmbFileOpen(
+                    ts,
+                    name=f.name,
+                    file_id=f.file_id,
+                    tree=f.tree.path,
+                    status=st,
+                    disposition=f.disposition,
+                    access=f.access,
+                    create_action=action,
+                    size=size,
+                    is_dir=f.is_dir,
+                    user=f.user,
+                    truncated=f.truncated or f.tree.truncated,
+                )
+            )
             if status != _ST_SUCCESS and (f.bytes_read or f.bytes_written):
                 out.append(self._file_summary(f, ts))
         elif pend[0] == "close":
@@ -1600,8 +1715,11 @@ class SmbAnalyzer(Analyzer):
         h = _H1(m)
         if not msg.complete and not _streamable(m):
             if msg.length > self.limits.max_pdu_size:
-                out.append(self._weird(ts, "smb_pdu_too_large",
-                                       f"SMB1 command 0x{h.command:02x} of {msg.length} bytes skipped"))
+                out.append(
+                    self._weird(
+                        ts, "smb_pdu_too_large", f"SMB1 command 0x{h.command:02x} of {msg.length} bytes skipped"
+                    )
+                )
             return
         key = (1, h.pid, h.mid)
         pend = self._pending.pop(key, None) if h.is_response else None
@@ -1627,8 +1745,7 @@ class SmbAnalyzer(Analyzer):
                         new[cmd] = info
             except (_Malformed, struct.error, IndexError, ValueError) as exc:
                 kind = "response" if h.is_response else "request"
-                out.append(self._weird(ts, "smb_malformed_command",
-                                       f"SMB1 0x{cmd:02x} {kind}: {exc}"))
+                out.append(self._weird(ts, "smb_malformed_command", f"SMB1 0x{cmd:02x} {kind}: {exc}"))
                 break
             if cmd not in _C1_ANDX or wc < 2:
                 break
@@ -1636,8 +1753,7 @@ class SmbAnalyzer(Analyzer):
             if nxt_cmd == 0xFF:
                 break
             if nxt_off <= off or nxt_off >= len(m):
-                out.append(self._weird(ts, "smb_malformed_header",
-                                       f"SMB1 AndX offset {nxt_off} after {off}"))
+                out.append(self._weird(ts, "smb_malformed_header", f"SMB1 AndX offset {nxt_off} after {off}"))
                 break
             cmd, off = nxt_cmd, nxt_off
         if h.is_response and pend is None and h.command not in (_C1_NEGOTIATE,):
@@ -1645,8 +1761,9 @@ class SmbAnalyzer(Analyzer):
         if new:
             self._pend(key, ("andx", new), ts, out)
 
-    def _smb1_request(self, m: bytes, h: _H1, cmd: int, w: bytes, data: bytes, boff: int,
-                      ts: int, out: list[Event]) -> _Req | None:
+    def _smb1_request(
+        self, m: bytes, h: _H1, cmd: int, w: bytes, data: bytes, boff: int, ts: int, out: list[Event]
+    ) -> _Req | None:
         lim = self.limits.max_name_length
         uni = h.unicode
         if cmd == _C1_NEGOTIATE:
@@ -1672,8 +1789,7 @@ class SmbAnalyzer(Analyzer):
                     pos += 1
                 user, t1, pos = _cstring(m, pos, uni, lim)
                 domain, t2, pos = _cstring(m, pos, uni, lim)
-                info = NtlmInfo(3, user=user, domain=domain, anonymous=not user,
-                                truncated=t1 or t2)
+                info = NtlmInfo(3, user=user, domain=domain, anonymous=not user, truncated=t1 or t2)
                 return ("setup", info, "plaintext")
             return ("setup", None, "unknown")
         if cmd == _C1_TREE_CONNECT_ANDX:
@@ -1711,8 +1827,9 @@ class SmbAnalyzer(Analyzer):
             return ("write", f)
         return None
 
-    def _smb1_response(self, m: bytes, h: _H1, cmd: int, w: bytes, data: bytes, boff: int,
-                       info: _Req | None, ts: int, out: list[Event]) -> None:
+    def _smb1_response(
+        self, m: bytes, h: _H1, cmd: int, w: bytes, data: bytes, boff: int, info: _Req | None, ts: int, out: list[Event]
+    ) -> None:
         st = h.status_text(m)
         ok = st == "STATUS_SUCCESS"
         if cmd == _C1_NEGOTIATE:
@@ -1728,8 +1845,7 @@ class SmbAnalyzer(Analyzer):
                     dialect = offered[idx]
                 else:
                     dialect = f"index {idx}"
-            out.append(SmbNegotiate(ts, offered, dialect, status=st,
-                                    truncated=bool(n and n.truncated)))
+            out.append(SmbNegotiate(ts, offered, dialect, status=st, truncated=bool(n and n.truncated)))
             return
         if cmd == _C1_SESSION_SETUP_ANDX:
             if h.status == _ST_MORE_PROCESSING and h.flags2 & _F1_2_NT_STATUS:
@@ -1749,9 +1865,17 @@ class SmbAnalyzer(Analyzer):
                 service, _t, _p = _cstring(data, 0, False, 16)
                 share = {"A:": "disk", "IPC": "pipe", "LPT1:": "print"}.get(service, service)
                 self._put_tree((1, h.tid), _Tree(h.tid, info[1], share, info[2]), ts, out)
-            out.append(SmbTreeConnect(ts, path=info[1], tree_id=h.tid if ok else 0,
-                                      share_type=share, status=st, user=self._user(1, h.uid),
-                                      truncated=info[2]))
+            out.append(
+                SmbTreeConnect(
+                    ts,
+                    path=info[1],
+                    tree_id=h.tid if ok else 0,
+                    share_type=share,
+                    status=st,
+                    user=self._user(1, h.uid),
+                    truncated=info[2],
+                )
+            )
         elif info[0] == "tdis":
             tree = self._trees.pop((1, info[1]), None)
             if tree is not None:
@@ -1767,10 +1891,22 @@ class SmbAnalyzer(Analyzer):
                 f.file_id = fid.hex()
                 f.tree.files_opened += 1
                 self._put_file(b"smb1" + fid, f, ts, out)
-            out.append(SmbFileOpen(ts, name=f.name, file_id=f.file_id, tree=f.tree.path,
-                                   status=st, disposition=f.disposition, access=f.access,
-                                   create_action=action, size=size, is_dir=f.is_dir,
-                                   user=f.user, truncated=f.truncated or f.tree.truncated))
+            out.append(
+                SmbFileOpen(
+                    ts,
+                    name=f.name,
+                    file_id=f.file_id,
+                    tree=f.tree.path,
+                    status=st,
+                    disposition=f.disposition,
+                    access=f.access,
+                    create_action=action,
+                    size=size,
+                    is_dir=f.is_dir,
+                    user=f.user,
+                    truncated=f.truncated or f.tree.truncated,
+                )
+            )
         elif info[0] == "close":
             f = info[1]
             if f.key is not None and self._files.get(f.key) is f:

@@ -3,6 +3,7 @@ user and ``Smb*`` fields, one transfer record per file and direction.
 
 The analyzer skips file data itself (READ/WRITE sizes come from headers),
 so the connection is reassembled without a depth limit."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -20,8 +21,8 @@ from sensor.analyzers.smb.analyzer import (
 from sensor.core.events import Event
 from sensor.core.timefmt import iso_us
 
-SMB_DEPTH = 1 << 62          # never stop reassembling: file data is skipped by the analyzer
-MAX_TREES_NAMED = 64         # shares named per connection in AdditionalFields.SmbTrees
+SMB_DEPTH = 1 << 62  # never stop reassembling: file data is skipped by the analyzer
+MAX_TREES_NAMED = 64  # shares named per connection in AdditionalFields.SmbTrees
 
 
 class SmbSession(Session):
@@ -48,7 +49,7 @@ class SmbSession(Session):
                 ctx.set_field("SmbDomain", ev.domain)
                 ctx.set_field("SmbWorkstation", ev.workstation)
             if ev.guest:
-                ctx.set_field("SmbGuest", True)   # the server took the session as guest
+                ctx.set_field("SmbGuest", True)  # the server took the session as guest
         elif t is SmbTreeConnect:
             assert isinstance(ev, SmbTreeConnect)
             trees = ctx.fields.setdefault("SmbTrees", [])
@@ -68,11 +69,21 @@ class SmbSession(Session):
             if not nbytes:
                 continue
             rec: dict[str, Any] = {
-                "Timestamp": iso_us(ev.ts), "Protocol": "smb", "Uid": flow.uid, "ControlUid": flow.uid,
-                "ClientIP": flow.orig_h, "ServerIP": flow.resp_h, "ServerPort": flow.resp_p,
-                "User": ev.user or self.ctx.user, "Command": "READ" if direction == "download" else "WRITE",
-                "Filename": ev.name, "FilenameTruncated": ev.truncated, "Share": ev.tree,
-                "Direction": direction, "Bytes": nbytes, "Complete": ev.closed and not ev.error,
+                "Timestamp": iso_us(ev.ts),
+                "Protocol": "smb",
+                "Uid": flow.uid,
+                "ControlUid": flow.uid,
+                "ClientIP": flow.orig_h,
+                "ServerIP": flow.resp_h,
+                "ServerPort": flow.resp_p,
+                "User": ev.user or self.ctx.user,
+                "Command": "READ" if direction == "download" else "WRITE",
+                "Filename": ev.name,
+                "FilenameTruncated": ev.truncated,
+                "Share": ev.tree,
+                "Direction": direction,
+                "Bytes": nbytes,
+                "Complete": ev.closed and not ev.error,
             }
             self.ctx.transfer(rec)
 

@@ -12,26 +12,47 @@ one is a field of :class:`TftpLimits`. Malformed input is a named Weird
 Specification -- the parse layer, both analyzers, retransmissions,
 replies on port 69, the transfer's outcome: docs/analyzers/tftp.md.
 """
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Union
 
+from sensor.analyzers.base import Analyzer, ConnInfo
 from sensor.core.events import Event, ExpectConnection, Weird
 from sensor.core.frozen import frozen
-from sensor.analyzers.base import Analyzer, ConnInfo
 
 __all__ = [
-    "OP_RRQ", "OP_WRQ", "OP_DATA", "OP_ACK", "OP_ERROR", "OP_OACK",
-    "BLKSIZE_DEFAULT", "BLKSIZE_MIN", "BLKSIZE_MAX", "TFTP_PORT",
-    "ERROR_CODES", "WEIRD_NAMES",
-    "TftpLimits", "DEFAULT_LIMITS",
-    "Anomaly", "ParseError", "TftpOptions",
-    "RequestPacket", "DataPacket", "AckPacket", "ErrorPacket", "OackPacket",
-    "TftpPacket", "parse_packet", "interpret_options",
-    "TftpRequest", "TftpTransferDone", "TftpTransferContext",
-    "TftpRequestAnalyzer", "TftpTransferAnalyzer",
+    "OP_RRQ",
+    "OP_WRQ",
+    "OP_DATA",
+    "OP_ACK",
+    "OP_ERROR",
+    "OP_OACK",
+    "BLKSIZE_DEFAULT",
+    "BLKSIZE_MIN",
+    "BLKSIZE_MAX",
+    "TFTP_PORT",
+    "ERROR_CODES",
+    "WEIRD_NAMES",
+    "TftpLimits",
+    "DEFAULT_LIMITS",
+    "Anomaly",
+    "ParseError",
+    "TftpOptions",
+    "RequestPacket",
+    "DataPacket",
+    "AckPacket",
+    "ErrorPacket",
+    "OackPacket",
+    "TftpPacket",
+    "parse_packet",
+    "interpret_options",
+    "TftpRequest",
+    "TftpTransferDone",
+    "TftpTransferContext",
+    "TftpRequestAnalyzer",
+    "TftpTransferAnalyzer",
 ]
 
 OP_RRQ, OP_WRQ, OP_DATA, OP_ACK, OP_ERROR, OP_OACK = 1, 2, 3, 4, 5, 6
@@ -53,38 +74,40 @@ ERROR_CODES = {
     8: "Option negotiation refused",  # RFC 2347
 }
 
-WEIRD_NAMES = frozenset({
-    # parse layer, fatal (datagram dropped)
-    "tftp_packet_too_short",  # shorter than its opcode needs
-    "tftp_bad_opcode",  # opcode not 1..6
-    "tftp_unterminated_string",  # filename/mode (fatal); option/error text (not)
-    "tftp_malformed_request",  # RRQ/WRQ without a mode field
-    # parse layer, non-fatal (packet used)
-    "tftp_filename_too_long",  # truncated to max_filename_bytes
-    "tftp_string_too_long",  # mode/option/error text truncated
-    "tftp_empty_filename",
-    "tftp_unknown_mode",  # not netascii/octet/mail
-    "tftp_too_many_options",  # more than max_options pairs
-    "tftp_option_without_value",  # name at the end with no value
-    "tftp_duplicate_option",  # first one kept
-    "tftp_malformed_options",  # empty option name before non-padding bytes
-    "tftp_blksize_out_of_range",  # not 8..65464 (or not a number)
-    "tftp_bad_option_value",  # tsize/timeout/windowsize/rollover invalid
-    "tftp_trailing_data",  # bytes after an ACK / after an ERROR's NUL
-    # session
-    "tftp_unexpected_opcode",  # e.g. RRQ in a transfer, OACK after DATA
-    "tftp_unexpected_direction",  # DATA from the receiver, ACK from the sender
-    "tftp_transfer_on_request_port",  # DATA/ACK/OACK on the port-69 flow
-    "tftp_data_too_large",  # DATA payload > negotiated blksize
-    "tftp_blksize_inferred",  # OACK not seen but DATA uses the requested size
-    "tftp_block_out_of_window",  # block number neither recent nor next
-    "tftp_missing_blocks",  # forward jump: blocks never seen
-    "tftp_data_after_completion",  # new DATA after the last block / ERROR
-    "tftp_unrequested_option",  # OACK option the client did not ask for
-    "tftp_oack_blksize_too_large",  # OACK blksize > requested (RFC 2348)
-    "tftp_tsize_mismatch",  # octet transfer complete, bytes != tsize
-    "tftp_weird_limit_reached",  # max_weirds reached; later weirds dropped
-})
+WEIRD_NAMES = frozenset(
+    {
+        # parse layer, fatal (datagram dropped)
+        "tftp_packet_too_short",  # shorter than its opcode needs
+        "tftp_bad_opcode",  # opcode not 1..6
+        "tftp_unterminated_string",  # filename/mode (fatal); option/error text (not)
+        "tftp_malformed_request",  # RRQ/WRQ without a mode field
+        # parse layer, non-fatal (packet used)
+        "tftp_filename_too_long",  # truncated to max_filename_bytes
+        "tftp_string_too_long",  # mode/option/error text truncated
+        "tftp_empty_filename",
+        "tftp_unknown_mode",  # not netascii/octet/mail
+        "tftp_too_many_options",  # more than max_options pairs
+        "tftp_option_without_value",  # name at the end with no value
+        "tftp_duplicate_option",  # first one kept
+        "tftp_malformed_options",  # empty option name before non-padding bytes
+        "tftp_blksize_out_of_range",  # not 8..65464 (or not a number)
+        "tftp_bad_option_value",  # tsize/timeout/windowsize/rollover invalid
+        "tftp_trailing_data",  # bytes after an ACK / after an ERROR's NUL
+        # session
+        "tftp_unexpected_opcode",  # e.g. RRQ in a transfer, OACK after DATA
+        "tftp_unexpected_direction",  # DATA from the receiver, ACK from the sender
+        "tftp_transfer_on_request_port",  # DATA/ACK/OACK on the port-69 flow
+        "tftp_data_too_large",  # DATA payload > negotiated blksize
+        "tftp_blksize_inferred",  # OACK not seen but DATA uses the requested size
+        "tftp_block_out_of_window",  # block number neither recent nor next
+        "tftp_missing_blocks",  # forward jump: blocks never seen
+        "tftp_data_after_completion",  # new DATA after the last block / ERROR
+        "tftp_unrequested_option",  # OACK option the client did not ask for
+        "tftp_oack_blksize_too_large",  # OACK blksize > requested (RFC 2348)
+        "tftp_tsize_mismatch",  # octet transfer complete, bytes != tsize
+        "tftp_weird_limit_reached",  # max_weirds reached; later weirds dropped
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +235,7 @@ class OackPacket:
     anomalies: tuple[Anomaly, ...] = ()
 
 
-TftpPacket = Union[RequestPacket, DataPacket, AckPacket, ErrorPacket, OackPacket]
+TftpPacket = RequestPacket | DataPacket | AckPacket | ErrorPacket | OackPacket
 
 _DIGITS = re.compile(rb"[0-9]{1,20}")
 _OPTION_RANGES = {  # name -> (min, max) for the integer options
@@ -234,9 +257,7 @@ def _bounded(raw: bytes, limit: int, what: str, anomalies: list[Anomaly]) -> byt
     return raw
 
 
-def _parse_option_pairs(
-    buf: bytes, limits: TftpLimits, anomalies: list[Anomaly]
-) -> tuple[tuple[str, str], ...]:
+def _parse_option_pairs(buf: bytes, limits: TftpLimits, anomalies: list[Anomaly]) -> tuple[tuple[str, str], ...]:
     """``name\\0value\\0`` pairs; names lower-cased, first of duplicates kept."""
     pairs: list[tuple[str, str]] = []
     seen: set[str] = set()
@@ -252,13 +273,13 @@ def _parse_option_pairs(
             break
         name_raw = buf[pos:k]
         if k + 1 >= n:
-            anomalies.append(Anomaly("tftp_option_without_value",
-                                     _text(name_raw[: limits.max_option_name_bytes])))
+            anomalies.append(Anomaly("tftp_option_without_value", _text(name_raw[: limits.max_option_name_bytes])))
             break
         m = buf.find(b"\0", k + 1)
         if m < 0:
-            anomalies.append(Anomaly("tftp_unterminated_string",
-                                     "value of " + _text(name_raw[: limits.max_option_name_bytes])))
+            anomalies.append(
+                Anomaly("tftp_unterminated_string", "value of " + _text(name_raw[: limits.max_option_name_bytes]))
+            )
             break
         if parsed >= limits.max_options:
             anomalies.append(Anomaly("tftp_too_many_options", f"more than {limits.max_options}"))
@@ -313,8 +334,7 @@ def _parse_request(op: int, data: bytes, limits: TftpLimits) -> RequestPacket | 
     filename_raw = data[2:i]
     truncated = len(filename_raw) > limits.max_filename_bytes
     if truncated:
-        anomalies.append(Anomaly("tftp_filename_too_long",
-                                 f"{len(filename_raw)} bytes > {limits.max_filename_bytes}"))
+        anomalies.append(Anomaly("tftp_filename_too_long", f"{len(filename_raw)} bytes > {limits.max_filename_bytes}"))
         filename_raw = filename_raw[: limits.max_filename_bytes]
     elif not filename_raw:
         anomalies.append(Anomaly("tftp_empty_filename"))
@@ -606,8 +626,12 @@ class _TransferSession:
             return
         kind, n = self.tracker.classify(block, self.windowsize)
         if kind == "out":
-            self.weirds.add(out, ts, "tftp_block_out_of_window",
-                            f"block {block} after {_wire(self.tracker.highest, self.tracker.base)}")
+            self.weirds.add(
+                out,
+                ts,
+                "tftp_block_out_of_window",
+                f"block {block} after {_wire(self.tracker.highest, self.tracker.base)}",
+            )
             return
         if kind == "dup":
             self.retransmitted += 1
@@ -619,12 +643,12 @@ class _TransferSession:
         if size > self.blksize:
             req = self.requested.blksize
             if self.blocks == 0 and self.oack is None and req is not None and size <= req:
-                self.weirds.add(out, ts, "tftp_blksize_inferred",
-                                f"no OACK seen; DATA of {size} bytes, requested {req}")
+                self.weirds.add(
+                    out, ts, "tftp_blksize_inferred", f"no OACK seen; DATA of {size} bytes, requested {req}"
+                )
                 self.blksize = req
             else:
-                self.weirds.add(out, ts, "tftp_data_too_large",
-                                f"block {block}: {size} bytes > blksize {self.blksize}")
+                self.weirds.add(out, ts, "tftp_data_too_large", f"block {block}: {size} bytes > blksize {self.blksize}")
         skipped = self.tracker.commit(kind, n, block)
         if skipped:
             self.weirds.add(out, ts, "tftp_missing_blocks", f"{skipped} blocks before block {block}")
@@ -665,8 +689,9 @@ class _TransferSession:
         known = pkt.known
         if known.blksize is not None:
             if self.requested.blksize is not None and known.blksize > self.requested.blksize:
-                self.weirds.add(out, ts, "tftp_oack_blksize_too_large",
-                                f"{known.blksize} > requested {self.requested.blksize}")
+                self.weirds.add(
+                    out, ts, "tftp_oack_blksize_too_large", f"{known.blksize} > requested {self.requested.blksize}"
+                )
             self.blksize = known.blksize
         if known.tsize is not None:
             self.tsize = known.tsize
@@ -689,8 +714,13 @@ class _TransferSession:
             return
         ctx = self.context
         op = self.resolved_op()
-        if (complete and self.tsize is not None and self.bytes != self.tsize
-                and (ctx is None or ctx.mode == "octet") and not self.tracker.missing_count):
+        if (
+            complete
+            and self.tsize is not None
+            and self.bytes != self.tsize
+            and (ctx is None or ctx.mode == "octet")
+            and not self.tracker.missing_count
+        ):
             self.weirds.add(out, ts, "tftp_tsize_mismatch", f"{self.bytes} bytes, tsize {self.tsize}")
         err = self.error
         self.done_event = TftpTransferDone(
@@ -813,8 +843,9 @@ class TftpRequestAnalyzer(Analyzer):
             return out
         session = self._session
         if session is None:
-            self._weirds.add(out, ts, "tftp_unexpected_opcode",
-                             f"{type(pkt).__name__} on the request flow without a request")
+            self._weirds.add(
+                out, ts, "tftp_unexpected_opcode", f"{type(pkt).__name__} on the request flow without a request"
+            )
             return out
         if not isinstance(pkt, ErrorPacket) and not self._reported_in_flow:
             self._reported_in_flow = True
@@ -822,9 +853,7 @@ class TftpRequestAnalyzer(Analyzer):
         session.on_packet(pkt, from_orig, ts, out)
         return out
 
-    def _on_request(
-        self, pkt: RequestPacket, raw: bytes, from_orig: bool, ts: int, out: list[Event]
-    ) -> None:
+    def _on_request(self, pkt: RequestPacket, raw: bytes, from_orig: bool, ts: int, out: list[Event]) -> None:
         c = self.conn
         if from_orig:
             client_h, client_p, server_h = c.orig_h, c.orig_p, c.resp_h
@@ -854,20 +883,20 @@ class TftpRequestAnalyzer(Analyzer):
                 client_p=client_p,
                 server_h=server_h,
             )
-            self._session = _TransferSession(self._context, self.limits, self._weirds,
-                                             server_is_orig=not from_orig)
+            self._session = _TransferSession(self._context, self.limits, self._weirds, server_is_orig=not from_orig)
             self._reported_in_flow = False
-            out.append(TftpRequest(ts, pkt.op, pkt.filename, pkt.mode, pkt.options,
-                                   pkt.filename_truncated))
+            out.append(TftpRequest(ts, pkt.op, pkt.filename, pkt.mode, pkt.options, pkt.filename_truncated))
         self._last_raw, self._last_from_orig, self._last_ts = raw, from_orig, ts
-        out.append(ExpectConnection(
-            ts=ts,
-            proto="udp",
-            orig_h=server_h,
-            orig_p=None,
-            resp_h=client_h,
-            resp_p=client_p,
-            analyzer=TftpTransferAnalyzer.name,
-            expires_us=ts + self.limits.expect_timeout_us,
-            context=self._context,
-        ))
+        out.append(
+            ExpectConnection(
+                ts=ts,
+                proto="udp",
+                orig_h=server_h,
+                orig_p=None,
+                resp_h=client_h,
+                resp_p=client_p,
+                analyzer=TftpTransferAnalyzer.name,
+                expires_us=ts + self.limits.expect_timeout_us,
+                context=self._context,
+            )
+        )

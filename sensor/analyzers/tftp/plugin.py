@@ -7,6 +7,7 @@ The request's record gets ``TftpOp``/``TftpFilename``/``TftpMode``
 request flow while it lives. A client that reuses its port for a new
 request, once the old one was answered, starts a new connection
 (``restarts``)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -22,14 +23,18 @@ from sensor.analyzers.tftp.analyzer import (
 from sensor.core.events import Event, ExpectConnection
 from sensor.core.timefmt import iso_us
 
-REQUEST_OPCODES = frozenset((b"\x00\x01", b"\x00\x02"))   # RRQ, WRQ: sessions of their own, never a data channel
+REQUEST_OPCODES = frozenset((b"\x00\x01", b"\x00\x02"))  # RRQ, WRQ: sessions of their own, never a data channel
 
 
 class TftpSession(Session):
     """A request flow (``context`` None) or a transfer flow."""
 
-    def __init__(self, ctx: FlowContext, analyzer: TftpRequestAnalyzer | TftpTransferAnalyzer,
-                 context: TftpTransferContext | None = None) -> None:
+    def __init__(
+        self,
+        ctx: FlowContext,
+        analyzer: TftpRequestAnalyzer | TftpTransferAnalyzer,
+        context: TftpTransferContext | None = None,
+    ) -> None:
         super().__init__(ctx)
         self.analyzer = analyzer
         self.context = context
@@ -54,16 +59,23 @@ class TftpSession(Session):
         parent = ctx.parent
         pf = parent.flow if parent is not None else None
         rec: dict[str, Any] = {
-            "Timestamp": iso_us(ev.ts), "Protocol": "tftp", "Uid": flow.uid,
+            "Timestamp": iso_us(ev.ts),
+            "Protocol": "tftp",
+            "Uid": flow.uid,
             "ControlUid": pf.uid if pf is not None else (ev.request_uid or flow.uid),
             # a transfer flow's originator is the server
             "ClientIP": pf.orig_h if pf is not None else flow.resp_h,
             "ServerIP": pf.resp_h if pf is not None else flow.orig_h,
             "ServerPort": pf.resp_p if pf is not None else flow.orig_p,
-            "User": "", "Command": "RRQ" if ev.op == "read" else "WRQ", "Filename": ev.filename,
+            "User": "",
+            "Command": "RRQ" if ev.op == "read" else "WRQ",
+            "Filename": ev.filename,
             "FilenameTruncated": bool(self.context is not None and self.context.filename_truncated),
-            "Direction": ev.direction, "Bytes": ev.bytes, "Complete": ev.complete,
-            "Blocks": ev.blocks, "BlockSize": ev.blksize,
+            "Direction": ev.direction,
+            "Bytes": ev.bytes,
+            "Complete": ev.complete,
+            "Blocks": ev.blocks,
+            "BlockSize": ev.blksize,
         }
         if ev.error_code is not None:
             rec["ErrorCode"] = ev.error_code
@@ -75,8 +87,12 @@ class TftpSession(Session):
         answered (its transfer flow was seen) is a new request, not a
         retransmission -- which comes only while unanswered."""
         ctx = self.ctx
-        return payload[:2] in REQUEST_OPCODES and self.context is None and ctx.parent is None \
+        return (
+            payload[:2] in REQUEST_OPCODES
+            and self.context is None
+            and ctx.parent is None
             and (ctx.children > 0 or ctx.child_answered)
+        )
 
 
 class TftpPlugin(Plugin):

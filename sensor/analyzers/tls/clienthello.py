@@ -23,6 +23,7 @@ API:
     e.g. to ``MAX_HANDSHAKE_BYTES + 5 * 4`` bytes, and stop once it has that
     much or the connection's second direction speaks).
 """
+
 from __future__ import annotations
 
 from typing import Final
@@ -68,7 +69,7 @@ class _Reader:
     def vector(self, len_bytes: int) -> bytes:
         return self.take(self.uint(len_bytes))
 
-    def sub(self, len_bytes: int) -> "_Reader":
+    def sub(self, len_bytes: int) -> _Reader:
         """Reader over the next length-prefixed block, cut to the bytes we have
         (a truncated block can still yield the entries that are complete)."""
         n = self.uint(len_bytes)

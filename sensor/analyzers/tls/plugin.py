@@ -6,12 +6,13 @@ the tap by name (``ctx.start_tap("tls")``; FTPS on 990 and 989, after
 bytes in packet order, at most ``SNI_SCAN_BYTES``, and sets the record's
 ``TlsSni``; it stops at the name, at that bound, or at a first byte that is
 not a TLS handshake record."""
+
 from __future__ import annotations
 
 from sensor.analyzers.base import FlowContext, Plugin, Tap
 from sensor.analyzers.tls.clienthello import parse_tls_client_hello_sni
 
-SNI_SCAN_BYTES = 16 * 1024       # client bytes searched for a TLS ClientHello
+SNI_SCAN_BYTES = 16 * 1024  # client bytes searched for a TLS ClientHello
 
 
 class SniTap(Tap):
