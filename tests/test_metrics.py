@@ -96,7 +96,7 @@ class _Allow:
 
 def _snap(**over):
     pipe = {
-        "decoder": {"packets": 900, "fast_rejected": 100, "truncated": 3, "malformed": 2, "unknown_linktype": 1},
+        "decoder": {"packets": 900, "truncated": 3, "malformed": 2, "unknown_linktype": 1},
         "flows": {"created": 40, "ended": 35, "evicted": 7, "expired": 20, "active_max": 12},
         "connections": {"ConnectionSuccess": 30, "ConnectionFailed": 4, "InboundConnectionAccepted": 1},
         "detect": {"alerts": 2, "suppressed": 5, "matched": 31, "keys_evicted": 0},

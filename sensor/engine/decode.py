@@ -217,14 +217,10 @@ class Packet:
 
 
 class DecodeStats(Counters):
-    """Counters (Suricata's decoder.*). ``packets`` counts every frame;
-    ``fast_rejected`` is always 0 since issue #12 (the decoder's inline
-    shortcut that counted apart the frames it rejected is gone: the fused
-    path counts as the decoder does) and stays for the metric's name."""
+    """Counters (Suricata's decoder.*). ``packets`` counts every frame."""
 
     __slots__ = (
         "packets",
-        "fast_rejected",
         "ipv4",
         "ipv6",
         "tcp",
@@ -240,7 +236,6 @@ class DecodeStats(Counters):
     )
 
     packets: int
-    fast_rejected: int
     ipv4: int
     ipv6: int
     tcp: int
@@ -302,7 +297,7 @@ class Decoder:
 
     @property
     def packets(self) -> int:
-        return self.stats.packets + self.stats.fast_rejected
+        return self.stats.packets
 
     # -- helpers --------------------------------------------------------------
     def _weird(self, ts: int, name: str, detail: str = "") -> None:
