@@ -39,7 +39,6 @@ from sensor.engine.reassembly import ReassemblyLimits, Stream
 
 MAX_SUMMARY_FILES = 64  # files named per flow in AdditionalFields
 MAX_HOST_PAIRS = 10_000  # host pairs followed at once (FTPS sessions)
-MAX_FTPS_SESSIONS = MAX_HOST_PAIRS  # the name it had (sensor/replay read it)
 
 PENDING = "pending"  # flow.analyzer until the flow's first payload attaches its session
 _PAIRED = object()  # admit() marker: a connection between followed hosts
