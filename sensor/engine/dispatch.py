@@ -24,7 +24,6 @@ the interface is ``sensor.analyzers.base``). The dispatcher:
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -33,7 +32,7 @@ from sensor.analyzers.base import Analyzer, ConnInfo, Plugin, Session, Tap
 from sensor.core.events import Event, ExpectConnection, Weird
 from sensor.engine.decode import SYN, Packet
 from sensor.engine.expect import Expectations
-from sensor.engine.flows import Flow
+from sensor.engine.flows import Flow, address_text
 from sensor.engine.ports import PortSet
 from sensor.engine.reassembly import ReassemblyLimits, Stream
 
@@ -51,10 +50,6 @@ class _Probing(Tap):
 
 
 PROBING = _Probing()
-
-
-def _text(b: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET if len(b) == 4 else socket.AF_INET6, b)
 
 
 class AppState:
@@ -220,7 +215,7 @@ class Dispatcher:
         followed hosts, a protocol a probe recognises on an unusual port),
         else None."""
         proto = "tcp" if p.proto == 6 else "udp"
-        src, dst = _text(p.src), _text(p.dst)
+        src, dst = address_text(p.src), address_text(p.dst)
         ts = p.ts
         if p.proto == 6 and p.flags & SYN and p.flags & 0x10:  # SYN-ACK: the receiver is the originator
             order: tuple[tuple[str, int, str, int, bool], ...] = ((dst, p.dport, src, p.sport, False),)

@@ -52,7 +52,8 @@ _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 FlowKey = tuple[int, bytes, int, bytes, int]
 
 
-def _ntop(b: bytes) -> str:
+def address_text(b: bytes) -> str:
+    """A packed IPv4 or IPv6 address as text."""
     return socket.inet_ntop(socket.AF_INET if len(b) == 4 else socket.AF_INET6, b)
 
 
@@ -148,13 +149,13 @@ class Flow:
     @property
     def orig_h(self) -> str:
         if self._orig_h is None:
-            self._orig_h = _ntop(self.orig_b)
+            self._orig_h = address_text(self.orig_b)
         return self._orig_h
 
     @property
     def resp_h(self) -> str:
         if self._resp_h is None:
-            self._resp_h = _ntop(self.resp_b)
+            self._resp_h = address_text(self.resp_b)
         return self._resp_h
 
     def __lt__(self, other: Flow) -> bool:
