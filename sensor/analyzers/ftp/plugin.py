@@ -71,27 +71,21 @@ class FtpControl(Session):
 
     def on_event(self, ev: Event) -> None:
         ctx = self.ctx
-        t = type(ev)
-        if t is FtpRequest:
-            assert isinstance(ev, FtpRequest)
+        if isinstance(ev, FtpRequest):
             if ev.command == "USER" and ev.arg:
                 ctx.set_user(ev.arg)  # the account tried, even if no login follows
-        elif t is FtpLogin:
-            assert isinstance(ev, FtpLogin)
+        elif isinstance(ev, FtpLogin):
             ctx.set_user(ev.user)
             ctx.set_field("FtpLoginSuccess", ev.success)
-        elif t is FtpTlsUpgrade:
-            assert isinstance(ev, FtpTlsUpgrade)
+        elif isinstance(ev, FtpTlsUpgrade):
             ctx.set_app("ftps")
             ctx.set_field("TlsUpgrade", ev.method)
             ctx.stop()
             ctx.start_tap("tls")
             ctx.follow_hosts()
-        elif t is FtpDataCommand:
-            assert isinstance(ev, FtpDataCommand)
+        elif isinstance(ev, FtpDataCommand):
             self.channel(ev.channel_seq, ev.seq).command = ev
-        elif t is FtpDataResult:
-            assert isinstance(ev, FtpDataResult)
+        elif isinstance(ev, FtpDataResult):
             ch = self.channel(ev.channel_seq, ev.seq)
             ch.result = ev
             self.transfer(ch)

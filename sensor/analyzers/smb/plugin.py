@@ -34,31 +34,25 @@ class SmbSession(Session):
 
     def on_event(self, ev: Event) -> None:
         ctx = self.ctx
-        t = type(ev)
-        if t is SmbNetbiosSession:
-            assert isinstance(ev, SmbNetbiosSession)
+        if isinstance(ev, SmbNetbiosSession):
             ctx.set_field("NetbiosCalledName", ev.called_name)
-        elif t is SmbNegotiate:
-            assert isinstance(ev, SmbNegotiate)
+        elif isinstance(ev, SmbNegotiate):
             if ev.dialect:
                 ctx.set_field("SmbDialect", ev.dialect)
-        elif t is SmbSessionSetup:
-            assert isinstance(ev, SmbSessionSetup)
+        elif isinstance(ev, SmbSessionSetup):
             if ev.user and not ctx.user:
                 ctx.set_user(ev.user)
                 ctx.set_field("SmbDomain", ev.domain)
                 ctx.set_field("SmbWorkstation", ev.workstation)
             if ev.guest:
                 ctx.set_field("SmbGuest", True)  # the server took the session as guest
-        elif t is SmbTreeConnect:
-            assert isinstance(ev, SmbTreeConnect)
+        elif isinstance(ev, SmbTreeConnect):
             trees = ctx.fields.setdefault("SmbTrees", [])
             if ev.path and ev.path not in trees and len(trees) < MAX_TREES_NAMED:
                 trees.append(ev.path)
-        elif t is SmbEncrypted:
+        elif isinstance(ev, SmbEncrypted):
             ctx.set_field("SmbEncrypted", True)
-        elif t is SmbFileSummary:
-            assert isinstance(ev, SmbFileSummary)
+        elif isinstance(ev, SmbFileSummary):
             self.transfer(ev)
 
     def transfer(self, ev: SmbFileSummary) -> None:

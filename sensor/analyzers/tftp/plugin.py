@@ -40,17 +40,14 @@ class TftpSession(Session):
         self.context = context
 
     def on_event(self, ev: Event) -> None:
-        t = type(ev)
-        if t is TftpRequest:
-            assert isinstance(ev, TftpRequest)
+        if isinstance(ev, TftpRequest):
             ctx = self.ctx
             ctx.set_field("TftpOp", ev.op)
             ctx.set_field("TftpFilename", ev.filename)
             ctx.set_field("TftpMode", ev.mode)
             if ev.options:
                 ctx.set_field("TftpOptions", {k: v for k, v in ev.options})
-        elif t is TftpTransferDone:
-            assert isinstance(ev, TftpTransferDone)
+        elif isinstance(ev, TftpTransferDone):
             self.transfer(ev)
 
     def transfer(self, ev: TftpTransferDone) -> None:
