@@ -17,7 +17,21 @@ from sensor.core.config import Config
 from sensor.detect.detector import Detector
 from sensor.detect.rules import RuleSet
 from sensor.engine.bpf import capture_filters
-from sensor.engine.decode import LINKTYPE_ETHERNET, Decoder, DecodeStats, Packet
+from sensor.engine.decode import (
+    DLT_RAW_ALIASES,
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_LOOP,
+    LINKTYPE_NULL,
+    LINKTYPE_RAW,
+    SUPPORTED_LINKTYPES,
+    Decoder,
+    DecodeStats,
+    Packet,
+)
 from sensor.engine.dispatch import Dispatcher
 from sensor.engine.fastpath import ethernet_handler
 from sensor.engine.flows import Flow, FlowTable
@@ -27,6 +41,53 @@ from sensor.records.mde import RecordBuilder, iso_us
 # weird records written per name before only counting (Zeek samples weirds too)
 WEIRD_LOG_PER_NAME = 1000
 HELD_TRANSFERS_MAX = 4096  # transfer records waiting for their connection's lookup
+
+
+# bytes before the IP header, per link type the decoder knows
+LINK_HEADER_BYTES = {
+    LINKTYPE_ETHERNET: 14,
+    LINKTYPE_LINUX_SLL: 16,
+    LINKTYPE_LINUX_SLL2: 20,
+    LINKTYPE_NULL: 4,
+    LINKTYPE_LOOP: 4,
+    LINKTYPE_RAW: 0,
+    LINKTYPE_IPV4: 0,
+    LINKTYPE_IPV6: 0,
+    **{lt: 0 for lt in DLT_RAW_ALIASES},
+}
+MIN_IP_TRANSPORT_BYTES = 20 + 8  # the smallest IP header and the ports: what any packet needs
+# decoder weirds of a frame cut before the sensor could read its IP and TCP/UDP headers
+HEADER_TRUNCATED_WEIRDS = frozenset(
+    (
+        "ethernet_truncated",
+        "sll_truncated",
+        "sll2_truncated",
+        "loopback_truncated",
+        "vlan_truncated",
+        "ip_truncated",
+        "ipv4_truncated",
+        "ipv6_truncated",
+        "ipv6_ext_truncated",
+        "transport_truncated",
+        "tcp_truncated",
+    )
+)
+
+
+def min_frame_bytes(linktype: int) -> int | None:
+    """The fewest bytes a frame of this link type needs for the sensor to read
+    its addresses and ports; None: a link type the decoder does not know."""
+    if linktype not in SUPPORTED_LINKTYPES:
+        return None
+    return LINK_HEADER_BYTES.get(linktype, 0) + MIN_IP_TRANSPORT_BYTES
+
+
+def decodable(linktype: int, snaplen: int) -> bool:
+    """Can a capture of this link type and snaplen (0: no limit) hold a packet
+    the sensor decodes? (When not, replay installs no capture filter, so the
+    decoder sees, and counts, every frame.)"""
+    need = min_frame_bytes(linktype)
+    return need is not None and (snaplen == 0 or snaplen >= need)
 
 
 def _clocked(advance: Callable[[int], int], inner: Callable[[int, bytes], None]) -> Callable[[int, bytes], None]:
@@ -230,6 +291,17 @@ class Pipeline:
         self._weird(ts, name, detail, flow.uid if flow else "", "flow")
 
     # -- reporting -------------------------------------------------------------
+    def undecoded(self) -> tuple[int, int, int]:
+        """(frames seen, frames of a link type the decoder does not know, frames
+        cut before their ports): a replay compares them before and after a
+        capture to say why nothing came out of it."""
+        w = self.weird_counts
+        return (
+            self.decode_stats.packets,
+            self.decode_stats.unknown_linktype,
+            sum(w.get(n, 0) for n in HEADER_TRUNCATED_WEIRDS),
+        )
+
     def stats(self) -> dict[str, Any]:
         return {
             "decoder": self.decode_stats.as_dict(),

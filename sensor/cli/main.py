@@ -1,8 +1,9 @@
 """Command line: ``xfer-sensor replay``, ``check`` and ``rules list|test``.
 
 Exit codes: 0 done; 2 bad input, one line on stderr, never a traceback; 3 a
-capture damaged part-way (everything before the damage written). Commands,
-options and exit codes: docs/usage.md.
+capture damaged part-way (everything before the damage written); 4 records
+not all written; 5 packets but nothing decodable; 130/143 SIGINT/SIGTERM
+(what was read is written). Commands, options and exit codes: docs/usage.md.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -21,15 +24,18 @@ from sensor import __version__
 from sensor.cli.progress import Progress, ProgressAwareHandler
 from sensor.core.config import PROFILES, ConfigError, SyslogOutput, load_config
 from sensor.detect.rules import DetectionRule, RuleError, RuleSet, default_rules_dir, load_rules
-from sensor.io.capture import CaptureError, read_file
+from sensor.io.capture import CaptureError, Stop, count_frames, linktype_name, read_file
 from sensor.io.sinks import MemorySink, TeeSink, build_outputs
-from sensor.pipeline import Pipeline
+from sensor.pipeline import Pipeline, decodable, min_frame_bytes
 from sensor.records.encode import KINDS
 from sensor.records.mde import RECORD_FIELDS
 
 log = logging.getLogger("xfer-sensor")
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_DAMAGED = 0, 1, 2, 3
+EXIT_NOT_WRITTEN = 4  # records could not all be written (disk full, I/O error, a sink that failed)
+EXIT_UNDECODABLE = 5  # a capture had packets but none the sensor could decode
+# SIGINT and SIGTERM: 128 + the signal (130, 143), after writing what was read
 
 
 def load_all(config_path: str | None, rules_path: str | None):
@@ -166,6 +172,52 @@ def _syslog_arg(text: str | None, proto: str | None, base: SyslogOutput | None) 
     return dataclasses.replace(b, host=host, port=int(port), protocol=proto or b.protocol)
 
 
+def _catch_stop(stop: Stop) -> Any:
+    """SIGINT and SIGTERM ask the replay to stop (``stop``); a second one
+    leaves at once. Returns what restores the previous handlers (None when
+    not on the main thread, where no handler can be installed)."""
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop.signum:
+            os._exit(128 + signum)
+        stop.request(signum)
+
+    try:
+        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread (embedded use)
+        return None
+
+    def restore() -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+    return restore
+
+
+def _why_nothing(path: str, res: Any, before: tuple[int, int, int], after: tuple[int, int, int], stop: Stop) -> str:
+    """Why a capture with packets gave the sensor nothing it could decode
+    (a link type it does not know, frames cut before their headers); "" when
+    something was decodable (or there was nothing at all)."""
+    frames, unknown, cut = (a - b for a, b in zip(after, before, strict=True))
+    lt = res.linktype
+    need = min_frame_bytes(lt)
+    if frames == 0 and res.capture_filter is not None and need is not None and not res.stopped:
+        # the capture filter rejected everything: look at the frames themselves
+        frames, cut = count_frames(path, need, stop)
+    if frames == 0:
+        return ""
+    if unknown == frames:
+        return f"link type {linktype_name(lt)} is not one the sensor decodes: none of its {frames} packet(s) decoded"
+    if cut == frames:
+        if need is not None and res.snaplen and res.snaplen < need:
+            return (
+                f"snaplen {res.snaplen} leaves no room for headers (link type {linktype_name(lt)} needs "
+                f"{need} bytes): none of its {frames} packet(s) decoded"
+            )
+        return f"{cut} of {frames} packets truncated before their headers: none decoded"
+    return ""
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
     cfg, rules = load_all(args.config, args.rules)
     output = cfg.output
@@ -187,21 +239,40 @@ def cmd_replay(args: argparse.Namespace) -> int:
         outputs.install_sighup()
     except ValueError:  # not the main thread (embedded use): no signal handler
         pass
+    stop = Stop()
+    restore = _catch_stop(stop)
     damaged = []
+    undecodable = []
     packets = 0
     pipe = Pipeline(cfg, rules, sink)
     detector = pipe.detector
     handler_for = progress.wrap(pipe.handler_for)
     try:
         for path in args.pcap:
+            if stop.signum:
+                break
             progress.begin(path)
-            res = read_file(path, handler_for, pipe.capture_filters(), pipe.refilter, watch=pipe.portset)
+            before = pipe.undecoded()
+            res = read_file(
+                path,
+                handler_for,
+                pipe.capture_filters(),
+                pipe.refilter,
+                watch=pipe.portset,
+                stop=stop,
+                filter_ok=decodable,
+            )
             progress.end(path)
             packets += res.packets
             if res.error:
                 damaged.append(f"{path}: damaged after {res.packets} packets: {res.error}")
                 progress.clear()
                 print(f"xfer-sensor: warning: {damaged[-1]}", file=sys.stderr)
+            why = _why_nothing(path, res, before, pipe.undecoded(), stop)
+            if why:
+                undecodable.append(f"{path}: {why}")
+                progress.clear()
+                print(f"xfer-sensor: warning: {undecodable[-1]}", file=sys.stderr)
     finally:
         pipe.finish()
         sink.close()
@@ -209,12 +280,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
     stats = pipe.stats()
     elapsed = time.perf_counter() - t0
     ostats = outputs.stats()
+    lost_total = 0
     for name, st in ostats["sinks"].items():
         lost = st["dropped_overflow"] + st["dropped_error"]
+        lost_total += lost
         if lost:
+            files = name.startswith("files:")
+            by = ", ".join(f"{k}{'.jsonl' if files else ''} {n}" for k, n in st["lost_by_kind"].items())
+            why = f": {st['last_error']}" if st["last_error"] else ""
             print(
-                f"xfer-sensor: warning: {name}: {lost} record(s) not written "
-                f"({st['dropped_overflow']} queue overflow, {st['dropped_error']} errors)",
+                f"xfer-sensor: error: {name}: {lost} record(s) not written ({by}; "
+                f"{st['dropped_overflow']} queue overflow, {st['dropped_error']} errors){why}",
                 file=sys.stderr,
             )
     alerts = detector.hunt_results()
@@ -224,6 +300,31 @@ def cmd_replay(args: argparse.Namespace) -> int:
         files = mem.files_for(a)
         a["Files"] = files
         a["FileBytes"] = sum(int(f.get("Bytes") or 0) for f in files)
+    if stop.signum:
+        rc = 128 + stop.signum
+    elif lost_total:
+        rc = EXIT_NOT_WRITTEN
+    elif damaged:
+        rc = EXIT_DAMAGED
+    elif undecodable:
+        rc = EXIT_UNDECODABLE
+    else:
+        rc = EXIT_OK
+    decoder = stats["decoder"]
+    if stats["decoder"]["packets"] and not decoder["target"] and not undecodable:
+        note = "no packet on tracked ports"
+    elif not packets and not undecodable:
+        note = "no packet passed the capture filter: none on tracked ports, or none at all"
+    else:
+        note = ""
+    interrupted = None
+    if stop.signum:
+        interrupted = {
+            "signal": signal.Signals(stop.signum).name,
+            "packets_read": packets,
+            # from the signal to here: everything read before it processed and every record written
+            "stop_seconds": round(time.monotonic() - stop.at, 6),
+        }
     if args.format == "json":
         json.dump(
             {
@@ -233,6 +334,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 "connections": conns,
                 "transfers": mem.counts["transfers"],
                 "outputs": ostats,
+                "undecodable": undecodable,
+                "note": note,
+                "interrupted": interrupted,
+                "exit_code": rc,
             },
             summary_out,
             indent=1,
@@ -245,6 +350,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             f"{mem.counts['transfers']} transfers, {len(alerts)} alert(s) in {elapsed:.2f}s",
             file=out,
         )
+        if note:
+            print(note, file=out)
         by = stats["connections"]
         if by:
             print("connections by ActionType: " + ", ".join(f"{k} {v}" for k, v in by.items()), file=out)
@@ -267,12 +374,32 @@ def cmd_replay(args: argparse.Namespace) -> int:
         else:
             print("no alerts", file=out)
         if args.out and output.files:
-            print(
-                f"\nrecords ({output.profile}) written to {str(args.out).rstrip('/')}/ "
-                "(connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl)",
-                file=out,
-            )
-    return EXIT_DAMAGED if damaged else EXIT_OK
+            where = f"{str(args.out).rstrip('/')}/"
+            fst = ostats["sinks"].get(f"files:{args.out}", {})
+            flost = fst.get("dropped_overflow", 0) + fst.get("dropped_error", 0)
+            if flost:
+                print(
+                    f"\nrecords ({output.profile}) NOT all written to {where}: {fst.get('written', 0)} written, "
+                    f"{flost} lost ("
+                    + ", ".join(f"{k}.jsonl {n}" for k, n in fst.get("lost_by_kind", {}).items())
+                    + "); every line in the files is whole",
+                    file=out,
+                )
+            else:
+                print(
+                    f"\nrecords ({output.profile}) written to {where} "
+                    "(connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl)",
+                    file=out,
+                )
+    if restore is not None:
+        restore()
+    if interrupted is not None:
+        print(
+            f"xfer-sensor: interrupted by {interrupted['signal']}: stopped {interrupted['stop_seconds']:.3f}s "
+            f"after the signal, the records of the {packets} packet(s) read before it written",
+            file=sys.stderr,
+        )
+    return rc
 
 
 def _log_to(progress: Progress | None) -> None:
@@ -605,8 +732,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         # stdout closed early (| head): not an error; keep Python from complaining at exit
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
 
