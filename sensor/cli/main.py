@@ -194,10 +194,13 @@ def _catch_stop(stop: Stop) -> Any:
     return restore
 
 
-def _why_nothing(path: str, res: Any, before: tuple[int, int, int], after: tuple[int, int, int], stop: Stop) -> str:
+def _why_nothing(
+    path: str, res: Any, before: tuple[int, int, int], after: tuple[int, int, int], stop: Stop
+) -> tuple[str, int]:
     """Why a capture with packets gave the sensor nothing it could decode
-    (a link type it does not know, frames cut before their headers); "" when
-    something was decodable (or there was nothing at all)."""
+    (a link type it does not know, frames cut before their headers), "" when
+    something was decodable (or there was nothing at all); and how many
+    frames the capture held (as far as known)."""
     frames, unknown, cut = (a - b for a, b in zip(after, before, strict=True))
     lt = res.linktype
     need = min_frame_bytes(lt)
@@ -205,17 +208,20 @@ def _why_nothing(path: str, res: Any, before: tuple[int, int, int], after: tuple
         # the capture filter rejected everything: look at the frames themselves
         frames, cut = count_frames(path, need, stop)
     if frames == 0:
-        return ""
+        return "", 0
     if unknown == frames:
-        return f"link type {linktype_name(lt)} is not one the sensor decodes: none of its {frames} packet(s) decoded"
-    if cut == frames:
+        why = f"link type {linktype_name(lt)} is not one the sensor decodes: none of its {frames} packet(s) decoded"
+    elif cut == frames:
         if need is not None and res.snaplen and res.snaplen < need:
-            return (
+            why = (
                 f"snaplen {res.snaplen} leaves no room for headers (link type {linktype_name(lt)} needs "
                 f"{need} bytes): none of its {frames} packet(s) decoded"
             )
-        return f"{cut} of {frames} packets truncated before their headers: none decoded"
-    return ""
+        else:
+            why = f"{cut} of {frames} packets truncated before their headers: none decoded"
+    else:
+        why = ""
+    return why, frames
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -244,6 +250,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     damaged = []
     undecodable = []
     packets = 0
+    frames = 0  # frames the captures held, as far as known
     pipe = Pipeline(cfg, rules, sink)
     detector = pipe.detector
     handler_for = progress.wrap(pipe.handler_for)
@@ -268,7 +275,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 damaged.append(f"{path}: damaged after {res.packets} packets: {res.error}")
                 progress.clear()
                 print(f"xfer-sensor: warning: {damaged[-1]}", file=sys.stderr)
-            why = _why_nothing(path, res, before, pipe.undecoded(), stop)
+            why, n = _why_nothing(path, res, before, pipe.undecoded(), stop)
+            frames += n
             if why:
                 undecodable.append(f"{path}: {why}")
                 progress.clear()
@@ -310,13 +318,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
         rc = EXIT_UNDECODABLE
     else:
         rc = EXIT_OK
-    decoder = stats["decoder"]
-    if stats["decoder"]["packets"] and not decoder["target"] and not undecodable:
-        note = "no packet on tracked ports"
-    elif not packets and not undecodable:
-        note = "no packet passed the capture filter: none on tracked ports, or none at all"
-    else:
+    if undecodable or stats["decoder"]["target"]:
         note = ""
+    elif frames:
+        note = f"no packet on tracked ports ({frames} packet(s) read)"
+    else:
+        note = "no packets in the capture" + ("s" if len(args.pcap) > 1 else "")
     interrupted = None
     if stop.signum:
         interrupted = {

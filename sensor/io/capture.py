@@ -167,6 +167,84 @@ STREAM_BUFFER_PACKETS = 8192  # packets a stream's reader thread holds ahead of 
 STREAM_WAKE_PACKETS = 1024  # packets that wake the pipeline's thread at once (else STOP_POLL_S)
 
 
+STREAM_HEADER_MAX = 60 << 10  # bytes of a stream's header (pcapng: up to its first interface) at most
+
+
+def _read_exact(fd: int, n: int, buf: bytearray) -> bool:
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            return False
+        buf += chunk
+    return True
+
+
+def _stream_header(fd: int, name: str) -> bytes:
+    """The bytes libpcap reads when it opens a capture: a pcap file's 24, a
+    pcapng file's blocks up to its first interface description."""
+    buf = bytearray()
+    if not _read_exact(fd, 24, buf) or buf[:4] != _SHB:
+        return bytes(buf)
+    e = "<" if buf[8:12] == _BOM_LE else ">"
+    off = 0
+    while _read_exact(fd, off + 8, buf):
+        btype, blen = struct.unpack(e + "II", buf[off : off + 8])
+        if blen < 12:
+            break  # libpcap says what is wrong
+        if off + blen > STREAM_HEADER_MAX:
+            raise CaptureError(f"{name}: pcapng header longer than {STREAM_HEADER_MAX} bytes")
+        if not _read_exact(fd, off + blen, buf) or btype == 1:
+            break
+        off += blen
+    return bytes(buf)
+
+
+def _open_stream(path: str | Path):
+    """libpcap on a stream, never blocked while opening it: libpcap holds the
+    GIL while it opens and reads a capture's header, so the header is read
+    here first (``os.read`` lets other threads run while it waits: a FIFO
+    with no writer, an idle pipe), put in a pipe of our own with a thread
+    that copies the rest of the stream after it, and libpcap opens that."""
+    name = str(path)
+    try:
+        src = os.open(name, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise CaptureError(f"{name}: {e.strerror}") from None
+    try:
+        head = _stream_header(src, name)
+    except OSError as e:
+        os.close(src)
+        raise CaptureError(f"{name}: {e.strerror}") from None
+    except CaptureError:
+        os.close(src)
+        raise
+    r, w = os.pipe()
+    os.write(w, head)  # shorter than a pipe's buffer: never blocks
+
+    def pump() -> None:
+        try:
+            while True:
+                chunk = os.read(src, 1 << 16)
+                if not chunk:
+                    break
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(w, view) :]
+        except OSError:
+            pass  # the stream failed (libpcap sees it end), or the reader closed its end
+        finally:
+            os.close(src)
+            os.close(w)
+
+    threading.Thread(target=pump, name="pcap-stream-copy", daemon=True).start()
+    try:
+        return pcapy.open_offline(f"/proc/self/fd/{r}")
+    except pcapy.PcapError as e:
+        raise CaptureError(f"{name}: not a pcap or pcapng capture ({e})") from None
+    finally:
+        os.close(r)  # libpcap opened its own
+
+
 def _read_stream(path: str | Path, handler_for: Callable[[int], Handler], stop: Stop) -> ReadResult:
     """A pipe, FIFO or stdin: libpcap opens and reads it on a thread (it may
     block there: a FIFO with no writer, an idle pipe), handing packets over
@@ -185,7 +263,7 @@ def _read_stream(path: str | Path, handler_for: Callable[[int], Handler], stop: 
 
     def run() -> None:
         try:
-            reader = open_offline(path)
+            reader = _open_stream(path)
             opened.append(reader.datalink())
         except CaptureError as e:
             opened.append(e)

@@ -100,8 +100,8 @@ class StreamWriter:
 def write_line(fd: int, data: bytes, rollback: bool) -> None:
     """Write one whole line, or nothing: a write that fails writes nothing
     (POSIX), and when a short write (disk full) is followed by a failure the
-    partial line is cut off again (``rollback``: ``fd`` is a regular file
-    opened with O_APPEND, so its offset is the end of what was written). A
+    partial line is cut off again (``rollback``: ``fd`` is a regular file,
+    whose offset is the end of what was written). A
     pipe cannot take bytes back: there the rest is retried until it fails."""
     n = os.write(fd, data)
     if n == len(data):
@@ -117,7 +117,9 @@ def write_line(fd: int, data: bytes, rollback: bool) -> None:
         if not rollback:
             raise
         try:
-            os.ftruncate(fd, os.lseek(fd, 0, os.SEEK_CUR) - done)
+            start = os.lseek(fd, 0, os.SEEK_CUR) - done
+            os.ftruncate(fd, start)
+            os.lseek(fd, start, os.SEEK_SET)  # without O_APPEND (a shell's >) the offset stays past the end
         except OSError as e2:
             raise SinkError(f"{e}; the partial line ({done} bytes) could not be removed: {e2}") from e
         raise
