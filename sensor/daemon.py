@@ -210,6 +210,7 @@ class Daemon:
             allow_base=self.allow_base,
             outputs=self.sink.stats(),
             start_time=self.started,
+            state_write_errors=self.persist.write_errors,
         )
 
     def status_line(self) -> str:
@@ -262,6 +263,11 @@ class Daemon:
             self.pipe.finish()
             self.persist.close()
             self.sink.close()
+            for name, st in self.sink.stats()["sinks"].items():
+                lost = st["dropped_overflow"] + st["dropped_error"]
+                if lost:
+                    by = ", ".join(f"{k} {n}" for k, n in st["lost_by_kind"].items())
+                    log.warning("%s: %d record(s) not written in this run (%s)", name, lost, by)
             final = self.status_line()
             if self.metrics_server is not None:
                 self.metrics_server.close()

@@ -459,3 +459,23 @@ def test_decodable_capture_has_no_note(tmp_path):
     rc, summary, err = _replay(path, tmp_path)
     assert rc == 0 and summary["note"] == "" and not summary["undecodable"], err
     assert summary["connections"] == 1
+
+
+def test_metrics_show_a_failing_output_and_state_write_errors(tmp_path, monkeypatch):
+    from sensor.io import metrics
+    from sensor.io.sinks import Outputs
+    from sensor.records.encode import Encoder
+
+    monkeypatch.setattr(
+        "sensor.io.sinks.os.write", lambda fd, data: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error"))
+    )
+    sink = AsyncSink(FileWriter(tmp_path), block=False)
+    outs = Outputs(Encoder(), [sink])
+    outs.emit("connections", {"Timestamp": "t"})
+    assert outs.flush(30)
+    snap = metrics.collect(pipe_stats={}, capture_stats={}, flows_active=0, outputs=outs.stats(), state_write_errors=3)
+    text = metrics.render(snap)
+    assert f'xfer_sensor_output_failing{{sink="files:{tmp_path}"}} 1' in text
+    assert f'xfer_sensor_output_dropped_total{{sink="files:{tmp_path}",reason="error"}} 1' in text
+    assert "xfer_sensor_state_write_errors_total 3" in text
+    outs.close()
