@@ -225,6 +225,16 @@ def _why_nothing(
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    stop = Stop()
+    restore = _catch_stop(stop)
+    try:
+        return _replay(args, stop)
+    finally:
+        if restore is not None:
+            restore()
+
+
+def _replay(args: argparse.Namespace, stop: Stop) -> int:
     cfg, rules = load_all(args.config, args.rules)
     output = cfg.output
     if args.profile:
@@ -245,8 +255,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
         outputs.install_sighup()
     except ValueError:  # not the main thread (embedded use): no signal handler
         pass
-    stop = Stop()
-    restore = _catch_stop(stop)
     damaged = []
     undecodable = []
     packets = 0
@@ -398,8 +406,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
                     "(connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl)",
                     file=out,
                 )
-    if restore is not None:
-        restore()
     if interrupted is not None:
         print(
             f"xfer-sensor: interrupted by {interrupted['signal']}: stopped {interrupted['stop_seconds']:.3f}s "
