@@ -818,6 +818,19 @@ class NbssFramer:
         self._state = _SCAN
         return False
 
+    def take_partial(self) -> NbssMessage | None:
+        """End of stream before the first bytes of a message that would be
+        streamed (a READ response or WRITE request) were all in: hand them over
+        as its head, as if the rest were being skipped, so the data they carry
+        is counted and what never came is known (``_skip``)."""
+        if self._state != _HEAD or self._type != 0 or not self._buf or not _streamable(bytes(self._buf)):
+            return None
+        head = bytes(self._buf)
+        self._buf.clear()
+        self._skip = self._length - len(head)
+        self._state = _SKIP
+        return NbssMessage(0, head, self._length, False)
+
     def close(self) -> FramerNotice | None:
         """End of stream: report a message cut short."""
         st, have = self._state, len(self._buf)
@@ -1184,6 +1197,11 @@ class SmbAnalyzer(Analyzer):
             return out
         self._closed = True
         try:
+            for to_server in (True, False):
+                head = self._framers[to_server].take_partial()
+                if head is not None:
+                    self._inflight.pop(to_server, None)
+                    self._on_message(to_server, head, ts, out)
             self._cut_short(ts, out)
             for to_server in (True, False):
                 notice = self._framers[to_server].close()
@@ -1390,7 +1408,7 @@ class SmbAnalyzer(Analyzer):
         if n < claim:
             what = "READ DataLength" if read else "WRITE Length"
             self._weird_first(
-                ts, "smb_claim_exceeds_data", f"{what} {claim}: its message carries {n} bytes of data", out
+                ts, "smb_claim_exceeds_data", f"{what} {claim}: its message holds at most {n} bytes of data", out
             )
         if self._streamed and n:
             self._inflight[not read] = (f, read, n, doff, self._extent)
