@@ -1144,7 +1144,7 @@ class SmbAnalyzer(Analyzer):
         self._closed = False
         # READ/WRITE data is counted as moved only as far as its message carries it:
         self._extent = 0  # bytes of the command being parsed, from its SMB header (streamed: to the message end)
-        self._budget = 0  # bytes of the message being parsed not yet counted as data
+        self._data_end = 0  # end of the data counted last in it (an AndX chain's data never counts twice)
         self._streamed = False  # that message is streamed: its data arrives (or not) after it is parsed
         # per direction, the streamed message whose data is arriving: (file, read, counted, data offset, extent)
         self._inflight: dict[bool, tuple[_File, bool, int, int, int]] = {}
@@ -1264,7 +1264,7 @@ class SmbAnalyzer(Analyzer):
         t = msg.msg_type
         if t == 0x00:
             magic = msg.data[:4]
-            self._extent = self._budget = msg.length
+            self._extent, self._data_end = msg.length, 0
             self._streamed = not msg.complete
             if magic == _SMB2:
                 self._smb2(msg, ts, out)
@@ -1391,10 +1391,11 @@ class SmbAnalyzer(Analyzer):
     def _count(self, f: _File, read: bool, claim: int, doff: int, ts: int, out: list[Event]) -> None:
         """A READ response's or WRITE request's data: ``claim`` (its length field)
         is what it claims; what moved is what its command carries from
-        ``doff`` (relative to its SMB header), never more than the message
-        has left after its other commands' data."""
-        n = min(claim, max(0, self._extent - doff), self._budget)
-        self._budget -= n
+        ``doff`` (relative to its SMB header), and never bytes an earlier
+        command of the same message already counted."""
+        start = max(doff, self._data_end)
+        n = min(claim, max(0, self._extent - start))
+        self._data_end = start + n
         if read:
             f.bytes_read += n
             f.claimed_read += claim
@@ -1411,7 +1412,7 @@ class SmbAnalyzer(Analyzer):
                 ts, "smb_claim_exceeds_data", f"{what} {claim}: its message holds at most {n} bytes of data", out
             )
         if self._streamed and n:
-            self._inflight[not read] = (f, read, n, doff, self._extent)
+            self._inflight[not read] = (f, read, n, start, self._extent)
 
     def _cut_short(self, ts: int, out: list[Event]) -> None:
         """Connection end inside a streamed READ/WRITE: its missing data never moved."""
@@ -1553,7 +1554,7 @@ class SmbAnalyzer(Analyzer):
                 nxt = 0
             if nxt:
                 m = m[:nxt]
-            self._extent = len(m)
+            self._extent, self._data_end = len(m), 0  # offsets are from this command's header
             self._smb2_command(m, h, chain, ts, out)
             if not nxt:
                 return
@@ -1814,6 +1815,9 @@ class SmbAnalyzer(Analyzer):
                     data = _slice(m, boff, bc, "data bytes")
                 else:
                     boff, data = off + 3 + 2 * wc, b""
+                # a command's data lies in its own bytes (a streamed one's run to the message end)
+                self._extent = boff + len(data) if msg.complete else msg.length
+                self._data_end = max(self._data_end, boff)
                 if h.is_response:
                     info = reqs.get(cmd) if reqs is not None else None
                     self._smb1_response(m, h, cmd, words, data, boff, info, ts, out)
