@@ -449,3 +449,135 @@ def test_window_store_flush_survives_a_value_sqlite_cannot_hold(tmp_path, caplog
         p.flush()  # logged, kept in memory, no exception
     assert "write failed" in caplog.text
     p.store = None  # nothing more to write
+
+
+# -- any value in any field: the loaders' own error, nothing else ----------------------------
+def _random_value(rnd, depth: int = 0):
+    pool = [
+        None,
+        True,
+        0,
+        -1,
+        1 << 70,
+        float("nan"),
+        float("inf"),
+        -0.0,
+        1e300,
+        "",
+        "x" * 5000,
+        "2026-13-45",
+        "9999-12-31",
+        "24h",
+        "1.2.3.4/99",
+        "udp",
+        "\udcff",
+        "(a)\\1",
+        "*?*",
+    ]
+    if depth < 3 and rnd.random() < 0.3:
+        if rnd.random() < 0.5:
+            return [_random_value(rnd, depth + 1) for _ in range(rnd.randint(0, 3))]
+        return {rnd.choice(["a", "gt", "reason", "expires", 1]): _random_value(rnd, depth + 1) for _ in range(2)}
+    return rnd.choice(pool)
+
+
+def test_any_value_in_any_field_is_a_named_error_or_accepted():
+    """Every config key and section option, every rule key, correlation key and
+    allow-entry key, with hostile values: ConfigError / RuleError or a value
+    that loads, never another exception."""
+    import dataclasses
+    import random
+
+    from sensor.core.config import ConfigError, Output, SyslogOutput, Timeouts, config_from_dict
+    from sensor.detect.rules import RuleError, load_rule_docs
+
+    rnd = random.Random(1313)
+    top = [
+        "tracked_ports",
+        "home_net",
+        "ip_type_overrides",
+        "inventory",
+        "device_name",
+        "hostnames",
+        "metrics_listen",
+        "status_interval",
+        "state_dir",
+        "state_flush_interval",
+    ]
+    sections = {
+        "timeouts": [f.name for f in dataclasses.fields(Timeouts)],
+        "limits": [f.name for f in dataclasses.fields(Limits)],
+        "output": [f.name for f in dataclasses.fields(Output) if f.name != "syslog"],
+    }
+    syslog = [f.name for f in dataclasses.fields(SyslogOutput)]
+    for _ in range(3000):
+        k = rnd.choice(top + list(sections) + ["output.syslog"])
+        if k in sections:
+            raw = {k: {rnd.choice(sections[k]): _random_value(rnd)}}
+        elif k == "output.syslog":
+            raw = {"output": {"syslog": {rnd.choice(syslog): _random_value(rnd)}}}
+        else:
+            raw = {k: _random_value(rnd)}
+        try:
+            config_from_dict(raw, "c.yaml")
+        except ConfigError as e:
+            assert "\n" not in str(e)
+    base = {
+        "title": "t",
+        "id": RID,
+        "logsource": {"category": "network_connection"},
+        "detection": {"sel": {"RemotePort": 21}, "f": {"RemoteIP": "192.0.2.1"}, "condition": "sel and not f"},
+        "x-allow": {"f": {"reason": "r", "expires": "2030-01-01"}},
+    }
+    cor = {
+        "title": "c",
+        "id": "c",
+        "correlation": {
+            "type": "event_count",
+            "rules": [RID],
+            "group-by": ["RemoteIP"],
+            "timespan": "24h",
+            "condition": {"gt": 3},
+        },
+    }
+    paths = [
+        ("title",),
+        ("id",),
+        ("name",),
+        ("level",),
+        ("tags",),
+        ("date",),
+        ("description",),
+        ("references",),
+        ("author",),
+        ("logsource",),
+        ("detection",),
+        ("detection", "sel"),
+        ("detection", "sel", "RemotePort"),
+        ("detection", "sel", "AppUser|re"),
+        ("detection", "sel", "AppUser|contains"),
+        ("detection", "sel", "RemoteIP|cidr"),
+        ("detection", "sel", "SentBytes|gt"),
+        ("detection", "condition"),
+        ("x-allow",),
+        ("x-allow", "f"),
+        ("x-allow", "f", "expires"),
+        ("x-allow", "f", "reason"),
+    ]
+    cpaths = [("correlation", k) for k in ("type", "rules", "group-by", "timespan", "condition", "generate")]
+    cpaths.append(("correlation", "condition", "gt"))
+    for _ in range(3000):
+        det, c = json.loads(json.dumps(base)), json.loads(json.dumps(cor))
+        which = rnd.random() < 0.7
+        doc, path = (det, rnd.choice(paths)) if which else (c, rnd.choice(cpaths))
+        node = doc
+        for p in path[:-1]:
+            node = node[p]
+        node[path[-1]] = _random_value(rnd)
+        try:
+            rs = load_rule_docs([("r.yml", 0, det), ("r.yml", 1, c)], RECORD_FIELDS)
+        except RuleError as e:
+            assert "\n" not in str(e)
+            continue
+        for d in rs.detections:  # what loaded also matches without an exception
+            d.explain({"RemotePort": 21, "AppUser": "\udcff" + "a" * 10, "RemoteIP": "192.0.2.1", "SentBytes": 5})
