@@ -22,6 +22,7 @@ from sensor.cli.progress import Progress, ProgressAwareHandler
 from sensor.core.config import PROFILES, ConfigError, SyslogOutput, load_config
 from sensor.detect.rules import DetectionRule, RuleError, RuleSet, default_rules_dir, load_rules
 from sensor.io.capture import CaptureError, read_file
+from sensor.io.outdir import check_outdir
 from sensor.io.sinks import MemorySink, TeeSink, build_outputs
 from sensor.pipeline import Pipeline
 from sensor.records.encode import KINDS
@@ -33,8 +34,10 @@ EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_DAMAGED = 0, 1, 2, 3
 
 
 def load_all(config_path: str | None, rules_path: str | None):
+    """Config and rules, validated the one way check, replay, rules test and
+    the daemon all use."""
     cfg = load_config(config_path)
-    rules = load_rules(rules_path or default_rules_dir(), RECORD_FIELDS)
+    rules = load_rules(rules_path or default_rules_dir(), RECORD_FIELDS, cfg.limits.max_match_chars)
     return cfg, rules
 
 
@@ -168,6 +171,8 @@ def _syslog_arg(text: str | None, proto: str | None, base: SyslogOutput | None) 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     cfg, rules = load_all(args.config, args.rules)
+    if args.out is not None and cfg.output.files:
+        check_outdir(args.out)  # before any packet is read
     output = cfg.output
     if args.profile:
         output = dataclasses.replace(output, profile=args.profile)
@@ -430,11 +435,12 @@ def _select_rules(rules: RuleSet, ref: str) -> tuple[list[DetectionRule], list[A
 def cmd_rules_test(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     rule_path = Path(args.rule)
+    cap = cfg.limits.max_match_chars
     if rule_path.is_file():
-        rules = load_rules(rule_path, RECORD_FIELDS)
+        rules = load_rules(rule_path, RECORD_FIELDS, cap)
         dets, cors = list(rules.detections), list(rules.correlations)
     else:
-        rules = load_rules(args.rules or default_rules_dir(), RECORD_FIELDS)
+        rules = load_rules(args.rules or default_rules_dir(), RECORD_FIELDS, cap)
         dets, cors = _select_rules(rules, args.rule)
         if not dets and not cors:
             raise RuleError(
