@@ -25,6 +25,7 @@ from sensor.cli.progress import Progress, ProgressAwareHandler
 from sensor.core.config import PROFILES, ConfigError, SyslogOutput, load_config
 from sensor.detect.rules import DetectionRule, RuleError, RuleSet, default_rules_dir, load_rules
 from sensor.io.capture import CaptureError, Stop, count_frames, linktype_name, read_file
+from sensor.io.outdir import check_outdir
 from sensor.io.sinks import MemorySink, TeeSink, build_outputs
 from sensor.pipeline import Pipeline, decodable, min_frame_bytes
 from sensor.records.encode import KINDS
@@ -39,8 +40,10 @@ EXIT_UNDECODABLE = 5  # a capture had packets but none the sensor could decode
 
 
 def load_all(config_path: str | None, rules_path: str | None):
+    """Config and rules, validated the one way check, replay, rules test and
+    the daemon all use."""
     cfg = load_config(config_path)
-    rules = load_rules(rules_path or default_rules_dir(), RECORD_FIELDS)
+    rules = load_rules(rules_path or default_rules_dir(), RECORD_FIELDS, cfg.limits.max_match_chars)
     return cfg, rules
 
 
@@ -236,6 +239,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace, stop: Stop) -> int:
     cfg, rules = load_all(args.config, args.rules)
+    if args.out is not None and cfg.output.files:
+        check_outdir(args.out)  # before any packet is read
     output = cfg.output
     if args.profile:
         output = dataclasses.replace(output, profile=args.profile)
@@ -570,11 +575,12 @@ def _select_rules(rules: RuleSet, ref: str) -> tuple[list[DetectionRule], list[A
 def cmd_rules_test(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     rule_path = Path(args.rule)
+    cap = cfg.limits.max_match_chars
     if rule_path.is_file():
-        rules = load_rules(rule_path, RECORD_FIELDS)
+        rules = load_rules(rule_path, RECORD_FIELDS, cap)
         dets, cors = list(rules.detections), list(rules.correlations)
     else:
-        rules = load_rules(args.rules or default_rules_dir(), RECORD_FIELDS)
+        rules = load_rules(args.rules or default_rules_dir(), RECORD_FIELDS, cap)
         dets, cors = _select_rules(rules, args.rule)
         if not dets and not cors:
             raise RuleError(

@@ -440,8 +440,8 @@ class EcsProfile:
                 f["name"] = base
         if rec.get("Complete") and direction != "listing":
             f["size"] = int(rec.get("Bytes") or 0)
-        elif isinstance(rec.get("AnnouncedSize"), int):
-            f["size"] = rec["AnnouncedSize"]
+        elif isinstance(rec.get("AnnouncedSize"), int) and "ClaimedBytes" not in rec:
+            f["size"] = rec["AnnouncedSize"]  # never a claim above what moved (that is claimed_bytes)
         if f:
             doc["file"] = f
         if rec.get("User"):
@@ -472,6 +472,7 @@ class EcsProfile:
             ("ReplyCode", "reply_code"),
             ("Outcome", "outcome"),
             ("AnnouncedSize", "announced_size"),
+            ("ClaimedBytes", "claimed_bytes"),
             ("Blocks", "blocks"),
             ("BlockSize", "block_size"),
             ("ErrorCode", "error_code"),

@@ -31,6 +31,8 @@ class SmbSession(Session):
     def __init__(self, ctx: FlowContext, analyzer: SmbAnalyzer) -> None:
         super().__init__(ctx)
         self.analyzer = analyzer
+        self.uploaded = 0  # transfer bytes reported so far, client to server
+        self.downloaded = 0  # and server to client
 
     def on_event(self, ev: Event) -> None:
         ctx = self.ctx
@@ -59,9 +61,19 @@ class SmbSession(Session):
         if ev.is_dir or not (ev.bytes_read or ev.bytes_written):
             return
         flow = self.ctx.flow
-        for direction, nbytes in (("download", ev.bytes_read), ("upload", ev.bytes_written)):
+        for direction, nbytes, claimed in (
+            ("download", ev.bytes_read, ev.claimed_read),
+            ("upload", ev.bytes_written, ev.claimed_written),
+        ):
             if not nbytes:
                 continue
+            # never more than the connection carried that way, over all its files
+            if direction == "upload":
+                nbytes = min(nbytes, flow.o.bytes - self.uploaded)
+                self.uploaded += nbytes
+            else:
+                nbytes = min(nbytes, flow.r.bytes - self.downloaded)
+                self.downloaded += nbytes
             rec: dict[str, Any] = {
                 "Timestamp": iso_us(ev.ts),
                 "Protocol": "smb",
@@ -77,8 +89,10 @@ class SmbSession(Session):
                 "Share": ev.tree,
                 "Direction": direction,
                 "Bytes": nbytes,
-                "Complete": ev.closed and not ev.error,
+                "Complete": ev.closed and not ev.error and claimed <= nbytes,
             }
+            if claimed > nbytes:
+                rec["ClaimedBytes"] = claimed
             self.ctx.transfer(rec)
 
 
