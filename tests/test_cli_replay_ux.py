@@ -203,7 +203,7 @@ def test_stdout_sink_moves_the_summary_to_stderr():
     "make,words",
     [
         (lambda d: d / "missing.pcap", "no such file"),
-        (lambda d: d, "is a directory"),
+        (lambda d: d, "empty folder"),  # a folder is an input (its captures); this one holds none
         (lambda d: (d / "notes.pcap").write_text("hello, not a capture\n") and d / "notes.pcap", "not a pcap"),
         (lambda d: (d / "empty.pcap").write_bytes(b"") or d / "empty.pcap", "empty file"),
     ],

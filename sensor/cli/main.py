@@ -25,6 +25,7 @@ from sensor.cli.progress import Progress, ProgressAwareHandler
 from sensor.core.config import PROFILES, ConfigError, SyslogOutput, load_config
 from sensor.detect.rules import DetectionRule, RuleError, RuleSet, default_rules_dir, load_rules
 from sensor.io.capture import CaptureError, Stop, count_frames, linktype_name, read_file
+from sensor.io.inputs import Inputs, print_notes, resolve
 from sensor.io.outdir import check_outdir
 from sensor.io.sinks import MemorySink, TeeSink, build_outputs
 from sensor.pipeline import Pipeline, decodable, min_frame_bytes
@@ -198,7 +199,12 @@ def _catch_stop(stop: Stop) -> Any:
 
 
 def _why_nothing(
-    path: str, res: Any, before: tuple[int, int, int], after: tuple[int, int, int], stop: Stop
+    path: str,
+    res: Any,
+    before: tuple[int, int, int],
+    after: tuple[int, int, int],
+    stop: Stop,
+    inputs: Inputs | None = None,
 ) -> tuple[str, int]:
     """Why a capture with packets gave the sensor nothing it could decode
     (a link type it does not know, frames cut before their headers), "" when
@@ -208,8 +214,9 @@ def _why_nothing(
     lt = res.linktype
     need = min_frame_bytes(lt)
     if frames == 0 and res.capture_filter is not None and need is not None and not res.stopped:
-        # the capture filter rejected everything: look at the frames themselves
-        frames, cut = count_frames(path, need, stop)
+        # the capture filter rejected everything: look at the frames themselves (those the user selected)
+        sel, win = (inputs.select, inputs.window) if inputs is not None else (None, None)
+        frames, cut = count_frames(path, need, stop, sel, win.contains if win is not None else None)
     if frames == 0:
         return "", 0
     if unknown == frames:
@@ -239,6 +246,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace, stop: Stop) -> int:
     cfg, rules = load_all(args.config, args.rules)
+    inputs = resolve(args.inputs, args.filter, args.since, args.until)  # every input checked before reading
+    args.pcap = inputs.paths
     if args.out is not None and cfg.output.files:
         check_outdir(args.out)  # before any packet is read
     output = cfg.output
@@ -267,12 +276,17 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
     pipe = Pipeline(cfg, rules, sink)
     detector = pipe.detector
     handler_for = progress.wrap(pipe.handler_for)
+    window = inputs.window
+    if window is not None:
+        handler_for = window.wrap(handler_for)
+    print_notes(inputs.notes)
     try:
         for path in args.pcap:
             if stop.signum:
                 break
             progress.begin(path)
             before = pipe.undecoded()
+            outside = window.outside if window is not None else 0
             res = read_file(
                 path,
                 handler_for,
@@ -281,14 +295,15 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
                 watch=pipe.portset,
                 stop=stop,
                 filter_ok=decodable,
+                select=inputs.select,
             )
             progress.end(path)
-            packets += res.packets
+            packets += res.packets - (window.outside - outside if window is not None else 0)
             if res.error:
                 damaged.append(f"{path}: damaged after {res.packets} packets: {res.error}")
                 progress.clear()
                 print(f"xfer-sensor: warning: {damaged[-1]}", file=sys.stderr)
-            why, n = _why_nothing(path, res, before, pipe.undecoded(), stop)
+            why, n = _why_nothing(path, res, before, pipe.undecoded(), stop, inputs)
             frames += n
             if why:
                 undecodable.append(f"{path}: {why}")
@@ -335,6 +350,8 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
         note = ""
     elif frames:
         note = f"no packet on tracked ports ({frames} packet(s) read)"
+    elif inputs.select is not None or window is not None:
+        note = "no packet matched " + _selection(args)
     else:
         note = "no packets in the capture" + ("s" if len(args.pcap) > 1 else "")
     interrupted = None
@@ -418,6 +435,13 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
             file=sys.stderr,
         )
     return rc
+
+
+def _selection(args: argparse.Namespace) -> str:
+    """--filter, --since and --until as given, for a message."""
+    parts = [f"--filter {args.filter!r}"] if args.filter is not None else []
+    parts += [f"{o} {v}" for o, v in (("--since", args.since), ("--until", args.until)) if v is not None]
+    return " ".join(parts)
 
 
 def _log_to(progress: Progress | None) -> None:
@@ -590,12 +614,17 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
                 "no rule with this id or name (xfer-sensor rules list shows them)",
             )
     tested = RuleSet(tuple(dets), tuple(cors))
+    inputs = resolve(args.inputs, args.filter, args.since, args.until)  # every input checked before reading
+    print_notes(inputs.notes)
     explain = _ExplainSink(dets)
     mem = MemorySink()
     pipe = Pipeline(cfg, tested, TeeSink(explain, mem))
+    handler_for = pipe.handler_for if inputs.window is None else inputs.window.wrap(pipe.handler_for)
     damaged = []
-    for path in args.pcap:
-        res = read_file(path, pipe.handler_for, pipe.capture_filters(), pipe.refilter, watch=pipe.portset)
+    for path in inputs.paths:
+        res = read_file(
+            path, handler_for, pipe.capture_filters(), pipe.refilter, watch=pipe.portset, select=inputs.select
+        )
         if res.error:
             damaged.append(f"{path}: damaged after {res.packets} packets: {res.error}")
             print(f"xfer-sensor: warning: {damaged[-1]}", file=sys.stderr)
@@ -668,7 +697,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"xfer-sensor {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
     rp = sub.add_parser("replay", help="replay pcap/pcapng files through the sensor")
-    rp.add_argument("pcap", nargs="+", help="capture files, replayed in order as one stream")
+    rp.add_argument(
+        "pcap",
+        nargs="*",
+        help="capture files, folders of captures (in the order of their first packet) or - (stdin), "
+        "replayed in order as one stream",
+    )
+    _input_options(rp)
     rp.add_argument("--config", help="config YAML (default: built-in defaults)")
     rp.add_argument("--rules", help="rules folder or file (default: the shipped rules/)")
     rp.add_argument("--out", help="write connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl here")
@@ -719,12 +754,99 @@ def build_parser() -> argparse.ArgumentParser:
         "test", help="replay captures through one rule: which events matched, which an allow entry suppressed and why"
     )
     rt.add_argument("rule", help="a rule id or name (from --rules), or a rule file")
-    rt.add_argument("pcap", nargs="+")
+    rt.add_argument("pcap", nargs="*", help="captures, folders or - (stdin), as for replay")
+    _input_options(rt)
     rt.add_argument("--rules", help="rules folder or file to find RULE in (default: the shipped rules/)")
     rt.add_argument("--config", help="config YAML (hostnames, ip_type_overrides, ...)")
     rt.add_argument("--format", choices=("table", "json"), default="table")
     rt.set_defaults(func=cmd_rules_test)
+    ap.set_defaults(input_parsers={"replay": rp, "rules test": rt})
     return ap
+
+
+def _input_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-r",
+        "--read",
+        metavar="FILE",
+        action="append",
+        help="a capture file, folder or - (stdin), like a positional one (repeatable, in order with them)",
+    )
+    p.add_argument(
+        "--filter",
+        metavar="BPF",
+        help="only packets this libpcap (tcpdump) expression admits; ANDed with the sensor's own filter",
+    )
+    p.add_argument("--since", metavar="TIME", help="only packets at or after TIME (ISO 8601; no zone: UTC)")
+    p.add_argument("--until", metavar="TIME", help="only packets before TIME (ISO 8601; no zone: UTC)")
+
+
+_READ_MARK = "\0"  # marks a -r value among the positionals (no argument from the OS holds a NUL)
+
+
+def _mark_reads(tail: Sequence[str]) -> list[str]:
+    """``-r FILE``, ``-rFILE``, ``--read FILE``, ``--read=FILE`` (and the
+    abbreviations argparse accepts, ``--re``, ``--rea``) become the
+    positional ``\\0FILE``, so that inputs keep their command-line order,
+    however they are mixed (argparse alone would collect the two kinds
+    apart)."""
+    out: list[str] = []
+    i = 0
+    while i < len(tail):
+        t = tail[i]
+        i += 1
+        if t == "--":
+            out.append(t)
+            out += tail[i:]
+            break
+        name, eq, value = t.partition("=")
+        if t == "-r" or (name.startswith("--") and len(name) >= 4 and "--read".startswith(name)):
+            if eq:
+                out.append(_READ_MARK + value)
+            elif i < len(tail):
+                out.append(_READ_MARK + tail[i])
+                i += 1
+            else:
+                out.append(t)  # argparse says the value is missing
+        elif t.startswith("-r") and len(t) > 2:
+            out.append(_READ_MARK + t[2:])
+        else:
+            out.append(t)
+    return out
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The command line; ``replay`` and ``rules test`` take their inputs
+    positionally and with ``-r``, mixed with the options in any order, and
+    keep the order they were given in (``args.inputs``)."""
+    ap = build_parser()
+    parsers = ap.get_default("input_parsers")
+    cmd = "replay" if argv[:1] == ["replay"] else "rules test" if list(argv[:2]) == ["rules", "test"] else None
+    if cmd is None:
+        return ap.parse_args(argv)
+    sub = parsers[cmd]
+    tail = argv[1:] if cmd == "replay" else argv[2:]
+    if "-h" in tail or "--help" in tail:
+        return ap.parse_args(argv)  # argparse's own help, then exit
+    args = sub.parse_intermixed_args(_mark_reads(tail))
+    args.cmd = cmd.split()[0]
+    for k, v in vars(args).items():
+        if isinstance(v, str) and _READ_MARK in v:  # ``--config -r``: -r was taken for a value
+            sub.error(f"argument --{k}: expected one argument")
+    given = [] if cmd == "replay" else [args.rule]
+    given += args.pcap
+    if cmd == "rules test":
+        plain = [g for g in given if not g.startswith(_READ_MARK)]
+        if not plain:
+            sub.error("the following arguments are required: rule")
+        args.rule = plain[0]
+        given.remove(plain[0])
+    args.inputs = [g[len(_READ_MARK) :] if g.startswith(_READ_MARK) else g for g in given]
+    if not args.inputs:
+        sub.error("no capture given: name files, folders or - (stdin), positionally or with -r")
+    args.pcap = list(args.inputs)
+    args.read = None
+    return args
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -741,7 +863,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv[:1] == ["run"]:
         # the daemon parses its own options (-i, --config, --rules, --out, --allow-root)
         return cmd_run(argparse.Namespace(daemon_args=argv[1:]))
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return args.func(args)
     except (ConfigError, RuleError, CaptureError) as e:

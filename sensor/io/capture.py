@@ -112,6 +112,7 @@ def read_file(
     watch: Any = None,
     stop: Stop | None = None,
     filter_ok: Callable[[int, int], bool] | None = None,
+    select: str | None = None,
 ) -> ReadResult:
     """Read every packet of ``path``; ``handler_for(linktype)`` gives the
     function that receives ``(ts_us, data)``; ``filters`` are capture filters
@@ -130,28 +131,124 @@ def read_file(
     type the decoder does not know, a snaplen that cuts every header): every
     frame then reaches the handler, which can count them.
 
+    ``select``: the user's BPF expression (``--filter``): only the packets
+    it admits are read, whatever else is installed (it is ANDed with each
+    capture filter; alone when there is none).
+
     A pipe, FIFO or character device (stdin) is read on a thread, without
     capture filter (it cannot be read twice, which a new filter needs; the
-    decoder's own checks do the work), see ``_read_stream``."""
+    decoder's own checks do the work) but with ``select``, see
+    ``_read_stream``."""
     stop = stop if stop is not None else Stop()
     if _is_stream(path):
-        return _read_stream(path, handler_for, stop)
+        return _read_stream(path, handler_for, stop, select)
     link_types = _pcapng_link_types(path)
     if link_types is not None and len(link_types) > 1:
-        return _read_pcapng_mixed(path, handler_for, stop)
+        return _read_pcapng_mixed(path, handler_for, stop, select)
     snaplen = header_snaplen(path)
     reader = open_offline(path)
     linktype = reader.datalink()
     handle = handler_for(linktype)
     if filters and filter_ok is not None and not filter_ok(linktype, snaplen):
         filters = None
+    if select is not None:
+        filters = and_filters(select, filters)
+        if refilter is not None:
+            refilter = _and_refilter(select, refilter)
     installed = set_filter(reader, filters) if filters else None
+    if select is not None and installed is None:
+        raise CaptureError(f"{path}: --filter {select!r} does not compile for link type {linktype_name(linktype)}")
     if read_ahead and hasattr(reader, "next_batch"):
         res = _read_ahead(path, reader, linktype, handle, installed, refilter, watch, stop)
     else:
         res = _loop(path, reader, linktype, handle, installed, refilter, 0, stop)
     res.snaplen = snaplen
     return res
+
+
+def and_filters(select: str, filters: Sequence[str | None] | None) -> list[str | None]:
+    """The user's expression ANDed with each capture filter, first (libpcap's
+    ``vlan`` shifts the offsets of what follows it: the user's expression
+    sees the frame as tcpdump would show it); alone for "no filter"."""
+    out: list[str | None] = []
+    for f in filters or (None,):
+        c = select if f is None else f"({select}) and ({f})"
+        if c not in out:
+            out.append(c)
+    return out
+
+
+def _and_refilter(
+    select: str, refilter: Callable[[], Sequence[str | None] | None]
+) -> Callable[[], Sequence[str | None] | None]:
+    def again() -> Sequence[str | None] | None:
+        new = refilter()
+        return None if new is None else and_filters(select, new)
+
+    return again
+
+
+def is_capture_magic(head: bytes) -> bool:
+    """Do these first four bytes start a pcap (any of its byte orders and
+    time resolutions) or pcapng file?"""
+    return head[:4] in _PCAP_MAGICS or head[:4] == _SHB
+
+
+def probe_link_types(path: str | Path) -> set[int] | None:
+    """The link types of a capture, read from its header only, or None for
+    a stream (read once, when replayed); a CaptureError (missing,
+    unreadable, not a capture) for what a replay could not read."""
+    if _is_stream(path):
+        return None
+    types = _pcapng_link_types(path)
+    if types is not None and len(types) > 1:
+        return types
+    reader = open_offline(path)
+    try:
+        return {reader.datalink()}
+    finally:
+        reader.close()
+
+
+class _First(Exception):
+    pass
+
+
+def first_packet_us(path: str | Path) -> int | None:
+    """The time of a capture file's first packet (microseconds), None when
+    it has none or cannot be read (the replay says why)."""
+    types = _pcapng_link_types(path)
+    if types is not None and len(types) > 1:
+        seen: list[int] = []
+
+        def take(linktype: int) -> Handler:
+            def h(ts: int, data: bytes) -> None:
+                seen.append(ts)
+                raise _First
+
+            return h
+
+        try:
+            _read_pcapng_mixed(path, take, Stop())
+        except _First:
+            pass
+        except OSError:
+            return None
+        return seen[0] if seen else None
+    try:
+        reader = open_offline(path)
+    except CaptureError:
+        return None
+    try:
+        hdr, _ = reader.next()
+        if hdr is None:
+            return None
+        s, us = hdr.getts()
+        return int(s) * 1_000_000 + int(us)
+    except pcapy.PcapError:
+        return None
+    finally:
+        reader.close()
 
 
 def _is_stream(path: str | Path) -> bool:
@@ -245,7 +342,9 @@ def _open_stream(path: str | Path):
         os.close(r)  # libpcap opened its own
 
 
-def _read_stream(path: str | Path, handler_for: Callable[[int], Handler], stop: Stop) -> ReadResult:
+def _read_stream(
+    path: str | Path, handler_for: Callable[[int], Handler], stop: Stop, select: str | None = None
+) -> ReadResult:
     """A pipe, FIFO or stdin: libpcap opens and reads it on a thread (it may
     block there: a FIFO with no writer, an idle pipe), handing packets over
     through a bounded queue; this thread waits at most ``STOP_POLL_S`` at a
@@ -264,6 +363,12 @@ def _read_stream(path: str | Path, handler_for: Callable[[int], Handler], stop: 
     def run() -> None:
         try:
             reader = _open_stream(path)
+            if select is not None:
+                try:
+                    reader.setfilter(select)
+                except pcapy.PcapError as e:
+                    lt = linktype_name(reader.datalink())
+                    raise CaptureError(f"{path}: --filter {select!r} does not apply to link type {lt}: {e}") from None
             opened.append(reader.datalink())
         except CaptureError as e:
             opened.append(e)
@@ -598,22 +703,33 @@ def header_snaplen(path: str | Path) -> int:
 SCAN_MAX_FRAMES = 1_000_000  # frames ``count_frames`` looks at, at most
 
 
-def count_frames(path: str | Path, min_caplen: int, stop: Stop | None = None) -> tuple[int, int]:
+def count_frames(
+    path: str | Path,
+    min_caplen: int,
+    stop: Stop | None = None,
+    select: str | None = None,
+    within: Callable[[int], bool] | None = None,
+) -> tuple[int, int]:
     """(frames, frames shorter than ``min_caplen``) of a regular capture file,
-    read without capture filter, at most ``SCAN_MAX_FRAMES`` (libpcap reads,
-    nothing is decoded): what a replay that delivered no packet looks at to
-    say why. (0, 0) for what libpcap cannot read."""
+    read without capture filter but the user's (``select``, and the time
+    range ``within``), at most ``SCAN_MAX_FRAMES`` (libpcap reads, nothing
+    is decoded): what a replay that delivered no packet looks at to say why.
+    (0, 0) for what libpcap cannot read."""
     try:
         reader = open_offline(path)
     except CaptureError:
         return 0, 0
     frames = short = 0
     try:
+        if select is not None:
+            reader.setfilter(select)
         while frames < SCAN_MAX_FRAMES and not (stop is not None and stop.signum):
             _, meta = reader.next_batch(READ_AHEAD_BATCH)
             if not meta:
                 break
-            for _, _, _, caplen in BATCH_META.iter_unpack(meta):
+            for s, us, _, caplen in BATCH_META.iter_unpack(meta):
+                if within is not None and not within(s * 1_000_000 + us):
+                    continue
                 frames += 1
                 if caplen < min_caplen:
                     short += 1
@@ -701,11 +817,35 @@ def _tsresol(opts: bytes, e: str) -> tuple[int, int]:
     return 1, 1
 
 
-def _read_pcapng_mixed(path: str | Path, handler_for: Callable[[int], Handler], stop: Stop) -> ReadResult:
+def _read_pcapng_mixed(
+    path: str | Path, handler_for: Callable[[int], Handler], stop: Stop, select: str | None = None
+) -> ReadResult:
     p = str(path)
     size = os.path.getsize(p)
     ifaces: list[tuple[int, int, int]] = []  # (linktype, num, den) per interface of this section
     handlers: dict[int, Handler] = {}
+    rejected = [0]  # frames ``select`` did not admit
+    if select is not None:  # libpcap does not read this file: its BPF machine runs per frame here
+        inner_for = handler_for
+
+        def handler_for(linktype: int) -> Handler:
+            try:
+                prog = pcapy.compile(linktype, 262144, select, 1, 0)
+            except pcapy.PcapError as e:
+                raise CaptureError(
+                    f"{p}: --filter {select!r} does not apply to link type {linktype_name(linktype)}: {e}"
+                ) from None
+            inner = inner_for(linktype)
+            match = prog.filter
+
+            def h(ts: int, data: bytes) -> None:
+                if match(data):
+                    inner(ts, data)
+                else:
+                    rejected[0] += 1
+
+            return h
+
     count = 0
     err = ""
     last_ts = 0
@@ -742,4 +882,4 @@ def _read_pcapng_mixed(path: str | Path, handler_for: Callable[[int], Handler], 
                 count += 1
                 h(last_ts, body[4 : 4 + min(struct.unpack(e + "I", body[:4])[0], len(body) - 4)])
     lts = sorted({lt for lt, _, _ in ifaces})
-    return ReadResult(p, lts[0] if lts else -1, count, None, err, stopped=bool(stop.signum))
+    return ReadResult(p, lts[0] if lts else -1, count - rejected[0], None, err, stopped=bool(stop.signum))
