@@ -388,3 +388,20 @@ def test_rules_test_takes_the_same_inputs(tmp_path):
     assert one["events"] and all(e["RemoteIP"] == "203.0.113.10" for e in one["events"])
     assert all(e["Timestamp"] < "2026-11-27T01:40:00" for e in one["events"])
     assert len(one["events"]) < len(ref["events"])
+
+
+def test_dash_refuses_a_terminal(tmp_path):
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.run(
+            SENSOR + ["replay", "-"], cwd=REPO, env=ENV, capture_output=True, text=True, stdin=slave, timeout=60
+        )
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert p.returncode == 2
+    assert p.stderr.splitlines() == [
+        "xfer-sensor: error: -: stdin is a terminal, not a capture (pipe one in: ... | xfer-sensor replay -)"
+    ]
