@@ -304,13 +304,14 @@ def test_not_a_capture_read_file_raises_capture_error(tmp_path, case):
     assert str(path) in str(ei.value) and "\n" not in str(ei.value)
 
 
-def test_bad_file_after_a_good_one_exits_2_and_flushes_what_was_read(tmp_path):
+def test_bad_file_after_a_good_one_exits_2_before_reading(tmp_path):
+    # every input is checked before the first packet is read (issue #15): no partial records
     bad = _bad_inputs(tmp_path)["text"]
     good = write_raw_pcap(tmp_path / "good.pcap", frames_of(ftp(0, T0)))
     out = tmp_path / "out"
     cp = run_cli("replay", str(good), str(bad), "--out", str(out))
     assert_one_error_line(cp, bad)
-    assert len(out_files(out)["connections"]) == 1
+    assert not out.exists() and cp.stdout == ""
 
 
 # -- unreadable files ------------------------------------------------------------
