@@ -405,3 +405,26 @@ def test_dash_refuses_a_terminal(tmp_path):
     assert p.stderr.splitlines() == [
         "xfer-sensor: error: -: stdin is a terminal, not a capture (pipe one in: ... | xfer-sensor replay -)"
     ]
+
+
+@pytest.mark.parametrize(
+    "argv,rule,inputs",
+    [
+        (["replay", "-r", "a", "b", "--config", "c", "-r", "d", "--", "-e", "-r"], None, ["a", "b", "d", "-e", "-r"]),
+        (
+            ["replay", "--read=a", "-rb", "--rea", "c", "-", "--progress", "never", "-r", "-"],
+            None,
+            list("abc-") + ["-"],
+        ),
+        (["rules", "test", "-r", "a", "RULE", "b", "--format", "json", "-r", "c"], "RULE", ["a", "b", "c"]),
+        (["rules", "test", "--", "RULE", "-x"], "RULE", ["-x"]),
+    ],
+)
+def test_inputs_keep_the_command_line_order(argv, rule, inputs):
+    from sensor.cli.main import parse_args
+
+    args = parse_args(argv)
+    assert args.inputs == inputs and args.pcap == inputs
+    if rule is not None:
+        assert args.rule == rule
+    assert all("\0" not in str(v) for v in vars(args).values())

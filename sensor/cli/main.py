@@ -782,6 +782,7 @@ def _input_options(p: argparse.ArgumentParser) -> None:
 
 
 _READ_MARK = "\0"  # marks a -r value among the positionals (no argument from the OS holds a NUL)
+_PLAIN_MARK = "\0\0"  # marks a positional after "--" (argparse's intermixed parsing mishandles "--")
 
 
 def _mark_reads(tail: Sequence[str]) -> list[str]:
@@ -795,9 +796,8 @@ def _mark_reads(tail: Sequence[str]) -> list[str]:
     while i < len(tail):
         t = tail[i]
         i += 1
-        if t == "--":
-            out.append(t)
-            out += tail[i:]
+        if t == "--":  # the rest are positionals, even those starting with "-"
+            out += [_PLAIN_MARK + a for a in tail[i:]]
             break
         name, eq, value = t.partition("=")
         if t == "-r" or (name.startswith("--") and len(name) >= 4 and "--read".startswith(name)):
@@ -831,10 +831,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     args = sub.parse_intermixed_args(_mark_reads(tail))
     args.cmd = cmd.split()[0]
     for k, v in vars(args).items():
-        if isinstance(v, str) and _READ_MARK in v:  # ``--config -r``: -r was taken for a value
+        if k != "rule" and isinstance(v, str) and _READ_MARK in v:  # ``--config -r``: -r was taken for a value
             sub.error(f"argument --{k}: expected one argument")
     given = [] if cmd == "replay" else [args.rule]
     given += args.pcap
+    given = [g[len(_PLAIN_MARK) :] if g.startswith(_PLAIN_MARK) else g for g in given]
     if cmd == "rules test":
         plain = [g for g in given if not g.startswith(_READ_MARK)]
         if not plain:
