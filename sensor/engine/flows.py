@@ -653,6 +653,15 @@ class FlowTable:
 
     def seq_at(self, flow: Flow, s: Side, cand: int, plen: int, ts: int) -> None:
         """``_seq`` once the segment's unwrapped relative offset ``cand`` is known."""
+        if self.jumps:
+            pend = self.jumps.get(s)
+            if pend is not None:
+                # near a jump still unconfirmed: unwrap against it (a gapped
+                # capture may be 2^31 ahead of the bytes counted so far)
+                c2 = seq_unwrap((s.base + cand) & _M32, s.base, pend[1])
+                if c2 >= pend[0] - self.max_seq_jump:
+                    self._jumped(flow, s, c2, c2 + plen, ts)
+                    return
         hi = s.hi
         end = cand + plen
         if cand > hi:
