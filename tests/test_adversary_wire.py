@@ -263,3 +263,33 @@ def test_unacknowledged_jumps_stay_weirds_and_are_not_counted(fused):
     ws = weirds(recs, "tcp_seq_jump")
     assert len(ws) == make.JUMPS and all("never acknowledged" in w["Detail"] for w in ws)
     assert pipe.flows.stats.seq_jumps_acked == 0 and pipe.flows.stats.seq_jumps == make.JUMPS
+
+
+# -- fuzzing keeps traffic valid, and a share bad ---------------------------------------------
+
+
+def test_fuzzer_recomputes_checksums_and_leaves_a_share_bad():
+    import random
+
+    from fuzz import mutate
+    from sensor.engine.decode import locate
+
+    corpus = mutate.load_corpus([REPO / "pcaps" / "demo.pcap"])
+    rng = random.Random(3)
+    mutator = mutate.Mutator(rng, (), False)
+    good = bad = 0
+    for _ in range(20):
+        kind, _, lt, frames, _ = mutate.make_batch(rng, corpus, 1.0, mutator)
+        if kind != "eth":
+            continue
+        for _, f in frames:
+            if len(f) < 14:
+                continue
+            why, tags, _, ver, proto, l4, end, src, dst, frags = locate(f, 14, (f[12] << 8) | f[13])
+            if why or frags or end > len(f) or l4 + 8 > end:
+                continue
+            ok = not transport_sum(src, dst, proto, f[l4:end]) and (ver == 6 or not ones_sum(f[14 + 4 * tags : l4]))
+            good += ok
+            bad += not ok
+    assert good and bad
+    assert 0.05 < bad / (good + bad) < 0.4, (good, bad)
