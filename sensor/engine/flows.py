@@ -659,7 +659,7 @@ class FlowTable:
                 # near a jump still unconfirmed: unwrap against it (a gapped
                 # capture may be 2^31 ahead of the bytes counted so far)
                 c2 = seq_unwrap((s.base + cand) & _M32, s.base, pend[1])
-                if c2 >= pend[0] - self.max_seq_jump:
+                if c2 - s.hi > self.max_seq_jump:  # still a jump (else as the fused path's in-order data)
                     self._jumped(flow, s, c2, c2 + plen, ts)
                     return
         hi = s.hi
@@ -692,7 +692,7 @@ class FlowTable:
         pend = jumps.get(s)
         if pend is not None:
             lo, hi, t0 = pend
-            if lo - self.max_seq_jump <= cand <= hi + self.max_seq_jump:
+            if cand <= hi + self.max_seq_jump:  # (cand is a jump from the side's bytes, so beyond them)
                 jumps[s] = (min(lo, cand), max(hi, end), t0)
                 return
             self._unconfirmed(flow, s, pend)
