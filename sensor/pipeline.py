@@ -28,6 +28,7 @@ from sensor.engine.decode import (
     LINKTYPE_NULL,
     LINKTYPE_RAW,
     SUPPORTED_LINKTYPES,
+    Checksums,
     Decoder,
     DecodeStats,
     Packet,
@@ -119,8 +120,10 @@ class Pipeline:
         self.portset = PortSet(config.tracked_ports)
         self.ports: set[int] = self.portset.ports
         self.decode_stats = DecodeStats()
+        self.checksums = Checksums(config.checksum_validation, config.home_net, config.limits.max_checksum_senders)
         self.flows = FlowTable(config, self._flow_ended, self._flow_weird)
         self.app = Dispatcher(frozenset(config.tracked_ports), self.portset, sink.emit, self._weird)
+        self.app.retain = config.limits.overlap_check_bytes
         self.flows.admit = self.app.admit
         self.flows.on_new = self._flow_started
         self.flows.on_tick = self.app.expire
@@ -148,9 +151,11 @@ class Pipeline:
         h = self._decoders.get(linktype)
         if h is None:
             if linktype == LINKTYPE_ETHERNET and self.fused:
-                h = ethernet_handler(self, self.flows, self.app, self.portset, self.decode_stats)
+                h = ethernet_handler(self, self.flows, self.app, self.portset, self.decode_stats, self.checksums)
             else:
-                dec = Decoder(linktype, self.ports, self.decode_stats, self.decode_weird, self.portset.hosts)
+                dec = Decoder(
+                    linktype, self.ports, self.decode_stats, self.decode_weird, self.portset.hosts, self.checksums
+                )
                 h = _clocked(self.flows.advance, dec.handler(self.packet))
             self._decoders[linktype] = h
         return h

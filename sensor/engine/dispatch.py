@@ -161,13 +161,15 @@ class Dispatcher:
         self.expect = Expectations(on_port=ports.ref)
         self.pairs: dict[tuple[bytes, bytes], Flow] = {}  # (client, server) -> the flow that follows them
         self.pairs_peak = 0
-        self.stats = {"analyzed_flows": 0, "expected_flows": 0, "transfers": 0, "gaps": 0}
+        self.stats = {"analyzed_flows": 0, "expected_flows": 0, "transfers": 0, "gaps": 0, "overlap_conflicts": 0}
         # (owner flow, transfer record): writes a transfer instead of ``emit``
         # (endpoint mode: the record names the owner's process)
         self.emit_transfer: Callable[[Flow, dict[str, Any]], None] | None = None
         self.plugins = registry() if plugins is None else tuple(plugins)
         self._tables(self.plugins)
         self._limits: dict[int, ReassemblyLimits] = {}
+        # bytes delivered last kept per direction to compare overlaps with (limits.overlap_check_bytes)
+        self.retain = ReassemblyLimits().retain
 
     def _tables(self, plugins: tuple[Plugin, ...]) -> None:
         """Port tables, names, expectations and probes from the plugins;
@@ -351,7 +353,7 @@ class Dispatcher:
         if flow.proto == 6 and session.depth:
             limits = self._limits.get(session.depth)
             if limits is None:
-                limits = self._limits[session.depth] = ReassemblyLimits(depth=session.depth)
+                limits = self._limits[session.depth] = ReassemblyLimits(depth=session.depth, retain=self.retain)
             st.streams = (Stream(limits), Stream(limits))
 
     def _bind_probed(self, flow: Flow, st: AppState, pl: Plugin, seq: int, ack: int) -> None:
@@ -429,9 +431,12 @@ class Dispatcher:
                 if evs:
                     self.events(flow, evs)
                 return
+        conflicts = s.conflicts
         chunks = s.segment(seq, payload)
         if len(payload) < plen:  # cut by the snaplen: the rest is missing
             chunks += s.skip_to(seq + plen)
+        if s.conflicts != conflicts:
+            self._conflict(flow, st, from_orig, ts, s)
         for c in chunks:
             if c.gap:
                 self.stats["gaps"] += 1
@@ -442,6 +447,17 @@ class Dispatcher:
                 self.events(flow, a.receive_ts(c.data, ts) if from_orig else a.receive_tc(c.data, ts))
             if st.stopped:
                 break
+
+    def _conflict(self, flow: Flow, st: AppState, from_orig: bool, ts: int, s: Stream) -> None:
+        """A segment's bytes differed from the copy already taken (an insertion
+        or an evasion attempt, or a broken stack): reported, and the record
+        carries the count (``ConflictingOverlaps``): its parsed fields may be contested."""
+        self.stats["overlap_conflicts"] += 1
+        streams = st.streams
+        n = streams[0].conflicts + streams[1].conflicts if streams is not None else s.conflicts
+        st.set_field("ConflictingOverlaps", n)
+        side = "originator" if from_orig else "responder"
+        self.weird(ts, "tcp_overlap_conflict", f"from the {side}: {s.conflict_detail}", flow.uid, "reassembly")
 
     def events(self, flow: Flow, events: list[Event]) -> None:
         """The analyzer's events, in order: weirds and expectations here, the rest to the session."""
@@ -494,7 +510,11 @@ class Dispatcher:
             ts = flow.last_ts
             if st.streams is not None:
                 for fwd, s in ((True, st.streams[0]), (False, st.streams[1])):
-                    for c in s.flush():
+                    conflicts = s.conflicts
+                    chunks = s.flush()
+                    if s.conflicts != conflicts:
+                        self._conflict(flow, st, fwd, ts, s)
+                    for c in chunks:
                         if c.gap > 0:
                             flow.add_history("G" if fwd else "g")
                         if c.gap:
