@@ -120,7 +120,11 @@ class Pipeline:
         self.portset = PortSet(config.tracked_ports)
         self.ports: set[int] = self.portset.ports
         self.decode_stats = DecodeStats()
-        self.checksums = Checksums(config.checksum_validation, config.home_net, config.limits.max_checksum_senders)
+        self.checksums = Checksums(
+            config.checksum_validation,
+            config.home_net + config.checksum_offload_nets,
+            config.limits.max_checksum_senders,
+        )
         self.flows = FlowTable(config, self._flow_ended, self._flow_weird)
         self.app = Dispatcher(frozenset(config.tracked_ports), self.portset, sink.emit, self._weird)
         self.app.retain = config.limits.overlap_check_bytes

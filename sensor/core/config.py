@@ -248,6 +248,8 @@ class Config:
     state_dir: str | None = None  # the daemon's state folder (rule windows); None: /var/lib/xfer-sensor
     state_flush_interval: float = 2.0  # wall-clock seconds between two writes of the window state
     checksum_validation: str = "auto"  # auto | yes | no (docs/engine.md, "Checksums")
+    # auto: senders besides home_net and loopback whose partial (offloaded) checksums are accepted
+    checksum_offload_nets: tuple[Network, ...] = ()
 
 
 _TOP_KEYS = {
@@ -263,6 +265,7 @@ _TOP_KEYS = {
     "metrics_listen",
     "status_interval",
     "checksum_validation",
+    "checksum_offload_nets",
     "state_dir",
     "state_flush_interval",
 }
@@ -512,6 +515,13 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
         if cv not in ("auto", "yes", "no"):  # sensor.engine.decode.CHECKSUM_MODES
             raise ConfigError(source, "checksum_validation", f"must be auto, yes or no, got {cv!r}")
         kw["checksum_validation"] = cv
+    if "checksum_offload_nets" in raw:
+        on = raw["checksum_offload_nets"] or []
+        if isinstance(on, str):
+            on = [on]
+        if not isinstance(on, list):
+            raise ConfigError(source, "checksum_offload_nets", "must be a list of CIDRs")
+        kw["checksum_offload_nets"] = tuple(_net(source, "checksum_offload_nets", n) for n in on)
     if "status_interval" in raw:
         kw["status_interval"] = float(_number(source, "status_interval", raw["status_interval"], False, 1))
     if raw.get("state_dir") is not None:
