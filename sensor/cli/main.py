@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor import __version__
+from sensor.cli import report as report_cli
 from sensor.cli.progress import Progress, ProgressAwareHandler
 from sensor.core.config import PROFILES, ConfigError, SyslogOutput, load_config
 from sensor.detect.rules import DetectionRule, RuleError, RuleSet, default_rules_dir, load_rules
@@ -26,6 +27,7 @@ from sensor.io.sinks import MemorySink, TeeSink, build_outputs
 from sensor.pipeline import Pipeline
 from sensor.records.encode import KINDS
 from sensor.records.mde import RECORD_FIELDS
+from sensor.report import ReportError
 
 log = logging.getLogger("xfer-sensor")
 
@@ -175,6 +177,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     to_stdout = bool(args.stdout or output.stdout)
     summary_out = sys.stderr if to_stdout else sys.stdout
     mem = _SummarySink()
+    report = report_cli.start(args)
 
     progress = Progress(args.pcap, enabled=None if args.progress == "auto" else args.progress == "always")
     _log_to(progress)
@@ -182,7 +185,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     outputs = build_outputs(
         output, config=cfg, rules=rules, outdir=args.out, stdout=to_stdout, syslog=syslog, block=True
     )
-    sink = TeeSink(mem, outputs)
+    sink = TeeSink(mem, outputs, *([report] if report else []))
     try:
         outputs.install_sighup()
     except ValueError:  # not the main thread (embedded use): no signal handler
@@ -272,7 +275,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 "(connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl)",
                 file=out,
             )
-    return EXIT_DAMAGED if damaged else EXIT_OK
+    return report_cli.finish(args, report, rules, args.pcap) or (EXIT_DAMAGED if damaged else EXIT_OK)
 
 
 def _log_to(progress: Progress | None) -> None:
@@ -553,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="progress line on stderr (auto: only when stderr is a terminal)",
     )
+    report_cli.add_replay_option(rp)
     rp.set_defaults(func=cmd_replay)
     ck = sub.add_parser("check", help="validate config and rules, exit non-zero when wrong")
     ck.add_argument("--config")
@@ -563,6 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="capture live as a daemon: run -i IFACE [--config FILE] [--rules DIR] [--out DIR] [--state-dir DIR]",
         add_help=False,
     )
+    report_cli.add_command(sub)
     ru = sub.add_parser("rules", help="list the rules, or test one on a capture")
     rsub = ru.add_subparsers(dest="rules_cmd", required=True)
     rl = rsub.add_parser("list", help="the loaded rules, their allow entries and expiry")
@@ -598,7 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, RuleError, CaptureError) as e:
+    except (ConfigError, RuleError, CaptureError, ReportError) as e:
         print(f"xfer-sensor: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
