@@ -222,6 +222,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             )
     alerts = detector.hunt_results()
     conns = mem.counts["connections"]
+    rc_report = report_cli.finish(args, report, rules, args.pcap)  # before the summary: | head cannot stop it
     alerts = sort_alerts(alerts)
     for a in alerts:
         files = mem.files_for(a)
@@ -275,7 +276,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 "(connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl)",
                 file=out,
             )
-    return report_cli.finish(args, report, rules, args.pcap) or (EXIT_DAMAGED if damaged else EXIT_OK)
+    return rc_report or (EXIT_DAMAGED if damaged else EXIT_OK)
 
 
 def _log_to(progress: Progress | None) -> None:
