@@ -27,7 +27,8 @@ from tests.support.craft import Tcp, write_pcap
 ROOT = Path(__file__).resolve().parent.parent
 REAL = ROOT / "pcaps" / "real"
 # the lab's server stands in for a public one (its sidecars: client 10.77.0.1, server 10.77.0.2)
-LAB_CONFIG = "home_net:\n  - 10.77.0.1/32\nip_type_overrides:\n  10.77.0.2/32: Public\n"
+# a veth capture: the lab server's checksums are offloaded too (docs/engine.md, checksum_offload_nets)
+LAB_CONFIG = "home_net:\n  - 10.77.0.1/32\nip_type_overrides:\n  10.77.0.2/32: Public\nchecksum_offload_nets:\n  - 10.77.0.2/32\n"
 
 EVIL_FILE = "<img src=x onerror=alert(1)>.txt"
 EVIL_FILE2 = "</script><svg onload=alert(3)>&amp;.bin"
