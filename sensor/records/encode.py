@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-KINDS = ("connections", "alerts", "transfers", "weird")
+KINDS = ("connections", "alerts", "transfers", "weird", "files")
 
 _dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), check_circular=False).encode
 
