@@ -18,6 +18,7 @@ the whole pipeline where they do not.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ import yaml
 
 from sensor.analyzers.smb import SmbFileSummary
 from sensor.analyzers.smb.plugin import is_pipe
+from sensor.records.encode import KINDS
 from tests.support.craft import Tcp, udp_exchange
 from tests.test_analyzer_smb import (
     FID,
@@ -297,3 +299,51 @@ def test_pipe_by_share_type_else_by_ipc_name():
     assert not is_pipe(summary("\\\\srv\\IPC$x", ""))
     assert not is_pipe(summary("\\\\srv\\drop", "disk"))
     assert not is_pipe(summary("", ""))
+
+
+# -- every record names its kind ----------------------------------------------------------
+def test_mde_stdout_names_every_records_kind(tmp_path):
+    """One stream of connections, transfers, alerts and weird: each line says which."""
+    out = cli("replay", str(DEMO), "--config", str(DEMO_CFG), "--stdout", "--out", str(tmp_path / "o"))
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    kinds = [d["RecordKind"] for d in lines]
+    assert set(kinds) == {"connections", "transfers", "alerts"}
+    by_kind = {k: [d for d in lines if d["RecordKind"] == k] for k in set(kinds)}
+    assert all(d["ActionType"] in CONNECTION_ACTIONS for d in by_kind["connections"])
+    assert all("Command" in d and "ActionType" not in d for d in by_kind["transfers"])
+    assert all("RuleId" in d for d in by_kind["alerts"])
+    # the files carry the same lines: the field is there too, and names the file's kind
+    for k in KINDS:
+        for line in (tmp_path / "o" / f"{k}.jsonl").read_text().splitlines():
+            assert json.loads(line)["RecordKind"] == k
+
+
+def test_ecs_stdout_names_every_records_kind():
+    out = cli("replay", str(DEMO), "--config", str(DEMO_CFG), "--stdout", "--profile", "ecs")
+    docs = [json.loads(x) for x in out.stdout.splitlines()]
+    datasets = {d["event"]["dataset"] for d in docs}
+    assert datasets == {"xfer_sensor.connections", "xfer_sensor.transfers", "xfer_sensor.alerts"}
+    for d in docs:
+        kind = d["event"]["dataset"].split(".", 1)[1]
+        assert d["event"]["kind"] == ("alert" if kind == "alerts" else "event")
+
+
+def test_file_events_written_to_files_jsonl_in_both_profiles(tmp_path):
+    from tests.support.craft import write_pcap
+
+    pcap = write_pcap(tmp_path / "smb.pcap", smb_session(42000, T0))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("home_net: [192.168.0.0/16]\n")
+    for profile in ("mde", "ecs"):
+        o = tmp_path / profile
+        cli("replay", str(pcap), "--config", str(cfg), "--out", str(o), "--profile", profile)
+        (line,) = (o / "files.jsonl").read_text().splitlines()
+        d = json.loads(line)
+        if profile == "mde":
+            assert d["RecordKind"] == "files" and d["Action"] == "open" and d["Share"].endswith("\\drop")
+        else:
+            assert d["event"]["dataset"] == "xfer_sensor.files" and d["event"]["action"] == "file-open"
+            assert d["file"] == {"path": "hr\\salaries.xlsx", "name": "salaries.xlsx"}
+            assert d["xfer"]["file"]["share"].endswith("\\drop") and d["host"]["ip"] == [DEV]
+        transfers = (o / "transfers.jsonl").read_text().splitlines()
+        assert len(transfers) == 1 and "srvsvc" not in (o / "transfers.jsonl").read_text()
