@@ -347,3 +347,35 @@ def test_file_events_written_to_files_jsonl_in_both_profiles(tmp_path):
             assert d["xfer"]["file"]["share"].endswith("\\drop") and d["host"]["ip"] == [DEV]
         transfers = (o / "transfers.jsonl").read_text().splitlines()
         assert len(transfers) == 1 and "srvsvc" not in (o / "transfers.jsonl").read_text()
+
+
+def test_file_events_carry_the_connections_process_in_endpoint_mode(tmp_path):
+    """Endpoint mode: a file event waits for its connection's lookup like a
+    transfer does, and names the process; ecs maps it to valid ECS."""
+    from sensor.attribution.book import AttributionBook
+    from sensor.records.ecs import EcsProfile
+    from tests.support.craft import write_pcap
+    from tests.test_endpoint_records import feed, pipeline, proc
+    from tests.test_outputs_profiles import ecs_problems
+
+    cfg = {"home_net": ["192.168.0.0/16"]}
+    book = AttributionBook()
+    pipe, sink = pipeline(book, cfg)
+    feed(pipe, write_pcap(tmp_path / "smb.pcap", smb_session(42000, T0)))
+    assert sink.records["files"] == [] and sink.records["transfers"] == []  # held for the lookup
+    book.add((6, DEV, 42000, PUB, 445), proc(700, "smbclient", "dave"), int(T0 * 1e6))
+    pipe.attributions_arrived()
+    pipe.finish()
+    (f,) = sink.records["files"]
+    assert (f["Filename"], f["InitiatingProcessFileName"], f["InitiatingProcessId"]) == (
+        "hr\\salaries.xlsx",
+        "smbclient",
+        700,
+    )
+    assert f["AttributionSource"] == "socket"
+    (t,) = sink.records["transfers"]
+    assert t["Filename"] == "payroll.xlsx" and t["InitiatingProcessId"] == 700
+    doc = EcsProfile(pipe.cfg, observer_hostname="s").transform("files", f)
+    assert ecs_problems(doc) == [], doc
+    assert doc["process"] == {"name": "smbclient", "pid": 700, "user": {"name": "dave"}}
+    assert doc["xfer"]["file"]["attribution_source"] == "socket"
