@@ -411,8 +411,7 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
                 )
             else:
                 print(
-                    f"\nrecords ({output.profile}) written to {where} "
-                    "(connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl)",
+                    f"\nrecords ({output.profile}) written to {where} ({', '.join(f'{k}.jsonl' for k in KINDS)})",
                     file=out,
                 )
     if interrupted is not None:
@@ -675,7 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("pcap", nargs="+", help="capture files, replayed in order as one stream")
     rp.add_argument("--config", help="config YAML (default: built-in defaults)")
     rp.add_argument("--rules", help="rules folder or file (default: the shipped rules/)")
-    rp.add_argument("--out", help="write connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl here")
+    rp.add_argument(
+        "--out", help="write connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl, files.jsonl here"
+    )
     rp.add_argument(
         "--format",
         choices=("table", "json"),

@@ -177,7 +177,7 @@ class Limits:
 
 
 PROFILES = ("mde", "ecs")
-RECORD_KINDS = ("connections", "alerts", "transfers", "weird")
+RECORD_KINDS = ("connections", "alerts", "transfers", "weird", "files")
 SYSLOG_FACILITIES = {
     "kern": 0,
     "user": 1,

@@ -83,6 +83,7 @@ class AppState:
         "child_recv",
         "child_answered",
         "nonstandard",
+        "control",
     )
 
     def __init__(self, layer: Dispatcher, flow: Flow) -> None:
@@ -104,6 +105,8 @@ class AppState:
         self.child_recv = 0
         self.child_answered = False
         self.nonstandard = False  # admitted by a probe: its port is referenced while it lives
+        # a child's control session (client, server), kept after the control ended: the record's device
+        self.control: tuple[str, str] | None = None
 
     @property
     def parent_uid(self) -> str:
@@ -125,6 +128,9 @@ class AppState:
 
     def transfer(self, rec: dict[str, Any]) -> None:
         self._layer.transfer(self, rec)
+
+    def file_event(self, rec: dict[str, Any]) -> None:
+        self._layer.file_event(self, rec)
 
     def expect(self, ev: ExpectConnection) -> None:
         self._layer.expect.add(ev, self.flow)
@@ -162,9 +168,9 @@ class Dispatcher:
         self.pairs: dict[tuple[bytes, bytes], Flow] = {}  # (client, server) -> the flow that follows them
         self.pairs_peak = 0
         self.stats = {"analyzed_flows": 0, "expected_flows": 0, "transfers": 0, "gaps": 0, "overlap_conflicts": 0}
-        # (owner flow, transfer record): writes a transfer instead of ``emit``
+        # (owner flow, record, kind): writes a transfer or file event instead of ``emit``
         # (endpoint mode: the record names the owner's process)
-        self.emit_transfer: Callable[[Flow, dict[str, Any]], None] | None = None
+        self.emit_transfer: Callable[[Flow, dict[str, Any], str], None] | None = None
         self.plugins = registry() if plugins is None else tuple(plugins)
         self._tables(self.plugins)
         self._limits: dict[int, ReassemblyLimits] = {}
@@ -285,6 +291,7 @@ class Dispatcher:
             self.stats["expected_flows"] += 1
             if pst is None:
                 return
+            st.control = (ctrl.orig_h, ctrl.resp_h)
             st.plugin = pl = pst.plugin
             if not ctrl.end_reason:
                 st.parent = pst
@@ -300,6 +307,8 @@ class Dispatcher:
             return
         exp, parent = match
         self.stats["expected_flows"] += 1
+        if parent is not None:
+            st.control = (parent.orig_h, parent.resp_h)
         if parent is not None and parent.ctx is not None and not parent.end_reason:
             st.parent = parent.ctx
             parent.ctx.children += 1
@@ -568,12 +577,21 @@ class Dispatcher:
     # -- transfers ----------------------------------------------------------------------------
     def transfer(self, owner: AppState, rec: dict[str, Any]) -> None:
         self.stats["transfers"] += 1
-        if len(owner.files) < MAX_SUMMARY_FILES:
-            owner.files.append(rec.get("Filename", ""))
+        name = rec.get("Filename", "")
+        if name and len(owner.files) < MAX_SUMMARY_FILES:  # a listing without a path names nothing
+            owner.files.append(name)
         if self.emit_transfer is not None:
-            self.emit_transfer(owner.flow, rec)
+            self.emit_transfer(owner.flow, rec, "transfers")
         else:
             self.emit("transfers", rec)
+
+    def file_event(self, owner: AppState, rec: dict[str, Any]) -> None:
+        """A file event that moved no data (an SMB file opened, neither read nor written)."""
+        self.stats["file_events"] = self.stats.get("file_events", 0) + 1
+        if self.emit_transfer is not None:
+            self.emit_transfer(owner.flow, rec, "files")
+        else:
+            self.emit("files", rec)
 
     def expire(self, now: int) -> None:
         self.expect.expire(now)
