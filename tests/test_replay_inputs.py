@@ -24,6 +24,7 @@ from scapy.layers.l2 import Ether
 from scapy.utils import RawPcapReader
 
 from sensor.io.inputs import InputError, resolve
+from sensor.records.encode import KINDS
 from tests.support.craft import tcp_session, write_pcap
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,15 +33,26 @@ DEMO_CFG = REPO / "pcaps" / "demo.yaml"
 REAL = REPO / "pcaps" / "real"
 SENSOR = [sys.executable, "-m", "sensor"]
 ENV = {**os.environ, "PYTHONPATH": str(REPO)}
-KINDS = ("connections", "transfers", "alerts", "weird")
+
+
+# the demo's config, and the lab's hosts (pcaps/real) as the capturing side: their checksums were offloaded
+CFG_TEXT = DEMO_CFG.read_text() + "checksum_offload_nets: [10.77.0.0/16]\n"
+
+
+def config(tmp_path: Path) -> str:
+    cfg = tmp_path / "config.yaml"
+    if not cfg.exists():
+        cfg.write_text(CFG_TEXT)
+    return str(cfg)
 
 
 def replay(tmp_path: Path, args: list[str], name: str, stdin=None, cmd: str = "replay") -> dict:
-    """``xfer-sensor replay ARGS`` with the demo config; the records it wrote
-    (kind -> text of the file) and the JSON summary."""
+    """``xfer-sensor replay ARGS`` with the demo config (and the lab's hosts
+    as the capturing side); the records it wrote (kind -> text of the
+    file) and the JSON summary."""
     out = tmp_path / name
     p = subprocess.run(
-        SENSOR + [cmd] + args + ["--config", str(DEMO_CFG), "--out", str(out), "--format", "json"],
+        SENSOR + [cmd] + args + ["--config", config(tmp_path), "--out", str(out), "--format", "json"],
         cwd=REPO,
         env=ENV,
         capture_output=True,
@@ -356,12 +368,12 @@ def test_resolve_refuses_in_process_too(tmp_path):
 # -- rules test -------------------------------------------------------------------
 
 
-def rules_test(args: list[str], stdin=None) -> dict:
+def rules_test(tmp_path: Path, args: list[str], stdin=None) -> dict:
     p = subprocess.run(
         SENSOR
         + ["rules", "test", "xfer_repeated_public_file_transfer"]
         + args
-        + ["--config", str(DEMO_CFG), "--format", "json"],
+        + ["--config", config(tmp_path), "--format", "json"],
         cwd=REPO,
         env=ENV,
         capture_output=True,
@@ -378,13 +390,13 @@ def test_rules_test_takes_the_same_inputs(tmp_path):
     shutil.copy(DEMO, d / "b")
     shutil.copy(REAL / "ftp_lossy.pcap", d / "a")  # later than the demo, named first
     (d / "notes").write_text("not a capture")
-    ref = rules_test([str(DEMO), str(REAL / "ftp_lossy.pcap")])
+    ref = rules_test(tmp_path, [str(DEMO), str(REAL / "ftp_lossy.pcap")])
     assert ref["alerts"]
-    assert rules_test([str(d)]) == ref
-    assert rules_test(["-r", str(DEMO), "-r", str(REAL / "ftp_lossy.pcap")]) == ref
+    assert rules_test(tmp_path, [str(d)]) == ref
+    assert rules_test(tmp_path, ["-r", str(DEMO), "-r", str(REAL / "ftp_lossy.pcap")]) == ref
     with open(DEMO, "rb") as f:
-        assert rules_test(["-"], stdin=f) == rules_test([str(DEMO)])
-    one = rules_test([str(DEMO), "--filter", "host 203.0.113.10", "--until", "2026-11-27T01:40:00Z"])
+        assert rules_test(tmp_path, ["-"], stdin=f) == rules_test(tmp_path, [str(DEMO)])
+    one = rules_test(tmp_path, [str(DEMO), "--filter", "host 203.0.113.10", "--until", "2026-11-27T01:40:00Z"])
     assert one["events"] and all(e["RemoteIP"] == "203.0.113.10" for e in one["events"])
     assert all(e["Timestamp"] < "2026-11-27T01:40:00" for e in one["events"])
     assert len(one["events"]) < len(ref["events"])
