@@ -50,6 +50,8 @@ REAL = REPO / "pcaps" / "real"
 DEMO, DEMO_CFG = REPO / "pcaps" / "demo.pcap", REPO / "pcaps" / "demo.yaml"
 T0 = 1_800_000_000.0
 CLIENT, SERVER = "10.77.0.1", "10.77.0.2"  # the real captures' lab addresses
+# the real captures were taken on a veth pair: both lab hosts' checksums are offloaded (docs/engine.md)
+VETH = {"checksum_offload_nets": [f"{CLIENT}/32", f"{SERVER}/32"]}
 DEV, PUB = "192.168.56.10", "198.51.100.20"
 PIPE_TREE = 0x9D5C0002
 CONNECTION_ACTIONS = {"ConnectionSuccess", "ConnectionFailed", "InboundConnectionAccepted", "ConnectionFound"}
@@ -105,7 +107,7 @@ def test_ftps_data_channel_between_followed_hosts_is_the_control_sessions_device
 def test_home_server_keeps_its_own_device(replay):
     """Only the server in home_net: the server is the device of the session
     and of its data channels (nothing changes for the one-sided case)."""
-    r = replay(REAL / "ftp_active_local.pcap", config={"home_net": [f"{SERVER}/32"]})
+    r = replay(REAL / "ftp_active_local.pcap", config={"home_net": [f"{SERVER}/32"], **VETH})
     assert {c["DeviceName"] for c in r.connections} == {SERVER}
     data = [c for c in r.connections if c["ParentUid"]]
     assert data and all(c["ActionType"] == "ConnectionSuccess" and c["LocalPort"] == 20 for c in data)
@@ -113,7 +115,7 @@ def test_home_server_keeps_its_own_device(replay):
 
 # -- a TFTP transfer's ActionType follows its request ---------------------------------------
 def test_tftp_transfer_from_a_public_server_is_outbound_like_its_request(replay):
-    cfg = {"home_net": [f"{CLIENT}/32"], "ip_type_overrides": {f"{SERVER}/32": "Public"}}
+    cfg = {"home_net": [f"{CLIENT}/32"], "ip_type_overrides": {f"{SERVER}/32": "Public"}, **VETH}
     r = replay(REAL / "tftp.pcap", config=cfg)
     conns = by_uid(r.connections)
     transfers = [c for c in r.connections if c["ParentUid"]]
@@ -128,7 +130,7 @@ def test_tftp_transfer_from_a_public_server_is_outbound_like_its_request(replay)
 
 
 def test_tftp_transfer_of_a_home_server_is_inbound_like_its_request(replay):
-    r = replay(REAL / "tftp.pcap", config={"home_net": [f"{SERVER}/32"]})
+    r = replay(REAL / "tftp.pcap", config={"home_net": [f"{SERVER}/32"], **VETH})
     conns = by_uid(r.connections)
     transfers = [c for c in r.connections if c["ParentUid"]]
     assert len(transfers) == 4
