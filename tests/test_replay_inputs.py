@@ -440,3 +440,52 @@ def test_inputs_keep_the_command_line_order(argv, rule, inputs):
     if rule is not None:
         assert args.rule == rule
     assert all("\0" not in str(v) for v in vars(args).values())
+
+
+# -- the selection where libpcap does not filter, and "nothing decodable" ----------
+
+
+def test_filter_on_a_pcapng_of_two_link_types(tmp_path):
+    """libpcap cannot open it: --filter runs per frame on each interface's
+    link type (Ethernet, raw IP). The filtered replay gives exactly the
+    unfiltered records of the host it names."""
+    from tests.test_hostile_captures import T0, _two_interfaces
+
+    p = _two_interfaces(tmp_path, 101)
+    assert resolve([str(p)]).paths == [str(p)]
+    from sensor.io.capture import first_packet_us
+
+    assert first_packet_us(p) == int(round(T0 * 1e6))
+    full = replay(tmp_path, [str(p)], "full")
+    got = replay(tmp_path, [str(p), "--filter", "host 203.0.113.11"], "filtered")
+    conns = [json.loads(line) for line in full["connections"].splitlines()]
+    assert sorted(c["RemoteIP"] for c in conns) == ["203.0.113.10", "203.0.113.11"]
+    want = [
+        line for line, c in zip(full["connections"].splitlines(), conns, strict=True) if c["RemoteIP"] == "203.0.113.11"
+    ]
+    assert got["connections"].splitlines() == want
+    assert got["summary"]["packets"] == full["summary"]["packets"] // 2
+
+
+def test_nothing_decodable_is_judged_on_the_selected_frames(tmp_path):
+    frames = [(1000.0 + i, b"\x00" * 60, 60) for i in range(10)]
+    from tests.support.craft import write_raw_pcap
+
+    user0 = write_raw_pcap(tmp_path / "user0.pcap", frames, linktype=147)
+
+    def run(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            SENSOR + ["replay", str(user0), *extra, "--format", "json"],
+            cwd=REPO,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    p = run("--since", "1970-01-01T00:16:45")  # 1005 s: frames 5..9
+    assert p.returncode == 5, p.stderr
+    assert "none of its 5 packet(s) decoded" in p.stderr
+    p = run("--filter", "len > 1000")  # no frame selected: nothing undecodable, exit 0
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["note"] == "no packet matched --filter 'len > 1000'"

@@ -194,9 +194,22 @@ def is_capture_magic(head: bytes) -> bool:
     return head[:4] in _PCAP_MAGICS or head[:4] == _SHB
 
 
+# pcapng interfaces and pcap headers name LINKTYPE_ values; libpcap's
+# compiler wants the DLT_ value, which differs for a few (libpcap's
+# linktype_to_dlt): those met in captures
+_DLT_OF_LINKTYPE = {100: 11, 101: pcapy.DLT_RAW, 102: 15, 103: 16, 104: 104, 106: 19}
+
+
+def compile_for(linktype: int, expr: str) -> Any:
+    """libpcap's BPF program of ``expr`` for a LINKTYPE_ (pcapng interface)
+    value; a PcapError with libpcap's message when it does not compile."""
+    return pcapy.compile(_DLT_OF_LINKTYPE.get(linktype, linktype), 262144, expr, 1, 0)
+
+
 def probe_link_types(path: str | Path) -> set[int] | None:
-    """The link types of a capture, read from its header only, or None for
-    a stream (read once, when replayed); a CaptureError (missing,
+    """The link types of a capture, read from its header only (libpcap's
+    DLT_ value; a pcapng of several link types: its LINKTYPE_ values), or
+    None for a stream (read once, when replayed); a CaptureError (missing,
     unreadable, not a capture) for what a replay could not read."""
     if _is_stream(path):
         return None
@@ -205,7 +218,7 @@ def probe_link_types(path: str | Path) -> set[int] | None:
         return types
     reader = open_offline(path)
     try:
-        return {reader.datalink()}
+        return {reader.datalink()}  # a DLT_ value: compile_for takes it as it is
     finally:
         reader.close()
 
@@ -830,7 +843,7 @@ def _read_pcapng_mixed(
 
         def handler_for(linktype: int) -> Handler:
             try:
-                prog = pcapy.compile(linktype, 262144, select, 1, 0)
+                prog = compile_for(linktype, select)
             except pcapy.PcapError as e:
                 raise CaptureError(
                     f"{p}: --filter {select!r} does not apply to link type {linktype_name(linktype)}: {e}"

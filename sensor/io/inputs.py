@@ -23,6 +23,7 @@ import pcapy
 from sensor.io.capture import (
     CaptureError,
     Handler,
+    compile_for,
     first_packet_us,
     is_capture_magic,
     linktype_name,
@@ -123,7 +124,7 @@ def check_filter(expr: str) -> str:
 def _check_filter_on(path: str, expr: str, link_types: set[int]) -> None:
     for lt in sorted(link_types):
         try:
-            pcapy.compile(lt, FILTER_SNAPLEN, expr, 1, 0)
+            compile_for(lt, expr)
         except pcapy.PcapError as e:
             raise InputError(
                 f"{path}: --filter {expr!r} does not apply to link type {linktype_name(lt)}: {e}"
