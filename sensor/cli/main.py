@@ -248,7 +248,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def _replay(args: argparse.Namespace, stop: Stop) -> int:
     cfg, rules = load_all(args.config, args.rules)
-    inputs = resolve(args.inputs, args.filter, args.since, args.until)  # every input checked before reading
+    inputs = resolve(_input_names(args), args.filter, args.since, args.until)  # all checked before reading
     args.pcap = inputs.paths
     if args.out is not None and cfg.output.files:
         check_outdir(args.out)  # before any packet is read
@@ -440,6 +440,13 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
     return rc
 
 
+def _input_names(args: argparse.Namespace) -> list[str]:
+    """The inputs in command-line order (``parse_args``); from a namespace of
+    ``build_parser().parse_args`` (embedded use): the positionals, then -r."""
+    names = getattr(args, "inputs", None)
+    return list(names) if names is not None else list(args.pcap or ()) + list(args.read or ())
+
+
 def _selection(args: argparse.Namespace) -> str:
     """--filter, --since and --until as given, for a message."""
     parts = [f"--filter {args.filter!r}"] if args.filter is not None else []
@@ -617,7 +624,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
                 "no rule with this id or name (xfer-sensor rules list shows them)",
             )
     tested = RuleSet(tuple(dets), tuple(cors))
-    inputs = resolve(args.inputs, args.filter, args.since, args.until)  # every input checked before reading
+    inputs = resolve(_input_names(args), args.filter, args.since, args.until)  # all checked before reading
     print_notes(inputs.notes)
     explain = _ExplainSink(dets)
     mem = MemorySink()
