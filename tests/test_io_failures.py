@@ -59,18 +59,17 @@ def whole_lines(path: Path) -> int:
 
 
 # -- write failures ------------------------------------------------------------------------
-# A child replay whose writes into one folder see a filesystem of CAP bytes:
+# A child replay whose writes into one folder see CAP bytes of room per file:
 # a write that does not fit is short, the next one fails with ENOSPC -- what
-# a full disk does. No root needed; the real rollback path runs.
+# a full disk does. No root needed; the real rollback path runs. The room is
+# per file, not shared: the sinks write from their own threads, and a shared
+# budget would let the thread scheduler decide which file loses records.
 FULL_DISK_CHILD = textwrap.dedent(
     """
     import errno, os, sys
     import sensor.io.sinks as sinks
     DIR, CAP = os.path.realpath(sys.argv[1]), int(sys.argv[2])
     real_write = os.write
-
-    def used():
-        return sum(e.stat().st_size for e in os.scandir(DIR) if e.is_file())
 
     def write(fd, data):
         try:
@@ -79,7 +78,7 @@ FULL_DISK_CHILD = textwrap.dedent(
             where = ""
         if os.path.dirname(where) != DIR:
             return real_write(fd, data)
-        room = CAP - used()
+        room = CAP - os.fstat(fd).st_size
         if room <= 0:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_write(fd, bytes(data[:room]))
@@ -99,7 +98,7 @@ def test_injected_full_disk_exit_4_whole_lines_and_losses_per_file(tmp_path):
     stdout_file = out / "stdout.ndjson"  # --stdout into a regular file on the same full disk
     with open(stdout_file, "wb") as so:
         p = subprocess.run(
-            [sys.executable, "-c", FULL_DISK_CHILD, str(out), "40000"]
+            [sys.executable, "-c", FULL_DISK_CHILD, str(out), "20000"]
             + ["replay", str(DEMO), "--out", str(out), "--stdout", "--format", "json"],
             cwd=REPO,
             env=ENV,
