@@ -64,6 +64,7 @@ class Pipeline:
         self.flows.on_new = self._flow_started
         self.flows.on_tick = self.app.expire
         self.flows.reused = self.app.reused
+        self.flows.quiet_syn = self.app.quiet_syn
         self.book = attribution
         self.records = RecordBuilder(config, endpoint=attribution is not None)
         self._resolved: dict[Flow, Any] = {}  # flows whose attribution children inherit

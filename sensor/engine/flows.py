@@ -23,6 +23,14 @@
 - A hard bound ``max_flows``: beyond it the least recently active flow is
   evicted (half-open attempts first), and counted. Near it (90 %) an
   emergency mode shortens the timeouts until the table is back under 70 %.
+- Embryonic flows: a bare SYN that starts no expected connection is kept as
+  one small entry (``embryos``: its wire key and one packed int), not a
+  :class:`Flow`, until a second packet of its connection hatches it into
+  one (``_hatch``, which replays the SYN's accounting) or it ends; it ends
+  as the flow it would have been (same uid, record, order: due embryos are
+  hatched into the attempt queue before an expiry scan). It counts against
+  ``max_flows`` and is evicted first, oldest first. A SYN scan thus costs
+  ~150 bytes per unanswered SYN instead of a flow's ~1 KB.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import socket
+import struct
+from collections import deque
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -47,6 +57,10 @@ T_ATTEMPT, T_ESTABLISHED, T_CLOSED, T_UDP = range(4)
 _M32 = 0xFFFFFFFF
 
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# two base-62 digits at once, least significant first (as _uid emits them)
+_B62_PAIRS = tuple(_B62[i % 62] + _B62[i // 62] for i in range(62 * 62))
+
+_PORTS = struct.Struct("!HH")
 
 # a flow's direction-independent key: (proto, lo_addr, lo_port, hi_addr, hi_port)
 FlowKey = tuple[int, bytes, int, bytes, int]
@@ -229,6 +243,8 @@ class FlowStats(Counters):
         "emergency_exited",
         "reused",
         "scan_max",
+        "embryos",
+        "hatched",
     )
 
     created: int
@@ -242,6 +258,8 @@ class FlowStats(Counters):
     emergency_exited: int
     reused: int
     scan_max: int
+    embryos: int  # bare SYNs first kept as embryonic entries (counted in created too)
+    hatched: int  # embryos that became full flows (a second packet, an expiry scan, the end)
 
 
 # an entry of a timeout queue: (qts, uid, qver, flow); see the module docstring
@@ -318,6 +336,17 @@ class FlowTable:
         # port as a packet carries them -> (flow, from the originator); kept
         # (two entries per live flow) only when the fused path asks for it
         self.fast: dict[bytes, tuple[Flow, bool]] | None = None
+        # embryonic flows (module docstring): wire key (originator address,
+        # responder address, their ports) -> first_ts << 48 | vlan << 32 | SYN seq;
+        # kept only when ``quiet_syn(packet)`` (the application layer: no
+        # expectation or followed host pair could take this SYN) is set and true
+        self.embryos: dict[bytes, int] = {}
+        self._eorder: deque[Any] = deque()  # wire key, value, wire key, value... in creation order
+        self.quiet_syn: Callable[[Packet], bool] | None = None
+
+    def active(self) -> int:
+        """Flows tracked right now, embryonic ones included (bounded by ``max_flows``)."""
+        return len(self.flows) + len(self.embryos)
 
     # -- time -----------------------------------------------------------------
     def advance(self, ts: int) -> int:
@@ -326,7 +355,7 @@ class FlowTable:
             self.now = ts
         if self.now >= self.next_scan:
             self.next_scan = self.now + self.scan_interval_us
-            if self.emergency and len(self.flows) < EMERGENCY_EXIT * self.max_flows:
+            if self.emergency and self.active() < EMERGENCY_EXIT * self.max_flows:
                 self.emergency = False
                 self.timeouts_us = self.normal_timeouts_us
                 self.stats.emergency_exited += 1
@@ -342,6 +371,8 @@ class FlowTable:
         heappop = heapq.heappop
         for cls, q in enumerate(self.queues):
             limit = now - self.timeouts_us[cls]
+            if cls == T_ATTEMPT and self.embryos:
+                self._hatch_due(limit, budget)
             while q and n < budget and q[0][0] <= limit:
                 _, _, ver, flow = heappop(q)
                 if ver != flow.qver or not flow.inq:
@@ -389,6 +420,9 @@ class FlowTable:
 
     def flush(self) -> None:
         """End every flow (end of capture, shutdown), oldest first."""
+        self._eorder.clear()
+        for wk, v in list(self.embryos.items()):
+            self._hatch(wk, v, live=False)
         for flow in sorted(self.flows.values(), key=lambda f: (f.first_ts, f.uid)):
             self._end(flow, "flush")
         for q in self.queues:
@@ -413,11 +447,12 @@ class FlowTable:
             b"%d|%s|%d|%s|%d|%d|%d" % (proto, a.hex().encode(), ap, b.hex().encode(), bp, ts, n), digest_size=12
         ).digest()
         v = int.from_bytes(h, "big")
-        out = []
-        for _ in range(17):
-            v, r = divmod(v, 62)
-            out.append(_B62[r])
-        return "C" + "".join(out)
+        out = ["C"]
+        for _ in range(8):  # 17 base-62 digits, least significant first: 8 pairs and one
+            v, r = divmod(v, 3844)
+            out.append(_B62_PAIRS[r])
+        out.append(_B62[v % 62])
+        return "".join(out)
 
     def _end(self, flow: Flow, reason: str) -> None:
         if self.flows.pop(flow.key, None) is None:
@@ -455,9 +490,19 @@ class FlowTable:
                 del fast[k]
 
     def _evict(self) -> None:
-        """Make room: the least recently active flow of the first non-empty
-        class (half-open attempts first); looks past at most a few requeued
-        ones so an active flow is not taken for an idle one."""
+        """Make room: the oldest embryo (a bare SYN without answer), else the
+        least recently active flow of the first non-empty class (half-open
+        attempts first); looks past at most a few requeued ones so an active
+        flow is not taken for an idle one."""
+        if self.embryos:
+            eo, emb = self._eorder, self.embryos
+            while eo:
+                wk: bytes = eo.popleft()
+                v: int = eo.popleft()
+                if emb.get(wk) is v:
+                    self.stats.evicted += 1
+                    self._end(self._hatch(wk, v, live=False), "evicted")
+                    return
         for cls in (T_ATTEMPT, T_UDP, T_CLOSED, T_ESTABLISHED):
             q = self.queues[cls]
             looked = 0
@@ -477,14 +522,103 @@ class FlowTable:
             self._end(flow, "evicted")
             return
 
-    def _create(self, p: Packet, key: FlowKey, admitted: tuple[bool, object] | None = None) -> Flow:
-        if not self.emergency and len(self.flows) >= EMERGENCY_ENTER * self.max_flows:
+    def _room(self) -> None:
+        """Before a flow or embryo is added: emergency mode near ``max_flows``, eviction at it."""
+        if not self.emergency and self.active() >= EMERGENCY_ENTER * self.max_flows:
             self.emergency = True
             self.timeouts_us = self.emergency_timeouts_us
             self.stats.emergency_entered += 1
             self.expire(self.now, self.scan_budget)
-        if len(self.flows) >= self.max_flows:
+        if self.active() >= self.max_flows:
             self._evict()
+
+    # -- embryonic flows (module docstring) ----------------------------------------
+    def _embryo(self, p: Packet, key: FlowKey) -> bool:
+        """Keep the bare SYN ``p`` (no flow on ``key``) as an embryo, if it can be one."""
+        if p.src == p.dst or p.vlan > 0xFFFF or p.ts >> 63:
+            return False  # a connection to itself, or fields that do not pack
+        r = self._recent.get(key)
+        if r is not None and r[0] == p.ts:
+            return False  # its uid counts an earlier flow of this microsecond: a full flow
+        self._room()
+        wk = p.src + p.dst + _PORTS.pack(p.sport, p.dport)
+        v = (p.ts << 48) | (p.vlan << 32) | p.seq
+        self.embryos[wk] = v
+        eo = self._eorder
+        eo.append(wk)
+        eo.append(v)
+        st = self.stats
+        st.created += 1
+        st.embryos += 1
+        n = len(self.flows) + len(self.embryos)
+        if n > st.active_max:
+            st.active_max = n
+        return True
+
+    def _hatch(self, wk: bytes, v: int, live: bool = True) -> Flow:
+        """The embryo ``wk`` as the flow its SYN would have created (``live``:
+        indexed and queued, else about to end)."""
+        del self.embryos[wk]
+        self.stats.hatched += 1
+        n = (len(wk) - 4) >> 1
+        src, dst = wk[:n], wk[n : 2 * n]
+        sport, dport = _PORTS.unpack_from(wk, 2 * n)
+        ts = v >> 48
+        key: FlowKey = (6, src, sport, dst, dport) if (src, sport) <= (dst, dport) else (6, dst, dport, src, sport)
+        flow = Flow(self._uid(key, ts), key, 6, src, sport, dst, dport, ts, (v >> 32) & 0xFFFF)
+        self.flows[key] = flow
+        if live:
+            fast = self.fast
+            if fast is not None and _indexable(flow):
+                self._index(fast, flow)
+            self._queue(flow, T_ATTEMPT, ts)
+        self.tcp_segment(flow, True, SYN, v & _M32, 0, ts)
+        if self.on_new is not None:
+            self.on_new(flow, None)
+        eo = self._eorder
+        if len(eo) > 4 * len(self.embryos) + 256:  # mostly entries of hatched embryos: rebuild
+            eo.clear()
+            for k, x in self.embryos.items():
+                eo.append(k)
+                eo.append(x)
+        return flow
+
+    def _hatch_due(self, limit: int, budget: int) -> None:
+        """Hatch the embryos whose SYN is at or before ``limit`` into the
+        attempt queue, oldest first, at most ``budget`` (and those of the
+        last one's microsecond): the expiry scan then ends them in
+        (qts, uid) order with the other attempts."""
+        eo, emb = self._eorder, self.embryos
+        k = 0
+        last = -1
+        while eo:
+            wk: bytes = eo[0]
+            v: int = eo[1]
+            if emb.get(wk) is not v:
+                eo.popleft()
+                eo.popleft()
+                continue
+            ts = v >> 48
+            if ts > limit or (k >= budget and ts != last):
+                break
+            eo.popleft()
+            eo.popleft()
+            self._hatch(wk, v)
+            k += 1
+            last = ts
+
+    def _promote(self, p: Packet) -> Flow | None:
+        """A TCP packet with no flow: the embryo of its connection, hatched, if any."""
+        emb = self.embryos
+        v = emb.get(wk := p.src + p.dst + _PORTS.pack(p.sport, p.dport))
+        if v is None:
+            v = emb.get(wk := p.dst + p.src + _PORTS.pack(p.dport, p.sport))
+            if v is None:
+                return None
+        return self._hatch(wk, v)
+
+    def _create(self, p: Packet, key: FlowKey, admitted: tuple[bool, object] | None = None) -> Flow:
+        self._room()
         src, sport, dst, dport = p.src, p.sport, p.dst, p.dport
         flags = p.flags
         flip = False
@@ -510,8 +644,9 @@ class FlowTable:
             self._index(fast, flow)
         self._queue(flow, flow.tclass, flow.qts)
         self.stats.created += 1
-        if len(self.flows) > self.stats.active_max:
-            self.stats.active_max = len(self.flows)
+        n = len(self.flows) + len(self.embryos)
+        if n > self.stats.active_max:
+            self.stats.active_max = n
         return flow
 
     def process(self, p: Packet) -> Flow | None:
@@ -523,6 +658,8 @@ class FlowTable:
         a, b = (p.src, p.sport), (p.dst, p.dport)
         key = (p.proto,) + (a + b if a <= b else b + a)
         flow = self.flows.get(key)
+        if flow is None and self.embryos and p.proto == 6:
+            flow = self._promote(p)
         if flow is not None and self._starts_anew(flow, p):
             # the 5-tuple was reused (the client's port came round again while
             # the old flow waited for its timeout): end the old connection,
@@ -534,6 +671,17 @@ class FlowTable:
         if flow is None:
             # an expected connection (FTP data, TFTP transfer) may also sit on a
             # tracked port: active-mode FTP data comes from port 20
+            if (
+                p.proto == 6
+                and p.flags & 0x17 == SYN  # SYN without ACK, FIN or RST
+                and not p.plen
+                and p.ts == ts
+                and (p.sport in self.tracked or p.dport in self.tracked)
+                and self.quiet_syn is not None
+                and self.quiet_syn(p)
+                and self._embryo(p, key)
+            ):
+                return None  # an embryo: no flow (yet), nothing for the application layer
             admitted = self.admit(p) if self.admit is not None else None
             if admitted is None and p.sport not in self.tracked and p.dport not in self.tracked:
                 self.stats.untracked += 1
