@@ -207,6 +207,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         sink.close()
         progress.finish()
     stats = pipe.stats()
+    bounds = pipe.bound_report()  # the flow and expectation tables' bounds reached: one line each
+    for line in bounds:
+        print(f"xfer-sensor: warning: {line}", file=sys.stderr)
     elapsed = time.perf_counter() - t0
     ostats = outputs.stats()
     for name, st in ostats["sinks"].items():
@@ -233,6 +236,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 "connections": conns,
                 "transfers": mem.counts["transfers"],
                 "outputs": ostats,
+                "bounds": bounds,
             },
             summary_out,
             indent=1,
