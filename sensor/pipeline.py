@@ -132,11 +132,15 @@ class Pipeline:
         self.app.flow_started(flow, match)
 
     def _flow_ended(self, flow: Flow) -> None:
-        if not self.app.flow_ending(flow):  # else its record waits for its data channels / transfer
+        held = self.app.flow_ending(flow)
+        if not held:  # else its record waits for its data channels / transfer
             self._emit_connection(flow)
         parent = self.app.child_ended(flow)
         if parent is not None:  # its last child ended: its record is complete
             self._emit_connection(parent)
+            self.app.release(parent)
+        if not held:
+            self.app.release(flow)
 
     def _emit_connection(self, flow: Flow) -> None:
         att = None

@@ -8,7 +8,7 @@ oldest live expectation it fits. Expire on packet time; bounded
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 
 from sensor.core.counters import Counters
@@ -37,8 +37,10 @@ class Expectations:
         self, max_expectations: int = MAX_EXPECTATIONS, on_port: Callable[[int, int], None] | None = None
     ) -> None:
         self.max = max_expectations
-        # key -> deque of (expectation, parent flow); insertion order = time order
-        self.by_key: OrderedDict[ExpectKey, deque[tuple[ExpectConnection, Flow]]] = OrderedDict()
+        # key -> list of (expectation, parent flow); insertion order = time order.
+        # A list, not a deque: most keys hold one expectation (a TFTP request's
+        # client port), and an empty deque alone is ~600 bytes
+        self.by_key: OrderedDict[ExpectKey, list[tuple[ExpectConnection, Flow]]] = OrderedDict()
         self.count = 0
         # responder ports (None: any) of the live TCP expectations -> how many:
         # whether a bare SYN could be one (``could_take_syn``) without a lookup by address
@@ -72,7 +74,7 @@ class Expectations:
         k = self._key(e.proto, e.resp_h, e.resp_p)
         q = self.by_key.get(k)
         if q is None:
-            q = self.by_key[k] = deque()
+            q = self.by_key[k] = []
         q.append((e, parent))
         self.count += 1
         self.stats.added += 1
@@ -85,7 +87,7 @@ class Expectations:
 
     def _drop_oldest(self) -> None:
         k, q = next(iter(self.by_key.items()))
-        e, _ = q.popleft()
+        e, _ = q.pop(0)
         self.count -= 1
         self.stats.dropped += 1
         self._ref(e.resp_p, -1)
@@ -97,7 +99,7 @@ class Expectations:
         dead = []
         for k, q in self.by_key.items():
             while q and q[0][0].expires_us < now:
-                e, _ = q.popleft()
+                e, _ = q.pop(0)
                 self.count -= 1
                 self.stats.expired += 1
                 self._ref(e.resp_p, -1)

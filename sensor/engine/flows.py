@@ -118,6 +118,7 @@ class Flow:
         "analyzer",
         "ctx",
         "weirds",
+        "uidn",
         "_orig_h",
         "_resp_h",
     )
@@ -157,6 +158,7 @@ class Flow:
         self.analyzer: str | None = None  # dispatch.PENDING until the first payload attaches its session
         self.ctx: Any = None  # the application layer's state (dispatch.AppState)
         self.weirds = 0
+        self.uidn = 0  # flows before it on its key in its first microsecond (FlowTable._uid)
         self._orig_h: str | None = None
         self._resp_h: str | None = None
 
@@ -317,9 +319,11 @@ class FlowTable:
         self.next_scan = 0
         self.now = 0
         self.stats = FlowStats()
-        # key -> (first_ts, n) of the last flow created on it: the uid of a
-        # flow created on the same key in the same microsecond differs by n
+        # key -> (first_ts, n) of the last flow on it that ended in the
+        # microsecond it started (only those: a live flow needs no entry): the
+        # uid of a flow created on the same key in the same microsecond differs by n
         self._recent: dict[FlowKey, tuple[int, int]] = {}
+        self._uidn = 0  # n of the last uid made (_uid)
         self.recent_peak = 0
         # application-layer hooks (sensor.engine.dispatch): ``admit(packet)`` decides
         # whether a packet on no tracked port starts an expected flow
@@ -437,11 +441,7 @@ class FlowTable:
         it does not depend on the other flows of the capture."""
         prev = self._recent.get(key)
         n = prev[1] + 1 if prev is not None and prev[0] == ts else 0
-        if len(self._recent) >= MAX_RECENT_KEYS:
-            self._recent.clear()
-        self._recent[key] = (ts, n)
-        if len(self._recent) > self.recent_peak:
-            self.recent_peak = len(self._recent)
+        self._uidn = n  # the flow's (Flow.uidn), for _end
         proto, a, ap, b, bp = key
         h = hashlib.blake2b(
             b"%d|%s|%d|%s|%d|%d|%d" % (proto, a.hex().encode(), ap, b.hex().encode(), bp, ts, n), digest_size=12
@@ -462,9 +462,14 @@ class FlowTable:
             self._unindex(fast, flow)
         if flow.inq:
             self._unqueue(flow)
-        r = self._recent.get(flow.key)
-        if r is not None and r[0] < self.now:
-            del self._recent[flow.key]  # no later flow on this key can share its first microsecond
+        if flow.first_ts >= self.now:
+            # a later flow on this key may share its first microsecond: its uid counts this one
+            recent = self._recent
+            if len(recent) >= MAX_RECENT_KEYS:
+                recent.clear()
+            recent[flow.key] = (flow.first_ts, flow.uidn)
+            if len(recent) > self.recent_peak:
+                self.recent_peak = len(recent)
         flow.end_reason = reason
         self.stats.ended += 1
         self.on_end(flow)
@@ -566,6 +571,7 @@ class FlowTable:
         ts = v >> 48
         key: FlowKey = (6, src, sport, dst, dport) if (src, sport) <= (dst, dport) else (6, dst, dport, src, sport)
         flow = Flow(self._uid(key, ts), key, 6, src, sport, dst, dport, ts, (v >> 32) & 0xFFFF)
+        flow.uidn = self._uidn
         self.flows[key] = flow
         if live:
             fast = self.fast
@@ -638,6 +644,7 @@ class FlowTable:
                 flow.flipped = True
         else:
             flow = Flow(self._uid(key, p.ts), key, p.proto, src, sport, dst, dport, p.ts, p.vlan)
+        flow.uidn = self._uidn
         self.flows[key] = flow
         fast = self.fast
         if fast is not None and _indexable(flow):
