@@ -245,13 +245,13 @@ class Dispatcher:
                     return False, (_PROBED, pl, p)
         return None
 
-    def quiet_syn(self, p: Packet) -> bool:
+    def quiet_syn(self, src: bytes, dst: bytes, dport: int) -> bool:
         """A bare SYN (no payload) on a tracked port that ``admit`` would not
         take: no live TCP expectation on its port, not between followed
         hosts. The flow table may keep it as an embryo (sensor/engine/flows.py)."""
-        if self.expect.could_take(p.dport):
+        if self.expect.could_take(dport):
             return False
-        return not (self.pairs and (p.src, p.dst) in self.ports.hosts)
+        return not (self.pairs and (src, dst) in self.ports.hosts)
 
     def reused(self, flow: Flow, from_orig: bool, payload: bytes) -> bool:
         """A UDP datagram from the client starts a new connection on

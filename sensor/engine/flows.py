@@ -342,11 +342,11 @@ class FlowTable:
         self.fast: dict[bytes, tuple[Flow, bool]] | None = None
         # embryonic flows (module docstring): wire key (originator address,
         # responder address, their ports) -> first_ts << 48 | vlan << 32 | SYN seq;
-        # kept only when ``quiet_syn(packet)`` (the application layer: no
+        # kept only when ``quiet_syn(src, dst, dport)`` (the application layer: no
         # expectation or followed host pair could take this SYN) is set and true
         self.embryos: dict[bytes, int] = {}
         self._eorder: deque[Any] = deque()  # wire key, value, wire key, value... in creation order
-        self.quiet_syn: Callable[[Packet], bool] | None = None
+        self.quiet_syn: Callable[[bytes, bytes, int], bool] | None = None
 
     def active(self) -> int:
         """Flows tracked right now, embryonic ones included (bounded by ``max_flows``)."""
@@ -538,24 +538,38 @@ class FlowTable:
             self._evict()
 
     # -- embryonic flows (module docstring) ----------------------------------------
-    def _embryo(self, p: Packet, key: FlowKey) -> bool:
-        """Keep the bare SYN ``p`` (no flow on ``key``) as an embryo, if it can be one."""
-        if p.src == p.dst or p.vlan > 0xFFFF or p.ts >> 63:
+    def embryo(
+        self, key: FlowKey, src: bytes, dst: bytes, sport: int, dport: int, ts: int, vlan: int, seq: int
+    ) -> bool:
+        """A bare SYN (no ACK, FIN or RST; no payload) at the clock's time,
+        with no flow on ``key``: kept as an embryo (True) when it can be one
+        -- on a tracked port, no embryo of its connection yet, nothing the
+        application layer could take it for (``quiet_syn``)."""
+        quiet = self.quiet_syn
+        if quiet is None or not (sport in self.tracked or dport in self.tracked):
+            return False
+        if src == dst or vlan > 0xFFFF or ts >> 63:
             return False  # a connection to itself, or fields that do not pack
+        emb = self.embryos
+        pack = _PORTS.pack
+        wk = src + dst + pack(sport, dport)
+        if emb and (wk in emb or dst + src + pack(dport, sport) in emb):
+            return False  # a second SYN of its connection: the layered path hatches the embryo
+        if not quiet(src, dst, dport):
+            return False
         r = self._recent.get(key)
-        if r is not None and r[0] == p.ts:
+        if r is not None and r[0] == ts:
             return False  # its uid counts an earlier flow of this microsecond: a full flow
         self._room()
-        wk = p.src + p.dst + _PORTS.pack(p.sport, p.dport)
-        v = (p.ts << 48) | (p.vlan << 32) | p.seq
-        self.embryos[wk] = v
+        v = (ts << 48) | (vlan << 32) | seq
+        emb[wk] = v
         eo = self._eorder
         eo.append(wk)
         eo.append(v)
         st = self.stats
         st.created += 1
         st.embryos += 1
-        n = len(self.flows) + len(self.embryos)
+        n = len(self.flows) + len(emb)
         if n > st.active_max:
             st.active_max = n
         return True
@@ -683,10 +697,7 @@ class FlowTable:
                 and p.flags & 0x17 == SYN  # SYN without ACK, FIN or RST
                 and not p.plen
                 and p.ts == ts
-                and (p.sport in self.tracked or p.dport in self.tracked)
-                and self.quiet_syn is not None
-                and self.quiet_syn(p)
-                and self._embryo(p, key)
+                and self.embryo(key, p.src, p.dst, p.sport, p.dport, ts, p.vlan, p.seq)
             ):
                 return None  # an embryo: no flow (yet), nothing for the application layer
             admitted = self.admit(p) if self.admit is not None else None
