@@ -200,7 +200,7 @@ def test_half_open_flow_memory_fits_the_rss_bound():
     finally:
         tracemalloc.stop()
     n = pipe.flows.active()
-    assert n == 3_000 and len(pipe.flows.embryos) == 3_000  # unanswered SYNs stay embryonic
+    assert n == 3_000 and not pipe.flows.embryos  # far from max_flows: full flows
     per_flow = sum(s.size_diff for s in after.compare_to(before, "filename")) / n
     assert per_flow <= RSS_BOUND / DEFAULT_MAX_FLOWS, f"{per_flow:.0f} bytes per half-open flow"
 
@@ -255,8 +255,37 @@ def _replay_frames(frames, cfg, embryos: bool):
     return pipe, sink
 
 
+def test_embryo_memory():
+    """Under pressure (from EMBRYOS_FROM of max_flows) an unanswered SYN is
+    an embryo: a tenth of the RSS bound's share per flow."""
+    import gc
+    import tracemalloc
+
+    from sensor.io.sinks import MemorySink
+    from sensor.pipeline import Pipeline
+
+    pipe = Pipeline(config_from_dict({}), RULES, MemorySink())
+    h = pipe.handler_for(1)
+    frames = list(syn_scan_frames(6_000, sources=6_000, t0_us=int(T0 * 1e6), gap_us=10))
+    pipe.flows.embryo_from = 0  # as if the table were half full
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for ts, f in frames:
+            h(ts, f)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    assert len(pipe.flows.embryos) == 6_000 and not pipe.flows.flows
+    per_embryo = sum(s.size_diff for s in after.compare_to(before, "filename")) / 6_000
+    assert per_embryo <= RSS_BOUND / DEFAULT_MAX_FLOWS / 10, f"{per_embryo:.0f} bytes per embryo"
+
+
 @pytest.mark.parametrize("fused", [True, False])
-def test_embryos_give_the_records_of_full_flows(fused):
+@pytest.mark.parametrize("embryo_from", [0, None])
+def test_embryos_give_the_records_of_full_flows(fused, embryo_from):
     """Same records, byte for byte and in the same order, with and without
     embryos: uids, histories, states, expiry order mid-capture and at the end."""
     frames = _mixed_handshakes(int(T0 * 1e6))
@@ -266,8 +295,11 @@ def test_embryos_give_the_records_of_full_flows(fused):
         from sensor.pipeline import Pipeline
 
         sink = MemorySink()
-        pipe = Pipeline(config_from_dict(CFG), RULES, sink)
+        # embryo_from None: the default share of a max_flows the capture half fills
+        pipe = Pipeline(config_from_dict(dict(CFG, limits={"max_flows": 400})), RULES, sink)
         pipe.fused = fused
+        if embryo_from is not None:
+            pipe.flows.embryo_from = embryo_from
         if not emb:
             pipe.flows.quiet_syn = None
         h = pipe.handler_for(1)
@@ -276,7 +308,8 @@ def test_embryos_give_the_records_of_full_flows(fused):
         pipe.finish()
         got[emb] = (pipe, sink)
     (pe, se), (pf, sf) = got[True], got[False]
-    assert pe.flows.stats.embryos > 150 and pf.flows.stats.embryos == 0
+    assert pe.flows.stats.embryos > (150 if embryo_from == 0 else 40) and pf.flows.stats.embryos == 0
+    assert pe.flows.stats.evicted == 0
     assert pe.flows.stats.expired > 0  # the quiet minute ended embryos through the expiry scan
     for kind in ("connections", "transfers", "alerts", "weird"):
         assert se.records[kind] == sf.records[kind], kind
@@ -295,7 +328,7 @@ def test_embryo_bounds_and_eviction_order():
         list(syn_scan_frames(n, sources=n, t0_us=int(T0 * 1e6), gap_us=10)), dict(CFG, limits={"max_flows": cap}), True
     )
     st = pipe.flows.stats
-    assert st.active_max == cap and st.created == st.ended == n and st.embryos == n
+    assert st.active_max == cap and st.created == st.ended == n and st.embryos == n - cap // 2
     assert pipe.flows.active() == 0 and not pipe.flows.embryos and not pipe.flows._eorder
     conns = sink.records["connections"]
     # evicted oldest first, then the rest flushed oldest first: packet order

@@ -23,7 +23,8 @@
 - A hard bound ``max_flows``: beyond it the least recently active flow is
   evicted (half-open attempts first), and counted. Near it (90 %) an
   emergency mode shortens the timeouts until the table is back under 70 %.
-- Embryonic flows: a bare SYN that starts no expected connection is kept as
+- Embryonic flows: once the table holds half of ``max_flows``
+  (``EMBRYOS_FROM``), a bare SYN that starts no expected connection is kept as
   one small entry (``embryos``: its wire key and one packed int), not a
   :class:`Flow`, until a second packet of its connection hatches it into
   one (``_hatch``, which replays the SYN's accounting) or it ends; it ends
@@ -275,6 +276,11 @@ EMERGENCY_EXIT = 0.70  # share below which it ends
 EMERGENCY_TIMEOUTS_S = (5.0, 100.0, 1.0, 10.0)  # attempt, established, closed, udp
 
 
+# Embryonic flows only under pressure: from this share of max_flows on, a
+# bare SYN is kept as an embryo (below it, as a full flow at once: most SYNs
+# are answered, and hatching costs more than a flow made at once)
+EMBRYOS_FROM = 0.5
+
 MAX_RECENT_KEYS = 1 << 18  # keys remembered for same-microsecond uids (cleared beyond)
 
 
@@ -347,6 +353,7 @@ class FlowTable:
         self.embryos: dict[bytes, int] = {}
         self._eorder: deque[Any] = deque()  # wire key, value, wire key, value... in creation order
         self.quiet_syn: Callable[[bytes, bytes, int], bool] | None = None
+        self.embryo_from = int(EMBRYOS_FROM * self.max_flows)
 
     def active(self) -> int:
         """Flows tracked right now, embryonic ones included (bounded by ``max_flows``)."""
@@ -457,10 +464,10 @@ class FlowTable:
     def _end(self, flow: Flow, reason: str) -> None:
         if self.flows.pop(flow.key, None) is None:
             return
-        fast = self.fast
-        if fast is not None and _indexable(flow):
-            self._unindex(fast, flow)
-        if flow.inq:
+        if flow.inq:  # every live flow is queued; a hatched embryo ending at once is neither queued nor indexed
+            fast = self.fast
+            if fast is not None and _indexable(flow):
+                self._unindex(fast, flow)
             self._unqueue(flow)
         if flow.first_ts >= self.now:
             # a later flow on this key may share its first microsecond: its uid counts this one
@@ -495,19 +502,28 @@ class FlowTable:
                 del fast[k]
 
     def _evict(self) -> None:
-        """Make room: the oldest embryo (a bare SYN without answer), else the
-        least recently active flow of the first non-empty class (half-open
-        attempts first); looks past at most a few requeued ones so an active
-        flow is not taken for an idle one."""
+        """Make room: the least recently active flow of the first non-empty
+        class (half-open attempts first, embryos among them: the oldest bare
+        SYN unless a full attempt is older); looks past at most a few
+        requeued ones so an active flow is not taken for an idle one."""
         if self.embryos:
             eo, emb = self._eorder, self.embryos
-            while eo:
-                wk: bytes = eo.popleft()
-                v: int = eo.popleft()
+            while True:
+                wk: bytes = eo[0]
+                v: int = eo[1]
                 if emb.get(wk) is v:
-                    self.stats.evicted += 1
-                    self._end(self._hatch(wk, v, live=False), "evicted")
-                    return
+                    break
+                eo.popleft()  # the entries of a hatched embryo
+                eo.popleft()
+            q = self.queues[T_ATTEMPT]
+            while q and (q[0][2] != q[0][3].qver or not q[0][3].inq):
+                heapq.heappop(q)  # a dead entry
+            if not q or v >> 48 <= q[0][0]:  # no full attempt older than the oldest embryo
+                eo.popleft()
+                eo.popleft()
+                self.stats.evicted += 1
+                self._end(self._hatch(wk, v, live=False), "evicted")
+                return
         for cls in (T_ATTEMPT, T_UDP, T_CLOSED, T_ESTABLISHED):
             q = self.queues[cls]
             looked = 0
@@ -546,7 +562,9 @@ class FlowTable:
         -- on a tracked port, no embryo of its connection yet, nothing the
         application layer could take it for (``quiet_syn``)."""
         quiet = self.quiet_syn
-        if quiet is None or not (sport in self.tracked or dport in self.tracked):
+        if quiet is None or len(self.flows) + len(self.embryos) < self.embryo_from:
+            return False  # no pressure: a full flow (most SYNs are answered; hatching costs more)
+        if not (sport in self.tracked or dport in self.tracked):
             return False
         if src == dst or vlan > 0xFFFF or ts >> 63:
             return False  # a connection to itself, or fields that do not pack
