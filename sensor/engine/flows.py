@@ -40,6 +40,7 @@ import hashlib
 import heapq
 import socket
 import struct
+from binascii import hexlify
 from collections import deque
 from collections.abc import Callable, Collection
 from typing import Any
@@ -451,7 +452,7 @@ class FlowTable:
         self._uidn = n  # the flow's (Flow.uidn), for _end
         proto, a, ap, b, bp = key
         h = hashlib.blake2b(
-            b"%d|%s|%d|%s|%d|%d|%d" % (proto, a.hex().encode(), ap, b.hex().encode(), bp, ts, n), digest_size=12
+            b"%d|%s|%d|%s|%d|%d|%d" % (proto, hexlify(a), ap, hexlify(b), bp, ts, n), digest_size=12
         ).digest()
         v = int.from_bytes(h, "big")
         out = ["C"]
