@@ -30,8 +30,9 @@
   one (``_hatch``, which replays the SYN's accounting) or it ends; it ends
   as the flow it would have been (same uid, record, order: due embryos are
   hatched into the attempt queue before an expiry scan). It counts against
-  ``max_flows`` and is evicted first, oldest first. A SYN scan thus costs
-  ~150 bytes per unanswered SYN instead of a flow's ~1 KB.
+  ``max_flows`` and is evicted as a half-open attempt, least recently active
+  first. A SYN scan thus costs ~150 bytes per unanswered SYN instead of a
+  flow's ~1 KB.
 """
 
 from __future__ import annotations
