@@ -321,6 +321,35 @@ def test_embryos_give_the_records_of_full_flows(fused, embryo_from):
     assert a == b
 
 
+def test_embryos_keep_the_vlan_tag():
+    """An 802.1Q-tagged bare SYN (the fused path's general branch) packs its
+    VLAN id into the embryo; the record of the hatched flow carries it."""
+    from sensor.io.sinks import MemorySink
+    from sensor.pipeline import Pipeline
+
+    def tagged(frame: bytes, vid: int) -> bytes:
+        return frame[:12] + b"\x81\x00" + vid.to_bytes(2, "big") + frame[12:]
+
+    frames = [(ts, tagged(f, 1 + i % 4094)) for i, (ts, f) in enumerate(_mixed_handshakes(int(T0 * 1e6)))]
+    out = []
+    for emb in (True, False):
+        sink = MemorySink()
+        pipe = Pipeline(config_from_dict(CFG), RULES, sink)
+        pipe.flows.embryo_from = 0
+        if not emb:
+            pipe.flows.quiet_syn = None
+        h = pipe.handler_for(1)
+        for ts, f in frames:
+            h(ts, f)
+        pipe.finish()
+        out.append((pipe, sink))
+    (pe, se), (_, sf) = out
+    assert pe.flows.stats.embryos > 150
+    assert se.records["connections"] == sf.records["connections"]
+    vlans = [c["Vlan"] for c in se.records["connections"]]
+    assert all(v > 0 for v in vlans) and len(set(vlans)) > 200  # each flow its first packet's tag
+
+
 def test_embryo_bounds_and_eviction_order():
     """Embryos count against max_flows; beyond it the oldest bare SYN goes first."""
     n, cap = 3_000, 500
