@@ -26,6 +26,7 @@ from sensor.detect.winstore import DEFAULT_STATE_DIR, WindowPersistence
 from sensor.io import metrics
 from sensor.io.capture import CaptureError
 from sensor.io.live import DEFAULT_TIMEOUT_MS, LiveCapture
+from sensor.io.outdir import check_outdir
 from sensor.io.privileges import DAEMON_CAPS, keep_only
 from sensor.io.sdnotify import SdNotifier
 from sensor.io.sinks import build_outputs
@@ -56,7 +57,9 @@ class Daemon:
         self.rules_path = rules_path
         self.endpoint = mode == "endpoint"
         self.cfg: Config = self._config(load_config(config_path))
-        self.rules: RuleSet = load_rules(rules_path, RECORD_FIELDS)
+        self.rules: RuleSet = load_rules(rules_path, RECORD_FIELDS, self.cfg.limits.max_match_chars)
+        if self.cfg.output.files:
+            check_outdir(outdir)  # an unusable --out: exit 2 before capturing
         # the config's outputs (profile, files, stdout, syslog), each behind a
         # bounded queue that never blocks capture (overflow is counted)
         self.sink = build_outputs(
@@ -142,10 +145,15 @@ class Daemon:
         self.sink.request_reopen()
         try:
             cfg = self._config(load_config(self.config_path))
-            rules = load_rules(self.rules_path, RECORD_FIELDS)
+            # limits change on restart only: the running cap, as the running rules have
+            rules = load_rules(self.rules_path, RECORD_FIELDS, self.cfg.limits.max_match_chars)
         except (ConfigError, RuleError) as e:
             log.error("reload refused, keeping the running config and rules: %s", e)
             self.notify.ready("reload refused: " + str(e)[:200])
+            return
+        except Exception as e:  # a loader bug must not stop capture: refuse the reload, say what
+            log.error("reload refused, keeping the running config and rules: unexpected %s: %s", type(e).__name__, e)
+            self.notify.ready("reload refused: " + type(e).__name__)
             return
         restart_only = [
             f
@@ -211,6 +219,7 @@ class Daemon:
             allow_base=self.allow_base,
             outputs=self.sink.stats(),
             start_time=self.started,
+            state_write_errors=self.persist.write_errors,
         )
 
     def status_line(self) -> str:
@@ -268,6 +277,11 @@ class Daemon:
             self.pipe.finish()
             self.persist.close()
             self.sink.close()
+            for name, st in self.sink.stats()["sinks"].items():
+                lost = st["dropped_overflow"] + st["dropped_error"]
+                if lost:
+                    by = ", ".join(f"{k} {n}" for k, n in st["lost_by_kind"].items())
+                    log.warning("%s: %d record(s) not written in this run (%s)", name, lost, by)
             final = self.status_line()
             if self.metrics_server is not None:
                 self.metrics_server.close()

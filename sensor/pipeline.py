@@ -17,7 +17,22 @@ from sensor.core.config import Config
 from sensor.detect.detector import Detector
 from sensor.detect.rules import RuleSet
 from sensor.engine.bpf import capture_filters
-from sensor.engine.decode import LINKTYPE_ETHERNET, Decoder, DecodeStats, Packet
+from sensor.engine.decode import (
+    DLT_RAW_ALIASES,
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_LOOP,
+    LINKTYPE_NULL,
+    LINKTYPE_RAW,
+    SUPPORTED_LINKTYPES,
+    Checksums,
+    Decoder,
+    DecodeStats,
+    Packet,
+)
 from sensor.engine.dispatch import Dispatcher
 from sensor.engine.fastpath import ethernet_handler
 from sensor.engine.flows import EMERGENCY_ENTER, EMERGENCY_EXIT, EMERGENCY_TIMEOUTS_S, Flow, FlowTable
@@ -27,6 +42,53 @@ from sensor.records.mde import RecordBuilder, iso_us
 # weird records written per name before only counting (Zeek samples weirds too)
 WEIRD_LOG_PER_NAME = 1000
 HELD_TRANSFERS_MAX = 4096  # transfer records waiting for their connection's lookup
+
+
+# bytes before the IP header, per link type the decoder knows
+LINK_HEADER_BYTES = {
+    LINKTYPE_ETHERNET: 14,
+    LINKTYPE_LINUX_SLL: 16,
+    LINKTYPE_LINUX_SLL2: 20,
+    LINKTYPE_NULL: 4,
+    LINKTYPE_LOOP: 4,
+    LINKTYPE_RAW: 0,
+    LINKTYPE_IPV4: 0,
+    LINKTYPE_IPV6: 0,
+    **{lt: 0 for lt in DLT_RAW_ALIASES},
+}
+MIN_IP_TRANSPORT_BYTES = 20 + 8  # the smallest IP header and the ports: what any packet needs
+# decoder weirds of a frame cut before the sensor could read its IP and TCP/UDP headers
+HEADER_TRUNCATED_WEIRDS = frozenset(
+    (
+        "ethernet_truncated",
+        "sll_truncated",
+        "sll2_truncated",
+        "loopback_truncated",
+        "vlan_truncated",
+        "ip_truncated",
+        "ipv4_truncated",
+        "ipv6_truncated",
+        "ipv6_ext_truncated",
+        "transport_truncated",
+        "tcp_truncated",
+    )
+)
+
+
+def min_frame_bytes(linktype: int) -> int | None:
+    """The fewest bytes a frame of this link type needs for the sensor to read
+    its addresses and ports; None: a link type the decoder does not know."""
+    if linktype not in SUPPORTED_LINKTYPES:
+        return None
+    return LINK_HEADER_BYTES.get(linktype, 0) + MIN_IP_TRANSPORT_BYTES
+
+
+def decodable(linktype: int, snaplen: int) -> bool:
+    """Can a capture of this link type and snaplen (0: no limit) hold a packet
+    the sensor decodes? (When not, replay installs no capture filter, so the
+    decoder sees, and counts, every frame.)"""
+    need = min_frame_bytes(linktype)
+    return need is not None and (snaplen == 0 or snaplen >= need)
 
 
 def _clocked(advance: Callable[[int], int], inner: Callable[[int, bytes], None]) -> Callable[[int, bytes], None]:
@@ -58,8 +120,14 @@ class Pipeline:
         self.portset = PortSet(config.tracked_ports)
         self.ports: set[int] = self.portset.ports
         self.decode_stats = DecodeStats()
+        self.checksums = Checksums(
+            config.checksum_validation,
+            config.home_net + config.checksum_offload_nets,
+            config.limits.max_checksum_senders,
+        )
         self.flows = FlowTable(config, self._flow_ended, self._flow_weird)
         self.app = Dispatcher(frozenset(config.tracked_ports), self.portset, sink.emit, self._weird)
+        self.app.retain = config.limits.overlap_check_bytes
         self.flows.admit = self.app.admit
         self.flows.on_new = self._flow_started
         self.flows.on_tick = self.app.expire
@@ -70,7 +138,7 @@ class Pipeline:
         self._resolved: dict[Flow, Any] = {}  # flows whose attribution children inherit
         self._own: dict[Flow, Any] = {}  # each flow's own lookup result, once taken from the book
         # transfer records waiting for their owner's lookup (endpoint mode)
-        self._held: list[tuple[Flow, dict[str, Any]]] = []
+        self._held: list[tuple[Flow, str, dict[str, Any]]] = []
         self.attribution_counts: dict[str, int] = {}
         if attribution is not None:
             self.app.emit_transfer = self._emit_transfer
@@ -92,9 +160,11 @@ class Pipeline:
         h = self._decoders.get(linktype)
         if h is None:
             if linktype == LINKTYPE_ETHERNET and self.fused:
-                h = ethernet_handler(self, self.flows, self.app, self.portset, self.decode_stats)
+                h = ethernet_handler(self, self.flows, self.app, self.portset, self.decode_stats, self.checksums)
             else:
-                dec = Decoder(linktype, self.ports, self.decode_stats, self.decode_weird, self.portset.hosts)
+                dec = Decoder(
+                    linktype, self.ports, self.decode_stats, self.decode_weird, self.portset.hosts, self.checksums
+                )
                 h = _clocked(self.flows.advance, dec.handler(self.packet))
             self._decoders[linktype] = h
         return h
@@ -186,21 +256,22 @@ class Pipeline:
             self._resolved[flow] = a
         return a
 
-    def _emit_transfer(self, owner: Flow, rec: dict[str, Any]) -> None:
+    def _emit_transfer(self, owner: Flow, rec: dict[str, Any], kind: str = "transfers") -> None:
+        """A transfer (or a file event: ``kind`` files) with its owner's process."""
         a = self._attribution(owner)
         if a is not None:
             self._fill_transfer(rec, a)
-            self.sink.emit("transfers", rec)
+            self.sink.emit(kind, rec)
             return
         # the owner's lookup is not in yet: a TFTP or SMB transfer often ends
         # in the same capture batch as its connection's first packet, before
         # the daemon collected the helper's result.  The record waits until it
         # is (attributions_arrived) or until the owner's own record is written
         if len(self._held) >= HELD_TRANSFERS_MAX:  # bounded: the oldest goes as it is
-            _old_owner, old = self._held.pop(0)
+            _old_owner, old_kind, old = self._held.pop(0)
             self._fill_transfer(old, None)
-            self.sink.emit("transfers", old)
-        self._held.append((owner, rec))
+            self.sink.emit(old_kind, old)
+        self._held.append((owner, kind, rec))
 
     def attributions_arrived(self) -> None:
         """New lookups are in the book: write the held transfers whose owner is now known."""
@@ -209,12 +280,12 @@ class Pipeline:
 
     def _release(self, ready: Callable[[Flow], bool], att: Any = ...) -> None:
         keep = []
-        for owner, rec in self._held:
+        for owner, kind, rec in self._held:
             if not ready(owner):
-                keep.append((owner, rec))
+                keep.append((owner, kind, rec))
                 continue
             self._fill_transfer(rec, self._attribution(owner) if att is ... else att)
-            self.sink.emit("transfers", rec)
+            self.sink.emit(kind, rec)
         self._held = keep
 
     def _fill_transfer(self, rec: dict[str, Any], a: Any) -> None:
@@ -289,6 +360,17 @@ class Pipeline:
         self._quiet = (ev == last_ev, dr == last_dr)
         self._news = (ev, dr, ft.emergency)
         return out
+
+    def undecoded(self) -> tuple[int, int, int]:
+        """(frames seen, frames of a link type the decoder does not know, frames
+        cut before their ports): a replay compares them before and after a
+        capture to say why nothing came out of it."""
+        w = self.weird_counts
+        return (
+            self.decode_stats.packets,
+            self.decode_stats.unknown_linktype,
+            sum(w.get(n, 0) for n in HEADER_TRUNCATED_WEIRDS),
+        )
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -1,8 +1,9 @@
 """Command line: ``xfer-sensor replay``, ``check`` and ``rules list|test``.
 
 Exit codes: 0 done; 2 bad input, one line on stderr, never a traceback; 3 a
-capture damaged part-way (everything before the damage written). Commands,
-options and exit codes: docs/usage.md.
+capture damaged part-way (everything before the damage written); 4 records
+not all written; 5 packets but nothing decodable; 130/143 SIGINT/SIGTERM
+(what was read is written). Commands, options and exit codes: docs/usage.md.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -18,23 +21,31 @@ from pathlib import Path
 from typing import Any
 
 from sensor import __version__
+from sensor.cli import report as report_cli
 from sensor.cli.progress import Progress, ProgressAwareHandler
 from sensor.core.config import PROFILES, ConfigError, SyslogOutput, load_config
 from sensor.detect.rules import DetectionRule, RuleError, RuleSet, default_rules_dir, load_rules
-from sensor.io.capture import CaptureError, read_file
+from sensor.io.capture import CaptureError, Stop, count_frames, linktype_name, read_file
+from sensor.io.outdir import check_outdir
 from sensor.io.sinks import MemorySink, TeeSink, build_outputs
-from sensor.pipeline import Pipeline
+from sensor.pipeline import Pipeline, decodable, min_frame_bytes
 from sensor.records.encode import KINDS
 from sensor.records.mde import RECORD_FIELDS
+from sensor.report import ReportError
 
 log = logging.getLogger("xfer-sensor")
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_DAMAGED = 0, 1, 2, 3
+EXIT_NOT_WRITTEN = 4  # records could not all be written (disk full, I/O error, a sink that failed)
+EXIT_UNDECODABLE = 5  # a capture had packets but none the sensor could decode
+# SIGINT and SIGTERM: 128 + the signal (130, 143), after writing what was read
 
 
 def load_all(config_path: str | None, rules_path: str | None):
+    """Config and rules, validated the one way check, replay, rules test and
+    the daemon all use."""
     cfg = load_config(config_path)
-    rules = load_rules(rules_path or default_rules_dir(), RECORD_FIELDS)
+    rules = load_rules(rules_path or default_rules_dir(), RECORD_FIELDS, cfg.limits.max_match_chars)
     return cfg, rules
 
 
@@ -166,8 +177,72 @@ def _syslog_arg(text: str | None, proto: str | None, base: SyslogOutput | None) 
     return dataclasses.replace(b, host=host, port=int(port), protocol=proto or b.protocol)
 
 
+def _catch_stop(stop: Stop) -> Any:
+    """SIGINT and SIGTERM ask the replay to stop (``stop``); a second one
+    leaves at once. Returns what restores the previous handlers (None when
+    not on the main thread, where no handler can be installed)."""
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop.signum:
+            os._exit(128 + signum)
+        stop.request(signum)
+
+    try:
+        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread (embedded use)
+        return None
+
+    def restore() -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+    return restore
+
+
+def _why_nothing(
+    path: str, res: Any, before: tuple[int, int, int], after: tuple[int, int, int], stop: Stop
+) -> tuple[str, int]:
+    """Why a capture with packets gave the sensor nothing it could decode
+    (a link type it does not know, frames cut before their headers), "" when
+    something was decodable (or there was nothing at all); and how many
+    frames the capture held (as far as known)."""
+    frames, unknown, cut = (a - b for a, b in zip(after, before, strict=True))
+    lt = res.linktype
+    need = min_frame_bytes(lt)
+    if frames == 0 and res.capture_filter is not None and need is not None and not res.stopped:
+        # the capture filter rejected everything: look at the frames themselves
+        frames, cut = count_frames(path, need, stop)
+    if frames == 0:
+        return "", 0
+    if unknown == frames:
+        why = f"link type {linktype_name(lt)} is not one the sensor decodes: none of its {frames} packet(s) decoded"
+    elif cut == frames:
+        if need is not None and res.snaplen and res.snaplen < need:
+            why = (
+                f"snaplen {res.snaplen} leaves no room for headers (link type {linktype_name(lt)} needs "
+                f"{need} bytes): none of its {frames} packet(s) decoded"
+            )
+        else:
+            why = f"{cut} of {frames} packets truncated before their headers: none decoded"
+    else:
+        why = ""
+    return why, frames
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
+    stop = Stop()
+    restore = _catch_stop(stop)
+    try:
+        return _replay(args, stop)
+    finally:
+        if restore is not None:
+            restore()
+
+
+def _replay(args: argparse.Namespace, stop: Stop) -> int:
     cfg, rules = load_all(args.config, args.rules)
+    if args.out is not None and cfg.output.files:
+        check_outdir(args.out)  # before any packet is read
     output = cfg.output
     if args.profile:
         output = dataclasses.replace(output, profile=args.profile)
@@ -175,6 +250,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     to_stdout = bool(args.stdout or output.stdout)
     summary_out = sys.stderr if to_stdout else sys.stdout
     mem = _SummarySink()
+    report = report_cli.start(args)
 
     progress = Progress(args.pcap, enabled=None if args.progress == "auto" else args.progress == "always")
     _log_to(progress)
@@ -182,26 +258,45 @@ def cmd_replay(args: argparse.Namespace) -> int:
     outputs = build_outputs(
         output, config=cfg, rules=rules, outdir=args.out, stdout=to_stdout, syslog=syslog, block=True
     )
-    sink = TeeSink(mem, outputs)
+    sink = TeeSink(mem, outputs, *([report] if report else []))
     try:
         outputs.install_sighup()
     except ValueError:  # not the main thread (embedded use): no signal handler
         pass
     damaged = []
+    undecodable = []
     packets = 0
+    frames = 0  # frames the captures held, as far as known
     pipe = Pipeline(cfg, rules, sink)
     detector = pipe.detector
     handler_for = progress.wrap(pipe.handler_for)
     try:
         for path in args.pcap:
+            if stop.signum:
+                break
             progress.begin(path)
-            res = read_file(path, handler_for, pipe.capture_filters(), pipe.refilter, watch=pipe.portset)
+            before = pipe.undecoded()
+            res = read_file(
+                path,
+                handler_for,
+                pipe.capture_filters(),
+                pipe.refilter,
+                watch=pipe.portset,
+                stop=stop,
+                filter_ok=decodable,
+            )
             progress.end(path)
             packets += res.packets
             if res.error:
                 damaged.append(f"{path}: damaged after {res.packets} packets: {res.error}")
                 progress.clear()
                 print(f"xfer-sensor: warning: {damaged[-1]}", file=sys.stderr)
+            why, n = _why_nothing(path, res, before, pipe.undecoded(), stop)
+            frames += n
+            if why:
+                undecodable.append(f"{path}: {why}")
+                progress.clear()
+                print(f"xfer-sensor: warning: {undecodable[-1]}", file=sys.stderr)
     finally:
         pipe.finish()
         sink.close()
@@ -212,21 +307,51 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(f"xfer-sensor: warning: {line}", file=sys.stderr)
     elapsed = time.perf_counter() - t0
     ostats = outputs.stats()
+    lost_total = 0
     for name, st in ostats["sinks"].items():
         lost = st["dropped_overflow"] + st["dropped_error"]
+        lost_total += lost
         if lost:
+            files = name.startswith("files:")
+            by = ", ".join(f"{k}{'.jsonl' if files else ''} {n}" for k, n in st["lost_by_kind"].items())
+            why = f": {st['last_error']}" if st["last_error"] else ""
             print(
-                f"xfer-sensor: warning: {name}: {lost} record(s) not written "
-                f"({st['dropped_overflow']} queue overflow, {st['dropped_error']} errors)",
+                f"xfer-sensor: error: {name}: {lost} record(s) not written ({by}; "
+                f"{st['dropped_overflow']} queue overflow, {st['dropped_error']} errors){why}",
                 file=sys.stderr,
             )
     alerts = detector.hunt_results()
     conns = mem.counts["connections"]
+    rc_report = report_cli.finish(args, report, rules, args.pcap)  # before the summary: | head cannot stop it
     alerts = sort_alerts(alerts)
     for a in alerts:
         files = mem.files_for(a)
         a["Files"] = files
         a["FileBytes"] = sum(int(f.get("Bytes") or 0) for f in files)
+    if stop.signum:
+        rc = 128 + stop.signum
+    elif lost_total or rc_report:
+        rc = EXIT_NOT_WRITTEN
+    elif damaged:
+        rc = EXIT_DAMAGED
+    elif undecodable:
+        rc = EXIT_UNDECODABLE
+    else:
+        rc = EXIT_OK
+    if undecodable or stats["decoder"]["target"]:
+        note = ""
+    elif frames:
+        note = f"no packet on tracked ports ({frames} packet(s) read)"
+    else:
+        note = "no packets in the capture" + ("s" if len(args.pcap) > 1 else "")
+    interrupted = None
+    if stop.signum:
+        interrupted = {
+            "signal": signal.Signals(stop.signum).name,
+            "packets_read": packets,
+            # from the signal to here: everything read before it processed and every record written
+            "stop_seconds": round(time.monotonic() - stop.at, 6),
+        }
     if args.format == "json":
         json.dump(
             {
@@ -237,6 +362,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 "transfers": mem.counts["transfers"],
                 "outputs": ostats,
                 "bounds": bounds,
+                "undecodable": undecodable,
+                "note": note,
+                "interrupted": interrupted,
+                "exit_code": rc,
             },
             summary_out,
             indent=1,
@@ -249,6 +378,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
             f"{mem.counts['transfers']} transfers, {len(alerts)} alert(s) in {elapsed:.2f}s",
             file=out,
         )
+        if note:
+            print(note, file=out)
         by = stats["connections"]
         if by:
             print("connections by ActionType: " + ", ".join(f"{k} {v}" for k, v in by.items()), file=out)
@@ -271,12 +402,29 @@ def cmd_replay(args: argparse.Namespace) -> int:
         else:
             print("no alerts", file=out)
         if args.out and output.files:
-            print(
-                f"\nrecords ({output.profile}) written to {str(args.out).rstrip('/')}/ "
-                "(connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl)",
-                file=out,
-            )
-    return EXIT_DAMAGED if damaged else EXIT_OK
+            where = f"{str(args.out).rstrip('/')}/"
+            fst = ostats["sinks"].get(f"files:{args.out}", {})
+            flost = fst.get("dropped_overflow", 0) + fst.get("dropped_error", 0)
+            if flost:
+                print(
+                    f"\nrecords ({output.profile}) NOT all written to {where}: {fst.get('written', 0)} written, "
+                    f"{flost} lost ("
+                    + ", ".join(f"{k}.jsonl {n}" for k, n in fst.get("lost_by_kind", {}).items())
+                    + "); every line in the files is whole",
+                    file=out,
+                )
+            else:
+                print(
+                    f"\nrecords ({output.profile}) written to {where} ({', '.join(f'{k}.jsonl' for k in KINDS)})",
+                    file=out,
+                )
+    if interrupted is not None:
+        print(
+            f"xfer-sensor: interrupted by {interrupted['signal']}: stopped {interrupted['stop_seconds']:.3f}s "
+            f"after the signal, the records of the {packets} packet(s) read before it written",
+            file=sys.stderr,
+        )
+    return rc
 
 
 def _log_to(progress: Progress | None) -> None:
@@ -434,11 +582,12 @@ def _select_rules(rules: RuleSet, ref: str) -> tuple[list[DetectionRule], list[A
 def cmd_rules_test(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     rule_path = Path(args.rule)
+    cap = cfg.limits.max_match_chars
     if rule_path.is_file():
-        rules = load_rules(rule_path, RECORD_FIELDS)
+        rules = load_rules(rule_path, RECORD_FIELDS, cap)
         dets, cors = list(rules.detections), list(rules.correlations)
     else:
-        rules = load_rules(args.rules or default_rules_dir(), RECORD_FIELDS)
+        rules = load_rules(args.rules or default_rules_dir(), RECORD_FIELDS, cap)
         dets, cors = _select_rules(rules, args.rule)
         if not dets and not cors:
             raise RuleError(
@@ -529,7 +678,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("pcap", nargs="+", help="capture files, replayed in order as one stream")
     rp.add_argument("--config", help="config YAML (default: built-in defaults)")
     rp.add_argument("--rules", help="rules folder or file (default: the shipped rules/)")
-    rp.add_argument("--out", help="write connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl here")
+    rp.add_argument(
+        "--out", help="write connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl, files.jsonl here"
+    )
     rp.add_argument(
         "--format",
         choices=("table", "json"),
@@ -557,6 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="progress line on stderr (auto: only when stderr is a terminal)",
     )
+    report_cli.add_replay_option(rp)
     rp.set_defaults(func=cmd_replay)
     ck = sub.add_parser("check", help="validate config and rules, exit non-zero when wrong")
     ck.add_argument("--config")
@@ -567,6 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="capture live as a daemon: run -i IFACE [--config FILE] [--rules DIR] [--out DIR] [--state-dir DIR]",
         add_help=False,
     )
+    report_cli.add_command(sub)
     ru = sub.add_parser("rules", help="list the rules, or test one on a capture")
     rsub = ru.add_subparsers(dest="rules_cmd", required=True)
     rl = rsub.add_parser("list", help="the loaded rules, their allow entries and expiry")
@@ -602,15 +755,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, RuleError, CaptureError) as e:
+    except (ConfigError, RuleError, CaptureError, ReportError) as e:
         print(f"xfer-sensor: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         # stdout closed early (| head): not an error; keep Python from complaining at exit
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
 

@@ -8,6 +8,7 @@ described in docs/usage.md.
 from __future__ import annotations
 
 import ipaddress
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,13 +22,133 @@ DEFAULT_PORTS = (20, 21, 69, 139, 445, 990)
 DEFAULT_HOME_NET = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7")
 
 
+MAX_FILE_BYTES = 4 << 20  # a config or rules file larger than this is refused unread
+MAX_YAML_DEPTH = 32  # nesting of a YAML file's mappings and lists
+MAX_YAML_NODES = 1_000_000  # values in one file, aliases counted each time they are used
+MAX_SECONDS = 366 * 86400  # the longest timeout or interval an option may give (one year)
+MAX_COUNT = 1 << 31  # the largest count a limit may give
+MAX_MESSAGE_CHARS = 300  # of a value quoted in an error message
+
+
+def one_line(message: str) -> str:
+    """An error message as one line of bounded length: YAML errors span
+    lines, and a file's values may be long."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= 4 * MAX_MESSAGE_CHARS else text[: 4 * MAX_MESSAGE_CHARS] + "..."
+
+
+def quote(v: Any) -> str:
+    """``repr(v)`` cut to ``MAX_MESSAGE_CHARS`` (the value's depth is bounded
+    by ``MAX_YAML_DEPTH``, so the repr cannot recurse too deep)."""
+    text = repr(v)
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + "..."
+
+
 class ConfigError(ValueError):
     """A configuration problem, with where it is."""
 
     def __init__(self, source: str, fieldname: str, message: str) -> None:
         self.source = source
         self.field = fieldname
-        super().__init__(f"{source}: field '{fieldname}': {message}")
+        super().__init__(one_line(f"{source}: field '{fieldname}': {message}"))
+
+
+class YamlFileError(ValueError):
+    """A file that is not a usable YAML file: ``field`` is ``<file>`` (cannot
+    read, too large, not UTF-8) or ``<yaml>`` (syntax, nesting, size)."""
+
+    def __init__(self, fieldname: str, message: str) -> None:
+        self.field, self.message = fieldname, message
+        super().__init__(message)
+
+
+def _str_timestamps(cls: type) -> type:
+    # dates stay strings: `2026-13-45` would raise ValueError inside the
+    # loader; the field that wants a date checks it and names itself
+    sub = type(cls.__name__ + "NoDates", (cls,), {})
+    sub.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)  # type: ignore[attr-defined]
+    return sub
+
+
+_PY_LOADER = _str_timestamps(yaml.SafeLoader)
+_C_LOADER = _str_timestamps(yaml.CSafeLoader) if hasattr(yaml, "CSafeLoader") else None
+
+
+def _check_shape(docs: list[Any]) -> None:
+    """Nesting depth and value count, aliases expanded: an alias bomb ("billion
+    laughs") costs nothing to load but everything to walk. Iterative."""
+    stack: list[tuple[Any, int]] = [(d, 1) for d in docs]
+    nodes = 0
+    while stack:
+        v, depth = stack.pop()
+        nodes += 1
+        if nodes > MAX_YAML_NODES:
+            raise YamlFileError("<yaml>", f"more than {MAX_YAML_NODES} values (aliases expanded)")
+        if isinstance(v, dict):
+            items: list[Any] = [*v.keys(), *v.values()]
+        elif isinstance(v, list):
+            items = v
+        else:
+            continue
+        if depth >= MAX_YAML_DEPTH and items:
+            raise YamlFileError("<yaml>", f"nested deeper than {MAX_YAML_DEPTH} levels")
+        stack.extend((x, depth + 1) for x in items)
+
+
+def _yaml_reason(e: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: where, what, and in what."""
+    if not isinstance(e, yaml.MarkedYAMLError):
+        return str(e)
+    mark = e.problem_mark or e.context_mark
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = e.problem or e.context or "error"
+    ctx = ""
+    if e.context and e.problem:
+        cm = e.context_mark
+        ctx = f" ({e.context}" + (f" at line {cm.line + 1}, column {cm.column + 1})" if cm is not None else ")")
+    return f"{where}{what}{ctx}"
+
+
+def yaml_documents(text: str) -> list[Any]:
+    """The documents of ``text``, parsed by libyaml when PyYAML has it (faster
+    at every start: bench/README.md). On an error the pure Python loader
+    parses it again, so the message is always its own. Raises
+    ``YamlFileError`` only."""
+    if _C_LOADER is not None:
+        try:
+            docs = list(yaml.load_all(text, Loader=_C_LOADER))
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError):
+            pass
+        else:
+            _check_shape(docs)
+            return docs
+    try:
+        docs = list(yaml.load_all(text, Loader=_PY_LOADER))
+    except RecursionError:
+        raise YamlFileError("<yaml>", f"nested deeper than {MAX_YAML_DEPTH} levels") from None
+    except yaml.YAMLError as e:
+        raise YamlFileError("<yaml>", f"not valid YAML: {_yaml_reason(e)}") from None
+    except (ValueError, TypeError, OverflowError) as e:  # a tagged value its constructor refuses (!!int x)
+        raise YamlFileError("<yaml>", f"not valid YAML: {e}") from None
+    _check_shape(docs)
+    return docs
+
+
+def read_yaml_file(path: str | Path) -> list[Any]:
+    """The YAML documents of a file of at most ``MAX_FILE_BYTES`` of UTF-8.
+    Raises ``YamlFileError`` only."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise YamlFileError("<file>", f"cannot read: {e.strerror or e}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise YamlFileError("<file>", f"larger than {MAX_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise YamlFileError("<file>", f"not UTF-8 text (byte {e.start}: {data[e.start : e.start + 1]!r})") from None
+    return yaml_documents(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +168,16 @@ class Limits:
     max_flows: int = 100_000  # tracked flows; LRU eviction beyond
     flow_scan_budget: int = 1_000  # flows examined per idle-scan tick
     flow_scan_interval: float = 1.0  # seconds of packet time between scans
-    max_seq_jump: int = 1 << 30  # a segment further ahead is a weird, not bytes
+    max_seq_jump: int = 1 << 30  # a segment further ahead is a weird, not bytes (unless the peer ACKs it)
+    max_checksum_senders: int = 4096  # checksum_validation auto: senders whose offload is decided
+    overlap_check_bytes: int = 16384  # bytes delivered per TCP direction kept to compare overlaps with
     max_window_keys: int = 100_000  # rule-window group keys; LRU eviction beyond
     max_window_events: int = 10_000  # events kept per key inside one window
+    max_match_chars: int = 4096  # characters of a field a rule's |re or wildcard pattern reads
 
 
 PROFILES = ("mde", "ecs")
-RECORD_KINDS = ("connections", "alerts", "transfers", "weird")
+RECORD_KINDS = ("connections", "alerts", "transfers", "weird", "files")
 SYSLOG_FACILITIES = {
     "kern": 0,
     "user": 1,
@@ -123,6 +247,9 @@ class Config:
     status_interval: float = 300.0  # seconds between two status lines in the journal
     state_dir: str | None = None  # the daemon's state folder (rule windows); None: /var/lib/xfer-sensor
     state_flush_interval: float = 2.0  # wall-clock seconds between two writes of the window state
+    checksum_validation: str = "auto"  # auto | yes | no (docs/engine.md, "Checksums")
+    # auto: senders besides home_net and loopback whose partial (offloaded) checksums are accepted
+    checksum_offload_nets: tuple[Network, ...] = ()
 
 
 _TOP_KEYS = {
@@ -137,6 +264,8 @@ _TOP_KEYS = {
     "output",
     "metrics_listen",
     "status_interval",
+    "checksum_validation",
+    "checksum_offload_nets",
     "state_dir",
     "state_flush_interval",
 }
@@ -161,10 +290,20 @@ def _ip_map(src: str, name: str, raw: Any, what: str) -> dict[str, str]:
     return out
 
 
-def _number(src: str, name: str, v: Any, whole: bool, lo: float) -> Any:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or (whole and not isinstance(v, int)) or v < lo:
-        kind = "a whole number" if whole else "a number"
-        raise ConfigError(src, name, f"must be {kind} >= {lo:g}, got {v!r}")
+def _number(src: str, name: str, v: Any, whole: bool, lo: float, hi: float | None = None) -> Any:
+    """A number in [lo, hi] (hi: ``MAX_COUNT`` for whole numbers, ``MAX_SECONDS``
+    for others); NaN and infinities are refused."""
+    if hi is None:
+        hi = MAX_COUNT if whole else MAX_SECONDS
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or (whole and not isinstance(v, int))
+        or (isinstance(v, float) and not math.isfinite(v))
+        or not lo <= v <= hi
+    ):
+        span = f"a whole number from {int(lo)} to {int(hi)}" if whole else f"a number from {lo:g} to {int(hi)}"
+        raise ConfigError(src, name, f"must be {span}, got {quote(v)}")
     return v
 
 
@@ -290,6 +429,13 @@ def _net(src: str, fname: str, value: Any) -> Network:
         raise ConfigError(src, fname, f"not an address or CIDR: {value!r} ({e})") from None
 
 
+# upper bounds of section options other than MAX_COUNT / MAX_SECONDS
+_SECTION_MAX: dict[str, float] = {
+    "limits.max_seq_jump": 1 << 31,  # half the sequence space
+    "limits.flow_scan_interval": 86400,
+}
+
+
 def _section(src: str, name: str, raw: Any, cls: type) -> Any:
     if raw is None:
         return cls()
@@ -301,11 +447,13 @@ def _section(src: str, name: str, raw: Any, cls: type) -> Any:
         if k not in known:
             raise ConfigError(src, f"{name}.{k}", f"unknown option (known: {', '.join(sorted(known))})")
         default: Any = known[k].default
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-            raise ConfigError(src, f"{name}.{k}", f"must be a positive number, got {v!r}")
-        if isinstance(default, int) and not isinstance(v, int):
-            raise ConfigError(src, f"{name}.{k}", f"must be a whole number, got {v!r}")
-        out[k] = type(default)(v)
+        whole = isinstance(default, int)
+        hi = _SECTION_MAX.get(f"{name}.{k}", MAX_COUNT if whole else MAX_SECONDS)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v <= 0:
+            raise ConfigError(src, f"{name}.{k}", f"must be a positive number, got {quote(v)}")
+        if whole and not isinstance(v, int):
+            raise ConfigError(src, f"{name}.{k}", f"must be a whole number, got {quote(v)}")
+        out[k] = type(default)(_number(src, f"{name}.{k}", v, whole, 1 if whole else 0, hi))
     return cls(**out)
 
 
@@ -360,6 +508,20 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
         kw["device_name"] = raw["device_name"]
     if "metrics_listen" in raw:
         kw["metrics_listen"] = parse_listen(source, "metrics_listen", raw["metrics_listen"])
+    if "checksum_validation" in raw:
+        cv = raw["checksum_validation"]
+        if isinstance(cv, bool):  # YAML 1.1 reads a bare yes/no as a boolean
+            cv = "yes" if cv else "no"
+        if cv not in ("auto", "yes", "no"):  # sensor.engine.decode.CHECKSUM_MODES
+            raise ConfigError(source, "checksum_validation", f"must be auto, yes or no, got {cv!r}")
+        kw["checksum_validation"] = cv
+    if "checksum_offload_nets" in raw:
+        on = raw["checksum_offload_nets"] or []
+        if isinstance(on, str):
+            on = [on]
+        if not isinstance(on, list):
+            raise ConfigError(source, "checksum_offload_nets", "must be a list of CIDRs")
+        kw["checksum_offload_nets"] = tuple(_net(source, "checksum_offload_nets", n) for n in on)
     if "status_interval" in raw:
         kw["status_interval"] = float(_number(source, "status_interval", raw["status_interval"], False, 1))
     if raw.get("state_dir") is not None:
@@ -378,14 +540,11 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
 def load_config(path: str | Path | None) -> Config:
     if path is None:
         return Config()
-    p = Path(path)
-    src = str(p)
+    src = str(path)
     try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(src, "<file>", f"cannot read: {e.strerror or e}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(src, "<yaml>", f"not valid YAML: {e}") from None
-    return config_from_dict(raw, src)
+        docs = read_yaml_file(path)
+    except YamlFileError as e:
+        raise ConfigError(src, e.field, e.message) from None
+    if len(docs) > 1:
+        raise ConfigError(src, "<yaml>", f"one YAML document expected, found {len(docs)}")
+    return config_from_dict(docs[0] if docs else None, src)

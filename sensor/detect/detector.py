@@ -19,7 +19,7 @@ from typing import Any
 
 from sensor.core.config import Limits
 from sensor.core.counters import Counters
-from sensor.core.timefmt import iso_us
+from sensor.core.timefmt import MAX_TS_US, iso_us
 from sensor.detect.rules import CorrelationRule, RuleSet
 from sensor.records.mde import PORT_PROTOCOL
 
@@ -27,6 +27,7 @@ from sensor.records.mde import PORT_PROTOCOL
 Key = tuple[Any, ...]
 
 MAX_ALERT_UIDS = 200
+MAX_BYTES = (1 << 63) - 1  # a restored byte count above this is refused
 
 
 @dataclass(slots=True)
@@ -85,9 +86,19 @@ def _export_key(st: _KeyState) -> dict[str, Any]:
 
 
 def _import_key(d: Mapping[str, Any], max_events: int) -> _KeyState:
-    evs = sorted(_Ev(int(ts), int(sent), int(recv), str(uid)) for ts, sent, recv, uid in d["events"])
-    if not evs:
+    """A key's state from the state file, which may be damaged or hostile:
+    every value is checked (raises KeyError, TypeError or ValueError)."""
+    raw = d["events"]
+    if not isinstance(raw, list) or not raw:
         raise ValueError("no events")
+    evs = []
+    for ts, sent, recv, uid in raw[-max_events:]:
+        if not all(type(x) is int for x in (ts, sent, recv)) or not isinstance(uid, str):
+            raise ValueError("bad event")
+        if not 0 <= ts <= MAX_TS_US or not 0 <= sent <= MAX_BYTES or not 0 <= recv <= MAX_BYTES:
+            raise ValueError("event out of range")
+        evs.append(_Ev(ts, sent, recv, uid))
+    evs.sort()
     ep = d.get("episode")
     if ep is not None:
         # the fields observe() updates when a further connection joins the alert
@@ -98,9 +109,15 @@ def _import_key(d: Mapping[str, Any], max_events: int) -> _KeyState:
             or not all(isinstance(ep.get(f), str) for f in ("FirstSeen", "LastSeen"))
         ):
             raise ValueError("bad episode")
+        for v in ep.values():  # the alert's fields: scalars, or lists of them (Tags, Uids)
+            if isinstance(v, list):
+                if not all(x is None or isinstance(x, (str, int, float, bool)) for x in v):
+                    raise ValueError("bad episode")
+            elif not (v is None or isinstance(v, (str, int, float, bool))):
+                raise ValueError("bad episode")
         ep = dict(ep, Uids=list(ep["Uids"]))
     last = d["last_alert_ts"]
-    if isinstance(last, bool) or not isinstance(last, int) or not isinstance(d["armed"], bool):
+    if type(last) is not int or not -1 <= last <= MAX_TS_US or not isinstance(d["armed"], bool):
         raise ValueError("bad alert state")
     return _KeyState(evs[-max_events:], d["armed"], last, ep)
 

@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
+from sensor.core.config import Limits, YamlFileError, one_line, quote, read_yaml_file
 
 Matcher = Callable[[Mapping[str, Any]], bool]
 # a parsed condition (see _parse_condition)
@@ -124,12 +124,17 @@ MODIFIERS = frozenset({"contains", "startswith", "endswith", "all", "cidr", "re"
 LEVELS = ("informational", "low", "medium", "high", "critical")
 _TIMESPAN = re.compile(r"^(\d+)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_TIMESPAN_S = 3660 * 86400  # a correlation window spans at most ~10 years (packet-time arithmetic, SQLite)
+MAX_THRESHOLD = 1 << 31  # the largest count a correlation condition may name
+MAX_CONDITION_TOKENS = 256  # words and parentheses of one detection condition
+MAX_CONDITION_DEPTH = 32  # parentheses and `not` nested in one condition
+DEFAULT_MAX_MATCH_CHARS = Limits().max_match_chars
 
 
 class RuleError(ValueError):
     def __init__(self, source: str, rule: str, fieldname: str, message: str) -> None:
         self.source, self.rule, self.field = source, rule, fieldname
-        super().__init__(f"{source}: rule '{rule}': field '{fieldname}': {message}")
+        super().__init__(one_line(f"{source}: rule '{rule[:200]}': field '{fieldname[:200]}': {message}"))
 
 
 class AllowEntry:
@@ -220,6 +225,9 @@ class DetectionRule:
     selections: Mapping[str, Matcher] = field(default_factory=dict, compare=False)
     condition: Any = field(default=None, compare=False)  # the parsed condition (AST)
     allow: Mapping[str, AllowEntry] = field(default_factory=dict, compare=False)
+    # the rule's `detection:` mapping as written (selections and condition), for
+    # showing the rule (sensor/report: its allow filters and the hunt's KQL)
+    detection: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def ref(self) -> str:
@@ -286,11 +294,107 @@ class RuleSet:
 
 
 # -- values ------------------------------------------------------------------
-def _wild_re(s: str) -> re.Pattern[str]:
-    return re.compile(fnmatch.translate(s), re.IGNORECASE | re.DOTALL)
+STAR, QMARK = object(), object()
 
 
-def _value_pred(err: Callable[[str], RuleError], fieldname: str, mods: list[str], value: Any) -> Callable[[Any], bool]:
+def _sigma_tokens(s: str) -> list[Any]:
+    """A Sigma string value: characters, ``STAR`` for ``*`` and ``QMARK`` for
+    ``?``; a backslash escapes ``*``, ``?`` and itself, any other is literal."""
+    out: list[Any] = []
+    i, n = 0, len(s)
+    while i < n:
+        c = s[i]
+        if c == "\\" and i + 1 < n and s[i + 1] in "*?\\":
+            out.append(s[i + 1])
+            i += 2
+            continue
+        out.append(STAR if c == "*" else QMARK if c == "?" else c)
+        i += 1
+    return out
+
+
+def _glob(tokens: list[Any], cap: int) -> Callable[[str], bool]:
+    """Case-insensitive wildcard match, without backtracking: the value splits
+    at each ``*`` into fixed-length segments; the first is anchored at the
+    start, the last at the end, each middle one is taken at its leftmost
+    place after the one before (which leaves the most room for the rest).
+    A segment without ``?`` is found with ``str.find``; one with ``?`` by a
+    regex of literals and ``.`` only (no repetition, nothing to backtrack).
+    Cost: O(field length x segment length) at worst, on the first ``cap``
+    characters of the field."""
+    segs: list[list[Any]] = [[]]
+    for t in tokens:
+        if t is STAR:
+            segs.append([])
+        else:
+            segs[-1].append(t)
+
+    def size(seg: list[Any]) -> int:  # characters the segment matches (lowering may change a length)
+        return sum(1 if t is QMARK else len(t.lower()) for t in seg)
+
+    def finder(seg: list[Any]) -> tuple[int, Callable[[str, int], int]]:
+        if QMARK not in seg:
+            lit = "".join(seg).lower()
+            return len(lit), lambda v, pos: v.find(lit, pos)
+        rx = re.compile("".join("." if t is QMARK else re.escape(t.lower()) for t in seg), re.DOTALL)
+
+        def search(v: str, pos: int) -> int:
+            m = rx.search(v, pos)
+            return -1 if m is None else m.start()
+
+        return size(seg), search
+
+    def at(seg: list[Any]) -> Callable[[str, int], bool]:
+        if QMARK not in seg:
+            lit = "".join(seg).lower()
+            return lambda v, pos: v.startswith(lit, pos)
+        rx = re.compile("".join("." if t is QMARK else re.escape(t.lower()) for t in seg), re.DOTALL)
+        return lambda v, pos: rx.match(v, pos) is not None
+
+    first_len, first_at = size(segs[0]), at(segs[0])
+    if len(segs) == 1:
+        return lambda v: len(v[:cap].lower()) == first_len and first_at(v[:cap].lower(), 0)
+    last_len, last_at = size(segs[-1]), at(segs[-1])
+    middle = [finder(seg) for seg in segs[1:-1] if seg]
+
+    def match(v: str) -> bool:
+        v = v[:cap].lower()
+        if len(v) < first_len + last_len or not first_at(v, 0):
+            return False
+        pos = first_len
+        for size, find in middle:
+            i = find(v, pos)
+            if i < 0:
+                return False
+            pos = i + size
+        end = len(v) - last_len
+        return end >= pos and last_at(v, end)
+
+    return match
+
+
+def _re2_pred(err: Callable[[str], RuleError], pattern: str, cap: int) -> Callable[[Any], bool]:
+    """``|re`` on RE2: matching time is linear in the field's length (no
+    backtracking); what RE2 cannot run (backreferences, lookaround, ...) is
+    refused here with its reason. Imported only when a rule uses ``|re``."""
+    try:
+        import re2  # type: ignore[import-untyped,import-not-found,unused-ignore]
+    except ImportError:
+        raise err("the |re modifier needs the google-re2 package (pip install google-re2)") from None
+    opts = re2.Options()
+    opts.log_errors = False  # the reason goes into the RuleError, not onto stderr
+    try:
+        rx = re2.compile(pattern.encode("utf-8", "surrogatepass"), opts)
+    except re2.error as e:
+        reason = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        raise err(f"regular expression {quote(pattern)} cannot run on RE2 (linear-time matching): {reason}") from None
+    search = rx.search
+    return lambda v: v is not None and search(str(v)[:cap].encode("utf-8", "surrogatepass")) is not None
+
+
+def _value_pred(
+    err: Callable[[str], RuleError], fieldname: str, mods: list[str], value: Any, cap: int = DEFAULT_MAX_MATCH_CHARS
+) -> Callable[[Any], bool]:
     if value is None:
         return lambda v: v is None or v == ""
     if isinstance(value, (dict, list)):
@@ -326,26 +430,24 @@ def _value_pred(err: Callable[[str], RuleError], fieldname: str, mods: list[str]
 
         return cidr
     if "re" in mods:
-        try:
-            rx = re.compile(str(value))
-        except re.error as e:
-            raise err(f"bad regular expression {value!r}: {e}") from None
-        return lambda v: v is not None and rx.search(str(v)) is not None
+        if not isinstance(value, str):
+            raise err(f"|re needs a string, got {quote(value)}")
+        return _re2_pred(err, value, cap)
     if isinstance(value, bool):
         return lambda v: v is value
     if isinstance(value, (int, float)) and not any(m in mods for m in ("contains", "startswith", "endswith")):
         return lambda v: (not isinstance(v, bool) and v == value) or (isinstance(v, str) and v == str(value))
-    s = str(value)
+    toks = _sigma_tokens(str(value))
     if "contains" in mods:
-        s = f"*{s}*"
+        toks = [STAR, *toks, STAR]
     elif "startswith" in mods:
-        s = f"{s}*"
+        toks = [*toks, STAR]
     elif "endswith" in mods:
-        s = f"*{s}"
-    if "*" in s or "?" in s:
-        rx = _wild_re(s)
-        return lambda v: v is not None and rx.match(str(v)) is not None
-    low = s.lower()
+        toks = [STAR, *toks]
+    if STAR in toks or QMARK in toks:
+        glob = _glob(toks, cap)
+        return lambda v: v is not None and glob(str(v))
+    low = "".join(toks).lower()
     return lambda v: v is not None and str(v).lower() == low
 
 
@@ -369,7 +471,7 @@ def _getter(fieldname: str) -> Callable[[Mapping[str, Any]], Any]:
 
 
 def _field_matcher(
-    src: str, rid: str, key: str, value: Any, known: frozenset[str] | None
+    src: str, rid: str, key: str, value: Any, known: frozenset[str] | None, cap: int = DEFAULT_MAX_MATCH_CHARS
 ) -> tuple[str, Callable[[Any], bool]]:
     parts = key.split("|")
     fieldname, mods = parts[0], parts[1:]
@@ -393,7 +495,7 @@ def _field_matcher(
     values = value if isinstance(value, list) else [value]
     if not values:
         raise err("empty value list")
-    preds = [_value_pred(err, fieldname, mods, v) for v in values]
+    preds = [_value_pred(err, fieldname, mods, v, cap) for v in values]
     pred: Callable[[Any], bool]
     if "all" in mods:
         pred = lambda v: all(p(v) for p in preds)  # noqa: E731
@@ -420,6 +522,7 @@ def _selection(
     known: frozenset[str] | None,
     used: set[str],
     alternatives: list[frozenset[str]] | None = None,
+    cap: int = DEFAULT_MAX_MATCH_CHARS,
 ) -> Matcher:
     """``alternatives`` collects the field set of each OR-ed map (for the allow checks)."""
     if alternatives is None:
@@ -429,13 +532,13 @@ def _selection(
             raise RuleError(src, rid, f"detection.{name}", "empty selection")
         fms = []
         for k, v in body.items():
-            f, pred = _field_matcher(src, rid, str(k), v, known)
+            f, pred = _field_matcher(src, rid, str(k), v, known, cap)
             used.add(f)
             fms.append((_getter(f), pred))
         alternatives.append(frozenset(str(k).split("|")[0] for k in body))
         return lambda rec: all(pred(get(rec)) for get, pred in fms)
     if isinstance(body, list) and body and all(isinstance(x, dict) for x in body):
-        subs = [_selection(src, rid, name, x, known, used, alternatives) for x in body]
+        subs = [_selection(src, rid, name, x, known, used, alternatives, cap) for x in body]
         return lambda rec: any(s(rec) for s in subs)
     raise RuleError(
         src,
@@ -461,7 +564,10 @@ def _parse_condition(src: str, rid: str, text: str, names_known: Iterable[str]) 
     if "|" in text:
         raise err("pipe aggregations are not supported (use a correlation rule)")
     toks: list[str] = _TOKEN.findall(text)
+    if len(toks) > MAX_CONDITION_TOKENS:
+        raise RuleError(src, rid, "detection.condition", f"more than {MAX_CONDITION_TOKENS} words and parentheses")
     pos = 0
+    depth = 0
 
     def peek() -> str | None:
         return toks[pos] if pos < len(toks) else None
@@ -482,16 +588,30 @@ def _parse_condition(src: str, rid: str, text: str, names_known: Iterable[str]) 
             raise err(f"'{pattern}' names no selection")
         return tuple(found)
 
+    def nested() -> None:
+        nonlocal depth
+        depth += 1
+        if depth > MAX_CONDITION_DEPTH:
+            raise RuleError(
+                src, rid, "detection.condition", f"parentheses and 'not' nested deeper than {MAX_CONDITION_DEPTH}"
+            )
+
     def primary() -> Node:
+        nonlocal depth
         t = take()
         tl = t.lower()
         if t == "(":
+            nested()
             m = expr()
             if take() != ")":
                 raise err("missing ')'")
+            depth -= 1
             return m
         if tl == "not":
-            return ("not", primary())
+            nested()
+            n = ("not", primary())
+            depth -= 1
+            return n
         if tl in ("1", "all", "any"):
             if (peek() or "").lower() != "of":
                 raise err(f"expected 'of' after '{t}'")
@@ -599,6 +719,15 @@ def _common(src: str, doc: dict[str, Any], idx: int) -> tuple[str, str, str, str
     level = doc.get("level", "medium")
     if level not in LEVELS:
         raise RuleError(src, rid, "level", f"one of {', '.join(LEVELS)}, got {level!r}")
+    for k in ("date", "modified"):  # Sigma: YYYY-MM-DD (or the older YYYY/MM/DD)
+        if k in doc:
+            v = doc[k]
+            try:
+                ok = isinstance(v, str) and len(v) == 10 and bool(date.fromisoformat(v.replace("/", "-")))
+            except ValueError:
+                ok = False
+            if not ok:
+                raise RuleError(src, rid, k, f"a date YYYY-MM-DD, got {quote(v)}")
     tags = doc.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise RuleError(src, rid, "tags", "must be a list of strings")
@@ -620,12 +749,15 @@ def _meta(src: str, rid: str, doc: dict[str, Any]) -> tuple[str, tuple[str, ...]
 
 def _expiry(src: str, rid: str, where: str, v: Any) -> tuple[str, int]:
     """``expires``: a date (valid through that day, UTC) or an ISO 8601 date-time."""
-    if isinstance(v, datetime):
-        d = v if v.tzinfo else v.replace(tzinfo=UTC)
-        return d.isoformat(), int(d.timestamp() * 1_000_000)
-    if isinstance(v, date):
-        end = datetime(v.year, v.month, v.day, tzinfo=UTC) + timedelta(days=1)
-        return v.isoformat(), int(end.timestamp()) * 1_000_000 - 1
+    try:
+        if isinstance(v, datetime):
+            d = v if v.tzinfo else v.replace(tzinfo=UTC)
+            return d.isoformat(), int(d.timestamp() * 1_000_000)
+        if isinstance(v, date):
+            end = datetime(v.year, v.month, v.day, tzinfo=UTC) + timedelta(days=1)
+            return v.isoformat(), int(end.timestamp()) * 1_000_000 - 1
+    except (OverflowError, ValueError):  # 9999-12-31 has no next day
+        raise RuleError(src, rid, where, f"a date datetime can hold (before 9999-12-31), got {quote(v)}") from None
     if isinstance(v, str):
         try:
             d = datetime.fromisoformat(v[:-1] + "+00:00" if v.endswith("Z") else v)
@@ -635,7 +767,7 @@ def _expiry(src: str, rid: str, where: str, v: Any) -> tuple[str, int]:
             if len(v) == 10:
                 return _expiry(src, rid, where, d.date())
             return _expiry(src, rid, where, d)
-    raise RuleError(src, rid, where, f"a date (YYYY-MM-DD) or an ISO 8601 date-time, got {v!r}")
+    raise RuleError(src, rid, where, f"a date (YYYY-MM-DD) or an ISO 8601 date-time, got {quote(v)}")
 
 
 def _allow(src: str, rid: str, raw: Any, sels: Mapping[str, Any]) -> dict[str, AllowEntry]:
@@ -663,7 +795,9 @@ def _allow(src: str, rid: str, raw: Any, sels: Mapping[str, Any]) -> dict[str, A
     return out
 
 
-def _detection(src: str, doc: dict[str, Any], idx: int, known: frozenset[str] | None) -> DetectionRule:
+def _detection(
+    src: str, doc: dict[str, Any], idx: int, known: frozenset[str] | None, cap: int = DEFAULT_MAX_MATCH_CHARS
+) -> DetectionRule:
     rid, name, title, level, tags = _common(src, doc, idx)
     if "correlation" in doc or "generate" in doc:
         raise RuleError(src, rid, "correlation", "a rule has either 'detection' or 'correlation'")
@@ -692,7 +826,7 @@ def _detection(src: str, doc: dict[str, Any], idx: int, known: frozenset[str] | 
                 raise RuleError(src, rid, "detection.timeframe", "not supported; use a correlation rule's timespan")
             continue
         alts[str(k)] = []
-        sels[str(k)] = _selection(src, rid, str(k), v, known, used, alts[str(k)])
+        sels[str(k)] = _selection(src, rid, str(k), v, known, used, alts[str(k)], cap)
     if not sels:
         raise RuleError(src, rid, "detection", "no selection")
     tree = _parse_condition(src, rid, cond, sels)
@@ -735,7 +869,7 @@ def _detection(src: str, doc: dict[str, Any], idx: int, known: frozenset[str] | 
         gated[sname] = (lambda b, e: lambda rec: b(rec) and e.gate(rec))(base, entry)
     match = _compile(tree, gated)
     return DetectionRule(
-        src, rid, name, title, level, tags, frozenset(used), match, desc, refs, author, sels, tree, allow
+        src, rid, name, title, level, tags, frozenset(used), match, desc, refs, author, sels, tree, allow, det
     )
 
 
@@ -772,18 +906,25 @@ def _correlation(
                 src, rid, "correlation.group-by", f"unknown field '{g}' (records have: {', '.join(sorted(known))})"
             )
     ts = c.get("timespan")
-    m = _TIMESPAN.match(str(ts)) if ts is not None else None
-    if not m or int(m.group(1)) <= 0:
-        raise RuleError(src, rid, "correlation.timespan", f"required, like 24h, 30m, 7d; got {ts!r}")
-    span = int(m.group(1)) * _UNIT_S[m.group(2)]
+    m = _TIMESPAN.match(str(ts)) if isinstance(ts, (str, int)) and not isinstance(ts, bool) else None
+    if not m or int(m.group(1)[:12]) <= 0:
+        raise RuleError(src, rid, "correlation.timespan", f"required, like 24h, 30m, 7d; got {quote(ts)}")
+    # no int() of a long digit string (Python refuses more than 4300 digits)
+    span = MAX_TIMESPAN_S + 1 if len(m.group(1)) > 12 else int(m.group(1)) * _UNIT_S[m.group(2)]
+    if span > MAX_TIMESPAN_S:
+        raise RuleError(
+            src, rid, "correlation.timespan", f"at most {MAX_TIMESPAN_S // 86400}d ({MAX_TIMESPAN_S}s); got {quote(ts)}"
+        )
     cond = c.get("condition")
     if not isinstance(cond, dict) or len(cond) != 1:
         raise RuleError(src, rid, "correlation.condition", "required, one of {gt: N} or {gte: N}")
     ((op, n),) = cond.items()
     if op not in ("gt", "gte"):
         raise RuleError(src, rid, f"correlation.condition.{op}", "only 'gt' and 'gte' are implemented")
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise RuleError(src, rid, f"correlation.condition.{op}", f"must be a whole number >= 0, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= MAX_THRESHOLD:
+        raise RuleError(
+            src, rid, f"correlation.condition.{op}", f"must be a whole number from 0 to {MAX_THRESHOLD}, got {quote(n)}"
+        )
     gen = doc.get("generate", c.get("generate", False))
     if not isinstance(gen, bool):
         raise RuleError(src, rid, "correlation.generate", "must be true or false")
@@ -792,8 +933,14 @@ def _correlation(
     ), refs
 
 
-def load_rule_docs(docs: Iterable[tuple[str, int, Any]], known_fields: Iterable[str] | None = None) -> RuleSet:
-    """``docs``: (source, index, parsed YAML document) triples."""
+def load_rule_docs(
+    docs: Iterable[tuple[str, int, Any]],
+    known_fields: Iterable[str] | None = None,
+    max_match_chars: int = DEFAULT_MAX_MATCH_CHARS,
+) -> RuleSet:
+    """``docs``: (source, index, parsed YAML document) triples.
+    ``max_match_chars``: characters of a field that ``|re`` and wildcard
+    values read (the config's ``limits.max_match_chars``)."""
     known = frozenset(known_fields) if known_fields is not None else None
     if known is not None and "AdditionalFields" in known:  # record fields: add what records may also carry
         known = known | EXTRA_FIELDS
@@ -810,7 +957,7 @@ def load_rule_docs(docs: Iterable[tuple[str, int, Any]], known_fields: Iterable[
             rid = cr.id
             pending.append((cr, refs))
         elif "detection" in doc:
-            dr = _detection(src, doc, idx, known)
+            dr = _detection(src, doc, idx, known, max_match_chars)
             rid = dr.id
             dets.append(dr)
         else:
@@ -857,40 +1004,30 @@ def load_rule_docs(docs: Iterable[tuple[str, int, Any]], known_fields: Iterable[
     return RuleSet(tuple(dets), tuple(cors))
 
 
-def _yaml_documents(text: str) -> list[Any]:
-    """The documents of ``text``, parsed by libyaml when PyYAML has it (faster
-    at every start: bench/README.md). On an error the pure
-    Python loader parses it again, so the message is always its own."""
-    loader = getattr(yaml, "CSafeLoader", None)
-    if loader is not None:
-        try:
-            return list(yaml.load_all(text, Loader=loader))
-        except yaml.YAMLError:
-            pass
-    return list(yaml.safe_load_all(text))
-
-
-def load_rules(path: str | Path, known_fields: Iterable[str] | None = None) -> RuleSet:
-    """Load every ``*.yml``/``*.yaml`` in a folder (sorted), or one file."""
+def load_rules(
+    path: str | Path, known_fields: Iterable[str] | None = None, max_match_chars: int = DEFAULT_MAX_MATCH_CHARS
+) -> RuleSet:
+    """Load every ``*.yml``/``*.yaml`` in a folder (sorted), or one file. Every
+    problem is a ``RuleError`` naming the file (size, encoding, YAML, nesting
+    and alias expansion are checked by ``read_yaml_file``)."""
     p = Path(path)
-    if p.is_dir():
-        files = sorted(list(p.glob("*.yml")) + list(p.glob("*.yaml")))
-    elif p.exists():
-        files = [p]
-    else:
-        raise RuleError(str(p), "-", "<file>", "no such file or folder")
+    try:
+        if p.is_dir():
+            files = sorted(list(p.glob("*.yml")) + list(p.glob("*.yaml")))
+        elif p.exists():
+            files = [p]
+        else:
+            raise RuleError(str(p), "-", "<file>", "no such file or folder")
+    except OSError as e:
+        raise RuleError(str(p), "-", "<file>", f"cannot read: {e.strerror or e}") from None
     docs = []
     for f in files:
         try:
-            text = f.read_text(encoding="utf-8")
-        except OSError as e:
-            raise RuleError(str(f), "-", "<file>", f"cannot read: {e.strerror or e}") from None
-        try:
-            for i, d in enumerate(_yaml_documents(text)):
+            for i, d in enumerate(read_yaml_file(f)):
                 docs.append((str(f), i, d))
-        except yaml.YAMLError as e:
-            raise RuleError(str(f), "-", "<yaml>", f"not valid YAML: {e}") from None
-    return load_rule_docs(docs, known_fields)
+        except YamlFileError as e:
+            raise RuleError(str(f), "-", e.field, e.message) from None
+    return load_rule_docs(docs, known_fields, max_match_chars)
 
 
 def default_rules_dir() -> Path:

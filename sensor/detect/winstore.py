@@ -152,7 +152,7 @@ class WindowStore:
                             },
                         )
                     )
-                except (ValueError, TypeError):
+                except (ValueError, TypeError, OverflowError, RecursionError):  # damaged or hostile rows
                     self.refused += 1
             out[wid] = entries
             if len(rows) == max_keys:
@@ -342,10 +342,10 @@ class WindowPersistence:
     def flush(self) -> None:
         if self.store is None:
             return
-        self.store.stage(self.detector.export_changes())
         try:
+            self.store.stage(self.detector.export_changes())
             self.store.commit()
-        except sqlite3.Error as e:
+        except (sqlite3.Error, OverflowError, ValueError) as e:  # OverflowError: an int SQLite cannot hold
             self.write_errors += 1
             now = self.clock()
             if now - self.last_error_log >= ERROR_LOG_EVERY_S:

@@ -27,7 +27,14 @@ MAX_SCRAPES_IN_FLIGHT = 4  # concurrent requests served; more get 503
 REQUEST_TIMEOUT_S = 5.0  # a slow client is dropped after this
 # attribution sources always exported (zero when absent), so a dashboard has every series
 ATTRIBUTION_SOURCES = ("socket", "uid-only", "linked-control-connection", "none")
-DECODE_ERRORS = ("truncated", "malformed", "unknown_linktype")
+DECODE_ERRORS = (
+    "truncated",
+    "malformed",
+    "unknown_linktype",
+    "bad_ip_checksum",
+    "bad_tcp_checksum",
+    "bad_udp_checksum",
+)
 
 
 class MetricsError(OSError):
@@ -51,13 +58,15 @@ def collect(
     outputs: Mapping[str, Any] | None = None,
     start_time: float = 0.0,
     allow_base: Mapping[tuple, tuple[int, int]] | None = None,
+    state_write_errors: int = 0,
 ) -> Mapping:
     """A read-only snapshot (nested ``MappingProxyType``) of every figure.
 
     ``capture_stats``: interface -> IfaceStats (sensor/io/live.py);
     ``allow_entries``: the rules' AllowEntry objects (``hits`` = events suppressed);
     ``allow_base``: counts of entries replaced by a reload, added so the
-    counters never go backwards."""
+    counters never go backwards; ``state_write_errors``: failed commits of
+    the rule-window state file."""
     allow: dict[tuple[str, str], int] = {}
     for (rid, sel), (hits, _exp) in (allow_base or {}).items():
         allow[(rid, sel)] = allow.get((rid, sel), 0) + hits
@@ -94,6 +103,7 @@ def collect(
         },
         "weird": dict(pipe_stats.get("weird", {})),
         "outputs": dict(outputs or {}),
+        "state": {"write_errors": state_write_errors},
     }
     return _freeze(snap)
 
@@ -176,6 +186,12 @@ def render(snap: Mapping[str, Any]) -> str:
         "counter",
         "Packets the decoder could not use, by kind.",
         [({"kind": k}, dec.get(k, 0)) for k in DECODE_ERRORS],
+    )
+    o.one(
+        "packets_checksum_offloaded_total",
+        "counter",
+        "Packets whose partial checksum was accepted as checksum offload (checksum_validation: auto).",
+        dec.get("checksum_offloaded", 0),
     )
     fl = snap["flows"]
     o.one("flows_active", "gauge", "Flows tracked right now.", fl.get("active", 0))
@@ -294,6 +310,18 @@ def render(snap: Mapping[str, Any]) -> str:
             for s, st in sorted(sinks.items())
             for r in ("overflow", "error")
         ],
+    )
+    o.family(
+        "output_failing",
+        "gauge",
+        "1 while an output's writes fail (disk full, I/O error, collector down): its records are being lost.",
+        [({"sink": s}, int(bool(st.get("failing")))) for s, st in sorted(sinks.items())],
+    )
+    o.one(
+        "state_write_errors_total",
+        "counter",
+        "Failed commits of the rule-window state file (the windows stay in memory and are retried).",
+        (snap.get("state") or {}).get("write_errors", 0),
     )
     o.one("start_time_seconds", "gauge", "When the daemon started (Unix time).", snap["start_time"])
     o.one("snapshot_time_seconds", "gauge", "When these figures were taken (Unix time).", snap["time"])

@@ -14,6 +14,7 @@ import logging
 import os
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -62,7 +63,7 @@ class FileWriter:
         return self.dir / f"{kind}.jsonl"
 
     def write(self, meta: tuple, line: bytes) -> None:
-        _write_all(self.fds[meta[0]], line)
+        write_line(self.fds[meta[0]], line, rollback=True)
 
     def reopen(self) -> None:
         for k, old in list(self.fds.items()):
@@ -81,9 +82,13 @@ class StreamWriter:
     def __init__(self, fd: int | None = None, name: str = "stdout") -> None:
         self.fd = sys.stdout.fileno() if fd is None else fd
         self.name = name
+        try:  # a regular file (stdout redirected to one) can take back a partial line; a pipe cannot
+            self.rollback = stat.S_ISREG(os.fstat(self.fd).st_mode)
+        except OSError:
+            self.rollback = False
 
     def write(self, meta: tuple, line: bytes) -> None:
-        _write_all(self.fd, line)
+        write_line(self.fd, line, self.rollback)
 
     def reopen(self) -> None:
         pass
@@ -92,11 +97,32 @@ class StreamWriter:
         pass
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+def write_line(fd: int, data: bytes, rollback: bool) -> None:
+    """Write one whole line, or nothing: a write that fails writes nothing
+    (POSIX), and when a short write (disk full) is followed by a failure the
+    partial line is cut off again (``rollback``: ``fd`` is a regular file,
+    whose offset is the end of what was written). A
+    pipe cannot take bytes back: there the rest is retried until it fails."""
+    n = os.write(fd, data)
+    if n == len(data):
+        return
+    done = n
+    view = memoryview(data)[n:]
+    try:
+        while view:
+            n = os.write(fd, view)
+            done += n
+            view = view[n:]
+    except OSError as e:
+        if not rollback:
+            raise
+        try:
+            start = os.lseek(fd, 0, os.SEEK_CUR) - done
+            os.ftruncate(fd, start)
+            os.lseek(fd, start, os.SEEK_SET)  # without O_APPEND (a shell's >) the offset stays past the end
+        except OSError as e2:
+            raise SinkError(f"{e}; the partial line ({done} bytes) could not be removed: {e2}") from e
+        raise
 
 
 class SyslogWriter:
@@ -202,6 +228,9 @@ class AsyncSink:
         # counters
         self.queued = self.written = self.dropped_overflow = self.dropped_error = self.reopened = 0
         self.max_depth = 0
+        self.lost_by_kind: dict[str, int] = {}  # records not written (overflow or error), by kind
+        self.failing = False  # the last write failed: a burst of errors is under way
+        self.burst_lost = 0  # records lost in the current burst
         # rate-limited logging
         self._last_log = -1e18
         self._unlogged_errors = 0
@@ -218,6 +247,7 @@ class AsyncSink:
                     self._wait_room()
                 if len(self.q) >= self.queue_max:
                     self.dropped_overflow += 1
+                    self._lost(meta)
                     self._unlogged_overflow += 1
                     self._maybe_log()
                     return False
@@ -269,6 +299,8 @@ class AsyncSink:
         self.thread.join(timeout=max(1.0, timeout / 10))
         if self.q:
             lost = len(self.q)
+            for meta, _ in self.q:
+                self._lost(meta)
             self.q.clear()
             self.dropped_error += lost
             self._unlogged_errors += lost
@@ -297,11 +329,19 @@ class AsyncSink:
                 try:
                     self.writer.write(meta, line)
                     self.written += 1
+                    if self.failing:
+                        self._recovered()
                 except OSError as e:
                     self.dropped_error += 1
+                    self._lost(meta)
                     self._unlogged_errors += 1
                     self._last_error = str(e) or type(e).__name__
-                    self._maybe_log()
+                    if not self.failing:  # the first error of a burst is logged at once
+                        self.failing = True
+                        self._maybe_log(force=True)
+                    else:
+                        self._maybe_log()
+                    self.burst_lost += 1
                 self.last_progress = time.monotonic()
             if self.reopen_requested:
                 self._reopen()
@@ -310,6 +350,17 @@ class AsyncSink:
                 if self.stalled and len(self.q) <= self.queue_max // 2:
                     self.stalled = False
                 self.cond.notify_all()
+
+    def _lost(self, meta: tuple) -> None:
+        k = meta[0] if meta else "?"
+        self.lost_by_kind[k] = self.lost_by_kind.get(k, 0) + 1
+
+    def _recovered(self) -> None:
+        """A write worked after a burst of errors: say so once, with what the burst cost."""
+        self._maybe_log(force=True)  # errors of the burst not reported yet
+        log.warning("%s: writing again; %d record(s) were lost while it failed", self.name, self.burst_lost)
+        self.failing = False
+        self.burst_lost = 0
 
     def _reopen(self) -> None:
         self.reopen_requested = False
@@ -354,6 +405,9 @@ class AsyncSink:
             "dropped_error": self.dropped_error,
             "reopened": self.reopened,
             "max_depth": self.max_depth,
+            "lost_by_kind": dict(sorted(self.lost_by_kind.items())),
+            "failing": self.failing,
+            "last_error": self._last_error,
         }
 
 

@@ -27,9 +27,10 @@ from sensor.analyzers.ftp.analyzer import (
     FtpDataResult,
     FtpLogin,
     FtpRequest,
+    FtpSize,
     FtpTlsUpgrade,
 )
-from sensor.core.events import Event, ExpectConnection
+from sensor.core.events import Event, ExpectConnection, Weird
 from sensor.core.timefmt import iso_us
 
 FTP_DEPTH = 16 * 1024 * 1024  # control-channel bytes reassembled per direction
@@ -41,7 +42,7 @@ DATA_APPS = ("ftp-data", "ftps-data")
 class Channel:
     """A data command, its result and its data connections."""
 
-    __slots__ = ("flows", "open", "command", "result", "emitted")
+    __slots__ = ("flows", "open", "command", "result", "emitted", "size", "resumed")
 
     def __init__(self) -> None:
         self.flows: list[FlowView] = []
@@ -49,6 +50,8 @@ class Channel:
         self.command: FtpDataCommand | None = None
         self.result: FtpDataResult | None = None
         self.emitted = False
+        self.size: int | None = None  # a SIZE reply for the file a RETR fetches
+        self.resumed = False  # REST before the command: the claims are of the whole file
 
 
 class FtpData(Session):
@@ -68,12 +71,18 @@ class FtpControl(Session):
         self.analyzer = analyzer
         self.depth = FTP_DEPTH
         self.channels: dict[int, Channel] | None = None
+        self.last_size: tuple[str, int] | None = None  # the last SIZE answered: (path, size)
+        self.rest = False  # a REST with a non-zero offset awaits its data command
 
     def on_event(self, ev: Event) -> None:
         ctx = self.ctx
         if isinstance(ev, FtpRequest):
             if ev.command == "USER" and ev.arg:
                 ctx.set_user(ev.arg)  # the account tried, even if no login follows
+            elif ev.command == "REST":
+                self.rest = ev.arg.strip().lstrip("0") != ""
+        elif isinstance(ev, FtpSize):
+            self.last_size = None if ev.path_truncated else (ev.path, ev.size)
         elif isinstance(ev, FtpLogin):
             ctx.set_user(ev.user)
             ctx.set_field("FtpLoginSuccess", ev.success)
@@ -84,7 +93,11 @@ class FtpControl(Session):
             ctx.start_tap("tls")
             ctx.follow_hosts()
         elif isinstance(ev, FtpDataCommand):
-            self.channel(ev.channel_seq, ev.seq).command = ev
+            ch = self.channel(ev.channel_seq, ev.seq)
+            ch.command = ev
+            ch.resumed, self.rest = self.rest, False
+            if ev.command == "RETR" and self.last_size is not None and self.last_size[0] == ev.arg:
+                ch.size = self.last_size[1]
         elif isinstance(ev, FtpDataResult):
             ch = self.channel(ev.channel_seq, ev.seq)
             ch.result = ev
@@ -154,6 +167,12 @@ class FtpControl(Session):
             nbytes += (from_server if direction == "download" else to_server).bytes
         r = ch.result
         complete = bool(r is not None and r.outcome == "complete" and uids)
+        # what the server said would move: the 150 reply's "(N bytes)", else a SIZE reply
+        claim = None if ch.resumed else (r.announced_size if r is not None else None)
+        if claim is None and not ch.resumed:
+            claim = ch.size
+        if claim is not None and claim <= nbytes:
+            claim = None
         rec: dict[str, Any] = {
             "Timestamp": iso_us(res.ts),
             "Protocol": "ftp" if ctrl.app == "ftp" else ctrl.app,
@@ -176,8 +195,17 @@ class FtpControl(Session):
         }
         if r is not None and r.announced_size is not None:
             rec["AnnouncedSize"] = r.announced_size
+        if claim is not None:
+            rec["ClaimedBytes"] = claim
+            rec["Complete"] = False
+            if complete:  # the server said it was all sent
+                detail = f"{res.command} of {claim} bytes said complete, its data connections carried {nbytes}"
+                self.ctx.weird(Weird(r.ts if r is not None else res.ts, "ftp_claim_exceeds_data", detail, "ftp"))
         if not uids:
             rec["Note"] = "no data connection seen in the capture"
+        if rec["Outcome"] == "complete" and not rec["Complete"]:
+            # the server's reply said complete (ReplyCode keeps it); what the capture shows did not
+            rec["Outcome"] = "short" if uids else "no_data_connection"
         self.ctx.transfer(rec)
 
 

@@ -127,6 +127,12 @@ class SmbFileSummary(Event):
     error: str = ""
     user: str = ""
     truncated: bool = False
+    claimed_read: int = 0  # the READ responses' DataLength fields, summed (bytes_read: what moved)
+    claimed_written: int = 0  # the WRITE requests' Length fields, summed (bytes_written: what moved)
+    share_type: str = ""  # the tree's: disk, pipe, print ("" when its connect was not seen)
+    opened: bool = False  # its successful CREATE / NT_CREATE_ANDX response was seen
+    disposition: str = ""  # the create request's CreateDisposition
+    access: tuple[str, ...] = ()  # the create request's DesiredAccess, as hints (read, write, ...)
 
 
 @frozen
@@ -681,7 +687,7 @@ def _plausible_control(data: bytes, to_server: bool) -> bool:
         try:
             _n, pos = decode_netbios_name(data, 4)
             decode_netbios_name(data, pos)
-        except (_Malformed, struct.error):
+        except _Malformed:  # the only error it raises: every length is checked
             return False
         return True
     if not to_server and t in (0x82, 0x83):
@@ -693,36 +699,33 @@ def find_frame_start(data: bytes, to_server: bool) -> int:
     """Offset of the first plausible frame start in one direction's bytes, or -1.
 
     Session messages anywhere (NetBIOS header + SMB magic + consistent SMB
-    header); NetBIOS control messages only at offset 0."""
-    try:
-        if _plausible_control(bytes(data[:1028]), to_server):
-            return 0
-        off, found = _scan(data)
-        return off if found else -1
-    except Exception:  # pragma: no cover - probing must never raise
-        return -1
+    header); NetBIOS control messages only at offset 0. Every read is
+    bounds-checked first, so nothing raises and nothing needs catching."""
+    if _plausible_control(bytes(data[:1028]), to_server):
+        return 0
+    off, found = _scan(data)
+    return off if found else -1
 
 
 def _probe(data: bytes, to_server: bool, midstream: bool) -> bool | None:
-    try:
-        if midstream:
-            return True if find_frame_start(data, to_server) >= 0 else None
-        if len(data) < 4:
-            return None if not data or data[0] in (0x00, 0x81, 0x82, 0x83, 0x84) else False
-        t = data[0]
-        if t == 0x00:
-            r = _plausible(data, 0)
-            return None if r == -1 else r == 1
-        length = ((data[1] & 1) << 16) | (data[2] << 8) | data[3]
-        if to_server and t == 0x81 and data[1] == 0 and 68 <= length <= 1024:
-            if len(data) < 4 + length:
-                return None
-            return _plausible_control(bytes(data[: 4 + length]), True)
-        if not to_server and t in (0x82, 0x83, 0x84):
-            return _plausible_control(bytes(data[:4]), False) or (t == 0x84 and length == 6)
-        return False
-    except Exception:  # pragma: no cover - probing must never raise
-        return False
+    """``probe_ts``/``probe_tc``: every index is checked against ``len(data)``
+    before it is read (no catch-all: a bug here raises where tests see it)."""
+    if midstream:
+        return True if find_frame_start(data, to_server) >= 0 else None
+    if len(data) < 4:
+        return None if not data or data[0] in (0x00, 0x81, 0x82, 0x83, 0x84) else False
+    t = data[0]
+    if t == 0x00:
+        r = _plausible(data, 0)
+        return None if r == -1 else r == 1
+    length = ((data[1] & 1) << 16) | (data[2] << 8) | data[3]
+    if to_server and t == 0x81 and data[1] == 0 and 68 <= length <= 1024:
+        if len(data) < 4 + length:
+            return None
+        return _plausible_control(bytes(data[: 4 + length]), True)
+    if not to_server and t in (0x82, 0x83, 0x84):
+        return _plausible_control(bytes(data[:4]), False) or (t == 0x84 and length == 6)
+    return False
 
 
 def _streamable(head: bytes) -> bool:
@@ -818,6 +821,19 @@ class NbssFramer:
         self._skip = 0
         self._state = _SCAN
         return False
+
+    def take_partial(self) -> NbssMessage | None:
+        """End of stream before the first bytes of a message that would be
+        streamed (a READ response or WRITE request) were all in: hand them over
+        as its head, as if the rest were being skipped, so the data they carry
+        is counted and what never came is known (``_skip``)."""
+        if self._state != _HEAD or self._type != 0 or not self._buf or not _streamable(bytes(self._buf)):
+            return None
+        head = bytes(self._buf)
+        self._buf.clear()
+        self._skip = self._length - len(head)
+        self._state = _SKIP
+        return NbssMessage(0, head, self._length, False)
 
     def close(self) -> FramerNotice | None:
         """End of stream: report a message cut short."""
@@ -993,6 +1009,8 @@ class _File:
         "user",
         "bytes_read",
         "bytes_written",
+        "claimed_read",
+        "claimed_written",
         "reads",
         "writes",
         "error",
@@ -1000,6 +1018,7 @@ class _File:
         "truncated",
         "disposition",
         "access",
+        "opened",
     )
 
     def __init__(self, name: str, tree: _Tree, user: str = "", truncated: bool = False) -> None:
@@ -1009,8 +1028,10 @@ class _File:
         self.tree = tree
         self.is_dir = False
         self.user = user
-        self.bytes_read = 0
-        self.bytes_written = 0
+        self.bytes_read = 0  # data bytes the READ responses carried
+        self.bytes_written = 0  # data bytes the WRITE requests carried
+        self.claimed_read = 0  # what their length fields claimed
+        self.claimed_written = 0
         self.reads = 0
         self.writes = 0
         self.error = ""
@@ -1018,6 +1039,7 @@ class _File:
         self.truncated = truncated
         self.disposition = ""
         self.access: tuple[str, ...] = ()
+        self.opened = False  # the successful create response was seen
 
 
 class _NegReq:
@@ -1126,6 +1148,12 @@ class SmbAnalyzer(Analyzer):
         self._compressed_seen = False
         self._weird_once: set[str] = set()
         self._closed = False
+        # READ/WRITE data is counted as moved only as far as its message carries it:
+        self._extent = 0  # bytes of the command being parsed, from its SMB header (streamed: to the message end)
+        self._data_end = 0  # end of the data counted last in it (an AndX chain's data never counts twice)
+        self._streamed = False  # that message is streamed: its data arrives (or not) after it is parsed
+        # per direction, the streamed message whose data is arriving: (file, read, counted, data offset, extent)
+        self._inflight: dict[bool, tuple[_File, bool, int, int, int]] = {}
 
     # -- protocol detection -------------------------------------------------
     @staticmethod
@@ -1175,6 +1203,12 @@ class SmbAnalyzer(Analyzer):
             return out
         self._closed = True
         try:
+            for to_server in (True, False):
+                head = self._framers[to_server].take_partial()
+                if head is not None:
+                    self._inflight.pop(to_server, None)
+                    self._on_message(to_server, head, ts, out)
+            self._cut_short(ts, out)
             for to_server in (True, False):
                 notice = self._framers[to_server].close()
                 if notice is not None:
@@ -1228,12 +1262,16 @@ class SmbAnalyzer(Analyzer):
                     self.stats.frames_ts += 1
                 else:
                     self.stats.frames_tc += 1
+                if self._inflight:
+                    self._inflight.pop(to_server, None)  # the previous message of this direction ended
                 self._on_message(to_server, ev, ts, out)
 
     def _on_message(self, to_server: bool, msg: NbssMessage, ts: int, out: list[Event]) -> None:
         t = msg.msg_type
         if t == 0x00:
             magic = msg.data[:4]
+            self._extent, self._data_end = msg.length, 0
+            self._streamed = not msg.complete
             if magic == _SMB2:
                 self._smb2(msg, ts, out)
             elif magic == _SMB1:
@@ -1355,6 +1393,55 @@ class SmbAnalyzer(Analyzer):
             self._weird_first(ts, "smb_too_many_sessions", f"more than {self.limits.max_sessions} sessions", out)
         self._users[key] = user
 
+    # -- data counted as moved ---------------------------------------------------
+    def _count(self, f: _File, read: bool, claim: int, doff: int, ts: int, out: list[Event]) -> None:
+        """A READ response's or WRITE request's data: ``claim`` (its length field)
+        is what it claims; what moved is what its command carries from
+        ``doff`` (relative to its SMB header), and never bytes an earlier
+        command of the same message already counted."""
+        start = max(doff, self._data_end)
+        n = min(claim, max(0, self._extent - start))
+        self._data_end = start + n
+        if read:
+            f.bytes_read += n
+            f.claimed_read += claim
+            f.reads += 1
+            f.tree.bytes_read += n
+        else:
+            f.bytes_written += n
+            f.claimed_written += claim
+            f.writes += 1
+            f.tree.bytes_written += n
+        if n < claim:
+            what = "READ DataLength" if read else "WRITE Length"
+            self._weird_first(
+                ts, "smb_claim_exceeds_data", f"{what} {claim}: its message holds at most {n} bytes of data", out
+            )
+        if self._streamed and n:
+            self._inflight[not read] = (f, read, n, start, self._extent)
+
+    def _cut_short(self, ts: int, out: list[Event]) -> None:
+        """Connection end inside a streamed READ/WRITE: its missing data never moved."""
+        for to_server, (f, read, n, doff, extent) in self._inflight.items():
+            framer = self._framers[to_server]
+            if framer._state != _SKIP or framer._skip <= 0:
+                continue
+            arrived = max(0, min(n, extent - framer._skip - doff))
+            missing = n - arrived
+            if not missing:
+                continue
+            if read:
+                f.bytes_read -= missing
+                f.tree.bytes_read -= missing
+            else:
+                f.bytes_written -= missing
+                f.tree.bytes_written -= missing
+            what = "READ response" if read else "WRITE request"
+            self._weird_first(
+                ts, "smb_claim_exceeds_data", f"connection ended {missing} bytes into the data of a {what}", out
+            )
+        self._inflight.clear()
+
     # -- summaries -------------------------------------------------------------
     def _file_summary(self, f: _File, ts: int) -> SmbFileSummary:
         return SmbFileSummary(
@@ -1372,6 +1459,12 @@ class SmbAnalyzer(Analyzer):
             error=f.error,
             user=f.user,
             truncated=f.truncated or f.tree.truncated,
+            claimed_read=f.claimed_read,
+            claimed_written=f.claimed_written,
+            share_type=f.tree.share_type,
+            opened=f.opened,
+            disposition=f.disposition,
+            access=f.access,
         )
 
     @staticmethod
@@ -1471,6 +1564,7 @@ class SmbAnalyzer(Analyzer):
                 nxt = 0
             if nxt:
                 m = m[:nxt]
+            self._extent, self._data_end = len(m), 0  # offsets are from this command's header
             self._smb2_command(m, h, chain, ts, out)
             if not nxt:
                 return
@@ -1539,11 +1633,9 @@ class SmbAnalyzer(Analyzer):
             f = self._smb2_file(_slice(m, 80, 16, "FileId"), h, chain, ts, out)
             self._pend(key, ("read", f), ts, out)
         elif cmd == _C2_WRITE:
-            length = _u32(m, 68)
+            doff, length = _u16(m, 66), _u32(m, 68)
             f = self._smb2_file(_slice(m, 80, 16, "FileId"), h, chain, ts, out)
-            f.bytes_written += length
-            f.writes += 1
-            f.tree.bytes_written += length
+            self._count(f, False, length, doff, ts, out)
             self._pend(key, ("write", f), ts, out)
 
     def _smb2_file(self, fid: bytes, h: _H2, chain: _Chain, ts: int, out: list[Event]) -> _File:
@@ -1666,6 +1758,7 @@ class SmbAnalyzer(Analyzer):
                 f.is_dir = f.is_dir or bool(_u32(m, 120) & 0x10)
                 fid = _slice(m, 128, 16, "FileId")
                 f.file_id = fid.hex()
+                f.opened = True
                 f.tree.files_opened += 1
                 self._put_file(fid, f, ts, out)
             out.append(
@@ -1695,10 +1788,7 @@ class SmbAnalyzer(Analyzer):
         elif pend[0] == "read":
             f = pend[1]
             if status in (_ST_SUCCESS, _ST_BUFFER_OVERFLOW):
-                nread = _u32(m, 68)
-                f.bytes_read += nread
-                f.reads += 1
-                f.tree.bytes_read += nread
+                self._count(f, True, _u32(m, 68), _u8(m, 66), ts, out)
             elif not f.error and status != 0xC0000011:  # END_OF_FILE is normal
                 f.error = st
         elif pend[0] == "write":
@@ -1736,6 +1826,9 @@ class SmbAnalyzer(Analyzer):
                     data = _slice(m, boff, bc, "data bytes")
                 else:
                     boff, data = off + 3 + 2 * wc, b""
+                # a command's data lies in its own bytes (a streamed one's run to the message end)
+                self._extent = boff + len(data) if msg.complete else msg.length
+                self._data_end = max(self._data_end, boff)
                 if h.is_response:
                     info = reqs.get(cmd) if reqs is not None else None
                     self._smb1_response(m, h, cmd, words, data, boff, info, ts, out)
@@ -1821,9 +1914,7 @@ class SmbAnalyzer(Analyzer):
         if cmd == _C1_WRITE_ANDX:
             f = self._file(b"smb1" + _slice(w, 4, 2, "FID"), 1, h.tid, h.uid, ts, out)
             length = _u16(w, 20) | (_u16(w, 18) << 16)
-            f.bytes_written += length
-            f.writes += 1
-            f.tree.bytes_written += length
+            self._count(f, False, length, _u16(w, 22), ts, out)
             return ("write", f)
         return None
 
@@ -1889,6 +1980,7 @@ class SmbAnalyzer(Analyzer):
                 size = _u64(w, 55)
                 f.is_dir = f.is_dir or bool(_u8(w, 67))
                 f.file_id = fid.hex()
+                f.opened = True
                 f.tree.files_opened += 1
                 self._put_file(b"smb1" + fid, f, ts, out)
             out.append(
@@ -1915,10 +2007,7 @@ class SmbAnalyzer(Analyzer):
         elif info[0] == "read":
             f = info[1]
             if ok:
-                nread = _u16(w, 10) | (_u16(w, 14) << 16)
-                f.bytes_read += nread
-                f.reads += 1
-                f.tree.bytes_read += nread
+                self._count(f, True, _u16(w, 10) | (_u16(w, 14) << 16), _u16(w, 12), ts, out)
             elif not f.error:
                 f.error = st
         elif info[0] == "write":

@@ -77,6 +77,9 @@ class TftpSession(Session):
         if ev.error_code is not None:
             rec["ErrorCode"] = ev.error_code
             rec["ErrorMessage"] = ev.error_msg
+        if ev.tsize is not None and ev.tsize > ev.bytes:  # the tsize option claimed more than moved
+            rec["ClaimedBytes"] = ev.tsize
+            rec["Complete"] = False
         (parent or ctx).transfer(rec)
 
     def restarts(self, payload: bytes) -> bool:
