@@ -869,8 +869,8 @@ def replay_batch(
     problems = []
     if pipe.flows.stats.active_max > lim.max_flows:
         problems.append(f"active_max {pipe.flows.stats.active_max} > max_flows {lim.max_flows}")
-    if pipe.flows.flows:
-        problems.append(f"{len(pipe.flows.flows)} flows left after finish()")
+    if pipe.flows.flows or pipe.flows.embryos:
+        problems.append(f"{pipe.flows.active()} flows left after finish() ({len(pipe.flows.embryos)} embryonic)")
     if pipe.flows.stats.created != pipe.flows.stats.ended:
         problems.append(f"created {pipe.flows.stats.created} != ended {pipe.flows.stats.ended}")
     for w in pipe.detector._all_windows():

@@ -36,6 +36,7 @@ from sensor.records.mde import RECORD_FIELDS, RecordBuilder
 log = logging.getLogger("xfer-sensor")
 
 POLL_S = 0.25  # longest wait for packets before a heartbeat
+BOUNDS_CHECK_S = 1.0  # wall-clock seconds between two checks of the flow table's bounds (a log line per burst)
 STATUS_EVERY_S = 300.0  # counters to the journal (default of the status_interval option)
 ATTRIBUTION_SETTLE_S = 0.1  # on SIGTERM, wait this long for lookups in flight
 DRAIN_S = 1.0  # longest wait on SIGTERM for packets already captured
@@ -213,7 +214,7 @@ class Daemon:
         return metrics.collect(
             pipe_stats=st,
             capture_stats=self.capture.read_stats(),
-            flows_active=len(self.pipe.flows.flows),
+            flows_active=self.pipe.flows.active(),
             allow_entries=self.rules.allow_entries,
             allow_base=self.allow_base,
             outputs=self.sink.stats(),
@@ -235,6 +236,7 @@ class Daemon:
         next_wd = time.monotonic()
         next_status = time.monotonic() + self.cfg.status_interval
         next_publish = time.monotonic() + metrics.PUBLISH_EVERY_S
+        next_bounds = time.monotonic() + BOUNDS_CHECK_S
         handler_for = self.pipe.handler_for
         try:
             while not self.stop:
@@ -251,6 +253,10 @@ class Daemon:
                     self.exit_code = 1
                     break
                 now = time.monotonic()
+                if now >= next_bounds:  # the flow table's bounds: a line per burst (Pipeline.bound_news)
+                    for line in self.pipe.bound_news():
+                        log.warning("%s", line)
+                    next_bounds = now + BOUNDS_CHECK_S
                 if watchdog is not None and now >= next_wd:
                     self.notify.watchdog()
                     next_wd = now + watchdog

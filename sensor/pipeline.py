@@ -35,7 +35,7 @@ from sensor.engine.decode import (
 )
 from sensor.engine.dispatch import Dispatcher
 from sensor.engine.fastpath import ethernet_handler
-from sensor.engine.flows import Flow, FlowTable
+from sensor.engine.flows import EMERGENCY_ENTER, EMERGENCY_EXIT, EMERGENCY_TIMEOUTS_S, Flow, FlowTable
 from sensor.engine.ports import PortSet
 from sensor.records.mde import RecordBuilder, iso_us
 
@@ -132,6 +132,7 @@ class Pipeline:
         self.flows.on_new = self._flow_started
         self.flows.on_tick = self.app.expire
         self.flows.reused = self.app.reused
+        self.flows.quiet_syn = self.app.quiet_syn
         self.book = attribution
         self.records = RecordBuilder(config, endpoint=attribution is not None)
         self._resolved: dict[Flow, Any] = {}  # flows whose attribution children inherit
@@ -146,6 +147,10 @@ class Pipeline:
         self.action_counts: dict[str, int] = {}
         self._decoders: dict[int, Callable[[int, bytes], None]] = {}
         self._filter_version = 0
+        # bound_news: (evicted, expectations dropped, emergency) at the last check,
+        # and whether that check saw no new evictions / drops (a burst starts after one)
+        self._news: tuple[int, int, bool] = (0, 0, False)
+        self._quiet = (True, True)
         # Ethernet frames take the fused per-packet path (sensor/engine/fastpath.py);
         # False: the layered one (the tests compare the two)
         self.fused = True
@@ -197,11 +202,15 @@ class Pipeline:
         self.app.flow_started(flow, match)
 
     def _flow_ended(self, flow: Flow) -> None:
-        if not self.app.flow_ending(flow):  # else its record waits for its data channels / transfer
+        held = self.app.flow_ending(flow)
+        if not held:  # else its record waits for its data channels / transfer
             self._emit_connection(flow)
         parent = self.app.child_ended(flow)
         if parent is not None:  # its last child ended: its record is complete
             self._emit_connection(parent)
+            self.app.release(parent)
+        if not held:
+            self.app.release(flow)
 
     def _emit_connection(self, flow: Flow) -> None:
         att = None
@@ -301,6 +310,57 @@ class Pipeline:
         self._weird(ts, name, detail, flow.uid if flow else "", "flow")
 
     # -- reporting -------------------------------------------------------------
+    def bound_report(self) -> list[str]:
+        """One line per state bound the traffic reached, with counts (replay's
+        stderr and ``--format json``; empty when none was)."""
+        fl, ft = self.flows.stats, self.flows
+        ex = self.app.expect
+        out = []
+        if fl.evicted:
+            out.append(
+                f"flow table full: {fl.evicted} flow(s) evicted at limits.max_flows {ft.max_flows} "
+                f"({fl.created} created, at most {fl.active_max} at once); each still has its record"
+            )
+        if fl.emergency_entered:
+            a, e, c, u = EMERGENCY_TIMEOUTS_S
+            out.append(
+                f"flow table emergency mode: entered {fl.emergency_entered} time(s) at "
+                f"{EMERGENCY_ENTER:.0%} of limits.max_flows {ft.max_flows}, left {fl.emergency_exited} "
+                f"time(s) under {EMERGENCY_EXIT:.0%} (timeouts shortened to attempt {a:g} s, established {e:g} s, "
+                f"closed {c:g} s, udp {u:g} s); {fl.expired} flow(s) expired"
+            )
+        if ex.stats.dropped:
+            out.append(
+                f"expected connections full: {ex.stats.dropped} dropped at {ex.max} "
+                "(FTP data channels and TFTP transfers they announced are not linked to their session)"
+            )
+        return out
+
+    def bound_news(self) -> list[str]:
+        """For the daemon's log, called about once a second: one line when the
+        flow table starts evicting (the first evictions after a check without
+        any: once per burst, with the burst's count so far and the total),
+        enters or leaves emergency mode, or expectations start being dropped."""
+        fl, ft, ex = self.flows.stats, self.flows, self.app.expect.stats
+        out = []
+        ev, dr = fl.evicted, ex.dropped
+        last_ev, last_dr, was_emergency = self._news
+        if ev > last_ev and self._quiet[0]:
+            out.append(
+                f"flow table full: evicting at limits.max_flows {ft.max_flows} "
+                f"({ev - last_ev} flow(s) in the last check, {ev} since start)"
+            )
+        if ft.emergency != was_emergency:
+            out.append(
+                f"flow table emergency mode {'entered' if ft.emergency else 'left'}: {ft.active()} flow(s) "
+                f"of limits.max_flows {ft.max_flows} ({fl.emergency_entered} time(s) since start)"
+            )
+        if dr > last_dr and self._quiet[1]:
+            out.append(f"expected connections full: dropping ({dr - last_dr} in the last check, {dr} since start)")
+        self._quiet = (ev == last_ev, dr == last_dr)
+        self._news = (ev, dr, ft.emergency)
+        return out
+
     def undecoded(self) -> tuple[int, int, int]:
         """(frames seen, frames of a link type the decoder does not know, frames
         cut before their ports): a replay compares them before and after a
@@ -315,7 +375,7 @@ class Pipeline:
     def stats(self) -> dict[str, Any]:
         return {
             "decoder": self.decode_stats.as_dict(),
-            "flows": self.flows.stats.as_dict(),
+            "flows": dict(self.flows.stats.as_dict(), emergency=int(self.flows.emergency)),
             "app": dict(self.app.stats),
             "expectations": self.app.expect.stats.as_dict(),
             "detect": self.detector.stats.as_dict(),

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.scan import syn_scan_frames
+from fuzz.scan import syn_scan_frames, tcp_frame
+from fuzz.tftp_flood import REAL, flood_frames, real_transfers
 from sensor.core.config import config_from_dict
 from sensor.detect.detector import Detector
 from sensor.detect.rules import load_rules
@@ -156,9 +157,10 @@ def test_flow_table_structures_bounded_during_the_scan(tmp_path):
     worst = 0
     for _i, (ts, f) in enumerate(syn_scan_frames(5_000, sources=700, t0_us=int(T0 * 1e6), gap_us=10)):
         h(ts, f)
-        n = len(pipe.flows.flows)
+        n = pipe.flows.active()  # full and embryonic flows
         assert n <= 300
-        assert pipe.flows.queued() == n  # every flow in exactly one timeout queue
+        assert pipe.flows.queued() == len(pipe.flows.flows)  # every full flow in exactly one timeout queue
+        assert len(pipe.flows._eorder) <= 4 * len(pipe.flows.embryos) + 256 + 2
         worst = max(worst, n)
     assert worst == 300 and pipe.flows.stats.evicted == 5_000 - 300 - pipe.flows.stats.expired
     pipe.finish()
@@ -197,10 +199,324 @@ def test_half_open_flow_memory_fits_the_rss_bound():
         after = tracemalloc.take_snapshot()
     finally:
         tracemalloc.stop()
-    n = len(pipe.flows.flows)
-    assert n == 3_000
+    n = pipe.flows.active()
+    assert n == 3_000 and not pipe.flows.embryos  # far from max_flows: full flows
     per_flow = sum(s.size_diff for s in after.compare_to(before, "filename")) / n
     assert per_flow <= RSS_BOUND / DEFAULT_MAX_FLOWS, f"{per_flow:.0f} bytes per half-open flow"
+
+
+# --------------------------------------------------------------------------
+# embryonic flows: a bare SYN kept small, the same records as a full flow
+# --------------------------------------------------------------------------
+
+
+def _mixed_handshakes(t0_us: int) -> list[tuple[int, bytes]]:
+    """Bare SYNs that stay unanswered, are answered (SYN-ACK, ACK, data,
+    FIN), refused (RST), retransmitted, or answered after the attempt
+    timeout; some in the same microsecond; then a quiet minute so the
+    expiry scan ends the unanswered ones mid-capture."""
+    out = []
+    srv = bytes((198, 51, 100, 7))
+    t = t0_us
+    for i in range(300):
+        cli = bytes((10, 9, i >> 8, i & 0xFF))
+        sport, dport, isn = 20000 + i, (445, 21, 139, 990)[i % 4], 1000 * i
+        kind = i % 6
+        out.append((t, tcp_frame(cli, srv, sport, dport, isn, 0, 0x02, i)))
+        if kind == 1:  # answered, data both ways, closed
+            out.append((t + 100, tcp_frame(srv, cli, dport, sport, 77, isn + 1, 0x12, i)))
+            out.append((t + 200, tcp_frame(cli, srv, sport, dport, isn + 1, 78, 0x10, i)))
+            out.append((t + 300, tcp_frame(cli, srv, sport, dport, isn + 1, 78, 0x18, i, b"hello")))
+            out.append((t + 400, tcp_frame(srv, cli, dport, sport, 78, isn + 6, 0x11, i)))
+            out.append((t + 500, tcp_frame(cli, srv, sport, dport, isn + 6, 79, 0x11, i)))
+        elif kind == 2:  # refused
+            out.append((t + 50, tcp_frame(srv, cli, dport, sport, 0, isn + 1, 0x14, i)))
+        elif kind == 3:  # retransmitted, then unanswered
+            out.append((t + 1_000_000, tcp_frame(cli, srv, sport, dport, isn, 0, 0x02, i)))
+        elif kind == 4:  # answered after the attempt timeout (60 s): a new flow, picked up mid-way
+            out.append((t + 70_000_000, tcp_frame(srv, cli, dport, sport, 5, isn + 1, 0x12, i)))
+        if i % 50 != 7:  # every 50th pair shares a microsecond
+            t += 1_000
+    return sorted(out, key=lambda x: x[0])
+
+
+def _replay_frames(frames, cfg, embryos: bool):
+    from sensor.io.sinks import MemorySink
+    from sensor.pipeline import Pipeline
+
+    sink = MemorySink()
+    pipe = Pipeline(config_from_dict(cfg), RULES, sink)
+    if not embryos:
+        pipe.flows.quiet_syn = None  # every SYN a full flow at once, as before embryos
+    h = pipe.handler_for(1)
+    for ts, f in frames:
+        h(ts, f)
+    pipe.finish()
+    return pipe, sink
+
+
+def test_embryo_memory():
+    """Under pressure (from EMBRYOS_FROM of max_flows) an unanswered SYN is
+    an embryo: a tenth of the RSS bound's share per flow."""
+    import gc
+    import tracemalloc
+
+    from sensor.io.sinks import MemorySink
+    from sensor.pipeline import Pipeline
+
+    pipe = Pipeline(config_from_dict({}), RULES, MemorySink())
+    h = pipe.handler_for(1)
+    frames = list(syn_scan_frames(6_000, sources=6_000, t0_us=int(T0 * 1e6), gap_us=10))
+    pipe.flows.embryo_from = 0  # as if the table were half full
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.take_snapshot()
+        for ts, f in frames:
+            h(ts, f)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    assert len(pipe.flows.embryos) == 6_000 and not pipe.flows.flows
+    # the flow table's own allocations (the decoder's checksum-offload sender
+    # memory, bounded by itself at 4,096 senders, is not the embryos')
+    only = [tracemalloc.Filter(True, "*/sensor/engine/flows.py")]
+    diff = after.filter_traces(only).compare_to(before.filter_traces(only), "filename")
+    per_embryo = sum(s.size_diff for s in diff) / 6_000
+    assert per_embryo <= RSS_BOUND / DEFAULT_MAX_FLOWS / 10, f"{per_embryo:.0f} bytes per embryo"
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("embryo_from", [0, None])
+def test_embryos_give_the_records_of_full_flows(fused, embryo_from):
+    """Same records, byte for byte and in the same order, with and without
+    embryos: uids, histories, states, expiry order mid-capture and at the end."""
+    frames = _mixed_handshakes(int(T0 * 1e6))
+    got = {}
+    for emb in (True, False):
+        from sensor.io.sinks import MemorySink
+        from sensor.pipeline import Pipeline
+
+        sink = MemorySink()
+        # embryo_from None: the default share of a max_flows the capture half fills
+        pipe = Pipeline(config_from_dict(dict(CFG, limits={"max_flows": 400})), RULES, sink)
+        pipe.fused = fused
+        if embryo_from is not None:
+            pipe.flows.embryo_from = embryo_from
+        if not emb:
+            pipe.flows.quiet_syn = None
+        h = pipe.handler_for(1)
+        for ts, f in frames:
+            h(ts, f)
+        pipe.finish()
+        got[emb] = (pipe, sink)
+    (pe, se), (pf, sf) = got[True], got[False]
+    assert pe.flows.stats.embryos > (150 if embryo_from == 0 else 40) and pf.flows.stats.embryos == 0
+    assert pe.flows.stats.evicted == 0
+    assert pe.flows.stats.expired > 0  # the quiet minute ended embryos through the expiry scan
+    for kind in ("connections", "transfers", "alerts", "weird"):
+        assert se.records[kind] == sf.records[kind], kind
+    states = {c["ConnState"] for c in se.records["connections"]}
+    assert {"S0", "SF", "REJ"} <= states
+    a, b = pe.flows.stats.as_dict(), pf.flows.stats.as_dict()
+    for k in ("embryos", "hatched"):
+        a.pop(k), b.pop(k)
+    assert a == b
+
+
+def test_embryos_keep_the_vlan_tag():
+    """An 802.1Q-tagged bare SYN (the fused path's general branch) packs its
+    VLAN id into the embryo; the record of the hatched flow carries it."""
+    from sensor.io.sinks import MemorySink
+    from sensor.pipeline import Pipeline
+
+    def tagged(frame: bytes, vid: int) -> bytes:
+        return frame[:12] + b"\x81\x00" + vid.to_bytes(2, "big") + frame[12:]
+
+    frames = [(ts, tagged(f, 1 + i % 4094)) for i, (ts, f) in enumerate(_mixed_handshakes(int(T0 * 1e6)))]
+    out = []
+    for emb in (True, False):
+        sink = MemorySink()
+        pipe = Pipeline(config_from_dict(CFG), RULES, sink)
+        pipe.flows.embryo_from = 0
+        if not emb:
+            pipe.flows.quiet_syn = None
+        h = pipe.handler_for(1)
+        for ts, f in frames:
+            h(ts, f)
+        pipe.finish()
+        out.append((pipe, sink))
+    (pe, se), (_, sf) = out
+    assert pe.flows.stats.embryos > 150
+    assert se.records["connections"] == sf.records["connections"]
+    vlans = [c["Vlan"] for c in se.records["connections"]]
+    assert all(v > 0 for v in vlans) and len(set(vlans)) > 200  # each flow its first packet's tag
+
+
+def test_embryo_bounds_and_eviction_order():
+    """Embryos count against max_flows; beyond it the oldest bare SYN goes first."""
+    n, cap = 3_000, 500
+    pipe, sink = _replay_frames(
+        list(syn_scan_frames(n, sources=n, t0_us=int(T0 * 1e6), gap_us=10)), dict(CFG, limits={"max_flows": cap}), True
+    )
+    st = pipe.flows.stats
+    assert st.active_max == cap and st.created == st.ended == n and st.embryos == n - cap // 2
+    assert pipe.flows.active() == 0 and not pipe.flows.embryos and not pipe.flows._eorder
+    conns = sink.records["connections"]
+    # evicted oldest first, then the rest flushed oldest first: packet order
+    firsts = [c["FirstSeen"] for c in conns]
+    assert firsts == sorted(firsts) and len(set(c["Uid"] for c in conns)) == n
+
+
+# --------------------------------------------------------------------------
+# a TFTP read-request flood
+# --------------------------------------------------------------------------
+
+FLOOD = 20_000
+FLOOD_MAX_FLOWS = 2_000
+TFTP_CFG = {"home_net": ["192.168.56.0/24"], "ip_type_overrides": {"203.0.113.0/24": "Public"}}
+
+
+@pytest.fixture(scope="module")
+def tftp_flood(tmp_path_factory):
+    from sensor.io.sinks import MemorySink
+    from sensor.pipeline import Pipeline
+
+    frames = sorted(list(flood_frames(FLOOD, t0_us=int(T0 * 1e6))) + real_transfers(FLOOD * 10, t0_us=int(T0 * 1e6)))
+    sink = MemorySink()
+    pipe = Pipeline(config_from_dict(dict(TFTP_CFG, limits={"max_flows": FLOOD_MAX_FLOWS})), RULES, sink)
+    h = pipe.handler_for(1)
+    worst = worst_exp = 0
+    for i, (ts, f) in enumerate(frames):
+        h(ts, f)
+        if i % 7 == 0:
+            worst = max(worst, pipe.flows.active())
+            worst_exp = max(worst_exp, pipe.app.expect.count)
+    pipe.finish()
+    path = write_raw_pcap(tmp_path_factory.mktemp("tftp") / "flood.pcap", [(ts / 1e6, f, len(f)) for ts, f in frames])
+    return pipe, sink, worst, worst_exp, path
+
+
+def test_tftp_flood_bounded_and_real_transfers_recorded(tftp_flood):
+    pipe, sink, worst, worst_exp, _ = tftp_flood
+    st, ex = pipe.flows.stats, pipe.app.expect
+    assert worst <= FLOOD_MAX_FLOWS and st.active_max == FLOOD_MAX_FLOWS
+    assert worst_exp <= ex.max and ex.stats.peak <= ex.max + 1  # added, then the oldest dropped
+    assert st.evicted > 0 and ex.stats.dropped > 0
+    assert st.created == st.ended == FLOOD + 2 * len(REAL)  # requests and the real transfers' flows
+    assert not ex.by_key and ex.count == 0 or ex.count == sum(len(q) for q in ex.by_key.values())
+    transfers = sorted(sink.records["transfers"], key=lambda t: t["Filename"])
+    assert [(t["Filename"], t["Bytes"], t["Complete"]) for t in transfers] == [
+        (f"real-{k}.bin", size, True) for k, (_, _, size) in enumerate(REAL)
+    ]
+    reqs = {c["Uid"]: c for c in sink.records["connections"] if c["RemotePort"] == 69}
+    assert len(reqs) == FLOOD + len(REAL)
+    assert all(reqs[t["ControlUid"]]["ActionType"] == "ConnectionSuccess" for t in transfers)
+    assert all(not isinstance(c.get("AdditionalFields"), str) for c in reqs.values())
+    assert [a["ConnectionCount"] for a in pipe.detector.hunt_results()] == [len(REAL)]
+
+
+def test_tftp_request_state_freed_when_the_flow_ends():
+    """An ended request flow's application state does not wait for the
+    cyclic garbage collector (its thresholds are raised)."""
+    import gc
+    import weakref
+
+    from sensor.io.sinks import MemorySink
+    from sensor.pipeline import Pipeline
+
+    pipe = Pipeline(config_from_dict(TFTP_CFG), RULES, MemorySink())
+    h = pipe.handler_for(1)
+    for ts, f in flood_frames(50, t0_us=int(T0 * 1e6)):
+        h(ts, f)
+    refs = [weakref.ref(f.ctx.session) for f in pipe.flows.flows.values()]  # (AppState has no weakref slot)
+    assert len(refs) == 50 and all(r() is not None for r in refs)
+    gc.disable()
+    try:
+        pipe.finish()
+        assert [r for r in refs if r() is not None] == []
+    finally:
+        gc.enable()
+
+
+# --------------------------------------------------------------------------
+# the bounds reached are reported: replay's stderr and JSON, the daemon's log and metrics
+# --------------------------------------------------------------------------
+
+
+def _cli_replay(pcap: Path, cfg_text: str, tmp: Path) -> tuple[subprocess.CompletedProcess, dict]:
+    cfg = tmp / f"bounds-{abs(hash(cfg_text))}.yaml"
+    cfg.write_text(cfg_text)
+    cp = _sensor("replay", str(pcap), "--config", str(cfg), "--format", "json", "--progress", "never")
+    assert cp.returncode == 0, cp.stderr
+    return cp, json.loads(cp.stdout)
+
+
+def test_replay_reports_overflow_and_emergency_on_stderr(scan_replay, tmp_path):
+    pcap = tmp_path / "scan.pcap"
+    write_raw_pcap(
+        pcap,
+        [(ts / 1e6, f, len(f)) for ts, f in syn_scan_frames(SCAN_SYNS, sources=5_000, t0_us=int(T0 * 1e6), gap_us=50)],
+    )
+    cp, res = _cli_replay(
+        pcap, f"ip_type_overrides: {{198.51.100.0/24: Public}}\nlimits: {{max_flows: {MAX_FLOWS}}}\n", tmp_path
+    )
+    fl = res["stats"]["flows"]
+    lines = cp.stderr.decode().splitlines()
+    full = [x for x in lines if "flow table full" in x]
+    emerg = [x for x in lines if "emergency mode" in x]
+    assert len(full) == 1 and len(emerg) == 1, lines
+    assert f"{fl['evicted']} flow(s) evicted at limits.max_flows {MAX_FLOWS}" in full[0]
+    assert fl["evicted"] == SCAN_SYNS - MAX_FLOWS - fl["expired"]
+    assert f"entered {fl['emergency_entered']} time(s)" in emerg[0] and fl["emergency_entered"] == 1
+    assert all(x.startswith("xfer-sensor: warning: ") for x in lines)
+    assert res["bounds"] == [x.removeprefix("xfer-sensor: warning: ") for x in full + emerg]
+    # far from the bound: nothing said
+    cp, res = _cli_replay(pcap, f"limits: {{max_flows: {SCAN_SYNS * 2}}}\n", tmp_path)
+    assert cp.stderr == b"" and res["bounds"] == [] and res["stats"]["flows"]["evicted"] == 0
+
+
+def test_replay_reports_expectations_dropped(tftp_flood, tmp_path):
+    *_, path = tftp_flood
+    cp, res = _cli_replay(path, f"limits: {{max_flows: {FLOOD_MAX_FLOWS}}}\n", tmp_path)
+    dropped = res["stats"]["expectations"]["dropped"]
+    assert dropped > 0
+    assert f"expected connections full: {dropped} dropped" in cp.stderr.decode()
+    assert res["transfers"] == len(REAL)
+
+
+def test_daemon_bound_news_once_per_burst_and_metrics():
+    from sensor.io import metrics
+    from sensor.io.sinks import MemorySink
+    from sensor.pipeline import Pipeline
+
+    pipe = Pipeline(config_from_dict(dict(CFG, limits={"max_flows": 100})), RULES, MemorySink())
+    h = pipe.handler_for(1)
+    frames = iter(syn_scan_frames(1_000, sources=1_000, t0_us=int(T0 * 1e6), gap_us=10))
+
+    def feed(k):
+        for _ in range(k):
+            h(*next(frames))
+
+    feed(95)  # 95 % of max_flows: emergency, no eviction yet
+    assert [x.split(":")[0] for x in pipe.bound_news()] == ["flow table emergency mode entered"]
+    feed(50)  # evictions start: one line
+    (line,) = pipe.bound_news()
+    assert line.startswith("flow table full: evicting at limits.max_flows 100 (45 flow(s)")
+    feed(50)  # the same burst goes on: nothing more
+    assert pipe.bound_news() == []
+    assert pipe.bound_news() == []  # a check without evictions ends the burst
+    feed(10)
+    (line,) = pipe.bound_news()
+    assert "(10 flow(s) in the last check, 105 since start)" in line
+    snap = metrics.collect(pipe_stats=pipe.stats(), capture_stats={}, flows_active=pipe.flows.active())
+    text = metrics.render(snap)
+    assert "xfer_sensor_flows_emergency 1" in text
+    assert "xfer_sensor_flows_emergency_entered_total 1" in text
+    assert "xfer_sensor_flows_evicted_total 105" in text
+    assert "xfer_sensor_flows_active 100" in text
+    assert "xfer_sensor_expectations_dropped_total 0" in text
 
 
 # --------------------------------------------------------------------------

@@ -317,6 +317,9 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
         sink.close()
         progress.finish()
     stats = pipe.stats()
+    bounds = pipe.bound_report()  # the flow and expectation tables' bounds reached: one line each
+    for line in bounds:
+        print(f"xfer-sensor: warning: {line}", file=sys.stderr)
     elapsed = time.perf_counter() - t0
     ostats = outputs.stats()
     lost_total = 0
@@ -375,6 +378,7 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
                 "connections": conns,
                 "transfers": mem.counts["transfers"],
                 "outputs": ostats,
+                "bounds": bounds,
                 "undecodable": undecodable,
                 "note": note,
                 "interrupted": interrupted,

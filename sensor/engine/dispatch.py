@@ -253,6 +253,14 @@ class Dispatcher:
                     return False, (_PROBED, pl, p)
         return None
 
+    def quiet_syn(self, src: bytes, dst: bytes, dport: int) -> bool:
+        """A bare SYN (no payload) on a tracked port that ``admit`` would not
+        take: no live TCP expectation on its port, not between followed
+        hosts. The flow table may keep it as an embryo (sensor/engine/flows.py)."""
+        if self.expect.could_take(dport):
+            return False
+        return not (self.pairs and (src, dst) in self.ports.hosts)
+
     def reused(self, flow: Flow, from_orig: bool, payload: bytes) -> bool:
         """A UDP datagram from the client starts a new connection on
         ``flow``'s 5-tuple (the session's ``restarts``: a TFTP client's port
@@ -567,6 +575,22 @@ class Dispatcher:
             pst.held = False
             return parent
         return None
+
+    @staticmethod
+    def release(flow: Flow) -> None:
+        """``flow``'s record is written and no child waits on it: drop its
+        application state. The flow and its state, the state and its session
+        refer to each other; left to the cyclic garbage collector (its
+        thresholds are raised, sensor/core/runtime.py) an ended flow's whole
+        state stayed in memory until a full collection -- ~3 KB per TFTP
+        request under a flood."""
+        st: AppState | None = flow.ctx
+        if st is not None:
+            flow.ctx = None
+            st.session = None
+            st.tap = None
+            st.analyzer = None
+            st.streams = None
 
     @staticmethod
     def parent_of(flow: Flow) -> Flow | None:

@@ -8,7 +8,7 @@ oldest live expectation it fits. Expire on packet time; bounded
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Callable
 
 from sensor.core.counters import Counters
@@ -37,9 +37,14 @@ class Expectations:
         self, max_expectations: int = MAX_EXPECTATIONS, on_port: Callable[[int, int], None] | None = None
     ) -> None:
         self.max = max_expectations
-        # key -> deque of (expectation, parent flow); insertion order = time order
-        self.by_key: OrderedDict[ExpectKey, deque[tuple[ExpectConnection, Flow]]] = OrderedDict()
+        # key -> list of (expectation, parent flow); insertion order = time order.
+        # A list, not a deque: most keys hold one expectation (a TFTP request's
+        # client port), and an empty deque alone is ~600 bytes
+        self.by_key: OrderedDict[ExpectKey, list[tuple[ExpectConnection, Flow]]] = OrderedDict()
         self.count = 0
+        # responder ports (None: any) of the live TCP expectations -> how many:
+        # whether a bare SYN could be one (``could_take_syn``) without a lookup by address
+        self.tcp_ports: dict[int | None, int] = {}
         self.stats = ExpectStats()
         # told (port, +1/-1) as expectations for a responder port come and go,
         # so the capture filter can admit them
@@ -52,26 +57,41 @@ class Expectations:
         if port is not None:
             self.on_port(port, d)
 
+    def _tcp_ref(self, e: ExpectConnection, d: int) -> None:
+        if e.proto == "tcp":
+            n = self.tcp_ports.get(e.resp_p, 0) + d
+            if n:
+                self.tcp_ports[e.resp_p] = n
+            else:
+                del self.tcp_ports[e.resp_p]
+
+    def could_take(self, resp_p: int) -> bool:
+        """A new TCP connection to ``resp_p`` might fulfil a live expectation."""
+        tp = self.tcp_ports
+        return bool(tp) and (resp_p in tp or None in tp)
+
     def add(self, e: ExpectConnection, parent: Flow) -> None:
         k = self._key(e.proto, e.resp_h, e.resp_p)
         q = self.by_key.get(k)
         if q is None:
-            q = self.by_key[k] = deque()
+            q = self.by_key[k] = []
         q.append((e, parent))
         self.count += 1
         self.stats.added += 1
         if self.count > self.stats.peak:
             self.stats.peak = self.count
         self._ref(e.resp_p, +1)
+        self._tcp_ref(e, +1)
         while self.count > self.max:
             self._drop_oldest()
 
     def _drop_oldest(self) -> None:
         k, q = next(iter(self.by_key.items()))
-        e, _ = q.popleft()
+        e, _ = q.pop(0)
         self.count -= 1
         self.stats.dropped += 1
         self._ref(e.resp_p, -1)
+        self._tcp_ref(e, -1)
         if not q:
             del self.by_key[k]
 
@@ -79,10 +99,11 @@ class Expectations:
         dead = []
         for k, q in self.by_key.items():
             while q and q[0][0].expires_us < now:
-                e, _ = q.popleft()
+                e, _ = q.pop(0)
                 self.count -= 1
                 self.stats.expired += 1
                 self._ref(e.resp_p, -1)
+                self._tcp_ref(e, -1)
             if not q:
                 dead.append(k)
         for k in dead:
@@ -110,5 +131,6 @@ class Expectations:
                 self.count -= 1
                 self.stats.matched += 1
                 self._ref(e.resp_p, -1)
+                self._tcp_ref(e, -1)
                 return e, parent
         return None

@@ -108,6 +108,7 @@ def ethernet_handler(
     advance = ft.advance
     seq_at = ft.seq_at
     tcp_segment = ft.tcp_segment
+    embryo = ft.embryo
     jumps = ft.jumps  # sequence jumps waiting for an ACK (FlowTable.acked)
     acked = ft.acked
     reused = ft.reused
@@ -227,10 +228,19 @@ def ethernet_handler(
                     ck.syn(src)
             # -- flow table ---------------------------------------------------------
             if src < dst or (src == dst and sport <= dport):
-                flow = flows_get((proto, src, sport, dst, dport))
+                key = (proto, src, sport, dst, dport)
             else:
-                flow = flows_get((proto, dst, dport, src, sport))
+                key = (proto, dst, dport, src, sport)
+            flow = flows_get(key)
             if flow is None:
+                if (
+                    proto == 6
+                    and flags & 0x17 == 0x02
+                    and not plen
+                    and ts == now
+                    and embryo(key, src, dst, sport, dport, ts, vlan, seq)
+                ):
+                    return  # a bare SYN kept as an embryo (FlowTable.embryo), as the layered path would
                 packet_at(
                     Packet(ts, src, dst, proto, sport, dport, flags, seq, ack, plen, data[l4 + hl : end], vlan, False),
                     now,

@@ -23,6 +23,16 @@
 - A hard bound ``max_flows``: beyond it the least recently active flow is
   evicted (half-open attempts first), and counted. Near it (90 %) an
   emergency mode shortens the timeouts until the table is back under 70 %.
+- Embryonic flows: once the table holds half of ``max_flows``
+  (``EMBRYOS_FROM``), a bare SYN that starts no expected connection is kept as
+  one small entry (``embryos``: its wire key and one packed int), not a
+  :class:`Flow`, until a second packet of its connection hatches it into
+  one (``_hatch``, which replays the SYN's accounting) or it ends; it ends
+  as the flow it would have been (same uid, record, order: due embryos are
+  hatched into the attempt queue before an expiry scan). It counts against
+  ``max_flows`` and is evicted as a half-open attempt, least recently active
+  first. A SYN scan thus costs ~150 bytes per unanswered SYN instead of a
+  flow's ~1 KB.
 """
 
 from __future__ import annotations
@@ -30,6 +40,9 @@ from __future__ import annotations
 import hashlib
 import heapq
 import socket
+import struct
+from binascii import hexlify
+from collections import deque
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -47,6 +60,10 @@ T_ATTEMPT, T_ESTABLISHED, T_CLOSED, T_UDP = range(4)
 _M32 = 0xFFFFFFFF
 
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+# two base-62 digits at once, least significant first (as _uid emits them)
+_B62_PAIRS = tuple(_B62[i % 62] + _B62[i // 62] for i in range(62 * 62))
+
+_PORTS = struct.Struct("!HH")
 
 # a flow's direction-independent key: (proto, lo_addr, lo_port, hi_addr, hi_port)
 FlowKey = tuple[int, bytes, int, bytes, int]
@@ -104,6 +121,7 @@ class Flow:
         "analyzer",
         "ctx",
         "weirds",
+        "uidn",
         "_orig_h",
         "_resp_h",
     )
@@ -143,6 +161,7 @@ class Flow:
         self.analyzer: str | None = None  # dispatch.PENDING until the first payload attaches its session
         self.ctx: Any = None  # the application layer's state (dispatch.AppState)
         self.weirds = 0
+        self.uidn = 0  # flows before it on its key in its first microsecond (FlowTable._uid)
         self._orig_h: str | None = None
         self._resp_h: str | None = None
 
@@ -230,6 +249,8 @@ class FlowStats(Counters):
         "emergency_exited",
         "reused",
         "scan_max",
+        "embryos",
+        "hatched",
     )
 
     created: int
@@ -244,6 +265,8 @@ class FlowStats(Counters):
     emergency_exited: int
     reused: int
     scan_max: int
+    embryos: int  # bare SYNs first kept as embryonic entries (counted in created too)
+    hatched: int  # embryos that became full flows (a second packet, an expiry scan, the end)
 
 
 # an entry of a timeout queue: (qts, uid, qver, flow); see the module docstring
@@ -256,6 +279,11 @@ EMERGENCY_ENTER = 0.90  # share of max_flows that starts it
 EMERGENCY_EXIT = 0.70  # share below which it ends
 EMERGENCY_TIMEOUTS_S = (5.0, 100.0, 1.0, 10.0)  # attempt, established, closed, udp
 
+
+# Embryonic flows only under pressure: from this share of max_flows on, a
+# bare SYN is kept as an embryo (below it, as a full flow at once: most SYNs
+# are answered, and hatching costs more than a flow made at once)
+EMBRYOS_FROM = 0.5
 
 MAX_RECENT_KEYS = 1 << 18  # keys remembered for same-microsecond uids (cleared beyond)
 
@@ -305,9 +333,11 @@ class FlowTable:
         self.next_scan = 0
         self.now = 0
         self.stats = FlowStats()
-        # key -> (first_ts, n) of the last flow created on it: the uid of a
-        # flow created on the same key in the same microsecond differs by n
+        # key -> (first_ts, n) of the last flow on it that ended in the
+        # microsecond it started (only those: a live flow needs no entry): the
+        # uid of a flow created on the same key in the same microsecond differs by n
         self._recent: dict[FlowKey, tuple[int, int]] = {}
+        self._uidn = 0  # n of the last uid made (_uid)
         self.recent_peak = 0
         # application-layer hooks (sensor.engine.dispatch): ``admit(packet)`` decides
         # whether a packet on no tracked port starts an expected flow
@@ -324,6 +354,18 @@ class FlowTable:
         # port as a packet carries them -> (flow, from the originator); kept
         # (two entries per live flow) only when the fused path asks for it
         self.fast: dict[bytes, tuple[Flow, bool]] | None = None
+        # embryonic flows (module docstring): wire key (originator address,
+        # responder address, their ports) -> first_ts << 48 | vlan << 32 | SYN seq;
+        # kept only when ``quiet_syn(src, dst, dport)`` (the application layer: no
+        # expectation or followed host pair could take this SYN) is set and true
+        self.embryos: dict[bytes, int] = {}
+        self._eorder: deque[Any] = deque()  # wire key, value, wire key, value... in creation order
+        self.quiet_syn: Callable[[bytes, bytes, int], bool] | None = None
+        self.embryo_from = int(EMBRYOS_FROM * self.max_flows)
+
+    def active(self) -> int:
+        """Flows tracked right now, embryonic ones included (bounded by ``max_flows``)."""
+        return len(self.flows) + len(self.embryos)
 
     # -- time -----------------------------------------------------------------
     def advance(self, ts: int) -> int:
@@ -332,7 +374,7 @@ class FlowTable:
             self.now = ts
         if self.now >= self.next_scan:
             self.next_scan = self.now + self.scan_interval_us
-            if self.emergency and len(self.flows) < EMERGENCY_EXIT * self.max_flows:
+            if self.emergency and self.active() < EMERGENCY_EXIT * self.max_flows:
                 self.emergency = False
                 self.timeouts_us = self.normal_timeouts_us
                 self.stats.emergency_exited += 1
@@ -348,6 +390,8 @@ class FlowTable:
         heappop = heapq.heappop
         for cls, q in enumerate(self.queues):
             limit = now - self.timeouts_us[cls]
+            if cls == T_ATTEMPT and self.embryos:
+                self._hatch_due(limit, budget)
             while q and n < budget and q[0][0] <= limit:
                 _, _, ver, flow = heappop(q)
                 if ver != flow.qver or not flow.inq:
@@ -395,6 +439,9 @@ class FlowTable:
 
     def flush(self) -> None:
         """End every flow (end of capture, shutdown), oldest first."""
+        self._eorder.clear()
+        for wk, v in list(self.embryos.items()):
+            self._hatch(wk, v, live=False)
         for flow in sorted(self.flows.values(), key=lambda f: (f.first_ts, f.uid)):
             self._end(flow, "flush")
         for q in self.queues:
@@ -409,33 +456,35 @@ class FlowTable:
         it does not depend on the other flows of the capture."""
         prev = self._recent.get(key)
         n = prev[1] + 1 if prev is not None and prev[0] == ts else 0
-        if len(self._recent) >= MAX_RECENT_KEYS:
-            self._recent.clear()
-        self._recent[key] = (ts, n)
-        if len(self._recent) > self.recent_peak:
-            self.recent_peak = len(self._recent)
+        self._uidn = n  # the flow's (Flow.uidn), for _end
         proto, a, ap, b, bp = key
         h = hashlib.blake2b(
-            b"%d|%s|%d|%s|%d|%d|%d" % (proto, a.hex().encode(), ap, b.hex().encode(), bp, ts, n), digest_size=12
+            b"%d|%s|%d|%s|%d|%d|%d" % (proto, hexlify(a), ap, hexlify(b), bp, ts, n), digest_size=12
         ).digest()
         v = int.from_bytes(h, "big")
-        out = []
-        for _ in range(17):
-            v, r = divmod(v, 62)
-            out.append(_B62[r])
-        return "C" + "".join(out)
+        out = ["C"]
+        for _ in range(8):  # 17 base-62 digits, least significant first: 8 pairs and one
+            v, r = divmod(v, 3844)
+            out.append(_B62_PAIRS[r])
+        out.append(_B62[v % 62])
+        return "".join(out)
 
     def _end(self, flow: Flow, reason: str) -> None:
         if self.flows.pop(flow.key, None) is None:
             return
-        fast = self.fast
-        if fast is not None and _indexable(flow):
-            self._unindex(fast, flow)
-        if flow.inq:
+        if flow.inq:  # every live flow is queued; a hatched embryo ending at once is neither queued nor indexed
+            fast = self.fast
+            if fast is not None and _indexable(flow):
+                self._unindex(fast, flow)
             self._unqueue(flow)
-        r = self._recent.get(flow.key)
-        if r is not None and r[0] < self.now:
-            del self._recent[flow.key]  # no later flow on this key can share its first microsecond
+        if flow.first_ts >= self.now:
+            # a later flow on this key may share its first microsecond: its uid counts this one
+            recent = self._recent
+            if len(recent) >= MAX_RECENT_KEYS:
+                recent.clear()
+            recent[flow.key] = (flow.first_ts, flow.uidn)
+            if len(recent) > self.recent_peak:
+                self.recent_peak = len(recent)
         if self.jumps:
             for s in (flow.o, flow.r):
                 pend = self.jumps.pop(s, None)
@@ -467,8 +516,27 @@ class FlowTable:
 
     def _evict(self) -> None:
         """Make room: the least recently active flow of the first non-empty
-        class (half-open attempts first); looks past at most a few requeued
-        ones so an active flow is not taken for an idle one."""
+        class (half-open attempts first, embryos among them: the oldest bare
+        SYN unless a full attempt is older); looks past at most a few
+        requeued ones so an active flow is not taken for an idle one."""
+        if self.embryos:
+            eo, emb = self._eorder, self.embryos
+            while True:
+                wk: bytes = eo[0]
+                v: int = eo[1]
+                if emb.get(wk) is v:
+                    break
+                eo.popleft()  # the entries of a hatched embryo
+                eo.popleft()
+            q = self.queues[T_ATTEMPT]
+            while q and (q[0][2] != q[0][3].qver or not q[0][3].inq):
+                heapq.heappop(q)  # a dead entry
+            if not q or v >> 48 <= q[0][0]:  # no full attempt older than the oldest embryo
+                eo.popleft()
+                eo.popleft()
+                self.stats.evicted += 1
+                self._end(self._hatch(wk, v, live=False), "evicted")
+                return
         for cls in (T_ATTEMPT, T_UDP, T_CLOSED, T_ESTABLISHED):
             q = self.queues[cls]
             looked = 0
@@ -488,14 +556,120 @@ class FlowTable:
             self._end(flow, "evicted")
             return
 
-    def _create(self, p: Packet, key: FlowKey, admitted: tuple[bool, object] | None = None) -> Flow:
-        if not self.emergency and len(self.flows) >= EMERGENCY_ENTER * self.max_flows:
+    def _room(self) -> None:
+        """Before a flow or embryo is added: emergency mode near ``max_flows``, eviction at it."""
+        if not self.emergency and self.active() >= EMERGENCY_ENTER * self.max_flows:
             self.emergency = True
             self.timeouts_us = self.emergency_timeouts_us
             self.stats.emergency_entered += 1
             self.expire(self.now, self.scan_budget)
-        if len(self.flows) >= self.max_flows:
+        if self.active() >= self.max_flows:
             self._evict()
+
+    # -- embryonic flows (module docstring) ----------------------------------------
+    def embryo(
+        self, key: FlowKey, src: bytes, dst: bytes, sport: int, dport: int, ts: int, vlan: int, seq: int
+    ) -> bool:
+        """A bare SYN (no ACK, FIN or RST; no payload) at the clock's time,
+        with no flow on ``key``: kept as an embryo (True) when it can be one
+        -- on a tracked port, no embryo of its connection yet, nothing the
+        application layer could take it for (``quiet_syn``)."""
+        quiet = self.quiet_syn
+        if quiet is None or len(self.flows) + len(self.embryos) < self.embryo_from:
+            return False  # no pressure: a full flow (most SYNs are answered; hatching costs more)
+        if not (sport in self.tracked or dport in self.tracked):
+            return False
+        if src == dst or vlan > 0xFFFF or ts >> 63:
+            return False  # a connection to itself, or fields that do not pack
+        emb = self.embryos
+        pack = _PORTS.pack
+        wk = src + dst + pack(sport, dport)
+        if emb and (wk in emb or dst + src + pack(dport, sport) in emb):
+            return False  # a second SYN of its connection: the layered path hatches the embryo
+        if not quiet(src, dst, dport):
+            return False
+        r = self._recent.get(key)
+        if r is not None and r[0] == ts:
+            return False  # its uid counts an earlier flow of this microsecond: a full flow
+        self._room()
+        v = (ts << 48) | (vlan << 32) | seq
+        emb[wk] = v
+        eo = self._eorder
+        eo.append(wk)
+        eo.append(v)
+        st = self.stats
+        st.created += 1
+        st.embryos += 1
+        n = len(self.flows) + len(emb)
+        if n > st.active_max:
+            st.active_max = n
+        return True
+
+    def _hatch(self, wk: bytes, v: int, live: bool = True) -> Flow:
+        """The embryo ``wk`` as the flow its SYN would have created (``live``:
+        indexed and queued, else about to end)."""
+        del self.embryos[wk]
+        self.stats.hatched += 1
+        n = (len(wk) - 4) >> 1
+        src, dst = wk[:n], wk[n : 2 * n]
+        sport, dport = _PORTS.unpack_from(wk, 2 * n)
+        ts = v >> 48
+        key: FlowKey = (6, src, sport, dst, dport) if (src, sport) <= (dst, dport) else (6, dst, dport, src, sport)
+        flow = Flow(self._uid(key, ts), key, 6, src, sport, dst, dport, ts, (v >> 32) & 0xFFFF)
+        flow.uidn = self._uidn
+        self.flows[key] = flow
+        if live:
+            fast = self.fast
+            if fast is not None and _indexable(flow):
+                self._index(fast, flow)
+            self._queue(flow, T_ATTEMPT, ts)
+        self.tcp_segment(flow, True, SYN, v & _M32, 0, ts)
+        if self.on_new is not None:
+            self.on_new(flow, None)
+        eo = self._eorder
+        if len(eo) > 4 * len(self.embryos) + 256:  # mostly entries of hatched embryos: rebuild
+            eo.clear()
+            for k, x in self.embryos.items():
+                eo.append(k)
+                eo.append(x)
+        return flow
+
+    def _hatch_due(self, limit: int, budget: int) -> None:
+        """Hatch the embryos whose SYN is at or before ``limit`` into the
+        attempt queue, oldest first, at most ``budget`` (and those of the
+        last one's microsecond): the expiry scan then ends them in
+        (qts, uid) order with the other attempts."""
+        eo, emb = self._eorder, self.embryos
+        k = 0
+        last = -1
+        while eo:
+            wk: bytes = eo[0]
+            v: int = eo[1]
+            if emb.get(wk) is not v:
+                eo.popleft()
+                eo.popleft()
+                continue
+            ts = v >> 48
+            if ts > limit or (k >= budget and ts != last):
+                break
+            eo.popleft()
+            eo.popleft()
+            self._hatch(wk, v)
+            k += 1
+            last = ts
+
+    def _promote(self, p: Packet) -> Flow | None:
+        """A TCP packet with no flow: the embryo of its connection, hatched, if any."""
+        emb = self.embryos
+        v = emb.get(wk := p.src + p.dst + _PORTS.pack(p.sport, p.dport))
+        if v is None:
+            v = emb.get(wk := p.dst + p.src + _PORTS.pack(p.dport, p.sport))
+            if v is None:
+                return None
+        return self._hatch(wk, v)
+
+    def _create(self, p: Packet, key: FlowKey, admitted: tuple[bool, object] | None = None) -> Flow:
+        self._room()
         src, sport, dst, dport = p.src, p.sport, p.dst, p.dport
         flags = p.flags
         flip = False
@@ -515,14 +689,16 @@ class FlowTable:
                 flow.flipped = True
         else:
             flow = Flow(self._uid(key, p.ts), key, p.proto, src, sport, dst, dport, p.ts, p.vlan)
+        flow.uidn = self._uidn
         self.flows[key] = flow
         fast = self.fast
         if fast is not None and _indexable(flow):
             self._index(fast, flow)
         self._queue(flow, flow.tclass, flow.qts)
         self.stats.created += 1
-        if len(self.flows) > self.stats.active_max:
-            self.stats.active_max = len(self.flows)
+        n = len(self.flows) + len(self.embryos)
+        if n > self.stats.active_max:
+            self.stats.active_max = n
         return flow
 
     def process(self, p: Packet) -> Flow | None:
@@ -534,6 +710,8 @@ class FlowTable:
         a, b = (p.src, p.sport), (p.dst, p.dport)
         key = (p.proto,) + (a + b if a <= b else b + a)
         flow = self.flows.get(key)
+        if flow is None and self.embryos and p.proto == 6:
+            flow = self._promote(p)
         if flow is not None and self._starts_anew(flow, p):
             # the 5-tuple was reused (the client's port came round again while
             # the old flow waited for its timeout): end the old connection,
@@ -545,6 +723,14 @@ class FlowTable:
         if flow is None:
             # an expected connection (FTP data, TFTP transfer) may also sit on a
             # tracked port: active-mode FTP data comes from port 20
+            if (
+                p.proto == 6
+                and p.flags & 0x17 == SYN  # SYN without ACK, FIN or RST
+                and not p.plen
+                and p.ts == ts
+                and self.embryo(key, p.src, p.dst, p.sport, p.dport, ts, p.vlan, p.seq)
+            ):
+                return None  # an embryo: no flow (yet), nothing for the application layer
             admitted = self.admit(p) if self.admit is not None else None
             if admitted is None and p.sport not in self.tracked and p.dport not in self.tracked:
                 self.stats.untracked += 1

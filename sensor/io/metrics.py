@@ -91,6 +91,7 @@ def collect(
         },
         "decoder": dict(pipe_stats.get("decoder", {})),
         "flows": dict(pipe_stats.get("flows", {}), active=flows_active),
+        "expectations": dict(pipe_stats.get("expectations", {})),
         "connections": dict(pipe_stats.get("connections", {})),
         "detect": dict(pipe_stats.get("detect", {})),
         "allow": allow,
@@ -203,6 +204,24 @@ def render(snap: Mapping[str, Any]) -> str:
         "counter",
         "Flows evicted because the flow table was full (limits.max_flows).",
         fl.get("evicted", 0),
+    )
+    o.one(
+        "flows_emergency",
+        "gauge",
+        "1 while the flow table is in emergency mode (shortened timeouts).",
+        fl.get("emergency", 0),
+    )
+    o.one(
+        "flows_emergency_entered_total",
+        "counter",
+        "Times the flow table entered emergency mode (90 % of limits.max_flows).",
+        fl.get("emergency_entered", 0),
+    )
+    o.one(
+        "expectations_dropped_total",
+        "counter",
+        "Expected connections (FTP data channels, TFTP transfers) dropped because their table was full.",
+        (snap.get("expectations") or {}).get("dropped", 0),
     )
     o.family(
         "connections_total",

@@ -181,7 +181,7 @@ class RecordBuilder:
             "SentPackets": sent.pkts,
             "ReceivedPackets": recv.pkts,
             "FirstSeen": first,
-            "LastSeen": iso_us(flow.last_ts),
+            "LastSeen": first if flow.last_ts == flow.first_ts else iso_us(flow.last_ts),
             "ConnState": flow.conn_state,
             "History": flow.history,
             "Uid": flow.uid,

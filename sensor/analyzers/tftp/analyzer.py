@@ -812,6 +812,9 @@ class TftpRequestAnalyzer(Analyzer):
         self._last_ts = 0
         self._context: TftpTransferContext | None = None
         self._session: _TransferSession | None = None
+        # server_is_orig of the request's session until a reply on this flow
+        # needs it (made lazily: most requests are answered from a new port)
+        self._lazy: bool | None = None
         self._reported_in_flow = False
         self.requests = 0
         self.retransmitted_requests = 0
@@ -826,6 +829,7 @@ class TftpRequestAnalyzer(Analyzer):
         return self._flush_session(ts)
 
     def _flush_session(self, ts: int) -> list[Event]:
+        self._lazy = None
         session, self._session = self._session, None
         if session is not None and session.packets:
             return session.finish(ts)
@@ -842,6 +846,9 @@ class TftpRequestAnalyzer(Analyzer):
             self._on_request(pkt, data, from_orig, ts, out)
             return out
         session = self._session
+        if session is None and self._lazy is not None and self._context is not None:
+            session = self._session = _TransferSession(self._context, self.limits, self._weirds, self._lazy)
+            self._lazy = None
         if session is None:
             self._weirds.add(
                 out, ts, "tftp_unexpected_opcode", f"{type(pkt).__name__} on the request flow without a request"
@@ -883,7 +890,7 @@ class TftpRequestAnalyzer(Analyzer):
                 client_p=client_p,
                 server_h=server_h,
             )
-            self._session = _TransferSession(self._context, self.limits, self._weirds, server_is_orig=not from_orig)
+            self._lazy = not from_orig  # its _TransferSession when a reply comes on this flow
             self._reported_in_flow = False
             out.append(TftpRequest(ts, pkt.op, pkt.filename, pkt.mode, pkt.options, pkt.filename_truncated))
         self._last_raw, self._last_from_orig, self._last_ts = raw, from_orig, ts
