@@ -142,6 +142,7 @@ class SyslogWriter:
         self.app = cfg.app_name
         self.procid = str(os.getpid())
         self.sock: socket.socket | None = None
+        self.poller = select.poll()  # the connected socket's, for _peer_gone
         self.down_until = 0.0
         self.down_reason = "collector unreachable"
         self.sent = 0
@@ -163,6 +164,8 @@ class SyslogWriter:
                 s.connect(addr)  # UDP: a connected socket reports ICMP port-unreachable
                 if self.tls is not None:  # the handshake, verified, within the same timeout
                     s = self.tls.wrap_socket(s, server_hostname=cfg.server_name or cfg.host)
+                self.poller = select.poll()
+                self.poller.register(s.fileno(), select.POLLIN)
                 return s
             except ssl.SSLCertVerificationError as e:  # refused: never sent in clear instead
                 s.close()
@@ -180,7 +183,7 @@ class SyslogWriter:
         the writer thread; a read only when the socket is readable (TLS 1.3
         session tickets after the handshake are consumed and ignored)."""
         try:
-            if not select.select([sock], [], [], 0)[0]:
+            if not self.poller.poll(0):
                 return False
             if isinstance(sock, ssl.SSLSocket):
                 sock.setblocking(False)
