@@ -11,6 +11,8 @@ if [ "$want" = test ]; then
   # util-linux (setpriv) and passwd (useradd): clients run as other local users
   apt_pkgs+=(tshark tcpdump vsftpd tftpd-hpa tftp-hpa samba smbclient lftp curl iproute2 openssl procps systemd rsyslog
              util-linux passwd
+             # syslog over TLS: rsyslog's openssl stream driver (tests/test_outputs_syslog_tls.py)
+             rsyslog-openssl
              # the report's browser tests: Debian's chromium, driven by the pip playwright package
              # (tests/support/browser.py; never `playwright install`, which downloads browsers)
              chromium)

@@ -23,7 +23,7 @@ from typing import Any
 from sensor import __version__
 from sensor.cli import report as report_cli
 from sensor.cli.progress import Progress, ProgressAwareHandler
-from sensor.core.config import PROFILES, ConfigError, SyslogOutput, load_config
+from sensor.core.config import PROFILES, ConfigError, SyslogOutput, check_syslog, load_config
 from sensor.detect.rules import DetectionRule, RuleError, RuleSet, default_rules_dir, load_rules
 from sensor.io.capture import CaptureError, Stop, count_frames, linktype_name, read_file
 from sensor.io.inputs import Inputs, print_notes, resolve
@@ -164,18 +164,28 @@ class _SummarySink:
         pass
 
 
-def _syslog_arg(text: str | None, proto: str | None, base: SyslogOutput | None) -> SyslogOutput | None:
-    """``--syslog HOST:PORT`` (``[v6addr]:PORT``) and ``--syslog-protocol`` over the config's."""
+def _syslog_arg(args: argparse.Namespace, base: SyslogOutput | None) -> SyslogOutput | None:
+    """``--syslog HOST:PORT`` (``[v6addr]:PORT``), ``--syslog-protocol`` and the
+    TLS files (``--syslog-ca``, ``--syslog-cert``, ``--syslog-key``) over the config's."""
+    text, proto = args.syslog, args.syslog_protocol
+    tls = {k: getattr(args, f"syslog_{k}") for k in ("ca", "cert", "key")}
+    tls = {k: v for k, v in tls.items() if v is not None}
     if text is None:
-        if proto and base is not None:
-            return dataclasses.replace(base, protocol=proto)
-        return base
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
-        raise ConfigError("--syslog", "syslog", f"expected HOST:PORT, got {text!r}")
-    host = host.strip("[]")
-    b = base or SyslogOutput()
-    return dataclasses.replace(b, host=host, port=int(port), protocol=proto or b.protocol)
+        if base is None:
+            if proto or tls:
+                raise ConfigError(
+                    "command line", "--syslog", "--syslog-protocol/-ca/-cert/-key need --syslog HOST:PORT"
+                )
+            return None
+        b = dataclasses.replace(base, protocol=proto or base.protocol, **tls)
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+            raise ConfigError("--syslog", "syslog", f"expected HOST:PORT, got {text!r}")
+        host = host.strip("[]")
+        b = base or SyslogOutput()
+        b = dataclasses.replace(b, host=host, port=int(port), protocol=proto or b.protocol, **tls)
+    return check_syslog("command line", b)
 
 
 def _catch_stop(stop: Stop) -> Any:
@@ -255,7 +265,7 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
     output = cfg.output
     if args.profile:
         output = dataclasses.replace(output, profile=args.profile)
-    syslog = _syslog_arg(args.syslog, args.syslog_protocol, output.syslog)
+    syslog = _syslog_arg(args, output.syslog)
     to_stdout = bool(args.stdout or output.stdout)
     summary_out = sys.stderr if to_stdout else sys.stdout
     mem = _SummarySink()
@@ -740,10 +750,17 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--syslog", metavar="HOST:PORT", help="also send the records to this RFC 5424 syslog collector")
     rp.add_argument(
         "--syslog-protocol",
-        choices=("udp", "tcp"),
+        choices=("udp", "tcp", "tls"),
         default=None,
-        help="syslog transport (default: the config's, else udp)",
+        help="syslog transport (default: the config's, else udp); tls: RFC 5425, the collector's certificate verified",
     )
+    rp.add_argument(
+        "--syslog-ca",
+        metavar="FILE",
+        help="tls: PEM CA file the collector's certificate must chain to (default: the system's CAs)",
+    )
+    rp.add_argument("--syslog-cert", metavar="FILE", help="tls: client certificate (PEM) to present to the collector")
+    rp.add_argument("--syslog-key", metavar="FILE", help="tls: the client certificate's key (PEM)")
     rp.add_argument(
         "--progress",
         choices=("auto", "always", "never"),

@@ -204,17 +204,24 @@ SYSLOG_FACILITIES = {
 
 @dataclass(frozen=True, slots=True)
 class SyslogOutput:
-    """RFC 5424 syslog to one collector (UDP, or TCP with RFC 6587 octet counting)."""
+    """RFC 5424 syslog to one collector: UDP, TCP with RFC 6587 octet counting, or
+    TLS (RFC 5425: octet counting over TLS, the collector's certificate verified)."""
 
     host: str = "127.0.0.1"
-    port: int = 514
-    protocol: str = "udp"  # udp | tcp
+    port: int = 514  # 6514 when protocol is tls and no port is given
+    protocol: str = "udp"  # udp | tcp | tls
     facility: int = 16  # local0; names or numbers 0..23 in YAML
     app_name: str = "xfer-sensor"
     hostname: str | None = None  # default: this machine's name
     kinds: tuple[str, ...] = RECORD_KINDS  # which record kinds are sent
     timeout: float = 5.0  # seconds a send/connect may block the writer thread
     retry_interval: float = 1.0  # seconds between reconnect attempts after an error
+    # tls only: the CA file (PEM) the collector's certificate must chain to (None: the system's CAs),
+    # the name it must carry (None: host), and an optional client certificate and its key (PEM)
+    ca: str | None = None
+    server_name: str | None = None
+    cert: str | None = None
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +277,23 @@ _TOP_KEYS = {
     "state_flush_interval",
 }
 _OUTPUT_KEYS = {"profile", "max_line_bytes", "queue_max", "error_log_interval", "files", "stdout", "syslog"}
-_SYSLOG_KEYS = {"host", "port", "protocol", "facility", "app_name", "hostname", "kinds", "timeout", "retry_interval"}
+_SYSLOG_KEYS = {
+    "host",
+    "port",
+    "protocol",
+    "facility",
+    "app_name",
+    "hostname",
+    "kinds",
+    "timeout",
+    "retry_interval",
+    "ca",
+    "server_name",
+    "cert",
+    "key",
+}
+SYSLOG_PROTOCOLS = ("udp", "tcp", "tls")
+SYSLOG_TLS_PORT = 6514  # RFC 5425
 MIN_LINE_BYTES = 1024  # max_line_bytes below this could not hold a record's identity
 
 
@@ -325,9 +348,17 @@ def _syslog(src: str, raw: Any) -> SyslogOutput:
             raise ConfigError(src, f"{name}.port", f"not a port number: {p!r}")
         kw["port"] = p
     if "protocol" in raw:
-        if raw["protocol"] not in ("udp", "tcp"):
-            raise ConfigError(src, f"{name}.protocol", f"udp or tcp, got {raw['protocol']!r}")
+        if raw["protocol"] not in SYSLOG_PROTOCOLS:
+            raise ConfigError(src, f"{name}.protocol", f"udp, tcp or tls, got {raw['protocol']!r}")
         kw["protocol"] = raw["protocol"]
+        if raw["protocol"] == "tls" and "port" not in raw:
+            kw["port"] = SYSLOG_TLS_PORT
+    for k in ("ca", "server_name", "cert", "key"):
+        if raw.get(k) is not None:
+            v = raw[k]
+            if not isinstance(v, str) or not v or len(v) > 4096 or "\0" in v:
+                raise ConfigError(src, f"{name}.{k}", "must be a file name" if k != "server_name" else "a host name")
+            kw[k] = v
     if "facility" in raw:
         f = raw["facility"]
         if isinstance(f, str) and f in SYSLOG_FACILITIES:
@@ -355,7 +386,19 @@ def _syslog(src: str, raw: Any) -> SyslogOutput:
     for k in ("timeout", "retry_interval"):
         if k in raw:
             kw[k] = float(_number(src, f"{name}.{k}", raw[k], False, 0.001))
-    return SyslogOutput(**kw)
+    return check_syslog(src, SyslogOutput(**kw))
+
+
+def check_syslog(src: str, s: SyslogOutput) -> SyslogOutput:
+    """The TLS options only with ``protocol: tls``, and a key only with a certificate."""
+    name = "output.syslog"
+    if s.protocol != "tls":
+        for k in ("ca", "server_name", "cert", "key"):
+            if getattr(s, k) is not None:
+                raise ConfigError(src, f"{name}.{k}", f"only with protocol tls (the protocol is {s.protocol})")
+    if s.key is not None and s.cert is None:
+        raise ConfigError(src, f"{name}.key", "a client key needs its certificate (cert)")
+    return s
 
 
 def output_from_dict(src: str, raw: Any) -> Output:

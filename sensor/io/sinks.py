@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+import select
 import signal
 import socket
+import ssl
 import stat
 import sys
 import threading
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor.core.config import Output, SyslogOutput
+from sensor.io.tls import client_context
 from sensor.records.encode import KINDS, Encoder, make_profile
 
 log = logging.getLogger("xfer-sensor.outputs")
@@ -126,17 +129,22 @@ def write_line(fd: int, data: bytes, rollback: bool) -> None:
 
 
 class SyslogWriter:
-    """RFC 5424 to one collector; UDP, or TCP with octet counting (RFC 6587)."""
+    """RFC 5424 to one collector; UDP, TCP with octet counting (RFC 6587), or
+    TLS with octet counting (RFC 5425), the collector's certificate verified."""
 
     def __init__(self, cfg: SyslogOutput, hostname: str | None = None) -> None:
         self.cfg = cfg
+        # tls: built now, so a CA/cert/key that does not load is bad input before any packet
+        self.tls: ssl.SSLContext | None = client_context(cfg) if cfg.protocol == "tls" else None
         self.name = f"syslog:{cfg.protocol}://{cfg.host}:{cfg.port}"
         host = (cfg.hostname or hostname or socket.gethostname() or "-")[:255]
         self.hostname = "".join(c for c in host if 33 <= ord(c) <= 126) or "-"
         self.app = cfg.app_name
         self.procid = str(os.getpid())
         self.sock: socket.socket | None = None
+        self.poller = select.poll()  # the connected socket's, for _peer_gone
         self.down_until = 0.0
+        self.down_reason = "collector unreachable"
         self.sent = 0
 
     def header(self, meta: tuple) -> bytes:
@@ -154,21 +162,53 @@ class SyslogWriter:
             s.settimeout(cfg.timeout)
             try:
                 s.connect(addr)  # UDP: a connected socket reports ICMP port-unreachable
+                if self.tls is not None:  # the handshake, verified, within the same timeout
+                    s = self.tls.wrap_socket(s, server_hostname=cfg.server_name or cfg.host)
+                self.poller = select.poll()
+                self.poller.register(s.fileno(), select.POLLIN)
                 return s
+            except ssl.SSLCertVerificationError as e:  # refused: never sent in clear instead
+                s.close()
+                raise SinkError(f"TLS: the collector's certificate was refused: {e.verify_message or e}") from None
             except OSError as e:
                 err = e
                 s.close()
         raise SinkError(f"cannot connect: {err}")
 
+    def _peer_gone(self, sock: socket.socket) -> bool:
+        """A stream collector never sends (RFC 6587/5425 are simplex): a socket
+        that reads end-of-stream (FIN, TLS close_notify) or an error (reset)
+        means the collector went away, e.g. restarted; reconnecting now keeps the
+        next record from going into a dead connection. One poll per record on
+        the writer thread; a read only when the socket is readable (TLS 1.3
+        session tickets after the handshake are consumed and ignored)."""
+        try:
+            if not self.poller.poll(0):
+                return False
+            if isinstance(sock, ssl.SSLSocket):
+                sock.setblocking(False)
+                try:
+                    return not sock.recv(1)
+                finally:
+                    sock.settimeout(self.cfg.timeout)
+            return not sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError, InterruptedError):
+            return False
+        except (OSError, ValueError):
+            return True
+
     def write(self, meta: tuple, line: bytes) -> None:
         now = time.monotonic()
+        if self.sock is not None and self.cfg.protocol != "udp" and self._peer_gone(self.sock):
+            self._drop_socket()
         if self.sock is None:
             if now < self.down_until:
-                raise SinkError("collector unreachable (waiting to retry)")
+                raise SinkError(f"{self.down_reason} (waiting to retry)")
             try:
                 self.sock = self._connect()
-            except OSError:
+            except OSError as e:
                 self.down_until = now + self.cfg.retry_interval
+                self.down_reason = str(e) or "collector unreachable"
                 raise
         msg = self.header(meta) + line.rstrip(b"\n")
         try:
@@ -176,9 +216,10 @@ class SyslogWriter:
                 self.sock.send(msg)
             else:
                 self.sock.sendall(b"%d " % len(msg) + msg)
-        except OSError:
+        except OSError as e:
             self._drop_socket()
             self.down_until = now + self.cfg.retry_interval
+            self.down_reason = f"send failed: {e}"
             raise
         self.sent += 1
 
