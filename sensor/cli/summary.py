@@ -19,6 +19,7 @@ say how many more there are. docs/investigation.md shows how to read it.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,8 +32,8 @@ MAX_PENDING_TRANSFERS = 100_000  # transfers waiting for their control connectio
 MAX_VALUES = 16  # distinct values counted per reason and per key (the rest: "other")
 NAMES_PER_KEY = 3  # file names shown per key
 MAX_TEXT = 120  # characters of wire text shown
+MAX_EXPLAIN_CACHE = 4096  # cached explanations per correlation rule (emptied when full)
 
-STATUS_RANK = {"ALERT": 0, "near": 1, "below": 2, "left out": 3}
 SHORT_HEAD = {
     "DeviceName": "Device",
     "InitiatingProcessFileName": "Process",
@@ -76,7 +77,7 @@ def _value_text(v: Any) -> str:
     return printable(str(v), 64)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Files:
     """Transfers of one control connection or one key."""
 
@@ -106,7 +107,7 @@ class _Files:
         self.names.extend(o.names[: NAMES_PER_KEY - len(self.names)])
 
 
-@dataclass
+@dataclass(slots=True)
 class _Key:
     conns: int = 0
     counted: int = 0
@@ -116,8 +117,8 @@ class _Key:
     last: str = ""
     app: str = ""
     left_out: dict[str, int] = field(default_factory=dict)  # short reason -> connections
-    codes: set[str] = field(default_factory=set)  # the reason codes of its connections (bounded by the rules)
-    files: _Files = field(default_factory=_Files)
+    codes: tuple[str, ...] = ()  # the reason codes of its connections (bounded by the rules)
+    files: _Files | None = None
 
 
 @dataclass
@@ -152,6 +153,9 @@ class _Hunt:
         self.connections = 0
         self.counted = 0
         self.reasons: dict[str, _Reason] = {}
+        # the reasons of records the rules see alike (DetectionRule.explain_key)
+        self.cacheable = all(e.expires_us is None for d in dets for e in d.allow.values())
+        self.cache: dict[tuple[Any, ...], tuple[tuple[str, str, str | None], ...] | None] = {}
 
     def observe(self, rec: Mapping[str, Any], files: _Files | None) -> None:
         self.connections += 1
@@ -166,17 +170,20 @@ class _Hunt:
         if missed is None:
             self.counted += 1
         else:
-            for code in missed:
-                self.reasons[code].connections += 1
+            for code, _short, val in missed:
+                r = self.reasons[code]
+                r.connections += 1
+                if val is not None:
+                    _count(r.values, val)
         if k is None:
             return
         k.conns += 1
         if missed is None:
             k.counted += 1
         else:
-            for code, short in missed.items():
+            for code, short, _val in missed:
                 if code not in k.codes:
-                    k.codes.add(code)
+                    k.codes += (code,)
                     self.reasons[code].keys += 1
                 _count(k.left_out, short)
         k.sent += _int(rec.get("SentBytes")) + _int(rec.get("DataSentBytes"))
@@ -189,12 +196,28 @@ class _Hunt:
             if ts > k.last:
                 k.last = ts
         if files is not None:
+            if k.files is None:
+                k.files = _Files()
             k.files.merge(files)
 
-    def _why(self, rec: Mapping[str, Any]) -> dict[str, str] | None:
+    def _why(self, rec: Mapping[str, Any]) -> tuple[tuple[str, str, str | None], ...] | None:
         """None when a detection rule of the correlation counts the record,
-        else reason code -> its short form for the key's row."""
-        missed: dict[str, str] = {}
+        else its reasons: (code, short form for the key's row, the failing
+        value for a field reason). Cached by the values the rules read."""
+        ck: tuple[Any, ...] | None = tuple(d.explain_key(rec) for d in self.dets) if self.cacheable else None
+        if ck is not None and None in ck:
+            ck = None
+        if ck is not None and ck in self.cache:
+            return self.cache[ck]
+        out = self._explain(rec)
+        if ck is not None:
+            if len(self.cache) >= MAX_EXPLAIN_CACHE:
+                self.cache.clear()
+            self.cache[ck] = out
+        return out
+
+    def _explain(self, rec: Mapping[str, Any]) -> tuple[tuple[str, str, str | None], ...] | None:
+        missed: dict[str, tuple[str, str, str | None]] = {}
         for d in self.dets:
             v = d.explain(rec)
             if v.matched:
@@ -204,21 +227,19 @@ class _Hunt:
                 if code not in self.reasons:
                     note = "; ".join(x for x in (e.reason, f"expires {e.expires}" if e.expires else "") if x)
                     self.reasons[code] = _Reason(code, note=printable(note))
-                missed.setdefault(code, f"allowed by {e.selection}")
+                missed.setdefault(code, (code, f"allowed by {e.selection}", None))
             for m in v.misses:
                 if m.field:
                     code = f"field:{m.field}"
                     if code not in self.reasons:
                         self.reasons[code] = _Reason(code, wanted=m.wanted)
                     val = _value_text(m.value)
-                    if code not in missed:
-                        _count(self.reasons[code].values, val)
-                    missed.setdefault(code, f"{m.field} {val}")
+                    missed.setdefault(code, (code, f"{m.field} {val}", val))
                 else:
                     code = f"filter:{d.ref}/{m.selection}"
                     self.reasons.setdefault(code, _Reason(code))
-                    missed.setdefault(code, f"filtered by {m.selection}")
-        return missed
+                    missed.setdefault(code, (code, f"filtered by {m.selection}", None))
+        return tuple(missed.values())
 
 
 def _span(s: int) -> str:
@@ -298,8 +319,14 @@ class HuntSummary:
         at = _alert_at(c)
         span = _span(c.timespan_s)
         alerted = {tuple(a.get(f, "") for f in c.group_by) for a in alerts if a.get("RuleId") == c.id}
+
+        def rank(item: tuple[tuple[Any, ...], _Key]) -> tuple[Any, ...]:
+            key, k = item
+            status = 0 if key in alerted else 3 if k.counted == 0 else 1 if k.counted >= at - 2 else 2
+            return (status, -k.counted, -k.conns, -(k.sent + k.recv), k.first, repr(key))
+
         rows = []
-        for key, k in h.keys.items():
+        for key, k in heapq.nsmallest(top, h.keys.items(), key=rank):
             left = k.conns - k.counted
             left_text = ", ".join(s + ("" if n == k.conns else f" ({n} of {k.conns})") for s, n in k.left_out.items())
             if key in alerted:
@@ -313,6 +340,7 @@ class HuntSummary:
                 why = f"{k.counted} counted, alerts at {at} within {span}"
             if left and k.counted:
                 why += f"; {left} left out: {left_text}"
+            f = k.files or _Files()
             port = key[c.group_by.index("RemotePort")] if "RemotePort" in c.group_by else None
             row: dict[str, Any] = {"Status": status}
             row.update(zip(c.group_by, key, strict=True))
@@ -327,22 +355,12 @@ class HuntSummary:
                     "LastSeen": k.last,
                     "Why": why,
                     "LeftOut": dict(k.left_out),
-                    "Files": k.files.files,
-                    "Transfers": {d: {"Files": n, "Bytes": b} for d, (n, b) in sorted(k.files.by_direction.items())},
-                    "FileNames": list(k.files.names),
+                    "Files": f.files,
+                    "Transfers": {d: {"Files": n, "Bytes": b} for d, (n, b) in sorted(f.by_direction.items())},
+                    "FileNames": list(f.names),
                 }
             )
             rows.append(row)
-        rows.sort(
-            key=lambda r: (
-                STATUS_RANK[r["Status"]],
-                -r["ConnectionCount"],
-                -r["Connections"],
-                -(r["BytesSent"] + r["BytesReceived"]),
-                r["FirstSeen"],
-                repr([r[f] for f in c.group_by]),
-            )
-        )
         reasons = sorted(h.reasons.values(), key=lambda r: (-r.connections, r.code))
         return {
             "rule": c.name or c.id,
@@ -355,7 +373,7 @@ class HuntSummary:
             "keys": len(h.keys),
             "keys_not_tabulated_connections": h.untabulated,
             "top": top,
-            "more": max(len(rows) - top, 0),
+            "more": max(len(h.keys) - top, 0),
             "table": rows[:top],
             "left_out": [
                 {

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,9 @@ class Verdict:
     misses: tuple[Miss, ...] = ()  # not matched and not suppressed: why (see Miss)
 
 
+_SCALARS = (str, int, float, bool)
+
+
 @dataclass(frozen=True)
 class DetectionRule:
     source: str
@@ -266,6 +270,28 @@ class DetectionRule:
             else:
                 misses = self._misses(rec, gated)
         return Verdict(matched, tuple(n for n, v in raw.items() if v), sup, tuple(expired), misses)
+
+    @cached_property
+    def _getters(self) -> tuple[Callable[[Mapping[str, Any]], Any], ...]:
+        return tuple(_getter(f) for f in sorted(self.fields_used))
+
+    @cached_property
+    def _expiring(self) -> bool:
+        return any(e.expires_us is not None for e in self.allow.values())
+
+    def explain_key(self, rec: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """The values ``explain`` depends on, hashable, for a cache of its
+        verdicts; None when it cannot be cached (a list or mapping value, or an
+        allow entry with an expiry, which depends on the event's time)."""
+        if self._expiring:
+            return None
+        out = []
+        for get in self._getters:
+            v = get(rec)
+            if v is not None and type(v) not in _SCALARS:
+                return None
+            out.append((type(v), v))
+        return tuple(out)
 
     def _misses(self, rec: Mapping[str, Any], env: Mapping[str, bool]) -> tuple[Miss, ...]:
         """The fields that failed in each selection the condition wants true
