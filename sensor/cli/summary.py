@@ -462,7 +462,7 @@ def render(tables: list[dict[str, Any]]) -> list[str]:
             out.append(fmt.format(*("-" * w for w in widths)).rstrip())
             out.extend(fmt.format(*c).rstrip() for c in cells)
         if t["more"]:
-            out.append(f"... and {t['more']} more key(s) (--top {t['top']} shows {t['top']})")
+            out.append(f"... and {t['more']} more key(s) (--top N shows more)")
         if t["keys_not_tabulated_connections"]:
             out.append(
                 f"{t['keys_not_tabulated_connections']} connection(s) of further keys not tabulated "

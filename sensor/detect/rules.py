@@ -294,16 +294,17 @@ class DetectionRule:
         return tuple(out)
 
     def _misses(self, rec: Mapping[str, Any], env: Mapping[str, bool]) -> tuple[Miss, ...]:
-        """The fields that failed in each selection the condition wants true
-        (its alternative with the fewest failures), and each filter (a selection
-        it wants false) that matched."""
+        """Why the condition is false: the filters (selections it only
+        negates) that matched, when without them it would be true; else the
+        fields that failed in each selection it needs (of each, the
+        alternative with the fewest failures)."""
+        pol = _polarity(self.condition)
+        filters = [n for n, p in pol.items() if p == {True} and env.get(n)]
+        if filters and _eval(self.condition, {**env, **dict.fromkeys(filters, False)}):
+            return tuple(Miss(n, wanted=f"not {n}") for n in filters)
         out: list[Miss] = []
-        for name, polarity in _polarity(self.condition).items():
-            if polarity == {True}:
-                if env.get(name):
-                    out.append(Miss(name, wanted=f"not {name}"))
-                continue
-            if env.get(name):
+        for name, polarity in pol.items():
+            if polarity == {True} or env.get(name):
                 continue
             sel = self.selections.get(name)
             if not isinstance(sel, _Selection):
