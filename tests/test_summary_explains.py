@@ -271,3 +271,44 @@ def test_max_summary_keys_bounds_what_is_kept(tmp_path):
     assert hunt["keys"] == 2 and set(table_by_key(s)) == set(first)
     assert hunt["keys_not_tabulated_connections"] == sum(1 for r in conns if key_of(r) not in first)
     assert reasons_of(s) == expected_reasons(conns)  # reasons still count every connection
+
+
+def test_wire_text_cannot_forge_summary_lines():
+    """Account and file names come off the wire: the text summary escapes them, the sink takes
+    records with odd values without an exception, and every count stays bounded."""
+    from sensor.cli.summary import MAX_VALUES, HuntSummary, render
+    from sensor.detect.rules import load_rules
+    from sensor.records.mde import RECORD_FIELDS
+
+    hs = HuntSummary(load_rules(REPO / "rules", RECORD_FIELDS), max_keys=1000)
+    evil = "x\x1b[2J\r\nALERT 99 forged\u202e"
+    for i in range(40):
+        uid = f"C{i}"
+        hs.emit(
+            "transfers",
+            {"ControlUid": uid, "Filename": evil, "Direction": f"dir{i}\n", "Bytes": "12" if i % 2 else -5},
+        )
+        hs.emit(
+            "connections",
+            {
+                "Uid": uid,
+                "Timestamp": "2026-11-27T01:00:00.000000Z",
+                "DeviceName": "d",
+                "InitiatingProcessFileName": "",
+                "RemoteIP": "203.0.113.9",
+                "RemotePort": 21 if i % 2 else 40000 + i,  # a new port value each time: values stay bounded
+                "AccountName": evil,
+                "RemoteIPType": "Public",
+                "ActionType": "ConnectionSuccess",
+                "SentBytes": None,
+                "ReceivedBytes": 2**70,
+            },
+        )
+    (t,) = hs.tables([], top=5)
+    assert t["connections"] == 40 and t["counted"] == 20 and t["more"] == t["keys"] - 5
+    (port,) = [r for r in t["left_out"] if r["reason"] == "field:RemotePort"]
+    assert port["connections"] == 20 and len(port["values"]) <= MAX_VALUES
+    text = "\n".join(render([t]))
+    assert "\x1b" not in text and "\r" not in text and "\u202e" not in text
+    assert not any(line.startswith("ALERT 99") for line in text.splitlines())
+    assert all(len(r["Transfers"]) <= MAX_VALUES for r in t["table"])

@@ -64,10 +64,14 @@ def _int(v: Any) -> int:
     return v if type(v) is int and v >= 0 else 0
 
 
+def _bucket(d: Mapping[str, Any], k: str) -> str:
+    """``k``, or "other" once ``d`` holds ``MAX_VALUES`` keys ("other" among them)."""
+    return k if k in d or len(d) < MAX_VALUES - 1 else "other"
+
+
 def _count(d: dict[str, int], k: str, n: int = 1) -> None:
     """``d[k] += n``, at most ``MAX_VALUES`` keys (later ones go to "other")."""
-    if k not in d and len(d) >= MAX_VALUES:
-        k = "other"
+    k = _bucket(d, k)
     d[k] = d.get(k, 0) + n
 
 
@@ -87,9 +91,7 @@ class _Files:
 
     def add(self, rec: Mapping[str, Any]) -> None:
         self.files += 1
-        d = str(rec.get("Direction") or "")[:16] or "unknown"
-        if d not in self.by_direction and len(self.by_direction) >= MAX_VALUES:
-            d = "other"
+        d = _bucket(self.by_direction, printable(str(rec.get("Direction") or ""), 16) or "unknown")
         fb = self.by_direction.setdefault(d, [0, 0])
         fb[0] += 1
         fb[1] += _int(rec.get("Bytes"))
@@ -99,9 +101,7 @@ class _Files:
     def merge(self, o: _Files) -> None:
         self.files += o.files
         for d, (n, b) in o.by_direction.items():
-            if d not in self.by_direction and len(self.by_direction) >= MAX_VALUES:
-                d = "other"
-            fb = self.by_direction.setdefault(d, [0, 0])
+            fb = self.by_direction.setdefault(_bucket(self.by_direction, d), [0, 0])
             fb[0] += n
             fb[1] += b
         self.names.extend(o.names[: NAMES_PER_KEY - len(self.names)])
