@@ -312,3 +312,22 @@ def test_wire_text_cannot_forge_summary_lines():
     assert "\x1b" not in text and "\r" not in text and "\u202e" not in text
     assert not any(line.startswith("ALERT 99") for line in text.splitlines())
     assert all(len(r["Transfers"]) <= MAX_VALUES for r in t["table"])
+
+
+def test_no_alert_names_the_busiest_key(tmp_path):
+    """Counted connections but no alert: the one-line reason names the busiest key and its count."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("home_net: [192.168.56.0/24]\nip_type_overrides: {203.0.113.30/32: Public}\n")
+    p, conns, _ = replay(tmp_path, str(DEMO), "--config", str(cfg))
+    assert p.returncode == 0, p.stderr
+    s = json.loads(p.stdout)
+    counted = Counter(key_of(r) for r in conns if selected(r))
+    (key, n), *rest = counted.most_common()
+    assert 0 < n <= THRESHOLD and all(m < n for _, m in rest)
+    assert s["alerts"] == []
+    dev, ip, port = (key[GROUP_BY.index(f)] for f in ("DeviceName", "RemoteIP", "RemotePort"))
+    assert s["no_alerts"].startswith(
+        f"{sum(counted.values())} of {len(conns)} connection(s) counted; the busiest key, {dev} -> {ip}:{port}"
+    )
+    assert s["no_alerts"].endswith(f"has {n}: the hunt alerts at more than {THRESHOLD} connections within 24h")
+    assert table_by_key(s)[key]["Status"] == "near"
