@@ -10,7 +10,10 @@ if [ "$want" = test ]; then
   # tshark: the independent oracle; the rest: real servers and clients for the lab tests
   # util-linux (setpriv) and passwd (useradd): clients run as other local users
   apt_pkgs+=(tshark tcpdump vsftpd tftpd-hpa tftp-hpa samba smbclient lftp curl iproute2 openssl procps systemd rsyslog
-             util-linux passwd)
+             util-linux passwd
+             # the report's browser tests: Debian's chromium, driven by the pip playwright package
+             # (tests/support/browser.py; never `playwright install`, which downloads browsers)
+             chromium)
 fi
 
 missing=()

@@ -28,6 +28,7 @@ from sensor.engine.decode import (
     LINKTYPE_NULL,
     LINKTYPE_RAW,
     SUPPORTED_LINKTYPES,
+    Checksums,
     Decoder,
     DecodeStats,
     Packet,
@@ -119,8 +120,14 @@ class Pipeline:
         self.portset = PortSet(config.tracked_ports)
         self.ports: set[int] = self.portset.ports
         self.decode_stats = DecodeStats()
+        self.checksums = Checksums(
+            config.checksum_validation,
+            config.home_net + config.checksum_offload_nets,
+            config.limits.max_checksum_senders,
+        )
         self.flows = FlowTable(config, self._flow_ended, self._flow_weird)
         self.app = Dispatcher(frozenset(config.tracked_ports), self.portset, sink.emit, self._weird)
+        self.app.retain = config.limits.overlap_check_bytes
         self.flows.admit = self.app.admit
         self.flows.on_new = self._flow_started
         self.flows.on_tick = self.app.expire
@@ -130,7 +137,7 @@ class Pipeline:
         self._resolved: dict[Flow, Any] = {}  # flows whose attribution children inherit
         self._own: dict[Flow, Any] = {}  # each flow's own lookup result, once taken from the book
         # transfer records waiting for their owner's lookup (endpoint mode)
-        self._held: list[tuple[Flow, dict[str, Any]]] = []
+        self._held: list[tuple[Flow, str, dict[str, Any]]] = []
         self.attribution_counts: dict[str, int] = {}
         if attribution is not None:
             self.app.emit_transfer = self._emit_transfer
@@ -148,9 +155,11 @@ class Pipeline:
         h = self._decoders.get(linktype)
         if h is None:
             if linktype == LINKTYPE_ETHERNET and self.fused:
-                h = ethernet_handler(self, self.flows, self.app, self.portset, self.decode_stats)
+                h = ethernet_handler(self, self.flows, self.app, self.portset, self.decode_stats, self.checksums)
             else:
-                dec = Decoder(linktype, self.ports, self.decode_stats, self.decode_weird, self.portset.hosts)
+                dec = Decoder(
+                    linktype, self.ports, self.decode_stats, self.decode_weird, self.portset.hosts, self.checksums
+                )
                 h = _clocked(self.flows.advance, dec.handler(self.packet))
             self._decoders[linktype] = h
         return h
@@ -238,21 +247,22 @@ class Pipeline:
             self._resolved[flow] = a
         return a
 
-    def _emit_transfer(self, owner: Flow, rec: dict[str, Any]) -> None:
+    def _emit_transfer(self, owner: Flow, rec: dict[str, Any], kind: str = "transfers") -> None:
+        """A transfer (or a file event: ``kind`` files) with its owner's process."""
         a = self._attribution(owner)
         if a is not None:
             self._fill_transfer(rec, a)
-            self.sink.emit("transfers", rec)
+            self.sink.emit(kind, rec)
             return
         # the owner's lookup is not in yet: a TFTP or SMB transfer often ends
         # in the same capture batch as its connection's first packet, before
         # the daemon collected the helper's result.  The record waits until it
         # is (attributions_arrived) or until the owner's own record is written
         if len(self._held) >= HELD_TRANSFERS_MAX:  # bounded: the oldest goes as it is
-            _old_owner, old = self._held.pop(0)
+            _old_owner, old_kind, old = self._held.pop(0)
             self._fill_transfer(old, None)
-            self.sink.emit("transfers", old)
-        self._held.append((owner, rec))
+            self.sink.emit(old_kind, old)
+        self._held.append((owner, kind, rec))
 
     def attributions_arrived(self) -> None:
         """New lookups are in the book: write the held transfers whose owner is now known."""
@@ -261,12 +271,12 @@ class Pipeline:
 
     def _release(self, ready: Callable[[Flow], bool], att: Any = ...) -> None:
         keep = []
-        for owner, rec in self._held:
+        for owner, kind, rec in self._held:
             if not ready(owner):
-                keep.append((owner, rec))
+                keep.append((owner, kind, rec))
                 continue
             self._fill_transfer(rec, self._attribution(owner) if att is ... else att)
-            self.sink.emit("transfers", rec)
+            self.sink.emit(kind, rec)
         self._held = keep
 
     def _fill_transfer(self, rec: dict[str, Any], a: Any) -> None:

@@ -384,7 +384,7 @@ def test_wire_text_one_json_line_per_record(wire_out):
     tmp, out, cp, sink = wire_out
     assert cp.returncode == 0, cp.stderr
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{k}.jsonl" for k in ("connections", "alerts", "transfers", "weird")
+        f"{k}.jsonl" for k in ("connections", "alerts", "transfers", "weird", "files")
     )
     for kind in ("connections", "transfers", "weird", "alerts"):
         raw = (out / f"{kind}.jsonl").read_bytes()
@@ -436,6 +436,7 @@ def test_wire_never_names_a_file(wire_out):
     assert sorted(p.name for p in out.iterdir()) == [
         "alerts.jsonl",
         "connections.jsonl",
+        "files.jsonl",
         "transfers.jsonl",
         "weird.jsonl",
     ]

@@ -2,8 +2,8 @@
 must write exactly the committed record files (Zeek's btest baselines).
 
 For ``pcaps/demo.pcap`` (with ``pcaps/demo.yaml``) and each
-``pcaps/real/*.pcap`` the four record files the sensor writes --
-connections, transfers, alerts, weird -- are committed under
+``pcaps/real/*.pcap`` the five record files the sensor writes --
+connections, transfers, alerts, weird, files -- are committed under
 ``tests/golden/<capture>/<kind>.jsonl``.  The replay is the CLI's own:
 ``python -m sensor replay PCAP --out DIR [--config pcaps/demo.yaml]``
 in a child process, from an unrelated working directory, with the shipped
@@ -34,7 +34,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 GOLDEN = Path(__file__).resolve().parent / "golden"
-KINDS = ("connections", "transfers", "alerts", "weird")
+KINDS = ("connections", "transfers", "alerts", "weird", "files")
 UPDATE = os.environ.get("XFER_UPDATE_GOLDEN", "") not in ("", "0")
 DIFF_LINES = 200  # a diff longer than this is cut (the rest: git diff after an update)
 

@@ -423,10 +423,13 @@ def test_mde_profile_writes_the_records_unchanged(tmp_path, replay):
     o = tmp_path / "o"
     cli("replay", str(DEMO), "--config", str(DEMO_CFG), "--out", str(o), "--profile", "mde")
     got = read_kinds(o)
-    assert got["connections"] == r.connections
-    assert got["transfers"] == r.transfers
-    assert got["weird"] == r.weird
-    assert MdeProfile.transform("connections", r.connections[0]) is r.connections[0]
+    # the records, field for field and in order, each with its kind last
+    for kind in ("connections", "transfers", "weird"):
+        mem = getattr(r, kind)
+        assert got[kind] == [{**x, "RecordKind": kind} for x in mem]
+        assert all(list(g)[:-1] == list(x) and list(g)[-1] == "RecordKind" for g, x in zip(got[kind], mem))
+    doc = MdeProfile.transform("connections", r.connections[0])
+    assert doc == {**r.connections[0], "RecordKind": "connections"} and "RecordKind" not in r.connections[0]
 
 
 def test_profile_from_config_and_command_line(tmp_path):

@@ -250,5 +250,5 @@ def test_syslog_message_format_octet_counting():
     srv.close()
     length, _, rest = data.partition(b" ")
     assert int(length) == len(rest)
-    body = json.dumps(rec, separators=(",", ":")).encode()
+    body = json.dumps({**rec, "RecordKind": "alerts"}, separators=(",", ":")).encode()  # mde: the kind, last
     assert rest == b"<26>1 2026-11-27T01:00:00.000000Z h1 xs %d alerts - " % os.getpid() + body

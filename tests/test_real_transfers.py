@@ -98,6 +98,8 @@ def run_sensor(name: str, out: Path) -> Run:
             {  # JSON is YAML
                 "ip_type_overrides": {f"{side['server_ip']}/32": "Public"},
                 "home_net": [f"{side['client_ip']}/32"],
+                # a veth capture: the lab server's checksums are offloaded too (docs/engine.md)
+                "checksum_offload_nets": [f"{side['server_ip']}/32"],
             }
         )
     )

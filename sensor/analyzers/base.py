@@ -153,6 +153,8 @@ class FlowContext(Protocol):
 
     def transfer(self, rec: dict[str, Any]) -> None: ...  # emit a transfer record owned by this flow
 
+    def file_event(self, rec: dict[str, Any]) -> None: ...  # emit a file event (no data moved) owned by this flow
+
     def expect(self, ev: ExpectConnection) -> None: ...  # a connection that will be this flow's child
 
     def weird(self, ev: Weird) -> None: ...

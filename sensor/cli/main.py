@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor import __version__
+from sensor.cli import report as report_cli
 from sensor.cli.progress import Progress, ProgressAwareHandler
 from sensor.cli.summary import DEFAULT_TOP, HuntSummary, no_alert_reason, render
 from sensor.cli.summary import printable as _printable
@@ -32,6 +33,7 @@ from sensor.io.sinks import MemorySink, TeeSink, build_outputs
 from sensor.pipeline import Pipeline, decodable, min_frame_bytes
 from sensor.records.encode import KINDS
 from sensor.records.mde import RECORD_FIELDS
+from sensor.report import ReportError
 
 log = logging.getLogger("xfer-sensor")
 
@@ -242,6 +244,7 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
     summary_out = sys.stderr if to_stdout else sys.stdout
     mem = _SummarySink()
     hunt = HuntSummary(rules, cfg.limits.max_summary_keys)
+    report = report_cli.start(args)
 
     progress = Progress(args.pcap, enabled=None if args.progress == "auto" else args.progress == "always")
     _log_to(progress)
@@ -249,7 +252,7 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
     outputs = build_outputs(
         output, config=cfg, rules=rules, outdir=args.out, stdout=to_stdout, syslog=syslog, block=True
     )
-    sink = TeeSink(mem, hunt, outputs)
+    sink = TeeSink(mem, hunt, outputs, *([report] if report else []))
     try:
         outputs.install_sighup()
     except ValueError:  # not the main thread (embedded use): no signal handler
@@ -310,6 +313,7 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
             )
     alerts = detector.hunt_results()
     conns = mem.counts["connections"]
+    rc_report = report_cli.finish(args, report, rules, args.pcap)  # before the summary: | head cannot stop it
     alerts = sort_alerts(alerts)
     for a in alerts:
         files = mem.files_for(a)
@@ -319,7 +323,7 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
     no_alerts = "" if alerts else no_alert_reason(tables)
     if stop.signum:
         rc = 128 + stop.signum
-    elif lost_total:
+    elif lost_total or rc_report:
         rc = EXIT_NOT_WRITTEN
     elif damaged:
         rc = EXIT_DAMAGED
@@ -407,8 +411,7 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
                 )
             else:
                 print(
-                    f"\nrecords ({output.profile}) written to {where} "
-                    "(connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl)",
+                    f"\nrecords ({output.profile}) written to {where} ({', '.join(f'{k}.jsonl' for k in KINDS)})",
                     file=out,
                 )
     if interrupted is not None:
@@ -677,7 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("pcap", nargs="+", help="capture files, replayed in order as one stream")
     rp.add_argument("--config", help="config YAML (default: built-in defaults)")
     rp.add_argument("--rules", help="rules folder or file (default: the shipped rules/)")
-    rp.add_argument("--out", help="write connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl here")
+    rp.add_argument(
+        "--out", help="write connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl, files.jsonl here"
+    )
     rp.add_argument(
         "--format",
         choices=("table", "json"),
@@ -712,6 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="progress line on stderr (auto: only when stderr is a terminal)",
     )
+    report_cli.add_replay_option(rp)
     rp.set_defaults(func=cmd_replay)
     ck = sub.add_parser("check", help="validate config and rules, exit non-zero when wrong")
     ck.add_argument("--config")
@@ -722,6 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="capture live as a daemon: run -i IFACE [--config FILE] [--rules DIR] [--out DIR] [--state-dir DIR]",
         add_help=False,
     )
+    report_cli.add_command(sub)
     ru = sub.add_parser("rules", help="list the rules, or test one on a capture")
     rsub = ru.add_subparsers(dest="rules_cmd", required=True)
     rl = rsub.add_parser("list", help="the loaded rules, their allow entries and expiry")
@@ -757,7 +764,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, RuleError, CaptureError) as e:
+    except (ConfigError, RuleError, CaptureError, ReportError) as e:
         print(f"xfer-sensor: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

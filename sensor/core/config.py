@@ -168,7 +168,9 @@ class Limits:
     max_flows: int = 100_000  # tracked flows; LRU eviction beyond
     flow_scan_budget: int = 1_000  # flows examined per idle-scan tick
     flow_scan_interval: float = 1.0  # seconds of packet time between scans
-    max_seq_jump: int = 1 << 30  # a segment further ahead is a weird, not bytes
+    max_seq_jump: int = 1 << 30  # a segment further ahead is a weird, not bytes (unless the peer ACKs it)
+    max_checksum_senders: int = 4096  # checksum_validation auto: senders whose offload is decided
+    overlap_check_bytes: int = 16384  # bytes delivered per TCP direction kept to compare overlaps with
     max_window_keys: int = 100_000  # rule-window group keys; LRU eviction beyond
     max_window_events: int = 10_000  # events kept per key inside one window
     max_match_chars: int = 4096  # characters of a field a rule's |re or wildcard pattern reads
@@ -176,7 +178,7 @@ class Limits:
 
 
 PROFILES = ("mde", "ecs")
-RECORD_KINDS = ("connections", "alerts", "transfers", "weird")
+RECORD_KINDS = ("connections", "alerts", "transfers", "weird", "files")
 SYSLOG_FACILITIES = {
     "kern": 0,
     "user": 1,
@@ -246,6 +248,9 @@ class Config:
     status_interval: float = 300.0  # seconds between two status lines in the journal
     state_dir: str | None = None  # the daemon's state folder (rule windows); None: /var/lib/xfer-sensor
     state_flush_interval: float = 2.0  # wall-clock seconds between two writes of the window state
+    checksum_validation: str = "auto"  # auto | yes | no (docs/engine.md, "Checksums")
+    # auto: senders besides home_net and loopback whose partial (offloaded) checksums are accepted
+    checksum_offload_nets: tuple[Network, ...] = ()
 
 
 _TOP_KEYS = {
@@ -260,6 +265,8 @@ _TOP_KEYS = {
     "output",
     "metrics_listen",
     "status_interval",
+    "checksum_validation",
+    "checksum_offload_nets",
     "state_dir",
     "state_flush_interval",
 }
@@ -502,6 +509,20 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
         kw["device_name"] = raw["device_name"]
     if "metrics_listen" in raw:
         kw["metrics_listen"] = parse_listen(source, "metrics_listen", raw["metrics_listen"])
+    if "checksum_validation" in raw:
+        cv = raw["checksum_validation"]
+        if isinstance(cv, bool):  # YAML 1.1 reads a bare yes/no as a boolean
+            cv = "yes" if cv else "no"
+        if cv not in ("auto", "yes", "no"):  # sensor.engine.decode.CHECKSUM_MODES
+            raise ConfigError(source, "checksum_validation", f"must be auto, yes or no, got {cv!r}")
+        kw["checksum_validation"] = cv
+    if "checksum_offload_nets" in raw:
+        on = raw["checksum_offload_nets"] or []
+        if isinstance(on, str):
+            on = [on]
+        if not isinstance(on, list):
+            raise ConfigError(source, "checksum_offload_nets", "must be a list of CIDRs")
+        kw["checksum_offload_nets"] = tuple(_net(source, "checksum_offload_nets", n) for n in on)
     if "status_interval" in raw:
         kw["status_interval"] = float(_number(source, "status_interval", raw["status_interval"], False, 1))
     if raw.get("state_dir") is not None:

@@ -242,6 +242,9 @@ class DetectionRule:
     selections: Mapping[str, Matcher] = field(default_factory=dict, compare=False)
     condition: Any = field(default=None, compare=False)  # the parsed condition (AST)
     allow: Mapping[str, AllowEntry] = field(default_factory=dict, compare=False)
+    # the rule's `detection:` mapping as written (selections and condition), for
+    # showing the rule (sensor/report: its allow filters and the hunt's KQL)
+    detection: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def ref(self) -> str:
@@ -969,7 +972,7 @@ def _detection(
         gated[sname] = (lambda b, e: lambda rec: b(rec) and e.gate(rec))(base, entry)
     match = _compile(tree, gated)
     return DetectionRule(
-        src, rid, name, title, level, tags, frozenset(used), match, desc, refs, author, sels, tree, allow
+        src, rid, name, title, level, tags, frozenset(used), match, desc, refs, author, sels, tree, allow, det
     )
 
 

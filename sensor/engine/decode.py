@@ -14,11 +14,15 @@ IPv4 (228), IPv6 (229), Linux cooked SLL (113) and SLL2 (276).
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import struct
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from sensor.core.counters import Counters
+
+log = logging.getLogger("xfer-sensor")
 
 _TCP = struct.Struct("!HHIIBB").unpack_from  # sport dport seq ack off flags
 
@@ -160,6 +164,179 @@ def locate(data: bytes, off: int, et: int) -> Located:
     return NOT_IP, tags, vlan, 0, 0, 0, 0, "", b"", 0
 
 
+# -- checksums -------------------------------------------------------------------
+CHECKSUM_MODES = ("auto", "yes", "no")
+# weird names of a packet dropped for its checksum (Zeek's names)
+BAD_IP_CHECKSUM, BAD_TCP_CHECKSUM, BAD_UDP_CHECKSUM = "bad_IP_checksum", "bad_TCP_checksum", "bad_UDP_checksum"
+_from_bytes = int.from_bytes
+
+
+def ones_sum(data: bytes) -> int:
+    """The ones'-complement sum of ``data`` as 16-bit words, modulo 0xFFFF
+    (2^16 = 1 mod 0xFFFF, so the big integer's remainder is the folded sum;
+    an odd length is padded with a zero byte). 0 stands for both 0 and 0xFFFF."""
+    v = _from_bytes(data, "big")
+    if len(data) & 1:
+        v <<= 8
+    return v % 0xFFFF
+
+
+def transport_sum(src: bytes, dst: bytes, proto: int, seg: bytes) -> int:
+    """``ones_sum`` of the TCP/UDP pseudo-header (IPv4 or IPv6: the length
+    is folded the same way) and ``seg``: 0 when its checksum is right."""
+    v = _from_bytes(seg, "big")
+    if len(seg) & 1:
+        v <<= 8
+    return (_from_bytes(src + dst, "big") + proto + len(seg) + v) % 0xFFFF
+
+
+class Checksums:
+    """Checksum validation (``checksum_validation``; docs/engine.md).
+
+    ``no``: nothing is verified. ``yes``: a packet whose IPv4 header, TCP or
+    UDP checksum is wrong is dropped before the flow table (counted in
+    ``DecodeStats`` and reported as ``bad_IP_checksum``/``bad_TCP_checksum``/
+    ``bad_UDP_checksum``). ``auto``: as ``yes``, except checksum offload: a
+    host capturing its own outgoing packets sees, on Linux and Windows, the
+    pseudo-header's partial sum in the TCP/UDP checksum field (the NIC
+    completes it after the capture point). Such a packet is accepted only
+    when its sender is in ``home_net`` or a loopback address (the capturing side's),
+    its field is exactly that partial value, and its sender address was
+    judged an offloading sender: by its first SYN (or SYN-ACK) seen -- a
+    partial value there makes it one, a right checksum makes it a
+    full-checksum sender for good -- or, without a handshake seen, by its
+    first packet with the partial value. Each decision is logged once. At
+    most ``max_senders`` decisions are kept; beyond, an undecided sender is
+    a full-checksum one (strict). The fast test of a valid packet is
+    inline in the per-packet paths; ``judge`` runs only when it fails."""
+
+    __slots__ = ("mode", "verify", "auto", "stats", "on_weird", "senders", "max_senders", "_nets4", "_nets6", "full")
+
+    def __init__(
+        self,
+        mode: str = "auto",
+        home_net: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+        max_senders: int = 4096,
+    ) -> None:
+        if mode not in CHECKSUM_MODES:
+            raise ValueError(f"checksum_validation must be one of {', '.join(CHECKSUM_MODES)}")
+        self.mode = mode
+        self.verify = mode != "no"
+        self.auto = mode == "auto"
+        self.max_senders = max_senders
+        self.senders: dict[bytes, bool] = {}  # packed sender address -> offloading
+        self.full = 0  # senders left undecided because ``senders`` was full
+        self._nets4 = [(int(n.network_address), int(n.netmask)) for n in home_net if n.version == 4]
+        self._nets6 = [n for n in home_net if n.version == 6]
+        self.stats: DecodeStats | None = None  # the decoder's, set by the Decoder
+        self.on_weird: WeirdCallback = lambda ts, name, detail: None
+
+    def _home(self, src: bytes) -> bool:
+        """``src`` is the capturing side's: in home_net, or a loopback address."""
+        if len(src) == 4:
+            a = _from_bytes(src, "big")
+            return src[0] == 127 or any(a & m == n for n, m in self._nets4)
+        a6 = ipaddress.IPv6Address(src)
+        return a6.is_loopback or any(a6 in n for n in self._nets6)
+
+    def _decide(self, src: bytes, offloading: bool) -> bool:
+        """Record the decision for home_net sender ``src`` (once); its outcome."""
+        got = self.senders.get(src)
+        if got is not None:
+            return got
+        if not self._home(src):
+            return False
+        if len(self.senders) >= self.max_senders:
+            self.full += 1
+            return False
+        self.senders[src] = offloading
+        if offloading:
+            log.warning(
+                "checksum offload recognised on packets sent by %s: their partial checksums are accepted "
+                "(checksum_validation: auto; 'yes' verifies them all)",
+                _addr(src),
+            )
+        else:
+            log.info("packets sent by %s carry full checksums: a partial checksum from it is dropped", _addr(src))
+        return offloading
+
+    def syn(self, src: bytes) -> None:
+        """A TCP SYN from ``src`` with a right checksum (``auto`` only): a full-checksum sender."""
+        if src not in self.senders:
+            self._decide(src, False)
+
+    def judge(
+        self,
+        ts: int,
+        data: bytes,
+        ipoff: int,
+        version: int,
+        proto: int,
+        l4: int,
+        end: int,
+        src: bytes,
+        dst: bytes,
+        flags: int,
+        whole: bool = True,
+    ) -> bool:
+        """The packet's checksums, exactly: True when it is accepted (right,
+        UDP without a checksum on IPv4, or offloaded), else counted and
+        reported. ``whole``: False for an IPv4 first fragment (its
+        transport checksum covers the whole datagram: not verified)."""
+        st = self.stats
+        if version == 4:
+            ihl = (data[ipoff] & 0x0F) << 2
+            if ones_sum(data[ipoff : ipoff + ihl]):
+                field = (data[ipoff + 10] << 8) | data[ipoff + 11]
+                if st is not None:
+                    st.bad_ip_checksum += 1
+                self.on_weird(ts, BAD_IP_CHECKSUM, f"{_addr(src)} > {_addr(dst)}: checksum {field:#06x}")
+                return False
+        if not whole:
+            return True
+        seg = data[l4:end]
+        at = 16 if proto == 6 else 6
+        field = (seg[at] << 8) | seg[at + 1]
+        if proto == 17 and field == 0:
+            if version == 4:
+                return True  # no checksum (IPv4 only)
+            if st is not None:
+                st.bad_udp_checksum += 1
+            self.on_weird(ts, BAD_UDP_CHECKSUM, f"{_addr(src)} > {_addr(dst)}: zero UDP checksum on IPv6")
+            return False
+        total = transport_sum(src, dst, proto, seg)
+        if not total:
+            if flags & SYN and self.auto and src not in self.senders:
+                self._decide(src, False)
+            return True
+        partial = (_from_bytes(src + dst, "big") + proto + len(seg)) % 0xFFFF
+        if self.auto and field % 0xFFFF == partial:
+            known = self.senders.get(src)
+            if known is None:
+                known = self._decide(src, True)
+            if known:
+                if st is not None:
+                    st.checksum_offloaded += 1
+                return True
+        rest = (total - field) % 0xFFFF  # the sum without the field
+        want = 0xFFFF - rest if rest else 0xFFFF
+        sport, dport = (seg[0] << 8) | seg[1], (seg[2] << 8) | seg[3]
+        detail = f"{_addr(src)}:{sport} > {_addr(dst)}:{dport}: checksum {field:#06x}, expected {want:#06x}"
+        if proto == 6:
+            if st is not None:
+                st.bad_tcp_checksum += 1
+            self.on_weird(ts, BAD_TCP_CHECKSUM, detail)
+        else:
+            if st is not None:
+                st.bad_udp_checksum += 1
+            self.on_weird(ts, BAD_UDP_CHECKSUM, detail)
+        return False
+
+
+def _addr(b: bytes) -> str:
+    return str(ipaddress.ip_address(b)) if len(b) in (4, 16) else b.hex()
+
+
 class Packet:
     """A decoded target packet. Addresses are packed bytes (4 or 16)."""
 
@@ -233,6 +410,10 @@ class DecodeStats(Counters):
         "truncated",
         "malformed",
         "unknown_linktype",
+        "bad_ip_checksum",
+        "bad_tcp_checksum",
+        "bad_udp_checksum",
+        "checksum_offloaded",
     )
 
     packets: int
@@ -248,6 +429,10 @@ class DecodeStats(Counters):
     truncated: int
     malformed: int
     unknown_linktype: int
+    bad_ip_checksum: int
+    bad_tcp_checksum: int
+    bad_udp_checksum: int
+    checksum_offloaded: int
 
 
 WeirdCallback = Callable[[int, str, str], None]
@@ -257,7 +442,7 @@ class Decoder:
     """Decodes frames of one link type; ``ports`` is consulted live (it may be
     a set the pipeline grows with expected data-channel ports)."""
 
-    __slots__ = ("linktype", "ports", "hosts", "stats", "on_weird", "decode")
+    __slots__ = ("linktype", "ports", "hosts", "stats", "on_weird", "decode", "checksums")
 
     def __init__(
         self,
@@ -266,6 +451,7 @@ class Decoder:
         stats: DecodeStats | None = None,
         on_weird: WeirdCallback | None = None,
         hosts: Collection[tuple[bytes, bytes]] = frozenset(),
+        checksums: Checksums | None = None,
     ) -> None:
         self.linktype = linktype
         self.ports = ports
@@ -274,6 +460,11 @@ class Decoder:
         self.hosts = hosts
         self.stats = stats if stats is not None else DecodeStats()
         self.on_weird = on_weird or (lambda ts, name, detail: None)
+        # checksum validation (None or mode "no": none); its counts are this decoder's
+        self.checksums = checksums if checksums is not None and checksums.verify else None
+        if self.checksums is not None:
+            self.checksums.stats = self.stats
+            self.checksums.on_weird = self.on_weird
         fn = _LINK_DECODERS.get(linktype)
         if fn is None and linktype in DLT_RAW_ALIASES:
             fn = Decoder._raw
@@ -315,21 +506,21 @@ class Decoder:
         if len(data) < 14:
             self._weird(ts, "ethernet_truncated", f"{len(data)} bytes")
             return None
-        return self._located(ts, data, locate(data, 14, (data[12] << 8) | data[13]))
+        return self._located(ts, data, locate(data, 14, (data[12] << 8) | data[13]), 14)
 
     def _sll(self, ts: int, data: bytes) -> Packet | None:
         self.stats.packets += 1
         if len(data) < 16:
             self._weird(ts, "sll_truncated", f"{len(data)} bytes")
             return None
-        return self._located(ts, data, locate(data, 16, (data[14] << 8) | data[15]))
+        return self._located(ts, data, locate(data, 16, (data[14] << 8) | data[15]), 16)
 
     def _sll2(self, ts: int, data: bytes) -> Packet | None:
         self.stats.packets += 1
         if len(data) < 20:
             self._weird(ts, "sll2_truncated", f"{len(data)} bytes")
             return None
-        return self._located(ts, data, locate(data, 20, (data[0] << 8) | data[1]))
+        return self._located(ts, data, locate(data, 20, (data[0] << 8) | data[1]), 20)
 
     def _null(self, ts: int, data: bytes) -> Packet | None:
         # DLT_NULL: address family in the *capturing host's* byte order
@@ -350,9 +541,9 @@ class Decoder:
 
     def _family(self, ts: int, data: bytes, fam: int) -> Packet | None:
         if fam == 2:
-            return self._located(ts, data, locate(data, 4, ETHERTYPE_IPV4))
+            return self._located(ts, data, locate(data, 4, ETHERTYPE_IPV4), 4)
         if fam in _AF_INET6_BSD:
-            return self._located(ts, data, locate(data, 4, ETHERTYPE_IPV6))
+            return self._located(ts, data, locate(data, 4, ETHERTYPE_IPV6), 4)
         self.stats.non_ip += 1
         return None
 
@@ -363,22 +554,23 @@ class Decoder:
             return None
         v = data[0] >> 4
         if v == 4:
-            return self._located(ts, data, locate(data, 0, ETHERTYPE_IPV4))
+            return self._located(ts, data, locate(data, 0, ETHERTYPE_IPV4), 0)
         if v == 6:
-            return self._located(ts, data, locate(data, 0, ETHERTYPE_IPV6))
+            return self._located(ts, data, locate(data, 0, ETHERTYPE_IPV6), 0)
         self._weird(ts, "ip_bad_version", str(v))
         return None
 
     def _raw4(self, ts: int, data: bytes) -> Packet | None:
         self.stats.packets += 1
-        return self._located(ts, data, locate(data, 0, ETHERTYPE_IPV4))
+        return self._located(ts, data, locate(data, 0, ETHERTYPE_IPV4), 0)
 
     def _raw6(self, ts: int, data: bytes) -> Packet | None:
         self.stats.packets += 1
-        return self._located(ts, data, locate(data, 0, ETHERTYPE_IPV6))
+        return self._located(ts, data, locate(data, 0, ETHERTYPE_IPV6), 0)
 
     # -- VLAN and IP: ``locate``, counted and reported ---------------------------
-    def _located(self, ts: int, data: bytes, where: Located) -> Packet | None:
+    def _located(self, ts: int, data: bytes, where: Located, off: int) -> Packet | None:
+        """``off``: where the link layer's payload (a VLAN tag or the IP header) starts."""
         why, tags, vlan, version, proto, l4, end, src, dst, frags = where
         st = self.stats
         if tags:
@@ -390,7 +582,7 @@ class Decoder:
         if frags:
             st.fragments += frags
         if not why:
-            return self._transport(ts, data, l4, end, proto, src, dst, vlan)
+            return self._transport(ts, data, l4, end, proto, src, dst, vlan, off + 4 * tags, version, frags)
         if why == NOT_IP:
             st.non_ip += 1
         elif why == OTHER_PROTO:
@@ -403,7 +595,18 @@ class Decoder:
 
     # -- transport ------------------------------------------------------------
     def _transport(
-        self, ts: int, data: bytes, l4: int, end: int, proto: int, src: bytes, dst: bytes, vlan: int
+        self,
+        ts: int,
+        data: bytes,
+        l4: int,
+        end: int,
+        proto: int,
+        src: bytes,
+        dst: bytes,
+        vlan: int,
+        ipoff: int = 0,
+        version: int = 4,
+        frags: int = 0,
     ) -> Packet | None:
         st = self.stats
         n = len(data)
@@ -437,6 +640,15 @@ class Decoder:
                 return None
             if truncated:
                 st.truncated += 1
+            else:
+                ck = self.checksums
+                if ck is not None:
+                    # the fast test (sensor/engine/fastpath.py inlines the same), then the exact one
+                    if transport_sum(src, dst, 6, data[l4:end]) or (version == 4 and ones_sum(data[ipoff:l4])):
+                        if not ck.judge(ts, data, ipoff, version, 6, l4, end, src, dst, flags, not frags):
+                            return None
+                    elif flags & SYN and ck.auto and src not in ck.senders:
+                        ck.syn(src)
             return Packet(ts, src, dst, 6, sport, dport, flags, seq, ack, plen, data[l4 + hl : end], vlan, truncated)
         st.udp += 1
         ulen = (data[l4 + 4] << 8) | data[l4 + 5]
@@ -447,6 +659,13 @@ class Decoder:
                 return None
         if truncated:
             st.truncated += 1
+        else:
+            ck = self.checksums
+            if ck is not None and (
+                transport_sum(src, dst, 17, data[l4 : l4 + ulen]) or (version == 4 and ones_sum(data[ipoff:l4]))
+            ):
+                if not ck.judge(ts, data, ipoff, version, 17, l4, l4 + ulen, src, dst, 0, not frags):
+                    return None
         return Packet(ts, src, dst, 17, sport, dport, 0, 0, 0, ulen - 8, data[l4 + 8 : l4 + ulen], vlan, truncated)
 
 

@@ -83,6 +83,7 @@ class AppState:
         "child_recv",
         "child_answered",
         "nonstandard",
+        "control",
     )
 
     def __init__(self, layer: Dispatcher, flow: Flow) -> None:
@@ -104,6 +105,8 @@ class AppState:
         self.child_recv = 0
         self.child_answered = False
         self.nonstandard = False  # admitted by a probe: its port is referenced while it lives
+        # a child's control session (client, server), kept after the control ended: the record's device
+        self.control: tuple[str, str] | None = None
 
     @property
     def parent_uid(self) -> str:
@@ -125,6 +128,9 @@ class AppState:
 
     def transfer(self, rec: dict[str, Any]) -> None:
         self._layer.transfer(self, rec)
+
+    def file_event(self, rec: dict[str, Any]) -> None:
+        self._layer.file_event(self, rec)
 
     def expect(self, ev: ExpectConnection) -> None:
         self._layer.expect.add(ev, self.flow)
@@ -161,13 +167,15 @@ class Dispatcher:
         self.expect = Expectations(on_port=ports.ref)
         self.pairs: dict[tuple[bytes, bytes], Flow] = {}  # (client, server) -> the flow that follows them
         self.pairs_peak = 0
-        self.stats = {"analyzed_flows": 0, "expected_flows": 0, "transfers": 0, "gaps": 0}
-        # (owner flow, transfer record): writes a transfer instead of ``emit``
+        self.stats = {"analyzed_flows": 0, "expected_flows": 0, "transfers": 0, "gaps": 0, "overlap_conflicts": 0}
+        # (owner flow, record, kind): writes a transfer or file event instead of ``emit``
         # (endpoint mode: the record names the owner's process)
-        self.emit_transfer: Callable[[Flow, dict[str, Any]], None] | None = None
+        self.emit_transfer: Callable[[Flow, dict[str, Any], str], None] | None = None
         self.plugins = registry() if plugins is None else tuple(plugins)
         self._tables(self.plugins)
         self._limits: dict[int, ReassemblyLimits] = {}
+        # bytes delivered last kept per direction to compare overlaps with (limits.overlap_check_bytes)
+        self.retain = ReassemblyLimits().retain
 
     def _tables(self, plugins: tuple[Plugin, ...]) -> None:
         """Port tables, names, expectations and probes from the plugins;
@@ -283,6 +291,7 @@ class Dispatcher:
             self.stats["expected_flows"] += 1
             if pst is None:
                 return
+            st.control = (ctrl.orig_h, ctrl.resp_h)
             st.plugin = pl = pst.plugin
             if not ctrl.end_reason:
                 st.parent = pst
@@ -298,6 +307,8 @@ class Dispatcher:
             return
         exp, parent = match
         self.stats["expected_flows"] += 1
+        if parent is not None:
+            st.control = (parent.orig_h, parent.resp_h)
         if parent is not None and parent.ctx is not None and not parent.end_reason:
             st.parent = parent.ctx
             parent.ctx.children += 1
@@ -351,7 +362,7 @@ class Dispatcher:
         if flow.proto == 6 and session.depth:
             limits = self._limits.get(session.depth)
             if limits is None:
-                limits = self._limits[session.depth] = ReassemblyLimits(depth=session.depth)
+                limits = self._limits[session.depth] = ReassemblyLimits(depth=session.depth, retain=self.retain)
             st.streams = (Stream(limits), Stream(limits))
 
     def _bind_probed(self, flow: Flow, st: AppState, pl: Plugin, seq: int, ack: int) -> None:
@@ -429,9 +440,12 @@ class Dispatcher:
                 if evs:
                     self.events(flow, evs)
                 return
+        conflicts = s.conflicts
         chunks = s.segment(seq, payload)
         if len(payload) < plen:  # cut by the snaplen: the rest is missing
             chunks += s.skip_to(seq + plen)
+        if s.conflicts != conflicts:
+            self._conflict(flow, st, from_orig, ts, s)
         for c in chunks:
             if c.gap:
                 self.stats["gaps"] += 1
@@ -442,6 +456,17 @@ class Dispatcher:
                 self.events(flow, a.receive_ts(c.data, ts) if from_orig else a.receive_tc(c.data, ts))
             if st.stopped:
                 break
+
+    def _conflict(self, flow: Flow, st: AppState, from_orig: bool, ts: int, s: Stream) -> None:
+        """A segment's bytes differed from the copy already taken (an insertion
+        or an evasion attempt, or a broken stack): reported, and the record
+        carries the count (``ConflictingOverlaps``): its parsed fields may be contested."""
+        self.stats["overlap_conflicts"] += 1
+        streams = st.streams
+        n = streams[0].conflicts + streams[1].conflicts if streams is not None else s.conflicts
+        st.set_field("ConflictingOverlaps", n)
+        side = "originator" if from_orig else "responder"
+        self.weird(ts, "tcp_overlap_conflict", f"from the {side}: {s.conflict_detail}", flow.uid, "reassembly")
 
     def events(self, flow: Flow, events: list[Event]) -> None:
         """The analyzer's events, in order: weirds and expectations here, the rest to the session."""
@@ -494,7 +519,11 @@ class Dispatcher:
             ts = flow.last_ts
             if st.streams is not None:
                 for fwd, s in ((True, st.streams[0]), (False, st.streams[1])):
-                    for c in s.flush():
+                    conflicts = s.conflicts
+                    chunks = s.flush()
+                    if s.conflicts != conflicts:
+                        self._conflict(flow, st, fwd, ts, s)
+                    for c in chunks:
                         if c.gap > 0:
                             flow.add_history("G" if fwd else "g")
                         if c.gap:
@@ -548,12 +577,21 @@ class Dispatcher:
     # -- transfers ----------------------------------------------------------------------------
     def transfer(self, owner: AppState, rec: dict[str, Any]) -> None:
         self.stats["transfers"] += 1
-        if len(owner.files) < MAX_SUMMARY_FILES:
-            owner.files.append(rec.get("Filename", ""))
+        name = rec.get("Filename", "")
+        if name and len(owner.files) < MAX_SUMMARY_FILES:  # a listing without a path names nothing
+            owner.files.append(name)
         if self.emit_transfer is not None:
-            self.emit_transfer(owner.flow, rec)
+            self.emit_transfer(owner.flow, rec, "transfers")
         else:
             self.emit("transfers", rec)
+
+    def file_event(self, owner: AppState, rec: dict[str, Any]) -> None:
+        """A file event that moved no data (an SMB file opened, neither read nor written)."""
+        self.stats["file_events"] = self.stats.get("file_events", 0) + 1
+        if self.emit_transfer is not None:
+            self.emit_transfer(owner.flow, rec, "files")
+        else:
+            self.emit("files", rec)
 
     def expire(self, now: int) -> None:
         self.expect.expire(now)

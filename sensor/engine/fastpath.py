@@ -50,7 +50,7 @@ import struct
 from collections.abc import Callable
 from typing import Protocol
 
-from sensor.engine.decode import LINKTYPE_ETHERNET, Decoder, DecodeStats, Packet, locate, seq_unwrap
+from sensor.engine.decode import LINKTYPE_ETHERNET, Checksums, Decoder, DecodeStats, Packet, locate, seq_unwrap
 from sensor.engine.dispatch import AppState, Dispatcher
 from sensor.engine.flows import ESTABLISHED, PARTIAL, T_ATTEMPT, T_CLOSED, UDP_ACTIVE, FlowTable
 from sensor.engine.ports import PortSet
@@ -79,13 +79,24 @@ class PacketSink(Protocol):
 
 
 def ethernet_handler(
-    sink: PacketSink, flows: FlowTable, app: Dispatcher, portset: PortSet, stats: DecodeStats
+    sink: PacketSink,
+    flows: FlowTable,
+    app: Dispatcher,
+    portset: PortSet,
+    stats: DecodeStats,
+    checksums: Checksums | None = None,
 ) -> Callable[[int, bytes], None]:
     """The ``(ts_us, frame)`` handler for Ethernet: ``flows``, ``app``,
-    ``portset`` and ``stats`` are the ones ``sink`` uses on the layered path."""
+    ``portset``, ``stats`` and ``checksums`` are the ones ``sink`` uses on the layered path."""
     ports = portset.ports
     hosts = portset.hosts
-    dec = Decoder(LINKTYPE_ETHERNET, ports, stats, sink.decode_weird, hosts)
+    dec = Decoder(LINKTYPE_ETHERNET, ports, stats, sink.decode_weird, hosts, checksums)
+    # checksum validation: the decoder's fast test inline, its judge when that fails
+    ck = dec.checksums if dec.checksums is not None else Checksums("no")
+    ck_on = dec.checksums is not None
+    ck_auto = ck_on and ck.auto
+    judge = ck.judge
+    from_bytes = int.from_bytes
     decode = dec.decode  # the general path (Decoder._ethernet)
     packet = sink.packet
     packet_at = sink.packet_at  # the layered path after the clock moved
@@ -97,6 +108,8 @@ def ethernet_handler(
     advance = ft.advance
     seq_at = ft.seq_at
     tcp_segment = ft.tcp_segment
+    jumps = ft.jumps  # sequence jumps waiting for an ACK (FlowTable.acked)
+    acked = ft.acked
     reused = ft.reused
     hdr4 = _HDR4
     ft.fast = {}
@@ -144,6 +157,16 @@ def ethernet_handler(
                     stats.packets += 1
                     stats.target += 1
                     stats.ipv4 += 1
+                    if ck_on:
+                        # TCP checksum over the addresses (the pseudo-header's), the
+                        # segment and proto + length; IPv4 header checksum
+                        v = from_bytes(data[26:end], "big")
+                        if plen & 1:
+                            v <<= 8
+                        if ((v + end - 28) % 0xFFFF or from_bytes(data[14:34], "big") % 0xFFFF) and not judge(
+                            ts, data, 14, 4, 6, 34, end, data[26:30], data[30:34], flags
+                        ):
+                            return
         if flow is None:
             # -- VLAN tags and IP: the decoder's own walk (decode.locate) ----------------
             n = len(data)
@@ -191,6 +214,17 @@ def ethernet_handler(
                 stats.ipv6 += 1
             if not wanted:
                 return
+            if ck_on:
+                v = from_bytes(data[l4:end], "big")
+                if (end - l4) & 1:
+                    v <<= 8
+                if (from_bytes(src + dst, "big") + proto + end - l4 + v) % 0xFFFF or (
+                    ipv == 4 and from_bytes(data[14 + 4 * tags : l4], "big") % 0xFFFF
+                ):
+                    if not judge(ts, data, 14 + 4 * tags, ipv, proto, l4, end, src, dst, flags):
+                        return
+                elif flags & 2 and ck_auto and src not in ck.senders:
+                    ck.syn(src)
             # -- flow table ---------------------------------------------------------
             if src < dst or (src == dst and sport <= dport):
                 flow = flows_get((proto, src, sport, dst, dport))
@@ -212,6 +246,8 @@ def ethernet_handler(
                 if now > flow.last_ts:
                     flow.last_ts = now
                 s.pkts += 1
+                if jumps and flags & 0x10:
+                    acked(flow, from_orig, ack)
                 if plen:
                     h = flow.history
                     c = "D" if from_orig else "d"
@@ -238,9 +274,11 @@ def ethernet_handler(
                                 and ((seq - st.base) & _M32) == (nxt & _M32)
                                 and st.delivered + plen <= st.limits.depth
                             ):
+                                pay = data[l4 + hl : end]
+                                st.remember(nxt, pay)  # kept to compare overlaps with
                                 st.next = nxt + plen
                                 st.delivered += plen
-                                evs = (a.receive_ts if from_orig else a.receive_tc)(data[l4 + hl : end], ts)
+                                evs = (a.receive_ts if from_orig else a.receive_tc)(pay, ts)
                                 if evs:
                                     app_events(flow, evs)
                             else:
@@ -265,7 +303,7 @@ def ethernet_handler(
             # table's own accounting, still without a Packet
             if now > flow.last_ts:
                 flow.last_ts = now
-            tcp_segment(flow, from_orig, flags, seq, plen, ts)
+            tcp_segment(flow, from_orig, flags, seq, plen, ts, ack)
             if flow.ctx is not None or flow.analyzer is not None:
                 app_packet(flow, from_orig, ts, 6, flags, seq, ack, plen, data[l4 + hl : end])
             return

@@ -224,6 +224,7 @@ class FlowStats(Counters):
         "active_max",
         "expired",
         "seq_jumps",
+        "seq_jumps_acked",
         "untracked",
         "emergency_entered",
         "emergency_exited",
@@ -237,6 +238,7 @@ class FlowStats(Counters):
     active_max: int
     expired: int
     seq_jumps: int
+    seq_jumps_acked: int
     untracked: int
     emergency_entered: int
     emergency_exited: int
@@ -293,6 +295,10 @@ class FlowTable:
         self.scan_budget = lim.flow_scan_budget
         self.scan_interval_us = int(lim.flow_scan_interval * 1e6)
         self.max_seq_jump = lim.max_seq_jump
+        # forward jumps beyond max_seq_jump waiting for the peer's ACK to prove
+        # them: sender side -> (start, end, ts) in its unwrapped sequence space;
+        # at most two per flow (dropped with it)
+        self.jumps: dict[Side, tuple[int, int, int]] = {}
         self.normal_timeouts_us = self.timeouts_us
         self.emergency_timeouts_us = tuple(min(int(e * 1e6), n) for e, n in zip(EMERGENCY_TIMEOUTS_S, self.timeouts_us))
         self.emergency = False
@@ -430,6 +436,11 @@ class FlowTable:
         r = self._recent.get(flow.key)
         if r is not None and r[0] < self.now:
             del self._recent[flow.key]  # no later flow on this key can share its first microsecond
+        if self.jumps:
+            for s in (flow.o, flow.r):
+                pend = self.jumps.pop(s, None)
+                if pend is not None:
+                    self._unconfirmed(flow, s, pend)
         flow.end_reason = reason
         self.stats.ended += 1
         self.on_end(flow)
@@ -574,13 +585,17 @@ class FlowTable:
             self._queue(flow, cls, flow.last_ts)
 
     def _tcp(self, flow: Flow, p: Packet, from_orig: bool) -> None:
-        self.tcp_segment(flow, from_orig, p.flags, p.seq, p.plen, p.ts)
+        self.tcp_segment(flow, from_orig, p.flags, p.seq, p.plen, p.ts, p.ack)
 
-    def tcp_segment(self, flow: Flow, from_orig: bool, flags: int, seq: int, plen: int, ts: int) -> None:
+    def tcp_segment(
+        self, flow: Flow, from_orig: bool, flags: int, seq: int, plen: int, ts: int, ackno: int = 0
+    ) -> None:
         """Account one TCP segment of ``flow`` (``_tcp`` with the packet's fields)."""
         s, peer = (flow.o, flow.r) if from_orig else (flow.r, flow.o)
         s.pkts += 1
         syn, ack, fin, rst = flags & SYN, flags & ACK, flags & FIN, flags & RST
+        if ack and self.jumps:
+            self.acked(flow, from_orig, ackno)
         up = str.upper if from_orig else str.lower
         if syn and rst:
             flow.add_history(up("i"))
@@ -638,13 +653,21 @@ class FlowTable:
 
     def seq_at(self, flow: Flow, s: Side, cand: int, plen: int, ts: int) -> None:
         """``_seq`` once the segment's unwrapped relative offset ``cand`` is known."""
+        if self.jumps:
+            pend = self.jumps.get(s)
+            if pend is not None:
+                # near a jump still unconfirmed: unwrap against it (a gapped
+                # capture may be 2^31 ahead of the bytes counted so far)
+                c2 = seq_unwrap((s.base + cand) & _M32, s.base, pend[1])
+                if c2 - s.hi > self.max_seq_jump:  # still a jump (else as the fused path's in-order data)
+                    self._jumped(flow, s, c2, c2 + plen, ts)
+                    return
         hi = s.hi
         end = cand + plen
         if cand > hi:
             jump = cand - hi
             if jump > self.max_seq_jump:
-                flow.weirds += 1
-                self.on_weird(ts, flow, "tcp_seq_jump", f"{jump} bytes ahead")
+                self._jumped(flow, s, cand, end, ts)
                 return
             # bytes skipped over are counted (Zeek's orig_bytes); they may still arrive out of order
             s.hi = end
@@ -659,3 +682,39 @@ class FlowTable:
                 self.on_weird(ts, flow, "tcp_seq_jump", f"{s.lo - cand} bytes behind")
                 return
             s.lo = cand
+
+    # -- jumps the peer's ACK proves (a capture with gaps) ----------------------------
+    def _jumped(self, flow: Flow, s: Side, cand: int, end: int, ts: int) -> None:
+        """A segment more than ``max_seq_jump`` ahead of the side's bytes: not
+        counted until the peer acknowledges past its start (``acked``);
+        segments just after it join it."""
+        jumps = self.jumps
+        pend = jumps.get(s)
+        if pend is not None:
+            lo, hi, t0 = pend
+            if cand <= hi + self.max_seq_jump:  # (cand is a jump from the side's bytes, so beyond them)
+                jumps[s] = (min(lo, cand), max(hi, end), t0)
+                return
+            self._unconfirmed(flow, s, pend)
+        jumps[s] = (cand, end, ts)
+
+    def acked(self, flow: Flow, from_orig: bool, ackno: int) -> None:
+        """An ACK from one side: a jump of the other side's that it covers is
+        real data the capture missed, and counts."""
+        s = flow.r if from_orig else flow.o
+        pend = self.jumps.get(s)
+        if pend is None:
+            return
+        lo, end, _ = pend
+        if seq_unwrap(ackno, s.base, end) >= lo:
+            del self.jumps[s]
+            if end > s.hi:
+                s.hi = end
+            self.stats.seq_jumps_acked += 1
+
+    def _unconfirmed(self, flow: Flow, s: Side, pend: tuple[int, int, int]) -> None:
+        """A jump nobody acknowledged: a weird, and its bytes are not counted."""
+        lo, end, ts = pend
+        flow.weirds += 1
+        self.stats.seq_jumps += 1
+        self.on_weird(ts, flow, "tcp_seq_jump", f"{lo - s.hi} bytes ahead, never acknowledged")

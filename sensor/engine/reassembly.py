@@ -4,10 +4,16 @@
 plus a gap signal when bytes are known to be missing. Bounded: out-of-order
 bytes and segments, and ``depth`` (bytes delivered at all). Design and
 defaults: docs/engine.md.
+
+The first copy of a byte wins: a retransmission or overlap is compared with
+the copy already delivered (the last ``retain`` bytes are kept for that) or
+waiting out of order, and one that differs is counted in ``conflicts``
+(the dispatcher reports it as the weird ``tcp_overlap_conflict``).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 from sensor.core.frozen import frozen
@@ -21,6 +27,7 @@ class ReassemblyLimits:
     max_ooo_bytes: int = 256 * 1024  # bytes waiting out of order, per direction
     max_ooo_segments: int = 256  # segments waiting out of order, per direction
     depth: int = 4 * 1024 * 1024  # bytes delivered per direction, then stop
+    retain: int = 16 * 1024  # bytes delivered last, kept to compare overlaps with (limits.overlap_check_bytes)
 
 
 @frozen
@@ -43,6 +50,10 @@ class Stream:
         "depth_reached",
         "gaps",
         "gap_bytes",
+        "keep",
+        "keep_bytes",
+        "conflicts",
+        "conflict_detail",
     )
 
     def __init__(self, limits: ReassemblyLimits = ReassemblyLimits()) -> None:
@@ -56,6 +67,12 @@ class Stream:
         self.depth_reached = False
         self.gaps = 0
         self.gap_bytes = 0
+        # the last bytes delivered, as (offset, data), at most ``limits.retain`` bytes
+        # beyond the newest chunk: what an overlap is compared with
+        self.keep: deque[tuple[int, bytes]] = deque()
+        self.keep_bytes = 0
+        self.conflicts = 0  # segments whose bytes differed from the first copy
+        self.conflict_detail = ""
 
     def start(self, isn_next: int) -> None:
         """Anchor at the first payload byte's sequence number (SYN seq + 1)."""
@@ -75,10 +92,39 @@ class Stream:
             and ((seq - self.base) & _M32) == (self.next & _M32)
             and self.delivered + len(payload) <= self.limits.depth
         ):
+            self.remember(self.next, payload)
             self.next += len(payload)
             self.delivered += len(payload)
             return payload
         return None
+
+    def remember(self, off: int, data: bytes) -> None:
+        """``data`` was delivered at ``off``: keep it to compare overlaps with
+        (the fused path calls this for the in-order data it delivers itself)."""
+        keep = self.keep
+        keep.append((off, data))
+        kb = self.keep_bytes + len(data)
+        retain = self.limits.retain
+        while kb - len(keep[0][1]) > retain:
+            kb -= len(keep.popleft()[1])
+        self.keep_bytes = kb
+
+    def _compare(self, off: int, data: bytes) -> None:
+        """``data`` at ``off`` overlaps bytes already delivered: count a
+        conflict when a kept copy of them differs (older ones are unchecked)."""
+        end = off + len(data)
+        for k_off, k_data in reversed(self.keep):
+            k_end = k_off + len(k_data)
+            if k_end <= off:
+                break
+            lo, hi = max(off, k_off), min(end, k_end)
+            if lo < hi and data[lo - off : hi - off] != k_data[lo - k_off : hi - k_off]:
+                self._conflict(lo, hi - lo)
+                return
+
+    def _conflict(self, off: int, n: int) -> None:
+        self.conflicts += 1
+        self.conflict_detail = f"{n} bytes at stream offset {off} differ from the first copy, which is kept"
 
     def segment(self, seq: int, payload: bytes) -> list[Chunk]:
         if not payload or self.depth_reached:
@@ -93,14 +139,26 @@ class Stream:
         off = self._offset(seq)
         end = off + len(payload)
         if end <= self.next:
+            if self.keep:
+                self._compare(off, payload)
             return out  # entirely old: a retransmission
         if off < self.next:
+            if self.keep:
+                self._compare(off, payload[: self.next - off])
             payload = payload[self.next - off :]
             off = self.next
         if off > self.next:
-            if off not in self.ooo or len(self.ooo[off]) < len(payload):
-                self.ooo_bytes += len(payload) - len(self.ooo.get(off, b""))
+            old = self.ooo.get(off)
+            if old is None:
+                self.ooo_bytes += len(payload)
                 self.ooo[off] = payload
+            else:
+                n = min(len(old), len(payload))
+                if old[:n] != payload[:n]:
+                    self._conflict(off, n)
+                if len(payload) > len(old):  # the first copy, and what only the new one has
+                    self.ooo_bytes += len(payload) - len(old)
+                    self.ooo[off] = old + payload[len(old) :]
             if self.ooo_bytes > self.limits.max_ooo_bytes or len(self.ooo) > self.limits.max_ooo_segments:
                 out += self._skip_to_first_ooo()
                 out += self._drain()
@@ -117,6 +175,7 @@ class Stream:
         if len(data) > room:
             data = data[:room]
             self.depth_reached = True
+        self.remember(self.next, data)
         self.next += len(data)
         self.delivered += len(data)
         return [Chunk(data)]
@@ -130,6 +189,8 @@ class Stream:
                 break
             data = self.ooo.pop(off)
             self.ooo_bytes -= len(data)
+            if self.keep and off < self.next:
+                self._compare(off, data[: self.next - off])
             if off + len(data) <= self.next:
                 continue
             out += self._deliver(data[self.next - off :])

@@ -27,7 +27,14 @@ MAX_SCRAPES_IN_FLIGHT = 4  # concurrent requests served; more get 503
 REQUEST_TIMEOUT_S = 5.0  # a slow client is dropped after this
 # attribution sources always exported (zero when absent), so a dashboard has every series
 ATTRIBUTION_SOURCES = ("socket", "uid-only", "linked-control-connection", "none")
-DECODE_ERRORS = ("truncated", "malformed", "unknown_linktype")
+DECODE_ERRORS = (
+    "truncated",
+    "malformed",
+    "unknown_linktype",
+    "bad_ip_checksum",
+    "bad_tcp_checksum",
+    "bad_udp_checksum",
+)
 
 
 class MetricsError(OSError):
@@ -178,6 +185,12 @@ def render(snap: Mapping[str, Any]) -> str:
         "counter",
         "Packets the decoder could not use, by kind.",
         [({"kind": k}, dec.get(k, 0)) for k in DECODE_ERRORS],
+    )
+    o.one(
+        "packets_checksum_offloaded_total",
+        "counter",
+        "Packets whose partial checksum was accepted as checksum offload (checksum_validation: auto).",
+        dec.get("checksum_offloaded", 0),
     )
     fl = snap["flows"]
     o.one("flows_active", "gauge", "Flows tracked right now.", fl.get("active", 0))

@@ -237,6 +237,8 @@ class EcsProfile:
             return self.alert(rec)
         if kind == "transfers":
             return self.transfer(rec)
+        if kind == "files":
+            return self.file_event(rec)
         return self.weird(rec)
 
     def connection(self, rec: Mapping[str, Any]) -> dict[str, Any]:
@@ -485,6 +487,62 @@ class EcsProfile:
         if rec.get("AttributionSource"):
             x["attribution_source"] = rec["AttributionSource"]
         doc["xfer"] = {"transfer": x}
+        return doc
+
+    def file_event(self, rec: Mapping[str, Any]) -> dict[str, Any]:
+        """A file event that moved no data (an SMB file opened, neither read nor written)."""
+        action = str(rec.get("Action") or "open")
+        doc = self._head(rec.get("Timestamp"), "event", ["file", "network"], ["access"], "files")
+        doc["event"]["action"] = f"file-{action}"
+        client, server = str(rec.get("ClientIP", "")), str(rec.get("ServerIP", ""))
+        doc["source"] = {"ip": client}
+        doc["destination"] = {"ip": server}
+        if isinstance(rec.get("ServerPort"), int):
+            doc["destination"]["port"] = rec["ServerPort"]
+        name = self.cfg.hostnames.get(server)
+        if name:
+            doc["destination"]["domain"] = name
+        net: dict[str, Any] = {"direction": self._direction(client, server), "transport": "tcp"}
+        if rec.get("Protocol"):
+            net["protocol"] = rec["Protocol"]
+        doc["network"] = net
+        device = self._device(client, server)
+        doc["host"] = {"name": self._device_name(device), "ip": [device]}
+        filename = str(rec.get("Filename") or "")
+        if filename:
+            f: dict[str, Any] = {"path": filename}
+            base = _basename(filename)
+            if base:
+                f["name"] = base
+            doc["file"] = f
+        if rec.get("User"):
+            doc["user"] = {"name": rec["User"]}
+        proc: dict[str, Any] = {}  # endpoint mode: the process of the connection
+        for col, path in _PROCESS[:2] + _PROCESS[5:6]:
+            v = rec.get(col)
+            if v not in (None, "", 0, -1):
+                _set(proc, path, v)
+        if proc:
+            doc["process"] = proc
+        related: dict[str, Any] = {"ip": _uniq((client, server))}
+        if rec.get("User"):
+            related["user"] = [rec["User"]]
+        doc["related"] = related
+        x: dict[str, Any] = {
+            "uid": rec.get("Uid", ""),
+            "action": action,
+            "filename_truncated": bool(rec.get("FilenameTruncated")),
+        }
+        for src_key, dst_key in (
+            ("Share", "share"),
+            ("Disposition", "disposition"),
+            ("Access", "access"),
+            ("Closed", "closed"),
+            ("AttributionSource", "attribution_source"),
+        ):
+            if rec.get(src_key) not in (None, "", []):
+                x[dst_key] = rec[src_key]
+        doc["xfer"] = {"file": x}
         return doc
 
     def weird(self, rec: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-KINDS = ("connections", "alerts", "transfers", "weird")
+KINDS = ("connections", "alerts", "transfers", "weird", "files")
 
 _dumps = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), check_circular=False).encode
 
@@ -36,6 +36,7 @@ KEEP_KEYS = frozenset(
         "ecs",
         "event",
         "RecordTruncated",
+        "RecordKind",
         "xfer",
     }
 )
@@ -47,13 +48,15 @@ def to_line(rec: dict[str, Any]) -> bytes:
 
 # -- profiles ---------------------------------------------------------------------
 class MdeProfile:
-    """Today's records, unchanged (DeviceNetworkEvents-shaped)."""
+    """The records as the sensor builds them (DeviceNetworkEvents-shaped),
+    each with its kind last (``RecordKind``: connections, transfers, alerts,
+    weird, files), so a stream that mixes them (stdout) says which is which."""
 
     name = "mde"
 
     @staticmethod
     def transform(kind: str, rec: Mapping[str, Any]) -> Mapping[str, Any]:
-        return rec
+        return {**rec, "RecordKind": kind}
 
     @staticmethod
     def flag_truncated(doc: dict[str, Any]) -> None:

@@ -86,12 +86,26 @@ class RecordBuilder:
             return (flow.proto, flow.orig_h, flow.orig_p, flow.resp_h, flow.resp_p)
         return (flow.proto, flow.resp_h, flow.resp_p, flow.orig_h, flow.orig_p)
 
+    def device_of(self, client: str, server: str) -> str:
+        """The device of a connection from ``client`` to ``server``: the one
+        inside ``home_net``; if both or neither are, the client."""
+        if (client in self.home) != (server in self.home):
+            return client if client in self.home else server
+        return client
+
     def device_is_orig(self, flow: Flow) -> bool:
-        o_home = flow.orig_h in self.home
-        r_home = flow.resp_h in self.home
-        if o_home != r_home:
-            return o_home
-        return True
+        """Is the flow's originator its device? A data channel or TFTP
+        transfer takes its control session's device (when it is one of the
+        flow's ends), so one session never names two devices."""
+        st = flow.ctx
+        control = st.control if st is not None else None
+        if control is not None:
+            dev = self.device_of(*control)
+            if dev == flow.orig_h:
+                return True
+            if dev == flow.resp_h:
+                return False
+        return self.device_of(flow.orig_h, flow.resp_h) == flow.orig_h
 
     def action_type(self, flow: Flow, outbound: bool) -> str:
         if flow.proto == 6:
@@ -133,6 +147,16 @@ class RecordBuilder:
             if flow.proto == 17 and st.child_answered and action == "ConnectionFailed":
                 # TFTP: the server answers from a new port; that answer is the success
                 action = "ConnectionSuccess" if outbound else "InboundConnectionAccepted"
+            elif flow.proto == 17 and st.control is not None:
+                # a TFTP transfer is its request's: the request's client opened it (whoever sent
+                # the first datagram on the new port), and the server's datagrams are its answer
+                outbound = self.device_of(*st.control) == st.control[0]
+                server = st.control[1]
+                answered = (flow.o if flow.orig_h == server else flow.r).pkts > 0
+                if answered:
+                    action = "ConnectionSuccess" if outbound else "InboundConnectionAccepted"
+                else:
+                    action = "ConnectionFailed"
         detail = getattr(att, "AttributionDetail", "") if att is not None else ""
         if detail:  # how exactly the process was found (or why not): for the operator
             fields["AttributionDetail"] = detail

@@ -203,6 +203,9 @@ class FtpControl(Session):
                 self.ctx.weird(Weird(r.ts if r is not None else res.ts, "ftp_claim_exceeds_data", detail, "ftp"))
         if not uids:
             rec["Note"] = "no data connection seen in the capture"
+        if rec["Outcome"] == "complete" and not rec["Complete"]:
+            # the server's reply said complete (ReplyCode keeps it); what the capture shows did not
+            rec["Outcome"] = "short" if uids else "no_data_connection"
         self.ctx.transfer(rec)
 
 

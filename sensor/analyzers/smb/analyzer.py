@@ -129,6 +129,10 @@ class SmbFileSummary(Event):
     truncated: bool = False
     claimed_read: int = 0  # the READ responses' DataLength fields, summed (bytes_read: what moved)
     claimed_written: int = 0  # the WRITE requests' Length fields, summed (bytes_written: what moved)
+    share_type: str = ""  # the tree's: disk, pipe, print ("" when its connect was not seen)
+    opened: bool = False  # its successful CREATE / NT_CREATE_ANDX response was seen
+    disposition: str = ""  # the create request's CreateDisposition
+    access: tuple[str, ...] = ()  # the create request's DesiredAccess, as hints (read, write, ...)
 
 
 @frozen
@@ -1014,6 +1018,7 @@ class _File:
         "truncated",
         "disposition",
         "access",
+        "opened",
     )
 
     def __init__(self, name: str, tree: _Tree, user: str = "", truncated: bool = False) -> None:
@@ -1034,6 +1039,7 @@ class _File:
         self.truncated = truncated
         self.disposition = ""
         self.access: tuple[str, ...] = ()
+        self.opened = False  # the successful create response was seen
 
 
 class _NegReq:
@@ -1455,6 +1461,10 @@ class SmbAnalyzer(Analyzer):
             truncated=f.truncated or f.tree.truncated,
             claimed_read=f.claimed_read,
             claimed_written=f.claimed_written,
+            share_type=f.tree.share_type,
+            opened=f.opened,
+            disposition=f.disposition,
+            access=f.access,
         )
 
     @staticmethod
@@ -1748,6 +1758,7 @@ class SmbAnalyzer(Analyzer):
                 f.is_dir = f.is_dir or bool(_u32(m, 120) & 0x10)
                 fid = _slice(m, 128, 16, "FileId")
                 f.file_id = fid.hex()
+                f.opened = True
                 f.tree.files_opened += 1
                 self._put_file(fid, f, ts, out)
             out.append(
@@ -1969,6 +1980,7 @@ class SmbAnalyzer(Analyzer):
                 size = _u64(w, 55)
                 f.is_dir = f.is_dir or bool(_u8(w, 67))
                 f.file_id = fid.hex()
+                f.opened = True
                 f.tree.files_opened += 1
                 self._put_file(b"smb1" + fid, f, ts, out)
             out.append(

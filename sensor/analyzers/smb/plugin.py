@@ -1,5 +1,7 @@
 """SMB on flows (TCP 445 direct, 139 NetBIOS session service): the record's
-user and ``Smb*`` fields, one transfer record per file and direction.
+user and ``Smb*`` fields, one transfer record per file and direction, a file
+event per file opened and neither read nor written; named pipes (``IPC$``:
+``srvsvc``, ``svcctl``, ...) are no files: they are named in ``SmbPipes``.
 
 The analyzer skips file data itself (READ/WRITE sizes come from headers),
 so the connection is reassembled without a depth limit."""
@@ -23,6 +25,15 @@ from sensor.core.timefmt import iso_us
 
 SMB_DEPTH = 1 << 62  # never stop reassembling: file data is skipped by the analyzer
 MAX_TREES_NAMED = 64  # shares named per connection in AdditionalFields.SmbTrees
+MAX_PIPES_NAMED = 64  # named pipes named per connection in AdditionalFields.SmbPipes
+
+
+def is_pipe(ev: SmbFileSummary) -> bool:
+    """A named pipe: opened on a pipe share (the tree connect said so), or on
+    ``IPC$`` when the tree connect was not seen."""
+    if ev.share_type:
+        return ev.share_type == "pipe"
+    return ev.tree.rsplit("\\", 1)[-1].upper() == "IPC$"
 
 
 class SmbSession(Session):
@@ -58,9 +69,36 @@ class SmbSession(Session):
             self.transfer(ev)
 
     def transfer(self, ev: SmbFileSummary) -> None:
-        if ev.is_dir or not (ev.bytes_read or ev.bytes_written):
+        if is_pipe(ev):
+            if ev.name:
+                pipes = self.ctx.fields.setdefault("SmbPipes", [])
+                if ev.name not in pipes and len(pipes) < MAX_PIPES_NAMED:
+                    pipes.append(ev.name)
+            return
+        if ev.is_dir:
             return
         flow = self.ctx.flow
+        if not (ev.bytes_read or ev.bytes_written):
+            if ev.opened and ev.name:  # opened, neither read nor written: a file event, not a transfer
+                self.ctx.file_event(
+                    {
+                        "Timestamp": iso_us(ev.ts),
+                        "Protocol": "smb",
+                        "Uid": flow.uid,
+                        "ClientIP": flow.orig_h,
+                        "ServerIP": flow.resp_h,
+                        "ServerPort": flow.resp_p,
+                        "User": ev.user or self.ctx.user,
+                        "Action": "open",
+                        "Filename": ev.name,
+                        "FilenameTruncated": ev.truncated,
+                        "Share": ev.tree,
+                        "Disposition": ev.disposition,
+                        "Access": list(ev.access),
+                        "Closed": ev.closed,
+                    }
+                )
+            return
         for direction, nbytes, claimed in (
             ("download", ev.bytes_read, ev.claimed_read),
             ("upload", ev.bytes_written, ev.claimed_written),
