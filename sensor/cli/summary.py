@@ -154,12 +154,14 @@ class _Hunt:
         self.counted = 0
         self.reasons: dict[str, _Reason] = {}
         # the reasons of records the rules see alike (DetectionRule.explain_key)
+        self.group_by = corr.group_by
         self.cacheable = all(e.expires_us is None for d in dets for e in d.allow.values())
         self.cache: dict[tuple[Any, ...], tuple[tuple[str, str, str | None], ...] | None] = {}
 
     def observe(self, rec: Mapping[str, Any], files: _Files | None) -> None:
         self.connections += 1
-        key = tuple(rec.get(f, "") for f in self.corr.group_by)
+        get = rec.get
+        key = tuple([get(f, "") for f in self.group_by])
         k = self.keys.get(key)
         if k is None:
             if len(self.keys) >= self.max_keys:
@@ -186,9 +188,15 @@ class _Hunt:
                     k.codes += (code,)
                     self.reasons[code].keys += 1
                 _count(k.left_out, short)
-        k.sent += _int(rec.get("SentBytes")) + _int(rec.get("DataSentBytes"))
-        k.recv += _int(rec.get("ReceivedBytes")) + _int(rec.get("DataReceivedBytes"))
-        ts = rec.get("Timestamp")
+        for f in ("SentBytes", "DataSentBytes"):
+            v = get(f)
+            if type(v) is int and v > 0:
+                k.sent += v
+        for f in ("ReceivedBytes", "DataReceivedBytes"):
+            v = get(f)
+            if type(v) is int and v > 0:
+                k.recv += v
+        ts = get("Timestamp")
         if isinstance(ts, str):
             ts = ts[:40]
             if not k.first or ts < k.first:
@@ -204,9 +212,11 @@ class _Hunt:
         """None when a detection rule of the correlation counts the record,
         else its reasons: (code, short form for the key's row, the failing
         value for a field reason). Cached by the values the rules read."""
-        ck: tuple[Any, ...] | None = tuple(d.explain_key(rec) for d in self.dets) if self.cacheable else None
-        if ck is not None and None in ck:
-            ck = None
+        ck: tuple[Any, ...] | None = None
+        if self.cacheable:
+            ck = tuple([d.explain_key(rec) for d in self.dets])
+            if None in ck:
+                ck = None
         if ck is not None and ck in self.cache:
             return self.cache[ck]
         out = self._explain(rec)

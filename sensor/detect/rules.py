@@ -223,7 +223,7 @@ class Verdict:
     misses: tuple[Miss, ...] = ()  # not matched and not suppressed: why (see Miss)
 
 
-_SCALARS = (str, int, float, bool)
+_SCALARS = frozenset((str, int, float, bool, type(None)))
 
 
 @dataclass(frozen=True)
@@ -288,13 +288,12 @@ class DetectionRule:
         allow entry with an expiry, which depends on the event's time)."""
         if self._expiring:
             return None
-        out = []
-        for get in self._getters:
-            v = get(rec)
-            if v is not None and type(v) not in _SCALARS:
+        vals = tuple([get(rec) for get in self._getters])
+        types = tuple([type(v) for v in vals])
+        for t in types:
+            if t not in _SCALARS:
                 return None
-            out.append((type(v), v))
-        return tuple(out)
+        return types, vals  # the types too: True == 1, but not for a rule
 
     def _misses(self, rec: Mapping[str, Any], env: Mapping[str, bool]) -> tuple[Miss, ...]:
         """Why the condition is false: the filters (selections it only
