@@ -23,6 +23,8 @@ from typing import Any
 from sensor import __version__
 from sensor.cli import report as report_cli
 from sensor.cli.progress import Progress, ProgressAwareHandler
+from sensor.cli.summary import DEFAULT_TOP, HuntSummary, no_alert_reason, render
+from sensor.cli.summary import printable as _printable
 from sensor.core.config import PROFILES, ConfigError, SyslogOutput, check_syslog, load_config
 from sensor.detect.rules import DetectionRule, RuleError, RuleSet, default_rules_dir, load_rules
 from sensor.io.capture import CaptureError, Stop, count_frames, linktype_name, read_file
@@ -92,15 +94,6 @@ def _human(n: float) -> str:
             return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
-
-
-def _printable(s: str, limit: int = 120) -> str:
-    """Wire text for a terminal: control and other unprintable characters
-    escaped, so a filename can never move the cursor or forge a line."""
-    out = "".join(
-        c if c.isprintable() else (f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}") for c in s[:limit]
-    )
-    return out + ("..." if len(s) > limit else "")
 
 
 def _files(alerts: list[dict], per_alert: int = 10) -> str:
@@ -269,6 +262,7 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
     to_stdout = bool(args.stdout or output.stdout)
     summary_out = sys.stderr if to_stdout else sys.stdout
     mem = _SummarySink()
+    hunt = HuntSummary(rules, cfg.limits.max_summary_keys)
     report = report_cli.start(args)
 
     progress = Progress(args.pcap, enabled=None if args.progress == "auto" else args.progress == "always")
@@ -277,7 +271,7 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
     outputs = build_outputs(
         output, config=cfg, rules=rules, outdir=args.out, stdout=to_stdout, syslog=syslog, block=True
     )
-    sink = TeeSink(mem, outputs, *([report] if report else []))
+    sink = TeeSink(mem, hunt, outputs, *([report] if report else []))
     try:
         outputs.install_sighup()
     except ValueError:  # not the main thread (embedded use): no signal handler
@@ -353,6 +347,8 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
         files = mem.files_for(a)
         a["Files"] = files
         a["FileBytes"] = sum(int(f.get("Bytes") or 0) for f in files)
+    tables = hunt.tables(alerts, args.top)
+    no_alerts = "" if alerts else no_alert_reason(tables)
     if stop.signum:
         rc = 128 + stop.signum
     elif lost_total or rc_report:
@@ -383,6 +379,8 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
         json.dump(
             {
                 "alerts": alerts,
+                "hunt": tables,
+                "no_alerts": no_alerts,
                 "stats": stats,
                 "packets": packets,
                 "connections": conns,
@@ -427,7 +425,9 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
             print(file=out)
             print(_files(alerts), file=out)
         else:
-            print("no alerts", file=out)
+            print("no alerts" + (f": {no_alerts}" if no_alerts else ""), file=out)
+        for line in render(tables):
+            print(line, file=out)
         if args.out and output.files:
             where = f"{str(args.out).rstrip('/')}/"
             fst = ostats["sinks"].get(f"files:{args.out}", {})
@@ -716,6 +716,12 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     return EXIT_DAMAGED if damaged else EXIT_OK
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text[:9]) or len(text) > 9:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 999999999, got {text[:40]!r}")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="xfer-sensor", description="File-transfer C2/exfiltration sensor (T1071.002)")
     ap.add_argument("--version", action="version", version=f"xfer-sensor {__version__}")
@@ -745,6 +751,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="record shape: mde (DeviceNetworkEvents, the default) or ecs (Elastic Common Schema); "
         "overrides the config's output.profile",
+    )
+    rp.add_argument(
+        "--top",
+        type=_positive,
+        default=DEFAULT_TOP,
+        metavar="N",
+        help=f"keys shown in the hunt's table of the summary (default {DEFAULT_TOP}; the rest are counted)",
     )
     rp.add_argument("--stdout", action="store_true", help="also write the records as NDJSON on stdout")
     rp.add_argument("--syslog", metavar="HOST:PORT", help="also send the records to this RFC 5424 syslog collector")

@@ -174,6 +174,7 @@ class Limits:
     max_window_keys: int = 100_000  # rule-window group keys; LRU eviction beyond
     max_window_events: int = 10_000  # events kept per key inside one window
     max_match_chars: int = 4096  # characters of a field a rule's |re or wildcard pattern reads
+    max_summary_keys: int = 100_000  # hunt keys the replay summary tabulates per correlation rule
 
 
 PROFILES = ("mde", "ecs")

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +200,18 @@ def _event_us(rec: Mapping[str, Any]) -> int | None:
     return int(d.timestamp()) * 1_000_000 + d.microsecond
 
 
+@dataclass(frozen=True, slots=True)
+class Miss:
+    """Why a record missed a rule: a field of a selection the condition needs
+    that the record's value failed (``field`` set), or a filter selection that
+    matched and is no allow entry (``field`` empty)."""
+
+    selection: str
+    field: str = ""  # the record field ("" for a filter that matched)
+    value: Any = None  # the record's value of it
+    wanted: str = ""  # the rule's test as written: key (with modifiers) and value(s)
+
+
 @dataclass(frozen=True)
 class Verdict:
     """What a detection rule made of one record (``DetectionRule.explain``)."""
@@ -207,6 +220,10 @@ class Verdict:
     selections: tuple[str, ...]  # selections that matched (before allow entries)
     suppressed_by: tuple[AllowEntry, ...] = ()  # allow entries that suppressed a match
     expired: tuple[AllowEntry, ...] = ()  # entries that would have suppressed, but expired
+    misses: tuple[Miss, ...] = ()  # not matched and not suppressed: why (see Miss)
+
+
+_SCALARS = frozenset((str, int, float, bool, type(None)))
 
 
 @dataclass(frozen=True)
@@ -246,13 +263,61 @@ class DetectionRule:
                 expired.append(e)
         matched = _eval(self.condition, gated)
         sup: tuple[AllowEntry, ...] = ()
+        misses: tuple[Miss, ...] = ()
         if not matched:
             without = dict(gated)
             for n in self.allow:
                 without[n] = False
             if _eval(self.condition, without):
                 sup = tuple(e for n, e in self.allow.items() if gated.get(n))
-        return Verdict(matched, tuple(n for n, v in raw.items() if v), sup, tuple(expired))
+            else:
+                misses = self._misses(rec, gated)
+        return Verdict(matched, tuple(n for n, v in raw.items() if v), sup, tuple(expired), misses)
+
+    @cached_property
+    def _getters(self) -> tuple[Callable[[Mapping[str, Any]], Any], ...]:
+        return tuple(_getter(f) for f in sorted(self.fields_used))
+
+    @cached_property
+    def _expiring(self) -> bool:
+        return any(e.expires_us is not None for e in self.allow.values())
+
+    def explain_key(self, rec: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        """The values ``explain`` depends on, hashable, for a cache of its
+        verdicts; None when it cannot be cached (a list or mapping value, or an
+        allow entry with an expiry, which depends on the event's time)."""
+        if self._expiring:
+            return None
+        vals = tuple([get(rec) for get in self._getters])
+        types = tuple([type(v) for v in vals])
+        for t in types:
+            if t not in _SCALARS:
+                return None
+        return types, vals  # the types too: True == 1, but not for a rule
+
+    def _misses(self, rec: Mapping[str, Any], env: Mapping[str, bool]) -> tuple[Miss, ...]:
+        """Why the condition is false: the filters (selections it only
+        negates) that matched, when without them it would be true; else the
+        fields that failed in each selection it needs (of each, the
+        alternative with the fewest failures)."""
+        pol = _polarity(self.condition)
+        filters = [n for n, p in pol.items() if p == {True} and env.get(n)]
+        if filters and _eval(self.condition, {**env, **dict.fromkeys(filters, False)}):
+            return tuple(Miss(n, wanted=f"not {n}") for n in filters)
+        out: list[Miss] = []
+        for name, polarity in pol.items():
+            if polarity == {True} or env.get(name):
+                continue
+            sel = self.selections.get(name)
+            if not isinstance(sel, _Selection):
+                continue
+            best: list[Miss] | None = None
+            for alt in sel.alternatives:
+                failed = [Miss(name, t.field, t.get(rec), t.wanted) for t in alt if not t.pred(t.get(rec))]
+                if best is None or len(failed) < len(best):
+                    best = failed
+            out.extend(best or ())
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -514,6 +579,43 @@ def _field_matcher(
     return fieldname, one_or_any
 
 
+@dataclass(frozen=True, slots=True)
+class _FieldTest:
+    field: str
+    get: Callable[[Mapping[str, Any]], Any]
+    pred: Callable[[Any], bool]
+    wanted: str  # as written in the rule, for explanations
+
+
+class _Selection:
+    """A selection's matcher that keeps its field tests, so that
+    ``DetectionRule.explain`` can say which field failed. ``alternatives``:
+    the OR-ed maps, each the AND of its field tests."""
+
+    __slots__ = ("alternatives",)
+
+    def __init__(self, alternatives: tuple[tuple[_FieldTest, ...], ...]) -> None:
+        self.alternatives = alternatives
+
+    def __call__(self, rec: Mapping[str, Any]) -> bool:
+        for alt in self.alternatives:
+            for t in alt:
+                if not t.pred(t.get(rec)):
+                    break
+            else:
+                return True
+        return False
+
+
+MAX_WANTED_CHARS = 200  # characters of a rule's test kept to explain a miss
+
+
+def _wanted(key: str, value: Any) -> str:
+    vals = value if isinstance(value, list) else [value]
+    text = f"{key}: " + ", ".join("null" if v is None else str(v) for v in vals)
+    return text if len(text) <= MAX_WANTED_CHARS else text[: MAX_WANTED_CHARS - 3] + "..."
+
+
 def _selection(
     src: str,
     rid: str,
@@ -523,23 +625,23 @@ def _selection(
     used: set[str],
     alternatives: list[frozenset[str]] | None = None,
     cap: int = DEFAULT_MAX_MATCH_CHARS,
-) -> Matcher:
+) -> _Selection:
     """``alternatives`` collects the field set of each OR-ed map (for the allow checks)."""
     if alternatives is None:
         alternatives = []
     if isinstance(body, dict):
         if not body:
             raise RuleError(src, rid, f"detection.{name}", "empty selection")
-        fms = []
+        tests = []
         for k, v in body.items():
             f, pred = _field_matcher(src, rid, str(k), v, known, cap)
             used.add(f)
-            fms.append((_getter(f), pred))
+            tests.append(_FieldTest(f, _getter(f), pred, _wanted(str(k), v)))
         alternatives.append(frozenset(str(k).split("|")[0] for k in body))
-        return lambda rec: all(pred(get(rec)) for get, pred in fms)
+        return _Selection((tuple(tests),))
     if isinstance(body, list) and body and all(isinstance(x, dict) for x in body):
         subs = [_selection(src, rid, name, x, known, used, alternatives, cap) for x in body]
-        return lambda rec: any(s(rec) for s in subs)
+        return _Selection(tuple(alt for sub in subs for alt in sub.alternatives))
     raise RuleError(
         src,
         rid,
