@@ -320,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         f"limits: {{max_flows: {max(100_000, 2 * nflows_est)}}}\n"
         f"output: {{queue_max: {max(10_000, 2 * nflows_est)}}}\n"
         f"metrics_listen: 127.0.0.1:{mport}\n"
+        # the TCP segments carry a wrong checksum on purpose (the kernel drops
+        # them without answering); the sensor is told not to verify, or it
+        # would drop them too and there would be nothing to measure
+        'checksum_validation: "no"\n'
     )
     url = f"http://127.0.0.1:{mport}/metrics"
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # takes the datagrams: no ICMP unreachable
