@@ -415,6 +415,8 @@ def test_vector_example_parses_and_routes_to_the_templates_data_streams(docs):
 # -- Sentinel: custom tables and the data collection rule -----------------------------------
 SENTINEL = INGEST / "sentinel"
 TABLE_TYPES = {"string", "int", "long", "real", "boolean", "datetime", "guid", "dynamic"}
+# names Log Analytics sets itself on every table (a custom column cannot take them)
+RESERVED = {"id", "type", "tenantid", "sourcesystem", "mg", "managementgroupname", "computer", "rawdata"}
 KQL_SIMPLE = re.compile(
     r"source(\s*\|\s*extend\s+\w+\s*=\s*\w+\(\s*\w+\s*\)(\s*,\s*\w+\s*=\s*\w+\(\s*\w+\s*\))*)?\s*\Z"
 )
@@ -446,6 +448,7 @@ def sentinel_tables() -> dict[str, dict[str, str]]:
         assert res["name"].endswith(f"/{schema['name']}')]") and schema["name"].endswith("_CL")
         cols = [(c["name"], c["type"].lower()) for c in schema["columns"]]
         assert len({n for n, _ in cols}) == len(cols), schema["name"]
+        assert not [n for n, _ in cols if n.lower() in RESERVED or n.startswith("_")], schema["name"]
         out[schema["name"]] = dict(cols)
     return out
 
