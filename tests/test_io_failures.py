@@ -278,31 +278,75 @@ def _stopped(p: subprocess.Popen, sig: int) -> tuple[dict, str]:
     return summary, err.decode()
 
 
-def _feed_zero_records(pipe, stop: threading.Event) -> None:
-    """A pcap header, then zero-length records for as long as the reader takes them."""
+def _feed_zero_records(pipe, stop: threading.Event, fed: list[int]) -> None:
+    """A pcap header, then zero-length records for as long as the reader takes them
+    (``fed[0]``: the bytes written so far)."""
     rec = struct.pack("<IIII", 1_700_000_000, 0, 0, 0) * 4096
     try:
         pipe.write(PCAP_HEADER)
         while not stop.is_set():
             pipe.write(rec)
+            fed[0] += len(rec)
     except (BrokenPipeError, ValueError, OSError):
         pass
 
 
-def _wait_read(p: subprocess.Popen, pipe, secs: float = 1.0) -> None:
-    """Let the child run a moment (it must be reading when the signal comes)."""
+def _wait_read(p: subprocess.Popen, ready, secs: float = 0.2) -> None:
+    """Wait (up to 60 s: a loaded CI machine starts Python slowly) until ``ready()``
+    says the child is reading -- its signal handlers are installed before it opens
+    its input --, then let it run a moment (it must be reading when the signal comes)."""
+    deadline = time.monotonic() + 60
+    while not ready():
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline, "the replay never started reading"
+        time.sleep(0.02)
     time.sleep(secs)
     assert p.poll() is None, p.communicate()
+
+
+def _catches_sigterm(p: subprocess.Popen):
+    """``ready`` for _wait_read: the replay installed its handlers (Python itself
+    catches SIGINT from the start, SIGTERM only once the replay asks for it)."""
+
+    def ready() -> bool:
+        try:
+            status = Path(f"/proc/{p.pid}/status").read_text()
+        except OSError:
+            return False
+        cgt = next(int(ln.split()[1], 16) for ln in status.splitlines() if ln.startswith("SigCgt:"))
+        return bool(cgt >> (signal.SIGTERM - 1) & 1)
+
+    return ready
+
+
+def _has_open(p: subprocess.Popen, path: Path):
+    """``ready`` for _wait_read: the child holds ``path`` open."""
+
+    def ready() -> bool:
+        try:
+            fds = os.listdir(f"/proc/{p.pid}/fd")
+        except OSError:
+            return False
+        for fd in fds:
+            try:
+                if os.readlink(f"/proc/{p.pid}/fd/{fd}") == str(path):
+                    return True
+            except OSError:
+                pass
+        return False
+
+    return ready
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_stops_endless_zero_length_records_on_a_pipe(tmp_path, sig):
     p = _start(["/dev/stdin", "--out", str(tmp_path / "out")], stdin=subprocess.PIPE)
     halt = threading.Event()
-    t = threading.Thread(target=_feed_zero_records, args=(p.stdin, halt), daemon=True)
+    fed = [0]
+    t = threading.Thread(target=_feed_zero_records, args=(p.stdin, halt, fed), daemon=True)
     t.start()
     try:
-        _wait_read(p, p.stdin)
+        _wait_read(p, lambda: fed[0] > 1 << 20)  # more than a pipe holds: the child reads
         summary, err = _stopped(p, sig)
     finally:
         halt.set()
@@ -317,7 +361,7 @@ def test_sigint_stops_a_fifo_that_no_writer_opened(tmp_path):
     fifo = tmp_path / "cap.fifo"
     os.mkfifo(fifo)
     p = _start([str(fifo), "--out", str(tmp_path / "out")])
-    _wait_read(p, None)
+    _wait_read(p, _catches_sigterm(p), secs=0.5)  # its reader thread waits for a writer
     summary, _ = _stopped(p, signal.SIGINT)
     assert summary["packets"] == 0
 
@@ -347,7 +391,7 @@ def test_sigint_on_an_idle_pipe_writes_everything_read_before(tmp_path):
     deadline = time.monotonic() + 30
     while _fionread(p.stdin.fileno()) and time.monotonic() < deadline:  # the child took every byte
         time.sleep(0.05)
-    _wait_read(p, p.stdin)
+    _wait_read(p, lambda: True)
     try:
         summary, _ = _stopped(p, signal.SIGINT)
     finally:
@@ -365,7 +409,7 @@ def test_sigterm_stops_a_file_of_endless_filtered_records(tmp_path):
         fh.write(PCAP_HEADER)
         fh.truncate(64 << 30)
     p = _start([str(f), "--out", str(tmp_path / "out")])
-    _wait_read(p, None)
+    _wait_read(p, _has_open(p, f))
     summary, _ = _stopped(p, signal.SIGTERM)
     assert summary["packets"] == 0
 
