@@ -236,3 +236,23 @@ def _field_checks(r: Mapping[str, Any]) -> list[Any]:
         lambda r: r.get("RemoteIPType") is not None and str(r["RemoteIPType"]).lower() == "public",
         lambda r: r.get("ActionType") is not None and str(r["ActionType"]).lower() == "connectionsuccess",
     ]
+
+
+def test_iso_us_with_its_last_second_kept_matches_datetime():
+    """``iso_us`` keeps the text of the last second it formatted: in and out
+    of order, across days, clamped at both ends, it is datetime's."""
+    import random
+    from datetime import UTC, datetime
+
+    from sensor.core.timefmt import MAX_TS_US, iso_us
+
+    def ref(t: int) -> str:
+        t = min(max(t, 0), MAX_TS_US)
+        return datetime.fromtimestamp(t // 1_000_000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{t % 1_000_000:06d}Z"
+
+    rnd = random.Random(13)
+    times = [T0 + i * 37_013 for i in range(3_000)]  # packet order: runs of one second
+    times += [rnd.randrange(-(10**12), MAX_TS_US + 10**12) for _ in range(3_000)]  # any order
+    times += [0, -1, 999_999, 1_000_000, 86_399_999_999, 86_400_000_000, MAX_TS_US, MAX_TS_US + 1, T0, T0 - 1]
+    for t in times:
+        assert iso_us(t) == ref(t), t
