@@ -563,7 +563,14 @@ def _selection(
         if len(checks) == 1:
             get0, pred0 = checks[0]
             return lambda rec: pred0(get0(rec))
-        return lambda rec: all(pred(get(rec)) for get, pred in checks)
+
+        def selection(rec: Mapping[str, Any]) -> bool:
+            for get, pred in checks:  # (a loop, no generator: one call per record and rule)
+                if not pred(get(rec)):
+                    return False
+            return True
+
+        return selection
     if isinstance(body, list) and body and all(isinstance(x, dict) for x in body):
         subs = [_selection(src, rid, name, x, known, used, alternatives, cap) for x in body]
         return lambda rec: any(s(rec) for s in subs)
