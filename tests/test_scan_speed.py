@@ -256,3 +256,32 @@ def test_iso_us_with_its_last_second_kept_matches_datetime():
     times += [0, -1, 999_999, 1_000_000, 86_399_999_999, 86_400_000_000, MAX_TS_US, MAX_TS_US + 1, T0, T0 - 1]
     for t in times:
         assert iso_us(t) == ref(t), t
+
+
+def test_mde_lines_without_copying_the_record_are_the_profiles():
+    """``Encoder.encode`` (mde) appends the kind to the record's JSON instead
+    of copying the record: the same bytes as the profile's document, shrunk
+    the same way when too long, for every kind and hostile strings."""
+    from sensor.records.encode import MdeProfile, shrink
+
+    _, sink = _replay(dict(CFG, limits={"max_flows": 400}), fast=True)
+    recs = [(k, r) for k, rs in sink.records.items() for r in rs[:300]]
+    recs += [
+        (
+            "connections",
+            {"Timestamp": "t", "AppUser": 'é\u2028\n\x00\x1b"\\', "AdditionalFields": {"Files": ["a" * 900] * 30}},
+        ),
+        ("weird", {"RecordKind": "spoofed", "Name": "x"}),  # a member of that name: the profile's way
+        ("alerts", {}),
+        ("files", {"Uids": list(range(2_000)), "Timestamp": "t", "Uid": "C1"}),
+    ]
+    assert {k for k, _ in recs} >= {"connections", "alerts"}
+    for limit in (16_384, 600):
+        enc, ref = Encoder(max_line_bytes=limit), MdeProfile()
+        for kind, rec in recs:
+            want = to_line(ref.transform(kind, rec))  # type: ignore[arg-type]
+            if len(want) > limit:
+                import json
+
+                want = shrink(json.loads(want), limit, MdeProfile.flag_truncated)
+            assert enc.encode(kind, rec) == want, (kind, rec)
