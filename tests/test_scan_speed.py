@@ -285,3 +285,41 @@ def test_mde_lines_without_copying_the_record_are_the_profiles():
 
                 want = shrink(json.loads(want), limit, MdeProfile.flag_truncated)
             assert enc.encode(kind, rec) == want, (kind, rec)
+
+
+def test_uids_are_the_base62_digits_of_the_flow_hash():
+    """``FlowTable._uid`` (its base 62 cut in two divisions) gives the uid
+    of the plain digit-by-digit conversion, for IPv4 and IPv6 keys of any
+    time and same-microsecond count."""
+    import hashlib
+    import random
+    from binascii import hexlify
+
+    from sensor.engine.flows import _B62, FlowTable
+
+    def reference(key: tuple, ts: int, n: int) -> str:
+        proto, a, ap, b, bp = key
+        msg = b"%d|%s|%d|%s|%d|%d|%d" % (proto, hexlify(a), ap, hexlify(b), bp, ts, n)
+        v = int.from_bytes(hashlib.blake2b(msg, digest_size=12).digest(), "big")
+        digits = []
+        for _ in range(17):  # least significant first
+            v, r = divmod(v, 62)
+            digits.append(_B62[r])
+        return "C" + "".join(digits)
+
+    ft = FlowTable(config_from_dict({}), lambda f: None)
+    rnd = random.Random(7)
+    for _ in range(20_000):
+        size = rnd.choice((4, 16))
+        key = (
+            rnd.choice((6, 17)),
+            rnd.randbytes(size),
+            rnd.randrange(65536),
+            rnd.randbytes(size),
+            rnd.randrange(65536),
+        )
+        ts = rnd.randrange(1 << 62)
+        assert ft._uid(key, ts) == reference(key, ts, 0), key
+        ft._recent[key] = (ts, 2)  # a flow on this key ended in this microsecond: n = 3
+        assert ft._uid(key, ts) == reference(key, ts, 3), key
+        ft._recent.clear()

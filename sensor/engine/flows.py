@@ -62,6 +62,7 @@ _M32 = 0xFFFFFFFF
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # two base-62 digits at once, least significant first (as _uid emits them)
 _B62_PAIRS = tuple(_B62[i % 62] + _B62[i // 62] for i in range(62 * 62))
+_B62_4 = 3844**4  # four pairs
 
 _PORTS = struct.Struct("!HH")
 
@@ -487,13 +488,25 @@ class FlowTable:
         h = hashlib.blake2b(
             b"%d|%s|%d|%s|%d|%d|%d" % (proto, hexlify(a), ap, hexlify(b), bp, ts, n), digest_size=12
         ).digest()
-        v = int.from_bytes(h, "big")
-        out = ["C"]
-        for _ in range(8):  # 17 base-62 digits, least significant first: 8 pairs and one
-            v, r = divmod(v, 3844)
-            out.append(_B62_PAIRS[r])
-        out.append(_B62[v % 62])
-        return "".join(out)
+        # 17 base-62 digits, least significant first: 8 pairs and one; the 96-bit
+        # value is cut in two divisions by 3844^4, the rest is small-int arithmetic
+        v, lo = divmod(int.from_bytes(h, "big"), _B62_4)
+        top, mid = divmod(v, _B62_4)
+        x, y = divmod(lo, 14776336)  # 3844^2
+        z, w = divmod(mid, 14776336)
+        p = _B62_PAIRS
+        return (
+            "C"
+            + p[y % 3844]
+            + p[y // 3844]
+            + p[x % 3844]
+            + p[x // 3844]
+            + p[w % 3844]
+            + p[w // 3844]
+            + p[z % 3844]
+            + p[z // 3844]
+            + _B62[top % 62]
+        )
 
     def _end(self, flow: Flow, reason: str) -> None:
         if self.flows.pop(flow.key, None) is None:
