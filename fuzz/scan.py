@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Bounded state under a SYN scan, as one command:
 
-    python fuzz/scan.py [--syns 1000000] [--sources 50000] [--max-flows 100000] [--keep]
+    python fuzz/scan.py [--syns 1000000] [--sources 50000] [--max-flows 100000] [--keep] [--out DIR]
 
 Writes (with struct, in seconds) a capture of ``--syns`` TCP SYNs from
 ``--sources`` addresses to tracked ports (445, 21, 139, 990) of 20 public
@@ -11,8 +11,10 @@ crafted with tests/support/craft.py) spread through it; replays it with
 issue asks for: tracked flows never above ``max_flows`` (``active_max``),
 evictions and expiries, the FTP sessions still counted and alerted on (one
 alert, 5 connections in the hunt), the child's peak RSS (``wait4``) against a
-bound (``--rss-bound-mb``, 200), and the time taken. Exit status 1 when a
-check fails.
+bound (``--rss-bound-mb``, 200), and the time taken. ``--out DIR``: the
+replay writes the records there (as a deployment does) and every connection
+record must be a line of ``connections.jsonl``. Exit status 1 when a check
+fails.
 
 ``syn_scan_frames`` is also used by tests/test_bounded_state.py (small scans).
 """
@@ -139,13 +141,15 @@ def merged(scan: Iterator[tuple[int, bytes]], extra: list[tuple[int, bytes]]) ->
     yield from extra[j:]
 
 
-def replay(pcap: Path, cfg: Path) -> dict[str, Any]:
-    """``xfer-sensor replay PCAP --config CFG --format json`` as a child
-    process: its exit code, summary (``res``), stderr, peak RSS (MiB,
+def replay(pcap: Path, cfg: Path, out: Path | None = None) -> dict[str, Any]:
+    """``xfer-sensor replay PCAP --config CFG --format json [--out OUT]`` as a
+    child process: its exit code, summary (``res``), stderr, peak RSS (MiB,
     ``wait4``), wall and CPU (user + sys) seconds."""
     exe = Path(sys.executable).parent / "xfer-sensor"
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "sensor"]
     cmd += ["replay", str(pcap), "--config", str(cfg), "--format", "json", "--progress", "never"]
+    if out is not None:
+        cmd += ["--out", str(out)]
     t = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=REPO)
@@ -193,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rss-bound-mb", type=float, default=200.0)
     ap.add_argument("--dir", help="where to write the capture (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the capture")
+    ap.add_argument(
+        "--out", help="replay with --out DIR: the records written (and counted) as a deployment writes them"
+    )
     args = ap.parse_args(argv)
 
     work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="xfer-scan-"))
@@ -205,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
     n = write_pcap(pcap, merged(syn_scan_frames(args.syns, args.sources, t0_us, args.gap_us), ftp_frames(t0_us, span)))
     print(f"wrote {n:,} packets ({pcap.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.1f} s: {pcap}")
 
-    run = replay(pcap, cfg)
+    out = Path(args.out) if args.out else None
+    run = replay(pcap, cfg, out)
     if run["rc"] != 0:
         print(f"xfer-sensor exited {run['rc']}\n{run['stderr'][-3000:]}")
         return 1
@@ -225,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         or ("flow table full" in run["stderr"] and "emergency mode" in run["stderr"]),
         f"peak RSS {run['rss_mb']:.1f} MB <= {args.rss_bound_mb:.0f} MB": run["rss_mb"] <= args.rss_bound_mb,
     }
+    if out is not None:
+        with open(out / "connections.jsonl", "rb") as f:
+            lines = sum(1 for _ in f)
+        checks[f"{lines:,} lines in connections.jsonl == {res['connections']:,} records"] = lines == res["connections"]
     rc = report(run, checks)
     if not args.keep and not args.dir:
         pcap.unlink()

@@ -142,6 +142,8 @@ class Pipeline:
         self.attribution_counts: dict[str, int] = {}
         if attribution is not None:
             self.app.emit_transfer = self._emit_transfer
+        else:  # an unanswered SYN kept as an embryo ends without a Flow (_attempt_ended)
+            self.flows.attempt_ended = self._attempt_ended
         self.detector = Detector(rules, config.limits)
         self.weird_counts: dict[str, int] = {}
         self.action_counts: dict[str, int] = {}
@@ -211,6 +213,20 @@ class Pipeline:
             self.app.release(parent)
         if not held:
             self.app.release(flow)
+
+    def _attempt_ended(
+        self, orig_b: bytes, resp_b: bytes, orig_p: int, resp_p: int, ts: int, vlan: int, uid: str
+    ) -> None:
+        """An embryo (a bare SYN, unanswered) ends: what ``_flow_ended`` does
+        for the flow it would have hatched into -- no application state, no
+        children, no attribution -- for a fraction of the cost (a SYN scan
+        ends one per SYN)."""
+        rec = self.records.attempt(orig_b, resp_b, orig_p, resp_p, ts, vlan, uid, self.app.tcp_app(orig_p, resp_p))
+        ac = self.action_counts
+        ac["ConnectionFailed"] = ac.get("ConnectionFailed", 0) + 1
+        self.sink.emit("connections", rec)
+        for alert in self.detector.observe(rec, ts):
+            self.sink.emit("alerts", alert)
 
     def _emit_connection(self, flow: Flow) -> None:
         att = None

@@ -23,6 +23,20 @@ def iso_us(ts_us: int) -> str:
     arithmetic and only the date goes through ``datetime`` (once per day)."""
     ts_us = min(max(ts_us, 0), MAX_TS_US)
     sec, us = divmod(ts_us, 1_000_000)
+    global _last
+    last = _last
+    if sec == last[0]:  # the same second as the last call (records come in packet time)
+        return f"{last[1]}{us:06d}Z"
+    prefix = _second(sec)
+    _last = (sec, prefix)  # one reference: a reader in another thread sees both or neither
+    return f"{prefix}{us:06d}Z"
+
+
+_last: tuple[int, str] = (-1, "")  # the last second formatted, and its text up to the microseconds
+
+
+def _second(sec: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS.`` of a second since 1970."""
     day, sec = divmod(sec, 86400)
     date = _DAYS.get(day)
     if date is None:
@@ -31,4 +45,4 @@ def iso_us(ts_us: int) -> str:
             _DAYS[day] = date
     hour, sec = divmod(sec, 3600)
     minute, sec = divmod(sec, 60)
-    return f"{date}{hour:02d}:{minute:02d}:{sec:02d}.{us:06d}Z"
+    return f"{date}{hour:02d}:{minute:02d}:{sec:02d}."

@@ -592,15 +592,23 @@ class _Selection:
     ``DetectionRule.explain`` can say which field failed. ``alternatives``:
     the OR-ed maps, each the AND of its field tests."""
 
-    __slots__ = ("alternatives",)
+    __slots__ = ("alternatives", "costs", "_checks")
 
-    def __init__(self, alternatives: tuple[tuple[_FieldTest, ...], ...]) -> None:
-        self.alternatives = alternatives
+    def __init__(self, alternatives: tuple[tuple[_FieldTest, ...], ...], costs: tuple[tuple[int, ...], ...]) -> None:
+        self.alternatives = alternatives  # as written: explanations name fields in the rule's order
+        self.costs = costs  # _cost of each test, alternative by alternative
+        # evaluation order, not the rule's (which the report shows as written): the
+        # comparisons are side-effect free, so the cheapest, most selective run first
+        # (a failed connection is rejected by its ActionType before the port list)
+        self._checks = tuple(
+            tuple((t.get, t.pred) for _, _, t in sorted(zip(c, range(len(alt)), alt, strict=True), key=lambda e: e[:2]))
+            for alt, c in zip(alternatives, costs, strict=True)
+        )
 
     def __call__(self, rec: Mapping[str, Any]) -> bool:
-        for alt in self.alternatives:
-            for t in alt:
-                if not t.pred(t.get(rec)):
+        for checks in self._checks:  # (loops, no generator: one call per record and rule)
+            for get, pred in checks:
+                if not pred(get(rec)):
                     break
             else:
                 return True
@@ -614,6 +622,25 @@ def _wanted(key: str, value: Any) -> str:
     vals = value if isinstance(value, list) else [value]
     text = f"{key}: " + ", ".join("null" if v is None else str(v) for v in vals)
     return text if len(text) <= MAX_WANTED_CHARS else text[: MAX_WANTED_CHARS - 3] + "..."
+
+
+# fields of a connection's outcome: under a scan or a flood most records are
+# failed attempts, so a selection on them rejects most records at once
+OUTCOME_FIELDS = frozenset({"ActionType", "ConnState"})
+
+
+def _cost(key: str, value: Any) -> int:
+    """How early a selection evaluates a field: 0 an outcome field
+    (OUTCOME_FIELDS) against one plain string, 1 another field against one
+    plain string (an exact, case-insensitive comparison), 2 one number,
+    3 a list, 4 modifiers (globs, CIDR, regular expressions)."""
+    if "|" in key:
+        return 4
+    if isinstance(value, str) and "*" not in value and "?" not in value:
+        return 0 if key in OUTCOME_FIELDS else 1
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return 2
+    return 3
 
 
 def _selection(
@@ -633,15 +660,19 @@ def _selection(
         if not body:
             raise RuleError(src, rid, f"detection.{name}", "empty selection")
         tests = []
+        costs = []
         for k, v in body.items():
             f, pred = _field_matcher(src, rid, str(k), v, known, cap)
             used.add(f)
             tests.append(_FieldTest(f, _getter(f), pred, _wanted(str(k), v)))
+            costs.append(_cost(str(k), v))
         alternatives.append(frozenset(str(k).split("|")[0] for k in body))
-        return _Selection((tuple(tests),))
+        return _Selection((tuple(tests),), (tuple(costs),))
     if isinstance(body, list) and body and all(isinstance(x, dict) for x in body):
         subs = [_selection(src, rid, name, x, known, used, alternatives, cap) for x in body]
-        return _Selection(tuple(alt for sub in subs for alt in sub.alternatives))
+        return _Selection(
+            tuple(alt for sub in subs for alt in sub.alternatives), tuple(c for sub in subs for c in sub.costs)
+        )
     raise RuleError(
         src,
         rid,

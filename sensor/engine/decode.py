@@ -234,8 +234,13 @@ class Checksums:
     def _home(self, src: bytes) -> bool:
         """``src`` is the capturing side's: in home_net, or a loopback address."""
         if len(src) == 4:
+            if src[0] == 127:
+                return True
             a = _from_bytes(src, "big")
-            return src[0] == 127 or any(a & m == n for n, m in self._nets4)
+            for n, m in self._nets4:  # (a loop: a SYN scan asks once per new sender)
+                if a & m == n:
+                    return True
+            return False
         a6 = ipaddress.IPv6Address(src)
         return a6.is_loopback or any(a6 in n for n in self._nets6)
 

@@ -261,6 +261,13 @@ class Dispatcher:
             return False
         return not (self.pairs and (src, dst) in self.ports.hosts)
 
+    def tcp_app(self, orig_p: int, resp_p: int) -> str:
+        """The application protocol ``flow_started`` names a new TCP flow with
+        no expectation after (the pipeline's record of an embryo that never
+        became a Flow)."""
+        e = self.tcp_ports.get(resp_p) or self.tcp_orig_ports.get(orig_p)
+        return "" if e is None else e[1]
+
     def reused(self, flow: Flow, from_orig: bool, payload: bytes) -> bool:
         """A UDP datagram from the client starts a new connection on
         ``flow``'s 5-tuple (the session's ``restarts``: a TFTP client's port

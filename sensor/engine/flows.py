@@ -62,6 +62,7 @@ _M32 = 0xFFFFFFFF
 _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # two base-62 digits at once, least significant first (as _uid emits them)
 _B62_PAIRS = tuple(_B62[i % 62] + _B62[i // 62] for i in range(62 * 62))
+_B62_4 = 3844**4  # four pairs
 
 _PORTS = struct.Struct("!HH")
 
@@ -362,6 +363,12 @@ class FlowTable:
         self._eorder: deque[Any] = deque()  # wire key, value, wire key, value... in creation order
         self.quiet_syn: Callable[[bytes, bytes, int], bool] | None = None
         self.embryo_from = int(EMBRYOS_FROM * self.max_flows)
+        # ``attempt_ended(orig_b, resp_b, orig_p, resp_p, first_ts, vlan, uid)``: an
+        # embryo ends (evicted, flushed) as the unanswered attempt it is, without
+        # being hatched into a Flow; None: hatched and ended as one (``on_end``). Set
+        # only by an owner whose record of such a flow depends on these alone
+        # (the pipeline: records, no attribution; its on_new gives it no state)
+        self.attempt_ended: Callable[[bytes, bytes, int, int, int, int, str], None] | None = None
 
     def active(self) -> int:
         """Flows tracked right now, embryonic ones included (bounded by ``max_flows``)."""
@@ -440,10 +447,30 @@ class FlowTable:
     def flush(self) -> None:
         """End every flow (end of capture, shutdown), oldest first."""
         self._eorder.clear()
-        for wk, v in list(self.embryos.items()):
-            self._hatch(wk, v, live=False)
-        for flow in sorted(self.flows.values(), key=lambda f: (f.first_ts, f.uid)):
-            self._end(flow, "flush")
+        ended = self.attempt_ended
+        if ended is None:
+            for wk, v in list(self.embryos.items()):
+                self._hatch(wk, v, live=False)
+            for flow in sorted(self.flows.values(), key=lambda f: (f.first_ts, f.uid)):
+                self._end(flow, "flush")
+        else:
+            # the flows and the embryos (each with its uid, made in the order
+            # hatching would have made them) end together, oldest first
+            last: list[tuple[int, str, Any]] = [(f.first_ts, f.uid, f) for f in self.flows.values()]
+            for wk, v in self.embryos.items():
+                key, src, dst, sport, dport = self._embryo_key(wk)
+                ts = v >> 48
+                last.append((ts, self._uid(key, ts), (src, dst, sport, dport, ts, (v >> 32) & 0xFFFF)))
+            self.stats.hatched += len(self.embryos)
+            self.embryos.clear()
+            last.sort(key=lambda e: (e[0], e[1]))  # stable: flows before embryos, as hatching added them
+            st = self.stats
+            for _, uid, x in last:
+                if isinstance(x, Flow):
+                    self._end(x, "flush")
+                else:
+                    st.ended += 1
+                    ended(x[0], x[1], x[2], x[3], x[4], x[5], uid)
         for q in self.queues:
             q.clear()
         self.qlive = [0, 0, 0, 0]
@@ -461,13 +488,25 @@ class FlowTable:
         h = hashlib.blake2b(
             b"%d|%s|%d|%s|%d|%d|%d" % (proto, hexlify(a), ap, hexlify(b), bp, ts, n), digest_size=12
         ).digest()
-        v = int.from_bytes(h, "big")
-        out = ["C"]
-        for _ in range(8):  # 17 base-62 digits, least significant first: 8 pairs and one
-            v, r = divmod(v, 3844)
-            out.append(_B62_PAIRS[r])
-        out.append(_B62[v % 62])
-        return "".join(out)
+        # 17 base-62 digits, least significant first: 8 pairs and one; the 96-bit
+        # value is cut in two divisions by 3844^4, the rest is small-int arithmetic
+        v, lo = divmod(int.from_bytes(h, "big"), _B62_4)
+        top, mid = divmod(v, _B62_4)
+        x, y = divmod(lo, 14776336)  # 3844^2
+        z, w = divmod(mid, 14776336)
+        p = _B62_PAIRS
+        return (
+            "C"
+            + p[y % 3844]
+            + p[y // 3844]
+            + p[x % 3844]
+            + p[x // 3844]
+            + p[w % 3844]
+            + p[w // 3844]
+            + p[z % 3844]
+            + p[z // 3844]
+            + _B62[top % 62]
+        )
 
     def _end(self, flow: Flow, reason: str) -> None:
         if self.flows.pop(flow.key, None) is None:
@@ -535,7 +574,10 @@ class FlowTable:
                 eo.popleft()
                 eo.popleft()
                 self.stats.evicted += 1
-                self._end(self._hatch(wk, v, live=False), "evicted")
+                if self.attempt_ended is None:
+                    self._end(self._hatch(wk, v, live=False), "evicted")
+                else:
+                    self._end_embryo(wk, v)
                 return
         for cls in (T_ATTEMPT, T_UDP, T_CLOSED, T_ESTABLISHED):
             q = self.queues[cls]
@@ -605,16 +647,53 @@ class FlowTable:
             st.active_max = n
         return True
 
+    @staticmethod
+    def _embryo_key(wk: bytes) -> tuple[FlowKey, bytes, bytes, int, int]:
+        """The flow key of the embryo ``wk``, its originator and responder addresses and ports."""
+        n = (len(wk) - 4) >> 1
+        src, dst = wk[:n], wk[n : 2 * n]
+        sport, dport = _PORTS.unpack_from(wk, 2 * n)
+        key: FlowKey = (6, src, sport, dst, dport) if (src, sport) <= (dst, dport) else (6, dst, dport, src, sport)
+        return key, src, dst, sport, dport
+
+    def _end_embryo(self, wk: bytes, v: int) -> None:
+        """The embryo ``wk`` ends now (evicted) as the unanswered attempt it
+        is: what ``_end(_hatch(wk, v, live=False))`` does, without the Flow
+        (``attempt_ended`` writes its record)."""
+        del self.embryos[wk]
+        st = self.stats
+        st.hatched += 1
+        key, src, dst, sport, dport = self._embryo_key(wk)
+        ts = v >> 48
+        uid = self._uid(key, ts)
+        if ts >= self.now:  # as _end: a later flow on this key in this microsecond counts it
+            recent = self._recent
+            if len(recent) >= MAX_RECENT_KEYS:
+                recent.clear()
+            recent[key] = (ts, self._uidn)
+            if len(recent) > self.recent_peak:
+                self.recent_peak = len(recent)
+        st.ended += 1
+        eo = self._eorder
+        if len(eo) > 4 * len(self.embryos) + 256:  # as _hatch
+            self._reorder()
+        self.attempt_ended(src, dst, sport, dport, ts, (v >> 32) & 0xFFFF, uid)  # type: ignore[misc]
+
+    def _reorder(self) -> None:
+        """Rebuild ``_eorder`` from the live embryos (drops the entries of hatched ones)."""
+        eo = self._eorder
+        eo.clear()
+        for k, x in self.embryos.items():
+            eo.append(k)
+            eo.append(x)
+
     def _hatch(self, wk: bytes, v: int, live: bool = True) -> Flow:
         """The embryo ``wk`` as the flow its SYN would have created (``live``:
         indexed and queued, else about to end)."""
         del self.embryos[wk]
         self.stats.hatched += 1
-        n = (len(wk) - 4) >> 1
-        src, dst = wk[:n], wk[n : 2 * n]
-        sport, dport = _PORTS.unpack_from(wk, 2 * n)
+        key, src, dst, sport, dport = self._embryo_key(wk)
         ts = v >> 48
-        key: FlowKey = (6, src, sport, dst, dport) if (src, sport) <= (dst, dport) else (6, dst, dport, src, sport)
         flow = Flow(self._uid(key, ts), key, 6, src, sport, dst, dport, ts, (v >> 32) & 0xFFFF)
         flow.uidn = self._uidn
         self.flows[key] = flow
@@ -626,12 +705,8 @@ class FlowTable:
         self.tcp_segment(flow, True, SYN, v & _M32, 0, ts)
         if self.on_new is not None:
             self.on_new(flow, None)
-        eo = self._eorder
-        if len(eo) > 4 * len(self.embryos) + 256:  # mostly entries of hatched embryos: rebuild
-            eo.clear()
-            for k, x in self.embryos.items():
-                eo.append(k)
-                eo.append(x)
+        if len(self._eorder) > 4 * len(self.embryos) + 256:  # mostly entries of hatched embryos: rebuild
+            self._reorder()
         return flow
 
     def _hatch_due(self, limit: int, budget: int) -> None:

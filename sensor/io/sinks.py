@@ -467,14 +467,22 @@ class Outputs:
         self.sinks = list(sinks)
         self.counts = {k: 0 for k in KINDS}
         self._old_hup: Any = None
+        # the sinks of each kind: a record no sink takes is not encoded (a replay
+        # without --out or --stdout encodes nothing; the encoder's ``truncated``
+        # counts lines written)
+        self._takers = {k: tuple(s for s in self.sinks if k in s.kinds) for k in KINDS}
 
     def emit(self, kind: str, rec: Mapping[str, Any]) -> None:
-        line = self.encoder.encode(kind, rec)
         self.counts[kind] = self.counts.get(kind, 0) + 1
+        takers = self._takers.get(kind)
+        if takers is None:
+            takers = tuple(s for s in self.sinks if kind in s.kinds)
+        if not takers:
+            return
+        line = self.encoder.encode(kind, rec)
         meta = (kind, rec.get("Timestamp"), _syslog_severity(kind, rec))
-        for s in self.sinks:
-            if kind in s.kinds:
-                s.put(meta, line)
+        for s in takers:
+            s.put(meta, line)
 
     def request_reopen(self) -> None:
         for s in self.sinks:

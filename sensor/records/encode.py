@@ -46,6 +46,10 @@ def to_line(rec: dict[str, Any]) -> bytes:
     return (_dumps(rec) + "\n").encode("ascii")
 
 
+# ',"RecordKind":"<kind>"}' and the newline: the end of an mde line (Encoder.encode)
+_KIND_TAILS = {k: "," + _dumps("RecordKind") + ":" + _dumps(k) + "}\n" for k in KINDS}
+
+
 # -- profiles ---------------------------------------------------------------------
 class MdeProfile:
     """The records as the sensor builds them (DeviceNetworkEvents-shaped),
@@ -159,10 +163,19 @@ class Encoder:
         self.max_line_bytes = max_line_bytes
         self.truncated = 0
         self._flag = lambda d: _flag(self.profile, d)
+        self._mde = type(self.profile) is MdeProfile
 
     def encode(self, kind: str, rec: Mapping[str, Any]) -> bytes:
-        doc = self.profile.transform(kind, rec)
-        line = to_line(doc)  # type: ignore[arg-type]
+        if self._mde and type(rec) is dict and rec and "RecordKind" not in rec:
+            # MdeProfile.transform's line without copying the record: its JSON
+            # with the kind appended as the last member (the same bytes)
+            tail = _KIND_TAILS.get(kind)
+            if tail is None:
+                tail = "," + _dumps("RecordKind") + ":" + _dumps(kind) + "}\n"
+            line = (_dumps(rec)[:-1] + tail).encode("ascii")
+        else:
+            doc = self.profile.transform(kind, rec)
+            line = to_line(doc)  # type: ignore[arg-type]
         if len(line) <= self.max_line_bytes:
             return line
         self.truncated += 1

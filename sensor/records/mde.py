@@ -13,7 +13,7 @@ from sensor.core.iptype import IpTyper, NetSet
 from sensor.core.timefmt import MAX_TS_US as MAX_TS_US  # re-exported: importers of records.mde
 from sensor.core.timefmt import iso_us as iso_us
 from sensor.engine.dispatch import AppState
-from sensor.engine.flows import Flow
+from sensor.engine.flows import Flow, address_text
 from sensor.records.communityid import community_id_v1
 
 RECORD_FIELDS = (
@@ -117,6 +117,62 @@ class RecordBuilder:
             if not flow.successful:
                 return "ConnectionFailed" if "D" in flow.history else "ConnectionFound"
         return "ConnectionSuccess" if outbound else "InboundConnectionAccepted"
+
+    def attempt(
+        self, orig_b: bytes, resp_b: bytes, orig_p: int, resp_p: int, ts: int, vlan: int, uid: str, app: str
+    ) -> dict[str, Any]:
+        """The record ``build`` gives an unanswered TCP attempt: a flow of one
+        bare SYN (history ``S``, state ``S0``) with no application state and no
+        attribution (``endpoint`` off) -- an embryo ending under a SYN scan
+        (sensor/engine/flows.py), without its Flow. ``app``: its protocol name
+        from the port registry. tests/test_scan_speed.py compares the two."""
+        orig_h, resp_h = address_text(orig_b), address_text(resp_b)
+        home = self.home
+        outbound = (orig_h in home) or (resp_h not in home)  # device_of(orig_h, resp_h) == orig_h
+        if outbound:
+            lip, lport, rip, rport, sent_pkts, recv_pkts = orig_h, orig_p, resp_h, resp_p, 1, 0
+        else:
+            lip, lport, rip, rport, sent_pkts, recv_pkts = resp_h, resp_p, orig_h, orig_p, 0, 1
+        cfg = self.cfg
+        first = iso_us(ts)
+        type_of = self.typer.type_of
+        rec = {
+            "Timestamp": first,
+            "DeviceName": cfg.device_name or cfg.inventory.get(lip, lip),
+            "ActionType": "ConnectionFailed",
+            "LocalIP": lip,
+            "LocalPort": lport,
+            "RemoteIP": rip,
+            "RemotePort": rport,
+            "Protocol": "Tcp",
+            "LocalIPType": type_of(lip),
+            "RemoteIPType": type_of(rip),
+            "InitiatingProcessFileName": "",
+            "InitiatingProcessId": 0,
+            "InitiatingProcessAccountName": "",
+            "AccountName": "",
+            "SentBytes": 0,
+            "ReceivedBytes": 0,
+            "SentPackets": sent_pkts,
+            "ReceivedPackets": recv_pkts,
+            "FirstSeen": first,
+            "LastSeen": first,
+            "ConnState": "S0",
+            "History": "S",
+            "Uid": uid,
+            "CommunityId": community_id_v1(orig_b, resp_b, 6, orig_p, resp_p),
+            "Direction": "outbound" if outbound else "inbound",
+            "Vlan": vlan,
+            "AppProtocol": app,
+            "AppUser": "",
+            "DataSentBytes": 0,
+            "DataReceivedBytes": 0,
+            "ParentUid": "",
+            "AdditionalFields": {},
+        }
+        if cfg.hostnames:
+            rec["RemoteUrl"] = cfg.hostnames.get(rip, "")
+        return rec
 
     def build(self, flow: Flow, att: Any = None) -> dict[str, Any]:
         """The connection's record; ``att`` its ``Attribution`` (endpoint mode)."""
