@@ -14,7 +14,6 @@ from typing import Any
 
 from sensor.analyzers.base import FlowContext, FlowView, Plugin, Session
 from sensor.analyzers.tftp.analyzer import (
-    TftpRequest,
     TftpRequestAnalyzer,
     TftpTransferAnalyzer,
     TftpTransferContext,
@@ -27,7 +26,10 @@ REQUEST_OPCODES = frozenset((b"\x00\x01", b"\x00\x02"))  # RRQ, WRQ: sessions of
 
 
 class TftpSession(Session):
-    """A request flow (``context`` None) or a transfer flow."""
+    """A request flow (``context`` None) or a transfer flow. Slotted: a
+    request flood keeps one per flow (``max_flows``)."""
+
+    __slots__ = ("analyzer", "context", "__weakref__")
 
     def __init__(
         self,
@@ -40,15 +42,24 @@ class TftpSession(Session):
         self.context = context
 
     def on_event(self, ev: Event) -> None:
-        if isinstance(ev, TftpRequest):
-            ctx = self.ctx
-            ctx.set_field("TftpOp", ev.op)
-            ctx.set_field("TftpFilename", ev.filename)
-            ctx.set_field("TftpMode", ev.mode)
-            if ev.options:
-                ctx.set_field("TftpOptions", {k: v for k, v in ev.options})
-        elif isinstance(ev, TftpTransferDone):
+        # a TftpRequest's fields are the record's, set when the flow ends
+        # (``flow_ending``): an empty fields dict costs a third of a full one
+        if isinstance(ev, TftpTransferDone):
             self.transfer(ev)
+
+    def flow_ending(self) -> None:
+        """The record's ``TftpOp``/``TftpFilename``/``TftpMode``/``TftpOptions``:
+        the last request's (a retransmission repeats it; a new one on the
+        same flow replaces it), as the analyzer parses it again."""
+        a = self.analyzer
+        req = a.context if isinstance(a, TftpRequestAnalyzer) else None
+        if req is not None:
+            ctx = self.ctx
+            ctx.set_field("TftpOp", req.op)
+            ctx.set_field("TftpFilename", req.filename)
+            ctx.set_field("TftpMode", req.mode)
+            if req.options:
+                ctx.set_field("TftpOptions", {k: v for k, v in req.options})
 
     def transfer(self, ev: TftpTransferDone) -> None:
         ctx = self.ctx
