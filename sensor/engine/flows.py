@@ -44,7 +44,7 @@ import struct
 from binascii import hexlify
 from collections import deque
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, cast
 
 from sensor.core.config import Config
 from sensor.core.counters import Counters
@@ -69,15 +69,50 @@ _PORTS = struct.Struct("!HH")
 FlowKey = tuple[int, bytes, int, bytes, int]
 
 
+# addresses kept shared (``address_text``'s strings, the flow table's packed
+# keys): a flood from a few hosts then costs one copy per host, not two per flow
+MAX_SHARED_ADDRESSES = 1 << 12  # per cache; cleared when full
+
+_ADDRESS_TEXTS: dict[bytes, str] = {}
+
+
 def address_text(b: bytes) -> str:
-    """A packed IPv4 or IPv6 address as text."""
-    return socket.inet_ntop(socket.AF_INET if len(b) == 4 else socket.AF_INET6, b)
+    """A packed IPv4 or IPv6 address as text (one shared string per address)."""
+    t = _ADDRESS_TEXTS.get(b)
+    if t is None:
+        if len(_ADDRESS_TEXTS) >= MAX_SHARED_ADDRESSES:
+            _ADDRESS_TEXTS.clear()
+        t = _ADDRESS_TEXTS[b] = socket.inet_ntop(socket.AF_INET if len(b) == 4 else socket.AF_INET6, b)
+    return t
 
 
-class Side:
-    """One direction's accounting (an endpoint, as sender)."""
+class UdpSide:
+    """One direction's accounting of a UDP flow (an endpoint, as sender):
+    what a datagram changes. The sequence fields of a TCP :class:`Side` read
+    as their initial values here and are never written (only TCP segments
+    write them); a request flood keeps two per flow, at 56 bytes, not 96."""
 
-    __slots__ = ("pkts", "state", "base", "lo", "hi", "seen_seq", "udp_bytes", "syn_seq")
+    __slots__ = ("pkts", "state", "udp_bytes")
+    base = 0
+    lo = 0
+    hi = 0
+    seen_seq = False
+    syn_seq = -1
+
+    def __init__(self) -> None:
+        self.pkts = 0
+        self.state = UDP_INACTIVE
+        self.udp_bytes = 0
+
+    @property
+    def bytes(self) -> int:
+        return self.udp_bytes
+
+
+class Side(UdpSide):
+    """One direction's accounting of a TCP flow (an endpoint, as sender)."""
+
+    __slots__ = ("base", "lo", "hi", "seen_seq", "syn_seq")
 
     def __init__(self) -> None:
         self.pkts = 0
@@ -150,8 +185,11 @@ class Flow:
         self.qts = ts  # when it was last put at the back of its timeout queue
         self.qver = 0  # the version of its live queue entry (older entries are dead)
         self.inq = False  # it has a live entry in a timeout queue
-        self.o = Side()
-        self.r = Side()
+        # a UDP flow's sides are UdpSides, typed as Sides: only TCP segments
+        # (``FlowTable.tcp_segment``, the fused path's TCP branch) write the
+        # sequence fields, and the flow key's protocol keeps them off UDP flows
+        self.o: Side = Side() if proto == 6 else cast(Side, UdpSide())
+        self.r: Side = Side() if proto == 6 else cast(Side, UdpSide())
         self.history = ""
         self.tclass = T_ATTEMPT if proto == 6 else T_UDP
         self.vlan = vlan
@@ -362,6 +400,7 @@ class FlowTable:
         self._eorder: deque[Any] = deque()  # wire key, value, wire key, value... in creation order
         self.quiet_syn: Callable[[bytes, bytes, int], bool] | None = None
         self.embryo_from = int(EMBRYOS_FROM * self.max_flows)
+        self._addrs: dict[bytes, bytes] = {}  # packed addresses flows share (``_shared``)
 
     def active(self) -> int:
         """Flows tracked right now, embryonic ones included (bounded by ``max_flows``)."""
@@ -668,9 +707,24 @@ class FlowTable:
                 return None
         return self._hatch(wk, v)
 
+    def _shared(self, b: bytes) -> bytes:
+        """``b`` (a packed address), or the equal one a flow already holds."""
+        addrs = self._addrs
+        s = addrs.get(b)
+        if s is None:
+            if len(addrs) >= MAX_SHARED_ADDRESSES:
+                addrs.clear()
+            s = addrs[b] = b
+        return s
+
     def _create(self, p: Packet, key: FlowKey, admitted: tuple[bool, object] | None = None) -> Flow:
         self._room()
         src, sport, dst, dport = p.src, p.sport, p.dst, p.dport
+        if p.proto != 6:
+            # UDP: its addresses shared (a request flood from a few hosts; a
+            # TCP flow keeps the packet's, as a SYN scan's sources are many)
+            src, dst = self._shared(src), self._shared(dst)
+            key = (key[0], self._shared(key[1]), key[2], self._shared(key[3]), key[4])
         flags = p.flags
         flip = False
         if admitted is not None:
