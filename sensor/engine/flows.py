@@ -69,21 +69,14 @@ _PORTS = struct.Struct("!HH")
 FlowKey = tuple[int, bytes, int, bytes, int]
 
 
-# addresses kept shared (``address_text``'s strings, the flow table's packed
-# keys): a flood from a few hosts then costs one copy per host, not two per flow
-MAX_SHARED_ADDRESSES = 1 << 12  # per cache; cleared when full
-
-_ADDRESS_TEXTS: dict[bytes, str] = {}
+# packed addresses (and their text) new UDP flows share (``FlowTable._shared``):
+# a request flood from a few hosts then keeps one copy of each, not four per flow
+MAX_SHARED_ADDRESSES = 1 << 10  # cleared when full
 
 
 def address_text(b: bytes) -> str:
-    """A packed IPv4 or IPv6 address as text (one shared string per address)."""
-    t = _ADDRESS_TEXTS.get(b)
-    if t is None:
-        if len(_ADDRESS_TEXTS) >= MAX_SHARED_ADDRESSES:
-            _ADDRESS_TEXTS.clear()
-        t = _ADDRESS_TEXTS[b] = socket.inet_ntop(socket.AF_INET if len(b) == 4 else socket.AF_INET6, b)
-    return t
+    """A packed IPv4 or IPv6 address as text."""
+    return socket.inet_ntop(socket.AF_INET if len(b) == 4 else socket.AF_INET6, b)
 
 
 class UdpSide:
@@ -400,7 +393,7 @@ class FlowTable:
         self._eorder: deque[Any] = deque()  # wire key, value, wire key, value... in creation order
         self.quiet_syn: Callable[[bytes, bytes, int], bool] | None = None
         self.embryo_from = int(EMBRYOS_FROM * self.max_flows)
-        self._addrs: dict[bytes, bytes] = {}  # packed addresses flows share (``_shared``)
+        self._addrs: dict[bytes, tuple[bytes, str]] = {}  # addresses UDP flows share (``_shared``)
 
     def active(self) -> int:
         """Flows tracked right now, embryonic ones included (bounded by ``max_flows``)."""
@@ -707,24 +700,25 @@ class FlowTable:
                 return None
         return self._hatch(wk, v)
 
-    def _shared(self, b: bytes) -> bytes:
-        """``b`` (a packed address), or the equal one a flow already holds."""
+    def _shared(self, b: bytes) -> tuple[bytes, str]:
+        """``b`` (a packed address) and its text: those other UDP flows hold, if any."""
         addrs = self._addrs
-        s = addrs.get(b)
-        if s is None:
+        e = addrs.get(b)
+        if e is None:
             if len(addrs) >= MAX_SHARED_ADDRESSES:
                 addrs.clear()
-            s = addrs[b] = b
-        return s
+            e = addrs[b] = (b, address_text(b))
+        return e
 
     def _create(self, p: Packet, key: FlowKey, admitted: tuple[bool, object] | None = None) -> Flow:
         self._room()
         src, sport, dst, dport = p.src, p.sport, p.dst, p.dport
-        if p.proto != 6:
-            # UDP: its addresses shared (a request flood from a few hosts; a
-            # TCP flow keeps the packet's, as a SYN scan's sources are many)
-            src, dst = self._shared(src), self._shared(dst)
-            key = (key[0], self._shared(key[1]), key[2], self._shared(key[3]), key[4])
+        udp = p.proto != 6
+        if udp:
+            # UDP: its addresses and their text shared (a request flood from a
+            # few hosts); a TCP flow keeps the packet's: a SYN scan's sources are many
+            (src, src_h), (dst, dst_h) = self._shared(src), self._shared(dst)
+            key = (key[0], src if key[1] == src else dst, key[2], dst if key[1] == src else src, key[4])
         flags = p.flags
         flip = False
         if admitted is not None:
@@ -744,6 +738,8 @@ class FlowTable:
         else:
             flow = Flow(self._uid(key, p.ts), key, p.proto, src, sport, dst, dport, p.ts, p.vlan)
         flow.uidn = self._uidn
+        if udp:
+            flow._orig_h, flow._resp_h = (dst_h, src_h) if flip else (src_h, dst_h)
         self.flows[key] = flow
         fast = self.fast
         if fast is not None and _indexable(flow):
