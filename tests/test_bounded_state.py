@@ -778,3 +778,113 @@ def test_replay_summary_escapes_wire_text(tmp_path):
     bad = sorted({chr(b) for b in cp.stdout if b < 0x20 and b not in (0x0A,)})
     assert not bad, f"raw control characters from the wire on the terminal: {bad!r}"
     assert max(len(line) for line in cp.stdout.split(b"\n")) < 400
+
+
+# --------------------------------------------------------------------------
+# a TFTP request flood: what each request flow keeps while it lives
+# --------------------------------------------------------------------------
+
+# the interpreter, the imports and the replay's fixed tables: a replay of a
+# 2,000-request flood peaks at ~37 MB (fuzz/tftp_flood.py --requests 2000)
+REPLAY_BASE = 40 * 1000 * 1000
+
+
+def test_tftp_request_flow_memory_fits_the_rss_bound():
+    """A request flood holds up to max_flows request flows, each with its
+    session, analyzer and (up to the expectation bound) an expectation:
+    with the table of expectations already full, each more request must
+    cost at most its share of the RSS bound, (RSS_BOUND - REPLAY_BASE) /
+    max_flows (1,600 bytes with the defaults), measured with tracemalloc."""
+    import gc
+    import tracemalloc
+
+    from sensor.engine.expect import MAX_EXPECTATIONS
+    from sensor.engine.flows import UdpSide
+    from sensor.pipeline import Pipeline
+
+    class Null:
+        def emit(self, kind, rec):
+            pass
+
+        def close(self):
+            pass
+
+    pipe = Pipeline(config_from_dict(TFTP_CFG), RULES, Null())
+    h = pipe.handler_for(1)
+    frames = list(flood_frames(MAX_EXPECTATIONS + 10_000, t0_us=int(T0 * 1e6)))
+    gc.collect()
+    tracemalloc.start()  # (from the start: the expectations dropped later were allocated then)
+    try:
+        for ts, f in frames[:MAX_EXPECTATIONS]:
+            h(ts, f)
+        assert pipe.app.expect.count == MAX_EXPECTATIONS
+        gc.collect()
+        before = tracemalloc.take_snapshot()
+        for ts, f in frames[MAX_EXPECTATIONS:]:
+            h(ts, f)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    flows = list(pipe.flows.flows.values())
+    assert len(flows) == len(frames) and pipe.app.expect.count == MAX_EXPECTATIONS
+    assert all(f.ctx.session is not None and f.ctx.analyzer is not None for f in flows)  # full request flows
+    assert type(flows[0].o) is UdpSide and type(flows[0].r) is UdpSide
+    # a few hosts: one copy of each address and of its text for all their flows
+    assert len({id(f.orig_b) for f in flows}) == 4 and len({id(f.orig_h) for f in flows}) == 4
+    assert len({id(f.key[3]) for f in flows if f.key[3] == f.resp_b}) == 1
+    per_flow = sum(s.size_diff for s in after.compare_to(before, "filename")) / 10_000
+    assert per_flow <= (RSS_BOUND - REPLAY_BASE) / DEFAULT_MAX_FLOWS, f"{per_flow:.0f} bytes per request flow"
+
+
+def _tftp_records(frames):
+    from sensor.io.sinks import MemorySink
+    from sensor.pipeline import Pipeline
+
+    sink = MemorySink()
+    pipe = Pipeline(config_from_dict(TFTP_CFG), RULES, sink)
+    h = pipe.handler_for(1)
+    for ts, f in frames:
+        h(ts, f)
+    pipe.finish()
+    return sink.records
+
+
+def test_tftp_request_fields_are_the_last_requests():
+    """The request flow's record carries TftpOp/TftpFilename/TftpMode of its
+    last request, and TftpOptions of the last request that had options, in
+    that order (set when the flow ends, from the request datagram the
+    analyzer keeps; as when they were set at each request)."""
+    from fuzz.scan import udp_frame
+    from fuzz.tftp_flood import SERVER, client
+
+    t = int(T0 * 1e6)
+    a = b"\x00\x01first.bin\x00OCTET\x00blksize\x001024\x00"
+    b = b"\x00\x02second.cfg\x00netascii\x00"
+    cli = client(0)
+    frames = [
+        (t, udp_frame(cli, SERVER, 40000, 69, a, 1)),
+        (t + 2_000_000, udp_frame(cli, SERVER, 40000, 69, a, 2)),  # retransmitted
+        (t + 3_000_000, udp_frame(cli, SERVER, 40000, 69, b, 3)),  # another request, unanswered: same flow
+        # a request answered on port 69 itself (an ERROR): its transfer names the request's file
+        (t + 4_000_000, udp_frame(cli, SERVER, 40001, 69, a, 4)),
+        (t + 4_000_100, udp_frame(SERVER, cli, 69, 40001, b"\x00\x05\x00\x01Not found\x00", 5)),
+    ]
+    recs = _tftp_records(frames)
+    by_port = {c["LocalPort"]: c for c in recs["connections"]}
+    assert by_port[40000]["AdditionalFields"] == {
+        "TftpOp": "write",
+        "TftpFilename": "second.cfg",
+        "TftpMode": "netascii",
+        "TftpOptions": {"blksize": "1024"},
+    }
+    assert list(by_port[40000]["AdditionalFields"]) == ["TftpOp", "TftpFilename", "TftpMode", "TftpOptions"]
+    assert by_port[40001]["AdditionalFields"]["TftpFilename"] == "first.bin"
+    assert by_port[40001]["AdditionalFields"]["TftpMode"] == "octet"
+    (tr,) = recs["transfers"]
+    assert (tr["Filename"], tr["ErrorCode"], tr["Complete"], tr["ControlUid"]) == (
+        "first.bin",
+        1,
+        False,
+        by_port[40001]["Uid"],
+    )

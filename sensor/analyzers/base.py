@@ -49,8 +49,10 @@ class ConnInfo:
 
 
 class Analyzer:
-    """Base class. Subclasses set ``name`` and implement the receive methods."""
+    """Base class. Subclasses set ``name`` and implement the receive methods
+    (and may declare ``__slots__``: a TFTP request flood keeps one per flow)."""
 
+    __slots__ = ("conn",)
     name: str = "base"
 
     def __init__(self, conn: ConnInfo) -> None:
@@ -183,7 +185,10 @@ class Tap:
 
 class Session:
     """A plugin's state for one flow. The dispatcher calls the hooks; the
-    session answers through its :class:`FlowContext` (``self.ctx``)."""
+    session answers through its :class:`FlowContext` (``self.ctx``).
+    Subclasses may declare ``__slots__`` (one session lives per flow)."""
+
+    __slots__ = ("ctx",)
 
     # the analyzer the dispatcher feeds, and its TCP reassembly depth per
     # direction (bytes; 0: datagrams, no reassembly)

@@ -100,7 +100,7 @@ class AppState:
         self.held = False  # this flow's record waits for its children
         self.user = ""
         self.fields: dict[str, Any] = {}
-        self.files: list[str] = []
+        self.files: list[str] | tuple[()] = ()  # a list from the first file named (most flows name none)
         self.child_sent = 0
         self.child_recv = 0
         self.child_answered = False
@@ -610,7 +610,10 @@ class Dispatcher:
         self.stats["transfers"] += 1
         name = rec.get("Filename", "")
         if name and len(owner.files) < MAX_SUMMARY_FILES:  # a listing without a path names nothing
-            owner.files.append(name)
+            if isinstance(owner.files, list):
+                owner.files.append(name)
+            else:
+                owner.files = [name]
         if self.emit_transfer is not None:
             self.emit_transfer(owner.flow, rec, "transfers")
         else:

@@ -44,7 +44,7 @@ import struct
 from binascii import hexlify
 from collections import deque
 from collections.abc import Callable, Collection
-from typing import Any
+from typing import Any, cast
 
 from sensor.core.config import Config
 from sensor.core.counters import Counters
@@ -70,15 +70,43 @@ _PORTS = struct.Struct("!HH")
 FlowKey = tuple[int, bytes, int, bytes, int]
 
 
+# packed addresses (and their text) new UDP flows share (``FlowTable._shared``):
+# a request flood from a few hosts then keeps one copy of each, not four per flow
+MAX_SHARED_ADDRESSES = 1 << 10  # cleared when full
+
+
 def address_text(b: bytes) -> str:
     """A packed IPv4 or IPv6 address as text."""
     return socket.inet_ntop(socket.AF_INET if len(b) == 4 else socket.AF_INET6, b)
 
 
-class Side:
-    """One direction's accounting (an endpoint, as sender)."""
+class UdpSide:
+    """One direction's accounting of a UDP flow (an endpoint, as sender):
+    what a datagram changes. The sequence fields of a TCP :class:`Side` read
+    as their initial values here and are never written (only TCP segments
+    write them); a request flood keeps two per flow, at 56 bytes, not 96."""
 
-    __slots__ = ("pkts", "state", "base", "lo", "hi", "seen_seq", "udp_bytes", "syn_seq")
+    __slots__ = ("pkts", "state", "udp_bytes")
+    base = 0
+    lo = 0
+    hi = 0
+    seen_seq = False
+    syn_seq = -1
+
+    def __init__(self) -> None:
+        self.pkts = 0
+        self.state = UDP_INACTIVE
+        self.udp_bytes = 0
+
+    @property
+    def bytes(self) -> int:
+        return self.udp_bytes
+
+
+class Side(UdpSide):
+    """One direction's accounting of a TCP flow (an endpoint, as sender)."""
+
+    __slots__ = ("base", "lo", "hi", "seen_seq", "syn_seq")
 
     def __init__(self) -> None:
         self.pkts = 0
@@ -151,8 +179,11 @@ class Flow:
         self.qts = ts  # when it was last put at the back of its timeout queue
         self.qver = 0  # the version of its live queue entry (older entries are dead)
         self.inq = False  # it has a live entry in a timeout queue
-        self.o = Side()
-        self.r = Side()
+        # a UDP flow's sides are UdpSides, typed as Sides: only TCP segments
+        # (``FlowTable.tcp_segment``, the fused path's TCP branch) write the
+        # sequence fields, and the flow key's protocol keeps them off UDP flows
+        self.o: Side = Side() if proto == 6 else cast(Side, UdpSide())
+        self.r: Side = Side() if proto == 6 else cast(Side, UdpSide())
         self.history = ""
         self.tclass = T_ATTEMPT if proto == 6 else T_UDP
         self.vlan = vlan
@@ -369,6 +400,7 @@ class FlowTable:
         # only by an owner whose record of such a flow depends on these alone
         # (the pipeline: records, no attribution; its on_new gives it no state)
         self.attempt_ended: Callable[[bytes, bytes, int, int, int, int, str], None] | None = None
+        self._addrs: dict[bytes, tuple[bytes, str]] = {}  # addresses UDP flows share (``_shared``)
 
     def active(self) -> int:
         """Flows tracked right now, embryonic ones included (bounded by ``max_flows``)."""
@@ -743,9 +775,25 @@ class FlowTable:
                 return None
         return self._hatch(wk, v)
 
+    def _shared(self, b: bytes) -> tuple[bytes, str]:
+        """``b`` (a packed address) and its text: those other UDP flows hold, if any."""
+        addrs = self._addrs
+        e = addrs.get(b)
+        if e is None:
+            if len(addrs) >= MAX_SHARED_ADDRESSES:
+                addrs.clear()
+            e = addrs[b] = (b, address_text(b))
+        return e
+
     def _create(self, p: Packet, key: FlowKey, admitted: tuple[bool, object] | None = None) -> Flow:
         self._room()
         src, sport, dst, dport = p.src, p.sport, p.dst, p.dport
+        udp = p.proto != 6
+        if udp:
+            # UDP: its addresses and their text shared (a request flood from a
+            # few hosts); a TCP flow keeps the packet's: a SYN scan's sources are many
+            (src, src_h), (dst, dst_h) = self._shared(src), self._shared(dst)
+            key = (key[0], src if key[1] == src else dst, key[2], dst if key[1] == src else src, key[4])
         flags = p.flags
         flip = False
         if admitted is not None:
@@ -765,6 +813,8 @@ class FlowTable:
         else:
             flow = Flow(self._uid(key, p.ts), key, p.proto, src, sport, dst, dport, p.ts, p.vlan)
         flow.uidn = self._uidn
+        if udp:
+            flow._orig_h, flow._resp_h = (dst_h, src_h) if flip else (src_h, dst_h)
         self.flows[key] = flow
         fast = self.fast
         if fast is not None and _indexable(flow):

@@ -61,6 +61,7 @@ BLKSIZE_MIN = 8  # RFC 2348
 BLKSIZE_MAX = 65464  # RFC 2348
 TFTP_PORT = 69
 KNOWN_MODES = frozenset({"netascii", "octet", "mail"})
+_MODES = {m: m for m in KNOWN_MODES}
 
 ERROR_CODES = {
     0: "Not defined",
@@ -235,6 +236,8 @@ class OackPacket:
     anomalies: tuple[Anomaly, ...] = ()
 
 
+NO_OPTIONS = TftpOptions()
+
 TftpPacket = RequestPacket | DataPacket | AckPacket | ErrorPacket | OackPacket
 
 _DIGITS = re.compile(rb"[0-9]{1,20}")
@@ -318,7 +321,8 @@ def interpret_options(
                 anomalies.append(Anomaly("tftp_bad_option_value", f"{name} {value[:32]!r}"))
                 continue
         values[name] = num
-    return TftpOptions(**values), tuple(anomalies)
+    # most requests carry no option: one shared (immutable) instance for them
+    return (TftpOptions(**values) if values else NO_OPTIONS), tuple(anomalies)
 
 
 def _parse_request(op: int, data: bytes, limits: TftpLimits) -> RequestPacket | ParseError:
@@ -339,6 +343,7 @@ def _parse_request(op: int, data: bytes, limits: TftpLimits) -> RequestPacket | 
     elif not filename_raw:
         anomalies.append(Anomaly("tftp_empty_filename"))
     mode = _text(_bounded(data[i + 1 : j], limits.max_mode_bytes, "mode", anomalies)).lower()
+    mode = _MODES.get(mode, mode)  # the known ones shared, not one string per request
     if mode not in KNOWN_MODES:
         anomalies.append(Anomaly("tftp_unknown_mode", mode[:32]))
     options = _parse_option_pairs(data[j + 1 :], limits, anomalies)
@@ -419,7 +424,7 @@ class TftpTransferContext:
     mode: str = "octet"
     options: tuple[tuple[str, str], ...] = ()
     blksize: int = BLKSIZE_DEFAULT
-    requested: TftpOptions = TftpOptions()
+    requested: TftpOptions = NO_OPTIONS
     filename_truncated: bool = False
     request_uid: str | None = None
     client_h: str | None = None
@@ -551,7 +556,7 @@ class _TransferSession:
         self.weirds = weirds
         self.server_is_orig = server_is_orig
         self.op = context.op if context is not None else None
-        self.requested = context.requested if context is not None else TftpOptions()
+        self.requested = context.requested if context is not None else NO_OPTIONS
         self.blksize = context.blksize if context is not None else BLKSIZE_DEFAULT
         self.windowsize = 1
         self.tsize = self.requested.tsize if self.op == "write" else None
@@ -761,6 +766,7 @@ class TftpTransferAnalyzer(Analyzer):
     works (see the module docstring)."""
 
     name = "tftp-transfer"
+    __slots__ = ("limits", "_weirds", "_session")
 
     def __init__(
         self,
@@ -799,18 +805,32 @@ class TftpTransferAnalyzer(Analyzer):
 
 
 class TftpRequestAnalyzer(Analyzer):
-    """The flow to port 69: RRQ/WRQ, plus replies that come back on it."""
+    """The flow to port 69: RRQ/WRQ, plus replies that come back on it.
+
+    One lives for every request flow (a flood of requests keeps up to
+    ``max_flows`` of them): slotted, its weird sink made at the first weird."""
 
     name = "tftp"
+    __slots__ = (
+        "limits",
+        "_sink",
+        "_last_raw",
+        "_last_from_orig",
+        "_last_ts",
+        "_session",
+        "_lazy",
+        "_reported_in_flow",
+        "requests",
+        "retransmitted_requests",
+    )
 
     def __init__(self, conn: ConnInfo, limits: TftpLimits = DEFAULT_LIMITS) -> None:
         super().__init__(conn)
         self.limits = limits
-        self._weirds = _WeirdSink(self.name, limits)
+        self._sink: _WeirdSink | None = None
         self._last_raw: bytes | None = None
         self._last_from_orig = True
         self._last_ts = 0
-        self._context: TftpTransferContext | None = None
         self._session: _TransferSession | None = None
         # server_is_orig of the request's session until a reply on this flow
         # needs it (made lazily: most requests are answered from a new port)
@@ -818,6 +838,13 @@ class TftpRequestAnalyzer(Analyzer):
         self._reported_in_flow = False
         self.requests = 0
         self.retransmitted_requests = 0
+
+    @property
+    def _weirds(self) -> _WeirdSink:
+        sink = self._sink
+        if sink is None:
+            sink = self._sink = _WeirdSink(self.name, self.limits)
+        return sink
 
     def receive_ts(self, data: bytes, ts: int) -> list[Event]:
         return self._receive(bytes(data), True, ts)
@@ -841,13 +868,14 @@ class TftpRequestAnalyzer(Analyzer):
         if isinstance(pkt, ParseError):
             self._weirds.add(out, ts, pkt.name, pkt.detail)
             return out
-        self._weirds.add_all(out, ts, pkt.anomalies)
+        if pkt.anomalies:
+            self._weirds.add_all(out, ts, pkt.anomalies)
         if isinstance(pkt, RequestPacket):
             self._on_request(pkt, data, from_orig, ts, out)
             return out
         session = self._session
-        if session is None and self._lazy is not None and self._context is not None:
-            session = self._session = _TransferSession(self._context, self.limits, self._weirds, self._lazy)
+        if session is None and self._lazy is not None and (context := self.context) is not None:
+            session = self._session = _TransferSession(context, self.limits, self._weirds, self._lazy)
             self._lazy = None
         if session is None:
             self._weirds.add(
@@ -860,36 +888,51 @@ class TftpRequestAnalyzer(Analyzer):
         session.on_packet(pkt, from_orig, ts, out)
         return out
 
-    def _on_request(self, pkt: RequestPacket, raw: bytes, from_orig: bool, ts: int, out: list[Event]) -> None:
+    def _context_of(self, pkt: RequestPacket, from_orig: bool) -> TftpTransferContext:
+        """What the transfer ``pkt`` asks for needs to know (``from_orig``: the client is the originator)."""
         c = self.conn
         if from_orig:
             client_h, client_p, server_h = c.orig_h, c.orig_p, c.resp_h
         else:
             client_h, client_p, server_h = c.resp_h, c.resp_p, c.orig_h
+        return TftpTransferContext(
+            op=pkt.op,
+            filename=pkt.filename,
+            mode=pkt.mode,
+            options=pkt.options,
+            blksize=BLKSIZE_DEFAULT,
+            requested=pkt.known,
+            filename_truncated=pkt.filename_truncated,
+            request_uid=c.uid,
+            client_h=client_h,
+            client_p=client_p,
+            server_h=server_h,
+        )
+
+    @property
+    def context(self) -> TftpTransferContext | None:
+        """The last request's transfer context (None before a request).
+        Made again from the request's datagram, not kept: a request flood
+        keeps one analyzer per flow, and most never need it again."""
+        raw = self._last_raw
+        if raw is None:
+            return None
+        pkt = parse_packet(raw, self.limits)  # pure: as it parsed when it came
+        return self._context_of(pkt, self._last_from_orig) if isinstance(pkt, RequestPacket) else None
+
+    def _on_request(self, pkt: RequestPacket, raw: bytes, from_orig: bool, ts: int, out: list[Event]) -> None:
         retransmit = (
-            self._context is not None
-            and raw == self._last_raw
+            raw == self._last_raw
             and from_orig == self._last_from_orig
             and 0 <= ts - self._last_ts <= self.limits.expect_timeout_us
         )
+        c = self.conn
+        context = self._context_of(pkt, from_orig)  # equal to the first one's for a retransmission
         if retransmit:
             self.retransmitted_requests += 1
         else:
             out.extend(self._flush_session(ts))
             self.requests += 1
-            self._context = TftpTransferContext(
-                op=pkt.op,
-                filename=pkt.filename,
-                mode=pkt.mode,
-                options=pkt.options,
-                blksize=BLKSIZE_DEFAULT,
-                requested=pkt.known,
-                filename_truncated=pkt.filename_truncated,
-                request_uid=c.uid,
-                client_h=client_h,
-                client_p=client_p,
-                server_h=server_h,
-            )
             self._lazy = not from_orig  # its _TransferSession when a reply comes on this flow
             self._reported_in_flow = False
             out.append(TftpRequest(ts, pkt.op, pkt.filename, pkt.mode, pkt.options, pkt.filename_truncated))
@@ -898,12 +941,12 @@ class TftpRequestAnalyzer(Analyzer):
             ExpectConnection(
                 ts=ts,
                 proto="udp",
-                orig_h=server_h,
+                orig_h=c.resp_h if from_orig else c.orig_h,  # the server
                 orig_p=None,
-                resp_h=client_h,
-                resp_p=client_p,
+                resp_h=c.orig_h if from_orig else c.resp_h,  # the client
+                resp_p=c.orig_p if from_orig else c.resp_p,
                 analyzer=TftpTransferAnalyzer.name,
                 expires_us=ts + self.limits.expect_timeout_us,
-                context=self._context,
+                context=context,
             )
         )
