@@ -71,6 +71,8 @@ class Expectations:
         return bool(tp) and (resp_p in tp or None in tp)
 
     def add(self, e: ExpectConnection, parent: Flow) -> None:
+        while self.count >= self.max > 0:  # room first: the table never holds more than max
+            self._drop_oldest()
         k = self._key(e.proto, e.resp_h, e.resp_p)
         q = self.by_key.get(k)
         if q is None:
@@ -82,7 +84,7 @@ class Expectations:
             self.stats.peak = self.count
         self._ref(e.resp_p, +1)
         self._tcp_ref(e, +1)
-        while self.count > self.max:
+        while self.count > self.max:  # max 0: nothing is kept
             self._drop_oldest()
 
     def _drop_oldest(self) -> None:
