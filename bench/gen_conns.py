@@ -2,8 +2,7 @@
 """Deterministic capture of N short TCP connections to file-transfer ports, for the report's scale test.
 
 Each connection is a handshake and a client RST (4 frames, Ethernet/IPv4,
-correct lengths; checksums left 0, which the sensor does not check unless
-told to): ``--repeated`` (client, remote, port) keys get ``--per-key``
+correct lengths and IPv4/TCP checksums, which the sensor verifies): ``--repeated`` (client, remote, port) keys get ``--per-key``
 connections each (so they alert under a config that makes the remotes
 Public), every other connection goes to its own remote. Remotes are in
 11.0.0.0/8 (global), clients in 10.1.0.0/16. Written with ``struct``, no scapy.
@@ -26,9 +25,22 @@ def _ip(a: int) -> bytes:
     return struct.pack("!I", a)
 
 
+def _csum(data: bytes) -> int:
+    """RFC 1071: the ones' complement of the ones' complement sum of 16-bit words."""
+    if len(data) % 2:
+        data += b"\0"
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
 def _frame(src: int, dst: int, sport: int, dport: int, seq: int, ack: int, flags: int) -> bytes:
     tcp = struct.pack("!HHIIBBHHH", sport, dport, seq, ack, 5 << 4, flags, 65535, 0, 0)
+    pseudo = _ip(src) + _ip(dst) + struct.pack("!BBH", 0, 6, len(tcp))
+    tcp = tcp[:16] + struct.pack("!H", _csum(pseudo + tcp)) + tcp[18:]
     ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0, 64, 6, 0, _ip(src), _ip(dst))
+    ip = ip[:10] + struct.pack("!H", _csum(ip)) + ip[12:]
     eth = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01\x08\x00"
     return eth + ip + tcp
 
