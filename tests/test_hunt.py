@@ -193,7 +193,7 @@ def test_stdin_glob_and_mixed_stream(tmp_path, capsys, monkeypatch):
     stream = tmp_path / "stream.jsonl"
     stream.write_bytes(mixed)
     with stream.open("rb") as f:
-        monkeypatch.setattr(sys, "stdin", type("S", (), {"buffer": f})())
+        monkeypatch.setattr(sys, "stdin", type("S", (), {"buffer": f, "isatty": lambda self: False})())
         out = tmp_path / "h"
         rc = main(["hunt", "-", "--config", str(PCAPS / "demo.yaml"), "--profile", "ecs", "--out", str(out)])
     assert rc == 0

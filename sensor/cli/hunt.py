@@ -294,6 +294,8 @@ def cmd_hunt(args: argparse.Namespace, table: Callable[[list[dict]], str], order
     try:
         for n in names:
             if n == "-":
+                if sys.stdin.isatty():
+                    raise ConfigError("-", "records", "stdin is a terminal: pipe records in, or name files")
                 f = sys.stdin.buffer
             else:
                 try:
