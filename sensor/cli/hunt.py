@@ -149,11 +149,17 @@ class Input:
 
     def first(self) -> tuple[int, dict[str, Any]] | None:
         """The first record; an input whose first line is not a JSON object is not JSONL (ConfigError)."""
-        line = self._line()
-        while line is not None and not line.strip():
-            line = self._line()
-        if line is None:
+        line = self.f.readline(self.max_line + 1)
+        while line and not line.strip():
+            self.lineno += 1
+            self.counts.lines += 1
+            line = self.f.readline(self.max_line + 1)
+        if not line:
             return None
+        self.lineno += 1
+        self.counts.lines += 1
+        if len(line) > self.max_line and not line.endswith(b"\n"):
+            raise ConfigError(self.name, "records", f"not JSONL (line {self.lineno} longer than {self.max_line} bytes)")
         try:
             doc = _loads(line)
         except BadLine as e:
