@@ -219,3 +219,23 @@ def test_out_never_overwrites_an_input(tmp_path, capsys):
     assert rc == 2
     assert "is also an input" in capsys.readouterr().err
     assert (r / "alerts.jsonl").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "pcap,cfg", [(PCAPS / "demo.pcap", PCAPS / "demo.yaml"), (PCAPS / "real" / "smb445.pcap", None)]
+)
+def test_ecs_connections_read_back_as_the_mde_records(tmp_path, capsys, pcap, cfg):
+    """Every field a rule can name comes back from an ecs connection as the mde record has it."""
+    from sensor.records.ecs_read import connection_from_ecs
+
+    config = str(_config(tmp_path, cfg))
+    for p in ("mde", "ecs"):
+        argv = ["replay", str(pcap), "--config", config, "--out", str(tmp_path / p), "--profile", p]
+        assert main([*argv, "--progress", "never"]) == 0
+    capsys.readouterr()
+    mde = [json.loads(ln) for ln in (tmp_path / "mde" / "connections.jsonl").read_text().splitlines()]
+    ecs = [json.loads(ln) for ln in (tmp_path / "ecs" / "connections.jsonl").read_text().splitlines()]
+    assert len(mde) == len(ecs) > 0
+    for m, e in zip(mde, ecs, strict=True):
+        m.pop("RecordKind")
+        assert connection_from_ecs(e) == m
