@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor import __version__
+from sensor.cli import hunt as hunt_cli
 from sensor.cli import report as report_cli
 from sensor.cli.progress import Progress, ProgressAwareHandler
 from sensor.cli.summary import DEFAULT_TOP, HuntSummary, no_alert_reason, render
@@ -792,6 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     report_cli.add_command(sub)
+    hunt_cli.add_command(sub, lambda a: hunt_cli.cmd_hunt(a, _table, sort_alerts))
     ru = sub.add_parser("rules", help="list the rules, or test one on a capture")
     rsub = ru.add_subparsers(dest="rules_cmd", required=True)
     rl = rsub.add_parser("list", help="the loaded rules, their allow entries and expiry")

@@ -9,10 +9,10 @@ false-positive controls (filter selections, ``x-allow``): docs/detection.md.
 from __future__ import annotations
 
 import fnmatch
+import importlib.resources
 import ipaddress
 import logging
 import re
-import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -1163,14 +1163,28 @@ def load_rules(
     return load_rule_docs(docs, known_fields, max_match_chars)
 
 
+SHIPPED_RULES_FILE = "t1071_002_file_transfer_protocols.yml"
+RULES_PACKAGE = "sensor_rules"  # rules/ of the repository, installed as package data (pyproject.toml, setup.py)
+
+
 def default_rules_dir() -> Path:
-    """``rules/`` of a source checkout, else the installed copy."""
-    here = Path(__file__).resolve().parent.parent  # sensor/
-    for cand in (
-        here.parent / "rules",
-        Path(sys.prefix) / "share" / "xfer-sensor" / "rules",
-        Path("/etc/xfer-sensor/rules.d"),
+    """The shipped rules: ``rules/`` of the source checkout this module runs
+    from, else the installed package ``sensor_rules`` (any install: system,
+    venv, ``--user``, pipx), else ``/etc/xfer-sensor/rules.d``. A folder that
+    merely sits beside the package is never taken: in site-packages,
+    ``rules/`` can be another package's."""
+    checkout = Path(__file__).resolve().parent.parent.parent  # the folder holding sensor/
+    rules = checkout / "rules"
+    if (
+        (checkout / "pyproject.toml").is_file()
+        and (rules / "__init__.py").is_file()
+        and (rules / SHIPPED_RULES_FILE).is_file()
     ):
-        if cand.is_dir():
-            return cand
-    return here.parent / "rules"
+        return rules
+    try:
+        installed = importlib.resources.files(RULES_PACKAGE)
+    except ModuleNotFoundError:
+        installed = None
+    if isinstance(installed, Path) and (installed / SHIPPED_RULES_FILE).is_file():
+        return installed
+    return Path("/etc/xfer-sensor/rules.d")

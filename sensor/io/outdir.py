@@ -8,13 +8,14 @@ one ``ConfigError`` naming the path and the reason (exit 2), instead of an
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from sensor.core.config import ConfigError
 from sensor.records.encode import KINDS
 
 
-def check_outdir(path: str | Path, option: str = "--out") -> Path:
+def check_outdir(path: str | Path, option: str = "--out", kinds: Sequence[str] = KINDS) -> Path:
     """Creates the folder if needed and opens (creating, never truncating)
     each record file the file sink will write, so that what fails here is
     what would fail there. Returns the folder."""
@@ -25,7 +26,7 @@ def check_outdir(path: str | Path, option: str = "--out") -> Path:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(option, "out", f"cannot create the folder {p}: {e.strerror or e}") from None
-    for kind in KINDS:
+    for kind in kinds:
         f = p / f"{kind}.jsonl"
         if f.exists() and not f.is_file():
             raise ConfigError(option, "out", f"{f} exists and is not a file")
