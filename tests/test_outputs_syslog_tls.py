@@ -395,7 +395,11 @@ def test_reconnects_with_tls_when_the_collector_restarts(tmp_path, pki):
         batch("after", 20)
         got = r.wait_for(40)
         names = collections.Counter(json.loads(x[5])["Name"] for x in got)
-        assert names == collections.Counter([f"before-{i}" for i in range(20)] + [f"after-{i}" for i in range(20)])
+        assert names == collections.Counter([f"before-{i}" for i in range(20)] + [f"after-{i}" for i in range(20)]), (
+            # what the sink thought happened, and what rsyslog said: a failure here names its cause
+            outputs.stats()["sinks"],
+            (r.dir / "rsyslogd.stderr").read_text()[-2000:],
+        )
         outputs.close()
         st = next(iter(outputs.stats()["sinks"].values()))
         assert st["written"] == 40 and st["dropped_error"] == 0
