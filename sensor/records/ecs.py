@@ -446,19 +446,7 @@ class EcsProfile:
             f["size"] = rec["AnnouncedSize"]  # never a claim above what moved (that is claimed_bytes)
         if f:
             doc["file"] = f
-        if rec.get("User"):
-            doc["user"] = {"name": rec["User"]}
-        proc: dict[str, Any] = {}  # endpoint mode: the process of the control connection
-        for col, path in _PROCESS[:2] + _PROCESS[5:6]:
-            v = rec.get(col)
-            if v not in (None, "", 0, -1):
-                _set(proc, path, v)
-        if proc:
-            doc["process"] = proc
-        related: dict[str, Any] = {"ip": _uniq((client, server))}
-        if rec.get("User"):
-            related["user"] = [rec["User"]]
-        doc["related"] = related
+        _user_process_related(doc, rec, client, server)
         x: dict[str, Any] = {
             "uid": rec.get("Uid", ""),
             "control_uid": rec.get("ControlUid", ""),
@@ -515,19 +503,7 @@ class EcsProfile:
             if base:
                 f["name"] = base
             doc["file"] = f
-        if rec.get("User"):
-            doc["user"] = {"name": rec["User"]}
-        proc: dict[str, Any] = {}  # endpoint mode: the process of the connection
-        for col, path in _PROCESS[:2] + _PROCESS[5:6]:
-            v = rec.get(col)
-            if v not in (None, "", 0, -1):
-                _set(proc, path, v)
-        if proc:
-            doc["process"] = proc
-        related: dict[str, Any] = {"ip": _uniq((client, server))}
-        if rec.get("User"):
-            related["user"] = [rec["User"]]
-        doc["related"] = related
+        _user_process_related(doc, rec, client, server)
         x: dict[str, Any] = {
             "uid": rec.get("Uid", ""),
             "action": action,
@@ -554,3 +530,21 @@ class EcsProfile:
             "weird": {"name": rec.get("Name", ""), "source": rec.get("Source", ""), "uid": rec.get("Uid", "")}
         }
         return doc
+
+
+def _user_process_related(doc: dict[str, Any], rec: Mapping[str, Any], client: str, server: str) -> None:
+    """``user``, ``process`` (endpoint mode: the process of the connection, or of
+    the control connection for a transfer) and ``related`` of a transfer or file event."""
+    if rec.get("User"):
+        doc["user"] = {"name": rec["User"]}
+    proc: dict[str, Any] = {}
+    for col, path in _PROCESS[:2] + _PROCESS[5:6]:
+        v = rec.get(col)
+        if v not in (None, "", 0, -1):
+            _set(proc, path, v)
+    if proc:
+        doc["process"] = proc
+    related: dict[str, Any] = {"ip": _uniq((client, server))}
+    if rec.get("User"):
+        related["user"] = [rec["User"]]
+    doc["related"] = related
