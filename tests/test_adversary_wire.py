@@ -6,6 +6,7 @@ whole pipeline, layered and fused."""
 from __future__ import annotations
 
 import importlib.util
+import re
 import struct
 from pathlib import Path
 
@@ -207,6 +208,42 @@ def test_conflicting_overlap_raises_the_weird_and_marks_the_record(fused):
     assert c["AdditionalFields"]["ConflictingOverlaps"] == 1
     assert w["Uid"] == c["Uid"]
     assert pipe.app.stats["overlap_conflicts"] == 1
+
+
+def test_a_rule_can_select_the_contested_connections(tmp_path):
+    """A detection engineer can alert on sessions whose parsed fields are
+    contested: AdditionalFields.ConflictingOverlaps is a field rules may name."""
+    rule = tmp_path / "contested.yml"
+    rule.write_text(
+        "title: Contested FTP session\n"
+        "id: 3f0c9a52-6d1e-4b7a-9c2f-1a2b3c4d5e6f\n"
+        "status: experimental\n"
+        "level: medium\n"
+        "logsource: {product: xfer-sensor, category: network_connection}\n"
+        "detection:\n"
+        "  selection:\n"
+        "    AdditionalFields.ConflictingOverlaps: 1\n"
+        "  condition: selection\n"
+    )
+    sink = MemorySink()
+    pipe = Pipeline(config_from_dict(CONFIG, "<test>"), load_rules(rule, RECORD_FIELDS), sink)
+    res = read_file(ADV / "overlap.pcap", pipe.handler_for, None)
+    assert not res.error
+    pipe.finish()
+    (c,) = control(sink.records)
+    assert c["AdditionalFields"]["ConflictingOverlaps"] == 1
+    alerts = sink.records["alerts"]
+    assert [a["RuleId"] for a in alerts] == ["3f0c9a52-6d1e-4b7a-9c2f-1a2b3c4d5e6f"]
+
+
+def test_documented_additional_fields_are_the_ones_rules_may_name():
+    """docs/outputs.md's AdditionalFields row and the rule loader's list agree."""
+    from sensor.detect.rules import ADDITIONAL_FIELDS
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "outputs.md").read_text()
+    row = next(ln for ln in doc.splitlines() if ln.startswith("| `AdditionalFields` | Defender"))
+    named = set(re.findall(r"`([A-Z][A-Za-z]+)`", row.split("|", 4)[4])) - {"AdditionalFields", "AUTH"}
+    assert named == set(ADDITIONAL_FIELDS)
 
 
 def test_identical_retransmission_is_no_conflict(tmp_path):

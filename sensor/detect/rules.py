@@ -93,6 +93,10 @@ ADDITIONAL_FIELDS = frozenset(
         "TftpMode",
         "TftpOptions",
         "FtpLoginSuccess",
+        "SmbGuest",
+        "SmbPipes",
+        "NonStandardPort",
+        "ConflictingOverlaps",
         "Files",
         "AttributionDetail",
     }
