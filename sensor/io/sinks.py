@@ -128,6 +128,9 @@ def write_line(fd: int, data: bytes, rollback: bool) -> None:
         raise
 
 
+TLS_CLOSE_WAIT_S = 1.0  # seconds a TLS close waits for the collector's close_notify
+
+
 class SyslogWriter:
     """RFC 5424 to one collector; UDP, TCP with octet counting (RFC 6587), or
     TLS with octet counting (RFC 5425), the collector's certificate verified."""
@@ -225,6 +228,14 @@ class SyslogWriter:
 
     def _drop_socket(self) -> None:
         if self.sock is not None:
+            if isinstance(self.sock, ssl.SSLSocket):
+                # RFC 5425 5.4: close_notify before closing. Without it the collector
+                # sees an unexpected EOF, and rsyslog drops what it had not yet processed
+                try:
+                    self.sock.settimeout(min(self.cfg.timeout, TLS_CLOSE_WAIT_S))
+                    self.sock.unwrap()
+                except (OSError, ValueError):
+                    pass
             try:
                 self.sock.close()
             except OSError:
