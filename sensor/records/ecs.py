@@ -418,14 +418,7 @@ class EcsProfile:
             ev["outcome"] = "failure"
         else:
             ev["outcome"] = "unknown"
-        client, server = str(rec.get("ClientIP", "")), str(rec.get("ServerIP", ""))
-        doc["source"] = {"ip": client}
-        doc["destination"] = {"ip": server}
-        if isinstance(rec.get("ServerPort"), int):
-            doc["destination"]["port"] = rec["ServerPort"]
-        name = self.cfg.hostnames.get(server)
-        if name:
-            doc["destination"]["domain"] = name
+        client, server = self._client_server(doc, rec)
         net: dict[str, Any] = {"direction": self._direction(client, server)}
         if rec.get("Protocol"):
             net["protocol"] = rec["Protocol"]
@@ -477,11 +470,8 @@ class EcsProfile:
         doc["xfer"] = {"transfer": x}
         return doc
 
-    def file_event(self, rec: Mapping[str, Any]) -> dict[str, Any]:
-        """A file event that moved no data (an SMB file opened, neither read nor written)."""
-        action = str(rec.get("Action") or "open")
-        doc = self._head(rec.get("Timestamp"), "event", ["file", "network"], ["access"], "files")
-        doc["event"]["action"] = f"file-{action}"
+    def _client_server(self, doc: dict[str, Any], rec: Mapping[str, Any]) -> tuple[str, str]:
+        """``source``/``destination`` of a transfer or file event (client, server); returns both."""
         client, server = str(rec.get("ClientIP", "")), str(rec.get("ServerIP", ""))
         doc["source"] = {"ip": client}
         doc["destination"] = {"ip": server}
@@ -490,6 +480,14 @@ class EcsProfile:
         name = self.cfg.hostnames.get(server)
         if name:
             doc["destination"]["domain"] = name
+        return client, server
+
+    def file_event(self, rec: Mapping[str, Any]) -> dict[str, Any]:
+        """A file event that moved no data (an SMB file opened, neither read nor written)."""
+        action = str(rec.get("Action") or "open")
+        doc = self._head(rec.get("Timestamp"), "event", ["file", "network"], ["access"], "files")
+        doc["event"]["action"] = f"file-{action}"
+        client, server = self._client_server(doc, rec)
         net: dict[str, Any] = {"direction": self._direction(client, server), "transport": "tcp"}
         if rec.get("Protocol"):
             net["protocol"] = rec["Protocol"]
