@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sensor.attribution.book import AttributionBook, endpoint_config
-from sensor.core.config import Config, ConfigError, load_config, parse_listen
+from sensor.core.config import Config, ConfigError, load_config, parse_listen, parse_workers
 from sensor.detect.detector import Detector
 from sensor.detect.rules import RuleError, RuleSet, load_rules
 from sensor.detect.winstore import DEFAULT_STATE_DIR, WindowPersistence
@@ -32,6 +32,7 @@ from sensor.io.sdnotify import SdNotifier
 from sensor.io.sinks import build_outputs
 from sensor.pipeline import Pipeline
 from sensor.records.mde import RECORD_FIELDS, RecordBuilder
+from sensor.workers import WorkerLink, resolve_workers, run_workers
 
 log = logging.getLogger("xfer-sensor")
 
@@ -40,6 +41,12 @@ BOUNDS_CHECK_S = 1.0  # wall-clock seconds between two checks of the flow table'
 STATUS_EVERY_S = 300.0  # counters to the journal (default of the status_interval option)
 ATTRIBUTION_SETTLE_S = 0.1  # on SIGTERM, wait this long for lookups in flight
 DRAIN_S = 1.0  # longest wait on SIGTERM for packets already captured
+
+
+def start_helper(cfg: Config, interfaces: Sequence[str]):
+    from sensor.attribution.attributor import start_helper as start  # endpoint mode only: psutil, /proc
+
+    return start(cfg.tracked_ports, interfaces)
 
 
 class Daemon:
@@ -52,7 +59,11 @@ class Daemon:
         mode: str = "endpoint",
         metrics_listen: tuple[str, int] | None | bool = True,
         state_dir: str | None = None,
+        link: WorkerLink | None = None,
     ) -> None:
+        # link: this daemon is one worker of `run --workers N` (sensor/workers.py): its share of
+        # the traffic, its records and figures to the supervisor, the supervisor's attributions
+        self.link = link
         self.config_path = config_path
         self.rules_path = rules_path
         self.endpoint = mode == "endpoint"
@@ -62,27 +73,36 @@ class Daemon:
             check_outdir(outdir)  # an unusable --out: exit 2 before capturing
         # the config's outputs (profile, files, stdout, syslog), each behind a
         # bounded queue that never blocks capture (overflow is counted)
-        self.sink = build_outputs(
-            self.cfg.output, config=self.cfg, rules=self.rules, outdir=outdir, block=False, truncate=False
+        self.sink = (
+            link.outputs(self.cfg.output, self.cfg, self.rules)
+            if link is not None
+            else build_outputs(
+                self.cfg.output, config=self.cfg, rules=self.rules, outdir=outdir, block=False, truncate=False
+            )
         )
         self.book = AttributionBook() if self.endpoint else None
         self.pipe = Pipeline(self.cfg, self.rules, self.sink, attribution=self.book)
         # rule windows from the last run (a bad state file is logged and moved aside, never fatal)
+        state = Path(state_dir or self.cfg.state_dir or DEFAULT_STATE_DIR)
         self.persist = WindowPersistence.open(
-            state_dir or self.cfg.state_dir or DEFAULT_STATE_DIR,
+            link.state_dir(state) if link is not None else state,
             self.pipe.detector,
             self.cfg.state_flush_interval,
             self.cfg.limits.max_window_keys,
         )
         self.capture = LiveCapture(interfaces)
-        self.capture.install_filters(self.pipe.capture_filters())
+        if link is not None:
+            self.capture.install_filters(link.filters(self.pipe.portset.filter_ports))
+            link.check_filters(self.capture.filters)
+        else:
+            self.capture.install_filters(self.pipe.capture_filters())
         self.helper = None
         # /metrics on loopback (metrics_listen; True: as the config says)
         self.started = time.time()
         self.allow_base: dict[tuple[str, str], tuple[int, int]] = {}  # allow hits of reloaded-away rules
         listen = self.cfg.metrics_listen if metrics_listen is True else metrics_listen
-        self.metrics_server: metrics.MetricsServer | None = None
-        if listen:
+        self.metrics_server: metrics.MetricsServer | WorkerLink | None = link
+        if listen and link is None:
             try:
                 self.metrics_server = metrics.MetricsServer(*listen).start()
             except metrics.MetricsError:
@@ -91,7 +111,7 @@ class Daemon:
             self.metrics_server.publish(self.snapshot())
             log.info("metrics on %s", self.metrics_server.url)
         if self.endpoint:  # before the capabilities go: the helper's tap needs CAP_NET_RAW
-            self.helper = self._start_helper(interfaces)
+            self.helper = link.helper if link is not None else start_helper(self.cfg, interfaces)
         # the captures are open and the helper runs: no capability is needed any more
         try:
             eff = keep_only(DAEMON_CAPS)
@@ -105,19 +125,6 @@ class Daemon:
 
     def _config(self, cfg: Config) -> Config:
         return endpoint_config(cfg) if self.endpoint else cfg
-
-    def _start_helper(self, interfaces: Sequence[str]):
-        from sensor.attribution.attributor import AttributionHelper
-
-        ports = sorted(set(self.cfg.tracked_ports) | {989})
-        helper = AttributionHelper(iface=interfaces[0] if len(interfaces) == 1 else None, ports=ports)
-        try:
-            helper.start()
-        except OSError as e:
-            log.error("attribution is off: %s (records will say AttributionSource none)", e)
-            return None
-        log.info("attribution helper started (pid %d)", helper.pid)
-        return helper
 
     def collect_attributions(self) -> int:
         """Move the helper's finished lookups into the pipeline's book."""
@@ -202,15 +209,7 @@ class Daemon:
         """Every figure, read here on the daemon thread (sensor/io/metrics.py)."""
         st = self.pipe.stats()
         if self.helper is not None:
-            hm = self.helper.metrics()
-            child = hm.get("helper") or {}
-            st["attribution"]["helper"] = {
-                # lookups: results received (live); the helper's own counters come every 5 s
-                "alive": hm.get("alive", False),
-                "lookups": hm.get("results", 0),
-                "rate_limited": child.get("rate_limited", 0),
-                "tap_kernel_drops": (child.get("tap") or {}).get("kernel_drops", 0),
-            }
+            st["attribution"]["helper"] = self.helper.figures()
         return metrics.collect(
             pipe_stats=st,
             capture_stats=self.capture.read_stats(),
@@ -248,6 +247,9 @@ class Daemon:
                     self.hup = False
                     self.reload()
                 self.persist.tick()
+                if self.link is not None and not self.link.pump():
+                    log.error("the supervisor is gone; stopping")
+                    break
                 if self.helper is not None and not self.stop and not self.helper.alive():
                     log.error("the attribution helper exited; stopping so the service restarts with it")
                     self.exit_code = 1
@@ -284,6 +286,7 @@ class Daemon:
                     log.warning("%s: %d record(s) not written in this run (%s)", name, lost, by)
             final = self.status_line()
             if self.metrics_server is not None:
+                self.metrics_server.publish(self.snapshot())  # the last figures (a worker's: its sums' share)
                 self.metrics_server.close()
             self.capture.close()
             if self.helper is not None:
@@ -326,6 +329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="serve Prometheus /metrics on this loopback address, or 'off' "
         "(default: the config's metrics_listen, else off)",
     )
+    ap.add_argument(
+        "--workers",
+        metavar="N",
+        help="capture processes sharing the traffic by host pair: a number or 'auto' "
+        "(default: the config's workers, else 1; docs/daemon.md, Several cores)",
+    )
     args = ap.parse_args(argv)
     if os.geteuid() == 0 and not args.allow_root:
         print(
@@ -345,19 +354,63 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.metrics_listen is None
             else parse_listen("command line", "--metrics-listen", args.metrics_listen)
         )
-        d = Daemon(
-            args.interface,
-            config,
-            args.rules or str(default_rules_dir()),
-            Path(args.out),
-            mode=args.mode,
-            metrics_listen=listen,
-            state_dir=args.state_dir,
+        rules = args.rules or str(default_rules_dir())
+
+        def daemon(link: WorkerLink | None = None) -> Daemon:
+            return Daemon(
+                args.interface,
+                config,
+                rules,
+                Path(args.out),
+                mode=args.mode,
+                metrics_listen=listen,
+                state_dir=args.state_dir,
+                link=link,
+            )
+
+        cfg = load_config(config)
+        n = resolve_workers(
+            cfg.workers if args.workers is None else parse_workers("command line", "--workers", args.workers)
         )
+        if n > 1:
+            return _supervise(n, daemon, cfg, rules, args, listen)
+        d = daemon()
     except (ConfigError, RuleError, CaptureError, metrics.MetricsError) as e:
         print(f"xfer-sensor: error: {e}", file=sys.stderr)
         return 2
     return d.run()
+
+
+def _supervise(n: int, daemon, cfg: Config, rules_path: str, args: argparse.Namespace, listen) -> int:
+    """``run --workers n``: n workers, each this daemon on its share (sensor/workers.py)."""
+    endpoint = args.mode == "endpoint"
+    if endpoint:
+        cfg = endpoint_config(cfg)
+    rules = load_rules(rules_path, RECORD_FIELDS, cfg.limits.max_match_chars)
+    if cfg.output.files:
+        check_outdir(Path(args.out))
+
+    def worker(link: WorkerLink) -> int:
+        try:
+            d = daemon(link)
+        except (ConfigError, RuleError, CaptureError, metrics.MetricsError) as e:
+            link.error(str(e))
+            return 2
+        link.ready(d.capture.filters, d)
+        code = d.run()
+        link.bye()
+        return code
+
+    return run_workers(
+        n,
+        worker,
+        cfg=cfg,
+        rules=rules,
+        outdir=Path(args.out),
+        metrics_listen=cfg.metrics_listen if listen is True else listen,
+        start_helper=(lambda: start_helper(cfg, args.interface)) if endpoint else None,
+        interfaces=args.interface,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -60,6 +60,7 @@ back to a short EEVDF slice, unprivileged).
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 import pwd
 import queue
@@ -70,7 +71,7 @@ import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -79,6 +80,8 @@ import psutil
 
 from sensor.attribution.sockdiag import PROTO_TCP, PROTO_UDP, STATE_LISTEN, STATE_TIME_WAIT, SockDiag
 from sensor.engine.decode import ETHERTYPE_IPV4, ETHERTYPE_IPV6, VLAN_TPIDS, locate
+
+log = logging.getLogger("xfer-sensor")
 
 __all__ = [
     "Attribution",
@@ -1545,6 +1548,18 @@ class AttributionHelper:
         m["alive"] = self.alive()
         return m
 
+    def figures(self) -> dict:
+        """What /metrics shows of the helper (sensor/io/metrics.py)."""
+        hm = self.metrics()
+        child = hm.get("helper") or {}
+        return {
+            # lookups: results received (live); the helper's own counters come every 5 s
+            "alive": hm.get("alive", False),
+            "lookups": hm.get("results", 0),
+            "rate_limited": child.get("rate_limited", 0),
+            "tap_kernel_drops": (child.get("tap") or {}).get("kernel_drops", 0),
+        }
+
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -1577,6 +1592,20 @@ class AttributionHelper:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def start_helper(tracked_ports: Iterable[int], interfaces: Sequence[str]) -> AttributionHelper | None:
+    """The daemon's helper for these interfaces (a tap on the one, else on all),
+    started; None, logged, when it cannot start (records then say ``none``)."""
+    ports = sorted(set(tracked_ports) | {989})
+    helper = AttributionHelper(iface=interfaces[0] if len(interfaces) == 1 else None, ports=ports)
+    try:
+        helper.start()
+    except OSError as e:
+        log.error("attribution is off: %s (records will say AttributionSource none)", e)
+        return None
+    log.info("attribution helper started (pid %d)", helper.pid)
+    return helper
 
 
 def _helper_main(argv: list[str]) -> int:

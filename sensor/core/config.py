@@ -258,6 +258,7 @@ class Config:
     checksum_validation: str = "auto"  # auto | yes | no (docs/engine.md, "Checksums")
     # auto: senders besides home_net and loopback whose partial (offloaded) checksums are accepted
     checksum_offload_nets: tuple[Network, ...] = ()
+    workers: int | str = 1  # live capture processes (run --workers): a number or "auto" (docs/daemon.md)
 
 
 _TOP_KEYS = {
@@ -276,6 +277,7 @@ _TOP_KEYS = {
     "checksum_offload_nets",
     "state_dir",
     "state_flush_interval",
+    "workers",
 }
 _OUTPUT_KEYS = {"profile", "max_line_bytes", "queue_max", "error_log_interval", "files", "stdout", "syslog"}
 _SYSLOG_KEYS = {
@@ -431,6 +433,21 @@ def output_from_dict(src: str, raw: Any) -> Output:
     return Output(**kw)
 
 
+WORKERS_MAX = 64  # live capture processes a deployment may ask for (each runs every packet through its filter)
+
+
+def parse_workers(src: str, name: str, value: Any) -> int | str:
+    """``auto`` or a whole number from 1 to ``WORKERS_MAX`` (the config's
+    ``workers``, ``run --workers``)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= WORKERS_MAX:
+        raise ConfigError(src, name, f"must be auto or a whole number from 1 to {WORKERS_MAX}, got {quote(value)}")
+    return value
+
+
 def parse_listen(src: str, fname: str, value: Any) -> tuple[str, int] | None:
     """``"127.0.0.1:9617"``, ``"[::1]:9617"``, ``"localhost:9617"`` -> (address, port);
     ``"off"``/None -> None. Only loopback addresses: the endpoint has no
@@ -576,6 +593,8 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
         kw["state_flush_interval"] = float(
             _number(source, "state_flush_interval", raw["state_flush_interval"], False, 0.01)
         )
+    if "workers" in raw:
+        kw["workers"] = parse_workers(source, "workers", raw["workers"])
     kw["timeouts"] = _section(source, "timeouts", raw.get("timeouts"), Timeouts)
     kw["limits"] = _section(source, "limits", raw.get("limits"), Limits)
     return Config(**kw)

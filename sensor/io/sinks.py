@@ -495,6 +495,14 @@ class Outputs:
         for s in takers:
             s.put(meta, line)
 
+    def emit_line(self, meta: tuple, line: bytes) -> None:
+        """A record another process encoded (a worker's, sensor/workers.py):
+        ``meta`` is ``(kind, Timestamp, syslog severity)``, as ``emit`` makes it."""
+        kind = meta[0]
+        self.counts[kind] = self.counts.get(kind, 0) + 1
+        for s in self._takers.get(kind) or ():
+            s.put(meta, line)
+
     def request_reopen(self) -> None:
         for s in self.sinks:
             s.request_reopen()
