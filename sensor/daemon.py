@@ -237,10 +237,11 @@ class Daemon:
         next_publish = time.monotonic() + metrics.PUBLISH_EVERY_S
         next_bounds = time.monotonic() + BOUNDS_CHECK_S
         handler_for = self.pipe.handler_for
+        wake = [self.link.chan.fileno()] if self.link is not None else []  # the supervisor's attributions
         try:
             while not self.stop:
                 self.collect_attributions()  # before the packets whose flows may end now
-                got = self.capture.poll(handler_for, POLL_S)
+                got = self.capture.poll(handler_for, POLL_S, wake)
                 if not got:
                     self.pipe.flows.advance(time.time_ns() // 1000)  # heartbeat
                 if self.hup:

@@ -59,7 +59,8 @@ READY_TIMEOUT_S = 30.0  # longest wait for every worker's capture to open
 STOP_TIMEOUT_S = 15.0  # longest wait on SIGTERM for the workers' last records
 MESSAGE_MAX = 64 << 20  # a longer message is a broken channel
 RECORDS_BATCH_BYTES = 256 << 10  # a worker sends its records in messages of about this size
-POLL_S = 0.25
+POLL_S = 0.25  # a worker's longest wait in its channel's flush
+SUPERVISOR_POLL_S = 0.02  # the supervisor's longest wait: the helper's lookups go on within it
 
 # message types (one byte) and the header: type, payload length
 RECORDS, SNAPSHOT, READY, ERROR, BYE, ATTRIBUTIONS = b"R", b"S", b"Y", b"E", b"B", b"A"
@@ -633,7 +634,7 @@ class Supervisor:
         try:
             while not self.stop:
                 self._route_attributions()
-                self._pump(POLL_S)
+                self._pump(SUPERVISOR_POLL_S if self.helper is not None else POLL_S)
                 if self.hup:
                     self.hup = False
                     self.notify.reloading("reloading")

@@ -102,15 +102,18 @@ class LiveCapture:
         for iface, h, _ in self.handles:
             self.filters[iface] = set_filter(h, filters)
 
-    def poll(self, handler_for: Callable[[int], Handler], timeout_s: float) -> int:
-        """Wait up to ``timeout_s`` for packets and hand them over; returns how many."""
+    def poll(self, handler_for: Callable[[int], Handler], timeout_s: float, wake: Sequence[int] = ()) -> int:
+        """Wait up to ``timeout_s`` for packets and hand them over; returns how many.
+        ``wake``: other descriptors that end the wait when readable (a worker's channel)."""
         fds = {h.getfd(): (iface, h, lt) for iface, h, lt in self.handles}
         try:
-            ready, _, _ = select.select(list(fds), [], [], timeout_s)
+            ready, _, _ = select.select([*fds, *wake], [], [], timeout_s)
         except InterruptedError:  # a signal: let the caller look at its flags
             return 0
         n = 0
         for fd in ready:
+            if fd not in fds:
+                continue
             iface, h, lt = fds[fd]
             handle = handler_for(lt)
 

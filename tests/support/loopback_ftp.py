@@ -43,10 +43,10 @@ def banner_server(host: str, port: int = 0) -> Iterator[int]:
         srv.close()
 
 
-def login_sessions(host: str, port: int, n: int, user: str) -> None:
-    """``n`` control connections from 127.0.0.1, each sending ``USER user``."""
+def login_sessions(host: str, port: int, n: int, user: str, source: str = "127.0.0.1") -> None:
+    """``n`` control connections from ``source``, each sending ``USER user``."""
     for _ in range(n):
-        with socket.create_connection((host, port), source_address=("127.0.0.1", 0), timeout=2) as s:
+        with socket.create_connection((host, port), source_address=(source, 0), timeout=2) as s:
             s.recv(100)
             s.sendall(f"USER {user}\r\n".encode())
             s.recv(100)
