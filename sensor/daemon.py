@@ -27,7 +27,7 @@ from sensor.io import metrics
 from sensor.io.capture import CaptureError
 from sensor.io.live import DEFAULT_TIMEOUT_MS, LiveCapture
 from sensor.io.outdir import check_outdir
-from sensor.io.privileges import DAEMON_CAPS, keep_only
+from sensor.io.privileges import drop_daemon_caps
 from sensor.io.sdnotify import SdNotifier
 from sensor.io.sinks import build_outputs
 from sensor.pipeline import Pipeline
@@ -113,11 +113,7 @@ class Daemon:
         if self.endpoint:  # before the capabilities go: the helper's tap needs CAP_NET_RAW
             self.helper = link.helper if link is not None else start_helper(self.cfg, interfaces)
         # the captures are open and the helper runs: no capability is needed any more
-        try:
-            eff = keep_only(DAEMON_CAPS)
-            log.info("capabilities kept: CapEff=%016x", eff)
-        except OSError as e:
-            log.warning("could not drop capabilities: %s", e)
+        drop_daemon_caps(log)
         self.notify = SdNotifier()
         self.hup = False
         self.stop = False
@@ -280,11 +276,7 @@ class Daemon:
             self.pipe.finish()
             self.persist.close()
             self.sink.close()
-            for name, st in self.sink.stats()["sinks"].items():
-                lost = st["dropped_overflow"] + st["dropped_error"]
-                if lost:
-                    by = ", ".join(f"{k} {n}" for k, n in st["lost_by_kind"].items())
-                    log.warning("%s: %d record(s) not written in this run (%s)", name, lost, by)
+            self.sink.log_losses()
             final = self.status_line()
             if self.metrics_server is not None:
                 self.metrics_server.publish(self.snapshot())  # the last figures (a worker's: its sums' share)

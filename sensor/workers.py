@@ -47,9 +47,9 @@ from typing import Any
 from sensor.engine.bpf import capture_filters, share_expr, share_of
 from sensor.io import metrics
 from sensor.io.capture import CaptureError
-from sensor.io.privileges import DAEMON_CAPS, keep_only
+from sensor.io.privileges import drop_daemon_caps
 from sensor.io.sdnotify import SdNotifier
-from sensor.io.sinks import Outputs, build_outputs
+from sensor.io.sinks import Outputs, build_outputs, sink_stats
 from sensor.records.encode import KINDS, Encoder, make_profile
 
 log = logging.getLogger("xfer-sensor")
@@ -208,6 +208,7 @@ class PipeSink:
         self.batch_bytes = 0
         self.queued = self.written = self.dropped_overflow = self.dropped_error = 0
         self.lost_by_kind: dict[str, int] = {}
+        self.failing = False
 
     def put(self, meta: tuple, line: bytes) -> bool:
         if len(self.batch) >= self.queue_max:
@@ -242,14 +243,7 @@ class PipeSink:
         self.flush(timeout)
 
     def stats(self) -> dict[str, Any]:
-        return {
-            "queued": self.queued,
-            "written": self.written,
-            "dropped_overflow": self.dropped_overflow,
-            "dropped_error": self.dropped_error,
-            "lost_by_kind": dict(sorted(self.lost_by_kind.items())),
-            "failing": False,
-        }
+        return sink_stats(self)
 
 
 class RemoteHelper:
@@ -402,7 +396,7 @@ def merge_snapshots(snaps: Sequence[Mapping], outputs: Mapping[str, Any], start_
     total["outputs"] = outs
     if helper is not None:
         total.setdefault("attribution", {})["helper"] = helper.figures()
-    return metrics._freeze(total)
+    return metrics.freeze(total)
 
 
 # -- the supervisor ---------------------------------------------------------------------------------
@@ -498,11 +492,7 @@ class Supervisor:
             self.metrics_server.publish(self.snapshot())
             log.info("metrics on %s", self.metrics_server.url)
         self.helper = start_helper() if start_helper is not None else None
-        try:
-            eff = keep_only(DAEMON_CAPS)
-            log.info("capabilities kept: CapEff=%016x", eff)
-        except OSError as e:
-            log.warning("could not drop capabilities: %s", e)
+        drop_daemon_caps(log)
         self.notify = SdNotifier()
 
     # -- start and end ---------------------------------------------------------------------------
@@ -698,11 +688,7 @@ class Supervisor:
                 self.exit_code = 1
         self._kill_all()
         self.sink.close()
-        for name, st in self.sink.stats()["sinks"].items():
-            lost = st["dropped_overflow"] + st["dropped_error"]
-            if lost:
-                by = ", ".join(f"{k} {n}" for k, n in st["lost_by_kind"].items())
-                log.warning("%s: %d record(s) not written in this run (%s)", name, lost, by)
+        self.sink.log_losses()
         final = metrics.summary(self.snapshot())
         if self.metrics_server is not None:
             self.metrics_server.close()

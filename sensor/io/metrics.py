@@ -41,11 +41,11 @@ class MetricsError(OSError):
     """The metrics endpoint could not be opened."""
 
 
-def _freeze(v: Any) -> Any:
+def freeze(v: Any) -> Any:
     if isinstance(v, Mapping):
-        return MappingProxyType({k: _freeze(x) for k, x in v.items()})
+        return MappingProxyType({k: freeze(x) for k, x in v.items()})
     if isinstance(v, (list, tuple)):
-        return tuple(_freeze(x) for x in v)
+        return tuple(freeze(x) for x in v)
     return v
 
 
@@ -105,7 +105,7 @@ def collect(
         "outputs": dict(outputs or {}),
         "state": {"write_errors": state_write_errors},
     }
-    return _freeze(snap)
+    return freeze(snap)
 
 
 # -- text exposition 0.0.4 ------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from typing import Any
 
 CAP_DAC_READ_SEARCH = 2
 CAP_NET_ADMIN = 12
@@ -62,3 +63,11 @@ def keep_only(caps: frozenset[int]) -> int:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
     return effective_caps()
+
+
+def drop_daemon_caps(log: Any) -> None:
+    """``keep_only(DAEMON_CAPS)`` once the captures are open, logged either way (never fatal)."""
+    try:
+        log.info("capabilities kept: CapEff=%016x", keep_only(DAEMON_CAPS))
+    except OSError as e:
+        log.warning("could not drop capabilities: %s", e)

@@ -450,17 +450,20 @@ class AsyncSink:
         self._unlogged_errors = self._unlogged_overflow = 0
 
     def stats(self) -> dict[str, Any]:
-        return {
-            "queued": self.queued,
-            "written": self.written,
-            "dropped_overflow": self.dropped_overflow,
-            "dropped_error": self.dropped_error,
-            "reopened": self.reopened,
-            "max_depth": self.max_depth,
-            "lost_by_kind": dict(sorted(self.lost_by_kind.items())),
-            "failing": self.failing,
-            "last_error": self._last_error,
-        }
+        return sink_stats(self, reopened=self.reopened, max_depth=self.max_depth, last_error=self._last_error)
+
+
+def sink_stats(s: Any, **more: Any) -> dict[str, Any]:
+    """A sink's counters as ``Outputs.stats`` and /metrics read them (an AsyncSink's, a worker's pipe)."""
+    return {
+        "queued": s.queued,
+        "written": s.written,
+        "dropped_overflow": s.dropped_overflow,
+        "dropped_error": s.dropped_error,
+        "lost_by_kind": dict(sorted(s.lost_by_kind.items())),
+        "failing": s.failing,
+        **more,
+    }
 
 
 # -- the pipeline's sink --------------------------------------------------------------------
@@ -522,6 +525,14 @@ class Outputs:
         if self._old_hup is not None:
             signal.signal(signal.SIGHUP, self._old_hup)
             self._old_hup = None
+
+    def log_losses(self) -> None:
+        """At the end of a run: one line per sink that did not write every record."""
+        for name, st in self.stats()["sinks"].items():
+            lost = st["dropped_overflow"] + st["dropped_error"]
+            if lost:
+                by = ", ".join(f"{k} {n}" for k, n in st["lost_by_kind"].items())
+                log.warning("%s: %d record(s) not written in this run (%s)", name, lost, by)
 
     def stats(self) -> dict[str, Any]:
         return {
