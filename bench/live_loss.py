@@ -283,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--batch", type=int, default=100, help="packets sent between two pacing checks")
     ap.add_argument("--no-attribution", action="store_true", help="span mode: no attribution helper")
+    ap.add_argument("--workers", default="1", help="run --workers: capture processes (default 1)")
     ap.add_argument("--sensor", help="xfer-sensor console script (default: next to this python)")
     ap.add_argument("--keep-out", action="store_true", help="keep the sensor's output folder")
     ap.add_argument("--json", help="also write the result to this file")
@@ -339,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         "rate_target_pps": a.rate,
         "seconds": a.seconds,
         "attribution": not a.no_attribution,
+        "workers": a.workers,
         "flows_per_block": a.flows_per_block,
         "packets_per_flow": a.packets_per_flow,
     }
@@ -359,11 +361,14 @@ def main(argv: list[str] | None = None) -> int:
                 str(work / "state"),
                 "--mode",
                 "span" if a.no_attribution else "endpoint",
+                "--workers",
+                a.workers,
             ],
             stderr=open(err_path, "wb"),
         )
         end = time.time() + 20
-        while "capturing on lo" not in err_path.read_text(errors="replace"):
+        started = "capturing on lo" if a.workers == "1" else "capturing on lo with"
+        while started not in err_path.read_text(errors="replace"):
             if time.time() > end or daemon.poll() is not None:
                 raise SystemExit("the sensor did not start:\n" + err_path.read_text(errors="replace"))
             time.sleep(0.1)
@@ -408,6 +413,12 @@ def main(argv: list[str] | None = None) -> int:
         ready = json.loads(line)
         base = scrape(url)
         pids = {"sensor": daemon.pid, "sender": sender.pid}
+        if a.workers != "1":  # the supervisor's workers (its children but the helper)
+            import psutil
+
+            for c in psutil.Process(daemon.pid).children():
+                if c.pid != helper:
+                    pids[f"worker_{len(pids) - 2}"] = c.pid
         if helper is not None:
             pids["attribution_helper"] = helper
         cpu0 = {k: proc_cpu(p) for k, p in pids.items()}
@@ -457,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
             return m.get(k, 0.0) - base.get(k, 0.0)
 
         window = busy1[1] - busy0[1]
-        sensor_cpu = cpu1["sensor"] - cpu0["sensor"]
+        sensor_cpu = sum(cpu1[k] - cpu0[k] for k in pids if k == "sensor" or k.startswith("worker_"))
         result.update(
             {
                 "sent": sent["sent"],
