@@ -54,7 +54,7 @@ from sensor.records.encode import KINDS, Encoder, make_profile
 
 log = logging.getLogger("xfer-sensor")
 
-AUTO_WORKERS_MAX = 2  # what ``auto`` picks at most (docs/daemon.md: measured up to 2)
+AUTO_WORKERS_MAX = 4  # what ``auto`` picks at most (docs/daemon.md: measured up to 2, 4 by caution)
 READY_TIMEOUT_S = 30.0  # longest wait for every worker's capture to open
 STOP_TIMEOUT_S = 15.0  # longest wait on SIGTERM for the workers' last records
 MESSAGE_MAX = 64 << 20  # a longer message is a broken channel
