@@ -538,15 +538,17 @@ class Supervisor:
             c.write_some()
         for w in live:
             if w.chan in ready:
-                try:
-                    msgs = w.chan.read_some()
-                except ChannelClosed as e:
-                    log.error("worker %d: broken channel (%s)", w.k, e)
-                    w.chan.closed = True
-                    msgs = []
-                for kind, payload in msgs:
-                    self._message(w, kind, payload)
+                self._read(w)
         self._reap()
+
+    def _read(self, w: Worker) -> None:
+        try:
+            for kind, payload in w.chan.read_some():
+                self._message(w, kind, payload)
+        except (ChannelClosed, pickle.UnpicklingError, ValueError) as e:
+            # only a bug makes a worker send this: the worker counts as dead
+            log.error("worker %d: broken channel (%s)", w.k, e)
+            w.chan.closed = True
 
     def _message(self, w: Worker, kind: bytes, payload: bytes) -> None:
         if kind == RECORDS:
@@ -674,8 +676,7 @@ class Supervisor:
             self._pump(0.05)
         for w in self.workers:  # what is left in the sockets
             if not w.chan.closed:
-                for kind, payload in w.chan.read_some():
-                    self._message(w, kind, payload)
+                self._read(w)
         while time.monotonic() < end and any(w.exited is None for w in self.workers):
             self._reap()
             time.sleep(0.02)
