@@ -475,12 +475,13 @@ class Supervisor:
                     os._exit(code)
             theirs.close()
             self.workers.append(Worker(k, pid, Channel(mine)))
+        self.sink = make_outputs()  # the forks are done: threads may start; a ready worker sends at once
         try:
             self._wait_ready()
         except BaseException:
             self._kill_all()
+            self.sink.close()
             raise
-        self.sink = make_outputs()
         self.helper: Any = None
         self.metrics_server: metrics.MetricsServer | None = None
         if metrics_listen:

@@ -15,7 +15,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 
-from sensor.core.config import ConfigError, config_from_dict, parse_workers
+from sensor.core.config import ConfigError, Output, config_from_dict, parse_workers
 from sensor.engine.bpf import capture_filters, share_expr, share_of
 from sensor.io import metrics
 from sensor.io.live import IfaceStats
@@ -208,3 +208,100 @@ def test_merged_metrics_are_the_workers_sums():
     assert metrics.summary(snap).startswith("packets 150 ")
     # no worker has reported yet: a valid, empty page
     assert "xfer_sensor_packets_decoded_total 0" in metrics.render(merge_snapshots([], outs, 1.0, None))
+
+
+# -- the supervisor with stand-in workers (no capture: what the processes do with each other) --------
+
+
+class _Stub:
+    """What WorkerLink.ready needs of a daemon: its signal flags."""
+
+    def __init__(self) -> None:
+        self.stop = self.hup = False
+
+    def _on_hup(self, signum, frame) -> None:
+        self.hup = True
+
+    def _on_term(self, signum, frame) -> None:
+        self.stop = True
+
+
+def _supervise(tmp_path, worker_main, stop_after: float | None):
+    import signal
+    import threading
+
+    from sensor.core.config import Config
+    from sensor.io.sinks import build_outputs
+    from sensor.workers import Supervisor
+
+    cfg = Config()
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        sup = Supervisor(
+            2,
+            worker_main,
+            make_outputs=lambda: build_outputs(cfg.output, config=cfg, outdir=tmp_path, block=False),
+            start_helper=None,
+            metrics_listen=None,
+            status_interval=300.0,
+            interfaces=["stand-in"],
+        )
+        if stop_after is not None:
+            threading.Timer(stop_after, lambda: setattr(sup, "stop", True)).start()
+        return sup.run()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _worker_writes_at_stop(link) -> int:
+    import time
+
+    d = _Stub()
+    out = link.outputs(Output(), None, None)
+    link.ready({"stand-in": "filter"}, d)
+    out.emit("connections", {"Timestamp": "2026-12-06T00:00:00.000000Z", "Worker": link.k, "When": "running"})
+    while not d.stop:  # the supervisor's SIGTERM
+        link.pump()
+        time.sleep(0.01)
+    for i in range(2000):  # written at SIGTERM, as a daemon's last flows are
+        out.emit("connections", {"Timestamp": "2026-12-06T00:00:01.000000Z", "Worker": link.k, "N": i})
+    out.close()
+    link.bye()
+    return 0
+
+
+def test_supervisor_writes_every_workers_records_whole_at_stop(tmp_path):
+    import json
+
+    assert _supervise(tmp_path, _worker_writes_at_stop, stop_after=1.0) == 0
+    recs = [json.loads(x) for x in (tmp_path / "connections.jsonl").read_text().splitlines()]
+    assert len(recs) == 2 * 2001
+    for k in (0, 1):
+        assert [r["N"] for r in recs if r["Worker"] == k and "N" in r] == list(range(2000))  # in order, none lost
+
+
+def _worker_sends_garbage(link) -> int:
+    import time
+
+    d = _Stub()
+    link.ready({"stand-in": "filter"}, d)
+    if link.k == 1:
+        link.chan.send(RECORDS, b"\xff\xff\xff", force=True)  # a message no worker makes
+        link.chan.flush(5)
+    while not d.stop:
+        link.pump()
+        time.sleep(0.01)
+    link.bye()
+    return 0
+
+
+def _worker_exits(link) -> int:
+    d = _Stub()
+    link.ready({"stand-in": "filter"}, d)
+    return 0 if link.k == 0 else 3  # worker 1 ends at once, as if it crashed
+
+
+def test_a_worker_that_breaks_or_ends_stops_the_supervisor_with_status_1(tmp_path):
+    assert _supervise(tmp_path / "a", _worker_sends_garbage, stop_after=None) == 1
+    assert _supervise(tmp_path / "b", _worker_exits, stop_after=None) == 1
