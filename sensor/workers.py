@@ -56,7 +56,7 @@ log = logging.getLogger("xfer-sensor")
 
 AUTO_WORKERS_MAX = 4  # what ``auto`` picks at most (docs/daemon.md: measured up to 2, 4 by caution)
 READY_TIMEOUT_S = 30.0  # longest wait for every worker's capture to open
-STOP_TIMEOUT_S = 15.0  # longest wait on SIGTERM for the workers' last records
+STOP_TIMEOUT_S = 8.0  # longest wait on SIGTERM for the workers' last records (the unit allows 10 s)
 MESSAGE_MAX = 64 << 20  # a longer message is a broken channel
 RECORDS_BATCH_BYTES = 256 << 10  # a worker sends its records in messages of about this size
 POLL_S = 0.25  # a worker's longest wait in its channel's flush
