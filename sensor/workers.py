@@ -56,7 +56,9 @@ log = logging.getLogger("xfer-sensor")
 
 AUTO_WORKERS_MAX = 4  # what ``auto`` picks at most (docs/daemon.md: measured up to 2, 4 by caution)
 READY_TIMEOUT_S = 30.0  # longest wait for every worker's capture to open
-STOP_TIMEOUT_S = 8.0  # longest wait on SIGTERM for the workers' last records (the unit allows 10 s)
+# on SIGTERM the supervisor waits for its workers' last records as long as they keep coming (one daemon
+# takes as long as its last flows need; systemd's TimeoutStopSec bounds both); a worker silent this long is killed
+STOP_STALL_S = 5.0
 MESSAGE_MAX = 64 << 20  # a longer message is a broken channel
 RECORDS_BATCH_BYTES = 256 << 10  # a worker sends its records in messages of about this size
 POLL_S = 0.25  # a worker's longest wait in its channel's flush
@@ -348,7 +350,7 @@ class WorkerLink:
         self.chan.send(ERROR, message.encode(errors="replace"), force=True)
         self.chan.flush(5.0)
 
-    def bye(self, timeout: float = STOP_TIMEOUT_S - 2) -> None:
+    def bye(self, timeout: float = 300.0) -> None:
         if self.pipe_sink is not None:
             self.pipe_sink.send()
         self.chan.send(BYE, b"", force=True)
@@ -439,6 +441,7 @@ class Supervisor:
     ) -> None:
         self.n = n
         self.workers: list[Worker] = []
+        self.messages = 0  # taken from the workers (progress while stopping)
         self.stop = False
         self.hup = False
         self.exit_code = 0
@@ -552,6 +555,7 @@ class Supervisor:
             w.chan.closed = True
 
     def _message(self, w: Worker, kind: bytes, payload: bytes) -> None:
+        self.messages += 1
         if kind == RECORDS:
             emit = self.sink.emit_line
             for meta, line in unpack_records(payload):
@@ -671,19 +675,25 @@ class Supervisor:
     def _finish(self) -> None:
         """Every worker drains, writes its records and says goodbye; then the outputs close."""
         self._signal_all(signal.SIGTERM)
-        end = time.monotonic() + STOP_TIMEOUT_S
-        while time.monotonic() < end and not all(w.chan.closed or w.exited is not None for w in self.workers):
+        last = time.monotonic()
+        while time.monotonic() - last < STOP_STALL_S and not all(
+            w.chan.closed or w.exited is not None for w in self.workers
+        ):
             self._route_attributions()  # the last lookups, for the last connections
+            before = self.messages
             self._pump(0.05)
+            if self.messages != before:
+                last = time.monotonic()
         for w in self.workers:  # what is left in the sockets
             if not w.chan.closed:
                 self._read(w)
+        end = time.monotonic() + STOP_STALL_S
         while time.monotonic() < end and any(w.exited is None for w in self.workers):
             self._reap()
             time.sleep(0.02)
         for w in self.workers:
             if w.exited is None:
-                log.error("worker %d (pid %d) did not stop in %g s: killed", w.k, w.pid, STOP_TIMEOUT_S)
+                log.error("worker %d (pid %d) sent nothing for %g s while stopping: killed", w.k, w.pid, STOP_STALL_S)
                 self.exit_code = 1
             elif not w.said_bye and self.exit_code == 0:
                 log.error("worker %d (pid %d) %s before writing all it had", w.k, w.pid, describe_status(w.exited))
