@@ -15,10 +15,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sensor.attribution.book import AttributionBook, endpoint_config
+from sensor.attribution.recording import comment_for
 from sensor.core.config import Config, ConfigError, load_config, parse_listen
 from sensor.detect.detector import Detector
 from sensor.detect.rules import RuleError, RuleSet, load_rules
@@ -28,6 +29,7 @@ from sensor.io.capture import CaptureError
 from sensor.io.live import DEFAULT_TIMEOUT_MS, LiveCapture
 from sensor.io.outdir import check_outdir
 from sensor.io.privileges import DAEMON_CAPS, keep_only
+from sensor.io.ring import Recorder
 from sensor.io.sdnotify import SdNotifier
 from sensor.io.sinks import build_outputs
 from sensor.pipeline import Pipeline
@@ -52,6 +54,7 @@ class Daemon:
         mode: str = "endpoint",
         metrics_listen: tuple[str, int] | None | bool = True,
         state_dir: str | None = None,
+        pcap_dir: str | None = None,
     ) -> None:
         self.config_path = config_path
         self.rules_path = rules_path
@@ -67,6 +70,9 @@ class Daemon:
         )
         self.book = AttributionBook() if self.endpoint else None
         self.pipe = Pipeline(self.cfg, self.rules, self.sink, attribution=self.book)
+        # the flight recorder (--pcap-dir): the tracked packets, with their process (sensor/io/ring.py)
+        ring_dir = pcap_dir or self.cfg.pcap_dir
+        self.recorder = Recorder(ring_dir, self.cfg.pcap_ring) if ring_dir else None
         # rule windows from the last run (a bad state file is logged and moved aside, never fatal)
         self.persist = WindowPersistence.open(
             state_dir or self.cfg.state_dir or DEFAULT_STATE_DIR,
@@ -129,6 +135,11 @@ class Daemon:
             # the first packet's kernel time (the capture's clock); else when the tap saw it
             ts = t[2] if len(t) > 2 and t[2] else t[0] if t else 0.0
             self.book.add(key, a, int(ts * 1e6) if ts else None)
+            if self.recorder is not None:
+                first = int(ts * 1e6) if ts else None
+                note = comment_for(a, first, self.cfg.limits.max_comment_chars)
+                if note:
+                    self.recorder.annotate(key, first, note)
         if got:
             self.pipe.attributions_arrived()
         return len(got)
@@ -143,6 +154,8 @@ class Daemon:
     def reload(self) -> None:
         self.notify.reloading("reloading")
         self.sink.request_reopen()
+        if self.recorder is not None:
+            self.recorder.request_reopen()
         try:
             cfg = self._config(load_config(self.config_path))
             # limits change on restart only: the running cap, as the running rules have
@@ -165,6 +178,8 @@ class Daemon:
                 "metrics_listen",
                 "state_dir",
                 "state_flush_interval",
+                "pcap_dir",
+                "pcap_ring",
             )
             if getattr(cfg, f) != getattr(self.cfg, f)
         ]
@@ -220,6 +235,7 @@ class Daemon:
             outputs=self.sink.stats(),
             start_time=self.started,
             state_write_errors=self.persist.write_errors,
+            recording=self.recorder.stats() if self.recorder is not None else None,
         )
 
     def status_line(self) -> str:
@@ -237,7 +253,9 @@ class Daemon:
         next_status = time.monotonic() + self.cfg.status_interval
         next_publish = time.monotonic() + metrics.PUBLISH_EVERY_S
         next_bounds = time.monotonic() + BOUNDS_CHECK_S
-        handler_for = self.pipe.handler_for
+        handler_for: Callable[[int], Callable[[int, bytes], None]] = self.pipe.handler_for
+        if self.recorder is not None:
+            handler_for = self.recorder.wrap(handler_for)
         try:
             while not self.stop:
                 self.collect_attributions()  # before the packets whose flows may end now
@@ -275,6 +293,8 @@ class Daemon:
                 time.sleep(ATTRIBUTION_SETTLE_S)
                 self.collect_attributions()
             self.pipe.finish()
+            if self.recorder is not None:
+                self.recorder.close()
             self.persist.close()
             self.sink.close()
             for name, st in self.sink.stats()["sinks"].items():
@@ -326,6 +346,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="serve Prometheus /metrics on this loopback address, or 'off' "
         "(default: the config's metrics_listen, else off)",
     )
+    ap.add_argument(
+        "--pcap-dir",
+        metavar="DIR",
+        help="keep a ring of pcapng files of the tracked packets here, each packet of an attributed "
+        "connection commented with its process (default: the config's pcap_dir, else off; "
+        "bounds: the config's pcap_ring)",
+    )
     args = ap.parse_args(argv)
     if os.geteuid() == 0 and not args.allow_root:
         print(
@@ -353,6 +380,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             mode=args.mode,
             metrics_listen=listen,
             state_dir=args.state_dir,
+            pcap_dir=args.pcap_dir,
         )
     except (ConfigError, RuleError, CaptureError, metrics.MetricsError) as e:
         print(f"xfer-sensor: error: {e}", file=sys.stderr)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor import __version__
+from sensor.attribution.recording import recording_book
 from sensor.cli import hunt as hunt_cli
 from sensor.cli import report as report_cli
 from sensor.cli.progress import Progress, ProgressAwareHandler
@@ -281,7 +282,9 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
     undecodable = []
     packets = 0
     frames = 0  # frames the captures held, as far as known
-    pipe = Pipeline(cfg, rules, sink)
+    # a flight recording (run --pcap-dir): its packet comments give the process columns
+    book = recording_book(args.pcap, cfg.limits.max_comment_chars)
+    pipe = Pipeline(cfg, rules, sink, attribution=book)
     detector = pipe.detector
     handler_for = progress.wrap(pipe.handler_for)
     window = inputs.window
@@ -293,6 +296,9 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
             if stop.signum:
                 break
             progress.begin(path)
+            if book is not None and (why := book.load(path)):
+                progress.clear()
+                print(f"xfer-sensor: warning: {path}: {why}", file=sys.stderr)
             before = pipe.undecoded()
             outside = window.outside if window is not None else 0
             res = read_file(

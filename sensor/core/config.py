@@ -7,6 +7,7 @@ described in docs/usage.md.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 from collections.abc import Mapping
@@ -175,6 +176,22 @@ class Limits:
     max_window_events: int = 10_000  # events kept per key inside one window
     max_match_chars: int = 4096  # characters of a field a rule's |re or wildcard pattern reads
     max_summary_keys: int = 100_000  # hunt keys the replay summary tabulates per correlation rule
+    max_comment_chars: int = 1024  # characters of each text field of a recording's packet comment
+
+
+@dataclass(frozen=True, slots=True)
+class PcapRing:
+    """The flight recorder's bounds (``run --pcap-dir``; docs/endpoint.md, "The flight recorder")."""
+
+    max_bytes: int = 1 << 30  # every ring file together; the oldest go first
+    max_files: int = 256  # ring files kept, the open one included
+    file_bytes: int = 64 << 20  # a file is closed before it grows past this
+    file_seconds: float = 3600.0  # ... or when it holds this much packet time
+    hold_seconds: float = 1.0  # a packet waits this long (wall clock) for its connection's process
+    hold_bytes: int = 32 << 20  # packets waiting at most; beyond, the oldest are written at once
+    queue_packets: int = 50_000  # packets queued for the writer thread; more are not recorded (counted)
+    queue_bytes: int = 64 << 20  # ... and bytes
+    max_annotations: int = 65_536  # connections whose process the recorder remembers (oldest forgotten)
 
 
 PROFILES = ("mde", "ecs")
@@ -258,6 +275,8 @@ class Config:
     checksum_validation: str = "auto"  # auto | yes | no (docs/engine.md, "Checksums")
     # auto: senders besides home_net and loopback whose partial (offloaded) checksums are accepted
     checksum_offload_nets: tuple[Network, ...] = ()
+    pcap_dir: str | None = None  # the flight recorder's folder (run --pcap-dir); None: off
+    pcap_ring: PcapRing = PcapRing()
 
 
 _TOP_KEYS = {
@@ -276,6 +295,8 @@ _TOP_KEYS = {
     "checksum_offload_nets",
     "state_dir",
     "state_flush_interval",
+    "pcap_dir",
+    "pcap_ring",
 }
 _OUTPUT_KEYS = {"profile", "max_line_bytes", "queue_max", "error_log_interval", "files", "stdout", "syslog"}
 _SYSLOG_KEYS = {
@@ -477,6 +498,8 @@ def _net(src: str, fname: str, value: Any) -> Network:
 _SECTION_MAX: dict[str, float] = {
     "limits.max_seq_jump": 1 << 31,  # half the sequence space
     "limits.flow_scan_interval": 86400,
+    "pcap_ring.max_bytes": 1 << 50,
+    "pcap_ring.file_bytes": 1 << 40,
 }
 
 
@@ -578,6 +601,16 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
         )
     kw["timeouts"] = _section(source, "timeouts", raw.get("timeouts"), Timeouts)
     kw["limits"] = _section(source, "limits", raw.get("limits"), Limits)
+    if raw.get("pcap_dir") is not None:
+        if not isinstance(raw["pcap_dir"], str) or not raw["pcap_dir"].strip():
+            raise ConfigError(source, "pcap_dir", "must be a folder path")
+        kw["pcap_dir"] = raw["pcap_dir"]
+    ring = kw["pcap_ring"] = _section(source, "pcap_ring", raw.get("pcap_ring"), PcapRing)
+    if ring.file_bytes > ring.max_bytes and "file_bytes" not in (raw.get("pcap_ring") or {}):
+        # only max_bytes given, below the default file size: four files' worth
+        ring = kw["pcap_ring"] = dataclasses.replace(ring, file_bytes=max(1, ring.max_bytes // 4))
+    if ring.file_bytes > ring.max_bytes:
+        raise ConfigError(source, "pcap_ring.file_bytes", f"must not exceed pcap_ring.max_bytes ({ring.max_bytes})")
     return Config(**kw)
 
 

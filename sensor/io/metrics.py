@@ -59,6 +59,7 @@ def collect(
     start_time: float = 0.0,
     allow_base: Mapping[tuple, tuple[int, int]] | None = None,
     state_write_errors: int = 0,
+    recording: Mapping[str, Any] | None = None,
 ) -> Mapping:
     """A read-only snapshot (nested ``MappingProxyType``) of every figure.
 
@@ -104,6 +105,7 @@ def collect(
         "weird": dict(pipe_stats.get("weird", {})),
         "outputs": dict(outputs or {}),
         "state": {"write_errors": state_write_errors},
+        "recording": dict(recording or {}),  # the flight recorder (sensor/io/ring.py), when on
     }
     return _freeze(snap)
 
@@ -323,6 +325,41 @@ def render(snap: Mapping[str, Any]) -> str:
         "Failed commits of the rule-window state file (the windows stay in memory and are retried).",
         (snap.get("state") or {}).get("write_errors", 0),
     )
+    rec = snap.get("recording") or {}
+    if rec:
+        o.one(
+            "recording_packets_total",
+            "counter",
+            "Packets written to the flight recorder's ring.",
+            rec["packets_written"],
+        )
+        o.one(
+            "recording_comments_total",
+            "counter",
+            "Recorded packets that carry their connection's process in a comment.",
+            rec["comments_written"],
+        )
+        o.family(
+            "recording_dropped_total",
+            "counter",
+            "Packets not recorded (never packets lost to the pipeline): reason='overflow' (the writer's queue was "
+            "full: a slow disk), reason='error' (a write failed: disk full), reason='too_big' (one packet larger "
+            "than the ring's bounds).",
+            [
+                ({"reason": "overflow"}, rec["dropped_overflow"]),
+                ({"reason": "error"}, rec["dropped_error"]),
+                ({"reason": "too_big"}, rec["dropped_too_big"]),
+            ],
+        )
+        o.one("recording_bytes", "gauge", "Bytes in the ring's files (pcap_ring.max_bytes bounds it).", rec["bytes"])
+        o.one("recording_files", "gauge", "Files in the ring (pcap_ring.max_files bounds it).", rec["files"])
+        o.one(
+            "recording_files_removed_total",
+            "counter",
+            "Ring files removed to keep within the bounds.",
+            rec["files_removed"],
+        )
+        o.one("recording_failing", "gauge", "1 while the ring's writes fail.", int(bool(rec["failing"])))
     o.one("start_time_seconds", "gauge", "When the daemon started (Unix time).", snap["start_time"])
     o.one("snapshot_time_seconds", "gauge", "When these figures were taken (Unix time).", snap["time"])
     return "\n".join(o.lines) + "\n"
