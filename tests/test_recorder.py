@@ -30,7 +30,7 @@ from sensor.attribution.recording import (
 )
 from sensor.core.config import ConfigError, PcapRing, config_from_dict
 from sensor.io import metrics
-from sensor.io.pcapng import PcapngError, is_recording, packet_block, read_comments, section_header
+from sensor.io.pcapng import PcapngError, comment_option, is_recording, packet_block, read_comments, section_header
 from sensor.io.ring import USERAPPL, Recorder, RingWriter, flow_of
 from tests.support.craft import tcp_session
 
@@ -65,6 +65,19 @@ class Clock:
 
 def _files(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.suffix == ".pcapng")
+
+
+def _record_one(d: Path, cport: int, t: float, att: Attribution | None = ATT) -> tuple[Path, list]:
+    """One FTP session recorded alone (no hold), its packets commented with ``att``."""
+    w = RingWriter(d, PcapRing(hold_seconds=0.0), clock=Clock())
+    pkts = _ftp(cport, t)
+    if att is not None:
+        w.annotate((6, CLI, cport, SRV, 21), pkts[0][0], comment_for(att, pkts[0][0], 1024))
+    for ts, data in pkts:
+        w.write(("packets", ts, 1), data)
+    w.close()
+    (f,) = _files(d)
+    return f, pkts
 
 
 def _tshark_comments(path: Path) -> list[tuple[str, str]]:
@@ -131,13 +144,7 @@ def test_hostile_comments_are_refused(raw):
 
 
 def test_block_reader_and_tshark_read_what_the_writer_wrote(tmp_path):
-    w = RingWriter(tmp_path, PcapRing(hold_seconds=0.0), clock=Clock())
-    pkts = _ftp(40001, 100.0)
-    w.annotate((6, CLI, 40001, SRV, 21), pkts[0][0], comment_for(ATT, pkts[0][0], 1024))
-    for ts, data in pkts:
-        w.write(("packets", ts, 1), data)
-    w.close()
-    (f,) = _files(tmp_path)
+    f, pkts = _record_one(tmp_path, 40001, 100.0)
     assert oct(f.stat().st_mode & 0o777) == "0o640"
     assert is_recording(str(f), USERAPPL)
     with open(f, "rb") as fh:
@@ -160,11 +167,7 @@ def test_block_reader_reads_a_foreign_writers_comments(tmp_path):
     refuses a comment that is not the recorder's."""
     editcap = shutil.which("editcap")
     assert editcap, "editcap is needed (wireshark-common, scripts/deps.sh)"
-    w = RingWriter(tmp_path / "r", PcapRing(hold_seconds=0.0), clock=Clock())
-    for ts, data in _ftp(40002, 1.0):
-        w.write(("packets", ts, 1), data)
-    w.close()
-    (f,) = _files(tmp_path / "r")
+    f, _pkts = _record_one(tmp_path / "r", 40002, 1.0, None)
     out = tmp_path / "edited.pcapng"
     subprocess.run([editcap, "-a", "2:hello world", str(f), str(out)], check=True, capture_output=True)
     with open(out, "rb") as fh:
@@ -176,13 +179,7 @@ def test_block_reader_reads_a_foreign_writers_comments(tmp_path):
 
 
 def _valid_file(tmp_path: Path) -> bytes:
-    w = RingWriter(tmp_path / "v", PcapRing(hold_seconds=0.0), clock=Clock())
-    pkts = _ftp(40003, 5.0)
-    w.annotate((6, CLI, 40003, SRV, 21), pkts[0][0], comment_for(ATT, pkts[0][0], 1024))
-    for ts, data in pkts:
-        w.write(("packets", ts, 1), data)
-    w.close()
-    return _files(tmp_path / "v")[0].read_bytes()
+    return _record_one(tmp_path / "v", 40003, 5.0)[0].read_bytes()
 
 
 @pytest.mark.parametrize(
@@ -255,9 +252,11 @@ def test_tiny_ring_never_exceeds_its_bounds_oldest_go_first(tmp_path):
         for ts, data in _ftp(41000 + i, 10.0 + i):
             w.write(("packets", ts, 1), data)
             size, n = _disk(tmp_path)
+            assert size <= w.total <= opts.max_bytes and n <= opts.max_files  # buffered counts first
+            w.tick()  # the end of a queue batch: written
+            size, n = _disk(tmp_path)
             seen_max = max(seen_max, size)
-            assert size <= opts.max_bytes and n <= opts.max_files
-            assert size == w.total
+            assert size == w.total <= opts.max_bytes and n <= opts.max_files
     w.close()
     assert w.stats["files_removed"] > 0
     names = [f.name for f in _files(tmp_path)]
@@ -378,6 +377,7 @@ w = RingWriter(sys.argv[2], PcapRing(hold_seconds=0.0, file_bytes=1 << 20, max_b
 for i in range(20):
     for ts, data in _ftp(47000 + i, 1.0 + i):
         w.write(("packets", ts, 1), data)
+    w.tick()  # a queue batch: one session
 w.close()
 print(w.stats["packets_written"], w.stats["dropped_error"], int(w.failing))
 """
@@ -385,7 +385,8 @@ print(w.stats["packets_written"], w.stats["dropped_error"], int(w.failing))
 
 def test_full_disk_drops_recording_counted_files_stay_whole(tmp_path):
     """Writes past the file-size limit fail (EFBIG, as ENOSPC would): each
-    failed packet is counted, no half block is left."""
+    packet of a failed write is counted, no half block is left, the file is
+    closed and the next packet starts a whole new one."""
     cp = subprocess.run(
         [sys.executable, "-c", FULL_DISK, str(Path(__file__).resolve().parents[1]), str(tmp_path)],
         capture_output=True,
@@ -397,11 +398,13 @@ def test_full_disk_drops_recording_counted_files_stay_whole(tmp_path):
     assert written > 0 and dropped > 0 and written + dropped == 20 * len(_ftp(47000, 1.0))
     assert failing == 1
     assert "not recorded" in cp.stderr
-    (f,) = _files(tmp_path)
-    assert f.stat().st_size <= 3000
-    with open(f, "rb") as fh:
-        list(read_comments(fh))  # whole blocks only: no PcapngError
-    assert len(_tshark_comments(f)) == written
+    files = _files(tmp_path)
+    assert files
+    for f in files:
+        assert 0 < f.stat().st_size <= 3000
+        with open(f, "rb") as fh:
+            list(read_comments(fh))  # whole blocks only: no PcapngError
+    assert sum(len(_tshark_comments(f)) for f in files) == written
 
 
 def test_unusable_folder_is_bad_input(tmp_path):
@@ -491,16 +494,9 @@ def test_replay_of_a_recording_restores_the_process_columns(tmp_path):
 
 
 def test_replay_of_a_damaged_recording_warns_and_goes_on(tmp_path):
-    ring = tmp_path / "ring"
-    w = RingWriter(ring, PcapRing(hold_seconds=0.0), clock=Clock())
-    pkts = _ftp(49000, 1.0)
-    w.annotate((6, CLI, 49000, SRV, 21), pkts[0][0], comment_for(ATT, pkts[0][0], 1024))
-    for ts, data in pkts:
-        w.write(("packets", ts, 1), data)
-    w.close()
-    (f,) = _files(ring)
+    f, _pkts = _record_one(tmp_path / "ring", 49000, 1.0)
     data = bytearray(f.read_bytes())
-    data += packet_block(7, 5_000_000, b"\0" * 60, b"x")  # a packet of an undeclared interface
+    data += packet_block(7, 5_000_000, b"\0" * 60, comment_option(b"x"))  # a packet of an undeclared interface
     f.write_bytes(bytes(data))
     book = RecordingBook(1024)
     assert "undeclared interface" in book.load(str(f))

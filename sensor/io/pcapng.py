@@ -4,8 +4,8 @@ of the packet comments in them.
 Writing (``section_header``, ``interface_block``, ``packet_block``): a
 Section Header Block naming the application (``shb_userappl``), one
 Interface Description Block per link type, Enhanced Packet Blocks with
-microsecond timestamps and an optional ``opt_comment`` (what tshark shows as
-``frame.comment``). Format: the IETF draft "PCAP Next Generation (pcapng)
+microsecond timestamps and an optional ``opt_comment`` (``comment_option``: what
+tshark shows as ``frame.comment``). Format: the IETF draft "PCAP Next Generation (pcapng)
 Capture File Format" (draft-ietf-opsawg-pcapng).
 
 Reading (``read_comments``): libpcap (and so pcapy-ng) hands packets over
@@ -75,14 +75,22 @@ def interface_block(linktype: int, snaplen: int = SNAPLEN) -> bytes:
     return _block(IDB_TYPE, struct.pack("<HHI", linktype & 0xFFFF, 0, snaplen))
 
 
-def packet_block(iface: int, ts_us: int, data: bytes, comment: bytes | None = None) -> bytes:
-    """An Enhanced Packet Block; ``comment``: UTF-8 text for ``opt_comment``
-    (the caller escapes and caps it; longer than 65535 bytes is cut)."""
+def comment_option(comment: bytes) -> bytes:
+    """The options of a packet with ``comment`` (UTF-8 text the caller escaped
+    and capped; longer than 65535 bytes is cut): built once per connection."""
+    return _options([(OPT_COMMENT, comment[:65535])]) if comment else b""
+
+
+_EPB_HEAD = struct.Struct("<IIIIIII")
+
+
+def packet_block(iface: int, ts_us: int, data: bytes, options: bytes = b"") -> bytes:
+    """An Enhanced Packet Block; ``options``: ``comment_option(...)`` or nothing."""
     n = len(data)
     ts = ts_us & 0xFFFF_FFFF_FFFF_FFFF
-    head = struct.pack("<IIIII", iface, ts >> 32, ts & 0xFFFF_FFFF, n, n)
-    opts = _options([(OPT_COMMENT, comment[:65535])]) if comment else b""
-    return _block(EPB_TYPE, head + data + b"\0" * _pad(n) + opts)
+    total = 32 + n + (-n % 4) + len(options)
+    head = _EPB_HEAD.pack(EPB_TYPE, total, iface, ts >> 32, ts & 0xFFFF_FFFF, n, n)
+    return b"".join((head, data, b"\0" * (-n % 4), options, total.to_bytes(4, "little")))
 
 
 def is_recording(path: str, userappl_prefix: str) -> bool:

@@ -33,7 +33,7 @@ from typing import Any
 from sensor.core.config import PcapRing
 from sensor.engine.decode import ETHERTYPE_IPV4, ETHERTYPE_IPV6, locate
 from sensor.io.capture import CaptureError
-from sensor.io.pcapng import interface_block, packet_block, section_header
+from sensor.io.pcapng import comment_option, interface_block, packet_block, section_header
 from sensor.io.sinks import AsyncSink, write_line
 
 log = logging.getLogger("xfer-sensor.recorder")
@@ -43,6 +43,10 @@ FILE_RE = re.compile(r"^xfer-sensor-(\d{8})\.pcapng$")
 MATCH_US = 100_000  # an annotation belongs to packets from its first packet's time on (less this)
 PER_KEY = 8  # annotations kept per 5-tuple (a reused client port)
 ERROR_LOG_S = 60.0  # seconds between two logs of a failing disk
+FLUSH_BYTES = 256 << 10  # blocks buffered before a write (else one write per queue batch)
+SHB = section_header(USERAPPL)
+SHB_BYTES = len(SHB)
+IDB_BYTES = len(interface_block(1))  # every link type's: no options
 
 Handler = Callable[[int, bytes], None]
 FlowKey = tuple[int, bytes, int, bytes, int]
@@ -112,6 +116,8 @@ class RingWriter:
         self.ifaces: dict[int, int] = {}  # link type -> interface id in the open file
         self.held: deque[tuple[float, int, int, bytes]] = deque()  # (arrived, ts, linktype, frame)
         self.held_bytes = 0
+        self.buf = bytearray()  # blocks not written yet (one write per batch)
+        self.buf_pkts = self.buf_comments = 0
         self.lock = threading.Lock()
         self.notes: OrderedDict[FlowKey, list[tuple[int, bytes]]] = OrderedDict()
         self.stats = {
@@ -138,7 +144,7 @@ class RingWriter:
         if k is None or not comment:
             return
         rev = (k[0], k[3], k[4], k[1], k[2])
-        entry = (first_us or 0, comment)
+        entry = (first_us or 0, comment_option(comment))
         with self.lock:
             self.stats["annotations"] += 1
             for kk in (k, rev):
@@ -153,19 +159,20 @@ class RingWriter:
                 self.notes.popitem(last=False)
                 self.stats["annotations_evicted"] += 1
 
-    def comment_for(self, linktype: int, ts: int, data: bytes) -> bytes | None:
+    def comment_for(self, linktype: int, ts: int, data: bytes) -> bytes:
+        """The options block (a comment) of this packet: its connection's, or none."""
         k = flow_of(linktype, data)
         if k is None:
-            return None
+            return b""
         with self.lock:
             lst = self.notes.get(k)
             if not lst:
-                return None
+                return b""
             best = None
             for first, c in lst:  # the newest connection on this 5-tuple that started by then
                 if first <= ts + MATCH_US and (best is None or first >= best[0]):
                     best = (first, c)
-        return best[1] if best is not None else None
+        return best[1] if best is not None else b""
 
     # -- AsyncSink's writer interface (the writer thread) -----------------------------------
     def write(self, meta: tuple, data: bytes) -> None:
@@ -175,7 +182,9 @@ class RingWriter:
         self._release(False)
 
     def tick(self) -> None:
+        """After each batch of the queue, and when idle: what is due, written."""
         self._release(False)
+        self._flush()
 
     def reopen(self) -> None:
         """SIGHUP: the next packet starts a new file; files removed by hand are forgotten."""
@@ -220,20 +229,20 @@ class RingWriter:
             self.seq = max(self.seq, found[-1][0])
 
     def _record(self, ts: int, linktype: int, data: bytes) -> None:
-        comment = self.comment_for(linktype, ts, data)
+        comment = self.comment_for(linktype, ts, data) if self.notes else b""
         opts = self.opts
-        block = packet_block(0, ts, data, comment)  # sized first; the interface id is fixed below
-        overhead = len(section_header(USERAPPL)) + len(interface_block(linktype))
-        if overhead + len(block) > min(opts.file_bytes, opts.max_bytes):
+        block = packet_block(0, ts, data, comment)  # sized first; the interface id is set below
+        if SHB_BYTES + IDB_BYTES + len(block) > min(opts.file_bytes, opts.max_bytes):
             self.stats["dropped_too_big"] += 1
             return
         if self.fd is not None:
             age = ts - (self.cur_first_ts if self.cur_first_ts is not None else ts)
             if self.cur_size + len(block) > opts.file_bytes or age >= opts.file_seconds * 1e6:
                 self._close_file()
-        idb = len(interface_block(linktype))
         while True:  # the oldest files go until this block fits in max_bytes (the open one last)
-            need = len(block) + (overhead if self.fd is None else 0 if linktype in self.ifaces else idb)
+            need = len(block) + (
+                SHB_BYTES + IDB_BYTES if self.fd is None else 0 if linktype in self.ifaces else IDB_BYTES
+            )
             if self.total + need <= opts.max_bytes:
                 break
             if self.files:
@@ -242,36 +251,56 @@ class RingWriter:
                 self._close_file()
             else:  # pragma: no cover - the block alone fits (checked above)
                 break
-        try:
-            if self.fd is None:
+        if self.fd is None:
+            try:
                 self._open_file()
-            fd = self.fd
-            assert fd is not None
-            if linktype not in self.ifaces:
-                self._append(fd, interface_block(linktype))
-                self.ifaces[linktype] = len(self.ifaces)
-            iface = self.ifaces[linktype]
-            if iface:
-                block = packet_block(iface, ts, data, comment)
-            self._append(fd, block)
-        except OSError as e:
-            self.stats["dropped_error"] += 1
-            self._error(str(e) or type(e).__name__)
-            return
+            except OSError as e:
+                self.stats["dropped_error"] += 1
+                self._error(str(e) or type(e).__name__)
+                return
+        iface = self.ifaces.get(linktype)
+        if iface is None:
+            iface = self.ifaces[linktype] = len(self.ifaces)
+            self._buffer(interface_block(linktype))
+        self._buffer(block if iface == 0 else packet_block(iface, ts, data, comment))
+        self.buf_pkts += 1
+        self.buf_comments += 1 if comment else 0
         if self.cur_first_ts is None:
             self.cur_first_ts = ts
-        self.stats["packets_written"] += 1
-        if comment:
-            self.stats["comments_written"] += 1
+        if len(self.buf) >= FLUSH_BYTES:
+            self._flush()
+
+    def _buffer(self, block: bytes) -> None:
+        self.buf += block
+        self.cur_size += len(block)
+        self.total += len(block)
+
+    def _flush(self) -> None:
+        """Write what is buffered in one write: all of it, or (disk full) none
+        of it, counted, and the file closed so the next packet starts a whole new one."""
+        if not self.buf or self.fd is None:
+            return
+        n, pkts, comments = len(self.buf), self.buf_pkts, self.buf_comments
+        try:
+            write_line(self.fd, bytes(self.buf), rollback=True)  # the whole batch or nothing
+        except OSError as e:
+            self.buf.clear()
+            self.buf_pkts = self.buf_comments = 0
+            self.cur_size -= n
+            self.total -= n
+            self.stats["dropped_error"] += pkts
+            self._error(str(e) or type(e).__name__)
+            self._close_file()
+            return
+        self.buf.clear()
+        self.buf_pkts = self.buf_comments = 0
+        st = self.stats
+        st["bytes_written"] += n
+        st["packets_written"] += pkts
+        st["comments_written"] += comments
         if self.failing:
             log.warning("%s: writing again", self.name)
             self.failing = False
-
-    def _append(self, fd: int, block: bytes) -> None:
-        write_line(fd, block, rollback=True)  # the whole block or nothing
-        self.cur_size += len(block)
-        self.total += len(block)
-        self.stats["bytes_written"] += len(block)
 
     def _remove_oldest(self) -> None:
         _seq, path, size = self.files.popleft()
@@ -292,26 +321,28 @@ class RingWriter:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o640)
         try:
             os.fchmod(fd, 0o640)  # whatever the umask
-            self.fd, self.cur, self.cur_size, self.cur_first_ts, self.ifaces = fd, (self.seq, path), 0, None, {}
-            self._append(fd, section_header(USERAPPL))
         except OSError:
             os.close(fd)
-            self.fd = self.cur = None
-            try:
-                path.unlink()
-            except OSError:
-                pass
+            path.unlink(missing_ok=True)
             raise
+        self.fd, self.cur, self.cur_size, self.cur_first_ts, self.ifaces = fd, (self.seq, path), 0, None, {}
+        self._buffer(SHB)
         self.stats["files_opened"] += 1
 
     def _close_file(self) -> None:
         if self.fd is None or self.cur is None:
             return
+        self._flush()
+        if self.fd is None:  # the flush failed and closed it
+            return
         try:
             os.close(self.fd)
         except OSError:
             pass
-        self.files.append((self.cur[0], self.cur[1], self.cur_size))
+        if self.cur_size:
+            self.files.append((self.cur[0], self.cur[1], self.cur_size))
+        else:  # nothing of it reached the disk (it was full)
+            self.cur[1].unlink(missing_ok=True)
         self.fd = self.cur = None
         self.cur_size = 0
         self.cur_first_ts = None
