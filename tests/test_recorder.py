@@ -501,3 +501,21 @@ def test_replay_of_a_damaged_recording_warns_and_goes_on(tmp_path):
     book = RecordingBook(1024)
     assert "undeclared interface" in book.load(str(f))
     assert len(book) == 1  # the comments before the damage are in
+
+
+def test_a_planted_last_file_number_does_not_escape_the_bound(tmp_path):
+    """A file numbered 99,999,999 in the folder: the next is 100,000,000 and
+    both count against the bounds (none escapes by its name's length)."""
+    planted = tmp_path / "xfer-sensor-99999999.pcapng"
+    planted.write_bytes(b"\0" * 3000)
+    opts = PcapRing(max_bytes=6000, max_files=3, file_bytes=2500, hold_seconds=0.0)
+    w = RingWriter(tmp_path, opts, clock=Clock())
+    assert w.total == 3000
+    for i in range(10):
+        for ts, data in _ftp(50000 + i, 1.0 + i):
+            w.write(("packets", ts, 1), data)
+        w.tick()
+        assert _disk(tmp_path)[0] <= opts.max_bytes
+    w.close()
+    assert not planted.exists()
+    assert (tmp_path / "xfer-sensor-100000000.pcapng").exists() or w.seq > 100_000_000

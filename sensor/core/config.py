@@ -188,9 +188,9 @@ class PcapRing:
     file_bytes: int = 64 << 20  # a file is closed before it grows past this
     file_seconds: float = 3600.0  # ... or when it holds this much packet time
     hold_seconds: float = 1.0  # a packet waits this long (wall clock) for its connection's process
-    hold_bytes: int = 32 << 20  # packets waiting at most; beyond, the oldest are written at once
+    hold_bytes: int = 16 << 20  # packets waiting at most (and queue_packets of them); beyond, the oldest go at once
     queue_packets: int = 50_000  # packets queued for the writer thread; more are not recorded (counted)
-    queue_bytes: int = 64 << 20  # ... and bytes
+    queue_bytes: int = 32 << 20  # ... and bytes
     max_annotations: int = 65_536  # connections whose process the recorder remembers (oldest forgotten)
 
 

@@ -39,7 +39,7 @@ from sensor.io.sinks import AsyncSink, write_line
 log = logging.getLogger("xfer-sensor.recorder")
 
 USERAPPL = "xfer-sensor flight recorder"  # shb_userappl: how the replay knows a recording
-FILE_RE = re.compile(r"^xfer-sensor-(\d{8})\.pcapng$")
+FILE_RE = re.compile(r"^xfer-sensor-(\d{8,18})\.pcapng$")  # 8 digits, more past 99,999,999
 MATCH_US = 100_000  # an annotation belongs to packets from its first packet's time on (less this)
 PER_KEY = 8  # annotations kept per 5-tuple (a reused client port)
 ERROR_LOG_S = 60.0  # seconds between two logs of a failing disk
@@ -198,7 +198,8 @@ class RingWriter:
     def _release(self, everything: bool) -> None:
         held = self.held
         due = self.clock() - self.opts.hold_seconds
-        while held and (everything or held[0][0] <= due or self.held_bytes > self.opts.hold_bytes):
+        most = self.opts.queue_packets  # held packets: bounded in count too (small ones cost more than their bytes)
+        while held and (everything or held[0][0] <= due or self.held_bytes > self.opts.hold_bytes or len(held) > most):
             _arrived, ts, linktype, data = held.popleft()
             self.held_bytes -= len(data)
             self._record(ts, linktype, data)
