@@ -44,6 +44,7 @@ _FIELDS: dict[str, tuple[str, type]] = {
     "uid": ("InitiatingProcessAccountUid", int),
 }
 _INT_RANGE = {"pid": (0, 1 << 31), "ppid": (0, 1 << 31), "uid": (-1, 1 << 32), "first": (0, 1 << 62)}
+PARSED_CACHE_BYTES = 4 << 20  # comments kept parsed while a recording is read (their bytes; cleared beyond)
 LIVE_SOURCES = ("socket", "uid-only")  # what a live lookup that found the process says
 
 
@@ -125,7 +126,7 @@ class RecordingBook(AttributionBook):
     taken in either orientation (the replay's ``home_net`` may see the
     device at the other end than the live daemon did)."""
 
-    __slots__ = ("max_chars", "comments", "rejected", "_seen")
+    __slots__ = ("max_chars", "comments", "rejected", "_seen", "_parsed", "_parsed_bytes")
 
     def __init__(self, max_chars: int, max_entries: int = BOOK_MAX_ENTRIES) -> None:
         super().__init__(max_entries)
@@ -133,6 +134,9 @@ class RecordingBook(AttributionBook):
         self.comments = 0  # comments read
         self.rejected = 0  # comments that were not the recorder's, or malformed
         self._seen: dict[tuple, None] = {}  # (key, first) already added (bounded: cleared when full)
+        # a connection's packets repeat one comment: parsed once (bounded: cleared when full)
+        self._parsed: dict[bytes, tuple[Any, int | None] | None] = {}
+        self._parsed_bytes = 0
 
     def take(self, key: tuple, first_ts: int | None = None) -> Any | None:
         a = super().take(key, first_ts)
@@ -156,7 +160,15 @@ class RecordingBook(AttributionBook):
 
     def _one(self, linktype: int, ts: int, head: bytes, comment: bytes) -> None:
         self.comments += 1
-        got = parse_comment(comment, self.max_chars)
+        if comment in self._parsed:
+            got = self._parsed[comment]
+        else:
+            got = parse_comment(comment, self.max_chars)
+            if self._parsed_bytes + len(comment) > PARSED_CACHE_BYTES:
+                self._parsed.clear()
+                self._parsed_bytes = 0
+            self._parsed[comment] = got
+            self._parsed_bytes += len(comment)
         k = flow_of(linktype, head) if got is not None else None
         if got is None or k is None:
             self.rejected += 1
