@@ -114,6 +114,16 @@ def test_comment_escapes_and_caps_hostile_process_strings():
     assert comment_for(Attribution(AttributionSource="none"), 1, 100) is None
 
 
+def test_uid_only_names_the_account_alone():
+    """A lookup that found the socket's account but not its process (uid-only): the account travels."""
+    att = Attribution(InitiatingProcessAccountName="root", InitiatingProcessAccountUid=0, AttributionSource="uid-only")
+    c = comment_for(att, 5, 1024)
+    assert c is not None
+    a, _first = parse_comment(c, 1024) or (None, None)
+    assert a is not None and a.InitiatingProcessAccountName == "root" and a.InitiatingProcessFileName == ""
+    assert comment_for(Attribution(AttributionSource="uid-only"), 5, 1024) is None  # names nothing
+
+
 @pytest.mark.parametrize(
     "raw",
     [

@@ -58,6 +58,8 @@ def comment_for(att: Any, first_us: int | None, max_chars: int) -> bytes | None:
     """The packet comment naming ``att``'s process; None when it names none."""
     if att is None or getattr(att, "AttributionSource", "none") not in LIVE_SOURCES:
         return None
+    if not (getattr(att, "InitiatingProcessFileName", "") or getattr(att, "InitiatingProcessAccountName", "")):
+        return None  # names neither a process nor an account
     d: dict[str, Any] = {}
     for key, (name, typ) in _FIELDS.items():
         v = getattr(att, name, None)
@@ -103,8 +105,8 @@ def parse_comment(raw: bytes, max_chars: int) -> tuple[Attribution, int | None] 
             return None
         if key != "first":
             kw[_FIELDS[key][0]] = v
-    if not kw.get("InitiatingProcessFileName"):
-        return None
+    if not kw.get("InitiatingProcessFileName") and not kw.get("InitiatingProcessAccountName"):
+        return None  # names nothing (uid-only: the account alone)
     from sensor.attribution.attributor import Attribution  # psutil and all: only for a recording
 
     live = d.get("src", "")

@@ -176,9 +176,17 @@ class RingWriter:
 
     # -- AsyncSink's writer interface (the writer thread) -----------------------------------
     def write(self, meta: tuple, data: bytes) -> None:
-        _kind, ts, linktype = meta
-        self.held.append((self.clock(), ts, linktype, data))
-        self.held_bytes += len(data)
+        self.write_batch([(meta, data)])
+
+    def write_batch(self, batch: list[tuple[tuple, bytes]]) -> None:
+        """A batch of the queue: held, then what is due written (``tick`` follows)."""
+        now = self.clock()
+        append = self.held.append
+        n = 0
+        for (_kind, ts, linktype), data in batch:
+            append((now, ts, linktype, data))
+            n += len(data)
+        self.held_bytes += n
         self._release(False)
 
     def tick(self) -> None:

@@ -276,8 +276,11 @@ class AsyncSink:
         self.queue_bytes_max = queue_bytes_max
         self.q_bytes = 0
         self._need = 0  # bytes of the record waiting for room
-        # optional ``writer.tick()``: called when the queue stays empty for WAKE_INTERVAL_S
+        # optional ``writer.tick()``: called after each batch and when the queue stays empty for
+        # WAKE_INTERVAL_S; optional ``writer.write_batch(items)``: takes a whole batch and never
+        # raises (it counts its own losses: the flight recorder's packets)
         self._tick = getattr(writer, "tick", None)
+        self._write_batch = getattr(writer, "write_batch", None)
         self.cond = threading.Condition(threading.Lock())
         self.closing = False
         self.reopen_requested = False
@@ -391,6 +394,13 @@ class AsyncSink:
                 self.q_bytes = 0
                 self.busy = True
                 self.cond.notify_all()  # room for blocked producers
+            if self._write_batch is not None and batch:
+                if self.reopen_requested:
+                    self._reopen()
+                self._write_batch(batch)
+                self.written += len(batch)
+                self.last_progress = time.monotonic()
+                batch = []
             for meta, line in batch:
                 if self.reopen_requested:
                     self._reopen()
