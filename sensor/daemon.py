@@ -139,7 +139,7 @@ class Daemon:
                 first = int(ts * 1e6) if ts else None
                 note = comment_for(a, first, self.cfg.limits.max_comment_chars)
                 if note:
-                    self.recorder.annotate(key, first, note)
+                    self.recorder.annotate(key, first, note, bool(a.InitiatingProcessFileName))
         if got:
             self.pipe.attributions_arrived()
         return len(got)

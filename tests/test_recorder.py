@@ -529,3 +529,23 @@ def test_a_planted_last_file_number_does_not_escape_the_bound(tmp_path):
     w.close()
     assert not planted.exists()
     assert (tmp_path / "xfer-sensor-100000000.pcapng").exists() or w.seq > 100_000_000
+
+
+def test_loopback_both_ends_looked_up_packets_carry_the_clients_process(tmp_path):
+    """On lo both ends are the host's: the client's lookup (socket) and the
+    server's (its account only, or its own process) are both in. The packets
+    carry the one that named a process, else the client's -- as the record."""
+    server_acct = Attribution(InitiatingProcessAccountName="root", AttributionSource="uid-only")
+    server_proc = Attribution(InitiatingProcessFileName="vsftpd", InitiatingProcessId=1, AttributionSource="socket")
+    for server, port in ((server_acct, 51000), (server_proc, 51001)):
+        d = tmp_path / str(port)
+        w = RingWriter(d, PcapRing(hold_seconds=0.0), clock=Clock())
+        pkts = _ftp(port, 1.0)
+        first = pkts[0][0]
+        w.annotate((6, CLI, port, SRV, 21), first, comment_for(ATT, first, 1024), True)
+        w.annotate((6, SRV, 21, CLI, port), first + 300, comment_for(server, first + 300, 1024), server is server_proc)
+        for ts, data in pkts:
+            w.write(("packets", ts, 1), data)
+        w.close()
+        procs = {json.loads(c[len(PREFIX) :])["proc"] for _p, c in _tshark_comments(_files(d)[0])}
+        assert procs == {"curl"}, (server, procs)

@@ -119,7 +119,8 @@ class RingWriter:
         self.buf = bytearray()  # blocks not written yet (one write per batch)
         self.buf_pkts = self.buf_comments = 0
         self.lock = threading.Lock()
-        self.notes: OrderedDict[FlowKey, list[tuple[int, bytes]]] = OrderedDict()
+        # 5-tuple (both orientations) -> [(first packet µs, (named a process, local end is the client), options)]
+        self.notes: OrderedDict[FlowKey, list[tuple[int, tuple[bool, bool], bytes]]] = OrderedDict()
         self.stats = {
             "packets_written": 0,
             "comments_written": 0,
@@ -137,14 +138,18 @@ class RingWriter:
         self._scan()
 
     # -- annotations (the daemon thread) ------------------------------------------------
-    def annotate(self, key: tuple, first_us: int | None, comment: bytes) -> None:
-        """The connection ``key`` (a record's 5-tuple) whose first packet was
-        at ``first_us`` is attributed: its packets from then on carry ``comment``."""
+    def annotate(self, key: tuple, first_us: int | None, comment: bytes, process: bool = True) -> None:
+        """The connection ``key`` (a record's 5-tuple, the local end first)
+        whose first packet was at ``first_us`` is attributed: its packets from
+        then on carry ``comment``. ``process``: the lookup named the process
+        (not only the account). On loopback both ends are the host's and both
+        may be looked up: a packet carries the lookup that named a process,
+        else the client's (the higher port's) -- the one the record takes."""
         k = packed_key(key)
         if k is None or not comment:
             return
         rev = (k[0], k[3], k[4], k[1], k[2])
-        entry = (first_us or 0, comment_option(comment))
+        entry = (first_us or 0, (process, k[2] > k[4]), comment_option(comment))
         with self.lock:
             self.stats["annotations"] += 1
             for kk in (k, rev):
@@ -168,11 +173,15 @@ class RingWriter:
             lst = self.notes.get(k)
             if not lst:
                 return b""
-            best = None
-            for first, c in lst:  # the newest connection on this 5-tuple that started by then
-                if first <= ts + MATCH_US and (best is None or first >= best[0]):
-                    best = (first, c)
-        return best[1] if best is not None else b""
+            if len(lst) == 1:
+                return lst[0][2] if lst[0][0] <= ts + MATCH_US else b""
+            started = [e for e in lst if e[0] <= ts + MATCH_US]
+        if not started:
+            return b""
+        # the newest connection on this 5-tuple that started by then; of its lookups (both ends
+        # on loopback), the one that named a process, else the client's
+        newest = max(e[0] for e in started)
+        return max((e for e in started if e[0] >= newest - MATCH_US), key=lambda e: (e[1], e[0]))[2]
 
     # -- AsyncSink's writer interface (the writer thread) -----------------------------------
     def write(self, meta: tuple, data: bytes) -> None:
@@ -404,8 +413,8 @@ class Recorder:
 
         return for_linktype
 
-    def annotate(self, key: tuple, first_us: int | None, comment: bytes) -> None:
-        self.writer.annotate(key, first_us, comment)
+    def annotate(self, key: tuple, first_us: int | None, comment: bytes, process: bool = True) -> None:
+        self.writer.annotate(key, first_us, comment, process)
 
     def request_reopen(self) -> None:
         self.sink.request_reopen()
