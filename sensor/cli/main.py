@@ -1,4 +1,4 @@
-"""Command line: ``xfer-sensor replay``, ``check`` and ``rules list|test``.
+"""Command line: ``xfer-sensor replay``, ``check`` and ``rules list|test|export``.
 
 Exit codes: 0 done; 2 bad input, one line on stderr, never a traceback; 3 a
 capture damaged part-way (everything before the damage written); 4 records
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sensor import __version__
+from sensor.cli import export as export_cli
 from sensor.cli import hunt as hunt_cli
 from sensor.cli import report as report_cli
 from sensor.cli.progress import Progress, ProgressAwareHandler
@@ -810,6 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("--config", help="config YAML (hostnames, ip_type_overrides, ...)")
     rt.add_argument("--format", choices=("table", "json"), default="table")
     rt.set_defaults(func=cmd_rules_test)
+    export_cli.add_command(rsub)
     ap.set_defaults(input_parsers={"replay": rp, "rules test": rt})
     return ap
 

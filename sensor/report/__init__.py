@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from sensor.report.html import render_html
-from sensor.report.kql import hunt_kql
+from sensor.export.kql import hunt_kql
 from sensor.report.model import ReportBuilder
 
 __all__ = ["ReportBuilder", "ReportError", "check_report_path", "hunt_kql", "read_records_dir", "render_html"]

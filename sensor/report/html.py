@@ -17,7 +17,7 @@ from typing import Any
 
 from sensor.core.timefmt import iso_us
 from sensor.detect.rules import CorrelationRule, DetectionRule, RuleSet
-from sensor.report.kql import hunt_kql
+from sensor.export.kql import hunt_kql
 from sensor.report.model import (
     MAX_DETAILED_ALERTS,
     MAX_FILES_PER_ALERT,
