@@ -51,13 +51,21 @@ name: det
 logsource: {product: xfer-sensor}
 detection:
   selection: {RemotePort: [21, 445], RemoteIPType: Public}
+  condition: selection
+level: low
+---
+title: f
+id: f1
+name: partner
+logsource: {product: xfer-sensor}
+filter:
+  rules: [det]
   partner:
     - RemoteIP|cidr: 198.51.100.0/28
     - RemoteUrl|endswith: '.x"y\\z'
-  condition: selection and not partner
-x-allow:
-  partner: {reason: partner drop, expires: 2099-01-01}
-level: low
+  condition: not partner
+reason: partner drop
+expires: 2099-01-01
 ---
 title: c
 id: c1

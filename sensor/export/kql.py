@@ -113,12 +113,24 @@ def _condition(node: Any, sels: Mapping[str, str], top: bool = False) -> str:
     return s if top or len(names) == 1 else f"({s})"
 
 
+def _predicate(detection: Mapping[str, Any], tree: Any) -> str:
+    sels = {str(k): _selection(v) for k, v in detection.items() if k != "condition"}
+    if tree[0] == "sel":  # one selection: no parentheses around it
+        return _selection(detection[tree[1]], True)
+    return _condition(tree, sels, True)
+
+
 def detection_kql(d: DetectionRule) -> str:
-    """A detection rule's selections and condition as one KQL predicate."""
-    sels = {str(k): _selection(v) for k, v in d.detection.items() if k != "condition"}
-    if d.condition[0] == "sel":  # one selection: no parentheses around it
-        return _selection(d.detection[d.condition[1]], True)
-    return _condition(d.condition, sels, True)
+    """A detection rule's selections and condition, ANDed with each of its
+    allow filters' conditions (the Sigma filter semantics), as one KQL predicate."""
+    base = _predicate(d.detection, d.condition)
+    if not d.filters:
+        return base
+    parts = [base if d.condition[0] == "not" else f"({base})"]
+    for e in d.filters:
+        p = _predicate(e.filter.detection, e.condition)
+        parts.append(p if e.condition[0] == "not" else f"({p})")
+    return " and ".join(parts)
 
 
 def _span(seconds: int) -> str:
