@@ -19,10 +19,12 @@ pySigma and the replay never meet: replay runs with pySigma made unimportable.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
-from datetime import UTC, datetime
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -42,7 +44,6 @@ ENGINE_CAPTURES = [c for c in CAPTURES if c[0] in FIRING | QUIET]
 FILTERS_DAY = "2026-12-06"
 
 
-
 # -- the records, as the ingest assets declare them --------------------------------------------------------
 
 _SENTINEL = {"string": "VARCHAR", "int": "INTEGER", "long": "BIGINT", "boolean": "BOOLEAN", "dateTime": "VARCHAR"}
@@ -52,7 +53,8 @@ _SPARK = {"VARCHAR": "STRING", "INTEGER": "INT", "BIGINT": "BIGINT", "BOOLEAN": 
 
 
 def _declared(profile: str) -> dict[str, str]:
-    """Every field the profile's pipeline maps (what the queries read) -> its SQL type, from the ingest assets."""
+    """Every field the profile's pipeline maps (what the queries read) -> its SQL type, from the ingest
+    assets; the Defender columns the sensor never fills (DeviceId, hashes, ...) are in neither."""
     fields = sorted(set(targets.field_map(profile).values()))
     out: dict[str, str] = {}
     if profile == "mde":
@@ -65,6 +67,8 @@ def _declared(profile: str) -> dict[str, str]:
         }
         for f in fields:
             top = f.split(".")[0]
+            if top not in cols:
+                continue
             # AdditionalFields is dynamic (JSON): its keys the rules name are its members
             out[f] = "VARCHAR" if cols[top] == "dynamic" else _SENTINEL[cols[top]]
         return out
@@ -72,8 +76,9 @@ def _declared(profile: str) -> dict[str, str]:
     for f in fields:
         node = props
         for part in f.split("."):
-            node = node["properties"][part]
-        out[f] = _ES[node["type"]]
+            node = node.get("properties", {}).get(part, {})
+        if "type" in node:
+            out[f] = _ES[node["type"]]
     return out
 
 
@@ -131,10 +136,23 @@ def replays(tmp_path_factory) -> dict[tuple[str, str], Path]:
     return out
 
 
-def _export(tmp: Path, target: str, profile: str, until: str | None = None, extra: tuple[str, ...] = ()) -> str:
+@contextlib.contextmanager
+def _at(d: Path):
+    old = os.getcwd()
+    os.chdir(d)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def _export(
+    tmp: Path, target: str, profile: str, until: str | None = None, extra: tuple[str, ...] = (), at: Path | None = None
+) -> str:
     out = tmp / f"q-{target}-{profile}.txt"
     argv = ["rules", "export", "--target", target, "--profile", profile, "--now", FILTERS_DAY, "--out", str(out)]
-    assert main([*argv, *(["--until", until] if until else []), *extra]) == 0
+    with _at(at or Path.cwd()):
+        assert main([*argv, *(["--until", until] if until else []), *extra]) == 0
     return out.read_text()
 
 
@@ -212,17 +230,17 @@ def _rows_by_key(rows: list[tuple]) -> dict[tuple, tuple]:
     return {tuple("" if v is None else v for v in r[:5]): tuple(r[5:]) for r in rows}
 
 
-def _check(engine, tmp: Path, profile: str, records: Path, alerts: list[dict], extra: tuple[str, ...] = ()) -> None:
+def _check(engine, tmp: Path, profile: str, records: Path, alerts: list[dict]) -> None:
     engine.load(records / "connections.jsonl", profile)
     alerted = {tuple(a[k] for k in KEYS_MDE) for a in alerts}
     for a in alerts:
-        rows = _rows_by_key(engine.run(_export(tmp, ENGINE_TARGET[engine.__class__], profile, a["Timestamp"], extra)))
+        rows = _rows_by_key(engine.run(_export(tmp, ENGINE_TARGET[engine.__class__], profile, a["Timestamp"])))
         key = tuple(a[k] for k in KEYS_MDE)
         want = (a["ConnectionCount"], a["BytesSent"], a["BytesReceived"], a["FirstSeen"], a["LastSeen"])
         assert rows.get(key) == want, f"alert {key} at {a['Timestamp']}: engine says {rows.get(key)}"
         assert set(rows) <= alerted, f"keys the sensor did not alert on: {set(rows) - alerted}"
     last = _last_ts(records, profile)
-    rows = _rows_by_key(engine.run(_export(tmp, ENGINE_TARGET[engine.__class__], profile, last, extra)))
+    rows = _rows_by_key(engine.run(_export(tmp, ENGINE_TARGET[engine.__class__], profile, last)))
     assert set(rows) <= alerted
     if not alerts:
         assert rows == {}
@@ -260,30 +278,56 @@ FILTER_FLAGS = tuple(a for f in FILTER_FILES for a in ("--filters", str(f.relati
 
 @pytest.mark.parametrize("profile", ["mde", "ecs"])
 def test_filters_remove_the_same_traffic_from_the_engine_as_from_the_sensor(tmp_path, capsys, duck, profile):
-    from sensor.export.sources import merged_rule_docs, read_sources
+    demo, cfg = REPO / "pcaps" / "demo.pcap", REPO / "pcaps" / "demo.yaml"
 
-    flags = tuple(a if a == "--filters" else str(REPO / a) for a in FILTER_FLAGS)
-    # the sensor with the active filters applied to its rule
-    src = read_sources(REPO / "rules", FILTER_FILES)
-    active, expired = src.split(datetime(2026, 12, 6).date())
-    assert [f.ref for f in active] == ["allow_demo_ftp", "allow_demo_sni"]
-    assert [f.ref for f in expired] == ["allow_demo_smb"]
-    import yaml
+    def sensor(name: str, files: list[Path], prof: str) -> Path:
+        flags = [a for f in files for a in ("--filters", str(f))]
+        out = tmp_path / f"{name}-{prof}"
+        argv = ["replay", str(demo), "--config", str(cfg), "--out", str(out), "--profile", prof]
+        assert main([*argv, "--progress", "never", *flags]) == 0
+        return out
 
-    rules = tmp_path / "filtered.yml"
-    rules.write_text(yaml.safe_dump_all([d for _s, _i, d in merged_rule_docs(src, active)], sort_keys=False))
-    demo = REPO / "pcaps" / "demo.pcap"
-    cfg = REPO / "pcaps" / "demo.yaml"
-    plain = _alerts(_replay(tmp_path / "plain", demo, cfg, "mde"))
-    filtered = _alerts(_replay(tmp_path / "filtered", demo, cfg, "mde", rules))
+    def engine(records: Path, day: str, until: str) -> dict[tuple, tuple]:
+        duck.load(records / "connections.jsonl", profile)
+        argv = ["rules", "export", "--target", "duckdb", "--profile", profile, "--now", day, *FILTER_FLAGS]
+        argv += ["--until", until, "--out", str(tmp_path / "q.sql")]
+        with _at(REPO):
+            assert main(argv) == 0
+        return _rows_by_key(duck.run((tmp_path / "q.sql").read_text()))
+
+    plain = _alerts(sensor("plain", [], "mde"))
     assert {a["RemoteIP"] for a in plain} == {"203.0.113.10", "198.51.100.20"}
-    assert {a["RemoteIP"] for a in filtered} == {"198.51.100.20"}  # the FTP filter removed its key
-    records = tmp_path / "filtered" if profile == "mde" else _replay(tmp_path / "ecs", demo, cfg, "ecs")
-    _check(duck, tmp_path, profile, records, filtered, flags)
-    text = _export(tmp_path, "duckdb", profile, extra=flags)
-    assert "-- EXPIRED, left out: filter allow_demo_smb" in text and "expires 2026-12-01" in text
+    # on 2026-12-06 the SMB filter has expired: the export leaves it out, the sensor runs without it;
+    # the FTP filter removes its key from both, the SNI filter (a field most records lack) removes nothing
+    want = _alerts(sensor("active", FILTER_FILES[:2], "mde"))
+    assert [a["RemoteIP"] for a in want] == ["198.51.100.20"]
+    got = engine(sensor("active", FILTER_FILES[:2], profile), FILTERS_DAY, want[0]["Timestamp"])
+    cols = ("ConnectionCount", "BytesSent", "BytesReceived", "FirstSeen", "LastSeen")
+    assert got == {tuple(want[0][k] for k in KEYS_MDE): tuple(want[0][k] for k in cols)}
+    # on 2026-11-30 all three are active, in the export and in the sensor: nothing is left
+    assert _alerts(sensor("every", FILTER_FILES, "mde")) == []
+    for a in plain:
+        assert engine(sensor("every", FILTER_FILES, profile), "2026-11-30", a["Timestamp"]) == {}
+        assert engine(sensor("active", FILTER_FILES[:2], profile), FILTERS_DAY, a["Timestamp"]).keys() <= {
+            tuple(want[0][k] for k in KEYS_MDE)
+        }
+    text = _export(tmp_path, "duckdb", profile, extra=FILTER_FLAGS, at=REPO)
+    assert "-- EXPIRED, left out: filter allow_demo_smb (tests/data/export/allow_smb_expired.yml)" in text
     assert "198.51.100.20" not in text.split("-- Repeated")[1]  # the expired filter is not in the query
     capsys.readouterr()
+
+
+def test_pipelines_map_every_field_a_rule_may_name():
+    from sensor.detect.rules import EXTRA_FIELDS
+    from sensor.records.mde import ENDPOINT_FIELDS, RECORD_FIELDS
+
+    known = (set(RECORD_FIELDS) | set(ENDPOINT_FIELDS) | set(EXTRA_FIELDS)) - {"AdditionalFields"}
+    for profile in ("mde", "ecs"):
+        fmap = targets.field_map(profile)
+        assert known <= set(fmap), f"{profile}: unmapped {sorted(known - set(fmap))}"
+    ecs = targets.field_map("ecs")
+    assert ecs["AdditionalFields.TlsSni"] == "tls.client.server_name"
+    assert ecs["AdditionalFields."] == "xfer.details."  # the other AdditionalFields keys
 
 
 # -- text targets: committed expected queries --------------------------------------------------------------
@@ -347,7 +391,10 @@ def test_without_the_sigma_extra_one_line_and_exit_2(tmp_path):
         env={"PYTHONPATH": f"{tmp_path}:{REPO}", "PATH": "/usr/bin:/bin"},
     )
     assert r.returncode == 2, r.stderr
-    assert r.stderr == "xfer-sensor: error: rules export needs pySigma and its backends: pip install 'xfer-sensor[sigma]'\n"
+    assert (
+        r.stderr
+        == "xfer-sensor: error: rules export needs pySigma and its backends: pip install 'xfer-sensor[sigma]'\n"
+    )
 
 
 def test_replay_never_imports_pysigma(tmp_path):
@@ -368,13 +415,14 @@ def test_replay_never_imports_pysigma(tmp_path):
 
 def test_bad_now_is_one_line_exit_2(capsys):
     assert main(["rules", "export", "--target", "kql", "--now", "tomorrow"]) == 2
-    assert capsys.readouterr().err == "xfer-sensor: error: --now: now: expected a date YYYY-MM-DD, got 'tomorrow'\n"
+    assert (
+        capsys.readouterr().err
+        == "xfer-sensor: error: --now: field 'now': expected a date YYYY-MM-DD, got 'tomorrow'\n"
+    )
 
 
 def _regen() -> None:
-    import contextlib
     import io
-    import os
 
     os.chdir(REPO)
     GOLDEN.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,9 @@ import pytest
 
 from sensor.cli import report as report_cli
 from sensor.detect.rules import default_rules_dir, load_rules
+from sensor.export.kql import hunt_kql
 from sensor.records.mde import RECORD_FIELDS
 from sensor.report import ReportBuilder, read_records_dir, render_html
-from sensor.export.kql import hunt_kql
 from sensor.report.model import MAX_BINS, Timeline
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,160 +1,73 @@
-"""What ``rules export`` reads: the rule files and the Sigma filter files, split by kind.
+"""What ``rules export`` reads: the rules and their Sigma filters, split by the day's expiry.
 
-Sigma filters (the Sigma filters specification: ``filter: {rules, <selections>,
-condition}``, here with the custom attributes ``reason`` and ``expires``) come
-from the rules folder (every document with a ``filter`` key) and from the files
-named with ``--filters``. A filter is active on ``today`` when it has no
-``expires`` or ``expires`` (inclusive, UTC) is not before it; an expired one is
-left out of the export and named in a comment.
-
-``merged_rule_docs`` ANDs the active filters into the detection rules they
-name, the way pySigma applies a filter to its rule: the rule's selections plus
-the filter's (renamed ``<filter name>__<selection>``), the condition
-``(rule condition) and (filter condition)``. The sensor's own loader then reads
-the result, so KQL (sensor/export/kql.py) renders exactly what the sensor
-matches. No pySigma here.
+The filters (sensor/detect/filters.py: the Sigma filters specification with
+``reason`` and ``expires``) come from the rules folder (its filter documents)
+and from the files named with ``--filters``. The export is judged on one day
+(``--now``, default today, UTC): a filter is active when ``is_active`` says so
+for that day; an expired one is left out of the queries and named in a comment.
+The sensor's own loader reads the rules with the active filters, so every check
+the sensor makes on them is made here too, and KQL (sensor/export/kql.py)
+renders what the sensor matches. No pySigma here.
 """
 
 from __future__ import annotations
 
-import copy
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
-from sensor.core.config import YamlFileError, read_yaml_file
-from sensor.detect.rules import RuleError, RuleSet, _expiry, load_rule_docs
-
-_KEYWORDS = frozenset({"and", "or", "not", "of", "all", "1", "them"})
-_TOKEN = re.compile(r"[A-Za-z0-9_*]+")
-
-
-@dataclass(frozen=True)
-class Filter:
-    source: str
-    doc: dict[str, Any]
-    ref: str  # its name, else its id
-    rules: tuple[str, ...]  # the rule ids or names it applies to
-    reason: str
-    expires: str | None
-    expires_us: int | None
-
-    def active_on(self, day: date) -> bool:
-        """Not expired on ``day`` (``expires`` is inclusive, UTC)."""
-        if self.expires_us is None:
-            return True
-        end_of_day = datetime(day.year, day.month, day.day, 23, 59, 59, 999999, tzinfo=UTC)
-        start_of_day = end_of_day.replace(hour=0, minute=0, second=0, microsecond=0)
-        return start_of_day.timestamp() * 1_000_000 <= self.expires_us
-
-    def describe(self) -> str:
-        s = f"filter {self.ref} ({self.source})"
-        if self.reason:
-            s += f": {self.reason}"
-        return s + (f"; expires {self.expires}" if self.expires else "; no expiry")
+from sensor.detect.filters import (
+    AllowFilter,
+    is_active,
+    is_filter_doc,
+    load_filters,
+    parse_filter,
+    read_docs,
+    yaml_files,
+)
+from sensor.detect.rules import RuleSet, load_rule_docs
 
 
 @dataclass
 class Sources:
-    rule_docs: list[tuple[str, int, dict[str, Any]]] = field(default_factory=list)
-    filters: list[Filter] = field(default_factory=list)
+    rule_docs: list[tuple[str, int, Any]] = field(default_factory=list)
+    filters: list[AllowFilter] = field(default_factory=list)
 
-    def split(self, day: date) -> tuple[list[Filter], list[Filter]]:
+    def split(self, day: date) -> tuple[list[AllowFilter], list[AllowFilter]]:
         """(active, expired) on ``day``."""
-        return [f for f in self.filters if f.active_on(day)], [f for f in self.filters if not f.active_on(day)]
-
-
-def _files(p: Path) -> list[Path]:
-    try:
-        if p.is_dir():
-            return sorted(list(p.glob("*.yml")) + list(p.glob("*.yaml")))
-        if p.exists():
-            return [p]
-    except OSError as e:
-        raise RuleError(str(p), "-", "<file>", f"cannot read: {e.strerror or e}") from None
-    raise RuleError(str(p), "-", "<file>", "no such file or folder")
-
-
-def _filter(src: str, idx: int, doc: dict[str, Any]) -> Filter:
-    ref = str(doc.get("name") or doc.get("id") or f"#{idx}")
-    body = doc.get("filter")
-    if not isinstance(body, dict) or not isinstance(body.get("condition"), str):
-        raise RuleError(src, ref, "filter", "must be a mapping with rules, selections and a condition")
-    rules = body.get("rules")
-    if isinstance(rules, str):
-        rules = [rules]
-    if not isinstance(rules, list) or not rules or not all(isinstance(r, str) for r in rules):
-        raise RuleError(src, ref, "filter.rules", "must name the rules (ids or names) the filter applies to")
-    reason = doc.get("reason", "")
-    if not isinstance(reason, str):
-        raise RuleError(src, ref, "reason", "must be text")
-    expires, expires_us = (None, None)
-    if doc.get("expires") is not None:
-        expires, expires_us = _expiry(src, ref, "expires", doc["expires"])
-    return Filter(src, doc, ref, tuple(rules), " ".join(reason.split()), expires, expires_us)
+        return [f for f in self.filters if is_active(f, day)], [f for f in self.filters if not is_active(f, day)]
 
 
 def read_sources(rules: str | Path, filters: Iterable[str | Path] = ()) -> Sources:
-    """The rules (a folder or a file) and the filter files; every problem is a ``RuleError``."""
+    """The rules (a folder or a file, with the filters among them) and the filter files."""
     out = Sources()
-    for path, filters_only in [(Path(rules), False), *((Path(f), True) for f in filters)]:
-        for f in _files(path):
-            try:
-                docs = read_yaml_file(f)
-            except YamlFileError as e:
-                raise RuleError(str(f), "-", e.field, e.message) from None
-            for i, d in enumerate(docs):
-                if d is None:
-                    continue
-                if isinstance(d, dict) and "filter" in d:
-                    out.filters.append(_filter(str(f), i, d))
-                elif filters_only:
-                    raise RuleError(str(f), f"#{i}", "filter", "not a Sigma filter (no filter: section)")
-                elif isinstance(d, dict):
-                    out.rule_docs.append((str(f), i, d))
-                else:
-                    raise RuleError(str(f), f"#{i}", "<document>", "a rule must be a YAML mapping")
+    for src, idx, doc in read_docs(yaml_files(rules)):
+        if is_filter_doc(doc):
+            out.filters.append(parse_filter(src, idx, doc))
+        else:
+            out.rule_docs.append((src, idx, doc))
+    out.filters += load_filters(filters)
     return out
 
 
-def _rename(condition: str, prefix: str, names: Iterable[str]) -> str:
-    """The filter's condition over its renamed selections (``them``: all of them)."""
-    known = set(names)
-
-    def sub(m: re.Match[str]) -> str:
-        t = m.group(0)
-        if t == "them":
-            return f"{prefix}*"
-        if t.lower() in _KEYWORDS or not (t in known or "*" in t):
-            return t
-        return prefix + t
-
-    return _TOKEN.sub(sub, condition)
+def load(src: Sources, active: Iterable[AllowFilter], known_fields: Iterable[str]) -> RuleSet:
+    """The rules with the active filters applied, read and checked as the sensor does."""
+    return load_rule_docs(src.rule_docs, known_fields, filters=active)
 
 
-def merged_rule_docs(src: Sources, active: Iterable[Filter]) -> list[tuple[str, int, dict[str, Any]]]:
-    """The rule documents with the active filters ANDed into the detection rules they name."""
-    docs = [(s, i, copy.deepcopy(d)) for s, i, d in src.rule_docs]
-    for flt in active:
-        body = {k: v for k, v in flt.doc["filter"].items() if k not in ("rules", "condition")}
-        prefix = re.sub(r"\W", "_", flt.ref) + "__"
-        hit = False
-        for _s, _i, d in docs:
-            det = d.get("detection")
-            if not isinstance(det, dict) or not ({d.get("id"), d.get("name")} & set(flt.rules)):
-                continue
-            hit = True
-            for k, v in body.items():
-                det[prefix + str(k)] = copy.deepcopy(v)
-            cond = _rename(flt.doc["filter"]["condition"], prefix, (str(k) for k in body))
-            det["condition"] = f"({det.get('condition')}) and ({cond})"
-        if not hit:
-            raise RuleError(flt.source, flt.ref, "filter.rules", "names no loaded detection rule")
-    return docs
+def describe(f: AllowFilter) -> str:
+    s = f"filter {f.ref} ({f.source})"
+    if f.reason:
+        s += f": {f.reason}"
+    return s + (f"; expires {f.expires}" if f.expires else "; no expiry")
 
 
-def load_merged(src: Sources, active: Iterable[Filter], known_fields: Iterable[str]) -> RuleSet:
-    return load_rule_docs(merged_rule_docs(src, active), known_fields)
+def sigma_doc(f: AllowFilter) -> dict[str, Any]:
+    """The filter as the Sigma document pySigma reads (``reason``/``expires`` are the sensor's)."""
+    doc: dict[str, Any] = {"title": f.title, "id": f.id, "logsource": dict(f.logsource)}
+    if f.name:
+        doc["name"] = f.name
+    doc["filter"] = {"rules": list(f.rules), **f.detection}
+    return doc

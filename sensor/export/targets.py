@@ -43,9 +43,10 @@ from sigma.rule import SigmaRule
 from sigma_backend_duckdb.backend import DuckDBBackend
 
 from sensor.core.timefmt import iso_us
+from sensor.detect.filters import AllowFilter
 from sensor.detect.rules import CorrelationRule, RuleError, RuleSet
 from sensor.export.kql import CUSTOM_TABLE, hunt_kql
-from sensor.export.sources import Filter, Sources, load_merged
+from sensor.export.sources import Sources, describe, load, sigma_doc
 from sensor.records.mde import RECORD_FIELDS
 
 TARGETS = ("kql", "esql", "eql", "spl", "duckdb", "spark")
@@ -119,11 +120,14 @@ class _Raw:
         return self.group_expression.format(expr=r) if isinstance(r, str) else r
 
 
-def _sql_field(quote: str) -> Callable[[Any, str], str]:
-    def q(self: Any, name: str) -> str:
-        return ".".join(p if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) else f"{quote}{p}{quote}" for p in name.split("."))
+def _sql_path(name: str, quote: str) -> str:
+    """A dotted field as a SQL struct path, each part quoted when it needs it."""
+    return ".".join(p if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p) else f"{quote}{p}{quote}" for p in name.split("."))
 
-    return q
+
+def _sql_field(quote: str) -> Callable[[Any, str], str]:
+    """The backends' ``escape_and_quote_field``: one quoted name would not be a struct path."""
+    return lambda self, name: _sql_path(name, quote)
 
 
 def _backend(target: str, pipe: ProcessingPipeline) -> TextQueryBackend:
@@ -156,9 +160,11 @@ class Export:
     until: datetime | None = None  # the look-back's end (default: now, the scheduled form)
 
 
-def detection_predicates(src: Sources, active: Sequence[Filter], target: str, profile: str) -> dict[str, str]:
+def detection_predicates(src: Sources, active: Sequence[AllowFilter], target: str, profile: str) -> dict[str, str]:
     """Detection rule id -> the backend's predicate for it with the active filters applied."""
-    docs = [d for _s, _i, d in src.rule_docs if "detection" in d] + [f.doc for f in active]
+    docs = [d for _s, _i, d in src.rule_docs if isinstance(d, dict) and "detection" in d] + [
+        sigma_doc(f) for f in active
+    ]
     try:
         col = SigmaCollection.from_dicts(docs)
         backend = _backend(target, pipeline(profile))
@@ -172,13 +178,13 @@ def detection_predicates(src: Sources, active: Sequence[Filter], target: str, pr
         raise ExportError(f"pySigma ({target}): {' '.join(str(e).split())}") from None
 
 
-def _header(ex: Export, rules: RuleSet, active: Sequence[Filter], expired: Sequence[Filter]) -> list[str]:
+def _header(ex: Export, rules: RuleSet, active: Sequence[AllowFilter], expired: Sequence[AllowFilter]) -> list[str]:
     lines = [
         f"xfer-sensor rules export --target {ex.target} --profile {ex.profile}",
         f"the loaded rules with {len(active)} active filter(s) on {ex.today.isoformat()}",
     ]
-    lines += [f"active: {f.describe()}" for f in active]
-    lines += [f"EXPIRED, left out: {f.describe()}" for f in expired]
+    lines += [f"active: {describe(f)}" for f in active]
+    lines += [f"EXPIRED, left out: {describe(f)}" for f in expired]
     return lines
 
 
@@ -202,13 +208,19 @@ def _ts_literal(target: str, t: datetime) -> str:
     }.get(target, iso)
 
 
-def _sql(ex: Export, c: CorrelationRule, pred: str, f: Callable[[str], str], q: Callable[[str], str]) -> str:
+def _sql(ex: Export, c: CorrelationRule, pred: str, f: Callable[[str], str]) -> str:
+    quote = '"' if ex.target == "duckdb" else "`"
+
+    def q(name: str) -> str:
+        return _sql_path(name, quote)
+
     ts = f"CAST({q(f('Timestamp'))} AS {'TIMESTAMPTZ' if ex.target == 'duckdb' else 'TIMESTAMP'})"
-    end = _ts_literal(ex.target, ex.until) if ex.until else ("now()" if ex.target == "duckdb" else "current_timestamp()")
+    end = (
+        _ts_literal(ex.target, ex.until) if ex.until else ("now()" if ex.target == "duckdb" else "current_timestamp()")
+    )
     hours = c.timespan_s // 3600 if c.timespan_s % 3600 == 0 else None
     span = f"INTERVAL {hours} HOUR" if hours else f"INTERVAL {c.timespan_s} SECOND"
-    alias = '"' if ex.target == "duckdb" else "`"
-    keys = ", ".join(f"{q(f(g))} AS {alias}{f(g)}{alias}" for g in c.group_by)
+    keys = ", ".join(f"{q(f(g))} AS {quote}{f(g)}{quote}" for g in c.group_by)
     by = ", ".join(q(f(g)) for g in c.group_by)
 
     def total(own: str, data: str) -> str:
@@ -264,7 +276,11 @@ def _spl(ex: Export, c: CorrelationRule, pred: str, f: Callable[[str], str]) -> 
         n = f(name)
         return f"'{n}'" if "." in n else n
 
-    earliest = f"earliest={int(ex.until.timestamp()) - c.timespan_s} latest={int(ex.until.timestamp()) + 1}" if ex.until else f"earliest=-{c.timespan_s}s latest=now"
+    earliest = (
+        f"earliest={int(ex.until.timestamp()) - c.timespan_s} latest={int(ex.until.timestamp()) + 1}"
+        if ex.until
+        else f"earliest=-{c.timespan_s}s latest=now"
+    )
     op = {"gt": ">", "gte": ">="}[c.op]
     return "\n".join(
         [
@@ -285,7 +301,7 @@ def export(src: Sources, ex: Export) -> str:
     if ex.target == "kql" and ex.profile != "mde":
         raise ExportError("--target kql reads the mde records (a Sentinel/ADX table): use --profile mde")
     active, expired = src.split(ex.today)
-    rules = load_merged(src, active, RECORD_FIELDS)  # the sensor's own reading: every rule and filter is valid
+    rules = load(src, active, RECORD_FIELDS)  # the sensor's own reading: every rule and filter is valid
     if not rules.correlations:
         raise ExportError("no correlation rule among the loaded rules: nothing to export")
     parts = [_comment(ex.target, _header(ex, rules, active, expired))]
@@ -306,8 +322,7 @@ def export(src: Sources, ex: Export) -> str:
             ps = [preds[d.id] for d in dets]
             pred = ps[0] if len(ps) == 1 else " OR ".join(f"({p})" for p in ps)
             if ex.target in ("duckdb", "spark"):
-                quote = _sql_field('"' if ex.target == "duckdb" else "`")
-                q = _sql(ex, c, pred, f, lambda n: quote(None, n))
+                q = _sql(ex, c, pred, f)
             elif ex.target == "esql":
                 q = _esql(ex, c, pred, f)
             elif ex.target == "eql":
