@@ -46,7 +46,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 if [ "$want" = test ]; then
-  .venv/bin/python -m pip install -q -e '.[test,lint]'
+  # sigma: pySigma and sigma-cli for tests/test_sigma_tools.py (also pulled in by test)
+  .venv/bin/python -m pip install -q -e '.[test,lint,sigma]'
 else
   .venv/bin/python -m pip install -q .
 fi
