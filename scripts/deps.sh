@@ -48,7 +48,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 if [ "$want" = test ]; then
-  # sigma: rules export's pySigma backends, which tests/test_export.py runs
+  # sigma: pySigma, sigma-cli and the backends for tests/test_sigma_tools.py and test_export.py
+  .venv/bin/python -m pip install -q -e '.[test,lint,sigma]'
   .venv/bin/python -m pip install -q -e '.[test,lint,sigma]'
 else
   .venv/bin/python -m pip install -q .
