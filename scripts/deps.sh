@@ -50,7 +50,6 @@ fi
 if [ "$want" = test ]; then
   # sigma: pySigma, sigma-cli and the backends for tests/test_sigma_tools.py and test_export.py
   .venv/bin/python -m pip install -q -e '.[test,lint,sigma]'
-  .venv/bin/python -m pip install -q -e '.[test,lint,sigma]'
 else
   .venv/bin/python -m pip install -q .
 fi
