@@ -290,8 +290,8 @@ def _spl(ex: Export, c: CorrelationRule, pred: str, f: Callable[[str], str]) -> 
             "| stats count AS ConnectionCount, sum(xfer_sent) AS BytesSent, sum(xfer_received) AS BytesReceived,",
             f"    min(_time) AS FirstSeen, max(_time) AS LastSeen by {' '.join(f(g) for g in c.group_by)}",
             f"| where ConnectionCount {op} {c.threshold}",
-            '| fieldformat FirstSeen=strftime(FirstSeen, "%Y-%m-%dT%H:%M:%S.%6QZ")',
-            '| fieldformat LastSeen=strftime(LastSeen, "%Y-%m-%dT%H:%M:%S.%6QZ")',
+            '| fieldformat FirstSeen=strftime(FirstSeen, "%Y-%m-%dT%H:%M:%S.%6NZ")',
+            '| fieldformat LastSeen=strftime(LastSeen, "%Y-%m-%dT%H:%M:%S.%6NZ")',
         ]
     )
 
