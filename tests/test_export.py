@@ -413,12 +413,33 @@ def test_replay_never_imports_pysigma(tmp_path):
     assert (out / "alerts.jsonl").read_text().count("ConnectionCount") == 2
 
 
-def test_bad_now_is_one_line_exit_2(capsys):
-    assert main(["rules", "export", "--target", "kql", "--now", "tomorrow"]) == 2
-    assert (
-        capsys.readouterr().err
-        == "xfer-sensor: error: --now: field 'now': expected a date YYYY-MM-DD, got 'tomorrow'\n"
-    )
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--now", "tomorrow"], "--now: field 'now': expected a date YYYY-MM-DD, got 'tomorrow'"),
+        (["--until", "soon"], "--until: field 'until': expected an ISO 8601 time, got 'soon'"),
+        (["--rules", "/nonexistent"], "/nonexistent: rule '-': field '<file>': no such file or folder"),
+        (["--out", "/nonexistent/q.kql"], "/nonexistent/q.kql: field 'out': cannot write: No such file or directory"),
+        (["--profile", "ecs"], "--target kql reads the mde records (a Sentinel/ADX table): use --profile mde"),
+        (
+            ["--filters", "rules/examples/partner_hostnames.yaml"],
+            "rules/examples/partner_hostnames.yaml: filter '#0': field 'filter': "
+            "not a Sigma filter document (title, id, logsource, filter: ...)",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(capsys, args, message):
+    with _at(REPO):
+        assert main(["rules", "export", "--target", "kql", *args]) == 2
+    out = capsys.readouterr()
+    assert out.err == f"xfer-sensor: error: {message}\n" and out.out == ""
+
+
+def test_until_takes_any_zone_and_ends_the_look_back_there(capsys):
+    assert main(["rules", "export", "--target", "duckdb", "--until", "2026-11-27T05:00:00+02:00"]) == 0
+    q = capsys.readouterr().out
+    end = "TIMESTAMPTZ '2026-11-27T03:00:00.000000Z'"
+    assert f"BETWEEN {end} - INTERVAL 24 HOUR AND {end}" in q
 
 
 def _regen() -> None:

@@ -174,8 +174,9 @@ def detection_predicates(src: Sources, active: Sequence[AllowFilter], target: st
                 q = backend.convert_rule(r, "xfer")
                 out[str(r.id)] = str(q[0]) if len(q) == 1 else " OR ".join(f"({x})" for x in q)
         return out
-    except SigmaError as e:
-        raise ExportError(f"pySigma ({target}): {' '.join(str(e).split())}") from None
+    except (SigmaError, NotImplementedError, ValueError, TypeError, KeyError) as e:
+        # a rule or filter the sensor accepts but the backend cannot convert: one line, not a traceback
+        raise ExportError(f"pySigma ({target}): {' '.join(str(e).split())[:300]}") from None
 
 
 def _header(ex: Export, rules: RuleSet, active: Sequence[AllowFilter], expired: Sequence[AllowFilter]) -> list[str]:
