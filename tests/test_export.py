@@ -13,7 +13,7 @@ Filters: an active filter removes the same traffic from the engines' results as
 from the sensor's alerts; an expired one is left out with a comment.
 
 The text targets that cannot run here (KQL, ES|QL, EQL, SPL) are compared with
-tests/golden/export/ (regenerate: ``python tests/test_export.py --regen``);
+tests/data/export/expected/ (regenerate: ``python tests/test_export.py --regen``);
 pySigma and the replay never meet: replay runs with pySigma made unimportable.
 """
 
@@ -34,7 +34,7 @@ from sensor.export import targets
 from tests.support.captures import ALERTING, CAPTURES, config_for
 
 REPO = Path(__file__).resolve().parent.parent
-GOLDEN = REPO / "tests" / "golden" / "export"
+GOLDEN = REPO / "tests" / "data" / "export" / "expected"
 KEYS_MDE = ("DeviceName", "InitiatingProcessFileName", "RemoteIP", "RemotePort", "AccountName")
 # captures the engines run on: every one that raises an alert (FTP with data channels, TFTP, SMB,
 # adversarial byte claims) and three where nothing fires
@@ -268,7 +268,7 @@ def test_spark_gives_the_sensors_alerts(tmp_path, capsys, replays, spark, profil
 
 # -- filters -----------------------------------------------------------------------------------------------
 
-FILTERS = REPO / "tests" / "data" / "export"
+FILTERS = REPO / "tests" / "data" / "export" / "filters"
 # demo's two alerting keys: FTP to 203.0.113.10 (allowed by allow_ftp.yml) and SMB to 198.51.100.20
 # (allowed by allow_smb_expired.yml, expired on 2026-12-01); allow_sni.yml names a field most records
 # lack, which must not allow them
@@ -312,7 +312,7 @@ def test_filters_remove_the_same_traffic_from_the_engine_as_from_the_sensor(tmp_
             tuple(want[0][k] for k in KEYS_MDE)
         }
     text = _export(tmp_path, "duckdb", profile, extra=FILTER_FLAGS, at=REPO)
-    assert "-- EXPIRED, left out: filter allow_demo_smb (tests/data/export/allow_smb_expired.yml)" in text
+    assert "-- EXPIRED, left out: filter allow_demo_smb (tests/data/export/filters/allow_smb_expired.yml)" in text
     assert "198.51.100.20" not in text.split("-- Repeated")[1]  # the expired filter is not in the query
     capsys.readouterr()
 
@@ -459,4 +459,4 @@ if __name__ == "__main__":
     if sys.argv[1:] == ["--regen"]:
         _regen()
     else:
-        print("usage: python tests/test_export.py --regen  (rewrites tests/golden/export/)", file=sys.stderr)
+        print("usage: python tests/test_export.py --regen  (rewrites tests/data/export/expected/)", file=sys.stderr)
