@@ -369,6 +369,7 @@ def test_eql_and_spl_fix_what_the_backends_get_wrong(capsys):
     assert main(["rules", "export", "--target", "eql", "--now", FILTERS_DAY]) == 0
     eql = capsys.readouterr().out
     assert "with runs=4" in eql and "runs=3" not in eql  # gt: 3 is four connections
+    assert "destination.port in (20, 21, 990, 445, 139, 69)" in eql and "like~ (20" not in eql
     assert main(["rules", "export", "--target", "spl", "--now", FILTERS_DAY]) == 0
     spl = capsys.readouterr().out
     assert "bin " not in spl and "earliest=-86400s latest=now" in spl  # a look-back, not fixed 24 h buckets

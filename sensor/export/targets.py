@@ -40,6 +40,7 @@ from sigma.conversion.state import ConversionState
 from sigma.exceptions import SigmaError
 from sigma.processing.pipeline import ProcessingPipeline
 from sigma.rule import SigmaRule
+from sigma.types import SigmaNumber
 from sigma_backend_duckdb.backend import DuckDBBackend
 
 from sensor.core.timefmt import iso_us
@@ -100,6 +101,7 @@ class _Raw:
     not_token: ClassVar[str]
     group_expression: ClassVar[str]
     coalesce_not: ClassVar[bool] = False
+    numbers_in: ClassVar[bool] = False
 
     def finalize_query_xfer(self, rule: SigmaRule, query: Any, index: int, state: ConversionState) -> Any:
         if state.has_deferred():
@@ -114,6 +116,12 @@ class _Raw:
             return super().convert_condition_not(cond, state)  # type: ignore[misc]
         inner = self.convert_condition(cond.args[0], state)  # type: ignore[attr-defined]
         return f"{self.not_token} coalesce({inner}, false)"
+
+    def convert_condition_as_in_expression(self, cond: Any, state: ConversionState) -> Any:
+        if self.numbers_in and all(isinstance(a.value, SigmaNumber) for a in cond.args):
+            field = self.escape_and_quote_field(cond.args[0].field)  # type: ignore[attr-defined]
+            return f"{field} in ({', '.join(str(a.value) for a in cond.args)})"
+        return super().convert_condition_as_in_expression(cond, state)  # type: ignore[misc]
 
     def convert_condition_field_eq_val_cidr(self, cond: Any, state: ConversionState) -> Any:
         r = super().convert_condition_field_eq_val_cidr(cond, state)  # type: ignore[misc]
@@ -135,7 +143,8 @@ def _backend(target: str, pipe: ProcessingPipeline) -> TextQueryBackend:
         base: type[TextQueryBackend] = ESQLBackend
         extra: dict[str, Any] = {"coalesce_not": True}
     elif target == "eql":
-        base, extra = EqlBackend, {}
+        # EQL's like~ takes strings: ports are numbers, compared with in
+        base, extra = EqlBackend, {"numbers_in": True}
     elif target == "spl":
         base, extra = SplunkBackend, {}
     elif target == "duckdb":
