@@ -163,8 +163,8 @@ def hunt_kql(
     ]
     if data_bytes:
         lines.append(
-            "| extend SentBytes = SentBytes + coalesce(DataSentBytes, 0),"
-            " ReceivedBytes = ReceivedBytes + coalesce(DataReceivedBytes, 0)"
+            "| extend SentBytes = SentBytes + coalesce(DataSentBytes, long(0)),"
+            " ReceivedBytes = ReceivedBytes + coalesce(DataReceivedBytes, long(0))"
         )
     lines += [
         "| summarize ConnectionCount=count(), BytesSent=sum(SentBytes), BytesReceived=sum(ReceivedBytes),",
