@@ -13,7 +13,8 @@ Filters: an active filter removes the same traffic from the engines' results as
 from the sensor's alerts; an expired one is left out with a comment.
 
 The text targets that cannot run here (KQL, ES|QL, EQL, SPL) are compared with
-tests/data/export/expected/ (regenerate: ``python tests/test_export.py --regen``);
+tests/data/export/expected/ (regenerate: ``python tests/test_export.py --regen``),
+and the ES|QL and EQL parsed with Elastic's grammars;
 pySigma and the replay never meet: replay runs with pySigma made unimportable.
 """
 
@@ -376,6 +377,47 @@ def test_eql_and_spl_fix_what_the_backends_get_wrong(capsys):
     assert main(["rules", "export", "--target", "esql", "--now", FILTERS_DAY]) == 0
     esql = capsys.readouterr().out
     assert "date_trunc" not in esql and "NOW() - 86400 seconds" in esql
+
+
+def _esql_parse(query: str) -> None:
+    """Elasticsearch's own ES|QL grammar (esql-parser: the ANTLR lexer and parser of Elasticsearch)."""
+    from antlr4 import CommonTokenStream, InputStream
+    from antlr4.error.ErrorListener import ErrorListener
+    from esql_parser.EsqlBaseLexer import EsqlBaseLexer
+    from esql_parser.EsqlBaseParser import EsqlBaseParser
+
+    class Raise(ErrorListener):
+        def syntaxError(self, recognizer, symbol, line, column, msg, e):  # noqa: N802 (ANTLR's name)
+            raise SyntaxError(f"{line}:{column}: {msg}")
+
+    lexer = EsqlBaseLexer(InputStream(query))
+    parser = EsqlBaseParser(CommonTokenStream(lexer))
+    for x in (lexer, parser):
+        x.removeErrorListeners()
+        x.addErrorListener(Raise())
+    parser.singleStatement()
+
+
+def _eql_parse(query: str) -> None:
+    """Elastic's eql package, with Elasticsearch's syntax (``:``, ``like~``, ``with runs``), types checked."""
+    import eql
+
+    body = "\n".join(line for line in query.splitlines() if not line.startswith("//"))
+    with eql.parser.elasticsearch_syntax, eql.parser.ignore_missing_functions, eql.parser.allow_runs:
+        eql.parse_query(body)
+
+
+@pytest.mark.parametrize("profile", ["mde", "ecs"])
+def test_esql_and_eql_parse(profile, capsys):
+    with _at(REPO):
+        assert main(_golden_args("esql", profile)) == 0
+        _esql_parse(capsys.readouterr().out)
+        assert main([*_golden_args("esql", profile), "--until", "2026-11-27T03:00:00Z"]) == 0
+        _esql_parse(capsys.readouterr().out)
+        assert main(_golden_args("eql", profile)) == 0
+        _eql_parse(capsys.readouterr().out)
+    with pytest.raises(SyntaxError):  # the parser refuses what is not ES|QL
+        _esql_parse("FROM x | WHERE a === 1")
 
 
 # -- without the extra, and the sensor without pySigma -----------------------------------------------------
