@@ -158,3 +158,26 @@ def test_replay_summary_counts_what_allow_filters_suppressed(partner_pcap, tmp_p
     assert "allow filters: 6f0c1f7e-3a52-4f6e-9c1e-2b7d0a8e5c11/allow_partner_contoso_cidr suppressed 4" in p.stdout
     p = sensor("replay", str(pcap), "--config", str(cfg))
     assert "2 alert(s)" in p.stdout and "allow filters" not in p.stdout
+
+
+def test_hunt_and_report_take_filters_too(partner_pcap, tmp_path):
+    """Re-running tuned rules on old records: the same filter suppresses the same key in `hunt`."""
+    pcap, cfg = partner_pcap
+    out = tmp_path / "out"
+    p = sensor("replay", str(pcap), "--config", str(cfg), "--out", str(out))
+    assert p.returncode == 0 and "2 alert(s)" in p.stdout, p.stderr
+
+    def hunted(*more: str) -> list[str]:
+        d = tmp_path / f"hunt{len(list(tmp_path.iterdir()))}"
+        p = sensor("hunt", str(out / "connections.jsonl"), "--out", str(d), *more)
+        assert p.returncode == 0, p.stderr
+        alerts = [json.loads(x) for x in (d / "alerts.jsonl").read_text().splitlines()]
+        return sorted(a["RemoteIP"] for a in alerts if "ConnectionCount" in a)
+
+    assert hunted() == ["198.51.100.5", "203.0.113.9"]
+    assert hunted("--filters", str(PARTNER)) == ["203.0.113.9"]
+    page = tmp_path / "r.html"
+    p = sensor("report", str(out), "--report", str(page), "--filters", str(PARTNER))
+    assert p.returncode == 0, p.stderr
+    html = page.read_text()
+    assert "allow_partner_contoso_cidr" in html and "Contoso payroll file drop" in html

@@ -36,9 +36,8 @@ from sensor.core.config import YamlFileError, one_line, quote, read_yaml_file
 
 log = logging.getLogger("xfer-sensor.rules")
 
-# the attributes a filter document may have: the Sigma filters specification's, the
-# metadata every Sigma document shares, and the allow entry's reason and expiry
-FILTER_KEYS = frozenset(
+# the metadata every Sigma document (rule, correlation, filter) may carry
+SIGMA_META_KEYS = frozenset(
     {
         "title",
         "id",
@@ -52,13 +51,12 @@ FILTER_KEYS = frozenset(
         "date",
         "modified",
         "logsource",
-        "filter",
         "tags",
         "falsepositives",
-        "reason",
-        "expires",
     }
 )
+# a filter document: the Sigma filters specification's `filter`, and the allow entry's reason and expiry
+FILTER_KEYS = SIGMA_META_KEYS | {"filter", "reason", "expires"}
 LOGSOURCE_KEYS = frozenset({"category", "product", "service", "definition"})
 
 
@@ -221,6 +219,16 @@ def expiry(err: Callable[[str], RuleError], v: Any) -> tuple[str, int]:
     raise err(f"a date (YYYY-MM-DD) or an ISO 8601 date-time, got {quote(v)}")
 
 
+def is_sigma_date(v: Any) -> bool:
+    """Sigma's ``date``/``modified``: YYYY-MM-DD (or the older YYYY/MM/DD)."""
+    if isinstance(v, str):
+        try:
+            return len(v) == 10 and bool(date.fromisoformat(v.replace("/", "-")))
+        except ValueError:
+            return False
+    return isinstance(v, date) and not isinstance(v, datetime)
+
+
 def is_filter_doc(doc: Any) -> bool:
     """A Sigma filter document (``filter:``, no ``detection`` or ``correlation``)."""
     return isinstance(doc, dict) and "filter" in doc and "detection" not in doc and "correlation" not in doc
@@ -248,17 +256,8 @@ def parse_filter(src: str, idx: int, doc: Any) -> AllowFilter:
     desc = _string(src, fid, doc, "description")
     author = _string(src, fid, doc, "author")
     for k in ("date", "modified"):
-        if k in doc:
-            v = doc[k]
-            if isinstance(v, str):
-                try:
-                    ok = len(v) == 10 and bool(date.fromisoformat(v.replace("/", "-")))
-                except ValueError:
-                    ok = False
-            else:
-                ok = isinstance(v, date) and not isinstance(v, datetime)
-            if not ok:
-                raise filter_error(src, fid, k, f"a date YYYY-MM-DD, got {quote(v)}")
+        if k in doc and not is_sigma_date(doc[k]):
+            raise filter_error(src, fid, k, f"a date YYYY-MM-DD, got {quote(doc[k])}")
     ls = doc.get("logsource")
     if not isinstance(ls, dict) or not ls:
         raise filter_error(src, fid, "logsource", "required, a mapping (e.g. {product: xfer-sensor, category: ...})")

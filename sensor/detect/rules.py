@@ -13,22 +13,22 @@ import dataclasses
 import fnmatch
 import importlib.resources
 import ipaddress
-import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import date
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from sensor.core.config import Limits, quote
 from sensor.detect.filters import (
+    SIGMA_META_KEYS,
     AllowEntry,
     AllowFilter,
     event_us,
     filter_error,
     is_filter_doc,
+    is_sigma_date,
     load_filters,
     parse_filter,
     read_docs,
@@ -40,33 +40,8 @@ Matcher = Callable[[Mapping[str, Any]], bool]
 # a parsed condition (see _parse_condition)
 Node = tuple[Any, ...]
 
-log = logging.getLogger("xfer-sensor.rules")
 
-RULE_KEYS = frozenset(
-    {
-        "title",
-        "id",
-        "name",
-        "related",
-        "taxonomy",
-        "status",
-        "description",
-        "license",
-        "author",
-        "references",
-        "date",
-        "modified",
-        "logsource",
-        "detection",
-        "fields",
-        "falsepositives",
-        "level",
-        "tags",
-        "scope",
-        "correlation",
-        "generate",
-    }
-)
+RULE_KEYS = SIGMA_META_KEYS | {"status", "detection", "fields", "level", "scope", "correlation", "generate"}
 # Defender DeviceNetworkEvents columns a record may carry beyond today's replay
 # records (endpoint attribution; RemoteUrl from the config's `hostnames`)
 EXTRA_FIELDS = frozenset(
@@ -792,15 +767,9 @@ def _common(src: str, doc: dict[str, Any], idx: int) -> tuple[str, str, str, str
     level = doc.get("level", "medium")
     if level not in LEVELS:
         raise RuleError(src, rid, "level", f"one of {', '.join(LEVELS)}, got {level!r}")
-    for k in ("date", "modified"):  # Sigma: YYYY-MM-DD (or the older YYYY/MM/DD)
-        if k in doc:
-            v = doc[k]
-            try:
-                ok = isinstance(v, str) and len(v) == 10 and bool(date.fromisoformat(v.replace("/", "-")))
-            except ValueError:
-                ok = False
-            if not ok:
-                raise RuleError(src, rid, k, f"a date YYYY-MM-DD, got {quote(v)}")
+    for k in ("date", "modified"):
+        if k in doc and not is_sigma_date(doc[k]):
+            raise RuleError(src, rid, k, f"a date YYYY-MM-DD, got {quote(doc[k])}")
     tags = doc.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise RuleError(src, rid, "tags", "must be a list of strings")
