@@ -275,6 +275,9 @@ class Config:
     checksum_validation: str = "auto"  # auto | yes | no (docs/engine.md, "Checksums")
     # auto: senders besides home_net and loopback whose partial (offloaded) checksums are accepted
     checksum_offload_nets: tuple[Network, ...] = ()
+    # allow filters (Sigma filter files or folders) applied beside --rules; relative paths
+    # are the config file's folder's (docs/detection.md, "False-positive controls")
+    filters: tuple[str, ...] = ()
     pcap_dir: str | None = None  # the flight recorder's folder (run --pcap-dir); None: off
     pcap_ring: PcapRing = PcapRing()
 
@@ -295,6 +298,7 @@ _TOP_KEYS = {
     "checksum_offload_nets",
     "state_dir",
     "state_flush_interval",
+    "filters",
     "pcap_dir",
     "pcap_ring",
 }
@@ -591,6 +595,14 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
         kw["checksum_offload_nets"] = tuple(_net(source, "checksum_offload_nets", n) for n in on)
     if "status_interval" in raw:
         kw["status_interval"] = float(_number(source, "status_interval", raw["status_interval"], False, 1))
+    if raw.get("filters") is not None:
+        fl = raw["filters"]
+        if isinstance(fl, str):
+            fl = [fl]
+        if not isinstance(fl, list) or not all(isinstance(x, str) and x.strip() for x in fl):
+            raise ConfigError(source, "filters", "must be a list of filter file or folder paths")
+        here = Path(source).parent if not source.startswith("<") else None
+        kw["filters"] = tuple(str(here / x) if here is not None and not Path(x).is_absolute() else x for x in fl)
     if raw.get("state_dir") is not None:
         if not isinstance(raw["state_dir"], str) or not raw["state_dir"].strip():
             raise ConfigError(source, "state_dir", "must be a folder path")
