@@ -549,3 +549,17 @@ def test_loopback_both_ends_looked_up_packets_carry_the_clients_process(tmp_path
         w.close()
         procs = {json.loads(c[len(PREFIX) :])["proc"] for _p, c in _tshark_comments(_files(d)[0])}
         assert procs == {"curl"}, (server, procs)
+
+
+def test_run_with_an_unusable_pcap_dir_is_one_line_exit_2(tmp_path):
+    """``run --pcap-dir`` naming a place that cannot be a folder: one line, exit 2, before any capture."""
+    (tmp_path / "file").write_text("x")
+    argv = [sys.executable, "-m", "sensor.daemon", "-i", "lo", "--mode", "span", "--allow-root"]
+    argv += ["--out", str(tmp_path / "out"), "--state-dir", str(tmp_path / "state"), "--metrics-listen", "off"]
+    argv += ["--pcap-dir", str(tmp_path / "file" / "ring")]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    cp = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+    assert cp.returncode == 2, cp.stderr
+    lines = cp.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xfer-sensor: error: --pcap-dir "), cp.stderr
+    assert "Traceback" not in cp.stderr
