@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -163,10 +164,21 @@ class Session:
 class Recorder:
     """Runs client sessions for one scenario and checks what they did."""
 
-    def __init__(self, lab: Lab, name: str, servers: dict, description: str = "", user: str | None = None):
+    def __init__(
+        self,
+        lab: Lab,
+        name: str,
+        servers: dict,
+        description: str = "",
+        user: str | None = None,
+        ns: str | None = None,
+    ):
         """``user``: run the clients as this local account (tests/lab/clients.py;
-        it must exist) instead of root; each session then records its pid."""
+        it must exist) instead of root; each session then records its pid.
+        ``ns``: the namespace the clients run in (default the lab's client;
+        another host: ``Lab.add_host``)."""
         self.lab = lab
+        self.ns = ns or lab.cli_ns
         self.name = name
         self.servers = servers
         self.description = description
@@ -188,12 +200,13 @@ class Recorder:
     def run(self, s: Session, timeout: float = 90) -> Session:
         s.started = _now()
         if self.user is None:
-            cp = self.lab.cli(s.argv, check=False, timeout=timeout, cwd=str(self.dir))
-            s.t_start = s.t_end = 0.0
+            s.t_start = time.time()
+            cp = self.lab.run(self.ns, s.argv, check=False, timeout=timeout, cwd=str(self.dir))
+            s.t_end = time.time()
         else:
             from .clients import run_as
 
-            cp = run_as(self.lab.cli_ns, self.user, s.argv, cwd=self.dir, timeout=timeout)
+            cp = run_as(self.ns, self.user, s.argv, cwd=self.dir, timeout=timeout)
             s.os_user, s.pid, s.t_start, s.t_end = self.user, cp.pid, cp.t_start, cp.t_end
         s.ended = _now()
         s.exit_code = cp.returncode
