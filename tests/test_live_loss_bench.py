@@ -47,3 +47,42 @@ def test_live_loss_bench_reports_no_loss_at_a_low_rate(tmp_path, traffic):
     assert res["kernel_dropped"] == 0 and res["pcap_received"] >= res["sent"]
     assert res["attribution_helper"]["lookups"] > 0
     assert "loss 0.0 %" in r.stdout
+
+
+@pytest.mark.root
+def test_live_loss_bench_span_port_reports_no_loss_at_a_low_rate(tmp_path):
+    """--span: the packets reach the sensor only through the tc mirror to the
+    span interface it captures in span mode (no attribution helper): every
+    packet sent is in the records, the mirror copied each and dropped none."""
+    assert os.geteuid() == 0, "the daemon tests run as root (scripts/test.sh)"
+    out = tmp_path / "r.json"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "bench" / "live_loss.py"),
+            "--span",
+            "--rate",
+            "2000",
+            "--seconds",
+            "1",
+            "--traffic",
+            "tcp-session",
+            "--json",
+            str(out),
+            "--sensor",
+            str(Path(sys.executable).parent / "xfer-sensor"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads(out.read_text())
+    assert res["span"] is True and res["attribution"] is False and "attribution_helper" not in res
+    assert res["sent"] == 2000 and res["flows_recorded"] == res["flows_sent"] == 1000
+    assert res["sensor_processed_of_ours"] == res["sent"] and res["loss_pct"] == 0.0
+    m = res["mirror"]
+    assert m["mirrored"] >= res["sent"] and m["mirror_dropped"] == 0, m
+    assert res["pcap_received"] >= res["sent"] and res["kernel_dropped"] == 0
+    assert "span mirror:" in r.stdout
