@@ -73,6 +73,7 @@ from tests.lab.poller import PollerResult
 from tests.lab.scenarios import CLIENT_TOOLS, Recorder, Session
 from tests.lab.sensor import SensorDaemon
 from tests.lab.servers import FILES, Smbd, Tftpd, Vsftpd
+from tests.lab.tools import keep_copies
 
 pytestmark = [pytest.mark.lab, pytest.mark.root]
 
@@ -202,17 +203,12 @@ def _plan(recs: dict[str, Recorder], servers: dict, n_short: int) -> list:
 
 
 def _lftp(r: Recorder, v: Vsftpd, user: str) -> Session:
-    return r.lftp(
+    return r.lftp_active(
         [
             r.dl("odd.bin", "odd.bin", v.local_root, 20, "lftp_"),
             r.ul("blk1536.bin", f"e2e_lftp_{user}.bin", v.local_root, 20),
         ],
         user="xsuser2",
-        url=f"ftp://{r.lab.srv_ip}",
-        port=21,
-        protocol="ftp",
-        mode="active-port",
-        settings="set ftp:passive-mode off; set ftp:ssl-allow no; ",
     )
 
 
@@ -361,15 +357,9 @@ def _e2e() -> _Result:
         res.conversations = conversations(pcap, ports=None)
         res.timing["tshark_s"] = time.monotonic() - t0
     finally:
-        keep = os.environ.get("XSE2E_KEEP")  # a folder: keep the records, the pcap and the poll
-        if keep:
-            shutil.rmtree(keep, ignore_errors=True)
-            Path(keep).mkdir(parents=True)
-            for src in (workdir / "sensor", workdir / "e2e.pcap", workdir / "poll.json"):
-                if src.is_dir():
-                    shutil.copytree(src, Path(keep) / src.name, ignore=shutil.ignore_patterns("*.sock"))
-                elif src.exists():
-                    shutil.copy(src, keep)
+        keep_copies(
+            "XSE2E_KEEP", (workdir / "sensor", workdir / "e2e.pcap", workdir / "poll.json")
+        )  # a folder: keep the records and captures
         shutil.rmtree(workdir, ignore_errors=True)
     _assign(res)
     res.timing["total_s"] = time.monotonic() - t_all
@@ -387,16 +377,7 @@ def _assign(res: _Result) -> None:
         if c.get("ParentUid"):
             by_parent[c["ParentUid"]].append(c)
     for run in res.runs:
-        s = run.session
-        run.primaries = [
-            c
-            for c in res.connections
-            if c["Protocol"] == run.transport
-            and c["RemotePort"] == run.rport
-            and c["RemoteIP"] == res.srv_ip
-            and c["LocalIP"] == res.cli_ip
-            and s.t_start <= record_ts(c["FirstSeen"]) <= s.t_end
-        ]
+        run.primaries = run.session.records(res.connections, res.cli_ip)
         if len(run.primaries) == 1:
             run.primary = run.primaries[0]
             run.data = by_parent.get(run.primary["Uid"], [])

@@ -63,11 +63,13 @@ from pathlib import Path, PurePosixPath
 import psutil
 import pytest
 
+from sensor.records.mde import ENDPOINT_FIELDS  # the columns only endpoint mode writes
 from tests.lab.netns import Capture, Lab, LabError, require_tools
 from tests.lab.oracle import by_conversation, bytes_vs_tshark, conversations, record_ts
 from tests.lab.scenarios import CLIENT_TOOLS, Recorder, Session
 from tests.lab.sensor import SensorDaemon
 from tests.lab.servers import FILES, Smbd, Tftpd, Vsftpd
+from tests.lab.tools import keep_copies
 
 pytestmark = [pytest.mark.lab, pytest.mark.root]
 
@@ -78,14 +80,6 @@ HOST_A_NAME = "WS-SPAN-A"  # the inventory's name for host A (the lab's client, 
 METRICS_PORT = 9784  # the daemon's /metrics, on the span namespace's loopback
 CORRELATION_ID = "0b7f5a8e-9d4c-4c1b-8f6a-1e2d3c4b5a69"  # rules/t1071_002_file_transfer_protocols.yml
 HUNT_PORTS = (20, 21, 990, 445, 139, 69)
-ENDPOINT_ONLY = (  # the columns only endpoint mode writes (docs/outputs.md)
-    "InitiatingProcessCommandLine",
-    "InitiatingProcessFolderPath",
-    "InitiatingProcessParentFileName",
-    "InitiatingProcessParentId",
-    "InitiatingProcessCreationTime",
-    "AttributionSource",
-)
 
 
 @dataclass
@@ -128,19 +122,30 @@ def _data_channels(s: Session) -> int:
     return sum(1 for t in s.transfers if t.data_port in (20, "passive"))
 
 
+def _anon_ftp(r: Recorder, v: Vsftpd, host: str, n: int) -> list:
+    """The first *n* of five anonymous curl FTP sessions (gets and puts; EPSV,
+    PASV and active EPRT): each one session of the same hunt key."""
+    runs = [
+        lambda: r.curl_ftp(r.dl("a512k.bin", "pub/a512k.bin", v.pub, "passive", f"{host}1_"), mode="passive-epsv"),
+        lambda: r.curl_ftp(
+            r.ul("odd.bin", f"upload/span_{host}_pasv.bin", v.upload, "passive"),
+            mode="passive-pasv",
+            extra=["--disable-epsv"],
+        ),
+        lambda: r.curl_ftp(
+            r.dl("tiny.txt", "pub/tiny.txt", v.pub, 20, f"{host}3_"), mode="active-eprt", extra=["-P", "-"]
+        ),
+        lambda: r.curl_ftp(r.dl("odd.bin", "pub/odd.bin", v.pub, "passive", f"{host}4_"), mode="passive-epsv"),
+        lambda: r.curl_ftp(r.ul("tiny.txt", f"upload/span_{host}_epsv.txt", v.upload, "passive"), mode="passive-epsv"),
+    ]
+    return runs[:n]
+
+
 def _plan(a: Recorder, b: Recorder, servers: dict) -> list:
     """(host, thunk) in run order, hosts alternating."""
     v, tf, smb = servers["ftp21"], servers["tftp"], servers["smb"]
     host_a = [
-        lambda: a.curl_ftp(a.dl("a512k.bin", "pub/a512k.bin", v.pub, "passive", "a1_"), mode="passive-epsv"),
-        lambda: a.curl_ftp(
-            a.ul("odd.bin", "upload/span_a_pasv.bin", v.upload, "passive"),
-            mode="passive-pasv",
-            extra=["--disable-epsv"],
-        ),
-        lambda: a.curl_ftp(a.dl("odd.bin", "pub/odd.bin", v.pub, 20, "a3_"), mode="active-eprt", extra=["-P", "-"]),
-        lambda: a.curl_ftp(a.dl("tiny.txt", "pub/tiny.txt", v.pub, "passive", "a4_"), mode="passive-epsv"),
-        lambda: a.curl_ftp(a.ul("tiny.txt", "upload/span_a_epsv.txt", v.upload, "passive"), mode="passive-epsv"),
+        *_anon_ftp(a, v, "a", 5),
         lambda: a.tftp_hpa(a.dl("blk1536.bin", "blk1536.bin", tf.dir, None, "a6_")),
         lambda: a.smbclient(
             "private",
@@ -154,24 +159,13 @@ def _plan(a: Recorder, b: Recorder, servers: dict) -> list:
         ),
     ]
     host_b = [
-        lambda: b.curl_ftp(b.dl("a512k.bin", "pub/a512k.bin", v.pub, "passive", "b1_"), mode="passive-epsv"),
-        lambda: b.curl_ftp(
-            b.ul("blk1536.bin", "upload/span_b_pasv.bin", v.upload, "passive"),
-            mode="passive-pasv",
-            extra=["--disable-epsv"],
-        ),
-        lambda: b.curl_ftp(b.dl("tiny.txt", "pub/tiny.txt", v.pub, 20, "b3_"), mode="active-eprt", extra=["-P", "-"]),
-        lambda: b.lftp(
+        *_anon_ftp(b, v, "b", 3),
+        lambda: b.lftp_active(
             [
                 b.dl("odd.bin", "odd.bin", v.local_root, 20, "b4_"),
                 b.ul("blk1536.bin", "span_b_lftp.bin", v.local_root, 20),
             ],
             user="xsuser2",
-            url=f"ftp://{b.lab.srv_ip}",
-            port=21,
-            protocol="ftp",
-            mode="active-port",
-            settings="set ftp:passive-mode off; set ftp:ssl-allow no; ",
         ),
         lambda: b.curl_tftp(b.ul("blk4096.bin", "span_b_tftp.bin", tf.dir)),
         lambda: b.smbclient(
@@ -239,10 +233,9 @@ def _span_lab(workdir: Path) -> SpanResult:
             span_cap.stop()
             srv_cap.stop()
             res.span_capture = {"captured": span_cap.captured, "dropped": span_cap.dropped}
-        res.connections = sensor.records("connections")
-        res.transfers = sensor.records("transfers")
-        res.alerts = sensor.records("alerts")
-        res.weird = sensor.records("weird")
+        res.connections, res.transfers, res.alerts, res.weird = (
+            sensor.records(kind) for kind in ("connections", "transfers", "alerts", "weird")
+        )
         for srv in servers.values():
             srv.stop()
     res.span_convs = conversations(workdir / "span.pcap", ports=None)
@@ -256,16 +249,7 @@ def _assign(res: SpanResult) -> None:
     first packet lies within the run: runs never overlap) and the records
     linked to it (ParentUid)."""
     for run in res.runs:
-        s = run.session
-        run.primaries = [
-            c
-            for c in res.connections
-            if c["Protocol"] == run.transport
-            and c["RemotePort"] == run.rport
-            and c["RemoteIP"] == res.srv_ip
-            and c["LocalIP"] == run.ip
-            and s.t_start <= record_ts(c["FirstSeen"]) <= s.t_end
-        ]
+        run.primaries = run.session.records(res.connections, run.ip)
         if len(run.primaries) == 1:
             run.primary = run.primaries[0]
             run.data = [c for c in res.connections if c.get("ParentUid") == run.primary["Uid"]]
@@ -283,15 +267,9 @@ def span() -> SpanResult:
     except LabError as ex:
         pytest.fail(f"lab: {ex}")
     finally:
-        keep = os.environ.get("XSS_KEEP")
-        if keep:
-            shutil.rmtree(keep, ignore_errors=True)
-            Path(keep).mkdir(parents=True)
-            for src in (workdir / "sensor", workdir / "span.pcap", workdir / "server.pcap"):
-                if src.is_dir():
-                    shutil.copytree(src, Path(keep) / src.name, ignore=shutil.ignore_patterns("*.sock"))
-                elif src.exists():
-                    shutil.copy(src, keep)
+        keep_copies(
+            "XSS_KEEP", (workdir / "sensor", workdir / "span.pcap", workdir / "server.pcap")
+        )  # a folder: keep the records and captures
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -344,8 +322,8 @@ def test_span_daemon_attempts_no_attribution(span: SpanResult):
         who = (c["InitiatingProcessFileName"], c["InitiatingProcessId"], c["InitiatingProcessAccountName"])
         if who != ("", 0, ""):
             problems.append(f"{c['Uid']}: process {who}")
-        if any(k in c for k in ENDPOINT_ONLY):
-            problems.append(f"{c['Uid']}: endpoint columns {[k for k in ENDPOINT_ONLY if k in c]}")
+        if any(k in c for k in ENDPOINT_FIELDS):
+            problems.append(f"{c['Uid']}: endpoint columns {[k for k in ENDPOINT_FIELDS if k in c]}")
         if c["AccountName"] != c["AppUser"]:
             problems.append(f"{c['Uid']}: AccountName {c['AccountName']!r} != login {c['AppUser']!r}")
     for t in span.transfers:

@@ -13,12 +13,11 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pyshark
 
-from .tools import union_length
+from .tools import record_ts, union_length
 
 __all__ = [
     "TRACKED_PORTS",
@@ -228,11 +227,6 @@ def truncated_frames(pcap: str | Path) -> int:
 
 
 # -- the sensor's connection records against tshark's conversations ---------------------------------
-
-
-def record_ts(iso: str) -> float:
-    """A record's ISO 8601 time (``...T12:00:00.000000Z``) as Unix seconds."""
-    return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def record_key(c: dict) -> tuple:
