@@ -45,7 +45,7 @@ server), keyed by ``WS-SPAN-A``, none for host B's three.
 Needs root, iproute2 (tc), tcpdump, tshark and the servers and clients
 (scripts/deps.sh); without them the tests FAIL, never skip.
 
-Run: ``sudo .venv/bin/python -m pytest -q -s tests/test_e2e_span.py`` (about 30 s);
+Run: ``sudo .venv/bin/python -m pytest -q -s tests/test_e2e_span.py`` (about 10 s);
 ``XSS_KEEP=DIR`` keeps the records and both captures.
 """
 
@@ -363,8 +363,9 @@ def test_span_one_record_per_conversation_with_tshark_bytes(span: SpanResult):
 def test_span_every_run_has_its_connections_and_files(span: SpanResult):
     """Each client run: exactly one control connection / request / SMB
     session record (outbound, ConnectionSuccess), its data channels / TFTP
-    transfer flows linked to it, and in transfers.jsonl every file it moved
-    -- name, direction and size, complete."""
+    transfer flows linked to it (inbound when the server opened them: active
+    FTP), and in transfers.jsonl every file it moved -- name, direction and
+    size, complete."""
     problems = []
     for run in span.runs:
         if run.primary is None:
@@ -375,6 +376,10 @@ def test_span_every_run_has_its_connections_and_files(span: SpanResult):
             problems.append(f"{run.what()}: {p['ActionType']} {p['Direction']}")
         if len(run.data) != run.data_channels:
             problems.append(f"{run.what()}: {len(run.data)} linked records, {run.data_channels} expected")
+        for d in run.data:  # active FTP data: the server opened it (from port 20); the rest the client
+            want = "inbound" if d["RemotePort"] == 20 else "outbound"
+            if d["Direction"] != want or d["ActionType"] not in ("ConnectionSuccess", "InboundConnectionAccepted"):
+                problems.append(f"{run.what()}: data {d['RemotePort']}: {d['Direction']} {d['ActionType']}")
         uids = {p["Uid"], *(d["Uid"] for d in run.data)}
         tr = [t for t in span.transfers if t.get("ControlUid") in uids or t.get("Uid") in uids]
         got = sorted(
