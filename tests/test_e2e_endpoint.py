@@ -833,7 +833,7 @@ def test_e2e_ring_is_recorded_tshark_shows_the_process(e2e: _Result):
     assert len(attributed) >= SHORT_RUNS // 2
     bare, wrong = [], []
     for c in attributed:
-        t0, t1 = _ts(c["FirstSeen"]), _ts(c["LastSeen"])
+        t0, t1 = record_ts(c["FirstSeen"]), record_ts(c["LastSeen"])
         pkts = [
             p
             for p in by_tuple[
