@@ -16,6 +16,7 @@ from sensor.attribution.book import AttributionBook
 from sensor.core.config import Config
 from sensor.detect.detector import Detector
 from sensor.detect.rules import RuleSet
+from sensor.engine.attempts import AttemptGroups, AttemptStats
 from sensor.engine.bpf import capture_filters
 from sensor.engine.decode import (
     DLT_RAW_ALIASES,
@@ -33,7 +34,6 @@ from sensor.engine.decode import (
     DecodeStats,
     Packet,
 )
-from sensor.engine.attempts import AttemptGroups, AttemptStats
 from sensor.engine.dispatch import Dispatcher
 from sensor.engine.fastpath import ethernet_handler
 from sensor.engine.flows import EMERGENCY_ENTER, EMERGENCY_EXIT, EMERGENCY_TIMEOUTS_S, Flow, FlowTable
@@ -148,9 +148,7 @@ class Pipeline:
         self.detector = Detector(rules, config.limits)
         # attempt_records aggregate (sensor/engine/attempts.py): only where an attempt's
         # record is its own (no attribution) and no rule could match one; else the rule that could
-        self.attempts_kept_by = next(
-            (d.ref for d in rules.detections if d.could_match(ATTEMPT_CONSTANTS)), None
-        )
+        self.attempts_kept_by = next((d.ref for d in rules.detections if d.could_match(ATTEMPT_CONSTANTS)), None)
         if config.attempt_records == "aggregate" and attribution is None and self.attempts_kept_by is None:
             self.flows.attempt_groups = AttemptGroups(config.limits.max_attempt_groups, self._attempts)
         self.weird_counts: dict[str, int] = {}

@@ -524,6 +524,9 @@ def test_daemon_bound_news_once_per_burst_and_metrics():
     assert "xfer_sensor_flows_emergency 1" in text
     assert "xfer_sensor_flows_emergency_entered_total 1" in text
     assert "xfer_sensor_flows_evicted_total 105" in text
+    # the evicted bare SYNs (in emergency mode) were counted in their groups, not written yet
+    assert f"xfer_sensor_attempts_aggregated_total {pipe.flows.attempt_groups.stats.aggregated}" in text
+    assert pipe.flows.attempt_groups.stats.aggregated == 105 and "xfer_sensor_attempt_groups_written_total 0" in text
     assert "xfer_sensor_flows_active 100" in text
     assert "xfer_sensor_expectations_dropped_total 0" in text
 

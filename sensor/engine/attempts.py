@@ -25,6 +25,7 @@ docs/engine.md ("Flood of unanswered attempts") says why and what is kept.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 GROUP_SPAN_US = 60_000_000  # a group is written once its first attempt is this old (packet time)
 
@@ -54,7 +55,7 @@ class AttemptGroups:
         self.max_groups = max_groups
         self.on_group = on_group
         # originator address + responder port (2 bytes) -> [first ts, last ts, attempts, last responder]
-        self.groups: dict[bytes, list] = {}
+        self.groups: dict[bytes, list[Any]] = {}
         self.stats = AttemptStats()
 
     def add(self, key: bytes, resp_b: bytes, ts: int) -> None:
