@@ -38,7 +38,7 @@ from sensor.engine.dispatch import Dispatcher
 from sensor.engine.fastpath import ethernet_handler
 from sensor.engine.flows import EMERGENCY_ENTER, EMERGENCY_EXIT, EMERGENCY_TIMEOUTS_S, Flow, FlowTable
 from sensor.engine.ports import PortSet
-from sensor.records.mde import ATTEMPT_CONSTANTS, ATTEMPTS_WEIRD, RecordBuilder, iso_us
+from sensor.records.mde import ATTEMPTS_WEIRD, RecordBuilder, iso_us
 
 # weird records written per name before only counting (Zeek samples weirds too)
 WEIRD_LOG_PER_NAME = 1000
@@ -148,7 +148,8 @@ class Pipeline:
         self.detector = Detector(rules, config.limits)
         # attempt_records aggregate (sensor/engine/attempts.py): only where an attempt's
         # record is its own (no attribution) and no rule could match one; else the rule that could
-        self.attempts_kept_by = next((d.ref for d in rules.detections if d.could_match(ATTEMPT_CONSTANTS)), None)
+        alike = self.records.attempt_constants()
+        self.attempts_kept_by = next((d.ref for d in rules.detections if d.could_match(alike)), None)
         if config.attempt_records == "aggregate" and attribution is None and self.attempts_kept_by is None:
             self.flows.attempt_groups = AttemptGroups(config.limits.max_attempt_groups, self._attempts)
         self.weird_counts: dict[str, int] = {}

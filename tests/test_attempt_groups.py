@@ -24,10 +24,11 @@ from sensor.engine.attempts import GROUP_SPAN_US
 from sensor.io.sinks import MemorySink
 from sensor.pipeline import Pipeline
 from sensor.records.encode import to_line
-from sensor.records.mde import ATTEMPT_CONSTANTS, RECORD_FIELDS
+from sensor.records.mde import RECORD_FIELDS, RecordBuilder
 from tests.test_scan_speed import CFG, RULES, T0, _frames
 
 REPO = Path(__file__).resolve().parent.parent
+ATTEMPT_CONSTANTS = RecordBuilder(config_from_dict({})).attempt_constants()
 
 
 def _replay(

@@ -60,22 +60,10 @@ ATTEMPTS_WEIRD = "connection_attempts"
 
 # the fields every unanswered attempt's record (``RecordBuilder.attempt``) has
 # alike: a rule that fails on them never matches one (DetectionRule.could_match)
-ATTEMPT_CONSTANTS = {
-    "ActionType": "ConnectionFailed",
-    "Protocol": "Tcp",
-    "InitiatingProcessFileName": "",
-    "InitiatingProcessId": 0,
-    "InitiatingProcessAccountName": "",
-    "AccountName": "",
-    "SentBytes": 0,
-    "ReceivedBytes": 0,
-    "ConnState": "S0",
-    "History": "S",
-    "AppUser": "",
-    "DataSentBytes": 0,
-    "DataReceivedBytes": 0,
-    "ParentUid": "",
-}
+ATTEMPT_CONSTANT_FIELDS = tuple(
+    "ActionType Protocol InitiatingProcessFileName InitiatingProcessId InitiatingProcessAccountName AccountName "
+    "SentBytes ReceivedBytes ConnState History AppUser DataSentBytes DataReceivedBytes ParentUid".split()
+)
 
 
 # the process details endpoint mode adds to a record, after the others
@@ -196,6 +184,11 @@ class RecordBuilder:
         if cfg.hostnames:
             rec["RemoteUrl"] = cfg.hostnames.get(rip, "")
         return rec
+
+    def attempt_constants(self) -> dict[str, Any]:
+        """``ATTEMPT_CONSTANT_FIELDS`` with the values every ``attempt`` record has."""
+        rec = self.attempt(b"\x00\x00\x00\x01", b"\x00\x00\x00\x02", 1, 2, 0, 0, "", "")
+        return {f: rec[f] for f in ATTEMPT_CONSTANT_FIELDS}
 
     def attempts(self, orig_b: bytes, resp_p: int, n: int, first: int, last: int, resp_b: bytes) -> dict[str, Any]:
         """The ``connection_attempts`` weird record of a group of ``n``
