@@ -66,6 +66,8 @@ class AttemptGroups:
         if g is not None:
             if ts > g[1]:
                 g[1] = ts
+            elif ts < g[0]:  # (a full flow's SYN evicted after a later embryo's)
+                g[0] = ts
             g[2] += 1
             g[3] = resp_b
             return
