@@ -146,12 +146,9 @@ class Pipeline:
         else:  # an unanswered SYN kept as an embryo ends without a Flow (_attempt_ended)
             self.flows.attempt_ended = self._attempt_ended
         self.detector = Detector(rules, config.limits)
-        # attempt_records aggregate (sensor/engine/attempts.py): only where an attempt's
-        # record is its own (no attribution) and no rule could match one; else the rule that could
-        alike = self.records.attempt_constants()
-        self.attempts_kept_by = next((d.ref for d in rules.detections if d.could_match(alike)), None)
-        if config.attempt_records == "aggregate" and attribution is None and self.attempts_kept_by is None:
-            self.flows.attempt_groups = AttemptGroups(config.limits.max_attempt_groups, self._attempts)
+        self.attempt_stats = AttemptStats()
+        self.attempts_kept_by: str | None = None
+        self.attempt_policy(config, rules)
         self.weird_counts: dict[str, int] = {}
         self.action_counts: dict[str, int] = {}
         self._decoders: dict[int, Callable[[int, bytes], None]] = {}
@@ -234,6 +231,25 @@ class Pipeline:
         self.sink.emit("connections", rec)
         for alert in self.detector.observe(rec, ts):
             self.sink.emit("alerts", alert)
+
+    def attempt_policy(self, config: Config, rules: RuleSet) -> None:
+        """Whether unanswered attempts of a flood are aggregated (sensor/engine/attempts.py):
+        ``attempt_records: aggregate``, no attribution (a record names its process) and no
+        detection rule that could match such an attempt's record (``attempts_kept_by``: the
+        first that could). Again when the daemon reloads config and rules: the groups held are
+        written first when it turns off."""
+        wanted = config.attempt_records == "aggregate" and self.book is None
+        alike = self.records.attempt_constants()
+        self.attempts_kept_by = (
+            next((d.ref for d in rules.detections if d.could_match(alike)), None) if wanted else None
+        )
+        ft = self.flows
+        if wanted and self.attempts_kept_by is None:
+            if ft.attempt_groups is None:
+                ft.attempt_groups = AttemptGroups(config.limits.max_attempt_groups, self._attempts, self.attempt_stats)
+        elif ft.attempt_groups is not None:
+            ft.attempt_groups.flush()
+            ft.attempt_groups = None
 
     def _attempts(self, orig_b: bytes, resp_p: int, n: int, first: int, last: int, resp_b: bytes) -> None:
         """A group of unanswered attempts is written (one record, never capped as other weirds are)."""
@@ -343,21 +359,21 @@ class Pipeline:
         stderr and ``--format json``; empty when none was)."""
         fl, ft = self.flows.stats, self.flows
         ex = self.app.expect
-        ag = ft.attempt_groups.stats if ft.attempt_groups is not None else None
+        ag = self.attempt_stats
         out = []
         if fl.evicted:
             out.append(
                 f"flow table full: {fl.evicted} flow(s) evicted at limits.max_flows {ft.max_flows} "
                 f"({fl.created} created, at most {fl.active_max} at once); each still has its record"
-                + (f" (or is counted in a {ATTEMPTS_WEIRD} record)" if ag is not None and ag.aggregated else "")
+                + (f" (or is counted in a {ATTEMPTS_WEIRD} record)" if ag.aggregated else "")
             )
-        if ag is not None and ag.aggregated:
+        if ag.aggregated:
             out.append(
                 f"unanswered attempts aggregated: {ag.aggregated} bare SYN(s) that ended unanswered while the flow "
                 f"table was nearly full are counted in {ag.groups} {ATTEMPTS_WEIRD} weird record(s) by originator "
                 "and port, not a connection record each (attempt_records: aggregate)"
             )
-        if fl.evicted and self.attempts_kept_by is not None and self.cfg.attempt_records == "aggregate":
+        if fl.evicted and self.attempts_kept_by is not None:
             out.append(f"unanswered attempts not aggregated: rule {self.attempts_kept_by} could match one's record")
         if fl.emergency_entered:
             a, e, c, u = EMERGENCY_TIMEOUTS_S
@@ -414,9 +430,7 @@ class Pipeline:
         return {
             "decoder": self.decode_stats.as_dict(),
             "flows": dict(self.flows.stats.as_dict(), emergency=int(self.flows.emergency)),
-            "attempts": self.flows.attempt_groups.stats.as_dict()
-            if self.flows.attempt_groups is not None
-            else AttemptStats().as_dict(),
+            "attempts": self.attempt_stats.as_dict(),
             "app": dict(self.app.stats),
             "expectations": self.app.expect.stats.as_dict(),
             "detect": self.detector.stats.as_dict(),

@@ -129,6 +129,19 @@ def test_a_rule_that_could_count_a_failed_attempt_keeps_each_record(tmp_path):
     assert pipe.flows.attempt_groups is None and not _groups(sink)
     assert len(sink.records["connections"]) == 3_000
     assert any(line.startswith("unanswered attempts not aggregated: rule") for line in pipe.bound_report())
+    # the daemon reloads such a rule under a flood: the groups held are written, then a record each
+    pipe, sink = _replay(dict(CFG, limits={"max_flows": 400}), frames[:2_000], finish=False)
+    held = sum(g[2] for g in pipe.flows.attempt_groups.groups.values())
+    assert held > 1_000 and not _groups(sink)
+    pipe.attempt_policy(config_from_dict(CFG), rules)
+    assert pipe.flows.attempt_groups is None and sum(g["Attempts"] for g in _groups(sink)) == held
+    h = pipe.handler_for(1)
+    for ts, f in frames[2_000:]:
+        h(ts, f)
+    pipe.finish()
+    assert len(sink.records["connections"]) + held == 3_000 and pipe.stats()["attempts"]["aggregated"] == held
+    pipe.attempt_policy(config_from_dict(CFG), RULES)  # and back: aggregated again
+    assert pipe.flows.attempt_groups is not None and pipe.attempt_stats.aggregated == held
     # endpoint mode: an attempt's record names its process: never aggregated
     pipe, _ = _replay(dict(CFG, limits={"max_flows": 400}), frames, book=AttributionBook())
     assert pipe.flows.attempt_groups is None

@@ -51,12 +51,12 @@ class AttemptGroups:
 
     __slots__ = ("max_groups", "on_group", "groups", "stats")
 
-    def __init__(self, max_groups: int, on_group: GroupCallback) -> None:
+    def __init__(self, max_groups: int, on_group: GroupCallback, stats: AttemptStats | None = None) -> None:
         self.max_groups = max_groups
         self.on_group = on_group
         # originator address + responder port (2 bytes) -> [first ts, last ts, attempts, last responder]
         self.groups: dict[bytes, list[Any]] = {}
-        self.stats = AttemptStats()
+        self.stats = stats if stats is not None else AttemptStats()  # (the owner's: kept across reloads)
 
     def add(self, key: bytes, resp_b: bytes, ts: int) -> None:
         """One attempt: ``key`` its originator address followed by the responder
