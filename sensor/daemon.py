@@ -52,12 +52,14 @@ class Daemon:
         mode: str = "endpoint",
         metrics_listen: tuple[str, int] | None | bool = True,
         state_dir: str | None = None,
+        filters: Sequence[str] = (),
     ) -> None:
         self.config_path = config_path
         self.rules_path = rules_path
+        self.filters = tuple(filters)  # --filters (the config's filters: are read with each config)
         self.endpoint = mode == "endpoint"
         self.cfg: Config = self._config(load_config(config_path))
-        self.rules: RuleSet = load_rules(rules_path, RECORD_FIELDS, self.cfg.limits.max_match_chars)
+        self.rules: RuleSet = self._rules(self.cfg)
         if self.cfg.output.files:
             check_outdir(outdir)  # an unusable --out: exit 2 before capturing
         # the config's outputs (profile, files, stdout, syslog), each behind a
@@ -137,6 +139,12 @@ class Daemon:
     def _on_hup(self, signum, frame) -> None:
         self.hup = True
 
+    def _rules(self, cfg: Config) -> RuleSet:
+        """The rules folder with the filters of ``cfg`` and --filters applied;
+        the match cap is the running one (limits change on restart only)."""
+        cap = self.cfg.limits.max_match_chars
+        return load_rules(self.rules_path, RECORD_FIELDS, cap, [*cfg.filters, *self.filters])
+
     def _on_term(self, signum, frame) -> None:
         self.stop = True
 
@@ -146,7 +154,7 @@ class Daemon:
         try:
             cfg = self._config(load_config(self.config_path))
             # limits change on restart only: the running cap, as the running rules have
-            rules = load_rules(self.rules_path, RECORD_FIELDS, self.cfg.limits.max_match_chars)
+            rules = self._rules(cfg)
         except (ConfigError, RuleError) as e:
             log.error("reload refused, keeping the running config and rules: %s", e)
             self.notify.ready("reload refused: " + str(e)[:200])
@@ -179,7 +187,7 @@ class Daemon:
         self.pipe.detector = new
         self.pipe.attempt_policy(cfg, rules)  # a new rule may count unanswered attempts: no aggregation then
         for entry in self.rules.allow_entries:  # keep the suppressed counts monotonic across reloads
-            k = (entry.rule_id, entry.selection)
+            k = (entry.rule_id, entry.name)
             h, x = self.allow_base.get(k, (0, 0))
             self.allow_base[k] = (h + entry.hits, x + entry.expired_hits)
         self.rules = rules
@@ -302,6 +310,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("-i", "--interface", action="append", required=True, help="interface (repeatable)")
     ap.add_argument("--config", help="config YAML (default /etc/xfer-sensor/config.yaml when present)")
     ap.add_argument("--rules", help="rules folder (default: the shipped rules)")
+    ap.add_argument(
+        "--filters",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="allow filters: a Sigma filter file or folder (repeatable; beside the config's filters:)",
+    )
     ap.add_argument("--out", default="/var/log/xfer-sensor", help="folder for the .jsonl files")
     ap.add_argument(
         "--mode",
@@ -354,6 +369,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             mode=args.mode,
             metrics_listen=listen,
             state_dir=args.state_dir,
+            filters=args.filters,
         )
     except (ConfigError, RuleError, CaptureError, metrics.MetricsError) as e:
         print(f"xfer-sensor: error: {e}", file=sys.stderr)

@@ -62,17 +62,18 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from tests.lab.clients import ensure_login_users
 from tests.lab.netns import Lab, LabError, require_tools
+from tests.lab.oracle import by_conversation, bytes_vs_tshark, record_ts
 from tests.lab.poller import PollerResult
 from tests.lab.scenarios import CLIENT_TOOLS, Recorder, Session
 from tests.lab.sensor import SensorDaemon
 from tests.lab.servers import FILES, Smbd, Tftpd, Vsftpd
+from tests.lab.tools import keep_copies
 
 pytestmark = [pytest.mark.lab, pytest.mark.root]
 
@@ -118,10 +119,6 @@ class Run:
     @property
     def user(self) -> str:
         return self.session.os_user
-
-
-def _ts(iso: str) -> float:
-    return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def _plan(recs: dict[str, Recorder], servers: dict, n_short: int) -> list:
@@ -206,17 +203,12 @@ def _plan(recs: dict[str, Recorder], servers: dict, n_short: int) -> list:
 
 
 def _lftp(r: Recorder, v: Vsftpd, user: str) -> Session:
-    return r.lftp(
+    return r.lftp_active(
         [
             r.dl("odd.bin", "odd.bin", v.local_root, 20, "lftp_"),
             r.ul("blk1536.bin", f"e2e_lftp_{user}.bin", v.local_root, 20),
         ],
         user="xsuser2",
-        url=f"ftp://{r.lab.srv_ip}",
-        port=21,
-        protocol="ftp",
-        mode="active-port",
-        settings="set ftp:passive-mode off; set ftp:ssl-allow no; ",
     )
 
 
@@ -365,15 +357,9 @@ def _e2e() -> _Result:
         res.conversations = conversations(pcap, ports=None)
         res.timing["tshark_s"] = time.monotonic() - t0
     finally:
-        keep = os.environ.get("XSE2E_KEEP")  # a folder: keep the records, the pcap and the poll
-        if keep:
-            shutil.rmtree(keep, ignore_errors=True)
-            Path(keep).mkdir(parents=True)
-            for src in (workdir / "sensor", workdir / "e2e.pcap", workdir / "poll.json"):
-                if src.is_dir():
-                    shutil.copytree(src, Path(keep) / src.name, ignore=shutil.ignore_patterns("*.sock"))
-                elif src.exists():
-                    shutil.copy(src, keep)
+        keep_copies(
+            "XSE2E_KEEP", (workdir / "sensor", workdir / "e2e.pcap", workdir / "poll.json")
+        )  # a folder: keep the records and captures
         shutil.rmtree(workdir, ignore_errors=True)
     _assign(res)
     res.timing["total_s"] = time.monotonic() - t_all
@@ -391,16 +377,7 @@ def _assign(res: _Result) -> None:
         if c.get("ParentUid"):
             by_parent[c["ParentUid"]].append(c)
     for run in res.runs:
-        s = run.session
-        run.primaries = [
-            c
-            for c in res.connections
-            if c["Protocol"] == run.transport
-            and c["RemotePort"] == run.rport
-            and c["RemoteIP"] == res.srv_ip
-            and c["LocalIP"] == res.cli_ip
-            and s.t_start <= _ts(c["FirstSeen"]) <= s.t_end
-        ]
+        run.primaries = run.session.records(res.connections, res.cli_ip)
         if len(run.primaries) == 1:
             run.primary = run.primaries[0]
             run.data = by_parent.get(run.primary["Uid"], [])
@@ -419,36 +396,8 @@ def e2e() -> _Result:
     return res
 
 
-def _ckey(c: dict) -> tuple:
-    """A record's endpoint pair, as tshark's Conversation.key()."""
-    return (c["Protocol"].lower(), frozenset({(c["LocalIP"], c["LocalPort"]), (c["RemoteIP"], c["RemotePort"])}))
-
-
 def _by_conversation(e2e: _Result) -> tuple[dict, dict]:
-    recs, convs = defaultdict(list), defaultdict(list)
-    for c in sorted(e2e.connections, key=lambda c: _ts(c["FirstSeen"])):
-        recs[_ckey(c)].append(c)
-    for cv in sorted(e2e.conversations, key=lambda v: float(v.first_ts)):
-        convs[cv.key()].append(cv)
-    return recs, convs
-
-
-def _bytes_vs_tshark(c: dict, recs: dict, convs: dict) -> tuple:
-    """(sent, received bytes, sent, received packets) of record ``c`` and of
-    tshark's conversation: the n-th record of an endpoint pair is its n-th
-    conversation; when tshark has one UDP conversation for several records
-    (a reused client port), the records' sums are compared with it."""
-    k = _ckey(c)
-    rs, cvs = recs[k], convs.get(k, [])
-    local, remote = (c["LocalIP"], c["LocalPort"]), (c["RemoteIP"], c["RemotePort"])
-    if len(rs) == len(cvs):
-        cv, mine = cvs[rs.index(c)], [c]
-    elif k[0] == "udp" and len(cvs) == 1:
-        cv, mine = cvs[0], rs
-    else:
-        return ("records", len(rs)), ("conversations", len(cvs))
-    got = tuple(sum(r[f] for r in mine) for f in ("SentBytes", "ReceivedBytes", "SentPackets", "ReceivedPackets"))
-    return got, (cv.payload_bytes(local), cv.payload_bytes(remote), cv.packets(local), cv.packets(remote))
+    return by_conversation(e2e.connections, e2e.conversations)
 
 
 def _who(c: dict | None) -> tuple:
@@ -564,7 +513,7 @@ def test_e2e_every_connection_names_process_pid_user_and_bytes(e2e: _Result):
             if c["RemoteIPType"] != "Public" or c["LocalIP"] != e2e.cli_ip:
                 problems.append(f"{where}: RemoteIPType {c['RemoteIPType']} LocalIP {c['LocalIP']}")
             # bytes and packets: tshark's view of the same conversation
-            got, oracle = _bytes_vs_tshark(c, recs, convs)
+            got, oracle = bytes_vs_tshark(c, recs, convs)
             if got != oracle:
                 problems.append(f"{where}: bytes/packets sent, received {got} != tshark {oracle}")
         # the files: transfers.jsonl has each with its real size
@@ -618,7 +567,7 @@ def test_e2e_fourth_ftp_session_raises_exactly_one_alert(e2e: _Result):
         uids = {c["Uid"] for c in sessions[key]}
         assert a["ConnectionCount"] == 4 and len(a["Uids"]) == 4 and set(a["Uids"]) <= uids, a
         assert a["DeviceName"] == host, a
-        firsts = sorted(sessions[key], key=lambda c: _ts(c["FirstSeen"]))[:4]
+        firsts = sorted(sessions[key], key=lambda c: record_ts(c["FirstSeen"]))[:4]
         # raised at the fourth session, counting the first four
         assert a["Uids"] == [c["Uid"] for c in firsts], (a, [c["Uid"] for c in firsts])
         assert a["Timestamp"] == firsts[3]["FirstSeen"], a

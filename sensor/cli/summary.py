@@ -123,9 +123,9 @@ class _Key:
 
 @dataclass
 class _Reason:
-    code: str  # field:NAME | allow:RULE/SELECTION | filter:RULE/SELECTION
+    code: str  # field:NAME | allow:RULE/FILTER | filter:RULE/SELECTION
     wanted: str = ""
-    note: str = ""  # an allow entry's reason and expiry
+    note: str = ""  # an allow filter's reason and expiry
     connections: int = 0
     keys: int = 0
     values: dict[str, int] = field(default_factory=dict)
@@ -138,7 +138,7 @@ class _Reason:
             return f"{what} {vals}; the hunt counts {self.wanted}" + (f" -- {hint}" if hint else "")
         if kind == "allow":
             return f"suppressed by allow filter {what}" + (f" ({self.note})" if self.note else "")
-        return f"excluded by filter {what} (a filter with no x-allow entry)"
+        return f"excluded by filter selection {what} of the rule itself"
 
 
 class _Hunt:
@@ -155,7 +155,7 @@ class _Hunt:
         self.reasons: dict[str, _Reason] = {}
         # the reasons of records the rules see alike (DetectionRule.explain_key)
         self.group_by = corr.group_by
-        self.cacheable = all(e.expires_us is None for d in dets for e in d.allow.values())
+        self.cacheable = all(e.expires_us is None for d in dets for e in d.filters)
         self.cache: dict[tuple[Any, ...], tuple[tuple[str, str, str | None], ...] | None] = {}
 
     def observe(self, rec: Mapping[str, Any], files: _Files | None) -> None:
@@ -233,11 +233,11 @@ class _Hunt:
             if v.matched:
                 return None
             for e in v.suppressed_by:
-                code = f"allow:{d.ref}/{e.selection}"
+                code = f"allow:{d.ref}/{e.name}"
                 if code not in self.reasons:
                     note = "; ".join(x for x in (e.reason, f"expires {e.expires}" if e.expires else "") if x)
                     self.reasons[code] = _Reason(code, note=printable(note))
-                missed.setdefault(code, (code, f"allowed by {e.selection}", None))
+                missed.setdefault(code, (code, f"allowed by {e.name}", None))
             for m in v.misses:
                 if m.field:
                     code = f"field:{m.field}"

@@ -263,6 +263,9 @@ class Config:
     attempt_records: str = "aggregate"
     # auto: senders besides home_net and loopback whose partial (offloaded) checksums are accepted
     checksum_offload_nets: tuple[Network, ...] = ()
+    # allow filters (Sigma filter files or folders) applied beside --rules; relative paths
+    # are the config file's folder's (docs/detection.md, "False-positive controls")
+    filters: tuple[str, ...] = ()
 
 
 _TOP_KEYS = {
@@ -282,6 +285,7 @@ _TOP_KEYS = {
     "attempt_records",
     "state_dir",
     "state_flush_interval",
+    "filters",
 }
 _OUTPUT_KEYS = {"profile", "max_line_bytes", "queue_max", "error_log_interval", "files", "stdout", "syslog"}
 _SYSLOG_KEYS = {
@@ -579,6 +583,14 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
         kw["checksum_offload_nets"] = tuple(_net(source, "checksum_offload_nets", n) for n in on)
     if "status_interval" in raw:
         kw["status_interval"] = float(_number(source, "status_interval", raw["status_interval"], False, 1))
+    if raw.get("filters") is not None:
+        fl = raw["filters"]
+        if isinstance(fl, str):
+            fl = [fl]
+        if not isinstance(fl, list) or not all(isinstance(x, str) and x.strip() for x in fl):
+            raise ConfigError(source, "filters", "must be a list of filter file or folder paths")
+        here = Path(source).parent if not source.startswith("<") else None
+        kw["filters"] = tuple(str(here / x) if here is not None and not Path(x).is_absolute() else x for x in fl)
     if raw.get("state_dir") is not None:
         if not isinstance(raw["state_dir"], str) or not raw["state_dir"].strip():
             raise ConfigError(source, "state_dir", "must be a folder path")

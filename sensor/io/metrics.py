@@ -68,10 +68,10 @@ def collect(
     counters never go backwards; ``state_write_errors``: failed commits of
     the rule-window state file."""
     allow: dict[tuple[str, str], int] = {}
-    for (rid, sel), (hits, _exp) in (allow_base or {}).items():
-        allow[(rid, sel)] = allow.get((rid, sel), 0) + hits
+    for (rid, name), (hits, _exp) in (allow_base or {}).items():
+        allow[(rid, name)] = allow.get((rid, name), 0) + hits
     for e in allow_entries:
-        k = (e.rule_id, e.selection)
+        k = (e.rule_id, e.name)
         allow[k] = allow.get(k, 0) + e.hits
     att = pipe_stats.get("attribution") or {}
     by_source = {s: 0 for s in ATTRIBUTION_SOURCES}
@@ -250,15 +250,15 @@ def render(snap: Mapping[str, Any]) -> str:
     o.family(
         "alerts_suppressed_total",
         "counter",
-        "Detections not alerted: reason='allow_entry' (an x-allow filter matched the event), "
+        "Detections not alerted: reason='allow_entry' (an allow filter suppressed the event), "
         "reason='already_raised' (the key's alert was raised and has not re-armed).",
         [({"reason": "allow_entry"}, sum(allow.values())), ({"reason": "already_raised"}, det.get("suppressed", 0))],
     )
     o.family(
         "allow_entry_suppressed_total",
         "counter",
-        "Events suppressed per allow entry (rule, filter selection).",
-        [({"rule": r, "selection": s}, n) for (r, s), n in sorted(allow.items())],
+        "Events suppressed per allow filter (rule id, filter name or id).",
+        [({"rule": r, "filter": s}, n) for (r, s), n in sorted(allow.items())],
     )
     o.one("detection_matches_total", "counter", "Records that matched a detection rule.", det.get("matched", 0))
     o.one(
