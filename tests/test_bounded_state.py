@@ -476,6 +476,11 @@ def test_replay_reports_overflow_and_emergency_on_stderr(scan_replay, tmp_path):
     agg = [x for x in lines if "unanswered attempts aggregated" in x]
     assert len(full) == 1 and len(emerg) == 1 and len(agg) == 1, lines
     assert f"unanswered attempts aggregated: {res['stats']['attempts']['aggregated']} bare SYN(s)" in agg[0]
+    # the summary counts them (not tabulated: no rule counts one) and says why nothing alerted
+    (hunt,) = res["hunt"]
+    assert hunt["attempts_aggregated"] == res["stats"]["attempts"]["aggregated"] > 0
+    assert hunt["connections"] == 0 and hunt["attempts_aggregated"] == SCAN_SYNS  # all in emergency mode
+    assert res["no_alerts"].startswith(f"only unanswered connection attempts ({SCAN_SYNS}, aggregated")
     assert f"{fl['evicted']} flow(s) evicted at limits.max_flows {MAX_FLOWS}" in full[0]
     assert fl["evicted"] == SCAN_SYNS - MAX_FLOWS - fl["expired"]
     assert f"entered {fl['emergency_entered']} time(s)" in emerg[0] and fl["emergency_entered"] == 1
