@@ -200,6 +200,7 @@ class Daemon:
         kept = new.carry_over(old)
         self.persist.adopt(old, new)
         self.pipe.detector = new
+        self.pipe.attempt_policy(cfg, rules)  # a new rule may count unanswered attempts: no aggregation then
         for entry in self.rules.allow_entries:  # keep the suppressed counts monotonic across reloads
             k = (entry.rule_id, entry.name)
             h, x = self.allow_base.get(k, (0, 0))

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sensor.detect.rules import CorrelationRule, DetectionRule, RuleSet
-from sensor.records.mde import PORT_PROTOCOL
+from sensor.records.mde import ATTEMPTS_WEIRD, PORT_PROTOCOL
 
 DEFAULT_TOP = 20  # keys shown (``replay --top``)
 MAX_PENDING_TRANSFERS = 100_000  # transfers waiting for their control connection's record
@@ -297,6 +297,9 @@ class HuntSummary:
         self.pending: dict[str, _Files] = {}  # ControlUid -> its transfers, until its record comes
         self.pending_transfers = 0
         self.transfers_dropped = 0  # beyond MAX_PENDING_TRANSFERS: not shown per key
+        # unanswered attempts of a flood, counted in connection_attempts records instead of a
+        # connection record each (the pipeline aggregates only when no rule could count one)
+        self.attempts_aggregated = 0
 
     def emit(self, kind: str, rec: dict[str, Any]) -> None:
         if kind == "connections":
@@ -305,6 +308,8 @@ class HuntSummary:
                 self.pending_transfers -= files.files
             for h in self.hunts:
                 h.observe(rec, files)
+        elif kind == "weird" and rec.get("Name") == ATTEMPTS_WEIRD:
+            self.attempts_aggregated += _int(rec.get("Attempts"))
         elif kind == "transfers" and self.hunts:
             uid = str(rec.get("ControlUid") or rec.get("Uid") or "")
             f = self.pending.get(uid)
@@ -400,6 +405,7 @@ class HuntSummary:
             ],
             "transfers_unlinked": self.pending_transfers,
             "transfers_not_shown": self.transfers_dropped,
+            "attempts_aggregated": self.attempts_aggregated,
         }
 
 
@@ -410,6 +416,11 @@ def no_alert_reason(tables: list[dict[str, Any]]) -> str:
     t = tables[0]
     n = t["connections"]
     if n == 0:
+        if t.get("attempts_aggregated"):
+            return (
+                f"only unanswered connection attempts ({t['attempts_aggregated']}, aggregated into "
+                f"{ATTEMPTS_WEIRD} records): the hunt counts successful connections"
+            )
         return "no connection on a tracked port"
     if t["counted"] == 0:
         why = "; ".join(_reason_short(r) for r in t["left_out"][:3])
@@ -448,6 +459,11 @@ def render(tables: list[dict[str, Any]]) -> list[str]:
             f"hunt {printable(t['rule'])} ({t['condition']}): {t['keys']} key(s), "
             f"{t['connections']} connection(s), {t['counted']} counted"
         )
+        if t.get("attempts_aggregated"):
+            out.append(
+                f"  not in the table: {t['attempts_aggregated']} unanswered connection attempt(s) of a flood, "
+                f"counted in {ATTEMPTS_WEIRD} weird records by originator and port (no rule counts one)"
+            )
         rows = t["table"]
         if rows:
             heads = ["Status", "Count", "Conns", *(SHORT_HEAD.get(f, f) for f in gb)]

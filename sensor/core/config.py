@@ -176,6 +176,7 @@ class Limits:
     max_window_events: int = 10_000  # events kept per key inside one window
     max_match_chars: int = 4096  # characters of a field a rule's |re or wildcard pattern reads
     max_summary_keys: int = 100_000  # hunt keys the replay summary tabulates per correlation rule
+    max_attempt_groups: int = 100_000  # attempt_records aggregate: groups of unanswered attempts held at once
     max_comment_chars: int = 1024  # characters of each text field of a recording's packet comment
 
 
@@ -195,6 +196,7 @@ class PcapRing:
 
 
 PROFILES = ("mde", "ecs")
+ATTEMPT_RECORDS = ("aggregate", "each")
 RECORD_KINDS = ("connections", "alerts", "transfers", "weird", "files")
 SYSLOG_FACILITIES = {
     "kern": 0,
@@ -273,6 +275,9 @@ class Config:
     state_dir: str | None = None  # the daemon's state folder (rule windows); None: /var/lib/xfer-sensor
     state_flush_interval: float = 2.0  # wall-clock seconds between two writes of the window state
     checksum_validation: str = "auto"  # auto | yes | no (docs/engine.md, "Checksums")
+    # aggregate | each: unanswered attempts evicted from a flow table in emergency
+    # mode, one record per group or one each (docs/engine.md, "Flood of unanswered attempts")
+    attempt_records: str = "aggregate"
     # auto: senders besides home_net and loopback whose partial (offloaded) checksums are accepted
     checksum_offload_nets: tuple[Network, ...] = ()
     # allow filters (Sigma filter files or folders) applied beside --rules; relative paths
@@ -296,6 +301,7 @@ _TOP_KEYS = {
     "status_interval",
     "checksum_validation",
     "checksum_offload_nets",
+    "attempt_records",
     "state_dir",
     "state_flush_interval",
     "filters",
@@ -586,6 +592,11 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
         if cv not in ("auto", "yes", "no"):  # sensor.engine.decode.CHECKSUM_MODES
             raise ConfigError(source, "checksum_validation", f"must be auto, yes or no, got {cv!r}")
         kw["checksum_validation"] = cv
+    if "attempt_records" in raw:
+        ar = raw["attempt_records"]
+        if ar not in ATTEMPT_RECORDS:
+            raise ConfigError(source, "attempt_records", f"must be aggregate or each, got {quote(ar)}")
+        kw["attempt_records"] = ar
     if "checksum_offload_nets" in raw:
         on = raw["checksum_offload_nets"] or []
         if isinstance(on, str):

@@ -189,6 +189,13 @@ class DetectionRule:
                 (sup if e.active_at(ts) else expired).append(e)
         return Verdict(not sup, picked, tuple(sup), tuple(expired))
 
+    def could_match(self, known: Mapping[str, Any]) -> bool:
+        """False when no record whose fields ``known`` has take those values
+        can match the rule, whatever its other fields hold: the condition
+        evaluated in three-valued logic, a field test on a field not in
+        ``known`` (or a matcher that is not a plain selection) unknown."""
+        return _eval3(self.condition, {n: _could(m, known) for n, m in self.selections.items()}) is not False
+
     @cached_property
     def _getters(self) -> tuple[Callable[[Mapping[str, Any]], Any], ...]:
         return tuple(_getter(f) for f in sorted(self.fields_used))
@@ -731,6 +738,42 @@ def _eval(node: Node, env: Mapping[str, bool]) -> bool:
         return _eval(node[1], env) or _eval(node[2], env)
     vals = [env[n] for n in node[1]]
     return all(vals) if op == "all" else any(vals)
+
+
+def _could(sel: Matcher, known: Mapping[str, Any]) -> bool | None:
+    """A selection on a record of which only the fields in ``known`` are
+    known: True or False when they decide it, None when they do not."""
+    if not isinstance(sel, _Selection):
+        return None
+    out: bool | None = False
+    for alt in sel.alternatives:
+        v: bool | None = True
+        for t in alt:
+            if t.field not in known:
+                v = None
+            elif not t.pred(t.get(known)):
+                v = False
+                break
+        if v:
+            return True
+        if v is None:
+            out = None
+    return out
+
+
+def _eval3(node: Node, env: Mapping[str, bool | None]) -> bool | None:
+    """``_eval`` in Kleene's three-valued logic (None: unknown)."""
+    op = node[0]
+    if op == "sel":
+        return env[node[1]]
+    if op == "not":
+        v = _eval3(node[1], env)
+        return None if v is None else not v
+    if op in ("and", "all"):
+        vals = [_eval3(node[1], env), _eval3(node[2], env)] if op == "and" else [env[n] for n in node[1]]
+        return False if False in vals else None if None in vals else True
+    vals = [_eval3(node[1], env), _eval3(node[2], env)] if op == "or" else [env[n] for n in node[1]]
+    return True if True in vals else None if None in vals else False
 
 
 def _polarity(node: Node, negated: bool = False, out: dict[str, set[bool]] | None = None) -> dict[str, set[bool]]:

@@ -92,6 +92,7 @@ def collect(
         },
         "decoder": dict(pipe_stats.get("decoder", {})),
         "flows": dict(pipe_stats.get("flows", {}), active=flows_active),
+        "attempts": dict(pipe_stats.get("attempts", {})),
         "expectations": dict(pipe_stats.get("expectations", {})),
         "connections": dict(pipe_stats.get("connections", {})),
         "detect": dict(pipe_stats.get("detect", {})),
@@ -218,6 +219,20 @@ def render(snap: Mapping[str, Any]) -> str:
         "counter",
         "Times the flow table entered emergency mode (90 % of limits.max_flows).",
         fl.get("emergency_entered", 0),
+    )
+    at = snap.get("attempts") or {}
+    o.one(
+        "attempts_aggregated_total",
+        "counter",
+        "Unanswered attempts (bare SYNs) that ended while the flow table was in emergency mode, counted in "
+        "connection_attempts records instead of a connection record each (attempt_records: aggregate).",
+        at.get("aggregated", 0),
+    )
+    o.one(
+        "attempt_groups_written_total",
+        "counter",
+        "connection_attempts weird records written (groups of unanswered attempts).",
+        at.get("groups", 0),
     )
     o.one(
         "expectations_dropped_total",
