@@ -19,6 +19,12 @@ time of each process and of the machine.
 
     sudo .venv/bin/python bench/live_loss.py                       # 100k pps for 10 s, attribution on
     sudo .venv/bin/python bench/live_loss.py --rate 50000 --seconds 5 --no-attribution
+    sudo .venv/bin/python bench/live_loss.py --span --rate 250000 --traffic tcp-session   # on a mirror port
+
+``--span``: the sensor captures a span port instead of ``lo`` -- ``tc`` mirrors
+everything entering ``lo`` (``mirred egress mirror``) to a veth pair inside the
+bench's own namespace, and ``run --mode span -i llspan1`` captures its far end
+(see ``setup_span``).
 
 Not a test: timings depend on the machine; it prints a table and a JSON line.
 """
@@ -222,6 +228,56 @@ def sender_main(a: argparse.Namespace) -> int:
     return 0
 
 
+# -- the span port (--span) ------------------------------------------------------------------------
+
+SPAN_IF, SPAN_PEER = "llspan0", "llspan1"  # the mirror's target / the sensor's span interface
+
+
+def setup_span() -> str:
+    """A span port in this (the bench's own) namespace: a veth pair, and a
+    clsact filter copying every frame entering ``lo`` (the sender's packets,
+    each once) to its near end (``matchall``; ``u32 match u32 0 0`` where the
+    kernel lacks cls_matchall). Returns the far end, the interface to capture."""
+
+    def ip(*argv: str) -> None:
+        subprocess.run(["ip", *argv], check=True, capture_output=True)
+
+    ip("link", "add", SPAN_IF, "type", "veth", "peer", "name", SPAN_PEER)
+    for ifc in (SPAN_IF, SPAN_PEER):  # lo's frames are up to 64 KiB: a smaller MTU drops them at the veth
+        ip("link", "set", ifc, "mtu", "65535", "up")
+    subprocess.run(["tc", "qdisc", "add", "dev", "lo", "clsact"], check=True, capture_output=True)
+    action = ["action", "mirred", "egress", "mirror", "dev", SPAN_IF]
+    flt = ["tc", "filter", "add", "dev", "lo", "ingress"]
+    if subprocess.run([*flt, "matchall", *action], capture_output=True).returncode != 0:
+        subprocess.run(
+            [*flt, "protocol", "all", "u32", "match", "u32", "0", "0", *action], check=True, capture_output=True
+        )
+    return SPAN_PEER
+
+
+def mirror_stats() -> dict:
+    """The mirror action's counters (packets copied, dropped) and the
+    interfaces' drop counters along the way."""
+    out: dict = {}
+    cp = subprocess.run(["tc", "-s", "-j", "filter", "show", "dev", "lo", "ingress"], capture_output=True, text=True)
+    try:
+        for f in json.loads(cp.stdout or "[]"):
+            for act in (f.get("options") or {}).get("actions") or []:
+                st = act.get("stats") or {}
+                out["mirrored"] = out.get("mirrored", 0) + int(st.get("packets", 0))
+                out["mirror_dropped"] = out.get("mirror_dropped", 0) + int(st.get("drops", 0))
+    except (ValueError, AttributeError, TypeError):
+        pass
+    for ifc in (SPAN_IF, SPAN_PEER):  # (ip, not /sys: sysfs shows the namespace it was mounted in)
+        cp = subprocess.run(["ip", "-s", "-j", "link", "show", "dev", ifc], capture_output=True, text=True)
+        try:
+            st = json.loads(cp.stdout)[0]["stats64"]
+            out[f"{ifc}_tx_dropped"], out[f"{ifc}_rx_dropped"] = int(st["tx"]["dropped"]), int(st["rx"]["dropped"])
+        except (ValueError, LookupError, TypeError):
+            pass
+    return out
+
+
 # -- the harness -----------------------------------------------------------------------------------
 
 
@@ -284,6 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=100, help="packets sent between two pacing checks")
     ap.add_argument("--no-attribution", action="store_true", help="span mode: no attribution helper")
     ap.add_argument("--workers", default="1", help="run --workers: capture processes (default 1)")
+    ap.add_argument(
+        "--span",
+        action="store_true",
+        help="capture a span port: lo's ingress mirrored by tc to a veth pair, the sensor in span mode "
+        "on its far end (implies --no-attribution; needs the bench's own namespace)",
+    )
     ap.add_argument("--sensor", help="xfer-sensor console script (default: next to this python)")
     ap.add_argument("--keep-out", action="store_true", help="keep the sensor's output folder")
     ap.add_argument("--json", help="also write the result to this file")
@@ -297,6 +359,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a._sender:
         return sender_main(a)
+    if a.span and a.shared_netns:
+        print("live_loss: --span needs the bench's own namespace (no --shared-netns)", file=sys.stderr)
+        return 2
+    a.no_attribution = a.no_attribution or a.span
     if os.geteuid() != 0:
         print("live_loss: needs root (AF_PACKET sender, capture, attribution helper)", file=sys.stderr)
         return 2
@@ -309,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if a._in_netns:
         subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    iface = setup_span() if a.span else "lo"
     sensor = a.sensor or str(Path(sys.executable).parent / "xfer-sensor")
     work = Path(tempfile.mkdtemp(prefix="xfer-live-loss-"))
     out = work / "out"
@@ -341,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": a.seconds,
         "attribution": not a.no_attribution,
         "workers": a.workers,
+        "span": a.span,
         "flows_per_block": a.flows_per_block,
         "packets_per_flow": a.packets_per_flow,
     }
@@ -351,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
                 sensor,
                 "run",
                 "-i",
-                "lo",
+                iface,
                 "--allow-root",
                 "--config",
                 str(cfg),
@@ -367,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             stderr=open(err_path, "wb"),
         )
         end = time.time() + 20
-        started = "capturing on lo" if a.workers == "1" else "capturing on lo with"
+        started = f"capturing on {iface}" + (" with" if a.workers != "1" else "")
         while started not in err_path.read_text(errors="replace"):
             if time.time() > end or daemon.poll() is not None:
                 raise SystemExit("the sensor did not start:\n" + err_path.read_text(errors="replace"))
@@ -412,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("the sender did not start")
         ready = json.loads(line)
         base = scrape(url)
+        mirror0 = mirror_stats() if a.span else {}
         pids = {"sensor": daemon.pid, "sender": sender.pid}
         if a.workers != "1":  # the supervisor's workers (its children but the helper)
             import psutil
@@ -438,12 +507,13 @@ def main(argv: list[str] | None = None) -> int:
         last, stable_since = -1e18, time.monotonic()
         while time.monotonic() - stable_since < 2.0 and time.monotonic() - t0 < a.seconds + 120:
             time.sleep(0.25)
-            cur = scrape(url).get('xfer_sensor_packets_received_total{interface="lo"}', 0.0)
+            cur = scrape(url).get(f'xfer_sensor_packets_received_total{{interface="{iface}"}}', 0.0)
             if cur - last > IDLE_PACKETS:
                 stable_since = time.monotonic()
             last = cur
         caught_up = time.monotonic() - t0
         m = scrape(url)
+        mirror1 = mirror_stats() if a.span else {}
         busy1 = machine_busy()
         cpu1 = {k: proc_cpu(p) for k, p in pids.items()}
         daemon.send_signal(signal.SIGTERM)
@@ -480,10 +550,10 @@ def main(argv: list[str] | None = None) -> int:
                 "flows_recorded": flows_seen,
                 "sensor_processed_of_ours": seen,
                 "loss_pct": round(100.0 * (sent["sent"] - seen) / sent["sent"], 4) if sent["sent"] else 0.0,
-                "pcap_received": d('xfer_sensor_packets_received_total{interface="lo"}'),
-                "pcap_kernel_received": d('xfer_sensor_packets_kernel_received_total{interface="lo"}'),
-                "kernel_dropped": d('xfer_sensor_packets_dropped_total{interface="lo",by="kernel"}'),
-                "interface_dropped": d('xfer_sensor_packets_dropped_total{interface="lo",by="interface"}'),
+                "pcap_received": d(f'xfer_sensor_packets_received_total{{interface="{iface}"}}'),
+                "pcap_kernel_received": d(f'xfer_sensor_packets_kernel_received_total{{interface="{iface}"}}'),
+                "kernel_dropped": d(f'xfer_sensor_packets_dropped_total{{interface="{iface}",by="kernel"}}'),
+                "interface_dropped": d(f'xfer_sensor_packets_dropped_total{{interface="{iface}",by="interface"}}'),
                 "sensor_caught_up_after_s": round(caught_up, 2),
                 # how long after the last packet was sent the sensor was still working through the
                 # capture ring buffer's backlog (the 2 s of quiet that ends the wait excluded; resolution
@@ -498,6 +568,8 @@ def main(argv: list[str] | None = None) -> int:
                 "cpus": os.cpu_count(),
             }
         )
+        if a.span:  # what the tc mirror copied and dropped (deltas over the run)
+            result["mirror"] = {k: v - mirror0.get(k, 0) for k, v in mirror1.items()}
         if helper is not None:  # the helper's counters, as /metrics shows them
             result["attribution_helper"] = {
                 "lookups": d("xfer_sensor_attribution_lookups_total"),
@@ -531,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if result.get("attribution_helper"):
         print("attribution helper:", json.dumps(result["attribution_helper"]))
+    if result.get("mirror"):
+        print("span mirror:", json.dumps(result["mirror"]))
     print(json.dumps(result))
     return 0
 

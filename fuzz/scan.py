@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Bounded state under a SYN scan, as one command:
 
-    python fuzz/scan.py [--syns 1000000] [--sources 50000] [--max-flows 100000] [--keep] [--out DIR]
+    python fuzz/scan.py [--syns 1000000] [--sources 50000] [--max-flows 100000] [--keep] [--out DIR] [--each]
 
 Writes (with struct, in seconds) a capture of ``--syns`` TCP SYNs from
 ``--sources`` addresses to tracked ports (445, 21, 139, 990) of 20 public
@@ -10,11 +10,15 @@ crafted with tests/support/craft.py) spread through it; replays it with
 ``xfer-sensor replay --format json`` as a child process and reports what the
 issue asks for: tracked flows never above ``max_flows`` (``active_max``),
 evictions and expiries, the FTP sessions still counted and alerted on (one
-alert, 5 connections in the hunt), the child's peak RSS (``wait4``) against a
-bound (``--rss-bound-mb``, 200), and the time taken. ``--out DIR``: the
-replay writes the records there (as a deployment does) and every connection
-record must be a line of ``connections.jsonl``. Exit status 1 when a check
-fails.
+alert, 5 connections in the hunt), every flow in a connection record or
+counted in a ``connection_attempts`` record (``attempt_records: aggregate``,
+docs/engine.md), the child's peak RSS (``wait4``) against a bound
+(``--rss-bound-mb``, 200), and the time taken. ``--out DIR``: the replay
+writes the records there (as a deployment does) and every connection record
+must be a line of ``connections.jsonl``, the FTP sessions' records whole
+(successful, ``SF``, the login) and the ``Attempts`` of weird.jsonl the
+attempts aggregated. ``--each``: ``attempt_records: each`` (a record per
+attempt, as before aggregation). Exit status 1 when a check fails.
 
 ``syn_scan_frames`` is also used by tests/test_bounded_state.py (small scans).
 """
@@ -36,10 +40,12 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 SCAN_PORTS = (445, 21, 139, 990)
 FTP_SERVER = "203.0.113.10"
+FTP_SERVER_SAYS = (b"220 ready\r\n", b"331 password\r\n", b"230 ok\r\n", b"221 bye\r\n")  # each FTP session's replies
 CONFIG = """\
 home_net: [192.168.56.0/24, 10.0.0.0/8]
 ip_type_overrides: {{203.0.113.0/24: Public, 198.51.100.0/24: Public}}
 limits: {{max_flows: {max_flows}}}
+attempt_records: {attempt_records}
 """
 
 
@@ -124,8 +130,10 @@ def ftp_frames(t0_us: int, span_us: int) -> list[tuple[int, bytes]]:
     for i in range(5):
         t = (t0_us + (i + 1) * span_us // 6) / 1e6
         c = Tcp("192.168.56.10", FTP_SERVER, 40000 + i, 21, t).handshake()
-        c.s2c(b"220 ready\r\n").c2s(b"USER anonymous\r\n").s2c(b"331 password\r\n").c2s(b"PASS guest@\r\n")
-        c.s2c(b"230 ok\r\n").c2s(b"QUIT\r\n").s2c(b"221 bye\r\n")
+        for said, line in zip(FTP_SERVER_SAYS, (b"USER anonymous\r\n", b"PASS guest@\r\n", b"QUIT\r\n", None)):
+            c.s2c(said)
+            if line is not None:
+                c.c2s(line)
         out += [(int(round(float(p.time) * 1e6)), bytes(p)) for p in c.fin().pkts]
     return out
 
@@ -169,6 +177,26 @@ def replay(pcap: Path, cfg: Path, out: Path | None = None) -> dict[str, Any]:
     }
 
 
+def _written(out: Path) -> tuple[list[tuple[str, str, str, int]], int]:
+    """From the records written to ``out``: the FTP sessions' (ActionType,
+    ConnState, AppUser, ReceivedBytes), and the attempts the
+    connection_attempts records count."""
+    ftp = []
+    with open(out / "connections.jsonl", "rb") as f:
+        for line in f:
+            if FTP_SERVER.encode() in line:
+                r = json.loads(line)
+                if r["RemoteIP"] == FTP_SERVER:
+                    ftp.append((r["ActionType"], r["ConnState"], r["AppUser"], r["ReceivedBytes"]))
+    attempts = 0
+    with open(out / "weird.jsonl", "rb") as f:
+        for line in f:
+            w = json.loads(line)
+            if w["Name"] == "connection_attempts":
+                attempts += w["Attempts"]
+    return sorted(ftp), attempts
+
+
 def report(run: dict[str, Any], checks: dict[str, bool]) -> int:
     """Print the replay's figures and the checks; 0 when all pass."""
     res = run["res"]
@@ -181,6 +209,7 @@ def report(run: dict[str, Any], checks: dict[str, bool]) -> int:
     print("flows: " + ", ".join(f"{k} {v:,}" for k, v in res["stats"]["flows"].items()))
     print("expectations: " + ", ".join(f"{k} {v:,}" for k, v in res["stats"]["expectations"].items()))
     print("detect: " + ", ".join(f"{k} {v:,}" for k, v in res["stats"]["detect"].items()))
+    print("attempts: " + ", ".join(f"{k} {v:,}" for k, v in res["stats"]["attempts"].items()))
     for line in run["stderr"].splitlines():
         print(f"stderr: {line}")
     for text, ok in checks.items():
@@ -200,12 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--out", help="replay with --out DIR: the records written (and counted) as a deployment writes them"
     )
+    ap.add_argument("--each", action="store_true", help="attempt_records: each (one record per unanswered SYN)")
     args = ap.parse_args(argv)
 
     work = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="xfer-scan-"))
     work.mkdir(parents=True, exist_ok=True)
     pcap, cfg = work / "scan.pcap", work / "scan.yaml"
-    cfg.write_text(CONFIG.format(max_flows=args.max_flows))
+    cfg.write_text(CONFIG.format(max_flows=args.max_flows, attempt_records="each" if args.each else "aggregate"))
     t0_us = 1_790_000_000_000_000
     span = args.syns * args.gap_us
     t = time.perf_counter()
@@ -220,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run["res"]
     fl = res["stats"]["flows"]
     alerts = [a for a in res["alerts"] if a.get("RemoteIP") == FTP_SERVER]
+    agg = res["stats"]["attempts"]["aggregated"]
     overflow = args.syns > args.max_flows
     checks = {
         f"active_max {fl['active_max']:,} <= max_flows {args.max_flows:,}": fl["active_max"] <= args.max_flows,
@@ -231,12 +262,22 @@ def main(argv: list[str] | None = None) -> int:
         == [(5, "anonymous")],
         "overflow and emergency reported on stderr": not overflow
         or ("flow table full" in run["stderr"] and "emergency mode" in run["stderr"]),
+        f"connection records {res['connections']:,} + attempts aggregated {agg:,} == flows created {fl['created']:,}": res[
+            "connections"
+        ]
+        + agg
+        == fl["created"],
+        "aggregated attempts reported on stderr": not agg or f"unanswered attempts aggregated: {agg} " in run["stderr"],
         f"peak RSS {run['rss_mb']:.1f} MB <= {args.rss_bound_mb:.0f} MB": run["rss_mb"] <= args.rss_bound_mb,
     }
     if out is not None:
         with open(out / "connections.jsonl", "rb") as f:
             lines = sum(1 for _ in f)
         checks[f"{lines:,} lines in connections.jsonl == {res['connections']:,} records"] = lines == res["connections"]
+        ftp, attempts = _written(out)
+        want = ("ConnectionSuccess", "SF", "anonymous", sum(map(len, FTP_SERVER_SAYS)))
+        checks[f"FTP records {ftp} == 5 x {want}"] = ftp == [want] * 5
+        checks[f"Attempts in weird.jsonl {attempts:,} == aggregated {agg:,}"] = attempts == agg
     rc = report(run, checks)
     if not args.keep and not args.dir:
         pcap.unlink()

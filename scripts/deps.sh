@@ -15,7 +15,9 @@ if [ "$want" = test ]; then
              rsyslog-openssl
              # the report's browser tests: Debian's chromium, driven by the pip playwright package
              # (tests/support/browser.py; never `playwright install`, which downloads browsers)
-             chromium)
+             chromium
+             # Apache Spark (pyspark, local mode) runs the exported queries in tests/test_export.py
+             default-jre-headless)
 fi
 
 missing=()
@@ -46,7 +48,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 if [ "$want" = test ]; then
-  .venv/bin/python -m pip install -q -e '.[test,lint]'
+  # sigma: pySigma, sigma-cli and the backends for tests/test_sigma_tools.py and test_export.py
+  .venv/bin/python -m pip install -q -e '.[test,lint,sigma]'
 else
   .venv/bin/python -m pip install -q .
 fi

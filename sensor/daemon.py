@@ -15,10 +15,11 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sensor.attribution.book import AttributionBook, endpoint_config
+from sensor.attribution.recording import comment_for
 from sensor.core.config import Config, ConfigError, load_config, parse_listen, parse_workers
 from sensor.detect.detector import Detector
 from sensor.detect.rules import RuleError, RuleSet, load_rules
@@ -28,6 +29,7 @@ from sensor.io.capture import CaptureError
 from sensor.io.live import DEFAULT_TIMEOUT_MS, LiveCapture
 from sensor.io.outdir import check_outdir
 from sensor.io.privileges import drop_daemon_caps
+from sensor.io.ring import Recorder
 from sensor.io.sdnotify import SdNotifier
 from sensor.io.sinks import build_outputs
 from sensor.pipeline import Pipeline
@@ -59,6 +61,8 @@ class Daemon:
         mode: str = "endpoint",
         metrics_listen: tuple[str, int] | None | bool = True,
         state_dir: str | None = None,
+        filters: Sequence[str] = (),
+        pcap_dir: str | None = None,
         link: WorkerLink | None = None,
     ) -> None:
         # link: this daemon is one worker of `run --workers N` (sensor/workers.py): its share of
@@ -66,9 +70,10 @@ class Daemon:
         self.link = link
         self.config_path = config_path
         self.rules_path = rules_path
+        self.filters = tuple(filters)  # --filters (the config's filters: are read with each config)
         self.endpoint = mode == "endpoint"
         self.cfg: Config = self._config(load_config(config_path))
-        self.rules: RuleSet = load_rules(rules_path, RECORD_FIELDS, self.cfg.limits.max_match_chars)
+        self.rules: RuleSet = self._rules(self.cfg)
         if self.cfg.output.files:
             check_outdir(outdir)  # an unusable --out: exit 2 before capturing
         # the config's outputs (profile, files, stdout, syslog), each behind a
@@ -82,6 +87,9 @@ class Daemon:
         )
         self.book = AttributionBook() if self.endpoint else None
         self.pipe = Pipeline(self.cfg, self.rules, self.sink, attribution=self.book)
+        # the flight recorder (--pcap-dir): the tracked packets, with their process (sensor/io/ring.py)
+        ring_dir = pcap_dir or self.cfg.pcap_dir
+        self.recorder = Recorder(ring_dir, self.cfg.pcap_ring) if ring_dir else None
         # rule windows from the last run (a bad state file is logged and moved aside, never fatal)
         state = Path(state_dir or self.cfg.state_dir or DEFAULT_STATE_DIR)
         self.persist = WindowPersistence.open(
@@ -132,6 +140,11 @@ class Daemon:
             # the first packet's kernel time (the capture's clock); else when the tap saw it
             ts = t[2] if len(t) > 2 and t[2] else t[0] if t else 0.0
             self.book.add(key, a, int(ts * 1e6) if ts else None)
+            if self.recorder is not None:
+                first = int(ts * 1e6) if ts else None
+                note = comment_for(a, first, self.cfg.limits.max_comment_chars)
+                if note:
+                    self.recorder.annotate(key, first, note, bool(a.InitiatingProcessFileName))
         if got:
             self.pipe.attributions_arrived()
         return len(got)
@@ -140,16 +153,24 @@ class Daemon:
     def _on_hup(self, signum, frame) -> None:
         self.hup = True
 
+    def _rules(self, cfg: Config) -> RuleSet:
+        """The rules folder with the filters of ``cfg`` and --filters applied;
+        the match cap is the running one (limits change on restart only)."""
+        cap = self.cfg.limits.max_match_chars
+        return load_rules(self.rules_path, RECORD_FIELDS, cap, [*cfg.filters, *self.filters])
+
     def _on_term(self, signum, frame) -> None:
         self.stop = True
 
     def reload(self) -> None:
         self.notify.reloading("reloading")
         self.sink.request_reopen()
+        if self.recorder is not None:
+            self.recorder.request_reopen()
         try:
             cfg = self._config(load_config(self.config_path))
             # limits change on restart only: the running cap, as the running rules have
-            rules = load_rules(self.rules_path, RECORD_FIELDS, self.cfg.limits.max_match_chars)
+            rules = self._rules(cfg)
         except (ConfigError, RuleError) as e:
             log.error("reload refused, keeping the running config and rules: %s", e)
             self.notify.ready("reload refused: " + str(e)[:200])
@@ -168,6 +189,8 @@ class Daemon:
                 "metrics_listen",
                 "state_dir",
                 "state_flush_interval",
+                "pcap_dir",
+                "pcap_ring",
             )
             if getattr(cfg, f) != getattr(self.cfg, f)
         ]
@@ -180,8 +203,9 @@ class Daemon:
         kept = new.carry_over(old)
         self.persist.adopt(old, new)
         self.pipe.detector = new
+        self.pipe.attempt_policy(cfg, rules)  # a new rule may count unanswered attempts: no aggregation then
         for entry in self.rules.allow_entries:  # keep the suppressed counts monotonic across reloads
-            k = (entry.rule_id, entry.selection)
+            k = (entry.rule_id, entry.name)
             h, x = self.allow_base.get(k, (0, 0))
             self.allow_base[k] = (h + entry.hits, x + entry.expired_hits)
         self.rules = rules
@@ -215,6 +239,7 @@ class Daemon:
             outputs=self.sink.stats(),
             start_time=self.started,
             state_write_errors=self.persist.write_errors,
+            recording=self.recorder.stats() if self.recorder is not None else None,
         )
 
     def status_line(self) -> str:
@@ -232,7 +257,9 @@ class Daemon:
         next_status = time.monotonic() + self.cfg.status_interval
         next_publish = time.monotonic() + metrics.PUBLISH_EVERY_S
         next_bounds = time.monotonic() + BOUNDS_CHECK_S
-        handler_for = self.pipe.handler_for
+        handler_for: Callable[[int], Callable[[int, bytes], None]] = self.pipe.handler_for
+        if self.recorder is not None:
+            handler_for = self.recorder.wrap(handler_for)
         wake = [self.link.chan.fileno()] if self.link is not None else []  # the supervisor's attributions
         try:
             while not self.stop:
@@ -274,6 +301,8 @@ class Daemon:
                 time.sleep(ATTRIBUTION_SETTLE_S)
                 self.collect_attributions()
             self.pipe.finish()
+            if self.recorder is not None:
+                self.recorder.close()
             self.persist.close()
             self.sink.close()
             self.sink.log_losses()
@@ -297,6 +326,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("-i", "--interface", action="append", required=True, help="interface (repeatable)")
     ap.add_argument("--config", help="config YAML (default /etc/xfer-sensor/config.yaml when present)")
     ap.add_argument("--rules", help="rules folder (default: the shipped rules)")
+    ap.add_argument(
+        "--filters",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="allow filters: a Sigma filter file or folder (repeatable; beside the config's filters:)",
+    )
     ap.add_argument("--out", default="/var/log/xfer-sensor", help="folder for the .jsonl files")
     ap.add_argument(
         "--mode",
@@ -321,6 +357,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="ADDR:PORT",
         help="serve Prometheus /metrics on this loopback address, or 'off' "
         "(default: the config's metrics_listen, else off)",
+    )
+    ap.add_argument(
+        "--pcap-dir",
+        metavar="DIR",
+        help="keep a ring of pcapng files of the tracked packets here, each packet of an attributed "
+        "connection commented with its process (default: the config's pcap_dir, else off; "
+        "bounds: the config's pcap_ring)",
     )
     ap.add_argument(
         "--workers",
@@ -358,6 +401,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 mode=args.mode,
                 metrics_listen=listen,
                 state_dir=args.state_dir,
+                filters=args.filters,
+                pcap_dir=args.pcap_dir,
                 link=link,
             )
 
@@ -365,6 +410,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = resolve_workers(
             cfg.workers if args.workers is None else parse_workers("command line", "--workers", args.workers)
         )
+        if n > 1 and (args.pcap_dir or cfg.pcap_dir):  # N recorders would share one ring's folder and bound
+            raise ConfigError("command line", "--workers", "the flight recorder (--pcap-dir, pcap_dir) needs 1 worker")
         if n > 1:
             return _supervise(n, daemon, cfg, rules, args, listen)
         d = daemon()
@@ -379,7 +426,7 @@ def _supervise(n: int, daemon, cfg: Config, rules_path: str, args: argparse.Name
     endpoint = args.mode == "endpoint"
     if endpoint:
         cfg = endpoint_config(cfg)
-    rules = load_rules(rules_path, RECORD_FIELDS, cfg.limits.max_match_chars)
+    rules = load_rules(rules_path, RECORD_FIELDS, cfg.limits.max_match_chars, [*cfg.filters, *args.filters])
     if cfg.output.files:
         check_outdir(Path(args.out))
 

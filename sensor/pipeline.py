@@ -16,6 +16,7 @@ from sensor.attribution.book import AttributionBook
 from sensor.core.config import Config
 from sensor.detect.detector import Detector
 from sensor.detect.rules import RuleSet
+from sensor.engine.attempts import AttemptGroups, AttemptStats
 from sensor.engine.bpf import capture_filters
 from sensor.engine.decode import (
     DLT_RAW_ALIASES,
@@ -37,7 +38,7 @@ from sensor.engine.dispatch import Dispatcher
 from sensor.engine.fastpath import ethernet_handler
 from sensor.engine.flows import EMERGENCY_ENTER, EMERGENCY_EXIT, EMERGENCY_TIMEOUTS_S, Flow, FlowTable
 from sensor.engine.ports import PortSet
-from sensor.records.mde import RecordBuilder, iso_us
+from sensor.records.mde import ATTEMPTS_WEIRD, RecordBuilder, iso_us
 
 # weird records written per name before only counting (Zeek samples weirds too)
 WEIRD_LOG_PER_NAME = 1000
@@ -145,6 +146,9 @@ class Pipeline:
         else:  # an unanswered SYN kept as an embryo ends without a Flow (_attempt_ended)
             self.flows.attempt_ended = self._attempt_ended
         self.detector = Detector(rules, config.limits)
+        self.attempt_stats = AttemptStats()
+        self.attempts_kept_by: str | None = None
+        self.attempt_policy(config, rules)
         self.weird_counts: dict[str, int] = {}
         self.action_counts: dict[str, int] = {}
         self._decoders: dict[int, Callable[[int, bytes], None]] = {}
@@ -227,6 +231,30 @@ class Pipeline:
         self.sink.emit("connections", rec)
         for alert in self.detector.observe(rec, ts):
             self.sink.emit("alerts", alert)
+
+    def attempt_policy(self, config: Config, rules: RuleSet) -> None:
+        """Whether unanswered attempts of a flood are aggregated (sensor/engine/attempts.py):
+        ``attempt_records: aggregate``, no attribution (a record names its process) and no
+        detection rule that could match such an attempt's record (``attempts_kept_by``: the
+        first that could). Again when the daemon reloads config and rules: the groups held are
+        written first when it turns off."""
+        wanted = config.attempt_records == "aggregate" and self.book is None
+        alike = self.records.attempt_constants()
+        self.attempts_kept_by = (
+            next((d.ref for d in rules.detections if d.could_match(alike)), None) if wanted else None
+        )
+        ft = self.flows
+        if wanted and self.attempts_kept_by is None:
+            if ft.attempt_groups is None:
+                ft.attempt_groups = AttemptGroups(config.limits.max_attempt_groups, self._attempts, self.attempt_stats)
+        elif ft.attempt_groups is not None:
+            ft.attempt_groups.flush()
+            ft.attempt_groups = None
+
+    def _attempts(self, orig_b: bytes, resp_p: int, n: int, first: int, last: int, resp_b: bytes) -> None:
+        """A group of unanswered attempts is written (one record, never capped as other weirds are)."""
+        self.weird_counts[ATTEMPTS_WEIRD] = self.weird_counts.get(ATTEMPTS_WEIRD, 0) + 1
+        self.sink.emit("weird", self.records.attempts(orig_b, resp_p, n, first, last, resp_b))
 
     def _emit_connection(self, flow: Flow) -> None:
         att = None
@@ -331,12 +359,22 @@ class Pipeline:
         stderr and ``--format json``; empty when none was)."""
         fl, ft = self.flows.stats, self.flows
         ex = self.app.expect
+        ag = self.attempt_stats
         out = []
         if fl.evicted:
             out.append(
                 f"flow table full: {fl.evicted} flow(s) evicted at limits.max_flows {ft.max_flows} "
                 f"({fl.created} created, at most {fl.active_max} at once); each still has its record"
+                + (f" (or is counted in a {ATTEMPTS_WEIRD} record)" if ag.aggregated else "")
             )
+        if ag.aggregated:
+            out.append(
+                f"unanswered attempts aggregated: {ag.aggregated} bare SYN(s) that ended unanswered while the flow "
+                f"table was nearly full are counted in {ag.groups} {ATTEMPTS_WEIRD} weird record(s) by originator "
+                "and port, not a connection record each (attempt_records: aggregate)"
+            )
+        if fl.evicted and self.attempts_kept_by is not None:
+            out.append(f"unanswered attempts not aggregated: rule {self.attempts_kept_by} could match one's record")
         if fl.emergency_entered:
             a, e, c, u = EMERGENCY_TIMEOUTS_S
             out.append(
@@ -392,6 +430,7 @@ class Pipeline:
         return {
             "decoder": self.decode_stats.as_dict(),
             "flows": dict(self.flows.stats.as_dict(), emergency=int(self.flows.emergency)),
+            "attempts": self.attempt_stats.as_dict(),
             "app": dict(self.app.stats),
             "expectations": self.app.expect.stats.as_dict(),
             "detect": self.detector.stats.as_dict(),

@@ -106,12 +106,17 @@ def test_scan_never_exceeds_max_flows_and_counts_evictions(scan_replay):
     # at most MAX_FLOWS flows were still there to flush at the end; the rest went by eviction
     assert st.evicted >= st.created - MAX_FLOWS - st.expired
     assert st.evicted > 0
-    # an evicted flow is not lost: every flow has its record
+    # an evicted flow is not lost: every flow has its record, or (an unanswered
+    # SYN ended while the table was nearly full) is counted in a connection_attempts record
     conns = sink.records["connections"]
-    assert len(conns) == st.created
+    groups = [w for w in sink.records["weird"] if w["Name"] == "connection_attempts"]
+    agg = pipe.flows.attempt_groups.stats
+    assert agg.aggregated == sum(g["Attempts"] for g in groups) > SCAN_SYNS // 2
+    assert len(groups) == agg.groups
+    assert len(conns) + agg.aggregated == st.created
     scan = [c for c in conns if c["RemotePort"] != 21 or c["RemoteIP"] != SRV]
-    assert len(scan) == SCAN_SYNS
-    assert {c["ConnState"] for c in scan} == {"S0"} and {c["ActionType"] for c in scan} == {"ConnectionFailed"}
+    assert len(scan) + agg.aggregated == SCAN_SYNS
+    assert {c["ConnState"] for c in scan} <= {"S0"} and {c["ActionType"] for c in scan} <= {"ConnectionFailed"}
 
 
 def test_scan_does_not_hide_the_ftp_sessions(scan_replay):
@@ -358,7 +363,9 @@ def test_embryo_bounds_and_eviction_order():
     """Embryos count against max_flows; beyond it the oldest bare SYN goes first."""
     n, cap = 3_000, 500
     pipe, sink = _replay_frames(
-        list(syn_scan_frames(n, sources=n, t0_us=int(T0 * 1e6), gap_us=10)), dict(CFG, limits={"max_flows": cap}), True
+        list(syn_scan_frames(n, sources=n, t0_us=int(T0 * 1e6), gap_us=10)),
+        dict(CFG, limits={"max_flows": cap}, attempt_records="each"),
+        True,
     )
     st = pipe.flows.stats
     assert st.active_max == cap and st.created == st.ended == n and st.embryos == n - cap // 2
@@ -466,12 +473,19 @@ def test_replay_reports_overflow_and_emergency_on_stderr(scan_replay, tmp_path):
     lines = cp.stderr.decode().splitlines()
     full = [x for x in lines if "flow table full" in x]
     emerg = [x for x in lines if "emergency mode" in x]
-    assert len(full) == 1 and len(emerg) == 1, lines
+    agg = [x for x in lines if "unanswered attempts aggregated" in x]
+    assert len(full) == 1 and len(emerg) == 1 and len(agg) == 1, lines
+    assert f"unanswered attempts aggregated: {res['stats']['attempts']['aggregated']} bare SYN(s)" in agg[0]
+    # the summary counts them (not tabulated: no rule counts one) and says why nothing alerted
+    (hunt,) = res["hunt"]
+    assert hunt["attempts_aggregated"] == res["stats"]["attempts"]["aggregated"] > 0
+    assert hunt["connections"] == 0 and hunt["attempts_aggregated"] == SCAN_SYNS  # all in emergency mode
+    assert res["no_alerts"].startswith(f"only unanswered connection attempts ({SCAN_SYNS}, aggregated")
     assert f"{fl['evicted']} flow(s) evicted at limits.max_flows {MAX_FLOWS}" in full[0]
     assert fl["evicted"] == SCAN_SYNS - MAX_FLOWS - fl["expired"]
     assert f"entered {fl['emergency_entered']} time(s)" in emerg[0] and fl["emergency_entered"] == 1
     assert all(x.startswith("xfer-sensor: warning: ") for x in lines)
-    assert res["bounds"] == [x.removeprefix("xfer-sensor: warning: ") for x in full + emerg]
+    assert res["bounds"] == [x.removeprefix("xfer-sensor: warning: ") for x in full + agg + emerg]
     # far from the bound: nothing said
     cp, res = _cli_replay(pcap, f"limits: {{max_flows: {SCAN_SYNS * 2}}}\n", tmp_path)
     assert cp.stderr == b"" and res["bounds"] == [] and res["stats"]["flows"]["evicted"] == 0
@@ -515,6 +529,9 @@ def test_daemon_bound_news_once_per_burst_and_metrics():
     assert "xfer_sensor_flows_emergency 1" in text
     assert "xfer_sensor_flows_emergency_entered_total 1" in text
     assert "xfer_sensor_flows_evicted_total 105" in text
+    # the evicted bare SYNs (in emergency mode) were counted in their groups, not written yet
+    assert f"xfer_sensor_attempts_aggregated_total {pipe.flows.attempt_groups.stats.aggregated}" in text
+    assert pipe.flows.attempt_groups.stats.aggregated == 105 and "xfer_sensor_attempt_groups_written_total 0" in text
     assert "xfer_sensor_flows_active 100" in text
     assert "xfer_sensor_expectations_dropped_total 0" in text
 

@@ -38,7 +38,11 @@ conversation by its endpoints:
 * the attribution rate over the short-lived runs: >= 99 % of control
   connections / requests / SMB sessions right (pid, name, account), 100 % of
   the linked data channels -- printed beside the polling baseline's rate on
-  the very same connections (run with ``-s`` to see the figures).
+  the very same connections (run with ``-s`` to see the figures);
+* the flight recorder (``--pcap-dir``): tshark shows the process of each
+  attributed connection in its recorded packets' comments, and a replay of
+  the ring gives the same connections with the same process columns
+  (``AttributionSource`` "recording") and the same alerts as the live records.
 
 Needs root, iproute2, setpriv, useradd, tcpdump, tshark and the servers and
 clients (scripts/deps.sh installs them); without them the tests FAIL, never
@@ -62,17 +66,19 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.lab.clients import ensure_login_users
 from tests.lab.netns import Lab, LabError, require_tools
+from tests.lab.oracle import by_conversation, bytes_vs_tshark, record_ts
 from tests.lab.poller import PollerResult
 from tests.lab.scenarios import CLIENT_TOOLS, Recorder, Session
-from tests.lab.sensor import SensorDaemon
+from tests.lab.sensor import SensorDaemon, read_jsonl, sensor_bin
 from tests.lab.servers import FILES, Smbd, Tftpd, Vsftpd
+from tests.lab.tools import keep_copies
 
 pytestmark = [pytest.mark.lab, pytest.mark.root]
 
@@ -118,10 +124,6 @@ class Run:
     @property
     def user(self) -> str:
         return self.session.os_user
-
-
-def _ts(iso: str) -> float:
-    return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
 
 
 def _plan(recs: dict[str, Recorder], servers: dict, n_short: int) -> list:
@@ -206,17 +208,12 @@ def _plan(recs: dict[str, Recorder], servers: dict, n_short: int) -> list:
 
 
 def _lftp(r: Recorder, v: Vsftpd, user: str) -> Session:
-    return r.lftp(
+    return r.lftp_active(
         [
             r.dl("odd.bin", "odd.bin", v.local_root, 20, "lftp_"),
             r.ul("blk1536.bin", f"e2e_lftp_{user}.bin", v.local_root, 20),
         ],
         user="xsuser2",
-        url=f"ftp://{r.lab.srv_ip}",
-        port=21,
-        protocol="ftp",
-        mode="active-port",
-        settings="set ftp:passive-mode off; set ftp:ssl-allow no; ",
     )
 
 
@@ -246,6 +243,7 @@ class _Result:
         self.timing: dict[str, float] = {}
         self.capture: dict = {}
         self.metrics: list[str] = []
+        self.ring: dict = {}  # the flight recorder: files, tshark's comments, the ring's replay
 
 
 def _start_poller(lab: Lab, out: Path) -> subprocess.Popen:
@@ -295,6 +293,8 @@ def _e2e() -> _Result:
             sensor = SensorDaemon(lab, workdir / "sensor", config)
             if "--metrics-listen" in sensor.help_text():  # the helper's counters, for the report
                 sensor.extra += ["--metrics-listen", f"127.0.0.1:{METRICS_PORT}"]
+            ring = workdir / "sensor" / "ring"  # the flight recorder, default bounds
+            sensor.extra += ["--pcap-dir", str(ring)]
             pcap = workdir / "e2e.pcap"
             cap = lab.capture(pcap)
             cap.start()
@@ -342,7 +342,7 @@ def _e2e() -> _Result:
                     res.metrics = [
                         ln
                         for ln in sensor.scrape(METRICS_PORT).splitlines()
-                        if "attribution" in ln and not ln.startswith("#")
+                        if ("attribution" in ln or "recording" in ln) and not ln.startswith("#")
                     ]
             finally:
                 poll = _stop_poller(lab, poller, poll_out)
@@ -359,25 +359,61 @@ def _e2e() -> _Result:
             res.weird = sensor.records("weird")
             for srv in servers.values():
                 srv.stop()
+        res.ring = _ring_view(ring, sensor.cfg_path, res.connections, workdir / "ring-replay")
         from tests.lab.oracle import conversations
 
         t0 = time.monotonic()
         res.conversations = conversations(pcap, ports=None)
         res.timing["tshark_s"] = time.monotonic() - t0
     finally:
-        keep = os.environ.get("XSE2E_KEEP")  # a folder: keep the records, the pcap and the poll
-        if keep:
-            shutil.rmtree(keep, ignore_errors=True)
-            Path(keep).mkdir(parents=True)
-            for src in (workdir / "sensor", workdir / "e2e.pcap", workdir / "poll.json"):
-                if src.is_dir():
-                    shutil.copytree(src, Path(keep) / src.name, ignore=shutil.ignore_patterns("*.sock"))
-                elif src.exists():
-                    shutil.copy(src, keep)
+        keep_copies(
+            "XSE2E_KEEP", (workdir / "sensor", workdir / "e2e.pcap", workdir / "poll.json")
+        )  # a folder: keep the records and captures
         shutil.rmtree(workdir, ignore_errors=True)
     _assign(res)
     res.timing["total_s"] = time.monotonic() - t_all
     return res
+
+
+def _ring_view(ring: Path, cfg_path: Path, live: list[dict], out: Path) -> dict:
+    """The ring's files, the comments tshark reads in them, and the records
+    of ``xfer-sensor replay RING`` (DeviceName as the live records say)."""
+    files = sorted(ring.glob("*.pcapng"))
+    fields = ["frame.time_epoch", "ip.src", "ip.dst", "tcp.srcport", "tcp.dstport", "udp.srcport", "udp.dstport"]
+    packets = []
+    for f in files:
+        argv = ["tshark", "-r", str(f), "-T", "fields", "-E", "separator=/t", "-E", "occurrence=f"]
+        for x in [*fields, "frame.comment"]:
+            argv += ["-e", x]
+        cp = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+        if cp.returncode != 0:
+            raise LabError(f"tshark -r {f}: {cp.stderr[-500:]}")
+        for ln in cp.stdout.splitlines():
+            t, src, dst, ts, td, us, ud, comment = (ln.split("\t") + [""] * 8)[:8]
+            proto, sp, dp = ("Tcp", ts, td) if ts else ("Udp", us, ud)
+            if sp and dp:
+                packets.append((float(t), proto, src, int(sp), dst, int(dp), comment))
+    cfg = yaml.safe_load(cfg_path.read_text()) or {}
+    devices = {c["DeviceName"] for c in live}
+    if len(devices) == 1:  # the live daemon's host name (endpoint mode); a replay names the device so
+        cfg["device_name"] = devices.pop()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg))
+    cp = subprocess.run(
+        [sensor_bin(), "replay", str(ring), "--config", str(out / "config.yaml"), "--out", str(out / "records")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return {
+        "files": [(f.name, f.stat().st_size, f.stat().st_mode & 0o777) for f in files],
+        "packets": packets,
+        "replay_rc": cp.returncode,
+        "replay_stderr": cp.stderr,
+        "connections": read_jsonl(out / "records" / "connections.jsonl"),
+        "alerts": read_jsonl(out / "records" / "alerts.jsonl"),
+        "transfers": read_jsonl(out / "records" / "transfers.jsonl"),
+    }
 
 
 def _assign(res: _Result) -> None:
@@ -391,16 +427,7 @@ def _assign(res: _Result) -> None:
         if c.get("ParentUid"):
             by_parent[c["ParentUid"]].append(c)
     for run in res.runs:
-        s = run.session
-        run.primaries = [
-            c
-            for c in res.connections
-            if c["Protocol"] == run.transport
-            and c["RemotePort"] == run.rport
-            and c["RemoteIP"] == res.srv_ip
-            and c["LocalIP"] == res.cli_ip
-            and s.t_start <= _ts(c["FirstSeen"]) <= s.t_end
-        ]
+        run.primaries = run.session.records(res.connections, res.cli_ip)
         if len(run.primaries) == 1:
             run.primary = run.primaries[0]
             run.data = by_parent.get(run.primary["Uid"], [])
@@ -419,36 +446,8 @@ def e2e() -> _Result:
     return res
 
 
-def _ckey(c: dict) -> tuple:
-    """A record's endpoint pair, as tshark's Conversation.key()."""
-    return (c["Protocol"].lower(), frozenset({(c["LocalIP"], c["LocalPort"]), (c["RemoteIP"], c["RemotePort"])}))
-
-
 def _by_conversation(e2e: _Result) -> tuple[dict, dict]:
-    recs, convs = defaultdict(list), defaultdict(list)
-    for c in sorted(e2e.connections, key=lambda c: _ts(c["FirstSeen"])):
-        recs[_ckey(c)].append(c)
-    for cv in sorted(e2e.conversations, key=lambda v: float(v.first_ts)):
-        convs[cv.key()].append(cv)
-    return recs, convs
-
-
-def _bytes_vs_tshark(c: dict, recs: dict, convs: dict) -> tuple:
-    """(sent, received bytes, sent, received packets) of record ``c`` and of
-    tshark's conversation: the n-th record of an endpoint pair is its n-th
-    conversation; when tshark has one UDP conversation for several records
-    (a reused client port), the records' sums are compared with it."""
-    k = _ckey(c)
-    rs, cvs = recs[k], convs.get(k, [])
-    local, remote = (c["LocalIP"], c["LocalPort"]), (c["RemoteIP"], c["RemotePort"])
-    if len(rs) == len(cvs):
-        cv, mine = cvs[rs.index(c)], [c]
-    elif k[0] == "udp" and len(cvs) == 1:
-        cv, mine = cvs[0], rs
-    else:
-        return ("records", len(rs)), ("conversations", len(cvs))
-    got = tuple(sum(r[f] for r in mine) for f in ("SentBytes", "ReceivedBytes", "SentPackets", "ReceivedPackets"))
-    return got, (cv.payload_bytes(local), cv.payload_bytes(remote), cv.packets(local), cv.packets(remote))
+    return by_conversation(e2e.connections, e2e.conversations)
 
 
 def _who(c: dict | None) -> tuple:
@@ -564,7 +563,7 @@ def test_e2e_every_connection_names_process_pid_user_and_bytes(e2e: _Result):
             if c["RemoteIPType"] != "Public" or c["LocalIP"] != e2e.cli_ip:
                 problems.append(f"{where}: RemoteIPType {c['RemoteIPType']} LocalIP {c['LocalIP']}")
             # bytes and packets: tshark's view of the same conversation
-            got, oracle = _bytes_vs_tshark(c, recs, convs)
+            got, oracle = bytes_vs_tshark(c, recs, convs)
             if got != oracle:
                 problems.append(f"{where}: bytes/packets sent, received {got} != tshark {oracle}")
         # the files: transfers.jsonl has each with its real size
@@ -618,7 +617,7 @@ def test_e2e_fourth_ftp_session_raises_exactly_one_alert(e2e: _Result):
         uids = {c["Uid"] for c in sessions[key]}
         assert a["ConnectionCount"] == 4 and len(a["Uids"]) == 4 and set(a["Uids"]) <= uids, a
         assert a["DeviceName"] == host, a
-        firsts = sorted(sessions[key], key=lambda c: _ts(c["FirstSeen"]))[:4]
+        firsts = sorted(sessions[key], key=lambda c: record_ts(c["FirstSeen"]))[:4]
         # raised at the fourth session, counting the first four
         assert a["Uids"] == [c["Uid"] for c in firsts], (a, [c["Uid"] for c in firsts])
         assert a["Timestamp"] == firsts[3]["FirstSeen"], a
@@ -798,3 +797,111 @@ def test_e2e_transfers_carry_the_process(e2e: _Result):
     print("\ntransfers naming their process: " + ", ".join(f"{k} {ok}/{n}" for k, (ok, n) in sorted(by_kind.items())))
     assert sum(n for _, n in by_kind.values()) >= len(e2e.runs) - len(spared)
     assert not problems, f"{len(problems)} transfer(s):\n" + "\n".join(problems[:20])
+
+
+# -- the flight recorder ---------------------------------------------------------------------
+PROCESS_COLUMNS = (
+    "InitiatingProcessFileName",
+    "InitiatingProcessId",
+    "InitiatingProcessAccountName",
+    "InitiatingProcessCommandLine",
+    "InitiatingProcessFolderPath",
+    "InitiatingProcessParentFileName",
+    "InitiatingProcessParentId",
+    "InitiatingProcessCreationTime",
+    "AccountName",
+)
+
+
+def _comment(text: str) -> dict:
+    assert text.startswith("xfer-sensor/1 {"), text[:80]
+    return json.loads(text[len("xfer-sensor/1 ") :])
+
+
+def test_e2e_ring_is_recorded_tshark_shows_the_process(e2e: _Result):
+    """Every connection the daemon attributed live has its packets in the
+    ring, and tshark shows its process, pid, account, parent and command
+    line in their comments -- in every one of them (the recorder holds each
+    packet until its connection's lookup is in)."""
+    ring = e2e.ring
+    assert ring["files"], "the daemon recorded no ring file"
+    assert all(mode == 0o640 for _n, _s, mode in ring["files"]), ring["files"]
+    by_tuple: dict[tuple, list] = defaultdict(list)
+    for p in ring["packets"]:
+        by_tuple[(p[1], frozenset({(p[2], p[3]), (p[4], p[5])}))].append(p)
+    attributed = [c for c in e2e.connections if c["AttributionSource"] in ("socket", "uid-only")]
+    assert len(attributed) >= SHORT_RUNS // 2
+    bare, wrong = [], []
+    for c in attributed:
+        t0, t1 = record_ts(c["FirstSeen"]), record_ts(c["LastSeen"])
+        pkts = [
+            p
+            for p in by_tuple[
+                (c["Protocol"], frozenset({(c["LocalIP"], c["LocalPort"]), (c["RemoteIP"], c["RemotePort"])}))
+            ]
+            if t0 - 1e-6 <= p[0] <= t1 + 1e-6
+        ]
+        assert pkts, f"no recorded packet of {_detail(c)}"
+        for p in pkts:
+            if not p[6]:
+                bare.append((c["Uid"], p))
+                continue
+            d = _comment(p[6])
+            got = (d["proc"], d["pid"], d["user"], d["parent"], d["ppid"], d["cmd"])
+            want = (
+                c["InitiatingProcessFileName"],
+                c["InitiatingProcessId"],
+                c["InitiatingProcessAccountName"],
+                c["InitiatingProcessParentFileName"],
+                c["InitiatingProcessParentId"],
+                c["InitiatingProcessCommandLine"],
+            )
+            if got != want:
+                wrong.append((c["Uid"], got, want))
+    n = sum(1 for _ in ring["packets"])
+    print(f"\nring: {len(ring['files'])} file(s), {n} packets, {sum(1 for p in ring['packets'] if p[6])} commented")
+    assert not wrong, wrong[:5]
+    assert not bare, f"{len(bare)} packet(s) of attributed connections without a comment: {bare[:3]}"
+
+
+def test_e2e_ring_replay_gives_the_live_attribution_columns(e2e: _Result):
+    """``xfer-sensor replay RING``: the same connections (Uid) as the live
+    records, each with the same process columns; the source says where they
+    came from: "recording" for a connection the daemon looked up, the link
+    for data channels and TFTP transfers, "none" where live had none."""
+    ring = e2e.ring
+    assert ring["replay_rc"] == 0, ring["replay_stderr"][-2000:]
+    live = {c["Uid"]: c for c in e2e.connections}
+    again = {c["Uid"]: c for c in ring["connections"]}
+    assert set(again) == set(live), (sorted(set(live) - set(again))[:5], sorted(set(again) - set(live))[:5])
+    differ = []
+    for uid, c in live.items():
+        r = again[uid]
+        src = {"socket": "recording", "uid-only": "recording"}.get(c["AttributionSource"], c["AttributionSource"])
+        if r["AttributionSource"] != src or any(r[k] != c[k] for k in PROCESS_COLUMNS):
+            differ.append(
+                (_detail(c), {k: (c[k], r[k]) for k in ("AttributionSource", *PROCESS_COLUMNS) if c[k] != r[k]})
+            )
+    assert not differ, f"{len(differ)} connection(s) differ: {differ[:3]}"
+    assert sum(1 for c in again.values() if c["AttributionSource"] == "recording") >= SHORT_RUNS // 2
+
+
+def test_e2e_ring_replay_raises_the_live_alerts(e2e: _Result):
+    """The alerts of the ring's replay: the same group keys and counts as the live ones."""
+
+    def keys(alerts: list[dict]) -> Counter:
+        return Counter(
+            (
+                a.get("DeviceName"),
+                a.get("InitiatingProcessFileName"),
+                a.get("RemoteIP"),
+                a.get("RemotePort"),
+                a.get("AccountName"),
+                a.get("ConnectionCount"),
+            )
+            for a in alerts
+            if "ConnectionCount" in a
+        )
+
+    assert keys(e2e.alerts), "the live run raised no alert"
+    assert keys(e2e.ring["alerts"]) == keys(e2e.alerts)

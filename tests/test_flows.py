@@ -115,11 +115,16 @@ def test_max_flows_bound_evicts_and_counts(replay):
         c = Tcp(DEV, SRV, 30000 + i, 445, T0 + i * 0.01)
         c._emit(True, "S")
         pkts += c.pkts
-    r = replay(pkts, config={"limits": {"max_flows": 10}})
+    r = replay(pkts, config={"limits": {"max_flows": 10}, "attempt_records": "each"})
     st = r.pipe.flows.stats
     assert st.active_max == 10
     assert st.evicted == 40
     assert len(r.connections) == 50  # evicted flows are still reported
+    # aggregated (the default): those that ended unanswered in emergency mode are counted by originator and port
+    r = replay(pkts, config={"limits": {"max_flows": 10}})
+    (g,) = [w for w in r.weird if w["Name"] == "connection_attempts"]
+    assert r.pipe.flows.stats.evicted == 40 and len(r.connections) + g["Attempts"] == 50
+    assert (g["OriginatorIP"], g["ResponderPort"], g["LastResponderIP"]) == (DEV, 445, SRV)
 
 
 def test_non_target_traffic_is_not_tracked(replay):
@@ -197,7 +202,7 @@ def test_emergency_mode_shortens_timeouts_when_the_table_is_nearly_full(replay):
         c = Tcp(DEV, SRV, 30000 + i, 445, T0 + i * 0.2)
         c._emit(True, "S")
         pkts += c.pkts
-    r = replay(pkts, config={"limits": {"max_flows": 100}})
+    r = replay(pkts, config={"limits": {"max_flows": 100}, "attempt_records": "each"})
     st = r.pipe.flows.stats
     assert st.emergency_entered == 1
     assert st.expired > 0 and st.evicted == 0

@@ -76,8 +76,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     put("date.yml", HEAD + "date: 2026-13-45\ndetection: {sel: {RemotePort: 21}, condition: sel}\n")
     put(
         "expires.yml",
-        HEAD + "detection:\n  sel: {RemotePort: 21}\n  f: {RemoteIP: 192.0.2.1}\n  condition: sel and not f\n"
-        "x-allow:\n  f: {reason: partner, expires: 2026-13-45}\n",
+        SIMPLE + "---\ntitle: f\nid: 33333333-3333-4333-8333-333333333333\nlogsource: {category: network_connection}\n"
+        f"filter: {{rules: [{RID}], f: {{RemoteIP: 192.0.2.1}}, condition: not f}}\n"
+        "reason: partner\nexpires: 2026-13-45\n",
     )
     put("deep.yml", HEAD + "detection: {sel: {RemotePort: " + "[" * 100_000 + "]" * 100_000 + "}, condition: sel}\n")
     put("deep.yaml", "tracked_ports: " + "[" * 100_000 + "]" * 100_000 + "\n")
@@ -114,7 +115,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 RULE_CASES = [
     ("nonutf8.yml", ["<file>", "not UTF-8"]),
     ("date.yml", [RID, "'date'", "2026-13-45"]),
-    ("expires.yml", [RID, "x-allow.f.expires", "2026-13-45"]),
+    ("expires.yml", ["filter '33333333-3333-4333-8333-333333333333'", "'expires'", "2026-13-45"]),
     ("deep.yml", ["<yaml>", f"deeper than {MAX_YAML_DEPTH}"]),
     ("parens.yml", [RID, "detection.condition", str(MAX_CONDITION_TOKENS)]),
     ("timespan.yml", ["correlation.timespan", f"at most {MAX_TIMESPAN_S // 86400}d"]),
@@ -527,7 +528,14 @@ def test_any_value_in_any_field_is_a_named_error_or_accepted():
         "id": RID,
         "logsource": {"category": "network_connection"},
         "detection": {"sel": {"RemotePort": 21}, "f": {"RemoteIP": "192.0.2.1"}, "condition": "sel and not f"},
-        "x-allow": {"f": {"reason": "r", "expires": "2030-01-01"}},
+    }
+    flt = {
+        "title": "f",
+        "id": "f-1",
+        "logsource": {"category": "network_connection"},
+        "filter": {"rules": [RID], "f": {"RemoteIP": "192.0.2.1"}, "condition": "not f"},
+        "reason": "r",
+        "expires": "2030-01-01",
     }
     cor = {
         "title": "c",
@@ -559,25 +567,41 @@ def test_any_value_in_any_field_is_a_named_error_or_accepted():
         ("detection", "sel", "RemoteIP|cidr"),
         ("detection", "sel", "SentBytes|gt"),
         ("detection", "condition"),
-        ("x-allow",),
-        ("x-allow", "f"),
-        ("x-allow", "f", "expires"),
-        ("x-allow", "f", "reason"),
+    ]
+    fpaths = [
+        ("title",),
+        ("id",),
+        ("logsource",),
+        ("filter",),
+        ("filter", "rules"),
+        ("filter", "f"),
+        ("filter", "f", "RemoteIP"),
+        ("filter", "condition"),
+        ("expires",),
+        ("reason",),
     ]
     cpaths = [("correlation", k) for k in ("type", "rules", "group-by", "timespan", "condition", "generate")]
     cpaths.append(("correlation", "condition", "gt"))
     for _ in range(3000):
-        det, c = json.loads(json.dumps(base)), json.loads(json.dumps(cor))
-        which = rnd.random() < 0.7
-        doc, path = (det, rnd.choice(paths)) if which else (c, rnd.choice(cpaths))
+        det, c, f = json.loads(json.dumps(base)), json.loads(json.dumps(cor)), json.loads(json.dumps(flt))
+        which = rnd.random()
+        doc, path = (
+            (det, rnd.choice(paths))
+            if which < 0.5
+            else (f, rnd.choice(fpaths))
+            if which < 0.75
+            else (c, rnd.choice(cpaths))
+        )
         node = doc
         for p in path[:-1]:
             node = node[p]
         node[path[-1]] = _random_value(rnd)
         try:
-            rs = load_rule_docs([("r.yml", 0, det), ("r.yml", 1, c)], RECORD_FIELDS)
+            rs = load_rule_docs([("r.yml", 0, det), ("r.yml", 1, c), ("f.yml", 0, f)], RECORD_FIELDS)
         except RuleError as e:
             assert "\n" not in str(e)
             continue
         for d in rs.detections:  # what loaded also matches without an exception
-            d.explain({"RemotePort": 21, "AppUser": "\udcff" + "a" * 10, "RemoteIP": "192.0.2.1", "SentBytes": 5})
+            rec = {"RemotePort": 21, "AppUser": "\udcff" + "a" * 10, "RemoteIP": "192.0.2.1", "SentBytes": 5}
+            d.explain(rec)
+            d.match(rec)

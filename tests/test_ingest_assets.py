@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
+from fuzz.scan import syn_scan_frames
+from fuzz.scan import write_pcap as write_scan_pcap
 from sensor.attribution.attributor import Attribution
 from sensor.attribution.book import AttributionBook
 from sensor.core.config import config_from_dict
@@ -147,6 +149,10 @@ def _runs(tmp: Path) -> list[tuple[str, Path, dict, AttributionBook | None]]:
             (f"endpoint:{name}", PCAPS / "real" / name, REAL_CFG, _endpoint_book(PCAPS / "real" / name, REAL_CFG))
         )
     runs.append(("endpoint-none:smb139.pcap", PCAPS / "real" / "smb139.pcap", REAL_CFG, AttributionBook()))
+    # a SYN scan past max_flows: connection_attempts weird records (attempt_records: aggregate)
+    scan = tmp / "scan.pcap"
+    write_scan_pcap(scan, syn_scan_frames(1_000, sources=50, t0_us=int(T0 * 1e6)))
+    runs.append(("scan", scan, {"home_net": ["10.0.0.0/8"], "limits": {"max_flows": 100}}, None))
     return runs
 
 
@@ -200,6 +206,8 @@ def test_the_replays_cover_every_kind_both_profiles_and_endpoint_mode(docs):
         "Access",
         "ErrorCode",
         "Note",
+        "Attempts",
+        "LastResponderIP",
     } <= mde_paths
     assert {
         "process.command_line",
@@ -215,6 +223,7 @@ def test_the_replays_cover_every_kind_both_profiles_and_endpoint_mode(docs):
         "message",
         "xfer.details.TftpOptions.tsize",
         "threat.technique.subtechnique.id",
+        "xfer.weird.attempts",
     } <= ecs_paths
 
 

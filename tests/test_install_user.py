@@ -1,6 +1,6 @@
 """Installed rules are found everywhere: ``pip install --user`` and a (non-editable) venv install.
 
-The shipped rules and the examples are package data (``sensor_rules``, mapped from the
+The shipped rules and the example filters are package data (``sensor_rules``, mapped from the
 repository's ``rules/`` by setup.py); ``default_rules_dir`` finds them with
 ``importlib.resources`` in any install, and never takes a ``rules/`` folder that merely
 sits beside the package (in site-packages it can be another package's).
@@ -28,7 +28,13 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SYSTEM_PY = Path("/usr/bin/python3")
 SHIPPED = "t1071_002_file_transfer_protocols.yml"
-EXAMPLES = ("allow_partner_cidr.yml", "allow_partner_hostname.yml", "allow_mft_sni.yml", "allow_scheduled_backup.yml")
+EXAMPLES = (
+    "mf_allow_partner_cidr.yml",
+    "mf_allow_partner_hostname.yml",
+    "mf_allow_mft_tenant_sni.yml",
+    "mf_allow_scheduled_backup.yml",
+    "mf_allow_vpn_cgnat.yml",
+)
 RULE_IDS = {"6f0c1f7e-3a52-4f6e-9c1e-2b7d0a8e5c11", "0b7f5a8e-9d4c-4c1b-8f6a-1e2d3c4b5a69"}
 
 
@@ -111,10 +117,11 @@ def _check_installed(exe: Path, site: Path, env: dict[str, str], cwd: Path) -> N
     # the installed copy's own file, not the checkout's
     assert {Path(r["source"]) for r in rows} == {site / "sensor_rules" / SHIPPED}
     examples = site / "sensor_rules" / "examples"
-    for name in EXAMPLES:
-        rows = _rules_list(exe, env, cwd, "--rules", str(examples / name))
+    for name in EXAMPLES:  # each example filter, applied to the installed rules
+        rows = _rules_list(exe, env, cwd, "--filters", str(examples / name))
         assert {r["id"] for r in rows} == RULE_IDS
-        assert any(r["allow"] for r in rows), f"{name}: its allow entries were not loaded"
+        (f,) = [f for r in rows for f in r["filters"]]
+        assert f["source"] == str(examples / name), f"{name}: the filter was not loaded"
     for name in ("README.md", "partner_hostnames.yaml", "vpn_cgnat.yaml"):
         assert (examples / name).is_file(), f"examples/{name} not installed"
 

@@ -90,8 +90,8 @@ def family(samples: dict, metric: str) -> dict:
 
 
 class _Allow:
-    def __init__(self, rule_id, selection, hits):
-        self.rule_id, self.selection, self.hits, self.expired_hits = rule_id, selection, hits, 0
+    def __init__(self, rule_id, name, hits):
+        self.rule_id, self.name, self.hits, self.expired_hits = rule_id, name, hits, 0
 
 
 def _snap(**over):
@@ -111,8 +111,8 @@ def _snap(**over):
         pipe_stats=pipe,
         capture_stats=cap,
         flows_active=5,
-        allow_entries=[_Allow("r1", "filter_backup", 6), _Allow("r2", "filter_x", 0)],
-        allow_base={("r1", "filter_backup"): (4, 0)},
+        allow_entries=[_Allow("r1", "allow_backup", 6), _Allow("r2", "allow_x", 0)],
+        allow_base={("r1", "allow_backup"): (4, 0)},
         outputs={
             "records": {"connections": 35, "alerts": 2},
             "sinks": {"files:/x": {"dropped_overflow": 9, "dropped_error": 0}},
@@ -138,10 +138,10 @@ def test_render_parses_back_with_every_figure():
     assert val(s, "connections_total", action_type="ConnectionSuccess") == 30
     assert val(s, "connections_total", action_type="ConnectionFailed") == 4
     assert val(s, "alerts_total") == 2
-    # allow entries: the running rules' hits plus those of rules a reload replaced
+    # allow filters: the running rules' hits plus those of rules a reload replaced
     assert val(s, "alerts_suppressed_total", reason="allow_entry") == 10
     assert val(s, "alerts_suppressed_total", reason="already_raised") == 5
-    assert val(s, "allow_entry_suppressed_total", rule="r1", selection="filter_backup") == 10
+    assert val(s, "allow_entry_suppressed_total", rule="r1", filter="allow_backup") == 10
     assert val(s, "output_dropped_total", sink="files:/x", reason="overflow") == 9
     assert val(s, "records_emitted_total", kind="connections") == 35
     assert val(s, "start_time_seconds") == 1700000000.0

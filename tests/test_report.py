@@ -13,9 +13,9 @@ import pytest
 
 from sensor.cli import report as report_cli
 from sensor.detect.rules import default_rules_dir, load_rules
+from sensor.export.kql import hunt_kql
 from sensor.records.mde import RECORD_FIELDS
 from sensor.report import ReportBuilder, read_records_dir, render_html
-from sensor.report.kql import hunt_kql
 from sensor.report.model import MAX_BINS, Timeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,13 +51,21 @@ name: det
 logsource: {product: xfer-sensor}
 detection:
   selection: {RemotePort: [21, 445], RemoteIPType: Public}
+  condition: selection
+level: low
+---
+title: f
+id: f1
+name: partner
+logsource: {product: xfer-sensor}
+filter:
+  rules: [det]
   partner:
     - RemoteIP|cidr: 198.51.100.0/28
     - RemoteUrl|endswith: '.x"y\\z'
-  condition: selection and not partner
-x-allow:
-  partner: {reason: partner drop, expires: 2099-01-01}
-level: low
+  condition: not partner
+reason: partner drop
+expires: 2099-01-01
 ---
 title: c
 id: c1

@@ -127,7 +127,7 @@ def test_unanswered_embryos_end_as_their_flows_would(variant, fused):
     """Evicted (max_flows) and flushed embryos, IPv4 and IPv6, outbound and
     inbound, among answered, refused and expired connections: the records
     and their order are those of the hatched flows, and so are the counters."""
-    cfg = dict(VARIANTS[variant], limits={"max_flows": 400})
+    cfg = dict(VARIANTS[variant], limits={"max_flows": 400}, attempt_records="each")
     (pa, sa), (pb, sb) = _replay(cfg, fast=True, fused=fused), _replay(cfg, fast=False, fused=fused)
     assert pa.flows.attempt_ended is not None and pb.flows.attempt_ended is None
     st = pa.flows.stats
@@ -264,7 +264,7 @@ def test_mde_lines_without_copying_the_record_are_the_profiles():
     the same way when too long, for every kind and hostile strings."""
     from sensor.records.encode import MdeProfile, shrink
 
-    _, sink = _replay(dict(CFG, limits={"max_flows": 400}), fast=True)
+    _, sink = _replay(dict(CFG, limits={"max_flows": 400}, attempt_records="each"), fast=True)
     recs = [(k, r) for k, rs in sink.records.items() for r in rs[:300]]
     recs += [
         (

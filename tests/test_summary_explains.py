@@ -189,18 +189,17 @@ def test_not_public_names_the_type(tmp_path):
 
 def test_allow_filter_named_with_its_reason(tmp_path):
     """An allow entry that suppresses the SMB key: the summary names the filter and its reason."""
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    src = (REPO / "rules/examples/allow_partner_cidr.yml").read_text()
+    src = (REPO / "rules/examples/mf_allow_partner_cidr.yml").read_text()
     assert "198.51.100.0/28" in src
-    (rules / "t1071.yml").write_text(src.replace("198.51.100.0/28", "198.51.100.16/28"))
-    p, conns, _ = replay(tmp_path, str(DEMO), "--config", str(DEMO_CFG), "--rules", str(rules))
+    flt = tmp_path / "mf_partner.yml"
+    flt.write_text(src.replace("198.51.100.0/28", "198.51.100.16/28"))
+    p, conns, _ = replay(tmp_path, str(DEMO), "--config", str(DEMO_CFG), "--filters", str(flt))
     assert p.returncode == 0, p.stderr
     s = json.loads(p.stdout)
     net = ipaddress.ip_network("198.51.100.16/28")
     allowed = [r for r in conns if selected(r) and ipaddress.ip_address(r["RemoteIP"]) in net]
     assert allowed
-    code = "allow:xfer_public_file_transfer_connection/filter_partner_contoso"
+    code = "allow:xfer_public_file_transfer_connection/allow_partner_contoso_cidr"
     reasons = reasons_of(s)
     assert reasons[code][0] == len(allowed)
     (hunt,) = s["hunt"]
@@ -208,14 +207,14 @@ def test_allow_filter_named_with_its_reason(tmp_path):
     assert entry["keys"] == len({key_of(r) for r in allowed})
     assert "Contoso payroll file drop" in entry["text"] and "expires 2027-06-30" in entry["text"]
     for k in {key_of(r) for r in allowed}:
-        assert table_by_key(s)[k]["Why"] == "allowed by filter_partner_contoso"
+        assert table_by_key(s)[k]["Why"] == "allowed by allow_partner_contoso_cidr"
         assert k not in {tuple(a[f] for f in GROUP_BY) for a in s["alerts"]}
     # the field reasons are unchanged by the filter
     assert {c: v for c, v in reasons.items() if c != code} == expected_reasons(conns)
 
 
 def test_plain_filter_and_other_fields_are_named(tmp_path):
-    """A filter with no x-allow entry, and a selection field other than the three, explain themselves."""
+    """A filter selection of the rule itself, and a selection field other than the three, explain themselves."""
     rules = tmp_path / "rules"
     rules.mkdir()
     doc = _DOCS[0] | {

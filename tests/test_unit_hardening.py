@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from sensor.attribution.recording import parse_comment
+from sensor.io.pcapng import read_comments
 from tests.support.loopback_ftp import DaemonProcess, banner_server, login_sessions, records_of, wait_for
 from tests.support.unit_sandbox import command, unit_allow_list
 from tests.test_daemon import CLIENT
@@ -213,6 +215,7 @@ def test_daemon_works_under_the_unit_restrictions(sandbox):
         daemon = [sys.executable, "-m", "sensor.daemon", "-i", "lo", "--mode", "endpoint"]
         daemon += ["--out", str(out), "--config", str(cfg), "--rules", str(rules)]
         daemon += ["--state-dir", str(out / "state"), "--metrics-listen", f"127.0.0.1:{mport}"]
+        daemon += ["--pcap-dir", str(out / "ring")]  # the flight recorder, as the service account
         p = _Sandboxed(argv(daemon), env)
         try:
             conns = out / "connections.jsonl"
@@ -253,6 +256,17 @@ def test_daemon_works_under_the_unit_restrictions(sandbox):
             # UMask=0027: nothing the daemon made is world-accessible
             for f in out.rglob("*"):
                 assert not f.stat().st_mode & 0o007, (f, oct(f.stat().st_mode))
+            # the flight recorder's ring: the service account's files, 0640, alice's client in the comments
+            ring = sorted((out / "ring").glob("*.pcapng"))
+            assert ring and all(f.stat().st_uid == NOBODY and f.stat().st_mode & 0o777 == 0o640 for f in ring)
+            pids = set()
+            for f in ring:
+                with open(f, "rb") as fh:
+                    for _lt, _ts, _head, comment in read_comments(fh):
+                        got = parse_comment(comment, 1024)
+                        assert got is not None, comment
+                        pids.add(got[0].InitiatingProcessId)
+            assert c.pid in pids, (c.pid, pids)
         finally:
             if p.p.poll() is None:
                 p.p.kill()

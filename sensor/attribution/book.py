@@ -25,7 +25,7 @@ BOOK_MAX_PER_KEY = 8  # results kept for one 5-tuple (a reused client port)
 # (equal; else the tap's wall clock, a few ms later); a reused port's next
 # client comes >= TAP_SEEN_UDP_S (20 ms) and in practice >> 100 ms later
 BOOK_MATCH_US = 100_000
-SOURCES = ("socket", "uid-only", "linked-control-connection", "none")
+SOURCES = ("socket", "uid-only", "linked-control-connection", "recording", "none")  # recording: replay only
 
 # the process columns a record carries in endpoint mode, after the replay
 # record's own (Defender's names; AttributionSource is ours)

@@ -36,9 +36,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from sensor.cli.ruleargs import add_rule_options, load_rule_set
 from sensor.core.config import PROFILES, Config, ConfigError, load_config
 from sensor.detect.detector import Detector
-from sensor.detect.rules import RuleSet, default_rules_dir, load_rules
+from sensor.detect.rules import RuleSet
 from sensor.records.ecs_read import connection_from_ecs, ecs_dataset, is_ecs
 from sensor.records.encode import Encoder, make_profile
 from sensor.records.mde import ENDPOINT_FIELDS, RECORD_FIELDS
@@ -82,7 +83,7 @@ def add_command(sub: Any, func: Callable[[argparse.Namespace], int]) -> None:
         metavar="RECORDS",
         help="connections.jsonl files, globs, folders holding connections.jsonl (a replay's --out), or - (stdin)",
     )
-    hp.add_argument("--rules", help="rules folder or file (default: the shipped rules)")
+    add_rule_options(hp)
     hp.add_argument("--config", help="config YAML (limits, hostnames, output.profile)")
     hp.add_argument("--out", metavar="DIR", help="write alerts.jsonl here")
     hp.add_argument("--format", choices=("table", "json"), default="table", help="summary format (stdout)")
@@ -283,7 +284,7 @@ def merged(inputs: list[Input]) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def cmd_hunt(args: argparse.Namespace, table: Callable[[list[dict]], str], order: Callable[[list[dict]], list]) -> int:
     cfg = load_config(args.config)
-    rules = load_rules(args.rules or default_rules_dir(), RECORD_FIELDS, cfg.limits.max_match_chars)
+    rules = load_rule_set(args, cfg)
     profile = args.profile or cfg.output.profile
     names = expand(args.records)
     outfile = None

@@ -1,4 +1,4 @@
-"""Command line: ``xfer-sensor replay``, ``check`` and ``rules list|test``.
+"""Command line: ``xfer-sensor replay``, ``check`` and ``rules list|test|export``.
 
 Exit codes: 0 done; 2 bad input, one line on stderr, never a traceback; 3 a
 capture damaged part-way (everything before the damage written); 4 records
@@ -17,17 +17,22 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from sensor import __version__
+from sensor.attribution.recording import recording_book
+from sensor.cli import export as export_cli
 from sensor.cli import hunt as hunt_cli
 from sensor.cli import report as report_cli
 from sensor.cli.progress import Progress, ProgressAwareHandler
+from sensor.cli.ruleargs import add_rule_options, load_rule_set, rules_path
 from sensor.cli.summary import DEFAULT_TOP, HuntSummary, no_alert_reason, render
 from sensor.cli.summary import printable as _printable
 from sensor.core.config import PROFILES, ConfigError, SyslogOutput, check_syslog, load_config
-from sensor.detect.rules import DetectionRule, RuleError, RuleSet, default_rules_dir, load_rules
+from sensor.detect.filters import AllowFilter, is_active
+from sensor.detect.rules import DetectionRule, RuleError, RuleSet, load_rules
 from sensor.io.capture import CaptureError, Stop, count_frames, linktype_name, read_file
 from sensor.io.inputs import Inputs, print_notes, resolve
 from sensor.io.outdir import check_outdir
@@ -45,12 +50,11 @@ EXIT_UNDECODABLE = 5  # a capture had packets but none the sensor could decode
 # SIGINT and SIGTERM: 128 + the signal (130, 143), after writing what was read
 
 
-def load_all(config_path: str | None, rules_path: str | None):
-    """Config and rules, validated the one way check, replay, rules test and
-    the daemon all use."""
-    cfg = load_config(config_path)
-    rules = load_rules(rules_path or default_rules_dir(), RECORD_FIELDS, cfg.limits.max_match_chars)
-    return cfg, rules
+def load_all(args: argparse.Namespace):
+    """Config, rules and allow filters, validated the one way check, replay,
+    rules list and rules test use (the daemon: the same load_rules call)."""
+    cfg = load_config(getattr(args, "config", None))
+    return cfg, load_rule_set(args, cfg)
 
 
 def _table(alerts: list[dict]) -> str:
@@ -251,7 +255,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace, stop: Stop) -> int:
-    cfg, rules = load_all(args.config, args.rules)
+    cfg, rules = load_all(args)
     inputs = resolve(_input_names(args), args.filter, args.since, args.until)  # all checked before reading
     args.pcap = inputs.paths
     if args.out is not None and cfg.output.files:
@@ -281,7 +285,9 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
     undecodable = []
     packets = 0
     frames = 0  # frames the captures held, as far as known
-    pipe = Pipeline(cfg, rules, sink)
+    # a flight recording (run --pcap-dir): its packet comments give the process columns
+    book = recording_book(args.pcap, cfg.limits.max_comment_chars)
+    pipe = Pipeline(cfg, rules, sink, attribution=book)
     detector = pipe.detector
     handler_for = progress.wrap(pipe.handler_for)
     window = inputs.window
@@ -293,6 +299,9 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
             if stop.signum:
                 break
             progress.begin(path)
+            if book is not None and (why := book.load(path)):
+                progress.clear()
+                print(f"xfer-sensor: warning: {path}: {why}", file=sys.stderr)
             before = pipe.undecoded()
             outside = window.outside if window is not None else 0
             res = read_file(
@@ -412,9 +421,9 @@ def _replay(args: argparse.Namespace, stop: Stop) -> int:
         allowed = [e for e in rules.allow_entries if e.hits or e.expired_hits]
         if allowed:
             print(
-                "allow entries: "
+                "allow filters: "
                 + "; ".join(
-                    f"{e.rule_id}/{e.selection} suppressed {e.hits}"
+                    f"{e.rule_id}/{e.name} suppressed {e.hits}"
                     + (f", expired for {e.expired_hits}" if e.expired_hits else "")
                     for e in allowed
                 ),
@@ -483,34 +492,51 @@ def _log_to(progress: Progress | None) -> None:
 
 
 def _warn_expired(rules: RuleSet) -> None:
-    for e in rules.allow_entries:
-        if e.expired_now():
+    for f in rules.filters:
+        if not is_active(f, datetime.now(UTC)):
             print(
-                f"xfer-sensor: warning: rule {e.rule_id}: allow entry '{e.selection}' expired on {e.expires}"
-                f"{' (' + e.reason + ')' if e.reason else ''}: it no longer suppresses events",
+                f"xfer-sensor: warning: allow filter '{f.ref}' ({f.source}) expired on {f.expires} ({f.reason}): "
+                "it no longer suppresses events",
                 file=sys.stderr,
             )
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    cfg, rules = load_all(args.config, args.rules)
+    cfg, rules = load_all(args)
     _warn_expired(rules)
     print(
         f"ok: config {cfg.source}; {len(rules.detections)} detection rule(s), "
-        f"{len(rules.correlations)} correlation rule(s), {len(rules.allow_entries)} allow entr"
-        f"{'y' if len(rules.allow_entries) == 1 else 'ies'} from {args.rules or default_rules_dir()}"
+        f"{len(rules.correlations)} correlation rule(s), {_count(len(rules.filters), 'allow filter')} "
+        f"from {rules_path(args)}"
     )
     return EXIT_OK
 
 
-def _allow_status(e: Any) -> str:
-    if e.expires is None:
+def _filter_status(f: AllowFilter) -> str:
+    if f.expires is None:
         return "no expiry"
-    return f"{'EXPIRED' if e.expired_now() else 'expires'} {e.expires}"
+    return f"{'EXPIRED' if not is_active(f, datetime.now(UTC)) else 'expires'} {f.expires}"
+
+
+def _filter_row(f: AllowFilter) -> dict[str, Any]:
+    return {
+        "name": f.name,
+        "id": f.id,
+        "title": f.title,
+        "source": f.source,
+        "reason": f.reason,
+        "expires": f.expires,
+        "expired": not is_active(f, datetime.now(UTC)),
+        "filter": json.loads(json.dumps(dict(f.detection), default=str)),
+    }
 
 
 def cmd_rules_list(args: argparse.Namespace) -> int:
-    rules = load_rules(args.rules or default_rules_dir(), RECORD_FIELDS)
+    _, rules = load_all(args)
     _warn_expired(rules)
     rows: list[dict[str, Any]] = []
     refs = {d.id: d.ref for d in rules.detections}
@@ -524,10 +550,7 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
                 "level": d.level,
                 "source": d.source,
                 "feeds": [],
-                "allow": [
-                    {"selection": e.selection, "reason": e.reason, "expires": e.expires, "expired": e.expired_now()}
-                    for e in d.allow.values()
-                ],
+                "filters": [_filter_row(e.filter) for e in d.filters],
             }
         )
     for c in rules.correlations:
@@ -540,7 +563,7 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
                 "level": c.level,
                 "source": c.source,
                 "feeds": [refs.get(r, r) for r in c.rules],
-                "allow": [],
+                "filters": [],
                 "condition": f"{c.op} {c.threshold} in {c.timespan_s}s by {', '.join(c.group_by)}",
             }
         )
@@ -556,11 +579,12 @@ def cmd_rules_list(args: argparse.Namespace) -> int:
             print(f"{'':20} counts {', '.join(r['feeds'])}: {r['condition']}")
         for d in rules.detections:
             if d.id == r["id"]:
-                for e in d.allow.values():
-                    print(f"{'':20} allow {e.selection}: {e.reason or 'no reason given'} ({_allow_status(e)})")
+                for e in d.filters:
+                    print(f"{'':20} filter {e.name}: {_printable(e.reason)} ({_filter_status(e.filter)})")
+                    print(f"{'':27} {e.filter.source}")
     print(
         f"{len(rules.detections)} detection rule(s), {len(rules.correlations)} correlation rule(s), "
-        f"{len(rules.allow_entries)} allow entr{'y' if len(rules.allow_entries) == 1 else 'ies'}"
+        f"{_count(len(rules.filters), 'allow filter')}"
     )
     return EXIT_OK
 
@@ -598,11 +622,9 @@ class _ExplainSink:
                     "TlsSni": (rec.get("AdditionalFields") or {}).get("TlsSni", ""),
                     "selections": list(v.selections),
                     "suppressed_by": [
-                        {"selection": e.selection, "reason": e.reason, "expires": e.expires} for e in v.suppressed_by
+                        {"filter": e.name, "reason": e.reason, "expires": e.expires} for e in v.suppressed_by
                     ],
-                    "expired": [
-                        {"selection": e.selection, "reason": e.reason, "expires": e.expires} for e in v.expired
-                    ],
+                    "expired": [{"filter": e.name, "reason": e.reason, "expires": e.expires} for e in v.expired],
                 }
             )
 
@@ -626,14 +648,14 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
     rule_path = Path(args.rule)
     cap = cfg.limits.max_match_chars
     if rule_path.is_file():
-        rules = load_rules(rule_path, RECORD_FIELDS, cap)
+        rules = load_rules(rule_path, RECORD_FIELDS, cap, [*cfg.filters, *args.filters])
         dets, cors = list(rules.detections), list(rules.correlations)
     else:
-        rules = load_rules(args.rules or default_rules_dir(), RECORD_FIELDS, cap)
+        rules = load_rule_set(args, cfg)
         dets, cors = _select_rules(rules, args.rule)
         if not dets and not cors:
             raise RuleError(
-                str(args.rules or default_rules_dir()),
+                rules_path(args),
                 args.rule,
                 "<rule>",
                 "no rule with this id or name (xfer-sensor rules list shows them)",
@@ -689,7 +711,7 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
             print(f"MATCHED     {r['rule']}: {where}  [selections: {', '.join(r['selections'])}]")
         else:
             why = "; ".join(
-                f"{s['selection']}"
+                f"{s['filter']}"
                 + (f" ({_printable(s['reason'])})" if s["reason"] else "")
                 + (f", expires {s['expires']}" if s["expires"] else "")
                 for s in r["suppressed_by"]
@@ -697,13 +719,13 @@ def cmd_rules_test(args: argparse.Namespace) -> int:
             print(f"SUPPRESSED  {r['rule']}: {where}  [allowed by {why}]")
         for s in r["expired"]:
             print(
-                f"            note: allow entry '{s['selection']}' matched but expired on {s['expires']}"
+                f"            note: allow filter '{s['filter']}' matched but expired on {s['expires']}"
                 + (f" ({_printable(s['reason'])})" if s["reason"] else "")
                 + ": not applied"
             )
     n_match = sum(1 for r in explain.rows if r["verdict"] == "matched")
     n_sup = sum(1 for r in explain.rows if r["verdict"] == "suppressed")
-    print(f"\n{explain.connections} connection(s): {n_match} matched, {n_sup} suppressed by allow entries")
+    print(f"\n{explain.connections} connection(s): {n_match} matched, {n_sup} suppressed by allow filters")
     for a in alerts:
         if "ConnectionCount" in a:
             print(
@@ -736,7 +758,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _input_options(rp)
     rp.add_argument("--config", help="config YAML (default: built-in defaults)")
-    rp.add_argument("--rules", help="rules folder or file (default: the shipped rules/)")
+    add_rule_options(rp)
     rp.add_argument(
         "--out", help="write connections.jsonl, alerts.jsonl, transfers.jsonl, weird.jsonl, files.jsonl here"
     )
@@ -785,31 +807,34 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_replay)
     ck = sub.add_parser("check", help="validate config and rules, exit non-zero when wrong")
     ck.add_argument("--config")
-    ck.add_argument("--rules")
+    add_rule_options(ck)
     ck.set_defaults(func=cmd_check)
     sub.add_parser(
         "run",
-        help="capture live as a daemon: run -i IFACE [--config FILE] [--rules DIR] [--out DIR] [--state-dir DIR]",
+        help="capture live as a daemon: run -i IFACE [--config FILE] [--rules DIR] [--filters PATH] [--out DIR] "
+        "[--state-dir DIR]",
         add_help=False,
     )
     report_cli.add_command(sub)
     hunt_cli.add_command(sub, lambda a: hunt_cli.cmd_hunt(a, _table, sort_alerts))
     ru = sub.add_parser("rules", help="list the rules, or test one on a capture")
     rsub = ru.add_subparsers(dest="rules_cmd", required=True)
-    rl = rsub.add_parser("list", help="the loaded rules, their allow entries and expiry")
-    rl.add_argument("--rules", help="rules folder or file (default: the shipped rules/)")
+    rl = rsub.add_parser("list", help="the loaded rules, their allow filters, reasons and expiry")
+    add_rule_options(rl)
+    rl.add_argument("--config", help="config YAML (its filters:)")
     rl.add_argument("--format", choices=("table", "json"), default="table")
     rl.set_defaults(func=cmd_rules_list)
     rt = rsub.add_parser(
-        "test", help="replay captures through one rule: which events matched, which an allow entry suppressed and why"
+        "test", help="replay captures through one rule: which events matched, which an allow filter suppressed and why"
     )
     rt.add_argument("rule", help="a rule id or name (from --rules), or a rule file")
     rt.add_argument("pcap", nargs="*", help="captures, folders or - (stdin), as for replay")
     _input_options(rt)
-    rt.add_argument("--rules", help="rules folder or file to find RULE in (default: the shipped rules/)")
+    add_rule_options(rt, "rules folder or file to find RULE in (default: the shipped rules/)")
     rt.add_argument("--config", help="config YAML (hostnames, ip_type_overrides, ...)")
     rt.add_argument("--format", choices=("table", "json"), default="table")
     rt.set_defaults(func=cmd_rules_test)
+    export_cli.add_command(rsub)
     ap.set_defaults(input_parsers={"replay": rp, "rules test": rt})
     return ap
 

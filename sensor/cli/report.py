@@ -11,8 +11,9 @@ import argparse
 import sys
 from typing import Any
 
-from sensor.detect.rules import RuleSet, default_rules_dir, load_rules
-from sensor.records.mde import RECORD_FIELDS
+from sensor.cli.ruleargs import add_rule_options, load_rule_set
+from sensor.core.config import load_config
+from sensor.detect.rules import RuleSet
 from sensor.report import ReportBuilder, check_report_path, read_records_dir, render_html, write_report
 
 EXIT_OK, EXIT_WRITE = 0, 4
@@ -30,7 +31,8 @@ def add_command(sub: Any) -> None:
     rr = sub.add_parser("report", help="write the HTML report of a replay's records: report RECORDS_DIR --report FILE")
     rr.add_argument("records", metavar="RECORDS_DIR", help="a replay's --out folder (mde profile records)")
     rr.add_argument("--report", metavar="FILE.html", required=True, help="the page to write")
-    rr.add_argument("--rules", help="rules folder or file the alerts came from (default: the shipped rules/)")
+    add_rule_options(rr, "rules folder or file the alerts came from (default: the shipped rules/)")
+    rr.add_argument("--config", help="config YAML (its filters:)")
     rr.set_defaults(func=cmd_report)
 
 
@@ -55,7 +57,7 @@ def finish(args: argparse.Namespace, b: ReportBuilder | None, rules: RuleSet | N
 
 def cmd_report(args: argparse.Namespace) -> int:
     check_report_path(args.report)
-    rules = load_rules(args.rules or default_rules_dir(), RECORD_FIELDS)
+    rules = load_rule_set(args, load_config(args.config))
     b = read_records_dir(args.records)
     rc = finish(args, b, rules, [args.records])
     if rc == EXIT_OK:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sensor.detect.rules import CorrelationRule, DetectionRule, RuleSet
-from sensor.records.mde import PORT_PROTOCOL
+from sensor.records.mde import ATTEMPTS_WEIRD, PORT_PROTOCOL
 
 DEFAULT_TOP = 20  # keys shown (``replay --top``)
 MAX_PENDING_TRANSFERS = 100_000  # transfers waiting for their control connection's record
@@ -123,9 +123,9 @@ class _Key:
 
 @dataclass
 class _Reason:
-    code: str  # field:NAME | allow:RULE/SELECTION | filter:RULE/SELECTION
+    code: str  # field:NAME | allow:RULE/FILTER | filter:RULE/SELECTION
     wanted: str = ""
-    note: str = ""  # an allow entry's reason and expiry
+    note: str = ""  # an allow filter's reason and expiry
     connections: int = 0
     keys: int = 0
     values: dict[str, int] = field(default_factory=dict)
@@ -138,7 +138,7 @@ class _Reason:
             return f"{what} {vals}; the hunt counts {self.wanted}" + (f" -- {hint}" if hint else "")
         if kind == "allow":
             return f"suppressed by allow filter {what}" + (f" ({self.note})" if self.note else "")
-        return f"excluded by filter {what} (a filter with no x-allow entry)"
+        return f"excluded by filter selection {what} of the rule itself"
 
 
 class _Hunt:
@@ -155,7 +155,7 @@ class _Hunt:
         self.reasons: dict[str, _Reason] = {}
         # the reasons of records the rules see alike (DetectionRule.explain_key)
         self.group_by = corr.group_by
-        self.cacheable = all(e.expires_us is None for d in dets for e in d.allow.values())
+        self.cacheable = all(e.expires_us is None for d in dets for e in d.filters)
         self.cache: dict[tuple[Any, ...], tuple[tuple[str, str, str | None], ...] | None] = {}
 
     def observe(self, rec: Mapping[str, Any], files: _Files | None) -> None:
@@ -233,11 +233,11 @@ class _Hunt:
             if v.matched:
                 return None
             for e in v.suppressed_by:
-                code = f"allow:{d.ref}/{e.selection}"
+                code = f"allow:{d.ref}/{e.name}"
                 if code not in self.reasons:
                     note = "; ".join(x for x in (e.reason, f"expires {e.expires}" if e.expires else "") if x)
                     self.reasons[code] = _Reason(code, note=printable(note))
-                missed.setdefault(code, (code, f"allowed by {e.selection}", None))
+                missed.setdefault(code, (code, f"allowed by {e.name}", None))
             for m in v.misses:
                 if m.field:
                     code = f"field:{m.field}"
@@ -297,6 +297,9 @@ class HuntSummary:
         self.pending: dict[str, _Files] = {}  # ControlUid -> its transfers, until its record comes
         self.pending_transfers = 0
         self.transfers_dropped = 0  # beyond MAX_PENDING_TRANSFERS: not shown per key
+        # unanswered attempts of a flood, counted in connection_attempts records instead of a
+        # connection record each (the pipeline aggregates only when no rule could count one)
+        self.attempts_aggregated = 0
 
     def emit(self, kind: str, rec: dict[str, Any]) -> None:
         if kind == "connections":
@@ -305,6 +308,8 @@ class HuntSummary:
                 self.pending_transfers -= files.files
             for h in self.hunts:
                 h.observe(rec, files)
+        elif kind == "weird" and rec.get("Name") == ATTEMPTS_WEIRD:
+            self.attempts_aggregated += _int(rec.get("Attempts"))
         elif kind == "transfers" and self.hunts:
             uid = str(rec.get("ControlUid") or rec.get("Uid") or "")
             f = self.pending.get(uid)
@@ -400,6 +405,7 @@ class HuntSummary:
             ],
             "transfers_unlinked": self.pending_transfers,
             "transfers_not_shown": self.transfers_dropped,
+            "attempts_aggregated": self.attempts_aggregated,
         }
 
 
@@ -410,6 +416,11 @@ def no_alert_reason(tables: list[dict[str, Any]]) -> str:
     t = tables[0]
     n = t["connections"]
     if n == 0:
+        if t.get("attempts_aggregated"):
+            return (
+                f"only unanswered connection attempts ({t['attempts_aggregated']}, aggregated into "
+                f"{ATTEMPTS_WEIRD} records): the hunt counts successful connections"
+            )
         return "no connection on a tracked port"
     if t["counted"] == 0:
         why = "; ".join(_reason_short(r) for r in t["left_out"][:3])
@@ -448,6 +459,11 @@ def render(tables: list[dict[str, Any]]) -> list[str]:
             f"hunt {printable(t['rule'])} ({t['condition']}): {t['keys']} key(s), "
             f"{t['connections']} connection(s), {t['counted']} counted"
         )
+        if t.get("attempts_aggregated"):
+            out.append(
+                f"  not in the table: {t['attempts_aggregated']} unanswered connection attempt(s) of a flood, "
+                f"counted in {ATTEMPTS_WEIRD} weird records by originator and port (no rule counts one)"
+            )
         rows = t["table"]
         if rows:
             heads = ["Status", "Count", "Conns", *(SHORT_HEAD.get(f, f) for f in gb)]

@@ -7,6 +7,7 @@ described in docs/usage.md.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 from collections.abc import Mapping
@@ -175,9 +176,27 @@ class Limits:
     max_window_events: int = 10_000  # events kept per key inside one window
     max_match_chars: int = 4096  # characters of a field a rule's |re or wildcard pattern reads
     max_summary_keys: int = 100_000  # hunt keys the replay summary tabulates per correlation rule
+    max_attempt_groups: int = 100_000  # attempt_records aggregate: groups of unanswered attempts held at once
+    max_comment_chars: int = 1024  # characters of each text field of a recording's packet comment
+
+
+@dataclass(frozen=True, slots=True)
+class PcapRing:
+    """The flight recorder's bounds (``run --pcap-dir``; docs/endpoint.md, "The flight recorder")."""
+
+    max_bytes: int = 1 << 30  # every ring file together; the oldest go first
+    max_files: int = 256  # ring files kept, the open one included
+    file_bytes: int = 64 << 20  # a file is closed before it grows past this
+    file_seconds: float = 3600.0  # ... or when it holds this much packet time
+    hold_seconds: float = 1.0  # a packet waits this long (wall clock) for its connection's process
+    hold_bytes: int = 16 << 20  # packets waiting at most (and queue_packets of them); beyond, the oldest go at once
+    queue_packets: int = 50_000  # packets queued for the writer thread; more are not recorded (counted)
+    queue_bytes: int = 32 << 20  # ... and bytes
+    max_annotations: int = 65_536  # connections whose process the recorder remembers (oldest forgotten)
 
 
 PROFILES = ("mde", "ecs")
+ATTEMPT_RECORDS = ("aggregate", "each")
 RECORD_KINDS = ("connections", "alerts", "transfers", "weird", "files")
 SYSLOG_FACILITIES = {
     "kern": 0,
@@ -256,8 +275,16 @@ class Config:
     state_dir: str | None = None  # the daemon's state folder (rule windows); None: /var/lib/xfer-sensor
     state_flush_interval: float = 2.0  # wall-clock seconds between two writes of the window state
     checksum_validation: str = "auto"  # auto | yes | no (docs/engine.md, "Checksums")
+    # aggregate | each: unanswered attempts evicted from a flow table in emergency
+    # mode, one record per group or one each (docs/engine.md, "Flood of unanswered attempts")
+    attempt_records: str = "aggregate"
     # auto: senders besides home_net and loopback whose partial (offloaded) checksums are accepted
     checksum_offload_nets: tuple[Network, ...] = ()
+    # allow filters (Sigma filter files or folders) applied beside --rules; relative paths
+    # are the config file's folder's (docs/detection.md, "False-positive controls")
+    filters: tuple[str, ...] = ()
+    pcap_dir: str | None = None  # the flight recorder's folder (run --pcap-dir); None: off
+    pcap_ring: PcapRing = PcapRing()
     workers: int | str = 1  # live capture processes (run --workers): a number or "auto" (docs/daemon.md)
 
 
@@ -275,8 +302,12 @@ _TOP_KEYS = {
     "status_interval",
     "checksum_validation",
     "checksum_offload_nets",
+    "attempt_records",
     "state_dir",
     "state_flush_interval",
+    "filters",
+    "pcap_dir",
+    "pcap_ring",
     "workers",
 }
 _OUTPUT_KEYS = {"profile", "max_line_bytes", "queue_max", "error_log_interval", "files", "stdout", "syslog"}
@@ -494,6 +525,8 @@ def _net(src: str, fname: str, value: Any) -> Network:
 _SECTION_MAX: dict[str, float] = {
     "limits.max_seq_jump": 1 << 31,  # half the sequence space
     "limits.flow_scan_interval": 86400,
+    "pcap_ring.max_bytes": 1 << 50,
+    "pcap_ring.file_bytes": 1 << 40,
 }
 
 
@@ -576,6 +609,11 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
         if cv not in ("auto", "yes", "no"):  # sensor.engine.decode.CHECKSUM_MODES
             raise ConfigError(source, "checksum_validation", f"must be auto, yes or no, got {cv!r}")
         kw["checksum_validation"] = cv
+    if "attempt_records" in raw:
+        ar = raw["attempt_records"]
+        if ar not in ATTEMPT_RECORDS:
+            raise ConfigError(source, "attempt_records", f"must be aggregate or each, got {quote(ar)}")
+        kw["attempt_records"] = ar
     if "checksum_offload_nets" in raw:
         on = raw["checksum_offload_nets"] or []
         if isinstance(on, str):
@@ -585,6 +623,14 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
         kw["checksum_offload_nets"] = tuple(_net(source, "checksum_offload_nets", n) for n in on)
     if "status_interval" in raw:
         kw["status_interval"] = float(_number(source, "status_interval", raw["status_interval"], False, 1))
+    if raw.get("filters") is not None:
+        fl = raw["filters"]
+        if isinstance(fl, str):
+            fl = [fl]
+        if not isinstance(fl, list) or not all(isinstance(x, str) and x.strip() for x in fl):
+            raise ConfigError(source, "filters", "must be a list of filter file or folder paths")
+        here = Path(source).parent if not source.startswith("<") else None
+        kw["filters"] = tuple(str(here / x) if here is not None and not Path(x).is_absolute() else x for x in fl)
     if raw.get("state_dir") is not None:
         if not isinstance(raw["state_dir"], str) or not raw["state_dir"].strip():
             raise ConfigError(source, "state_dir", "must be a folder path")
@@ -597,6 +643,16 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> Config:
         kw["workers"] = parse_workers(source, "workers", raw["workers"])
     kw["timeouts"] = _section(source, "timeouts", raw.get("timeouts"), Timeouts)
     kw["limits"] = _section(source, "limits", raw.get("limits"), Limits)
+    if raw.get("pcap_dir") is not None:
+        if not isinstance(raw["pcap_dir"], str) or not raw["pcap_dir"].strip():
+            raise ConfigError(source, "pcap_dir", "must be a folder path")
+        kw["pcap_dir"] = raw["pcap_dir"]
+    ring = kw["pcap_ring"] = _section(source, "pcap_ring", raw.get("pcap_ring"), PcapRing)
+    if ring.file_bytes > ring.max_bytes and "file_bytes" not in (raw.get("pcap_ring") or {}):
+        # only max_bytes given, below the default file size: four files' worth
+        ring = kw["pcap_ring"] = dataclasses.replace(ring, file_bytes=max(1, ring.max_bytes // 4))
+    if ring.file_bytes > ring.max_bytes:
+        raise ConfigError(source, "pcap_ring.file_bytes", f"must not exceed pcap_ring.max_bytes ({ring.max_bytes})")
     return Config(**kw)
 
 

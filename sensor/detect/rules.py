@@ -3,59 +3,45 @@
 Loaded with pyyaml into validated, frozen objects. Anything this loader does
 not implement is refused at load time with the file, the rule id and the
 field (``RuleError``), never silently ignored. The supported subset and the
-false-positive controls (filter selections, ``x-allow``): docs/detection.md.
+allow-lists (Sigma filter documents, sensor/detect/filters.py, attached to the
+rules they name): docs/detection.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import importlib.resources
 import ipaddress
-import logging
 import re
-import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from sensor.core.config import Limits, YamlFileError, one_line, quote, read_yaml_file
+from sensor.core.config import Limits, quote
+from sensor.detect.filters import (
+    SIGMA_META_KEYS,
+    AllowEntry,
+    AllowFilter,
+    event_us,
+    filter_error,
+    is_filter_doc,
+    is_sigma_date,
+    load_filters,
+    parse_filter,
+    read_docs,
+    yaml_files,
+)
+from sensor.detect.filters import RuleError as RuleError  # the loader's error, where it always was
 
 Matcher = Callable[[Mapping[str, Any]], bool]
 # a parsed condition (see _parse_condition)
 Node = tuple[Any, ...]
 
-log = logging.getLogger("xfer-sensor.rules")
 
-RULE_KEYS = frozenset(
-    {
-        "title",
-        "id",
-        "name",
-        "related",
-        "taxonomy",
-        "status",
-        "description",
-        "license",
-        "author",
-        "references",
-        "date",
-        "modified",
-        "logsource",
-        "detection",
-        "fields",
-        "falsepositives",
-        "level",
-        "tags",
-        "scope",
-        "correlation",
-        "generate",
-        "x-allow",
-    }
-)
-ALLOW_KEYS = frozenset({"reason", "expires"})
+RULE_KEYS = SIGMA_META_KEYS | {"status", "detection", "fields", "level", "scope", "correlation", "generate"}
 # Defender DeviceNetworkEvents columns a record may carry beyond today's replay
 # records (endpoint attribution; RemoteUrl from the config's `hostnames`)
 EXTRA_FIELDS = frozenset(
@@ -122,7 +108,7 @@ PROCESS_FIELDS = frozenset(
         "AppUser",
     }
 )
-# an x-allow entry must pin the destination with one of these in every alternative
+# an allow filter must pin the destination with one of these in every alternative
 DESTINATION_FIELDS = frozenset({"RemoteIP", "RemoteUrl", "AdditionalFields.TlsSni"})
 CORRELATION_KEYS = frozenset({"type", "rules", "group-by", "timespan", "condition", "generate", "aliases"})
 MODIFIERS = frozenset({"contains", "startswith", "endswith", "all", "cidr", "re", "gt", "gte", "lt", "lte", "exists"})
@@ -136,79 +122,11 @@ MAX_CONDITION_DEPTH = 32  # parentheses and `not` nested in one condition
 DEFAULT_MAX_MATCH_CHARS = Limits().max_match_chars
 
 
-class RuleError(ValueError):
-    def __init__(self, source: str, rule: str, fieldname: str, message: str) -> None:
-        self.source, self.rule, self.field = source, rule, fieldname
-        super().__init__(one_line(f"{source}: rule '{rule[:200]}': field '{fieldname[:200]}': {message}"))
-
-
-class AllowEntry:
-    """An annotated filter selection (``x-allow``): why it allows, until when.
-
-    ``active_at(ts_us)`` is False once the event time is past ``expires``; the
-    first such event is logged (once per entry)."""
-
-    __slots__ = ("rule_id", "selection", "reason", "expires", "expires_us", "hits", "expired_hits", "logged")
-
-    def __init__(self, rule_id: str, selection: str, reason: str, expires: str | None, expires_us: int | None) -> None:
-        self.rule_id, self.selection, self.reason = rule_id, selection, reason
-        self.expires, self.expires_us = expires, expires_us
-        self.hits = self.expired_hits = 0
-        self.logged = False
-
-    def active_at(self, ts_us: int | None) -> bool:
-        return self.expires_us is None or ts_us is None or ts_us <= self.expires_us
-
-    def expired_now(self) -> bool:
-        return self.expires_us is not None and time.time() * 1e6 > self.expires_us
-
-    def gate(self, rec: Mapping[str, Any]) -> bool:
-        """Called when the filter selection matched: may it suppress this event?"""
-        if self.expires_us is None:
-            self.hits += 1
-            return True
-        if self.active_at(_event_us(rec)):
-            self.hits += 1
-            return True
-        self.expired_hits += 1
-        if not self.logged:
-            self.logged = True
-            log.warning(
-                "rule %s: allow entry '%s' expired on %s (%s): it no longer suppresses events",
-                self.rule_id,
-                self.selection,
-                self.expires,
-                self.reason or "no reason given",
-            )
-        return False
-
-    def describe(self) -> str:
-        s = f"'{self.selection}'"
-        if self.reason:
-            s += f" ({self.reason})"
-        if self.expires:
-            s += f", expires {self.expires}"
-        return s
-
-
-def _event_us(rec: Mapping[str, Any]) -> int | None:
-    ts = rec.get("Timestamp")
-    if not isinstance(ts, str):
-        return None
-    try:
-        d = datetime.fromisoformat(ts[:-1] + "+00:00" if ts.endswith("Z") else ts)
-    except ValueError:
-        return None
-    if d.tzinfo is None:
-        d = d.replace(tzinfo=UTC)
-    return int(d.timestamp()) * 1_000_000 + d.microsecond
-
-
 @dataclass(frozen=True, slots=True)
 class Miss:
     """Why a record missed a rule: a field of a selection the condition needs
-    that the record's value failed (``field`` set), or a filter selection that
-    matched and is no allow entry (``field`` empty)."""
+    that the record's value failed (``field`` set), or a filter selection of
+    the rule itself that matched (``field`` empty)."""
 
     selection: str
     field: str = ""  # the record field ("" for a filter that matched)
@@ -221,9 +139,9 @@ class Verdict:
     """What a detection rule made of one record (``DetectionRule.explain``)."""
 
     matched: bool
-    selections: tuple[str, ...]  # selections that matched (before allow entries)
-    suppressed_by: tuple[AllowEntry, ...] = ()  # allow entries that suppressed a match
-    expired: tuple[AllowEntry, ...] = ()  # entries that would have suppressed, but expired
+    selections: tuple[str, ...]  # the rule's selections that matched (before allow filters)
+    suppressed_by: tuple[AllowEntry, ...] = ()  # allow filters that suppressed a match
+    expired: tuple[AllowEntry, ...] = ()  # filters that would have suppressed, but expired
     misses: tuple[Miss, ...] = ()  # not matched and not suppressed: why (see Miss)
 
 
@@ -245,10 +163,12 @@ class DetectionRule:
     author: str = ""
     selections: Mapping[str, Matcher] = field(default_factory=dict, compare=False)
     condition: Any = field(default=None, compare=False)  # the parsed condition (AST)
-    allow: Mapping[str, AllowEntry] = field(default_factory=dict, compare=False)
+    # the allow filters applied to this rule (sensor/detect/filters.py), in load order
+    filters: tuple[AllowEntry, ...] = field(default=(), compare=False)
     # the rule's `detection:` mapping as written (selections and condition), for
     # showing the rule (sensor/report: its allow filters and the hunt's KQL)
     detection: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    logsource: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def ref(self) -> str:
@@ -256,27 +176,25 @@ class DetectionRule:
 
     def explain(self, rec: Mapping[str, Any]) -> Verdict:
         """Evaluates every selection and says whether the rule matched and, when
-        it did not, which allow entries (filters) suppressed it. Side-effect free."""
+        it did not, which allow filters suppressed it. Side-effect free."""
         raw = {n: bool(m(rec)) for n, m in self.selections.items()}
-        ts = _event_us(rec)
-        gated = dict(raw)
-        expired = []
-        for n, e in self.allow.items():
-            if raw.get(n) and not e.active_at(ts):
-                gated[n] = False
-                expired.append(e)
-        matched = _eval(self.condition, gated)
-        sup: tuple[AllowEntry, ...] = ()
-        misses: tuple[Miss, ...] = ()
-        if not matched:
-            without = dict(gated)
-            for n in self.allow:
-                without[n] = False
-            if _eval(self.condition, without):
-                sup = tuple(e for n, e in self.allow.items() if gated.get(n))
-            else:
-                misses = self._misses(rec, gated)
-        return Verdict(matched, tuple(n for n, v in raw.items() if v), sup, tuple(expired), misses)
+        picked = tuple(n for n, v in raw.items() if v)
+        if not _eval(self.condition, raw):
+            return Verdict(False, picked, misses=self._misses(rec, raw))
+        ts = event_us(rec)
+        sup: list[AllowEntry] = []
+        expired: list[AllowEntry] = []
+        for e in self.filters:
+            if e.suppresses(rec):
+                (sup if e.active_at(ts) else expired).append(e)
+        return Verdict(not sup, picked, tuple(sup), tuple(expired))
+
+    def could_match(self, known: Mapping[str, Any]) -> bool:
+        """False when no record whose fields ``known`` has take those values
+        can match the rule, whatever its other fields hold: the condition
+        evaluated in three-valued logic, a field test on a field not in
+        ``known`` (or a matcher that is not a plain selection) unknown."""
+        return _eval3(self.condition, {n: _could(m, known) for n, m in self.selections.items()}) is not False
 
     @cached_property
     def _getters(self) -> tuple[Callable[[Mapping[str, Any]], Any], ...]:
@@ -284,12 +202,12 @@ class DetectionRule:
 
     @cached_property
     def _expiring(self) -> bool:
-        return any(e.expires_us is not None for e in self.allow.values())
+        return any(e.expires_us is not None for e in self.filters)
 
     def explain_key(self, rec: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """The values ``explain`` depends on, hashable, for a cache of its
         verdicts; None when it cannot be cached (a list or mapping value, or an
-        allow entry with an expiry, which depends on the event's time)."""
+        allow filter with an expiry, which depends on the event's time)."""
         if self._expiring:
             return None
         vals = tuple([get(rec) for get in self._getters])
@@ -350,7 +268,15 @@ class RuleSet:
 
     @property
     def allow_entries(self) -> tuple[AllowEntry, ...]:
-        return tuple(e for d in self.detections for e in d.allow.values())
+        return tuple(e for d in self.detections for e in d.filters)
+
+    @property
+    def filters(self) -> tuple[AllowFilter, ...]:
+        """The loaded allow filters, each once (a filter may name several rules)."""
+        seen: dict[int, AllowFilter] = {}
+        for e in self.allow_entries:
+            seen.setdefault(id(e.filter), e.filter)
+        return tuple(seen.values())
 
     @property
     def quiet_detections(self) -> frozenset[str]:
@@ -814,6 +740,42 @@ def _eval(node: Node, env: Mapping[str, bool]) -> bool:
     return all(vals) if op == "all" else any(vals)
 
 
+def _could(sel: Matcher, known: Mapping[str, Any]) -> bool | None:
+    """A selection on a record of which only the fields in ``known`` are
+    known: True or False when they decide it, None when they do not."""
+    if not isinstance(sel, _Selection):
+        return None
+    out: bool | None = False
+    for alt in sel.alternatives:
+        v: bool | None = True
+        for t in alt:
+            if t.field not in known:
+                v = None
+            elif not t.pred(t.get(known)):
+                v = False
+                break
+        if v:
+            return True
+        if v is None:
+            out = None
+    return out
+
+
+def _eval3(node: Node, env: Mapping[str, bool | None]) -> bool | None:
+    """``_eval`` in Kleene's three-valued logic (None: unknown)."""
+    op = node[0]
+    if op == "sel":
+        return env[node[1]]
+    if op == "not":
+        v = _eval3(node[1], env)
+        return None if v is None else not v
+    if op in ("and", "all"):
+        vals = [_eval3(node[1], env), _eval3(node[2], env)] if op == "and" else [env[n] for n in node[1]]
+        return False if False in vals else None if None in vals else True
+    vals = [_eval3(node[1], env), _eval3(node[2], env)] if op == "or" else [env[n] for n in node[1]]
+    return True if True in vals else None if None in vals else False
+
+
 def _polarity(node: Node, negated: bool = False, out: dict[str, set[bool]] | None = None) -> dict[str, set[bool]]:
     """selection name -> {True if referenced under a negation, False if not}."""
     out = {} if out is None else out
@@ -834,14 +796,6 @@ def _polarity(node: Node, negated: bool = False, out: dict[str, set[bool]] | Non
 # -- documents ---------------------------------------------------------------
 def _common(src: str, doc: dict[str, Any], idx: int) -> tuple[str, str, str, str, tuple[str, ...]]:
     rid = str(doc.get("id") or doc.get("name") or f"#{idx}")
-    if "filter" in doc and "detection" not in doc and "correlation" not in doc:
-        raise RuleError(
-            src,
-            rid,
-            "filter",
-            "Sigma filter documents are not implemented; put the filter in the rule "
-            "as a selection and negate it in the condition (selection and not filter)",
-        )
     for k in doc:
         if k not in RULE_KEYS:
             raise RuleError(src, rid, str(k), f"unknown key (Sigma keys: {', '.join(sorted(RULE_KEYS))})")
@@ -856,15 +810,9 @@ def _common(src: str, doc: dict[str, Any], idx: int) -> tuple[str, str, str, str
     level = doc.get("level", "medium")
     if level not in LEVELS:
         raise RuleError(src, rid, "level", f"one of {', '.join(LEVELS)}, got {level!r}")
-    for k in ("date", "modified"):  # Sigma: YYYY-MM-DD (or the older YYYY/MM/DD)
-        if k in doc:
-            v = doc[k]
-            try:
-                ok = isinstance(v, str) and len(v) == 10 and bool(date.fromisoformat(v.replace("/", "-")))
-            except ValueError:
-                ok = False
-            if not ok:
-                raise RuleError(src, rid, k, f"a date YYYY-MM-DD, got {quote(v)}")
+    for k in ("date", "modified"):
+        if k in doc and not is_sigma_date(doc[k]):
+            raise RuleError(src, rid, k, f"a date YYYY-MM-DD, got {quote(doc[k])}")
     tags = doc.get("tags", [])
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise RuleError(src, rid, "tags", "must be a list of strings")
@@ -882,54 +830,6 @@ def _meta(src: str, rid: str, doc: dict[str, Any]) -> tuple[str, tuple[str, ...]
     if not isinstance(author, str):
         raise RuleError(src, rid, "author", "must be a string")
     return desc.strip(), tuple(refs), author
-
-
-def _expiry(src: str, rid: str, where: str, v: Any) -> tuple[str, int]:
-    """``expires``: a date (valid through that day, UTC) or an ISO 8601 date-time."""
-    try:
-        if isinstance(v, datetime):
-            d = v if v.tzinfo else v.replace(tzinfo=UTC)
-            return d.isoformat(), int(d.timestamp() * 1_000_000)
-        if isinstance(v, date):
-            end = datetime(v.year, v.month, v.day, tzinfo=UTC) + timedelta(days=1)
-            return v.isoformat(), int(end.timestamp()) * 1_000_000 - 1
-    except (OverflowError, ValueError):  # 9999-12-31 has no next day
-        raise RuleError(src, rid, where, f"a date datetime can hold (before 9999-12-31), got {quote(v)}") from None
-    if isinstance(v, str):
-        try:
-            d = datetime.fromisoformat(v[:-1] + "+00:00" if v.endswith("Z") else v)
-        except ValueError:
-            pass
-        else:
-            if len(v) == 10:
-                return _expiry(src, rid, where, d.date())
-            return _expiry(src, rid, where, d)
-    raise RuleError(src, rid, where, f"a date (YYYY-MM-DD) or an ISO 8601 date-time, got {quote(v)}")
-
-
-def _allow(src: str, rid: str, raw: Any, sels: Mapping[str, Any]) -> dict[str, AllowEntry]:
-    if not isinstance(raw, dict) or not raw:
-        raise RuleError(src, rid, "x-allow", "must map filter selection names to {reason, expires}")
-    out = {}
-    for name, meta in raw.items():
-        where = f"x-allow.{name}"
-        if name not in sels:
-            raise RuleError(src, rid, where, f"no selection named '{name}' in detection")
-        if meta is None:
-            meta = {}
-        if not isinstance(meta, dict):
-            raise RuleError(src, rid, where, "must be a mapping with reason and/or expires")
-        for k in meta:
-            if k not in ALLOW_KEYS:
-                raise RuleError(src, rid, f"{where}.{k}", f"unknown key (known: {', '.join(sorted(ALLOW_KEYS))})")
-        reason = meta.get("reason", "")
-        if not isinstance(reason, str):
-            raise RuleError(src, rid, f"{where}.reason", "must be a string")
-        expires, expires_us = (None, None)
-        if meta.get("expires") is not None:
-            expires, expires_us = _expiry(src, rid, f"{where}.expires", meta["expires"])
-        out[name] = AllowEntry(rid, name, reason.strip(), expires, expires_us)
-    return out
 
 
 def _detection(
@@ -980,34 +880,148 @@ def _detection(
                         "process does (exfiltration included); pin the destination too "
                         f"({', '.join(sorted(DESTINATION_FIELDS))})",
                     )
-    allow: dict[str, AllowEntry] = {}
-    if "x-allow" in doc:
-        allow = _allow(src, rid, doc["x-allow"], sels)
-        for sname in allow:
-            if pol.get(sname) != {True}:
-                raise RuleError(
-                    src,
-                    rid,
-                    f"x-allow.{sname}",
-                    "an allow entry must be a filter the condition only negates (selection and not filter)",
-                )
-            for fields_ in alts[sname]:
-                if not fields_ & DESTINATION_FIELDS:
-                    raise RuleError(
-                        src,
-                        rid,
-                        f"x-allow.{sname}",
-                        "every alternative of an allow entry must name the destination "
-                        f"({', '.join(sorted(DESTINATION_FIELDS))}); got only {', '.join(sorted(fields_))}",
-                    )
-    gated = dict(sels)
-    for sname, entry in allow.items():
-        base = sels[sname]
-        gated[sname] = (lambda b, e: lambda rec: b(rec) and e.gate(rec))(base, entry)
-    match = _compile(tree, gated)
+    match = _compile(tree, sels)
     return DetectionRule(
-        src, rid, name, title, level, tags, frozenset(used), match, desc, refs, author, sels, tree, allow, det
+        src, rid, name, title, level, tags, frozenset(used), match, desc, refs, author, sels, tree, (), det, ls
     )
+
+
+def _match_all(key: str, value: Any) -> bool:
+    """Does the test ``key: value`` (one field, modifiers) hold for any value?"""
+    mods = key.split("|")[1:]
+    vals = value if isinstance(value, list) else [value]
+    if "exists" in mods:
+        return True  # present or absent, nothing pins the destination
+    for v in vals:
+        if "cidr" in mods:
+            try:
+                if ipaddress.ip_network(str(v), strict=False).prefixlen == 0:
+                    return True
+            except ValueError:
+                pass  # refused by the compiler
+        elif "re" in mods:
+            if str(v) in ("", ".*", "^", "$", ".+"):
+                return True
+        elif isinstance(v, str):
+            if v and v.strip("*") == "":  # `*`: anything
+                return True
+            if not v and any(m in mods for m in ("contains", "startswith", "endswith")):
+                return True
+    return False
+
+
+def _alternatives(body: Any) -> list[Mapping[str, Any]]:
+    """The OR-ed maps of a selection as written."""
+    return (
+        [body] if isinstance(body, dict) else [x for x in body if isinstance(x, dict)] if isinstance(body, list) else []
+    )
+
+
+def _apply_filters(
+    dets: list[DetectionRule],
+    filters: Iterable[AllowFilter],
+    known: frozenset[str] | None,
+    cap: int,
+    correlations: Mapping[str, str],
+) -> list[DetectionRule]:
+    """Each filter compiled and checked, and ANDed with each rule it names:
+    the rule matches when its own condition holds and no active filter
+    suppresses the event. ``correlations``: names and ids of correlation
+    rules (a filter cannot tune one)."""
+    by_ref: dict[str, int] = {}
+    for i, d in enumerate(dets):
+        by_ref[d.id] = i
+        if d.name:
+            by_ref[d.name] = i
+    entries: list[list[AllowEntry]] = [[] for _ in dets]
+    extra_fields: list[set[str]] = [set() for _ in dets]
+    dest = ", ".join(sorted(DESTINATION_FIELDS))
+    for f in filters:
+
+        def err(fieldname: str, message: str, f: AllowFilter = f) -> RuleError:
+            return filter_error(f.source, f.id, fieldname, message)
+
+        used: set[str] = set()
+        sels: dict[str, Matcher] = {}
+        try:
+            for sname, body in f.selections.items():
+                sels[sname] = _selection(f.source, f.id, sname, body, known, used, None, cap)
+            tree = _parse_condition(f.source, f.id, f.condition, sels)
+        except RuleError as e:
+            raise err("filter" + e.field.removeprefix("detection"), e.message) from None
+        pol = _polarity(tree)
+        for sname, body in f.selections.items():
+            if sname not in pol:
+                raise err(f"filter.{sname}", "not used by the condition")
+            if pol[sname] != {True}:
+                raise err(
+                    "filter.condition",
+                    f"an allow filter only negates its selections (e.g. 'not {sname}'): "
+                    f"{f.condition!r} would narrow the rule to what '{sname}' matches",
+                )
+            for alt in _alternatives(body):
+                pins = [
+                    k for k, v in alt.items() if str(k).split("|")[0] in DESTINATION_FIELDS and not _match_all(k, v)
+                ]
+                if pins:
+                    continue
+                fields_ = sorted(str(k).split("|")[0] for k in alt)
+                if set(fields_) <= PROCESS_FIELDS:
+                    why = "keyed on the process or account alone it would allow anything that process does"
+                else:
+                    why = f"got only {', '.join(fields_)}, or a test that matches any value"
+                raise err(
+                    f"filter.{sname}",
+                    f"every alternative of an allow filter must pin the destination ({dest}); {why}",
+                )
+        suppresses = _negated(_compile(tree, sels))
+        for ref in f.rules:
+            if ref not in by_ref:
+                if ref in correlations:
+                    raise err(
+                        "filter.rules", f"'{ref}' is a correlation rule; a filter tunes the detection rules it counts"
+                    )
+                raise err("filter.rules", f"no loaded detection rule named '{ref}'")
+            i = by_ref[ref]
+            d = dets[i]
+            for k, v in f.logsource.items():
+                if d.logsource.get(k) != v:
+                    raise err(
+                        f"logsource.{k}",
+                        f"{v!r} does not cover rule '{ref}' (its logsource has {d.logsource.get(k)!r}); "
+                        "other Sigma tools would not apply the filter",
+                    )
+            if any(e.filter.id == f.id for e in entries[i]):
+                continue  # named twice (by name and id)
+            entries[i].append(AllowEntry(d.id, f, suppresses, tree))
+            extra_fields[i] |= used
+    out = []
+    for d, es, more in zip(dets, entries, extra_fields):
+        if not es:
+            out.append(d)
+            continue
+        out.append(
+            dataclasses.replace(
+                d, match=_filtered(d.match, tuple(es)), filters=tuple(es), fields_used=d.fields_used | more
+            )
+        )
+    return out
+
+
+def _negated(m: Matcher) -> Matcher:
+    return lambda rec: not m(rec)
+
+
+def _filtered(base: Matcher, entries: tuple[AllowEntry, ...]) -> Matcher:
+    def match(rec: Mapping[str, Any]) -> bool:
+        if not base(rec):
+            return False
+        for e in entries:
+            if e.suppresses(rec) and e.gate(rec):
+                return False
+        return True
+
+    return match
 
 
 def _correlation(
@@ -1016,8 +1030,6 @@ def _correlation(
     rid, name, title, level, tags = _common(src, doc, idx)
     if "detection" in doc or "logsource" in doc:
         raise RuleError(src, rid, "detection", "a correlation rule has no detection/logsource")
-    if "x-allow" in doc:
-        raise RuleError(src, rid, "x-allow", "allow entries belong to the detection rule (its filter selections)")
     desc, references, author = _meta(src, rid, doc)
     c = doc["correlation"]
     if not isinstance(c, dict):
@@ -1074,8 +1086,11 @@ def load_rule_docs(
     docs: Iterable[tuple[str, int, Any]],
     known_fields: Iterable[str] | None = None,
     max_match_chars: int = DEFAULT_MAX_MATCH_CHARS,
+    filters: Iterable[AllowFilter] = (),
 ) -> RuleSet:
-    """``docs``: (source, index, parsed YAML document) triples.
+    """``docs``: (source, index, parsed YAML document) triples; a Sigma filter
+    document among them is an allow filter, like those of ``filters``
+    (``load_filters``): each is applied to the detection rules it names.
     ``max_match_chars``: characters of a field that ``|re`` and wildcard
     values read (the config's ``limits.max_match_chars``)."""
     known = frozenset(known_fields) if known_fields is not None else None
@@ -1083,12 +1098,16 @@ def load_rule_docs(
         known = known | EXTRA_FIELDS
     dets: list[DetectionRule] = []
     pending: list[tuple[CorrelationRule, list[str]]] = []
+    allow = list(filters)
     ids: set[str] = set()
     for src, idx, doc in docs:
         if doc is None:
             continue
         if not isinstance(doc, dict):
             raise RuleError(src, f"#{idx}", "<document>", "a rule must be a YAML mapping")
+        if is_filter_doc(doc):
+            allow.append(parse_filter(src, idx, doc))
+            continue
         if "correlation" in doc:
             cr, refs = _correlation(src, doc, idx, known)
             rid = cr.id
@@ -1099,9 +1118,7 @@ def load_rule_docs(
             dets.append(dr)
         else:
             rid = str(doc.get("id", f"#{idx}"))
-            if "filter" in doc:
-                _common(src, doc, idx)  # refuses a Sigma filter document by name
-            raise RuleError(src, rid, "detection", "a rule needs 'detection' or 'correlation'")
+            raise RuleError(src, rid, "detection", "a rule needs 'detection' or 'correlation' (a filter: 'filter')")
         if rid in ids:
             raise RuleError(src, rid, "id", "duplicate rule id")
         ids.add(rid)
@@ -1111,6 +1128,22 @@ def load_rule_docs(
         if d.name:
             if d.name in by_ref:
                 raise RuleError(d.source, d.id, "name", f"duplicate rule name '{d.name}'")
+            by_ref[d.name] = d
+    names: set[str] = set()
+    for f in allow:
+        if f.id in ids:
+            raise filter_error(f.source, f.id, "id", "duplicate id (a rule or another filter has it)")
+        ids.add(f.id)
+        if f.name:
+            if f.name in names or f.name in by_ref:
+                raise filter_error(f.source, f.id, "name", f"duplicate name '{f.name}'")
+            names.add(f.name)
+    cor_refs = {r: cr.id for cr, _ in pending for r in (cr.id, cr.name) if r}
+    dets = _apply_filters(dets, allow, known, max_match_chars, cor_refs)
+    by_ref = {}
+    for d in dets:
+        by_ref[d.id] = d
+        if d.name:
             by_ref[d.name] = d
     cors = []
     for cr, refs in pending:
@@ -1142,29 +1175,18 @@ def load_rule_docs(
 
 
 def load_rules(
-    path: str | Path, known_fields: Iterable[str] | None = None, max_match_chars: int = DEFAULT_MAX_MATCH_CHARS
+    path: str | Path,
+    known_fields: Iterable[str] | None = None,
+    max_match_chars: int = DEFAULT_MAX_MATCH_CHARS,
+    filters: Iterable[str | Path] = (),
 ) -> RuleSet:
-    """Load every ``*.yml``/``*.yaml`` in a folder (sorted), or one file. Every
-    problem is a ``RuleError`` naming the file (size, encoding, YAML, nesting
-    and alias expansion are checked by ``read_yaml_file``)."""
-    p = Path(path)
-    try:
-        if p.is_dir():
-            files = sorted(list(p.glob("*.yml")) + list(p.glob("*.yaml")))
-        elif p.exists():
-            files = [p]
-        else:
-            raise RuleError(str(p), "-", "<file>", "no such file or folder")
-    except OSError as e:
-        raise RuleError(str(p), "-", "<file>", f"cannot read: {e.strerror or e}") from None
-    docs = []
-    for f in files:
-        try:
-            for i, d in enumerate(read_yaml_file(f)):
-                docs.append((str(f), i, d))
-        except YamlFileError as e:
-            raise RuleError(str(f), "-", e.field, e.message) from None
-    return load_rule_docs(docs, known_fields, max_match_chars)
+    """Load every ``*.yml``/``*.yaml`` in a folder (sorted), or one file: its
+    rules and its filters; then the filter files and folders of ``filters``
+    (every document a filter), applied to the rules they name. Every problem is
+    a ``RuleError`` naming the file (size, encoding, YAML, nesting and alias
+    expansion are checked by ``read_yaml_file``)."""
+    docs = read_docs(yaml_files(path))
+    return load_rule_docs(docs, known_fields, max_match_chars, load_filters(filters))
 
 
 SHIPPED_RULES_FILE = "t1071_002_file_transfer_protocols.yml"

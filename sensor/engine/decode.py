@@ -225,7 +225,7 @@ class Checksums:
         self.auto = mode == "auto"
         self.max_senders = max_senders
         self.senders: dict[bytes, bool] = {}  # packed sender address -> offloading
-        self.full = 0  # senders left undecided because ``senders`` was full
+        self.full = 0  # decisions refused because ``senders`` was full
         self._nets4 = [(int(n.network_address), int(n.netmask)) for n in home_net if n.version == 4]
         self._nets6 = [n for n in home_net if n.version == 6]
         self.stats: DecodeStats | None = None  # the decoder's, set by the Decoder
@@ -249,10 +249,10 @@ class Checksums:
         got = self.senders.get(src)
         if got is not None:
             return got
-        if not self._home(src):
-            return False
-        if len(self.senders) >= self.max_senders:
+        if len(self.senders) >= self.max_senders:  # first: under a SYN scan, every new sender asks
             self.full += 1
+            return False
+        if not self._home(src):
             return False
         self.senders[src] = offloading
         if offloading:

@@ -48,6 +48,7 @@ from typing import Any, cast
 
 from sensor.core.config import Config
 from sensor.core.counters import Counters
+from sensor.engine.attempts import AttemptGroups
 from sensor.engine.decode import ACK, FIN, RST, SYN, Packet, seq_unwrap
 
 # endpoint states (Zeek's TCP_*)
@@ -320,6 +321,12 @@ EMBRYOS_FROM = 0.5
 MAX_RECENT_KEYS = 1 << 18  # keys remembered for same-microsecond uids (cleared beyond)
 
 
+def _bare_syn(flow: Flow) -> bool:
+    """A TCP flow of one bare SYN, nothing answered, no application state:
+    what an embryo is, as a full flow (its record would be ``attempt``'s)."""
+    return flow.proto == 6 and flow.history == "S" and flow.ctx is None and flow.o.pkts == 1 and flow.r.pkts == 0
+
+
 def _indexable(flow: Flow) -> bool:
     """In the wire-order index (``FlowTable.fast``): IPv4 TCP."""
     return flow.proto == 6 and len(flow.orig_b) == 4
@@ -400,6 +407,9 @@ class FlowTable:
         # only by an owner whose record of such a flow depends on these alone
         # (the pipeline: records, no attribution; its on_new gives it no state)
         self.attempt_ended: Callable[[bytes, bytes, int, int, int, int, str], None] | None = None
+        # an embryo evicted in emergency mode is counted in its group here instead
+        # (sensor/engine/attempts.py); None: each ends through ``attempt_ended``
+        self.attempt_groups: AttemptGroups | None = None
         self._addrs: dict[bytes, tuple[bytes, str]] = {}  # addresses UDP flows share (``_shared``)
 
     def active(self) -> int:
@@ -417,7 +427,11 @@ class FlowTable:
                 self.emergency = False
                 self.timeouts_us = self.normal_timeouts_us
                 self.stats.emergency_exited += 1
+                if self.attempt_groups is not None:
+                    self.attempt_groups.flush()  # the flood's groups end with it
             self.expire(self.now, self.scan_budget)
+            if self.attempt_groups is not None:
+                self.attempt_groups.expire(self.now)
             if self.on_tick is not None:
                 self.on_tick(self.now)
         return self.now
@@ -489,6 +503,9 @@ class FlowTable:
             # the flows and the embryos (each with its uid, made in the order
             # hatching would have made them) end together, oldest first
             last: list[tuple[int, str, Any]] = [(f.first_ts, f.uid, f) for f in self.flows.values()]
+            if self.attempt_groups is not None and self.emergency:  # counted in their groups (_end_embryo)
+                for wk, v in list(self.embryos.items()):
+                    self._end_embryo(wk, v)
             for wk, v in self.embryos.items():
                 key, src, dst, sport, dport = self._embryo_key(wk)
                 ts = v >> 48
@@ -503,6 +520,8 @@ class FlowTable:
                 else:
                     st.ended += 1
                     ended(x[0], x[1], x[2], x[3], x[4], x[5], uid)
+        if self.attempt_groups is not None:
+            self.attempt_groups.flush()
         for q in self.queues:
             q.clear()
         self.qlive = [0, 0, 0, 0]
@@ -540,7 +559,8 @@ class FlowTable:
             + _B62[top % 62]
         )
 
-    def _end(self, flow: Flow, reason: str) -> None:
+    def _end(self, flow: Flow, reason: str, quiet: bool = False) -> None:
+        """``quiet``: without ``on_end`` (no record: a bare SYN counted in its attempt group)."""
         if self.flows.pop(flow.key, None) is None:
             return
         if flow.inq:  # every live flow is queued; a hatched embryo ending at once is neither queued nor indexed
@@ -563,7 +583,8 @@ class FlowTable:
                     self._unconfirmed(flow, s, pend)
         flow.end_reason = reason
         self.stats.ended += 1
-        self.on_end(flow)
+        if not quiet:
+            self.on_end(flow)
 
     # -- the wire-order index (sensor/engine/fastpath.py) -------------------------------
     @staticmethod
@@ -627,6 +648,11 @@ class FlowTable:
             if not q:
                 continue
             self.stats.evicted += 1
+            groups = self.attempt_groups
+            if groups is not None and self.emergency and _bare_syn(flow):
+                self._end(flow, "evicted", quiet=True)  # counted in its group, as an embryo would be
+                groups.add(flow.orig_b + flow.resp_p.to_bytes(2, "big"), flow.resp_b, flow.first_ts)
+                return
             self._end(flow, "evicted")
             return
 
@@ -695,6 +721,15 @@ class FlowTable:
         del self.embryos[wk]
         st = self.stats
         st.hatched += 1
+        st.ended += 1
+        eo = self._eorder
+        if len(eo) > 4 * len(self.embryos) + 256:  # as _hatch
+            self._reorder()
+        groups = self.attempt_groups
+        if groups is not None and self.emergency:  # counted in its group: no uid, no record of its own
+            n = (len(wk) - 4) >> 1
+            groups.add(wk[:n] + wk[-2:], wk[n : 2 * n], v >> 48)
+            return
         key, src, dst, sport, dport = self._embryo_key(wk)
         ts = v >> 48
         uid = self._uid(key, ts)
@@ -705,10 +740,6 @@ class FlowTable:
             recent[key] = (ts, self._uidn)
             if len(recent) > self.recent_peak:
                 self.recent_peak = len(recent)
-        st.ended += 1
-        eo = self._eorder
-        if len(eo) > 4 * len(self.embryos) + 256:  # as _hatch
-            self._reorder()
         self.attempt_ended(src, dst, sport, dport, ts, (v >> 32) & 0xFFFF, uid)  # type: ignore[misc]
 
     def _reorder(self) -> None:

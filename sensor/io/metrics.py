@@ -59,6 +59,7 @@ def collect(
     start_time: float = 0.0,
     allow_base: Mapping[tuple, tuple[int, int]] | None = None,
     state_write_errors: int = 0,
+    recording: Mapping[str, Any] | None = None,
 ) -> Mapping:
     """A read-only snapshot (nested ``MappingProxyType``) of every figure.
 
@@ -68,10 +69,10 @@ def collect(
     counters never go backwards; ``state_write_errors``: failed commits of
     the rule-window state file."""
     allow: dict[tuple[str, str], int] = {}
-    for (rid, sel), (hits, _exp) in (allow_base or {}).items():
-        allow[(rid, sel)] = allow.get((rid, sel), 0) + hits
+    for (rid, name), (hits, _exp) in (allow_base or {}).items():
+        allow[(rid, name)] = allow.get((rid, name), 0) + hits
     for e in allow_entries:
-        k = (e.rule_id, e.selection)
+        k = (e.rule_id, e.name)
         allow[k] = allow.get(k, 0) + e.hits
     att = pipe_stats.get("attribution") or {}
     by_source = {s: 0 for s in ATTRIBUTION_SOURCES}
@@ -91,6 +92,7 @@ def collect(
         },
         "decoder": dict(pipe_stats.get("decoder", {})),
         "flows": dict(pipe_stats.get("flows", {}), active=flows_active),
+        "attempts": dict(pipe_stats.get("attempts", {})),
         "expectations": dict(pipe_stats.get("expectations", {})),
         "connections": dict(pipe_stats.get("connections", {})),
         "detect": dict(pipe_stats.get("detect", {})),
@@ -104,6 +106,7 @@ def collect(
         "weird": dict(pipe_stats.get("weird", {})),
         "outputs": dict(outputs or {}),
         "state": {"write_errors": state_write_errors},
+        "recording": dict(recording or {}),  # the flight recorder (sensor/io/ring.py), when on
     }
     return freeze(snap)
 
@@ -217,6 +220,20 @@ def render(snap: Mapping[str, Any]) -> str:
         "Times the flow table entered emergency mode (90 % of limits.max_flows).",
         fl.get("emergency_entered", 0),
     )
+    at = snap.get("attempts") or {}
+    o.one(
+        "attempts_aggregated_total",
+        "counter",
+        "Unanswered attempts (bare SYNs) that ended while the flow table was in emergency mode, counted in "
+        "connection_attempts records instead of a connection record each (attempt_records: aggregate).",
+        at.get("aggregated", 0),
+    )
+    o.one(
+        "attempt_groups_written_total",
+        "counter",
+        "connection_attempts weird records written (groups of unanswered attempts).",
+        at.get("groups", 0),
+    )
     o.one(
         "expectations_dropped_total",
         "counter",
@@ -235,15 +252,15 @@ def render(snap: Mapping[str, Any]) -> str:
     o.family(
         "alerts_suppressed_total",
         "counter",
-        "Detections not alerted: reason='allow_entry' (an x-allow filter matched the event), "
+        "Detections not alerted: reason='allow_entry' (an allow filter suppressed the event), "
         "reason='already_raised' (the key's alert was raised and has not re-armed).",
         [({"reason": "allow_entry"}, sum(allow.values())), ({"reason": "already_raised"}, det.get("suppressed", 0))],
     )
     o.family(
         "allow_entry_suppressed_total",
         "counter",
-        "Events suppressed per allow entry (rule, filter selection).",
-        [({"rule": r, "selection": s}, n) for (r, s), n in sorted(allow.items())],
+        "Events suppressed per allow filter (rule id, filter name or id).",
+        [({"rule": r, "filter": s}, n) for (r, s), n in sorted(allow.items())],
     )
     o.one("detection_matches_total", "counter", "Records that matched a detection rule.", det.get("matched", 0))
     o.one(
@@ -323,6 +340,41 @@ def render(snap: Mapping[str, Any]) -> str:
         "Failed commits of the rule-window state file (the windows stay in memory and are retried).",
         (snap.get("state") or {}).get("write_errors", 0),
     )
+    rec = snap.get("recording") or {}
+    if rec:
+        o.one(
+            "recording_packets_total",
+            "counter",
+            "Packets written to the flight recorder's ring.",
+            rec["packets_written"],
+        )
+        o.one(
+            "recording_comments_total",
+            "counter",
+            "Recorded packets that carry their connection's process in a comment.",
+            rec["comments_written"],
+        )
+        o.family(
+            "recording_dropped_total",
+            "counter",
+            "Packets not recorded (never packets lost to the pipeline): reason='overflow' (the writer's queue was "
+            "full: a slow disk), reason='error' (a write failed: disk full), reason='too_big' (one packet larger "
+            "than the ring's bounds).",
+            [
+                ({"reason": "overflow"}, rec["dropped_overflow"]),
+                ({"reason": "error"}, rec["dropped_error"]),
+                ({"reason": "too_big"}, rec["dropped_too_big"]),
+            ],
+        )
+        o.one("recording_bytes", "gauge", "Bytes in the ring's files (pcap_ring.max_bytes bounds it).", rec["bytes"])
+        o.one("recording_files", "gauge", "Files in the ring (pcap_ring.max_files bounds it).", rec["files"])
+        o.one(
+            "recording_files_removed_total",
+            "counter",
+            "Ring files removed to keep within the bounds.",
+            rec["files_removed"],
+        )
+        o.one("recording_failing", "gauge", "1 while the ring's writes fail.", int(bool(rec["failing"])))
     o.one("start_time_seconds", "gauge", "When the daemon started (Unix time).", snap["start_time"])
     o.one("snapshot_time_seconds", "gauge", "When these figures were taken (Unix time).", snap["time"])
     return "\n".join(o.lines) + "\n"

@@ -262,6 +262,7 @@ class AsyncSink:
         error_log_interval: float = 60.0,
         stall_timeout: float = STALL_TIMEOUT_S,
         kinds: Iterable[str] = KINDS,
+        queue_bytes_max: int | None = None,
     ) -> None:
         self.writer = writer
         self.name = getattr(writer, "name", type(writer).__name__)
@@ -271,6 +272,15 @@ class AsyncSink:
         self.error_log_interval = error_log_interval
         self.stall_timeout = stall_timeout
         self.q: deque = deque()
+        # optional second bound: bytes queued (the flight recorder's packets vary in size)
+        self.queue_bytes_max = queue_bytes_max
+        self.q_bytes = 0
+        self._need = 0  # bytes of the record waiting for room
+        # optional ``writer.tick()``: called after each batch and when the queue stays empty for
+        # WAKE_INTERVAL_S; optional ``writer.write_batch(items)``: takes a whole batch and never
+        # raises (it counts its own losses: the flight recorder's packets)
+        self._tick = getattr(writer, "tick", None)
+        self._write_batch = getattr(writer, "write_batch", None)
         self.cond = threading.Condition(threading.Lock())
         self.closing = False
         self.reopen_requested = False
@@ -294,16 +304,18 @@ class AsyncSink:
     # -- producer side ----------------------------------------------------------------
     def put(self, meta: tuple, line: bytes) -> bool:
         with self.cond:
-            if len(self.q) >= self.queue_max:
+            if self._full(len(line)):
                 if self.block and not self.stalled:
+                    self._need = len(line)
                     self._wait_room()
-                if len(self.q) >= self.queue_max:
+                if self._full(len(line)):
                     self.dropped_overflow += 1
                     self._lost(meta)
                     self._unlogged_overflow += 1
                     self._maybe_log()
                     return False
             self.q.append((meta, line))
+            self.q_bytes += len(line)
             self.queued += 1
             if len(self.q) > self.max_depth:
                 self.max_depth = len(self.q)
@@ -311,9 +323,14 @@ class AsyncSink:
                 self.cond.notify_all()
         return True
 
+    def _full(self, n: int) -> bool:
+        """Caller holds the lock: would ``n`` more bytes overflow the queue?"""
+        qb = self.queue_bytes_max
+        return len(self.q) >= self.queue_max or (qb is not None and self.q_bytes + n > qb)
+
     def _wait_room(self) -> None:
         """Caller holds the lock. Waits while the writer makes progress."""
-        while len(self.q) >= self.queue_max and not self.closing:
+        while self._full(self._need) and not self.closing:
             before = self.written + self.dropped_error
             self.cond.wait(WAKE_INTERVAL_S)
             if (
@@ -368,13 +385,22 @@ class AsyncSink:
         while True:
             with self.cond:
                 while not self.q and not self.closing and not self.reopen_requested:
-                    self.cond.wait(WAKE_INTERVAL_S)
+                    if not self.cond.wait(WAKE_INTERVAL_S) and self._tick is not None:
+                        break  # idle: let the writer do its timed work
                 if not self.q and self.closing:
                     return
                 batch = list(self.q)
                 self.q.clear()
+                self.q_bytes = 0
                 self.busy = True
                 self.cond.notify_all()  # room for blocked producers
+            if self._write_batch is not None and batch:
+                if self.reopen_requested:
+                    self._reopen()
+                self._write_batch(batch)
+                self.written += len(batch)
+                self.last_progress = time.monotonic()
+                batch = []
             for meta, line in batch:
                 if self.reopen_requested:
                     self._reopen()
@@ -397,6 +423,8 @@ class AsyncSink:
                 self.last_progress = time.monotonic()
             if self.reopen_requested:
                 self._reopen()
+            if self._tick is not None:
+                self._tick()
             with self.cond:
                 self.busy = False
                 if self.stalled and len(self.q) <= self.queue_max // 2:

@@ -527,6 +527,11 @@ class EcsProfile:
         doc["xfer"] = {
             "weird": {"name": rec.get("Name", ""), "source": rec.get("Source", ""), "uid": rec.get("Uid", "")}
         }
+        if "Attempts" in rec:  # connection_attempts: a group of unanswered attempts (sensor/engine/attempts.py)
+            doc["event"]["start"], doc["event"]["end"] = rec.get("FirstSeen"), rec.get("LastSeen")
+            doc["source"] = {"ip": rec.get("OriginatorIP")}
+            doc["destination"] = {"ip": rec.get("LastResponderIP"), "port": rec.get("ResponderPort")}
+            doc["xfer"]["weird"]["attempts"] = rec["Attempts"]
         return doc
 
 

@@ -55,6 +55,17 @@ RECORD_FIELDS = (
 PORT_PROTOCOL = {20: "FTP/FTPS", 21: "FTP/FTPS", 990: "FTP/FTPS", 989: "FTP/FTPS", 445: "SMB", 139: "SMB", 69: "TFTP"}
 
 
+# the weird record of a group of unanswered attempts (attempt_records: aggregate)
+ATTEMPTS_WEIRD = "connection_attempts"
+
+# the fields every unanswered attempt's record (``RecordBuilder.attempt``) has
+# alike: a rule that fails on them never matches one (DetectionRule.could_match)
+ATTEMPT_CONSTANT_FIELDS = tuple(
+    "ActionType Protocol InitiatingProcessFileName InitiatingProcessId InitiatingProcessAccountName AccountName "
+    "SentBytes ReceivedBytes ConnState History AppUser DataSentBytes DataReceivedBytes ParentUid".split()
+)
+
+
 # the process details endpoint mode adds to a record, after the others
 # (sensor/attribution/book.py fills them)
 ENDPOINT_FIELDS = (
@@ -173,6 +184,30 @@ class RecordBuilder:
         if cfg.hostnames:
             rec["RemoteUrl"] = cfg.hostnames.get(rip, "")
         return rec
+
+    def attempt_constants(self) -> dict[str, Any]:
+        """``ATTEMPT_CONSTANT_FIELDS`` with the values every ``attempt`` record has."""
+        rec = self.attempt(b"\x00\x00\x00\x01", b"\x00\x00\x00\x02", 1, 2, 0, 0, "", "")
+        return {f: rec[f] for f in ATTEMPT_CONSTANT_FIELDS}
+
+    def attempts(self, orig_b: bytes, resp_p: int, n: int, first: int, last: int, resp_b: bytes) -> dict[str, Any]:
+        """The ``connection_attempts`` weird record of a group of ``n``
+        unanswered attempts from ``orig_b`` to port ``resp_p``, the last to
+        ``resp_b`` (sensor/engine/attempts.py)."""
+        first_text = iso_us(first)
+        return {
+            "Timestamp": first_text,
+            "Name": ATTEMPTS_WEIRD,
+            "Detail": f"{n} unanswered connection attempt(s) to port {resp_p}, evicted from the full flow table",
+            "Uid": "",
+            "Source": "flow",
+            "OriginatorIP": address_text(orig_b),
+            "ResponderPort": resp_p,
+            "Attempts": n,
+            "FirstSeen": first_text,
+            "LastSeen": iso_us(last),
+            "LastResponderIP": address_text(resp_b),
+        }
 
     def build(self, flow: Flow, att: Any = None) -> dict[str, Any]:
         """The connection's record; ``att`` its ``Attribution`` (endpoint mode)."""

@@ -15,8 +15,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from sensor.export.kql import hunt_kql
 from sensor.report.html import render_html
-from sensor.report.kql import hunt_kql
 from sensor.report.model import ReportBuilder
 
 __all__ = ["ReportBuilder", "ReportError", "check_report_path", "hunt_kql", "read_records_dir", "render_html"]

@@ -17,7 +17,7 @@ from typing import Any
 
 from sensor.core.timefmt import iso_us
 from sensor.detect.rules import CorrelationRule, DetectionRule, RuleSet
-from sensor.report.kql import hunt_kql
+from sensor.export.kql import hunt_kql
 from sensor.report.model import (
     MAX_DETAILED_ALERTS,
     MAX_FILES_PER_ALERT,
@@ -236,15 +236,15 @@ def _rule_html(rules: RuleSet | None, rule_id: str) -> str:
         out.append(_rule_head(d))
         body = {k: v for k, v in d.detection.items()}
         out.append(f"<pre class=detection>{_pre(json.dumps(body, indent=1, ensure_ascii=False, default=str))}</pre>")
-        if d.allow:
+        if d.filters:
             out.append(
-                "<table class=allow><caption>Allow filters (x-allow)</caption><tr><th>selection</th><th>reason</th>"
-                "<th>expires</th><th>filter</th></tr>"
+                "<table class=allow><caption>Allow filters (Sigma filters)</caption><tr><th>filter</th><th>reason</th>"
+                "<th>expires</th><th>condition and selections</th></tr>"
             )
-            for name, e in d.allow.items():
-                sel = json.dumps(d.detection.get(name), ensure_ascii=False, default=str)
+            for e in d.filters:
+                sel = json.dumps(dict(e.filter.detection), ensure_ascii=False, default=str)
                 out.append(
-                    f"<tr><td>{_t(name)}</td><td>{_t(e.reason or 'no reason given')}</td>"
+                    f"<tr><td>{_t(e.name)}</td><td>{_t(e.reason)}</td>"
                     f"<td>{_t(e.expires or 'no expiry')}</td><td><code>{_t(sel)}</code></td></tr>"
                 )
             out.append("</table>")

@@ -109,6 +109,9 @@ class Lab:
         self.workdir = Path(workdir) if workdir else None
         self._procs: list[tuple[subprocess.Popen, bool]] = []
         self._up = False
+        self.extra_ns: list[str] = []  # add_host() / add_span() namespaces
+        self.bridge_ports: list[str] = []  # the hosts' ports on the middle bridge (middle=True)
+        self.span_mid_if = f"{prefix}-msp"  # add_span(): the mirror's target in the middle namespace
 
     # -- lifecycle ---------------------------------------------------------
     def __enter__(self) -> Lab:
@@ -188,9 +191,7 @@ class Lab:
                     check=False,
                 )
                 for ifc in (self.mid_cli_if, self.mid_srv_if):
-                    _run(["ip", "-n", m, "link", "set", ifc, "master", "br0"])
-                    _run(["ip", "-n", m, "link", "set", ifc, "gso_max_size", "1500", "gso_max_segs", "1"], check=False)
-                    _run(["ip", "-n", m, "link", "set", ifc, "up"])
+                    self._bridge(ifc)
                 _run(["ip", "-n", m, "link", "set", "br0", "up"])
             else:
                 _run(
@@ -233,14 +234,89 @@ class Lab:
             self.teardown()
             raise
 
-    def _wait_link(self, timeout: float = 5.0) -> None:
+    def _bridge(self, ifc: str) -> None:
+        """Make *ifc* (in the middle namespace) a port of the bridge."""
+        m = self.mid_ns
+        _run(["ip", "-n", m, "link", "set", ifc, "master", "br0"])
+        _run(["ip", "-n", m, "link", "set", ifc, "gso_max_size", "1500", "gso_max_segs", "1"], check=False)
+        _run(["ip", "-n", m, "link", "set", ifc, "up"])
+        self.bridge_ports.append(ifc)
+
+    def _veth_to_mid(self, ns: str, ifc: str, mid_if: str) -> None:
+        """A new namespace *ns* joined to the middle namespace by a veth pair
+        (*ifc* in *ns*, *mid_if* in the middle); IPv6 off, GSO off, both up."""
+        if not self.middle or not self._up:
+            raise LabError("more hosts need a set-up Lab(middle=True)")
+        if len(ifc) > 15 or len(mid_if) > 15:
+            raise ValueError("interface names are at most 15 characters")
+        if ns in self.namespaces():
+            self._kill_ns_pids(ns)
+            _run(["ip", "netns", "del", ns], check=False)
+        self.extra_ns.append(ns)
+        _run(["ip", "netns", "add", ns])
+        _run(["ip", "link", "add", ifc, "netns", ns, "type", "veth", "peer", "name", mid_if, "netns", self.mid_ns])
+        _run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        _run(
+            ["ip", "netns", "exec", ns, "sh", "-c", f"echo 1 > /proc/sys/net/ipv6/conf/{ifc}/disable_ipv6"],
+            check=False,
+        )
+        _run(["ip", "-n", ns, "link", "set", ifc, "gso_max_size", "1500", "gso_max_segs", "1"], check=False)
+        _run(["ip", "-n", ns, "link", "set", ifc, "up"])
+
+    def add_host(self, name: str, ip: str) -> tuple[str, str]:
+        """Another host on the middle bridge (``Lab(middle=True)``, after
+        setup): namespace ``<prefix>-<name>`` with interface ``<prefix>-<name>0``
+        holding *ip*/24 (an address of the lab's subnet other than .1-.4).
+        Returns (namespace, interface)."""
+        ns, ifc, mid_if = f"{self.prefix}-{name}", f"{self.prefix}-{name}0", f"{self.prefix}-m{name}"
+        if not ip.startswith(self.subnet + ".") or ip in (self.cli_ip, self.srv_ip, self.refuse_ip, self.blackhole_ip):
+            raise ValueError(f"{ip}: use a free address of {self.subnet}.0/24")
+        self._veth_to_mid(ns, ifc, mid_if)
+        _run(["ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", ifc])
+        self._bridge(mid_if)
+        self._wait_link(ns, ifc)
+        return ns, ifc
+
+    def add_span(self, name: str = "sen") -> tuple[str, str]:
+        """A span (mirror) port: namespace ``<prefix>-<name>`` whose interface
+        ``<prefix>-sp`` (no address) receives what ``mirror`` copies to its
+        peer ``<prefix>-msp`` in the middle namespace (not a bridge port: the
+        switch forwards nothing else there). Returns (namespace, interface)."""
+        ns, ifc = f"{self.prefix}-{name}", f"{self.prefix}-sp"
+        self._veth_to_mid(ns, ifc, self.span_mid_if)
+        _run(["ip", "-n", self.mid_ns, "link", "set", self.span_mid_if, "up"])
+        self._wait_link(ns, ifc)
+        return ns, ifc
+
+    def mirror(self, ports: Sequence[str], direction: str = "ingress") -> None:
+        """Copy every frame of the bridge *ports* (their *direction*: what
+        enters the switch there, or what leaves it) to the span port
+        (``add_span``): ``tc qdisc add dev P clsact`` and ``tc filter add dev
+        P <direction> matchall action mirred egress mirror dev <span>``; a
+        kernel without cls_matchall gets the same from ``protocol all u32
+        match u32 0 0`` (a match on zero bits: every frame)."""
+        if direction not in ("ingress", "egress"):
+            raise ValueError("direction is ingress or egress")
+        m, span = self.mid_ns, self.span_mid_if
+        action = ["action", "mirred", "egress", "mirror", "dev", span]
+        for p in ports:
+            _run(["tc", "-n", m, "qdisc", "replace", "dev", p, "clsact"])
+            cp = _run(["tc", "-n", m, "filter", "add", "dev", p, direction, "matchall", *action], check=False)
+            if cp.returncode != 0:
+                _run(
+                    ["tc", "-n", m, "filter", "add", "dev", p, direction, "protocol", "all"]
+                    + ["u32", "match", "u32", "0", "0", *action]
+                )
+
+    def _wait_link(self, ns: str | None = None, ifc: str | None = None, timeout: float = 5.0) -> None:
+        ns, ifc = ns or self.cli_ns, ifc or self.cli_if
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            cp = _run(["ip", "-n", self.cli_ns, "-o", "link", "show", self.cli_if], check=False)
+            cp = _run(["ip", "-n", ns, "-o", "link", "show", ifc], check=False)
             if "LOWER_UP" in cp.stdout and "state UP" in cp.stdout:
                 return
             time.sleep(0.05)
-        raise LabError(f"veth {self.cli_if} did not come up")
+        raise LabError(f"veth {ifc} did not come up")
 
     def teardown(self) -> None:
         for p, group in reversed(self._procs):
@@ -256,7 +332,7 @@ class Lab:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _all_ns(self) -> list[str]:
-        return [self.cli_ns, self.srv_ns] + ([self.mid_ns] if self.middle else [])
+        return [self.cli_ns, self.srv_ns] + ([self.mid_ns] if self.middle else []) + self.extra_ns
 
     def impair(self, rate: str = "40mbit", burst: str = "6k", limit: str = "6k") -> None:
         """Lose packets in the middle (needs middle=True): a token bucket with a

@@ -10,15 +10,25 @@ last frame times.  It knows nothing about the sensor.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyshark
 
-from .tools import union_length
+from .tools import record_ts, union_length
 
-__all__ = ["TRACKED_PORTS", "Conversation", "conversations", "port_filter"]
+__all__ = [
+    "TRACKED_PORTS",
+    "Conversation",
+    "conversations",
+    "port_filter",
+    "record_ts",
+    "record_key",
+    "by_conversation",
+    "bytes_vs_tshark",
+]
 
 # the sensor's tracked ports in this version (TCP and UDP)
 TRACKED_PORTS = (20, 21, 69, 139, 445, 990)
@@ -214,3 +224,41 @@ def truncated_frames(pcap: str | Path) -> int:
         return sum(1 for _ in cap)
     finally:
         cap.close()
+
+
+# -- the sensor's connection records against tshark's conversations ---------------------------------
+
+
+def record_key(c: dict) -> tuple:
+    """A connection record's endpoint pair, as ``Conversation.key()``."""
+    return (c["Protocol"].lower(), frozenset({(c["LocalIP"], c["LocalPort"]), (c["RemoteIP"], c["RemotePort"])}))
+
+
+def by_conversation(records: Iterable[dict], convs: Iterable[Conversation]) -> tuple[dict, dict]:
+    """(endpoint pair -> its records, endpoint pair -> its conversations), each in time order."""
+    recs: dict = defaultdict(list)
+    cvs: dict = defaultdict(list)
+    for c in sorted(records, key=lambda c: record_ts(c["FirstSeen"])):
+        recs[record_key(c)].append(c)
+    for cv in sorted(convs, key=lambda v: float(v.first_ts)):
+        cvs[cv.key()].append(cv)
+    return recs, cvs
+
+
+def bytes_vs_tshark(c: dict, recs: dict, convs: dict) -> tuple:
+    """(sent, received bytes, sent, received packets) of record ``c`` and of
+    tshark's conversation (``by_conversation``'s maps): the n-th record of an
+    endpoint pair is its n-th conversation; when tshark has one UDP
+    conversation for several records (a reused client port), the records' sums
+    are compared with it."""
+    k = record_key(c)
+    rs, cvs = recs[k], convs.get(k, [])
+    local, remote = (c["LocalIP"], c["LocalPort"]), (c["RemoteIP"], c["RemotePort"])
+    if len(rs) == len(cvs):
+        cv, mine = cvs[rs.index(c)], [c]
+    elif k[0] == "udp" and len(cvs) == 1:
+        cv, mine = cvs[0], rs
+    else:
+        return ("records", len(rs)), ("conversations", len(cvs))
+    got = tuple(sum(r[f] for r in mine) for f in ("SentBytes", "ReceivedBytes", "SentPackets", "ReceivedPackets"))
+    return got, (cv.payload_bytes(local), cv.payload_bytes(remote), cv.packets(local), cv.packets(remote))

@@ -17,13 +17,15 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import subprocess
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .netns import Lab, LabError, require_tools
 from .servers import FILES, USERS, Smbd, Tftpd, Vsftpd, make_files, sha256
+from .tools import record_ts
 
 __all__ = ["SCENARIOS", "record_all", "record_fast", "Recorder", "CLIENT_TOOLS"]
 
@@ -106,6 +108,22 @@ class Session:
     t_start: float = 0.0  # time.time() around the run
     t_end: float = 0.0
 
+    def records(self, connections: Iterable[dict], local_ip: str) -> list[dict]:
+        """The sensor's records of this session's own connection (to its
+        service port, from *local_ip*; not its data channels): those whose
+        first packet lies within the run (runs never overlap; the kernel's
+        packet times and ``t_start``/``t_end`` are both CLOCK_REALTIME)."""
+        proto = "Udp" if self.transport == "udp" else "Tcp"
+        return [
+            c
+            for c in connections
+            if c["Protocol"] == proto
+            and c["RemotePort"] == self.server_port
+            and c["RemoteIP"] == self.server_ip
+            and c["LocalIP"] == local_ip
+            and self.t_start <= record_ts(c["FirstSeen"]) <= self.t_end
+        ]
+
     def connections(self) -> list[dict]:
         """Connections this session puts on the wire (by server port)."""
         if self.protocol == "tftp":
@@ -163,10 +181,21 @@ class Session:
 class Recorder:
     """Runs client sessions for one scenario and checks what they did."""
 
-    def __init__(self, lab: Lab, name: str, servers: dict, description: str = "", user: str | None = None):
+    def __init__(
+        self,
+        lab: Lab,
+        name: str,
+        servers: dict,
+        description: str = "",
+        user: str | None = None,
+        ns: str | None = None,
+    ):
         """``user``: run the clients as this local account (tests/lab/clients.py;
-        it must exist) instead of root; each session then records its pid."""
+        it must exist) instead of root; each session then records its pid.
+        ``ns``: the namespace the clients run in (default the lab's client;
+        another host: ``Lab.add_host``)."""
         self.lab = lab
+        self.ns = ns or lab.cli_ns
         self.name = name
         self.servers = servers
         self.description = description
@@ -188,12 +217,13 @@ class Recorder:
     def run(self, s: Session, timeout: float = 90) -> Session:
         s.started = _now()
         if self.user is None:
-            cp = self.lab.cli(s.argv, check=False, timeout=timeout, cwd=str(self.dir))
-            s.t_start = s.t_end = 0.0
+            s.t_start = time.time()
+            cp = self.lab.run(self.ns, s.argv, check=False, timeout=timeout, cwd=str(self.dir))
+            s.t_end = time.time()
         else:
             from .clients import run_as
 
-            cp = run_as(self.lab.cli_ns, self.user, s.argv, cwd=self.dir, timeout=timeout)
+            cp = run_as(self.ns, self.user, s.argv, cwd=self.dir, timeout=timeout)
             s.os_user, s.pid, s.t_start, s.t_end = self.user, cp.pid, cp.t_start, cp.t_end
         s.ended = _now()
         s.exit_code = cp.returncode
@@ -285,6 +315,19 @@ class Recorder:
                 password=USERS[user],
                 transfers=transfers,
             )
+        )
+
+    def lftp_active(self, transfers: list[Transfer], *, user: str, mode: str = "active-port") -> Session:
+        """lftp in active mode (PORT: the server opens the data connections from
+        port 20), plain FTP (no AUTH TLS), logged in as lab user *user*."""
+        return self.lftp(
+            transfers,
+            user=user,
+            url=f"ftp://{self.lab.srv_ip}",
+            port=21,
+            protocol="ftp",
+            mode=mode,
+            settings="set ftp:passive-mode off; set ftp:ssl-allow no; ",
         )
 
     def tftp_hpa(self, t: Transfer) -> Session:
@@ -477,17 +520,12 @@ def sc_ftp_passive_anon(r: Recorder) -> None:
 
 def sc_ftp_active_local(r: Recorder) -> None:
     v = r.servers["ftp21"]
-    r.lftp(
+    r.lftp_active(
         [
             r.dl("a512k.bin", "a512k.bin", v.local_root, 20, "lftp_"),
             r.ul("odd.bin", "ftp_active_local_lftp.bin", v.local_root, 20),
         ],
         user="xsuser1",
-        url=f"ftp://{r.lab.srv_ip}",
-        port=21,
-        protocol="ftp",
-        mode="active-port",
-        settings="set ftp:passive-mode off; set ftp:ssl-allow no; ",
     )
     r.curl_ftp(
         r.dl("odd.bin", "odd.bin", v.local_root, 20, "curl_"), user="xsuser1", mode="active-eprt", extra=["-P", "-"]
@@ -617,17 +655,13 @@ def sc_ftp_repeated(r: Recorder) -> None:
 def sc_ftp_lossy(r: Recorder) -> None:
     v = r.servers["ftp21"]
     with r.impaired():
-        r.lftp(
+        r.lftp_active(
             [
                 r.dl("a512k.bin", "a512k.bin", v.local_root, 20, "lftp_"),
                 r.ul("a512k.bin", "ftp_lossy_lftp.bin", v.local_root, 20),
             ],
             user="xsuser1",
-            url=f"ftp://{r.lab.srv_ip}",
-            port=21,
-            protocol="ftp",
             mode="active-port, lossy path",
-            settings="set ftp:passive-mode off; set ftp:ssl-allow no; ",
         )
 
 
@@ -747,14 +781,9 @@ def sc_fast(r: Recorder) -> None:
     r.curl_ftp(
         r.ul("tiny.txt", "upload/fast_pasv.txt", v.upload, "passive"), mode="passive-pasv", extra=["--disable-epsv"]
     )
-    r.lftp(
+    r.lftp_active(
         [r.dl("a512k.bin", "a512k.bin", v.local_root, 20, "lftp_"), r.ul("odd.bin", "fast_lftp.bin", v.local_root, 20)],
         user="xsuser1",
-        url=f"ftp://{lab.srv_ip}",
-        port=21,
-        protocol="ftp",
-        mode="active-port",
-        settings="set ftp:passive-mode off; set ftp:ssl-allow no; ",
     )
     r.curl_ftp(
         r.dl("tiny.txt", "tiny.txt", v.local_root, 20, "eprt_"), user="xsuser1", mode="active-eprt", extra=["-P", "-"]
@@ -763,17 +792,13 @@ def sc_fast(r: Recorder) -> None:
     r.failed_connect(lab.refuse_ip, 21, "refused")  # nothing listens there
     r.failed_connect(lab.blackhole_ip, 21, "unanswered")  # replies blackholed
     with r.impaired():  # real retransmissions
-        r.lftp(
+        r.lftp_active(
             [
                 r.dl("a512k.bin", "a512k.bin", v.local_root, 20, "lossy_"),
                 r.ul("a512k.bin", "fast_lossy.bin", v.local_root, 20),
             ],
             user="xsuser2",
-            url=f"ftp://{lab.srv_ip}",
-            port=21,
-            protocol="ftp",
             mode="active-port, lossy path",
-            settings="set ftp:passive-mode off; set ftp:ssl-allow no; ",
         )
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 
 
@@ -30,3 +32,24 @@ def union_length(segments: Iterable[tuple[int, int]]) -> int:
             total += e - end
             end = e
     return total
+
+
+def record_ts(iso: str) -> float:
+    """A record's ISO 8601 time (``...T12:00:00.000000Z``) as Unix seconds."""
+    return datetime.strptime(iso, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
+
+
+def keep_copies(env: str, paths: Iterable[Path]) -> None:
+    """When ``$<env>`` names a folder, (re)make it and copy *paths* (files,
+    and folders without their sockets) into it: a lab run's records and
+    captures, kept for a look after the run."""
+    keep = os.environ.get(env)
+    if not keep:
+        return
+    shutil.rmtree(keep, ignore_errors=True)
+    Path(keep).mkdir(parents=True)
+    for src in paths:
+        if src.is_dir():
+            shutil.copytree(src, Path(keep) / src.name, ignore=shutil.ignore_patterns("*.sock"))
+        elif src.exists():
+            shutil.copy(src, keep)

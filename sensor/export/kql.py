@@ -7,8 +7,15 @@ group-by as the ``summarize``'s ``by``, its condition as the last ``where``.
 Sigma's string matching is case-insensitive, so strings compare with ``=~`` /
 ``in~`` / ``contains`` / ``startswith`` / ``endswith`` (all case-insensitive in
 KQL). Rule values are rule-file text: every string is written as a KQL string
-literal, escaped. (Issue #14's ``rules export --target kql`` is to grow from
-here, not beside it.)
+literal, escaped.
+
+Two users, one renderer: the HTML report (``sensor/report``) shows the hunt
+over Defender's own ``DeviceNetworkEvents``; ``xfer-sensor rules export
+--target kql`` (``sensor/export/targets.py``) writes it over the sensor's
+records as a Sentinel/ADX custom table (``CUSTOM_TABLE``, ingest/sentinel),
+where a control session's record also carries its data channels' bytes
+(``DataSentBytes``/``DataReceivedBytes``): ``data_bytes=True`` adds them, as
+the sensor's alerts do (sensor/detect/detector.py ``_bytes``).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 from sensor.detect.rules import CorrelationRule, DetectionRule
 
 TABLE = "DeviceNetworkEvents"
+CUSTOM_TABLE = "XferNetworkEvents_CL"  # the mde connection records in Sentinel (ingest/sentinel/tables.json)
 _CMP = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
 
 
@@ -105,12 +113,24 @@ def _condition(node: Any, sels: Mapping[str, str], top: bool = False) -> str:
     return s if top or len(names) == 1 else f"({s})"
 
 
+def _predicate(detection: Mapping[str, Any], tree: Any) -> str:
+    sels = {str(k): _selection(v) for k, v in detection.items() if k != "condition"}
+    if tree[0] == "sel":  # one selection: no parentheses around it
+        return _selection(detection[tree[1]], True)
+    return _condition(tree, sels, True)
+
+
 def detection_kql(d: DetectionRule) -> str:
-    """A detection rule's selections and condition as one KQL predicate."""
-    sels = {str(k): _selection(v) for k, v in d.detection.items() if k != "condition"}
-    if d.condition[0] == "sel":  # one selection: no parentheses around it
-        return _selection(d.detection[d.condition[1]], True)
-    return _condition(d.condition, sels, True)
+    """A detection rule's selections and condition, ANDed with each of its
+    allow filters' conditions (the Sigma filter semantics), as one KQL predicate."""
+    base = _predicate(d.detection, d.condition)
+    if not d.filters:
+        return base
+    parts = [base if d.condition[0] == "not" else f"({base})"]
+    for e in d.filters:
+        p = _predicate(e.filter.detection, e.condition)
+        parts.append(p if e.condition[0] == "not" else f"({p})")
+    return " and ".join(parts)
 
 
 def _span(seconds: int) -> str:
@@ -120,15 +140,33 @@ def _span(seconds: int) -> str:
     return f"{seconds}s"
 
 
-def hunt_kql(c: CorrelationRule, detections: Sequence[DetectionRule], table: str = TABLE) -> str:
-    """The hunt of correlation ``c`` over the detection rules it counts, as KQL."""
+def hunt_kql(
+    c: CorrelationRule,
+    detections: Sequence[DetectionRule],
+    table: str = TABLE,
+    data_bytes: bool = False,
+    until: str | None = None,
+) -> str:
+    """The hunt of correlation ``c`` over the detection rules it counts, as KQL;
+    ``data_bytes``: the byte sums include the data channels' (the sensor's records);
+    ``until``: the look-back ends at this ISO 8601 UTC time, not now."""
+    span = _span(c.timespan_s)
     preds = [detection_kql(d) for d in detections]
     where = preds[0] if len(preds) == 1 else " or ".join(f"({p})" for p in preds)
     by = ", ".join(c.group_by)
     lines = [
         table,
-        f"| where Timestamp > ago({_span(c.timespan_s)})",
+        f"| where Timestamp between (datetime({until}) - {span} .. datetime({until}))"
+        if until
+        else f"| where Timestamp > ago({span})",
         f"| where {where or 'false'}",
+    ]
+    if data_bytes:
+        lines.append(
+            "| extend SentBytes = SentBytes + coalesce(DataSentBytes, long(0)),"
+            " ReceivedBytes = ReceivedBytes + coalesce(DataReceivedBytes, long(0))"
+        )
+    lines += [
         "| summarize ConnectionCount=count(), BytesSent=sum(SentBytes), BytesReceived=sum(ReceivedBytes),",
         f"            FirstSeen=min(Timestamp), LastSeen=max(Timestamp){' by ' + by if by else ''}",
         f"| where ConnectionCount {_CMP[c.op]} {c.threshold}",
