@@ -305,3 +305,15 @@ def _worker_exits(link) -> int:
 def test_a_worker_that_breaks_or_ends_stops_the_supervisor_with_status_1(tmp_path):
     assert _supervise(tmp_path / "a", _worker_sends_garbage, stop_after=None) == 1
     assert _supervise(tmp_path / "b", _worker_exits, stop_after=None) == 1
+
+
+def test_workers_refuse_the_flight_recorder_and_bad_counts(tmp_path, capsys):
+    from sensor.daemon import main
+
+    base = ["-i", "lo", "--allow-root", "--out", str(tmp_path / "out"), "--state-dir", str(tmp_path / "st")]
+    assert main([*base, "--workers", "2", "--pcap-dir", str(tmp_path / "ring")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--workers" in err and "flight recorder" in err, err
+    assert main([*base, "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--workers" in err and "from 1 to 64" in err, err
