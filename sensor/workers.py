@@ -641,6 +641,10 @@ class Supervisor:
                     self.notify.ready("reloaded")
                 dead = None if self.stop else self._dead_worker()
                 if dead is not None:
+                    end = time.monotonic() + 1.0  # its channel closes first: wait a moment to say how it ended
+                    while dead.exited is None and time.monotonic() < end:
+                        time.sleep(0.01)
+                        self._reap()
                     how = describe_status(dead.exited) if dead.exited is not None else "closed its channel"
                     log.error(
                         "worker %d (pid %d) %s; stopping so the service restarts with all %d",
