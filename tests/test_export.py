@@ -465,8 +465,8 @@ def test_replay_never_imports_pysigma(tmp_path):
         (["--out", "/nonexistent/q.kql"], "/nonexistent/q.kql: field 'out': cannot write: No such file or directory"),
         (["--profile", "ecs"], "--target kql reads the mde records (a Sentinel/ADX table): use --profile mde"),
         (
-            ["--filters", "rules/examples/partner_hostnames.yaml"],
-            "rules/examples/partner_hostnames.yaml: filter '#0': field 'filter': "
+            ["--filters", "rules/examples/config/partner_hostnames.yaml"],
+            "rules/examples/config/partner_hostnames.yaml: filter '#0': field 'filter': "
             "not a Sigma filter document (title, id, logsource, filter: ...)",
         ),
     ],

@@ -5,6 +5,7 @@ what would allow too much or what it does not implement, as one line (exit 2 fro
 from __future__ import annotations
 
 import calendar
+import json
 import logging
 import subprocess
 import sys
@@ -50,7 +51,8 @@ def example(name: str):
 
 
 def fragment(name: str) -> dict:
-    return yaml.safe_load((EX / name).read_text())
+    """A config fragment of rules/examples/config/ (beside the filters, not among them)."""
+    return yaml.safe_load((EX / "config" / name).read_text())
 
 
 def sessions(
@@ -111,6 +113,18 @@ def test_examples_are_filters_not_rules():
     assert [f.ref for f in fs] == list(EXAMPLES.values())
     assert len({f.id for f in fs}) == len(fs)
     assert {f.id for f in fs}.isdisjoint({d.id for d in SHIPPED.detections} | {c.id for c in SHIPPED.correlations})
+
+
+def test_the_examples_folder_is_one_filters_argument():
+    """`--filters rules/examples` takes the five filters; the config fragments sit in examples/config/,
+    which a folder argument does not descend into (a config document is not a filter: refused)."""
+    fs = load_filters([EX])
+    assert sorted(f.ref for f in fs) == sorted(EXAMPLES.values())
+    assert sorted(p.name for p in (EX / "config").iterdir()) == ["partner_hostnames.yaml", "vpn_cgnat.yaml"]
+    p = cli("rules", "list", "--filters", str(EX), "--format", "json")
+    assert p.returncode == 0, p.stderr
+    listed = [f["name"] for r in json.loads(p.stdout) for f in r.get("filters", [])]
+    assert sorted(listed) == sorted(EXAMPLES.values())
 
 
 @pytest.mark.parametrize("name", sorted(EXAMPLES))

@@ -122,7 +122,7 @@ def _check_installed(exe: Path, site: Path, env: dict[str, str], cwd: Path) -> N
         assert {r["id"] for r in rows} == RULE_IDS
         (f,) = [f for r in rows for f in r["filters"]]
         assert f["source"] == str(examples / name), f"{name}: the filter was not loaded"
-    for name in ("README.md", "partner_hostnames.yaml", "vpn_cgnat.yaml"):
+    for name in ("README.md", "config/partner_hostnames.yaml", "config/vpn_cgnat.yaml"):
         assert (examples / name).is_file(), f"examples/{name} not installed"
 
 
