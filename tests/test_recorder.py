@@ -551,6 +551,33 @@ def test_loopback_both_ends_looked_up_packets_carry_the_clients_process(tmp_path
         assert procs == {"curl"}, (server, procs)
 
 
+def test_loopback_server_on_a_higher_port_than_its_client_still_gives_the_client(tmp_path):
+    """Both ends name a process and the server's port (an ephemeral one, as a test server's) is
+    above the client's: the SYN says who opened the connection, and its packets carry that
+    process -- the one the record takes -- not the higher port's."""
+    server_proc = Attribution(InitiatingProcessFileName="pyftpd", InitiatingProcessId=2, AttributionSource="socket")
+    sport, cport = 60123, 40001
+    pkts = [
+        (round(float(p.time) * 1e6), bytes(p))
+        for p in tcp_session(CLI, SRV, cport, sport, 1.0, c2s=b"USER alice\r\n", s2c=b"220 hi\r\n")
+    ]
+    first = pkts[0][0]
+    for order in ("client first", "server first"):
+        d = tmp_path / order.replace(" ", "-")
+        w = RingWriter(d, PcapRing(hold_seconds=0.0), clock=Clock())
+        notes = [
+            ((6, CLI, cport, SRV, sport), first, comment_for(ATT, first, 1024)),
+            ((6, SRV, sport, CLI, cport), first + 300, comment_for(server_proc, first + 300, 1024)),
+        ]
+        for key, t, note in notes if order == "client first" else notes[::-1]:
+            w.annotate(key, t, note, True)
+        for ts, data in pkts:
+            w.write(("packets", ts, 1), data)
+        w.close()
+        procs = [json.loads(c[len(PREFIX) :])["proc"] for _p, c in _tshark_comments(_files(d)[0])]
+        assert procs and set(procs) == {"curl"}, (order, procs)
+
+
 def test_run_with_an_unusable_pcap_dir_is_one_line_exit_2(tmp_path):
     """``run --pcap-dir`` naming a place that cannot be a folder: one line, exit 2, before any capture."""
     (tmp_path / "file").write_text("x")

@@ -58,6 +58,12 @@ _LINKS: dict[int, tuple[int, int] | None] = {1: (12, 14), 113: (14, 16), 276: (0
 def flow_of(linktype: int, data: bytes) -> FlowKey | None:
     """``(proto, src, sport, dst, dport)`` (packed addresses) of a TCP or UDP
     packet, through the decoder's own header walk; None for anything else."""
+    got = _walk(linktype, data)
+    return got[0] if got is not None else None
+
+
+def _walk(linktype: int, data: bytes) -> tuple[FlowKey, bool] | None:
+    """``flow_of``'s key and whether the packet opens a TCP connection (SYN without ACK)."""
     try:
         if linktype in _LINKS:
             link = _LINKS[linktype]
@@ -78,7 +84,8 @@ def flow_of(linktype: int, data: bytes) -> FlowKey | None:
     why, _t, _v, _ver, proto, l4, _e, src, dst, _f = where
     if why or l4 + 4 > len(data):
         return None
-    return (proto, src, (data[l4] << 8) | data[l4 + 1], dst, (data[l4 + 2] << 8) | data[l4 + 3])
+    syn = proto == 6 and l4 + 13 < len(data) and data[l4 + 13] & 0x12 == 0x02
+    return (proto, src, (data[l4] << 8) | data[l4 + 1], dst, (data[l4 + 2] << 8) | data[l4 + 3]), syn
 
 
 def packed_key(key: tuple) -> FlowKey | None:
@@ -119,8 +126,11 @@ class RingWriter:
         self.buf = bytearray()  # blocks not written yet (one write per batch)
         self.buf_pkts = self.buf_comments = 0
         self.lock = threading.Lock()
-        # 5-tuple (both orientations) -> [(first packet µs, (named a process, local end is the client), options)]
-        self.notes: OrderedDict[FlowKey, list[tuple[int, tuple[bool, bool], bytes]]] = OrderedDict()
+        # 5-tuple (both orientations) -> [(first packet µs, named a process, local end, higher local port, options)]
+        self.notes: OrderedDict[FlowKey, list[tuple[int, bool, tuple[bytes, int], bool, bytes]]] = OrderedDict()
+        # a TCP connection's originator (address, port), from its SYN, by the 5-tuple of the SYN's
+        # direction and the reverse (the writer thread's alone; bounded like the notes)
+        self.origins: OrderedDict[FlowKey, tuple[bytes, int]] = OrderedDict()
         self.stats = {
             "packets_written": 0,
             "comments_written": 0,
@@ -144,12 +154,13 @@ class RingWriter:
         then on carry ``comment``. ``process``: the lookup named the process
         (not only the account). On loopback both ends are the host's and both
         may be looked up: a packet carries the lookup that named a process,
-        else the client's (the higher port's) -- the one the record takes."""
+        of those the originator's (the end that sent the SYN; without a SYN
+        seen, the higher port's) -- the one the record takes."""
         k = packed_key(key)
         if k is None or not comment:
             return
         rev = (k[0], k[3], k[4], k[1], k[2])
-        entry = (first_us or 0, (process, k[2] > k[4]), comment_option(comment))
+        entry = (first_us or 0, process, (k[1], k[2]), k[2] > k[4], comment_option(comment))
         with self.lock:
             self.stats["annotations"] += 1
             for kk in (k, rev):
@@ -166,22 +177,39 @@ class RingWriter:
 
     def comment_for(self, linktype: int, ts: int, data: bytes) -> bytes:
         """The options block (a comment) of this packet: its connection's, or none."""
-        k = flow_of(linktype, data)
-        if k is None:
+        got = _walk(linktype, data)
+        if got is None:
             return b""
+        k, syn = got
+        if syn:
+            self._origin(k)
         with self.lock:
             lst = self.notes.get(k)
             if not lst:
                 return b""
             if len(lst) == 1:
-                return lst[0][2] if lst[0][0] <= ts + MATCH_US else b""
+                return lst[0][4] if lst[0][0] <= ts + MATCH_US else b""
             started = [e for e in lst if e[0] <= ts + MATCH_US]
         if not started:
             return b""
         # the newest connection on this 5-tuple that started by then; of its lookups (both ends
-        # on loopback), the one that named a process, else the client's
+        # on loopback), the one that named a process, of those the originator's
         newest = max(e[0] for e in started)
-        return max((e for e in started if e[0] >= newest - MATCH_US), key=lambda e: (e[1], e[0]))[2]
+        origin = self.origins.get(k)
+
+        def rank(e: tuple[int, bool, tuple[bytes, int], bool, bytes]) -> tuple[bool, bool, int]:
+            return (e[1], e[2] == origin if origin is not None else e[3], e[0])
+
+        return max((e for e in started if e[0] >= newest - MATCH_US), key=rank)[4]
+
+    def _origin(self, k: FlowKey) -> None:
+        """A SYN from ``k``'s source: that end opened the connection on this 5-tuple."""
+        end = (k[1], k[2])
+        for kk in (k, (k[0], k[3], k[4], k[1], k[2])):
+            self.origins[kk] = end
+            self.origins.move_to_end(kk)
+        while len(self.origins) > 2 * self.opts.max_annotations:
+            self.origins.popitem(last=False)
 
     # -- AsyncSink's writer interface (the writer thread) -----------------------------------
     def write(self, meta: tuple, data: bytes) -> None:
