@@ -34,7 +34,7 @@ from sensor.io.sdnotify import SdNotifier
 from sensor.io.sinks import build_outputs
 from sensor.pipeline import Pipeline
 from sensor.records.mde import RECORD_FIELDS, RecordBuilder
-from sensor.workers import WorkerLink, resolve_workers, run_workers
+from sensor.workers import WorkerLink, resolve_workers, ring_share, run_workers
 
 log = logging.getLogger("xfer-sensor")
 
@@ -89,7 +89,10 @@ class Daemon:
         self.pipe = Pipeline(self.cfg, self.rules, self.sink, attribution=self.book)
         # the flight recorder (--pcap-dir): the tracked packets, with their process (sensor/io/ring.py)
         ring_dir = pcap_dir or self.cfg.pcap_dir
-        self.recorder = Recorder(ring_dir, self.cfg.pcap_ring) if ring_dir else None
+        self.recorder = None
+        if ring_dir:
+            where, ring = (ring_dir, self.cfg.pcap_ring) if link is None else link.ring(ring_dir, self.cfg.pcap_ring)
+            self.recorder = Recorder(where, ring)  # with --workers: DIR/worker-K-of-N, 1/N of the bounds
         # rule windows from the last run (a bad state file is logged and moved aside, never fatal)
         state = Path(state_dir or self.cfg.state_dir or DEFAULT_STATE_DIR)
         self.persist = WindowPersistence.open(
@@ -410,8 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         n = resolve_workers(
             cfg.workers if args.workers is None else parse_workers("command line", "--workers", args.workers)
         )
-        if n > 1 and (args.pcap_dir or cfg.pcap_dir):  # N recorders would share one ring's folder and bound
-            raise ConfigError("command line", "--workers", "the flight recorder (--pcap-dir, pcap_dir) needs 1 worker")
+        if n > 1 and (args.pcap_dir or cfg.pcap_dir):  # each worker's ring: 1/N of the bounds (refused before forking)
+            ring_share(cfg.pcap_ring, n)
         if n > 1:
             return _supervise(n, daemon, cfg, rules, args, listen)
         d = daemon()

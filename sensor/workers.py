@@ -41,9 +41,11 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from sensor.core.config import ConfigError, PcapRing
 from sensor.engine.bpf import capture_filters, share_expr, share_of
 from sensor.io import metrics
 from sensor.io.capture import CaptureError
@@ -306,6 +308,10 @@ class WorkerLink:
         """Each worker's rule windows in a folder of its own (one writer per SQLite file)."""
         return Path(base) / f"worker-{self.k}-of-{self.n}"
 
+    def ring(self, base: str | Path, opts: PcapRing) -> tuple[Path, PcapRing]:
+        """Each worker's flight recorder in a folder of its own, with 1/N of the bounds."""
+        return self.state_dir(base), ring_share(opts, self.n)
+
     # the metrics endpoint's interface (Daemon.metrics_server)
     url = "the supervisor's"
 
@@ -355,6 +361,16 @@ class WorkerLink:
             self.pipe_sink.send()
         self.chan.send(BYE, b"", force=True)
         self.chan.flush(timeout)
+
+
+def ring_share(opts: PcapRing, n: int) -> PcapRing:
+    """One worker's share of the flight recorder's bounds: the files and bytes
+    of the whole ring divided by ``n``, so that every worker's ring together
+    stays within them (docs/daemon.md, "Several cores")."""
+    if opts.max_files < n:
+        raise ConfigError("config", "pcap_ring.max_files", f"must be at least the number of workers ({n})")
+    max_bytes = opts.max_bytes // n
+    return replace(opts, max_bytes=max_bytes, max_files=opts.max_files // n, file_bytes=min(opts.file_bytes, max_bytes))
 
 
 def thaw(v: Any) -> Any:

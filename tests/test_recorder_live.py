@@ -24,6 +24,7 @@ from tests.lab.netns import Lab, LabError, require_tools
 from tests.lab.scenarios import Recorder
 from tests.lab.sensor import SensorDaemon
 from tests.lab.servers import Vsftpd
+from tests.support.ring import ring_on_disk
 
 pytestmark = [pytest.mark.lab, pytest.mark.root]
 
@@ -31,17 +32,6 @@ MAX_BYTES = 200_000
 MAX_FILES = 8  # with FILE_BYTES, more than MAX_BYTES: the byte bound is the one reached
 FILE_BYTES = 40_000
 METRICS_PORT = 9783
-
-
-def _on_disk(ring: Path) -> tuple[int, int]:
-    size = n = 0
-    for f in ring.glob("xfer-sensor-*.pcapng"):
-        try:
-            size += f.stat().st_size
-            n += 1
-        except FileNotFoundError:  # removed between the listing and the stat
-            pass
-    return size, n
 
 
 def test_tiny_ring_stays_within_its_bound_live():
@@ -59,7 +49,7 @@ def test_tiny_ring_stays_within_its_bound_live():
 
     def watch() -> None:
         while not stop.is_set():
-            size, n = _on_disk(ring)
+            size, n = ring_on_disk(ring)
             seen["max_bytes"] = max(seen["max_bytes"], size)
             seen["max_files"] = max(seen["max_files"], n)
             seen["samples"] += 1
@@ -103,7 +93,7 @@ def test_tiny_ring_stays_within_its_bound_live():
             watcher.join()
             rc = sensor.stop()
             v.stop()
-    size, n = _on_disk(ring)
+    size, n = ring_on_disk(ring)
     names = sorted(p.name for p in ring.glob("*.pcapng"))
     print(f"\nring live: {seen} at the end {size} bytes in {n} files {names}")
     assert rc == 0, sensor.stderr()[-2000:]

@@ -15,13 +15,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from sensor.engine.bpf import share_of
 from tests.support.loopback_ftp import DaemonProcess, banner_server, login_sessions, records_of, wait_for
+from tests.support.ring import ring_on_disk
 
 REPO = Path(__file__).resolve().parent.parent
 SERVER = "127.0.0.85"
@@ -45,7 +49,16 @@ def free_port() -> int:
 class Sensor(DaemonProcess):
     """``xfer-sensor run -i lo`` with ``--workers N`` (and its own out/state folders)."""
 
-    def __init__(self, tmp: Path, port: int, workers: int, mode: str = "span", metrics: int | None = None):
+    def __init__(
+        self,
+        tmp: Path,
+        port: int,
+        workers: int,
+        mode: str = "span",
+        metrics: int | None = None,
+        config: str = "",
+        extra: Sequence[str] = (),
+    ):
         tmp.mkdir()
         self.out = tmp / "out"
         self.port = port
@@ -53,15 +66,16 @@ class Sensor(DaemonProcess):
         self.rules.mkdir()
         for f in (REPO / "rules").glob("*.yml"):  # the shipped rule, on the test server's port
             (self.rules / f.name).write_text(f.read_text().replace("      - 20\n", f"      - {port}\n      - 20\n"))
-        cfg = tmp / "config.yaml"
+        cfg = self.config = tmp / "config.yaml"
         cfg.write_text(
-            f"tracked_ports: [{port}]\nhome_net: [127.85.0.0/24]\nip_type_overrides: {{'{SERVER}/32': Public}}\n"
+            config
+            + f"tracked_ports: [{port}]\nhome_net: [127.85.0.0/24]\nip_type_overrides: {{'{SERVER}/32': Public}}\n"
             "timeouts: {tcp_closed: 0.3, tcp_attempt: 2}\nlimits: {flow_scan_interval: 0.1}\n"
             + (f"metrics_listen: 127.0.0.1:{metrics}\n" if metrics else "")
         )
         argv = [sys.executable, "-m", "sensor", "run", "-i", "lo", "--allow-root", "--mode", mode]
         argv += ["--out", str(self.out), "--config", str(cfg), "--rules", str(self.rules)]
-        argv += ["--state-dir", str(tmp / "state"), "--workers", str(workers)]
+        argv += ["--state-dir", str(tmp / "state"), "--workers", str(workers), *extra]
         super().__init__(argv, REPO, timeout=30)
         if workers > 1:
             wait_for(lambda: f"with {workers} workers".encode() in self.err(), 30, what="every worker capturing")
@@ -223,3 +237,88 @@ def test_endpoint_mode_attributes_connections_in_every_worker(tmp_path, port):
         assert s.stop() == 0
     finally:
         s.kill()
+
+
+RING_PORT = 2185  # below the ephemeral ports: on loopback the ring takes the higher port's end as the client
+RING_BYTES = 60_000  # the whole ring: 30,000 bytes per worker
+RING_FILES = 12  # 6 per worker
+
+
+def _ring_files(ring: Path) -> dict[str, list[Path]]:
+    return {d.name: sorted(d.glob("xfer-sensor-*.pcapng")) for d in sorted(ring.iterdir()) if d.is_dir()}
+
+
+def test_flight_recorder_with_two_workers_keeps_the_bound_and_replays(tmp_path):
+    """``--pcap-dir`` with 2 workers: a ring per worker (DIR/worker-K-of-2), mode
+    0640, half the bounds each so the whole DIR stays within them; replaying each
+    worker's folder gives its connections the live process columns."""
+    with banner_server(SERVER, RING_PORT) as port:
+        _ring_and_replay(tmp_path, port)
+
+
+def _ring_and_replay(tmp_path: Path, port: int) -> None:
+    ring = tmp_path / "ring"
+    # the default hold (1 s): a lookup late on a busy machine still comments the connection's packets
+    ring_cfg = f"pcap_ring: {{max_bytes: {RING_BYTES}, max_files: {RING_FILES}, file_bytes: 6000}}\n"
+    s = Sensor(tmp_path / "two", port, 2, mode="endpoint", config=ring_cfg, extra=["--pcap-dir", str(ring)])
+    seen = {"bytes": 0, "files": 0}
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            size, n = ring_on_disk(ring, "*/xfer-sensor-*.pcapng")
+            seen["bytes"], seen["files"] = max(seen["bytes"], size), max(seen["files"], n)
+            time.sleep(0.002)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        traffic(port, 10, "fill")  # 40 connections with their comments: more than the ring holds
+        wait_for(lambda: len(s.records()) == 40, what="40 connection records")
+        c = subprocess.Popen([sys.executable, "-c", CLIENT, str(port), *CLIENTS])  # the last ones, kept
+        assert c.wait(30) == 0
+        wait_for(lambda: len(s.records()) == 44, what="44 connection records")
+        time.sleep(1.5)  # past the hold: the last packets are written before SIGTERM
+        assert s.stop() == 0
+    finally:
+        stop.set()
+        watcher.join()
+        s.kill()
+    files = _ring_files(ring)
+    assert sorted(files) == ["worker-0-of-2", "worker-1-of-2"], files
+    for folder, fs in files.items():
+        assert fs and all(f.stat().st_mode & 0o777 == 0o640 for f in fs), (folder, fs)
+        size = sum(f.stat().st_size for f in fs)
+        assert size <= RING_BYTES // 2 and len(fs) <= RING_FILES // 2, (folder, size, fs)
+        assert fs[0].name != "xfer-sensor-00000001.pcapng", f"{folder}: the ring never turned"
+    assert 0 < seen["bytes"] <= RING_BYTES and seen["files"] <= RING_FILES, seen
+
+    live = {r["Uid"]: r for r in s.records()}
+    restored: dict[str, dict] = {}
+    for folder in files:
+        out = tmp_path / f"replay-{folder}"
+        cp = subprocess.run(
+            [sys.executable, "-m", "sensor", "replay", str(ring / folder), "--config", str(s.config)]
+            + ["--rules", str(s.rules), "--out", str(out)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert cp.returncode == 0, cp.stderr[-2000:]
+        got = [r for r in records_of(out / "connections.jsonl", SERVER, port) if r["Uid"] in live]
+        assert got, f"{folder}: no live connection replayed"
+        assert not set(restored) & {r["Uid"] for r in got}, "a connection in both workers' rings"
+        restored.update((r["Uid"], r) for r in got)
+    last = [u for u, r in live.items() if r["InitiatingProcessId"] == c.pid]
+    assert len(last) == 4 and set(last) <= set(restored), (last, sorted(restored))
+    # the connections the live daemon named by their socket (the last 4 among them). On loopback the
+    # server's end (this process) is looked up too: where the client's lookup missed (a login session
+    # gone before it, "none" or "uid-only" live) the ring carries the server's process instead
+    named = [u for u in restored if live[u]["AttributionSource"] == "socket"]
+    assert set(last) <= set(named), (last, named)
+    for uid in named:
+        r = restored[uid]
+        process = {k: v for k, v in live[uid].items() if k.startswith("InitiatingProcess")}
+        assert process and {k: r[k] for k in process} == process, (uid, r)
+        assert r["AttributionSource"] == "recording", r

@@ -307,13 +307,33 @@ def test_a_worker_that_breaks_or_ends_stops_the_supervisor_with_status_1(tmp_pat
     assert _supervise(tmp_path / "b", _worker_exits, stop_after=None) == 1
 
 
-def test_workers_refuse_the_flight_recorder_and_bad_counts(tmp_path, capsys):
+def test_workers_refuse_a_ring_of_fewer_files_than_workers_and_bad_counts(tmp_path, capsys):
     from sensor.daemon import main
 
     base = ["-i", "lo", "--allow-root", "--out", str(tmp_path / "out"), "--state-dir", str(tmp_path / "st")]
-    assert main([*base, "--workers", "2", "--pcap-dir", str(tmp_path / "ring")]) == 2
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("pcap_ring: {max_files: 2}\n")
+    assert main([*base, "--config", str(cfg), "--workers", "3", "--pcap-dir", str(tmp_path / "ring")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "--workers" in err and "flight recorder" in err, err
+    assert err.count("\n") == 1 and "pcap_ring.max_files" in err and "workers (3)" in err, err
+    assert not (tmp_path / "ring").exists()  # refused before any worker starts
     assert main([*base, "--workers", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--workers" in err and "from 1 to 64" in err, err
+
+
+def test_each_worker_records_its_share_of_the_ring_in_a_folder_of_its_own(tmp_path):
+    from sensor.core.config import PcapRing
+    from sensor.workers import WorkerLink, ring_share
+
+    opts = PcapRing(max_bytes=1000, max_files=7, file_bytes=600)
+    a, b = socket.socketpair()
+    try:
+        folder, share = WorkerLink(1, 3, a).ring(tmp_path, opts)
+    finally:
+        a.close()
+        b.close()
+    assert folder == tmp_path / "worker-1-of-3"
+    assert (share.max_bytes, share.max_files, share.file_bytes) == (333, 2, 333)
+    assert share.hold_seconds == opts.hold_seconds and share.queue_bytes == opts.queue_bytes
+    assert ring_share(opts, 1) == opts
