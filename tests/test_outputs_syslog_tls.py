@@ -29,6 +29,7 @@ import pytest
 from sensor.core.config import ConfigError, Output, SyslogOutput, config_from_dict
 from sensor.io.sinks import SyslogWriter, build_outputs
 from sensor.records.encode import KINDS
+from tests.support.syslog import octet_frames
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "pcaps" / "demo.pcap"
@@ -352,14 +353,8 @@ def test_octet_counted_framing_on_the_tls_stream(pki):
     th.join(10)
     lsock.close()
     assert dict(x[0] for x in peer[0]["subject"])["commonName"] == CLIENT_NAME
-    msgs = []
-    rest = bytes(data)
-    while rest:
-        length, sp, rest = rest.partition(b" ")
-        assert sp and length.isdigit(), rest[:40]
-        msgs.append(rest[: int(length)])
-        rest = rest[int(length) :]
-    assert len(msgs) == 2
+    msgs, rest = octet_frames(bytes(data))
+    assert rest == b"" and len(msgs) == 2
     for r, m in zip(recs, msgs, strict=True):
         head = b"<29>1 %s h1 xs " % r["Timestamp"].encode()
         assert m.startswith(head) and b" alerts - " in m
@@ -409,14 +404,9 @@ def test_reconnects_with_tls_when_the_collector_restarts(tmp_path, pki):
         buf = b""
         try:
             while chunk := t.recv(65536):
-                buf += chunk
-                while b" " in buf:
-                    n, _, rest = buf.partition(b" ")
-                    if len(rest) < int(n):
-                        break
-                    with lock:
-                        frames.append(rest[: int(n)])
-                    buf = rest[int(n) :]
+                got, buf = octet_frames(buf + chunk)
+                with lock:
+                    frames.extend(got)
         except OSError:
             pass
 

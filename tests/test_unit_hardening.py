@@ -25,6 +25,7 @@ import pytest
 from sensor.attribution.recording import parse_comment
 from sensor.io.pcapng import read_comments
 from tests.support.loopback_ftp import DaemonProcess, banner_server, login_sessions, records_of, wait_for
+from tests.support.syslog import octet_frames
 from tests.support.unit_sandbox import command, unit_allow_list
 from tests.test_daemon import CLIENT
 from tests.test_outputs_syslog_tls import _ca, _leaf
@@ -160,13 +161,8 @@ def _tls_collector(pki: Path) -> tuple[socket.socket, list[bytes], threading.Thr
             try:
                 with ctx.wrap_socket(c, server_side=True) as t:
                     while chunk := t.recv(65536):
-                        buf += chunk
-                        while b" " in buf:
-                            n, _, rest = buf.partition(b" ")
-                            if len(rest) < int(n):
-                                break
-                            msgs.append(rest[: int(n)])
-                            buf = rest[int(n) :]
+                        got, buf = octet_frames(buf + chunk)
+                        msgs.extend(got)
             except OSError:
                 pass
 
